@@ -1,0 +1,50 @@
+# One command per job, the same locally and in CI.
+#   make demo   set up the Python environment and run the seed examples
+#   make test   every test: Rust (unit, property, multi-process, loom), Python, oracle floor
+#   make bench  benchmarks (JSON lines), channel and Python level
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: setup demo test test-rust test-loom test-py lint bench clean-shm
+
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -r dragon-py/requirements-dev.txt
+
+# Build the extension in release mode and install the package into the venv.
+setup: $(VPY)
+	cd dragon-py && ../$(VENV)/bin/maturin develop --release -q
+
+demo: setup
+	@for f in examples/*.py; do echo "== $$f"; $(VPY) $$f || exit 1; done
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -q -- -D warnings
+
+test-rust:
+	$(CARGO) test --workspace --release -q
+
+# Loom models: same code, threads standing in for processes.
+test-loom:
+	RUSTFLAGS="--cfg dragon_loom" CARGO_TARGET_DIR=target/loom \
+	    $(CARGO) test -p channels-core --release -q --lib loom
+
+test-py: setup
+	$(VPY) -m pytest -q dragon-py/tests
+
+test: lint test-rust test-loom test-py
+	@$(MAKE) -s clean-shm-check
+
+# Fails if a test left segments in /dev/shm.
+clean-shm-check:
+	@left=$$(ls /dev/shm | grep '^dragon-' || true); \
+	if [ -n "$$left" ]; then echo "left in /dev/shm:"; echo "$$left"; exit 1; fi
+
+bench: setup
+	$(CARGO) run --release -q -p channels-bench

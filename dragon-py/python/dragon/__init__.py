@@ -1,0 +1,1 @@
+"""dragon: Python multiprocessing on shared-memory channels."""
