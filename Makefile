@@ -24,6 +24,7 @@ demo: setup
 	@for f in examples/*.py; do echo "== $$f"; $(VPY) $$f || exit 1; done
 
 lint:
+	scripts/check-sync-facade
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -q -- -D warnings
 

@@ -89,7 +89,7 @@ pub fn wait_any(words: &[(&AtomicU32, u32)], timeout: Option<Duration>) -> (Wake
 mod imp {
     use super::Wake;
     use crate::sync::{AtomicU32, Ordering};
-    use std::sync::atomic::{AtomicBool, Ordering as StdOrdering};
+    use std::sync::atomic::{AtomicBool, Ordering as StdOrdering}; // facade-exempt: process-local feature flag
     use std::time::Duration;
 
     fn timespec(d: Duration) -> libc::timespec {
@@ -165,12 +165,21 @@ mod imp {
             return (Wake::TimedOut, None);
         }
         if words.len() == 1 || words.len() > 128 || NO_WAITV.load(StdOrdering::Relaxed) {
-            let t = if words.len() == 1 { timeout } else { Some(timeout.map_or(Duration::from_millis(1), |t| t.min(Duration::from_millis(1)))) };
+            let t = if words.len() == 1 {
+                timeout
+            } else {
+                Some(timeout.map_or(Duration::from_millis(1), |t| t.min(Duration::from_millis(1))))
+            };
             return (wait(words[0].0, words[0].1, t), Some(0));
         }
         let waiters: Vec<FutexWaitv> = words
             .iter()
-            .map(|(w, v)| FutexWaitv { val: u64::from(*v), uaddr: *w as *const AtomicU32 as u64, flags: FUTEX2_SIZE_U32, reserved: 0 })
+            .map(|(w, v)| FutexWaitv {
+                val: u64::from(*v),
+                uaddr: *w as *const AtomicU32 as u64,
+                flags: FUTEX2_SIZE_U32,
+                reserved: 0,
+            })
             .collect();
         let abs = timeout.map(|t| {
             let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -184,7 +193,14 @@ mod imp {
         // entries whose addresses are live aligned words; the timeout is null
         // or a live absolute CLOCK_MONOTONIC timespec.
         let r = unsafe {
-            libc::syscall(SYS_FUTEX_WAITV, waiters.as_ptr(), waiters.len() as libc::c_uint, 0u32, ts_ptr, libc::CLOCK_MONOTONIC)
+            libc::syscall(
+                SYS_FUTEX_WAITV,
+                waiters.as_ptr(),
+                waiters.len() as libc::c_uint,
+                0u32,
+                ts_ptr,
+                libc::CLOCK_MONOTONIC,
+            )
         };
         if r >= 0 {
             return (Wake::Woken, Some(r as usize));

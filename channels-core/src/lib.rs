@@ -4,6 +4,7 @@
 //! wake protocol and the crash rules.
 
 pub mod futex;
+pub mod handle;
 pub mod owner;
 pub mod region;
 pub(crate) mod sync;

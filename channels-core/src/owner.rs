@@ -5,7 +5,7 @@
 //! tells a live process from a later one that reused the pid. A zombie (killed
 //! but not yet reaped by its parent) counts as dead: it will never run again.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering}; // facade-exempt: process-local cache, not shared memory
 
 /// A process on this node, robust against pid reuse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -19,9 +19,7 @@ pub struct ProcessId {
 
 /// Cache of this process's identity: `pid << 32 | ...` is not enough room,
 /// so pid and start time are cached separately and refreshed after `fork`.
-#[allow(clippy::disallowed_types)]
 static CACHED_PID: AtomicU64 = AtomicU64::new(0);
-#[allow(clippy::disallowed_types)]
 static CACHED_START: AtomicU64 = AtomicU64::new(0);
 
 impl ProcessId {

@@ -1,9 +1,10 @@
+#![allow(unused_imports, dead_code)]
 //! The one place that names atomics, `UnsafeCell` and spin hints.
 //!
 //! Under `--cfg dragon_loom` every type here comes from loom, so the same
 //! ring, allocator and wake code is model-checked with threads standing in
 //! for processes. Everything else in the crate imports from this module
-//! (clippy's `disallowed-types` enforces it).
+//! (`scripts/check-sync-facade` enforces it).
 #![allow(clippy::disallowed_types)]
 
 #[cfg(not(dragon_loom))]

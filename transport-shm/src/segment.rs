@@ -50,7 +50,9 @@ pub enum SegmentError {
 impl fmt::Display for SegmentError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SegmentError::NotFound(n) => write!(f, "shared-memory segment {n} does not exist (never created, or already destroyed)"),
+            SegmentError::NotFound(n) => {
+                write!(f, "shared-memory segment {n} does not exist (never created, or already destroyed)")
+            }
             SegmentError::Exists(n) => write!(f, "shared-memory segment {n} already exists"),
             SegmentError::NoSpace { name, needed, available } => {
                 write!(f, "not enough shared memory for segment {name}: needs {needed} bytes")?;
@@ -128,7 +130,13 @@ impl Segment {
         let path = check_name(name)?;
         let len = len.max(1).div_ceil(REGION_ALIGN) * REGION_ALIGN;
         // SAFETY: `path` is a valid C string.
-        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOFOLLOW, 0o600) };
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                0o600,
+            )
+        };
         if fd < 0 {
             return Err(match io::Error::last_os_error().raw_os_error() {
                 Some(libc::EEXIST) => SegmentError::Exists(name.to_owned()),
@@ -154,7 +162,11 @@ impl Segment {
             let e = io::Error::last_os_error();
             match e.raw_os_error() {
                 Some(libc::ENOSPC) | Some(libc::ENOMEM) => {
-                    return Err(fail(SegmentError::NoSpace { name: name.to_owned(), needed: len, available: shm_available() }))
+                    return Err(fail(SegmentError::NoSpace {
+                        name: name.to_owned(),
+                        needed: len,
+                        available: shm_available(),
+                    }))
                 }
                 // File systems without fallocate: carry on, pages come lazily.
                 Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => {}
@@ -318,10 +330,10 @@ pub fn nonce32() -> u32 {
     if n == 4 {
         return u32::from_ne_bytes(b);
     }
-    #[allow(clippy::disallowed_types)]
-    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    use std::sync::atomic::{AtomicU32, Ordering}; // facade-exempt: process-local fallback counter
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    t ^ COUNTER.fetch_add(0x9E37_79B9, std::sync::atomic::Ordering::Relaxed) ^ std::process::id().rotate_left(16)
+    t ^ COUNTER.fetch_add(0x9E37_79B9, Ordering::Relaxed) ^ std::process::id().rotate_left(16)
 }
 
 /// Remove every segment of `run`. Returns how many were removed.
