@@ -8,3 +8,4 @@ pub mod handle;
 pub mod owner;
 pub mod region;
 pub(crate) mod sync;
+pub mod syncobj;

@@ -71,6 +71,20 @@ pub fn pid_alive(pid: u32, start: u64) -> bool {
     }
 }
 
+/// Whether `pid` is alive, checking only the low 32 bits of its start time
+/// (`start_lo`; 0 means unknown). Shared-memory lock words have room for a
+/// pid and 32 bits of start time in one atomic 64-bit word, and 32 bits of
+/// clock ticks cover over a year of uptime at the usual 100 ticks a second.
+pub fn pid_alive_lo(pid: u32, start_lo: u32) -> bool {
+    if start_lo == 0 {
+        return pid_alive(pid, 0);
+    }
+    match read_stat(pid) {
+        Some(s) => !s.zombie && s.start as u32 == start_lo,
+        None => pid_alive(pid, 0),
+    }
+}
+
 struct Stat {
     zombie: bool,
     start: u64,
@@ -106,6 +120,9 @@ mod tests {
     fn wrong_start_time_means_dead() {
         let me = ProcessId::current();
         assert!(!pid_alive(me.pid, me.start + 1));
+        assert!(pid_alive_lo(me.pid, me.start as u32));
+        assert!(pid_alive_lo(me.pid, 0));
+        assert!(!pid_alive_lo(me.pid, (me.start as u32).wrapping_add(1)));
     }
 
     #[test]
