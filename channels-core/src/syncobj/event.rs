@@ -6,8 +6,9 @@
 //! already clear word changes nothing, any change means a `set` happened, so
 //! a waiter is not stranded by a `set` quickly followed by a `clear` (as
 //! with `threading.Event`). Waiters announce themselves in a sleeper count
-//! (Dekker handshake, as in the semaphore) so `set` only makes the wake
-//! system call when someone sleeps.
+//! so `set` only makes the wake system call when someone sleeps; the
+//! announce / re-check / sleep handshake is Dekker's with a `SeqCst` fence
+//! on each side, as in the semaphore.
 //!
 //! Layout (after the 24-byte header):
 //!
@@ -20,7 +21,7 @@ use super::{sync_object_common, Header, Interrupted, ObjectError, Placed, Slept,
 use crate::futex;
 use crate::handle::Kind;
 use crate::region::Region;
-use crate::sync::{spin_loop, AtomicU32, Ordering};
+use crate::sync::{fence, spin_loop, AtomicU32, Ordering};
 use std::time::Duration;
 
 #[repr(C)]
@@ -80,10 +81,9 @@ impl<R: Region> Event<R> {
             // Setting a set flag still writes the word, so a waiter that
             // sees it set is ordered after this call too.
             let new = if v & 1 == 1 { v } else { v.wrapping_add(2) | 1 };
-            // SYNC POINT (set): SeqCst includes Release: what we wrote
-            // before `set` is seen by a waiter whose load sees the flag.
-            // SeqCst also orders this before the sleeper check (Dekker).
-            match s.word.compare_exchange_weak(v, new, Ordering::SeqCst, Ordering::Relaxed) {
+            // SYNC POINT (set): Release: what we wrote before `set` is seen
+            // by a waiter whose Acquire load sees the flag.
+            match s.word.compare_exchange_weak(v, new, Ordering::Release, Ordering::Relaxed) {
                 Ok(_) => break,
                 Err(cur) => v = cur,
             }
@@ -91,17 +91,20 @@ impl<R: Region> Event<R> {
         if v & 1 == 1 {
             return;
         }
-        // SYNC POINT (announce): pairs with the waiter's SeqCst increment.
-        if s.sleepers.load(Ordering::SeqCst) > 0 {
+        // SYNC POINT (announce): the fence orders the set before the
+        // sleeper check (Dekker with `wait_since`); the load is Relaxed
+        // because the fences do the ordering.
+        fence(Ordering::SeqCst);
+        if s.sleepers.load(Ordering::Relaxed) > 0 {
             futex::wake_all(&s.word);
         }
     }
 
     /// Clear the flag.
     pub fn clear(&self) {
-        // Release: a waiter that later sees the flag clear and then set
-        // again orders correctly; clearing publishes nothing itself.
-        self.s().word.fetch_and(!1, Ordering::Release);
+        // Relaxed: clearing publishes nothing; waits that see the flag set
+        // synchronise with the `set` that wrote it.
+        self.s().word.fetch_and(!1, Ordering::Relaxed);
     }
 
     /// Whether the flag is set.
@@ -110,10 +113,19 @@ impl<R: Region> Event<R> {
         self.s().word.load(Ordering::Acquire) & 1 == 1
     }
 
-    fn wait_inner(&self, w: &mut Waiter<'_>) -> Result<bool, Interrupted> {
-        let s = self.s();
+    /// The word a wait starting now compares against.
+    pub(crate) fn snapshot(&self) -> u32 {
         // SYNC POINT (set): Acquire, as in `is_set`.
-        let v0 = s.word.load(Ordering::Acquire);
+        self.s().word.load(Ordering::Acquire)
+    }
+
+    fn wait_inner(&self, w: &mut Waiter<'_>) -> Result<bool, Interrupted> {
+        self.wait_since(self.snapshot(), w)
+    }
+
+    /// Wait until the flag is set or has been set since the word read `v0`.
+    pub(crate) fn wait_since(&self, v0: u32, w: &mut Waiter<'_>) -> Result<bool, Interrupted> {
+        let s = self.s();
         if v0 & 1 == 1 {
             return Ok(true);
         }
@@ -124,11 +136,13 @@ impl<R: Region> Event<R> {
                 return Ok(true);
             }
         }
-        // SYNC POINT (announce): SeqCst, read by `set` after it sets the flag.
-        s.sleepers.fetch_add(1, Ordering::SeqCst);
+        // SYNC POINT (announce): ordered before the re-check below by the
+        // SeqCst fence (Dekker with `set`).
+        s.sleepers.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
         let r = loop {
-            // SYNC POINT (set): SeqCst load after the announcement (Dekker).
-            if s.word.load(Ordering::SeqCst) != v0 {
+            // SYNC POINT (set): Acquire, as in `is_set`.
+            if s.word.load(Ordering::Acquire) != v0 {
                 break Ok(true);
             }
             match w.sleep(&s.word, v0) {
@@ -138,8 +152,9 @@ impl<R: Region> Event<R> {
                 Err(_) => break Ok(false),
             }
         };
-        // SYNC POINT (announce): the matching retraction.
-        s.sleepers.fetch_sub(1, Ordering::SeqCst);
+        // Relaxed: retracting only makes setters skip a wake we no longer
+        // need.
+        s.sleepers.fetch_sub(1, Ordering::Relaxed);
         r
     }
 

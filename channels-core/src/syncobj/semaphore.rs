@@ -4,10 +4,12 @@
 //! The value is a futex word. Acquirers that find it 0 announce themselves
 //! in a sleeper count before sleeping on it; a release only makes the wake
 //! system call when the count is non-zero. The announce / re-check / sleep
-//! handshake is Dekker's: the acquirer increments the sleeper count then
-//! reads the value, the releaser increments the value then reads the
-//! sleeper count, all sequentially consistent, so at least one of them
-//! sees the other's write and no wake-up is lost.
+//! handshake is Dekker's: the acquirer increments the sleeper count, issues
+//! a `SeqCst` fence and reads the value; the releaser raises the value,
+//! issues a `SeqCst` fence and reads the sleeper count. The two fences are
+//! totally ordered, so at least one side sees the other's write: either the
+//! releaser wakes, or the acquirer sees the unit (and the futex, which
+//! compares the value as it queues the sleeper, closes the rest of the gap).
 //!
 //! Layout (after the 24-byte header):
 //!
@@ -21,7 +23,7 @@ use super::{sync_object_common, Header, ObjectError, Placed, ReleaseError, Slept
 use crate::futex;
 use crate::handle::Kind;
 use crate::region::Region;
-use crate::sync::{spin_loop, AtomicU32, Ordering};
+use crate::sync::{fence, spin_loop, AtomicU32, Ordering};
 use std::time::Duration;
 
 /// Largest value a semaphore may hold (as POSIX semaphores on Linux).
@@ -105,10 +107,10 @@ impl<R: Region> Semaphore<R> {
         // Relaxed: a first guess, confirmed by the compare-and-swap.
         let mut v = s.value.load(Ordering::Relaxed);
         while v > 0 {
-            // SYNC POINT (post): SeqCst includes Acquire: what the releaser
-            // did before its release happens-before our return. SeqCst also
-            // keeps the Dekker handshake with `release` sound.
-            match s.value.compare_exchange_weak(v, v - 1, Ordering::SeqCst, Ordering::Relaxed) {
+            // SYNC POINT (post): Acquire pairs with the Release in
+            // `release`: what the releaser did before it happens-before our
+            // return.
+            match s.value.compare_exchange_weak(v, v - 1, Ordering::Acquire, Ordering::Relaxed) {
                 Ok(_) => return true,
                 Err(cur) => v = cur,
             }
@@ -127,9 +129,10 @@ impl<R: Region> Semaphore<R> {
             }
         }
         let s = self.s();
-        // SYNC POINT (announce): SeqCst, read by `release` after it raises
-        // the value; see the module docs.
-        s.sleepers.fetch_add(1, Ordering::SeqCst);
+        // SYNC POINT (announce): Relaxed increment, ordered before our next
+        // read of the value by the SeqCst fence (Dekker, see module docs).
+        s.sleepers.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
         let mut woken = false;
         let r = loop {
             if self.try_acquire() {
@@ -145,9 +148,11 @@ impl<R: Region> Semaphore<R> {
                 }
             }
         };
-        // SYNC POINT (announce): the matching retraction.
-        s.sleepers.fetch_sub(1, Ordering::SeqCst);
-        if r.is_err() && woken && s.value.load(Ordering::SeqCst) > 0 && s.sleepers.load(Ordering::SeqCst) > 0 {
+        // Relaxed: retracting only makes releasers skip a wake we no
+        // longer need.
+        s.sleepers.fetch_sub(1, Ordering::Relaxed);
+        // Relaxed: a heuristic; an extra wake is harmless.
+        if r.is_err() && woken && s.value.load(Ordering::Relaxed) > 0 && s.sleepers.load(Ordering::Relaxed) > 0 {
             // We may have taken the wake of a unit we are not using: pass it on.
             futex::wake(&s.value, 1);
         }
@@ -183,16 +188,18 @@ impl<R: Region> Semaphore<R> {
             if v >= max {
                 return Err(ReleaseError::Overflow { max });
             }
-            // SYNC POINT (post): SeqCst includes Release (our prior writes
-            // reach the acquirer) and orders the raise before the sleeper
-            // check below (Dekker, see the module docs).
-            match s.value.compare_exchange_weak(v, v + 1, Ordering::SeqCst, Ordering::Relaxed) {
+            // SYNC POINT (post): Release: our prior writes reach the
+            // acquirer whose Acquire CAS takes this unit.
+            match s.value.compare_exchange_weak(v, v + 1, Ordering::Release, Ordering::Relaxed) {
                 Ok(_) => break,
                 Err(cur) => v = cur,
             }
         }
-        // SYNC POINT (announce): see `acquire_inner`.
-        if s.sleepers.load(Ordering::SeqCst) > 0 {
+        // SYNC POINT (announce): the fence orders the raise before the
+        // sleeper check (Dekker with `acquire_inner`); the load is Relaxed
+        // because the fences do the ordering.
+        fence(Ordering::SeqCst);
+        if s.sleepers.load(Ordering::Relaxed) > 0 {
             futex::wake(&s.value, 1);
         }
         Ok(())

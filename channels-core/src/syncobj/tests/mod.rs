@@ -1,1 +1,37 @@
-//! Loom models of the synchronisation objects.
+//! Loom models of the synchronisation objects: threads stand in for
+//! processes (each with a made-up pid), the futex is loom's model of it
+//! (`crate::futex` under `--cfg dragon_loom`), and a lost wake-up shows up
+//! as loom reporting every thread blocked.
+
+mod loom_barrier;
+mod loom_condition;
+mod loom_event;
+mod loom_lock;
+mod loom_semaphore;
+
+use super::Me;
+use crate::region::HeapRegion;
+use std::sync::Arc;
+
+/// A region big enough for any object of these models (loom's atomics are
+/// larger than the real ones).
+pub(super) fn region() -> Arc<HeapRegion> {
+    Arc::new(HeapRegion::new(1 << 14))
+}
+
+/// A made-up process identity for model thread `i`.
+pub(super) fn me(i: u32) -> Me {
+    Me { pid: 100 + i, start_lo: 1, tid: 1000 + i }
+}
+
+/// Everyone is alive.
+pub(super) fn all_alive(_pid: u32, _start_lo: u32) -> bool {
+    true
+}
+
+/// A model checker with a preemption bound, to keep larger models finite.
+pub(super) fn bounded(preemptions: usize) -> loom::model::Builder {
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(preemptions);
+    b
+}
