@@ -3,5 +3,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod segment;
+pub mod syncobj;
 
 pub use segment::{RunId, Segment, SegmentError};
+pub use syncobj::{Shm, ShmBarrier, ShmCondition, ShmEvent, ShmLock, ShmRLock, ShmSemaphore, SyncShmError};

@@ -1,0 +1,187 @@
+//! Locks and recursive locks across real processes: mutual exclusion, any
+//! process may release a Lock, RLock ownership, and a holder killed with
+//! SIGKILL hands the lock to the next acquirer, who learns the owner died.
+
+mod sync_common;
+
+use channels_core::syncobj::{Acquired, ReleaseError};
+use std::time::Duration;
+use sync_common::{arg, exists, Child, Scratch, Unlink};
+use transport_shm::{ShmEvent, ShmLock, ShmRLock};
+
+const ROUNDS: u64 = 2000;
+
+/// Entry point of the child processes (a no-op in a normal test run).
+#[test]
+fn child_entry() {
+    sync_common::child_entry(role);
+}
+
+fn role(role: &str) -> i32 {
+    match role {
+        "count" => {
+            let lock = ShmLock::attach_text(&arg("LOCK")).unwrap();
+            let scratch = Scratch::open(&arg("SCRATCH"));
+            for i in 0..ROUNDS {
+                assert_eq!(lock.acquire(Some(Duration::from_secs(30))), Ok(Acquired::Normal));
+                let v = scratch.get(0);
+                if i % 64 == 0 {
+                    std::thread::yield_now();
+                }
+                scratch.set(0, v + 1);
+                lock.release().unwrap();
+            }
+            0
+        }
+        "hold" => {
+            let lock = ShmLock::attach_text(&arg("LOCK")).unwrap();
+            lock.acquire(None).unwrap();
+            ShmEvent::attach_text(&arg("HELD")).unwrap().set();
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        "take" => {
+            // Blocks on a lock held by a live process until it is killed.
+            let lock = ShmLock::attach_text(&arg("LOCK")).unwrap();
+            ShmEvent::attach_text(&arg("WAITING")).unwrap().set();
+            let got = lock.acquire(Some(Duration::from_secs(30)));
+            let dead: u32 = arg("DEAD").parse().unwrap();
+            if got == Ok(Acquired::OwnerDied { pid: dead }) {
+                // Exit holding the lock: the next acquirer must learn that too.
+                0
+            } else {
+                eprintln!("expected OwnerDied {{ pid: {dead} }}, got {got:?}");
+                1
+            }
+        }
+        "release" => {
+            let lock = ShmLock::attach_text(&arg("LOCK")).unwrap();
+            i32::from(lock.release().is_err())
+        }
+        "hold_rlock" => {
+            let lock = ShmRLock::attach_text(&arg("LOCK")).unwrap();
+            lock.acquire(None).unwrap();
+            lock.acquire(None).unwrap();
+            ShmEvent::attach_text(&arg("HELD")).unwrap().set();
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        "foreign_rlock" => {
+            let lock = ShmRLock::attach_text(&arg("LOCK")).unwrap();
+            let ok = !lock.is_mine()
+                && lock.count() == 0
+                && lock.is_locked()
+                && lock.release() == Err(ReleaseError::NotOwner)
+                && lock.try_acquire() == Ok(None);
+            i32::from(!ok)
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+#[test]
+fn lock_excludes_across_processes() {
+    let lock = ShmLock::create().unwrap();
+    let _g = Unlink::of(&[lock.handle()]);
+    let scratch = Scratch::create();
+    let env = [("LOCK", lock.handle().to_text()), ("SCRATCH", scratch.name())];
+    let mut kids: Vec<Child> = (0..3).map(|_| Child::spawn("count", &env)).collect();
+    for _ in 0..ROUNDS {
+        lock.acquire(Some(Duration::from_secs(30))).unwrap();
+        let v = scratch.get(0);
+        scratch.set(0, v + 1);
+        lock.release().unwrap();
+    }
+    for k in &mut kids {
+        k.expect_success();
+    }
+    assert_eq!(scratch.get(0), 4 * ROUNDS);
+    assert!(!lock.is_locked());
+    lock.destroy().unwrap();
+    assert!(!exists(&lock.handle().segment));
+}
+
+#[test]
+fn killed_holder_hands_the_lock_over() {
+    let lock = ShmLock::create().unwrap();
+    let held = ShmEvent::create().unwrap();
+    let waiting = ShmEvent::create().unwrap();
+    let _g = Unlink::of(&[lock.handle(), held.handle(), waiting.handle()]);
+    let mut holder = Child::spawn("hold", &[("LOCK", lock.handle().to_text()), ("HELD", held.handle().to_text())]);
+    assert!(held.wait(Some(Duration::from_secs(30))), "holder never took the lock");
+    assert_eq!(lock.holder(), Some(holder.pid()));
+    // A second process sleeps on the lock while its holder is killed.
+    let mut taker = Child::spawn(
+        "take",
+        &[
+            ("LOCK", lock.handle().to_text()),
+            ("WAITING", waiting.handle().to_text()),
+            ("DEAD", holder.pid().to_string()),
+        ],
+    );
+    assert!(waiting.wait(Some(Duration::from_secs(30))));
+    std::thread::sleep(Duration::from_millis(50));
+    // Killed but not reaped: a zombie counts as dead.
+    holder.kill_no_reap();
+    taker.expect_success();
+    holder.expect_killed();
+    // The taker exited holding the lock: we take it over in turn.
+    assert_eq!(lock.acquire(Some(Duration::from_secs(30))), Ok(Acquired::OwnerDied { pid: taker.pid() }));
+    assert!(lock.holder_recovered());
+    lock.release().unwrap();
+    assert_eq!(lock.acquire(None), Ok(Acquired::Normal), "after a clean release nobody died");
+    lock.release().unwrap();
+    for h in [lock.handle(), held.handle(), waiting.handle()] {
+        transport_shm::segment::unlink(&h.segment).unwrap();
+        assert!(!exists(&h.segment));
+    }
+}
+
+#[test]
+fn any_process_may_release_a_lock() {
+    let lock = ShmLock::create().unwrap();
+    let _g = Unlink::of(&[lock.handle()]);
+    lock.acquire(None).unwrap();
+    Child::spawn("release", &[("LOCK", lock.handle().to_text())]).expect_success();
+    assert!(!lock.is_locked());
+    // Releasing a free lock fails in the child too.
+    Child::spawn("release", &[("LOCK", lock.handle().to_text())]).wait();
+    assert_eq!(lock.release(), Err(ReleaseError::NotHeld));
+    lock.destroy().unwrap();
+}
+
+#[test]
+fn rlock_belongs_to_one_thread_of_one_process() {
+    let lock = ShmRLock::create().unwrap();
+    let _g = Unlink::of(&[lock.handle()]);
+    lock.acquire(None).unwrap();
+    lock.acquire(None).unwrap();
+    assert_eq!(lock.count(), 2);
+    Child::spawn("foreign_rlock", &[("LOCK", lock.handle().to_text())]).expect_success();
+    assert_eq!(lock.count(), 2, "a foreign release changed nothing");
+    lock.release().unwrap();
+    lock.release().unwrap();
+    assert_eq!(lock.release(), Err(ReleaseError::NotOwner));
+    lock.destroy().unwrap();
+}
+
+#[test]
+fn killed_rlock_owner_hands_it_over() {
+    let lock = ShmRLock::create().unwrap();
+    let held = ShmEvent::create().unwrap();
+    let _g = Unlink::of(&[lock.handle(), held.handle()]);
+    let mut holder =
+        Child::spawn("hold_rlock", &[("LOCK", lock.handle().to_text()), ("HELD", held.handle().to_text())]);
+    assert!(held.wait(Some(Duration::from_secs(30))));
+    assert_eq!(lock.try_acquire(), Ok(None));
+    holder.kill_no_reap();
+    assert_eq!(lock.acquire(Some(Duration::from_secs(30))), Ok(Acquired::OwnerDied { pid: holder.pid() }));
+    assert_eq!(lock.count(), 1, "the dead owner's recursion depth is not inherited");
+    lock.release().unwrap();
+    assert!(!lock.is_locked());
+    holder.expect_killed();
+    lock.destroy().unwrap();
+    held.destroy().unwrap();
+}
