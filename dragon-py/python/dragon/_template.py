@@ -1,0 +1,424 @@
+"""The run's template process: a pre-imported fork server and watchdog.
+
+Started by :func:`dragon.runtime.ensure_template` as a fresh interpreter in a
+session of its own::
+
+    python <flags> -c "from dragon._template import main; main()" LISTEN_FD ALIVE_FD STARTER_PID
+
+It reads the starter's preparation data from ``ALIVE_FD``, imports the main
+module as ``__mp_main__`` once (as ``spawn`` children do, with the
+"bootstrapping" flag set), then serves requests on the listening socket
+``LISTEN_FD`` (``AF_UNIX``, ``SOCK_SEQPACKET``, abstract name in
+``DRAGON_TEMPLATE``). Each request forks one child, which becomes the
+requested process. The template is single-threaded and never blocks on a
+client: sockets are non-blocking and a request is one datagram.
+
+Protocol, one connection per started process:
+
+* client -> template: ``REQUEST`` with ``SCM_RIGHTS`` file descriptors; the
+  first is the read end of a pipe from which the child reads its start data
+  (two pickles, see :class:`dragon.popen.Popen`); the start data says what the
+  others are (stdin/stdout/stderr, the resource tracker, descriptors the
+  process object refers to).
+* template -> client: ``b"P" + pid`` with a pidfd of the child attached,
+  or ``b"E" + message`` if the child could not be started;
+* template -> client when the child has exited: ``b"X" + exit code``
+  (negative signal number if killed), then the connection is closed. The
+  client's end of the connection is the process's ``sentinel``.
+
+Watchdog: when the starter exits (a pidfd of it becomes readable) or closes
+``ALIVE_FD`` (its normal shutdown), or on ``SIGTERM``, the template kills
+every process of its session (all processes it forked and their
+descendants), removes the run's ``/dev/shm`` files if the starter owns the
+run, and exits.
+"""
+import os
+import sys
+
+REQUEST = b"DRAGON-START/1"
+REPLY_PID = b"P"
+REPLY_EXIT = b"X"
+REPLY_ERROR = b"E"
+# Descriptors per request: the data pipe, three stdio streams, the resource
+# tracker, and those the process object refers to. SCM_MAX_FD is 253.
+MAX_FDS = 253
+INT64 = 8
+
+
+def _read_exact(fd, n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            raise EOFError("the starting process went away before the template was ready")
+        buf += chunk
+    return bytes(buf)
+
+
+def _noop_handler(signum, frame):
+    pass
+
+
+class _Template:
+    def __init__(self, listener_fd, alive_fd, starter, starter_fd):
+        import selectors
+        import signal
+        import socket
+
+        from . import runtime
+
+        self.socket = socket
+        self.signal = signal
+        self.runtime = runtime
+        self.starter = starter
+        self.run_id = runtime.run_id()
+        self.owns_run = runtime.run_owner(self.run_id)[0] == starter
+        self.alive_fd = alive_fd
+        self.listener = socket.socket(fileno=listener_fd)
+        self.listener.setblocking(False)
+        self.clients = {}  # fd -> connection socket
+        self.children = {}  # pid -> connection socket, or None once the client left
+        self.stopping = False
+
+        self.starter_fd = starter_fd
+        if os.getppid() != starter:
+            self.stopping = True  # the starter is already gone
+
+        self.sig_r, self.sig_w = os.pipe()
+        os.set_blocking(self.sig_r, False)
+        os.set_blocking(self.sig_w, False)
+        signal.set_wakeup_fd(self.sig_w, warn_on_full_buffer=False)
+        self.old_handlers = {
+            signal.SIGCHLD: signal.signal(signal.SIGCHLD, _noop_handler),
+            signal.SIGTERM: signal.signal(signal.SIGTERM, _noop_handler),
+            signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+            signal.SIGHUP: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+        }
+
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.listener, selectors.EVENT_READ, self._on_listener)
+        self.sel.register(self.alive_fd, selectors.EVENT_READ, self._on_alive)
+        if self.starter_fd >= 0:
+            self.sel.register(self.starter_fd, selectors.EVENT_READ, self._on_starter)
+        self.sel.register(self.sig_r, selectors.EVENT_READ, self._on_signal)
+
+    # -- event loop -----------------------------------------------------------
+    def serve(self):
+        while not self.stopping:
+            for key, _ in self.sel.select():
+                key.data(key.fileobj)
+                if self.stopping:
+                    break
+        self._shutdown()
+
+    def _on_alive(self, fd):
+        try:
+            data = os.read(self.alive_fd, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            self.stopping = True
+
+    def _on_starter(self, fd):
+        self.stopping = True
+
+    def _on_signal(self, fd):
+        try:
+            sigs = os.read(self.sig_r, 4096)
+        except BlockingIOError:
+            sigs = b""
+        if self.signal.SIGTERM in sigs:
+            self.stopping = True
+        self._reap()
+
+    def _reap(self):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            conn = self.children.pop(pid, None)
+            if conn is not None:
+                code = os.waitstatus_to_exitcode(status)
+                self._send(conn, REPLY_EXIT + code.to_bytes(INT64, "little", signed=True))
+                self._drop(conn)
+
+    def _on_listener(self, listener):
+        socket = self.socket
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # e.g. ECONNABORTED, EMFILE: the client sees an error
+            conn.setblocking(False)
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+            uid = int.from_bytes(creds[4:8], sys.byteorder)
+            if uid != os.getuid() and uid != 0:
+                conn.close()  # only the run's own user may start processes
+                continue
+            self.clients[conn.fileno()] = conn
+            self.sel.register(conn, 1, self._on_client)
+
+    def _drop(self, conn):
+        fd = conn.fileno()
+        if self.clients.pop(fd, None) is not None:
+            self.sel.unregister(conn)
+        for pid, c in self.children.items():
+            if c is conn:
+                self.children[pid] = None
+                break
+        conn.close()
+
+    def _send(self, conn, msg, fds=()):
+        socket = self.socket
+        try:
+            if fds:
+                conn.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _fd_array(fds))],
+                               socket.MSG_DONTWAIT)
+            else:
+                conn.send(msg, socket.MSG_DONTWAIT)
+            return True
+        except OSError:
+            return False
+
+    def _on_client(self, conn):
+        socket = self.socket
+        try:
+            msg, anc, flags, _ = conn.recvmsg(
+                256, socket.CMSG_SPACE(MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            msg, anc, flags = b"", [], 0
+        fds = _fds_from_ancillary(anc)
+        if not msg:  # the client closed its end
+            _close_all(fds)
+            self._drop(conn)
+            return
+        if conn in self.children.values():
+            error = "one process per connection"
+        elif msg != REQUEST:
+            error = "unknown request (a client of another dragon version?)"
+        elif flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
+            error = "too many file descriptors for one process start (at most %d)" % (MAX_FDS - 5)
+        elif not fds:
+            error = "request without its data pipe"
+        else:
+            error = None
+        if error is not None:
+            _close_all(fds)
+            self._send(conn, REPLY_ERROR + error.encode())
+            self._drop(conn)
+            return
+        self._start(conn, fds)
+
+    def _start(self, conn, fds):
+        try:
+            pid = os.fork()
+        except OSError as e:
+            _close_all(fds)
+            self._send(conn, REPLY_ERROR + ("fork failed: %s" % e).encode())
+            self._drop(conn)
+            return
+        if pid == 0:
+            code = 1
+            try:
+                self._become_child()
+                code = _child_main(fds)
+            except BaseException:
+                try:
+                    sys.excepthook(*sys.exc_info())
+                    sys.stderr.flush()
+                except BaseException:
+                    pass
+            finally:
+                os._exit(code)
+        _close_all(fds)
+        try:
+            pidfd = [os.pidfd_open(pid)]
+        except OSError:
+            pidfd = []
+        self.children[pid] = conn
+        self._send(conn, REPLY_PID + pid.to_bytes(INT64, "little", signed=True), pidfd)
+        _close_all(pidfd)
+
+    def _become_child(self):
+        """In a freshly forked child: drop everything that is the template's."""
+        signal = self.signal
+        signal.set_wakeup_fd(-1)
+        for sig, old in self.old_handlers.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+        self.sel.close()
+        self.listener.close()
+        for c in self.clients.values():
+            c.close()
+        self.clients.clear()
+        self.children.clear()
+        _close_all([self.alive_fd, self.sig_r, self.sig_w, self.starter_fd])
+
+    # -- the end of the run ---------------------------------------------------
+    def _shutdown(self):
+        """Kill every process of the run, remove its files, exit."""
+        import time
+
+        signal = self.signal
+        try:
+            self.listener.close()
+        except OSError:
+            pass
+        me = os.getpid()
+        deadline = time.monotonic() + 5.0
+        delay = 0.001
+        while True:
+            self._reap()
+            alive = [p for p in self.runtime.session_members(me) if p != me]
+            if not alive or time.monotonic() > deadline:
+                break
+            for p in alive:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        if self.owns_run:
+            try:
+                self.runtime.remove_run_segments(self.run_id)
+            except Exception:
+                pass
+        try:
+            sys.stderr.flush()
+        except Exception:
+            pass
+        os._exit(0)
+
+
+def _fd_array(fds):
+    import array
+
+    return array.array("i", fds)
+
+
+def _fds_from_ancillary(anc):
+    import array
+    import socket
+
+    fds = array.array("i")
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    return list(fds)
+
+
+def _close_all(fds):
+    for fd in fds:
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _child_main(fds):
+    """Become the requested process (in a child forked by the template)."""
+    import pickle
+
+    from multiprocessing import process, resource_tracker, spawn
+
+    from . import popen
+
+    with os.fdopen(fds[0], "rb", closefd=True) as from_parent:
+        head = pickle.load(from_parent)
+        stdio = head["stdio"]
+        for target, idx in enumerate(stdio):
+            if idx is None:
+                fd = os.open(os.devnull, os.O_RDWR)
+                os.dup2(fd, target)
+                os.close(fd)
+            else:
+                os.dup2(fds[idx], target)
+        _close_all([fds[i] for i in stdio if i is not None])
+        if sys.stdout is not None and os.isatty(1):
+            try:
+                sys.stdout.reconfigure(line_buffering=True)
+            except Exception:
+                pass
+        os.environ.clear()
+        os.environ.update(head["env"])
+        tracker = head["tracker"]
+        resource_tracker._resource_tracker._fd = fds[tracker] if tracker is not None else None
+        popen._inherited_fds = fds[head["extra"]:]
+        process.current_process()._inheriting = True
+        try:
+            spawn.prepare(head["prep"])
+            process_obj = pickle.load(from_parent)
+        finally:
+            del process.current_process()._inheriting
+    try:
+        parent_sentinel = os.pidfd_open(process_obj._parent_pid)
+    except (OSError, TypeError):
+        # The parent is already gone: a descriptor that reads EOF at once.
+        parent_sentinel, w = os.pipe()
+        os.close(w)
+    code = process_obj._bootstrap(parent_sentinel=parent_sentinel)
+    # As in a spawned interpreter's exit: atexit handlers (the main module may
+    # have registered some), then flush.
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    return code
+
+
+def main():
+    """Entry point of the template process (see the module docstring)."""
+    listener_fd, alive_fd, starter = (int(a) for a in sys.argv[1:4])
+    del sys.argv[1:]
+    import pickle
+
+    from multiprocessing import process, spawn
+
+    from . import _native
+
+    # The starter sends its preparation data first.
+    try:
+        n = int.from_bytes(_read_exact(alive_fd, INT64), "little")
+        prep = pickle.loads(_read_exact(alive_fd, n))
+    except EOFError:
+        os._exit(0)
+    # Watch the starter: a pidfd is readable at its exit (EOF on the alive
+    # pipe is not enough: processes it forks may inherit the write end).
+    starter_fd = -1
+    if os.getppid() == starter:
+        try:
+            starter_fd = os.pidfd_open(starter)
+        except OSError:
+            starter_fd = -1
+    # Import the main module as spawn's children do. If that fails, each child
+    # repeats it and reports the error as a spawned child would.
+    process.current_process()._inheriting = True
+    try:
+        spawn.prepare(prep)
+    except BaseException:
+        if os.environ.get("DRAGON_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
+    finally:
+        del process.current_process()._inheriting
+    # Signal handlers are installed after the main module's import, so that
+    # children get back whatever that import installed.
+    template = _Template(listener_fd, alive_fd, starter, starter_fd)
+    try:
+        _native.cleanup_dead_runs()  # leftovers of runs whose watchdog died too
+    except Exception:
+        pass
+    template.serve()

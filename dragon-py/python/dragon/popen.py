@@ -1,0 +1,235 @@
+"""``Popen`` of the ``dragon`` start method: ask the run's template for a child.
+
+The parent pickles what a ``spawn`` child would receive (preparation data,
+then the process object) plus its current environment and the descriptors
+of its stdin/stdout/stderr, connects to the template (one connection per
+process), and sends the descriptors with ``SCM_RIGHTS``; the forked child
+reads the pickles from a pipe and runs ``process._bootstrap``. The template
+replies with the child's pid and a pidfd (signals go through the pidfd, so a
+reused pid is never signalled), and later with the exit code. The
+connection is the process's ``sentinel``: it becomes readable when the exit
+code is there (or if the template is gone).
+"""
+import io
+import os
+import signal
+import threading
+
+from multiprocessing import util
+from multiprocessing.context import reduction, set_spawning_popen
+
+from . import _template as proto
+from . import runtime
+
+__all__ = ["Popen", "TemplateError"]
+
+# In a child: the descriptors its process object refers to, by index.
+_inherited_fds = []
+
+
+class TemplateError(OSError):
+    """The run's template process could not start a process."""
+
+
+class _DupFd:
+    """A descriptor sent to the child with its start request."""
+
+    def __init__(self, ind):
+        self.ind = ind
+
+    def detach(self):
+        return _inherited_fds[self.ind]
+
+
+def _valid_fd(fd):
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+def _connect(addr):
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        sock.connect("\0" + addr)
+    except OSError as e:
+        sock.close()
+        raise TemplateError(
+            e.errno,
+            "cannot reach the dragon runtime's template process (%s): %s"
+            % (e.strerror, runtime.template_status()),
+        ) from None
+    return sock
+
+
+class Popen:
+    method = "dragon"
+    DupFd = _DupFd
+
+    def __init__(self, process_obj):
+        util._flush_std_streams()
+        self.returncode = None
+        self.finalizer = None
+        self.pid = None
+        self._fds = []
+        self._sock = None
+        self._pidfd = -1
+        self._lock = threading.Lock()
+        self._launch(process_obj)
+
+    def duplicate_for_child(self, fd):
+        self._fds.append(fd)
+        return len(self._fds) - 1
+
+    # -- start ----------------------------------------------------------------
+    def _launch(self, process_obj):
+        from multiprocessing import resource_tracker, spawn
+
+        # First, so that the environment the child gets names the template.
+        addr = runtime.ensure_template()
+        tracker_fd = resource_tracker.getfd()
+        prep = spawn.get_preparation_data(process_obj._name)
+        # Descriptors sent with the request: [data pipe, stdio..., tracker, extra...]
+        stdio, n = [], 1
+        for fd in (0, 1, 2):
+            if _valid_fd(fd):
+                stdio.append(n)
+                n += 1
+            else:
+                stdio.append(None)
+        tracker = None
+        if tracker_fd is not None and _valid_fd(tracker_fd):
+            tracker = n
+            n += 1
+        head = {"prep": prep, "env": dict(os.environ), "stdio": stdio,
+                "tracker": tracker, "extra": n}
+        buf = io.BytesIO()
+        set_spawning_popen(self)
+        try:
+            reduction.dump(head, buf)
+            reduction.dump(process_obj, buf)
+        finally:
+            set_spawning_popen(None)
+        if n + len(self._fds) > proto.MAX_FDS:
+            raise ValueError("too many file descriptors to pass to one process (%d, at most %d)"
+                             % (len(self._fds), proto.MAX_FDS - n))
+
+        sock = _connect(addr)
+        data_r, data_w = os.pipe()
+        try:
+            fds = [data_r] + [i for i in (0, 1, 2) if stdio[i] is not None]
+            if tracker is not None:
+                fds.append(tracker_fd)
+            fds += self._fds
+            import socket
+
+            sock.sendmsg([proto.REQUEST],
+                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, proto._fd_array(fds))])
+            os.close(data_r)
+            data_r = -1
+            try:
+                with open(data_w, "wb", closefd=False) as f:
+                    f.write(buf.getbuffer())
+            except BrokenPipeError:
+                pass  # the reply says why (fork failed, template gone)
+            os.close(data_w)
+            data_w = -1
+            msg, anc, _, _ = sock.recvmsg(256, socket.CMSG_SPACE(4))
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            proto._close_all([data_r, data_w])
+        pidfds = proto._fds_from_ancillary(anc)
+        if msg[:1] != proto.REPLY_PID or len(msg) != 1 + proto.INT64:
+            sock.close()
+            proto._close_all(pidfds)
+            if msg[:1] == proto.REPLY_ERROR:
+                raise TemplateError("the dragon template could not start the process: "
+                                    + msg[1:].decode(errors="replace"))
+            raise TemplateError("the dragon template went away while starting a process: "
+                                + runtime.template_status())
+        self.pid = int.from_bytes(msg[1:], "little", signed=True)
+        self._pidfd = pidfds[0] if pidfds else -1
+        proto._close_all(pidfds[1:])
+        self._sock = sock
+        self.sentinel = sock.fileno()
+        self.finalizer = util.Finalize(self, _close, (sock, self._pidfd))
+
+    # -- state ----------------------------------------------------------------
+    def _read_status(self):
+        import socket
+
+        with self._lock:
+            if self.returncode is not None:
+                return
+            try:
+                msg = self._sock.recv(64, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                msg = b""
+            if msg[:1] == proto.REPLY_EXIT and len(msg) == 1 + proto.INT64:
+                self.returncode = int.from_bytes(msg[1:], "little", signed=True)
+            else:
+                # The template is gone without telling: the run is ending (it
+                # kills the run's processes on its way out) or it was killed.
+                util.info("dragon: exit status of process %s unknown: %s",
+                          self.pid, runtime.template_status())
+                self.returncode = 255
+
+    def poll(self, flag=os.WNOHANG):
+        if self.returncode is None:
+            if flag != os.WNOHANG:
+                from multiprocessing.connection import wait
+
+                wait([self.sentinel])
+            self._read_status()
+        return self.returncode
+
+    def wait(self, timeout=None):
+        if self.returncode is None:
+            if timeout is not None:
+                from multiprocessing.connection import wait
+
+                if not wait([self.sentinel], timeout):
+                    return None
+            return self.poll(os.WNOHANG if timeout == 0.0 else 0)
+        return self.returncode
+
+    # -- signals --------------------------------------------------------------
+    def _send_signal(self, sig):
+        if self.returncode is not None:
+            return
+        try:
+            if self._pidfd >= 0:
+                signal.pidfd_send_signal(self._pidfd, sig)
+            else:
+                os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
+        except OSError:
+            if self.wait(timeout=0.1) is None:
+                raise
+
+    def terminate(self):
+        self._send_signal(signal.SIGTERM)
+
+    def kill(self):
+        self._send_signal(signal.SIGKILL)
+
+    def close(self):
+        if self.finalizer is not None:
+            self.finalizer()
+
+
+def _close(sock, pidfd):
+    sock.close()
+    if pidfd >= 0:
+        try:
+            os.close(pidfd)
+        except OSError:
+            pass
