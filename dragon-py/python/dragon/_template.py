@@ -217,9 +217,16 @@ class _Template:
         self._start(conn, fds)
 
     def _start(self, conn, fds):
+        # Signals stay blocked across fork until the child has dropped the
+        # template's handlers and wakeup fd: a SIGTERM sent to a brand-new
+        # child must kill it (delivered on unblocking), not be mistaken for
+        # one sent to the template.
+        signal = self.signal
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         try:
             pid = os.fork()
         except OSError as e:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             _close_all(fds)
             self._send(conn, REPLY_ERROR + ("fork failed: %s" % e).encode())
             self._drop(conn)
@@ -228,6 +235,7 @@ class _Template:
             code = 1
             try:
                 self._become_child()
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
                 code = _child_main(fds)
             except BaseException:
                 try:
@@ -237,6 +245,7 @@ class _Template:
                     pass
             finally:
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         _close_all(fds)
         try:
             pidfd = [os.pidfd_open(pid)]

@@ -167,7 +167,9 @@ class Popen:
             if self.returncode is not None:
                 return
             try:
-                msg = self._sock.recv(64, socket.MSG_DONTWAIT)
+                # Peek: the message stays, so the sentinel stays readable
+                # even before the template closes its end.
+                msg = self._sock.recv(64, socket.MSG_DONTWAIT | socket.MSG_PEEK)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:

@@ -173,6 +173,16 @@ def ensure_template() -> str:
     return addr
 
 
+def _above_stdio(fd: int) -> int:
+    if fd > 2:
+        return fd
+    import fcntl
+
+    new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    os.close(fd)
+    return new
+
+
 def _start_template() -> str:
     import pickle
     import socket
@@ -186,6 +196,10 @@ def _start_template() -> str:
         listener.bind("\0" + name)
         listener.listen(socket.SOMAXCONN)
         alive_r, alive_w = os.pipe()
+        # The template's stdin/stdout are /dev/null: keep what it inherits
+        # above 2 even if this process runs with closed stdio.
+        listener = socket.socket(fileno=_above_stdio(listener.detach()))
+        alive_r = _above_stdio(alive_r)
         prep = pickle.dumps(_template_prep(), protocol=pickle.HIGHEST_PROTOCOL)
         env = dict(os.environ)
         env[TEMPLATE_ENV] = name
