@@ -442,6 +442,19 @@ mod tests {
     }
 
     #[test]
+    fn layout_matches_the_docs() {
+        use std::mem::offset_of;
+        assert_eq!(offset_of!(BarrierShared, mu), 24);
+        assert_eq!(offset_of!(BarrierShared, seq), 40);
+        assert_eq!(offset_of!(BarrierShared, parties), 44);
+        assert_eq!(offset_of!(BarrierShared, count), 48);
+        assert_eq!(offset_of!(BarrierShared, broken), 52);
+        assert_eq!(offset_of!(BarrierShared, generation), 56);
+        assert_eq!(offset_of!(BarrierShared, history), 64);
+        assert_eq!(offset_of!(BarrierShared, releaser), 72);
+    }
+
+    #[test]
     fn indexes_are_a_permutation_over_many_generations() {
         watchdog(|| {
             let b = barrier(4);

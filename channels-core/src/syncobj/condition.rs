@@ -487,6 +487,18 @@ mod tests {
     }
 
     #[test]
+    fn layout_matches_the_docs() {
+        use std::mem::{offset_of, size_of};
+        assert_eq!(offset_of!(CondShared, mu), 24);
+        assert_eq!(offset_of!(CondShared, capacity), 40);
+        assert_eq!(offset_of!(CondShared, high), 44);
+        assert_eq!(offset_of!(CondShared, next_ticket), 48);
+        assert_eq!(size_of::<CondShared>(), 56);
+        assert_eq!(size_of::<Slot>(), 16);
+        assert_eq!(Condition::<R>::size_for(Condition::<R>::DEFAULT_WAITERS), 16384);
+    }
+
+    #[test]
     fn wait_times_out_and_keeps_the_lock() {
         let (c, l, rl) = setup(4);
         l.acquire(None).unwrap();

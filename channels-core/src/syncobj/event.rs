@@ -185,6 +185,13 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
+    fn layout_matches_the_docs() {
+        use std::mem::offset_of;
+        assert_eq!(offset_of!(EventShared, word), 24);
+        assert_eq!(offset_of!(EventShared, sleepers), 28);
+    }
+
+    #[test]
     fn python_event_semantics() {
         // SAFETY: a fresh region used only by this event.
         let e = unsafe { Event::init(region(), 0, 1, 1) }.unwrap();

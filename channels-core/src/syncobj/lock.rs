@@ -323,6 +323,17 @@ mod tests {
     }
 
     #[test]
+    fn layout_matches_the_docs() {
+        use std::mem::{offset_of, size_of};
+        assert_eq!(size_of::<Header>(), 24);
+        assert_eq!(offset_of!(LockShared, raw), 24);
+        assert_eq!(offset_of!(RawLock, tid), 4);
+        assert_eq!(offset_of!(RawLock, stamp), 8);
+        assert_eq!(size_of::<RawLock>(), 16);
+        assert_eq!(Lock::<crate::region::HeapRegion>::SIZE, 64);
+    }
+
+    #[test]
     fn python_lock_semantics() {
         let r = region();
         // SAFETY: a fresh region used only by this lock.

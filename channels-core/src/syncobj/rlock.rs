@@ -210,6 +210,13 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
+    fn layout_matches_the_docs() {
+        use std::mem::offset_of;
+        assert_eq!(offset_of!(RLockShared, raw), 24);
+        assert_eq!(offset_of!(RLockShared, count), 40);
+    }
+
+    #[test]
     fn python_rlock_semantics() {
         // SAFETY: a fresh region used only by this lock.
         let l = Arc::new(unsafe { RLock::init(region(), 0, 1, 1) }.unwrap());

@@ -238,6 +238,15 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
+    fn layout_matches_the_docs() {
+        use std::mem::offset_of;
+        assert_eq!(offset_of!(SemShared, value), 24);
+        assert_eq!(offset_of!(SemShared, sleepers), 28);
+        assert_eq!(offset_of!(SemShared, max), 32);
+        assert_eq!(offset_of!(SemShared, bounded), 36);
+    }
+
+    #[test]
     fn python_semaphore_semantics() {
         // SAFETY: a fresh region used only by this semaphore.
         let s = unsafe { Semaphore::init(region(), 0, 1, 1, 2, None) }.unwrap();
