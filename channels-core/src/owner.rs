@@ -17,23 +17,41 @@ pub struct ProcessId {
     pub start: u64,
 }
 
-/// Cache of this process's identity: `pid << 32 | ...` is not enough room,
-/// so pid and start time are cached separately and refreshed after `fork`.
+/// Cache of this process's identity: pid and start time are cached
+/// separately; a `fork` child handler clears the pid, so the child refills
+/// the cache with its own identity on first use.
 static CACHED_PID: AtomicU64 = AtomicU64::new(0);
 static CACHED_START: AtomicU64 = AtomicU64::new(0);
+static FORK_HOOK: std::sync::Once = std::sync::Once::new();
+
+extern "C" fn forget_identity_after_fork() {
+    // Relaxed: runs in the child's only thread before anything else does.
+    CACHED_PID.store(0, Ordering::Relaxed);
+}
 
 impl ProcessId {
-    /// This process. Cheap after the first call; correct across `fork`.
+    /// This process. Cheap after the first call (no system call); correct
+    /// across `fork` (a `pthread_atfork` child handler resets the cache).
     pub fn current() -> ProcessId {
+        FORK_HOOK.call_once(|| {
+            // SAFETY: registers a handler that only stores to an atomic,
+            // which is async-signal-safe as fork handlers must be.
+            unsafe { libc::pthread_atfork(None, None, Some(forget_identity_after_fork)) };
+        });
+        // Acquire: pairs with the Release below, so the start time read next
+        // is the one stored with this pid.
+        let pid = CACHED_PID.load(Ordering::Acquire);
+        if pid != 0 {
+            // Relaxed: ordered by the Acquire load above.
+            return ProcessId { pid: pid as u32, start: CACHED_START.load(Ordering::Relaxed) };
+        }
         // SAFETY: getpid has no preconditions.
         let pid = unsafe { libc::getpid() } as u32;
-        // Relaxed: a per-process cache; a stale read only costs a re-read of /proc.
-        if CACHED_PID.load(Ordering::Relaxed) == u64::from(pid) {
-            return ProcessId { pid, start: CACHED_START.load(Ordering::Relaxed) };
-        }
         let start = read_stat(pid).map_or(0, |s| s.start);
+        // Relaxed: published by the Release store of the pid.
         CACHED_START.store(start, Ordering::Relaxed);
-        CACHED_PID.store(u64::from(pid), Ordering::Relaxed);
+        // Release: publishes the start time stored just before.
+        CACHED_PID.store(u64::from(pid), Ordering::Release);
         ProcessId { pid, start }
     }
 
@@ -114,6 +132,28 @@ mod tests {
         assert_eq!(me.pid, std::process::id());
         assert!(me.start > 0);
         assert!(me.is_alive());
+    }
+
+    #[test]
+    fn identity_is_refreshed_in_a_forked_child() {
+        let parent = ProcessId::current();
+        // SAFETY: the child only calls ProcessId::current (which reads
+        // /proc; glibc keeps malloc usable after fork) and then _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let me = ProcessId::current();
+            // SAFETY: getpid has no preconditions.
+            let ok = me.pid == unsafe { libc::getpid() } as u32 && me.pid != parent.pid && me.start >= parent.start;
+            // SAFETY: _exit has no preconditions and skips the parent's
+            // atexit handlers and test harness state.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child with a valid out-pointer.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child saw a stale identity");
+        assert_eq!(ProcessId::current(), parent);
     }
 
     #[test]

@@ -419,7 +419,7 @@ impl<R: Region> Condition<R> {
     /// the timeout, and acquire `lock` again. The calling thread must hold
     /// `lock`. Returns whether it was notified.
     pub fn wait(&self, lock: &dyn CondLock, timeout: Option<Duration>) -> Result<CondWait, CondError> {
-        self.wait_as(&Me::with_tid(), os_alive, lock, &mut Waiter::new(timeout, None))
+        self.wait_as(&Me::with_tid(), os_alive, lock, &mut Waiter::new(timeout, None).unwatched())
     }
 
     /// [`Condition::wait`] with an interrupt hook (see
@@ -431,7 +431,7 @@ impl<R: Region> Condition<R> {
         timeout: Option<Duration>,
         interrupt: &mut dyn FnMut() -> bool,
     ) -> Result<CondWait, CondError> {
-        self.wait_as(&Me::with_tid(), os_alive, lock, &mut Waiter::new(timeout, Some(interrupt)))
+        self.wait_as(&Me::with_tid(), os_alive, lock, &mut Waiter::new(timeout, Some(interrupt)).unwatched())
     }
 
     /// Wake up to `n` of the current waiters, oldest first; returns how

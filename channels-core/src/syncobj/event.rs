@@ -17,7 +17,7 @@
 //!  28  4  sleepers
 //! ```
 
-use super::{sync_object_common, Header, Interrupted, ObjectError, Placed, Slept, WaitError, Waiter, SPIN};
+use super::{sync_object_common, Header, Interrupted, ObjectError, Placed, Slept, WaitError, Waiter, SIGNAL_SPIN};
 use crate::futex;
 use crate::handle::Kind;
 use crate::region::Region;
@@ -129,7 +129,7 @@ impl<R: Region> Event<R> {
         if v0 & 1 == 1 {
             return Ok(true);
         }
-        for _ in 0..SPIN {
+        for _ in 0..SIGNAL_SPIN {
             spin_loop();
             // SYNC POINT (set): as above.
             if s.word.load(Ordering::Acquire) != v0 {
@@ -161,7 +161,7 @@ impl<R: Region> Event<R> {
     /// Wait until the flag is set, at most `timeout` (`None`: no limit).
     /// Returns whether it was set (`false`: timed out).
     pub fn wait(&self, timeout: Option<Duration>) -> bool {
-        match self.wait_inner(&mut Waiter::new(timeout, None)) {
+        match self.wait_inner(&mut Waiter::new(timeout, None).unwatched()) {
             Ok(set) => set,
             Err(Interrupted) => unreachable!("no interrupt hook"),
         }
@@ -174,7 +174,7 @@ impl<R: Region> Event<R> {
         timeout: Option<Duration>,
         interrupt: &mut dyn FnMut() -> bool,
     ) -> Result<bool, Interrupted> {
-        self.wait_inner(&mut Waiter::new(timeout, Some(interrupt)))
+        self.wait_inner(&mut Waiter::new(timeout, Some(interrupt)).unwatched())
     }
 }
 

@@ -21,7 +21,7 @@
 
 use super::{
     os_alive, sync_object_common, Acquired, AliveFn, Header, Me, ObjectError, Placed, ReleaseError, Slept, WaitError,
-    Waiter, SPIN,
+    Waiter, LOCK_SPIN,
 };
 use crate::futex;
 use crate::handle::Kind;
@@ -133,7 +133,7 @@ impl RawLock {
             self.record(me);
             return Ok(Acquired::Normal);
         }
-        for _ in 0..SPIN {
+        for _ in 0..LOCK_SPIN {
             spin_loop();
             // Relaxed: polling; the CAS below synchronises.
             let v = self.word.load(Ordering::Relaxed);

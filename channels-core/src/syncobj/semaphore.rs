@@ -19,7 +19,7 @@
 //!  32  4  maximum value (SEM_VALUE_MAX when unbounded)
 //! ```
 
-use super::{sync_object_common, Header, ObjectError, Placed, ReleaseError, Slept, WaitError, Waiter, SPIN};
+use super::{sync_object_common, Header, ObjectError, Placed, ReleaseError, Slept, WaitError, Waiter, SIGNAL_SPIN};
 use crate::futex;
 use crate::handle::Kind;
 use crate::region::Region;
@@ -122,7 +122,7 @@ impl<R: Region> Semaphore<R> {
         if self.try_acquire() {
             return Ok(());
         }
-        for _ in 0..SPIN {
+        for _ in 0..SIGNAL_SPIN {
             spin_loop();
             if self.try_acquire() {
                 return Ok(());
@@ -162,7 +162,7 @@ impl<R: Region> Semaphore<R> {
     /// Take one unit, waiting at most `timeout` (`None`: no limit) for the
     /// value to become positive. Fails only with [`WaitError::TimedOut`].
     pub fn acquire(&self, timeout: Option<Duration>) -> Result<(), WaitError> {
-        self.acquire_inner(&mut Waiter::new(timeout, None))
+        self.acquire_inner(&mut Waiter::new(timeout, None).unwatched())
     }
 
     /// [`Semaphore::acquire`] with an interrupt hook (see
@@ -172,7 +172,7 @@ impl<R: Region> Semaphore<R> {
         timeout: Option<Duration>,
         interrupt: &mut dyn FnMut() -> bool,
     ) -> Result<(), WaitError> {
-        self.acquire_inner(&mut Waiter::new(timeout, Some(interrupt)))
+        self.acquire_inner(&mut Waiter::new(timeout, Some(interrupt)).unwatched())
     }
 
     /// Give one unit back. A bounded semaphore at its maximum (and any
