@@ -7,7 +7,7 @@ mod sync_common;
 use channels_core::syncobj::{Acquired, ReleaseError};
 use std::time::Duration;
 use sync_common::{arg, exists, Child, Scratch, Unlink};
-use transport_shm::{ShmEvent, ShmLock, ShmRLock};
+use transport_shm::{ShmEvent, ShmLock, ShmRLock, ShmSemaphore};
 
 const ROUNDS: u64 = 2000;
 
@@ -30,6 +30,8 @@ fn role(role: &str) -> i32 {
                 }
                 scratch.set(0, v + 1);
                 lock.release().unwrap();
+                // Other work between critical sections lets sleepers in.
+                std::thread::sleep(Duration::from_micros(100));
             }
             0
         }
@@ -76,6 +78,42 @@ fn role(role: &str) -> i32 {
                 && lock.release() == Err(ReleaseError::NotOwner)
                 && lock.try_acquire() == Ok(None);
             i32::from(!ok)
+        }
+        "hammer" => {
+            // Increment under the lock until told to stop; count takeovers.
+            // With HOLD_AT=n, say "started" from inside the n-th critical
+            // section and stay in it (the parent kills us there).
+            let lock = ShmLock::attach_text(&arg("LOCK")).unwrap();
+            let stop = ShmEvent::attach_text(&arg("STOP")).unwrap();
+            let started = ShmSemaphore::attach_text(&arg("STARTED")).unwrap();
+            let scratch = Scratch::open(&arg("SCRATCH"));
+            let hold_at: Option<u64> = std::env::var("HOLD_AT").ok().map(|v| v.parse().unwrap());
+            if hold_at.is_none() {
+                started.release().unwrap();
+            }
+            let mut i = 0;
+            while !stop.is_set() {
+                let a = lock.acquire(Some(Duration::from_secs(30))).unwrap();
+                if a.owner_died() {
+                    scratch.set(1, scratch.get(1) + 1);
+                }
+                scratch.set(0, scratch.get(0) + 1);
+                i += 1;
+                if hold_at == Some(i) {
+                    started.release().unwrap();
+                    loop {
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+                // Hold the lock a while, so that random kills can hit a holder.
+                for _ in 0..2000 {
+                    std::hint::spin_loop();
+                }
+                lock.release().unwrap();
+                // Other work between critical sections lets sleepers in.
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            0
         }
         other => panic!("unknown role {other}"),
     }
@@ -184,4 +222,60 @@ fn killed_rlock_owner_hands_it_over() {
     holder.expect_killed();
     lock.destroy().unwrap();
     held.destroy().unwrap();
+}
+
+#[test]
+fn lock_survives_holders_killed_at_random_points() {
+    let lock = ShmLock::create().unwrap();
+    let stop = ShmEvent::create().unwrap();
+    let started = ShmSemaphore::create(0, None).unwrap();
+    let _g = Unlink::of(&[lock.handle(), stop.handle(), started.handle()]);
+    let scratch = Scratch::create();
+    let env = [
+        ("LOCK", lock.handle().to_text()),
+        ("STOP", stop.handle().to_text()),
+        ("STARTED", started.handle().to_text()),
+        ("SCRATCH", scratch.name()),
+    ];
+    let mut survivors: Vec<Child> = (0..2).map(|_| Child::spawn("hammer", &env)).collect();
+    for _ in &survivors {
+        started.acquire(Some(Duration::from_secs(30))).unwrap();
+    }
+    let mut killed_holding = 0;
+    for round in 0..12u64 {
+        let mut victim = if round % 2 == 0 {
+            // Killed inside its third critical section.
+            let mut env = env.to_vec();
+            env.push(("HOLD_AT", "3".into()));
+            Child::spawn("hammer", &env)
+        } else {
+            Child::spawn("hammer", &env)
+        };
+        started.acquire(Some(Duration::from_secs(30))).unwrap();
+        if round % 2 == 1 {
+            // A pseudo-random moment inside the victim's loop.
+            std::thread::sleep(Duration::from_micros(200 + (round * 7919) % 3000));
+        }
+        victim.kill_no_reap();
+        victim.expect_killed();
+        if round % 2 == 0 {
+            assert_eq!(lock.holder(), Some(victim.pid()), "killed inside its critical section");
+            killed_holding += 1;
+        }
+    }
+    // Everyone still makes progress: the survivors (and we) can take the lock.
+    let before = scratch.get(0);
+    assert!(sync_common::eventually(Duration::from_secs(30), || scratch.get(0) > before + 100));
+    stop.set();
+    for k in &mut survivors {
+        k.expect_success();
+    }
+    let a = lock.acquire(Some(Duration::from_secs(30))).unwrap();
+    lock.release().unwrap();
+    // Every lock held by a killed process was taken over exactly once, and
+    // only then: no takeover without a death.
+    let takeovers = scratch.get(1) + u64::from(a.owner_died());
+    assert!(takeovers >= killed_holding, "{takeovers} takeovers < {killed_holding} killed holding");
+    assert!(takeovers <= 12, "{takeovers} takeovers for 12 deaths");
+    assert!(!lock.is_locked());
 }

@@ -94,3 +94,34 @@ fn loom_lock_timed_acquire_gives_up_cleanly() {
         }
     });
 }
+
+#[test]
+fn loom_rlock_threads_of_one_process() {
+    use super::super::RLock;
+    bounded(3).check(|| {
+        let r = super::region();
+        // SAFETY: a fresh region used only by this lock.
+        let l = Arc::new((unsafe { RLock::init(r, 0, 1, 1) }.unwrap(), AtomicU32::new(0)));
+        // Two threads of the same process (same pid, different tids).
+        let t = {
+            let l = Arc::clone(&l);
+            loom::thread::spawn(move || {
+                let m = super::super::Me { tid: 2, ..me(0) };
+                l.0.acquire_as(&m, all_alive, &mut Waiter::forever()).unwrap();
+                l.0.acquire_as(&m, all_alive, &mut Waiter::forever()).unwrap();
+                bump(&l.1);
+                l.0.release_as(&m).unwrap();
+                bump(&l.1);
+                l.0.release_as(&m).unwrap();
+            })
+        };
+        let m = super::super::Me { tid: 1, ..me(0) };
+        l.0.acquire_as(&m, all_alive, &mut Waiter::forever()).unwrap();
+        bump(&l.1);
+        assert_eq!(l.0.release_as(&super::super::Me { tid: 2, ..me(0) }), Err(super::super::ReleaseError::NotOwner));
+        l.0.release_as(&m).unwrap();
+        t.join().unwrap();
+        assert_eq!(l.1.load(Ordering::Relaxed), 3);
+        assert!(!l.0.is_locked());
+    });
+}
