@@ -6,13 +6,14 @@
 //! cargo run --release -p transport-shm --example sync_bench
 //! ```
 //!
-//! Prints one JSON line per case. Cases:
+//! Prints one JSON line per case and implementation: the median and the
+//! minimum over batches of the time per operation, in nanoseconds. Cases:
 //! - `lock_uncontended`: acquire + release by one process (ns per pair).
 //! - `pingpong`: two processes hand a token back and forth through two
 //!   semaphores (ns per round trip, i.e. two blocking hand-overs).
 //! - `lock_contended`: two processes each increment a shared counter under
 //!   one lock, starting together (ns per increment, both processes
-//!   together).
+//!   together; one batch).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -78,12 +79,34 @@ impl Drop for PosixSems {
     }
 }
 
-fn report(case: &str, imp: &str, ns: f64) {
-    println!("{{\"bench\":\"sync\",\"case\":\"{case}\",\"impl\":\"{imp}\",\"ns\":{ns:.1}}}");
+const BATCHES: u64 = 10;
+
+fn report(case: &str, imp: &str, mut batches: Vec<f64>) {
+    batches.sort_by(f64::total_cmp);
+    let median = batches[batches.len() / 2];
+    let min = batches[0];
+    println!(
+        "{{\"bench\":\"sync\",\"case\":\"{case}\",\"impl\":\"{imp}\",\"median_ns\":{median:.1},\"min_ns\":{min:.1},\"batches\":{}}}",
+        batches.len()
+    );
 }
 
 fn per(d: Duration, n: u64) -> f64 {
     d.as_nanos() as f64 / n as f64
+}
+
+/// Time `BATCHES` batches of `n / BATCHES` operations each.
+fn batches(n: u64, mut op: impl FnMut()) -> Vec<f64> {
+    let per_batch = n / BATCHES;
+    (0..BATCHES)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..per_batch {
+                op();
+            }
+            per(t.elapsed(), per_batch)
+        })
+        .collect()
 }
 
 fn spawn(args: &[&str]) -> std::process::Child {
@@ -149,38 +172,34 @@ fn main() {
 
     // Uncontended acquire + release.
     let lock = ShmLock::create().unwrap();
-    let t = Instant::now();
-    for _ in 0..UNCONTENDED {
+    let b = batches(UNCONTENDED, || {
         lock.acquire(None).unwrap();
         lock.release().unwrap();
-    }
-    report("lock_uncontended", "dragon", per(t.elapsed(), UNCONTENDED));
+    });
+    report("lock_uncontended", "dragon", b);
     let posix = PosixSems::create(&[0, 0, 1, 0]);
-    let t = Instant::now();
-    for _ in 0..UNCONTENDED {
+    let b = batches(UNCONTENDED, || {
         posix.wait(2);
         posix.post(2);
-    }
-    report("lock_uncontended", "posix_sem", per(t.elapsed(), UNCONTENDED));
+    });
+    report("lock_uncontended", "posix_sem", b);
 
     // Ping-pong between two processes.
     let ping = ShmSemaphore::create(0, None).unwrap();
     let pong = ShmSemaphore::create(0, None).unwrap();
     let mut c = spawn(&["pong-dragon", &ping.handle().to_text(), &pong.handle().to_text()]);
-    let t = Instant::now();
-    for _ in 0..PINGPONG {
+    let b = batches(PINGPONG, || {
         ping.release().unwrap();
         pong.acquire(None).unwrap();
-    }
-    report("pingpong", "dragon", per(t.elapsed(), PINGPONG));
+    });
+    report("pingpong", "dragon", b);
     c.wait().unwrap();
     let mut c = spawn(&["pong-posix", posix.seg.name()]);
-    let t = Instant::now();
-    for _ in 0..PINGPONG {
+    let b = batches(PINGPONG, || {
         posix.post(0);
         posix.wait(1);
-    }
-    report("pingpong", "posix_sem", per(t.elapsed(), PINGPONG));
+    });
+    report("pingpong", "posix_sem", b);
     c.wait().unwrap();
 
     // Two processes contending for one lock.
@@ -191,7 +210,7 @@ fn main() {
     let t = Instant::now();
     count_dragon(&lock, posix.counter());
     c.wait().unwrap();
-    report("lock_contended", "dragon", per(t.elapsed(), 2 * CONTENDED));
+    report("lock_contended", "dragon", vec![per(t.elapsed(), 2 * CONTENDED)]);
     // SAFETY: the child has exited.
     assert_eq!(unsafe { posix.counter().read() }, 2 * CONTENDED);
     // SAFETY: as above.
@@ -201,7 +220,7 @@ fn main() {
     let t = Instant::now();
     count_posix(&posix);
     c.wait().unwrap();
-    report("lock_contended", "posix_sem", per(t.elapsed(), 2 * CONTENDED));
+    report("lock_contended", "posix_sem", vec![per(t.elapsed(), 2 * CONTENDED)]);
     // SAFETY: the child has exited.
     assert_eq!(unsafe { posix.counter().read() }, 2 * CONTENDED);
 
