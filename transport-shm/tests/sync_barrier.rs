@@ -92,6 +92,7 @@ fn role(role: &str) -> i32 {
 
 #[test]
 fn processes_pass_in_lockstep_with_one_action_per_generation() {
+    sync_common::watchdog();
     let b = ShmBarrier::create(PARTIES as u32).unwrap();
     let _g = Unlink::of(&[b.handle()]);
     let scratch = Scratch::create();
@@ -120,6 +121,7 @@ fn processes_pass_in_lockstep_with_one_action_per_generation() {
 
 #[test]
 fn abort_breaks_and_reset_restores() {
+    sync_common::watchdog();
     let b = ShmBarrier::create(3).unwrap();
     let reset = ShmEvent::create().unwrap();
     let _g = Unlink::of(&[b.handle(), reset.handle()]);
@@ -143,6 +145,7 @@ fn abort_breaks_and_reset_restores() {
 
 #[test]
 fn one_timeout_breaks_the_barrier_for_all() {
+    sync_common::watchdog();
     let b = ShmBarrier::create(3).unwrap();
     let _g = Unlink::of(&[b.handle()]);
     let h = b.handle().to_text();
@@ -157,6 +160,7 @@ fn one_timeout_breaks_the_barrier_for_all() {
 
 #[test]
 fn killed_waiter_does_not_block_later_generations() {
+    sync_common::watchdog();
     let b = ShmBarrier::create(2).unwrap();
     let _g = Unlink::of(&[b.handle()]);
     let mut doomed = Child::spawn("wait_forever", &[("BARRIER", b.handle().to_text())]);
@@ -175,6 +179,7 @@ fn killed_waiter_does_not_block_later_generations() {
 
 #[test]
 fn killed_action_runner_breaks_the_barrier() {
+    sync_common::watchdog();
     let b = ShmBarrier::create(2).unwrap();
     let started = ShmEvent::create().unwrap();
     let _g = Unlink::of(&[b.handle(), started.handle()]);

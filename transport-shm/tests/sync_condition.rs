@@ -118,6 +118,7 @@ fn settle() {
 
 #[test]
 fn notify_n_wakes_exactly_n() {
+    sync_common::watchdog();
     let o = Arc::new(Objects::create());
     let _g = o.guard();
     let (mut kids, threads) = o.start(3, None);
@@ -143,6 +144,7 @@ fn notify_n_wakes_exactly_n() {
 
 #[test]
 fn notify_one_at_a_time() {
+    sync_common::watchdog();
     let o = Arc::new(Objects::create());
     let _g = o.guard();
     let (mut kids, threads) = o.start(1, None);
@@ -163,6 +165,7 @@ fn notify_one_at_a_time() {
 
 #[test]
 fn timed_out_waiters_then_notify_all() {
+    sync_common::watchdog();
     let o = Arc::new(Objects::create());
     let _g = o.guard();
     let (mut kids, threads) = o.start(3, Some(100));
@@ -193,6 +196,7 @@ fn timed_out_waiters_then_notify_all() {
 
 #[test]
 fn dead_waiter_does_not_absorb_a_notification() {
+    sync_common::watchdog();
     let o = Arc::new(Objects::create());
     let _g = o.guard();
     let mut doomed = Child::spawn("wait_forever", &o.env(None));

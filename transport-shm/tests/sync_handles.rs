@@ -10,6 +10,7 @@ use transport_shm::{ShmBarrier, ShmCondition, ShmEvent, ShmLock, ShmRLock, ShmSe
 
 #[test]
 fn every_kind_round_trips_and_is_destroyed() {
+    sync_common::watchdog();
     let l = ShmLock::create().unwrap();
     let r = ShmRLock::create().unwrap();
     let s = ShmSemaphore::create(3, Some(5)).unwrap();
@@ -37,6 +38,7 @@ fn every_kind_round_trips_and_is_destroyed() {
 
 #[test]
 fn stale_handle_of_a_destroyed_object() {
+    sync_common::watchdog();
     let l = ShmLock::create().unwrap();
     let _g = Unlink::of(&[l.handle()]);
     l.destroy().unwrap();
@@ -47,6 +49,7 @@ fn stale_handle_of_a_destroyed_object() {
 
 #[test]
 fn forged_and_wrong_kind_handles() {
+    sync_common::watchdog();
     let l = ShmLock::create().unwrap();
     let _g = Unlink::of(&[l.handle()]);
     let h = l.handle().clone();
@@ -82,6 +85,7 @@ fn forged_and_wrong_kind_handles() {
 
 #[test]
 fn garbage_handles() {
+    sync_common::watchdog();
     for text in ["", "!!!!", "AAAA", "not a handle at all"] {
         let err = ShmLock::attach_text(text).unwrap_err();
         assert!(matches!(err, SyncShmError::Handle(_)), "{text}: {err}");
@@ -102,6 +106,7 @@ fn garbage_handles() {
 
 #[test]
 fn handle_to_memory_that_holds_no_object() {
+    sync_common::watchdog();
     let scratch = Scratch::create();
     let h = Handle {
         kind: Kind::Lock,

@@ -121,6 +121,7 @@ fn role(role: &str) -> i32 {
 
 #[test]
 fn lock_excludes_across_processes() {
+    sync_common::watchdog();
     let lock = ShmLock::create().unwrap();
     let _g = Unlink::of(&[lock.handle()]);
     let scratch = Scratch::create();
@@ -143,6 +144,7 @@ fn lock_excludes_across_processes() {
 
 #[test]
 fn killed_holder_hands_the_lock_over() {
+    sync_common::watchdog();
     let lock = ShmLock::create().unwrap();
     let held = ShmEvent::create().unwrap();
     let waiting = ShmEvent::create().unwrap();
@@ -179,6 +181,7 @@ fn killed_holder_hands_the_lock_over() {
 
 #[test]
 fn any_process_may_release_a_lock() {
+    sync_common::watchdog();
     let lock = ShmLock::create().unwrap();
     let _g = Unlink::of(&[lock.handle()]);
     lock.acquire(None).unwrap();
@@ -192,6 +195,7 @@ fn any_process_may_release_a_lock() {
 
 #[test]
 fn rlock_belongs_to_one_thread_of_one_process() {
+    sync_common::watchdog();
     let lock = ShmRLock::create().unwrap();
     let _g = Unlink::of(&[lock.handle()]);
     lock.acquire(None).unwrap();
@@ -207,6 +211,7 @@ fn rlock_belongs_to_one_thread_of_one_process() {
 
 #[test]
 fn killed_rlock_owner_hands_it_over() {
+    sync_common::watchdog();
     let lock = ShmRLock::create().unwrap();
     let held = ShmEvent::create().unwrap();
     let _g = Unlink::of(&[lock.handle(), held.handle()]);
@@ -226,6 +231,7 @@ fn killed_rlock_owner_hands_it_over() {
 
 #[test]
 fn lock_survives_holders_killed_at_random_points() {
+    sync_common::watchdog();
     let lock = ShmLock::create().unwrap();
     let stop = ShmEvent::create().unwrap();
     let started = ShmSemaphore::create(0, None).unwrap();

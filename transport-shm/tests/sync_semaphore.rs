@@ -48,6 +48,7 @@ fn role(role: &str) -> i32 {
 
 #[test]
 fn units_are_conserved_across_processes() {
+    sync_common::watchdog();
     let sem = ShmSemaphore::create(0, None).unwrap();
     let _g = Unlink::of(&[sem.handle()]);
     let scratch = Scratch::create();
@@ -76,6 +77,7 @@ fn units_are_conserved_across_processes() {
 
 #[test]
 fn bounded_semaphore_across_processes() {
+    sync_common::watchdog();
     let sem = ShmSemaphore::create(2, Some(2)).unwrap();
     let _g = Unlink::of(&[sem.handle()]);
     let h = [("SEM", sem.handle().to_text())];
@@ -91,6 +93,7 @@ fn bounded_semaphore_across_processes() {
 
 #[test]
 fn event_wakes_every_process() {
+    sync_common::watchdog();
     let ev = ShmEvent::create().unwrap();
     let ready = ShmSemaphore::create(0, None).unwrap();
     let _g = Unlink::of(&[ev.handle(), ready.handle()]);

@@ -670,7 +670,18 @@ pub(crate) mod test_util {
     use std::sync::Arc;
     use std::time::Duration;
 
+    /// A fresh region; also starts the binary's watchdog, which aborts the
+    /// test process if it still runs after 300 s (a hang in a test that
+    /// does not use [`watchdog`] then fails the run instead of stalling it).
     pub(crate) fn region() -> Arc<HeapRegion> {
+        static START: std::sync::Once = std::sync::Once::new();
+        START.call_once(|| {
+            std::thread::spawn(|| {
+                std::thread::sleep(Duration::from_secs(300));
+                eprintln!("watchdog: channels-core tests still running after 300 s; aborting");
+                std::process::abort();
+            });
+        });
         Arc::new(HeapRegion::new(1 << 16))
     }
 

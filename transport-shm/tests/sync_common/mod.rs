@@ -4,15 +4,18 @@
 //! `--exact child_entry` and the role in [`ROLE_ENV`]; the binary's
 //! `child_entry` test runs the role and exits with its status (in a normal
 //! run, without the variable, it returns at once). Children are killed and
-//! reaped when their [`Child`] guard drops, and every wait has a deadline,
-//! so a hang fails the test instead of stalling the suite.
+//! reaped when their [`Child`] guard drops, die with their parent
+//! (`PR_SET_PDEATHSIG`), and every wait has a deadline, so a hang fails the
+//! test instead of stalling the suite. [`watchdog`] aborts a test binary
+//! that hangs anyway, after removing its run's segments.
 #![allow(dead_code)]
 
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Once;
 use std::time::{Duration, Instant};
-use transport_shm::segment::{RunId, Segment};
+use transport_shm::segment::{cleanup_run, RunId, Segment};
 
 /// Environment variable naming the role a re-executed test binary plays.
 pub const ROLE_ENV: &str = "DRAGON_SYNC_TEST_ROLE";
@@ -20,9 +23,42 @@ pub const ROLE_ENV: &str = "DRAGON_SYNC_TEST_ROLE";
 /// Longest any child may run before the test fails.
 pub const CHILD_DEADLINE: Duration = Duration::from_secs(60);
 
+/// Longest a whole test binary may run before its watchdog aborts it.
+pub const BINARY_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Environment variable carrying the parent's pid to children.
+const PARENT_ENV: &str = "DRAGON_SYNC_TEST_PARENT";
+
+/// Start (once per process) a thread that aborts the test binary if it is
+/// still running after [`BINARY_DEADLINE`], removing the segments of its
+/// run first. Every test calls this first.
+pub fn watchdog() {
+    static START: Once = Once::new();
+    START.call_once(|| {
+        std::thread::spawn(|| {
+            std::thread::sleep(BINARY_DEADLINE);
+            eprintln!("watchdog: test binary still running after {BINARY_DEADLINE:?}; aborting");
+            let run = RunId::current();
+            if run.owner().pid == std::process::id() {
+                cleanup_run(run);
+            }
+            std::process::abort();
+        });
+    });
+}
+
 /// If this process is a child, run its role and exit; otherwise return.
 pub fn child_entry(run: fn(&str) -> i32) {
     if let Ok(role) = std::env::var(ROLE_ENV) {
+        // Die with the parent, so an aborted test leaves no stray children.
+        // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+        // SAFETY: getppid has no preconditions.
+        let parent = unsafe { libc::getppid() };
+        if std::env::var(PARENT_ENV).ok().and_then(|p| p.parse::<i32>().ok()) != Some(parent) {
+            // The parent died before the prctl took effect.
+            std::process::exit(2);
+        }
         let code = run(&role);
         std::process::exit(code);
     }
@@ -48,6 +84,7 @@ impl Child {
         let mut cmd = Command::new(exe);
         cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads", "1", "-q"])
             .env(ROLE_ENV, role)
+            .env(PARENT_ENV, std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         for (k, v) in env {
