@@ -9,7 +9,7 @@ VPY := $(VENV)/bin/python
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: setup demo test test-rust test-loom test-py lint bench clean-shm
+.PHONY: setup demo test test-rust test-loom test-py oracle lint bench clean-shm
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,12 @@ test-loom:
 test-py: setup
 	$(VPY) -m pytest -q dragon-py/tests
 
-test: lint test-rust test-loom test-py
+# CPython's multiprocessing suite under the dragon start method, against the
+# committed floor (dragon-py/oracle-floor.txt). About 75 s on 2 cores.
+oracle: setup
+	PYTHON=$(VPY) scripts/oracle
+
+test: lint test-rust test-loom test-py oracle
 	@$(MAKE) -s clean-shm-check
 
 # Fails if a test left segments in /dev/shm.
