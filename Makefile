@@ -19,6 +19,9 @@ $(VPY):
 # Build the extension in release mode and install the package into the venv.
 setup: $(VPY)
 	cd dragon-py && ../$(VENV)/bin/maturin develop --release -q
+	@# Byte-compile the (editable) sources: with PYTHONDONTWRITEBYTECODE set,
+	@# every process would otherwise recompile them, template and children too.
+	$(VPY) -m compileall -q dragon-py/python/dragon
 
 demo: setup
 	@for f in examples/*.py; do echo "== $$f"; $(VPY) $$f || exit 1; done

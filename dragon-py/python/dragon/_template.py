@@ -44,6 +44,18 @@ REPLY_ERROR = b"E"
 MAX_FDS = 253
 INT64 = 8
 
+# Modules that children commonly need, imported once by the template so that
+# children do not import them each: the process machinery, and what Pool
+# workers and queues unpickle.
+PRELOAD = (
+    "dragon.popen",
+    "multiprocessing.resource_tracker",
+    "multiprocessing.connection",
+    "multiprocessing.synchronize",
+    "multiprocessing.queues",
+    "multiprocessing.pool",
+)
+
 
 def _read_exact(fd, n):
     buf = bytearray()
@@ -110,6 +122,15 @@ class _Template:
                 if self.stopping:
                     break
         self._shutdown()
+
+    @staticmethod
+    def _freeze():
+        """Keep children from copying the template's pages: a garbage
+        collection in a child walks every object (writing their headers);
+        frozen objects are left alone."""
+        import gc
+
+        gc.freeze()
 
     def _on_alive(self, fd):
         try:
@@ -297,6 +318,8 @@ class _Template:
         if self.owns_run:
             try:
                 self.runtime.remove_run_segments(self.run_id)
+                # and leftovers of earlier runs whose watchdog died too
+                self.runtime.remove_dead_runs_segments()
             except Exception:
                 pass
         try:
@@ -395,8 +418,6 @@ def main():
 
     from multiprocessing import process, spawn
 
-    from . import _native
-
     # The starter sends its preparation data first.
     try:
         n = int.from_bytes(_read_exact(alive_fd, INT64), "little")
@@ -426,8 +447,12 @@ def main():
     # Signal handlers are installed after the main module's import, so that
     # children get back whatever that import installed.
     template = _Template(listener_fd, alive_fd, starter, starter_fd)
-    try:
-        _native.cleanup_dead_runs()  # leftovers of runs whose watchdog died too
-    except Exception:
-        pass
+    import importlib
+
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception:
+            pass
+    template._freeze()
     template.serve()

@@ -286,33 +286,39 @@ def shutdown(wait: float = SHUTDOWN_WAIT) -> None:
     os.close(alive_w)  # EOF: the template's signal to clean up and exit
     if pid is None:
         return
-    import time
+    if not _wait_exit(pid, wait):
+        # It did not finish in time: finish for it.
+        import signal
 
-    deadline = time.monotonic() + wait
-    delay = 0.0005
-    while True:
         try:
-            wpid, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            break
-        if wpid:
-            break
-        if time.monotonic() >= deadline:
-            # It did not finish in time: finish for it.
-            import signal
-
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except OSError:
-                pass
-            kill_session(pid)
-            if run_owner()[0] == os.getpid():
-                remove_run_segments()
-            break
-        time.sleep(delay)
-        delay = min(delay * 2, 0.02)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
+        kill_session(pid)
+        if run_owner()[0] == os.getpid():
+            remove_run_segments()
     _owned.pid = None
+
+
+def _wait_exit(pid: int, timeout: float) -> bool:
+    """Reap child ``pid``, waiting at most ``timeout`` seconds."""
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        fd = -1
+    try:
+        if fd >= 0:
+            select.select([fd], [], [], timeout)
+        wpid, _ = os.waitpid(pid, os.WNOHANG)
+        return wpid != 0
+    except ChildProcessError:
+        return True
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 # --------------------------------------------------------------------------
@@ -322,6 +328,11 @@ def shutdown(wait: float = SHUTDOWN_WAIT) -> None:
 def remove_run_segments(rid: str | None = None) -> int:
     """Remove every ``/dev/shm/dragon-<run>-*`` file. Returns how many."""
     return _native().cleanup_run(rid or run_id())
+
+
+def remove_dead_runs_segments() -> int:
+    """Remove the segments of every run whose owner process is dead."""
+    return _native().cleanup_dead_runs()
 
 
 def session_members(sid: int) -> list[int]:
