@@ -285,6 +285,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn objects_can_be_shared_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<ShmLock>();
+        send_sync::<ShmRLock>();
+        send_sync::<ShmSemaphore>();
+        send_sync::<ShmEvent>();
+        send_sync::<ShmCondition>();
+        send_sync::<ShmBarrier>();
+    }
+
+    #[test]
     fn create_attach_destroy() {
         let l = ShmLock::create().unwrap();
         let l2 = ShmLock::attach_text(&l.handle().to_text()).unwrap();

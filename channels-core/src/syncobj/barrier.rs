@@ -280,8 +280,14 @@ impl<R: Region> Barrier<R> {
                 let ok = action();
                 guard.armed = false;
                 self.lock_mu(me, alive);
-                if s.generation.load(Ordering::Relaxed) != g || s.broken.load(Ordering::Relaxed) != 0 {
-                    // Reset or aborted while the action ran.
+                if s.generation.load(Ordering::Relaxed) != g {
+                    // Reset while the action ran: the reset cleared our stamp.
+                    self.unlock_mu();
+                    return Err(BarrierError::Broken);
+                }
+                if s.broken.load(Ordering::Relaxed) != 0 {
+                    // Aborted while the action ran.
+                    s.releaser.store(0, Ordering::Relaxed);
                     self.unlock_mu();
                     return Err(BarrierError::Broken);
                 }
