@@ -355,6 +355,16 @@ def _close_all(fds):
                 pass
 
 
+def _apply_environ(env):
+    """Make os.environ equal to ``env``, touching only what differs."""
+    cur = os.environ
+    for k in [k for k in cur if k not in env]:
+        del cur[k]
+    for k, v in env.items():
+        if cur.get(k) != v:
+            cur[k] = v
+
+
 def _child_main(fds):
     """Become the requested process (in a child forked by the template)."""
     import pickle
@@ -364,7 +374,10 @@ def _child_main(fds):
     from . import popen
 
     with os.fdopen(fds[0], "rb", closefd=True) as from_parent:
-        head = pickle.load(from_parent)
+        try:
+            head = pickle.load(from_parent)
+        except EOFError:
+            return 1  # the client went away before sending anything
         stdio = head["stdio"]
         for target, idx in enumerate(stdio):
             if idx is None:
@@ -379,8 +392,7 @@ def _child_main(fds):
                 sys.stdout.reconfigure(line_buffering=True)
             except Exception:
                 pass
-        os.environ.clear()
-        os.environ.update(head["env"])
+        _apply_environ(head["env"])
         tracker = head["tracker"]
         resource_tracker._resource_tracker._fd = fds[tracker] if tracker is not None else None
         popen._inherited_fds = fds[head["extra"]:]

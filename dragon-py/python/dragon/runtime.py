@@ -85,6 +85,14 @@ def template_address() -> str | None:
 _lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it at fork
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class _Owned:
     """The template this process started (at most one per process)."""
 
