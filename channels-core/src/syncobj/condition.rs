@@ -435,9 +435,12 @@ impl<R: Region> Condition<R> {
     }
 
     /// Wake up to `n` of the current waiters, oldest first; returns how
-    /// many were woken. Python requires the caller to hold the lock; this
-    /// layer does not check it, but only waiters that registered before the
-    /// call can be woken by it.
+    /// many were notified. When `n` is smaller than the number of waiters,
+    /// dead waiters are skipped; when it covers them all, every slot is
+    /// notified without liveness checks (the count then includes waiters
+    /// that died). Python requires the caller to hold the lock; this layer
+    /// does not check it, but only waiters that registered before the call
+    /// can be woken by it.
     pub fn notify(&self, n: u32) -> u32 {
         self.notify_as(&Me::current(), os_alive, n)
     }
