@@ -60,6 +60,9 @@
 //!   [`LIVENESS_SLICE`]). A party that dies before arriving cannot be told
 //!   from a slow one: the barrier's timeout applies.
 //!
+//! Owners are recorded as pids, so all processes sharing an object must be
+//! in the same pid namespace.
+//!
 //! # Waiting
 //!
 //! Every blocking call spins briefly, then sleeps on a shared futex word
