@@ -421,3 +421,18 @@ def test_dragon_cli(tmp_path):
     r = subprocess.run([exe, str(tmp_path / "missing.py")], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and "can't open file" in r.stderr
+    # HPE Dragon programs select the start method themselves; an uncaught
+    # exception gives exit code 1 as with python.
+    script = write_script(tmp_path, """
+        import multiprocessing as mp
+        def f(x):
+            return -x
+        if __name__ == "__main__":
+            mp.set_start_method("dragon")
+            with mp.Pool(2) as p:
+                print(p.map(f, [1, 2]), flush=True)
+            raise SystemExit(3)
+    """, name="selects.py")
+    r = subprocess.run([exe, script], env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3, r.stderr
+    assert r.stdout.splitlines() == ["[-1, -2]"]

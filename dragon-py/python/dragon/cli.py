@@ -5,8 +5,9 @@
     dragon --version
 
 The program runs in this interpreter, exactly as ``python script.py`` would
-run it, except that ``multiprocessing``'s start method is already
-``dragon``. (Multi-node options come later.)
+run it, except that ``multiprocessing``'s default start method is
+``dragon`` (the program may still call ``set_start_method``). (Multi-node
+options come later.)
 """
 from __future__ import annotations
 
@@ -44,22 +45,23 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write("dragon: can't open file %r: No such file or directory\n" % script)
             return 2
 
-    import multiprocessing
+    from multiprocessing import context
 
     import dragon  # noqa: F401  registers the start method
+
+    from . import runtime
+
+    # "dragon" becomes the default start method (what get_start_method()
+    # answers until the program chooses), so that a program which itself
+    # calls set_start_method("dragon"), as HPE Dragon programs do, still works.
+    context._default_context._default_context = context._concrete_contexts["dragon"]
 
     if module is not None:
         import runpy
 
-        from . import runtime
-
         sys.argv = [module, *args]
         sys.path[0] = os.getcwd()
-        # The template would preload this command's module as __main__: let
-        # it start on first use, once the module is __main__.
-        runtime.defer_template_start(True)
-        multiprocessing.set_start_method("dragon", force=True)
-        runtime.defer_template_start(False)
+        # The template starts on first use, once the module is __main__.
         runpy._run_module_as_main(module, alter_argv=False)
         return 0
 
@@ -77,12 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     sys.modules["__main__"] = main_module
     sys.argv = [script, *args]
     sys.path[0] = os.path.dirname(path)
-    # As `python script.py` would, with the start method already set; the
-    # template starts now and preloads the script as __mp_main__.
-    multiprocessing.set_start_method("dragon", force=True)
+    # As `python script.py` would, with the template already importing the
+    # script (as __mp_main__) while the script starts.
+    runtime.ensure_template()
     exec(code, main_module.__dict__)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -50,7 +50,7 @@ class DragonContext(_mp_context.BaseContext):
         # while the program goes on.
         from . import runtime
 
-        runtime.start_template_early()
+        runtime.ensure_template()
 
 
 # Names of multiprocessing's top-level factories that dispatch on the current

@@ -138,31 +138,22 @@ def _interpreter_flags() -> list[str]:
 
 def _template_prep() -> dict:
     """What the template needs to import the main module as children would."""
-    from multiprocessing import spawn
+    from multiprocessing import context, spawn
 
-    prep = spawn.get_preparation_data("dragon-template")
+    # get_preparation_data() asks for the start method, which fixes it if
+    # the program has not chosen one yet: starting the template must not.
+    default = context._default_context
+    actual = default._actual_context
+    try:
+        prep = spawn.get_preparation_data("dragon-template")
+    finally:
+        default._actual_context = actual
     # The template never unpickles a process object itself: the key stays
     # with the processes it starts (each request carries its own).
     for k in ("authkey", "name", "log_to_stderr", "log_level"):
         prep.pop(k, None)
     prep["start_method"] = "dragon"
     return prep
-
-
-_deferred = False
-
-
-def defer_template_start(flag: bool) -> None:
-    """While set, selecting the start method does not start the template
-    (it starts on the first process start instead)."""
-    global _deferred
-    _deferred = flag
-
-
-def start_template_early() -> None:
-    """Start the template now unless deferred (``get_context("dragon")``)."""
-    if not _deferred:
-        ensure_template()
 
 
 def ensure_template() -> str:
