@@ -138,6 +138,14 @@ class Popen:
             os.close(data_w)
             data_w = -1
             msg, anc, _, _ = sock.recvmsg(256, socket.CMSG_SPACE(4))
+        except (ConnectionError, BrokenPipeError) as e:
+            sock.close()
+            # The template died between accepting and answering.
+            raise TemplateError(
+                e.errno,
+                "the dragon runtime's template process went away while starting a process "
+                "(%s): %s" % (e.strerror, runtime.template_status()),
+            ) from None
         except BaseException:
             sock.close()
             raise
@@ -150,8 +158,8 @@ class Popen:
             if msg[:1] == proto.REPLY_ERROR:
                 raise TemplateError("the dragon template could not start the process: "
                                     + msg[1:].decode(errors="replace"))
-            raise TemplateError("the dragon template went away while starting a process: "
-                                + runtime.template_status())
+            raise TemplateError("the dragon runtime's template process went away while starting "
+                                "a process: " + runtime.template_status())
         self.pid = int.from_bytes(msg[1:], "little", signed=True)
         self._pidfd = pidfds[0] if pidfds else -1
         proto._close_all(pidfds[1:])
