@@ -1,0 +1,333 @@
+//! The attachment table: which processes use a channel, and what to do when
+//! one of them dies.
+//!
+//! Each attachment owns one row: `(state, pid)` in one word, the process
+//! start time, and its roles. Its id (row index + 1, 1..=1023) is what ring
+//! stamps and block states name. A row moves
+//!
+//! ```text
+//!   FREE (0) -> CLAIMING(pid) -> ACTIVE(pid) -> FREE                  (attach, detach)
+//!                                 |
+//!                         found dead: DEAD(pid) -> SWEEPING(pid, by) -> FREE
+//! ```
+//!
+//! Only the process that moves a row to `DEAD` adjusts nothing else: sender
+//! and receiver counts are derived from the table (rows `ACTIVE` with the
+//! role), so they can never drift. A row becomes `FREE` again only after a
+//! sweep returned everything the dead attachment held, so an id is never
+//! reused while something still names it. One sweeper at a time owns a dead
+//! row (`SWEEPING(by)`); if the sweeper dies too, its row is found dead and
+//! the sweep is taken over.
+
+use crate::layout::{AttachCtl, AttachRow};
+use crate::owner::ProcessId;
+use crate::sync::{AtomicU64, Ordering};
+use std::ptr::NonNull;
+
+const ROW_CLAIMING: u64 = 1;
+const ROW_ACTIVE: u64 = 2;
+const ROW_DEAD: u64 = 3;
+const ROW_SWEEPING: u64 = 4;
+
+fn row_word(state: u64, aux: u32, pid: u32) -> u64 {
+    (state << 60) | (u64::from(aux & 0x3FF) << 32) | u64::from(pid)
+}
+fn row_state(w: u64) -> u64 {
+    w >> 60
+}
+fn row_aux(w: u64) -> u32 {
+    ((w >> 32) & 0x3FF) as u32
+}
+fn row_pid(w: u64) -> u32 {
+    w as u32
+}
+
+/// What an attachment does with a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Roles(u32);
+
+impl Roles {
+    /// Sends only.
+    pub const SEND: Roles = Roles(1);
+    /// Receives only.
+    pub const RECV: Roles = Roles(2);
+    /// Sends and receives.
+    pub const BOTH: Roles = Roles(3);
+    /// Neither (an observer: counts as no sender and no receiver).
+    pub const NONE: Roles = Roles(0);
+
+    /// Whether this attachment sends.
+    pub fn sends(self) -> bool {
+        self.0 & 1 != 0
+    }
+    /// Whether this attachment receives.
+    pub fn receives(self) -> bool {
+        self.0 & 2 != 0
+    }
+    pub(crate) fn bits(self) -> u32 {
+        self.0
+    }
+}
+
+/// A view of the attachment table.
+#[derive(Debug)]
+pub(crate) struct Table {
+    ctl: NonNull<AttachCtl>,
+    rows: NonNull<AttachRow>,
+    max: u32,
+}
+
+// SAFETY: points into shared memory whose shared words are all atomics.
+unsafe impl Send for Table {}
+// SAFETY: as above.
+unsafe impl Sync for Table {}
+
+/// A dead attachment whose sweep this process now owns.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SweepClaim {
+    pub att: u32,
+    word: u64,
+}
+
+impl Table {
+    /// # Safety
+    ///
+    /// `ctl` and `rows[..max]` must be initialised and stay mapped for the
+    /// life of the table.
+    pub(crate) unsafe fn new(ctl: NonNull<AttachCtl>, rows: NonNull<AttachRow>, max: u32) -> Table {
+        Table { ctl, rows, max }
+    }
+
+    /// Write fresh rows.
+    ///
+    /// # Safety
+    ///
+    /// `rows` must point at `max` writable, aligned, unused rows.
+    pub(crate) unsafe fn init_rows(rows: *mut AttachRow, max: u32) {
+        for i in 0..max as usize {
+            // SAFETY: in bounds per the caller's contract.
+            unsafe {
+                rows.add(i).write(AttachRow {
+                    owner: AtomicU64::new(0),
+                    start: AtomicU64::new(0),
+                    roles: crate::sync::AtomicU32::new(0),
+                    reserved: crate::sync::AtomicU32::new(0),
+                })
+            };
+        }
+    }
+
+    fn ctl(&self) -> &AttachCtl {
+        // SAFETY: constructor contract.
+        unsafe { self.ctl.as_ref() }
+    }
+
+    fn row(&self, att: u32) -> &AttachRow {
+        assert!(att >= 1 && att <= self.max);
+        // SAFETY: in bounds; constructor contract.
+        unsafe { &*self.rows.as_ptr().add(att as usize - 1) }
+    }
+
+    fn high_water(&self) -> u32 {
+        // Relaxed: only bounds scans; rows beyond it are FREE anyway.
+        self.ctl().high_water.load(Ordering::Relaxed).min(self.max)
+    }
+
+    /// Table version (changes after every row change).
+    pub(crate) fn version(&self) -> u64 {
+        // Acquire: pairs with the Release bump after a row change.
+        self.ctl().version.load(Ordering::Acquire)
+    }
+
+    fn bump(&self) {
+        // Release: the row change before it is visible to whoever sees the
+        // new version.
+        self.ctl().version.fetch_add(1, Ordering::Release);
+    }
+
+    /// Take a free row for `me` with `roles`. Returns the attachment id.
+    pub(crate) fn claim(&self, me: ProcessId, roles: Roles) -> Option<u32> {
+        for att in 1..=self.max {
+            let row = self.row(att);
+            // Relaxed: a hint; the CAS decides.
+            if row.owner.load(Ordering::Relaxed) != 0 {
+                continue;
+            }
+            // Acquire: pairs with the Release that freed the row.
+            if row
+                .owner
+                .compare_exchange(0, row_word(ROW_CLAIMING, 0, me.pid), Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            // Relaxed: published by the Release store of ACTIVE below.
+            row.start.store(me.start, Ordering::Relaxed);
+            row.roles.store(roles.bits(), Ordering::Relaxed);
+            self.ctl().high_water.fetch_max(att, Ordering::Relaxed);
+            // Relaxed: a monotonic flag, read only for disconnect decisions
+            // that also read the table (Acquire) afterwards.
+            self.ctl().latch.fetch_or(roles.bits(), Ordering::Relaxed);
+            // SYNC POINT (Release): start time and roles are complete.
+            row.owner.store(row_word(ROW_ACTIVE, 0, me.pid), Ordering::Release);
+            self.bump();
+            return Some(att);
+        }
+        None
+    }
+
+    /// Give back our row (normal detach).
+    pub(crate) fn release(&self, att: u32) {
+        let row = self.row(att);
+        row.roles.store(0, Ordering::Relaxed);
+        row.start.store(0, Ordering::Relaxed);
+        // Release: the cleared fields are visible before the row is free.
+        row.owner.store(0, Ordering::Release);
+        self.bump();
+    }
+
+    /// Roles ever attached (latch bits).
+    pub(crate) fn latch(&self) -> Roles {
+        Roles(self.ctl().latch.load(Ordering::Acquire))
+    }
+
+    /// Live (ACTIVE) senders and receivers, as recorded (dead processes not
+    /// yet found count until a liveness scan finds them).
+    pub(crate) fn counts(&self) -> (u32, u32) {
+        let (mut s, mut r) = (0, 0);
+        for att in 1..=self.high_water() {
+            let row = self.row(att);
+            // Acquire: pairs with the Release store of ACTIVE.
+            if row_state(row.owner.load(Ordering::Acquire)) == ROW_ACTIVE {
+                let roles = Roles(row.roles.load(Ordering::Relaxed));
+                s += u32::from(roles.sends());
+                r += u32::from(roles.receives());
+            }
+        }
+        (s, r)
+    }
+
+    /// Attachments in use (any state but FREE).
+    pub(crate) fn in_use(&self) -> u32 {
+        (1..=self.high_water()).filter(|&a| self.row(a).owner.load(Ordering::Acquire) != 0).count() as u32
+    }
+
+    /// The process behind attachment `att`, if it is claiming or active.
+    fn process(&self, att: u32) -> Option<ProcessId> {
+        let w = self.row(att).owner.load(Ordering::Acquire);
+        match row_state(w) {
+            // A claiming row may not have its start time yet: pid only.
+            ROW_CLAIMING => Some(ProcessId { pid: row_pid(w), start: 0 }),
+            ROW_ACTIVE => Some(ProcessId { pid: row_pid(w), start: self.row(att).start.load(Ordering::Relaxed) }),
+            _ => None,
+        }
+    }
+
+    /// Whether attachment `att` belongs to a live process.
+    pub(crate) fn is_alive(&self, att: u32) -> bool {
+        if att == 0 || att > self.max {
+            return false;
+        }
+        match self.process(att) {
+            Some(p) => p.pid == ProcessId::current().pid || p.is_alive(),
+            None => false,
+        }
+    }
+
+    /// Whether a liveness scan is due (at most one per `interval_ms` across
+    /// all processes); claims the scan if so.
+    pub(crate) fn scan_due(&self, now_ms: u64, interval_ms: u64) -> bool {
+        let last = self.ctl().last_check_ms.load(Ordering::Relaxed);
+        now_ms.saturating_sub(last) >= interval_ms
+            // Relaxed: a rate limiter; losing the race only skips a scan.
+            && self.ctl().last_check_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
+
+    /// Mark every row of a dead process DEAD. Returns how many were found.
+    pub(crate) fn find_dead(&self) -> u32 {
+        let me = ProcessId::current().pid;
+        let mut found = 0;
+        for att in 1..=self.high_water() {
+            let row = self.row(att);
+            let w = row.owner.load(Ordering::Acquire);
+            let st = row_state(w);
+            if (st != ROW_ACTIVE && st != ROW_CLAIMING) || row_pid(w) == me {
+                continue;
+            }
+            if self.process(att).is_some_and(|p| !p.is_alive())
+                // AcqRel: exactly one finder.
+                && row.owner.compare_exchange(w, row_word(ROW_DEAD, 0, row_pid(w)), Ordering::AcqRel, Ordering::Relaxed).is_ok()
+            {
+                found += 1;
+                self.bump();
+            }
+        }
+        found
+    }
+
+    /// Claim the sweep of one dead attachment (as `me`), if any needs one.
+    pub(crate) fn claim_sweep(&self, me: u32) -> Option<SweepClaim> {
+        for att in 1..=self.high_water() {
+            let row = self.row(att);
+            let w = row.owner.load(Ordering::Acquire);
+            let takeable = match row_state(w) {
+                ROW_DEAD => true,
+                ROW_SWEEPING => {
+                    let by = row_aux(w);
+                    by != me && by != att && !self.is_alive(by)
+                }
+                _ => false,
+            };
+            if !takeable {
+                continue;
+            }
+            let claimed = row_word(ROW_SWEEPING, me, row_pid(w));
+            // AcqRel: one sweeper at a time.
+            if row.owner.compare_exchange(w, claimed, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                return Some(SweepClaim { att, word: claimed });
+            }
+        }
+        None
+    }
+
+    /// Sweeps that dead attachment `dead` owned go back to `DEAD`, so that
+    /// someone else takes them over even after `dead`'s id is reused.
+    pub(crate) fn orphan_sweeps_of(&self, dead: u32) {
+        for att in 1..=self.high_water() {
+            let row = self.row(att);
+            let w = row.owner.load(Ordering::Acquire);
+            if row_state(w) == ROW_SWEEPING && row_aux(w) == dead {
+                // AcqRel: hands the sweep back; one CAS wins.
+                let _ = row.owner.compare_exchange(
+                    w,
+                    row_word(ROW_DEAD, 0, row_pid(w)),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                );
+            }
+        }
+    }
+
+    /// The sweep is done: the row is free for reuse.
+    pub(crate) fn finish_sweep(&self, claim: SweepClaim) {
+        let row = self.row(claim.att);
+        row.roles.store(0, Ordering::Relaxed);
+        row.start.store(0, Ordering::Relaxed);
+        // Release: everything the sweep did happens before the id is reused.
+        if row.owner.compare_exchange(claim.word, 0, Ordering::Release, Ordering::Relaxed).is_ok() {
+            self.bump();
+        }
+    }
+}
+
+#[cfg(all(test, not(dragon_loom)))]
+impl Table {
+    /// Make attachment `att` look like it belongs to process `pid` (tests
+    /// simulate a death by pointing a row at a process that has exited).
+    pub(crate) fn forge_pid(&self, att: u32, pid: u32) {
+        let row = self.row(att);
+        let w = row.owner.load(Ordering::Relaxed);
+        row.owner.store(row_word(row_state(w), row_aux(w), pid), Ordering::Relaxed);
+        row.start.store(0, Ordering::Relaxed);
+    }
+}
