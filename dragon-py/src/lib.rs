@@ -1,11 +1,17 @@
 //! The private extension module `dragon._native`.
 use pyo3::prelude::*;
 
+mod blocking;
+mod errors;
+mod memory;
 mod runtime;
+mod sync;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     runtime::register(m)?;
+    sync::register(m)?;
+    memory::register(m)?;
     Ok(())
 }

@@ -44,6 +44,79 @@ class DragonContext(_mp_context.BaseContext):
     _name = START_METHOD
     Process = DragonProcess
 
+    # -- synchronisation objects and shared values (dragon.synchronize,
+    #    dragon.sharedctypes) ---------------------------------------------------
+    def Lock(self):
+        """A non-recursive lock in shared memory."""
+        from .synchronize import Lock
+
+        return Lock(ctx=self.get_context())
+
+    def RLock(self):
+        """A recursive lock in shared memory."""
+        from .synchronize import RLock
+
+        return RLock(ctx=self.get_context())
+
+    def Semaphore(self, value=1):
+        """A semaphore in shared memory."""
+        from .synchronize import Semaphore
+
+        return Semaphore(value, ctx=self.get_context())
+
+    def BoundedSemaphore(self, value=1):
+        """A bounded semaphore in shared memory."""
+        from .synchronize import BoundedSemaphore
+
+        return BoundedSemaphore(value, ctx=self.get_context())
+
+    def Condition(self, lock=None):
+        """A condition variable in shared memory (with a dragon lock; any
+        other lock gets the standard implementation)."""
+        from .synchronize import Condition, Lock, RLock
+
+        if lock is None or isinstance(lock, (Lock, RLock)):
+            return Condition(lock, ctx=self.get_context())
+        from multiprocessing.synchronize import Condition as StdCondition
+
+        return StdCondition(lock, ctx=self.get_context())
+
+    def Event(self):
+        """An event in shared memory."""
+        from .synchronize import Event
+
+        return Event(ctx=self.get_context())
+
+    def Barrier(self, parties, action=None, timeout=None):
+        """A barrier in shared memory."""
+        from .synchronize import Barrier
+
+        return Barrier(parties, action, timeout, ctx=self.get_context())
+
+    def RawValue(self, typecode_or_type, *args):
+        """A ctypes object in shared memory."""
+        from .sharedctypes import RawValue
+
+        return RawValue(typecode_or_type, *args)
+
+    def RawArray(self, typecode_or_type, size_or_initializer):
+        """A ctypes array in shared memory."""
+        from .sharedctypes import RawArray
+
+        return RawArray(typecode_or_type, size_or_initializer)
+
+    def Value(self, typecode_or_type, *args, lock=True):
+        """A ctypes object in shared memory, with a lock."""
+        from .sharedctypes import Value
+
+        return Value(typecode_or_type, *args, lock=lock, ctx=self.get_context())
+
+    def Array(self, typecode_or_type, size_or_initializer, *, lock=True):
+        """A ctypes array in shared memory, with a lock."""
+        from .sharedctypes import Array
+
+        return Array(typecode_or_type, size_or_initializer, lock=lock, ctx=self.get_context())
+
     def _check_available(self):
         # Called by get_context("dragon") and set_start_method("dragon"):
         # start the template now, without waiting for it, so that it imports

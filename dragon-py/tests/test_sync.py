@@ -1,0 +1,540 @@
+"""Locks, semaphores, conditions, events, barriers and shared values of the
+dragon context, across real processes."""
+import ctypes
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import dragon
+from dragon import _native, errors, sharedctypes, synchronize
+
+import _sync_helpers as h
+from conftest import clean_env, wait_until, write_script
+
+
+def shm_exists(name):
+    return os.path.exists(os.path.join("/dev/shm", name))
+
+
+# ---------------------------------------------------------------------------
+# Locks
+# ---------------------------------------------------------------------------
+
+def test_lock_api(ctx):
+    lock = ctx.Lock()
+    assert isinstance(lock, synchronize.Lock)
+    assert repr(lock) == "<Lock(owner=None)>"
+    assert lock.acquire() is True
+    assert lock.acquire(False) is False
+    assert lock.acquire(True, 0.05) is False
+    assert lock.acquire(timeout=0) is False
+    assert repr(lock) == "<Lock(owner=MainProcess)>"
+    assert lock._semlock._is_mine() and lock._semlock._count() == 1
+    assert lock.release() is None
+    with pytest.raises(ValueError, match="released too many times"):
+        lock.release()
+    with lock:
+        assert lock._semlock._get_value() == 0
+    assert lock._semlock._get_value() == 1
+
+
+def test_lock_released_by_another_thread(ctx):
+    lock = ctx.Lock()
+    lock.acquire()
+    seen = []
+    t = threading.Thread(target=lambda: seen.append((repr(lock), lock.release())))
+    t.start()
+    t.join(10)
+    assert seen == [("<Lock(owner=SomeOtherThread)>", None)]
+    assert lock.acquire(False)
+
+
+def test_rlock_api(ctx):
+    lock = ctx.RLock()
+    assert repr(lock) == "<RLock(None, 0)>"
+    for _ in range(3):
+        assert lock.acquire() is True
+    assert repr(lock) == "<RLock(MainProcess, 3)>"
+    other = []
+    t = threading.Thread(target=lambda: other.append((lock.acquire(timeout=0.05), repr(lock))))
+    t.start()
+    t.join(10)
+    assert other == [(False, "<RLock(SomeOtherThread, nonzero)>")]
+    for _ in range(3):
+        lock.release()
+    with pytest.raises(AssertionError):
+        lock.release()
+
+
+def test_rlock_release_by_non_owner_thread_fails(ctx):
+    lock = ctx.RLock()
+    lock.acquire()
+    errs = []
+
+    def bad():
+        try:
+            lock.release()
+        except AssertionError as e:
+            errs.append(e)
+
+    t = threading.Thread(target=bad)
+    t.start()
+    t.join(10)
+    assert len(errs) == 1
+    lock.release()
+
+
+def test_lock_mutual_exclusion_across_processes(ctx):
+    lock = ctx.Lock()
+    value = ctx.RawValue("i", 0)
+    ps = [ctx.Process(target=h.count_up, args=(lock, value, 2000)) for _ in range(3)]
+    for p in ps:
+        p.start()
+    h.count_up(lock, value, 2000)
+    for p in ps:
+        p.join(60)
+        assert p.exitcode == 0
+    assert value.value == 8000
+
+
+def test_lock_of_a_killed_holder_is_recovered(ctx):
+    lock = ctx.Lock()
+    ready = ctx.Event()
+    p = ctx.Process(target=h.hold_lock_and_die, args=(lock, ready))
+    p.start()
+    assert ready.wait(30)
+    assert not lock.acquire(timeout=0.1)
+    p.kill()
+    p.join(30)
+    assert lock.acquire(timeout=10)
+    assert lock._semlock.recovered
+    lock.release()
+    assert lock.acquire(False) and not lock._semlock.recovered
+    lock.release()
+
+
+def test_rlock_of_a_killed_holder_is_recovered(ctx):
+    lock = ctx.RLock()
+    ready = ctx.Event()
+    p = ctx.Process(target=h.hold_lock_and_die, args=(lock, ready))
+    p.start()
+    assert ready.wait(30)
+    p.kill()
+    p.join(30)
+    assert lock.acquire(timeout=10)
+    assert lock._semlock._count() == 1
+    lock.release()
+
+
+# ---------------------------------------------------------------------------
+# Semaphores
+# ---------------------------------------------------------------------------
+
+def test_semaphore_api(ctx):
+    sem = ctx.Semaphore(2)
+    assert repr(sem) == "<Semaphore(value=2)>"
+    assert sem.acquire() and sem.acquire()
+    assert sem.get_value() == 0
+    assert sem.acquire(False) is False
+    t0 = time.monotonic()
+    assert sem.acquire(timeout=0.1) is False
+    assert time.monotonic() - t0 >= 0.09
+    sem.release()
+    sem.release()
+    sem.release()
+    assert sem.get_value() == 3
+    with pytest.raises(ValueError):
+        ctx.Semaphore(-1)
+
+
+def test_bounded_semaphore(ctx):
+    sem = ctx.BoundedSemaphore(2)
+    assert repr(sem) == "<BoundedSemaphore(value=2, maxvalue=2)>"
+    with pytest.raises(ValueError):
+        sem.release()
+    assert sem.get_value() == 2
+    sem.acquire()
+    sem.release()
+
+
+def test_semaphore_across_processes(ctx):
+    sem = ctx.Semaphore(0)
+    p = ctx.Process(target=h.post, args=(sem, 50))
+    p.start()
+    for _ in range(50):
+        assert sem.acquire(timeout=30)
+    p.join(30)
+    assert sem.get_value() == 0
+
+
+# ---------------------------------------------------------------------------
+# Event, Condition, Barrier
+# ---------------------------------------------------------------------------
+
+def test_event(ctx):
+    ev = ctx.Event()
+    assert not ev.is_set() and ev.wait(0) is False and ev.wait(0.05) is False
+    assert "unset" in repr(ev)
+    p = ctx.Process(target=h.set_after, args=(ev, 0.2))
+    p.start()
+    assert ev.wait(30) is True
+    p.join(30)
+    assert ev.is_set() and "set>" in repr(ev)
+    ev.clear()
+    assert not ev.is_set()
+
+
+def test_condition_notify_across_processes(ctx):
+    cond = ctx.Condition()
+    started = ctx.Semaphore(0)
+    q = ctx.SimpleQueue()
+    ps = [ctx.Process(target=h.cond_waiter, args=(cond, started, q)) for _ in range(3)]
+    for p in ps:
+        p.start()
+    for _ in ps:
+        assert started.acquire(timeout=30)
+    assert wait_until(lambda: cond._cond.waiting == 3)
+    with cond:
+        cond.notify()
+    assert q.get() is True
+    with cond:
+        cond.notify_all()
+    assert [q.get(), q.get()] == [True, True]
+    for p in ps:
+        p.join(30)
+
+
+def test_condition_wait_needs_the_lock(ctx):
+    cond = ctx.Condition(ctx.Lock())
+    with pytest.raises(AssertionError):
+        cond.wait(0)
+    with pytest.raises(AssertionError):
+        cond.notify()
+    with cond:
+        assert cond.wait(0.01) is False
+        assert cond._lock._semlock._is_mine()
+        assert cond.wait_for(lambda: 7) == 7
+        assert cond.wait_for(lambda: 0, timeout=0.05) == 0
+
+
+def test_condition_with_a_foreign_lock_uses_the_stdlib(ctx):
+    import multiprocessing.synchronize as std
+
+    cond = ctx.Condition(threading.Lock())
+    assert isinstance(cond, std.Condition)
+
+
+def test_barrier(ctx):
+    b = ctx.Barrier(3, timeout=30)
+    q = ctx.SimpleQueue()
+    ps = [ctx.Process(target=h.barrier_party, args=(b, q)) for _ in range(2)]
+    for p in ps:
+        p.start()
+    mine = b.wait()
+    got = sorted([mine, q.get(), q.get()])
+    assert got == [0, 1, 2]
+    for p in ps:
+        p.join(30)
+    assert b.parties == 3 and b.n_waiting == 0 and not b.broken
+
+
+def test_barrier_timeout_breaks_it(ctx):
+    b = ctx.Barrier(2)
+    with pytest.raises(threading.BrokenBarrierError):
+        b.wait(0.05)
+    assert b.broken
+    b.reset()
+    assert not b.broken
+
+
+def test_barrier_action_error_propagates(ctx):
+    def bad():
+        raise KeyError("from the action")
+
+    b = ctx.Barrier(1, action=bad)
+    with pytest.raises(KeyError):
+        b.wait()
+    assert b.broken
+
+
+# ---------------------------------------------------------------------------
+# Values and arrays
+# ---------------------------------------------------------------------------
+
+def test_value_and_array(ctx):
+    v = ctx.Value("i", 7)
+    assert v.value == 7 and isinstance(v.get_lock(), synchronize.RLock)
+    a = ctx.Array("d", [1.5, 2.5])
+    assert a[:] == [1.5, 2.5] and len(a) == 2
+    s = ctx.Array("c", b"hello")
+    assert s.value == b"hello"
+    raw = ctx.RawArray(ctypes.c_int, 5)
+    assert list(raw) == [0] * 5
+    assert not hasattr(ctx.Value("i", 1, lock=False), "get_lock")
+    lock = ctx.Lock()
+    assert ctx.Value("i", 1, lock=lock).get_lock() is lock
+    with pytest.raises(AttributeError):
+        ctx.Value("i", 1, lock="nolock")
+
+
+def test_value_shared_with_children(ctx):
+    v = ctx.Value("q", 0)
+    ps = [ctx.Process(target=h.add_unlocked, args=(v, 500)) for _ in range(2)]
+    for p in ps:
+        p.start()
+    for p in ps:
+        p.join(60)
+    assert v.value == 1000
+    arr = ctx.RawArray("i", 10)
+    p = ctx.Process(target=h.fill_array, args=(arr, 100))
+    p.start()
+    p.join(30)
+    assert list(arr) == list(range(100, 110))
+
+
+class Point(ctypes.Structure):
+    _fields_ = [("x", ctypes.c_double), ("y", ctypes.c_double)]
+
+
+def test_structure_value_pickles_by_handle(ctx):
+    v = ctx.Value(Point, 1.0, 2.0)
+    # Plain pickle (not only ForkingPickler) shares the memory.
+    w = pickle.loads(pickle.dumps(v))
+    w.x = 5.0
+    assert v.x == 5.0
+    assert w.get_lock() == v.get_lock()
+
+
+def test_raw_values_pickle_through_the_forking_pickler(ctx):
+    from multiprocessing.reduction import ForkingPickler
+
+    raw = ctx.RawValue("i", 3)
+    other = pickle.loads(ForkingPickler.dumps(raw))
+    other.value = 11
+    assert raw.value == 11
+
+
+def test_stdlib_shared_memory_still_works(ctx):
+    from multiprocessing import shared_memory
+
+    sm = shared_memory.SharedMemory(create=True, size=16)
+    try:
+        sm.buf[:3] = b"abc"
+        other = shared_memory.SharedMemory(name=sm.name)
+        assert bytes(other.buf[:3]) == b"abc"
+        other.close()
+        sl = shared_memory.ShareableList([1, "two", 3.0])
+        assert list(sl) == [1, "two", 3.0]
+        sl.shm.close()
+        sl.shm.unlink()
+    finally:
+        sm.close()
+        sm.unlink()
+
+
+# ---------------------------------------------------------------------------
+# Handles and lifetime
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("native", [_native.Lock, _native.RLock, _native.Semaphore, _native.Event,
+                                    _native.Condition, _native.Barrier])
+def test_forged_handles_are_clear_errors(native):
+    obj = native() if native is not _native.Barrier else native(2)
+    good = obj.handle
+    for bad in (b"", b"garbage", good[:-1], good[:-4] + b"\0\0\0\0", good + b"x"):
+        with pytest.raises(errors.InvalidHandleError):
+            native.attach(bad)
+    other = _native.Lock if native is not _native.Lock else _native.RLock
+    with pytest.raises(errors.InvalidHandleError):
+        other.attach(good)
+    assert native.attach(good).name == obj.name
+
+
+def test_destroyed_object_handle_is_a_clear_error():
+    lock = _native.Lock()
+    handle = lock.handle
+    lock._destroy()
+    with pytest.raises(errors.DestroyedError):
+        _native.Lock.attach(handle)
+    # The creator's mapping still works.
+    assert lock.acquire()
+    lock.release()
+
+
+def test_forged_memory_handles():
+    block = sharedctypes.SharedBlock(8)
+    good = block.handle
+    for bad in (b"", b"junk", good[:-2]):
+        with pytest.raises(errors.InvalidHandleError):
+            sharedctypes.SharedBlock.attach(bad)
+    with pytest.raises(errors.InvalidHandleError):
+        _native.Lock.attach(good)  # a memory handle is not a lock's
+    lock = _native.Lock()
+    with pytest.raises(errors.InvalidHandleError):
+        sharedctypes.SharedBlock.attach(lock.handle)
+
+
+def test_unshared_objects_leave_no_segment_behind(ctx):
+    lock = ctx.Lock()
+    v = ctx.Value("i", 1)
+    names = [lock._semlock.name, v.get_lock()._semlock.name, v.get_obj()._wrapper.name]
+    assert all(shm_exists(n) for n in names)
+    del lock, v
+    import gc
+
+    gc.collect()
+    assert not any(shm_exists(n) for n in names)
+
+
+def test_pickled_objects_outlive_their_creator_object(ctx):
+    ev = ctx.Event()
+    data = pickle.dumps(ev)
+    name = ev._event.name
+    del ev
+    assert shm_exists(name)
+    again = pickle.loads(data)
+    again.set()
+    assert again.is_set()
+
+
+# ---------------------------------------------------------------------------
+# Ctrl-C interrupts every blocking call
+# ---------------------------------------------------------------------------
+
+INTERRUPT_SCRIPT = """
+import sys, time
+import multiprocessing as mp
+import dragon
+
+if __name__ == "__main__":
+    ctx = mp.get_context("dragon")
+    kind = sys.argv[1]
+    if kind == "lock":
+        obj = ctx.Lock(); obj.acquire(); call = obj.acquire
+    elif kind == "rlock":
+        import threading
+        obj = ctx.RLock()
+        t = threading.Thread(target=obj.acquire); t.start(); t.join()
+        call = obj.acquire
+    elif kind == "semaphore":
+        obj = ctx.Semaphore(0); call = obj.acquire
+    elif kind == "event":
+        obj = ctx.Event(); call = obj.wait
+    elif kind == "condition":
+        obj = ctx.Condition(); obj.acquire(); call = obj.wait
+    elif kind == "barrier":
+        obj = ctx.Barrier(2); call = obj.wait
+    print("ready", flush=True)
+    t0 = time.monotonic()
+    try:
+        call()
+    except KeyboardInterrupt:
+        extra = ""
+        if kind == "condition":
+            extra = " relocked=%s" % obj._lock._semlock._is_mine()
+        print("interrupted after %.3f%s" % (time.monotonic() - t0, extra), flush=True)
+    else:
+        print("returned", flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", ["lock", "rlock", "semaphore", "event", "condition", "barrier"])
+def test_ctrl_c_interrupts_blocking_calls(tmp_path, kind):
+    path = write_script(tmp_path, INTERRUPT_SCRIPT)
+    p = subprocess.Popen([sys.executable, path, kind], env=clean_env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        time.sleep(0.2)  # let it go to sleep in the call
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert out.startswith("interrupted"), (out, err)
+    assert float(out.split()[2]) < 5.0
+    if kind == "condition":
+        assert "relocked=True" in out
+
+
+def test_blocking_calls_release_the_gil(ctx):
+    lock = ctx.Lock()
+    lock.acquire()
+    ticks = []
+    stop = time.monotonic() + 0.3
+
+    def spin():
+        while time.monotonic() < stop:
+            ticks.append(1)
+            time.sleep(0.001)
+
+    t = threading.Thread(target=spin)
+    t.start()
+    assert lock.acquire(timeout=0.3) is False
+    t.join()
+    assert len(ticks) > 20
+
+
+# ---------------------------------------------------------------------------
+# Nothing is left behind
+# ---------------------------------------------------------------------------
+
+LEAK_SCRIPT = """
+import pickle
+import multiprocessing as mp
+import dragon
+from dragon import runtime
+
+def child(*objs):
+    pass
+
+if __name__ == "__main__":
+    mp.set_start_method("dragon")
+    objs = [mp.Lock(), mp.RLock(), mp.Semaphore(), mp.BoundedSemaphore(), mp.Event(),
+            mp.Condition(), mp.Barrier(2), mp.Value("i"), mp.Array("d", 3), mp.RawArray("b", 9)]
+    p = mp.Process(target=child, args=objs)
+    p.start(); p.join()
+    keep = pickle.dumps(objs[0])
+    print(runtime.shm_prefix(), flush=True)
+"""
+
+
+def test_nothing_left_in_dev_shm(tmp_path):
+    path = write_script(tmp_path, LEAK_SCRIPT)
+    r = subprocess.run([sys.executable, path], env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    prefix = r.stdout.strip()
+    assert prefix.startswith("dragon-")
+    assert [n for n in os.listdir("/dev/shm") if n.startswith(prefix)] == []
+
+
+NO_TEMPLATE_SCRIPT = """
+import pickle
+import multiprocessing as mp
+import dragon
+from dragon import runtime
+
+from dragon import synchronize, sharedctypes
+
+if __name__ == "__main__":
+    # No start method chosen: no template is started.
+    objs = [synchronize.Lock(), synchronize.Event(), sharedctypes.Value("i"), synchronize.Condition()]
+    kept = pickle.dumps(objs)  # exported: their names stay until the run ends
+    assert runtime.template_pid() is None
+    print(runtime.shm_prefix(), flush=True)
+"""
+
+
+def test_nothing_left_without_a_template(tmp_path):
+    path = write_script(tmp_path, NO_TEMPLATE_SCRIPT)
+    r = subprocess.run([sys.executable, path], env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    prefix = r.stdout.strip()
+    assert [n for n in os.listdir("/dev/shm") if n.startswith(prefix)] == []
