@@ -262,6 +262,7 @@ impl<'a> FreeList<'a> {
             if self.head.compare_exchange(h, announced, Ordering::AcqRel, Ordering::Relaxed).is_err() {
                 continue;
             }
+            crate::fault::point("alloc.pop_announced");
             self.help(announced, metas)?;
             let id = (id1 - 1) as u32;
             // Acquire: pairs with whoever set the state (us or a helper).
@@ -288,6 +289,7 @@ impl<'a> FreeList<'a> {
             let announced = head_word(head_tag(h) + 1, OP_PUSH, att, u64::from(id) + 1);
             // AcqRel: announces the push and publishes `next`.
             if self.head.compare_exchange(h, announced, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                crate::fault::point("alloc.push_announced");
                 return self.help(announced, metas);
             }
         }
@@ -686,6 +688,7 @@ impl Allocator {
 
     fn create_segment(&self, class: usize, seg: u32, layout: ExtLayout, att: u32) -> Result<BlockRef, AllocError> {
         let word = &self.class(class).segs[seg as usize];
+        crate::fault::point("alloc.creating");
         let region = match self.backing.extension(ext_index(class, seg), layout.total_len, true) {
             Ok(r) => r,
             Err(e) => {
@@ -724,6 +727,7 @@ impl Allocator {
             // Release: the header and metadata above are complete.
             (*base.cast::<ExtHeader>()).magic.store(EXT_MAGIC, Ordering::Release);
         }
+        crate::fault::point("alloc.created");
         // SYNC POINT (Release): the segment is initialised; pairs with the
         // Acquire loads in `ext` and `grow`.
         if word
@@ -735,6 +739,7 @@ impl Allocator {
             )));
         }
         self.install(class, seg, layout, region)?;
+        crate::fault::point("alloc.ready");
         let first = seg << LOCAL_BITS;
         for local in 1..layout.nblocks as u32 {
             self.free(BlockRef { class, id: first | local }, att)?;

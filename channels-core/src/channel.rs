@@ -30,6 +30,7 @@ use crate::alloc::{class_size, put_in_ring, take_from_ring, AllocError, AllocSta
 use crate::attach::{Roles, Table};
 use crate::backing::{Backing, HeapBacking};
 use crate::error::*;
+use crate::fault;
 use crate::futex::{self, Deadline, Wake};
 use crate::handle::{Handle, Kind};
 use crate::layout::{
@@ -450,12 +451,14 @@ impl Inner {
                 ClaimWriteError::Full => Fail::WouldBlock,
                 ClaimWriteError::Closed => Fail::Disconnected,
             })?;
+            fault::point("send.inline_claimed");
             // SAFETY: we hold the slot's WRITING claim, so its payload area
             // (inline_cap >= len bytes) is ours alone until we publish.
             let dst = unsafe { std::slice::from_raw_parts_mut(ring.payload(claim.index), len) };
             src.fill(dst);
             // Relaxed: published by the Release in `publish`.
             ring.slot(claim.index).len.store(len as u64, Ordering::Relaxed);
+            fault::point("send.inline_written");
             ring.publish(claim);
             self.notify(Dir::Recv);
             return Ok(());
@@ -471,19 +474,21 @@ impl Inner {
                 let dst = unsafe { std::slice::from_raw_parts_mut(data.as_ptr(), len) };
                 src.fill(dst);
                 *block = Some(r);
+                fault::point("send.block_filled");
                 r
             }
         };
+        let meta = self.alloc.meta(r).map_err(Fail::Alloc)?;
         let claim = ring.claim_write(self.att).map_err(|e| match e {
             ClaimWriteError::Full => Fail::WouldBlock,
             ClaimWriteError::Closed => Fail::Disconnected,
         })?;
+        fault::point("send.block_claimed");
         let slot = ring.slot(claim.index);
         // Relaxed: published by the Release in `publish`; recovery reads
         // them only after this attachment died.
         slot.len.store(len as u64, Ordering::Relaxed);
         slot.aux.store(r.encode(), Ordering::Relaxed);
-        let meta = self.alloc.meta(r).map_err(Fail::Alloc)?;
         if !put_in_ring(meta, claim.index, self.att) {
             // Cannot happen unless the metadata was damaged; do not publish
             // a message whose block we do not own.
@@ -492,6 +497,7 @@ impl Inner {
             return Err(Fail::Alloc(AllocError::Corrupt("block not owned by its sender".into())));
         }
         *block = None;
+        fault::point("send.in_ring");
         ring.publish(claim);
         self.notify(Dir::Recv);
         Ok(())
@@ -520,6 +526,7 @@ impl Inner {
                     return Err(Fail::WouldBlock);
                 }
             };
+            fault::point("recv.claimed");
             let slot = self.ring.slot(claim.index);
             // Relaxed: made visible by the Acquire stamp load in claim_read.
             let len = slot.len.load(Ordering::Relaxed) as usize;
@@ -539,6 +546,7 @@ impl Inner {
                     let data = self.alloc.data(r).ok()?;
                     take_from_ring(meta, claim.index, self.att).then_some((r, data))
                 });
+            fault::point("recv.took_block");
             self.ring.release(claim);
             self.notify(Dir::Send);
             match taken {
@@ -565,6 +573,7 @@ impl Inner {
         let mut rep = RecoveryReport { found_dead: self.table.find_dead(), ..Default::default() };
         while let Some(claim) = self.table.claim_sweep(self.att) {
             let dead = claim.att;
+            fault::point("recover.sweeping");
             let mut freed = 0;
             let (t, r) = self.ring.recover_claims_of(dead, &mut |index, _stamp| {
                 // A block the slot references and still names this slot
@@ -580,6 +589,7 @@ impl Inner {
                     }
                 }
             });
+            fault::point("recover.ring_done");
             rep.tombstoned += t;
             rep.released += r;
             rep.blocks_freed += freed + self.alloc.sweep(dead, self.att)?;

@@ -8,6 +8,7 @@ pub mod attach;
 pub mod backing;
 pub mod channel;
 pub mod error;
+pub mod fault;
 pub mod futex;
 pub mod handle;
 pub mod layout;

@@ -320,6 +320,7 @@ impl Ring {
     /// After claiming the slot at position `tail`, make sure `tail` has moved
     /// past it, unless the channel was closed first (then undo the claim).
     fn count_claim(&self, mut tail: u64, claim: Claim, claimed: u64) -> Result<Claim, ClaimWriteError> {
+        crate::fault::point("ring.claimed_not_counted");
         loop {
             // Release: publishes our claim stamp to anyone acquiring tail.
             match self.tail().compare_exchange(tail, self.next(tail), Ordering::Release, Ordering::Acquire) {
@@ -385,7 +386,22 @@ impl Ring {
                     return Ok(Claim { index, lap });
                 }
                 (Rel::Same, TOMB) => {
-                    // A dead writer's slot: release it and move on.
+                    // A dead writer's slot. If it died before counting its
+                    // position in `tail`, count it first: `head` must never
+                    // pass `tail`.
+                    // Acquire: pairs with the Release tail CAS.
+                    let tail = self.tail().load(Ordering::Acquire);
+                    if tail & !CLOSED_MARK == head {
+                        if tail & CLOSED_MARK != 0 {
+                            // Closed before it was counted: never delivered.
+                            return Err(ClaimReadError::Closed);
+                        }
+                        // Release: publishes the (tombstoned) claim with tail.
+                        let _ =
+                            self.tail().compare_exchange(tail, self.next(tail), Ordering::Release, Ordering::Relaxed);
+                        continue;
+                    }
+                    // Counted: release it for the next lap and move on.
                     // Release: pairs with the producers' Acquire stamp load.
                     if slot
                         .stamp
@@ -412,11 +428,15 @@ impl Ring {
                             ClaimReadError::Empty
                         });
                     }
-                    if state == WRITING {
-                        busy += 1;
-                        if busy >= BUSY_SPINS {
-                            return Err(ClaimReadError::InProgress { writer: stamp_att(s) });
-                        }
+                    // Tail is past us: the writer is mid-message (WRITING) or
+                    // our stamp read was stale (EMPTY). Either way, bounded.
+                    busy += 1;
+                    if busy >= BUSY_SPINS {
+                        return Err(if state == WRITING {
+                            ClaimReadError::InProgress { writer: stamp_att(s) }
+                        } else {
+                            ClaimReadError::Empty
+                        });
                     }
                     spin_loop();
                 }
@@ -430,6 +450,10 @@ impl Ring {
                         } else {
                             ClaimReadError::Empty
                         });
+                    }
+                    busy += 1;
+                    if busy >= BUSY_SPINS {
+                        return Err(ClaimReadError::Empty);
                     }
                     spin_loop();
                 }
@@ -637,6 +661,31 @@ mod tests {
             push(r, v).unwrap();
             assert_eq!(pop(r), Ok(v));
         }
+    }
+
+    #[test]
+    fn tombstone_of_an_uncounted_claim_does_not_let_head_pass_tail() {
+        let t = ring(4, 64);
+        let r = &t.ring;
+        push(r, 1).unwrap();
+        // Attachment 6 claims slot 1 and dies before advancing tail.
+        r.slot(1).stamp.store(stamp(0, 6, WRITING), Ordering::Relaxed);
+        assert_eq!(r.recover_claims_of(6, &mut |_, _| {}), (1, 0));
+        assert_eq!(pop(r), Ok(1));
+        // The tombstone is counted and skipped; the ring stays consistent.
+        assert_eq!(pop(r), Err(ClaimReadError::Empty));
+        assert_eq!(r.len(), 0);
+        for v in 10..20 {
+            push(r, v).unwrap();
+            assert_eq!(pop(r), Ok(v));
+        }
+        // Same, but closed before the claim was counted: not delivered.
+        let t = ring(4, 64);
+        let r = &t.ring;
+        r.slot(0).stamp.store(stamp(0, 6, WRITING), Ordering::Relaxed);
+        r.recover_claims_of(6, &mut |_, _| {});
+        r.close();
+        assert_eq!(pop(r), Err(ClaimReadError::Closed));
     }
 
     #[test]

@@ -134,3 +134,27 @@ fn loom_ring_dead_writer_is_skipped_after_recovery() {
         assert_eq!(got, [5]);
     });
 }
+
+#[test]
+fn loom_ring_dead_writer_that_never_counted_its_claim() {
+    model(3, || {
+        let t = Arc::new(ring(2));
+        // Attachment 9 claimed slot 0 in the slot itself and died before
+        // moving tail past it.
+        t.ring.slot(0).stamp.store(crate::ring::stamp(0, 9, crate::ring::WRITING), Ordering::Relaxed);
+        let t2 = Arc::clone(&t);
+        let p = thread::spawn(move || push(&t2.ring, 1, 5).is_ok());
+        let t3 = Arc::clone(&t);
+        let rec = thread::spawn(move || t3.ring.recover_claims_of(9, &mut |_, _| {}));
+        let early = pop(&t.ring, 2).ok();
+        let sent = p.join().unwrap();
+        assert_eq!(rec.join().unwrap(), (1, 0));
+        let mut got: Vec<u64> = early.into_iter().collect();
+        got.extend(drain(&t.ring, 2));
+        assert_eq!(got, if sent { vec![5] } else { vec![] });
+        assert_eq!(t.ring.len(), 0);
+        // Still a working ring afterwards.
+        push(&t.ring, 1, 6).unwrap();
+        assert_eq!(pop(&t.ring, 2), Ok(6));
+    });
+}

@@ -1,0 +1,555 @@
+//! Multi-process tests of shared-memory channels: real processes (this test
+//! binary re-executed in a child role), real `SIGKILL`s, a watchdog on every
+//! test, and a check that nothing is left in `/dev/shm`.
+
+use channels_core::fault::FAULT_ENV;
+use channels_core::{
+    Channel, ChannelError, ChannelOptions, Handle, HandleError, Kind, RecoveryReport, RecvError, RecvTimeoutError,
+    TryRecvError,
+};
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use transport_shm::channel as shm;
+use transport_shm::segment::{self, RunId, Segment};
+
+const CHILD_ENV: &str = "DRAGON_TEST_CHILD";
+const HANDLE_ENV: &str = "DRAGON_TEST_HANDLE";
+const HANDLE2_ENV: &str = "DRAGON_TEST_HANDLE2";
+const ARGS_ENV: &str = "DRAGON_TEST_ARGS";
+
+// ---- messages -----------------------------------------------------------------
+
+/// Message sizes: mostly inline, some in blocks of several classes, a few of
+/// a mebibyte.
+fn size_for(seq: u32) -> usize {
+    match seq {
+        s if s % 50 == 7 => (1 << 20) + 3,
+        s if s % 10 == 3 => 70_000,
+        s if s % 4 == 1 => 2000,
+        s => 16 + (s % 80) as usize,
+    }
+}
+
+fn fill_byte(p: u32, seq: u32, i: usize) -> u8 {
+    let seed = (u64::from(p) << 32 | u64::from(seq)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (seed.wrapping_add(i as u64 * 0x2545_F491) >> 29) as u8
+}
+
+/// `[producer u32][seq u32][len u32][reserved u32][payload...]`, payload a
+/// pattern derived from (producer, seq).
+fn make_msg(p: u32, seq: u32) -> Vec<u8> {
+    let len = size_for(seq);
+    let mut m = vec![0u8; len];
+    m[0..4].copy_from_slice(&p.to_le_bytes());
+    m[4..8].copy_from_slice(&seq.to_le_bytes());
+    m[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+    for (i, b) in m[16..].iter_mut().enumerate() {
+        *b = fill_byte(p, seq, i);
+    }
+    m
+}
+
+/// Check a message; returns (producer, seq) or why it is bad.
+fn check_msg(m: &[u8]) -> Result<(u32, u32), String> {
+    if m.len() < 16 {
+        return Err(format!("short message of {} bytes", m.len()));
+    }
+    let p = u32::from_le_bytes(m[0..4].try_into().unwrap());
+    let seq = u32::from_le_bytes(m[4..8].try_into().unwrap());
+    let len = u32::from_le_bytes(m[8..12].try_into().unwrap()) as usize;
+    if len != m.len() || len != size_for(seq) {
+        return Err(format!("message {p}/{seq}: length {} (header {len})", m.len()));
+    }
+    if let Some(i) = m[16..].iter().enumerate().position(|(i, &b)| b != fill_byte(p, seq, i)) {
+        return Err(format!("message {p}/{seq}: payload differs at byte {}", i + 16));
+    }
+    Ok((p, seq))
+}
+
+// ---- child side ---------------------------------------------------------------
+
+fn arg(name: &str) -> Option<u64> {
+    let args = std::env::var(ARGS_ENV).unwrap_or_default();
+    args.split(',').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+}
+
+/// Entry point of child processes: a no-op in a normal test run.
+#[test]
+fn child_main() {
+    let Ok(role) = std::env::var(CHILD_ENV) else { return };
+    // An orphaned child must not live on.
+    // SAFETY: alarm has no memory preconditions.
+    unsafe { libc::alarm(60) };
+    let code = run_child(&role);
+    std::process::exit(code);
+}
+
+fn run_child(role: &str) -> i32 {
+    let handle = std::env::var(HANDLE_ENV).unwrap();
+    let ch = match shm::attach_text(&handle) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("ATTACH-ERROR {e}");
+            return 0;
+        }
+    };
+    match role {
+        "producer" => {
+            let p = arg("p").unwrap_or(0) as u32;
+            let n = arg("n").unwrap_or(0) as u32;
+            let mut seq = 0;
+            while n == 0 || seq < n {
+                match ch.send_timeout(make_msg(p, seq), Duration::from_secs(20)) {
+                    Ok(()) => {}
+                    Err(e) if e.is_timeout() => return 4,
+                    Err(_) => return 0, // closed or destroyed: done
+                }
+                seq += 1;
+            }
+            0
+        }
+        "consumer" | "sink" => {
+            let quiet = role == "sink";
+            let mut out = String::new();
+            loop {
+                match ch.recv() {
+                    Ok(m) => match check_msg(&m) {
+                        Ok((p, s)) if !quiet => out.push_str(&format!("R {p} {s}\n")),
+                        Ok(_) => {}
+                        Err(e) => {
+                            println!("CORRUPT {e}");
+                            return 3;
+                        }
+                    },
+                    Err(RecvError::Disconnected) | Err(RecvError::Destroyed) => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            print!("{out}");
+            0
+        }
+        "drainer" => loop {
+            match ch.try_recv() {
+                Ok(m) => {
+                    if let Err(e) = check_msg(&m) {
+                        println!("CORRUPT {e}");
+                        return 3;
+                    }
+                }
+                Err(TryRecvError::Empty) => return 0,
+                Err(e) => panic!("{e}"),
+            }
+        },
+        "echo" => {
+            ch.set_spin(Duration::ZERO);
+            let back = shm::attach_text(&std::env::var(HANDLE2_ENV).unwrap()).unwrap();
+            back.set_spin(Duration::ZERO);
+            while let Ok(m) = ch.recv() {
+                back.send(&*m).unwrap();
+            }
+            0
+        }
+        "recover" => {
+            let _ = ch.recover();
+            0
+        }
+        other => panic!("unknown child role {other}"),
+    }
+}
+
+// ---- parent side --------------------------------------------------------------
+
+/// Kills the children and aborts the test process if a test overruns.
+struct Watchdog {
+    pids: Arc<Mutex<Vec<u32>>>,
+    done: Arc<Mutex<bool>>,
+}
+
+impl Watchdog {
+    fn new(what: &'static str, limit: Duration) -> Watchdog {
+        let pids = Arc::new(Mutex::new(Vec::<u32>::new()));
+        let done = Arc::new(Mutex::new(false));
+        let (p, d) = (Arc::clone(&pids), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            while start.elapsed() < limit {
+                std::thread::sleep(Duration::from_millis(50));
+                if *d.lock().unwrap() {
+                    return;
+                }
+            }
+            eprintln!("watchdog: {what} still running after {limit:?}; killing children and aborting");
+            for &pid in p.lock().unwrap().iter() {
+                // SAFETY: kill has no memory preconditions.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+            std::process::abort();
+        });
+        Watchdog { pids, done }
+    }
+
+    fn spawn(&self, role: &str, ch: &Channel, args: &str, env: &[(&str, &str)]) -> Child {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(["child_main", "--exact", "--nocapture", "--test-threads=1", "-q"])
+            .env(CHILD_ENV, role)
+            .env(HANDLE_ENV, ch.handle().to_text())
+            .env(ARGS_ENV, args)
+            .env_remove(FAULT_ENV)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        self.pids.lock().unwrap().push(child.id());
+        child
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        *self.done.lock().unwrap() = true;
+    }
+}
+
+fn output(child: Child) -> (std::process::ExitStatus, Vec<String>) {
+    let out = child.wait_with_output().unwrap();
+    let lines = BufReader::new(&out.stdout[..]).lines().map(|l| l.unwrap()).collect();
+    (out.status, lines)
+}
+
+fn kill(child: &mut Child) {
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+}
+
+/// Every file of channel `name` (main segment and extensions).
+fn files_of(name: &str) -> Vec<String> {
+    std::fs::read_dir(segment::SHM_DIR)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|f| f == name || f.starts_with(&format!("{name}-x")))
+        .collect()
+}
+
+fn destroy_and_check_gone(ch: Channel) {
+    let name = ch.handle().segment.clone();
+    ch.destroy();
+    drop(ch);
+    assert_eq!(files_of(&name), Vec::<String>::new(), "files left in /dev/shm");
+}
+
+fn assert_no_leaks(ch: &Channel, ctx: &str) {
+    let st = ch.alloc_stats().unwrap();
+    assert_eq!(st.owned, 0, "{ctx}: blocks still owned: {st:?}");
+    assert_eq!(st.in_ring, 0, "{ctx}: blocks still in the ring: {st:?}");
+    assert_eq!(st.free, st.blocks, "{ctx}: {st:?}");
+    assert_eq!(st.listed, st.free, "{ctx}: free list does not hold every free block: {st:?}");
+}
+
+/// Receive everything left, checking each message.
+fn drain(ch: &Channel, ctx: &str) -> usize {
+    let mut n = 0;
+    loop {
+        match ch.try_recv() {
+            Ok(m) => {
+                check_msg(&m).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                n += 1;
+            }
+            Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return n,
+            Err(e) => panic!("{ctx}: {e}"),
+        }
+    }
+}
+
+/// Recover until only this process is attached; returns what was done.
+fn recover_all(ch: &Channel, ctx: &str) -> RecoveryReport {
+    let start = Instant::now();
+    let mut total = RecoveryReport::default();
+    while ch.attachment_count() > 1 {
+        let r = ch.recover().unwrap();
+        total.swept += r.swept;
+        total.tombstoned += r.tombstoned;
+        total.released += r.released;
+        total.blocks_freed += r.blocks_freed;
+        assert!(start.elapsed() < Duration::from_secs(10), "{ctx}: dead attachments never swept");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    total
+}
+
+/// A usable channel still delivers small and large messages.
+fn assert_usable(ch: &Channel, ctx: &str) {
+    for seq in [0u32, 1, 3, 7] {
+        ch.send_timeout(make_msg(99, seq), Duration::from_secs(5)).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        let m = ch.recv_timeout(Duration::from_secs(5)).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        assert_eq!(check_msg(&m), Ok((99, seq)), "{ctx}");
+    }
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn seed() -> u64 {
+    std::env::var("DRAGON_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+    })
+}
+
+// ---- tests ----------------------------------------------------------------------
+
+#[test]
+fn producers_and_consumers_deliver_every_message_once_in_order() {
+    const P: u32 = 3;
+    const C: usize = 2;
+    const N: u32 = 1200;
+    let wd = Watchdog::new("producers_and_consumers", Duration::from_secs(120));
+    let ch = shm::create(&ChannelOptions::new().capacity(16).slot_size(128)).unwrap();
+    let consumers: Vec<_> = (0..C).map(|_| wd.spawn("consumer", &ch, "", &[])).collect();
+    let producers: Vec<_> = (0..P).map(|p| wd.spawn("producer", &ch, &format!("p={p},n={N}"), &[])).collect();
+    for p in producers {
+        let (status, _) = output(p);
+        assert!(status.success(), "producer failed: {status}");
+    }
+    ch.close();
+    let mut seen = HashSet::new();
+    for c in consumers {
+        let (status, lines) = output(c);
+        assert!(status.success(), "consumer failed: {status} {lines:?}");
+        let mut last: HashMap<u32, u32> = HashMap::new();
+        for l in lines.iter().filter(|l| l.starts_with("R ")) {
+            let mut it = l.split(' ').skip(1).map(|x| x.parse::<u32>().unwrap());
+            let (p, s) = (it.next().unwrap(), it.next().unwrap());
+            assert!(seen.insert((p, s)), "message {p}/{s} delivered twice");
+            if let Some(prev) = last.insert(p, s) {
+                assert!(s > prev, "consumer saw {p}/{s} after {p}/{prev}");
+            }
+        }
+    }
+    assert_eq!(seen.len(), (P * N) as usize, "messages lost");
+    assert_no_leaks(&ch, "after a clean run");
+    destroy_and_check_gone(ch);
+}
+
+#[test]
+fn blocking_ping_pong_between_processes() {
+    let wd = Watchdog::new("ping_pong", Duration::from_secs(60));
+    let there = shm::create(&ChannelOptions::new().capacity(4)).unwrap();
+    let back = shm::create(&ChannelOptions::new().capacity(4)).unwrap();
+    there.set_spin(Duration::ZERO);
+    back.set_spin(Duration::ZERO);
+    let echo = wd.spawn("echo", &there, "", &[(HANDLE2_ENV, &back.handle().to_text())]);
+    for seq in 0..300 {
+        there.send(make_msg(1, seq)).unwrap();
+        let m = back.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(check_msg(&m), Ok((1, seq)));
+    }
+    there.close();
+    let (status, _) = output(echo);
+    assert!(status.success());
+    destroy_and_check_gone(there);
+    destroy_and_check_gone(back);
+}
+
+#[test]
+fn peers_killed_at_random_points_leave_the_channel_usable_and_leak_nothing() {
+    let seed = seed();
+    let mut rng = Rng(seed);
+    let wd = Watchdog::new("random_kills", Duration::from_secs(240));
+    let (mut swept, mut mid_op, mut drained, mut segments) = (0, 0, 0, 0);
+    for round in 0..14 {
+        let ctx = format!("seed {seed} round {round}");
+        let ch = shm::create(&ChannelOptions::new().capacity(8).slot_size(128)).unwrap();
+        let mut producers: Vec<_> = (0..2).map(|p| wd.spawn("producer", &ch, &format!("p={p},n=0"), &[])).collect();
+        let mut consumers: Vec<_> = (0..2).map(|_| wd.spawn("sink", &ch, "", &[])).collect();
+        std::thread::sleep(Duration::from_millis(30 + rng.below(100)));
+        if round % 3 == 0 {
+            // Consumers die; the producers must keep making progress for a
+            // new consumer (us), not wait forever on the dead.
+            for c in &mut consumers {
+                kill(c);
+            }
+            let mut got = 0;
+            let start = Instant::now();
+            while got < 40 {
+                match ch.recv_timeout(Duration::from_secs(10)) {
+                    Ok(m) => {
+                        check_msg(&m).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                        got += 1;
+                    }
+                    Err(e) => panic!("{ctx}: no progress after consumers died: {e}"),
+                }
+                assert!(start.elapsed() < Duration::from_secs(20), "{ctx}: too slow");
+            }
+        }
+        // Everyone else dies at random moments.
+        let mut all: Vec<&mut Child> = producers.iter_mut().chain(consumers.iter_mut()).collect();
+        while !all.is_empty() {
+            let i = rng.below(all.len() as u64) as usize;
+            kill(all.swap_remove(i));
+            std::thread::sleep(Duration::from_micros(rng.below(3000)));
+        }
+        for c in producers.into_iter().chain(consumers) {
+            let (status, lines) = output(c);
+            assert!(
+                status.signal() == Some(libc::SIGKILL) || status.success(),
+                "{ctx}: child ended with {status}: {lines:?}"
+            );
+        }
+        let rep = recover_all(&ch, &ctx);
+        swept += rep.swept;
+        mid_op += rep.tombstoned + rep.released + rep.blocks_freed;
+        drained += drain(&ch, &ctx);
+        segments += ch.alloc_stats().unwrap().segments;
+        assert_no_leaks(&ch, &ctx);
+        assert_usable(&ch, &ctx);
+        destroy_and_check_gone(ch);
+    }
+    eprintln!(
+        "random kills (seed {seed}): {swept} attachments swept, {mid_op} slots/blocks recovered, \
+         {drained} messages drained, {segments} extension segments"
+    );
+    assert_eq!(swept, 14 * 4, "every killed attachment is swept");
+    assert!(mid_op > 0 && segments > 0, "kills never landed inside an operation: the test tests nothing");
+}
+
+/// Kill a peer exactly inside each crash window, then check recovery.
+#[test]
+fn peers_killed_inside_each_crash_window_are_recovered() {
+    let wd = Watchdog::new("crash_windows", Duration::from_secs(180));
+    let cases: &[(&str, &str)] = &[
+        ("send.inline_claimed:3", "producer"),
+        ("ring.claimed_not_counted:3", "producer"),
+        ("send.inline_written:3", "producer"),
+        ("alloc.creating:1", "producer"),
+        ("alloc.created:1", "producer"),
+        ("alloc.ready:1", "producer"),
+        ("send.block_filled:2", "producer"),
+        ("alloc.pop_announced:1", "producer"),
+        ("send.block_claimed:2", "producer"),
+        ("send.in_ring:2", "producer"),
+        ("recv.claimed:2", "drainer"),
+        ("recv.took_block:1", "drainer"),
+        ("alloc.push_announced:1", "drainer"),
+    ];
+    for &(fault, role) in cases {
+        let ctx = format!("killed at {fault} ({role})");
+        eprintln!("crash window: {ctx}");
+        let ch = shm::create(&ChannelOptions::new().capacity(8).slot_size(128)).unwrap();
+        if role == "drainer" {
+            for seq in 0..8 {
+                ch.send(make_msg(7, seq)).unwrap();
+            }
+        }
+        let child = wd.spawn(role, &ch, "p=3,n=200", &[(FAULT_ENV, fault)]);
+        let (status, lines) = output(child);
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{ctx}: the crash point was not reached: {status} {lines:?}");
+        recover_all(&ch, &ctx);
+        drain(&ch, &ctx);
+        assert_no_leaks(&ch, &ctx);
+        assert_usable(&ch, &ctx);
+        destroy_and_check_gone(ch);
+    }
+}
+
+/// A recovering process killed half-way: its sweep is taken over.
+#[test]
+fn a_recoverer_killed_mid_sweep_is_taken_over() {
+    let wd = Watchdog::new("recoverer_killed", Duration::from_secs(60));
+    for fault in ["recover.sweeping:1", "recover.ring_done:1"] {
+        let ctx = format!("recoverer killed at {fault}");
+        let ch = shm::create(&ChannelOptions::new().capacity(8).slot_size(128)).unwrap();
+        // A producer dies with a block in the ring and a half-written slot.
+        let (status, _) = output(wd.spawn("producer", &ch, "p=1,n=100", &[(FAULT_ENV, "send.in_ring:2")]));
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{ctx}");
+        let (status, _) = output(wd.spawn("recover", &ch, "", &[(FAULT_ENV, fault)]));
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{ctx}: recoverer did not reach the crash point");
+        recover_all(&ch, &ctx);
+        drain(&ch, &ctx);
+        assert_no_leaks(&ch, &ctx);
+        assert_usable(&ch, &ctx);
+        destroy_and_check_gone(ch);
+    }
+}
+
+#[test]
+fn garbage_truncated_stale_and_foreign_handles_are_clear_errors() {
+    let wd = Watchdog::new("handles", Duration::from_secs(60));
+    let ch = shm::create(&ChannelOptions::new()).unwrap();
+    let good = ch.handle().to_bytes();
+    // Garbage and truncations never attach.
+    assert!(matches!(shm::attach_bytes(b"not a handle at all"), Err(ChannelError::Handle(HandleError::BadMagic))));
+    for cut in 0..good.len() {
+        assert!(matches!(shm::attach_bytes(&good[..cut]), Err(ChannelError::Handle(_))), "cut at {cut}");
+    }
+    assert!(matches!(shm::attach_text("%%%"), Err(ChannelError::Handle(HandleError::BadText))));
+    // Right segment, wrong object kind.
+    let mut h = ch.handle();
+    h.kind = Kind::Lock;
+    assert!(matches!(shm::attach(&h), Err(ChannelError::Handle(HandleError::WrongKind { .. }))));
+    // A segment that is not a channel, and one too small for a header.
+    for (len, tag) in [(1 << 16, "zeros"), (64, "tiny")] {
+        let name = RunId::current().segment_name(tag);
+        let seg = Segment::create(&name, len).unwrap();
+        let h = Handle { segment: name.clone(), ..ch.handle() };
+        let e = shm::attach(&h).unwrap_err();
+        assert!(matches!(e, ChannelError::NotAChannel(_)), "{tag}: {e}");
+        seg.unlink().unwrap();
+    }
+    // Destroyed: gone, from this process and from another.
+    let old = ch.handle();
+    let name = old.segment.clone();
+    destroy_and_check_gone(ch);
+    let e = shm::attach(&old).unwrap_err();
+    assert!(matches!(e, ChannelError::NotFound(_)), "{e}");
+    assert!(e.to_string().contains("destroyed"), "{e}");
+    // Recreated under the same name: the old handle is stale.
+    let again = shm::create_named(&name, &ChannelOptions::new()).unwrap();
+    let e = shm::attach(&old).unwrap_err();
+    assert!(matches!(e, ChannelError::Stale { .. }), "{e}");
+    let (status, lines) = output(wd.spawn("consumer", &again, "", &[(HANDLE_ENV, &old.to_text())]));
+    assert!(status.success());
+    assert!(lines.iter().any(|l| l.starts_with("ATTACH-ERROR stale channel handle")), "{lines:?}");
+    destroy_and_check_gone(again);
+}
+
+#[test]
+fn pipe_mode_reports_end_of_file_when_the_writer_process_dies() {
+    let wd = Watchdog::new("pipe_eof", Duration::from_secs(60));
+    let ch =
+        shm::create(&ChannelOptions::new().disconnect_on_no_senders(true).roles(channels_core::Roles::RECV)).unwrap();
+    ch.set_spin(Duration::ZERO);
+    let mut p = wd.spawn("producer", &ch, "p=5,n=0", &[]);
+    // Messages flow, then the writer is killed.
+    let m = ch.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(check_msg(&m).unwrap().0, 5);
+    kill(&mut p);
+    let _ = output(p);
+    let start = Instant::now();
+    loop {
+        match ch.recv_timeout(Duration::from_secs(10)) {
+            Ok(m) => {
+                check_msg(&m).unwrap();
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(e) => panic!("expected end of file, got {e}"),
+        }
+        assert!(start.elapsed() < Duration::from_secs(20));
+    }
+    destroy_and_check_gone(ch);
+}
