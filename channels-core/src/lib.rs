@@ -11,6 +11,7 @@ pub mod error;
 pub mod fault;
 pub mod futex;
 pub mod handle;
+pub mod kv;
 pub mod layout;
 pub mod owner;
 pub mod region;

@@ -87,6 +87,7 @@ pub use barrier::{Barrier, BarrierError};
 pub use condition::{CondError, CondLock, CondWait, Condition};
 pub use event::Event;
 pub use lock::Lock;
+pub(crate) use lock::RawLock;
 pub use rlock::RLock;
 pub use semaphore::{Semaphore, SEM_VALUE_MAX};
 
