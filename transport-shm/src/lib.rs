@@ -3,9 +3,11 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod channel;
+pub mod kv;
 pub mod segment;
 pub mod syncobj;
 
 pub use channel::{attach as attach_channel, create as create_channel, ShmBacking};
+pub use kv::{KvShmError, ShmShard};
 pub use segment::{RunId, Segment, SegmentError};
 pub use syncobj::{Shm, ShmBarrier, ShmCondition, ShmEvent, ShmLock, ShmRLock, ShmSemaphore, SyncShmError};
