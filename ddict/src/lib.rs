@@ -1,5 +1,535 @@
 #![forbid(unsafe_code)]
-//! DDict: a sharded, memory-bounded, persistent distributed dictionary
+//! DDict: a sharded, memory-bounded, persistent distributed dictionary.
 //!
-//! Not built yet: see the issue tracker. This crate is a placeholder so the
-//! workspace shows the architecture from the start.
+//! A DDict is a set of shards, one per manager. Each shard is a
+//! [`channels_core::kv::Shard`] in its own shared-memory segment of exactly
+//! `total_mem / managers` bytes, created and owned by its manager process
+//! ([`manager::serve`]). Clients on the node map every shard and operate on
+//! it directly (a lock, a copy, an unlock: no round trip); a key goes to
+//! shard `key_hash(key) % shards`, where [`key_hash`] is FNV-1a 64 of the
+//! key's bytes (stable across processes, runs and machines).
+//!
+//! A DDict is named by its [`Descriptor`] (a short text: pass it to any
+//! process of the node and [`Client::attach`] there). Values are bytes;
+//! [`Typed`] wraps a client with a [`Codec`] per key and value type.
+//!
+//! See `docs/ddict.md`.
+
+pub mod codec;
+pub mod manager;
+pub mod persist;
+
+pub use channels_core::kv::{key_hash, Put, ShardStats, Update};
+pub use codec::{BytesCodec, Codec, DecodeError, I64Codec, StrCodec, Typed};
+
+use channels_core::kv::KvError;
+use channels_core::owner::ProcessId;
+use std::fmt;
+use std::time::{Duration, Instant};
+use transport_shm::{KvShmError, ShmShard};
+
+/// How often a client checks that the managers live and the DDict was not
+/// destroyed (it reads `/proc`, so never per operation).
+pub const HEALTH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Flag bit of [`Descriptor::flags`]: writes go through the managers'
+/// write-ahead logs.
+pub const FLAG_DURABLE: u64 = 1;
+
+/// Why a DDict operation failed. Nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The key's shard has no room for the entry.
+    Full {
+        /// The shard.
+        shard: usize,
+        /// What the shard said.
+        detail: String,
+    },
+    /// The DDict is frozen (read-only).
+    Frozen,
+    /// A manager process died: its shard's memory may still be mapped, but
+    /// nobody reaps, persists or serves it any more.
+    ManagerDied {
+        /// The shard whose manager died.
+        shard: usize,
+    },
+    /// The DDict was destroyed.
+    Destroyed,
+    /// Too many processes use one shard at once.
+    TooManyClients(String),
+    /// The descriptor does not parse.
+    BadDescriptor(String),
+    /// A shard could not be opened or created.
+    Attach(String),
+    /// The shard's memory is corrupt.
+    Corrupt(String),
+    /// A durable write could not be logged (disk error), or a log could not
+    /// be read back.
+    Persist(String),
+    /// The operation is not available in this mode.
+    Unsupported(&'static str),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Full { shard, detail } => write!(f, "DDict shard {shard} is full: {detail}"),
+            Error::Frozen => f.write_str("the DDict is frozen (read-only); call unfreeze() to write"),
+            Error::ManagerDied { shard } => write!(
+                f,
+                "the manager process of DDict shard {shard} died; the DDict cannot be used any more \
+                 (destroy it, or restore it from its persist_path)"
+            ),
+            Error::Destroyed => f.write_str("the DDict was destroyed"),
+            Error::TooManyClients(m) => write!(f, "too many processes use the DDict: {m}"),
+            Error::BadDescriptor(m) => write!(f, "not a DDict descriptor: {m}"),
+            Error::Attach(m) => write!(f, "cannot attach to the DDict: {m}"),
+            Error::Corrupt(m) => write!(f, "DDict memory is corrupt: {m}"),
+            Error::Persist(m) => write!(f, "DDict persistence failed: {m}"),
+            Error::Unsupported(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+fn kv_err(shard: usize, e: KvError) -> Error {
+    match e {
+        KvError::Full { .. } => Error::Full { shard, detail: e.to_string() },
+        KvError::Frozen => Error::Frozen,
+        KvError::TooManyClients(_) => Error::TooManyClients(e.to_string()),
+        KvError::Corrupt(m) => Error::Corrupt(m),
+        other => Error::Attach(other.to_string()),
+    }
+}
+
+fn shm_err(e: KvShmError) -> Error {
+    match e {
+        KvShmError::Kv(k) => kv_err(0, k),
+        other => Error::Attach(other.to_string()),
+    }
+}
+
+/// One shard of a DDict: its segment and id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardRef {
+    /// Segment name.
+    pub segment: String,
+    /// Shard id (checked on attach).
+    pub id: u64,
+}
+
+/// Everything a process needs to attach to a DDict. Text form:
+/// `ddict1;<name>;<flags>;<segment>:<id hex>,...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Descriptor {
+    /// The DDict's name.
+    pub name: String,
+    /// Flag bits ([`FLAG_DURABLE`]).
+    pub flags: u64,
+    /// The shards, in routing order.
+    pub shards: Vec<ShardRef>,
+}
+
+impl Descriptor {
+    /// The text form.
+    pub fn to_text(&self) -> String {
+        let shards: Vec<String> = self.shards.iter().map(|s| format!("{}:{:x}", s.segment, s.id)).collect();
+        format!("ddict1;{};{};{}", self.name, self.flags, shards.join(","))
+    }
+
+    /// Parse the text form.
+    pub fn from_text(s: &str) -> Result<Descriptor, Error> {
+        let bad = || Error::BadDescriptor(format!("{s:?}"));
+        let mut it = s.split(';');
+        if it.next() != Some("ddict1") {
+            return Err(bad());
+        }
+        let name = it.next().ok_or_else(bad)?.to_owned();
+        let flags = it.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+        let shards = it
+            .next()
+            .ok_or_else(bad)?
+            .split(',')
+            .map(|p| {
+                let (seg, id) = p.rsplit_once(':').ok_or_else(bad)?;
+                Ok(ShardRef { segment: seg.to_owned(), id: u64::from_str_radix(id, 16).map_err(|_| bad())? })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        if it.next().is_some() || shards.is_empty() || name.contains(';') {
+            return Err(bad());
+        }
+        Ok(Descriptor { name, flags, shards })
+    }
+}
+
+/// One process's attachment to a DDict: every shard mapped, a client slot
+/// claimed in each.
+pub struct Client {
+    desc: Descriptor,
+    shards: Vec<ShmShard>,
+    slots: Vec<Option<channels_core::kv::Slot>>,
+    pid: u32,
+    next_check: Instant,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client").field("name", &self.desc.name).field("shards", &self.shards.len()).finish()
+    }
+}
+
+/// The shard a key goes to among `n`.
+pub fn shard_of(key: &[u8], n: usize) -> usize {
+    (key_hash(key) % n as u64) as usize
+}
+
+impl Client {
+    /// Attach to the DDict `desc` names (its managers must have created
+    /// their shards).
+    pub fn attach(desc: &Descriptor) -> Result<Client, Error> {
+        let shards =
+            desc.shards.iter().map(|s| ShmShard::open(&s.segment, s.id)).collect::<Result<Vec<_>, _>>().map_err(
+                |e| match e {
+                    KvShmError::Segment(transport_shm::SegmentError::NotFound(_)) => Error::Destroyed,
+                    e => shm_err(e),
+                },
+            )?;
+        let n = shards.len();
+        let mut c = Client {
+            desc: desc.clone(),
+            shards,
+            slots: (0..n).map(|_| None).collect(),
+            pid: ProcessId::current().pid,
+            next_check: Instant::now(),
+        };
+        c.health()?;
+        Ok(c)
+    }
+
+    /// The descriptor.
+    pub fn descriptor(&self) -> &Descriptor {
+        &self.desc
+    }
+
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Whether writes go through the managers' logs.
+    pub fn durable(&self) -> bool {
+        self.desc.flags & FLAG_DURABLE != 0
+    }
+
+    /// Check (at most every [`HEALTH_INTERVAL`]) that the DDict lives.
+    fn health(&mut self) -> Result<(), Error> {
+        let now = Instant::now();
+        if now < self.next_check {
+            return Ok(());
+        }
+        self.next_check = now + HEALTH_INTERVAL;
+        self.check_now()
+    }
+
+    /// Check now that the DDict was not destroyed and every manager lives.
+    pub fn check_now(&self) -> Result<(), Error> {
+        for (i, sh) in self.shards.iter().enumerate() {
+            if sh.state() != channels_core::kv::state::OPEN {
+                return Err(Error::Destroyed);
+            }
+            if !sh.manager_alive() {
+                return Err(Error::ManagerDied { shard: i });
+            }
+        }
+        Ok(())
+    }
+
+    /// The slot of shard `i`, claimed on first use (and again in a forked
+    /// child, whose inherited slots are its parent's).
+    fn slot(&mut self, i: usize) -> Result<&channels_core::kv::Slot, Error> {
+        let pid = ProcessId::current().pid;
+        if pid != self.pid {
+            // Forked: the slots are the parent's; leave them to it.
+            for s in &mut self.slots {
+                s.take();
+            }
+            self.pid = pid;
+            self.next_check = Instant::now();
+        }
+        self.health()?;
+        if self.slots[i].is_none() {
+            self.slots[i] = Some(self.shards[i].claim_slot().map_err(|e| kv_err(i, e))?);
+        }
+        Ok(self.slots[i].as_ref().expect("claimed above"))
+    }
+
+    /// The shard `key` goes to.
+    pub fn shard_of(&self, key: &[u8]) -> usize {
+        shard_of(key, self.shards.len())
+    }
+
+    fn op<T>(
+        &mut self,
+        i: usize,
+        f: impl FnOnce(&ShmShard, &channels_core::kv::Slot) -> Result<T, KvError>,
+    ) -> Result<T, Error> {
+        self.slot(i)?;
+        let slot = self.slots[i].as_ref().expect("claimed");
+        f(&self.shards[i], slot).map_err(|e| kv_err(i, e))
+    }
+
+    /// Store `key` = the concatenation of `parts`. With `if_absent`, an
+    /// existing key is left as it is.
+    pub fn put_parts(&mut self, key: &[u8], parts: &[&[u8]], if_absent: bool) -> Result<Put, Error> {
+        let i = self.shard_of(key);
+        if self.durable() {
+            return self.durable_put(i, key, parts, if_absent);
+        }
+        self.op(i, |sh, s| sh.put_parts(s, key, parts, if_absent))
+    }
+
+    /// Store `key` = `value`.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<Put, Error> {
+        self.put_parts(key, &[value], false)
+    }
+
+    /// Store every pair (one call; in durable mode one logged batch per
+    /// shard, made durable with one sync).
+    pub fn put_batch(&mut self, pairs: &[(&[u8], &[u8])]) -> Result<(), Error> {
+        for (k, v) in pairs {
+            self.put(k, v)?;
+        }
+        Ok(())
+    }
+
+    /// Run `f` on `key`'s value, if present.
+    pub fn get_with<T>(&mut self, key: &[u8], f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>, Error> {
+        let i = self.shard_of(key);
+        self.op(i, |sh, s| Ok(sh.get_with(s, key, f)))
+    }
+
+    /// A copy of `key`'s value.
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.get_with(key, |v| v.to_vec())
+    }
+
+    /// Run `f` on `key`'s value in shard `i` (for values stored in every
+    /// shard by [`Client::put_all`]).
+    pub fn get_from<T>(&mut self, i: usize, key: &[u8], f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>, Error> {
+        self.op(i, |sh, s| Ok(sh.get_with(s, key, f)))
+    }
+
+    /// Store `key` = `value` in every shard (read back with
+    /// [`Client::get_from`] on a shard near the reader).
+    pub fn put_all(&mut self, key: &[u8], value: &[u8]) -> Result<(), Error> {
+        for i in 0..self.shards.len() {
+            if self.durable() {
+                self.durable_put(i, key, &[value], false)?;
+            } else {
+                self.op(i, |sh, s| sh.put(s, key, value))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `key` is present.
+    pub fn contains(&mut self, key: &[u8]) -> Result<bool, Error> {
+        Ok(self.get_with(key, |_| ())?.is_some())
+    }
+
+    /// Remove `key`, running `f` on its value first.
+    pub fn take_with<T>(&mut self, key: &[u8], f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>, Error> {
+        let i = self.shard_of(key);
+        if self.durable() {
+            let v = self.get_with(key, |v| v.to_vec())?;
+            return match v {
+                None => Ok(None),
+                Some(v) => {
+                    if self.durable_delete(i, key)? {
+                        Ok(Some(f(&v)))
+                    } else {
+                        Ok(None)
+                    }
+                }
+            };
+        }
+        self.op(i, |sh, s| sh.take_with(s, key, f))
+    }
+
+    /// Remove `key`; whether it was present.
+    pub fn delete(&mut self, key: &[u8]) -> Result<bool, Error> {
+        let i = self.shard_of(key);
+        if self.durable() {
+            return self.durable_delete(i, key);
+        }
+        self.op(i, |sh, s| sh.delete(s, key))
+    }
+
+    /// Read-modify-write `key` atomically (see [`channels_core::kv::Shard::update`]).
+    pub fn update<T>(&mut self, key: &[u8], f: impl FnOnce(Option<&[u8]>) -> (Update, T)) -> Result<T, Error> {
+        let i = self.shard_of(key);
+        if self.durable() {
+            return Err(Error::Unsupported(
+                "general read-modify-write is not available in durable mode (fetch_add and put-if-absent are)",
+            ));
+        }
+        self.op(i, |sh, s| sh.update(s, key, f))
+    }
+
+    /// Add `delta` to the little-endian `i64` at `key` (absent: 0) and
+    /// return the new value.
+    pub fn fetch_add(&mut self, key: &[u8], delta: i64) -> Result<i64, Error> {
+        if self.durable() {
+            let i = self.shard_of(key);
+            return Ok(self.request(i, manager::OP_FETCH_ADD, key, &delta.to_le_bytes())?.1 as i64);
+        }
+        self.update(key, |cur| {
+            let old = cur.and_then(|b| <[u8; 8]>::try_from(b).ok()).map_or(0, i64::from_le_bytes);
+            let new = old.wrapping_add(delta);
+            (Update::Set(new.to_le_bytes().to_vec()), new)
+        })
+    }
+
+    /// Number of entries (all shards).
+    pub fn len(&mut self) -> Result<u64, Error> {
+        self.health()?;
+        Ok(self.shards.iter().map(|s| s.len()).sum())
+    }
+
+    /// Whether the DDict is empty.
+    pub fn is_empty(&mut self) -> Result<bool, Error> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Number of entries in shard `i`.
+    pub fn shard_len(&mut self, i: usize) -> Result<u64, Error> {
+        self.health()?;
+        Ok(self.shards.get(i).map_or(0, |s| s.len()))
+    }
+
+    /// Call `f(key, value)` for every entry of shard `i`.
+    pub fn for_each_in(&mut self, i: usize, f: impl FnMut(&[u8], &[u8])) -> Result<(), Error> {
+        self.health()?;
+        self.shards[i].for_each(f);
+        Ok(())
+    }
+
+    /// Call `f(key, value)` for every entry.
+    pub fn for_each(&mut self, mut f: impl FnMut(&[u8], &[u8])) -> Result<(), Error> {
+        for i in 0..self.shards.len() {
+            self.for_each_in(i, &mut f)?;
+        }
+        Ok(())
+    }
+
+    /// Every key.
+    pub fn keys(&mut self) -> Result<Vec<Vec<u8>>, Error> {
+        let mut out = Vec::new();
+        self.for_each(|k, _| out.push(k.to_vec()))?;
+        Ok(out)
+    }
+
+    /// Remove every entry.
+    pub fn clear(&mut self) -> Result<(), Error> {
+        for i in 0..self.shards.len() {
+            if self.durable() {
+                self.request(i, manager::OP_CLEAR, &[], &[])?;
+            } else {
+                self.op(i, |sh, s| sh.clear(s))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Make every shard read-only (gets then take no locks).
+    pub fn freeze(&mut self) -> Result<(), Error> {
+        self.health()?;
+        for i in 0..self.shards.len() {
+            if self.durable() {
+                self.request(i, manager::OP_FREEZE, &[], &[])?;
+            } else {
+                self.shards[i].freeze();
+            }
+        }
+        Ok(())
+    }
+
+    /// Make every shard writable again.
+    pub fn unfreeze(&mut self) -> Result<(), Error> {
+        self.health()?;
+        for i in 0..self.shards.len() {
+            if self.durable() {
+                self.request(i, manager::OP_UNFREEZE, &[], &[])?;
+            } else {
+                self.shards[i].unfreeze();
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the DDict is frozen.
+    pub fn is_frozen(&self) -> bool {
+        self.shards.iter().all(|s| s.is_frozen())
+    }
+
+    /// Counters of every shard.
+    pub fn stats(&self) -> Vec<ShardStats> {
+        self.shards.iter().map(|s| s.stats()).collect()
+    }
+
+    /// Ask every manager to stop and remove its shard. The DDict is gone
+    /// for every process once this returns.
+    pub fn destroy(&mut self) {
+        for sh in &self.shards {
+            sh.set_state(channels_core::kv::state::SHUTDOWN);
+            let _ = sh.unlink();
+        }
+    }
+
+    /// Give the client slots back (done on drop too).
+    pub fn detach(&mut self) {
+        if ProcessId::current().pid != self.pid {
+            return;
+        }
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            if let Some(s) = s.take() {
+                self.shards[i].release_slot(s);
+            }
+        }
+    }
+
+    // ---- durable mode: writes through the managers ----------------------------
+
+    fn request(&mut self, i: usize, op: u64, key: &[u8], value: &[u8]) -> Result<(u64, u64), Error> {
+        self.slot(i)?;
+        let slot = self.slots[i].as_ref().expect("claimed");
+        manager::request(&self.shards[i], slot, op, key, value).map_err(|e| match e {
+            Error::Full { detail, .. } => Error::Full { shard: i, detail },
+            Error::ManagerDied { .. } => Error::ManagerDied { shard: i },
+            e => e,
+        })
+    }
+
+    fn durable_put(&mut self, i: usize, key: &[u8], parts: &[&[u8]], if_absent: bool) -> Result<Put, Error> {
+        let v = parts.concat();
+        let op = if if_absent { manager::OP_PUT_IF_ABSENT } else { manager::OP_PUT };
+        Ok(match self.request(i, op, key, &v)?.0 {
+            0 => Put::Inserted,
+            1 => Put::Replaced,
+            _ => Put::Exists,
+        })
+    }
+
+    fn durable_delete(&mut self, i: usize, key: &[u8]) -> Result<bool, Error> {
+        Ok(self.request(i, manager::OP_DELETE, key, &[])?.0 == 1)
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}

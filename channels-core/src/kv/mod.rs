@@ -132,7 +132,11 @@ const C_STAMP: u64 = 0;
 const C_PENDING0: u64 = 8;
 const C_PENDING1: u64 = 16;
 const C_READING: u64 = 24;
-// 32..128: reserved (request mailbox of durable mode).
+const C_REQ_SEQ: u64 = 32; // u32, bumped by the client per request
+const C_ACK_SEQ: u64 = 36; // u32 futex word, set to the request's seq by the manager
+const C_REQ_OP: u64 = 40;
+const C_RESULT: u64 = 48;
+const C_VALUE: u64 = 56;
 
 // ---- blocks ----------------------------------------------------------------
 const USED: u64 = 1;
@@ -146,6 +150,10 @@ const E_HASH: u64 = 16;
 const E_KLEN: u64 = 24;
 const E_VLEN: u64 = 32;
 const NCLASS: usize = 176;
+
+/// Flag bit ([`Shard::flags`]): only the manager reaps dead clients (its
+/// requests touch client slots, so no one else may free them under it).
+pub const FLAG_MANAGER_REAPS: u64 = 1;
 
 /// Shard states ([`Shard::state`]).
 pub mod state {
@@ -590,6 +598,18 @@ impl<R: Region> fmt::Debug for Shard<R> {
     }
 }
 
+/// A request posted to the manager ([`Shard::requests`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// The client's slot.
+    pub slot: u64,
+    /// The request's sequence number.
+    pub seq: u32,
+    /// The operation (the layer above defines the codes).
+    pub op: u64,
+    block: u64,
+}
+
 /// Outcome of a put.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Put {
@@ -991,7 +1011,7 @@ impl<R: Region> Shard<R> {
                     return Ok(Slot { index: i, stamp: me });
                 }
             }
-            if round == 0 && self.reap_dead() == 0 {
+            if round == 0 && (self.flags() & FLAG_MANAGER_REAPS != 0 || self.reap_dead() == 0) {
                 break;
             }
         }
@@ -1482,6 +1502,159 @@ impl<R: Region> Shard<R> {
     /// Whether the shard is frozen.
     pub fn is_frozen(&self) -> bool {
         self.frozen()
+    }
+
+    // ---- request mailbox (durable mode) -----------------------------------------
+
+    /// Post a request to the manager: `key` and `value` go into a block in
+    /// flight (the slot's `pending[0]`), `op` into the slot, and the
+    /// doorbell rings. Returns the request's sequence number for
+    /// [`Shard::wait_reply`]. Fails with [`KvError::Full`] (nothing posted)
+    /// if the block does not fit.
+    pub fn post_request(&self, slot: &Slot, op: u64, key: &[u8], value: &[u8]) -> Result<u32, KvError> {
+        self.check_slot(slot);
+        let s = self.slot_off(slot.index);
+        self.make_entry(slot, key_hash(key), key, &[value])?;
+        self.mem.set(s + C_REQ_OP, op);
+        // Relaxed: only this client writes its request sequence.
+        let seq = self.mem.w32(s + C_REQ_SEQ).load(Ordering::Relaxed).wrapping_add(1);
+        // SYNC POINT (request): Release publishes the request block and op
+        // to the manager's Acquire load in `requests`.
+        self.mem.w32(s + C_REQ_SEQ).store(seq, Ordering::Release);
+        self.ring_doorbell();
+        Ok(seq)
+    }
+
+    /// Wait up to `timeout` for the reply to request `seq`. On a reply, the
+    /// request's blocks are freed and the result and value returned; `None`
+    /// if the time ran out (call again: the request stays posted).
+    pub fn wait_reply(&self, slot: &Slot, seq: u32, timeout: Duration) -> Option<(u64, u64)> {
+        let s = self.slot_off(slot.index);
+        let ack = self.mem.w32(s + C_ACK_SEQ);
+        let deadline = std::time::Instant::now() + timeout;
+        let mut spins = 0;
+        loop {
+            // SYNC POINT (reply): pairs with the Release in `reply`: the
+            // result and everything the manager applied are visible.
+            let a = ack.load(Ordering::Acquire);
+            if a == seq {
+                let r = (self.mem.get(s + C_RESULT), self.mem.get(s + C_VALUE));
+                self.free_pending(s);
+                return Some(r);
+            }
+            if spins < 64 {
+                spins += 1;
+                crate::sync::spin_loop();
+                continue;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            futex::wait(ack, a, Some(deadline - now));
+        }
+    }
+
+    /// The requests waiting for the manager, in slot order.
+    pub fn requests(&self, out: &mut Vec<Request>) {
+        out.clear();
+        // Relaxed: see `claim_slot`.
+        let hwm = self.mem.w(H_SLOT_HWM).load(Ordering::Relaxed).min(self.g.nslots);
+        for i in 0..hwm {
+            let s = self.slot_off(i);
+            // SYNC POINT (request): pairs with the Release in `post_request`.
+            let seq = self.mem.w32(s + C_REQ_SEQ).load(Ordering::Acquire);
+            // Relaxed: only the manager writes the ack.
+            if seq != self.mem.w32(s + C_ACK_SEQ).load(Ordering::Relaxed) {
+                let block = self.mem.get(s + C_PENDING0);
+                if block != 0 {
+                    out.push(Request { slot: i, seq, op: self.mem.get(s + C_REQ_OP), block });
+                }
+            }
+        }
+    }
+
+    /// Run `f(key, value)` on a request's data.
+    pub fn request_data<T>(&self, r: &Request, f: impl FnOnce(&[u8], &[u8]) -> T) -> T {
+        let e = self.check_block(r.block);
+        let klen = self.mem.get(e + E_KLEN);
+        // SAFETY: the block is the waiting client's, in flight: nobody
+        // writes it until the client has its reply.
+        let (k, v) = unsafe { (self.mem.bytes(e + ENTRY_HDR, klen), self.value_of(e)) };
+        f(k, v)
+    }
+
+    /// Whether the request's key is present.
+    pub fn request_key_present(&self, r: &Request) -> bool {
+        let e = self.check_block(r.block);
+        let h = self.mem.get(e + E_HASH);
+        let b = self.bucket_of(h);
+        let _g = self.lock_stripe(self.stripe_of_bucket(b));
+        self.request_data(r, |k, _| self.find(b, h, k).is_some())
+    }
+
+    /// Overwrite a request's value with `v` of the same length (the manager
+    /// computing a new value in place, e.g. an atomic add).
+    pub fn rewrite_request_value(&self, r: &Request, v: &[u8]) -> Result<(), KvError> {
+        let e = self.check_block(r.block);
+        let klen = self.mem.get(e + E_KLEN);
+        if self.mem.get(e + E_VLEN) != v.len() as u64 {
+            return Err(KvError::Corrupt("request value rewritten with another length".into()));
+        }
+        // SAFETY: the block is the waiting client's, in flight; only the
+        // manager touches it until it replies.
+        unsafe { self.mem.write(e + ENTRY_HDR + klen, v) };
+        Ok(())
+    }
+
+    /// Link a request's block as its key's entry (the client's block
+    /// becomes the entry; the replaced one goes to the client's pending
+    /// chain, freed when it takes the reply).
+    pub fn apply_put(&self, r: &Request) -> Result<Put, KvError> {
+        let e = self.check_block(r.block);
+        let s = self.slot_off(r.slot);
+        let h = self.mem.get(e + E_HASH);
+        let b = self.bucket_of(h);
+        let stripe = self.stripe_of_bucket(b);
+        let _g = self.lock_stripe(stripe);
+        if self.frozen() {
+            return Err(KvError::Frozen);
+        }
+        let found = self.request_data(r, |k, _| self.find(b, h, k));
+        self.link(stripe, s, b, e, found);
+        Ok(if found.is_some() { Put::Replaced } else { Put::Inserted })
+    }
+
+    /// Remove a request's key (the entry goes to the client's pending chain).
+    pub fn apply_delete(&self, r: &Request) -> Result<bool, KvError> {
+        let e = self.check_block(r.block);
+        let s = self.slot_off(r.slot);
+        let h = self.mem.get(e + E_HASH);
+        let b = self.bucket_of(h);
+        let stripe = self.stripe_of_bucket(b);
+        let _g = self.lock_stripe(stripe);
+        if self.frozen() {
+            return Err(KvError::Frozen);
+        }
+        Ok(match self.request_data(r, |k, _| self.find(b, h, k)) {
+            Some((link, old)) => {
+                self.unlink(stripe, s, link, old);
+                true
+            }
+            None => false,
+        })
+    }
+
+    /// Answer a request: the client's wait ends with `result` and `value`.
+    pub fn reply(&self, r: &Request, result: u64, value: u64) {
+        let s = self.slot_off(r.slot);
+        self.mem.set(s + C_RESULT, result);
+        self.mem.set(s + C_VALUE, value);
+        let ack = self.mem.w32(s + C_ACK_SEQ);
+        // SYNC POINT (reply): Release publishes the result and the applied
+        // request to the client's Acquire load in `wait_reply`.
+        ack.store(r.seq, Ordering::Release);
+        futex::wake(ack, 1);
     }
 
     // ---- inspection -------------------------------------------------------------

@@ -1,0 +1,274 @@
+//! The manager of one shard: creates and owns the shard's segment, reaps
+//! the slots of dead clients, and in durable mode applies every write
+//! after logging it (group commit: every request pending when the manager
+//! wakes is logged, made durable with one `fdatasync`, applied, then
+//! answered).
+//!
+//! Requests travel through the client's slot in the shard (the key and
+//! value in a block the client allocated, the operation code beside it,
+//! a doorbell word the manager sleeps on and an acknowledgement word the
+//! client sleeps on): one round trip, no copy of the value through a
+//! channel, and a request whose client died is still well-formed.
+
+use crate::persist::{Wal, REC_CLEAR, REC_DELETE, REC_PUT};
+use crate::Error;
+use channels_core::kv::{self, KvError, Request, FLAG_MANAGER_REAPS};
+use channels_core::owner::ProcessId;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use transport_shm::ShmShard;
+
+/// Request: store the value.
+pub const OP_PUT: u64 = 1;
+/// Request: store the value unless the key exists.
+pub const OP_PUT_IF_ABSENT: u64 = 2;
+/// Request: remove the key.
+pub const OP_DELETE: u64 = 3;
+/// Request: remove every key of the shard.
+pub const OP_CLEAR: u64 = 4;
+/// Request: add the value (little-endian i64) to the key's i64.
+pub const OP_FETCH_ADD: u64 = 5;
+/// Request: freeze the shard.
+pub const OP_FREEZE: u64 = 6;
+/// Request: unfreeze the shard.
+pub const OP_UNFREEZE: u64 = 7;
+
+/// Results with this bit set are errors.
+pub const ERR: u64 = 1 << 63;
+/// The shard is full.
+pub const ERR_FULL: u64 = ERR | 1;
+/// The shard is frozen.
+pub const ERR_FROZEN: u64 = ERR | 2;
+/// The log could not be written.
+pub const ERR_PERSIST: u64 = ERR | 3;
+/// Unknown request.
+pub const ERR_BAD_OP: u64 = ERR | 4;
+
+/// How long a manager sleeps between looks at its clients and owner.
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// What a manager serves.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Segment name of the shard.
+    pub segment: String,
+    /// Shard id.
+    pub id: u64,
+    /// Shard size in bytes (its share of `total_mem`).
+    pub len: usize,
+    /// Index of the shard in the DDict.
+    pub index: usize,
+    /// The DDict's name (names the persistence files).
+    pub name: String,
+    /// The process whose death ends the manager (the DDict's creator).
+    pub owner: ProcessId,
+    /// Directory of the write-ahead logs: durable mode.
+    pub persist: Option<PathBuf>,
+    /// Load the shard from its snapshot and log first.
+    pub restore: bool,
+    /// Compact the log once it exceeds this many bytes (and twice the live
+    /// data).
+    pub compact_after: u64,
+}
+
+/// Create the shard and serve it until the DDict is destroyed or its owner
+/// dies. `ready` is called once the shard is open for clients.
+pub fn serve(cfg: &Config, ready: impl FnOnce()) -> Result<(), Error> {
+    let shard = ShmShard::create(&cfg.segment, cfg.len, cfg.id).map_err(|e| Error::Attach(e.to_string()))?;
+    let r = run(cfg, &shard, ready);
+    if shard.state() == kv::state::OPEN {
+        shard.set_state(kv::state::DESTROYED);
+    }
+    let _ = shard.unlink();
+    r
+}
+
+fn run(cfg: &Config, shard: &ShmShard, ready: impl FnOnce()) -> Result<(), Error> {
+    let slot = shard.claim_slot().map_err(|e| Error::Attach(e.to_string()))?;
+    let mut wal = None;
+    if let Some(dir) = &cfg.persist {
+        shard.set_flags(FLAG_MANAGER_REAPS);
+        let w = Wal::open(dir, &cfg.name, cfg.index, cfg.restore, |op, k, v| {
+            match op {
+                REC_PUT => shard.put(&slot, k, v).map(drop),
+                REC_DELETE => shard.delete(&slot, k).map(drop),
+                REC_CLEAR => shard.clear(&slot).map(drop),
+                _ => return Err(format!("unknown record {op} in the log")),
+            }
+            .map_err(|e| format!("restoring shard {}: {e}", cfg.index))
+        })
+        .map_err(Error::Persist)?;
+        wal = Some(w);
+    }
+    shard.set_manager_current();
+    ready();
+    let mut reqs = Vec::new();
+    let mut next_tick = Instant::now() + TICK;
+    loop {
+        let seen = shard.doorbell();
+        if shard.state() != kv::state::OPEN {
+            break;
+        }
+        shard.requests(&mut reqs);
+        if !reqs.is_empty() {
+            if let Some(w) = wal.as_mut() {
+                serve_batch(shard, &slot, w, &reqs);
+            } else {
+                for r in &reqs {
+                    shard.reply(r, ERR_BAD_OP, 0);
+                }
+            }
+            continue;
+        }
+        let now = Instant::now();
+        if now >= next_tick {
+            next_tick = now + TICK;
+            shard.reap_dead();
+            if !cfg.owner.is_alive() {
+                break;
+            }
+            if let Some(w) = wal.as_mut() {
+                let live = shard.stats().used_bytes;
+                if w.bytes > cfg.compact_after.max(2 * live) {
+                    w.compact(|put| shard.for_each(|k, v| put(k, v))).map_err(Error::Persist)?;
+                }
+            }
+        }
+        shard.wait_doorbell(seen, TICK);
+    }
+    if let Some(w) = wal.as_mut() {
+        w.sync().map_err(Error::Persist)?;
+    }
+    shard.release_slot(slot);
+    Ok(())
+}
+
+enum Act {
+    Put,
+    Add(i64),
+    Delete,
+    Clear,
+}
+
+/// Log, sync, apply and answer `group`.
+fn commit(shard: &ShmShard, slot: &kv::Slot, wal: &mut Wal, group: &mut Vec<(Request, Act)>) {
+    if group.is_empty() {
+        return;
+    }
+    if wal.sync().is_err() {
+        for (r, _) in group.drain(..) {
+            shard.reply(&r, ERR_PERSIST, 0);
+        }
+        return;
+    }
+    for (r, a) in group.drain(..) {
+        let (res, value) = match a {
+            Act::Put => (shard.apply_put(&r).map(|p| p as u64), 0),
+            Act::Add(v) => (shard.apply_put(&r).map(|p| p as u64), v as u64),
+            Act::Delete => (shard.apply_delete(&r).map(u64::from), 0),
+            Act::Clear => (shard.clear(slot), 0),
+        };
+        shard.reply(&r, res.unwrap_or_else(err_code), value);
+    }
+}
+
+fn err_code(e: KvError) -> u64 {
+    match e {
+        KvError::Full { .. } => ERR_FULL,
+        KvError::Frozen => ERR_FROZEN,
+        _ => ERR_BAD_OP,
+    }
+}
+
+fn serve_batch(shard: &ShmShard, slot: &kv::Slot, wal: &mut Wal, reqs: &[Request]) {
+    let mut group = Vec::new();
+    for r in reqs {
+        // Only the manager freezes a durable shard, between groups, so a
+        // logged write is never refused when applied.
+        let frozen = shard.is_frozen();
+        let writes = matches!(r.op, OP_PUT | OP_PUT_IF_ABSENT | OP_DELETE | OP_CLEAR | OP_FETCH_ADD);
+        if frozen && writes {
+            shard.reply(r, ERR_FROZEN, 0);
+            continue;
+        }
+        match r.op {
+            OP_PUT => {
+                shard.request_data(r, |k, v| wal.append(REC_PUT, k, v));
+                group.push((*r, Act::Put));
+            }
+            OP_DELETE => {
+                shard.request_data(r, |k, _| wal.append(REC_DELETE, k, b""));
+                group.push((*r, Act::Delete));
+            }
+            OP_CLEAR => {
+                wal.append(REC_CLEAR, b"", b"");
+                group.push((*r, Act::Clear));
+            }
+            OP_PUT_IF_ABSENT | OP_FETCH_ADD | OP_FREEZE | OP_UNFREEZE => {
+                // These read the shard: apply what is pending first.
+                commit(shard, slot, wal, &mut group);
+                match r.op {
+                    OP_PUT_IF_ABSENT => {
+                        if shard.request_key_present(r) {
+                            shard.reply(r, kv::Put::Exists as u64, 0);
+                        } else {
+                            shard.request_data(r, |k, v| wal.append(REC_PUT, k, v));
+                            group.push((*r, Act::Put));
+                        }
+                    }
+                    OP_FETCH_ADD => {
+                        let (key, delta) = shard
+                            .request_data(r, |k, v| (k.to_vec(), <[u8; 8]>::try_from(v).map_or(0, i64::from_le_bytes)));
+                        let old = shard
+                            .get_with(slot, &key, |b| <[u8; 8]>::try_from(b).map_or(0, i64::from_le_bytes))
+                            .unwrap_or(0);
+                        let new = old.wrapping_add(delta).to_le_bytes();
+                        if shard.rewrite_request_value(r, &new).is_err() {
+                            shard.reply(r, ERR_BAD_OP, 0);
+                            continue;
+                        }
+                        wal.append(REC_PUT, &key, &new);
+                        group.push((*r, Act::Add(i64::from_le_bytes(new))));
+                    }
+                    OP_FREEZE => {
+                        shard.freeze();
+                        shard.reply(r, 0, 0);
+                    }
+                    _ => {
+                        shard.unfreeze();
+                        shard.reply(r, 0, 0);
+                    }
+                }
+            }
+            _ => shard.reply(r, ERR_BAD_OP, 0),
+        }
+    }
+    commit(shard, slot, wal, &mut group);
+}
+
+/// Send one request to the shard's manager and wait for its answer,
+/// checking every tick that the manager lives.
+/// Returns the result code and the result value.
+pub fn request(shard: &ShmShard, slot: &kv::Slot, op: u64, key: &[u8], value: &[u8]) -> Result<(u64, u64), Error> {
+    let seq = shard.post_request(slot, op, key, value).map_err(|e| match e {
+        KvError::Full { .. } => Error::Full { shard: 0, detail: e.to_string() },
+        e => Error::Corrupt(e.to_string()),
+    })?;
+    loop {
+        if let Some((r, value)) = shard.wait_reply(slot, seq, TICK) {
+            return match r {
+                ERR_FULL => Err(Error::Full { shard: 0, detail: "no room for the new value".into() }),
+                ERR_FROZEN => Err(Error::Frozen),
+                ERR_PERSIST => Err(Error::Persist("the manager could not write its log".into())),
+                r if r & ERR != 0 => Err(Error::Corrupt(format!("manager refused request {op}"))),
+                r => Ok((r, value)),
+            };
+        }
+        if shard.state() != kv::state::OPEN {
+            return Err(Error::Destroyed);
+        }
+        if !shard.manager_alive() {
+            return Err(Error::ManagerDied { shard: 0 });
+        }
+    }
+}

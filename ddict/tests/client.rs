@@ -1,0 +1,145 @@
+//! The Rust client against managers: routing, dict semantics, typed
+//! access, durable mode with group commit, restore after a restart, and
+//! nothing left in /dev/shm.
+
+mod common;
+
+use common::{serve, watchdog};
+use ddict::{Client, Descriptor, Error, I64Codec, Put, StrCodec, Typed};
+use std::collections::HashMap;
+
+fn shm_left(desc: &Descriptor) -> usize {
+    desc.shards.iter().filter(|s| std::path::Path::new(&format!("/dev/shm/{}", s.segment)).exists()).count()
+}
+
+#[test]
+fn dict_semantics_over_shards() {
+    watchdog();
+    let s = serve("sem", 3, 1 << 20, None, false);
+    let desc = Descriptor::from_text(&s.desc.to_text()).unwrap();
+    assert_eq!(desc, s.desc);
+    let mut c = Client::attach(&desc).unwrap();
+    let mut model = HashMap::new();
+    for i in 0..300u32 {
+        let k = format!("k{i}").into_bytes();
+        let v = vec![i as u8; (i % 97) as usize];
+        assert_eq!(c.put(&k, &v).unwrap(), Put::Inserted);
+        model.insert(k, v);
+    }
+    assert_eq!(c.len().unwrap(), 300);
+    let per: Vec<u64> = (0..3).map(|i| c.shard_len(i).unwrap()).collect();
+    assert!(per.iter().all(|&n| n > 50), "keys spread over shards: {per:?}");
+    for (k, v) in &model {
+        assert_eq!(c.get(k).unwrap().as_ref(), Some(v));
+        assert_eq!(c.shard_of(k), ddict::shard_of(k, 3));
+    }
+    assert!(c.delete(b"k7").unwrap());
+    assert_eq!(c.get(b"k7").unwrap(), None);
+    assert_eq!(c.fetch_add(b"ctr", 5).unwrap(), 5);
+    assert_eq!(c.fetch_add(b"ctr", -7).unwrap(), -2);
+    c.put_all(b"everywhere", b"x").unwrap();
+    for i in 0..3 {
+        assert_eq!(c.get_from(i, b"everywhere", |v| v.to_vec()).unwrap().as_deref(), Some(&b"x"[..]));
+    }
+    c.freeze().unwrap();
+    assert_eq!(c.put(b"a", b"b"), Err(Error::Frozen));
+    assert_eq!(c.get(b"k8").unwrap().as_ref(), model.get(b"k8".as_slice()));
+    c.unfreeze().unwrap();
+    c.clear().unwrap();
+    assert_eq!(c.len().unwrap(), 0);
+    // A second client in this process (another slot) sees the same data.
+    let mut t = Typed::new(Client::attach(&desc).unwrap(), StrCodec, I64Codec);
+    t.put(&"n".to_owned(), &42).unwrap();
+    assert_eq!(t.get(&"n".to_owned()).unwrap(), Some(42));
+    assert_eq!(c.get(b"n").unwrap(), Some(42i64.to_le_bytes().to_vec()));
+    drop(t);
+    drop(c);
+    s.stop();
+    assert_eq!(shm_left(&desc), 0);
+    assert_eq!(Client::attach(&desc).unwrap_err(), Error::Destroyed);
+}
+
+#[test]
+fn full_shard_is_an_error_and_keeps_the_old_value() {
+    watchdog();
+    let s = serve("full", 1, 256 << 10, None, false);
+    let mut c = Client::attach(&s.desc).unwrap();
+    c.put(b"k", &[1; 1000]).unwrap();
+    let e = c.put(b"k", &vec![2; 1 << 20]).unwrap_err();
+    assert!(matches!(e, Error::Full { shard: 0, .. }), "{e}");
+    assert_eq!(c.get(b"k").unwrap(), Some(vec![1; 1000]));
+}
+
+#[test]
+fn durable_writes_come_back_after_a_restart() {
+    watchdog();
+    let dir = std::env::temp_dir().join(format!("ddict-durable-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let s = serve("dur", 2, 1 << 20, Some(dir.clone()), false);
+    let mut c = Client::attach(&s.desc).unwrap();
+    assert!(c.durable());
+    let mut model = HashMap::new();
+    for i in 0..400u32 {
+        let k = format!("k{}", i % 150).into_bytes();
+        let v = vec![(i % 251) as u8; (i * 13 % 700) as usize];
+        c.put(&k, &v).unwrap();
+        model.insert(k, v);
+        if i % 9 == 0 {
+            let k = format!("k{}", (i * 7) % 150).into_bytes();
+            assert_eq!(c.delete(&k).unwrap(), model.remove(&k).is_some());
+        }
+    }
+    assert_eq!(c.fetch_add(b"ctr", 3).unwrap(), 3);
+    assert_eq!(c.fetch_add(b"ctr", 4).unwrap(), 7);
+    model.insert(b"ctr".to_vec(), 7i64.to_le_bytes().to_vec());
+    assert_eq!(c.put_parts(b"ctr", &[b"zz"], true).unwrap(), Put::Exists);
+    c.freeze().unwrap();
+    assert_eq!(c.put(b"x", b"y"), Err(Error::Frozen));
+    c.unfreeze().unwrap();
+    assert_eq!(c.len().unwrap(), model.len() as u64);
+    drop(c);
+    s.stop();
+    // A new DDict of the same name restores every acknowledged write.
+    let s = serve("dur", 2, 1 << 20, Some(dir.clone()), true);
+    let mut c = Client::attach(&s.desc).unwrap();
+    assert_eq!(c.len().unwrap(), model.len() as u64);
+    for (k, v) in &model {
+        assert_eq!(c.get(k).unwrap().as_ref(), Some(v), "{}", String::from_utf8_lossy(k));
+    }
+    c.clear().unwrap();
+    drop(c);
+    s.stop();
+    let s = serve("dur", 2, 1 << 20, Some(dir.clone()), true);
+    assert_eq!(Client::attach(&s.desc).unwrap().len().unwrap(), 0);
+    s.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn concurrent_durable_writers_share_syncs() {
+    watchdog();
+    let dir = std::env::temp_dir().join(format!("ddict-group-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let s = serve("grp", 1, 4 << 20, Some(dir.clone()), false);
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let desc = s.desc.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::attach(&desc).unwrap();
+                for i in 0..200 {
+                    c.put(format!("t{t}-{i}").as_bytes(), b"v").unwrap();
+                    c.fetch_add(b"ctr", 1).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut c = Client::attach(&s.desc).unwrap();
+    assert_eq!(c.len().unwrap(), 801);
+    assert_eq!(c.get(b"ctr").unwrap(), Some(800i64.to_le_bytes().to_vec()));
+    drop(c);
+    s.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
