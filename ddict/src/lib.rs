@@ -112,6 +112,16 @@ fn shm_err(e: KvShmError) -> Error {
     }
 }
 
+/// The counter in `cur` if it is `prefix` + 8 bytes, else 0.
+pub fn counter_value(cur: Option<&[u8]>, prefix: &[u8]) -> i64 {
+    match cur {
+        Some(b) if b.len() == prefix.len() + 8 && b.starts_with(prefix) => {
+            i64::from_le_bytes(b[prefix.len()..].try_into().expect("8 bytes"))
+        }
+        _ => 0,
+    }
+}
+
 /// One shard of a DDict: its segment and id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardRef {
@@ -173,6 +183,7 @@ pub struct Client {
     slots: Vec<Option<channels_core::kv::Slot>>,
     pid: u32,
     next_check: Instant,
+    pin: Option<usize>,
 }
 
 impl fmt::Debug for Client {
@@ -204,6 +215,7 @@ impl Client {
             slots: (0..n).map(|_| None).collect(),
             pid: ProcessId::current().pid,
             next_check: Instant::now(),
+            pin: None,
         };
         c.health()?;
         Ok(c)
@@ -266,9 +278,19 @@ impl Client {
         Ok(self.slots[i].as_ref().expect("claimed above"))
     }
 
-    /// The shard `key` goes to.
+    /// The shard `key` goes to (the pinned one, if any).
     pub fn shard_of(&self, key: &[u8]) -> usize {
-        shard_of(key, self.shards.len())
+        self.pin.unwrap_or_else(|| shard_of(key, self.shards.len()))
+    }
+
+    /// Send every keyed operation to shard `pin` (a per-manager view), or
+    /// route by hash again (`None`).
+    pub fn set_pin(&mut self, pin: Option<usize>) -> Result<(), Error> {
+        if pin.is_some_and(|p| p >= self.shards.len()) {
+            return Err(Error::BadDescriptor(format!("no shard {}", pin.unwrap_or(0))));
+        }
+        self.pin = pin;
+        Ok(())
     }
 
     fn op<T>(
@@ -379,17 +401,25 @@ impl Client {
         self.op(i, |sh, s| sh.update(s, key, f))
     }
 
-    /// Add `delta` to the little-endian `i64` at `key` (absent: 0) and
-    /// return the new value.
+    /// Add `delta` to the little-endian `i64` at `key` (absent, or not
+    /// such a value: 0) and return the new value.
     pub fn fetch_add(&mut self, key: &[u8], delta: i64) -> Result<i64, Error> {
+        self.fetch_add_tagged(key, &[], delta)
+    }
+
+    /// [`Client::fetch_add`] on values laid out as `prefix` followed by the
+    /// little-endian `i64` (a value of another layout counts as 0).
+    pub fn fetch_add_tagged(&mut self, key: &[u8], prefix: &[u8], delta: i64) -> Result<i64, Error> {
+        let mut req = prefix.to_vec();
+        req.extend_from_slice(&delta.to_le_bytes());
         if self.durable() {
             let i = self.shard_of(key);
-            return Ok(self.request(i, manager::OP_FETCH_ADD, key, &delta.to_le_bytes())?.1 as i64);
+            return Ok(self.request(i, manager::OP_FETCH_ADD, key, &req)?.1 as i64);
         }
         self.update(key, |cur| {
-            let old = cur.and_then(|b| <[u8; 8]>::try_from(b).ok()).map_or(0, i64::from_le_bytes);
-            let new = old.wrapping_add(delta);
-            (Update::Set(new.to_le_bytes().to_vec()), new)
+            let new = counter_value(cur, prefix).wrapping_add(delta);
+            req[prefix.len()..].copy_from_slice(&new.to_le_bytes());
+            (Update::Set(req), new)
         })
     }
 

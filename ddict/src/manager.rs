@@ -217,18 +217,23 @@ fn serve_batch(shard: &ShmShard, slot: &kv::Slot, wal: &mut Wal, reqs: &[Request
                         }
                     }
                     OP_FETCH_ADD => {
-                        let (key, delta) = shard
-                            .request_data(r, |k, v| (k.to_vec(), <[u8; 8]>::try_from(v).map_or(0, i64::from_le_bytes)));
-                        let old = shard
-                            .get_with(slot, &key, |b| <[u8; 8]>::try_from(b).map_or(0, i64::from_le_bytes))
-                            .unwrap_or(0);
-                        let new = old.wrapping_add(delta).to_le_bytes();
-                        if shard.rewrite_request_value(r, &new).is_err() {
+                        let (key, mut req) = shard.request_data(r, |k, v| (k.to_vec(), v.to_vec()));
+                        if req.len() < 8 {
                             shard.reply(r, ERR_BAD_OP, 0);
                             continue;
                         }
-                        wal.append(REC_PUT, &key, &new);
-                        group.push((*r, Act::Add(i64::from_le_bytes(new))));
+                        let plen = req.len() - 8;
+                        let delta = i64::from_le_bytes(req[plen..].try_into().expect("8 bytes"));
+                        let old =
+                            shard.get_with(slot, &key, |b| crate::counter_value(Some(b), &req[..plen])).unwrap_or(0);
+                        let new = old.wrapping_add(delta);
+                        req[plen..].copy_from_slice(&new.to_le_bytes());
+                        if shard.rewrite_request_value(r, &req).is_err() {
+                            shard.reply(r, ERR_BAD_OP, 0);
+                            continue;
+                        }
+                        wal.append(REC_PUT, &key, &req);
+                        group.push((*r, Act::Add(new)));
                     }
                     OP_FREEZE => {
                         shard.freeze();

@@ -2,6 +2,7 @@
 use pyo3::prelude::*;
 
 mod blocking;
+mod ddict;
 mod errors;
 mod memory;
 mod runtime;
@@ -11,6 +12,7 @@ mod sync;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     runtime::register(m)?;
+    ddict::register(m)?;
     sync::register(m)?;
     memory::register(m)?;
     Ok(())

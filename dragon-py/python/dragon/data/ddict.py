@@ -1,0 +1,621 @@
+"""DDict: a sharded, memory-bounded dictionary shared by every process of
+the node, optionally durable.
+
+::
+
+    from dragon.data.ddict import DDict
+
+    d = DDict(managers_per_node=2, num_nodes=1, total_mem=256 * 1024**2)
+    d["x"] = [1, 2, 3]
+    with mp.Pool(4, initializer=init, initargs=(d,)) as pool: ...
+    d.destroy()
+
+The DDict starts ``managers_per_node * num_nodes`` manager processes through
+the dragon runtime; each creates and owns one shard, a shared-memory segment
+of ``total_mem // managers`` bytes that every client maps. A client puts and
+gets directly in the shard (a lock, a copy, an unlock), so an operation costs
+about a microsecond plus pickling, not a round trip to a server. Keys go to
+shard ``fnv1a64(pickle.dumps(key, protocol=5)) % managers``.
+
+Keys are compared by their pickled bytes: ``1``, ``1.0`` and ``True`` are
+three different keys (they pickle differently), as are two tuples whose
+pickles differ. ``bytes`` values are stored as they are; anything else is
+pickled (or encoded with ``value_pickler``).
+
+With ``persist_path=...`` the DDict is durable: every write goes to its
+shard's manager, which appends it to a write-ahead log and ``fdatasync``\\s
+it (group commit) before applying it and acknowledging; after the whole
+program was killed, ``DDict(..., name=same, persist_path=same, restore=True)``
+(or :meth:`DDict.open`) brings back every acknowledged write. See
+``docs/ddict.md``.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from collections.abc import Mapping, MutableMapping
+from typing import Any, Iterator, NamedTuple
+
+from .. import _native
+
+__all__ = [
+    "DDict",
+    "DDictError",
+    "DDictFullError",
+    "DDictManagerFull",
+    "DDictManagerDied",
+    "DDictFrozenError",
+    "DDictDestroyedError",
+    "DDictPersistError",
+    "DDictTimeoutError",
+    "DDictManagerStats",
+]
+
+
+class DDictError(Exception):
+    """Base of every DDict error."""
+
+
+class DDictFullError(DDictError):
+    """A put did not fit in its shard; the previous value is intact."""
+
+
+#: HPE Dragon's name for :class:`DDictFullError`.
+DDictManagerFull = DDictFullError
+
+
+class DDictManagerDied(DDictError):
+    """A manager process died; the DDict cannot be used any more."""
+
+
+class DDictFrozenError(DDictError):
+    """A write to a frozen DDict."""
+
+
+class DDictDestroyedError(DDictError):
+    """The DDict was destroyed."""
+
+
+class DDictPersistError(DDictError):
+    """A durable write could not be logged, or a log could not be read."""
+
+
+class DDictTimeoutError(DDictError, TimeoutError):
+    """A wait (``wait_for``, manager start-up) timed out."""
+
+
+class DDictManagerStats(NamedTuple):
+    """Counters of one manager's shard."""
+
+    manager_id: int
+    total_bytes: int
+    total_used_bytes: int
+    heap_bytes: int
+    num_keys: int
+    clients: int
+    frozen: bool
+
+
+_PICKLED = 0  # value pickled with the handle's value pickler
+_RAW = 1  # a bytes value, stored as it is
+_INT = 2  # a counter made by fetch_add: 8 bytes, little-endian, signed
+
+#: How long ``DDict()`` waits for its managers to start (seconds).
+START_TIMEOUT = 60.0
+
+_PROTOCOL = 5
+
+
+class _Pickle:
+    """The default pickler: ``pickle`` with a fixed protocol (so that keys
+    hash the same in every process and run)."""
+
+    @staticmethod
+    def dumps(obj: Any) -> bytes:
+        return pickle.dumps(obj, protocol=_PROTOCOL)
+
+    loads = staticmethod(pickle.loads)
+
+
+def _manager_main(desc, index, size, owner_pid, owner_start, conn, persist_path, restore):
+    """Body of a manager process."""
+    told = []
+
+    def ready():
+        conn.send(("ready", os.getpid()))
+        told.append(True)
+
+    try:
+        _native.ddict_serve(desc, index, size, owner_pid, owner_start, ready, persist_path, restore)
+    except BaseException as e:  # noqa: BLE001 - reported to the creator
+        if not told:
+            try:
+                conn.send(("error", "%s: %s" % (type(e).__name__, e)))
+            except OSError:
+                pass
+        os._exit(1)
+    finally:
+        conn.close()
+
+
+def _stop(client, procs):
+    """Destroy at exit (the creator's finalizer)."""
+    try:
+        client.destroy()
+    except Exception:  # noqa: BLE001 - already gone
+        pass
+    for p in procs:
+        try:
+            p.join(5)
+            if p.exitcode is None:
+                p.kill()
+                p.join(1)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class DDict:
+    """A dictionary shared by every process of the run.
+
+    Args:
+        managers_per_node: manager processes (shards) per node.
+        num_nodes: nodes with managers (HPE Dragon's ``n_nodes`` is accepted
+            too). Until multi-node runs land, every manager runs on this node.
+        total_mem: bytes for all shards together, metadata included; each
+            shard gets ``total_mem // managers``.
+        name: names the DDict (and its persistence files); letters, digits
+            and ``_``.
+        timeout: default timeout (seconds) of ``wait_for`` and of start-up.
+        persist_path: directory of write-ahead logs: makes the DDict durable.
+        restore: load the shards from ``persist_path`` (same ``name`` and
+            number of managers) instead of starting empty.
+        key_pickler, value_pickler: objects with ``dumps``/``loads`` used
+            instead of ``pickle`` (keys must encode deterministically).
+        working_set_size, wait_for_keys, wait_for_writers, policy,
+        persist_freq, persist_base_name, trace: HPE Dragon arguments;
+            accepted (see ``docs/ddict.md`` for what each does here).
+    """
+
+    def __init__(self, managers_per_node: int = 1, num_nodes: int | None = None,
+                 total_mem: int = 1024**3, *, n_nodes: int | None = None,
+                 name: str | None = None, timeout: float | None = None,
+                 persist_path: str | os.PathLike | None = None, restore: bool = False,
+                 key_pickler: Any = None, value_pickler: Any = None,
+                 working_set_size: int = 1, wait_for_keys: bool = False,
+                 wait_for_writers: bool = False, policy: Any = None,
+                 persist_freq: int = 0, persist_base_name: str = "",
+                 trace: bool = False) -> None:
+        if num_nodes is not None and n_nodes is not None and num_nodes != n_nodes:
+            raise ValueError("num_nodes=%r and n_nodes=%r disagree" % (num_nodes, n_nodes))
+        nodes = num_nodes if num_nodes is not None else (n_nodes if n_nodes is not None else 1)
+        for what, v in (("managers_per_node", managers_per_node), ("num_nodes", nodes),
+                        ("total_mem", total_mem)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError("%s must be a positive int, got %r" % (what, v))
+        if working_set_size < 1:
+            raise ValueError("working_set_size must be >= 1")
+        managers = managers_per_node * nodes
+        size = total_mem // managers
+        if size < 64 * 1024:
+            raise ValueError("total_mem=%d gives %d bytes per manager; each needs at least 65536"
+                             % (total_mem, size))
+        if persist_path is None and persist_base_name:
+            persist_path = persist_base_name
+        if name is None:
+            name = "ddict" if persist_path is not None else "dd%s" % os.urandom(4).hex()
+        self._setup(None, timeout, key_pickler, value_pickler)
+        desc = _native.ddict_descriptor(name, managers, persist_path is not None)
+        self._procs = _start_managers(desc, managers, size, timeout,
+                                      None if persist_path is None else os.fspath(persist_path),
+                                      restore)
+        try:
+            self._c = _native.DDictClient(desc)
+        except BaseException:
+            _stop_raw(desc, self._procs)
+            raise
+        self._creator = True
+        from multiprocessing import util
+
+        # Runs at exit before multiprocessing terminates daemonic children.
+        self._finalizer = util.Finalize(self, _stop, args=(self._c, self._procs), exitpriority=10)
+
+    def _setup(self, client, timeout, key_pickler, value_pickler):
+        self._c = client
+        self._timeout = timeout
+        self._kp = key_pickler
+        self._vp = value_pickler
+        kp = key_pickler or _Pickle
+        vp = value_pickler or _Pickle
+        self._kd = kp.dumps
+        self._kl = kp.loads
+        self._vd = vp.dumps
+        self._vl = vp.loads
+        self._custom_values = value_pickler is not None
+        self._batch = None
+        self._procs = []
+        self._creator = False
+        self._finalizer = None
+        self._chkpt = 0
+        self._pin = None
+
+    # ---------------------------------------------------------------- attach
+
+    @classmethod
+    def attach(cls, serialized: str, *, timeout: float | None = None,
+               key_pickler: Any = None, value_pickler: Any = None) -> "DDict":
+        """A handle on the DDict that :meth:`serialize` described."""
+        self = cls.__new__(cls)
+        self._setup(_native.DDictClient(serialized), timeout, key_pickler, value_pickler)
+        return self
+
+    @classmethod
+    def open(cls, persist_path, *, name: str = "ddict", managers_per_node: int = 1,
+             num_nodes: int = 1, total_mem: int = 1024**3, **kw) -> "DDict":
+        """Restore a durable DDict from ``persist_path``."""
+        return cls(managers_per_node, num_nodes, total_mem, name=name,
+                   persist_path=persist_path, restore=True, **kw)
+
+    def serialize(self) -> str:
+        """A string another process passes to :meth:`attach`."""
+        return self._c.descriptor()
+
+    def __reduce__(self):
+        return (_rebuild, (self.serialize(), self._timeout, self._kp, self._vp, self._pin))
+
+    def detach(self) -> None:
+        """Release this process's hold on the DDict (it stays alive)."""
+        if self._c is not None:
+            self._c.detach()
+
+    def destroy(self) -> None:
+        """Stop the managers and remove every shard (for every process)."""
+        self._flush()
+        self._c.destroy()
+        if self._finalizer is not None:
+            self._finalizer()
+            self._finalizer = None
+        self._c.detach()
+
+    def __enter__(self) -> "DDict":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._creator:
+            self.destroy()
+        else:
+            self.detach()
+
+    # ---------------------------------------------------------------- values
+
+    def _enc(self, value):
+        if type(value) is bytes and not self._custom_values:
+            return _RAW, value
+        return _PICKLED, self._vd(value)
+
+    def _dec(self, r):
+        tag, data = r
+        if tag == _RAW:
+            return data
+        if tag == _INT:
+            return int.from_bytes(data, "little", signed=True)
+        return self._vl(data)
+
+    # ---------------------------------------------------------------- mapping
+
+    def __setitem__(self, key, value) -> None:
+        if self._batch is not None:
+            self._batch.append((self._kd(key), *self._enc(value)))
+            return
+        tag, data = self._enc(value)
+        self._c.put(self._kd(key), tag, data)
+
+    def __getitem__(self, key):
+        if self._batch:
+            self._flush()
+        r = self._c.get(self._kd(key))
+        if r is None:
+            raise KeyError(key)
+        tag, data = r
+        if tag == _RAW:
+            return data
+        return self._dec(r)
+
+    def __delitem__(self, key) -> None:
+        self._flush()
+        if not self._c.delete(self._kd(key)):
+            raise KeyError(key)
+
+    def __contains__(self, key) -> bool:
+        self._flush()
+        return self._c.contains(self._kd(key))
+
+    def __len__(self) -> int:
+        self._flush()
+        return self._c.len(self._pin)
+
+    def __iter__(self) -> Iterator:
+        return iter(self.keys())
+
+    def __eq__(self, other):
+        if not isinstance(other, (Mapping, DDict)):
+            return NotImplemented
+        if isinstance(other, DDict) and other.serialize() == self.serialize():
+            return True
+        return dict(self.items()) == dict(other.items())
+
+    __hash__ = None  # mutable
+
+    def __repr__(self) -> str:
+        try:
+            return "DDict(managers=%d, keys=%d)" % (self._c.shards(), len(self))
+        except DDictError as e:
+            return "DDict(<%s>)" % e
+
+    def keys(self) -> list:
+        """Every key (a snapshot, shard by shard)."""
+        self._flush()
+        return [self._kl(k) for k in self._c.keys(self._pin)]
+
+    def values(self) -> list:
+        """Every value (a snapshot, shard by shard)."""
+        self._flush()
+        return [self._dec((t, d)) for _, t, d in self._c.items(self._pin)]
+
+    def items(self) -> list:
+        """Every ``(key, value)`` pair (a snapshot, shard by shard)."""
+        self._flush()
+        return [(self._kl(k), self._dec((t, d))) for k, t, d in self._c.items(self._pin)]
+
+    def get(self, key, default=None):
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    _MISSING = object()
+
+    def pop(self, key, default=_MISSING):
+        self._flush()
+        r = self._c.pop(self._kd(key))
+        if r is None:
+            if default is DDict._MISSING:
+                raise KeyError(key)
+            return default
+        return self._dec(r)
+
+    def popitem(self):
+        """Remove and return some ``(key, value)`` pair."""
+        self._flush()
+        shards = [self._pin] if self._pin is not None else range(self._c.shards())
+        for i in shards:
+            for k in self._c.keys(i):
+                r = self._c.pop(k)
+                if r is not None:
+                    return self._kl(k), self._dec(r)
+        raise KeyError("popitem(): DDict is empty")
+
+    def setdefault(self, key, default=None):
+        """``self[key]`` if present, else store and return ``default``
+        (atomically: concurrent callers all get the first stored value)."""
+        self._flush()
+        k = self._kd(key)
+        while True:
+            r = self._c.get(k)
+            if r is not None:
+                return self._dec(r)
+            if self._c.put_if_absent(k, *self._enc(default)):
+                return default
+
+    def update(self, other=(), /, **kw) -> None:
+        items = other.items() if isinstance(other, (Mapping, DDict)) else other
+        self._flush()
+        batch = [(self._kd(k), *self._enc(v)) for k, v in items]
+        batch.extend((self._kd(k), *self._enc(v)) for k, v in kw.items())
+        self._c.put_many(batch)
+
+    def clear(self) -> None:
+        self._flush()
+        if self._pin is None:
+            self._c.clear()
+        else:
+            for k in self._c.keys(self._pin):
+                self._c.delete(k)
+
+    def copy(self) -> dict:
+        """A plain ``dict`` snapshot of the contents."""
+        return dict(self.items())
+
+    # ---------------------------------------------------------------- extras
+
+    def fetch_add(self, key, delta: int = 1) -> int:
+        """Atomically add ``delta`` to the counter at ``key`` (0 if absent
+        or not a counter) and return the new value. ``d[key]`` reads it."""
+        self._flush()
+        return self._c.fetch_add(self._kd(key), _INT, delta)
+
+    def wait_for(self, key, timeout: float | None = None):
+        """Wait until ``key`` is present and return its value. Raises
+        ``DDictTimeoutError`` (a ``TimeoutError``) after ``timeout``."""
+        self._flush()
+        if timeout is None:
+            timeout = self._timeout
+        k = self._kd(key)
+        end = None if timeout is None else time.monotonic() + timeout
+        pause = 50e-6
+        while True:
+            r = self._c.get(k)
+            if r is not None:
+                return self._dec(r)
+            if end is not None and time.monotonic() >= end:
+                raise DDictTimeoutError("key %r did not appear within %s s" % (key, timeout))
+            time.sleep(pause if end is None else max(0.0, min(pause, end - time.monotonic())))
+            pause = min(pause * 2, 0.01)
+
+    def start_batch_put(self, persist: bool = False) -> None:
+        """Buffer puts until :meth:`end_batch_put` (any other operation
+        flushes the buffer first)."""
+        if self._batch is None:
+            self._batch = []
+
+    def end_batch_put(self) -> None:
+        """Write the buffered puts."""
+        self._flush()
+        self._batch = None
+
+    def _flush(self) -> None:
+        b = self._batch
+        if b:
+            self._batch = []
+            self._c.put_many(b)
+
+    def bput(self, key, value) -> None:
+        """Store ``key`` in every manager (read it back with :meth:`bget`)."""
+        self._flush()
+        self._c.put_all(self._kd(key), *self._enc(value))
+
+    def bget(self, key):
+        """Read a key stored with :meth:`bput` from this process's nearest
+        manager."""
+        self._flush()
+        r = self._c.get_from(self._local_manager(), self._kd(key))
+        if r is None:
+            raise KeyError(key)
+        return self._dec(r)
+
+    def _local_manager(self) -> int:
+        return self._pin if self._pin is not None else os.getpid() % self._c.shards()
+
+    def freeze(self) -> None:
+        """Make the DDict read-only; gets then take no locks."""
+        self._flush()
+        self._c.freeze()
+
+    def unfreeze(self) -> None:
+        """Make the DDict writable again."""
+        self._c.unfreeze()
+
+    @property
+    def is_frozen(self) -> bool:
+        return self._c.is_frozen()
+
+    frozen = is_frozen
+
+    def local_keys(self) -> list:
+        """Keys held by managers on this node (every manager, until
+        multi-node runs land)."""
+        return self.keys()
+
+    def which_manager(self, key) -> int:
+        """Index of the manager holding ``key``."""
+        return self._c.shard_of(self._kd(key)) if self._pin is None else self._pin
+
+    def manager(self, index: int) -> "DDict":
+        """A view of this DDict whose operations all go to manager ``index``."""
+        n = self._c.shards()
+        if not 0 <= index < n:
+            raise IndexError("manager index %d out of range (%d managers)" % (index, n))
+        view = DDict.attach(self.serialize(), timeout=self._timeout,
+                            key_pickler=self._kp, value_pickler=self._vp)
+        view._c.set_pin(index)
+        view._pin = index
+        return view
+
+    @property
+    def stats(self) -> list:
+        """One :class:`DDictManagerStats` per manager."""
+        return [DDictManagerStats(i, s["total_bytes"], s["used_bytes"], s["heap_bytes"],
+                                  s["entries"], s["clients"], s["frozen"])
+                for i, s in enumerate(self._c.stats())]
+
+    @property
+    def managers(self) -> int:
+        """Number of managers."""
+        return self._c.shards()
+
+    @property
+    def durable(self) -> bool:
+        """Whether writes are logged (``persist_path`` was given)."""
+        return self._c.durable()
+
+    def check(self) -> None:
+        """Raise ``DDictManagerDied``/``DDictDestroyedError`` if the DDict
+        cannot be used."""
+        self._c.check()
+
+    def __del__(self):
+        c = getattr(self, "_c", None)
+        if c is not None and not getattr(self, "_creator", False):
+            try:
+                c.detach()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+MutableMapping.register(DDict)
+
+
+def _rebuild(serialized, timeout, key_pickler, value_pickler, pin=None):
+    d = DDict.attach(serialized, timeout=timeout, key_pickler=key_pickler,
+                     value_pickler=value_pickler)
+    if pin is not None:
+        d._c.set_pin(pin)
+        d._pin = pin
+    return d
+
+
+def _stop_raw(desc, procs):
+    try:
+        _native.DDictClient(desc).destroy()
+    except Exception:  # noqa: BLE001
+        pass
+    for p in procs:
+        if p.exitcode is None:
+            p.kill()
+        p.join(1)
+
+
+def _start_managers(desc, n, size, timeout, persist_path, restore):
+    import multiprocessing
+    from multiprocessing.connection import Pipe, wait
+
+    ctx = multiprocessing.get_context("dragon")
+    pid, start = _native.ddict_self_identity()
+    procs, conns = [], []
+    try:
+        for i in range(n):
+            r, w = Pipe(duplex=False)
+            p = ctx.Process(target=_manager_main,
+                            args=(desc, i, size, pid, start, w, persist_path, restore),
+                            name="ddict-manager-%d" % i, daemon=True)
+            p.start()
+            w.close()
+            procs.append(p)
+            conns.append(r)
+        end = time.monotonic() + (timeout or START_TIMEOUT)
+        for i, (p, r) in enumerate(zip(procs, conns)):
+            while True:
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise DDictTimeoutError("DDict manager %d did not start within %s s"
+                                            % (i, timeout or START_TIMEOUT))
+                ready = wait([r, p.sentinel], left)
+                if r in ready:
+                    try:
+                        what, detail = r.recv()
+                    except EOFError:
+                        what, detail = "error", "exited with code %s" % p.exitcode
+                    if what == "ready":
+                        break
+                    raise DDictError("DDict manager %d failed to start: %s" % (i, detail))
+                if p.sentinel in ready:
+                    p.join(1)
+                    raise DDictError("DDict manager %d died while starting (exit code %s)"
+                                     % (i, p.exitcode))
+    except BaseException:
+        _stop_raw(desc, procs)
+        raise
+    finally:
+        for r in conns:
+            r.close()
+    return procs

@@ -1,0 +1,336 @@
+"""DDict: the dict protocol against a plain dict, picklability, many
+processes, full shards, clients and managers killed, durability after
+SIGKILL, and nothing left in /dev/shm."""
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import dragon  # noqa: F401
+import multiprocessing as mp
+from dragon.data.ddict import (
+    DDict,
+    DDictDestroyedError,
+    DDictError,
+    DDictFrozenError,
+    DDictFullError,
+    DDictManagerDied,
+    DDictTimeoutError,
+)
+
+import _ddict_helpers as H
+from conftest import clean_env, wait_until
+
+MB = 1024 * 1024
+
+
+def shm_files(d):
+    desc = d.serialize()
+    segs = [p.rsplit(":", 1)[0] for p in desc.split(";")[3].split(",")]
+    return [s for s in segs if os.path.exists("/dev/shm/" + s)]
+
+
+@pytest.fixture
+def dd():
+    d = DDict(managers_per_node=2, num_nodes=1, total_mem=16 * MB)
+    yield d
+    segs = shm_files(d)
+    d.destroy()
+    assert wait_until(lambda: not any(os.path.exists("/dev/shm/" + s) for s in segs), 5)
+
+
+def test_dict_protocol(dd):
+    d = dd
+    d["a"] = 1
+    d[2] = "two"
+    d[(3, "x")] = [3]
+    d[b"raw"] = b"bytes stay bytes"
+    assert d["a"] == 1 and d[2] == "two" and d[(3, "x")] == [3]
+    assert d[b"raw"] == b"bytes stay bytes"
+    assert len(d) == 4
+    assert "a" in d and "zz" not in d
+    with pytest.raises(KeyError):
+        d["missing"]
+    with pytest.raises(KeyError):
+        del d["missing"]
+    assert d.get("missing", 5) == 5
+    assert sorted(map(repr, d.keys())) == sorted(map(repr, ["a", 2, (3, "x"), b"raw"]))
+    assert dict(d.items())["a"] == 1
+    assert sorted(map(repr, d.values())) == sorted(map(repr, [1, "two", [3], b"bytes stay bytes"]))
+    assert set(map(repr, iter(d))) == set(map(repr, d.keys()))
+    assert d.pop("a") == 1 and d.pop("a", None) is None
+    with pytest.raises(KeyError):
+        d.pop("a")
+    assert d.setdefault("s", 10) == 10 and d.setdefault("s", 11) == 10
+    d.update({"u1": 1}, u2=2)
+    d.update([("u3", 3)])
+    assert d["u1"] + d["u2"] + d["u3"] == 6
+    c = d.copy()
+    assert isinstance(c, dict) and c == dict(d.items()) and d == c
+    k, v = d.popitem()
+    assert k not in d and c[k] == v
+    del d[2]
+    d.clear()
+    assert len(d) == 0
+    with pytest.raises(KeyError):
+        d.popitem()
+    # 1, 1.0 and True pickle differently: three keys.
+    d[1] = "int"
+    d[1.0] = "float"
+    assert d[1] == "int" and d[1.0] == "float" and len(d) == 2
+
+
+def test_random_ops_against_a_dict(dd):
+    rng = random.Random(1234)
+    model = {}
+    keys = [("k", i) for i in range(40)] + list(range(20)) + ["s%d" % i for i in range(20)]
+    for step in range(3000):
+        k = rng.choice(keys)
+        op = rng.randrange(9)
+        if op < 3:
+            v = rng.choice([rng.randrange(1000), b"x" * rng.randrange(300), {"n": step}, None])
+            dd[k] = v
+            model[k] = v
+        elif op == 3:
+            assert dd.get(k, "absent") == model.get(k, "absent")
+        elif op == 4:
+            assert dd.pop(k, "absent") == model.pop(k, "absent")
+        elif op == 5:
+            assert (k in dd) == (k in model)
+        elif op == 6:
+            assert dd.setdefault(k, step) == model.setdefault(k, step)
+        elif op == 7:
+            if k in model:
+                del dd[k]
+                del model[k]
+            else:
+                with pytest.raises(KeyError):
+                    del dd[k]
+        else:
+            assert len(dd) == len(model)
+    assert dict(dd.items()) == model
+
+
+def test_hpe_extras(dd):
+    d = dd
+    assert d.fetch_add("ctr") == 1 and d.fetch_add("ctr", 10) == 11 and d["ctr"] == 11
+    assert d.fetch_add("ctr", -20) == -9
+    assert 0 <= d.which_manager("ctr") < 2 and d.managers == 2
+    d.bput("b", {"everywhere": True})
+    assert d.bget("b") == {"everywhere": True}
+    for i in range(2):
+        assert d.manager(i).bget("b") == {"everywhere": True}
+    m1 = d.manager(1)
+    m1["pinned"] = 5
+    assert d.which_manager("pinned") in (0, 1)
+    assert m1["pinned"] == 5 and "pinned" in m1.keys()
+    assert len(m1) == len(m1.keys())
+    with pytest.raises(IndexError):
+        d.manager(2)
+    d.start_batch_put()
+    for i in range(100):
+        d[("batch", i)] = i
+    d.end_batch_put()
+    assert d[("batch", 99)] == 99
+    d.freeze()
+    assert d.is_frozen
+    with pytest.raises(DDictFrozenError):
+        d["x"] = 1
+    assert d[("batch", 5)] == 5
+    d.unfreeze()
+    d["x"] = 1
+    st = d.stats
+    assert len(st) == 2 and sum(s.num_keys for s in st) == len(d)
+    assert all(s.total_bytes == 8 * MB and s.total_used_bytes > 0 for s in st)
+    assert sorted(map(repr, d.local_keys())) == sorted(map(repr, d.keys()))
+    with pytest.raises(DDictTimeoutError):
+        d.wait_for("never", timeout=0.05)
+    assert d.wait_for("x", timeout=1) == 1
+
+
+class Upper:
+    """A custom value pickler (module level: picklable by reference)."""
+
+    @staticmethod
+    def dumps(v):
+        return v.upper().encode()
+
+    @staticmethod
+    def loads(b):
+        return b.decode()
+
+
+def test_custom_picklers_and_serialize(dd):
+    d = DDict.attach(dd.serialize(), value_pickler=Upper)
+    d["k"] = "hello"
+    assert d["k"] == "HELLO"
+    assert pickle.loads(pickle.dumps(d))["k"] == "HELLO"
+    d2 = DDict.attach(dd.serialize())
+    assert d2[b"nope"] if False else True
+    d2.detach()
+    with pytest.raises(DDictError):
+        d2["k"]
+
+
+def test_pool_initializer_queue_and_process_args(dd):
+    ctx = mp.get_context("dragon")
+    dd["hello"] = "world"
+    q = ctx.Queue()
+    p = ctx.Process(target=H.from_args, args=(dd, q))
+    p.start()
+    assert q.get(timeout=30) == "world"
+    p.join(30)
+    assert p.exitcode == 0 and dd["from child"] == p.pid
+    q.put(dd)
+    assert q.get(timeout=30)["hello"] == "world"
+    with ctx.Pool(4, initializer=H.init, initargs=(dd,)) as pool:
+        assert sum(pool.map(H.write_range, [(i * 250, (i + 1) * 250) for i in range(8)])) == 2000
+        assert sum(pool.map(H.read_range, [(i * 500, (i + 1) * 500) for i in range(4)])) == 0
+        assert sum(pool.map(H.count, [100] * 8)) == 800
+    assert dd["counter"] == 800
+    assert len(dd) == 2000 + 3
+
+
+def test_full_shard_keeps_old_value():
+    with DDict(total_mem=256 * 1024) as d:
+        d["k"] = b"a" * 1000
+        with pytest.raises(DDictFullError):
+            d["k"] = b"b" * (1 << 20)
+        assert d["k"] == b"a" * 1000
+        n = 0
+        with pytest.raises(DDictFullError):
+            while True:
+                d[n] = b"x" * 1000
+                n += 1
+        assert n > 50 and d[n - 1] == b"x" * 1000
+        d.clear()
+        d["big"] = b"y" * 100_000
+        assert d["big"] == b"y" * 100_000
+
+
+def test_killed_clients_leave_the_shard_whole(dd):
+    ctx = mp.get_context("dragon")
+    for round in range(12):
+        p = ctx.Process(target=H.hammer, args=(dd, round))
+        p.start()
+        time.sleep(0.05 + (round * 0.037) % 0.2)
+        p.kill()
+        p.join(10)
+        assert p.exitcode == -signal.SIGKILL
+    for k in dd.keys():
+        v = dd[k]
+        assert len(set(v)) == 1, "a value was torn"
+    # The managers reap the dead clients' slots and blocks in flight.
+    # (each shard: its manager and this process)
+    assert wait_until(lambda: all(s.clients <= 2 for s in dd.stats), 5)
+    dd.clear()
+    assert sum(s.total_used_bytes for s in dd.stats) == 0, "heap blocks leaked"
+    dd["after"] = 1
+    assert dd["after"] == 1
+
+
+def test_killed_manager_is_a_clear_error():
+    d = DDict(managers_per_node=2, total_mem=4 * MB)
+    try:
+        d["a"] = 1
+        os.kill(d._procs[1].pid, signal.SIGKILL)
+        d._procs[1].join(10)
+        t0 = time.monotonic()
+        with pytest.raises(DDictManagerDied):
+            while time.monotonic() - t0 < 10:
+                d["a"] = 2
+                d[("x", time.monotonic())] = 1
+                time.sleep(0.001)
+        assert time.monotonic() - t0 < 5
+    finally:
+        d.destroy()
+
+
+def test_destroy_removes_everything_and_handles_fail_cleanly():
+    d = DDict(managers_per_node=3, total_mem=3 * MB)
+    s = d.serialize()
+    segs = shm_files(d)
+    assert len(segs) == 3
+    d["x"] = 1
+    d.destroy()
+    assert wait_until(lambda: not any(os.path.exists("/dev/shm/" + g) for g in segs), 5)
+    assert all(p.exitcode is not None for p in d._procs)
+    with pytest.raises(DDictDestroyedError):
+        DDict.attach(s)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        DDict(total_mem=1000)
+    with pytest.raises(ValueError):
+        DDict(num_nodes=1, n_nodes=2)
+    with pytest.raises(ValueError):
+        DDict(managers_per_node=0)
+
+
+DURABLE = """
+import os, sys
+import multiprocessing as mp
+import dragon
+from dragon.data.ddict import DDict
+
+if __name__ == "__main__":
+    mp.set_start_method("dragon")
+    path, mode = sys.argv[1], sys.argv[2]
+    d = DDict(managers_per_node=2, total_mem=8 * 1024 * 1024, name="t",
+              persist_path=path, restore=(mode == "check"))
+    if mode == "write":
+        i = 0
+        while True:
+            d[("key", i)] = ("value", i)
+            if i % 3 == 0:
+                d.pop(("key", i - 1), None)
+            d.fetch_add("n")
+            print(i, flush=True)
+            i += 1
+    else:
+        print(len(d), d["n"], flush=True)
+        for k, v in d.items():
+            if k != "n":
+                print(k[1], v[1], flush=True)
+        d.destroy()
+"""
+
+
+def test_durable_after_sigkill_of_everything(tmp_path):
+    script = tmp_path / "durable.py"
+    script.write_text(textwrap.dedent(DURABLE))
+    store = str(tmp_path / "store")
+    w = subprocess.Popen([sys.executable, str(script), store, "write"], env=clean_env(),
+                         stdout=subprocess.PIPE, text=True)
+    acked = -1
+    t0 = time.monotonic()
+    while acked < 300 and time.monotonic() - t0 < 60:
+        line = w.stdout.readline()
+        if not line:
+            break
+        acked = int(line)
+    w.kill()  # SIGKILL; the template kills the managers
+    w.wait(30)
+    assert acked >= 300, "the writer did not get going"
+    r = subprocess.run([sys.executable, str(script), store, "check"], env=clean_env(),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split("\n")
+    n, counter = map(int, lines[0].split())
+    # Every acknowledged write is back (the one in flight may be too).
+    assert counter >= acked + 1
+    got = {int(a): int(b) for a, b in (l.split() for l in lines[1:] if l)}
+    for i in range(acked + 1):
+        if i % 3 == 2 and i + 1 <= acked:
+            assert i not in got, "deleted key %d came back" % i
+        elif i % 3 == 2:
+            assert got.get(i, i) == i  # its delete may have been in flight
+        else:
+            assert got.get(i) == i, "acknowledged key %d lost" % i
