@@ -324,6 +324,51 @@ impl Message {
     }
 }
 
+/// If a user's writer panics while we hold a slot claim, the slot becomes a
+/// tombstone instead of a claim nobody will ever finish.
+struct TombstoneOnUnwind<'a> {
+    ring: &'a Ring,
+    claim: Option<crate::ring::Claim>,
+}
+
+impl Drop for TombstoneOnUnwind<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.claim.take() {
+            self.ring.publish_tombstone(c);
+        }
+    }
+}
+
+/// If a user's reader panics while we hold a read claim, the slot is
+/// released (the message counts as delivered).
+struct ReleaseOnUnwind<'a> {
+    ring: &'a Ring,
+    claim: Option<crate::ring::Claim>,
+}
+
+impl Drop for ReleaseOnUnwind<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.claim.take() {
+            self.ring.release(c);
+        }
+    }
+}
+
+/// A block allocated for a send that did not (yet) happen; returned to the
+/// allocator when dropped, also on unwind.
+struct PendingBlock<'a> {
+    inner: &'a Inner,
+    block: Option<(BlockRef, bool)>,
+}
+
+impl Drop for PendingBlock<'_> {
+    fn drop(&mut self) {
+        if let Some((b, _)) = self.block.take() {
+            let _ = self.inner.alloc.free(b, self.inner.att);
+        }
+    }
+}
+
 /// The source of a message being sent.
 enum Src<'a, F> {
     Parts(&'a [&'a [u8]]),
@@ -331,6 +376,11 @@ enum Src<'a, F> {
 }
 
 impl<F: FnOnce(&mut [u8])> Src<'_, F> {
+    /// Whether filling can be repeated (a copy of borrowed bytes).
+    fn reusable(&self) -> bool {
+        matches!(self, Src::Parts(_))
+    }
+
     fn fill(&mut self, dst: &mut [u8]) {
         match self {
             Src::Parts(parts) => {
@@ -437,7 +487,7 @@ impl Inner {
         &self,
         len: usize,
         src: &mut Src<'_, F>,
-        block: &mut Option<BlockRef>,
+        block: &mut Option<(BlockRef, bool)>,
     ) -> Result<(), Fail> {
         if self.destroyed() {
             return Err(Fail::Destroyed);
@@ -455,7 +505,9 @@ impl Inner {
             // SAFETY: we hold the slot's WRITING claim, so its payload area
             // (inline_cap >= len bytes) is ours alone until we publish.
             let dst = unsafe { std::slice::from_raw_parts_mut(ring.payload(claim.index), len) };
+            let guard = TombstoneOnUnwind { ring, claim: Some(claim) };
             src.fill(dst);
+            std::mem::forget(guard);
             // Relaxed: published by the Release in `publish`.
             ring.slot(claim.index).len.store(len as u64, Ordering::Relaxed);
             fault::point("send.inline_written");
@@ -463,27 +515,38 @@ impl Inner {
             self.notify(Dir::Recv);
             return Ok(());
         }
-        let r = match *block {
-            Some(r) => r,
+        // A block is allocated once per send. A copyable source is copied in
+        // before a slot is claimed (the claim stays short); a one-shot
+        // writer only after (so that a full channel gives it back unused).
+        let (r, filled) = match *block {
+            Some(b) => b,
             None => {
                 let r = self.alloc.alloc(len, self.att, &|a| self.alive(a)).map_err(Fail::Alloc)?;
-                let data = self.alloc.data(r).map_err(Fail::Alloc)?;
-                debug_assert!(len as u64 <= class_size(r.class));
-                // SAFETY: the block is owned by us and at least len bytes
-                // (class_for(len) picked a class >= len).
-                let dst = unsafe { std::slice::from_raw_parts_mut(data.as_ptr(), len) };
-                src.fill(dst);
-                *block = Some(r);
-                fault::point("send.block_filled");
-                r
+                *block = Some((r, false));
+                (r, false)
             }
         };
+        debug_assert!(len as u64 <= class_size(r.class));
+        let data = self.alloc.data(r).map_err(Fail::Alloc)?;
+        // SAFETY: the block is owned by us and at least len bytes
+        // (class_for(len) picked a class >= len); nobody else touches it.
+        let dst = unsafe { std::slice::from_raw_parts_mut(data.as_ptr(), len) };
+        if !filled && src.reusable() {
+            src.fill(dst);
+            *block = Some((r, true));
+            fault::point("send.block_filled");
+        }
         let meta = self.alloc.meta(r).map_err(Fail::Alloc)?;
         let claim = ring.claim_write(self.att).map_err(|e| match e {
             ClaimWriteError::Full => Fail::WouldBlock,
             ClaimWriteError::Closed => Fail::Disconnected,
         })?;
         fault::point("send.block_claimed");
+        if !src.reusable() {
+            let guard = TombstoneOnUnwind { ring, claim: Some(claim) };
+            src.fill(dst);
+            std::mem::forget(guard);
+        }
         let slot = ring.slot(claim.index);
         // Relaxed: published by the Release in `publish`; recovery reads
         // them only after this attachment died.
@@ -534,7 +597,9 @@ impl Inner {
                 // SAFETY: we hold the READING claim; the payload area holds
                 // `len <= inline_cap` bytes written before the publication.
                 let data = unsafe { std::slice::from_raw_parts(self.ring.payload(claim.index), len) };
+                let guard = ReleaseOnUnwind { ring: &self.ring, claim: Some(claim) };
                 let out = (f.take().expect("called once"))(Got::Inline(data));
+                std::mem::forget(guard);
                 self.ring.release(claim);
                 self.notify(Dir::Send);
                 return Ok(out);
@@ -817,15 +882,13 @@ impl Channel {
         hook: Option<&mut dyn FnMut() -> bool>,
     ) -> Result<(), (Fail, Src<'a, F>)> {
         let i = &*self.inner;
-        let mut block = None;
+        // Not sent (error or unwind): the guard gives the block back.
+        let mut pending = PendingBlock { inner: i, block: None };
         let r = match deadline {
-            None => i.try_send_raw(len, &mut src, &mut block),
-            Some(d) => i.block_on(Dir::Send, d, hook, &mut || i.try_send_raw(len, &mut src, &mut block)),
+            None => i.try_send_raw(len, &mut src, &mut pending.block),
+            Some(d) => i.block_on(Dir::Send, d, hook, &mut || i.try_send_raw(len, &mut src, &mut pending.block)),
         };
-        if let Some(b) = block {
-            // Not sent: give the block back.
-            let _ = i.alloc.free(b, i.att);
-        }
+        drop(pending);
         r.map_err(|f| (f, src))
     }
 

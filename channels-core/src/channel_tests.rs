@@ -100,6 +100,21 @@ fn parts_and_in_place_send_and_receive() {
     }
     let e = ch.send_with_timeout(3, Some(Duration::ZERO), |_| panic!("not called")).unwrap_err();
     assert!(e.is_timeout());
+    // A large in-place message on a full channel: the writer is given back
+    // unused and its block is returned.
+    let e = ch.send_with_timeout(50_000, Some(Duration::ZERO), |_| panic!("not called")).unwrap_err();
+    assert!(e.is_timeout());
+    drop(ch.recv().unwrap());
+    let write = e.into_inner();
+    assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ch.send_with(50_000, write))).is_err());
+    // A panicking in-place reader does not leave its slot claimed.
+    while ch.try_recv().is_ok() {}
+    ch.send(b"boom").unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ch.recv_with(None, |_| panic!("reader"))));
+    assert!(r.is_err());
+    while ch.try_recv().is_ok() {}
+    ch.send(b"after").unwrap();
+    assert_eq!(&*ch.recv().unwrap(), b"after");
     assert_no_leaks(&ch);
 }
 
