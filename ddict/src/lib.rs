@@ -313,6 +313,47 @@ impl Client {
         self.op(i, |sh, s| sh.put_parts(s, key, parts, if_absent))
     }
 
+    /// [`Client::put_parts`] into shard `i` (whatever the key's hash).
+    pub fn put_parts_in(&mut self, i: usize, key: &[u8], parts: &[&[u8]], if_absent: bool) -> Result<Put, Error> {
+        self.check_index(i)?;
+        if self.durable() {
+            return self.durable_put(i, key, parts, if_absent);
+        }
+        self.op(i, |sh, s| sh.put_parts(s, key, parts, if_absent))
+    }
+
+    /// Remove `key` from shard `i`; whether it was present.
+    pub fn delete_in(&mut self, i: usize, key: &[u8]) -> Result<bool, Error> {
+        self.check_index(i)?;
+        if self.durable() {
+            return self.durable_delete(i, key);
+        }
+        self.op(i, |sh, s| sh.delete(s, key))
+    }
+
+    fn check_index(&self, i: usize) -> Result<(), Error> {
+        if i >= self.shards.len() {
+            return Err(Error::BadDescriptor(format!("no shard {i} (the DDict has {})", self.shards.len())));
+        }
+        Ok(())
+    }
+
+    /// Checkpoint state of shard `i`: (newest checkpoint written, oldest
+    /// kept, working set size).
+    pub fn checkpoint_state(&mut self, i: usize) -> Result<(u64, u64, u64), Error> {
+        self.check_index(i)?;
+        self.health()?;
+        let sh = &self.shards[i];
+        Ok((sh.user_word(manager::UW_NEWEST), sh.user_word(manager::UW_OLDEST), sh.user_word(manager::UW_WORKING_SET)))
+    }
+
+    /// Tell shard `i`'s manager that checkpoint `c` is being written;
+    /// returns the oldest checkpoint it keeps afterwards.
+    pub fn checkpoint_advance(&mut self, i: usize, c: u64) -> Result<u64, Error> {
+        self.check_index(i)?;
+        Ok(self.request(i, manager::OP_CKPT_ADVANCE, &[], &c.to_le_bytes())?.1)
+    }
+
     /// Store `key` = `value`.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<Put, Error> {
         self.put_parts(key, &[value], false)
@@ -341,6 +382,7 @@ impl Client {
     /// Run `f` on `key`'s value in shard `i` (for values stored in every
     /// shard by [`Client::put_all`]).
     pub fn get_from<T>(&mut self, i: usize, key: &[u8], f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>, Error> {
+        self.check_index(i)?;
         self.op(i, |sh, s| Ok(sh.get_with(s, key, f)))
     }
 

@@ -32,6 +32,40 @@ pub const OP_FETCH_ADD: u64 = 5;
 pub const OP_FREEZE: u64 = 6;
 /// Request: unfreeze the shard.
 pub const OP_UNFREEZE: u64 = 7;
+/// Request: a client writes at checkpoint `value` (u64 LE): make it the
+/// newest, retiring checkpoints that fall out of the working set.
+pub const OP_CKPT_ADVANCE: u64 = 8;
+
+/// Prefix of versioned keys: `CKPT_PREFIX | checkpoint (u64 BE) | key`.
+/// (Pickled keys start with the PROTO opcode 0x80, so they never collide.)
+pub const CKPT_PREFIX: &[u8] = b"\x00\xffck";
+/// First byte of a versioned value that records a deletion.
+pub const TOMBSTONE: u8 = 3;
+/// User word: newest checkpoint written in this shard.
+pub const UW_NEWEST: usize = 1;
+/// User word: oldest checkpoint kept in this shard (older ones were merged
+/// into the unversioned entries).
+pub const UW_OLDEST: usize = 2;
+/// User word: the working set size (checkpoints kept).
+pub const UW_WORKING_SET: usize = 3;
+
+/// The versioned form of `key` at checkpoint `c`.
+pub fn versioned_key(c: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(CKPT_PREFIX.len() + 8 + key.len());
+    k.extend_from_slice(CKPT_PREFIX);
+    k.extend_from_slice(&c.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// `(checkpoint, key)` of a versioned key.
+pub fn split_versioned(k: &[u8]) -> Option<(u64, &[u8])> {
+    let rest = k.strip_prefix(CKPT_PREFIX)?;
+    if rest.len() < 8 {
+        return None;
+    }
+    Some((u64::from_be_bytes(rest[..8].try_into().expect("8 bytes")), &rest[8..]))
+}
 
 /// Results with this bit set are errors.
 pub const ERR: u64 = 1 << 63;
@@ -69,6 +103,9 @@ pub struct Config {
     /// Compact the log once it exceeds this many bytes (and twice the live
     /// data).
     pub compact_after: u64,
+    /// Checkpoints kept before the oldest is merged into the unversioned
+    /// entries (at least 1).
+    pub working_set: u64,
 }
 
 /// Create the shard and serve it until the DDict is destroyed or its owner
@@ -100,6 +137,17 @@ fn run(cfg: &Config, shard: &ShmShard, ready: impl FnOnce()) -> Result<(), Error
         .map_err(Error::Persist)?;
         wal = Some(w);
     }
+    // Checkpoint bookkeeping (recomputed from the keys after a restore).
+    let (mut lo, mut hi) = (u64::MAX, 0);
+    shard.for_each(|k, _| {
+        if let Some((c, _)) = split_versioned(k) {
+            lo = lo.min(c);
+            hi = hi.max(c);
+        }
+    });
+    shard.set_user_word(UW_NEWEST, hi);
+    shard.set_user_word(UW_OLDEST, if hi == 0 { 1 } else { lo });
+    shard.set_user_word(UW_WORKING_SET, cfg.working_set.max(1));
     shard.set_manager_current();
     ready();
     let mut reqs = Vec::new();
@@ -115,7 +163,13 @@ fn run(cfg: &Config, shard: &ShmShard, ready: impl FnOnce()) -> Result<(), Error
                 serve_batch(shard, &slot, w, &reqs);
             } else {
                 for r in &reqs {
-                    shard.reply(r, ERR_BAD_OP, 0);
+                    if r.op == OP_CKPT_ADVANCE {
+                        let c = request_u64(shard, r);
+                        let oldest = advance(shard, &slot, None, c);
+                        shard.reply(r, 0, oldest);
+                    } else {
+                        shard.reply(r, ERR_BAD_OP, 0);
+                    }
                 }
             }
             continue;
@@ -204,7 +258,7 @@ fn serve_batch(shard: &ShmShard, slot: &kv::Slot, wal: &mut Wal, reqs: &[Request
                 wal.append(REC_CLEAR, b"", b"");
                 group.push((*r, Act::Clear));
             }
-            OP_PUT_IF_ABSENT | OP_FETCH_ADD | OP_FREEZE | OP_UNFREEZE => {
+            OP_PUT_IF_ABSENT | OP_FETCH_ADD | OP_FREEZE | OP_UNFREEZE | OP_CKPT_ADVANCE => {
                 // These read the shard: apply what is pending first.
                 commit(shard, slot, wal, &mut group);
                 match r.op {
@@ -239,6 +293,11 @@ fn serve_batch(shard: &ShmShard, slot: &kv::Slot, wal: &mut Wal, reqs: &[Request
                         shard.freeze();
                         shard.reply(r, 0, 0);
                     }
+                    OP_CKPT_ADVANCE => {
+                        let c = request_u64(shard, r);
+                        let oldest = advance(shard, slot, Some(&mut *wal), c);
+                        shard.reply(r, 0, oldest);
+                    }
                     _ => {
                         shard.unfreeze();
                         shard.reply(r, 0, 0);
@@ -249,6 +308,59 @@ fn serve_batch(shard: &ShmShard, slot: &kv::Slot, wal: &mut Wal, reqs: &[Request
         }
     }
     commit(shard, slot, wal, &mut group);
+}
+
+fn request_u64(shard: &ShmShard, r: &Request) -> u64 {
+    shard.request_data(r, |_, v| <[u8; 8]>::try_from(v).map_or(0, u64::from_le_bytes))
+}
+
+/// Make checkpoint `c` the newest of the shard and merge the checkpoints
+/// that fall out of the working set into the unversioned entries, oldest
+/// first (logged first in durable mode). Returns the oldest checkpoint kept.
+fn advance(shard: &ShmShard, slot: &kv::Slot, mut wal: Option<&mut Wal>, c: u64) -> u64 {
+    let newest = shard.user_word(UW_NEWEST).max(c);
+    shard.set_user_word(UW_NEWEST, newest);
+    let w = shard.user_word(UW_WORKING_SET).max(1);
+    let mut oldest = shard.user_word(UW_OLDEST).max(1);
+    while newest + 1 > oldest + w {
+        let mut moves: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = Vec::new();
+        shard.for_each(|k, v| {
+            if let Some((v_c, base)) = split_versioned(k) {
+                if v_c == oldest {
+                    moves.push((k.to_vec(), base.to_vec(), v.to_vec()));
+                }
+            }
+        });
+        if let Some(w) = wal.as_mut() {
+            for (vk, base, v) in &moves {
+                if v.first() == Some(&TOMBSTONE) {
+                    w.append(REC_DELETE, base, b"");
+                } else {
+                    w.append(REC_PUT, base, v);
+                }
+                w.append(REC_DELETE, vk, b"");
+            }
+            // A failed sync leaves the versions in place (still readable).
+            if w.sync().is_err() {
+                return oldest;
+            }
+        }
+        for (vk, base, v) in &moves {
+            // The unversioned entry takes the newest retired value first,
+            // then the version goes: a reader sees one or the other.
+            let r = if v.first() == Some(&TOMBSTONE) {
+                shard.delete(slot, base).map(drop)
+            } else {
+                shard.put(slot, base, v).map(drop)
+            };
+            if r.is_ok() {
+                let _ = shard.delete(slot, vk);
+            }
+        }
+        oldest += 1;
+        shard.set_user_word(UW_OLDEST, oldest);
+    }
+    oldest
 }
 
 /// Send one request to the shard's manager and wait for its answer,

@@ -143,3 +143,32 @@ fn concurrent_durable_writers_share_syncs() {
     s.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn checkpoints_out_of_the_working_set_merge_into_the_base() {
+    use ddict::manager::{versioned_key, TOMBSTONE};
+    watchdog();
+    let s = serve("ck", 1, 1 << 20, None, false);
+    let mut c = Client::attach(&s.desc).unwrap();
+    assert_eq!(c.checkpoint_state(0).unwrap(), (0, 1, 2));
+    c.put(b"k", b"base").unwrap();
+    for ck in 1..=2u64 {
+        c.put(&versioned_key(ck, b"k"), format!("v{ck}").as_bytes()).unwrap();
+        assert_eq!(c.checkpoint_advance(0, ck).unwrap(), 1);
+    }
+    c.put(&versioned_key(2, b"gone"), &[TOMBSTONE]).unwrap();
+    c.put(b"gone", b"old").unwrap();
+    // Writing checkpoint 3 with a working set of 2 merges checkpoint 1.
+    assert_eq!(c.checkpoint_advance(0, 3).unwrap(), 2);
+    assert_eq!(c.checkpoint_state(0).unwrap(), (3, 2, 2));
+    assert_eq!(c.get(b"k").unwrap().as_deref(), Some(&b"v1"[..]));
+    assert!(!c.contains(&versioned_key(1, b"k")).unwrap());
+    assert!(c.contains(&versioned_key(2, b"k")).unwrap());
+    // Jumping ahead merges every checkpoint that falls out, in order.
+    assert_eq!(c.checkpoint_advance(0, 10).unwrap(), 9);
+    assert_eq!(c.get(b"k").unwrap().as_deref(), Some(&b"v2"[..]));
+    assert_eq!(c.get(b"gone").unwrap(), None, "a tombstone deletes the base entry");
+    assert_eq!(c.len().unwrap(), 1);
+    // An older checkpoint does not move anything back.
+    assert_eq!(c.checkpoint_advance(0, 4).unwrap(), 9);
+}

@@ -100,6 +100,28 @@ impl DDictClient {
         self.with(|c| c.put_parts(key, &[&[tag], data], true).map(|p| p != Put::Exists))
     }
 
+    /// Store `key` in shard `shard` (checkpoint versions live with their
+    /// unversioned key's shard).
+    fn put_in(&self, shard: usize, key: &[u8], tag: u8, data: &[u8]) -> PyResult<()> {
+        self.with(|c| c.put_parts_in(shard, key, &[&[tag], data], false).map(drop))
+    }
+
+    /// Remove `key` from shard `shard`; whether it was present.
+    fn delete_in(&self, shard: usize, key: &[u8]) -> PyResult<bool> {
+        self.with(|c| c.delete_in(shard, key))
+    }
+
+    /// `(newest, oldest, working_set)` checkpoints of shard `shard`.
+    fn checkpoint_state(&self, shard: usize) -> PyResult<(u64, u64, u64)> {
+        self.with(|c| c.checkpoint_state(shard))
+    }
+
+    /// Checkpoint `ckpt` is being written in shard `shard`: the oldest
+    /// checkpoint the shard keeps afterwards.
+    fn checkpoint_advance(&self, shard: usize, ckpt: u64) -> PyResult<u64> {
+        self.with(|c| c.checkpoint_advance(shard, ckpt))
+    }
+
     /// Store in every shard.
     fn put_all(&self, key: &[u8], tag: u8, data: &[u8]) -> PyResult<()> {
         let mut v = Vec::with_capacity(1 + data.len());
@@ -283,7 +305,7 @@ fn ddict_descriptor(name: &str, shards: usize, durable: bool) -> PyResult<String
 /// run until the DDict is destroyed or the process `owner_pid`/`owner_start`
 /// dies. Runs without the GIL.
 #[pyfunction]
-#[pyo3(signature = (descriptor, index, size, owner_pid, owner_start, ready, persist_path=None, restore=false))]
+#[pyo3(signature = (descriptor, index, size, owner_pid, owner_start, ready, persist_path=None, restore=false, working_set=1))]
 #[allow(clippy::too_many_arguments)]
 fn ddict_serve(
     py: Python<'_>,
@@ -295,6 +317,7 @@ fn ddict_serve(
     ready: Py<PyAny>,
     persist_path: Option<PathBuf>,
     restore: bool,
+    working_set: u64,
 ) -> PyResult<()> {
     let d = Descriptor::from_text(descriptor).map_err(err)?;
     let shard = d.shards.get(index).ok_or_else(|| PyValueError::new_err(format!("no shard {index}")))?;
@@ -308,6 +331,7 @@ fn ddict_serve(
         persist: persist_path,
         restore,
         compact_after: 64 << 20,
+        working_set,
     };
     let mut ready_err = None;
     let r = py.detach(|| {
@@ -340,6 +364,8 @@ fn ddict_key_hash(key: &[u8]) -> u64 {
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<DDictClient>()?;
+    m.add("DDICT_CKPT_PREFIX", PyBytes::new(m.py(), manager::CKPT_PREFIX))?;
+    m.add("DDICT_TOMBSTONE", manager::TOMBSTONE)?;
     m.add_function(wrap_pyfunction!(ddict_descriptor, m)?)?;
     m.add_function(wrap_pyfunction!(ddict_serve, m)?)?;
     m.add_function(wrap_pyfunction!(ddict_key_hash, m)?)?;

@@ -334,3 +334,40 @@ def test_durable_after_sigkill_of_everything(tmp_path):
             assert got.get(i, i) == i  # its delete may have been in flight
         else:
             assert got.get(i) == i, "acknowledged key %d lost" % i
+
+
+def test_checkpoints_and_rollback():
+    from dragon.data.ddict import DDictCheckpointSync
+
+    with DDict(managers_per_node=2, total_mem=4 * MB, working_set_size=2) as d:
+        d["a"] = 0  # checkpoint 0: the unversioned state
+        d.checkpoint()
+        assert d.checkpoint_id == 1
+        d["a"] = 1
+        d["b"] = 1
+        d.checkpoint()
+        assert d["a"] == 1, "values flow forward to later checkpoints"
+        d["a"] = 2
+        del d["b"]
+        assert "b" not in d and len(d) == 1 and d.keys() == ["a"]
+        d.rollback()
+        assert d["a"] == 1 and d["b"] == 1 and sorted(d.keys()) == ["a", "b"]
+        other = DDict.attach(d.serialize())
+        assert other.checkpoint_id == 0 and other["a"] == 0 and len(other) == 1
+        other.sync_to_newest_checkpoint()
+        assert other.checkpoint_id == 2 and other["a"] == 2
+        d.checkpoint()
+        d.checkpoint()
+        d["a"] = 3  # checkpoint 3: the working set keeps 2..3, 1 is merged
+        d.rollback()
+        d.rollback()
+        with pytest.raises(DDictCheckpointSync):
+            d["a"]
+        d.sync_to_newest_checkpoint()
+        assert d["a"] == 3 and d.fetch_add("n", 5) == 5 and d["n"] == 5
+        d.pput("p", "persistent")
+        assert d["p"] == "persistent" and other["p"] == "persistent"
+        zero = DDict.attach(d.serialize())
+        assert zero["a"] == 1 and zero["b"] == 1, "checkpoint 1 was merged into the base"
+        assert sorted(zero.keys()) == ["a", "b", "p"]
+        assert pickle.loads(pickle.dumps(zero))["p"] == "persistent"

@@ -34,6 +34,7 @@ pub fn serve(name: &str, shards: usize, len: usize, persist: Option<PathBuf>, re
             persist: persist.clone(),
             restore,
             compact_after: 4096,
+            working_set: 2,
         };
         let (tx, rx) = mpsc::channel();
         threads.push(std::thread::spawn(move || manager::serve(&cfg, || tx.send(()).unwrap())));

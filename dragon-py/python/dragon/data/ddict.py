@@ -49,6 +49,7 @@ __all__ = [
     "DDictDestroyedError",
     "DDictPersistError",
     "DDictTimeoutError",
+    "DDictCheckpointSync",
     "DDictManagerStats",
 ]
 
@@ -85,6 +86,11 @@ class DDictTimeoutError(DDictError, TimeoutError):
     """A wait (``wait_for``, manager start-up) timed out."""
 
 
+class DDictCheckpointSync(DDictError):
+    """The handle's checkpoint fell out of the working set (it was merged
+    into the unversioned state): ``sync_to_newest_checkpoint()``."""
+
+
 class DDictManagerStats(NamedTuple):
     """Counters of one manager's shard."""
 
@@ -100,6 +106,8 @@ class DDictManagerStats(NamedTuple):
 _PICKLED = 0  # value pickled with the handle's value pickler
 _RAW = 1  # a bytes value, stored as it is
 _INT = 2  # a counter made by fetch_add: 8 bytes, little-endian, signed
+_TOMB = _native.DDICT_TOMBSTONE  # a checkpoint version recording a deletion
+_VPREFIX = _native.DDICT_CKPT_PREFIX  # versioned keys: prefix, u64 BE, key
 
 #: How long ``DDict()`` waits for its managers to start (seconds).
 START_TIMEOUT = 60.0
@@ -118,7 +126,8 @@ class _Pickle:
     loads = staticmethod(pickle.loads)
 
 
-def _manager_main(desc, index, size, owner_pid, owner_start, conn, persist_path, restore):
+def _manager_main(desc, index, size, owner_pid, owner_start, conn, persist_path, restore,
+                  working_set=1):
     """Body of a manager process."""
     told = []
 
@@ -127,7 +136,8 @@ def _manager_main(desc, index, size, owner_pid, owner_start, conn, persist_path,
         told.append(True)
 
     try:
-        _native.ddict_serve(desc, index, size, owner_pid, owner_start, ready, persist_path, restore)
+        _native.ddict_serve(desc, index, size, owner_pid, owner_start, ready, persist_path, restore,
+                            working_set)
     except BaseException as e:  # noqa: BLE001 - reported to the creator
         if not told:
             try:
@@ -208,7 +218,7 @@ class DDict:
         desc = _native.ddict_descriptor(name, managers, persist_path is not None)
         self._procs = _start_managers(desc, managers, size, timeout,
                                       None if persist_path is None else os.fspath(persist_path),
-                                      restore)
+                                      restore, working_set_size)
         try:
             self._c = _native.DDictClient(desc)
         except BaseException:
@@ -261,6 +271,7 @@ class DDict:
         return self._c.descriptor()
 
     def __reduce__(self):
+        self._flush()
         return (_rebuild, (self.serialize(), self._timeout, self._kp, self._vp, self._pin))
 
     def detach(self) -> None:
@@ -304,6 +315,10 @@ class DDict:
     # ---------------------------------------------------------------- mapping
 
     def __setitem__(self, key, value) -> None:
+        if self._chkpt:
+            self._flush()
+            self._vput(self._kd(key), *self._enc(value))
+            return
         if self._batch is not None:
             self._batch.append((self._kd(key), *self._enc(value)))
             return
@@ -313,7 +328,7 @@ class DDict:
     def __getitem__(self, key):
         if self._batch:
             self._flush()
-        r = self._c.get(self._kd(key))
+        r = self._vget(self._kd(key)) if self._chkpt else self._c.get(self._kd(key))
         if r is None:
             raise KeyError(key)
         tag, data = r
@@ -323,15 +338,24 @@ class DDict:
 
     def __delitem__(self, key) -> None:
         self._flush()
-        if not self._c.delete(self._kd(key)):
+        kb = self._kd(key)
+        if self._chkpt:
+            if self._vget(kb) is None:
+                raise KeyError(key)
+            self._vput(kb, _TOMB, b"")
+        elif not self._c.delete(kb):
             raise KeyError(key)
 
     def __contains__(self, key) -> bool:
         self._flush()
+        if self._chkpt:
+            return self._vget(self._kd(key)) is not None
         return self._c.contains(self._kd(key))
 
     def __len__(self) -> int:
         self._flush()
+        if self._chkpt or self._versions_exist():
+            return len(self._visible())
         return self._c.len(self._pin)
 
     def __iter__(self) -> Iterator:
@@ -355,16 +379,19 @@ class DDict:
     def keys(self) -> list:
         """Every key (a snapshot, shard by shard)."""
         self._flush()
+        if self._chkpt or self._versions_exist():
+            return [self._kl(k) for k in self._visible()]
         return [self._kl(k) for k in self._c.keys(self._pin)]
 
     def values(self) -> list:
         """Every value (a snapshot, shard by shard)."""
-        self._flush()
-        return [self._dec((t, d)) for _, t, d in self._c.items(self._pin)]
+        return [v for _, v in self.items()]
 
     def items(self) -> list:
         """Every ``(key, value)`` pair (a snapshot, shard by shard)."""
         self._flush()
+        if self._chkpt or self._versions_exist():
+            return [(self._kl(k), self._dec(r)) for k, r in self._visible().items()]
         return [(self._kl(k), self._dec((t, d))) for k, t, d in self._c.items(self._pin)]
 
     def get(self, key, default=None):
@@ -377,7 +404,13 @@ class DDict:
 
     def pop(self, key, default=_MISSING):
         self._flush()
-        r = self._c.pop(self._kd(key))
+        if self._chkpt:
+            kb = self._kd(key)
+            r = self._vget(kb)
+            if r is not None:
+                self._vput(kb, _TOMB, b"")
+        else:
+            r = self._c.pop(self._kd(key))
         if r is None:
             if default is DDict._MISSING:
                 raise KeyError(key)
@@ -387,6 +420,11 @@ class DDict:
     def popitem(self):
         """Remove and return some ``(key, value)`` pair."""
         self._flush()
+        if self._chkpt:
+            for kb, r in self._visible().items():
+                self._vput(kb, _TOMB, b"")
+                return self._kl(kb), self._dec(r)
+            raise KeyError("popitem(): DDict is empty")
         shards = [self._pin] if self._pin is not None else range(self._c.shards())
         for i in shards:
             for k in self._c.keys(i):
@@ -400,6 +438,12 @@ class DDict:
         (atomically: concurrent callers all get the first stored value)."""
         self._flush()
         k = self._kd(key)
+        if self._chkpt:
+            r = self._vget(k)
+            if r is not None:
+                return self._dec(r)
+            self._vput(k, *self._enc(default))
+            return default
         while True:
             r = self._c.get(k)
             if r is not None:
@@ -412,7 +456,11 @@ class DDict:
         self._flush()
         batch = [(self._kd(k), *self._enc(v)) for k, v in items]
         batch.extend((self._kd(k), *self._enc(v)) for k, v in kw.items())
-        self._c.put_many(batch)
+        if self._chkpt:
+            for kb, tag, data in batch:
+                self._vput(kb, tag, data)
+        else:
+            self._c.put_many(batch)
 
     def clear(self) -> None:
         self._flush()
@@ -432,6 +480,13 @@ class DDict:
         """Atomically add ``delta`` to the counter at ``key`` (0 if absent
         or not a counter) and return the new value. ``d[key]`` reads it."""
         self._flush()
+        if self._chkpt:
+            kb = self._kd(key)
+            r = self._vget(kb)
+            old = int.from_bytes(r[1], "little", signed=True) if r and r[0] == _INT else 0
+            new = old + delta
+            self._vput(kb, _INT, new.to_bytes(8, "little", signed=True))
+            return new
         return self._c.fetch_add(self._kd(key), _INT, delta)
 
     def wait_for(self, key, timeout: float | None = None):
@@ -444,7 +499,7 @@ class DDict:
         end = None if timeout is None else time.monotonic() + timeout
         pause = 50e-6
         while True:
-            r = self._c.get(k)
+            r = self._vget(k) if self._chkpt else self._c.get(k)
             if r is not None:
                 return self._dec(r)
             if end is not None and time.monotonic() >= end:
@@ -485,6 +540,102 @@ class DDict:
 
     def _local_manager(self) -> int:
         return self._pin if self._pin is not None else os.getpid() % self._c.shards()
+
+    # ------------------------------------------------------------ checkpoints
+
+    def checkpoint(self) -> None:
+        """Move this handle to the next checkpoint: later writes create new
+        versions, older checkpoints keep theirs."""
+        self._flush()
+        self._chkpt += 1
+
+    def rollback(self) -> None:
+        """Move this handle back one checkpoint (not below 0)."""
+        self._flush()
+        if self._chkpt > 0:
+            self._chkpt -= 1
+
+    def sync_to_newest_checkpoint(self) -> None:
+        """Move this handle to the newest checkpoint written in any manager."""
+        self._flush()
+        self._chkpt = max(self._c.checkpoint_state(i)[0] for i in range(self._c.shards()))
+
+    @property
+    def checkpoint_id(self) -> int:
+        """This handle's checkpoint."""
+        return self._chkpt
+
+    current_checkpoint_id = checkpoint_id
+
+    def pput(self, key, value) -> None:
+        """Store a persistent key: unversioned, seen at every checkpoint that
+        has no version of its own."""
+        self._flush()
+        kb = self._kd(key)
+        self._c.put_in(self._shard(kb), kb, *self._enc(value))
+
+    def _shard(self, kb: bytes) -> int:
+        return self._pin if self._pin is not None else self._c.shard_of(kb)
+
+    def _oldest(self, i: int) -> int:
+        newest, oldest, _ = self._c.checkpoint_state(i)
+        if 0 < self._chkpt < oldest:
+            raise DDictCheckpointSync(
+                "checkpoint %d of this handle was merged away (manager %d keeps %d..%d): "
+                "call sync_to_newest_checkpoint()" % (self._chkpt, i, oldest, newest))
+        return oldest, newest
+
+    def _vget(self, kb: bytes):
+        """The value of ``kb`` seen at this handle's checkpoint."""
+        i = self._shard(kb)
+        oldest, _ = self._oldest(i)
+        for c in range(self._chkpt, oldest - 1, -1):
+            r = self._c.get_from(i, _VPREFIX + c.to_bytes(8, "big") + kb)
+            if r is not None:
+                return None if r[0] == _TOMB else r
+        return self._c.get_from(i, kb)
+
+    def _vput(self, kb: bytes, tag: int, data: bytes) -> None:
+        """Write ``kb`` at this handle's checkpoint."""
+        c = self._chkpt
+        i = self._shard(kb)
+        oldest, newest = self._oldest(i)
+        if c > newest:
+            oldest = self._c.checkpoint_advance(i, c)
+            self._oldest(i)
+        vk = _VPREFIX + c.to_bytes(8, "big") + kb
+        self._c.put_in(i, vk, tag, data)
+        if self._c.checkpoint_state(i)[1] > c:
+            # Merged away while we wrote: the version would be lost.
+            self._c.delete_in(i, vk)
+            self._oldest(i)
+
+    def _versions_exist(self) -> bool:
+        shards = [self._pin] if self._pin is not None else range(self._c.shards())
+        return any(self._c.checkpoint_state(i)[0] > 0 for i in shards)
+
+    def _visible(self) -> dict:
+        """``{key bytes: (tag, data)}`` as seen at this handle's checkpoint."""
+        shards = [self._pin] if self._pin is not None else range(self._c.shards())
+        out = {}
+        for i in shards:
+            oldest, _ = self._oldest(i)
+            best = {}
+            base = {}
+            plen = len(_VPREFIX)
+            for k, t, d in self._c.items(i):
+                if k.startswith(_VPREFIX):
+                    c = int.from_bytes(k[plen:plen + 8], "big")
+                    if oldest <= c <= self._chkpt:
+                        kb = k[plen + 8:]
+                        if kb not in best or best[kb][0] < c:
+                            best[kb] = (c, (t, d))
+                else:
+                    base[k] = (t, d)
+            for kb, (_, r) in best.items():
+                base[kb] = r
+            out.update((k, r) for k, r in base.items() if r[0] != _TOMB)
+        return out
 
     def freeze(self) -> None:
         """Make the DDict read-only; gets then take no locks."""
@@ -575,7 +726,7 @@ def _stop_raw(desc, procs):
         p.join(1)
 
 
-def _start_managers(desc, n, size, timeout, persist_path, restore):
+def _start_managers(desc, n, size, timeout, persist_path, restore, working_set=1):
     import multiprocessing
     from multiprocessing.connection import Pipe, wait
 
@@ -586,7 +737,8 @@ def _start_managers(desc, n, size, timeout, persist_path, restore):
         for i in range(n):
             r, w = Pipe(duplex=False)
             p = ctx.Process(target=_manager_main,
-                            args=(desc, i, size, pid, start, w, persist_path, restore),
+                            args=(desc, i, size, pid, start, w, persist_path, restore,
+                                  working_set),
                             name="ddict-manager-%d" % i, daemon=True)
             p.start()
             w.close()
