@@ -81,6 +81,9 @@ use std::time::Duration;
 #[cfg(all(test, not(dragon_loom)))]
 mod tests;
 
+#[cfg(all(test, dragon_loom))]
+mod loom_kv;
+
 /// First word of a shard ("DRKV").
 pub const KV_MAGIC: u32 = u32::from_le_bytes(*b"DRKV");
 /// Layout version written by this build.
@@ -376,6 +379,62 @@ fn block_size_for(klen: usize, vlen: usize) -> Option<u64> {
 struct Mem {
     base: NonNull<u8>,
     len: u64,
+    /// Under loom, words live in loom atomics kept beside the region (loom
+    /// atomics cannot be cast from raw memory); bytes stay in the region.
+    #[cfg(dragon_loom)]
+    shadow: &'static loom_mem::Shadow,
+}
+
+#[cfg(dragon_loom)]
+mod loom_mem {
+    //! The loom stand-in for raw word access: every word, 32-bit word and
+    //! lock of a region is a loom object created on first use (zero, as in
+    //! a fresh region). A location is always read in the mode (word or
+    //! bytes) it was last written in, so keeping the two apart is exact.
+    use crate::sync::{AtomicU32, AtomicU64};
+    use crate::syncobj::RawLock;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    pub(super) struct Shadow {
+        words: Mutex<HashMap<u64, Box<AtomicU64>>>,
+        words32: Mutex<HashMap<u64, Box<AtomicU32>>>,
+        locks: Mutex<HashMap<u64, Box<RawLock>>>,
+    }
+
+    static REGIONS: Mutex<Option<HashMap<usize, &'static Shadow>>> = Mutex::new(None);
+
+    /// A fresh shadow for the region at `base` (a new shard).
+    pub(super) fn fresh(base: usize) -> &'static Shadow {
+        let s: &'static Shadow = Box::leak(Box::default());
+        REGIONS.lock().unwrap().get_or_insert_with(HashMap::new).insert(base, s);
+        s
+    }
+
+    /// The shadow of the shard at `base`.
+    pub(super) fn of(base: usize) -> &'static Shadow {
+        REGIONS.lock().unwrap().get_or_insert_with(HashMap::new).get(&base).expect("no shard in this region")
+    }
+
+    fn get<T>(m: &Mutex<HashMap<u64, Box<T>>>, off: u64, new: impl FnOnce() -> T) -> &T {
+        let mut g = m.lock().unwrap();
+        let p: *const T = &**g.entry(off).or_insert_with(|| Box::new(new()));
+        // SAFETY: boxed, never removed while the shadow lives (leaked).
+        unsafe { &*p }
+    }
+
+    impl Shadow {
+        pub(super) fn w(&self, off: u64) -> &AtomicU64 {
+            get(&self.words, off, || AtomicU64::new(0))
+        }
+        pub(super) fn w32(&self, off: u64) -> &AtomicU32 {
+            get(&self.words32, off, || AtomicU32::new(0))
+        }
+        pub(super) fn lock(&self, off: u64) -> &RawLock {
+            get(&self.locks, off, RawLock::new)
+        }
+    }
 }
 
 // SAFETY: the memory is shared; every word is accessed atomically, and byte
@@ -392,6 +451,36 @@ impl Mem {
         }
     }
 
+    #[cfg(not(dragon_loom))]
+    fn new(base: NonNull<u8>, len: u64, _fresh: bool) -> Mem {
+        Mem { base, len }
+    }
+
+    #[cfg(dragon_loom)]
+    fn new(base: NonNull<u8>, len: u64, fresh: bool) -> Mem {
+        let a = base.as_ptr() as usize;
+        Mem { base, len, shadow: if fresh { loom_mem::fresh(a) } else { loom_mem::of(a) } }
+    }
+
+    #[cfg(dragon_loom)]
+    fn w(&self, off: u64) -> &AtomicU64 {
+        self.check(off, 8, 8);
+        self.shadow.w(off)
+    }
+
+    #[cfg(dragon_loom)]
+    fn w32(&self, off: u64) -> &AtomicU32 {
+        self.check(off, 4, 4);
+        self.shadow.w32(off)
+    }
+
+    #[cfg(dragon_loom)]
+    fn lock(&self, off: u64) -> &RawLock {
+        self.check(off, std::mem::size_of::<RawLock>() as u64, 8);
+        self.shadow.lock(off)
+    }
+
+    #[cfg(not(dragon_loom))]
     #[inline]
     fn w(&self, off: u64) -> &AtomicU64 {
         self.check(off, 8, 8);
@@ -400,6 +489,7 @@ impl Mem {
         unsafe { &*self.base.as_ptr().add(off as usize).cast::<AtomicU64>() }
     }
 
+    #[cfg(not(dragon_loom))]
     #[inline]
     fn w32(&self, off: u64) -> &AtomicU32 {
         self.check(off, 4, 4);
@@ -407,6 +497,7 @@ impl Mem {
         unsafe { &*self.base.as_ptr().add(off as usize).cast::<AtomicU32>() }
     }
 
+    #[cfg(not(dragon_loom))]
     #[inline]
     fn lock(&self, off: u64) -> &RawLock {
         self.check(off, std::mem::size_of::<RawLock>() as u64, 8);
@@ -630,7 +721,25 @@ impl<R: Region> Shard<R> {
     /// use it until this returns.
     pub unsafe fn init(region: R, id: u64) -> Result<Shard<R>, KvError> {
         let g = Geometry::for_len(region.len())?;
-        let mem = Mem { base: region.base(), len: g.len };
+        let mem = Mem::new(region.base(), g.len, true);
+        // Under loom, make every metadata word now, in the creating thread:
+        // in real memory they exist (as zeros) before anyone looks.
+        #[cfg(dragon_loom)]
+        {
+            for off in (0..g.heap_off).step_by(8) {
+                mem.w(off);
+            }
+            mem.w32(H_DOORBELL);
+            mem.w32(H_DOORBELL + 4);
+            mem.lock(H_ALLOC_LOCK);
+            for i in 0..g.nstripes {
+                mem.lock(g.stripes_off + i * STRIPE_LEN + S_LOCK);
+            }
+            for i in 0..g.nslots {
+                mem.w32(g.slots_off + i * SLOT_LEN + C_REQ_SEQ);
+                mem.w32(g.slots_off + i * SLOT_LEN + C_ACK_SEQ);
+            }
+        }
         mem.set(H_ID, id);
         mem.set(H_LEN, g.len);
         mem.set(H_NSTRIPES, g.nstripes);
@@ -660,7 +769,7 @@ impl<R: Region> Shard<R> {
         if region.len() < MIN_SHARD_LEN {
             return Err(KvError::NotAShard(format!("region of {} bytes is too small", region.len())));
         }
-        let mem = Mem { base: region.base(), len: region.len() as u64 };
+        let mem = Mem::new(region.base(), region.len() as u64, false);
         // SYNC POINT (publish): pairs with the Release store in `init`.
         let m = mem.w(H_MAGIC).load(Ordering::Acquire);
         if m as u32 != KV_MAGIC {
@@ -1491,9 +1600,12 @@ impl<R: Region> Shard<R> {
                     if st == 0 || !os_alive((st >> 32) as u32, st as u32) {
                         break;
                     }
+                    #[cfg(not(dragon_loom))]
                     std::thread::sleep(Duration::from_micros(50));
+                    #[cfg(dragon_loom)]
+                    crate::sync::yield_now();
                 } else {
-                    std::hint::spin_loop();
+                    crate::sync::spin_loop();
                 }
             }
         }
