@@ -227,8 +227,10 @@ class DDict:
         self._creator = True
         from multiprocessing import util
 
-        # Runs at exit before multiprocessing terminates daemonic children.
-        self._finalizer = util.Finalize(self, _stop, args=(self._c, self._procs), exitpriority=10)
+        # Runs at exit (not when this handle is collected: other processes
+        # may still use the DDict), before multiprocessing terminates
+        # daemonic children.
+        self._finalizer = util.Finalize(None, _stop, args=(self._c, self._procs), exitpriority=10)
 
     def _setup(self, client, timeout, key_pickler, value_pickler):
         self._c = client
