@@ -61,8 +61,10 @@ pub enum Error {
     TooManyClients(String),
     /// The descriptor does not parse.
     BadDescriptor(String),
-    /// A shard could not be opened or created.
+    /// A shard could not be opened.
     Attach(String),
+    /// A shard could not be created (not enough shared memory, say).
+    Create(String),
     /// The shard's memory is corrupt.
     Corrupt(String),
     /// A durable write could not be logged (disk error), or a log could not
@@ -86,6 +88,7 @@ impl fmt::Display for Error {
             Error::TooManyClients(m) => write!(f, "too many processes use the DDict: {m}"),
             Error::BadDescriptor(m) => write!(f, "not a DDict descriptor: {m}"),
             Error::Attach(m) => write!(f, "cannot attach to the DDict: {m}"),
+            Error::Create(m) => write!(f, "cannot create a DDict shard: {m}"),
             Error::Corrupt(m) => write!(f, "DDict memory is corrupt: {m}"),
             Error::Persist(m) => write!(f, "DDict persistence failed: {m}"),
             Error::Unsupported(m) => f.write_str(m),

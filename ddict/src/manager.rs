@@ -111,7 +111,7 @@ pub struct Config {
 /// Create the shard and serve it until the DDict is destroyed or its owner
 /// dies. `ready` is called once the shard is open for clients.
 pub fn serve(cfg: &Config, ready: impl FnOnce()) -> Result<(), Error> {
-    let shard = ShmShard::create(&cfg.segment, cfg.len, cfg.id).map_err(|e| Error::Attach(e.to_string()))?;
+    let shard = ShmShard::create(&cfg.segment, cfg.len, cfg.id).map_err(|e| Error::Create(e.to_string()))?;
     let r = run(cfg, &shard, ready);
     if shard.state() == kv::state::OPEN {
         shard.set_state(kv::state::DESTROYED);

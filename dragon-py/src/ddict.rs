@@ -12,6 +12,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use transport_shm::segment::{nonce32, RunId};
 
@@ -48,6 +49,8 @@ fn split<'py>(py: Python<'py>, v: &[u8]) -> (u8, Bound<'py, PyBytes>) {
 struct DDictClient {
     inner: Mutex<Option<Client>>,
     desc: String,
+    /// This handle destroyed the DDict (later calls say so).
+    destroyed: AtomicBool,
 }
 
 impl DDictClient {
@@ -55,6 +58,7 @@ impl DDictClient {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         match g.as_mut() {
             Some(c) => f(c).map_err(err),
+            None if self.destroyed.load(Ordering::Relaxed) => Err(err(Error::Destroyed)),
             None => Err(DDictError::new_err("this DDict handle was detached")),
         }
     }
@@ -67,7 +71,7 @@ impl DDictClient {
     fn new(py: Python<'_>, descriptor: &str) -> PyResult<Self> {
         let d = Descriptor::from_text(descriptor).map_err(err)?;
         let c = py.detach(|| Client::attach(&d)).map_err(err)?;
-        Ok(DDictClient { inner: Mutex::new(Some(c)), desc: descriptor.to_owned() })
+        Ok(DDictClient { inner: Mutex::new(Some(c)), desc: descriptor.to_owned(), destroyed: AtomicBool::new(false) })
     }
 
     /// The descriptor text.
@@ -263,7 +267,9 @@ impl DDictClient {
         self.with(|c| {
             c.destroy();
             Ok(())
-        })
+        })?;
+        self.destroyed.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Give this process's client slots back; the handle is unusable after.
