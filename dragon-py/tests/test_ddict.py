@@ -371,3 +371,20 @@ def test_checkpoints_and_rollback():
         assert zero["a"] == 1 and zero["b"] == 1, "checkpoint 1 was merged into the base"
         assert sorted(zero.keys()) == ["a", "b", "p"]
         assert pickle.loads(pickle.dumps(zero))["p"] == "persistent"
+
+
+def test_killed_durable_manager_never_hangs_a_writer(tmp_path):
+    d = DDict(total_mem=4 * MB, persist_path=str(tmp_path / "p"), name="kill")
+    try:
+        d["a"] = 1
+        os.kill(d._procs[0].pid, signal.SIGKILL)
+        d._procs[0].join(10)
+        t0 = time.monotonic()
+        with pytest.raises(DDictManagerDied):
+            d["a"] = 2  # waits in the manager's mailbox, then sees it died
+        assert time.monotonic() - t0 < 5
+    finally:
+        d.destroy()
+    # What was acknowledged is in the log.
+    with DDict.open(str(tmp_path / "p"), name="kill", total_mem=4 * MB) as r:
+        assert r["a"] == 1
