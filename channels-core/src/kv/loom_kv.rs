@@ -89,3 +89,32 @@ fn loom_kv_unfreeze_waits_for_lock_free_readers() {
         assert_eq!(sh.check().unwrap().entries, 1);
     });
 }
+
+#[test]
+fn loom_kv_lock_free_reads_start_after_writes_in_progress_end() {
+    model(2, || {
+        let sh = shard();
+        let s = sh.claim_slot().unwrap();
+        sh.put(&s, b"k", b"old").unwrap();
+        let sh2 = Arc::clone(&sh);
+        let t = loom::thread::spawn(move || {
+            let s = sh2.claim_slot().unwrap();
+            // Either lands before the freeze or is refused by it.
+            let r = sh2.put(&s, b"k", b"new");
+            assert!(r.is_ok() || r == Err(KvError::Frozen), "{r:?}");
+            sh2.release_slot(s);
+        });
+        let sh3 = Arc::clone(&sh);
+        let f = loom::thread::spawn(move || sh3.freeze());
+        // A reader while the freeze is in progress: it must not skip the
+        // locks before the write in progress has finished.
+        let v = sh.get(&s, b"k").unwrap();
+        assert!(v == b"old" || v == b"new", "{v:?}");
+        t.join().unwrap();
+        f.join().unwrap();
+        let v = sh.get(&s, b"k").unwrap();
+        assert!(v == b"old" || v == b"new", "{v:?}");
+        sh.unfreeze();
+        assert_eq!(sh.check().unwrap().entries, 1);
+    });
+}

@@ -107,7 +107,7 @@ const H_SLOTS: u64 = 56;
 const H_BUCKETS: u64 = 64;
 const H_HEAP: u64 = 72;
 const H_HEAP_END: u64 = 80;
-const H_FROZEN: u64 = 88;
+const H_FROZEN: u64 = 88; // FROZEN_NO, FROZEN_PENDING or FROZEN_DONE
 const H_MANAGER: u64 = 96;
 const H_STATE: u64 = 104;
 const H_FLAGS: u64 = 112;
@@ -119,6 +119,13 @@ const H_ALLOC_LOCK: u64 = 256; // RawLock, 16 bytes
 const H_ALLOC_JOURNAL: u64 = 272; // len + ALLOC_JOURNAL_CAP entries
 const H_FREE_HEADS: u64 = 1024; // NCLASS words
 const HEADER_LEN: u64 = 4096;
+
+/// Writable.
+const FROZEN_NO: u64 = 0;
+/// Writes are refused; some may still be finishing (reads take locks).
+const FROZEN_PENDING: u64 = 1;
+/// Frozen: no write in progress, reads take no locks.
+const FROZEN_DONE: u64 = 2;
 
 const ALLOC_JOURNAL_CAP: usize = 32;
 const STRIPE_JOURNAL_CAP: usize = 8;
@@ -1305,10 +1312,20 @@ impl<R: Region> Shard<R> {
         t.commit(&self.mem, stripe + S_JOURNAL);
     }
 
+    /// Whether writes are refused (a freeze is complete or in progress).
     fn frozen(&self) -> bool {
         // Relaxed: writers read it under their stripe lock, which orders it
-        // after `freeze`'s sweep; readers use the fence protocol.
-        self.mem.w(H_FROZEN).load(Ordering::Relaxed) != 0
+        // after `freeze`'s store; readers use `frozen_for_readers`.
+        self.mem.w(H_FROZEN).load(Ordering::Relaxed) != FROZEN_NO
+    }
+
+    /// Whether a freeze is complete: no write is in progress or can start,
+    /// so reads may skip the locks.
+    fn frozen_for_readers(&self) -> bool {
+        // SYNC POINT (freeze done): pairs with the Release store of
+        // FROZEN_DONE in `freeze`, made after taking every stripe lock, so
+        // every write made before the freeze is visible.
+        self.mem.w(H_FROZEN).load(Ordering::Acquire) == FROZEN_DONE
     }
 
     fn check_slot(&self, slot: &Slot) {
@@ -1360,14 +1377,14 @@ impl<R: Region> Shard<R> {
         self.check_slot(slot);
         let h = key_hash(key);
         let b = self.bucket_of(h);
-        if self.frozen() {
+        if self.frozen_for_readers() {
             let reading = self.mem.w(self.slot_off(slot.index) + C_READING);
             // Relaxed + SeqCst fence: the flag is visible to `unfreeze`
             // before we read the frozen flag again (Dekker's pattern with
             // its store-fence-load).
             reading.store(1, Ordering::Relaxed);
             fence(Ordering::SeqCst);
-            if self.frozen() {
+            if self.frozen_for_readers() {
                 let r = self.find(b, h, key).map(|(_, e)| {
                     // SAFETY: frozen, and `unfreeze` waits for our flag.
                     f(unsafe { self.value_of(e) })
@@ -1497,7 +1514,7 @@ impl<R: Region> Shard<R> {
     pub fn for_each(&self, mut f: impl FnMut(&[u8], &[u8])) {
         for st in 0..self.g.nstripes {
             let stripe = self.g.stripes_off + st * STRIPE_LEN;
-            let _g = if self.frozen() { None } else { Some(self.lock_stripe(stripe)) };
+            let _g = if self.frozen_for_readers() { None } else { Some(self.lock_stripe(stripe)) };
             let mut b = st;
             while b < self.g.nbuckets {
                 let mut e = self.mem.get(self.bucket_off(b));
@@ -1573,11 +1590,15 @@ impl<R: Region> Shard<R> {
     /// Make the shard read-only: writes fail with [`KvError::Frozen`] and
     /// gets take no locks. Waits for writes in progress to finish.
     pub fn freeze(&self) {
-        // SeqCst: ordered with the readers' fence protocol.
-        self.mem.w(H_FROZEN).store(1, Ordering::SeqCst);
+        // SeqCst: ordered with the readers' fence protocol. From here on
+        // writes are refused, but some may still be in progress.
+        self.mem.w(H_FROZEN).store(FROZEN_PENDING, Ordering::SeqCst);
         // Writers check the flag under their stripe lock: after taking and
         // releasing every stripe lock, no write is in progress.
         self.sweep_locks();
+        // SYNC POINT (freeze done): Release publishes every write we saw
+        // through the sweep's lock hand-overs to lock-free readers.
+        self.mem.w(H_FROZEN).store(FROZEN_DONE, Ordering::SeqCst);
     }
 
     /// Make the shard writable again. Waits until no lock-free read is in
@@ -1585,7 +1606,7 @@ impl<R: Region> Shard<R> {
     pub fn unfreeze(&self) {
         // SeqCst + fence: a reader either sees the flag cleared (and takes
         // the lock) or its reading flag is seen below.
-        self.mem.w(H_FROZEN).store(0, Ordering::SeqCst);
+        self.mem.w(H_FROZEN).store(FROZEN_NO, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         // Relaxed: see `claim_slot`.
         let hwm = self.mem.w(H_SLOT_HWM).load(Ordering::Relaxed).min(self.g.nslots);
