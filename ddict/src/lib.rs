@@ -364,9 +364,33 @@ impl Client {
 
     /// Store every pair (one call; in durable mode one logged batch per
     /// shard, made durable with one sync).
+    ///
+    /// In durable mode each shard's pairs travel as one request, are
+    /// logged with one sync and applied in order; a shard's batch that
+    /// does not fit fails whole (other shards' batches may have been
+    /// stored).
     pub fn put_batch(&mut self, pairs: &[(&[u8], &[u8])]) -> Result<(), Error> {
-        for (k, v) in pairs {
-            self.put(k, v)?;
+        if !self.durable() {
+            for (k, v) in pairs {
+                self.put(k, v)?;
+            }
+            return Ok(());
+        }
+        let mut by_shard: Vec<Vec<(&[u8], &[u8])>> = vec![Vec::new(); self.shards.len()];
+        for &(k, v) in pairs {
+            by_shard[self.shard_of(k)].push((k, v));
+        }
+        for (i, batch) in by_shard.iter().enumerate() {
+            if batch.is_empty() {
+                continue;
+            }
+            self.slot(i)?;
+            let slot = self.slots[i].as_ref().expect("claimed");
+            manager::request_batch(&self.shards[i], slot, batch).map_err(|e| match e {
+                Error::Full { detail, .. } => Error::Full { shard: i, detail },
+                Error::ManagerDied { .. } => Error::ManagerDied { shard: i },
+                e => e,
+            })?;
         }
         Ok(())
     }

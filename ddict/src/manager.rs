@@ -35,6 +35,8 @@ pub const OP_UNFREEZE: u64 = 7;
 /// Request: a client writes at checkpoint `value` (u64 LE): make it the
 /// newest, retiring checkpoints that fall out of the working set.
 pub const OP_CKPT_ADVANCE: u64 = 8;
+/// Request: store every pair of the batch (one log sync for all).
+pub const OP_PUT_BATCH: u64 = 9;
 
 /// Prefix of versioned keys: `CKPT_PREFIX | checkpoint (u64 BE) | key`.
 /// (Pickled keys start with the PROTO opcode 0x80, so they never collide.)
@@ -199,6 +201,7 @@ fn run(cfg: &Config, shard: &ShmShard, ready: impl FnOnce()) -> Result<(), Error
 
 enum Act {
     Put,
+    Batch,
     Add(i64),
     Delete,
     Clear,
@@ -218,6 +221,7 @@ fn commit(shard: &ShmShard, slot: &kv::Slot, wal: &mut Wal, group: &mut Vec<(Req
     for (r, a) in group.drain(..) {
         let (res, value) = match a {
             Act::Put => (shard.apply_put(&r).map(|p| p as u64), 0),
+            Act::Batch => (shard.apply_batch(&r), 0),
             Act::Add(v) => (shard.apply_put(&r).map(|p| p as u64), v as u64),
             Act::Delete => (shard.apply_delete(&r).map(u64::from), 0),
             Act::Clear => (shard.clear(slot), 0),
@@ -240,7 +244,7 @@ fn serve_batch(shard: &ShmShard, slot: &kv::Slot, wal: &mut Wal, reqs: &[Request
         // Only the manager freezes a durable shard, between groups, so a
         // logged write is never refused when applied.
         let frozen = shard.is_frozen();
-        let writes = matches!(r.op, OP_PUT | OP_PUT_IF_ABSENT | OP_DELETE | OP_CLEAR | OP_FETCH_ADD);
+        let writes = matches!(r.op, OP_PUT | OP_PUT_IF_ABSENT | OP_DELETE | OP_CLEAR | OP_FETCH_ADD | OP_PUT_BATCH);
         if frozen && writes {
             shard.reply(r, ERR_FROZEN, 0);
             continue;
@@ -249,6 +253,10 @@ fn serve_batch(shard: &ShmShard, slot: &kv::Slot, wal: &mut Wal, reqs: &[Request
             OP_PUT => {
                 shard.request_data(r, |k, v| wal.append(REC_PUT, k, v));
                 group.push((*r, Act::Put));
+            }
+            OP_PUT_BATCH => {
+                shard.batch_data(r, |k, v| wal.append(REC_PUT, k, v));
+                group.push((*r, Act::Batch));
             }
             OP_DELETE => {
                 shard.request_data(r, |k, _| wal.append(REC_DELETE, k, b""));
@@ -367,10 +375,24 @@ fn advance(shard: &ShmShard, slot: &kv::Slot, mut wal: Option<&mut Wal>, c: u64)
 /// checking every tick that the manager lives.
 /// Returns the result code and the result value.
 pub fn request(shard: &ShmShard, slot: &kv::Slot, op: u64, key: &[u8], value: &[u8]) -> Result<(u64, u64), Error> {
-    let seq = shard.post_request(slot, op, key, value).map_err(|e| match e {
+    let seq = shard.post_request(slot, op, key, value).map_err(post_err)?;
+    wait(shard, slot, op, seq)
+}
+
+/// Send a batch of puts to the shard's manager and wait for its answer.
+pub fn request_batch(shard: &ShmShard, slot: &kv::Slot, pairs: &[(&[u8], &[u8])]) -> Result<(u64, u64), Error> {
+    let seq = shard.post_batch(slot, OP_PUT_BATCH, pairs).map_err(post_err)?;
+    wait(shard, slot, OP_PUT_BATCH, seq)
+}
+
+fn post_err(e: KvError) -> Error {
+    match e {
         KvError::Full { .. } => Error::Full { shard: 0, detail: e.to_string() },
         e => Error::Corrupt(e.to_string()),
-    })?;
+    }
+}
+
+fn wait(shard: &ShmShard, slot: &kv::Slot, op: u64, seq: u32) -> Result<(u64, u64), Error> {
     loop {
         if let Some((r, value)) = shard.wait_reply(slot, seq, TICK) {
             return match r {

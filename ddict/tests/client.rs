@@ -172,3 +172,29 @@ fn checkpoints_out_of_the_working_set_merge_into_the_base() {
     // An older checkpoint does not move anything back.
     assert_eq!(c.checkpoint_advance(0, 4).unwrap(), 9);
 }
+
+#[test]
+fn durable_batches_are_logged_and_restored() {
+    watchdog();
+    let dir = std::env::temp_dir().join(format!("ddict-batch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let s = serve("bat", 2, 1 << 20, Some(dir.clone()), false);
+    let mut c = Client::attach(&s.desc).unwrap();
+    let keys: Vec<Vec<u8>> = (0..300u32).map(|i| format!("k{i}").into_bytes()).collect();
+    let pairs: Vec<(&[u8], &[u8])> = keys.iter().map(|k| (k.as_slice(), k.as_slice())).collect();
+    c.put_batch(&pairs).unwrap();
+    c.put_batch(&[(b"k1", b"again"), (b"k1", b"last")]).unwrap();
+    let big = vec![0u8; 900 << 10];
+    assert!(matches!(c.put_batch(&[(b"big1", &big[..]), (b"big1", &big[..])]), Err(Error::Full { .. })));
+    assert_eq!(c.len().unwrap(), 300);
+    drop(c);
+    s.stop();
+    let s = serve("bat", 2, 1 << 20, Some(dir.clone()), true);
+    let mut c = Client::attach(&s.desc).unwrap();
+    assert_eq!(c.len().unwrap(), 300);
+    assert_eq!(c.get(b"k1").unwrap().as_deref(), Some(&b"last"[..]));
+    assert_eq!(c.get(b"k299").unwrap().as_deref(), Some(&b"k299"[..]));
+    drop(c);
+    s.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}

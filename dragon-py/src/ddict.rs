@@ -137,6 +137,13 @@ impl DDictClient {
     /// Store many `(key, tag, data)` triples.
     fn put_many(&self, items: Vec<(Vec<u8>, u8, Vec<u8>)>) -> PyResult<()> {
         self.with(|c| {
+            if c.durable() {
+                // One request (and one log sync) per shard.
+                let values: Vec<Vec<u8>> = items.iter().map(|(_, t, d)| [&[*t][..], d].concat()).collect();
+                let pairs: Vec<(&[u8], &[u8])> =
+                    items.iter().zip(&values).map(|((k, _, _), v)| (k.as_slice(), v.as_slice())).collect();
+                return c.put_batch(&pairs);
+            }
             for (k, t, d) in &items {
                 c.put_parts(k, &[&[*t], d], false)?;
             }

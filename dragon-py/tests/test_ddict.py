@@ -385,3 +385,16 @@ def test_killed_durable_manager_never_hangs_a_writer(tmp_path):
     # What was acknowledged is in the log.
     with DDict.open(str(tmp_path / "p"), name="kill", total_mem=4 * MB) as r:
         assert r["a"] == 1
+
+
+def test_durable_batches_come_back(tmp_path):
+    p = str(tmp_path / "b")
+    with DDict(managers_per_node=2, total_mem=8 * MB, persist_path=p, name="b") as d:
+        d.update({("k", i): i for i in range(500)})
+        d.start_batch_put()
+        for i in range(100):
+            d[("j", i)] = str(i)
+        d.end_batch_put()
+        assert len(d) == 600
+    with DDict.open(p, name="b", managers_per_node=2, total_mem=8 * MB) as r:
+        assert len(r) == 600 and r[("k", 499)] == 499 and r[("j", 7)] == "7"

@@ -147,6 +147,7 @@ const C_ACK_SEQ: u64 = 36; // u32 futex word, set to the request's seq by the ma
 const C_REQ_OP: u64 = 40;
 const C_RESULT: u64 = 48;
 const C_VALUE: u64 = 56;
+const C_BATCH: u64 = 64; // chain (by `next`) of entries of a batch request
 
 // ---- blocks ----------------------------------------------------------------
 const USED: u64 = 1;
@@ -1030,6 +1031,12 @@ impl<R: Region> Shard<R> {
     /// Allocate a block of `need` bytes (a multiple of 16, >= MIN_BLOCK) and
     /// record it in `slot_word`, in one transaction.
     fn alloc(&self, need: u64, slot_word: u64) -> Result<u64, KvError> {
+        self.alloc_to(need, slot_word, false)
+    }
+
+    /// [`Shard::alloc`]; with `chain`, the block is pushed on the chain of
+    /// entries `slot_word` heads (its `next` takes the old head).
+    fn alloc_to(&self, need: u64, slot_word: u64, chain: bool) -> Result<u64, KvError> {
         let _g = self.lock_alloc();
         let mut t = Txn::<ALLOC_JOURNAL_CAP>::new();
         let Some(b) = self.find_free(&t, need) else {
@@ -1052,6 +1059,9 @@ impl<R: Region> Shard<R> {
         };
         t.set(b, used | USED);
         t.set(H_USED, t.get(&self.mem, H_USED) + used);
+        if chain {
+            t.set(b + E_NEXT, self.mem.get(slot_word));
+        }
         t.set(slot_word, b);
         t.commit(&self.mem, H_ALLOC_JOURNAL);
         Ok(b)
@@ -1156,6 +1166,7 @@ impl<R: Region> Shard<R> {
             self.free(p0, s + C_PENDING0, 0);
         }
         self.free_chain(s + C_PENDING1);
+        self.free_chain(s + C_BATCH);
     }
 
     /// Free the slots (and blocks in flight) of dead clients. Returns how
@@ -1264,6 +1275,13 @@ impl<R: Region> Shard<R> {
         let e = self.alloc(need, s + C_PENDING0)?;
         crash_point();
         self.mem.set(e + E_NEXT, 0);
+        self.fill_entry(e, h, key, parts);
+        Ok(e)
+    }
+
+    /// Write an entry's hash, lengths, key and value (not its `next`).
+    fn fill_entry(&self, e: u64, h: u64, key: &[u8], parts: &[&[u8]]) {
+        let vlen: usize = parts.iter().map(|p| p.len()).sum();
         self.mem.set(e + E_HASH, h);
         self.mem.set(e + E_KLEN, key.len() as u64);
         self.mem.set(e + E_VLEN, vlen as u64);
@@ -1277,12 +1295,17 @@ impl<R: Region> Shard<R> {
             at += p.len() as u64;
         }
         crash_point();
-        Ok(e)
     }
 
     /// Link entry `e` (in `pending[0]`) in place of `old` or at the head of
     /// bucket `b`, moving `old` to `pending[1]` (stripe lock held).
     fn link(&self, stripe: u64, s: u64, b: u64, e: u64, found: Option<(u64, u64)>) {
+        self.link_from(stripe, s, b, e, found, (s + C_PENDING0, 0));
+    }
+
+    /// [`Shard::link`], taking `e` off `src` (the slot word holding it,
+    /// and the value it gets).
+    fn link_from(&self, stripe: u64, s: u64, b: u64, e: u64, found: Option<(u64, u64)>, src: (u64, u64)) {
         let mut t = Txn::<STRIPE_JOURNAL_CAP>::new();
         match found {
             Some((link, old)) => {
@@ -1298,7 +1321,7 @@ impl<R: Region> Shard<R> {
                 t.set(stripe + S_COUNT, self.mem.get(stripe + S_COUNT) + 1);
             }
         }
-        t.set(s + C_PENDING0, 0);
+        t.set(src.0, src.1);
         t.commit(&self.mem, stripe + S_JOURNAL);
     }
 
@@ -1658,6 +1681,77 @@ impl<R: Region> Shard<R> {
         Ok(seq)
     }
 
+    /// Post a batch of puts to the manager: every pair goes into an entry
+    /// block in flight (chained in the slot), then `op` is posted as by
+    /// [`Shard::post_request`]. Fails with [`KvError::Full`] (nothing
+    /// posted, the blocks given back) if the batch does not fit.
+    pub fn post_batch(&self, slot: &Slot, op: u64, pairs: &[(&[u8], &[u8])]) -> Result<u32, KvError> {
+        self.check_slot(slot);
+        let s = self.slot_off(slot.index);
+        // Last pair first: the chain then reads in the caller's order.
+        for (k, v) in pairs.iter().rev() {
+            let need = block_size_for(k.len(), v.len()).ok_or(KvError::Full {
+                needed: u64::MAX,
+                used: 0,
+                heap: self.g.heap_len(),
+            })?;
+            match self.alloc_to(need, s + C_BATCH, true) {
+                Ok(e) => self.fill_entry(e, key_hash(k), k, &[v]),
+                Err(e) => {
+                    self.free_chain(s + C_BATCH);
+                    return Err(e);
+                }
+            }
+        }
+        self.mem.set(s + C_REQ_OP, op);
+        // Relaxed: only this client writes its request sequence.
+        let seq = self.mem.w32(s + C_REQ_SEQ).load(Ordering::Relaxed).wrapping_add(1);
+        // SYNC POINT (request): as in `post_request`.
+        self.mem.w32(s + C_REQ_SEQ).store(seq, Ordering::Release);
+        self.ring_doorbell();
+        Ok(seq)
+    }
+
+    /// Run `f(key, value)` on every pair of a batch request, in order.
+    pub fn batch_data(&self, r: &Request, mut f: impl FnMut(&[u8], &[u8])) {
+        let mut e = self.mem.get(self.slot_off(r.slot) + C_BATCH);
+        while e != 0 {
+            self.check_block(e);
+            let klen = self.mem.get(e + E_KLEN);
+            // SAFETY: the blocks are the waiting client's, in flight.
+            let (k, v) = unsafe { (self.mem.bytes(e + ENTRY_HDR, klen), self.value_of(e)) };
+            f(k, v);
+            e = self.mem.get(e + E_NEXT);
+        }
+    }
+
+    /// Link every entry of a batch request, in order (each replaced entry
+    /// goes to the client's pending chain). Returns how many were linked.
+    pub fn apply_batch(&self, r: &Request) -> Result<u64, KvError> {
+        let s = self.slot_off(r.slot);
+        let mut n = 0;
+        loop {
+            let e = self.mem.get(s + C_BATCH);
+            if e == 0 {
+                return Ok(n);
+            }
+            self.check_block(e);
+            let h = self.mem.get(e + E_HASH);
+            let b = self.bucket_of(h);
+            let stripe = self.stripe_of_bucket(b);
+            let _g = self.lock_stripe(stripe);
+            if self.frozen() {
+                return Err(KvError::Frozen);
+            }
+            let klen = self.mem.get(e + E_KLEN);
+            // SAFETY: the block is the waiting client's, in flight.
+            let found = self.find(b, h, unsafe { self.mem.bytes(e + ENTRY_HDR, klen) });
+            let next = self.mem.get(e + E_NEXT);
+            self.link_from(stripe, s, b, e, found, (s + C_BATCH, next));
+            n += 1;
+        }
+    }
+
     /// Wait up to `timeout` for the reply to request `seq`. On a reply, the
     /// request's blocks are freed and the result and value returned; `None`
     /// if the time ran out (call again: the request stays posted).
@@ -1699,7 +1793,10 @@ impl<R: Region> Shard<R> {
             let seq = self.mem.w32(s + C_REQ_SEQ).load(Ordering::Acquire);
             // Relaxed: only the manager writes the ack.
             if seq != self.mem.w32(s + C_ACK_SEQ).load(Ordering::Relaxed) {
-                let block = self.mem.get(s + C_PENDING0);
+                let mut block = self.mem.get(s + C_PENDING0);
+                if block == 0 {
+                    block = self.mem.get(s + C_BATCH);
+                }
                 if block != 0 {
                     out.push(Request { slot: i, seq, op: self.mem.get(s + C_REQ_OP), block });
                 }
@@ -1910,13 +2007,15 @@ impl<R: Region> Shard<R> {
                 }
                 r.pending_blocks += 1;
             }
-            let mut e = self.mem.get(s + C_PENDING1);
-            while e != 0 {
-                if !used_set.contains(&e) || !seen.insert(e) {
-                    return bad(format!("slot {i} chains {e}, not an unlinked used block"));
+            for w in [C_PENDING1, C_BATCH] {
+                let mut e = self.mem.get(s + w);
+                while e != 0 {
+                    if !used_set.contains(&e) || !seen.insert(e) {
+                        return bad(format!("slot {i} chains {e}, not an unlinked used block"));
+                    }
+                    r.pending_blocks += 1;
+                    e = self.mem.get(e + E_NEXT);
                 }
-                r.pending_blocks += 1;
-                e = self.mem.get(e + E_NEXT);
             }
         }
         if seen.len() as u64 != r.used_blocks {

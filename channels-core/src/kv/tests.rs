@@ -378,3 +378,41 @@ fn threads_hammer_one_shard() {
         sh.check().unwrap();
     });
 }
+
+#[test]
+fn batch_requests_link_in_order_and_free_what_they_replace() {
+    let sh = shard(1 << 20);
+    let client = sh.claim_slot().unwrap();
+    sh.put(&client, b"a", b"old").unwrap();
+    let pairs: Vec<(&[u8], &[u8])> = vec![(b"a", b"1"), (b"b", b"2"), (b"a", b"3")];
+    let seq = sh.post_batch(&client, 9, &pairs).unwrap();
+    let mut reqs = Vec::new();
+    sh.requests(&mut reqs);
+    assert_eq!(reqs.len(), 1);
+    assert_eq!((reqs[0].op, reqs[0].seq), (9, seq));
+    let mut seen = Vec::new();
+    sh.batch_data(&reqs[0], |k, v| seen.push((k.to_vec(), v.to_vec())));
+    assert_eq!(seen, pairs.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect::<Vec<_>>());
+    assert_eq!(sh.apply_batch(&reqs[0]).unwrap(), 3);
+    sh.reply(&reqs[0], 0, 3);
+    assert_eq!(sh.wait_reply(&client, seq, Duration::from_secs(1)), Some((0, 3)));
+    assert_eq!(sh.get(&client, b"a").as_deref(), Some(&b"3"[..]));
+    assert_eq!(sh.get(&client, b"b").as_deref(), Some(&b"2"[..]));
+    let r = sh.check().unwrap();
+    assert_eq!((r.entries, r.used_blocks, r.pending_blocks), (2, 2, 0));
+    // A batch that does not fit is not posted and gives its blocks back.
+    let big = vec![0u8; 700 << 10];
+    assert!(matches!(sh.post_batch(&client, 9, &[(b"x", &big[..]), (b"y", &big[..])]), Err(KvError::Full { .. })));
+    sh.requests(&mut reqs);
+    assert!(reqs.is_empty());
+    assert_eq!(sh.check().unwrap().used_blocks, 2);
+}
+
+#[test]
+fn crash_during_batch_post() {
+    watchdog(|| {
+        crash_everywhere("batch", b"key1", &[Some(vec![1; 17])], |sh, s| {
+            sh.post_batch(s, 9, &[(b"key1", b"x"), (b"other", &[5; 300])]).unwrap();
+        })
+    });
+}
