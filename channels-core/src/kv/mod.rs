@@ -73,7 +73,7 @@ use crate::futex;
 use crate::owner;
 use crate::region::Region;
 use crate::sync::{fence, AtomicU32, AtomicU64, Ordering};
-use crate::syncobj::{os_alive, Acquired, Me, RawLock, WaitError, Waiter};
+use crate::syncobj::{os_alive, Acquired, Me, RawLock, Waiter};
 use std::fmt;
 use std::ptr::NonNull;
 use std::time::Duration;
@@ -91,6 +91,7 @@ pub const KV_LAYOUT_VERSION: u32 = 1;
 /// Smallest region a shard can be built in.
 pub const MIN_SHARD_LEN: usize = 64 * 1024;
 /// How long a lock wait runs before it checks whether the holder lives.
+#[cfg(not(dragon_loom))]
 const DEAD_HOLDER_CHECK: Duration = Duration::from_millis(1);
 /// Number of user words in the header ([`Shard::user_word`]).
 pub const USER_WORDS: usize = 14;
@@ -938,10 +939,15 @@ impl<R: Region> Shard<R> {
         // A short first wait ends with a liveness check of the holder, so a
         // lock left by a dead process is taken over within a millisecond
         // (the untimed wait checks only every liveness slice).
+        #[cfg(not(dragon_loom))]
         let r = match lock.lock(&me, os_alive, &mut Waiter::new(Some(DEAD_HOLDER_CHECK), None)) {
-            Err(WaitError::TimedOut) => lock.lock(&me, os_alive, &mut Waiter::new(None, None)),
+            Err(crate::syncobj::WaitError::TimedOut) => lock.lock(&me, os_alive, &mut Waiter::new(None, None)),
             r => r,
         };
+        // Loom models have no dead holders, and a wall-clock deadline would
+        // make the model non-deterministic.
+        #[cfg(dragon_loom)]
+        let r = lock.lock(&me, os_alive, &mut Waiter::forever());
         match r {
             Ok(Acquired::Normal) => {}
             Ok(Acquired::OwnerDied { .. }) => {
