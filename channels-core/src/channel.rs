@@ -34,8 +34,8 @@ use crate::fault;
 use crate::futex::{self, Deadline, Wake};
 use crate::handle::{Handle, Kind};
 use crate::layout::{
-    flags, AttachRow, ChannelHeader, MainLayout, WaitWord, LAYOUT_VERSION, MAGIC, SELECT_WAITER_ONE, STATE_DESTROYED,
-    STATE_OPEN, WAITER_ONE,
+    flags, AttachRow, ChannelHeader, MainLayout, WaitWord, LAYOUT_VERSION, MAGIC, SELECT_WAITER_ONE, STATE_CLOSED,
+    STATE_DESTROYED, STATE_OPEN, WAITER_ONE,
 };
 use crate::owner::ProcessId;
 use crate::region::{HeapRegion, Region};
@@ -431,8 +431,15 @@ impl Inner {
     }
 
     fn destroyed(&self) -> bool {
-        // Acquire: pairs with the Release store in `destroy`.
-        self.hdr().config.state.load(Ordering::Acquire) == STATE_DESTROYED
+        // Acquire: pairs with the AcqRel fetch_or in `destroy`.
+        self.hdr().config.state.load(Ordering::Acquire) & STATE_DESTROYED != 0
+    }
+
+    /// Whether `close` (or `destroy`) may have happened: then empty checks
+    /// must read `tail` for its closed mark.
+    fn maybe_closed(&self) -> bool {
+        // Acquire: pairs with the AcqRel fetch_or in `close`.
+        self.hdr().config.state.load(Ordering::Acquire) & STATE_CLOSED != 0
     }
 
     /// Wake waiters of `dir` if any announced themselves. Called after every
@@ -568,11 +575,14 @@ impl Inner {
 
     /// One non-blocking receive attempt; `f` is called with the message.
     fn try_recv_raw<T>(&self, f: &mut Option<impl FnOnce(Got<'_>) -> T>, inner: &Arc<Inner>) -> Result<T, Fail> {
-        if self.destroyed() {
+        // Acquire: pairs with the AcqRel fetch_or in `close` and `destroy`.
+        let state = self.hdr().config.state.load(Ordering::Acquire);
+        if state & STATE_DESTROYED != 0 {
             return Err(Fail::Destroyed);
         }
+        let fast_empty = state & STATE_CLOSED == 0;
         loop {
-            let claim = match self.ring.claim_read(self.att, &mut || self.notify(Dir::Send)) {
+            let claim = match self.ring.claim_read(self.att, fast_empty, &mut || self.notify(Dir::Send)) {
                 Ok(c) => c,
                 Err(ClaimReadError::Closed) => return Err(Fail::Disconnected),
                 Err(ClaimReadError::Empty) => {
@@ -672,7 +682,7 @@ impl Inner {
     fn ready(&self, dir: Dir) -> bool {
         self.destroyed()
             || match dir {
-                Dir::Recv => self.ring.readable() || self.peer_gone(Dir::Recv),
+                Dir::Recv => self.ring.readable(!self.maybe_closed()) || self.peer_gone(Dir::Recv),
                 Dir::Send => self.ring.writable() || self.peer_gone(Dir::Send),
             }
     }
@@ -1105,6 +1115,9 @@ impl Channel {
     /// Returns false if it was already closed.
     pub fn close(&self) -> bool {
         let first = self.inner.ring.close();
+        // AcqRel: after the tail mark, so a receiver that sees the flag and
+        // then reads tail finds the mark.
+        self.inner.hdr().config.state.fetch_or(STATE_CLOSED, Ordering::AcqRel);
         self.inner.notify_all(Dir::Recv);
         self.inner.notify_all(Dir::Send);
         first
@@ -1122,8 +1135,9 @@ impl Channel {
     pub fn destroy(&self) {
         let i = &*self.inner;
         // Release: pairs with the Acquire in `destroyed`.
-        i.hdr().config.state.store(STATE_DESTROYED, Ordering::Release);
         i.ring.close();
+        // AcqRel: pairs with the Acquire loads in `destroyed`/`maybe_closed`.
+        i.hdr().config.state.fetch_or(STATE_DESTROYED | STATE_CLOSED, Ordering::AcqRel);
         i.notify_all(Dir::Recv);
         i.notify_all(Dir::Send);
         i.alloc.remove_all();
@@ -1205,7 +1219,7 @@ fn validate(region: &dyn Region, handle: &Handle) -> Result<(MainLayout, u32), C
     {
         return Err(ChannelError::Stale { segment: seg.clone() });
     }
-    if cfg.state.load(Ordering::Acquire) == STATE_DESTROYED {
+    if cfg.state.load(Ordering::Acquire) & STATE_DESTROYED != 0 {
         return Err(ChannelError::Destroyed);
     }
     let layout = MainLayout::new(

@@ -382,7 +382,7 @@ fn dead_writer_reader_and_block_owner_are_recovered() {
     let ra = reader.attachment_id();
     ch.send(vec![9u8; 4000]).unwrap();
     let ri = &*reader.inner;
-    let c = ri.ring.claim_read(ra, &mut || {}).unwrap();
+    let c = ri.ring.claim_read(ra, false, &mut || {}).unwrap();
     let r = BlockRef::decode(ri.ring.slot(c.index).aux.load(Ordering::Relaxed)).unwrap();
     assert!(take_from_ring(ri.alloc.meta(r).unwrap(), c.index, ra));
     ch.inner.table.forge_pid(ra, dead_pid());

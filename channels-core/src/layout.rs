@@ -78,10 +78,14 @@ pub const MIN_SLOT_SIZE: usize = 64;
 /// Largest slot size in bytes.
 pub const MAX_SLOT_SIZE: usize = 1 << 20;
 
-/// Channel state word values (`Config::state`).
+/// Channel state word bits (`Config::state`): created and usable.
 pub const STATE_OPEN: u32 = 1;
 /// The channel was destroyed: its names are (being) unlinked.
 pub const STATE_DESTROYED: u32 = 2;
+/// The channel was closed. The closed mark in `tail` is what decides; this
+/// copy on a read-mostly line lets receivers polling an empty ring skip
+/// reading `tail` (a line the producers write) until it is set.
+pub const STATE_CLOSED: u32 = 4;
 
 /// Option bits (`Config::flags`).
 pub mod flags {
@@ -127,7 +131,7 @@ pub struct Config {
     pub slot_size: AtomicU64,
     /// Rows in the attachment table.
     pub max_attach: AtomicU32,
-    /// [`STATE_OPEN`] or [`STATE_DESTROYED`]; a futex word too.
+    /// [`STATE_OPEN`] plus [`STATE_CLOSED`] and [`STATE_DESTROYED`] bits.
     pub state: AtomicU32,
     /// Total bytes of the main region the layout needs.
     pub total_len: AtomicU64,

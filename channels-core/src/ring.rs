@@ -360,7 +360,17 @@ impl Ring {
     /// Claim the slot at `head` for reading as attachment `att`. Tombstones
     /// met on the way are released; `on_release` is called for each so the
     /// caller can wake senders.
-    pub(crate) fn claim_read(&self, att: u32, on_release: &mut dyn FnMut()) -> Result<Claim, ClaimReadError> {
+    ///
+    /// With `fast_empty`, an unclaimed slot at `head` is reported `Empty`
+    /// without reading `tail` (which would pull the producers' cache line on
+    /// every poll); the caller must pass false once the channel may be
+    /// closed, so that `Closed` is reported.
+    pub(crate) fn claim_read(
+        &self,
+        att: u32,
+        fast_empty: bool,
+        on_release: &mut dyn FnMut(),
+    ) -> Result<Claim, ClaimReadError> {
         let mut busy = 0;
         loop {
             // Relaxed: the stamp load below carries the synchronisation.
@@ -416,6 +426,7 @@ impl Ring {
                     // Already claimed (or released): help head on.
                     let _ = self.head().compare_exchange(head, self.next(head), Ordering::Release, Ordering::Relaxed);
                 }
+                (Rel::Same, EMPTY) | (Rel::Behind, _) if fast_empty => return Err(ClaimReadError::Empty),
                 (Rel::Same, state) => {
                     // EMPTY or WRITING: is anything in flight at all?
                     // Acquire: pairs with the Release tail CAS, so a tail past
@@ -471,13 +482,15 @@ impl Ring {
 
     /// Whether a `claim_read` would find something (a message, a tombstone,
     /// or the closed-and-drained state) without claiming it.
-    pub(crate) fn readable(&self) -> bool {
+    /// `fast_empty` as for [`Ring::claim_read`].
+    pub(crate) fn readable(&self, fast_empty: bool) -> bool {
         let head = self.head().load(Ordering::Acquire);
         let s = self.slot(self.index(head)).stamp.load(Ordering::Acquire);
         let lap = self.lap(head);
         match (rel(stamp_lap(s), lap), stamp_state(s)) {
             (Rel::Same, FULL) | (Rel::Same, TOMB) => true,
             (Rel::Same, READING) | (Rel::Ahead, _) => true, // stale head: worth a retry
+            _ if fast_empty => false,
             _ => {
                 let tail = self.tail().load(Ordering::Acquire);
                 tail & CLOSED_MARK != 0 && tail & !CLOSED_MARK == head
@@ -587,7 +600,7 @@ mod tests {
     }
 
     fn pop(r: &Ring) -> Result<u64, ClaimReadError> {
-        let c = r.claim_read(2, &mut || {})?;
+        let c = r.claim_read(2, false, &mut || {})?;
         let v = r.slot(c.index).len.load(Ordering::Relaxed);
         r.release(c);
         Ok(v)
@@ -632,7 +645,7 @@ mod tests {
         assert_eq!(push(r, 8), Err(ClaimWriteError::Closed));
         assert_eq!(pop(r), Ok(7));
         assert_eq!(pop(r), Err(ClaimReadError::Closed));
-        assert!(r.readable());
+        assert!(r.readable(false));
         assert!(r.writable());
     }
 
@@ -649,7 +662,7 @@ mod tests {
         assert_eq!(r.recover_claims_of(5, &mut |i, _| seen.push(i)), (1, 0));
         assert_eq!(seen, vec![c.index]);
         let mut released = 0;
-        let c2 = r.claim_read(2, &mut || released += 1).unwrap();
+        let c2 = r.claim_read(2, false, &mut || released += 1).unwrap();
         assert_eq!(released, 1);
         assert_eq!(r.slot(c2.index).len.load(Ordering::Relaxed), 11);
         // Attachment 2 "dies" while reading.

@@ -56,7 +56,7 @@ fn loom_wake_select_over_two_channels() {
         let cs = Arc::new([chan(), chan()]);
         let c2 = Arc::clone(&cs);
         let rx = thread::spawn(move || {
-            let ready = |c: &[Chan; 2]| c.iter().position(|c| c.t.ring.readable());
+            let ready = |c: &[Chan; 2]| c.iter().position(|c| c.t.ring.readable(false));
             loop {
                 if let Some(i) = ready(&c2) {
                     return i;

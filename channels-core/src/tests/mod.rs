@@ -59,7 +59,7 @@ pub(crate) fn push(r: &Ring, att: u32, v: u64) -> Result<(), ClaimWriteError> {
 
 /// Receive a value as attachment `att`.
 pub(crate) fn pop(r: &Ring, att: u32) -> Result<u64, ClaimReadError> {
-    let c = r.claim_read(att, &mut || {})?;
+    let c = r.claim_read(att, false, &mut || {})?;
     let v = r.slot(c.index).len.load(Ordering::Relaxed);
     r.release(c);
     Ok(v)
