@@ -67,6 +67,11 @@ impl Interrupt {
         }
     }
 
+    /// Whether a signal handler raised.
+    pub(crate) fn has_err(&self) -> bool {
+        self.err.is_some()
+    }
+
     /// The exception that stopped the wait.
     pub(crate) fn into_err(self) -> PyErr {
         self.err.unwrap_or_else(|| PyKeyboardInterrupt::new_err("wait interrupted"))

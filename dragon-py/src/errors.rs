@@ -10,6 +10,7 @@ pyo3::import_exception!(dragon.errors, InvalidHandleError);
 pyo3::import_exception!(dragon.errors, DestroyedError);
 pyo3::import_exception!(dragon.errors, NotLocalError);
 pyo3::import_exception!(dragon.errors, SharedMemoryError);
+pyo3::import_exception!(dragon.errors, MessageTooLargeError);
 pyo3::import_exception!(threading, BrokenBarrierError);
 
 /// A segment operation failed.

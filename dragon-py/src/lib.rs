@@ -3,6 +3,7 @@ use pyo3::prelude::*;
 
 mod blocking;
 mod ddict;
+mod channel;
 mod errors;
 mod memory;
 mod runtime;
@@ -14,6 +15,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     runtime::register(m)?;
     ddict::register(m)?;
     sync::register(m)?;
+    channel::register(m)?;
     memory::register(m)?;
     Ok(())
 }

@@ -44,6 +44,31 @@ class DragonContext(_mp_context.BaseContext):
     _name = START_METHOD
     Process = DragonProcess
 
+    # -- queues and pipes (dragon.queues, dragon.connection) ---------------------
+    def Queue(self, maxsize=0):
+        """A queue on a shared-memory channel."""
+        from .queues import Queue
+
+        return Queue(maxsize, ctx=self.get_context())
+
+    def JoinableQueue(self, maxsize=0):
+        """A queue with ``task_done``/``join`` on a shared-memory channel."""
+        from .queues import JoinableQueue
+
+        return JoinableQueue(maxsize, ctx=self.get_context())
+
+    def SimpleQueue(self):
+        """A simple queue on a shared-memory channel."""
+        from .queues import SimpleQueue
+
+        return SimpleQueue(ctx=self.get_context())
+
+    def Pipe(self, duplex=True):
+        """Two connection ends on shared-memory channels."""
+        from .connection import Pipe
+
+        return Pipe(duplex)
+
     # -- synchronisation objects and shared values (dragon.synchronize,
     #    dragon.sharedctypes) ---------------------------------------------------
     def Lock(self):
@@ -168,4 +193,7 @@ def register() -> DragonContext:
         if getattr(current, "_dragon_dispatch", False):
             continue
         setattr(multiprocessing, name, _make_dispatcher(name))
+    from .connection import install_wait
+
+    install_wait()
     return ctx

@@ -13,6 +13,8 @@ standard counterpart derive from :class:`DragonError`:
 * :class:`NotLocalError`: the handle names an object on another node.
 * :class:`SharedMemoryError` (also an ``OSError``): shared memory could not
   be created or mapped (``/dev/shm`` full, say).
+* :class:`MessageTooLargeError` (also a ``ValueError``): a message is larger
+  than a channel can carry; nothing was sent.
 """
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "DestroyedError",
     "NotLocalError",
     "SharedMemoryError",
+    "MessageTooLargeError",
 ]
 
 
@@ -42,3 +45,7 @@ class NotLocalError(DragonError):
 
 class SharedMemoryError(DragonError, OSError):
     """Shared memory could not be created or mapped."""
+
+
+class MessageTooLargeError(DragonError, ValueError):
+    """A message is larger than a channel can carry; nothing was sent."""

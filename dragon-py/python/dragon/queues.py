@@ -1,0 +1,539 @@
+"""``Queue``, ``JoinableQueue`` and ``SimpleQueue`` on shared-memory channels.
+
+The API and semantics of :mod:`multiprocessing.queues`, on a channel of
+``transport-shm`` (a lock-free ring in a shared-memory segment; messages
+that do not fit a slot go to shared blocks and are received without a
+second copy):
+
+* ``Queue(maxsize)`` with ``0 < maxsize <= EXACT_MAX`` is a ring of exactly
+  ``maxsize`` slots: ``put`` blocks (GIL released) while it is full and
+  raises :class:`queue.Full` on timeout or when not blocking.
+* ``Queue()`` (``maxsize <= 0``) is unbounded: ``put`` never blocks. It
+  writes straight into the ring; only when the ring is full (or shared
+  memory for large messages is exhausted) does the message wait in a local
+  buffer that a feeder thread flushes, as the standard library's feeder
+  does. Larger bounds use an unbounded ring plus a shared semaphore.
+* ``get`` tries without releasing the GIL, then waits (GIL released, Ctrl-C
+  interrupts it) and raises :class:`queue.Empty` on timeout.
+* Exact ``bytes`` objects travel unpickled; everything else is pickled with
+  ``ForkingPickler`` semantics, synchronously in ``put``. An object that
+  cannot be pickled is reported as the standard feeder thread reports it
+  (``_on_queue_feeder_error`` prints the traceback) and dropped; ``put``
+  does not raise, as in the standard library.
+* A queue pickles by handle at any time, to any process of the run (as a
+  process argument or through another queue); ``_reader`` works with
+  ``multiprocessing.connection.wait``.
+
+Ordering: messages put by one thread are received in the order put.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+import weakref
+from queue import Empty, Full
+
+from multiprocessing import util
+
+from . import _native, _wire
+from ._lifetime import object_created
+from .errors import MessageTooLargeError
+
+__all__ = ["Queue", "JoinableQueue", "SimpleQueue", "Empty", "Full"]
+
+#: Bytes per ring slot; messages up to ``SLOT_SIZE - 24`` bytes travel inline.
+SLOT_SIZE = 256
+#: Ring slots of an unbounded queue (and of a SimpleQueue).
+UNBOUNDED_CAPACITY = 512
+#: Largest ``maxsize`` served by a ring of exactly that many slots.
+EXACT_MAX = 8192
+#: Processes that may use one queue at a time.
+MAX_ATTACHMENTS = 1023
+
+_MODE_UNBOUNDED, _MODE_EXACT, _MODE_SEM = "unbounded", "exact", "semaphore"
+
+
+def _shm_total():
+    try:
+        st = os.statvfs(_native.shm_dir())
+        return st.f_blocks * st.f_frsize
+    except OSError:
+        return None
+
+
+def _no_memory(data):
+    """Shared memory for a large message is exhausted: raise if it can never
+    fit, else let the caller retry."""
+    total = _shm_total()
+    if total is not None and len(data) > total:
+        raise MessageTooLargeError(
+            "message of %d bytes is larger than all shared memory (%s holds %d bytes); nothing was sent"
+            % (len(data), _native.shm_dir(), total))
+
+
+def _send_blocking(ch, data, prefix, block, timeout):
+    """Send, retrying while shared memory is exhausted; False if the
+    channel stayed full (or memory stayed short) until the timeout."""
+    deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+    pause = 0.0005
+    while True:
+        r = ch.send(data, prefix, block, timeout)
+        if r == _wire.SEND_OK:
+            return True
+        if r == _wire.SEND_FULL:
+            return False
+        _no_memory(data)
+        if not block:
+            return False
+        if deadline is not None:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                return False
+            time.sleep(min(pause, timeout))
+        else:
+            time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+class _Reader:
+    """The receiving side of a queue, for code that uses a queue's
+    ``_reader`` like a connection (``wait``, ``poll``, ``recv``)."""
+
+    def __init__(self, queue):
+        self._queue = queue
+
+    def recv(self):
+        return self._queue._get_raw(True, None)
+
+    def recv_bytes(self):
+        tag, data = self._queue._recv_msg(True, None)
+        return data if tag != _wire.TAG_PICKLE else bytes(data)
+
+    def poll(self, timeout=0.0):
+        return self._queue._poll(timeout)
+
+    def close(self):
+        self._queue._reader_closed = True
+
+    @property
+    def closed(self):
+        return self._queue._reader_closed
+
+    def _dragon_wait_channel(self):
+        return self._queue._ch
+
+    def _dragon_ready(self):
+        return self._queue._ch.readable()
+
+    def __repr__(self):
+        return "<queue reader of %r>" % (self._queue,)
+
+
+class _Writer:
+    """The sending side of a queue (``_writer.send``, as ``multiprocessing.pool``
+    uses a SimpleQueue's)."""
+
+    def __init__(self, queue):
+        self._queue = queue
+
+    def send(self, obj):
+        self._queue.put(obj)
+
+    def send_bytes(self, buf):
+        self._queue._put_data(bytes(buf), -2)
+
+    def close(self):
+        self._queue._writer_closed = True
+
+    @property
+    def closed(self):
+        return self._queue._writer_closed
+
+
+class Queue:
+    """A multi-producer, multi-consumer FIFO queue shared by processes."""
+
+    def __init__(self, maxsize=0, *, ctx=None):
+        object_created()
+        if maxsize <= 0:
+            from .synchronize import SEM_VALUE_MAX
+
+            maxsize, mode, capacity = SEM_VALUE_MAX, _MODE_UNBOUNDED, UNBOUNDED_CAPACITY
+        elif maxsize <= EXACT_MAX:
+            mode, capacity = _MODE_EXACT, maxsize
+        else:
+            mode, capacity = _MODE_SEM, UNBOUNDED_CAPACITY
+        self._maxsize = maxsize
+        self._mode = mode
+        self._ch = _native.Channel.create(capacity, SLOT_SIZE, 0, MAX_ATTACHMENTS)
+        if mode == _MODE_SEM:
+            from .synchronize import BoundedSemaphore
+
+            self._sem = BoundedSemaphore(maxsize)
+        else:
+            self._sem = None
+        self._ignore_epipe = False
+        self._reset()
+        util.register_after_fork(self, Queue._after_fork)
+
+    # -- pickling ---------------------------------------------------------------
+    def __getstate__(self):
+        _wire.keep_alive(self._ch)
+        return (self._ch.handle, self._maxsize, self._mode, self._sem, self._ignore_epipe)
+
+    def __setstate__(self, state):
+        handle, self._maxsize, self._mode, self._sem, self._ignore_epipe = state
+        self._ch = _native.Channel.attach(handle)
+        self._reset()
+        util.register_after_fork(self, Queue._after_fork)
+
+    def _after_fork(self):
+        self._reset()
+
+    def _reset(self):
+        self._lock = threading.Lock()
+        self._notempty = threading.Condition(self._lock)
+        self._buffer = collections.deque()
+        self._thread = None
+        self._jointhread = None
+        self._joincancelled = False
+        self._closed = False
+        self._closing = False
+        self._close = None
+        self._reader_closed = False
+        self._writer_closed = False
+        self._reader = _Reader(self)
+        self._writer = _Writer(self)
+
+    # -- putting ----------------------------------------------------------------
+    def put(self, obj, block=True, timeout=None):
+        """Put ``obj`` on the queue; raise :class:`queue.Full` if a bounded
+        queue stays full (``block`` false, or ``timeout`` elapsed)."""
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+        if type(obj) is bytes:
+            data, prefix = obj, _wire.TAG_BYTES
+        else:
+            try:
+                data, prefix = _wire.dumps(obj), -1
+            except Exception as e:
+                # As the standard feeder thread does: report, drop, go on.
+                self._on_queue_feeder_error(e, obj)
+                return
+        self._put_data(data, prefix, block, timeout)
+
+    def _put_data(self, data, prefix, block=True, timeout=None):
+        mode = self._mode
+        if mode == _MODE_EXACT:
+            if not _send_blocking(self._ch, data, prefix, block, timeout):
+                raise Full
+            return
+        if mode == _MODE_SEM and not self._sem.acquire(block, timeout):
+            raise Full
+        with self._lock:
+            if not self._buffer:
+                r = self._ch.send(data, prefix, False)
+                if r == _wire.SEND_OK:
+                    return
+                if r == _wire.SEND_NO_MEMORY:
+                    _no_memory(data)
+            # The ring is full: the feeder thread sends it (in order).
+            self._buffer.append((bytes(data), prefix))
+            if self._thread is None:
+                self._start_thread()
+            self._notempty.notify()
+
+    def put_nowait(self, obj):
+        return self.put(obj, False)
+
+    def _start_thread(self):
+        self._closing = False
+        t = threading.Thread(target=Queue._feed, args=(self._buffer, self._notempty, self._ch, self),
+                             name="QueueFeederThread", daemon=True)
+        self._thread = t
+        t.start()
+        if not self._joincancelled:
+            self._jointhread = util.Finalize(t, Queue._finalize_join, [weakref.ref(t)], exitpriority=-5)
+        self._close = util.Finalize(self, Queue._finalize_close, [self._notempty, weakref.ref(self)],
+                                    exitpriority=10)
+
+    @staticmethod
+    def _feed(buffer, notempty, ch, queue):
+        # Holds `queue` only weakly between messages so that the queue can be
+        # collected; the strong reference passed in is dropped at once.
+        qref = weakref.ref(queue)
+        del queue
+        while True:
+            with notempty:
+                while not buffer:
+                    q = qref()
+                    if q is None or q._closing:
+                        return
+                    del q
+                    notempty.wait(0.2)
+                data, prefix = buffer[0]
+            try:
+                while not _send_blocking(ch, data, prefix, True, 0.1):
+                    # Still full. Once this process has let go of the queue
+                    # and no other process is attached, nobody can ever
+                    # receive: drop what is buffered (as a standard feeder
+                    # stops on a broken pipe) instead of waiting forever.
+                    q = qref()
+                    gone = q is None or q._closing
+                    del q
+                    if gone and ch.peers() == 0:
+                        with notempty:
+                            buffer.clear()
+                        return
+                ok = True
+            except Exception as e:
+                q = qref()
+                if q is not None and q._ignore_epipe and isinstance(e, BrokenPipeError):
+                    return
+                Queue._on_queue_feeder_error(e, data)
+                ok = True  # drop it: it cannot be sent
+            with notempty:
+                if ok and buffer:
+                    buffer.popleft()
+
+    @staticmethod
+    def _on_queue_feeder_error(e, obj):
+        """Called when ``obj`` cannot be pickled (in ``put``) or sent (by the
+        feeder thread); prints the traceback. Subclasses may override it."""
+        import traceback
+
+        traceback.print_exc()
+
+    @staticmethod
+    def _finalize_join(twr):
+        thread = twr()
+        if thread is not None:
+            thread.join()
+
+    @staticmethod
+    def _finalize_close(notempty, qref):
+        q = qref()
+        with notempty:
+            if q is not None:
+                q._closing = True
+            notempty.notify()
+
+    # -- getting ----------------------------------------------------------------
+    def _recv_msg(self, block, timeout):
+        while True:
+            r = self._ch.recv(block, timeout)
+            if r is None:
+                raise Empty
+            if r[0] != _wire.TAG_CONTROL:
+                if self._sem is not None:
+                    self._sem.release()
+                return r
+
+    def _get_raw(self, block, timeout):
+        tag, data = self._recv_msg(block, timeout)
+        if tag == _wire.TAG_PICKLE:
+            return _wire.loads(data)
+        return data
+
+    def get(self, block=True, timeout=None):
+        """Remove and return an item; raise :class:`queue.Empty` if none
+        comes (``block`` false, or ``timeout`` elapsed)."""
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+        tag, data = self._recv_msg(block, timeout)
+        if tag == _wire.TAG_PICKLE:
+            return _wire.loads(data)
+        return data
+
+    def get_nowait(self):
+        return self.get(False)
+
+    def _poll(self, timeout=0.0):
+        if self._ch.readable():
+            return True
+        if timeout is not None and timeout <= 0:
+            return False
+        return _native.select([self._ch], timeout) is not None
+
+    # -- state ------------------------------------------------------------------
+    def qsize(self):
+        """Approximate number of items in the queue (those this process has
+        not yet flushed from its local buffer included)."""
+        if self._mode == _MODE_SEM:
+            return self._maxsize - self._sem.get_value()
+        return len(self._ch) + len(self._buffer)
+
+    def empty(self):
+        return self._ch.is_empty() and not self._buffer
+
+    def full(self):
+        if self._mode == _MODE_EXACT:
+            return self._ch.is_full()
+        if self._mode == _MODE_SEM:
+            return self._sem.get_value() == 0
+        return False
+
+    def close(self):
+        """This process will put no more items: the feeder flushes what is
+        buffered and exits. Other processes are not affected."""
+        self._closed = True
+        close = self._close
+        if close:
+            self._close = None
+            close()
+
+    def join_thread(self):
+        """Wait until the feeder thread has flushed the buffer (after
+        :meth:`close`)."""
+        assert self._closed, "Queue {0!r} not closed".format(self)
+        if self._jointhread:
+            self._jointhread()
+
+    def cancel_join_thread(self):
+        """Do not wait for the feeder thread at exit (buffered items may be
+        lost)."""
+        self._joincancelled = True
+        try:
+            self._jointhread.cancel()
+        except AttributeError:
+            pass
+
+    def __repr__(self):
+        return "<%s.%s object at %#x (%s)>" % (type(self).__module__, type(self).__qualname__, id(self),
+                                              self._ch.name)
+
+
+class JoinableQueue(Queue):
+    """A :class:`Queue` with ``task_done`` and ``join``."""
+
+    def __init__(self, maxsize=0, *, ctx=None):
+        Queue.__init__(self, maxsize, ctx=ctx)
+        from .synchronize import Condition, Lock, Semaphore
+
+        self._unfinished_tasks = Semaphore(0)
+        self._cond = Condition(Lock())
+
+    def __getstate__(self):
+        return Queue.__getstate__(self) + (self._cond, self._unfinished_tasks)
+
+    def __setstate__(self, state):
+        Queue.__setstate__(self, state[:-2])
+        self._cond, self._unfinished_tasks = state[-2:]
+
+    def put(self, obj, block=True, timeout=None):
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+        if type(obj) is bytes:
+            data, prefix = obj, _wire.TAG_BYTES
+        else:
+            try:
+                data, prefix = _wire.dumps(obj), -1
+            except Exception as e:
+                self._on_queue_feeder_error(e, obj)
+                return
+        # Count the task before it can be taken (a consumer's task_done must
+        # find it counted); uncount it if the put fails. The shared lock is
+        # not held while a bounded put waits for room.
+        with self._cond:
+            self._unfinished_tasks.release()
+        try:
+            self._put_data(data, prefix, block, timeout)
+        except BaseException:
+            with self._cond:
+                self._unfinished_tasks.acquire(False)
+                if self._unfinished_tasks.get_value() == 0:
+                    self._cond.notify_all()
+            raise
+
+    def task_done(self):
+        """One item taken from the queue has been processed."""
+        with self._cond:
+            if not self._unfinished_tasks.acquire(False):
+                raise ValueError("task_done() called too many times")
+            if self._unfinished_tasks.get_value() == 0:
+                self._cond.notify_all()
+
+    def join(self):
+        """Wait until every item put has been marked done."""
+        with self._cond:
+            if self._unfinished_tasks.get_value() != 0:
+                self._cond.wait()
+
+
+class SimpleQueue:
+    """An unbounded-looking FIFO queue without a feeder thread: ``put`` blocks
+    while the ring is full (as the standard one blocks on a full pipe)."""
+
+    def __init__(self, *, ctx=None):
+        object_created()
+        self._ch = _native.Channel.create(UNBOUNDED_CAPACITY, SLOT_SIZE, 0, MAX_ATTACHMENTS)
+        self._reset()
+
+    def __getstate__(self):
+        _wire.keep_alive(self._ch)
+        return self._ch.handle
+
+    def __setstate__(self, state):
+        self._ch = _native.Channel.attach(state)
+        self._reset()
+
+    def _reset(self):
+        self._closed = False
+        self._reader_closed = False
+        self._writer_closed = False
+        self._reader = _Reader(self)
+        self._writer = _Writer(self)
+        self._rlock = threading.Lock()
+        self._wlock = None
+        self._sem = None
+
+    def close(self):
+        self._closed = True
+        self._reader_closed = True
+        self._writer_closed = True
+
+    def empty(self):
+        return self._ch.is_empty()
+
+    def put(self, obj):
+        if type(obj) is bytes:
+            data, prefix = obj, _wire.TAG_BYTES
+        else:
+            data, prefix = _wire.dumps(obj), -1
+        _send_blocking(self._ch, data, prefix, True, None)
+
+    def _put_data(self, data, prefix, block=True, timeout=None):
+        _send_blocking(self._ch, data, prefix, True, None)
+
+    def _recv_msg(self, block, timeout):
+        while True:
+            r = self._ch.recv(block, timeout)
+            if r is None:
+                raise Empty
+            if r[0] != _wire.TAG_CONTROL:
+                return r
+
+    def _get_raw(self, block, timeout):
+        tag, data = self._recv_msg(block, timeout)
+        if tag == _wire.TAG_PICKLE:
+            return _wire.loads(data)
+        return data
+
+    def get(self):
+        tag, data = self._recv_msg(True, None)
+        if tag == _wire.TAG_PICKLE:
+            return _wire.loads(data)
+        return data
+
+    def _poll(self, timeout=0.0):
+        if self._ch.readable():
+            return True
+        if timeout is not None and timeout <= 0:
+            return False
+        return _native.select([self._ch], timeout) is not None
+
+    def __repr__(self):
+        return "<%s.%s object at %#x (%s)>" % (type(self).__module__, type(self).__qualname__, id(self),
+                                              self._ch.name)
