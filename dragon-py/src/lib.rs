@@ -2,8 +2,8 @@
 use pyo3::prelude::*;
 
 mod blocking;
-mod ddict;
 mod channel;
+mod ddict;
 mod errors;
 mod memory;
 mod runtime;
