@@ -842,14 +842,17 @@ fn main() {
     let reps: usize = std::env::var("BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
     let mut r: Vec<(String, f64)> = vec![];
     type Case = (&'static str, fn(&mut Vec<(String, f64)>));
+    // Blocking round trips first: right after the spinning cases (both
+    // vCPUs busy) the first sleeps of a process take several times longer
+    // on this kind of machine, which would penalise whichever case runs next.
     let cases: &[Case] = &[
-        ("rtt_spin_8B/spin", |r| raw_rtt(false, r)),
-        ("rtt_spin_8B/dragon", |r| dragon_rtt(true, r)),
-        ("rtt_spin_8B/iceoryx2", |r| iox::rtt(true, r)),
         ("rtt_block_8B/pipe", pipe_rtt),
         ("rtt_block_8B/futex", |r| raw_rtt(true, r)),
         ("rtt_block_8B/dragon", |r| dragon_rtt(false, r)),
         ("rtt_block_8B/iceoryx2", |r| iox::rtt(false, r)),
+        ("rtt_spin_8B/spin", |r| raw_rtt(false, r)),
+        ("rtt_spin_8B/dragon", |r| dragon_rtt(true, r)),
+        ("rtt_spin_8B/iceoryx2", |r| iox::rtt(true, r)),
         ("stream_8B/crossbeam", crossbeam),
         ("stream_8B/dragon", dragon_stream),
         ("stream_8B/iceoryx2", iox::stream),
@@ -863,6 +866,8 @@ fn main() {
         for (name, f) in cases {
             if want(name) {
                 f(&mut r);
+                // Let the machine settle between cases.
+                std::thread::sleep(Duration::from_millis(200));
             }
         }
     }
