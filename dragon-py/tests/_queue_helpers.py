@@ -80,3 +80,11 @@ def sleep(seconds):
 
 def square(x):
     return x * x
+
+
+def produce_forever(q, size):
+    data = os.urandom(size)
+    i = 0
+    while True:
+        q.put((i, data))
+        i += 1

@@ -376,3 +376,33 @@ def test_nothing_left_in_dev_shm(tmp_path):
     prefix = r.stdout.strip()
     assert prefix.startswith("dragon-")
     assert [n for n in os.listdir("/dev/shm") if n.startswith(prefix)] == []
+
+
+def test_queue_survives_killed_producers(ctx):
+    q = ctx.Queue(maxsize=16)
+    ps = [ctx.Process(target=h.produce_forever, args=(q, size)) for size in (100, 50_000, 300_000)]
+    for p in ps:
+        p.start()
+    for _ in range(200):
+        q.get(timeout=60)
+    for p in ps:  # killed wherever they are: maybe halfway through a put
+        p.kill()
+    for p in ps:
+        p.join(30)
+    while True:  # drain what they managed to send
+        try:
+            i, data = q.get(timeout=0.5)
+        except queue.Empty:
+            break
+    for i in range(40):  # the queue still works, in both directions
+        q.put((i, b"after"))
+        assert q.get(timeout=10) == (i, b"after")
+
+
+def test_process_pool_executor(ctx):
+    import concurrent.futures as cf
+
+    with cf.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        assert list(ex.map(h.square, range(20))) == [x * x for x in range(20)]
+        with pytest.raises(ZeroDivisionError):
+            ex.submit(divmod, 1, 0).result(timeout=60)
