@@ -262,3 +262,30 @@ def test_unshared_pipe_leaves_no_segment(ctx):
     del a, b
     gc.collect()
     assert [n for n in os.listdir("/dev/shm") if any(n.startswith(x) for x in names)] == []
+
+
+def test_repeated_mixed_waits_keep_watching_descriptors(ctx):
+    import threading
+
+    wait = multiprocessing.connection.wait
+    a, b = ctx.Pipe()
+    r_fd, w_fd = os.pipe()
+    try:
+        for i in range(30):
+            # alternately woken by the descriptor and by the channel, so that
+            # the helper thread is stopped both ways
+            if i % 2:
+                timer = threading.Timer(0.01, os.write, (w_fd, b"!"))
+            else:
+                timer = threading.Timer(0.01, b.send, (i,))
+            timer.start()
+            ready = wait([a, r_fd], timeout=30)
+            timer.join()
+            assert ready == ([r_fd] if i % 2 else [a]), i
+            if i % 2:
+                os.read(r_fd, 1)
+            else:
+                assert a.recv() == i
+    finally:
+        os.close(r_fd)
+        os.close(w_fd)

@@ -367,7 +367,7 @@ class _FdWatcher:
         os.set_blocking(self._w, False)
         self._cv = threading.Condition()
         self._job = None
-        self._busy = False
+        self._stop = False
         self._thread = threading.Thread(target=self._run, name="dragon-wait-fds", daemon=True)
         self._thread.start()
 
@@ -381,30 +381,43 @@ class _FdWatcher:
             for fd in fds:
                 p.register(fd, select.POLLIN)
             p.register(self._r, select.POLLIN)
-            try:
-                events = p.poll()
-            except OSError:
-                events = [(-1, 0)]
-            if any(fd != self._r for fd, _ in events):
-                bell.ring()
-            try:
-                while os.read(self._r, 64):
+            while True:
+                try:
+                    events = p.poll()
+                except OSError:
+                    events = [(-1, 0)]
+                fired = any(fd != self._r for fd, _ in events)
+                if fired:
+                    bell.ring()
+                try:
+                    while os.read(self._r, 64):
+                        pass
+                except BlockingIOError:
                     pass
-            except BlockingIOError:
-                pass
-            with self._cv:
-                self._job = None
-                self._cv.notify_all()
+                with self._cv:
+                    # A byte left by an earlier stop() is no reason to end.
+                    if fired or self._stop:
+                        self._job = None
+                        self._stop = False
+                        self._cv.notify_all()
+                        break
+
+    def active(self):
+        """Whether a job is being watched (it ends when a descriptor fires)."""
+        with self._cv:
+            return self._job is not None
 
     def start(self, fds, bell):
         with self._cv:
             self._job = (fds, bell)
+            self._stop = False
             self._cv.notify_all()
 
     def stop(self):
         with self._cv:
             if self._job is None:
                 return
+            self._stop = True
             try:
                 os.write(self._w, b"x")
             except BlockingIOError:
@@ -470,6 +483,9 @@ def wait(object_list, timeout=None):
                 if watcher is None:
                     watcher = _take_watcher()
                     fds = [o if isinstance(o, int) else o.fileno() for o in other]
+                if not watcher[0].active():
+                    # (Re)arm: a descriptor that fired may have been read by
+                    # someone else meanwhile.
                     watcher[1].drain()
                     watcher[0].start(fds, watcher[1])
                 chans.append(watcher[1])
