@@ -52,3 +52,12 @@ def barrier_party(barrier, q):
 
 def report_pid(q):
     q.put(os.getpid())
+
+
+def use_objects_from_queue(q, out):
+    lock, ev, value, arr = q.get(timeout=60)
+    with lock:
+        value.value += 1
+    arr[0] = 99
+    ev.set()
+    out.put("done")

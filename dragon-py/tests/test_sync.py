@@ -538,3 +538,14 @@ def test_nothing_left_without_a_template(tmp_path):
     assert r.returncode == 0, r.stderr
     prefix = r.stdout.strip()
     assert [n for n in os.listdir("/dev/shm") if n.startswith(prefix)] == []
+
+
+def test_objects_travel_through_a_queue_to_a_running_process(ctx):
+    q, out = ctx.Queue(), ctx.Queue()
+    p = ctx.Process(target=h.use_objects_from_queue, args=(q, out))
+    p.start()
+    lock, ev, value, arr = ctx.Lock(), ctx.Event(), ctx.Value("i", 1), ctx.RawArray("i", 3)
+    q.put((lock, ev, value, arr))  # after the start: by handle
+    assert out.get(timeout=60) == "done"
+    assert ev.wait(5) and value.value == 2 and arr[0] == 99
+    p.join(30)
