@@ -436,3 +436,28 @@ def test_dragon_cli(tmp_path):
     r = subprocess.run([exe, script], env=clean_env(), capture_output=True, text=True, timeout=60)
     assert r.returncode == 3, r.stderr
     assert r.stdout.splitlines() == ["[-1, -2]"]
+
+
+def test_exited_child_keeps_its_pid_until_let_go():
+    # As with the standard start methods, an exited child's pid keeps naming
+    # it (a zombie) until the parent has let go of it: a signal sent right
+    # after it exited must not fail, nor reach a process that reused the pid.
+    ctx = mp.get_context("dragon")
+    p = ctx.Process(target=time.sleep, args=(0,))
+    p.start()
+    deadline = time.monotonic() + 30
+    while p.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(p.pid, 0)  # still there, as a zombie
+    p.join()
+    assert p.exitcode == 0
+    pid = p.pid
+    p.close()
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.01)
+    else:
+        raise AssertionError("the template did not reap the child after its sentinel was closed")

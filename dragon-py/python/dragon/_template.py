@@ -90,11 +90,23 @@ class _Template:
         self.listener.setblocking(False)
         self.clients = {}  # fd -> connection socket
         self.children = {}  # pid -> connection socket, or None once the client left
+        self.zombies = {}  # connection socket -> pid of an exited child not yet reaped
         self.stopping = False
 
         self.starter_fd = starter_fd
         if os.getppid() != starter:
             self.stopping = True  # the starter is already gone
+
+        # One connection per process not yet let go by its client: allow as
+        # many as the hard limit does.
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            except (ValueError, OSError):
+                pass
 
         self.sig_r, self.sig_w = os.pipe()
         os.set_blocking(self.sig_r, False)
@@ -152,19 +164,37 @@ class _Template:
             self.stopping = True
         self._reap()
 
-    def _reap(self):
-        while True:
+    def _reap(self, final=False):
+        """Report exited children to their clients.
+
+        An exited child stays a zombie until its client lets go of the
+        connection (closes the process's sentinel, or exits), as a child of
+        the standard start methods stays one until it is joined: its pid
+        keeps naming it, so ``os.kill(p.pid, ...)`` right after it exited
+        neither fails nor hits a process that reused the pid. ``final``
+        reaps everything (the run is ending).
+        """
+        for pid, conn in list(self.children.items()):
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            conn = self.children.pop(pid, None)
-            if conn is not None:
-                code = os.waitstatus_to_exitcode(status)
-                self._send(conn, REPLY_EXIT + code.to_bytes(INT64, "little", signed=True))
-                self._drop(conn)
+                self.children.pop(pid, None)
+                continue
+            if info is None:
+                continue
+            del self.children[pid]
+            code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+            sent = conn is not None and self._send(conn, REPLY_EXIT + code.to_bytes(INT64, "little", signed=True))
+            if sent and not final:
+                self.zombies[conn] = pid
+            else:
+                _waitpid(pid)
+                if conn is not None:
+                    self._drop(conn)
+        if final:
+            for pid in self.zombies.values():
+                _waitpid(pid)
+            self.zombies.clear()
 
     def _on_listener(self, listener):
         socket = self.socket
@@ -188,6 +218,9 @@ class _Template:
         fd = conn.fileno()
         if self.clients.pop(fd, None) is not None:
             self.sel.unregister(conn)
+        zombie = self.zombies.pop(conn, None)
+        if zombie is not None:
+            _waitpid(zombie)
         for pid, c in self.children.items():
             if c is conn:
                 self.children[pid] = None
@@ -220,7 +253,7 @@ class _Template:
             _close_all(fds)
             self._drop(conn)
             return
-        if conn in self.children.values():
+        if conn in self.children.values() or conn in self.zombies:
             error = "one process per connection"
         elif msg != REQUEST:
             error = "unknown request (a client of another dragon version?)"
@@ -288,6 +321,7 @@ class _Template:
             c.close()
         self.clients.clear()
         self.children.clear()
+        self.zombies.clear()
         _close_all([self.alive_fd, self.sig_r, self.sig_w, self.starter_fd])
 
     # -- the end of the run ---------------------------------------------------
@@ -304,7 +338,7 @@ class _Template:
         deadline = time.monotonic() + 5.0
         delay = 0.001
         while True:
-            self._reap()
+            self._reap(final=True)
             alive = [p for p in self.runtime.session_members(me) if p != me]
             if not alive or time.monotonic() > deadline:
                 break
@@ -327,6 +361,13 @@ class _Template:
         except Exception:
             pass
         os._exit(0)
+
+
+def _waitpid(pid):
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
 
 
 def _fd_array(fds):
