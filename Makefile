@@ -22,6 +22,10 @@ setup: $(VPY)
 	@# Byte-compile the (editable) sources: with PYTHONDONTWRITEBYTECODE set,
 	@# every process would otherwise recompile them, template and children too.
 	$(VPY) -m compileall -q dragon-py/python/dragon
+	@# An editable install does not place the wheel's root files: install the
+	@# start-method hook (dragon_hook.pth and the module it imports) by hand.
+	@site=$$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	    cp dragon-py/dragon_hook.pth dragon-py/_dragon_hook.py "$$site"/
 
 demo: setup
 	@for f in examples/*.py; do echo "== $$f"; $(VPY) $$f || exit 1; done
