@@ -5,6 +5,20 @@ use super::*;
 use std::collections::HashMap;
 use std::thread;
 
+/// A heap channel; the first call also starts a watchdog that aborts the
+/// test binary if it still runs after 300 s, so a hang fails the run.
+fn heap(opts: &ChannelOptions) -> Result<Channel, ChannelError> {
+    static WATCHDOG: std::sync::Once = std::sync::Once::new();
+    WATCHDOG.call_once(|| {
+        thread::spawn(|| {
+            thread::sleep(Duration::from_secs(300));
+            eprintln!("watchdog: channel tests still running after 300 s; aborting");
+            std::process::abort();
+        });
+    });
+    Channel::heap(opts)
+}
+
 fn opts() -> ChannelOptions {
     ChannelOptions::new().capacity(8).slot_size(64)
 }
@@ -31,7 +45,7 @@ fn assert_no_leaks(ch: &Channel) {
 
 #[test]
 fn inline_messages_of_every_size_round_trip_in_order() {
-    let ch = Channel::heap(&opts()).unwrap();
+    let ch = heap(&opts()).unwrap();
     assert_eq!(ch.max_inline(), 40);
     for len in 0..=ch.max_inline() {
         ch.send(pattern(len as u64, len)).unwrap();
@@ -54,7 +68,7 @@ fn inline_messages_of_every_size_round_trip_in_order() {
 
 #[test]
 fn large_messages_use_blocks_and_are_received_without_copy() {
-    let ch = Channel::heap(&opts()).unwrap();
+    let ch = heap(&opts()).unwrap();
     for &len in &[41usize, 1024, 1025, 100_000, 3 << 20] {
         let data = pattern(len as u64, len);
         ch.send(&data).unwrap();
@@ -85,7 +99,7 @@ fn large_messages_use_blocks_and_are_received_without_copy() {
 
 #[test]
 fn parts_and_in_place_send_and_receive() {
-    let ch = Channel::heap(&opts()).unwrap();
+    let ch = heap(&opts()).unwrap();
     ch.send_parts(&[b"head", b"er", b""], None).unwrap();
     assert_eq!(ch.recv_with(None, |b| b.to_vec()).unwrap(), b"header");
     let big = pattern(1, 70_000);
@@ -120,7 +134,7 @@ fn parts_and_in_place_send_and_receive() {
 
 #[test]
 fn too_large_and_memory_limit_are_clear_errors() {
-    let ch = Channel::heap(&opts().max_block_bytes(256 << 10)).unwrap();
+    let ch = heap(&opts().max_block_bytes(256 << 10)).unwrap();
     let e = ch.try_send(vec![0u8; 300 << 10]).unwrap_err();
     assert!(matches!(e, TrySendError::Alloc(_, AllocError::LimitReached { .. })), "{e:?}");
     assert!(e.to_string().contains("memory limit"), "{e}");
@@ -131,7 +145,7 @@ fn too_large_and_memory_limit_are_clear_errors() {
 
 #[test]
 fn close_drains_then_disconnects_everyone() {
-    let ch = Channel::heap(&opts()).unwrap();
+    let ch = heap(&opts()).unwrap();
     let other = ch.attach_again(Roles::BOTH).unwrap();
     ch.send(b"a").unwrap();
     ch.send(vec![3u8; 5000]).unwrap();
@@ -149,7 +163,7 @@ fn close_drains_then_disconnects_everyone() {
 
 #[test]
 fn destroy_fails_every_attachment_clearly() {
-    let ch = Channel::heap(&opts()).unwrap();
+    let ch = heap(&opts()).unwrap();
     let other = ch.attach_again(Roles::BOTH).unwrap();
     ch.send(b"x").unwrap();
     other.destroy();
@@ -162,7 +176,7 @@ fn destroy_fails_every_attachment_clearly() {
 
 #[test]
 fn attach_validates_the_handle_against_the_header() {
-    let ch = Channel::heap(&opts()).unwrap();
+    let ch = heap(&opts()).unwrap();
     let region = Arc::clone(&ch.inner.region);
     let backing = || ch.inner.alloc.backing().clone_backing();
     let mut h = ch.handle();
@@ -193,7 +207,7 @@ fn attach_validates_the_handle_against_the_header() {
 
 #[test]
 fn attachment_table_full_is_an_error_and_rows_are_reused() {
-    let ch = Channel::heap(&opts().max_attachments(2)).unwrap();
+    let ch = heap(&opts().max_attachments(2)).unwrap();
     let b = ch.attach_again(Roles::BOTH).unwrap();
     assert_eq!(ch.attach_again(Roles::BOTH).unwrap_err(), ChannelError::TooManyAttachments { max: 2 });
     drop(b);
@@ -206,7 +220,7 @@ fn attachment_table_full_is_an_error_and_rows_are_reused() {
 #[test]
 fn pipe_mode_disconnects_when_the_last_sender_goes() {
     let o = opts().disconnect_on_no_senders(true).disconnect_on_no_receivers(true).roles(Roles::RECV);
-    let rx = Channel::heap(&o).unwrap();
+    let rx = heap(&o).unwrap();
     // No sender ever attached yet: an empty channel is just empty.
     assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Empty);
     let tx = rx.attach_again(Roles::SEND).unwrap();
@@ -231,7 +245,7 @@ fn pipe_mode_disconnects_when_the_last_sender_goes() {
 
 #[test]
 fn blocked_receiver_and_sender_are_woken() {
-    let ch = Channel::heap(&opts().capacity(1)).unwrap();
+    let ch = heap(&opts().capacity(1)).unwrap();
     ch.set_spin(Duration::ZERO);
     let rx = ch.clone();
     let t = thread::spawn(move || rx.recv().unwrap().to_vec());
@@ -249,7 +263,7 @@ fn blocked_receiver_and_sender_are_woken() {
 
 #[test]
 fn interrupt_hook_stops_a_wait() {
-    let ch = Channel::heap(&opts()).unwrap();
+    let ch = heap(&opts()).unwrap();
     ch.set_spin(Duration::ZERO);
     let mut calls = 0;
     let e = ch
@@ -267,7 +281,7 @@ fn mpmc_threads_deliver_everything_once_in_per_producer_order() {
     const P: u64 = 3;
     const C: usize = 3;
     const N: u64 = 3000;
-    let ch = Channel::heap(&ChannelOptions::new().capacity(4).slot_size(64)).unwrap();
+    let ch = heap(&ChannelOptions::new().capacity(4).slot_size(64)).unwrap();
     ch.set_spin(Duration::from_micros(5));
     let producers: Vec<_> = (0..P)
         .map(|p| {
@@ -320,7 +334,7 @@ fn mpmc_threads_deliver_everything_once_in_per_producer_order() {
 
 #[test]
 fn select_finds_the_ready_channel() {
-    let chans: Vec<Channel> = (0..3).map(|_| Channel::heap(&opts()).unwrap()).collect();
+    let chans: Vec<Channel> = (0..3).map(|_| heap(&opts()).unwrap()).collect();
     for c in &chans {
         c.set_spin(Duration::ZERO);
     }
@@ -342,7 +356,7 @@ fn select_finds_the_ready_channel() {
 
 #[test]
 fn dead_writer_reader_and_block_owner_are_recovered() {
-    let ch = Channel::heap(&opts()).unwrap();
+    let ch = heap(&opts()).unwrap();
     let dead = ch.attach_again(Roles::BOTH).unwrap();
     let d = dead.attachment_id();
     let i = &*dead.inner;
