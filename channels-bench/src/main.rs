@@ -105,6 +105,9 @@ static RECORDS: std::sync::Mutex<Vec<Record>> = std::sync::Mutex::new(Vec::new()
 
 /// Record a measurement (printed at the end as the median over repetitions).
 fn emit(case: &str, imp: &str, fields: &[(&str, f64)], notes: &str) {
+    if std::env::var_os("BENCH_VERBOSE").is_some() {
+        eprintln!("{case} {imp} {fields:?}");
+    }
     RECORDS.lock().unwrap().push(Record {
         case: case.into(),
         imp: imp.into(),
@@ -892,18 +895,18 @@ fn main() {
             .collect();
         println!("{}", json_line(case, imp, &fields, &format!(",\"reps\":{}", runs.len()), &runs[0].notes));
     }
-    let mut med: Vec<(String, f64)> = vec![];
-    for (k, _) in &r {
-        if !med.iter().any(|(m, _)| m == k) {
-            let vals: Vec<f64> = r.iter().filter(|(n, _)| n == k).map(|(_, v)| *v).collect();
-            med.push((k.clone(), median_p99(vals).0));
-        }
-    }
-    let r = med;
-    let get = |k: &str| r.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
-    let ratio = |a: &str, b: &str| match (get(a), get(b)) {
-        (Some(x), Some(y)) if y > 0.0 => Some(x / y),
-        _ => None,
+    // Per-repetition values of each key, in repetition order.
+    let per_rep = |k: &str| r.iter().filter(|(n, _)| n == k).map(|(_, v)| *v).collect::<Vec<f64>>();
+    let get = |k: &str| {
+        let v = per_rep(k);
+        (!v.is_empty()).then(|| median_p99(v).0)
+    };
+    // Ratios are paired per repetition (both measured within seconds of each
+    // other), then the median is taken: the machine's wake-up latency flips
+    // between modes from one repetition to the next.
+    let ratio = |a: &str, b: &str| {
+        let pairs: Vec<f64> = per_rep(a).iter().zip(per_rep(b)).filter(|(_, y)| *y > 0.0).map(|(x, y)| x / y).collect();
+        (!pairs.is_empty()).then(|| median_p99(pairs).0)
     };
     let mut fields: Vec<(String, f64)> = vec![];
     let mut add = |k: &'static str, v: Option<f64>| {
@@ -926,7 +929,7 @@ fn main() {
                 "dragon",
                 &fields,
                 &format!(",\"reps\":{reps}"),
-                "medians; targets: spin <= 600 ns and < iceoryx2; block <= 1.3x futex; stream >= 10M/s and >= 2.5x iceoryx2; 1MiB >= 0.7x iceoryx2; mpmc >= 5M/s"
+                "medians (ratios: median of per-repetition ratios); targets: spin <= 600 ns and < iceoryx2; block <= 1.3x futex; stream >= 10M/s and >= 2.5x iceoryx2; 1MiB >= 0.7x iceoryx2; mpmc >= 5M/s"
             )
         );
     }
