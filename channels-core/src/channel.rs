@@ -504,10 +504,7 @@ impl Inner {
         }
         let ring = &self.ring;
         if len <= ring.inline_cap() {
-            let claim = ring.claim_write(self.att).map_err(|e| match e {
-                ClaimWriteError::Full => Fail::WouldBlock,
-                ClaimWriteError::Closed => Fail::Disconnected,
-            })?;
+            let claim = self.claim_write()?;
             fault::point("send.inline_claimed");
             // SAFETY: we hold the slot's WRITING claim, so its payload area
             // (inline_cap >= len bytes) is ours alone until we publish.
@@ -544,10 +541,7 @@ impl Inner {
             fault::point("send.block_filled");
         }
         let meta = self.alloc.meta(r).map_err(Fail::Alloc)?;
-        let claim = ring.claim_write(self.att).map_err(|e| match e {
-            ClaimWriteError::Full => Fail::WouldBlock,
-            ClaimWriteError::Closed => Fail::Disconnected,
-        })?;
+        let claim = self.claim_write()?;
         fault::point("send.block_claimed");
         if !src.reusable() {
             let guard = TombstoneOnUnwind { ring, claim: Some(claim) };
@@ -571,6 +565,25 @@ impl Inner {
         ring.publish(claim);
         self.notify(Dir::Recv);
         Ok(())
+    }
+
+    /// Claim a slot for writing. A full ring held up by a dead reader is
+    /// recovered and the claim retried, so that even a sender that only
+    /// polls gets going again.
+    fn claim_write(&self) -> Result<crate::ring::Claim, Fail> {
+        let fail = |e| match e {
+            ClaimWriteError::Full => Fail::WouldBlock,
+            ClaimWriteError::Closed => Fail::Disconnected,
+        };
+        match self.ring.claim_write(self.att) {
+            Err(ClaimWriteError::Full)
+                if self.ring.reader_at_tail().is_some_and(|r| r != self.att && !self.alive(r)) =>
+            {
+                self.maintain(true);
+                self.ring.claim_write(self.att).map_err(fail)
+            }
+            r => r.map_err(fail),
+        }
     }
 
     /// One non-blocking receive attempt; `f` is called with the message.

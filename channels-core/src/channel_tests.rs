@@ -399,9 +399,20 @@ fn dead_writer_reader_and_block_owner_are_recovered() {
     let c = ri.ring.claim_read(ra, false, &mut || {}).unwrap();
     let r = BlockRef::decode(ri.ring.slot(c.index).aux.load(Ordering::Relaxed)).unwrap();
     assert!(take_from_ring(ri.alloc.meta(r).unwrap(), c.index, ra));
+    // Fill the ring behind the held slot: a sender that only polls
+    // (try_send) finds the dead reader itself.
+    let mut sent = 0;
+    while ch.try_send([1u8]).is_ok() {
+        sent += 1;
+    }
+    assert_eq!(sent, 7, "one slot is held by the reader");
     ch.inner.table.forge_pid(ra, dead_pid());
+    assert!(ch.try_send([1u8]).is_ok(), "the dead reader's slot was recovered by the polling sender");
+    for _ in 0..8 {
+        assert_eq!(&*ch.recv().unwrap(), &[1u8]);
+    }
     let rep = ch.recover().unwrap();
-    assert_eq!((rep.released, rep.blocks_freed), (1, 1));
+    assert_eq!(rep, RecoveryReport::default(), "already recovered");
     assert_no_leaks(&ch);
     for k in 0..20u8 {
         ch.send([k]).unwrap();

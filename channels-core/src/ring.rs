@@ -553,6 +553,13 @@ impl Ring {
         (tombs, released)
     }
 
+    /// The reader still holding the slot the next write needs, if any.
+    pub(crate) fn reader_at_tail(&self) -> Option<u32> {
+        let tail = self.tail().load(Ordering::Acquire) & !CLOSED_MARK;
+        let s = self.slot(self.index(tail)).stamp.load(Ordering::Acquire);
+        (stamp_state(s) == READING && rel(stamp_lap(s), self.lap(tail)) == Rel::Behind).then(|| stamp_att(s))
+    }
+
     /// The writer of the next unread slot if it is still being written.
     #[cfg(all(test, not(dragon_loom)))]
     pub(crate) fn writer_at_head(&self) -> Option<u32> {
