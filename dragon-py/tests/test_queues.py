@@ -166,7 +166,10 @@ def test_simple_queue(ctx):
 
 
 def test_stock_pool_runs_on_dragon_queues(ctx):
-    with ctx.Pool(2) as pool:
+    # ctx.Pool is dragon.pool.Pool; the standard class must work too.
+    import multiprocessing.pool
+
+    with multiprocessing.pool.Pool(2, context=ctx) as pool:
         assert isinstance(pool._inqueue, queues.SimpleQueue)
         assert pool.map(h.square, range(50)) == [x * x for x in range(50)]
         assert sorted(pool.imap_unordered(h.square, range(20))) == [x * x for x in range(20)]

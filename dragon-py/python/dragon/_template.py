@@ -54,6 +54,7 @@ PRELOAD = (
     "multiprocessing.synchronize",
     "multiprocessing.queues",
     "multiprocessing.pool",
+    "dragon.pool",  # and the queues, locks and shared blocks it uses
 )
 
 

@@ -40,11 +40,17 @@ class _ThreadPickler(threading.local):
 _tls = _ThreadPickler()
 
 
-def dumps(obj):
-    """Pickle ``obj`` as ``ForkingPickler.dumps`` would. Returns a bytes-like
-    object valid until the next call in this thread."""
+def dumps(obj, head=b""):
+    """Pickle ``obj`` as ``ForkingPickler.dumps`` would, after the bytes
+    ``head`` (a message header, say: one buffer, no second copy). Returns a
+    bytes-like object valid until the next call in this thread."""
     st = _tls
     if st.busy:  # a reducer that pickles (re-entrant use): a fresh pickler
+        if head:
+            buf = io.BytesIO()
+            buf.write(head)
+            ForkingPickler(buf).dump(obj)
+            return buf.getvalue()
         return ForkingPickler.dumps(obj)
     n = len(ForkingPickler._extra_reducers)
     if st.pickler is None or st.reducers != n:
@@ -54,6 +60,8 @@ def dumps(obj):
     buf = st.buf
     buf.seek(0)
     buf.truncate()
+    if head:
+        buf.write(head)
     st.busy = True
     try:
         st.pickler.dump(obj)

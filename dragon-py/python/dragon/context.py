@@ -37,8 +37,7 @@ class DragonContext(_mp_context.BaseContext):
     """Context object of the ``dragon`` start method.
 
     Factories not overridden here build the standard classes bound to this
-    context (so they use :class:`DragonProcess`); channel-backed queues,
-    locks and pools replace them as they land.
+    context (so they use :class:`DragonProcess`).
     """
 
     _name = START_METHOD
@@ -141,6 +140,14 @@ class DragonContext(_mp_context.BaseContext):
         from .sharedctypes import Array
 
         return Array(typecode_or_type, size_or_initializer, lock=lock, ctx=self.get_context())
+
+    # -- pools (dragon.pool) -----------------------------------------------------
+    def Pool(self, processes=None, initializer=None, initargs=(), maxtasksperchild=None):
+        """A process pool whose tasks and results travel on shared-memory
+        channels (a subclass of the standard Pool)."""
+        from .pool import Pool
+
+        return Pool(processes, initializer, initargs, maxtasksperchild, context=self.get_context())
 
     def _check_available(self):
         # Called by get_context("dragon") and set_start_method("dragon"):

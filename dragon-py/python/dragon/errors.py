@@ -15,6 +15,12 @@ standard counterpart derive from :class:`DragonError`:
   be created or mapped (``/dev/shm`` full, say).
 * :class:`MessageTooLargeError` (also a ``ValueError``): a message is larger
   than a channel can carry; nothing was sent.
+* :class:`WorkerLostError`: a pool worker process died (killed, or exited)
+  while it ran a task, or while taking it from the pool's queue; the task's
+  result is this error (see :mod:`dragon.pool`).
+* :class:`InitializerError`: a pool worker's initializer raised; the task
+  that worker took fails with this error (its cause is the initializer's
+  traceback) and the worker is replaced.
 """
 
 __all__ = [
@@ -24,6 +30,8 @@ __all__ = [
     "NotLocalError",
     "SharedMemoryError",
     "MessageTooLargeError",
+    "WorkerLostError",
+    "InitializerError",
 ]
 
 
@@ -49,3 +57,13 @@ class SharedMemoryError(DragonError, OSError):
 
 class MessageTooLargeError(DragonError, ValueError):
     """A message is larger than a channel can carry; nothing was sent."""
+
+
+class WorkerLostError(DragonError):
+    """A pool worker died while running (or taking) a task; the task's
+    result. The task is not run again."""
+
+
+class InitializerError(DragonError):
+    """A pool worker's initializer raised: the task the worker took was not
+    run. The worker is replaced; its successor runs the initializer again."""

@@ -1,0 +1,581 @@
+"""``multiprocessing.Pool`` on shared-memory channels.
+
+:class:`Pool` is a subclass of :class:`multiprocessing.pool.Pool`: the
+result classes (``AsyncResult``, ``MapResult``, the ``imap`` iterators),
+the three handler threads, ``close``/``terminate``/``join`` and every
+method's semantics are the standard library's. What changes is the
+transport and the worker:
+
+* Tasks travel on one channel shared by the workers, results on another
+  (``transport-shm`` rings in the run's shared memory, not pipes).
+* A task is a small header (sequence number, job, index, kind) plus the
+  pickled function and the pickled arguments. The function is pickled once
+  per job, not once per task, and a worker unpickles each distinct
+  function once. A result is a header plus the pickled ``(ok, value)``, so
+  a result that cannot be unpickled in the parent fails its own task with a
+  clear error instead of killing the result thread (the standard pool hangs
+  there).
+* Workers may start processes: a task can open a Pool of its own (nested
+  pools). Inside a worker ``current_process().daemon`` is false for that
+  reason; seen from the parent, workers are daemonic as in the standard
+  library (terminated at exit). A worker whose pool's owner died exits by
+  itself.
+
+Worker loss
+-----------
+
+A worker that dies while it runs a task (``SIGKILL``, ``os._exit``, a
+crash in C code, the OOM killer) does not hang the pool: that task's result
+becomes :class:`~dragon.errors.WorkerLostError` (saying which process and
+how it ended), the pool starts a replacement worker, and every other task
+runs as usual. The task is *not* run again: a task that kills its worker
+deterministically would otherwise kill worker after worker forever, and a
+task that died half-way may have had side effects. Callers that want a
+retry resubmit on ``WorkerLostError``.
+
+How the pool knows which task was lost, exactly, whatever instruction the
+worker died at:
+
+* Workers take tasks one at a time under a shared robust lock (a holder
+  that dies releases it to the next taker), and record the sequence number
+  of the task they took in their slot of a shared *ledger* before releasing
+  the lock; the ledger also holds the next expected sequence number and the
+  number of tasks the parent has sent.
+* When a worker exits, the parent reads its slot: a recorded task without a
+  result is lost. The notice goes through the result channel, behind
+  everything the dead worker had sent, so a result that made it is never
+  reported lost.
+* A worker that dies after taking a task but before recording it (the
+  instructions in between) dies holding the lock. The next taker sees that
+  the task it receives is not the expected one (or, with nothing left to
+  take, that fewer tasks were recorded than sent) and reports the gap.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import queue
+import signal
+import struct
+import threading
+import time
+
+import multiprocessing
+from multiprocessing import pool as _mp_pool
+from multiprocessing import process as _mp_process
+from multiprocessing import util
+from multiprocessing.pool import (  # noqa: F401  (re-exported, as the standard module has them)
+    CLOSE,
+    INIT,
+    RUN,
+    TERMINATE,
+    ApplyResult,
+    AsyncResult,
+    ExceptionWithTraceback,
+    IMapIterator,
+    IMapUnorderedIterator,
+    MapResult,
+    MaybeEncodingError,
+    RemoteTraceback,
+    _helper_reraises_exception,
+    mapstar,
+    starmapstar,
+)
+
+from . import _native, _wire
+from .errors import DragonError, InitializerError, MessageTooLargeError, WorkerLostError
+from .queues import _send_blocking
+from .sharedctypes import SharedBlock
+
+__all__ = ["Pool", "WorkerLostError", "RemoteTraceback", "MaybeEncodingError", "AsyncResult"]
+
+#: Bytes per ring slot (messages up to about 230 bytes travel inline).
+SLOT_SIZE = 256
+#: Ring slots of the task channel (at least; twice the workers if more).
+TASK_CAPACITY = 1024
+#: Ring slots of the result channel.
+RESULT_CAPACITY = 1024
+#: Processes that may attach to a pool's channels over its lifetime at once.
+MAX_ATTACHMENTS = 1023
+
+# The ledger: int64 words in a shared block.
+_NEXT = 0  # sequence number of the next task to be taken
+_SENT = 1  # tasks the parent has sent (every task below it is in the ring or taken)
+_REC = 2  # + slot: the task the worker in that slot runs, or _IDLE
+_IDLE = -1
+
+# Messages. Task: header, pickled function, pickled payload.
+_TASK = struct.Struct("<cqqqBI")  # b"T", seq, job, index, kind, len(function bytes)
+# Result: header, then the pickled (ok, value).
+_RESULT = struct.Struct("<cqqq")  # b"R", seq, job, index
+# Lost tasks: seq .. seq+count-1 died with a worker (pid -1: not known).
+_LOST = struct.Struct("<cqqqq")  # b"L", seq, count, pid, exit code
+# End of results (the standard handlers' None).
+_END = b"N"
+
+# Task kinds.
+_CALL, _CALL_KW, _MAP, _STARMAP, _STOP = range(5)
+
+# Returned by the result getter for a message that concerns no live job:
+# the standard result handler looks the job up, finds nothing, moves on.
+_NOTHING = (-1, -1, None)
+
+
+def _ended_how(exitcode):
+    if exitcode is None:
+        return "ended"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = "signal %d" % -exitcode
+        return "was killed by %s" % name
+    return "exited with code %d" % exitcode
+
+
+class _Tasks:
+    """The pool's task side: the channel, the lock tasks are taken under,
+    and the ledger. Pickles (to the workers) by handles."""
+
+    def __init__(self, slots):
+        self._slots = slots
+        self._ch = _native.Channel.create(max(TASK_CAPACITY, 2 * slots + 8), SLOT_SIZE, 0, MAX_ATTACHMENTS)
+        self._lock = _native.Lock()
+        self._block = SharedBlock(8 * (_REC + slots))
+        self._map()
+        for k in range(slots):
+            self._ledger[_REC + k] = _IDLE
+        # Parent only.
+        self._pending = {}  # seq -> (job, index), or None for a stop message
+        self._sent = 0
+        self._fkey = None  # (job, id(function)) of the cached function bytes
+        self._fbytes = b""
+        self._free = list(range(slots))
+        self._mutex = threading.Lock()  # the worker list and slots
+
+    def _map(self):
+        self._ledger = self._block.create_memoryview().cast("q")
+
+    def __getstate__(self):
+        _wire.keep_alive(self._ch)
+        return (self._ch.handle, self._lock.handle, self._block, self._slots)
+
+    def __setstate__(self, state):
+        handle, lock, self._block, self._slots = state
+        self._ch = _native.Channel.attach(handle)
+        self._lock = _native.Lock.attach(lock)
+        self._map()
+
+    # -- parent ---------------------------------------------------------------
+    def _take_slot(self):
+        slot = self._free.pop(0)
+        self._ledger[_REC + slot] = _IDLE
+        return slot
+
+    def _free_slot(self, slot):
+        self._ledger[_REC + slot] = _IDLE
+        self._free.append(slot)
+
+    def put(self, task):
+        """Send a task (the standard pool's ``(job, i, func, args, kwds)``) or
+        a stop message (``None``). Called by the task handler thread only."""
+        if task is None:
+            self._send(None, _TASK.pack(b"T", self._sent, -1, -1, _STOP, 0))
+            return
+        job, i, func, args, kwds = task
+        if func is mapstar:
+            kind = _MAP
+            func, payload = args[0]
+        elif func is starmapstar:
+            kind = _STARMAP
+            func, payload = args[0]
+        elif kwds:
+            kind, payload = _CALL_KW, (args, kwds)
+        else:
+            kind, payload = _CALL, args
+        # The function is pickled once per job. (A job's functions live as
+        # long as the job: the same id means the same function.)
+        key = (job, id(func))
+        if key != self._fkey:
+            self._fkey = None
+            self._fbytes = bytes(_wire.dumps(func))
+            self._fkey = key
+        fb = self._fbytes
+        head = _TASK.pack(b"T", self._sent, job, i, kind, len(fb)) + fb
+        self._send((job, i), _wire.dumps(payload, head))
+
+    def _send(self, entry, data):
+        seq = self._sent
+        self._pending[seq] = entry
+        try:
+            _send_blocking(self._ch, data, -2, True, None)
+        except BaseException:
+            del self._pending[seq]
+            raise
+        self._sent = seq + 1
+        # After the message is in the ring: a taker that reads this count
+        # and then finds the ring empty knows every task below it was taken.
+        self._ledger[_SENT] = seq + 1
+
+    def _drain(self):
+        """Take one message without recording it (terminate only)."""
+        return self._ch.recv(False) is not None
+
+    def _release_names(self):
+        """Remove the lock's and ledger's names: no worker attaches any more."""
+        for f in (self._lock._destroy, lambda: _native.segment_unlink(self._block.name)):
+            try:
+                f()
+            except Exception:
+                pass
+
+
+class _ResultReader:
+    """``outqueue._reader`` as the standard result handler uses it."""
+
+    def __init__(self, results):
+        self._results = results
+
+    def poll(self, timeout=0.0):
+        ch = self._results._ch
+        if ch.readable():
+            return True
+        if timeout is not None and timeout <= 0:
+            return False
+        return _native.select([ch], timeout) is not None
+
+
+class _Results:
+    """The pool's result channel. Pickles (to the workers) by handle."""
+
+    def __init__(self, pending):
+        self._ch = _native.Channel.create(RESULT_CAPACITY, SLOT_SIZE, 0, MAX_ATTACHMENTS)
+        self._pending = pending
+        self._extra = []
+        self._reader = _ResultReader(self)
+
+    def __getstate__(self):
+        _wire.keep_alive(self._ch)
+        return self._ch.handle
+
+    def __setstate__(self, handle):
+        self._ch = _native.Channel.attach(handle)
+        self._pending = None
+        self._extra = []
+        self._reader = _ResultReader(self)
+
+    def put(self, obj):
+        """The standard handlers' end-of-results sentinel (``None``)."""
+        if obj is not None:
+            raise TypeError("a pool's result queue carries only its end marker")
+        _send_blocking(self._ch, _END, -2, True, None)
+
+    def _report_lost(self, seq, count, pid, exitcode):
+        _send_blocking(self._ch, _LOST.pack(b"L", seq, count, pid, exitcode), -2, True, None)
+
+    def get(self):
+        """The next ``(job, index, (ok, value))`` for the standard result
+        handler, ``None`` at the end. Called by the result handler only."""
+        if self._extra:
+            return self._extra.pop()
+        try:
+            _, data = self._ch.recv(True, None)
+        except DragonError as e:
+            raise EOFError(str(e)) from None
+        kind = data[:1]
+        if kind == b"R":
+            _, seq, job, i = _RESULT.unpack_from(data)
+            self._pending.pop(seq, None)
+            try:
+                obj = pickle.loads(memoryview(data)[_RESULT.size:])
+            except Exception as e:
+                obj = (False, MaybeEncodingError(e, "<the task's result: it could not be unpickled here>"))
+            return job, i, obj
+        if kind == _END:
+            return None
+        if kind == b"L":
+            _, seq, count, pid, code = _LOST.unpack_from(data)
+            pending = self._pending
+            for s in range(seq + count - 1, seq - 1, -1):
+                task = pending.pop(s, None)
+                if task is None:
+                    continue
+                if pid < 0:
+                    why = "a pool worker process died while taking this task from the pool's queue"
+                else:
+                    why = "pool worker process %d %s while running this task" % (pid, _ended_how(code))
+                err = WorkerLostError(why + " (the task is not run again)")
+                self._extra.append((task[0], task[1], (False, err)))
+            return self._extra.pop() if self._extra else _NOTHING
+        return _NOTHING
+
+
+class Pool(_mp_pool.Pool):
+    """A process pool whose tasks and results travel on shared-memory
+    channels; the API of :class:`multiprocessing.pool.Pool`.
+
+    ``context`` defaults to the ``dragon`` context. See the module docs for
+    nested pools and for what happens when a worker dies.
+    """
+
+    def __init__(self, processes=None, initializer=None, initargs=(), maxtasksperchild=None, context=None):
+        # The standard __init__ cannot be reused: it starts the worker
+        # handler as the *standard* class's method, which would start
+        # standard workers. Same attributes, same threads, this class.
+        self._pool = []  # first: __del__ looks at them if we raise
+        self._state = INIT
+        self._ctx = context or multiprocessing.get_context("dragon")
+        if processes is None:
+            processes = os.cpu_count() or 1
+        if processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if maxtasksperchild is not None:
+            if not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
+                raise ValueError("maxtasksperchild must be a positive int or None")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        self._processes = processes
+        self._maxtasksperchild = maxtasksperchild
+        self._initializer = initializer
+        self._initargs = initargs
+        self._setup_queues()
+        self._taskqueue = queue.SimpleQueue()
+        # Wakes the worker handler when the cache empties or the state changes.
+        self._change_notifier = self._ctx.SimpleQueue()
+        self._cache = _mp_pool._PoolCache(notifier=self._change_notifier)
+        try:
+            self._repopulate_pool()
+        except Exception:
+            for w in self._pool:
+                if w.exitcode is None:
+                    w.terminate()
+            for w in self._pool:
+                w.join()
+            raise
+
+        cls = type(self)
+        self._worker_handler = self._start_handler(
+            cls._handle_workers,
+            (self._cache, self._taskqueue, self._ctx, self.Process, self._processes, self._pool,
+             self._inqueue, self._outqueue, self._initializer, self._initargs, self._maxtasksperchild,
+             self._wrap_exception, self._get_sentinels(), self._change_notifier))
+        self._task_handler = self._start_handler(
+            cls._handle_tasks, (self._taskqueue, self._quick_put, self._outqueue, self._pool, self._cache))
+        self._result_handler = self._start_handler(
+            cls._handle_results, (self._outqueue, self._quick_get, self._cache))
+        self._terminate = util.Finalize(
+            self, cls._terminate_pool,
+            args=(self._taskqueue, self._inqueue, self._outqueue, self._pool, self._change_notifier,
+                  self._worker_handler, self._task_handler, self._result_handler, self._cache),
+            exitpriority=15)
+        self._state = RUN
+
+    @staticmethod
+    def _start_handler(target, args):
+        t = threading.Thread(target=target, args=args, daemon=True)
+        t._state = RUN
+        t.start()
+        return t
+
+    # -- transport ---------------------------------------------------------------
+    def _setup_queues(self):
+        self._inqueue = _Tasks(self._processes)
+        self._outqueue = _Results(self._inqueue._pending)
+        self._quick_put = self._inqueue.put
+        self._quick_get = self._outqueue.get
+
+    def _get_sentinels(self):
+        # Worker sentinels and the change notifier; not the result queue (the
+        # result handler reads it; waking the worker handler on every result
+        # would only make it spin until then).
+        return [self._change_notifier._reader]
+
+    @staticmethod
+    def _help_stuff_finish(inqueue, task_handler, size):
+        # Make room for a task handler blocked on a full task channel.
+        while task_handler.is_alive() and inqueue._drain():
+            time.sleep(0)
+
+    # -- workers -----------------------------------------------------------------
+    @staticmethod
+    def _repopulate_pool_static(ctx, Process, processes, pool, inqueue, outqueue, initializer, initargs,
+                                maxtasksperchild, wrap_exception):
+        """Bring the number of workers up to ``processes`` (each in a free
+        ledger slot)."""
+        with inqueue._mutex:
+            for _ in range(processes - len(pool)):
+                if not inqueue._free:
+                    break
+                slot = inqueue._take_slot()
+                try:
+                    w = Process(ctx, target=_worker,
+                                args=(inqueue, outqueue, initializer, initargs, maxtasksperchild,
+                                      wrap_exception, slot))
+                    w.name = w.name.replace("Process", "PoolWorker")
+                    w.daemon = True
+                    w._dragon_slot = slot
+                    w.start()
+                except BaseException:
+                    inqueue._free_slot(slot)
+                    raise
+                pool.append(w)
+                util.debug("added worker")
+
+    @staticmethod
+    def _reap_workers(pool, inqueue, outqueue):
+        """Join exited workers; report the task each was running, if any, as
+        lost. Returns whether any worker was removed."""
+        cleaned = False
+        with inqueue._mutex:
+            for i in reversed(range(len(pool))):
+                w = pool[i]
+                if w.exitcode is None:
+                    continue
+                util.debug("cleaning up worker %d" % i)
+                w.join()
+                slot = getattr(w, "_dragon_slot", None)
+                if slot is not None:
+                    seq = inqueue._ledger[_REC + slot]
+                    if seq != _IDLE:
+                        outqueue._report_lost(seq, 1, w.pid, w.exitcode)
+                    inqueue._free_slot(slot)
+                del pool[i]
+                cleaned = True
+        return cleaned
+
+    @staticmethod
+    def _maintain_pool(ctx, Process, processes, pool, inqueue, outqueue, initializer, initargs,
+                       maxtasksperchild, wrap_exception):
+        if Pool._reap_workers(pool, inqueue, outqueue):
+            Pool._repopulate_pool_static(ctx, Process, processes, pool, inqueue, outqueue, initializer,
+                                         initargs, maxtasksperchild, wrap_exception)
+
+    # -- end -----------------------------------------------------------------------
+    def terminate(self):
+        super().terminate()
+        self._inqueue._release_names()
+
+    def join(self):
+        super().join()
+        self._inqueue._release_names()
+
+
+# ---------------------------------------------------------------------------
+# The worker
+# ---------------------------------------------------------------------------
+
+class _InitializerFailed(Exception):
+    """Internal: this worker's initializer failed (the task is not run)."""
+
+
+def _worker(tasks, results, initializer=None, initargs=(), maxtasks=None, wrap_exception=False, slot=0):
+    """Body of a pool worker: take a task, run it, send its result."""
+    if (maxtasks is not None) and not (isinstance(maxtasks, int) and maxtasks >= 1):
+        raise AssertionError("Maxtasks {!r} is not valid".format(maxtasks))
+    # May start processes (nested pools); the pool still terminates it.
+    _mp_process.current_process()._config["daemon"] = False
+    parent = _mp_process.parent_process()
+    check = None
+    if parent is not None:
+        def check():
+            return not parent.is_alive()
+
+    init_failed = None
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except Exception as e:
+            # Fail the next task with it (not a silent crash and respawn
+            # loop), then leave: a successor tries the initializer again.
+            err = InitializerError("the pool's initializer %s raised %s: %s (in worker process %d); the task "
+                                   "was not run" % (getattr(initializer, "__qualname__", initializer),
+                                                    type(e).__name__, e, os.getpid()))
+            init_failed = ExceptionWithTraceback(err, e.__traceback__) if wrap_exception else err
+            maxtasks = 1
+
+    ch, lock, ledger, rch = tasks._ch, tasks._lock, tasks._ledger, results._ch
+    rec = _REC + slot
+    loads = pickle.loads
+    dumps = _wire.dumps
+    unpack = _TASK.unpack_from
+    hsize = _TASK.size
+    funcs = {}
+    completed = 0
+    try:
+        while maxtasks is None or completed < maxtasks:
+            # Take the next task and record it, under the lock.
+            lock.acquire()
+            try:
+                sent = ledger[_SENT]  # before looking at the ring
+                msg = ch.recv(False)
+                if msg is None:
+                    nxt = ledger[_NEXT]
+                    if sent > nxt:
+                        # Sent, gone from the ring, never recorded: taken by
+                        # a worker that died holding the lock.
+                        _send_blocking(rch, _LOST.pack(b"L", nxt, sent - nxt, -1, 0), -2, True, None)
+                        ledger[_NEXT] = sent
+                    msg = ch.recv(True, None, check)
+                    if msg is None:
+                        util.debug("pool worker: the pool's owner is gone -- exiting")
+                        break
+                data = msg[1]
+                _, seq, job, i, kind, flen = unpack(data)
+                nxt = ledger[_NEXT]
+                if seq > nxt:
+                    _send_blocking(rch, _LOST.pack(b"L", nxt, seq - nxt, -1, 0), -2, True, None)
+                ledger[rec] = seq
+                ledger[_NEXT] = seq + 1
+            finally:
+                lock.release()
+            if kind == _STOP:
+                ledger[rec] = _IDLE
+                util.debug("worker got sentinel -- exiting")
+                break
+
+            func = None
+            try:
+                if init_failed is not None:
+                    raise _InitializerFailed
+                fb = data[hsize:hsize + flen]
+                func = funcs.get(fb)
+                if func is None:
+                    func = loads(fb)
+                    if len(funcs) >= 64:
+                        funcs.clear()
+                    funcs[fb] = func
+                payload = loads(memoryview(data)[hsize + flen:])
+                if kind == _MAP:
+                    result = (True, list(map(func, payload)))
+                elif kind == _STARMAP:
+                    result = (True, list(itertools.starmap(func, payload)))
+                elif kind == _CALL:
+                    result = (True, func(*payload))
+                else:
+                    args, kwds = payload
+                    result = (True, func(*args, **kwds))
+            except _InitializerFailed:
+                result = (False, init_failed)
+            except Exception as e:
+                if wrap_exception and func is not _helper_reraises_exception:
+                    e = ExceptionWithTraceback(e, e.__traceback__)
+                result = (False, e)
+            head = _RESULT.pack(b"R", seq, job, i)
+            try:
+                out = dumps(result, head)
+            except Exception as e:
+                wrapped = MaybeEncodingError(e, result[1])
+                util.debug("Possible encoding error while sending result: %s" % wrapped)
+                out = dumps((False, wrapped), head)
+            try:
+                _send_blocking(rch, out, -2, True, None)
+            except MessageTooLargeError as e:
+                _send_blocking(rch, dumps((False, MaybeEncodingError(e, "<result of %d bytes>" % len(out))), head),
+                               -2, True, None)
+            ledger[rec] = _IDLE
+            data = msg = out = result = func = payload = fb = None
+            completed += 1
+    except (EOFError, OSError, DragonError) as e:
+        util.debug("pool worker: %r -- exiting" % (e,))
+    util.debug("worker exiting after %d tasks" % completed)

@@ -1,0 +1,488 @@
+"""dragon.pool.Pool: the standard Pool API on channels, worker loss, nesting."""
+import itertools
+import multiprocessing
+import multiprocessing.pool
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+import _pool_helpers as ph
+from conftest import clean_env, pid_alive, run_processes, run_script, shm_files, wait_until, write_script
+
+import dragon
+from dragon.errors import InitializerError, WorkerLostError
+from dragon.pool import Pool
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    p = multiprocessing.get_context("dragon").Pool(3)
+    yield p
+    p.terminate()
+    p.join()
+    assert all(w.exitcode is not None for w in p._pool)
+
+
+def _all_exited(p):
+    return all(w.exitcode is not None for w in p._pool)
+
+
+# -- the API ----------------------------------------------------------------------
+
+def test_context_builds_the_channel_pool(ctx):
+    with ctx.Pool(2) as p:
+        assert type(p) is Pool and isinstance(p, multiprocessing.pool.Pool)
+        assert len(p._pool) == 2 and all(w.daemon for w in p._pool)
+    p.join()
+    # The standard classes are untouched.
+    assert multiprocessing.pool.Pool.__module__ == "multiprocessing.pool"
+    from dragon.native import Pool as NativePool
+
+    assert NativePool is Pool
+
+
+def test_apply_and_apply_async(pool):
+    assert pool.apply(ph.square, (7,)) == 49
+    assert pool.apply(ph.add_kw, (1,), {"b": 2, "c": 3}) == 6
+    r = pool.apply_async(ph.slow_square, (5, 0.1))
+    assert r.get(30) == 25 and r.ready() and r.successful()
+
+
+def test_map_chunksizes(pool):
+    data = list(range(101))
+    want = [x * x for x in data]
+    for cs in (None, 1, 2, 7, 100, 1000):
+        assert pool.map(ph.square, data, cs) == want
+    assert pool.map(ph.square, []) == []
+    assert pool.map(ph.square, iter(range(5))) == [0, 1, 4, 9, 16]
+
+
+def test_map_async_and_callbacks(pool):
+    got, errs = [], []
+    r = pool.map_async(ph.square, range(10), 3, callback=got.append, error_callback=errs.append)
+    assert r.get(30) == [x * x for x in range(10)]
+    assert got == [[x * x for x in range(10)]] and errs == []
+    r = pool.map_async(ph.fail_on, range(10), 1, callback=got.append, error_callback=errs.append)
+    with pytest.raises(ValueError, match="bad value 3"):
+        r.get(30)
+    assert len(got) == 1 and len(errs) == 1 and isinstance(errs[0], ValueError)
+    done = threading.Event()
+    pool.apply_async(ph.square, (3,), callback=lambda v: (got.append(v), done.set()))
+    assert done.wait(30) and got[-1] == 9
+
+
+def test_imap_and_imap_unordered(pool):
+    for cs in (1, 3, 50):
+        assert list(pool.imap(ph.square, range(40), cs)) == [x * x for x in range(40)]
+        assert sorted(pool.imap_unordered(ph.square, range(40), cs)) == [x * x for x in range(40)]
+    it = pool.imap(ph.slow_square, [1, 2, 3])
+    assert it.next(30) == 1 and next(it) == 4 and next(it) == 9
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+def test_starmap_and_starmap_async(pool):
+    pairs = list(zip(range(20), range(20, 0, -1)))
+    want = list(itertools.starmap(ph.mul, pairs))
+    assert pool.starmap(ph.mul, pairs) == want
+    assert pool.starmap(ph.mul, pairs, 6) == want
+    got = []
+    assert pool.starmap_async(ph.mul, pairs, 4, callback=got.append).get(30) == want
+    assert got == [want]
+
+
+def test_task_exception_carries_the_remote_traceback(pool):
+    with pytest.raises(RuntimeError, match="raised in the task") as ei:
+        pool.apply(ph.raise_here)
+    cause = ei.value.__cause__
+    assert isinstance(cause, multiprocessing.pool.RemoteTraceback)
+    assert "marker: raise_here line" in cause.tb
+    # An iterable that raises: the caller's own exception, not a remote one.
+    def gen():
+        yield 1
+        raise IndexError("from the iterable")
+
+    with pytest.raises(IndexError) as ei:
+        pool.map(ph.square, gen(), 1)
+    assert ei.value.__cause__ is None
+
+
+def test_unpicklable_argument_is_a_clear_error(pool):
+    with pytest.raises(TypeError, match="refuses to be pickled"):
+        pool.map(ph.identity, [1, ph.Unpicklable(), 3], 1)
+    with pytest.raises(TypeError, match="refuses to be pickled"):
+        pool.apply(ph.identity, (ph.Unpicklable(),))
+    with pytest.raises(Exception):
+        pool.apply(lambda: 1)  # a lambda cannot be pickled by reference
+    assert pool.map(ph.square, range(5)) == [0, 1, 4, 9, 16]
+
+
+def test_unpicklable_results_are_clear_errors(pool):
+    with pytest.raises(multiprocessing.pool.MaybeEncodingError, match="refuses to be pickled"):
+        pool.apply(ph.unpicklable_result)
+    # Pickles in the worker but cannot be rebuilt in the parent: the standard
+    # pool's result thread dies there and the pool hangs.
+    with pytest.raises(multiprocessing.pool.MaybeEncodingError, match="refusing to be rebuilt"):
+        pool.apply(ph.bad_unpickle_result)
+    assert pool.map(ph.square, range(5), 1) == [0, 1, 4, 9, 16]
+
+
+def test_large_arguments_and_results(pool):
+    blob = os.urandom(3 << 20)
+    assert pool.apply(ph.identity, (blob,)) == blob
+    assert pool.map(len, [blob] * 4, 1) == [len(blob)] * 4
+
+
+def test_release_task_refs(pool):
+    import gc
+    import weakref
+
+    objs = [ph.Plain() for _ in range(5)]
+    refs = [weakref.ref(o) for o in objs]
+    assert pool.map(ph.identity, objs, 1)
+    del objs
+    gc.collect()
+    assert wait_until(lambda: all(r() is None for r in refs), 5)
+
+
+# -- lifetime ------------------------------------------------------------------------
+
+def test_initializer_globals(ctx):
+    with ctx.Pool(2, initializer=ph.init_global, initargs=("from-init",)) as p:
+        assert p.map(ph.read_global, range(6), 1) == ["from-init"] * 6
+
+
+def test_initializer_that_raises_fails_tasks_instead_of_hanging(ctx):
+    with ctx.Pool(2, initializer=ph.init_fail) as p:
+        with pytest.raises(InitializerError, match="initializer broke") as ei:
+            p.map(ph.square, range(4), 1)
+        assert "init_fail" in ei.value.__cause__.tb
+        with pytest.raises(InitializerError):
+            p.apply(ph.square, (2,))
+    p.join()
+
+
+def test_maxtasksperchild_replaces_workers(ctx):
+    with ctx.Pool(2, maxtasksperchild=3) as p:
+        first = {w.pid for w in p._pool}
+        pids = p.map(ph.pid, range(30), 1)
+        assert len(set(pids)) >= 10  # 30 tasks, at most 3 per worker
+        assert wait_until(lambda: len(p._pool) == 2 and {w.pid for w in p._pool} != first, 10)
+        assert p.map(ph.square, range(10), 1) == [x * x for x in range(10)]
+    with pytest.raises(ValueError):
+        ctx.Pool(1, maxtasksperchild=0)
+    with pytest.raises(ValueError):
+        ctx.Pool(0)
+
+
+def test_close_join_waits_for_the_work(ctx):
+    p = ctx.Pool(2)
+    rs = [p.apply_async(ph.slow_square, (i, 0.05)) for i in range(8)]
+    p.close()
+    with pytest.raises(ValueError):
+        p.apply_async(ph.square, (1,))
+    p.join()
+    assert [r.get(0) for r in rs] == [i * i for i in range(8)]
+    assert _all_exited(p) and all(w.exitcode == 0 for w in p._pool)
+
+
+def test_terminate_while_busy(ctx):
+    p = ctx.Pool(3)
+    r = p.map_async(time.sleep, [60] * 1000, 1)
+    time.sleep(0.3)
+    workers = list(p._pool)
+    t = time.monotonic()
+    p.terminate()
+    p.join()
+    assert time.monotonic() - t < 30
+    assert all(w.exitcode is not None for w in workers)
+    assert not r.ready()
+
+
+def test_with_block_terminates(ctx):
+    with ctx.Pool(2) as p:
+        assert p.map(ph.square, range(3)) == [0, 1, 4]
+        workers = list(p._pool)
+    p.join()
+    assert all(w.exitcode is not None for w in workers)
+    with pytest.raises(ValueError):
+        p.map(ph.square, [1])
+
+
+def test_unclosed_pool_is_collected(ctx):
+    import gc
+
+    p = ctx.Pool(2)
+    workers = list(p._pool)
+    assert p.map(ph.square, [2]) == [4]
+    with pytest.warns(ResourceWarning):
+        del p
+        gc.collect()
+    assert wait_until(lambda: all(not pid_alive(w.pid) for w in workers), 10)
+
+
+def test_pool_cannot_be_pickled(ctx):
+    import pickle
+
+    with ctx.Pool(1) as p:
+        with pytest.raises(NotImplementedError):
+            pickle.dumps(p)
+
+
+# -- many pools, nested pools -----------------------------------------------------------
+
+def test_two_pools_of_different_sizes_at_once(ctx):
+    with ctx.Pool(2) as a, ctx.Pool(5) as b:
+        ra = a.map_async(ph.slow_square, range(20), 1)
+        rb = b.map_async(ph.square, range(500), 7)
+        rc = a.starmap_async(ph.mul, [(i, 2) for i in range(50)])
+        assert rb.get(60) == [x * x for x in range(500)]
+        assert ra.get(60) == [x * x for x in range(20)]
+        assert rc.get(60) == [2 * i for i in range(50)]
+        assert not {w.pid for w in a._pool} & {w.pid for w in b._pool}
+
+
+def test_nested_pools(ctx):
+    with ctx.Pool(2) as p:
+        assert p.map(ph.nested_map, [3, 4, 5], 1) == [5, 14, 30]
+        # Seen from the parent the workers are daemonic; inside, they may
+        # start processes.
+        assert p.map(ph.is_daemon, range(2)) == [False, False]
+
+
+def test_workers_leave_when_the_pool_owner_dies(ctx):
+    q = ctx.Queue()
+    owner = ctx.Process(target=ph.nested_workers, args=(q,))
+    owner.start()
+    workers = q.get(timeout=60)
+    assert all(pid_alive(w) for w in workers)
+    owner.kill()
+    owner.join(30)
+    assert wait_until(lambda: not any(pid_alive(w) for w in workers), 20)
+
+
+# -- worker loss -------------------------------------------------------------------------
+
+def _busy_worker(p, timeout=10):
+    """The worker whose ledger slot records a running task."""
+    def find():
+        led = p._inqueue._ledger
+        for w in p._pool:
+            if led[2 + w._dragon_slot] != -1:
+                return w
+        return None
+
+    return wait_until(find, timeout)
+
+
+def test_worker_killed_mid_task_fails_that_task(ctx):
+    with ctx.Pool(2) as p:
+        r = p.apply_async(ph.sleep_pid, (60,))
+        others = p.map_async(ph.slow_square, range(10), 1)
+        w = _busy_worker(p)
+        assert w is not None
+        os.kill(w.pid, signal.SIGKILL)
+        with pytest.raises(WorkerLostError, match=r"process %d was killed by SIGKILL" % w.pid):
+            r.get(30)
+        assert others.get(30) == [x * x for x in range(10)]
+        assert wait_until(lambda: len(p._pool) == 2 and all(x.exitcode is None for x in p._pool), 10)
+        assert p.map(ph.square, range(20), 1) == [x * x for x in range(20)]
+
+
+def test_task_that_exits_its_worker(ctx):
+    with ctx.Pool(2) as p:
+        with pytest.raises(WorkerLostError, match="exited with code 7"):
+            p.apply(ph.exit_now, (7,))
+        assert p.apply(ph.square, (4,)) == 16
+
+
+def test_task_that_always_kills_its_worker_runs_once(ctx):
+    runs = ctx.Value("i", 0)
+    with ctx.Pool(2) as p:
+        with pytest.raises(WorkerLostError, match="SIGKILL"):
+            p.starmap(ph.count_and_kill, [(runs, i, 5) for i in range(10)], 1)
+        assert runs.value == 1  # not run again: no kill loop
+        assert p.map(ph.square, range(10)) == [x * x for x in range(10)]
+
+
+def test_one_deterministic_killer_among_many(ctx):
+    with ctx.Pool(2) as p:
+        rs = [p.apply_async(ph.kill_self_on, (i, 5)) for i in range(12)]
+        for i, r in enumerate(rs):
+            if i == 5:
+                with pytest.raises(WorkerLostError):
+                    r.get(60)
+            else:
+                assert r.get(60) == i
+
+
+def _rogue_holds_lock(p, rogue):
+    return wait_until(lambda: p._inqueue._lock.holder == rogue.pid, 10)
+
+
+@pytest.mark.parametrize("more_tasks", [False, True])
+def test_worker_killed_between_taking_and_recording(ctx, more_tasks):
+    """A taker that dies holding the lock with a task taken but not
+    recorded: the next taker reports the gap (from the next task's number,
+    or, with nothing left, from the count of tasks sent)."""
+    with ctx.Pool(1) as p:
+        hold = p.apply_async(ph.sleep_pid, (1.0,))  # keep the only worker busy
+        assert _busy_worker(p) is not None
+        rogue = ctx.Process(target=ph.rogue_take, args=(p._inqueue,))
+        rogue.start()
+        assert _rogue_holds_lock(p, rogue)
+        victim = p.apply_async(ph.square, (9,))
+        after = p.apply_async(ph.square, (3,)) if more_tasks else None
+        rogue.join(30)
+        assert rogue.exitcode == 0  # it did take a task
+        with pytest.raises(WorkerLostError, match="while taking this task"):
+            victim.get(30)
+        assert hold.get(30) > 0
+        if after is not None:
+            assert after.get(30) == 9
+        assert p.map(ph.square, range(10), 1) == [x * x for x in range(10)]
+
+
+# -- scripts: __main__ functions, cleanup --------------------------------------------------
+
+SCRIPT = """
+    import multiprocessing as mp, os, sys
+    import dragon
+
+    VALUE = None
+
+    def init(v):
+        global VALUE
+        VALUE = v
+
+    def task(x):
+        return (VALUE, x * x)
+
+    def inner(n):
+        with mp.Pool(2) as p:
+            return sum(p.map(task_sq, range(n)))
+
+    def task_sq(x):
+        return x * x
+
+    if __name__ == "__main__":
+        mp.set_start_method("dragon")
+        print("RUN", os.environ["DRAGON_RUN_ID"], flush=True)
+        with mp.Pool(2, initializer=init, initargs=("set-by-init",)) as p:
+            print(p.map(task, range(4)))
+            print(p.map(inner, [3, 4], 1))
+        p2 = mp.Pool(3)   # never closed: the run still ends clean
+        print(p2.apply(task_sq, (5,)))
+"""
+
+
+def test_main_module_functions_and_clean_end(tmp_path):
+    path = write_script(tmp_path, SCRIPT)
+    out = run_script(path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    run_id = lines[0].split()[1]
+    assert lines[1] == str([("set-by-init", x * x) for x in range(4)])
+    assert lines[2] == "[5, 14]" and lines[3] == "25"
+    assert wait_until(lambda: not run_processes(run_id), 10)
+    assert wait_until(lambda: not shm_files(run_id), 10)
+
+
+KILLED_SCRIPT = """
+    import multiprocessing as mp, os, sys, time
+    import dragon
+
+    def slow(x):
+        time.sleep(60)
+
+    if __name__ == "__main__":
+        mp.set_start_method("dragon")
+        p = mp.Pool(2)
+        r = p.map_async(slow, range(4), 1)
+        time.sleep(0.5)
+        print("RUN", os.environ["DRAGON_RUN_ID"], flush=True)
+        os.kill(os.getpid(), 9)
+"""
+
+
+def test_killed_program_leaves_nothing(tmp_path):
+    path = write_script(tmp_path, KILLED_SCRIPT)
+    out = run_script(path)
+    assert out.returncode == -9
+    run_id = out.stdout.split()[1]
+    assert wait_until(lambda: not run_processes(run_id), 15)
+    assert wait_until(lambda: not shm_files(run_id), 15)
+
+
+def test_many_pools_in_a_row_leave_no_segments(ctx):
+    before = set(shm_files(os.environ["DRAGON_RUN_ID"]))
+    for _ in range(5):
+        with ctx.Pool(2) as p:
+            assert p.map(ph.square, range(10)) == [x * x for x in range(10)]
+        p.join()
+        del p
+    import gc
+
+    gc.collect()
+    assert wait_until(lambda: set(shm_files(os.environ["DRAGON_RUN_ID"])) <= before, 5), \
+        sorted(set(shm_files(os.environ["DRAGON_RUN_ID"])) - before)
+
+
+# -- the standard classes keep working ------------------------------------------------------
+
+def test_thread_pool_and_stock_pool_still_work(ctx):
+    from multiprocessing.pool import ThreadPool
+
+    with ThreadPool(2) as tp:
+        assert tp.map(ph.square, range(5)) == [0, 1, 4, 9, 16]
+    with multiprocessing.pool.Pool(2, context=ctx) as sp:
+        assert type(sp) is multiprocessing.pool.Pool
+        assert sp.map(ph.square, range(5)) == [0, 1, 4, 9, 16]
+
+
+# -- concurrent.futures -------------------------------------------------------------------------
+
+def test_process_pool_executor(ctx):
+    import concurrent.futures as cf
+
+    with cf.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        fs = [ex.submit(ph.square, i) for i in range(20)]
+        assert [f.result(60) for f in fs] == [i * i for i in range(20)]
+        assert list(ex.map(ph.mul, range(10), range(10), chunksize=3)) == [i * i for i in range(10)]
+        with pytest.raises(ValueError, match="bad value"):
+            ex.submit(ph.fail_on, 3).result(60)
+    ex.shutdown(wait=True)
+    with pytest.raises(RuntimeError):
+        ex.submit(ph.square, 1)
+
+
+def test_process_pool_executor_worker_death(ctx):
+    import concurrent.futures as cf
+    from concurrent.futures.process import BrokenProcessPool
+
+    ex = cf.ProcessPoolExecutor(2, mp_context=ctx)
+    try:
+        assert ex.submit(ph.square, 3).result(60) == 9
+        f = ex.submit(ph.kill_self)
+        with pytest.raises(BrokenProcessPool):
+            f.result(60)
+        with pytest.raises(BrokenProcessPool):
+            ex.submit(ph.square, 2).result(60)
+    finally:
+        ex.shutdown(wait=True)
+
+
+def test_process_pool_executor_initializer_and_cancel(ctx):
+    import concurrent.futures as cf
+
+    with cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=ph.init_global, initargs=(5,)) as ex:
+        assert ex.submit(ph.read_global).result(60) == 5
+        slow = [ex.submit(ph.slow_square, i, 0.2) for i in range(6)]
+        ex.shutdown(wait=True, cancel_futures=True)
+        assert any(f.cancelled() for f in slow)
+        assert all(f.result() == i * i for i, f in enumerate(slow) if not f.cancelled())
