@@ -165,6 +165,27 @@ mod tests {
     }
 
     #[test]
+    fn a_256_mib_message_round_trips_without_a_receive_copy() {
+        let ch = create(&ChannelOptions::new().capacity(2)).unwrap();
+        let peer = attach(&ch.handle()).unwrap();
+        let len = 256 << 20;
+        peer.send_with(len, |buf| {
+            for (i, chunk) in buf.chunks_mut(4096).enumerate() {
+                chunk.fill(i as u8);
+            }
+        })
+        .unwrap();
+        let m = ch.recv().unwrap();
+        assert!(m.is_zero_copy());
+        assert_eq!(m.len(), len);
+        assert!(m.chunks(4096).enumerate().all(|(i, c)| c.iter().all(|&b| b == i as u8)));
+        drop(m);
+        let st = ch.alloc_stats().unwrap();
+        assert_eq!((st.free, st.owned, st.in_ring), (st.blocks, 0, 0));
+        ch.destroy();
+    }
+
+    #[test]
     fn segments_are_private() {
         use std::os::unix::fs::PermissionsExt;
         let ch = create(&ChannelOptions::new()).unwrap();
