@@ -13,7 +13,8 @@ import _pool_helpers as ph
 from conftest import clean_env, pid_alive, run_processes, run_script, shm_files, wait_until, write_script
 
 import dragon
-from dragon.errors import InitializerError, WorkerLostError
+import dragon.pool
+from dragon.errors import BrokenPoolError, InitializerError, WorkerLostError
 from dragon.pool import Pool
 
 pytestmark = pytest.mark.timeout(120)
@@ -167,6 +168,45 @@ def test_initializer_that_raises_fails_tasks_instead_of_hanging(ctx):
     p.join()
 
 
+def test_workers_that_cannot_start_break_the_pool_instead_of_hanging(ctx):
+    # An initializer that kills its process: every worker dies at start.
+    with ctx.Pool(2, initializer=ph.exit_now, initargs=(4,)) as p:
+        with pytest.raises(BrokenPoolError, match="die before they start .* exited with code 4"):
+            p.map(ph.square, range(10), 1)
+        with pytest.raises(BrokenPoolError):
+            p.apply(ph.square, (1,))
+    p.join()
+
+
+BROKEN_SCRIPT = """
+    import multiprocessing as mp
+    import dragon
+    from dragon.errors import BrokenPoolError
+
+    def square(x):
+        return x * x
+
+    if __name__ == "__main__":
+        mp.set_start_method("dragon")
+
+        def init():  # under the guard: workers cannot unpickle it
+            pass
+
+        with mp.Pool(2, initializer=init) as p:
+            try:
+                p.map(square, range(10))
+            except BrokenPoolError as e:
+                print("BROKEN", e)
+"""
+
+
+def test_unimportable_initializer_is_a_clear_error(tmp_path):
+    out = run_script(write_script(tmp_path, BROKEN_SCRIPT))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("BROKEN the pool's worker processes die before they start")
+    assert "Can't get attribute 'init'" in out.stderr
+
+
 def test_maxtasksperchild_replaces_workers(ctx):
     with ctx.Pool(2, maxtasksperchild=3) as p:
         first = {w.pid for w in p._pool}
@@ -268,12 +308,19 @@ def test_workers_leave_when_the_pool_owner_dies(ctx):
 
 # -- worker loss -------------------------------------------------------------------------
 
-def _busy_worker(p, timeout=10):
-    """The worker whose ledger slot records a running task."""
+def _busy_worker(p, result=None, timeout=10):
+    """The worker whose ledger slot records a running task (the task of
+    ``result``, if given)."""
     def find():
-        led = p._inqueue._ledger
+        tasks = p._inqueue
+        want = None
+        if result is not None:
+            want = [s for s, t in list(tasks._pending.items()) if t == (result._job, 0)]
+            if not want:
+                return None
         for w in p._pool:
-            if led[2 + w._dragon_slot] != -1:
+            seq = tasks._ledger[dragon.pool._REC + 2 * w._dragon_slot]
+            if seq != dragon.pool._IDLE and (want is None or seq == want[0]):
                 return w
         return None
 
@@ -284,7 +331,7 @@ def test_worker_killed_mid_task_fails_that_task(ctx):
     with ctx.Pool(2) as p:
         r = p.apply_async(ph.sleep_pid, (60,))
         others = p.map_async(ph.slow_square, range(10), 1)
-        w = _busy_worker(p)
+        w = _busy_worker(p, r)
         assert w is not None
         os.kill(w.pid, signal.SIGKILL)
         with pytest.raises(WorkerLostError, match=r"process %d was killed by SIGKILL" % w.pid):
@@ -332,7 +379,7 @@ def test_worker_killed_between_taking_and_recording(ctx, more_tasks):
     or, with nothing left, from the count of tasks sent)."""
     with ctx.Pool(1) as p:
         hold = p.apply_async(ph.sleep_pid, (1.0,))  # keep the only worker busy
-        assert _busy_worker(p) is not None
+        assert _busy_worker(p, hold) is not None
         rogue = ctx.Process(target=ph.rogue_take, args=(p._inqueue,))
         rogue.start()
         assert _rogue_holds_lock(p, rogue)

@@ -21,6 +21,10 @@ standard counterpart derive from :class:`DragonError`:
 * :class:`InitializerError`: a pool worker's initializer raised; the task
   that worker took fails with this error (its cause is the initializer's
   traceback) and the worker is replaced.
+* :class:`BrokenPoolError`: a pool's workers die before they can run
+  anything (say their arguments cannot be unpickled in the child), several
+  in a row; every task of that pool fails with this error instead of
+  waiting forever.
 """
 
 __all__ = [
@@ -32,6 +36,7 @@ __all__ = [
     "MessageTooLargeError",
     "WorkerLostError",
     "InitializerError",
+    "BrokenPoolError",
 ]
 
 
@@ -67,3 +72,9 @@ class WorkerLostError(DragonError):
 class InitializerError(DragonError):
     """A pool worker's initializer raised: the task the worker took was not
     run. The worker is replaced; its successor runs the initializer again."""
+
+
+class BrokenPoolError(DragonError):
+    """A pool's worker processes die before they start, several in a row:
+    the pool fails its tasks with this error instead of restarting workers
+    forever (the workers' stderr says why they died)."""

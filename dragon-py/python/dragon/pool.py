@@ -84,7 +84,7 @@ from multiprocessing.pool import (  # noqa: F401  (re-exported, as the standard 
 )
 
 from . import _native, _wire
-from .errors import DragonError, InitializerError, MessageTooLargeError, WorkerLostError
+from .errors import BrokenPoolError, DragonError, InitializerError, MessageTooLargeError, WorkerLostError
 from .queues import _send_blocking
 from .sharedctypes import SharedBlock
 
@@ -102,8 +102,12 @@ MAX_ATTACHMENTS = 1023
 # The ledger: int64 words in a shared block.
 _NEXT = 0  # sequence number of the next task to be taken
 _SENT = 1  # tasks the parent has sent (every task below it is in the ring or taken)
-_REC = 2  # + slot: the task the worker in that slot runs, or _IDLE
+_REC = 2  # + 2 * slot: the task the worker in that slot runs, or _IDLE
+_STARTED = 3  # + 2 * slot: 1 once the worker in that slot runs the worker loop
 _IDLE = -1
+#: Workers that die before running the worker loop (their arguments could
+#: not be unpickled, say), in a row, none started, that break the pool.
+MAX_START_FAILURES = 3
 
 # Messages. Task: header, pickled function, pickled payload.
 _TASK = struct.Struct("<cqqqBI")  # b"T", seq, job, index, kind, len(function bytes)
@@ -116,6 +120,9 @@ _END = b"N"
 
 # Task kinds.
 _CALL, _CALL_KW, _MAP, _STARMAP, _STOP = range(5)
+
+# "pid" of a lost-task message for tasks failed because the pool is broken.
+_NOT_RUN = -2
 
 # Returned by the result getter for a message that concerns no live job:
 # the standard result handler looks the job up, finds nothing, moves on.
@@ -142,10 +149,10 @@ class _Tasks:
         self._slots = slots
         self._ch = _native.Channel.create(max(TASK_CAPACITY, 2 * slots + 8), SLOT_SIZE, 0, MAX_ATTACHMENTS)
         self._lock = _native.Lock()
-        self._block = SharedBlock(8 * (_REC + slots))
+        self._block = SharedBlock(8 * (_REC + 2 * slots))
         self._map()
         for k in range(slots):
-            self._ledger[_REC + k] = _IDLE
+            self._ledger[_REC + 2 * k] = _IDLE
         # Parent only.
         self._pending = {}  # seq -> (job, index), or None for a stop message
         self._sent = 0
@@ -153,6 +160,10 @@ class _Tasks:
         self._fbytes = b""
         self._free = list(range(slots))
         self._mutex = threading.Lock()  # the worker list and slots
+        self._start_failures = 0  # workers in a row that died before starting
+        self._last_failure = None
+        self._broken = None  # the thread failing every task, once the pool is broken
+        self._done = False
 
     def _map(self):
         self._ledger = self._block.create_memoryview().cast("q")
@@ -170,11 +181,12 @@ class _Tasks:
     # -- parent ---------------------------------------------------------------
     def _take_slot(self):
         slot = self._free.pop(0)
-        self._ledger[_REC + slot] = _IDLE
+        self._ledger[_REC + 2 * slot] = _IDLE
+        self._ledger[_STARTED + 2 * slot] = 0
         return slot
 
     def _free_slot(self, slot):
-        self._ledger[_REC + slot] = _IDLE
+        self._ledger[_REC + 2 * slot] = _IDLE
         self._free.append(slot)
 
     def put(self, task):
@@ -224,6 +236,7 @@ class _Tasks:
 
     def _release_names(self):
         """Remove the lock's and ledger's names: no worker attaches any more."""
+        self._done = True
         for f in (self._lock._destroy, lambda: _native.segment_unlink(self._block.name)):
             try:
                 f()
@@ -254,6 +267,7 @@ class _Results:
         self._pending = pending
         self._extra = []
         self._reader = _ResultReader(self)
+        self._broken_reason = None
 
     def __getstate__(self):
         _wire.keep_alive(self._ch)
@@ -300,6 +314,10 @@ class _Results:
             for s in range(seq + count - 1, seq - 1, -1):
                 task = pending.pop(s, None)
                 if task is None:
+                    continue
+                if pid == _NOT_RUN:
+                    err = BrokenPoolError(self._broken_reason)
+                    self._extra.append((task[0], task[1], (False, err)))
                     continue
                 if pid < 0:
                     why = "a pool worker process died while taking this task from the pool's queue"
@@ -428,6 +446,7 @@ class Pool(_mp_pool.Pool):
         lost. Returns whether any worker was removed."""
         cleaned = False
         with inqueue._mutex:
+            led = inqueue._ledger
             for i in reversed(range(len(pool))):
                 w = pool[i]
                 if w.exitcode is None:
@@ -436,9 +455,14 @@ class Pool(_mp_pool.Pool):
                 w.join()
                 slot = getattr(w, "_dragon_slot", None)
                 if slot is not None:
-                    seq = inqueue._ledger[_REC + slot]
+                    seq = led[_REC + 2 * slot]
                     if seq != _IDLE:
                         outqueue._report_lost(seq, 1, w.pid, w.exitcode)
+                    if led[_STARTED + 2 * slot]:
+                        inqueue._start_failures = 0
+                    elif w.exitcode != 0:
+                        inqueue._start_failures += 1
+                        inqueue._last_failure = w.exitcode
                     inqueue._free_slot(slot)
                 del pool[i]
                 cleaned = True
@@ -447,9 +471,26 @@ class Pool(_mp_pool.Pool):
     @staticmethod
     def _maintain_pool(ctx, Process, processes, pool, inqueue, outqueue, initializer, initargs,
                        maxtasksperchild, wrap_exception):
-        if Pool._reap_workers(pool, inqueue, outqueue):
-            Pool._repopulate_pool_static(ctx, Process, processes, pool, inqueue, outqueue, initializer,
-                                         initargs, maxtasksperchild, wrap_exception)
+        if not Pool._reap_workers(pool, inqueue, outqueue):
+            return
+        led = inqueue._ledger
+        if (inqueue._start_failures >= MAX_START_FAILURES
+                and not any(led[_STARTED + 2 * w._dragon_slot] for w in pool)):
+            # Workers die before they can run anything (their stderr says
+            # why): instead of restarting them forever while the caller
+            # waits, fail every task.
+            if inqueue._broken is None:
+                reason = ("the pool's worker processes die before they start (%d in a row, the last %s; "
+                          "their stderr says why): the task was not run"
+                          % (inqueue._start_failures, _ended_how(inqueue._last_failure)))
+                util.info("dragon pool: %s" % reason)
+                outqueue._broken_reason = reason
+                inqueue._broken = threading.Thread(target=_fail_tasks, args=(inqueue, outqueue),
+                                                   name="dragon-pool-broken", daemon=True)
+                inqueue._broken.start()
+            return
+        Pool._repopulate_pool_static(ctx, Process, processes, pool, inqueue, outqueue, initializer,
+                                     initargs, maxtasksperchild, wrap_exception)
 
     # -- end -----------------------------------------------------------------------
     def terminate(self):
@@ -464,6 +505,62 @@ class Pool(_mp_pool.Pool):
 # ---------------------------------------------------------------------------
 # The worker
 # ---------------------------------------------------------------------------
+
+_SEQ = struct.Struct("<q")
+
+
+def _report_gap(rch, first, count):
+    """Tasks ``first .. first+count-1`` were taken by a worker that died
+    before recording them."""
+    _send_blocking(rch, _LOST.pack(b"L", first, count, -1, 0), -2, True, None)
+
+
+def _take(ch, lock, ledger, rch, rec, check=None, timeout=None):
+    """Take the next task message under the lock and record its number in
+    ledger word ``rec`` (if not None). Returns the message, or None when
+    ``check()`` said to stop or the timeout elapsed."""
+    lock.acquire()
+    try:
+        sent = ledger[_SENT]  # before looking at the ring
+        msg = ch.recv(False)
+        if msg is None:
+            nxt = ledger[_NEXT]
+            if sent > nxt:
+                # Sent, gone from the ring, never recorded: taken by a
+                # worker that died holding the lock.
+                _report_gap(rch, nxt, sent - nxt)
+                ledger[_NEXT] = sent
+            msg = ch.recv(True, timeout, check)
+            if msg is None:
+                return None
+        data = msg[1]
+        seq = _SEQ.unpack_from(data, 1)[0]
+        nxt = ledger[_NEXT]
+        if seq > nxt:
+            _report_gap(rch, nxt, seq - nxt)
+        if rec is not None:
+            ledger[rec] = seq
+        ledger[_NEXT] = seq + 1
+        return data
+    finally:
+        lock.release()
+
+
+def _fail_tasks(tasks, results):
+    """Thread of a broken pool (no worker can start): take every task as a
+    worker would and fail it."""
+    ch, lock, ledger, rch = tasks._ch, tasks._lock, tasks._ledger, results._ch
+    while not tasks._done:
+        try:
+            data = _take(ch, lock, ledger, rch, None, None, 0.2)
+        except Exception:
+            return
+        if data is None:
+            continue
+        _, seq, job, i, kind, flen = _TASK.unpack_from(data)
+        if kind != _STOP:
+            results._report_lost(seq, 1, _NOT_RUN, 0)
+
 
 class _InitializerFailed(Exception):
     """Internal: this worker's initializer failed (the task is not run)."""
@@ -495,7 +592,9 @@ def _worker(tasks, results, initializer=None, initargs=(), maxtasks=None, wrap_e
             maxtasks = 1
 
     ch, lock, ledger, rch = tasks._ch, tasks._lock, tasks._ledger, results._ch
-    rec = _REC + slot
+    rec = _REC + 2 * slot
+    # Started (an initializer that kills the process counts as a failed start).
+    ledger[_STARTED + 2 * slot] = 1
     loads = pickle.loads
     dumps = _wire.dumps
     unpack = _TASK.unpack_from
@@ -504,31 +603,11 @@ def _worker(tasks, results, initializer=None, initargs=(), maxtasks=None, wrap_e
     completed = 0
     try:
         while maxtasks is None or completed < maxtasks:
-            # Take the next task and record it, under the lock.
-            lock.acquire()
-            try:
-                sent = ledger[_SENT]  # before looking at the ring
-                msg = ch.recv(False)
-                if msg is None:
-                    nxt = ledger[_NEXT]
-                    if sent > nxt:
-                        # Sent, gone from the ring, never recorded: taken by
-                        # a worker that died holding the lock.
-                        _send_blocking(rch, _LOST.pack(b"L", nxt, sent - nxt, -1, 0), -2, True, None)
-                        ledger[_NEXT] = sent
-                    msg = ch.recv(True, None, check)
-                    if msg is None:
-                        util.debug("pool worker: the pool's owner is gone -- exiting")
-                        break
-                data = msg[1]
-                _, seq, job, i, kind, flen = unpack(data)
-                nxt = ledger[_NEXT]
-                if seq > nxt:
-                    _send_blocking(rch, _LOST.pack(b"L", nxt, seq - nxt, -1, 0), -2, True, None)
-                ledger[rec] = seq
-                ledger[_NEXT] = seq + 1
-            finally:
-                lock.release()
+            data = _take(ch, lock, ledger, rch, rec, check)
+            if data is None:
+                util.debug("pool worker: the pool's owner is gone -- exiting")
+                break
+            _, seq, job, i, kind, flen = unpack(data)
             if kind == _STOP:
                 ledger[rec] = _IDLE
                 util.debug("worker got sentinel -- exiting")
