@@ -40,7 +40,7 @@ use crate::layout::{
 use crate::owner::ProcessId;
 use crate::region::{HeapRegion, Region};
 use crate::ring::{ClaimReadError, ClaimWriteError, Ring};
-use crate::sync::{spin_loop, AtomicU64, Ordering};
+use crate::sync::{spin_loop, AtomicU32, AtomicU64, Ordering};
 use crate::wake;
 use bytes::Bytes;
 use std::fmt;
@@ -48,6 +48,39 @@ use std::mem::size_of;
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Fork detection: a child made by `fork` inherits its parent's `Channel`
+/// values, attachment ids included. A child must act under an id of its
+/// own (ids are what recovery attributes claims and blocks to) and must
+/// never give back its parent's row.
+mod fork {
+    use std::sync::atomic::{AtomicU64, Ordering}; // facade-exempt: process-local fork counter, not shared memory
+
+    static EPOCH: AtomicU64 = AtomicU64::new(0);
+
+    extern "C" fn in_child() {
+        // Relaxed: only this (now single-threaded) process reads it.
+        EPOCH.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count forks from now on (idempotent), and return the current count.
+    pub(super) fn register() -> u64 {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: registers a handler that only bumps an atomic, which is
+            // async-signal-safe as fork child handlers must be.
+            unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+        });
+        current()
+    }
+
+    /// Forks this process's lineage went through since start.
+    #[inline]
+    pub(super) fn current() -> u64 {
+        // Relaxed: a process-local counter.
+        EPOCH.load(Ordering::Relaxed)
+    }
+}
 
 /// Longest a sleeper sleeps before looking for dead peers.
 pub const SLEEP_SLICE: Duration = Duration::from_millis(100);
@@ -179,7 +212,11 @@ pub(crate) struct Inner {
     ring: Ring,
     table: Table,
     alloc: Allocator,
-    att: u32,
+    /// This process's attachment id (replaced in a forked child).
+    att: AtomicU32,
+    /// `fork::current()` when `att` was claimed.
+    epoch: AtomicU64,
+    fork_lock: std::sync::Mutex<()>,
     roles: Roles,
     channel_id: u64,
     generation: u64,
@@ -201,7 +238,7 @@ impl fmt::Debug for Inner {
         f.debug_struct("Channel")
             .field("name", &self.alloc.backing().name())
             .field("id", &format_args!("{:016x}", self.channel_id))
-            .field("attachment", &self.att)
+            .field("attachment", &self.att.load(Ordering::Relaxed))
             .field("capacity", &self.layout.capacity)
             .field("slot_size", &self.layout.slot_size)
             .finish()
@@ -233,6 +270,8 @@ enum Repr {
 /// A received large message in its shared-memory block.
 pub struct Block {
     inner: Arc<Inner>,
+    /// Fork count when received: a forked child's copy must not free it.
+    epoch: u64,
     r: BlockRef,
     ptr: NonNull<u8>,
     len: usize,
@@ -260,9 +299,13 @@ impl AsRef<[u8]> for Block {
 
 impl Drop for Block {
     fn drop(&mut self) {
+        // A copy inherited through fork belongs to the parent, which frees it.
+        if fork::current() != self.epoch {
+            return;
+        }
         // A failure here means damaged metadata; the block stays owned by
         // us and is reclaimed by a sweep if we die. Nothing else to do.
-        let _ = self.inner.alloc.free(self.r, self.inner.att);
+        let _ = self.inner.alloc.free(self.r, self.inner.att());
     }
 }
 
@@ -364,7 +407,7 @@ struct PendingBlock<'a> {
 impl Drop for PendingBlock<'_> {
     fn drop(&mut self) {
         if let Some((b, _)) = self.block.take() {
-            let _ = self.inner.alloc.free(b, self.inner.att);
+            let _ = self.inner.alloc.free(b, self.inner.att());
         }
     }
 }
@@ -484,6 +527,33 @@ impl Inner {
         }
     }
 
+    /// This process's attachment id; a forked child claims its own first.
+    #[inline]
+    fn att(&self) -> u32 {
+        // Relaxed: both are process-local facts.
+        if fork::current() != self.epoch.load(Ordering::Relaxed) {
+            self.attach_after_fork();
+        }
+        self.att.load(Ordering::Relaxed)
+    }
+
+    #[cold]
+    fn attach_after_fork(&self) {
+        let _g = self.fork_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let now = fork::current();
+        if now == self.epoch.load(Ordering::Relaxed) {
+            return;
+        }
+        match self.table.claim(ProcessId::current(), self.roles) {
+            Some(a) => self.att.store(a, Ordering::Relaxed),
+            None => eprintln!(
+                "dragon channels: attachment table full in a forked child; it keeps its parent's id \
+                 (attach by handle in the child instead)"
+            ),
+        }
+        self.epoch.store(now, Ordering::Relaxed);
+    }
+
     fn alive(&self, att: u32) -> bool {
         self.table.is_alive(att)
     }
@@ -525,7 +595,7 @@ impl Inner {
         let (r, filled) = match *block {
             Some(b) => b,
             None => {
-                let r = self.alloc.alloc(len, self.att, &|a| self.alive(a)).map_err(Fail::Alloc)?;
+                let r = self.alloc.alloc(len, self.att(), &|a| self.alive(a)).map_err(Fail::Alloc)?;
                 *block = Some((r, false));
                 (r, false)
             }
@@ -553,7 +623,7 @@ impl Inner {
         // them only after this attachment died.
         slot.len.store(len as u64, Ordering::Relaxed);
         slot.aux.store(r.encode(), Ordering::Relaxed);
-        if !put_in_ring(meta, claim.index, self.att) {
+        if !put_in_ring(meta, claim.index, self.att()) {
             // Cannot happen unless the metadata was damaged; do not publish
             // a message whose block we do not own.
             ring.publish_tombstone(claim);
@@ -575,12 +645,12 @@ impl Inner {
             ClaimWriteError::Full => Fail::WouldBlock,
             ClaimWriteError::Closed => Fail::Disconnected,
         };
-        match self.ring.claim_write(self.att) {
+        match self.ring.claim_write(self.att()) {
             Err(ClaimWriteError::Full)
-                if self.ring.reader_at_tail().is_some_and(|r| r != self.att && !self.alive(r)) =>
+                if self.ring.reader_at_tail().is_some_and(|r| r != self.att() && !self.alive(r)) =>
             {
                 self.maintain(true);
-                self.ring.claim_write(self.att).map_err(fail)
+                self.ring.claim_write(self.att()).map_err(fail)
             }
             r => r.map_err(fail),
         }
@@ -595,7 +665,7 @@ impl Inner {
         }
         let fast_empty = state & STATE_CLOSED == 0;
         loop {
-            let claim = match self.ring.claim_read(self.att, fast_empty, &mut || self.notify(Dir::Send)) {
+            let claim = match self.ring.claim_read(self.att(), fast_empty, &mut || self.notify(Dir::Send)) {
                 Ok(c) => c,
                 Err(ClaimReadError::Closed) => return Err(Fail::Disconnected),
                 Err(ClaimReadError::Empty) => {
@@ -632,14 +702,14 @@ impl Inner {
                 .and_then(|r| {
                     let meta = self.alloc.meta(r).ok()?;
                     let data = self.alloc.data(r).ok()?;
-                    take_from_ring(meta, claim.index, self.att).then_some((r, data))
+                    take_from_ring(meta, claim.index, self.att()).then_some((r, data))
                 });
             fault::point("recv.took_block");
             self.ring.release(claim);
             self.notify(Dir::Send);
             match taken {
                 Some((r, ptr)) => {
-                    let block = Block { inner: Arc::clone(inner), r, ptr, len };
+                    let block = Block { inner: Arc::clone(inner), epoch: fork::current(), r, ptr, len };
                     return Ok((f.take().expect("called once"))(Got::Block(block)));
                 }
                 // A damaged descriptor: the slot is skipped (nothing we could
@@ -659,7 +729,7 @@ impl Inner {
 
     fn recover(&self) -> Result<RecoveryReport, AllocError> {
         let mut rep = RecoveryReport { found_dead: self.table.find_dead(), ..Default::default() };
-        while let Some(claim) = self.table.claim_sweep(self.att) {
+        while let Some(claim) = self.table.claim_sweep(self.att()) {
             let dead = claim.att;
             fault::point("recover.sweeping");
             let mut freed = 0;
@@ -671,7 +741,7 @@ impl Inner {
                 let slot = self.ring.slot(index);
                 if let Some(b) = BlockRef::decode(slot.aux.load(Ordering::Acquire)) {
                     if let Ok(meta) = self.alloc.meta(b) {
-                        if take_from_ring(meta, index, self.att) && self.alloc.free(b, self.att).is_ok() {
+                        if take_from_ring(meta, index, self.att()) && self.alloc.free(b, self.att()).is_ok() {
                             freed += 1;
                         }
                     }
@@ -680,7 +750,7 @@ impl Inner {
             fault::point("recover.ring_done");
             rep.tombstoned += t;
             rep.released += r;
-            rep.blocks_freed += freed + self.alloc.sweep(dead, self.att)?;
+            rep.blocks_freed += freed + self.alloc.sweep(dead, self.att())?;
             self.table.orphan_sweeps_of(dead);
             self.table.finish_sweep(claim);
             rep.swept += 1;
@@ -790,7 +860,11 @@ enum Got<'a> {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.table.release(self.att);
+        // A forked child that never used the channel holds its parent's id:
+        // that row is not ours to give back.
+        if fork::current() == self.epoch.load(Ordering::Relaxed) {
+            self.table.release(self.att.load(Ordering::Relaxed));
+        }
         if self.roles.sends() && self.flags & flags::DISCONNECT_ON_NO_SENDERS != 0 {
             self.notify_all(Dir::Recv);
         }
@@ -1176,7 +1250,7 @@ impl Channel {
     }
     /// This attachment's id (1..=1023).
     pub fn attachment_id(&self) -> u32 {
-        self.inner.att
+        self.inner.att()
     }
 
     /// How long blocking calls of this process spin before sleeping.
@@ -1344,6 +1418,7 @@ impl Inner {
                 Allocator::new(NonNull::from(&h.classes).cast(), backing, channel_id, generation, max_block_bytes);
             (ring, table, alloc)
         };
+        let fork_epoch = fork::register();
         let me = ProcessId::current();
         let att = match table.claim(me, roles) {
             Some(a) => a,
@@ -1361,7 +1436,9 @@ impl Inner {
             ring,
             table,
             alloc,
-            att,
+            att: AtomicU32::new(att),
+            epoch: AtomicU64::new(fork_epoch),
+            fork_lock: std::sync::Mutex::new(()),
             roles,
             channel_id,
             generation,
