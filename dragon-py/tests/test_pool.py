@@ -77,6 +77,20 @@ def test_map_async_and_callbacks(pool):
     assert done.wait(30) and got[-1] == 9
 
 
+def test_a_callback_that_raises_does_not_stop_the_pool(pool, capfd):
+    def bad(_):
+        raise KeyError("callback broke")
+
+    r = pool.apply_async(ph.square, (2,), callback=bad)
+    assert r.get(30) == 4
+    r = pool.map_async(ph.fail_on, range(5), 1, error_callback=bad)
+    with pytest.raises(ValueError):
+        r.get(30)
+    assert pool.map(ph.square, range(5)) == [0, 1, 4, 9, 16]
+    err = capfd.readouterr().err
+    assert err.count("Exception in pool callback") == 2 and "callback broke" in err
+
+
 def test_imap_and_imap_unordered(pool):
     for cs in (1, 3, 50):
         assert list(pool.imap(ph.square, range(40), cs)) == [x * x for x in range(40)]
@@ -218,6 +232,8 @@ def test_maxtasksperchild_replaces_workers(ctx):
         ctx.Pool(1, maxtasksperchild=0)
     with pytest.raises(ValueError):
         ctx.Pool(0)
+    with pytest.raises(ValueError, match="at most 1000 workers"):
+        ctx.Pool(5000)
 
 
 def test_close_join_waits_for_the_work(ctx):

@@ -96,8 +96,12 @@ SLOT_SIZE = 256
 TASK_CAPACITY = 1024
 #: Ring slots of the result channel.
 RESULT_CAPACITY = 1024
-#: Processes that may attach to a pool's channels over its lifetime at once.
+#: Processes that may be attached to a pool's channels at once (the most a
+#: channel allows).
 MAX_ATTACHMENTS = 1023
+#: Most workers per pool (every worker is attached to the pool's channels,
+#: and so are the owner and, briefly, replaced workers being swept).
+MAX_WORKERS = 1000
 
 # The ledger: int64 words in a shared block.
 _NEXT = 0  # sequence number of the next task to be taken
@@ -127,6 +131,25 @@ _NOT_RUN = -2
 # Returned by the result getter for a message that concerns no live job:
 # the standard result handler looks the job up, finds nothing, moves on.
 _NOTHING = (-1, -1, None)
+
+
+def _guarded(callback):
+    """A callback whose exceptions are printed, not raised: callbacks run in
+    the result thread, which must not die (the standard pool hangs then)."""
+    if callback is None:
+        return None
+
+    def call(value):
+        try:
+            callback(value)
+        except Exception:
+            import sys
+            import traceback
+
+            print("Exception in pool callback %r:" % (callback,), file=sys.stderr)
+            traceback.print_exc()
+
+    return call
 
 
 def _ended_how(exitcode):
@@ -348,6 +371,9 @@ class Pool(_mp_pool.Pool):
             processes = os.cpu_count() or 1
         if processes < 1:
             raise ValueError("Number of processes must be at least 1")
+        if processes > MAX_WORKERS:
+            raise ValueError("a dragon Pool has at most %d workers, not %d (its channels take at most %d "
+                             "attached processes)" % (MAX_WORKERS, processes, MAX_ATTACHMENTS))
         if maxtasksperchild is not None:
             if not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
                 raise ValueError("maxtasksperchild must be a positive int or None")
@@ -491,6 +517,13 @@ class Pool(_mp_pool.Pool):
             return
         Pool._repopulate_pool_static(ctx, Process, processes, pool, inqueue, outqueue, initializer,
                                      initargs, maxtasksperchild, wrap_exception)
+
+    # -- callbacks -------------------------------------------------------------------
+    def apply_async(self, func, args=(), kwds={}, callback=None, error_callback=None):
+        return super().apply_async(func, args, kwds, _guarded(callback), _guarded(error_callback))
+
+    def _map_async(self, func, iterable, mapper, chunksize=None, callback=None, error_callback=None):
+        return super()._map_async(func, iterable, mapper, chunksize, _guarded(callback), _guarded(error_callback))
 
     # -- end -----------------------------------------------------------------------
     def terminate(self):
