@@ -411,6 +411,36 @@ def test_worker_killed_between_taking_and_recording(ctx, more_tasks):
         assert p.map(ph.square, range(10), 1) == [x * x for x in range(10)]
 
 
+def test_random_kills_never_hang_and_lose_only_killed_tasks(ctx):
+    """Workers SIGKILLed at random instants (inside a task, while taking
+    one, while sending a result): every task ends with its result or with
+    WorkerLostError, and no more tasks are lost than workers were killed."""
+    import random
+
+    rng = random.Random(1234)
+    kills = 0
+    with ctx.Pool(3) as p:
+        rs = [p.apply_async(ph.slow_square, (i, rng.choice((0, 0, 0.001, 0.003)))) for i in range(1500)]
+        deadline = time.monotonic() + 60
+        while not all(r.ready() for r in rs) and time.monotonic() < deadline:
+            time.sleep(rng.uniform(0.002, 0.03))
+            victims = [w for w in list(p._pool) if w.exitcode is None and w.pid]
+            if victims and kills < 60:
+                try:
+                    os.kill(rng.choice(victims).pid, signal.SIGKILL)
+                    kills += 1
+                except ProcessLookupError:
+                    pass
+        lost = 0
+        for i, r in enumerate(rs):
+            try:
+                assert r.get(60) == i * i
+            except WorkerLostError:
+                lost += 1
+        assert kills > 10 and lost <= kills
+        assert p.map(ph.square, range(50), 1) == [x * x for x in range(50)]
+
+
 # -- scripts: __main__ functions, cleanup --------------------------------------------------
 
 SCRIPT = """
