@@ -303,6 +303,26 @@ def test_two_pools_of_different_sizes_at_once(ctx):
         assert not {w.pid for w in a._pool} & {w.pid for w in b._pool}
 
 
+def test_many_pools_alive_at_once_from_threads(ctx):
+    pools = [ctx.Pool(n) for n in (1, 2, 3, 1, 2, 4)]
+    try:
+        out = [None] * len(pools)
+
+        def run(k):
+            out[k] = pools[k].map(ph.add_kw, range(200), 7)
+
+        ts = [threading.Thread(target=run, args=(k,)) for k in range(len(pools))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(60)
+        assert out == [list(range(200))] * len(pools)
+    finally:
+        for p in pools:
+            p.terminate()
+            p.join()
+
+
 def test_nested_pools(ctx):
     with ctx.Pool(2) as p:
         assert p.map(ph.nested_map, [3, 4, 5], 1) == [5, 14, 30]
