@@ -46,17 +46,31 @@ def test_bad_requests_get_clear_errors(ctx):
     s.send(proto.REQUEST)  # without its descriptors
     assert s.recv(256).startswith(proto.REPLY_ERROR + b"request without")
     s.close()
+    s = _raw_client()
+    r, w = os.pipe()
+    s.sendmsg([proto.REQUEST], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, proto._fd_array([r]))])
+    os.close(r)
+    os.close(w)
+    assert s.recv(256).startswith(proto.REPLY_ERROR + b"request without its exit and data pipes")
+    s.close()
     assert _start_and_join(ctx, 2) == 2  # the template carries on
 
 
 def test_client_that_vanishes_mid_request(ctx):
     s = _raw_client()
+    exit_r, exit_w = os.pipe()
     r, w = os.pipe()
-    s.sendmsg([proto.REQUEST], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, proto._fd_array([r]))])
+    s.sendmsg([proto.REQUEST], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, proto._fd_array([exit_w, r]))])
+    os.close(exit_w)
     os.close(r)
     os.close(w)  # no start data will ever come: the child exits quietly
     reply = s.recv(256)
     assert reply[:1] == proto.REPLY_PID
+    # The exit pipe gets the exit code (the child exits with 1, having no
+    # start data) and then EOF.
+    assert int.from_bytes(os.read(exit_r, 8), "little", signed=True) == 1
+    assert os.read(exit_r, 8) == b""
+    os.close(exit_r)
     s.close()
     pid = int.from_bytes(reply[1:9], "little", signed=True)
     from conftest import wait_until

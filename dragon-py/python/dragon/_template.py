@@ -16,15 +16,20 @@ client: sockets are non-blocking and a request is one datagram.
 Protocol, one connection per started process:
 
 * client -> template: ``REQUEST`` with ``SCM_RIGHTS`` file descriptors; the
-  first is the read end of a pipe from which the child reads its start data
-  (two pickles, see :class:`dragon.popen.Popen`); the start data says what the
-  others are (stdin/stdout/stderr, the resource tracker, descriptors the
-  process object refers to).
+  first is the write end of the client's *exit pipe*, which the template
+  keeps; the second is the read end of a pipe from which the child reads its
+  start data (two pickles, see :class:`dragon.popen.Popen`); the start data
+  says what the others are (stdin/stdout/stderr, the resource tracker,
+  descriptors the process object refers to).
 * template -> client: ``b"P" + pid`` with a pidfd of the child attached,
   or ``b"E" + message`` if the child could not be started;
-* template -> client when the child has exited: ``b"X" + exit code``
-  (negative signal number if killed), then the connection is closed. The
-  client's end of the connection is the process's ``sentinel``.
+* template -> exit pipe when the child has exited: its exit code, 8 bytes
+  (negative signal number if killed), then the pipe is closed. The read end
+  of the exit pipe is the process's ``sentinel``: readable at the exit, or
+  at EOF if the template is gone.
+* The child stays a zombie (its pid keeps naming it) until the client
+  closes the connection, as a child of ``fork`` stays one until it is
+  joined; then the template reaps it.
 
 Watchdog: when the starter exits (a pidfd of it becomes readable) or closes
 ``ALIVE_FD`` (its normal shutdown), or on ``SIGTERM``, the template kills
@@ -35,12 +40,12 @@ run, and exits.
 import os
 import sys
 
-REQUEST = b"DRAGON-START/1"
+REQUEST = b"DRAGON-START/2"
 REPLY_PID = b"P"
-REPLY_EXIT = b"X"
 REPLY_ERROR = b"E"
-# Descriptors per request: the data pipe, three stdio streams, the resource
-# tracker, and those the process object refers to. SCM_MAX_FD is 253.
+# Descriptors per request: the exit pipe, the data pipe, three stdio streams,
+# the resource tracker, and those the process object refers to. SCM_MAX_FD
+# is 253.
 MAX_FDS = 253
 INT64 = 8
 
@@ -90,7 +95,7 @@ class _Template:
         self.listener = socket.socket(fileno=listener_fd)
         self.listener.setblocking(False)
         self.clients = {}  # fd -> connection socket
-        self.children = {}  # pid -> connection socket, or None once the client left
+        self.children = {}  # pid -> [connection socket or None once the client left, exit pipe fd]
         self.zombies = {}  # connection socket -> pid of an exited child not yet reaped
         self.stopping = False
 
@@ -175,23 +180,29 @@ class _Template:
         neither fails nor hits a process that reused the pid. ``final``
         reaps everything (the run is ending).
         """
-        for pid, conn in list(self.children.items()):
+        for pid, (conn, exit_w) in list(self.children.items()):
             try:
                 info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
-                self.children.pop(pid, None)
-                continue
+                info = None
+                code = 255
+            else:
+                if info is None:
+                    continue
+                code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+            del self.children[pid]
+            try:
+                # 8 bytes into an empty pipe never block.
+                os.write(exit_w, code.to_bytes(INT64, "little", signed=True))
+            except OSError:
+                pass  # the client closed the sentinel: nobody to tell
+            os.close(exit_w)
             if info is None:
                 continue
-            del self.children[pid]
-            code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
-            sent = conn is not None and self._send(conn, REPLY_EXIT + code.to_bytes(INT64, "little", signed=True))
-            if sent and not final:
+            if conn is not None and not final:
                 self.zombies[conn] = pid
             else:
                 _waitpid(pid)
-                if conn is not None:
-                    self._drop(conn)
         if final:
             for pid in self.zombies.values():
                 _waitpid(pid)
@@ -222,9 +233,9 @@ class _Template:
         zombie = self.zombies.pop(conn, None)
         if zombie is not None:
             _waitpid(zombie)
-        for pid, c in self.children.items():
-            if c is conn:
-                self.children[pid] = None
+        for entry in self.children.values():
+            if entry[0] is conn:
+                entry[0] = None
                 break
         conn.close()
 
@@ -254,14 +265,14 @@ class _Template:
             _close_all(fds)
             self._drop(conn)
             return
-        if conn in self.children.values() or conn in self.zombies:
+        if conn in self.zombies or any(entry[0] is conn for entry in self.children.values()):
             error = "one process per connection"
         elif msg != REQUEST:
             error = "unknown request (a client of another dragon version?)"
         elif flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
             error = "too many file descriptors for one process start (at most %d)" % (MAX_FDS - 5)
-        elif not fds:
-            error = "request without its data pipe"
+        elif len(fds) < 2:
+            error = "request without its exit and data pipes"
         else:
             error = None
         if error is not None:
@@ -272,6 +283,7 @@ class _Template:
         self._start(conn, fds)
 
     def _start(self, conn, fds):
+        exit_w, fds = fds[0], fds[1:]
         # Signals stay blocked across fork until the child has dropped the
         # template's handlers and wakeup fd: a SIGTERM sent to a brand-new
         # child must kill it (delivered on unblocking), not be mistaken for
@@ -282,7 +294,7 @@ class _Template:
             pid = os.fork()
         except OSError as e:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            _close_all(fds)
+            _close_all(fds + [exit_w])
             self._send(conn, REPLY_ERROR + ("fork failed: %s" % e).encode())
             self._drop(conn)
             return
@@ -290,6 +302,7 @@ class _Template:
             code = 1
             try:
                 self._become_child()
+                os.close(exit_w)  # the template's, not the child's
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
                 code = _child_main(fds)
             except BaseException:
@@ -306,7 +319,7 @@ class _Template:
             pidfd = [os.pidfd_open(pid)]
         except OSError:
             pidfd = []
-        self.children[pid] = conn
+        self.children[pid] = [conn, exit_w]
         self._send(conn, REPLY_PID + pid.to_bytes(INT64, "little", signed=True), pidfd)
         _close_all(pidfd)
 
@@ -321,6 +334,7 @@ class _Template:
         for c in self.clients.values():
             c.close()
         self.clients.clear()
+        _close_all([entry[1] for entry in self.children.values()])
         self.children.clear()
         self.zombies.clear()
         _close_all([self.alive_fd, self.sig_r, self.sig_w, self.starter_fd])

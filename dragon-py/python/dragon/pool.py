@@ -447,7 +447,10 @@ class Pool(_mp_pool.Pool):
                                 maxtasksperchild, wrap_exception):
         """Bring the number of workers up to ``processes`` (each in a free
         ledger slot)."""
-        with inqueue._mutex:
+        from .popen import batch_starts
+
+        # batch_starts: the template forks while the next requests are sent.
+        with inqueue._mutex, batch_starts():
             for _ in range(processes - len(pool)):
                 if not inqueue._free:
                     break

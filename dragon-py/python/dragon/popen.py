@@ -6,10 +6,16 @@ of its stdin/stdout/stderr, connects to the template (one connection per
 process), and sends the descriptors with ``SCM_RIGHTS``; the forked child
 reads the pickles from a pipe and runs ``process._bootstrap``. The template
 replies with the child's pid and a pidfd (signals go through the pidfd, so a
-reused pid is never signalled), and later with the exit code. The
-connection is the process's ``sentinel``: it becomes readable when the exit
-code is there (or if the template is gone).
+reused pid is never signalled), and writes the exit code into an *exit
+pipe* whose write end came with the request. The pipe's read end is the
+process's ``sentinel``: it becomes readable when the exit code is there (or
+at EOF if the template is gone).
+
+Inside :func:`batch_starts` a start does not wait for the template's reply:
+the pid is read when first needed, so a Pool sends all its start requests
+back to back while the template forks.
 """
+import contextlib
 import io
 import os
 import signal
@@ -29,6 +35,34 @@ _inherited_fds = []
 
 class TemplateError(OSError):
     """The run's template process could not start a process."""
+
+
+_batch = threading.local()
+
+
+@contextlib.contextmanager
+def batch_starts():
+    """Start processes without waiting for each one's pid.
+
+    Every ``Popen`` made in the block (by this thread) sends its request and
+    returns at once; the replies are collected when the block ends, where a
+    start that failed raises :class:`TemplateError`.
+    """
+    outer = getattr(_batch, "pending", None)
+    _batch.pending = pending = [] if outer is None else outer
+    try:
+        yield
+    finally:
+        if outer is None:
+            _batch.pending = None
+            errors = []
+            for popen in pending:
+                try:
+                    popen._await_pid()
+                except TemplateError as e:
+                    errors.append(e)
+            if errors:
+                raise errors[0]
 
 
 class _DupFd:
@@ -73,12 +107,25 @@ class Popen:
         util._flush_std_streams()
         self.returncode = None
         self.finalizer = None
-        self.pid = None
+        self._pid = None
         self._fds = []
         self._sock = None
         self._pidfd = -1
+        self._exit_r = -1
         self._lock = threading.Lock()
         self._launch(process_obj)
+        pending = getattr(_batch, "pending", None)
+        if pending is None:
+            self._await_pid()
+        else:
+            pending.append(self)
+
+    @property
+    def pid(self):
+        """The child's OS pid (waits for the template's reply if needed)."""
+        if self._pid is None:
+            self._await_pid()
+        return self._pid
 
     def duplicate_for_child(self, fd):
         self._fds.append(fd)
@@ -113,14 +160,15 @@ class Popen:
             reduction.dump(process_obj, buf)
         finally:
             set_spawning_popen(None)
-        if n + len(self._fds) > proto.MAX_FDS:
+        if n + 1 + len(self._fds) > proto.MAX_FDS:  # + the exit pipe
             raise ValueError("too many file descriptors to pass to one process (%d, at most %d)"
                              % (len(self._fds), proto.MAX_FDS - n))
 
         sock = _connect(addr)
+        exit_r, exit_w = os.pipe()
         data_r, data_w = os.pipe()
         try:
-            fds = [data_r] + [i for i in (0, 1, 2) if stdio[i] is not None]
+            fds = [exit_w, data_r] + [i for i in (0, 1, 2) if stdio[i] is not None]
             if tracker is not None:
                 fds.append(tracker_fd)
             fds += self._fds
@@ -128,18 +176,14 @@ class Popen:
 
             sock.sendmsg([proto.REQUEST],
                          [(socket.SOL_SOCKET, socket.SCM_RIGHTS, proto._fd_array(fds))])
-            os.close(data_r)
-            data_r = -1
             try:
                 with open(data_w, "wb", closefd=False) as f:
                     f.write(buf.getbuffer())
             except BrokenPipeError:
                 pass  # the reply says why (fork failed, template gone)
-            os.close(data_w)
-            data_w = -1
-            msg, anc, _, _ = sock.recvmsg(256, socket.CMSG_SPACE(4))
         except (ConnectionError, BrokenPipeError) as e:
             sock.close()
+            os.close(exit_r)
             # The template died between accepting and answering.
             raise TemplateError(
                 e.errno,
@@ -148,47 +192,62 @@ class Popen:
             ) from None
         except BaseException:
             sock.close()
+            os.close(exit_r)
             raise
         finally:
-            proto._close_all([data_r, data_w])
-        pidfds = proto._fds_from_ancillary(anc)
-        if msg[:1] != proto.REPLY_PID or len(msg) != 1 + proto.INT64:
-            sock.close()
-            proto._close_all(pidfds)
-            if msg[:1] == proto.REPLY_ERROR:
-                raise TemplateError("the dragon template could not start the process: "
-                                    + msg[1:].decode(errors="replace"))
-            raise TemplateError("the dragon runtime's template process went away while starting "
-                                "a process: " + runtime.template_status())
-        self.pid = int.from_bytes(msg[1:], "little", signed=True)
-        self._pidfd = pidfds[0] if pidfds else -1
-        proto._close_all(pidfds[1:])
+            proto._close_all([exit_w, data_r, data_w])
+        os.set_blocking(exit_r, False)
         self._sock = sock
-        self.sentinel = sock.fileno()
-        self.finalizer = util.Finalize(self, _close, (sock, self._pidfd))
+        self._exit_r = exit_r
+        self.sentinel = exit_r
+        # Descriptors the finalizer closes (the pidfd joins when it arrives).
+        self._owned_fds = [exit_r]
+        self.finalizer = util.Finalize(self, _close, (sock, self._owned_fds))
+
+    def _await_pid(self):
+        """Read the template's reply to the start request."""
+        import socket
+
+        with self._lock:
+            if self._pid is not None:
+                return
+            try:
+                msg, anc, _, _ = self._sock.recvmsg(256, socket.CMSG_SPACE(4))
+            except OSError:
+                msg, anc = b"", []
+            pidfds = proto._fds_from_ancillary(anc)
+            if msg[:1] != proto.REPLY_PID or len(msg) != 1 + proto.INT64:
+                proto._close_all(pidfds)
+                self._pid = 0  # never started; poll() reports the failure
+                if msg[:1] == proto.REPLY_ERROR:
+                    raise TemplateError("the dragon template could not start the process: "
+                                        + msg[1:].decode(errors="replace"))
+                raise TemplateError("the dragon runtime's template process went away while starting "
+                                    "a process: " + runtime.template_status())
+            self._pid = int.from_bytes(msg[1:], "little", signed=True)
+            self._pidfd = pidfds[0] if pidfds else -1
+            if self._pidfd >= 0:
+                self._owned_fds.append(self._pidfd)
+            proto._close_all(pidfds[1:])
 
     # -- state ----------------------------------------------------------------
     def _read_status(self):
-        import socket
-
         with self._lock:
             if self.returncode is not None:
                 return
             try:
-                # Peek: the message stays, so the sentinel stays readable
-                # even before the template closes its end.
-                msg = self._sock.recv(64, socket.MSG_DONTWAIT | socket.MSG_PEEK)
+                data = os.read(self._exit_r, proto.INT64)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                msg = b""
-            if msg[:1] == proto.REPLY_EXIT and len(msg) == 1 + proto.INT64:
-                self.returncode = int.from_bytes(msg[1:], "little", signed=True)
+                data = b""
+            if len(data) == proto.INT64:
+                self.returncode = int.from_bytes(data, "little", signed=True)
             else:
                 # The template is gone without telling: the run is ending (it
                 # kills the run's processes on its way out) or it was killed.
                 util.info("dragon: exit status of process %s unknown: %s",
-                          self.pid, runtime.template_status())
+                          self._pid, runtime.template_status())
                 self.returncode = 255
 
     def poll(self, flag=os.WNOHANG):
@@ -215,6 +274,10 @@ class Popen:
         if self.returncode is not None:
             return
         try:
+            self._await_pid()
+        except TemplateError:
+            return  # never started: nothing to signal
+        try:
             if self._pidfd >= 0:
                 signal.pidfd_send_signal(self._pidfd, sig)
             else:
@@ -236,10 +299,12 @@ class Popen:
             self.finalizer()
 
 
-def _close(sock, pidfd):
+def _close(sock, fds):
+    """Finalizer: let go of the child (the template then reaps it)."""
     sock.close()
-    if pidfd >= 0:
+    for fd in fds:
         try:
-            os.close(pidfd)
+            os.close(fd)
         except OSError:
             pass
+    fds.clear()
