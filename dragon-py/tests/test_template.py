@@ -170,3 +170,20 @@ def test_process_pool_executor(ctx):
 
     with ProcessPoolExecutor(2, mp_context=ctx) as ex:
         assert list(ex.map(h.square, range(6))) == [x * x for x in range(6)]
+
+
+def test_batched_starts(ctx):
+    # Inside batch_starts a start does not wait for its pid; the pids arrive
+    # by the end of the block and the processes behave as any other.
+    from dragon.popen import batch_starts
+
+    ps = [ctx.Process(target=h.exit_with, args=(i,)) for i in range(6)]
+    with batch_starts():
+        for p in ps:
+            p.start()
+        assert all(p._popen._pid is None or p._popen._pid > 0 for p in ps)
+    assert all(p._popen._pid > 0 for p in ps)
+    assert len({p.pid for p in ps}) == 6
+    for p in ps:
+        p.join(30)
+    assert [p.exitcode for p in ps] == list(range(6))
