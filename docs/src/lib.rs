@@ -1,4 +1,11 @@
-//! User, Rust, plugin-author and architecture guides; their Rust examples run as doc tests
+//! The project's guides, compiled: every Rust example in them is a doc test
+//! (`cargo test -p docs`), so the guides cannot drift from the API.
 //!
-//! Not built yet: see the issue tracker. This crate is a placeholder so the
-//! workspace shows the architecture from the start.
+//! The guides themselves are the Markdown files in `docs/`; this crate only
+//! includes them.
+
+#[doc = include_str!("../rust-guide.md")]
+pub mod rust_guide {}
+
+#[doc = include_str!("../ddict.md")]
+pub mod ddict_guide {}
