@@ -25,7 +25,8 @@ setup: $(VPY)
 	@# An editable install does not place the wheel's root files: install the
 	@# start-method hook (dragon_hook.pth and the module it imports) by hand.
 	@site=$$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
-	    cp dragon-py/dragon_hook.pth dragon-py/_dragon_hook.py "$$site"/
+	    cp dragon-py/dragon_hook.pth dragon-py/_dragon_hook.py "$$site"/ && \
+	    $(VPY) -m compileall -q "$$site"/_dragon_hook.py
 
 demo: setup
 	@for f in examples/*.py; do echo "== $$f"; $(VPY) $$f || exit 1; done

@@ -21,15 +21,21 @@ class _RegisterAfterMultiprocessing:
     def find_spec(self, name, path=None, target=None):
         if name != "multiprocessing" or self.busy:
             return None
-        self.busy = True
-        try:
-            import importlib.util
-
-            spec = importlib.util.find_spec(name)
-        finally:
-            self.busy = False
         if self in sys.meta_path:
             sys.meta_path.remove(self)
+        # Ask the finders after this one (importlib.util would cost a few
+        # milliseconds of imports in every interpreter).
+        spec = None
+        self.busy = True
+        try:
+            for finder in list(sys.meta_path):
+                find = getattr(finder, "find_spec", None)
+                if find is not None:
+                    spec = find(name, path, target)
+                    if spec is not None:
+                        break
+        finally:
+            self.busy = False
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         load = spec.loader.exec_module
