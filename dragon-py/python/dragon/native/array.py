@@ -1,0 +1,57 @@
+"""HPE Dragon's native array (``dragon.native.array.Array``): a ctypes array
+in the run's shared memory with a lock (:func:`dragon.sharedctypes.Array`).
+
+``Array(typecode_or_type, size_or_initializer, lock=True)``: indexing,
+slices, ``len()``, ``acquire()``/``release()``, ``get_lock()``,
+``get_obj()`` and ``with a:``; ``lock=False`` returns the bare shared ctypes
+array, as ``multiprocessing`` does; a lock object may be given. Elements
+keep their ctypes type (HPE Dragon stores every element in 8 bytes);
+``a.get_obj()`` is the shared ctypes array itself (HPE Dragon returns the
+element type there). ``m_uid`` is accepted and has no effect.
+"""
+from __future__ import annotations
+
+from .. import sharedctypes as _shared
+from .value import _resolve
+
+__all__ = ["Array"]
+
+
+class Array(_shared.SynchronizedArray):
+    """A shared ctypes array with a lock."""
+
+    def __new__(cls, typecode_or_type, size_or_initializer, lock=True, m_uid=None):
+        if lock is False:
+            return _shared.RawArray(_resolve(typecode_or_type), size_or_initializer)
+        return super().__new__(cls)
+
+    def __init__(self, typecode_or_type, size_or_initializer, lock=True, m_uid=None):
+        if isinstance(size_or_initializer, bool):
+            raise TypeError("size_or_initializer must be a size or a sequence")
+        raw = _shared.RawArray(_resolve(typecode_or_type), size_or_initializer)
+        _shared.SynchronizedArray.__init__(self, raw, _shared._lock_for(lock, None))
+
+    def __reduce__(self):
+        spec, lock = _shared._reduce_synchronized(self)[1]
+        return (_rebuild, (spec, lock))
+
+    @property
+    def value(self):
+        """The contents of a ``"c"`` (char) array as bytes, up to the first
+        zero byte."""
+        with self:
+            return self._obj.value
+
+    @value.setter
+    def value(self, v):
+        with self:
+            self._obj.value = v
+
+    def __repr__(self):
+        return "<dragon.native.array.Array %s[%d]>" % (self._obj._type_.__name__, len(self._obj))
+
+
+def _rebuild(spec, lock):
+    obj = object.__new__(Array)
+    _shared.SynchronizedArray.__init__(obj, _shared._rebuild_ctype(*spec), lock)
+    return obj
