@@ -174,6 +174,18 @@ def test_group_policy_and_template_policy():
     pg.close()
 
 
+def test_restarted_processes_keep_the_callers_policy():
+    cpus = sorted(os.sched_getaffinity(0))
+    q = Queue()
+    pg = _group((1, ProcessTemplate(nh.report, args=(q,))), restart=True)
+    with Policy(cpu_affinity=[cpus[-1]]):
+        pg.start()
+    # The first one and its replacements (started by the group's thread).
+    assert [q.get(timeout=30)["cpus"] for _ in range(3)] == [[cpus[-1]]] * 3
+    pg.stop(patience=1)
+    pg.close()
+
+
 def test_start_failure_leaves_nothing_running():
     pg = _group((2, ProcessTemplate(nh.sleep, args=(60,))),
                 (1, ProcessTemplate(nh.sleep, args=(60,), policy=Policy(cpu_affinity=[4096]))))

@@ -154,6 +154,7 @@ class _Manager:
         self.error_seen = False
         self.deadline = None        # walltime
         self.start_error = None     # a restart that failed
+        self.base_policy = None     # the caller's policy when start() was called
         self.closed = False
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
@@ -175,7 +176,10 @@ class _Manager:
         return any(s.proc is not None or s.restart_at is not None for s in self.slots)
 
     def _policy_for(self, template):
-        return Policy.merge(self.policy, template.policy) if self.policy is not None else template.policy
+        # The policy in force where start() was called (restarts happen in
+        # the watching thread, whose own policy stack is the default), then
+        # the group's, then the template's.
+        return Policy.merge(Policy.merge(self.base_policy, self.policy), template.policy)
 
     def _start_slot(self, slot):
         t = slot.template
@@ -300,6 +304,7 @@ class _Manager:
             if self.running:
                 raise DragonProcessGroupRunningError("the group is already running; join() or stop() it first")
             self.slots = [_Slot(t) for n, t in self.templates for _ in range(n)]
+            self.base_policy = Policy.global_policy()
             self.restart = self.restart_default
             self.stopping = None
             self.signalled.clear()
