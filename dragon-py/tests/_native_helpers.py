@@ -53,6 +53,16 @@ def print_lines(n, tag="line"):
     sys.stdout.flush()
 
 
+def prompt_then_lines():
+    """A line written in two pieces, then a prompt without a newline that
+    waits for an answer."""
+    os.write(1, b"first ")
+    os.write(1, b"line\n")
+    os.write(1, b"answer? ")
+    answer = sys.stdin.readline()
+    os.write(1, ("got " + answer).encode())
+
+
 def echo_stdin():
     data = sys.stdin.read()
     print("got:" + data.upper(), end="")

@@ -99,13 +99,28 @@ def test_join_timeout_returns_none():
 def test_stdout_pipe_lines_and_eof():
     p = Process(nh.print_lines, args=(3,), stdout=PIPE)
     p.start()
-    lines = []
+    chunks = []
     with pytest.raises(EOFError):
         while True:
-            lines.append(p.stdout_conn.recv())
-    assert lines == ["line 0\n", "line 1\n", "line 2\n"]
+            chunks.append(p.stdout_conn.recv())
+    assert "".join(chunks) == "line 0\nline 1\nline 2\n"
     assert p.join(30) == 0
     assert p.stderr_conn is None and p.stdin_conn is None
+    with pytest.raises(EOFError):
+        p.stdout_conn.recv()
+
+
+def test_recv_returns_whole_lines_and_prompts():
+    p = Process(nh.prompt_then_lines, stdin=PIPE, stdout=PIPE)
+    p.start()
+    out = p.stdout_conn
+    assert out.recv() == "first line\n"  # written in two pieces
+    assert out.recv() == "answer? "      # no newline comes: returned after a pause
+    p.stdin_conn.send("yes\n")
+    assert out.recv() == "got yes\n"
+    with pytest.raises(EOFError):
+        out.recv()
+    assert p.join(30) == 0
 
 
 def test_stderr_to_stdout_and_devnull():

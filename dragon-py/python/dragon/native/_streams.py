@@ -6,9 +6,11 @@ process has closed the stream; stdin is a connection whose ``send()`` takes
 text. Here they are the two ends of an OS pipe:
 
 * :class:`OutputConnection` (``proc.stdout_conn``, ``proc.stderr_conn``):
-  ``recv()`` returns the next line (with its newline) when a whole line is
-  there, otherwise whatever text is available, and waits only while nothing
-  is; ``recv_bytes()`` returns raw bytes as they come; ``poll(timeout)``;
+  ``recv()`` returns the next line (with its newline); text that does not
+  end a line is returned once the writer has paused for
+  :data:`PARTIAL_LINE_WAIT` seconds (a prompt, say) or at the end of the
+  stream, so a reader never waits for a newline that may not come;
+  ``recv_bytes()`` returns raw bytes as they come; ``poll(timeout)``;
   ``read()`` everything up to the end.
 * :class:`InputConnection` (``proc.stdin_conn``): ``send(text or bytes)``,
   ``close()`` (the process then reads end of file).
@@ -33,6 +35,9 @@ def _readable(fd, timeout):
 __all__ = ["OutputConnection", "InputConnection"]
 
 _CHUNK = 65536
+# recv() returns text that does not end a line once the writer has paused
+# this long (seconds).
+PARTIAL_LINE_WAIT = 0.1
 
 
 class _PipeEnd:
@@ -120,15 +125,18 @@ class OutputConnection(_PipeEnd):
         return _readable(self._fd, timeout)
 
     def recv(self) -> str:
-        """The next line, or the text available if no whole line is; raises
-        ``EOFError`` at the end of the stream."""
+        """The next line; or the text available if no whole line comes
+        within :data:`PARTIAL_LINE_WAIT` seconds; ``EOFError`` at the end of
+        the stream."""
         self._check()
         while True:
             nl = self._text.find("\n")
             if nl >= 0:
                 line, self._text = self._text[:nl + 1], self._text[nl + 1:]
                 return line
-            if self._text and not self._read_some(block=False):
+            if self._text and not self._read_some(block=True, timeout=PARTIAL_LINE_WAIT):
+                # Text without a newline, and the writer paused: a prompt,
+                # say. Return it rather than wait for a newline forever.
                 text, self._text = self._text, ""
                 return text
             if not self._text and self._eof:
