@@ -5,7 +5,6 @@ module (``create``, ``create_with_argdata``) is not supported: use
 :class:`dragon.native.process.Process`."""
 from __future__ import annotations
 
-import os
 import select
 import signal as _signal
 import time
