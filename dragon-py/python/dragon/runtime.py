@@ -257,8 +257,24 @@ def template_status() -> str:
     pid = template_pid()
     if pid is None:
         return "the run's template process is gone (the program that started it has ended?)"
+    import select
+
     try:
         wpid, status = os.waitpid(pid, os.WNOHANG)
+        if wpid == 0:
+            # Callers ask when a connection or pipe of the template has just
+            # closed; a killed process closes its descriptors a moment before
+            # the kernel marks it exited, so give it that moment.
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                fd = -1
+            if fd >= 0:
+                try:
+                    select.select([fd], [], [], 0.5)
+                finally:
+                    os.close(fd)
+            wpid, status = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         return "the run's template process %d is gone" % pid
     if wpid == 0:
