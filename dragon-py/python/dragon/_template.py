@@ -16,17 +16,18 @@ client: sockets are non-blocking and a request is one datagram.
 Protocol, one connection per started process:
 
 * client -> template: ``REQUEST`` with ``SCM_RIGHTS`` file descriptors; the
-  first is the write end of the client's *exit pipe*, which the template
-  keeps; the second is the read end of a pipe from which the child reads its
-  start data (two pickles, see :class:`dragon.popen.Popen`); the start data
-  says what the others are (stdin/stdout/stderr, the resource tracker,
-  descriptors the process object refers to).
+  first is one end of the client's *exit socket* (a socket pair), which the
+  template keeps; the second is the read end of a pipe from which the child
+  reads its start data (two pickles, see :class:`dragon.popen.Popen`); the
+  start data says what the others are (stdin/stdout/stderr, the resource
+  tracker, descriptors the process object refers to).
 * template -> client: ``b"P" + pid`` with a pidfd of the child attached,
   or ``b"E" + message`` if the child could not be started;
-* template -> exit pipe when the child has exited: its exit code, 8 bytes
-  (negative signal number if killed), then the pipe is closed. The read end
-  of the exit pipe is the process's ``sentinel``: readable at the exit, or
-  at EOF if the template is gone.
+* template -> exit socket when the child has exited: its exit code, 8 bytes
+  (negative signal number if killed), then the template closes its end. The
+  client's end is the process's ``sentinel``: readable at the exit (the
+  client only peeks, so it stays readable), or at EOF if the template is
+  gone.
 * The child stays a zombie (its pid keeps naming it) until the client
   closes the connection, as a child of ``fork`` stays one until it is
   joined; then the template reaps it.
@@ -43,7 +44,7 @@ import sys
 REQUEST = b"DRAGON-START/2"
 REPLY_PID = b"P"
 REPLY_ERROR = b"E"
-# Descriptors per request: the exit pipe, the data pipe, three stdio streams,
+# Descriptors per request: the exit socket, the data pipe, three stdio streams,
 # the resource tracker, and those the process object refers to. SCM_MAX_FD
 # is 253.
 MAX_FDS = 253
@@ -95,7 +96,7 @@ class _Template:
         self.listener = socket.socket(fileno=listener_fd)
         self.listener.setblocking(False)
         self.clients = {}  # fd -> connection socket
-        self.children = {}  # pid -> [connection socket or None once the client left, exit pipe fd]
+        self.children = {}  # pid -> [connection socket or None once the client left, exit socket fd]
         self.zombies = {}  # connection socket -> pid of an exited child not yet reaped
         self.stopping = False
 

@@ -111,7 +111,7 @@ class Popen:
         self._fds = []
         self._sock = None
         self._pidfd = -1
-        self._exit_r = -1
+        self._exit_sock = None
         self._lock = threading.Lock()
         self._launch(process_obj)
         pending = getattr(_batch, "pending", None)
@@ -160,20 +160,23 @@ class Popen:
             reduction.dump(process_obj, buf)
         finally:
             set_spawning_popen(None)
-        if n + 1 + len(self._fds) > proto.MAX_FDS:  # + the exit pipe
+        if n + 1 + len(self._fds) > proto.MAX_FDS:  # + the exit socket
             raise ValueError("too many file descriptors to pass to one process (%d, at most %d)"
                              % (len(self._fds), proto.MAX_FDS - n))
 
         sock = _connect(addr)
-        exit_r, exit_w = os.pipe()
+        # A socket pair rather than a pipe: the exit code is read with
+        # MSG_PEEK, so it stays and the sentinel stays ready after exit.
+        import socket
+
+        exit_sock, exit_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        exit_w = exit_w.detach()
         data_r, data_w = os.pipe()
         try:
             fds = [exit_w, data_r] + [i for i in (0, 1, 2) if stdio[i] is not None]
             if tracker is not None:
                 fds.append(tracker_fd)
             fds += self._fds
-            import socket
-
             sock.sendmsg([proto.REQUEST],
                          [(socket.SOL_SOCKET, socket.SCM_RIGHTS, proto._fd_array(fds))])
             try:
@@ -183,7 +186,7 @@ class Popen:
                 pass  # the reply says why (fork failed, template gone)
         except (ConnectionError, BrokenPipeError) as e:
             sock.close()
-            os.close(exit_r)
+            exit_sock.close()
             # The template died between accepting and answering.
             raise TemplateError(
                 e.errno,
@@ -192,17 +195,16 @@ class Popen:
             ) from None
         except BaseException:
             sock.close()
-            os.close(exit_r)
+            exit_sock.close()
             raise
         finally:
             proto._close_all([exit_w, data_r, data_w])
-        os.set_blocking(exit_r, False)
         self._sock = sock
-        self._exit_r = exit_r
-        self.sentinel = exit_r
+        self._exit_sock = exit_sock
+        self.sentinel = exit_sock.fileno()
         # Descriptors the finalizer closes (the pidfd joins when it arrives).
-        self._owned_fds = [exit_r]
-        self.finalizer = util.Finalize(self, _close, (sock, self._owned_fds))
+        self._owned_fds = []
+        self.finalizer = util.Finalize(self, _close, (sock, exit_sock, self._owned_fds))
 
     def _await_pid(self):
         """Read the template's reply to the start request."""
@@ -235,14 +237,19 @@ class Popen:
         with self._lock:
             if self.returncode is not None:
                 return
+            import socket
+
             try:
-                data = os.read(self._exit_r, proto.INT64)
+                # Peek: the code stays, so the sentinel stays ready.
+                data = self._exit_sock.recv(proto.INT64, socket.MSG_PEEK | socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 data = b""
             if len(data) == proto.INT64:
                 self.returncode = int.from_bytes(data, "little", signed=True)
+            elif data:
+                return  # the rest of the 8 bytes is on its way
             else:
                 # The template is gone without telling: the run is ending (it
                 # kills the run's processes on its way out) or it was killed.
@@ -299,9 +306,10 @@ class Popen:
             self.finalizer()
 
 
-def _close(sock, fds):
+def _close(sock, exit_sock, fds):
     """Finalizer: let go of the child (the template then reaps it)."""
     sock.close()
+    exit_sock.close()
     for fd in fds:
         try:
             os.close(fd)
