@@ -463,7 +463,7 @@ impl Channel {
         match r {
             Ok(m) => Ok(Some(received(py, &m))),
             Err(RecvTimeoutError::Timeout) => Ok(None),
-            Err(RecvTimeoutError::Interrupted) => interrupted(int),
+            Err(RecvTimeoutError::Interrupted) => interrupted(py, int),
             Err(RecvTimeoutError::Disconnected) => Err(PyEOFError::new_err("the channel is closed")),
             Err(RecvTimeoutError::Destroyed) => Err(DestroyedError::new_err("the channel was destroyed")),
             Err(_) => Err(DragonError::new_err("receive failed")),
@@ -627,17 +627,29 @@ fn checked_hook<'a>(hook: &'a mut dyn FnMut() -> bool, check: Option<&'a Py<PyAn
         }
         match check {
             None => true,
-            Some(f) => Python::try_attach(|py| !f.bind(py).call0().and_then(|r| r.is_truthy()).unwrap_or(false))
-                .unwrap_or(true),
+            // An exception in `check` (a signal handler's KeyboardInterrupt
+            // raised while it runs, say) ends the wait: it is left as the
+            // thread's pending error and raised by `interrupted`. Swallowing
+            // it would lose the Ctrl-C that raised it.
+            Some(f) => Python::try_attach(|py| match f.bind(py).call0().and_then(|r| r.is_truthy()) {
+                Ok(stop) => !stop,
+                Err(e) => {
+                    e.restore(py);
+                    false
+                }
+            })
+            .unwrap_or(true),
         }
     }
 }
 
-/// A wait ended by the hook: the pending exception, or `None` if `check`
-/// ended it.
-fn interrupted<T>(int: Interrupt) -> PyResult<Option<T>> {
+/// A wait ended by the hook: the pending exception (a signal handler's, or
+/// one `check` raised), or `None` if `check` ended it.
+fn interrupted<T>(py: Python<'_>, int: Interrupt) -> PyResult<Option<T>> {
     if int.has_err() {
         Err(int.into_err())
+    } else if let Some(e) = PyErr::take(py) {
+        Err(e) // raised by `check`
     } else {
         Ok(None)
     }
@@ -674,7 +686,7 @@ fn select(
     match r {
         Ok(i) => Ok(Some(i)),
         Err(SelectError::Timeout) => Ok(None),
-        Err(SelectError::Interrupted) => interrupted(int),
+        Err(SelectError::Interrupted) => interrupted(py, int),
         Err(e) => Err(PyValueError::new_err(e.to_string())),
     }
 }

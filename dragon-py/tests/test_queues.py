@@ -409,3 +409,27 @@ def test_process_pool_executor(ctx):
         assert list(ex.map(h.square, range(20))) == [x * x for x in range(20)]
         with pytest.raises(ZeroDivisionError):
             ex.submit(divmod, 1, 0).result(timeout=60)
+
+
+def test_exception_in_wait_check_is_raised_not_swallowed():
+    # The check callback of a wait runs Python code; a KeyboardInterrupt
+    # that a signal handler raises while it runs (here: any exception it
+    # raises) must end the wait and propagate, not be dropped (the Ctrl-C
+    # would be lost and the wait go on forever).
+    from dragon import _native
+
+    ch = _native.Channel.create(4, 128)
+    calls = []
+
+    def check():
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _native.select([ch], None, check)
+        assert calls == [1]
+        with pytest.raises(KeyboardInterrupt):
+            ch.recv(True, None, check)
+    finally:
+        ch.destroy()
