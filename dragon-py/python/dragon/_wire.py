@@ -5,6 +5,12 @@ Encoding (see ``dragon-py/src/channel.rs`` for the tags): an exact ``bytes``
 object travels as itself behind a one-byte tag; anything else is pickled with
 :class:`multiprocessing.reduction.ForkingPickler` semantics (its reducers, the
 default protocol) by a pickler reused per thread.
+
+Interactive sessions (the REPL, Jupyter, ``python -c``): their ``__main__``
+has no file that children could import, so functions and classes defined
+there cannot travel by reference. There, and only there, they travel by
+value with ``cloudpickle`` (:class:`Pickler`), so ``Pool.map(f, ...)`` and
+``Process(target=f)`` work in a notebook.
 """
 from __future__ import annotations
 
@@ -29,6 +35,46 @@ SEND_NO_MEMORY = _native.SEND_NO_MEMORY
 loads = pickle.loads
 
 
+def interactive_main() -> bool:
+    """Whether ``__main__`` is an interactive session (nothing a child could
+    import: no file, not a module run with ``-m``)."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    if main is None:
+        return False
+    path = getattr(main, "__file__", None)
+    if path and os.path.isfile(path):
+        return False  # a script ("<stdin>" is not one)
+    spec = getattr(main, "__spec__", None)
+    return not (spec is not None and spec.name)
+
+
+class _ByValuePickler(ForkingPickler):
+    """ForkingPickler that sends ``__main__`` functions and classes by value."""
+
+    def reducer_override(self, obj):
+        if getattr(obj, "__module__", None) == "__main__" and isinstance(obj, (type, _FunctionType)):
+            try:
+                import cloudpickle
+            except ImportError:
+                raise pickle.PicklingError(
+                    "%r is defined in an interactive session, so child processes cannot import it; "
+                    "install cloudpickle (pip install cloudpickle) to send it by value, or define it "
+                    "in a module" % (obj,)) from None
+            return cloudpickle.loads, (cloudpickle.dumps(obj),)
+        return NotImplemented
+
+
+_FunctionType = type(interactive_main)
+
+
+def Pickler(file):
+    """A ForkingPickler for ``file``; in an interactive session one that sends
+    ``__main__`` functions and classes by value."""
+    return _ByValuePickler(file) if interactive_main() else ForkingPickler(file)
+
+
 class _ThreadPickler(threading.local):
     def __init__(self):
         self.buf = io.BytesIO()
@@ -46,16 +92,14 @@ def dumps(obj, head=b""):
     bytes-like object valid until the next call in this thread."""
     st = _tls
     if st.busy:  # a reducer that pickles (re-entrant use): a fresh pickler
-        if head:
-            buf = io.BytesIO()
-            buf.write(head)
-            ForkingPickler(buf).dump(obj)
-            return buf.getvalue()
-        return ForkingPickler.dumps(obj)
+        buf = io.BytesIO()
+        buf.write(head)
+        Pickler(buf).dump(obj)
+        return buf.getvalue()
     n = len(ForkingPickler._extra_reducers)
     if st.pickler is None or st.reducers != n:
         st.buf = io.BytesIO()
-        st.pickler = ForkingPickler(st.buf)
+        st.pickler = Pickler(st.buf)
         st.reducers = n
     buf = st.buf
     buf.seek(0)

@@ -22,9 +22,10 @@ import signal
 import threading
 
 from multiprocessing import util
-from multiprocessing.context import reduction, set_spawning_popen
+from multiprocessing.context import set_spawning_popen
 
 from . import _template as proto
+from . import _wire
 from . import runtime
 
 __all__ = ["Popen", "TemplateError"]
@@ -133,12 +134,12 @@ class Popen:
 
     # -- start ----------------------------------------------------------------
     def _launch(self, process_obj):
-        from multiprocessing import resource_tracker, spawn
+        from multiprocessing import resource_tracker
 
         # First, so that the environment the child gets names the template.
         addr = runtime.ensure_template()
         tracker_fd = resource_tracker.getfd()
-        prep = spawn.get_preparation_data(process_obj._name)
+        prep = runtime.preparation_data(process_obj._name)
         # Descriptors sent with the request: [data pipe, stdio..., tracker, extra...]
         stdio, n = [], 1
         for fd in (0, 1, 2):
@@ -156,8 +157,10 @@ class Popen:
         buf = io.BytesIO()
         set_spawning_popen(self)
         try:
-            reduction.dump(head, buf)
-            reduction.dump(process_obj, buf)
+            pickler = _wire.Pickler(buf)
+            pickler.dump(head)
+            pickler.clear_memo()
+            pickler.dump(process_obj)
         finally:
             set_spawning_popen(None)
         if n + 1 + len(self._fds) > proto.MAX_FDS:  # + the exit socket

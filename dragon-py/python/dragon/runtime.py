@@ -136,16 +136,30 @@ def _interpreter_flags() -> list[str]:
     return args
 
 
+def preparation_data(name: str) -> dict:
+    """``spawn.get_preparation_data``, minus a main "file" that does not
+    exist (``python - < script``, some notebook kernels): children of an
+    interactive session do not import their parent's main module (its
+    functions travel by value instead, see ``dragon._wire``)."""
+    from multiprocessing import spawn
+
+    prep = spawn.get_preparation_data(name)
+    path = prep.get("init_main_from_path")
+    if path is not None and not os.path.isfile(path):
+        del prep["init_main_from_path"]
+    return prep
+
+
 def _template_prep() -> dict:
     """What the template needs to import the main module as children would."""
-    from multiprocessing import context, spawn
+    from multiprocessing import context
 
     # get_preparation_data() asks for the start method, which fixes it if
     # the program has not chosen one yet: starting the template must not.
     default = context._default_context
     actual = default._actual_context
     try:
-        prep = spawn.get_preparation_data("dragon-template")
+        prep = preparation_data("dragon-template")
     finally:
         default._actual_context = actual
     # The template never unpickles a process object itself: the key stays
