@@ -203,13 +203,19 @@ def test_executable_errors(tmp_path):
         Process("echo", cwd=str(tmp_path / "missing")).start()
 
 
-def test_unpicklable_target_is_a_clear_error():
-    pytest.importorskip("pickle")
-    try:
-        import cloudpickle  # noqa: F401
-        pytest.skip("cloudpickle is installed: lambdas travel by value")
-    except ImportError:
-        pass
+def test_lambda_target_travels_by_value():
+    # cloudpickle is a dependency of the package: a lambda target runs.
+    q = Queue()
+    p = Process(lambda q: q.put("by value"), args=(q,))
+    p.start()
+    assert q.get(timeout=30) == "by value"
+    assert p.join(30) == 0
+
+
+def test_unpicklable_target_without_cloudpickle_is_a_clear_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cloudpickle", None)  # import fails
     p = Process(lambda: None)
     with pytest.raises(ProcessError, match="cloudpickle"):
         p.start()
