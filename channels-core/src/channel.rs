@@ -473,6 +473,7 @@ impl Inner {
         }
     }
 
+    #[inline]
     fn destroyed(&self) -> bool {
         // Acquire: pairs with the AcqRel fetch_or in `destroy`.
         self.hdr().config.state.load(Ordering::Acquire) & STATE_DESTROYED != 0
@@ -558,37 +559,53 @@ impl Inner {
         self.table.is_alive(att)
     }
 
-    /// One non-blocking send attempt. `block` carries a filled block between
-    /// attempts of a blocking send.
-    fn try_send_raw<F: FnOnce(&mut [u8])>(
-        &self,
-        len: usize,
-        src: &mut Src<'_, F>,
-        block: &mut Option<(BlockRef, bool)>,
-    ) -> Result<(), Fail> {
+    /// Whether a send may go ahead: not destroyed, and (pipe mode) some
+    /// receiver is left.
+    #[inline]
+    fn send_allowed(&self) -> Result<(), Fail> {
         if self.destroyed() {
             return Err(Fail::Destroyed);
         }
         if self.flags & flags::DISCONNECT_ON_NO_RECEIVERS != 0 && self.peer_gone(Dir::Send) {
             return Err(Fail::Disconnected);
         }
+        Ok(())
+    }
+
+    /// One non-blocking attempt to send a message that fits in a slot
+    /// (`len <= inline_cap`): claim, copy, publish. No block is involved.
+    #[inline]
+    fn try_send_inline<F: FnOnce(&mut [u8])>(&self, len: usize, src: &mut Src<'_, F>) -> Result<(), Fail> {
+        debug_assert!(len <= self.ring.inline_cap());
+        self.send_allowed()?;
         let ring = &self.ring;
-        if len <= ring.inline_cap() {
-            let claim = self.claim_write()?;
-            fault::point("send.inline_claimed");
-            // SAFETY: we hold the slot's WRITING claim, so its payload area
-            // (inline_cap >= len bytes) is ours alone until we publish.
-            let dst = unsafe { std::slice::from_raw_parts_mut(ring.payload(claim.index), len) };
-            let guard = TombstoneOnUnwind { ring, claim: Some(claim) };
-            src.fill(dst);
-            std::mem::forget(guard);
-            // Relaxed: published by the Release in `publish`.
-            ring.slot(claim.index).len.store(len as u64, Ordering::Relaxed);
-            fault::point("send.inline_written");
-            ring.publish(claim);
-            self.notify(Dir::Recv);
-            return Ok(());
-        }
+        let claim = self.claim_write()?;
+        fault::point("send.inline_claimed");
+        // SAFETY: we hold the slot's WRITING claim, so its payload area
+        // (inline_cap >= len bytes) is ours alone until we publish.
+        let dst = unsafe { std::slice::from_raw_parts_mut(ring.payload(claim.index), len) };
+        let guard = TombstoneOnUnwind { ring, claim: Some(claim) };
+        src.fill(dst);
+        std::mem::forget(guard);
+        // Relaxed: published by the Release in `publish`.
+        ring.slot(claim.index).len.store(len as u64, Ordering::Relaxed);
+        fault::point("send.inline_written");
+        ring.publish(claim);
+        self.notify(Dir::Recv);
+        Ok(())
+    }
+
+    /// One non-blocking attempt to send a message that needs a block
+    /// (`len > inline_cap`). `block` carries a filled block between attempts
+    /// of a blocking send.
+    fn try_send_block<F: FnOnce(&mut [u8])>(
+        &self,
+        len: usize,
+        src: &mut Src<'_, F>,
+        block: &mut Option<(BlockRef, bool)>,
+    ) -> Result<(), Fail> {
+        self.send_allowed()?;
+        let ring = &self.ring;
         // A block is allocated once per send. A copyable source is copied in
         // before a slot is claimed (the claim stays short); a one-shot
         // writer only after (so that a full channel gives it back unused).
@@ -640,20 +657,25 @@ impl Inner {
     /// Claim a slot for writing. A full ring held up by a dead reader is
     /// recovered and the claim retried, so that even a sender that only
     /// polls gets going again.
+    #[inline]
     fn claim_write(&self) -> Result<crate::ring::Claim, Fail> {
+        match self.ring.claim_write(self.att()) {
+            Ok(c) => Ok(c),
+            Err(e) => self.claim_write_failed(e),
+        }
+    }
+
+    #[cold]
+    fn claim_write_failed(&self, e: ClaimWriteError) -> Result<crate::ring::Claim, Fail> {
         let fail = |e| match e {
             ClaimWriteError::Full => Fail::WouldBlock,
             ClaimWriteError::Closed => Fail::Disconnected,
         };
-        match self.ring.claim_write(self.att()) {
-            Err(ClaimWriteError::Full)
-                if self.ring.reader_at_tail().is_some_and(|r| r != self.att() && !self.alive(r)) =>
-            {
-                self.maintain(true);
-                self.ring.claim_write(self.att()).map_err(fail)
-            }
-            r => r.map_err(fail),
+        if e == ClaimWriteError::Full && self.ring.reader_at_tail().is_some_and(|r| r != self.att() && !self.alive(r)) {
+            self.maintain(true);
+            return self.ring.claim_write(self.att()).map_err(fail);
         }
+        Err(fail(e))
     }
 
     /// One non-blocking receive attempt; `f` is called with the message.
@@ -664,23 +686,11 @@ impl Inner {
             return Err(Fail::Destroyed);
         }
         let fast_empty = state & STATE_CLOSED == 0;
+        let att = self.att();
         loop {
-            let claim = match self.ring.claim_read(self.att(), fast_empty, &mut || self.notify(Dir::Send)) {
+            let claim = match self.ring.claim_read(att, fast_empty, &mut || self.notify(Dir::Send)) {
                 Ok(c) => c,
-                Err(ClaimReadError::Closed) => return Err(Fail::Disconnected),
-                Err(ClaimReadError::Empty) => {
-                    return Err(if self.peer_gone(Dir::Recv) && self.ring.len() == 0 {
-                        Fail::Disconnected
-                    } else {
-                        Fail::WouldBlock
-                    })
-                }
-                Err(ClaimReadError::InProgress { writer }) => {
-                    if !self.alive(writer) {
-                        self.maintain(true);
-                    }
-                    return Err(Fail::WouldBlock);
-                }
+                Err(e) => return Err(self.recv_failed(e)),
             };
             fault::point("recv.claimed");
             let slot = self.ring.slot(claim.index);
@@ -697,17 +707,7 @@ impl Inner {
                 self.notify(Dir::Send);
                 return Ok(out);
             }
-            let taken = BlockRef::decode(slot.aux.load(Ordering::Relaxed))
-                .filter(|r| len as u64 <= class_size(r.class))
-                .and_then(|r| {
-                    let meta = self.alloc.meta(r).ok()?;
-                    let data = self.alloc.data(r).ok()?;
-                    take_from_ring(meta, claim.index, self.att()).then_some((r, data))
-                });
-            fault::point("recv.took_block");
-            self.ring.release(claim);
-            self.notify(Dir::Send);
-            match taken {
+            match self.take_block(claim, len) {
                 Some((r, ptr)) => {
                     let block = Block { inner: Arc::clone(inner), epoch: fork::current(), r, ptr, len };
                     return Ok((f.take().expect("called once"))(Got::Block(block)));
@@ -717,6 +717,45 @@ impl Inner {
                 None => continue,
             }
         }
+    }
+
+    /// What an empty (or closed, or half-written) ring means for a receive.
+    #[cold]
+    fn recv_failed(&self, e: ClaimReadError) -> Fail {
+        match e {
+            ClaimReadError::Closed => Fail::Disconnected,
+            ClaimReadError::Empty => {
+                if self.peer_gone(Dir::Recv) && self.ring.len() == 0 {
+                    Fail::Disconnected
+                } else {
+                    Fail::WouldBlock
+                }
+            }
+            ClaimReadError::InProgress { writer } => {
+                if !self.alive(writer) {
+                    self.maintain(true);
+                }
+                Fail::WouldBlock
+            }
+        }
+    }
+
+    /// Take the block a claimed slot references and release the slot.
+    /// `None`: the descriptor was damaged (the slot is skipped).
+    #[inline(never)]
+    fn take_block(&self, claim: crate::ring::Claim, len: usize) -> Option<(BlockRef, NonNull<u8>)> {
+        let slot = self.ring.slot(claim.index);
+        let taken = BlockRef::decode(slot.aux.load(Ordering::Relaxed))
+            .filter(|r| len as u64 <= class_size(r.class))
+            .and_then(|r| {
+                let meta = self.alloc.meta(r).ok()?;
+                let data = self.alloc.data(r).ok()?;
+                take_from_ring(meta, claim.index, self.att()).then_some((r, data))
+            });
+        fault::point("recv.took_block");
+        self.ring.release(claim);
+        self.notify(Dir::Send);
+        taken
     }
 
     /// Liveness scan and recovery, at most once per interval per channel
@@ -979,11 +1018,18 @@ impl Channel {
         hook: Option<&mut dyn FnMut() -> bool>,
     ) -> Result<(), (Fail, Src<'a, F>)> {
         let i = &*self.inner;
+        if len <= i.ring.inline_cap() {
+            let r = match deadline {
+                None => i.try_send_inline(len, &mut src),
+                Some(d) => i.block_on(Dir::Send, d, hook, &mut || i.try_send_inline(len, &mut src)),
+            };
+            return r.map_err(|f| (f, src));
+        }
         // Not sent (error or unwind): the guard gives the block back.
         let mut pending = PendingBlock { inner: i, block: None };
         let r = match deadline {
-            None => i.try_send_raw(len, &mut src, &mut pending.block),
-            Some(d) => i.block_on(Dir::Send, d, hook, &mut || i.try_send_raw(len, &mut src, &mut pending.block)),
+            None => i.try_send_block(len, &mut src, &mut pending.block),
+            Some(d) => i.block_on(Dir::Send, d, hook, &mut || i.try_send_block(len, &mut src, &mut pending.block)),
         };
         drop(pending);
         r.map_err(|f| (f, src))

@@ -30,7 +30,7 @@
 //! every position below it is delivered and nothing above it ever is.
 
 use crate::layout::{SlotHeader, SLOT_HEADER};
-use crate::sync::{spin_loop, AtomicU64, Ordering};
+use crate::sync::{spin_loop, AtomicU64, AtomicU8, Ordering};
 use std::ptr::NonNull;
 
 /// Slot states (low four bits of a stamp).
@@ -135,6 +135,10 @@ pub(crate) struct Ring {
     cap: u64,
     one_lap: u64,
     shift: u32,
+    /// Process-local hint: the last write claim found its slot free at the
+    /// first look, so the next one tries a CAS straight away (see
+    /// [`Ring::claim_write`]).
+    free_at_tail: AtomicU8,
 }
 
 // SAFETY: a Ring only points into shared memory whose words are atomics;
@@ -159,7 +163,16 @@ impl Ring {
     ) -> Ring {
         assert!(cap >= 1 && stride >= SLOT_HEADER);
         let one_lap = (cap + 1).next_power_of_two();
-        Ring { head, tail, slots, stride, cap, one_lap, shift: one_lap.trailing_zeros() }
+        Ring {
+            head,
+            tail,
+            slots,
+            stride,
+            cap,
+            one_lap,
+            shift: one_lap.trailing_zeros(),
+            free_at_tail: AtomicU8::new(1),
+        }
     }
 
     /// Write fresh slot headers (every slot `EMPTY` for lap 0).
@@ -272,8 +285,47 @@ impl Ring {
     }
 
     /// Claim the slot at `tail` for writing as attachment `att`.
+    ///
+    /// When the slot at `tail` is usually free (a consumer keeps up), the
+    /// claim is a CAS straight from the free stamp: one request for the
+    /// line in exclusive state, where a load and then a CAS take two (the
+    /// line arrives shared, then is upgraded), and the line is one the
+    /// consumers poll. When the ring was found full, a failing CAS would
+    /// take the line away from the consumer about to release it on every
+    /// poll, so the claim looks first until a slot is found free at the
+    /// first look again (`free_at_tail`, a process-local hint).
+    #[inline]
     pub(crate) fn claim_write(&self, att: u32) -> Result<Claim, ClaimWriteError> {
+        // Relaxed: a process-local hint; either answer is correct.
+        if self.free_at_tail.load(Ordering::Relaxed) != 0 {
+            // Acquire: pairs with the Release tail CAS (as in the loop below).
+            let tail = self.tail().load(Ordering::Acquire);
+            if tail & CLOSED_MARK == 0 {
+                let (index, lap) = (self.index(tail), self.lap(tail));
+                let claimed = stamp(lap, att, WRITING);
+                // Acquire on success: pairs with the Release store of
+                // EMPTY(lap) by the consumer that last released this slot,
+                // so its reads of the old payload happen before we
+                // overwrite it.
+                if self
+                    .slot(index)
+                    .stamp
+                    .compare_exchange(stamp(lap, 0, EMPTY), claimed, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return self.count_claim(tail, Claim { index, lap }, claimed);
+                }
+                self.free_at_tail.store(0, Ordering::Relaxed);
+            }
+        }
+        self.claim_write_looking(att)
+    }
+
+    /// [`Ring::claim_write`] that reads each stamp before it CASes it.
+    #[inline(never)]
+    fn claim_write_looking(&self, att: u32) -> Result<Claim, ClaimWriteError> {
         let mut busy = 0;
+        let mut first = true;
         loop {
             // Acquire: pairs with the Release tail CAS; once we see a tail we
             // see the claim stamp of the slot it moved past.
@@ -289,6 +341,10 @@ impl Ring {
             let s = slot.stamp.load(Ordering::Acquire);
             match (rel(stamp_lap(s), lap), stamp_state(s)) {
                 (Rel::Same, EMPTY) => {
+                    if first {
+                        // Relaxed: a process-local hint.
+                        self.free_at_tail.store(1, Ordering::Relaxed);
+                    }
                     let claimed = stamp(lap, att, WRITING);
                     // Acquire on success: same edge as the load above.
                     if slot.stamp.compare_exchange_weak(s, claimed, Ordering::Acquire, Ordering::Relaxed).is_err() {
@@ -303,6 +359,7 @@ impl Ring {
                     let _ = self.tail().compare_exchange(tail, self.next(tail), Ordering::Release, Ordering::Relaxed);
                 }
                 (Rel::Behind, _) => {
+                    first = false;
                     // The slot still holds last lap's message.
                     // Relaxed: only used to tell "full" from "being read"; a
                     // stale value just means one more retry.
@@ -319,6 +376,7 @@ impl Ring {
 
     /// After claiming the slot at position `tail`, make sure `tail` has moved
     /// past it, unless the channel was closed first (then undo the claim).
+    #[inline]
     fn count_claim(&self, mut tail: u64, claim: Claim, claimed: u64) -> Result<Claim, ClaimWriteError> {
         crate::fault::point("ring.claimed_not_counted");
         loop {
@@ -344,6 +402,7 @@ impl Ring {
     }
 
     /// Publish a written slot: consumers may take it now.
+    #[inline]
     pub(crate) fn publish(&self, claim: Claim) {
         // SYNC POINT (Release): publishes the payload, `len` and `aux`
         // written under the claim; pairs with the consumer's Acquire load of
@@ -365,7 +424,40 @@ impl Ring {
     /// without reading `tail` (which would pull the producers' cache line on
     /// every poll); the caller must pass false once the channel may be
     /// closed, so that `Closed` is reported.
+    #[inline]
     pub(crate) fn claim_read(
+        &self,
+        att: u32,
+        fast_empty: bool,
+        on_release: &mut dyn FnMut(),
+    ) -> Result<Claim, ClaimReadError> {
+        // The two common cases first, with one compare each: a message at
+        // `head`, or (while open) nothing there. The loop below handles
+        // every case; this only skips its decoding.
+        // Relaxed: the stamp load below carries the synchronisation.
+        let head = self.head().load(Ordering::Relaxed);
+        let (index, lap) = (self.index(head), self.lap(head));
+        let slot = self.slot(index);
+        // SYNC POINT (Acquire): pairs with the Release in `publish`; a FULL
+        // stamp makes the payload visible.
+        let s = slot.stamp.load(Ordering::Acquire);
+        if s == stamp(lap, 0, FULL) {
+            // Acquire on success: same edge as the load above.
+            if slot.stamp.compare_exchange(s, stamp(lap, att, READING), Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                // A failed CAS means someone already helped head on.
+                // Release: publishes our claim to anyone acquiring head.
+                let _ = self.head().compare_exchange(head, self.next(head), Ordering::Release, Ordering::Relaxed);
+                return Ok(Claim { index, lap });
+            }
+        } else if fast_empty && (s == stamp(lap, 0, EMPTY) || rel(stamp_lap(s), lap) == Rel::Behind) {
+            return Err(ClaimReadError::Empty);
+        }
+        self.claim_read_loop(att, fast_empty, on_release)
+    }
+
+    /// [`Ring::claim_read`], every case.
+    #[inline(never)]
+    fn claim_read_loop(
         &self,
         att: u32,
         fast_empty: bool,
@@ -427,6 +519,18 @@ impl Ring {
                     let _ = self.head().compare_exchange(head, self.next(head), Ordering::Release, Ordering::Relaxed);
                 }
                 (Rel::Same, EMPTY) | (Rel::Behind, _) if fast_empty => return Err(ClaimReadError::Empty),
+                (Rel::Same, WRITING) if fast_empty => {
+                    // A writer claimed this position and is filling it: it
+                    // will publish, be tombstoned, or (closed first) undo
+                    // the claim. Wait on the stamp alone: reading `tail`
+                    // here would pull the producers' line in the middle of
+                    // their claim, just before they CAS it.
+                    busy += 1;
+                    if busy >= BUSY_SPINS {
+                        return Err(ClaimReadError::InProgress { writer: stamp_att(s) });
+                    }
+                    spin_loop();
+                }
                 (Rel::Same, state) => {
                     // EMPTY or WRITING: is anything in flight at all?
                     // Acquire: pairs with the Release tail CAS, so a tail past
@@ -473,6 +577,7 @@ impl Ring {
     }
 
     /// Give a read slot back for the next lap.
+    #[inline]
     pub(crate) fn release(&self, claim: Claim) {
         // SYNC POINT (Release): our reads of the payload happen before the
         // next producer's writes; pairs with the Acquire stamp load in

@@ -42,6 +42,41 @@ fn loom_ring_two_producers_one_consumer() {
 }
 
 #[test]
+fn loom_ring_open_channel_consumer_two_producers() {
+    // The consumer as the channel runs it while open (`fast_empty`): it
+    // never reads `tail`, and a slot still being written is waited on or
+    // reported, never skipped.
+    model(2, || {
+        let t = Arc::new(ring(2));
+        let ps: Vec<_> = (1..=2u64)
+            .map(|p| {
+                let t = Arc::clone(&t);
+                thread::spawn(move || push(&t.ring, p as u32, p * 10).unwrap())
+            })
+            .collect();
+        let t2 = Arc::clone(&t);
+        let c = thread::spawn(move || {
+            let mut got = vec![];
+            for _ in 0..2 {
+                match pop_with(&t2.ring, 3, true) {
+                    Ok(v) => got.push(v),
+                    Err(ClaimReadError::Empty) | Err(ClaimReadError::InProgress { .. }) => {}
+                    Err(e) => panic!("open ring: {e:?}"),
+                }
+            }
+            got
+        });
+        for p in ps {
+            p.join().unwrap();
+        }
+        let mut got = c.join().unwrap();
+        got.extend(drain(&t.ring, 4));
+        got.sort();
+        assert_eq!(got, [10, 20], "every message exactly once");
+    });
+}
+
+#[test]
 fn loom_ring_two_consumers_race_for_one_message() {
     model(3, || {
         let t = Arc::new(ring(2));
@@ -70,7 +105,10 @@ fn loom_ring_wrap_around_keeps_fifo() {
                 assert_eq!(pop(&t.ring, 2), Ok(v));
             }
             let t2 = Arc::clone(&t);
-            let c = thread::spawn(move || (0..2).filter_map(|_| pop(&t2.ring, 2).ok()).collect::<Vec<u64>>());
+            // The consumer polls as an open channel does (`fast_empty`):
+            // last lap's slot not yet released counts as empty.
+            let c =
+                thread::spawn(move || (0..2).filter_map(|_| pop_with(&t2.ring, 2, true).ok()).collect::<Vec<u64>>());
             let sent: Vec<u64> = (100..103).filter(|&v| push(&t.ring, 1, v).is_ok()).collect();
             let mut got = c.join().unwrap();
             got.extend(drain(&t.ring, 2));

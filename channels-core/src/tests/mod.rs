@@ -59,7 +59,13 @@ pub(crate) fn push(r: &Ring, att: u32, v: u64) -> Result<(), ClaimWriteError> {
 
 /// Receive a value as attachment `att`.
 pub(crate) fn pop(r: &Ring, att: u32) -> Result<u64, ClaimReadError> {
-    let c = r.claim_read(att, false, &mut || {})?;
+    pop_with(r, att, false)
+}
+
+/// Receive a value as attachment `att`; `fast_empty` as the channel passes
+/// it while open (an unclaimed or half-written slot never reads `tail`).
+pub(crate) fn pop_with(r: &Ring, att: u32, fast_empty: bool) -> Result<u64, ClaimReadError> {
+    let c = r.claim_read(att, fast_empty, &mut || {})?;
     let v = r.slot(c.index).len.load(Ordering::Relaxed);
     r.release(c);
     Ok(v)
