@@ -261,8 +261,14 @@ pub struct Message(Repr);
 
 const SMALL: usize = 64;
 
+/// The bytes of a small message, aligned so that moving a `Message` is a
+/// few vector moves rather than a byte-wise shuffle.
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+struct SmallBuf([u8; SMALL]);
+
 enum Repr {
-    Small { len: u8, buf: [u8; SMALL] },
+    Small { len: u8, buf: SmallBuf },
     Heap(Vec<u8>),
     Block(Block),
 }
@@ -313,7 +319,7 @@ impl std::ops::Deref for Message {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match &self.0 {
-            Repr::Small { len, buf } => &buf[..*len as usize],
+            Repr::Small { len, buf } => &buf.0[..*len as usize],
             Repr::Heap(v) => v,
             Repr::Block(b) => b.as_ref(),
         }
@@ -335,8 +341,8 @@ impl fmt::Debug for Message {
 impl Message {
     fn copy_of(data: &[u8]) -> Message {
         if data.len() <= SMALL {
-            let mut buf = [0u8; SMALL];
-            buf[..data.len()].copy_from_slice(data);
+            let mut buf = SmallBuf([0u8; SMALL]);
+            buf.0[..data.len()].copy_from_slice(data);
             Message(Repr::Small { len: data.len() as u8, buf })
         } else {
             Message(Repr::Heap(data.to_vec()))
@@ -352,7 +358,7 @@ impl Message {
     /// last clone returns its block).
     pub fn into_bytes(self) -> Bytes {
         match self.0 {
-            Repr::Small { len, buf } => Bytes::copy_from_slice(&buf[..len as usize]),
+            Repr::Small { len, buf } => Bytes::copy_from_slice(&buf.0[..len as usize]),
             Repr::Heap(v) => Bytes::from(v),
             Repr::Block(b) => Bytes::from_owner(b),
         }
