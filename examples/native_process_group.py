@@ -42,10 +42,11 @@ def main(ranks_per_node: int = 2) -> None:
             stdout=Popen.PIPE, policy=here))
     grp.init()
     grp.start()
-    for proc in (Process(None, ident=puid) for puid in grp.puids):
-        if proc.stdout_conn:
-            print(f"  puid {proc.puid}: {proc.stdout_conn.read().strip()}")
     grp.join()
+    # The group keeps its exited processes: their captured output is there.
+    for puid, _ in grp.inactive_puids:
+        proc = Process(None, ident=puid)
+        print(f"  puid {proc.puid}: {proc.stdout_conn.read().strip()}")
     print("ranks exited with", sorted({code for _, code in grp.inactive_puids}))
     grp.close()
 

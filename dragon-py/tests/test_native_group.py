@@ -48,6 +48,22 @@ def test_start_join_python_and_executables():
     pg.close()
 
 
+def test_exited_processes_keep_their_output():
+    # Processes that exit at once: after join, the group still holds them, so
+    # Process(None, ident=puid) finds each and its captured output is there.
+    pg = _group((4, ProcessTemplate("/bin/sh", args=["-c", "echo out $$"], stdout=PIPE)))
+    pg.start()
+    pg.join(30)
+    outs = []
+    for puid, code in pg.inactive_puids:
+        assert code == 0
+        proc = Process(None, ident=puid)
+        assert proc.stdout_conn is not None
+        outs.append(proc.stdout_conn.read().strip())
+    assert len(outs) == 4 and all(o.startswith("out ") for o in outs)
+    pg.close()
+
+
 def test_group_can_be_started_again():
     pg = _group((2, ProcessTemplate(nh.exit_with, args=(0,))))
     pg.start()

@@ -40,7 +40,9 @@ Dragon uses a manager process): the group cannot be pickled to another
 process, and it is stopped (``SIGTERM``, then ``SIGKILL`` after one second)
 when the process that created it exits without closing it. Puids of the
 group's processes work with ``Process(None, ident=puid)`` in this process
-(exit code, streams), and as views elsewhere.
+(exit code, streams), and as views elsewhere; after a process exited, the
+group keeps it (the last 1024, until ``close()``) so that its exit code and
+captured output can still be read.
 
 Not supported: ``pmi_enabled=True`` (MPI launch through PMI) raises
 ``NotImplementedError`` in ``init()``; ``hide_stderr`` is accepted and has
@@ -48,6 +50,7 @@ no effect.
 """
 from __future__ import annotations
 
+import collections
 import os
 import select
 import signal
@@ -72,6 +75,7 @@ __all__ = [
 ]
 
 _DEFAULT_STOP_PATIENCE = 5.0  # seconds between SIGINT, SIGTERM and SIGKILL
+_KEEP_EXITED = 1024  # exited processes a group keeps reachable (with their output)
 _EXIT_PATIENCE = 1.0          # the same when the owner exits without close()
 _QUICK_EXIT = 1.0             # a process that lives less than this is restarted after a delay
 _MAX_BACKOFF = 1.0
@@ -146,6 +150,9 @@ class _Manager:
         self.cv = threading.Condition()
         self.slots = []
         self.inactive = []          # (puid, exit code) of every process that exited
+        # The last exited processes themselves, so that Process(None, ident=puid)
+        # still finds them and their captured output stays readable.
+        self.exited_procs = collections.OrderedDict()
         self.restart = False
         self.running = False
         self.signalled = set()      # puids the group signalled: their exits are not errors
@@ -283,6 +290,9 @@ class _Manager:
         code = proc.returncode
         _note_exit(proc.puid, code)
         self.inactive.append((proc.puid, code))
+        self.exited_procs[proc.puid] = proc
+        while len(self.exited_procs) > _KEEP_EXITED:
+            self.exited_procs.popitem(last=False)
         ours = proc.puid in self.signalled or self.stopping is not None
         self.signalled.discard(proc.puid)
         if code != 0 and not ours and not self.ignore_error:
