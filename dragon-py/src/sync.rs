@@ -20,6 +20,7 @@ use pyo3::exceptions::{PyAssertionError, PyOverflowError, PyTypeError, PyValueEr
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
 use transport_shm::{ShmBarrier, ShmCondition, ShmEvent, ShmLock, ShmRLock, ShmSemaphore};
 
 /// Who may remove an object's segment name, and whether its handle left.
@@ -70,8 +71,24 @@ fn thread_id() -> u32 {
     })
 }
 
-/// The common methods: `handle`, `name`, `attach`, `_destroy`, and dropping.
+/// The common methods: `handle`, `name`, `attach`, `_destroy`, and dropping;
+/// with `lock_like`, also `__enter__`/`__exit__` over the class's own
+/// `acquire`/`release`.
 macro_rules! shared_object {
+    ($py_ty:ident, $shm_ty:ty, $make:expr, lock_like, { $($methods:tt)* }) => {
+        shared_object!($py_ty, $shm_ty, $make, {
+            $($methods)*
+
+            fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
+                self.acquire(py, true, None)
+            }
+
+            #[pyo3(signature = (*_args))]
+            fn __exit__(&self, _args: &Bound<'_, PyTuple>) -> PyResult<()> {
+                self.release()
+            }
+        });
+    };
     ($py_ty:ident, $shm_ty:ty, $make:expr, { $($methods:tt)* }) => {
         #[pymethods]
         impl $py_ty {
@@ -129,6 +146,42 @@ fn release_error(e: ReleaseError) -> PyErr {
     }
 }
 
+fn wait_error(e: WaitError) -> PyErr {
+    match e {
+        WaitError::RecursionLimit => PyOverflowError::new_err(e.to_string()),
+        _ => PyValueError::new_err(e.to_string()),
+    }
+}
+
+/// `acquire(block, timeout)` of the lock-like classes: `try_now` tries
+/// without waiting (and without releasing the GIL); then, unless the call
+/// may not wait, `wait` waits with the GIL released. Whether it acquired.
+fn acquire_blocking<W>(
+    py: Python<'_>,
+    block: bool,
+    timeout: Option<f64>,
+    try_now: impl FnOnce() -> Result<bool, WaitError>,
+    wait: W,
+) -> PyResult<bool>
+where
+    W: FnOnce(Option<Duration>, &mut dyn FnMut() -> bool) -> Result<(), WaitError> + Send,
+{
+    if try_now().map_err(wait_error)? {
+        return Ok(true);
+    }
+    let t = block_timeout(block, timeout)?;
+    if t == Some(Duration::ZERO) {
+        return Ok(false);
+    }
+    let (r, int) = detached(py, |hook| wait(t, hook));
+    match r {
+        Ok(()) => Ok(true),
+        Err(WaitError::TimedOut) => Ok(false),
+        Err(WaitError::Interrupted) => Err(int.into_err()),
+        Err(e) => Err(wait_error(e)),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Lock
 // ---------------------------------------------------------------------------
@@ -160,7 +213,7 @@ impl Lock {
     }
 }
 
-shared_object!(Lock, ShmLock, |inner, owner| Lock { inner, owner, holder_tid: AtomicU32::new(0) }, {
+shared_object!(Lock, ShmLock, |inner, owner| Lock { inner, owner, holder_tid: AtomicU32::new(0) }, lock_like, {
     #[new]
     fn new() -> PyResult<Self> {
         Ok(Lock { inner: ShmLock::create().map_err(sync_err)?, owner: Owner::created(), holder_tid: AtomicU32::new(0) })
@@ -170,25 +223,18 @@ shared_object!(Lock, ShmLock, |inner, owner| Lock { inner, owner, holder_tid: At
     /// timeout elapsed.
     #[pyo3(signature = (block=true, timeout=None))]
     fn acquire(&self, py: Python<'_>, block: bool, timeout: Option<f64>) -> PyResult<bool> {
-        if self.inner.try_acquire().is_some() {
-            self.took();
-            return Ok(true);
-        }
-        let t = block_timeout(block, timeout)?;
-        if t == Some(std::time::Duration::ZERO) {
-            return Ok(false);
-        }
         let inner = &self.inner;
-        let (r, int) = detached(py, |hook| inner.acquire_with(t, hook));
-        match r {
-            Ok(_) => {
-                self.took();
-                Ok(true)
-            }
-            Err(WaitError::TimedOut) => Ok(false),
-            Err(WaitError::Interrupted) => Err(int.into_err()),
-            Err(e) => Err(PyValueError::new_err(e.to_string())),
+        let got = acquire_blocking(
+            py,
+            block,
+            timeout,
+            || Ok(inner.try_acquire().is_some()),
+            |t, hook| inner.acquire_with(t, hook).map(drop),
+        )?;
+        if got {
+            self.took();
         }
+        Ok(got)
     }
 
     /// Release (any process may release a lock).
@@ -196,15 +242,6 @@ shared_object!(Lock, ShmLock, |inner, owner| Lock { inner, owner, holder_tid: At
         // Relaxed: as in `took`.
         self.holder_tid.store(0, Ordering::Relaxed);
         self.inner.release().map_err(release_error)
-    }
-
-    fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
-        self.acquire(py, true, None)
-    }
-
-    #[pyo3(signature = (*_args))]
-    fn __exit__(&self, _args: &Bound<'_, PyTuple>) -> PyResult<()> {
-        self.release()
     }
 
     /// Whether the calling thread holds the lock.
@@ -260,7 +297,7 @@ pub(crate) struct RLock {
     owner: Owner,
 }
 
-shared_object!(RLock, ShmRLock, |inner, owner| RLock { inner, owner }, {
+shared_object!(RLock, ShmRLock, |inner, owner| RLock { inner, owner }, lock_like, {
     #[new]
     fn new() -> PyResult<Self> {
         Ok(RLock { inner: ShmRLock::create().map_err(sync_err)?, owner: Owner::created() })
@@ -268,37 +305,19 @@ shared_object!(RLock, ShmRLock, |inner, owner| RLock { inner, owner }, {
 
     #[pyo3(signature = (block=true, timeout=None))]
     fn acquire(&self, py: Python<'_>, block: bool, timeout: Option<f64>) -> PyResult<bool> {
-        match self.inner.try_acquire() {
-            Ok(Some(_)) => return Ok(true),
-            Ok(None) => {}
-            Err(e) => return Err(wait_error(e)),
-        }
-        let t = block_timeout(block, timeout)?;
-        if t == Some(std::time::Duration::ZERO) {
-            return Ok(false);
-        }
         let inner = &self.inner;
-        let (r, int) = detached(py, |hook| inner.acquire_with(t, hook));
-        match r {
-            Ok(_) => Ok(true),
-            Err(WaitError::TimedOut) => Ok(false),
-            Err(WaitError::Interrupted) => Err(int.into_err()),
-            Err(e) => Err(wait_error(e)),
-        }
+        acquire_blocking(
+            py,
+            block,
+            timeout,
+            || inner.try_acquire().map(|a| a.is_some()),
+            |t, hook| inner.acquire_with(t, hook).map(drop),
+        )
     }
 
     /// Release one level; only the owning thread may.
     fn release(&self) -> PyResult<()> {
         self.inner.release().map_err(release_error)
-    }
-
-    fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
-        self.acquire(py, true, None)
-    }
-
-    #[pyo3(signature = (*_args))]
-    fn __exit__(&self, _args: &Bound<'_, PyTuple>) -> PyResult<()> {
-        self.release()
     }
 
     fn _is_mine(&self) -> bool {
@@ -334,13 +353,6 @@ shared_object!(RLock, ShmRLock, |inner, owner| RLock { inner, owner }, {
     }
 });
 
-fn wait_error(e: WaitError) -> PyErr {
-    match e {
-        WaitError::RecursionLimit => PyOverflowError::new_err(e.to_string()),
-        _ => PyValueError::new_err(e.to_string()),
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Semaphore
 // ---------------------------------------------------------------------------
@@ -352,7 +364,7 @@ pub(crate) struct Semaphore {
     owner: Owner,
 }
 
-shared_object!(Semaphore, ShmSemaphore, |inner, owner| Semaphore { inner, owner }, {
+shared_object!(Semaphore, ShmSemaphore, |inner, owner| Semaphore { inner, owner }, lock_like, {
     #[new]
     #[pyo3(signature = (value=1, maxvalue=None))]
     fn new(value: i64, maxvalue: Option<i64>) -> PyResult<Self> {
@@ -372,34 +384,12 @@ shared_object!(Semaphore, ShmSemaphore, |inner, owner| Semaphore { inner, owner 
 
     #[pyo3(signature = (block=true, timeout=None))]
     fn acquire(&self, py: Python<'_>, block: bool, timeout: Option<f64>) -> PyResult<bool> {
-        if self.inner.try_acquire() {
-            return Ok(true);
-        }
-        let t = block_timeout(block, timeout)?;
-        if t == Some(std::time::Duration::ZERO) {
-            return Ok(false);
-        }
         let inner = &self.inner;
-        let (r, int) = detached(py, |hook| inner.acquire_with(t, hook));
-        match r {
-            Ok(()) => Ok(true),
-            Err(WaitError::TimedOut) => Ok(false),
-            Err(WaitError::Interrupted) => Err(int.into_err()),
-            Err(e) => Err(wait_error(e)),
-        }
+        acquire_blocking(py, block, timeout, || Ok(inner.try_acquire()), |t, hook| inner.acquire_with(t, hook))
     }
 
     fn release(&self) -> PyResult<()> {
         self.inner.release().map_err(release_error)
-    }
-
-    fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
-        self.acquire(py, true, None)
-    }
-
-    #[pyo3(signature = (*_args))]
-    fn __exit__(&self, _args: &Bound<'_, PyTuple>) -> PyResult<()> {
-        self.release()
     }
 
     /// The current value (a snapshot).
@@ -472,7 +462,7 @@ shared_object!(Event, ShmEvent, |inner, owner| Event { inner, owner }, {
             return Ok(true);
         }
         let t = self::timeout(timeout)?;
-        if t == Some(std::time::Duration::ZERO) {
+        if t == Some(Duration::ZERO) {
             return Ok(false);
         }
         let inner = &self.inner;
