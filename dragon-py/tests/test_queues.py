@@ -12,7 +12,7 @@ import time
 import pytest
 
 import dragon
-from dragon import _native, errors, queues
+from dragon import _native, _wire, errors, queues
 
 import _queue_helpers as h
 from conftest import clean_env, write_script
@@ -224,10 +224,10 @@ def test_too_large_for_shared_memory_is_a_clear_error(monkeypatch):
     # The channel carries up to 16 GiB per message, so a message too large
     # for /dev/shm cannot be built here; the decision is checked with a
     # pretend size of /dev/shm.
-    monkeypatch.setattr(queues, "_shm_total", lambda: 100)
+    monkeypatch.setattr(_wire, "_shm_total", lambda: 100)
     with pytest.raises(errors.MessageTooLargeError):
-        queues._no_memory(b"x" * 101)
-    queues._no_memory(b"x" * 100)  # fits: the caller waits and retries
+        _wire.check_fits(b"x" * 101)
+    _wire.check_fits(b"x" * 100)  # fits: the caller waits and retries
 
 
 def test_forged_and_stale_channel_handles():

@@ -1,5 +1,5 @@
-"""What queues and connections share: object encoding and keeping exported
-channels alive.
+"""What queues, connections and the pool share: object encoding, sending
+with retries, polling, and keeping exported channels alive.
 
 Encoding (see ``dragon-py/src/channel.rs`` for the tags): an exact ``bytes``
 object travels as itself behind a one-byte tag; anything else is pickled with
@@ -18,11 +18,13 @@ import io
 import os
 import pickle
 import threading
+import time
 
 from multiprocessing import context as _mp_context
 from multiprocessing.reduction import ForkingPickler
 
 from . import _native
+from .errors import MessageTooLargeError
 
 TAG_PICKLE = _native.TAG_PICKLE
 TAG_BYTES = _native.TAG_BYTES
@@ -118,19 +120,60 @@ def dumps(obj, head=b""):
     return buf.getvalue()
 
 
-def encode(obj):
-    """``(data, prefix)`` for :meth:`dragon._native.Channel.send`."""
-    if type(obj) is bytes:
-        return obj, TAG_BYTES
-    return dumps(obj), -1
+# --------------------------------------------------------------------------
+# Sending and polling
+# --------------------------------------------------------------------------
+
+def _shm_total():
+    try:
+        st = os.statvfs(_native.shm_dir())
+        return st.f_blocks * st.f_frsize
+    except OSError:
+        return None
 
 
-def decode(tag, data):
-    """The object a received ``(tag, payload)`` carries (raw bytes stay
-    bytes)."""
-    if tag == TAG_PICKLE:
-        return loads(data)
-    return data
+def check_fits(data):
+    """Shared memory for a large message is exhausted: raise if it can never
+    fit, else let the caller retry."""
+    total = _shm_total()
+    if total is not None and len(data) > total:
+        raise MessageTooLargeError(
+            "message of %d bytes is larger than all shared memory (%s holds %d bytes); nothing was sent"
+            % (len(data), _native.shm_dir(), total))
+
+
+def send_blocking(ch, data, prefix, block=True, timeout=None):
+    """Send on ``ch``, retrying while shared memory is exhausted; False if
+    the channel stayed full (or memory stayed short) until the timeout."""
+    deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+    pause = 0.0005
+    while True:
+        r = ch.send(data, prefix, block, timeout)
+        if r == SEND_OK:
+            return True
+        if r == SEND_FULL:
+            return False
+        check_fits(data)
+        if not block:
+            return False
+        if deadline is not None:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                return False
+            time.sleep(min(pause, timeout))
+        else:
+            time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+def poll(ch, timeout=0.0):
+    """Whether ``ch`` has a message (or an error) to receive, waiting at most
+    ``timeout`` seconds (``None``: no limit)."""
+    if ch.readable():
+        return True
+    if timeout is not None and timeout <= 0:
+        return False
+    return _native.select([ch], timeout) is not None
 
 
 # --------------------------------------------------------------------------

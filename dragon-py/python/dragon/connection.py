@@ -38,7 +38,6 @@ from multiprocessing import connection as _mp_connection
 
 from . import _native, _wire
 from ._lifetime import object_created
-from .errors import MessageTooLargeError
 
 __all__ = ["Connection", "Pipe", "wait"]
 
@@ -135,18 +134,7 @@ class Connection:
 
     # -- sending ------------------------------------------------------------------
     def _send(self, data, prefix):
-        ch = self._send_ch
-        pause = 0.0005
-        while True:
-            r = ch.send(data, prefix, True, None)
-            if r == _wire.SEND_OK:
-                return
-            if r == _wire.SEND_NO_MEMORY:
-                from .queues import _no_memory
-
-                _no_memory(data)
-                time.sleep(pause)
-                pause = min(pause * 2, 0.05)
+        _wire.send_blocking(self._send_ch, data, prefix)
 
     def send(self, obj):
         """Send a (picklable) object."""

@@ -85,7 +85,6 @@ from multiprocessing.pool import (  # noqa: F401  (re-exported, as the standard 
 
 from . import _native, _wire
 from .errors import BrokenPoolError, DragonError, InitializerError, MessageTooLargeError, WorkerLostError
-from .queues import _send_blocking
 from .sharedctypes import SharedBlock
 
 __all__ = ["Pool", "WorkerLostError", "RemoteTraceback", "MaybeEncodingError", "AsyncResult"]
@@ -244,7 +243,7 @@ class _Tasks:
         seq = self._sent
         self._pending[seq] = entry
         try:
-            _send_blocking(self._ch, data, -2, True, None)
+            _wire.send_blocking(self._ch, data, -2)
         except BaseException:
             del self._pending[seq]
             raise
@@ -274,12 +273,7 @@ class _ResultReader:
         self._results = results
 
     def poll(self, timeout=0.0):
-        ch = self._results._ch
-        if ch.readable():
-            return True
-        if timeout is not None and timeout <= 0:
-            return False
-        return _native.select([ch], timeout) is not None
+        return _wire.poll(self._results._ch, timeout)
 
 
 class _Results:
@@ -306,10 +300,10 @@ class _Results:
         """The standard handlers' end-of-results sentinel (``None``)."""
         if obj is not None:
             raise TypeError("a pool's result queue carries only its end marker")
-        _send_blocking(self._ch, _END, -2, True, None)
+        _wire.send_blocking(self._ch, _END, -2)
 
     def _report_lost(self, seq, count, pid, exitcode):
-        _send_blocking(self._ch, _LOST.pack(b"L", seq, count, pid, exitcode), -2, True, None)
+        _wire.send_blocking(self._ch, _LOST.pack(b"L", seq, count, pid, exitcode), -2)
 
     def get(self):
         """The next ``(job, index, (ok, value))`` for the standard result
@@ -548,7 +542,7 @@ _SEQ = struct.Struct("<q")
 def _report_gap(rch, first, count):
     """Tasks ``first .. first+count-1`` were taken by a worker that died
     before recording them."""
-    _send_blocking(rch, _LOST.pack(b"L", first, count, -1, 0), -2, True, None)
+    _wire.send_blocking(rch, _LOST.pack(b"L", first, count, -1, 0), -2)
 
 
 def _take(ch, lock, ledger, rch, rec, check=None, timeout=None):
@@ -684,10 +678,10 @@ def _worker(tasks, results, initializer=None, initargs=(), maxtasks=None, wrap_e
                 util.debug("Possible encoding error while sending result: %s" % wrapped)
                 out = dumps((False, wrapped), head)
             try:
-                _send_blocking(rch, out, -2, True, None)
+                _wire.send_blocking(rch, out, -2)
             except MessageTooLargeError as e:
-                _send_blocking(rch, dumps((False, MaybeEncodingError(e, "<result of %d bytes>" % len(out))), head),
-                               -2, True, None)
+                _wire.send_blocking(rch, dumps((False, MaybeEncodingError(e, "<result of %d bytes>" % len(out))), head),
+                                    -2)
             ledger[rec] = _IDLE
             data = msg = out = result = func = payload = fb = None
             completed += 1

@@ -29,9 +29,7 @@ Ordering: messages put by one thread are received in the order put.
 from __future__ import annotations
 
 import collections
-import os
 import threading
-import time
 import weakref
 from queue import Empty, Full
 
@@ -39,7 +37,6 @@ from multiprocessing import util
 
 from . import _native, _wire
 from ._lifetime import object_created
-from .errors import MessageTooLargeError
 
 __all__ = ["Queue", "JoinableQueue", "SimpleQueue", "Empty", "Full"]
 
@@ -53,48 +50,6 @@ EXACT_MAX = 8192
 MAX_ATTACHMENTS = 1023
 
 _MODE_UNBOUNDED, _MODE_EXACT, _MODE_SEM = "unbounded", "exact", "semaphore"
-
-
-def _shm_total():
-    try:
-        st = os.statvfs(_native.shm_dir())
-        return st.f_blocks * st.f_frsize
-    except OSError:
-        return None
-
-
-def _no_memory(data):
-    """Shared memory for a large message is exhausted: raise if it can never
-    fit, else let the caller retry."""
-    total = _shm_total()
-    if total is not None and len(data) > total:
-        raise MessageTooLargeError(
-            "message of %d bytes is larger than all shared memory (%s holds %d bytes); nothing was sent"
-            % (len(data), _native.shm_dir(), total))
-
-
-def _send_blocking(ch, data, prefix, block, timeout):
-    """Send, retrying while shared memory is exhausted; False if the
-    channel stayed full (or memory stayed short) until the timeout."""
-    deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
-    pause = 0.0005
-    while True:
-        r = ch.send(data, prefix, block, timeout)
-        if r == _wire.SEND_OK:
-            return True
-        if r == _wire.SEND_FULL:
-            return False
-        _no_memory(data)
-        if not block:
-            return False
-        if deadline is not None:
-            timeout = deadline - time.monotonic()
-            if timeout <= 0:
-                return False
-            time.sleep(min(pause, timeout))
-        else:
-            time.sleep(pause)
-        pause = min(pause * 2, 0.05)
 
 
 class _Reader:
@@ -152,7 +107,37 @@ class _Writer:
         return self._queue._writer_closed
 
 
-class Queue:
+class _ChannelQueue:
+    """What :class:`Queue` and :class:`SimpleQueue` share: receiving from
+    the channel (for ``get`` and the ``_reader`` view), polling, ``repr``."""
+
+    _sem = None  # a Queue's semaphore for bounds above EXACT_MAX
+
+    def _recv_msg(self, block, timeout):
+        while True:
+            r = self._ch.recv(block, timeout)
+            if r is None:
+                raise Empty
+            if r[0] != _wire.TAG_CONTROL:
+                if self._sem is not None:
+                    self._sem.release()
+                return r
+
+    def _get_raw(self, block=True, timeout=None):
+        tag, data = self._recv_msg(block, timeout)
+        if tag == _wire.TAG_PICKLE:
+            return _wire.loads(data)
+        return data
+
+    def _poll(self, timeout=0.0):
+        return _wire.poll(self._ch, timeout)
+
+    def __repr__(self):
+        return "<%s.%s object at %#x (%s)>" % (type(self).__module__, type(self).__qualname__, id(self),
+                                              self._ch.name)
+
+
+class Queue(_ChannelQueue):
     """A multi-producer, multi-consumer FIFO queue shared by processes."""
 
     def __init__(self, maxsize=0, *, ctx=None):
@@ -222,12 +207,12 @@ class Queue:
                 # As the standard feeder thread does: report, drop, go on.
                 self._on_queue_feeder_error(e, obj)
                 return
-        self._put_data(data, prefix, block, timeout)
+        self._put_item(data, prefix, block, timeout)
 
     def _put_data(self, data, prefix, block=True, timeout=None):
         mode = self._mode
         if mode == _MODE_EXACT:
-            if not _send_blocking(self._ch, data, prefix, block, timeout):
+            if not _wire.send_blocking(self._ch, data, prefix, block, timeout):
                 raise Full
             return
         if mode == _MODE_SEM and not self._sem.acquire(block, timeout):
@@ -238,12 +223,15 @@ class Queue:
                 if r == _wire.SEND_OK:
                     return
                 if r == _wire.SEND_NO_MEMORY:
-                    _no_memory(data)
+                    _wire.check_fits(data)
             # The ring is full: the feeder thread sends it (in order).
             self._buffer.append((bytes(data), prefix))
             if self._thread is None:
                 self._start_thread()
             self._notempty.notify()
+
+    # What put() does with an encoded item (JoinableQueue counts it first).
+    _put_item = _put_data
 
     def put_nowait(self, obj):
         return self.put(obj, False)
@@ -275,7 +263,7 @@ class Queue:
                     notempty.wait(0.2)
                 data, prefix = buffer[0]
             try:
-                while not _send_blocking(ch, data, prefix, True, 0.1):
+                while not _wire.send_blocking(ch, data, prefix, True, 0.1):
                     # Still full. Once this process has let go of the queue
                     # and no other process is attached, nobody can ever
                     # receive: drop what is buffered (as a standard feeder
@@ -321,41 +309,18 @@ class Queue:
             notempty.notify()
 
     # -- getting ----------------------------------------------------------------
-    def _recv_msg(self, block, timeout):
-        while True:
-            r = self._ch.recv(block, timeout)
-            if r is None:
-                raise Empty
-            if r[0] != _wire.TAG_CONTROL:
-                if self._sem is not None:
-                    self._sem.release()
-                return r
-
-    def _get_raw(self, block, timeout):
-        tag, data = self._recv_msg(block, timeout)
-        if tag == _wire.TAG_PICKLE:
-            return _wire.loads(data)
-        return data
-
     def get(self, block=True, timeout=None):
         """Remove and return an item; raise :class:`queue.Empty` if none
         comes (``block`` false, or ``timeout`` elapsed)."""
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
         tag, data = self._recv_msg(block, timeout)
-        if tag == _wire.TAG_PICKLE:
+        if tag == _wire.TAG_PICKLE:  # as _get_raw, without a call more
             return _wire.loads(data)
         return data
 
     def get_nowait(self):
         return self.get(False)
-
-    def _poll(self, timeout=0.0):
-        if self._ch.readable():
-            return True
-        if timeout is not None and timeout <= 0:
-            return False
-        return _native.select([self._ch], timeout) is not None
 
     # -- state ------------------------------------------------------------------
     def qsize(self):
@@ -400,10 +365,6 @@ class Queue:
         except AttributeError:
             pass
 
-    def __repr__(self):
-        return "<%s.%s object at %#x (%s)>" % (type(self).__module__, type(self).__qualname__, id(self),
-                                              self._ch.name)
-
 
 class JoinableQueue(Queue):
     """A :class:`Queue` with ``task_done`` and ``join``."""
@@ -422,17 +383,7 @@ class JoinableQueue(Queue):
         Queue.__setstate__(self, state[:-2])
         self._cond, self._unfinished_tasks = state[-2:]
 
-    def put(self, obj, block=True, timeout=None):
-        if self._closed:
-            raise ValueError(f"Queue {self!r} is closed")
-        if type(obj) is bytes:
-            data, prefix = obj, _wire.TAG_BYTES
-        else:
-            try:
-                data, prefix = _wire.dumps(obj), -1
-            except Exception as e:
-                self._on_queue_feeder_error(e, obj)
-                return
+    def _put_item(self, data, prefix, block, timeout):
         # Count the task before it can be taken (a consumer's task_done must
         # find it counted); uncount it if the put fails. The shared lock is
         # not held while a bounded put waits for room.
@@ -462,7 +413,7 @@ class JoinableQueue(Queue):
                 self._cond.wait()
 
 
-class SimpleQueue:
+class SimpleQueue(_ChannelQueue):
     """An unbounded-looking FIFO queue without a feeder thread: ``put`` blocks
     while the ring is full (as the standard one blocks on a full pipe)."""
 
@@ -487,7 +438,6 @@ class SimpleQueue:
         self._writer = _Writer(self)
         self._rlock = threading.Lock()
         self._wlock = None
-        self._sem = None
 
     def close(self):
         self._closed = True
@@ -502,38 +452,13 @@ class SimpleQueue:
             data, prefix = obj, _wire.TAG_BYTES
         else:
             data, prefix = _wire.dumps(obj), -1
-        _send_blocking(self._ch, data, prefix, True, None)
+        _wire.send_blocking(self._ch, data, prefix)
 
     def _put_data(self, data, prefix, block=True, timeout=None):
-        _send_blocking(self._ch, data, prefix, True, None)
-
-    def _recv_msg(self, block, timeout):
-        while True:
-            r = self._ch.recv(block, timeout)
-            if r is None:
-                raise Empty
-            if r[0] != _wire.TAG_CONTROL:
-                return r
-
-    def _get_raw(self, block, timeout):
-        tag, data = self._recv_msg(block, timeout)
-        if tag == _wire.TAG_PICKLE:
-            return _wire.loads(data)
-        return data
+        _wire.send_blocking(self._ch, data, prefix)
 
     def get(self):
         tag, data = self._recv_msg(True, None)
-        if tag == _wire.TAG_PICKLE:
+        if tag == _wire.TAG_PICKLE:  # as _get_raw, without a call more
             return _wire.loads(data)
         return data
-
-    def _poll(self, timeout=0.0):
-        if self._ch.readable():
-            return True
-        if timeout is not None and timeout <= 0:
-            return False
-        return _native.select([self._ch], timeout) is not None
-
-    def __repr__(self):
-        return "<%s.%s object at %#x (%s)>" % (type(self).__module__, type(self).__qualname__, id(self),
-                                              self._ch.name)

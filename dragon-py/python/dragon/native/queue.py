@@ -86,12 +86,12 @@ class Queue(_queues.JoinableQueue):
             self._cond, self._unfinished_tasks = state[-2:]
 
     # -- HPE spellings ------------------------------------------------------------
-    def put(self, obj, block: bool = True, timeout: float | None = None) -> None:
-        """Put ``obj``; ``queue.Full`` if a bounded queue stays full."""
+    def _put_item(self, data, prefix, block, timeout):
+        # Only a joinable queue counts its tasks.
         if self._joinable:
-            _queues.JoinableQueue.put(self, obj, block, timeout)
+            _queues.JoinableQueue._put_item(self, data, prefix, block, timeout)
         else:
-            _queues.Queue.put(self, obj, block, timeout)
+            _queues.Queue._put_data(self, data, prefix, block, timeout)
 
     def put_nowait(self, obj) -> None:
         self.put(obj, False)
