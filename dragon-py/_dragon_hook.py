@@ -1,20 +1,105 @@
 """Make the ``"dragon"`` start method known to every interpreter of this environment.
 
 Installed with the ``dragon`` package together with ``dragon_hook.pth``,
-which imports this module at interpreter start-up. It costs next to nothing:
-it only waits for ``multiprocessing`` to be imported and then imports
-``dragon``, which registers the start method. So
+which imports this module at interpreter start-up. It waits for
+``multiprocessing`` to be imported and then, without importing ``dragon``
+(which costs about 10 ms), registers a stand-in context under the name
+``"dragon"`` and rebinds the top-level factories of ``multiprocessing``
+(``Queue``, ``Lock``, ``Pool``, ...) to functions that ask the current
+context. The stand-in imports ``dragon`` the first time it is used, and
+``dragon`` then puts its real context in its place. So
 ``multiprocessing.set_start_method("dragon")`` works without an explicit
 ``import dragon``, and so does a ``spawn`` child of a program whose default
-start method is ``dragon`` (the child sets its parent's default method before
-anything else runs). Set ``DRAGON_NO_AUTOREGISTER=1`` to turn it off.
+start method is ``dragon``, while a program that never asks for ``dragon``
+(or the resource tracker every ``spawn`` program starts) does not pay for
+it. Set ``DRAGON_NO_AUTOREGISTER=1`` to turn it off.
+
+:mod:`dragon.context` uses :func:`make_dispatcher` and :data:`FACTORIES`
+from here, so a program that imports ``dragon`` directly gets the same
+dispatchers.
 """
 import os
 import sys
 
+START_METHOD = "dragon"
+
+# Names of multiprocessing's top-level factories that dispatch on the current
+# context.
+FACTORIES = (
+    "Queue", "JoinableQueue", "SimpleQueue", "Pipe",
+    "Lock", "RLock", "Semaphore", "BoundedSemaphore", "Condition", "Event", "Barrier",
+    "Value", "Array", "RawValue", "RawArray",
+    "Pool", "Manager", "cpu_count",
+)
+
+
+def make_dispatcher(name):
+    """A stand-in for ``multiprocessing.<name>`` that calls ``<name>`` of the
+    current context (the stock one binds the default context once)."""
+    from multiprocessing import context
+
+    default = context._default_context
+    stock = getattr(default, name)  # bound method of the default context
+
+    def dispatch(*args, **kwargs):
+        return getattr(default.get_context(), name)(*args, **kwargs)
+
+    dispatch.__name__ = name
+    dispatch.__qualname__ = name
+    dispatch.__module__ = "multiprocessing"
+    dispatch.__doc__ = stock.__doc__
+    # inspect.signature() follows __wrapped__: it shows the stock signature
+    # (without ``self``, as the stock bound method does).
+    dispatch.__wrapped__ = stock
+    dispatch._dragon_dispatch = True
+    return dispatch
+
+
+def install_dispatchers(multiprocessing):
+    """Rebind the factories of ``multiprocessing`` (idempotent)."""
+    for name in FACTORIES:
+        current = getattr(multiprocessing, name, None)
+        if current is None or getattr(current, "_dragon_dispatch", False):
+            continue
+        setattr(multiprocessing, name, make_dispatcher(name))
+
+
+class LazyContext:
+    """Registered as the ``dragon`` context until ``dragon`` is imported:
+    any use imports it and forwards to the real context."""
+
+    _name = START_METHOD
+
+    def _real(self):
+        import dragon  # noqa: F401  (registers the real context)
+        from multiprocessing import context
+
+        real = context._concrete_contexts[START_METHOD]
+        if real is self:
+            raise RuntimeError("importing dragon did not register its start method")
+        default = context._default_context
+        if default._actual_context is self:
+            default._actual_context = real
+        return real
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._real(), name)
+
+    def __repr__(self):
+        return "<dragon start method, not yet imported>"
+
+
+def _register(multiprocessing):
+    from multiprocessing import context
+
+    context._concrete_contexts.setdefault(START_METHOD, LazyContext())
+    install_dispatchers(multiprocessing)
+
 
 class _RegisterAfterMultiprocessing:
-    """Meta-path finder that runs ``import dragon`` right after ``multiprocessing`` loads."""
+    """Meta-path finder that registers the start method right after ``multiprocessing`` loads."""
 
     busy = False
 
@@ -43,7 +128,7 @@ class _RegisterAfterMultiprocessing:
         def exec_module(module):
             load(module)
             try:
-                import dragon  # noqa: F401  (registers the start method)
+                _register(module)
             except Exception:
                 pass  # a broken install must not break multiprocessing itself
 

@@ -158,32 +158,29 @@ class DragonContext(_mp_context.BaseContext):
         runtime.ensure_template()
 
 
-# Names of multiprocessing's top-level factories that dispatch on the current
-# context once dragon is imported.
-FACTORIES = (
-    "Queue", "JoinableQueue", "SimpleQueue", "Pipe",
-    "Lock", "RLock", "Semaphore", "BoundedSemaphore", "Condition", "Event", "Barrier",
-    "Value", "Array", "RawValue", "RawArray",
-    "Pool", "Manager", "cpu_count",
-)
+def _hook_module():
+    """The start-method hook module (``_dragon_hook``, installed next to the
+    package): the factories' dispatchers live there, so that the hook can
+    install them without importing :mod:`dragon`."""
+    try:
+        import _dragon_hook
+    except ImportError:  # an editable install that did not place it
+        import importlib.util
+        import os
+        import sys
+
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "_dragon_hook.py")
+        spec = importlib.util.spec_from_file_location("_dragon_hook", path)
+        if spec is None or not os.path.exists(path):
+            raise ImportError("dragon is installed without its _dragon_hook module; reinstall the package")
+        _dragon_hook = importlib.util.module_from_spec(spec)
+        sys.modules["_dragon_hook"] = _dragon_hook
+        spec.loader.exec_module(_dragon_hook)
+    return _dragon_hook
 
 
-def _make_dispatcher(name: str):
-    default = _mp_context._default_context
-    stock = getattr(default, name)  # bound method of the default context
-
-    def dispatch(*args, **kwargs):
-        return getattr(default.get_context(), name)(*args, **kwargs)
-
-    dispatch.__name__ = name
-    dispatch.__qualname__ = name
-    dispatch.__module__ = __name__
-    dispatch.__doc__ = stock.__doc__
-    # inspect.signature() follows __wrapped__: it shows the stock signature
-    # (without ``self``, as the stock bound method does).
-    dispatch.__wrapped__ = stock
-    dispatch._dragon_dispatch = True
-    return dispatch
+_hook = _hook_module()
+FACTORIES = _hook.FACTORIES
 
 
 def register() -> DragonContext:
@@ -195,11 +192,11 @@ def register() -> DragonContext:
     if not isinstance(ctx, DragonContext):
         ctx = DragonContext()
         _mp_context._concrete_contexts[START_METHOD] = ctx
-    for name in FACTORIES:
-        current = getattr(multiprocessing, name, None)
-        if getattr(current, "_dragon_dispatch", False):
-            continue
-        setattr(multiprocessing, name, _make_dispatcher(name))
+    # A program that chose "dragon" through the hook's stand-in uses this
+    # context from now on.
+    if isinstance(_mp_context._default_context._actual_context, _hook.LazyContext):
+        _mp_context._default_context._actual_context = ctx
+    _hook.install_dispatchers(multiprocessing)
     from .connection import install_wait
 
     install_wait()
