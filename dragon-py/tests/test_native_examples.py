@@ -35,7 +35,12 @@ def _leftovers(pid):
 def _run(name, *args):
     p = subprocess.Popen([sys.executable, os.path.join(EXAMPLES, name), *args], env=clean_env(),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = p.communicate(timeout=150)
+    try:
+        out, err = p.communicate(timeout=150)
+    except subprocess.TimeoutExpired:
+        p.kill()  # its template's watchdog removes the rest
+        out, err = p.communicate()
+        pytest.fail("%s did not finish in 150 s; stderr:\n%s" % (name, err))
     assert p.returncode == 0, err
     assert wait_until(lambda: _leftovers(p.pid) == ([], []), 10), _leftovers(p.pid)
     return out
