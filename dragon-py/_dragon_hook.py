@@ -7,7 +7,7 @@ which imports this module at interpreter start-up. It waits for
 ``"dragon"`` and rebinds the top-level factories of ``multiprocessing``
 (``Queue``, ``Lock``, ``Pool``, ...) to functions that ask the current
 context. The stand-in imports ``dragon`` the first time it is used, and
-``dragon`` then puts its real context in its place. So
+``dragon`` then makes it its real context. So
 ``multiprocessing.set_start_method("dragon")`` works without an explicit
 ``import dragon``, and so does a ``spawn`` child of a program whose default
 start method is ``dragon``, while a program that never asks for ``dragon``
@@ -66,26 +66,20 @@ def install_dispatchers(multiprocessing):
 
 class LazyContext:
     """Registered as the ``dragon`` context until ``dragon`` is imported:
-    any use imports it and forwards to the real context."""
+    the first use imports it, and ``dragon`` turns this very object into its
+    context (it changes the object's class), so whoever kept a reference to
+    it (``set_start_method`` does) holds the real context from then on."""
 
     _name = START_METHOD
-
-    def _real(self):
-        import dragon  # noqa: F401  (registers the real context)
-        from multiprocessing import context
-
-        real = context._concrete_contexts[START_METHOD]
-        if real is self:
-            raise RuntimeError("importing dragon did not register its start method")
-        default = context._default_context
-        if default._actual_context is self:
-            default._actual_context = real
-        return real
 
     def __getattr__(self, name):
         if name.startswith("__"):
             raise AttributeError(name)
-        return getattr(self._real(), name)
+        import dragon  # noqa: F401  (turns this object into the real context)
+
+        if isinstance(self, LazyContext):
+            raise RuntimeError("importing dragon did not register its start method")
+        return getattr(self, name)
 
     def __repr__(self):
         return "<dragon start method, not yet imported>"

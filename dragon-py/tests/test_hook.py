@@ -49,6 +49,7 @@ def child(q):
 if __name__ == "__main__":
     print("imported:", "dragon" in sys.modules)
     mp.set_start_method("dragon")
+    assert mp.get_context() is mp.get_context("dragon")   # one context object
     q = Queue()
     p = mp.Process(target=child, args=(q,))
     p.start()

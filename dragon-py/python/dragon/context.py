@@ -189,13 +189,14 @@ def register() -> DragonContext:
     Idempotent: importing :mod:`dragon` twice (or reloading) changes nothing.
     """
     ctx = _mp_context._concrete_contexts.get(START_METHOD)
-    if not isinstance(ctx, DragonContext):
+    if isinstance(ctx, _hook.LazyContext):
+        # The hook's stand-in becomes the context itself, so that references
+        # taken before this import (the default context keeps one after
+        # set_start_method) are the real context.
+        ctx.__class__ = DragonContext
+    elif not isinstance(ctx, DragonContext):
         ctx = DragonContext()
         _mp_context._concrete_contexts[START_METHOD] = ctx
-    # A program that chose "dragon" through the hook's stand-in uses this
-    # context from now on.
-    if isinstance(_mp_context._default_context._actual_context, _hook.LazyContext):
-        _mp_context._default_context._actual_context = ctx
     _hook.install_dispatchers(multiprocessing)
     from .connection import install_wait
 
