@@ -9,7 +9,7 @@ VPY := $(VENV)/bin/python
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: setup demo test test-rust test-loom test-py oracle lint bench clean-shm
+.PHONY: setup demo test test-rust test-loom test-py oracle lint bench bench-py clean-shm
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -65,3 +65,8 @@ clean-shm-check:
 # that `make test` never builds their bench-only peer, iceoryx2.
 bench: setup
 	cd channels-bench && CARGO_TARGET_DIR=../target/bench $(CARGO) run --release -q
+
+# The Python-level benchmarks (the shared bench/ scripts, fork/spawn/dragon
+# in one run, ratio tables in bench-results/). About 5 minutes.
+bench-py: setup
+	PYTHON=$(VPY) scripts/bench-py
