@@ -433,3 +433,26 @@ def test_exception_in_wait_check_is_raised_not_swallowed():
             ch.recv(True, None, check)
     finally:
         ch.destroy()
+
+
+def test_empty_after_close_as_the_standard_queues(ctx):
+    # Queue/JoinableQueue: close() of an unused queue changes nothing; once
+    # this process has put on it, close() also closes its reading end.
+    for make in (ctx.Queue, ctx.JoinableQueue):
+        q = make()
+        q.close()
+        q.join_thread()
+        assert q.empty()
+        q = make()
+        q.put("foo")
+        q.close()
+        q.join_thread()
+        with pytest.raises(OSError, match="is closed"):
+            q.empty()
+        with pytest.raises(ValueError, match="is closed"):
+            q.get()
+    # SimpleQueue: close() closes both ends at once.
+    sq = ctx.SimpleQueue()
+    sq.close()
+    with pytest.raises(OSError, match="is closed"):
+        sq.empty()

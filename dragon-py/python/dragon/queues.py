@@ -187,6 +187,7 @@ class Queue(_ChannelQueue):
         self._closed = False
         self._closing = False
         self._close = None
+        self._used = False  # put() called: close() then closes the reader
         self._reader_closed = False
         self._writer_closed = False
         self._reader = _Reader(self)
@@ -198,6 +199,7 @@ class Queue(_ChannelQueue):
         queue stays full (``block`` false, or ``timeout`` elapsed)."""
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
+        self._used = True
         if type(obj) is bytes:
             data, prefix = obj, _wire.TAG_BYTES
         else:
@@ -331,6 +333,8 @@ class Queue(_ChannelQueue):
         return len(self._ch) + len(self._buffer)
 
     def empty(self):
+        if self._reader_closed:
+            raise OSError("handle is closed")
         return self._ch.is_empty() and not self._buffer
 
     def full(self):
@@ -342,8 +346,12 @@ class Queue(_ChannelQueue):
 
     def close(self):
         """This process will put no more items: the feeder flushes what is
-        buffered and exits. Other processes are not affected."""
+        buffered and exits. Other processes are not affected. As with the
+        standard queue, a queue this process has put on can no longer be
+        read here either (:meth:`empty` raises ``OSError``)."""
         self._closed = True
+        if self._used:
+            self._reader_closed = self._writer_closed = True
         close = self._close
         if close:
             self._close = None
@@ -445,6 +453,8 @@ class SimpleQueue(_ChannelQueue):
         self._writer_closed = True
 
     def empty(self):
+        if self._reader_closed:
+            raise OSError("handle is closed")
         return self._ch.is_empty()
 
     def put(self, obj):
