@@ -9,7 +9,7 @@ VPY := $(VENV)/bin/python
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: setup demo test test-rust test-loom test-py oracle lint bench bench-py clean-shm
+.PHONY: setup demo test test-rust test-loom test-py oracle lint bench bench-py clean-shm soak
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,14 @@ test: lint test-rust test-loom test-py oracle
 # live runs of other programs on the machine are not leaks).
 clean-shm-check:
 	@scripts/check-shm-leftovers
+
+# Soak: every stress scenario (channel, sync, ddict) for SOAK_SECONDS each,
+# workers SIGKILLed at random; one JSON line per scenario (docs/stress.md).
+# Not part of `make test` (whose smoke runs are stress/tests/smoke.rs).
+SOAK_SECONDS ?= 200
+soak:
+	$(CARGO) build --release -q -p stress
+	target/release/stress all --seconds $(SOAK_SECONDS) $(if $(SEED),--seed $(SEED))
 
 # The channel benchmarks live in their own workspace (channels-bench/), so
 # that `make test` never builds their bench-only peer, iceoryx2.

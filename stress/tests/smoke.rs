@@ -1,0 +1,55 @@
+//! Short runs of every scenario (a few seconds each) through the real
+//! binary: workers are killed and replaced, and the run must end with zero
+//! violations. `make soak` runs the long version.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Run `stress <args>` under a deadline; returns (success, summary line).
+fn run(args: &[&str]) -> (bool, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stress"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start stress");
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("stress {args:?} still running after 150 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    child.stdout.take().expect("stdout").read_to_string(&mut out).expect("read stdout");
+    let line = out.lines().last().unwrap_or_default().to_owned();
+    (status.success(), line)
+}
+
+/// The value of a numeric field of the summary line.
+fn field(line: &str, name: &str) -> u64 {
+    let key = format!("\"{name}\":");
+    let at = line.find(&key).unwrap_or_else(|| panic!("no {name} in {line}")) + key.len();
+    line[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().expect("a number")
+}
+
+#[test]
+fn channel_smoke() {
+    let (ok, line) = run(&["channel", "--seconds", "4", "--kill-every-ms", "150"]);
+    assert!(ok, "{line}");
+    assert_eq!(field(&line, "violations"), 0, "{line}");
+    assert!(field(&line, "killed") > 0 && field(&line, "delivered") > 0, "the run did nothing: {line}");
+}
+
+#[test]
+fn bad_arguments_are_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_stress")).args(["channel", "--seconds", "x"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--seconds: not a number"));
+}
