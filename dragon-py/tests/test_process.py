@@ -463,3 +463,23 @@ def test_exited_child_keeps_its_pid_until_let_go():
         time.sleep(0.01)
     else:
         raise AssertionError("the template did not reap the child after its sentinel was closed")
+
+
+def test_socket_default_timeout_does_not_reach_the_runtime(ctx):
+    # CPython's TestTimeouts sets socket.setdefaulttimeout(0.1) around a
+    # process start; the runtime's own sockets must stay blocking.
+    import socket
+
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(0.0001)
+    try:
+        procs = [ctx.Process(target=time.sleep, args=(0.3,)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(30)
+            assert p.exitcode == 0
+        with ctx.Pool(2) as pool:
+            assert pool.map(abs, [-1, -2, -3]) == [1, 2, 3]
+    finally:
+        socket.setdefaulttimeout(old)

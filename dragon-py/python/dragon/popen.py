@@ -88,6 +88,7 @@ def _connect(addr):
     import socket
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.settimeout(None)  # never socket.setdefaulttimeout()'s: replies may take a while
     try:
         sock.connect("\0" + addr)
     except OSError as e:
@@ -173,6 +174,8 @@ class Popen:
         import socket
 
         exit_sock, exit_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        exit_sock.settimeout(None)  # blocking, whatever socket.setdefaulttimeout() says
+        exit_w.settimeout(None)
         exit_w = exit_w.detach()
         data_r, data_w = os.pipe()
         try:

@@ -204,6 +204,7 @@ def _start_template() -> str:
     me = os.getpid()
     name = "dragon-%s-%d-%s-template" % (rid, me, os.urandom(4).hex())
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.settimeout(None)  # no O_NONBLOCK from socket.setdefaulttimeout(); the template sets its own
     alive_r = alive_w = -1
     try:
         listener.bind("\0" + name)
