@@ -53,3 +53,11 @@ fn bad_arguments_are_a_clear_error() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--seconds: not a number"));
 }
+
+#[test]
+fn sync_smoke() {
+    let (ok, line) = run(&["sync", "--seconds", "4", "--kill-every-ms", "150"]);
+    assert!(ok, "{line}");
+    assert_eq!(field(&line, "violations"), 0, "{line}");
+    assert!(field(&line, "killed") > 0 && field(&line, "lock_ops") > 0, "the run did nothing: {line}");
+}
