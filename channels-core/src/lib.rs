@@ -14,6 +14,7 @@ pub mod handle;
 pub mod kv;
 pub mod layout;
 pub mod owner;
+pub mod plugin;
 pub mod region;
 pub(crate) mod ring;
 pub(crate) mod sync;

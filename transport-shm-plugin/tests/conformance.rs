@@ -1,0 +1,10 @@
+//! The transport conformance suite against `libdragon_transport_shm.so`,
+//! loaded from cargo's target folder through the real loading path
+//! (`DRAGON_CONFORMANCE_PLUGIN=/path/lib.so` runs it against another plugin).
+
+use channels_core::plugin::conformance::{built_library, Target};
+
+channels_core::transport_conformance_tests!(Target {
+    path: built_library("dragon_transport_shm"),
+    config: String::new()
+});
