@@ -9,3 +9,6 @@ pub mod rust_guide {}
 
 #[doc = include_str!("../ddict.md")]
 pub mod ddict_guide {}
+
+#[doc = include_str!("../plugin-guide.md")]
+pub mod plugin_guide {}
