@@ -34,98 +34,98 @@
  * An argument is invalid (a NULL pointer, a malformed config string, bad
  * channel attributes).
  */
-#define DRAGON_EINVAL -22
+#define DRAGON_EINVAL (-22)
 
 /**
  * The operation would block and the timeout was 0 (channel full on send,
  * empty on receive).
  */
-#define DRAGON_EAGAIN -11
+#define DRAGON_EAGAIN (-11)
 
 /**
  * The timeout elapsed before the operation could complete.
  */
-#define DRAGON_ETIMEDOUT -110
+#define DRAGON_ETIMEDOUT (-110)
 
 /**
  * The caller's buffer is too small; the size needed is stored through the
  * call's length pointer and nothing was consumed.
  */
-#define DRAGON_EMSGSIZE -90
+#define DRAGON_EMSGSIZE (-90)
 
 /**
  * The message is larger than the channel can ever carry.
  */
-#define DRAGON_E2BIG -7
+#define DRAGON_E2BIG (-7)
 
 /**
  * The channel is closed (or has no peer left in that direction) and, for a
  * receive, drained.
  */
-#define DRAGON_EPIPE -32
+#define DRAGON_EPIPE (-32)
 
 /**
  * The channel was destroyed.
  */
-#define DRAGON_EIDRM -43
+#define DRAGON_EIDRM (-43)
 
 /**
  * The handle bytes are not a valid handle (truncated, damaged, forged, or of
  * another object kind).
  */
-#define DRAGON_EBADMSG -74
+#define DRAGON_EBADMSG (-74)
 
 /**
  * The object a handle names does not exist (any more).
  */
-#define DRAGON_ENOENT -2
+#define DRAGON_ENOENT (-2)
 
 /**
  * The handle names an object that an earlier object of the same name had
  * (it was destroyed and replaced).
  */
-#define DRAGON_ESTALE -116
+#define DRAGON_ESTALE (-116)
 
 /**
  * The object lives on another node and this transport cannot reach it.
  */
-#define DRAGON_EREMOTE -66
+#define DRAGON_EREMOTE (-66)
 
 /**
  * The object was made by an incompatible build (memory layout version).
  */
-#define DRAGON_EPROTO -71
+#define DRAGON_EPROTO (-71)
 
 /**
  * Out of memory (or shared memory) for the object or the message.
  */
-#define DRAGON_ENOMEM -12
+#define DRAGON_ENOMEM (-12)
 
 /**
  * Too many attachments, or another fixed limit was reached.
  */
-#define DRAGON_EMFILE -24
+#define DRAGON_EMFILE (-24)
 
 /**
  * The object is still in use (closing a transport with open channels).
  */
-#define DRAGON_EBUSY -16
+#define DRAGON_EBUSY (-16)
 
 /**
  * The plugin does not implement this operation.
  */
-#define DRAGON_ENOTSUP -95
+#define DRAGON_ENOTSUP (-95)
 
 /**
  * Input/output or other failure; the message says what.
  */
-#define DRAGON_EIO -5
+#define DRAGON_EIO (-5)
 
 /**
  * The plugin panicked (or threw) inside the call; the object the call was
  * made on may be unusable and should be closed.
  */
-#define DRAGON_EPANIC -131
+#define DRAGON_EPANIC (-131)
 
 /**
  * Capability: reaches channels on this node.

@@ -61,7 +61,33 @@ fn generate() -> String {
         .expect("cbindgen parses abi.rs");
     let mut out = Vec::new();
     bindings.write(&mut out);
-    String::from_utf8(out).expect("UTF-8 header")
+    parenthesize_negative_defines(&String::from_utf8(out).expect("UTF-8 header"))
+}
+
+/// `#define DRAGON_EINVAL -22` would make `a-DRAGON_EINVAL` read `a--22`
+/// in C: negative constants are written `(-22)`.
+fn parenthesize_negative_defines(header: &str) -> String {
+    let mut out = String::with_capacity(header.len() + 64);
+    for line in header.split_inclusive('\n') {
+        let body = line.trim_end_matches('\n');
+        let mut parts = body.splitn(3, ' ');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("#define"), Some(name), Some(value))
+                if value.starts_with('-') && value[1..].bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                out.push_str(&format!("#define {name} ({value})"));
+                out.push_str(&line[body.len()..]);
+            }
+            _ => out.push_str(line),
+        }
+    }
+    out
+}
+
+#[test]
+fn negative_constants_are_parenthesized() {
+    let h = parenthesize_negative_defines("#define A -22\n#define B 5\n#define C -x\n");
+    assert_eq!(h, "#define A (-22)\n#define B 5\n#define C -x\n");
 }
 
 #[test]
