@@ -182,7 +182,7 @@ impl C {
 
     fn fail(&self, what: &str, e: Error) -> End {
         if matches!(e, Error::ManagerDied { .. }) && self.expect_death {
-            eprintln!("ddict client {}: {what}: {e}", self.id);
+            eprintln!("ddict client {}: {what} got the expected clear error: {e}", self.id);
             return End::Code(EXIT_MANAGER_DIED);
         }
         eprintln!("ddict client {}: {what}: {e}", self.id);

@@ -105,8 +105,15 @@ fn main() {
         for sc in ["channel", "sync", "ddict"] {
             let mut cmd = Command::new(std::env::current_exe().expect("own executable"));
             cmd.args([sc, "--seconds", &a.seconds.to_string(), "--seed", &seed.to_string()]);
-            if let Some(n) = a.iterations {
-                cmd.args(["--iterations", &n.to_string()]);
+            for (flag, v) in [
+                ("--iterations", a.iterations),
+                ("--workers", a.workers.map(|n| n as u64)),
+                ("--consumers", a.consumers.map(|n| n as u64)),
+                ("--kill-every-ms", a.kill_every_ms),
+            ] {
+                if let Some(v) = v {
+                    cmd.args([flag, &v.to_string()]);
+                }
             }
             if a.verbose {
                 cmd.arg("-v");
