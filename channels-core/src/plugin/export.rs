@@ -181,6 +181,23 @@ fn null(what: &str) -> Failure {
     Failure::new(DRAGON_EINVAL, format!("{what} is NULL"))
 }
 
+/// The `len` bytes at `ptr` (which may be null when `len` is 0).
+///
+/// # Safety
+///
+/// If `len > 0` and `ptr` is not null, `ptr` must be readable for `len`
+/// bytes for the returned lifetime.
+unsafe fn input<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a [u8], Failure> {
+    if len == 0 {
+        Ok(&[])
+    } else if ptr.is_null() {
+        Err(null(what))
+    } else {
+        // SAFETY: the caller's contract.
+        Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+    }
+}
+
 /// The channel behind an ABI pointer.
 ///
 /// # Safety
@@ -211,13 +228,7 @@ pub unsafe extern "C" fn open<T: TransportImpl>(
             if out.is_null() {
                 return Err(null("the output pointer"));
             }
-            let bytes = if config_len == 0 {
-                &[][..]
-            } else if config.is_null() {
-                return Err(null("the config"));
-            } else {
-                std::slice::from_raw_parts(config.cast::<u8>(), config_len)
-            };
+            let bytes = input(config.cast::<u8>(), config_len, "the config")?;
             let text = std::str::from_utf8(bytes)
                 .map_err(|e| Failure::new(DRAGON_EINVAL, format!("the config string is not UTF-8: {e}")))?;
             let t = T::open(text)?;
@@ -334,13 +345,7 @@ pub unsafe extern "C" fn channel_attach<T: TransportImpl>(
             if out.is_null() {
                 return Err(null("the output pointer"));
             }
-            let bytes = if len == 0 {
-                &[][..]
-            } else if handle.is_null() {
-                return Err(null("the handle"));
-            } else {
-                std::slice::from_raw_parts(handle, len)
-            };
+            let bytes = input(handle, len, "the handle")?;
             let tr = transport_ref::<T>(t)?;
             let ch = tr.transport.attach_channel(bytes)?;
             *out = new_channel(tr, ch);
@@ -445,13 +450,7 @@ pub unsafe extern "C" fn send<T: TransportImpl>(
     unsafe {
         guard(err, err_cap, || {
             let c = channel::<T>(ch)?;
-            let bytes = if len == 0 {
-                &[][..]
-            } else if data.is_null() {
-                return Err(null("the data"));
-            } else {
-                std::slice::from_raw_parts(data, len)
-            };
+            let bytes = input(data, len, "the data")?;
             c.channel.send(bytes, timeout_from_ns(timeout_ns))
         })
     }
