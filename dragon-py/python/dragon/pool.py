@@ -85,7 +85,7 @@ from multiprocessing.pool import (  # noqa: F401  (re-exported, as the standard 
 
 from . import _native, _wire
 from .errors import BrokenPoolError, DragonError, InitializerError, MessageTooLargeError, WorkerLostError
-from .sharedctypes import SharedBlock
+from ._block import SharedBlock
 
 __all__ = ["Pool", "WorkerLostError", "RemoteTraceback", "MaybeEncodingError", "AsyncResult"]
 

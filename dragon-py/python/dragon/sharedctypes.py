@@ -7,131 +7,23 @@ Unlike the standard library's, these objects pickle by handle at any time
 (through a queue, say), not only when a process starts; the synchronized
 wrappers pickle by handle with any pickler.
 
-Each block is a segment of its own::
-
-    offset 0   magic "DRGM" · u16 layout version · u8 kind (Memory) · pad
-               u64 id · u64 generation · u64 data size        (64 bytes)
-    offset 64  the data
-
-Its handle (``channels-core``'s handle format, kind ``Memory``) names the
-segment, id and generation; attaching checks them against the header, so a
-forged or stale handle is a clear error. The segment's name lives as long
-as the block that created it unless the block was pickled, then until the
-run ends.
+Each object lives in a :class:`dragon._block.SharedBlock` (a segment of its
+own, attached by a handle that is checked against the block's header; see
+that module for the layout).
 """
 from __future__ import annotations
 
 import ctypes
-import mmap
-import os
-import struct
 import weakref
 
 from multiprocessing import sharedctypes as _std
 from multiprocessing.reduction import ForkingPickler
 
-from . import _native
-from ._lifetime import object_created
-from .errors import DestroyedError, InvalidHandleError
+from ._block import SharedBlock
 
 __all__ = ["RawValue", "RawArray", "Value", "Array", "copy", "synchronized", "SharedBlock"]
 
 typecode_to_type = _std.typecode_to_type
-
-_MAGIC = b"DRGM"
-_LAYOUT_VERSION = 1
-_HEADER = struct.Struct("<4sHB9xQQQ")  # 40 bytes, padded to DATA_OFFSET
-DATA_OFFSET = 64
-
-
-def _unlink_unless_exported(name, creator, exported):
-    if not exported[0] and os.getpid() == creator:
-        try:
-            _native.segment_unlink(name)
-        except Exception:
-            pass
-
-
-class SharedBlock:
-    """``size`` bytes of zero-filled shared memory, attachable by handle."""
-
-    __slots__ = ("_mmap", "name", "id", "size", "_exported", "__weakref__")
-
-    def __init__(self, size):
-        size = int(size)
-        if size < 0:
-            raise ValueError("size must be >= 0")
-        object_created()
-        name, id_ = _native.memory_create(DATA_OFFSET + size)
-        try:
-            self._map(name)
-            _HEADER.pack_into(self._mmap, 0, _MAGIC, _LAYOUT_VERSION, _native.KIND_MEMORY, id_, 1, size)
-        except BaseException:
-            _native.segment_unlink(name)
-            raise
-        self.name, self.id, self.size = name, id_, size
-        self._exported = [False]
-        weakref.finalize(self, _unlink_unless_exported, name, os.getpid(), self._exported)
-
-    def _map(self, name):
-        path = os.path.join(_native.shm_dir(), name)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            raise DestroyedError("shared memory block was destroyed: its segment %s no longer exists" % name) from None
-        try:
-            length = os.fstat(fd).st_size
-            if length < DATA_OFFSET:
-                raise InvalidHandleError("segment %s is too small to hold a shared memory block" % name)
-            self._mmap = mmap.mmap(fd, length)
-        finally:
-            os.close(fd)
-
-    @classmethod
-    def attach(cls, handle):
-        """Attach to the block a handle names."""
-        segment, id_, generation, offset = _native.memory_parse(handle)
-        self = cls.__new__(cls)
-        self._map(segment)
-        magic, version, kind, hid, hgen, size = _HEADER.unpack_from(self._mmap, 0)
-        if magic != _MAGIC or kind != _native.KIND_MEMORY:
-            raise InvalidHandleError("no shared memory block in segment %s: wrong or forged handle" % segment)
-        if version != _LAYOUT_VERSION:
-            raise InvalidHandleError("shared memory block has layout version %d, this build reads %d"
-                                     % (version, _LAYOUT_VERSION))
-        if hid != id_:
-            raise InvalidHandleError("block id %#x differs from the handle's %#x: stale or forged handle"
-                                     % (hid, id_))
-        if hgen != generation:
-            raise DestroyedError("block generation %d differs from the handle's %d: the block was destroyed"
-                                 % (hgen, generation))
-        if offset != DATA_OFFSET or DATA_OFFSET + size > len(self._mmap):
-            raise InvalidHandleError("shared memory block header is corrupt or the handle is forged")
-        self.name, self.id, self.size = segment, id_, size
-        self._exported = [True]
-        return self
-
-    @property
-    def handle(self):
-        """The handle (bytes) other processes attach by. Taking it keeps the
-        block's name until the run ends."""
-        self._exported[0] = True
-        return _native.memory_handle(self.name, self.id, DATA_OFFSET)
-
-    def create_memoryview(self):
-        """A writable view of the data."""
-        return memoryview(self._mmap)[DATA_OFFSET:DATA_OFFSET + self.size]
-
-    def __reduce__(self):
-        return _attach_block, (self.handle,)
-
-    def __repr__(self):
-        return "<SharedBlock %s size=%d>" % (self.name, self.size)
-
-
-def _attach_block(handle):
-    return SharedBlock.attach(handle)
-
 
 # --------------------------------------------------------------------------
 # ctypes objects in blocks
