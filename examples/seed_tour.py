@@ -64,8 +64,8 @@ if __name__ == "__main__":
     d = DDict(managers_per_node=1, num_nodes=1, total_mem=64 * 1024**2)
     with mp.Pool(3, initializer=attach, initargs=(d,)) as pool:
         pids = set(pool.map(record, range(20), 1))
-    print("3. DDict through the initializer: %d keys written by %d workers, d[7] = %d"
-          % (len(d), len(pids), d[7]))
+    print("3. DDict through the initializer: %d keys written by %d worker%s, d[7] = %d"
+          % (len(d), len(pids), "" if len(pids) == 1 else "s", d[7]))
     d.destroy()
 
     with mp.Pool(2) as outer:
