@@ -188,9 +188,12 @@ pub struct RecoveryReport {
     pub blocks_freed: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dir {
+/// Which readiness a select waits for on a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dir {
+    /// A send would not block (room, or an error to report).
     Send,
+    /// A receive would not block (a message, or an error to report).
     Recv,
 }
 
@@ -1508,12 +1511,23 @@ impl Inner {
 /// message, or an error to report) and return its index. `timeout`: `None`
 /// waits forever.
 pub fn select_recv(channels: &[&Channel], timeout: Option<Duration>) -> Result<usize, SelectError> {
-    select(channels, Dir::Recv, timeout, None)
+    select(&with_dir(channels, Dir::Recv), timeout, None)
 }
 
 /// Like [`select_recv`], for sending.
 pub fn select_send(channels: &[&Channel], timeout: Option<Duration>) -> Result<usize, SelectError> {
-    select(channels, Dir::Send, timeout, None)
+    select(&with_dir(channels, Dir::Send), timeout, None)
+}
+
+/// Wait until any `(channel, direction)` of `items` is ready (the same
+/// channel may appear with both directions) and return its index.
+/// `timeout`: `None` waits forever.
+pub fn select_any(items: &[(&Channel, Dir)], timeout: Option<Duration>) -> Result<usize, SelectError> {
+    select(items, timeout, None)
+}
+
+fn with_dir<'a>(channels: &[&'a Channel], dir: Dir) -> Vec<(&'a Channel, Dir)> {
+    channels.iter().map(|&c| (c, dir)).collect()
 }
 
 /// [`select_recv`] with an interrupt hook (see [`Channel::recv_interruptible`]).
@@ -1522,24 +1536,23 @@ pub fn select_recv_interruptible(
     timeout: Option<Duration>,
     interrupt: &mut dyn FnMut() -> bool,
 ) -> Result<usize, SelectError> {
-    select(channels, Dir::Recv, timeout, Some(interrupt))
+    select(&with_dir(channels, Dir::Recv), timeout, Some(interrupt))
 }
 
 fn select(
-    channels: &[&Channel],
-    dir: Dir,
+    items: &[(&Channel, Dir)],
     timeout: Option<Duration>,
     mut hook: Option<&mut dyn FnMut() -> bool>,
 ) -> Result<usize, SelectError> {
-    if channels.is_empty() && timeout.is_none() {
+    if items.is_empty() && timeout.is_none() {
         return Err(SelectError::NoChannels);
     }
     let deadline = Deadline::after(timeout);
-    let ready = || channels.iter().position(|c| c.inner.ready(dir));
+    let ready = || items.iter().position(|(c, dir)| c.inner.ready(*dir));
     if let Some(i) = ready() {
         return Ok(i);
     }
-    let spin = channels.iter().map(|c| c.inner.spin()).max().unwrap_or_default();
+    let spin = items.iter().map(|(c, _)| c.inner.spin()).max().unwrap_or_default();
     if !spin.is_zero() {
         let until = Instant::now() + deadline.remaining().map_or(spin, |r| r.min(spin));
         while Instant::now() < until {
@@ -1551,30 +1564,30 @@ fn select(
             }
         }
     }
-    let mut seqs = vec![0u32; channels.len()];
+    let mut seqs = vec![0u32; items.len()];
     loop {
         if deadline.expired() {
             return ready().ok_or(SelectError::Timeout);
         }
-        for (s, c) in seqs.iter_mut().zip(channels) {
-            *s = wake::announce(c.inner.word(dir), SELECT_WAITER_ONE);
+        for (s, (c, dir)) in seqs.iter_mut().zip(items) {
+            *s = wake::announce(c.inner.word(*dir), SELECT_WAITER_ONE);
         }
         let unannounce = || {
-            for c in channels {
-                wake::retract(c.inner.word(dir), SELECT_WAITER_ONE);
+            for (c, dir) in items {
+                wake::retract(c.inner.word(*dir), SELECT_WAITER_ONE);
             }
         };
         if let Some(i) = ready() {
             unannounce();
             return Ok(i);
         }
-        let words: Vec<_> = channels.iter().zip(&seqs).map(|(c, &s)| (&c.inner.word(dir).seq, s)).collect();
+        let words: Vec<_> = items.iter().zip(&seqs).map(|((c, dir), &s)| (&c.inner.word(*dir).seq, s)).collect();
         let (how, _) = futex::wait_any(&words, Some(deadline.slice(SLEEP_SLICE)));
         unannounce();
         match how {
             Wake::TimedOut | Wake::Interrupted => {
                 if how == Wake::TimedOut {
-                    for c in channels {
+                    for (c, _) in items {
                         c.inner.maintain(false);
                     }
                 }

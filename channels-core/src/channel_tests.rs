@@ -355,6 +355,39 @@ fn select_finds_the_ready_channel() {
 }
 
 #[test]
+fn select_any_mixes_directions() {
+    let empty = heap(&opts()).unwrap();
+    let full = heap(&opts().capacity(1)).unwrap();
+    for c in [&empty, &full] {
+        c.set_spin(Duration::ZERO);
+    }
+    full.send(b"x").unwrap();
+    // Nothing to receive on `empty`, no room in `full`.
+    let items = [(&empty, Dir::Recv), (&full, Dir::Send)];
+    assert_eq!(select_any(&items, Some(Duration::from_millis(5))).unwrap_err(), SelectError::Timeout);
+    // Room appears in `full`: the sleeping select wakes on the send side.
+    let rx = full.clone();
+    let t = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(30));
+        assert_eq!(&*rx.recv().unwrap(), b"x");
+    });
+    assert_eq!(select_any(&items, Some(Duration::from_secs(10))).unwrap(), 1);
+    t.join().unwrap();
+    // One channel, both directions: an empty channel can be sent to.
+    assert_eq!(select_any(&[(&empty, Dir::Recv), (&empty, Dir::Send)], None).unwrap(), 1);
+    // And a message wakes the receive side.
+    full.send(b"y").unwrap();
+    let tx = empty.clone();
+    let t = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(30));
+        tx.send(b"z").unwrap();
+    });
+    assert_eq!(select_any(&[(&full, Dir::Send), (&empty, Dir::Recv)], Some(Duration::from_secs(10))).unwrap(), 1);
+    t.join().unwrap();
+    assert_eq!(select_any(&[], None).unwrap_err(), SelectError::NoChannels);
+}
+
+#[test]
 fn dead_writer_reader_and_block_owner_are_recovered() {
     let ch = heap(&opts()).unwrap();
     let dead = ch.attach_again(Roles::BOTH).unwrap();

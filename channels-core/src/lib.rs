@@ -28,7 +28,8 @@ pub use alloc::{AllocError, AllocStats};
 pub use attach::Roles;
 pub use backing::{Backing, BackingError, HeapBacking};
 pub use channel::{
-    select_recv, select_recv_interruptible, select_send, Block, Channel, ChannelOptions, Message, RecoveryReport,
+    select_any, select_recv, select_recv_interruptible, select_send, Block, Channel, ChannelOptions, Dir, Message,
+    RecoveryReport,
 };
 pub use error::{
     ChannelError, RecvError, RecvTimeoutError, SelectError, SendError, SendTimeoutError, TryRecvError, TrySendError,

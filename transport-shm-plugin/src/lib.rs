@@ -11,7 +11,7 @@
 use channels_core::plugin::abi::*;
 use channels_core::plugin::export::{ChannelImpl, Failure, Timeout, TransportImpl};
 use channels_core::{
-    select_recv, select_send, AllocError, BackingError, Channel, ChannelError, ChannelOptions, Handle, Kind, Message,
+    select_any, AllocError, BackingError, Channel, ChannelError, ChannelOptions, Dir, Handle, Kind, Message,
     RecvTimeoutError, SelectError, SendTimeoutError, TryRecvError, TrySendError,
 };
 use std::ffi::CStr;
@@ -172,9 +172,6 @@ impl ShmChannel {
     }
 }
 
-/// Longest single wait on one direction while polling for both.
-const BOTH_SLICE: Duration = Duration::from_millis(5);
-
 impl ChannelImpl for ShmChannel {
     type Message = Message;
 
@@ -219,16 +216,13 @@ impl ChannelImpl for ShmChannel {
                     Failure::new(DRAGON_ETIMEDOUT, "timed out waiting for the channel to become ready")
                 });
             }
-            let chans = [&self.ch];
-            let waited = match events & (DRAGON_POLL_IN | DRAGON_POLL_OUT) {
-                DRAGON_POLL_IN => select_recv(&chans, left),
-                DRAGON_POLL_OUT => select_send(&chans, left),
-                // Both: alternate short waits on each direction.
-                _ => {
-                    let slice = left.map_or(BOTH_SLICE, |l| l.min(BOTH_SLICE));
-                    select_recv(&chans, Some(slice)).or_else(|_| select_send(&chans, Some(Duration::ZERO)))
-                }
+            let both = [(&self.ch, Dir::Recv), (&self.ch, Dir::Send)];
+            let items = match events & (DRAGON_POLL_IN | DRAGON_POLL_OUT) {
+                DRAGON_POLL_IN => &both[..1],
+                DRAGON_POLL_OUT => &both[1..],
+                _ => &both[..],
             };
+            let waited = select_any(items, left);
             match waited {
                 Ok(_) | Err(SelectError::Timeout) => {}
                 Err(e) => return Err(Failure::new(DRAGON_EIO, e.to_string())),
