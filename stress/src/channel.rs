@@ -26,7 +26,8 @@
 //! == listed`); nothing of the run is left in `/dev/shm`.
 
 use crate::{
-    checksum, env, env_u64, exit, fill, nap, parse_records, read_all, record, Opts, Pids, Rng, Summary, WorkDir, Worker,
+    checksum, env, env_u64, exit, fill, nap, parse_records, read_all, record, replace_ended, Opts, Pids, Rng, Summary,
+    WorkDir, Worker,
 };
 use channels_core::{ChannelOptions, RecoveryReport, RecvTimeoutError, SendTimeoutError, TryRecvError};
 use std::collections::{HashMap, HashSet};
@@ -254,17 +255,9 @@ pub fn run(opts: &Opts, sum: &mut Summary) {
         let at = Instant::now() + rng.around(opts.kill_every);
         while Instant::now() < at {
             nap(at, Duration::from_millis(5));
-            // A worker that ended on its own before the end is wrong.
-            for i in (0..workers.len()).rev() {
-                if workers[i].poll() {
-                    let w = workers.swap_remove(i);
-                    sum.violation(w.bad_end().unwrap_or_else(|| format!("{} {} ended early", w.role, w.id)));
-                    let role = w.role;
-                    done.push(w);
-                    let next = if role == "producer" { &mut next_p } else { &mut next_c };
-                    workers.push(spawn(role, next));
-                }
-            }
+            replace_ended(&mut workers, &mut done, sum, |w| {
+                spawn(w.role, if w.role == "producer" { &mut next_p } else { &mut next_c })
+            });
         }
         let i = rng.below(workers.len() as u64) as usize;
         let mut w = workers.swap_remove(i);

@@ -29,7 +29,8 @@
 //!   hang; `destroy` still removes every shard.
 
 use crate::{
-    checksum, env, env_u64, exit, fill, nap, parse_records, read_all, record, Opts, Pids, Rng, Summary, WorkDir, Worker,
+    checksum, env, env_u64, exit, fill, nap, parse_records, read_all, record, replace_ended, Opts, Pids, Rng, Summary,
+    WorkDir, Worker,
 };
 use channels_core::owner::ProcessId;
 use ddict::manager::{self, Config};
@@ -480,14 +481,7 @@ pub fn run(opts: &Opts, sum: &mut Summary) {
         let at = Instant::now() + rng.around(opts.kill_every);
         while Instant::now() < at {
             nap(at, Duration::from_millis(5));
-            for i in (0..clients.len()).rev() {
-                if clients[i].poll() {
-                    let w = clients.swap_remove(i);
-                    sum.violation(w.bad_end().unwrap_or_else(|| format!("client {} ended early", w.id)));
-                    done.push(w);
-                    clients.push(spawn(None));
-                }
-            }
+            replace_ended(&mut clients, &mut done, sum, |_| spawn(None));
             for m in &mut managers {
                 if m.status.is_none() && m.poll() {
                     sum.violation(m.bad_end().unwrap_or_else(|| format!("manager {} ended early", m.id)));

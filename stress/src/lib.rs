@@ -488,6 +488,24 @@ pub fn parse_records(data: &[u8]) -> Result<Vec<(u32, u32, u32)>, String> {
     Ok(out)
 }
 
+/// Replace every worker that ended on its own with `respawn(&ended)`: only
+/// the chaos loop ends workers before the end, so each is a violation.
+pub fn replace_ended(
+    workers: &mut Vec<Worker>,
+    done: &mut Vec<Worker>,
+    sum: &mut Summary,
+    mut respawn: impl FnMut(&Worker) -> Worker,
+) {
+    for i in (0..workers.len()).rev() {
+        if workers[i].poll() {
+            let w = workers.swap_remove(i);
+            sum.violation(w.bad_end().unwrap_or_else(|| format!("{} {} ended early", w.role, w.id)));
+            workers.push(respawn(&w));
+            done.push(w);
+        }
+    }
+}
+
 /// Sleep until `until`, or at most `step`, whichever is sooner.
 pub fn nap(until: Instant, step: Duration) {
     let now = Instant::now();

@@ -31,7 +31,9 @@
 //!   count under the condition's lock (notify on put, wait with a timeout
 //!   on take), barrier waits with a timeout that reset a broken barrier.
 
-use crate::{env, env_u64, exit, nap, parse_records, read_all, record, Opts, Pids, Rng, Summary, WorkDir, Worker};
+use crate::{
+    env, env_u64, exit, nap, parse_records, read_all, record, replace_ended, Opts, Pids, Rng, Summary, WorkDir, Worker,
+};
 use channels_core::syncobj::{Acquired, BarrierError, WaitError};
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -467,14 +469,7 @@ pub fn run(opts: &Opts, sum: &mut Summary) {
         let at = Instant::now() + rng.around(opts.kill_every);
         while Instant::now() < at {
             nap(at, Duration::from_millis(5));
-            for i in (0..workers.len()).rev() {
-                if workers[i].poll() {
-                    let w = workers.swap_remove(i);
-                    sum.violation(w.bad_end().unwrap_or_else(|| format!("locker {} ended early", w.id)));
-                    done.push(w);
-                    workers.push(spawn());
-                }
-            }
+            replace_ended(&mut workers, &mut done, sum, |_| spawn());
         }
         // Half the kills aim at a process inside a critical section (a
         // lock's holder word, or a semaphore marker), the rest at anyone.
