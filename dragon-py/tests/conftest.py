@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -57,7 +58,8 @@ def pid_alive(pid):
 
 
 def run_processes(run_id):
-    """Live processes whose environment names the run."""
+    """Live processes whose environment names the run (``run_id`` may be the
+    start of run ids, e.g. ``"<pid>-"`` for every run that process owns)."""
     needle = ("DRAGON_RUN_ID=" + run_id).encode()
     out = []
     for e in os.listdir("/proc"):
@@ -68,10 +70,41 @@ def run_processes(run_id):
                 env = f.read().split(b"\0")
         except OSError:
             continue
-        if needle in env and pid_alive(int(e)):
+        if any(v.startswith(needle) for v in env) and pid_alive(int(e)):
             out.append(int(e))
     return out
 
 
 def shm_files(run_id):
-    return [n for n in os.listdir("/dev/shm") if n.startswith("dragon-%s-" % run_id)]
+    return files_with_prefix("dragon-%s-" % run_id)
+
+
+def files_with_prefix(prefix):
+    """Names in /dev/shm that start with ``prefix``."""
+    return [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]
+
+
+def interrupt_when_ready(path, *args):
+    """Run the script, send SIGINT once it prints "ready" (plus 0.2 s for it
+    to go to sleep in the call under test); its ``(stdout, stderr)``."""
+    p = subprocess.Popen([sys.executable, path, *args], env=clean_env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        time.sleep(0.2)
+        p.send_signal(signal.SIGINT)
+        return p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def run_and_list_leftovers(tmp_path, source):
+    """Run ``source`` (which prints its run's shm prefix last) to its end;
+    the /dev/shm files of that run still there."""
+    r = run_script(write_script(tmp_path, source))
+    assert r.returncode == 0, r.stderr
+    prefix = r.stdout.strip().splitlines()[-1]
+    assert prefix.startswith("dragon-")
+    return files_with_prefix(prefix)

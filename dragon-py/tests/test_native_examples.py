@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import clean_env, pid_alive, wait_until
+from conftest import clean_env, run_processes, shm_files, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -15,21 +15,7 @@ EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", 
 
 def _leftovers(pid):
     """Segments and live processes of the run started by process ``pid``."""
-    prefix = "dragon-%d-" % pid
-    shm = [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]
-    needle = ("DRAGON_RUN_ID=%d-" % pid).encode()
-    procs = []
-    for e in os.listdir("/proc"):
-        if not e.isdigit():
-            continue
-        try:
-            with open("/proc/%s/environ" % e, "rb") as f:
-                env = f.read().split(b"\0")
-        except OSError:
-            continue
-        if any(v.startswith(needle) for v in env) and pid_alive(int(e)):
-            procs.append(int(e))
-    return shm, procs
+    return shm_files(str(pid)), run_processes("%d-" % pid)
 
 
 def _run(name, *args):

@@ -4,8 +4,6 @@ import gc
 import os
 import pickle
 import queue
-import subprocess
-import sys
 import threading
 import time
 
@@ -15,7 +13,7 @@ import dragon
 from dragon import _native, _wire, errors, queues
 
 import _queue_helpers as h
-from conftest import clean_env, write_script
+from conftest import interrupt_when_ready, run_and_list_leftovers, write_script
 
 PAYLOADS = [
     b"", b"x" * 8, b"\x80starts like a pickle", b"\x00", b"\x01x", b"\x02y",
@@ -334,18 +332,7 @@ if __name__ == "__main__":
 
 @pytest.mark.parametrize("kind", ["get", "put", "simple", "recv", "wait"])
 def test_ctrl_c_interrupts(tmp_path, kind):
-    path = write_script(tmp_path, INTERRUPT_SCRIPT)
-    p = subprocess.Popen([sys.executable, path, kind], env=clean_env(), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    try:
-        assert p.stdout.readline().strip() == "ready"
-        time.sleep(0.2)
-        p.send_signal(__import__("signal").SIGINT)
-        out, err = p.communicate(timeout=30)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+    out, err = interrupt_when_ready(write_script(tmp_path, INTERRUPT_SCRIPT), kind)
     assert out.startswith("interrupted"), (out, err)
     assert float(out.split()[2]) < 5.0
 
@@ -373,12 +360,7 @@ if __name__ == "__main__":
 
 
 def test_nothing_left_in_dev_shm(tmp_path):
-    path = write_script(tmp_path, LEAK_SCRIPT)
-    r = subprocess.run([sys.executable, path], env=clean_env(), capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    prefix = r.stdout.strip()
-    assert prefix.startswith("dragon-")
-    assert [n for n in os.listdir("/dev/shm") if n.startswith(prefix)] == []
+    assert run_and_list_leftovers(tmp_path, LEAK_SCRIPT) == []
 
 
 def test_queue_survives_killed_producers(ctx):

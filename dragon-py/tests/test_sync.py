@@ -3,9 +3,6 @@ dragon context, across real processes."""
 import ctypes
 import os
 import pickle
-import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -15,7 +12,7 @@ import dragon
 from dragon import _native, errors, sharedctypes, synchronize
 
 import _sync_helpers as h
-from conftest import clean_env, wait_until, write_script
+from conftest import interrupt_when_ready, run_and_list_leftovers, wait_until, write_script
 
 
 def shm_exists(name):
@@ -446,18 +443,7 @@ if __name__ == "__main__":
 
 @pytest.mark.parametrize("kind", ["lock", "rlock", "semaphore", "event", "condition", "barrier"])
 def test_ctrl_c_interrupts_blocking_calls(tmp_path, kind):
-    path = write_script(tmp_path, INTERRUPT_SCRIPT)
-    p = subprocess.Popen([sys.executable, path, kind], env=clean_env(), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    try:
-        assert p.stdout.readline().strip() == "ready"
-        time.sleep(0.2)  # let it go to sleep in the call
-        p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=30)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+    out, err = interrupt_when_ready(write_script(tmp_path, INTERRUPT_SCRIPT), kind)
     assert out.startswith("interrupted"), (out, err)
     assert float(out.split()[2]) < 5.0
     if kind == "condition":
@@ -507,12 +493,7 @@ if __name__ == "__main__":
 
 
 def test_nothing_left_in_dev_shm(tmp_path):
-    path = write_script(tmp_path, LEAK_SCRIPT)
-    r = subprocess.run([sys.executable, path], env=clean_env(), capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    prefix = r.stdout.strip()
-    assert prefix.startswith("dragon-")
-    assert [n for n in os.listdir("/dev/shm") if n.startswith(prefix)] == []
+    assert run_and_list_leftovers(tmp_path, LEAK_SCRIPT) == []
 
 
 NO_TEMPLATE_SCRIPT = """
@@ -533,11 +514,7 @@ if __name__ == "__main__":
 
 
 def test_nothing_left_without_a_template(tmp_path):
-    path = write_script(tmp_path, NO_TEMPLATE_SCRIPT)
-    r = subprocess.run([sys.executable, path], env=clean_env(), capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    prefix = r.stdout.strip()
-    assert [n for n in os.listdir("/dev/shm") if n.startswith(prefix)] == []
+    assert run_and_list_leftovers(tmp_path, NO_TEMPLATE_SCRIPT) == []
 
 
 def test_objects_travel_through_a_queue_to_a_running_process(ctx):

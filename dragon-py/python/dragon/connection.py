@@ -265,15 +265,18 @@ class Connection:
         most ``timeout`` seconds (``None``: no limit)."""
         self._check_closed()
         self._check_readable()
+        if timeout is None:
+            return self._peek(True, None)
+        t = max(timeout, 0.0)
+        return self._peek(t > 0, t)
+
+    def _peek(self, block, timeout=None):
+        """Whether a message (or the end) is there to receive, keeping a
+        message taken to find out for the next receive."""
         if self._pending is not None:
             return True
-        if timeout is None:
-            block, t = True, None
-        else:
-            t = max(timeout, 0.0)
-            block = t > 0
         try:
-            r = self._recv_msg(block, t)
+            r = self._recv_msg(block, timeout)
         except EOFError:
             return True
         if r is None:
@@ -290,16 +293,7 @@ class Connection:
     def _dragon_ready(self):
         if self._sock is None or not self._readable:
             return True  # stdlib: a closed connection is reported ready
-        if self._pending is not None:
-            return True
-        try:
-            r = self._recv_msg(False)
-        except EOFError:
-            return True
-        if r is None:
-            return False
-        self._pending = r
-        return True
+        return self._peek(False)
 
     # -- pickling -----------------------------------------------------------------
     def __reduce__(self):

@@ -466,12 +466,8 @@ class ProcessGroup:
         (at most ``timeout`` seconds: ``TimeoutError``). Raises
         :class:`DragonUserCodeError` if processes failed (see the module
         docstring)."""
+        self.stop_restart()
         mgr = self._manager()
-        with mgr.cv:
-            mgr.restart = False
-            for s in mgr.slots:
-                s.restart_at = None
-            mgr._wake()
         if not mgr.wait_idle(timeout):
             raise TimeoutError("Timeout waiting for status Idle")
         mgr.take_error()
