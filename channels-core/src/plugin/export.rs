@@ -181,6 +181,15 @@ fn null(what: &str) -> Failure {
     Failure::new(DRAGON_EINVAL, format!("{what} is NULL"))
 }
 
+/// `p`, or the error naming `what` if it is NULL.
+fn non_null<P>(p: *mut P, what: &str) -> Result<*mut P, Failure> {
+    if p.is_null() {
+        Err(null(what))
+    } else {
+        Ok(p)
+    }
+}
+
 /// The `len` bytes at `ptr` (which may be null when `len` is 0).
 ///
 /// # Safety
@@ -225,9 +234,7 @@ pub unsafe extern "C" fn open<T: TransportImpl>(
     // `*out`, as the contract allows; `err` is forwarded.
     unsafe {
         guard(err, err_cap, || {
-            if out.is_null() {
-                return Err(null("the output pointer"));
-            }
+            let out = non_null(out, "the output pointer")?;
             let bytes = input(config.cast::<u8>(), config_len, "the config")?;
             let text = std::str::from_utf8(bytes)
                 .map_err(|e| Failure::new(DRAGON_EINVAL, format!("the config string is not UTF-8: {e}")))?;
@@ -248,9 +255,7 @@ pub unsafe extern "C" fn close<T: TransportImpl>(t: *mut DragonTransport, err: *
     // used concurrently; we take the reference back only if it is the last.
     unsafe {
         guard(err, err_cap, || {
-            if t.is_null() {
-                return Err(null("the transport"));
-            }
+            let t = non_null(t, "the transport")?;
             let arc = Arc::from_raw(t.cast_const().cast::<TransportBox<T>>());
             let others = Arc::strong_count(&arc) - 1;
             if others > 0 {
@@ -267,9 +272,7 @@ pub unsafe extern "C" fn close<T: TransportImpl>(t: *mut DragonTransport, err: *
 }
 
 fn transport_ref<T: TransportImpl>(t: *mut DragonTransport) -> Result<Arc<TransportBox<T>>, Failure> {
-    if t.is_null() {
-        return Err(null("the transport"));
-    }
+    let t = non_null(t, "the transport")?;
     let p = t.cast_const().cast::<TransportBox<T>>();
     // SAFETY: a non-NULL `t` came from `open` and is open (contract); we add
     // a reference for the new channel before making an Arc of our own.
@@ -299,9 +302,7 @@ pub unsafe extern "C" fn channel_create<T: TransportImpl>(
     // reading more than that field); `out` is writable; `err` forwarded.
     unsafe {
         guard(err, err_cap, || {
-            if out.is_null() {
-                return Err(null("the output pointer"));
-            }
+            let out = non_null(out, "the output pointer")?;
             let tr = transport_ref::<T>(t)?;
             let mut a = DragonChannelAttrs::default();
             if !attrs.is_null() {
@@ -342,9 +343,7 @@ pub unsafe extern "C" fn channel_attach<T: TransportImpl>(
     // SAFETY: `handle` is readable for `len` bytes, `out` writable.
     unsafe {
         guard(err, err_cap, || {
-            if out.is_null() {
-                return Err(null("the output pointer"));
-            }
+            let out = non_null(out, "the output pointer")?;
             let bytes = input(handle, len, "the handle")?;
             let tr = transport_ref::<T>(t)?;
             let ch = tr.transport.attach_channel(bytes)?;
@@ -360,18 +359,14 @@ pub unsafe extern "C" fn channel_attach<T: TransportImpl>(
 ///
 /// `buf` is NULL or writable for `cap` bytes; `len` is writable.
 unsafe fn copy_out(data: &[u8], buf: *mut u8, cap: usize, len: *mut usize) -> Result<(), Failure> {
-    if len.is_null() {
-        return Err(null("the length pointer"));
-    }
+    let len = non_null(len, "the length pointer")?;
     // SAFETY: `len` is writable (checked non-NULL; contract).
     unsafe { *len = data.len() };
     if data.len() > cap {
         return Err(Failure::new(DRAGON_EMSGSIZE, format!("buffer too small: need {} bytes, have {cap}", data.len())));
     }
     if !data.is_empty() {
-        if buf.is_null() {
-            return Err(null("the buffer"));
-        }
+        let buf = non_null(buf, "the buffer")?;
         // SAFETY: `buf` has `cap >= data.len()` writable bytes that do not
         // overlap the plugin's own memory.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), buf, data.len()) };
@@ -410,9 +405,7 @@ pub unsafe extern "C" fn channel_close<T: TransportImpl>(
     // no other call on it is in progress or follows (contract).
     unsafe {
         guard(err, err_cap, || {
-            if ch.is_null() {
-                return Err(null("the channel"));
-            }
+            let ch = non_null(ch, "the channel")?;
             drop(Box::from_raw(ch.cast::<ChannelBox<T>>()));
             Ok(())
         })
@@ -474,9 +467,7 @@ pub unsafe extern "C" fn recv<T: TransportImpl>(
     unsafe {
         guard(err, err_cap, || {
             let c = channel::<T>(ch)?;
-            if len.is_null() {
-                return Err(null("the length pointer"));
-            }
+            let len = non_null(len, "the length pointer")?;
             let m = c.next(timeout_from_ns(timeout_ns))?;
             match copy_out(m.as_ref(), buf, cap, len) {
                 Ok(()) => Ok(()),
@@ -507,9 +498,7 @@ pub unsafe extern "C" fn recv_msg<T: TransportImpl>(
     unsafe {
         guard(err, err_cap, || {
             let c = channel::<T>(ch)?;
-            if msg.is_null() {
-                return Err(null("the message pointer"));
-            }
+            let msg = non_null(msg, "the message pointer")?;
             let m = c.next(timeout_from_ns(timeout_ns))?;
             let b = Box::new(MessageBox::<T> { _transport: Arc::clone(&c.transport), message: m });
             let bytes = b.message.as_ref();
@@ -556,9 +545,7 @@ pub unsafe extern "C" fn poll<T: TransportImpl>(
     unsafe {
         guard(err, err_cap, || {
             let c = channel::<T>(ch)?;
-            if revents.is_null() {
-                return Err(null("the revents pointer"));
-            }
+            let revents = non_null(revents, "the revents pointer")?;
             let events = events & (DRAGON_POLL_IN | DRAGON_POLL_OUT);
             if events == 0 {
                 return Err(Failure::new(DRAGON_EINVAL, "poll for no events (give DRAGON_POLL_IN and/or _OUT)"));
@@ -595,9 +582,7 @@ pub unsafe extern "C" fn len<T: TransportImpl>(
     unsafe {
         guard(err, err_cap, || {
             let c = channel::<T>(ch)?;
-            if len.is_null() {
-                return Err(null("the length pointer"));
-            }
+            let len = non_null(len, "the length pointer")?;
             *len = c.channel.len() + c.kept().len() as u64;
             Ok(())
         })
