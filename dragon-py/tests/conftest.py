@@ -3,6 +3,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -108,3 +109,24 @@ def run_and_list_leftovers(tmp_path, source):
     prefix = r.stdout.strip().splitlines()[-1]
     assert prefix.startswith("dragon-")
     return files_with_prefix(prefix)
+
+
+def ticks_while(call, seconds=0.3):
+    """How many times a Python thread got to run (about once a millisecond)
+    during ``call()``, a call that blocks about ``seconds``: a call that holds
+    the GIL leaves it almost none."""
+    ticks = []
+    stop = time.monotonic() + seconds
+
+    def spin():
+        while time.monotonic() < stop:
+            ticks.append(1)
+            time.sleep(0.001)
+
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        call()
+    finally:
+        t.join()
+    return len(ticks)

@@ -4,7 +4,6 @@ import gc
 import os
 import pickle
 import queue
-import threading
 import time
 
 import pytest
@@ -13,7 +12,7 @@ import dragon
 from dragon import _native, _wire, errors, queues
 
 import _queue_helpers as h
-from conftest import interrupt_when_ready, run_and_list_leftovers, write_script
+from conftest import interrupt_when_ready, run_and_list_leftovers, ticks_while, write_script
 
 PAYLOADS = [
     b"", b"x" * 8, b"\x80starts like a pickle", b"\x00", b"\x01x", b"\x02y",
@@ -284,20 +283,12 @@ def test_fork_inherited_queue_attaches_anew(ctx):
 
 def test_blocking_get_releases_the_gil(ctx):
     q = ctx.Queue()
-    ticks = []
-    stop = time.monotonic() + 0.3
 
-    def spin():
-        while time.monotonic() < stop:
-            ticks.append(1)
-            time.sleep(0.001)
+    def get():
+        with pytest.raises(queue.Empty):
+            q.get(timeout=0.3)
 
-    t = threading.Thread(target=spin)
-    t.start()
-    with pytest.raises(queue.Empty):
-        q.get(timeout=0.3)
-    t.join()
-    assert len(ticks) > 20
+    assert ticks_while(get) > 20
 
 
 INTERRUPT_SCRIPT = """

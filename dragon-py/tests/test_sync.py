@@ -12,7 +12,7 @@ import dragon
 from dragon import _native, errors, sharedctypes, synchronize
 
 import _sync_helpers as h
-from conftest import interrupt_when_ready, run_and_list_leftovers, wait_until, write_script
+from conftest import interrupt_when_ready, run_and_list_leftovers, ticks_while, wait_until, write_script
 
 
 def shm_exists(name):
@@ -453,19 +453,11 @@ def test_ctrl_c_interrupts_blocking_calls(tmp_path, kind):
 def test_blocking_calls_release_the_gil(ctx):
     lock = ctx.Lock()
     lock.acquire()
-    ticks = []
-    stop = time.monotonic() + 0.3
 
-    def spin():
-        while time.monotonic() < stop:
-            ticks.append(1)
-            time.sleep(0.001)
+    def acquire():
+        assert lock.acquire(timeout=0.3) is False
 
-    t = threading.Thread(target=spin)
-    t.start()
-    assert lock.acquire(timeout=0.3) is False
-    t.join()
-    assert len(ticks) > 20
+    assert ticks_while(acquire) > 20
 
 
 # ---------------------------------------------------------------------------
