@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use std::ffi::{c_char, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A failed operation: a `DRAGON_E*` code and what happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,11 +110,54 @@ impl<T: TransportImpl> ChannelBox<T> {
         self.kept.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn next(&self, timeout: Timeout) -> Result<<T::Channel as ChannelImpl>::Message, Failure> {
-        if let Some(m) = self.kept().pop_front() {
-            return Ok(m);
+    /// Take the next message (kept ones first) if `fits` accepts it, waiting
+    /// at most `timeout`; a message `fits` refuses stays first in line.
+    ///
+    /// Messages are taken off the channel only with the kept queue locked,
+    /// so that threads sharing this attachment see one queue: a message
+    /// kept back by one of them is never overtaken by a later one that
+    /// another thread took meanwhile. Waiting happens unlocked, in `poll`.
+    fn next(
+        &self,
+        timeout: Timeout,
+        fits: impl FnOnce(&<T::Channel as ChannelImpl>::Message) -> Result<(), Failure>,
+    ) -> Result<<T::Channel as ChannelImpl>::Message, Failure> {
+        let deadline = timeout.map(|t| Instant::now() + t.min(Duration::from_secs(100 * 365 * 86400)));
+        loop {
+            {
+                let mut kept = self.kept();
+                let m = match kept.pop_front() {
+                    Some(m) => Some(m),
+                    None => match self.channel.recv(Some(Duration::ZERO)) {
+                        Ok(m) => Some(m),
+                        Err(e) if e.code == DRAGON_EAGAIN => None,
+                        Err(e) => return Err(e),
+                    },
+                };
+                if let Some(m) = m {
+                    return match fits(&m) {
+                        Ok(()) => Ok(m),
+                        Err(e) => {
+                            kept.push_front(m);
+                            Err(e)
+                        }
+                    };
+                }
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Err(if timeout == Some(Duration::ZERO) {
+                    Failure::new(DRAGON_EAGAIN, "no message in the channel")
+                } else {
+                    Failure::new(DRAGON_ETIMEDOUT, "timed out receiving on an empty channel")
+                });
+            }
+            match self.channel.poll(DRAGON_POLL_IN, left) {
+                Ok(_) => {}
+                Err(e) if e.code == DRAGON_ETIMEDOUT || e.code == DRAGON_EAGAIN => {}
+                Err(e) => return Err(e),
+            }
         }
-        self.channel.recv(timeout)
     }
 }
 
@@ -468,16 +511,10 @@ pub unsafe extern "C" fn recv<T: TransportImpl>(
         guard(err, err_cap, || {
             let c = channel::<T>(ch)?;
             let len = non_null(len, "the length pointer")?;
-            let m = c.next(timeout_from_ns(timeout_ns))?;
-            match copy_out(m.as_ref(), buf, cap, len) {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    // Too small (or a NULL buffer): keep it for the next
-                    // receive, ahead of anything kept since.
-                    c.kept().push_front(m);
-                    Err(e)
-                }
-            }
+            // Too small (or a NULL buffer): the message stays first in line
+            // for the next receive on this attachment.
+            c.next(timeout_from_ns(timeout_ns), |m| copy_out(m.as_ref(), buf, cap, len))?;
+            Ok(())
         })
     }
 }
@@ -499,7 +536,7 @@ pub unsafe extern "C" fn recv_msg<T: TransportImpl>(
         guard(err, err_cap, || {
             let c = channel::<T>(ch)?;
             let msg = non_null(msg, "the message pointer")?;
-            let m = c.next(timeout_from_ns(timeout_ns))?;
+            let m = c.next(timeout_from_ns(timeout_ns), |_| Ok(()))?;
             let b = Box::new(MessageBox::<T> { _transport: Arc::clone(&c.transport), message: m });
             let bytes = b.message.as_ref();
             let (data, n) =
