@@ -9,13 +9,13 @@
 //!   channel's default when absent).
 
 use channels_core::plugin::abi::*;
-use channels_core::plugin::export::{ChannelImpl, Failure, Timeout, TransportImpl};
+use channels_core::plugin::export::{ChannelImpl, Failure, Timeout, TransportImpl, Wait};
 use channels_core::{
     select_any, AllocError, BackingError, Channel, ChannelError, ChannelOptions, Dir, Handle, Kind, Message,
     RecvTimeoutError, SelectError, SendTimeoutError, TryRecvError, TrySendError,
 };
 use std::ffi::CStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The shared-memory transport instance.
 #[derive(Debug)]
@@ -201,21 +201,13 @@ impl ChannelImpl for ShmChannel {
     }
 
     fn poll(&self, events: u32, timeout: Timeout) -> Result<u32, Failure> {
-        // A century stands for longer timeouts (Instant cannot hold any).
-        let deadline = timeout.map(|t| Instant::now() + t.min(Duration::from_secs(100 * 365 * 86400)));
+        let wait = Wait::new(timeout);
         loop {
             let r = self.ready(events);
             if r != 0 {
                 return Ok(r | self.hup());
             }
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if left == Some(Duration::ZERO) {
-                return Err(if timeout == Some(Duration::ZERO) {
-                    Failure::new(DRAGON_EAGAIN, "the channel is not ready")
-                } else {
-                    Failure::new(DRAGON_ETIMEDOUT, "timed out waiting for the channel to become ready")
-                });
-            }
+            let left = wait.left("the channel is not ready", "timed out waiting for the channel to become ready")?;
             let both = [(&self.ch, Dir::Recv), (&self.ch, Dir::Send)];
             let items = match events & (DRAGON_POLL_IN | DRAGON_POLL_OUT) {
                 DRAGON_POLL_IN => &both[..1],

@@ -15,11 +15,12 @@
 //! `panic = "abort"` a panic ends the process instead.
 
 use super::abi::*;
+use crate::futex::Deadline;
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A failed operation: a `DRAGON_E*` code and what happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +46,35 @@ pub type Timeout = Option<Duration>;
 /// Convert an ABI timeout in nanoseconds.
 pub fn timeout_from_ns(ns: u64) -> Timeout {
     (ns != DRAGON_TIMEOUT_FOREVER).then(|| Duration::from_nanos(ns))
+}
+
+/// A wait of a [`Timeout`] under way, for entry points that wait in steps
+/// (check, sleep, check again).
+#[derive(Debug)]
+pub struct Wait {
+    timeout: Timeout,
+    deadline: Deadline,
+}
+
+impl Wait {
+    /// Start waiting for at most `timeout`.
+    pub fn new(timeout: Timeout) -> Wait {
+        Wait { timeout, deadline: Deadline::after(timeout) }
+    }
+
+    /// The time left (`None`: forever) or, once it has run out, the failure
+    /// the ABI asks for: `DRAGON_EAGAIN` saying `not_now` for a zero
+    /// timeout, `DRAGON_ETIMEDOUT` saying `timed_out` otherwise.
+    pub fn left(&self, not_now: &str, timed_out: &str) -> Result<Timeout, Failure> {
+        match self.deadline.remaining() {
+            Some(left) if left.is_zero() => Err(if self.timeout == Some(Duration::ZERO) {
+                Failure::new(DRAGON_EAGAIN, not_now)
+            } else {
+                Failure::new(DRAGON_ETIMEDOUT, timed_out)
+            }),
+            left => Ok(left),
+        }
+    }
 }
 
 /// A transport: what `open` makes. Called from any thread, concurrently.
@@ -122,7 +152,7 @@ impl<T: TransportImpl> ChannelBox<T> {
         timeout: Timeout,
         fits: impl FnOnce(&<T::Channel as ChannelImpl>::Message) -> Result<(), Failure>,
     ) -> Result<<T::Channel as ChannelImpl>::Message, Failure> {
-        let deadline = timeout.map(|t| Instant::now() + t.min(Duration::from_secs(100 * 365 * 86400)));
+        let wait = Wait::new(timeout);
         loop {
             {
                 let mut kept = self.kept();
@@ -144,14 +174,7 @@ impl<T: TransportImpl> ChannelBox<T> {
                     };
                 }
             }
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if left == Some(Duration::ZERO) {
-                return Err(if timeout == Some(Duration::ZERO) {
-                    Failure::new(DRAGON_EAGAIN, "no message in the channel")
-                } else {
-                    Failure::new(DRAGON_ETIMEDOUT, "timed out receiving on an empty channel")
-                });
-            }
+            let left = wait.left("no message in the channel", "timed out receiving on an empty channel")?;
             match self.channel.poll(DRAGON_POLL_IN, left) {
                 Ok(_) => {}
                 Err(e) if e.code == DRAGON_ETIMEDOUT || e.code == DRAGON_EAGAIN => {}
