@@ -12,6 +12,7 @@ pub mod fault;
 pub mod futex;
 pub mod handle;
 pub mod kv;
+pub mod lend;
 pub mod layout;
 pub mod owner;
 pub mod plugin;

@@ -3,6 +3,7 @@
 //! for processes and tiny capacities.
 
 mod loom_alloc;
+mod loom_lend;
 mod loom_ring;
 mod loom_wake;
 
