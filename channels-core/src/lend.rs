@@ -42,6 +42,7 @@
 //! publishing the message, that block is stranded until the store is
 //! removed with its run. Those windows are a few instructions wide.
 
+use crate::owner::ProcessId;
 use crate::sync::{AtomicU64, Ordering};
 
 /// Words of pin bits per block (64 attachments per word).
@@ -224,8 +225,229 @@ impl Default for Lent {
 }
 
 fn pin_bit(a: u32) -> (usize, u64) {
-    assert!(a >= 1 && a <= MAX_ATTACHMENT, "attachment id {a} out of range");
+    assert!((1..=MAX_ATTACHMENT).contains(&a), "attachment id {a} out of range");
     ((a / 64) as usize, 1u64 << (a % 64))
+}
+
+// ---- the control area of a store --------------------------------------------
+
+/// Segments a store can have.
+pub const SEGMENTS: usize = 64;
+/// Blocks a segment can hold.
+pub const BLOCKS_PER_SEGMENT: usize = 16;
+/// Attachment rows (ids 1..ROWS; row 0 is unused).
+pub const ROWS: usize = MAX_ATTACHMENT as usize + 1;
+
+const STORE_MAGIC: u64 = 0x6472_6167_6c65_6e64; // "draglend"
+
+const ROW_CLAIMING: u64 = 1;
+const ROW_ACTIVE: u64 = 2;
+const ROW_SWEEPING: u64 = 3;
+
+const SEG_CREATING: u64 = 1;
+const SEG_READY: u64 = 2;
+
+/// One process's row: `state (4) << 60 | sweeper (10) << 32 | pid`, and its
+/// start time.
+#[repr(C)]
+#[derive(Debug)]
+struct Row {
+    word: AtomicU64,
+    start: AtomicU64,
+}
+
+/// What a segment slot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegState {
+    /// Nothing yet.
+    Empty,
+    /// A process (this pid) is creating the segment file.
+    Creating(u32),
+    /// Ready: blocks of `2^class` bytes (plus a page), `blocks` of them.
+    Ready {
+        /// Size class (log2 of the payload capacity).
+        class: u32,
+        /// Number of blocks.
+        blocks: u32,
+    },
+}
+
+/// The control area of a run-wide block store: who is attached, which
+/// segments exist, and a [`Lent`] word per block. It lives in its own
+/// shared region; all zero (plus [`StoreCtl::init`]) is an empty store.
+#[repr(C)]
+#[derive(Debug)]
+pub struct StoreCtl {
+    magic: AtomicU64,
+    cap: AtomicU64,
+    used: AtomicU64,
+    rows: [Row; ROWS],
+    segs: [AtomicU64; SEGMENTS],
+    lents: [Lent; SEGMENTS * BLOCKS_PER_SEGMENT],
+}
+
+impl StoreCtl {
+    /// Bytes the control area needs.
+    pub const SIZE: usize = std::mem::size_of::<StoreCtl>();
+
+    /// View zero-filled or initialised shared memory as a control area.
+    ///
+    /// # Safety
+    /// `p` must point to at least [`StoreCtl::SIZE`] bytes, 8-byte aligned,
+    /// mapped for as long as the result is used, and hold either zeros or a
+    /// control area (every field is an atomic, so all zero is valid).
+    pub unsafe fn from_ptr<'a>(p: std::ptr::NonNull<u8>) -> &'a StoreCtl {
+        // SAFETY: per the contract above.
+        unsafe { &*p.as_ptr().cast::<StoreCtl>() }
+    }
+
+    /// Initialise a fresh (zero-filled) control area that may hand out
+    /// `cap` bytes of segments; publishes it.
+    pub fn init(&self, cap: u64) {
+        self.cap.store(cap, Ordering::Relaxed);
+        // Release: the cap is written before the store is seen as ready.
+        self.magic.store(STORE_MAGIC, Ordering::Release);
+    }
+
+    /// Whether [`StoreCtl::init`] has run.
+    pub fn ready(&self) -> bool {
+        self.magic.load(Ordering::Acquire) == STORE_MAGIC
+    }
+
+    /// Bytes of segments created so far, and the cap.
+    pub fn usage(&self) -> (u64, u64) {
+        (self.used.load(Ordering::Relaxed), self.cap.load(Ordering::Relaxed))
+    }
+
+    /// The ownership word of block `idx` of segment `seg`.
+    pub fn lent(&self, seg: usize, idx: usize) -> &Lent {
+        &self.lents[seg * BLOCKS_PER_SEGMENT + idx]
+    }
+
+    /// Claim an attachment row for process `me`; sweeps dead attachments
+    /// when every row is taken. `None` if all are alive.
+    pub fn attach(&self, me: ProcessId) -> Option<u32> {
+        for round in 0..2 {
+            for (i, row) in self.rows.iter().enumerate().skip(1) {
+                let claiming = row_word(ROW_CLAIMING, 0, me.pid);
+                if row.word.compare_exchange(0, claiming, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                    row.start.store(me.start, Ordering::Relaxed);
+                    // Release: the start time is written before the row is active.
+                    row.word.store(row_word(ROW_ACTIVE, 0, me.pid), Ordering::Release);
+                    return Some(i as u32);
+                }
+            }
+            if round == 0 && self.sweep_dead(me) == 0 {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// Give up attachment `a` (its process is done with the store): what
+    /// it still holds is swept and the row freed.
+    pub fn detach(&self, a: u32, me: ProcessId) {
+        let row = &self.rows[a as usize];
+        let w = row.word.load(Ordering::Acquire);
+        if row_pid(w) == me.pid && row_state(w) == ROW_ACTIVE {
+            let sweeping = row_word(ROW_SWEEPING, a, me.pid);
+            if row.word.compare_exchange(w, sweeping, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                self.sweep_row(a, sweeping);
+            }
+        }
+    }
+
+    /// Sweep every attachment whose process is dead (and take over sweeps
+    /// whose sweeper died). Returns how many rows became free.
+    pub fn sweep_dead(&self, me: ProcessId) -> usize {
+        let mut freed = 0;
+        for (i, row) in self.rows.iter().enumerate().skip(1) {
+            let w = row.word.load(Ordering::Acquire);
+            let dead = match row_state(w) {
+                ROW_CLAIMING => !ProcessId { pid: row_pid(w), start: 0 }.is_alive(),
+                ROW_ACTIVE => !ProcessId { pid: row_pid(w), start: row.start.load(Ordering::Relaxed) }.is_alive(),
+                ROW_SWEEPING => !ProcessId { pid: row_pid(w), start: 0 }.is_alive(),
+                _ => false,
+            };
+            if !dead {
+                continue;
+            }
+            let sweeping = row_word(ROW_SWEEPING, i as u32, me.pid);
+            if row.word.compare_exchange(w, sweeping, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                self.sweep_row(i as u32, sweeping);
+                freed += 1;
+            }
+        }
+        freed
+    }
+
+    fn sweep_row(&self, a: u32, sweeping: u64) {
+        for l in &self.lents {
+            l.sweep(a);
+        }
+        // Release: the sweep is done before the id can be reused.
+        let _ = self.rows[a as usize].word.compare_exchange(sweeping, 0, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
+    /// What segment slot `i` holds.
+    pub fn segment(&self, i: usize) -> SegState {
+        let w = self.segs[i].load(Ordering::Acquire);
+        match w >> 62 {
+            SEG_CREATING => SegState::Creating(w as u32),
+            SEG_READY => SegState::Ready { class: ((w >> 32) & 0xFF) as u32, blocks: w as u32 },
+            _ => SegState::Empty,
+        }
+    }
+
+    /// Start creating segment slot `i` as process `pid`, reserving `bytes`
+    /// of the cap. False if the slot is taken (by a live creator) or the cap
+    /// would be exceeded. A slot whose creator died is taken over (the
+    /// caller recreates the file).
+    pub fn begin_segment(&self, i: usize, pid: u32, bytes: u64) -> bool {
+        let w = self.segs[i].load(Ordering::Acquire);
+        let takeover = match w >> 62 {
+            0 if w == 0 => false,
+            SEG_CREATING if !ProcessId { pid: w as u32, start: 0 }.is_alive() => true,
+            _ => return false,
+        };
+        if !takeover {
+            let used = self.used.fetch_add(bytes, Ordering::AcqRel);
+            if used + bytes > self.cap.load(Ordering::Relaxed) {
+                self.used.fetch_sub(bytes, Ordering::AcqRel);
+                return false;
+            }
+        }
+        let creating = (SEG_CREATING << 62) | u64::from(pid);
+        if self.segs[i].compare_exchange(w, creating, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            return true;
+        }
+        if !takeover {
+            self.used.fetch_sub(bytes, Ordering::AcqRel);
+        }
+        false
+    }
+
+    /// Publish segment slot `i` (created by this process) as ready.
+    pub fn finish_segment(&self, i: usize, class: u32, blocks: u32) {
+        // Release: the file exists before anyone looks for it.
+        self.segs[i].store((SEG_READY << 62) | (u64::from(class) << 32) | u64::from(blocks), Ordering::Release);
+    }
+
+    /// Give slot `i` up after a failed creation of `bytes`.
+    pub fn abandon_segment(&self, i: usize, bytes: u64) {
+        self.segs[i].store(0, Ordering::Release);
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+fn row_word(state: u64, aux: u32, pid: u32) -> u64 {
+    (state << 60) | (u64::from(aux & 0x3FF) << 32) | u64::from(pid)
+}
+fn row_state(w: u64) -> u64 {
+    w >> 60
+}
+fn row_pid(w: u64) -> u32 {
+    w as u32
 }
 
 #[cfg(all(test, not(dragon_loom)))]

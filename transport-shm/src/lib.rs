@@ -2,6 +2,7 @@
 //! POSIX shared-memory segments.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod blocks;
 pub mod channel;
 pub mod kv;
 pub mod segment;

@@ -1,0 +1,461 @@
+//! The run-wide block store: large blocks that messages name instead of
+//! carrying, so that a receiver can map the sender's pages rather than copy
+//! them, and pass them on in turn (`channels_core::lend` has the ownership
+//! rules and the crash rules).
+//!
+//! Files: `dragon-<run>-blk` holds the control area ([`StoreCtl`]), and
+//! `dragon-<run>-blk<i>` segment `i`, whose blocks all have one size class:
+//! `2^class` bytes plus a page (room for the payload and a trailing byte).
+//! Blocks start on page boundaries, so a receiver can map exactly one. All
+//! of them go with the run's other segments when the run ends.
+
+use crate::segment::{self, RunId, Segment, SegmentError};
+use channels_core::lend::{Lent, SegState, StoreCtl, BLOCKS_PER_SEGMENT, SEGMENTS};
+use channels_core::owner::ProcessId;
+use channels_core::region::Region;
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Page size the block layout assumes.
+pub const PAGE: usize = 4096;
+/// The smallest class (256 KiB): smaller payloads are cheaper to copy.
+pub const MIN_CLASS: u32 = 18;
+/// The largest class (1 GiB).
+pub const MAX_CLASS: u32 = 30;
+/// The most a store creates segments for, whatever `/dev/shm` has free.
+pub const DEFAULT_CAP: u64 = 8 << 30;
+/// Aim for segments of about this size (fewer blocks for large classes).
+const SEGMENT_TARGET: usize = 64 << 20;
+
+/// A block of the store, as a message names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockId {
+    /// Segment slot.
+    pub seg: u8,
+    /// Block within the segment.
+    pub idx: u8,
+    /// Generation (of ownership, or of the message naming it).
+    pub gen: u32,
+}
+
+/// Bytes from one block to the next in a segment of `class`.
+pub fn stride(class: u32) -> usize {
+    (1usize << class) + PAGE
+}
+
+/// The class for a payload of `len` bytes (plus its trailing byte), if any.
+pub fn class_for(len: usize) -> Option<u32> {
+    let need = (len + 1).saturating_sub(PAGE).max(1);
+    let class = need.next_power_of_two().trailing_zeros().max(MIN_CLASS);
+    (class <= MAX_CLASS).then_some(class)
+}
+
+struct Mapped {
+    seg: Segment,
+    fd: OwnedFd,
+    class: u32,
+    blocks: usize,
+}
+
+/// One process's handle on a run's block store.
+pub struct Store {
+    name: String,
+    ctl_seg: Segment,
+    segs: Vec<OnceLock<Mapped>>,
+    att: u32,
+    me: ProcessId,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("name", &self.name).field("att", &self.att).finish()
+    }
+}
+
+/// Why a store could not be used.
+#[derive(Debug)]
+pub enum StoreError {
+    /// A segment or control file failed.
+    Segment(SegmentError),
+    /// Every attachment row is held by a live process.
+    Full,
+    /// The control file never became ready.
+    NotReady(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Segment(e) => write!(f, "block store: {e}"),
+            StoreError::Full => f.write_str("block store: every attachment row is in use"),
+            StoreError::NotReady(n) => write!(f, "block store {n}: never initialised"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<SegmentError> for StoreError {
+    fn from(e: SegmentError) -> StoreError {
+        StoreError::Segment(e)
+    }
+}
+
+/// The name of `run`'s store.
+pub fn store_name(run: &RunId) -> String {
+    format!("{}blk", run.prefix())
+}
+
+impl Store {
+    /// Open the store called `name`, creating it if it does not exist, and
+    /// attach this process. A new store may create segments up to a quarter
+    /// of what `/dev/shm` has free, at most [`DEFAULT_CAP`].
+    pub fn open(name: &str) -> Result<Store, StoreError> {
+        Store::open_with_cap(name, (segment::shm_available().unwrap_or(1 << 30) / 4).min(DEFAULT_CAP))
+    }
+
+    /// [`Store::open`] with the cap for a new store given (an existing
+    /// store keeps its own).
+    pub fn open_with_cap(name: &str, cap: u64) -> Result<Store, StoreError> {
+        let ctl_seg = match Segment::create(name, StoreCtl::SIZE) {
+            Ok(s) => {
+                // SAFETY: a fresh zero-filled mapping of at least SIZE bytes, page aligned.
+                let ctl = unsafe { StoreCtl::from_ptr(s.base()) };
+                ctl.init(cap);
+                s
+            }
+            Err(SegmentError::Exists(_)) => open_ready(name)?,
+            Err(e) => return Err(e.into()),
+        };
+        let me = ProcessId::current();
+        // SAFETY: as above; the segment lives as long as the store.
+        let ctl = unsafe { StoreCtl::from_ptr(ctl_seg.base()) };
+        let att = ctl.attach(me).ok_or(StoreError::Full)?;
+        Ok(Store { name: name.to_owned(), ctl_seg, segs: (0..SEGMENTS).map(|_| OnceLock::new()).collect(), att, me })
+    }
+
+    /// The store's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// This process's attachment id in the store.
+    pub fn attachment(&self) -> u32 {
+        self.att
+    }
+
+    /// The process that attached.
+    pub fn process(&self) -> ProcessId {
+        self.me
+    }
+
+    fn ctl(&self) -> &StoreCtl {
+        // SAFETY: the control segment stays mapped as long as `self`.
+        unsafe { StoreCtl::from_ptr(self.ctl_seg.base()) }
+    }
+
+    /// The ownership word of a block.
+    pub fn lent(&self, b: BlockId) -> &Lent {
+        self.ctl().lent(usize::from(b.seg), usize::from(b.idx))
+    }
+
+    /// Bytes of segments created, and the cap.
+    pub fn usage(&self) -> (u64, u64) {
+        self.ctl().usage()
+    }
+
+    /// Take a free block that holds `len` bytes plus a trailing byte, for
+    /// this process; `None` if the payload is too large for any class or the
+    /// store has no room (the caller then copies as usual).
+    pub fn take(&self, len: usize) -> Option<BlockId> {
+        let class = class_for(len)?;
+        for round in 0..2 {
+            if let Some(b) = self.take_in(class) {
+                return Some(b);
+            }
+            if let Some(b) = self.grow(class) {
+                return Some(b);
+            }
+            if round == 0 && self.ctl().sweep_dead(self.me) == 0 {
+                break;
+            }
+        }
+        None
+    }
+
+    fn take_in(&self, class: u32) -> Option<BlockId> {
+        let ctl = self.ctl();
+        for seg in 0..SEGMENTS {
+            match ctl.segment(seg) {
+                SegState::Ready { class: c, blocks } if c == class => {
+                    for idx in 0..blocks as usize {
+                        if let Some(gen) = ctl.lent(seg, idx).take(self.att) {
+                            return Some(BlockId { seg: seg as u8, idx: idx as u8, gen });
+                        }
+                    }
+                }
+                SegState::Empty => break,
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Create a segment of `class` in the first empty slot and take its
+    /// first block.
+    fn grow(&self, class: u32) -> Option<BlockId> {
+        let ctl = self.ctl();
+        let blocks = (SEGMENT_TARGET / stride(class)).clamp(1, BLOCKS_PER_SEGMENT);
+        let bytes = (blocks * stride(class)) as u64;
+        for seg in 0..SEGMENTS {
+            match ctl.segment(seg) {
+                SegState::Ready { .. } => continue,
+                SegState::Creating(pid) if (ProcessId { pid, start: 0 }).is_alive() => continue,
+                _ => {}
+            }
+            if !ctl.begin_segment(seg, self.me.pid, bytes) {
+                continue;
+            }
+            let name = self.segment_name(seg);
+            let _ = segment::unlink(&name); // a dead creator's leftover
+            if Segment::create(&name, bytes as usize).is_err() {
+                ctl.abandon_segment(seg, bytes);
+                return None;
+            }
+            ctl.finish_segment(seg, class, blocks as u32);
+            let gen = ctl.lent(seg, 0).take(self.att)?;
+            return Some(BlockId { seg: seg as u8, idx: 0, gen });
+        }
+        None
+    }
+
+    fn segment_name(&self, seg: usize) -> String {
+        format!("{}{seg}", self.name)
+    }
+
+    fn mapped(&self, seg: u8) -> io::Result<&Mapped> {
+        let slot = self.segs.get(usize::from(seg)).ok_or_else(|| bad("no such segment"))?;
+        if let Some(m) = slot.get() {
+            return Ok(m);
+        }
+        let SegState::Ready { class, blocks } = self.ctl().segment(usize::from(seg)) else {
+            return Err(bad("segment not ready"));
+        };
+        let name = self.segment_name(usize::from(seg));
+        let seg_map = Segment::open(&name).map_err(|e| io::Error::other(e.to_string()))?;
+        if seg_map.len() < blocks as usize * stride(class) {
+            return Err(bad("segment shorter than its blocks"));
+        }
+        let path = CString::new(format!("{}/{name}", segment::SHM_DIR)).map_err(|_| bad("name"))?;
+        // SAFETY: a valid C string.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: just opened, owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let _ = slot.set(Mapped { seg: seg_map, fd, class, blocks: blocks as usize });
+        Ok(slot.get().expect("just set"))
+    }
+
+    /// The block's bytes in this process's read-write mapping of its
+    /// segment, and their count (the class size plus a page).
+    pub fn block(&self, b: BlockId) -> io::Result<(NonNull<u8>, usize)> {
+        let m = self.mapped(b.seg)?;
+        if usize::from(b.idx) >= m.blocks {
+            return Err(bad("no such block"));
+        }
+        let s = stride(m.class);
+        // SAFETY: in bounds of the mapping (checked against its length in `mapped`).
+        Ok((unsafe { NonNull::new_unchecked(m.seg.base().as_ptr().add(usize::from(b.idx) * s)) }, s))
+    }
+
+    /// Map block `b` read-only at `at`, replacing whatever is mapped there
+    /// (`len` bytes, at most the block's). The pages are the block's own.
+    ///
+    /// # Safety
+    /// `[at, at + len)` must be a page-aligned range this process reserved
+    /// and nothing else uses.
+    pub unsafe fn map_at(&self, b: BlockId, at: NonNull<u8>, len: usize) -> io::Result<()> {
+        let m = self.mapped(b.seg)?;
+        let s = stride(m.class);
+        if usize::from(b.idx) >= m.blocks || len > s {
+            return Err(bad("no such block"));
+        }
+        // SAFETY: the caller owns the range; the file range is in bounds.
+        let p = unsafe {
+            libc::mmap(
+                at.as_ptr().cast(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED | libc::MAP_FIXED | libc::MAP_POPULATE,
+                m.fd.as_raw_fd(),
+                (usize::from(b.idx) * s) as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The payload capacity of a block (its class size).
+    pub fn capacity(&self, b: BlockId) -> io::Result<usize> {
+        Ok(1 << self.mapped(b.seg)?.class)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if ProcessId::current().pid == self.me.pid {
+            self.ctl().detach(self.att, self.me);
+        }
+    }
+}
+
+fn bad(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, format!("block store: {what}"))
+}
+
+fn open_ready(name: &str) -> Result<Segment, StoreError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match Segment::open(name) {
+            Ok(s) if s.len() >= StoreCtl::SIZE => {
+                // SAFETY: mapped, long enough, page aligned.
+                if unsafe { StoreCtl::from_ptr(s.base()) }.ready() {
+                    return Ok(s);
+                }
+            }
+            Ok(_) | Err(SegmentError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if Instant::now() > deadline {
+            return Err(StoreError::NotReady(name.to_owned()));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh() -> String {
+        format!("dragon-test-blk-{:x}-{:08x}", std::process::id(), segment::nonce32())
+    }
+
+    fn cleanup(name: &str) {
+        for i in 0..SEGMENTS {
+            let _ = segment::unlink(&format!("{name}{i}"));
+        }
+        let _ = segment::unlink(name);
+    }
+
+    #[test]
+    fn classes() {
+        assert_eq!(class_for(1), Some(MIN_CLASS));
+        assert_eq!(class_for(1 << 20), Some(20));
+        assert_eq!(class_for((1 << 20) + PAGE), Some(21));
+        assert_eq!(class_for((1 << 20) + PAGE - 1), Some(20));
+        assert_eq!(class_for(2 << 30), None);
+    }
+
+    #[test]
+    fn take_write_send_receive_map() {
+        let name = fresh();
+        let a = Store::open(&name).unwrap();
+        let b = Store::open(&name).unwrap();
+        assert_ne!(a.attachment(), b.attachment());
+        let blk = a.take(1 << 20).unwrap();
+        let (p, len) = a.block(blk).unwrap();
+        assert_eq!(len, (1 << 20) + PAGE);
+        // SAFETY: the block is ours and `len` long.
+        unsafe { std::ptr::write_bytes(p.as_ptr(), 0x5A, 1 << 20) };
+        let m = a.lent(blk).send(a.attachment(), blk.gen).unwrap();
+        assert!(b.lent(blk).receive(b.attachment(), m));
+        // Map it behind a reserved page, as a receiver does.
+        // SAFETY: reserving fresh anonymous memory.
+        let r = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                PAGE + len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(r, libc::MAP_FAILED);
+        let at = NonNull::new(r.cast::<u8>().wrapping_add(PAGE)).unwrap();
+        // SAFETY: the range was just reserved by this test.
+        unsafe { b.map_at(blk, at, len).unwrap() };
+        // SAFETY: mapped just above.
+        let view = unsafe { std::slice::from_raw_parts(at.as_ptr(), 1 << 20) };
+        assert!(view.iter().all(|&x| x == 0x5A));
+        assert!(b.lent(blk).release(b.attachment(), m));
+        // SAFETY: our own mapping.
+        unsafe { libc::munmap(r, PAGE + len) };
+        // The freed block is taken again (same segment, new generation).
+        let again = a.take(1 << 20).unwrap();
+        assert_eq!((again.seg, again.idx), (blk.seg, blk.idx));
+        assert_ne!(again.gen, blk.gen);
+        drop((a, b));
+        cleanup(&name);
+    }
+
+    #[test]
+    fn the_cap_bounds_growth_and_a_full_store_says_none() {
+        let name = fresh();
+        let s = Store::open_with_cap(&name, 300 << 20).unwrap();
+        let (_, cap) = s.usage();
+        assert_eq!(cap, 300 << 20);
+        let mut held = Vec::new();
+        // Big blocks until the cap refuses (or the segment slots run out).
+        while let Some(b) = s.take(64 << 20) {
+            held.push(b);
+            assert!(held.len() <= SEGMENTS * BLOCKS_PER_SEGMENT);
+        }
+        let (used, _) = s.usage();
+        assert!(used <= cap);
+        assert!(!held.is_empty());
+        drop(s);
+        cleanup(&name);
+    }
+
+    #[test]
+    fn a_dead_process_blocks_come_back() {
+        let name = fresh();
+        let s = Store::open(&name).unwrap();
+        // A child attaches, takes a block and dies without freeing it.
+        // SAFETY: the child only calls the store and _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let code = match Store::open(&name).ok().and_then(|c| {
+                let b = c.take(1 << 18)?;
+                std::mem::forget(c);
+                Some(b)
+            }) {
+                Some(b) => i32::from(b.idx) + 1,
+                None => 100,
+            };
+            // SAFETY: leaving the child without running the parent's destructors.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        let idx = libc::WEXITSTATUS(status) - 1;
+        assert!((0..16).contains(&idx), "child status {status}");
+        let blk = BlockId { seg: 0, idx: idx as u8, gen: 0 };
+        assert!(matches!(s.lent(blk).state().0, channels_core::lend::LentState::Owned(_)));
+        assert!(s.ctl().sweep_dead(ProcessId::current()) >= 1);
+        assert_eq!(s.lent(blk).state().0, channels_core::lend::LentState::Free);
+        drop(s);
+        cleanup(&name);
+    }
+}
