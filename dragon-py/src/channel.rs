@@ -9,6 +9,8 @@
 //!  0x80 ...   a pickle (every pickle of protocol >= 2 starts with PROTO, 0x80)
 //!  0x02 ...   an exact `bytes` object sent as an object (`put(b"..")`,
 //!             `send(b"..")`): the rest, unpickled
+//!  0x03 ...   an exact `bytes` object of at least 256 KiB, left in a block
+//!             of the run's block store: the block's name (`lent.rs`)
 //!  0x01 ...   a control message (a connection end was closed: look for EOF)
 //!  0x00 ...   raw bytes (`send_bytes`) that would otherwise start with one of
 //!             these tags: the rest
@@ -39,6 +41,7 @@ use crate::blocking::{block_timeout, detached, timeout, Interrupt};
 use crate::errors::{
     DestroyedError, DragonError, InvalidHandleError, MessageTooLargeError, NotLocalError, SharedMemoryError,
 };
+use crate::lent::{self, TAG_LENT};
 use channels_core::owner::ProcessId;
 use channels_core::{
     AllocError, BackingError, ChannelError, ChannelOptions, Handle, RecvTimeoutError, Roles, SelectError,
@@ -218,15 +221,18 @@ impl Channel {
 fn split(msg: &[u8]) -> (u8, &[u8]) {
     match msg.first() {
         Some(&TAG_PICKLE) => (TAG_PICKLE, msg),
-        Some(&t @ (TAG_RAW | TAG_CONTROL | TAG_BYTES)) => (t, &msg[1..]),
+        Some(&t @ (TAG_RAW | TAG_CONTROL | TAG_BYTES | TAG_LENT)) => (t, &msg[1..]),
         _ => (TAG_RAW, msg),
     }
 }
 
-fn received<'py>(py: Python<'py>, msg: &[u8]) -> Bound<'py, PyTuple> {
+fn received<'py>(py: Python<'py>, msg: &[u8]) -> PyResult<Bound<'py, PyTuple>> {
     let (tag, payload) = split(msg);
-    PyTuple::new(py, [tag.into_pyobject(py).unwrap().into_any(), PyBytes::new(py, payload).into_any()])
-        .expect("a 2-tuple")
+    let (tag, obj) = match tag {
+        TAG_LENT => (TAG_BYTES, lent::receive(py, payload)?),
+        t => (t, PyBytes::new(py, payload).into_any()),
+    };
+    PyTuple::new(py, [tag.into_pyobject(py).unwrap().into_any(), obj])
 }
 
 /// Data to send, readable without the GIL.
@@ -355,9 +361,14 @@ impl Channel {
         let ch = self.ch()?;
         let t = block_timeout(block, timeout)?;
         let raw_tag = |first: Option<u8>| match first {
-            Some(TAG_RAW | TAG_CONTROL | TAG_BYTES | TAG_PICKLE) => Some(TAG_RAW),
+            Some(TAG_RAW | TAG_CONTROL | TAG_BYTES | TAG_LENT | TAG_PICKLE) => Some(TAG_RAW),
             _ => None,
         };
+        if prefix == i32::from(TAG_BYTES) {
+            if let Some(p) = data.cast::<PyBytes>().ok().and_then(|b| lent::prepare(b)) {
+                return send_lent(py, &ch, p, t);
+            }
+        }
         // First attempt with the GIL held, copying straight from the
         // caller's buffer into the slot or block.
         let (first, pre) = if let Ok(b) = data.cast::<PyBytes>() {
@@ -446,7 +457,7 @@ impl Channel {
     ) -> PyResult<Option<Bound<'py, PyTuple>>> {
         let ch = self.ch()?;
         match ch.try_recv() {
-            Ok(m) => return Ok(Some(received(py, &m))),
+            Ok(m) => return received(py, &m).map(Some),
             Err(TryRecvError::Empty) => {}
             Err(TryRecvError::Disconnected) => return Err(PyEOFError::new_err("the channel is closed")),
             Err(TryRecvError::Destroyed) => return Err(DestroyedError::new_err("the channel was destroyed")),
@@ -461,7 +472,7 @@ impl Channel {
             ch.recv_interruptible(t, &mut stop)
         });
         match r {
-            Ok(m) => Ok(Some(received(py, &m))),
+            Ok(m) => received(py, &m).map(Some),
             Err(RecvTimeoutError::Timeout) => Ok(None),
             Err(RecvTimeoutError::Interrupted) => interrupted(py, int),
             Err(RecvTimeoutError::Disconnected) => Err(PyEOFError::new_err("the channel is closed")),
@@ -485,7 +496,10 @@ impl Channel {
     fn drain(&self) -> PyResult<usize> {
         let ch = self.ch()?;
         let mut n = 0;
-        while ch.try_recv().is_ok() {
+        while let Ok(m) = ch.try_recv() {
+            if let (TAG_LENT, payload) = split(&m) {
+                lent::discard(payload);
+            }
             n += 1;
         }
         Ok(n)
@@ -593,6 +607,33 @@ fn map_send_err(e: SendTimeoutError<()>) -> SendFail {
         SendTimeoutError::Interrupted(()) => SendFail::Err(DragonError::new_err("send interrupted")),
         _ => SendFail::Err(DragonError::new_err("send failed")),
     }
+}
+
+/// Send the message naming a lent block: at once if there is room, else
+/// waiting (GIL released) as a copying send would; the block comes back if
+/// the message is not sent.
+fn send_lent(py: Python<'_>, ch: &channels_core::Channel, p: lent::Prepared, t: Option<Duration>) -> PyResult<u8> {
+    let r = match try_send_parts(ch, None, &p.desc) {
+        Err(SendFail::Full) if t != Some(Duration::ZERO) => {
+            let (r, int) = detached(py, |hook| ch.send_parts_interruptible(&[&p.desc], t, Some(hook)));
+            match r {
+                Ok(()) => Ok(SENT),
+                Err(SendTimeoutError::Timeout(())) => Ok(NOT_SENT),
+                Err(SendTimeoutError::Interrupted(())) => Err(int.into_err()),
+                Err(e) => match map_send_err(e) {
+                    SendFail::NoMemory => Ok(NO_MEMORY),
+                    SendFail::Err(e) => Err(e),
+                    SendFail::Full => Ok(NOT_SENT),
+                },
+            }
+        }
+        Ok(()) => Ok(SENT),
+        Err(SendFail::Full) => Ok(NOT_SENT),
+        Err(SendFail::NoMemory) => Ok(NO_MEMORY),
+        Err(SendFail::Err(e)) => Err(e),
+    };
+    p.done(matches!(r, Ok(SENT)));
+    r
 }
 
 fn try_send_parts(ch: &channels_core::Channel, pre: Option<u8>, data: &[u8]) -> Result<(), SendFail> {

@@ -5,6 +5,7 @@ mod blocking;
 mod channel;
 mod ddict;
 mod errors;
+mod lent;
 mod memory;
 mod runtime;
 mod sync;
@@ -17,5 +18,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     sync::register(m)?;
     channel::register(m)?;
     memory::register(m)?;
+    lent::register(m)?;
     Ok(())
 }

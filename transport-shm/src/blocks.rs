@@ -131,11 +131,42 @@ impl Store {
             Err(SegmentError::Exists(_)) => open_ready(name)?,
             Err(e) => return Err(e.into()),
         };
+        Store::attach_to(name.to_owned(), ctl_seg)
+    }
+
+    /// Open an existing store (a receiver's way: a message names it) and
+    /// attach this process.
+    pub fn open_existing(name: &str) -> Result<Store, StoreError> {
+        Store::attach_to(name.to_owned(), open_ready(name)?)
+    }
+
+    fn attach_to(name: String, ctl_seg: Segment) -> Result<Store, StoreError> {
         let me = ProcessId::current();
-        // SAFETY: as above; the segment lives as long as the store.
+        // SAFETY: the control segment is mapped, long enough and ready; it
+        // lives as long as the store.
         let ctl = unsafe { StoreCtl::from_ptr(ctl_seg.base()) };
         let att = ctl.attach(me).ok_or(StoreError::Full)?;
-        Ok(Store { name: name.to_owned(), ctl_seg, segs: (0..SEGMENTS).map(|_| OnceLock::new()).collect(), att, me })
+        Ok(Store { name, ctl_seg, segs: (0..SEGMENTS).map(|_| OnceLock::new()).collect(), att, me })
+    }
+
+    /// Sweep the attachments of dead processes; returns how many.
+    pub fn sweep_dead(&self) -> usize {
+        self.ctl().sweep_dead(self.me)
+    }
+
+    /// Blocks not free now (owned, in a message, or pinned), over all
+    /// segments.
+    pub fn blocks_in_use(&self) -> usize {
+        let ctl = self.ctl();
+        (0..SEGMENTS)
+            .filter_map(|seg| match ctl.segment(seg) {
+                SegState::Ready { blocks, .. } => Some((seg, blocks as usize)),
+                _ => None,
+            })
+            .map(|(seg, n)| {
+                (0..n).filter(|&i| ctl.lent(seg, i).state().0 != channels_core::lend::LentState::Free).count()
+            })
+            .sum()
     }
 
     /// The store's name.

@@ -36,6 +36,10 @@ SEND_NO_MEMORY = _native.SEND_NO_MEMORY
 
 loads = pickle.loads
 
+# Large bytes objects received without a copy map shared blocks; a child
+# forked with os.fork gets private copies of those alive at the fork.
+os.register_at_fork(after_in_child=_native.lent_after_fork)
+
 
 def interactive_main() -> bool:
     """Whether ``__main__`` is an interactive session (nothing a child could
