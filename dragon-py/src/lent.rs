@@ -32,7 +32,8 @@
 //! - If another allocator hook is installed above this one (`tracemalloc`
 //!   tracing, say), receives copy until it is removed.
 //! - A child forked with `os.fork` gets private copies of the views alive at
-//!   the fork, so what its parent does later cannot change its objects.
+//!   the fork (the parent copies them just before forking), so what its
+//!   parent does later cannot change its objects.
 //! - A C extension that writes into a received `bytes` object's data (which
 //!   `bytes` forbids) gets a segmentation fault: the pages are read-only.
 //! - `DRAGON_ZERO_COPY=0` turns all of this off.
@@ -586,26 +587,23 @@ pub(crate) fn discard(payload: &[u8]) {
 
 // ---- fork ------------------------------------------------------------------
 
-/// In a child just forked (`os.fork`): give every view alive at the fork
-/// private pages holding the same bytes, so the parent's later use of the
-/// blocks cannot change the child's objects; forget the parent's
-/// attachments and cached views.
+/// Private copies of the views alive at a fork, made by the parent just
+/// before it: `(object, copy, view data, length)`. The child must not copy
+/// after the fork, since by then the parent may already have freed and
+/// reused the blocks.
+static FORK_COPIES: Mutex<Vec<(usize, usize, usize, usize)>> = Mutex::new(Vec::new());
+
+/// Before `os.fork`: copy every live view's bytes to private memory, for
+/// the child to put in place of the shared pages.
 #[pyfunction]
-fn lent_after_fork() {
-    let mut g = match STATE.try_lock() {
-        Ok(g) => g,
-        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-        Err(std::sync::TryLockError::WouldBlock) => {
-            DISABLED.store(true, Ordering::Relaxed);
-            return;
-        }
-    };
-    let Some(st) = g.as_mut() else { return };
-    for (obj, live) in std::mem::take(&mut st.live) {
+fn lent_before_fork() {
+    let g = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(st) = g.as_ref() else { return };
+    let mut copies = FORK_COPIES.lock().unwrap_or_else(|e| e.into_inner());
+    for (&obj, live) in &st.live {
         let len = st.view_len.get(&live.key).copied().unwrap_or(0);
         let data = live.base + PAGE;
-        // SAFETY: a fresh private mapping, filled from the view, then moved
-        // over the view's data pages (atomically replacing them).
+        // SAFETY: a fresh private mapping, filled from the view's pages.
         unsafe {
             let tmp = libc::mmap(
                 std::ptr::null_mut(),
@@ -615,12 +613,54 @@ fn lent_after_fork() {
                 -1,
                 0,
             );
-            if tmp == libc::MAP_FAILED {
-                continue; // left shared: the best this child can do
+            if tmp != libc::MAP_FAILED {
+                std::ptr::copy_nonoverlapping(data as *const u8, tmp.cast::<u8>(), len);
+                copies.push((obj, tmp as usize, data, len));
             }
-            std::ptr::copy_nonoverlapping(data as *const u8, tmp.cast::<u8>(), len);
-            libc::mremap(tmp, len, len, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, data as *mut c_void);
         }
+    }
+}
+
+/// After `os.fork`, in the parent: drop the copies made for the child.
+#[pyfunction]
+fn lent_after_fork_parent() {
+    for (_, tmp, _, len) in FORK_COPIES.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        // SAFETY: a mapping made by `lent_before_fork`, used by nobody else.
+        unsafe { libc::munmap(tmp as *mut c_void, len) };
+    }
+}
+
+/// In a child just forked (`os.fork`): the views alive at the fork get the
+/// private copies the parent made just before it, so the parent's later use
+/// of the blocks cannot change the child's objects; the parent's
+/// attachments and cached views are forgotten.
+#[pyfunction]
+fn lent_after_fork() {
+    let copies: Vec<_> = FORK_COPIES.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+    let mut g = match STATE.try_lock() {
+        Ok(g) => g,
+        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => {
+            DISABLED.store(true, Ordering::Relaxed);
+            return;
+        }
+    };
+    let Some(st) = g.as_mut() else { return };
+    for (obj, tmp, data, len) in copies {
+        // SAFETY: moves the private copy over the view's data pages
+        // (atomically replacing them); both ranges are `len` long.
+        let r = unsafe {
+            libc::mremap(tmp as *mut c_void, len, len, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, data as *mut c_void)
+        };
+        if r != libc::MAP_FAILED {
+            st.orphans.insert(obj, (data - PAGE, PAGE + len, len));
+            st.live.remove(&obj);
+        }
+    }
+    // Views with no copy (none could be made) stay shared: better than
+    // unmapping an object the child may use.
+    for (obj, live) in std::mem::take(&mut st.live) {
+        let len = st.view_len.get(&live.key).copied().unwrap_or(0);
         st.orphans.insert(obj, (live.base, PAGE + len, len));
     }
     for (key, bases) in std::mem::take(&mut st.idle) {
@@ -681,6 +721,8 @@ fn lent_sweep() -> usize {
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(lent_before_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(lent_after_fork_parent, m)?)?;
     m.add_function(wrap_pyfunction!(lent_after_fork, m)?)?;
     m.add_function(wrap_pyfunction!(lent_stats, m)?)?;
     m.add_function(wrap_pyfunction!(lent_sweep, m)?)?;

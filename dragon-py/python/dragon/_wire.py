@@ -38,7 +38,8 @@ loads = pickle.loads
 
 # Large bytes objects received without a copy map shared blocks; a child
 # forked with os.fork gets private copies of those alive at the fork.
-os.register_at_fork(after_in_child=_native.lent_after_fork)
+os.register_at_fork(before=_native.lent_before_fork, after_in_parent=_native.lent_after_fork_parent,
+                    after_in_child=_native.lent_after_fork)
 
 
 def interactive_main() -> bool:
