@@ -17,7 +17,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Page size the block layout assumes.
@@ -28,6 +28,8 @@ pub const MIN_CLASS: u32 = 18;
 pub const MAX_CLASS: u32 = 30;
 /// The most a store creates segments for, whatever `/dev/shm` has free.
 pub const DEFAULT_CAP: u64 = 8 << 30;
+/// The least time between two sweeps a store miss may start.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
 /// Aim for segments of about this size (fewer blocks for large classes).
 const SEGMENT_TARGET: usize = 64 << 20;
 
@@ -68,6 +70,7 @@ pub struct Store {
     segs: Vec<OnceLock<Mapped>>,
     att: u32,
     me: ProcessId,
+    last_sweep: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -146,7 +149,8 @@ impl Store {
         // lives as long as the store.
         let ctl = unsafe { StoreCtl::from_ptr(ctl_seg.base()) };
         let att = ctl.attach(me).ok_or(StoreError::Full)?;
-        Ok(Store { name, ctl_seg, segs: (0..SEGMENTS).map(|_| OnceLock::new()).collect(), att, me })
+        let segs = (0..SEGMENTS).map(|_| OnceLock::new()).collect();
+        Ok(Store { name, ctl_seg, segs, att, me, last_sweep: Mutex::new(None) })
     }
 
     /// Sweep the attachments of dead processes; returns how many.
@@ -204,18 +208,27 @@ impl Store {
     /// store has no room (the caller then copies as usual).
     pub fn take(&self, len: usize) -> Option<BlockId> {
         let class = class_for(len)?;
-        for round in 0..2 {
+        if let Some(b) = self.take_in(class) {
+            return Some(b);
+        }
+        // Before growing, blocks that dead processes held come back (at
+        // most every SWEEP_EVERY, since it reads /proc for each attachment).
+        if self.sweep_due() && self.ctl().sweep_dead(self.me) > 0 {
             if let Some(b) = self.take_in(class) {
                 return Some(b);
             }
-            if let Some(b) = self.grow(class) {
-                return Some(b);
-            }
-            if round == 0 && self.ctl().sweep_dead(self.me) == 0 {
-                break;
-            }
         }
-        None
+        self.grow(class)
+    }
+
+    fn sweep_due(&self) -> bool {
+        let mut last = self.last_sweep.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < SWEEP_EVERY) {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 
     fn take_in(&self, class: u32) -> Option<BlockId> {
@@ -484,7 +497,15 @@ mod tests {
         assert!((0..16).contains(&idx), "child status {status}");
         let blk = BlockId { seg: 0, idx: idx as u8, gen: 0 };
         assert!(matches!(s.lent(blk).state().0, channels_core::lend::LentState::Owned(_)));
-        assert!(s.ctl().sweep_dead(ProcessId::current()) >= 1);
+        // Take every other block of the segment; the next take sweeps the
+        // dead child instead of growing the store.
+        let (used, _) = s.usage();
+        let others: Vec<_> = (0..15).map(|_| s.take(1 << 18).unwrap()).collect();
+        assert!(others.iter().all(|b| b.seg == 0 && i32::from(b.idx) != idx));
+        let swept = s.take(1 << 18).unwrap();
+        assert_eq!((swept.seg, i32::from(swept.idx)), (0, idx));
+        assert_eq!(s.usage().0, used, "no new segment");
+        assert!(s.lent(swept).release(s.attachment(), swept.gen));
         assert_eq!(s.lent(blk).state().0, channels_core::lend::LentState::Free);
         drop(s);
         cleanup(&name);
