@@ -39,3 +39,14 @@ def hoard(qin, qout, n):
     kept = [qin.get(timeout=60) for _ in range(n)]
     time.sleep(0.2)
     qout.put([hashlib.sha256(k).hexdigest() for k in kept])
+
+
+def put_and_die(q, how):
+    """Put a large object, then die (SIGKILL, or a plain exit)."""
+    import os
+    import signal
+
+    q.put(b"k" * (1 << 20))
+    if how == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    os._exit(0)

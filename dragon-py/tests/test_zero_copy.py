@@ -117,6 +117,7 @@ def test_a_hoarding_receiver_keeps_every_object(ctx):
     p.join(60)
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_os_fork_child_gets_a_private_copy(echo):
     qa, qb = echo
     qa.put(b"a" * MiB)
@@ -161,6 +162,16 @@ def test_a_killed_holder_gives_its_blocks_back(ctx):
     p.join(60)
     assert _native.lent_sweep() >= 1
     assert in_use() == base
+
+
+@pytest.mark.parametrize("how", ["kill", "exit"])
+def test_a_message_outlives_its_dead_sender(ctx, how):
+    q = ctx.Queue()
+    p = ctx.Process(target=h.put_and_die, args=(q, how))
+    p.start()
+    p.join(60)
+    assert _native.lent_sweep() >= 0  # sweeping the dead sender must not free the block
+    assert q.get(timeout=60) == b"k" * MiB
 
 
 def test_full_bounded_queue_returns_the_block(ctx):
