@@ -1138,7 +1138,22 @@ impl Channel {
         timeout: Option<Duration>,
         write: F,
     ) -> Result<(), SendTimeoutError<F>> {
-        match self.send_core(len, Src::With(Some(write)), Some(Deadline::after(timeout)), None) {
+        self.send_with_interruptible(len, timeout, None, write)
+    }
+
+    /// [`Channel::send_with_timeout`] with an optional interrupt hook (see
+    /// [`Channel::send_interruptible`]). `write` runs only once the message
+    /// has its place, just before it is published, so what it does (hand a
+    /// block over to the message, say) happens if and only if the message
+    /// is sent, but for a crash in between.
+    pub fn send_with_interruptible<F: FnOnce(&mut [u8])>(
+        &self,
+        len: usize,
+        timeout: Option<Duration>,
+        interrupt: Option<&mut dyn FnMut() -> bool>,
+        write: F,
+    ) -> Result<(), SendTimeoutError<F>> {
+        match self.send_core(len, Src::With(Some(write)), Some(Deadline::after(timeout)), interrupt) {
             Ok(()) => Ok(()),
             Err((f, Src::With(Some(w)))) => Err(map_send(f, w)),
             Err(_) => unreachable!("write is called only on success"),

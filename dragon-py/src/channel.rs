@@ -610,27 +610,35 @@ fn map_send_err(e: SendTimeoutError<()>) -> SendFail {
 }
 
 /// Send the message naming a lent block: at once if there is room, else
-/// waiting (GIL released) as a copying send would; the block comes back if
-/// the message is not sent.
+/// waiting (GIL released) as a copying send would. The block passes to the
+/// message only as the message is written, so a send that fails or times
+/// out leaves it with this process.
 fn send_lent(py: Python<'_>, ch: &channels_core::Channel, p: lent::Prepared, t: Option<Duration>) -> PyResult<u8> {
-    let r = match try_send_parts(ch, None, &p.desc) {
-        Err(SendFail::Full) if t != Some(Duration::ZERO) => {
-            let (r, int) = detached(py, |hook| ch.send_parts_interruptible(&[&p.desc], t, Some(hook)));
-            match r {
-                Ok(()) => Ok(SENT),
-                Err(SendTimeoutError::Timeout(())) => Ok(NOT_SENT),
-                Err(SendTimeoutError::Interrupted(())) => Err(int.into_err()),
-                Err(e) => match map_send_err(e) {
-                    SendFail::NoMemory => Ok(NO_MEMORY),
-                    SendFail::Err(e) => Err(e),
-                    SendFail::Full => Ok(NOT_SENT),
-                },
-            }
-        }
+    // Copy: it only borrows `p`, so both attempts can use it.
+    let write = |dst: &mut [u8]| {
+        p.commit();
+        dst.copy_from_slice(&p.desc);
+    };
+    let r = match ch.send_with_timeout(p.desc.len(), Some(Duration::ZERO), write) {
         Ok(()) => Ok(SENT),
-        Err(SendFail::Full) => Ok(NOT_SENT),
-        Err(SendFail::NoMemory) => Ok(NO_MEMORY),
-        Err(SendFail::Err(e)) => Err(e),
+        Err(e) => match map_send_err(e.map_into()) {
+            SendFail::Full if t != Some(Duration::ZERO) => {
+                let (r, int) = detached(py, |hook| ch.send_with_interruptible(p.desc.len(), t, Some(hook), write));
+                match r.map_err(MapInto::map_into) {
+                    Ok(()) => Ok(SENT),
+                    Err(SendTimeoutError::Timeout(())) => Ok(NOT_SENT),
+                    Err(SendTimeoutError::Interrupted(())) => Err(int.into_err()),
+                    Err(e) => match map_send_err(e) {
+                        SendFail::NoMemory => Ok(NO_MEMORY),
+                        SendFail::Err(e) => Err(e),
+                        SendFail::Full => Ok(NOT_SENT),
+                    },
+                }
+            }
+            SendFail::Full => Ok(NOT_SENT),
+            SendFail::NoMemory => Ok(NO_MEMORY),
+            SendFail::Err(e) => Err(e),
+        },
     };
     p.done(matches!(r, Ok(SENT)));
     r

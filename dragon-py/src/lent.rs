@@ -39,6 +39,7 @@
 //! - `DRAGON_ZERO_COPY=0` turns all of this off.
 
 use crate::errors::DragonError;
+use channels_core::lend::LentState;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -177,6 +178,8 @@ struct Live {
     /// block's state is `OWNED(us, gen)`, this process may send or free it.
     gen: u32,
     base: usize,
+    /// A thread of this process is sending this object (forwarding it).
+    sending: bool,
 }
 
 #[derive(Default)]
@@ -420,19 +423,21 @@ impl State {
 
 // ---- sending ---------------------------------------------------------------
 
-/// A block ready to be named by a message.
+/// A block ready to be named by a message: the message must be sent with
+/// [`Prepared::commit`] run as it is written (just before it is published),
+/// and [`Prepared::done`] called after.
 pub(crate) struct Prepared {
+    /// The message: it names generation `blk.gen + 1`, which `commit` makes.
     pub(crate) desc: Vec<u8>,
     store: Arc<Store>,
+    /// The block, at the generation this process owns it.
     blk: BlockId,
-    /// The view object forwarded (its ownership generation is updated if
-    /// the send fails and the block comes back).
+    /// The view object forwarded, if this is a forward.
     forwarded: Option<usize>,
 }
 
 /// Put `b` in a block of the run's store (or pass on the block it already
-/// is), unless zero-copy does not apply; the caller sends `desc` and then
-/// calls [`Prepared::done`].
+/// is), unless zero-copy does not apply.
 pub(crate) fn prepare(b: &Bound<'_, PyBytes>) -> Option<Prepared> {
     let data = b.as_bytes();
     if data.len() < MIN_LEN || !enabled() {
@@ -440,14 +445,17 @@ pub(crate) fn prepare(b: &Bound<'_, PyBytes>) -> Option<Prepared> {
     }
     let addr = b.as_ptr() as usize;
     with_state(|st| {
-        // Forwarding: a view whose block this process still owns.
-        if let Some(live) = st.live.get(&addr) {
+        // Forwarding: a view whose block this process still owns, and that
+        // no other thread of ours is sending right now.
+        if let Some(live) = st.live.get_mut(&addr) {
             let (name, store) = &st.stores[live.key.0];
             let blk = BlockId { seg: live.key.1, idx: live.key.2, gen: live.gen };
-            if let Some(m) = store.lent(blk).send(store.attachment(), live.gen) {
-                let blk = BlockId { gen: m, ..blk };
+            let owned = store.lent(blk).state() == (LentState::Owned(store.attachment()), live.gen);
+            if owned && !live.sending {
+                live.sending = true;
+                let named = BlockId { gen: live.gen.wrapping_add(1), ..blk };
                 return Some(Prepared {
-                    desc: descriptor(name, blk, data.len()),
+                    desc: descriptor(name, named, data.len()),
                     store: store.clone(),
                     blk,
                     forwarded: Some(addr),
@@ -457,46 +465,36 @@ pub(crate) fn prepare(b: &Bound<'_, PyBytes>) -> Option<Prepared> {
         let si = st.own_store()?;
         let (name, store) = &st.stores[si];
         let blk = store.take(data.len())?;
-        let Ok((p, cap)) = store.block(blk) else {
+        if store.write(blk, data).is_err() {
             store.lent(blk).release(store.attachment(), blk.gen);
             return None;
-        };
-        debug_assert!(cap > data.len());
-        // SAFETY: this process owns the block, `cap` bytes long, more than
-        // the payload and its trailing byte.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), p.as_ptr(), data.len());
-            p.as_ptr().add(data.len()).write(0);
         }
-        let m = store.lent(blk).send(store.attachment(), blk.gen)?;
-        let blk = BlockId { gen: m, ..blk };
-        Some(Prepared { desc: descriptor(name, blk, data.len()), store: store.clone(), blk, forwarded: None })
+        let named = BlockId { gen: blk.gen.wrapping_add(1), ..blk };
+        Some(Prepared { desc: descriptor(name, named, data.len()), store: store.clone(), blk, forwarded: None })
     })
 }
 
 impl Prepared {
-    /// The message was sent (`true`) or not: if not, the block comes back
-    /// to this process, and is freed unless an object of ours is over it.
+    /// Hand the block to the message (called as the message is written,
+    /// without the GIL).
+    pub(crate) fn commit(&self) {
+        let sent = self.store.lent(self.blk).send(self.store.attachment(), self.blk.gen);
+        debug_assert_eq!(sent, Some(self.blk.gen.wrapping_add(1)), "the block was ours");
+    }
+
+    /// After the send: a block whose message was not sent (`commit` never
+    /// ran) is still ours; a fresh one goes back to the store.
     pub(crate) fn done(self, sent: bool) {
-        if sent {
-            return;
-        }
-        let att = self.store.attachment();
-        let lent = self.store.lent(self.blk);
-        if !lent.unsend(att, self.blk.gen) {
-            return;
-        }
         match self.forwarded {
             Some(addr) => with_state(|st| {
                 if let Some(l) = st.live.get_mut(&addr) {
-                    l.gen = self.blk.gen;
-                } else {
-                    lent.release(att, self.blk.gen);
+                    l.sending = false;
                 }
             }),
-            None => {
-                lent.release(att, self.blk.gen);
+            None if !sent => {
+                self.store.lent(self.blk).release(self.store.attachment(), self.blk.gen);
             }
+            None => {}
         }
     }
 }
@@ -552,7 +550,7 @@ pub(crate) fn receive<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<Bound<'p
                     ffi::PyObject_InitVar(obj as *mut ffi::PyVarObject, &raw mut ffi::PyBytes_Type, len as isize);
                     ((obj + SHASH_OFFSET) as *mut isize).write(-1);
                 }
-                st.live.insert(obj, Live { key, gen: blk.gen, base });
+                st.live.insert(obj, Live { key, gen: blk.gen, base, sending: false });
                 let n = st.pins.entry(key).or_insert(0);
                 if *n == 0 {
                     store.lent(blk).pin(att);

@@ -15,7 +15,7 @@ import pytest
 from dragon import _native, _wire, errors, runtime
 
 import _lent_helpers as h
-from conftest import clean_env, run_and_list_leftovers, write_script
+from conftest import clean_env, run_and_list_leftovers, wait_until, write_script
 
 MIN = _native.LENT_MIN_LEN
 MiB = 1 << 20
@@ -103,6 +103,22 @@ def test_forwarded_block_stays_intact_while_the_forwarder_keeps_it(ctx):
     p.join(60)
     assert before == after == digest(x)
     assert dy == digest(y) and lx == ly == MiB
+
+
+def test_a_view_sent_twice_is_passed_on_once_and_copied_once(echo):
+    qa, qb = echo
+    base = in_use()
+    qa.put(b"t" * MiB)
+    v = qb.get(timeout=60)
+    qa.put(v)  # the block passes on
+    qa.put(v)  # no longer ours: copied into a new block
+    a, b = qb.get(timeout=60), qb.get(timeout=60)
+    assert a == b == v == b"t" * MiB
+    del a, b, v
+    gc.collect()
+    qa.put(b"small")  # the echo lets go of the last object it holds
+    assert qb.get(timeout=60) == b"small"
+    assert wait_until(lambda: in_use() == base, timeout=10)
 
 
 def test_a_hoarding_receiver_keeps_every_object(ctx):

@@ -96,14 +96,14 @@ pub fn verify(m: &[u8], seed: u64) -> Result<(u32, u64, usize), String> {
     Ok((p, seq, m.len()))
 }
 
-fn sent_record(n: u64) -> [u8; 16] {
+pub(crate) fn sent_record(n: u64) -> [u8; 16] {
     let mut r = [0u8; 16];
     r[0..8].copy_from_slice(&n.to_le_bytes());
     r[8..16].copy_from_slice(&(n ^ 0xA5A5_5A5A_C3C3_3C3C).to_le_bytes());
     r
 }
 
-fn parse_sent(data: &[u8]) -> Result<u64, String> {
+pub(crate) fn parse_sent(data: &[u8]) -> Result<u64, String> {
     if data.is_empty() {
         return Ok(0);
     }

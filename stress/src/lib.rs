@@ -13,6 +13,7 @@
 
 pub mod channel;
 pub mod ddict_scenario;
+pub mod lend;
 pub mod sync;
 
 use std::fmt::Write as _;

@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 use stress::{Opts, Summary};
 
 const USAGE: &str = "\
-usage: stress <channel|sync|ddict|all> [options]
+usage: stress <channel|sync|ddict|lend|all> [options]
 
   --seconds S        how long the chaos runs (default 10; for `all`, per scenario)
   --iterations N     stop after N kills even if time remains
   --seed X           seed of every random choice (default: from the clock; printed)
-  --workers N        producers (channel), lockers (sync), clients (ddict)
-  --consumers M      consumers (channel), managers (ddict)
+  --workers N        producers (channel, lend), lockers (sync), clients (ddict)
+  --consumers M      consumers (channel, lend), managers (ddict)
   --kill-every-ms T  mean time between kills (default per scenario)
   -v, --verbose      progress on stderr
 
@@ -86,6 +86,9 @@ fn main() {
             "producer" => stress::channel::producer(),
             "consumer" => stress::channel::consumer(),
             "locker" => stress::sync::worker(),
+            "lend-producer" => stress::lend::producer(),
+            "lend-forwarder" => stress::lend::forwarder(),
+            "lend-consumer" => stress::lend::consumer(),
             r => stress::ddict_scenario::worker(r),
         };
         std::process::exit(code);
@@ -102,7 +105,7 @@ fn main() {
         // Each scenario in its own process: its own run id, watchdog and
         // summary line.
         let mut failed = false;
-        for sc in ["channel", "sync", "ddict"] {
+        for sc in ["channel", "sync", "ddict", "lend"] {
             let mut cmd = Command::new(std::env::current_exe().expect("own executable"));
             cmd.args([sc, "--seconds", &a.seconds.to_string(), "--seed", &seed.to_string()]);
             for (flag, v) in [
@@ -127,6 +130,7 @@ fn main() {
         "channel" => ((3, 2, 200), stress::channel::run),
         "sync" => ((5, 0, 300), stress::sync::run),
         "ddict" => ((4, 2, 300), stress::ddict_scenario::run),
+        "lend" => ((2, 2, 200), stress::lend::run),
         other => {
             eprintln!("stress: unknown scenario {other:?}\n\n{USAGE}");
             std::process::exit(64);
@@ -144,6 +148,7 @@ fn main() {
     let name: &'static str = match a.scenario.as_str() {
         "channel" => "channel",
         "sync" => "sync",
+        "lend" => "lend",
         _ => "ddict",
     };
     eprintln!("stress {name}: seed {seed} (replay: stress {name} --seed {seed} --seconds {})", a.seconds);

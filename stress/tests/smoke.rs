@@ -70,3 +70,11 @@ fn ddict_smoke() {
     assert!(field(&line, "killed") > 1 && field(&line, "shared_reads_checked") > 0, "the run did nothing: {line}");
     assert_eq!(field(&line, "manager_death_clear_error"), 1, "{line}");
 }
+
+#[test]
+fn lend_smoke() {
+    let (ok, line) = run(&["lend", "--seconds", "4", "--kill-every-ms", "150"]);
+    assert!(ok, "{line}");
+    assert_eq!(field(&line, "violations"), 0, "{line}");
+    assert!(field(&line, "killed") > 0 && field(&line, "delivered") > 0, "the run did nothing: {line}");
+}

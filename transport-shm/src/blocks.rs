@@ -318,6 +318,34 @@ impl Store {
         Ok((unsafe { NonNull::new_unchecked(m.seg.base().as_ptr().add(usize::from(b.idx) * s)) }, s))
     }
 
+    /// Copy `data` to the start of block `b`, followed by a zero byte (for
+    /// the process that owns it: writing a block another process owns or
+    /// maps breaks the lend protocol, though not memory safety here).
+    pub fn write(&self, b: BlockId, data: &[u8]) -> io::Result<()> {
+        let (p, len) = self.block(b)?;
+        if data.len() >= len {
+            return Err(bad("payload larger than the block"));
+        }
+        // SAFETY: in bounds of the block (checked); the mapping is shared
+        // memory, which other processes may read but never free under us.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), p.as_ptr(), data.len());
+            p.as_ptr().add(data.len()).write(0);
+        }
+        Ok(())
+    }
+
+    /// Copy the first `out.len()` bytes of block `b` into `out`.
+    pub fn read(&self, b: BlockId, out: &mut [u8]) -> io::Result<()> {
+        let (p, len) = self.block(b)?;
+        if out.len() > len {
+            return Err(bad("read past the block"));
+        }
+        // SAFETY: in bounds of the block (checked).
+        unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), out.as_mut_ptr(), out.len()) };
+        Ok(())
+    }
+
     /// Map block `b` read-only at `at`, replacing whatever is mapped there
     /// (`len` bytes, at most the block's). The pages are the block's own.
     ///
