@@ -192,7 +192,7 @@ struct State {
     live: HashMap<usize, Live>,
     pins: HashMap<Key, u32>,
     /// Views inherited across `fork`, made private: unmapped when freed.
-    orphans: HashMap<usize, (usize, usize, usize)>,
+    orphans: HashMap<usize, (usize, usize)>,
     hook: bool,
     unusable: bool,
 }
@@ -212,11 +212,12 @@ fn with_state<T>(f: impl FnOnce(&mut State) -> T) -> T {
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u32;
     if st.pid != pid {
-        // First use, or a child forked without the after-fork handler: the
-        // parent's attachments are not ours.
+        if st.pid != 0 {
+            // A child forked without the after-fork handler (a fork from C):
+            // no private copies, but the parent's attachments are not ours.
+            st.forget_parent(Vec::new());
+        }
         st.pid = pid;
-        st.stores.clear();
-        st.pins.clear();
     }
     let r = f(st);
     loop {
@@ -230,6 +231,47 @@ fn with_state<T>(f: impl FnOnce(&mut State) -> T) -> T {
 }
 
 impl State {
+    /// In a child of a fork: the views alive at the fork become orphans
+    /// (over the private `copies` the parent made just before the fork,
+    /// `(object, copy, view data, length)`, where there are some; the others
+    /// stay shared, better than unmapping an object the child may use), the
+    /// parent's idle views go back to the arena's reservation, and the
+    /// parent's attachments are forgotten (dropping a store handle unmaps,
+    /// and does not detach: its process is the parent).
+    fn forget_parent(&mut self, copies: Vec<(usize, usize, usize, usize)>) {
+        for (obj, tmp, data, len) in copies {
+            // SAFETY: moves the private copy over the view's data pages
+            // (atomically replacing them); both ranges are `len` long.
+            let r = unsafe {
+                libc::mremap(
+                    tmp as *mut c_void,
+                    len,
+                    len,
+                    libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                    data as *mut c_void,
+                )
+            };
+            if r != libc::MAP_FAILED && self.live.remove(&obj).is_some() {
+                self.orphans.insert(obj, (data - PAGE, PAGE + len));
+            }
+        }
+        for (obj, live) in std::mem::take(&mut self.live) {
+            let len = self.view_len.get(&live.key).copied().unwrap_or(0);
+            self.orphans.insert(obj, (live.base, PAGE + len));
+        }
+        for (key, bases) in std::mem::take(&mut self.idle) {
+            let len = self.view_len.get(&key).copied().unwrap_or(0);
+            for base in bases {
+                unreserve(base, PAGE + len);
+            }
+        }
+        self.view_len.clear();
+        self.pins.clear();
+        self.stores.clear();
+        // SAFETY: getpid has no preconditions.
+        self.pid = unsafe { libc::getpid() } as u32;
+    }
+
     fn store_index(&mut self, name: &str, create: bool) -> Option<usize> {
         if let Some(i) = self.stores.iter().position(|(n, _)| n == name) {
             return Some(i);
@@ -368,6 +410,22 @@ fn tracing(py: Python<'_>) -> bool {
 
 // ---- freeing ---------------------------------------------------------------
 
+/// Give `[base, base + len)` of the arena back to its reservation
+/// (inaccessible, no memory).
+fn unreserve(base: usize, len: usize) {
+    // SAFETY: the range is inside the arena and used by no live object.
+    unsafe {
+        libc::mmap(
+            base as *mut c_void,
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+}
+
 /// Views freed while this thread held the state (CPython freed one in the
 /// middle of our own code): handled at the next [`with_state`].
 static PENDING: Mutex<Vec<usize>> = Mutex::new(Vec::new());
@@ -388,19 +446,8 @@ fn view_freed(p: *mut c_void) {
 impl State {
     fn freed(&mut self, p: usize) {
         let st = self;
-        if let Some((base, len, _)) = st.orphans.remove(&p) {
-            // Back to a reservation of the arena.
-            // SAFETY: the range is this orphan's view, inside the arena.
-            unsafe {
-                libc::mmap(
-                    base as *mut c_void,
-                    len,
-                    libc::PROT_NONE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
-                    -1,
-                    0,
-                )
-            };
+        if let Some((base, len)) = st.orphans.remove(&p) {
+            unreserve(base, len);
             return;
         }
         let Some(live) = st.live.remove(&p) else { return };
@@ -644,46 +691,7 @@ fn lent_after_fork() {
         }
     };
     let Some(st) = g.as_mut() else { return };
-    for (obj, tmp, data, len) in copies {
-        // SAFETY: moves the private copy over the view's data pages
-        // (atomically replacing them); both ranges are `len` long.
-        let r = unsafe {
-            libc::mremap(tmp as *mut c_void, len, len, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, data as *mut c_void)
-        };
-        if r != libc::MAP_FAILED {
-            st.orphans.insert(obj, (data - PAGE, PAGE + len, len));
-            st.live.remove(&obj);
-        }
-    }
-    // Views with no copy (none could be made) stay shared: better than
-    // unmapping an object the child may use.
-    for (obj, live) in std::mem::take(&mut st.live) {
-        let len = st.view_len.get(&live.key).copied().unwrap_or(0);
-        st.orphans.insert(obj, (live.base, PAGE + len, len));
-    }
-    for (key, bases) in std::mem::take(&mut st.idle) {
-        let len = st.view_len.get(&key).copied().unwrap_or(0);
-        for base in bases {
-            // SAFETY: an idle view of the parent's, inside the arena.
-            unsafe {
-                libc::mmap(
-                    base as *mut c_void,
-                    PAGE + len,
-                    libc::PROT_NONE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
-                    -1,
-                    0,
-                )
-            };
-        }
-    }
-    st.view_len.retain(|_, _| false);
-    st.pins.clear();
-    // The parent's store handles: dropping them unmaps, and does not detach
-    // (their process is the parent).
-    st.stores.clear();
-    // SAFETY: getpid has no preconditions.
-    st.pid = unsafe { libc::getpid() } as u32;
+    st.forget_parent(copies);
 }
 
 /// Counts for tests and diagnostics: live views, idle views, views made
