@@ -9,8 +9,9 @@
 //!  0x80 ...   a pickle (every pickle of protocol >= 2 starts with PROTO, 0x80)
 //!  0x02 ...   an exact `bytes` object sent as an object (`put(b"..")`,
 //!             `send(b"..")`): the rest, unpickled
-//!  0x03 ...   an exact `bytes` object of at least 256 KiB, left in a block
-//!             of the run's block store: the block's name (`lent.rs`)
+//!  0x03 ...   a message of at least 256 KiB (an exact `bytes` object, a
+//!             pickle or raw bytes) left in a block of the run's block
+//!             store: the tag to report and the block's name (`lent.rs`)
 //!  0x01 ...   a control message (a connection end was closed: look for EOF)
 //!  0x00 ...   raw bytes (`send_bytes`) that would otherwise start with one of
 //!             these tags: the rest
@@ -229,7 +230,7 @@ fn split(msg: &[u8]) -> (u8, &[u8]) {
 fn received<'py>(py: Python<'py>, msg: &[u8]) -> PyResult<Bound<'py, PyTuple>> {
     let (tag, payload) = split(msg);
     let (tag, obj) = match tag {
-        TAG_LENT => (TAG_BYTES, lent::receive(py, payload)?),
+        TAG_LENT => lent::receive(py, payload)?,
         t => (t, PyBytes::new(py, payload).into_any()),
     };
     PyTuple::new(py, [tag.into_pyobject(py).unwrap().into_any(), obj])
@@ -364,10 +365,8 @@ impl Channel {
             Some(TAG_RAW | TAG_CONTROL | TAG_BYTES | TAG_LENT | TAG_PICKLE) => Some(TAG_RAW),
             _ => None,
         };
-        if prefix == i32::from(TAG_BYTES) {
-            if let Some(p) = data.cast::<PyBytes>().ok().and_then(|b| lent::prepare(b)) {
-                return send_lent(py, &ch, p, t);
-            }
+        if let Some(p) = lend(data, prefix)? {
+            return send_lent(py, &ch, p, t);
         }
         // First attempt with the GIL held, copying straight from the
         // caller's buffer into the slot or block.
@@ -607,6 +606,39 @@ fn map_send_err(e: SendTimeoutError<()>) -> SendFail {
         SendTimeoutError::Interrupted(()) => SendFail::Err(DragonError::new_err("send interrupted")),
         _ => SendFail::Err(DragonError::new_err("send failed")),
     }
+}
+
+/// A large message that can travel as a block of the run's block store
+/// (`lent.rs`): an exact `bytes` object, a pickle, or raw bytes, of at
+/// least `lent::MIN_LEN` bytes, in one contiguous buffer.
+fn lend(data: &Bound<'_, PyAny>, prefix: i32) -> PyResult<Option<lent::Prepared>> {
+    let kind = match prefix {
+        p if p == i32::from(TAG_BYTES) => TAG_BYTES,
+        -1 => TAG_PICKLE,
+        -2 => TAG_RAW,
+        _ => return Ok(None),
+    };
+    if let Ok(b) = data.cast::<PyBytes>() {
+        let bytes = b.as_bytes();
+        if kind == TAG_PICKLE && bytes.first() != Some(&TAG_PICKLE) {
+            return Ok(None);
+        }
+        return Ok(lent::prepare(bytes, Some(b.as_ptr() as usize), kind));
+    }
+    if kind == TAG_BYTES {
+        return Ok(None);
+    }
+    let Ok(buf) = PyBuffer::<u8>::get(data) else { return Ok(None) };
+    if !buf.is_c_contiguous() || buf.len_bytes() < lent::MIN_LEN {
+        return Ok(None);
+    }
+    // SAFETY: a contiguous buffer of `len_bytes` bytes, kept alive by `buf`
+    // while the GIL is held (through `prepare`, which copies it).
+    let bytes = unsafe { std::slice::from_raw_parts(buf.buf_ptr().cast::<u8>(), buf.len_bytes()) };
+    if kind == TAG_PICKLE && bytes.first() != Some(&TAG_PICKLE) {
+        return Ok(None);
+    }
+    Ok(lent::prepare(bytes, None, kind))
 }
 
 /// Send the message naming a lent block: at once if there is room, else

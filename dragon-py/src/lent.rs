@@ -1,6 +1,7 @@
-//! Zero-copy `bytes`: large `bytes` objects travel as a block of the run's
-//! block store (`transport_shm::blocks`), and the receiving process gets a
-//! `bytes` object whose data *are* the block's pages.
+//! Zero-copy `bytes`: large messages (`bytes` objects, pickles, raw bytes)
+//! travel as a block of the run's block store (`transport_shm::blocks`),
+//! and the receiving process gets a `bytes` object whose data *are* the
+//! block's pages.
 //!
 //! # How an object is made
 //!
@@ -25,8 +26,9 @@
 //!
 //! # Limits
 //!
-//! - Only exact `bytes` of at least [`MIN_LEN`] bytes go this way (below
-//!   that the copy is cheaper than the bookkeeping).
+//! - Only messages of at least [`MIN_LEN`] bytes go this way (below that
+//!   the copy is cheaper than the bookkeeping): exact `bytes` objects,
+//!   pickles and raw bytes. Only a `bytes` object can be passed on.
 //! - When the store is full or cannot be used, messages are copied as
 //!   before; nothing is refused.
 //! - If another allocator hook is installed above this one (`tracemalloc`
@@ -483,18 +485,18 @@ pub(crate) struct Prepared {
     forwarded: Option<usize>,
 }
 
-/// Put `b` in a block of the run's store (or pass on the block it already
-/// is), unless zero-copy does not apply.
-pub(crate) fn prepare(b: &Bound<'_, PyBytes>) -> Option<Prepared> {
-    let data = b.as_bytes();
+/// Put `data` in a block of the run's store, or pass on the block it
+/// already is (`obj`: the address of the `bytes` object holding it, if it
+/// is one), unless zero-copy does not apply. The receiver will report the
+/// message as tag `kind` (`TAG_BYTES`, `TAG_PICKLE` or `TAG_RAW`).
+pub(crate) fn prepare(data: &[u8], obj: Option<usize>, kind: u8) -> Option<Prepared> {
     if data.len() < MIN_LEN || !enabled() {
         return None;
     }
-    let addr = b.as_ptr() as usize;
     with_state(|st| {
         // Forwarding: a view whose block this process still owns, and that
         // no other thread of ours is sending right now.
-        if let Some(live) = st.live.get_mut(&addr) {
+        if let Some(live) = obj.and_then(|addr| st.live.get_mut(&addr)) {
             let (name, store) = &st.stores[live.key.0];
             let blk = BlockId { seg: live.key.1, idx: live.key.2, gen: live.gen };
             let owned = store.lent(blk).state() == (LentState::Owned(store.attachment()), live.gen);
@@ -502,10 +504,10 @@ pub(crate) fn prepare(b: &Bound<'_, PyBytes>) -> Option<Prepared> {
                 live.sending = true;
                 let named = BlockId { gen: live.gen.wrapping_add(1), ..blk };
                 return Some(Prepared {
-                    desc: descriptor(name, named, data.len()),
+                    desc: descriptor(kind, name, named, data.len()),
                     store: store.clone(),
                     blk,
-                    forwarded: Some(addr),
+                    forwarded: obj,
                 });
             }
         }
@@ -517,7 +519,7 @@ pub(crate) fn prepare(b: &Bound<'_, PyBytes>) -> Option<Prepared> {
             return None;
         }
         let named = BlockId { gen: blk.gen.wrapping_add(1), ..blk };
-        Some(Prepared { desc: descriptor(name, named, data.len()), store: store.clone(), blk, forwarded: None })
+        Some(Prepared { desc: descriptor(kind, name, named, data.len()), store: store.clone(), blk, forwarded: None })
     })
 }
 
@@ -546,9 +548,11 @@ impl Prepared {
     }
 }
 
-fn descriptor(store: &str, b: BlockId, len: usize) -> Vec<u8> {
-    let mut d = Vec::with_capacity(15 + store.len());
+/// `[TAG_LENT][kind][segment][block][generation u32][length u64][store name]`.
+fn descriptor(kind: u8, store: &str, b: BlockId, len: usize) -> Vec<u8> {
+    let mut d = Vec::with_capacity(16 + store.len());
     d.push(TAG_LENT);
+    d.push(kind);
     d.push(b.seg);
     d.push(b.idx);
     d.extend_from_slice(&b.gen.to_le_bytes());
@@ -557,24 +561,28 @@ fn descriptor(store: &str, b: BlockId, len: usize) -> Vec<u8> {
     d
 }
 
-fn parse(payload: &[u8]) -> Option<(&str, BlockId, usize)> {
+/// What a block message (after its tag) says: the tag to report, the
+/// store, the block and the payload's length.
+fn parse(payload: &[u8]) -> Option<(u8, &str, BlockId, usize)> {
+    let (&kind, payload) = payload.split_first()?;
     if payload.len() < 14 {
         return None;
     }
     let gen = u32::from_le_bytes(payload[2..6].try_into().ok()?);
     let len = u64::from_le_bytes(payload[6..14].try_into().ok()?) as usize;
     let name = std::str::from_utf8(&payload[14..]).ok()?;
-    Some((name, BlockId { seg: payload[0], idx: payload[1], gen }, len))
+    Some((kind, name, BlockId { seg: payload[0], idx: payload[1], gen }, len))
 }
 
 // ---- receiving -------------------------------------------------------------
 
-/// The `bytes` object a block message (`payload`: what follows the tag)
-/// names: a view of the block if possible, else a copy.
-pub(crate) fn receive<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<Bound<'py, PyAny>> {
-    let (name, blk, len) = parse(payload).ok_or_else(|| DragonError::new_err("malformed block message"))?;
+/// The tag to report and the `bytes` object a block message (`payload`:
+/// what follows the tag) names: a view of the block if possible, else a
+/// copy.
+pub(crate) fn receive<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<(u8, Bound<'py, PyAny>)> {
+    let (kind, name, blk, len) = parse(payload).ok_or_else(|| DragonError::new_err("malformed block message"))?;
     let views = views_possible(py);
-    with_state(|st| {
+    let obj = with_state(|st| {
         let si = st.store_index(name, false).ok_or_else(|| {
             DragonError::new_err(format!("a message names block store {name:?}, which this process cannot open"))
         })?;
@@ -613,13 +621,14 @@ pub(crate) fn receive<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<Bound<'p
         let b = PyBytes::new(py, data).into_any();
         store.lent(blk).release(att, blk.gen);
         Ok(b)
-    })
+    })?;
+    Ok((kind, obj))
 }
 
 /// Drop a block message nobody will read (a drained channel): the block
 /// goes back to the store.
 pub(crate) fn discard(payload: &[u8]) {
-    let Some((name, blk, _)) = parse(payload) else { return };
+    let Some((_, name, blk, _)) = parse(payload) else { return };
     with_state(|st| {
         if let Some(si) = st.store_index(name, false) {
             let store = &st.stores[si].1;

@@ -217,6 +217,37 @@ def test_a_message_outlives_its_dead_sender(ctx, how):
     assert q.get(timeout=60) == b"k" * MiB
 
 
+def test_large_pickles_travel_as_blocks(ctx):
+    q = ctx.Queue()
+    base = in_use()
+    obj = {"a": bytearray(os.urandom(MiB)), "b": list(range(50_000))}
+    q.put(obj)
+    assert in_use() == base + 1  # the pickle waits in a block
+    assert q.get(timeout=60) == obj
+    assert in_use() == base  # unpickled from the view, which is gone
+    small = list(range(10))
+    q.put(small)
+    assert in_use() == base and q.get(timeout=60) == small
+
+
+def test_send_bytes_travels_as_a_block(ctx):
+    a, b = ctx.Pipe()
+    base = in_use()
+    raw = os.urandom(MiB)
+    a.send_bytes(raw)
+    assert in_use() == base + 1
+    got = b.recv_bytes()
+    assert got == raw and _native.lent_stats()["live"] == 1
+    a.send_bytes(b"\x03" + raw)  # starts with the block tag: still raw bytes
+    assert b.recv_bytes() == b"\x03" + raw
+    buf = bytearray(MiB + 10)
+    a.send_bytes(memoryview(raw)[: MiB // 2 + 7])
+    assert b.recv_bytes_into(buf) == MiB // 2 + 7 and bytes(buf[: MiB // 2 + 7]) == raw[: MiB // 2 + 7]
+    del got
+    gc.collect()
+    assert in_use() == base
+
+
 def test_full_bounded_queue_returns_the_block(ctx):
     q = ctx.Queue(maxsize=1)
     q.put(b"1" * MiB)
@@ -243,14 +274,15 @@ def test_forged_and_malformed_block_messages_are_clear_errors():
     ch = _native.Channel.create()
     name = runtime.shm_prefix() + "blk"
     gen = (0xDEAD).to_bytes(4, "little")
-    forged = bytes([0, 0]) + gen + MiB.to_bytes(8, "little") + name.encode()
+    forged = bytes([_wire.TAG_BYTES, 0, 0]) + gen + MiB.to_bytes(8, "little") + name.encode()
     ch.send(forged, _native.TAG_LENT)
     with pytest.raises(errors.DragonError, match="does not hold"):
         ch.recv(timeout=5)
     ch.send(b"\x00\x00short", _native.TAG_LENT)
     with pytest.raises(errors.DragonError, match="malformed"):
         ch.recv(timeout=5)
-    ch.send(bytes([0, 0]) + gen + MiB.to_bytes(8, "little") + b"dragon-nosuchrun-blk", _native.TAG_LENT)
+    ch.send(bytes([_wire.TAG_BYTES, 0, 0]) + gen + MiB.to_bytes(8, "little") + b"dragon-nosuchrun-blk",
+            _native.TAG_LENT)
     with pytest.raises(errors.DragonError, match="cannot open"):
         ch.recv(timeout=5)
     # Raw bytes that happen to start with the tag are not mistaken for one.
