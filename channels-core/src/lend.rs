@@ -410,20 +410,18 @@ impl StoreCtl {
             SEG_CREATING if !ProcessId { pid: w as u32, start: 0 }.is_alive() => true,
             _ => return false,
         };
-        if !takeover {
-            let used = self.used.fetch_add(bytes, Ordering::AcqRel);
-            if used + bytes > self.cap.load(Ordering::Relaxed) {
-                self.used.fetch_sub(bytes, Ordering::AcqRel);
-                return false;
-            }
+        // A taken-over slot counts again: what the dead creator reserved is
+        // not known here, so the count errs on the safe side.
+        let used = self.used.fetch_add(bytes, Ordering::AcqRel);
+        if !takeover && used + bytes > self.cap.load(Ordering::Relaxed) {
+            self.used.fetch_sub(bytes, Ordering::AcqRel);
+            return false;
         }
         let creating = (SEG_CREATING << 62) | u64::from(pid);
         if self.segs[i].compare_exchange(w, creating, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
             return true;
         }
-        if !takeover {
-            self.used.fetch_sub(bytes, Ordering::AcqRel);
-        }
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
         false
     }
 
@@ -518,6 +516,49 @@ mod tests {
         assert!(l.sweep(900));
         assert_eq!(l.state().0, LentState::Free);
         assert!(!l.pinned_by(900));
+    }
+
+    fn ctl_on_heap() -> (Vec<u64>, &'static StoreCtl) {
+        let mut mem = vec![0u64; StoreCtl::SIZE.div_ceil(8)];
+        let p = std::ptr::NonNull::new(mem.as_mut_ptr().cast::<u8>()).unwrap();
+        // SAFETY: zeroed, 8-byte aligned, SIZE bytes, kept alive by the
+        // returned Vec (the test drops the control area first).
+        let ctl = unsafe { StoreCtl::from_ptr(p) };
+        ctl.init(1000);
+        (mem, ctl)
+    }
+
+    #[test]
+    fn store_rows_and_segments() {
+        let (_mem, ctl) = ctl_on_heap();
+        assert!(ctl.ready());
+        let me = ProcessId::current();
+        let a = ctl.attach(me).unwrap();
+        let b = ctl.attach(me).unwrap();
+        assert_ne!(a, b);
+        // A segment within the cap, then one that would exceed it.
+        assert!(ctl.begin_segment(0, me.pid, 600));
+        assert_eq!(ctl.segment(0), SegState::Creating(me.pid));
+        assert!(!ctl.begin_segment(0, me.pid, 1), "a slot being created is taken");
+        ctl.finish_segment(0, 20, 16);
+        assert_eq!(ctl.segment(0), SegState::Ready { class: 20, blocks: 16 });
+        assert!(!ctl.begin_segment(1, me.pid, 600), "over the cap");
+        assert_eq!(ctl.usage(), (600, 1000));
+        assert!(ctl.begin_segment(1, me.pid, 300));
+        ctl.abandon_segment(1, 300);
+        assert_eq!((ctl.segment(1), ctl.usage().0), (SegState::Empty, 600));
+        // A slot whose creator died is taken over.
+        let dead = u32::MAX - 7; // above any pid_max
+        assert!(ctl.begin_segment(2, dead, 100));
+        assert!(ctl.begin_segment(2, me.pid, 100), "the dead creator's slot");
+        assert_eq!(ctl.segment(2), SegState::Creating(me.pid));
+        // Detaching sweeps what the attachment held and frees its row.
+        let g = ctl.lent(0, 3).take(a).unwrap();
+        ctl.lent(0, 4).take(b).unwrap();
+        ctl.detach(a, me);
+        assert_eq!(ctl.lent(0, 3).state(), (LentState::Free, g));
+        assert!(matches!(ctl.lent(0, 4).state().0, LentState::Owned(x) if x == b));
+        assert_eq!(ctl.attach(me), Some(a), "the freed row is reused");
     }
 
     #[test]
