@@ -625,7 +625,10 @@ fn lend(data: &Bound<'_, PyAny>, prefix: i32) -> PyResult<Option<lent::Prepared>
         }
         return Ok(lent::prepare(bytes, Some(b.as_ptr() as usize), kind));
     }
-    if kind == TAG_BYTES {
+    // Other buffers (send_bytes of a bytearray or memoryview): only those
+    // with at least MIN_LEN items, so that small ones skip the buffer
+    // request (a memoryview of wider items may be large but is copied).
+    if kind != TAG_RAW || data.len().unwrap_or(0) < lent::MIN_LEN {
         return Ok(None);
     }
     let Ok(buf) = PyBuffer::<u8>::get(data) else { return Ok(None) };
@@ -635,9 +638,6 @@ fn lend(data: &Bound<'_, PyAny>, prefix: i32) -> PyResult<Option<lent::Prepared>
     // SAFETY: a contiguous buffer of `len_bytes` bytes, kept alive by `buf`
     // while the GIL is held (through `prepare`, which copies it).
     let bytes = unsafe { std::slice::from_raw_parts(buf.buf_ptr().cast::<u8>(), buf.len_bytes()) };
-    if kind == TAG_PICKLE && bytes.first() != Some(&TAG_PICKLE) {
-        return Ok(None);
-    }
     Ok(lent::prepare(bytes, None, kind))
 }
 
