@@ -1,4 +1,22 @@
-//! Off-node transport over TCP (mio): framing, flow control, authentication
+//! Off-node transport over TCP: an agent per node serves the channel
+//! operations of processes on other nodes on its node's channels.
 //!
-//! Not built yet: see the issue tracker. This crate is a placeholder so the
-//! workspace shows the architecture from the start.
+//! This is the first part of multi-node support, usable from Rust: the
+//! frame format ([`frame`]), mutual authentication with the run's secret
+//! ([`auth`]), the requests and replies ([`proto`]), the agent (a mio event
+//! loop, [`agent`]) and a blocking client ([`client`]). It is tested over
+//! loopback and between two network namespaces. Not done yet: the transport
+//! plugin over it (the C ABI of `channels_core::plugin`), the agent
+//! launched per node by the runtime (SSH, Slurm), and its use from Python.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod agent;
+pub mod auth;
+pub mod client;
+pub mod frame;
+pub mod proto;
+
+pub use agent::Agent;
+pub use auth::Secret;
+pub use client::{Client, TcpError};

@@ -1,0 +1,411 @@
+//! The agent: one per node, it serves the channel operations of processes
+//! on other nodes on this node's channels (`transport-shm`).
+//!
+//! One thread runs a mio event loop over the listener and every
+//! connection: it reads and decodes frames, authenticates each connection
+//! first (`auth`), answers what can be answered at once, and writes
+//! replies. An operation that must wait (a receive on an empty channel, a
+//! send on a full one) runs on a thread of its own, which posts the reply
+//! back to the loop through a mio `Waker`; that wait ends early if its
+//! connection goes away. Every connection gets a heartbeat frame every
+//! `proto::HEARTBEAT_EVERY`, so a client waiting for a slow reply can tell
+//! it from a lost agent.
+
+use crate::auth::{self, random32, Secret};
+use crate::frame::{self, Frame};
+use crate::proto::{self, take_u64, timeout_of};
+use bytes::BytesMut;
+use channels_core::handle::{Handle, Kind};
+use channels_core::plugin::abi::{
+    DRAGON_EAGAIN, DRAGON_EBADMSG, DRAGON_EIDRM, DRAGON_EINVAL, DRAGON_EIO, DRAGON_ENOENT, DRAGON_EPIPE, DRAGON_EPROTO,
+    DRAGON_ETIMEDOUT,
+};
+use channels_core::{Channel, RecvTimeoutError, SendTimeoutError, TryRecvError};
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const FIRST_CONN: usize = 2;
+
+/// A running agent.
+pub struct Agent {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("addr", &self.addr).finish()
+    }
+}
+
+impl Agent {
+    /// Listen on `bind` (port 0: any free port) and serve on a thread of
+    /// its own until [`Agent::stop`] or drop.
+    pub fn start(bind: SocketAddr, secret: Secret) -> io::Result<Agent> {
+        let mut listener = TcpListener::bind(bind)?;
+        let addr = listener.local_addr()?;
+        let poll = Poll::new()?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = unbounded();
+        let mut lp = Loop {
+            poll,
+            listener,
+            secret,
+            conns: HashMap::new(),
+            next_token: FIRST_CONN,
+            done_tx: tx,
+            done_rx: rx,
+            waker: waker.clone(),
+            stop: stop.clone(),
+        };
+        let thread = std::thread::Builder::new().name("dragon-tcp-agent".into()).spawn(move || lp.run())?;
+        Ok(Agent { addr, stop, waker, thread: Some(thread) })
+    }
+
+    /// The address the agent listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stop serving: every connection is closed and every wait ended.
+    pub fn stop(mut self) {
+        self.shut();
+    }
+
+    fn shut(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.waker.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.shut();
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    nonce: [u8; 32],
+    authed: bool,
+    /// Close once the write buffer is flushed (after a REJECT).
+    closing: bool,
+    chans: HashMap<u64, Channel>,
+    next_ch: u64,
+    /// Set when the connection goes: waits started for it end.
+    gone: Arc<AtomicBool>,
+}
+
+/// A reply finished by a waiting thread: (connection, frame bytes).
+type Done = (Token, BytesMut);
+
+struct Loop {
+    poll: Poll,
+    listener: TcpListener,
+    secret: Secret,
+    conns: HashMap<Token, Conn>,
+    next_token: usize,
+    done_tx: Sender<Done>,
+    done_rx: Receiver<Done>,
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+}
+
+fn reply(kind: u8, id: u64, payload: &[u8]) -> BytesMut {
+    let mut b = BytesMut::new();
+    frame::encode(&mut b, kind, id, payload);
+    b
+}
+
+fn error(id: u64, code: i32, msg: &str) -> BytesMut {
+    reply(proto::ERROR, id, &proto::error_payload(code, msg))
+}
+
+fn send_error(id: u64, e: SendTimeoutError<()>) -> BytesMut {
+    match e {
+        SendTimeoutError::Timeout(()) => error(id, DRAGON_ETIMEDOUT, "the channel stayed full"),
+        SendTimeoutError::Disconnected(()) => error(id, DRAGON_EPIPE, "the channel is closed"),
+        SendTimeoutError::Destroyed(()) => error(id, DRAGON_EIDRM, "the channel was destroyed"),
+        SendTimeoutError::Interrupted(()) => error(id, DRAGON_EIO, "the agent is stopping"),
+        other => error(id, DRAGON_EIO, &format!("send failed: {other}")),
+    }
+}
+
+fn recv_error(id: u64, e: RecvTimeoutError) -> BytesMut {
+    match e {
+        RecvTimeoutError::Timeout => error(id, DRAGON_ETIMEDOUT, "no message came"),
+        RecvTimeoutError::Disconnected => error(id, DRAGON_EPIPE, "the channel is closed"),
+        RecvTimeoutError::Destroyed => error(id, DRAGON_EIDRM, "the channel was destroyed"),
+        RecvTimeoutError::Interrupted => error(id, DRAGON_EIO, "the agent is stopping"),
+        other => error(id, DRAGON_EIO, &format!("receive failed: {other}")),
+    }
+}
+
+impl Loop {
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(256);
+        let mut next_beat = Instant::now() + proto::HEARTBEAT_EVERY;
+        while !self.stop.load(Ordering::Acquire) {
+            let wait = next_beat.saturating_duration_since(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                break;
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    t => {
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.read(t);
+                        }
+                        self.flush(t);
+                    }
+                }
+            }
+            while let Ok((t, bytes)) = self.done_rx.try_recv() {
+                if let Some(c) = self.conns.get_mut(&t) {
+                    c.wbuf.extend_from_slice(&bytes);
+                    self.flush(t);
+                }
+            }
+            if Instant::now() >= next_beat {
+                next_beat = Instant::now() + proto::HEARTBEAT_EVERY;
+                let tokens: Vec<Token> = self.conns.iter().filter(|(_, c)| c.authed).map(|(t, _)| *t).collect();
+                for t in tokens {
+                    if let Some(c) = self.conns.get_mut(&t) {
+                        frame::encode(&mut c.wbuf, proto::HEARTBEAT, 0, &[]);
+                    }
+                    self.flush(t);
+                }
+            }
+        }
+        for (_, c) in self.conns.drain() {
+            c.gone.store(true, Ordering::Release);
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut stream, _)) => {
+                    let t = Token(self.next_token);
+                    self.next_token += 1;
+                    let _ = stream.set_nodelay(true);
+                    if self.poll.registry().register(&mut stream, t, Interest::READABLE | Interest::WRITABLE).is_err() {
+                        continue;
+                    }
+                    let nonce = random32();
+                    let mut wbuf = BytesMut::new();
+                    frame::encode(&mut wbuf, auth::HELLO, 0, &Secret::hello(&nonce));
+                    let conn = Conn {
+                        stream,
+                        rbuf: BytesMut::with_capacity(64 << 10),
+                        wbuf,
+                        nonce,
+                        authed: false,
+                        closing: false,
+                        chans: HashMap::new(),
+                        next_ch: 1,
+                        gone: Arc::new(AtomicBool::new(false)),
+                    };
+                    self.conns.insert(t, conn);
+                    self.flush(t);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn drop_conn(&mut self, t: Token) {
+        if let Some(mut c) = self.conns.remove(&t) {
+            c.gone.store(true, Ordering::Release);
+            let _ = self.poll.registry().deregister(&mut c.stream);
+        }
+    }
+
+    fn read(&mut self, t: Token) {
+        let mut buf = [0u8; 64 << 10];
+        loop {
+            let Some(c) = self.conns.get_mut(&t) else { return };
+            match c.stream.read(&mut buf) {
+                Ok(0) => return self.drop_conn(t),
+                Ok(n) => c.rbuf.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.drop_conn(t),
+            }
+        }
+        loop {
+            let Some(c) = self.conns.get_mut(&t) else { return };
+            match frame::decode(&mut c.rbuf) {
+                Ok(Some(f)) => self.handle(t, f),
+                Ok(None) => return,
+                // A corrupt or hostile stream: nothing after it can be trusted.
+                Err(_) => return self.drop_conn(t),
+            }
+        }
+    }
+
+    fn flush(&mut self, t: Token) {
+        let Some(c) = self.conns.get_mut(&t) else { return };
+        while !c.wbuf.is_empty() {
+            match c.stream.write(&c.wbuf) {
+                Ok(0) => return self.drop_conn(t),
+                Ok(n) => {
+                    let _ = c.wbuf.split_to(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.drop_conn(t),
+            }
+        }
+        if c.closing {
+            self.drop_conn(t);
+        }
+    }
+
+    fn handle(&mut self, t: Token, f: Frame) {
+        let secret = self.secret.clone();
+        let Some(c) = self.conns.get_mut(&t) else { return };
+        if c.closing {
+            return;
+        }
+        if !c.authed {
+            match (f.kind == auth::PROOF).then(|| secret.accept(&c.nonce, &f.payload)).flatten() {
+                Some(acc) => {
+                    c.authed = true;
+                    frame::encode(&mut c.wbuf, auth::ACCEPT, 0, &acc);
+                }
+                None => {
+                    frame::encode(&mut c.wbuf, auth::REJECT, 0, b"authentication failed: not this run's secret");
+                    c.closing = true;
+                }
+            }
+            return;
+        }
+        let id = f.id;
+        let out = match f.kind {
+            proto::PING => reply(proto::OK, id, &[]),
+            proto::ATTACH => attach(c, id, &f.payload),
+            proto::LEN => match take_u64(&f.payload).and_then(|(ch, _)| c.chans.get(&ch)) {
+                Some(ch) => reply(proto::OK, id, &(ch.len() as u64).to_le_bytes()),
+                None => error(id, DRAGON_EINVAL, "no such attachment"),
+            },
+            proto::DETACH => match take_u64(&f.payload).and_then(|(ch, _)| c.chans.remove(&ch)) {
+                Some(_) => reply(proto::OK, id, &[]),
+                None => error(id, DRAGON_EINVAL, "no such attachment"),
+            },
+            proto::SEND | proto::RECV => match self.op(t, f) {
+                Some(b) => b,
+                None => return, // waiting on a thread of its own
+            },
+            k => error(id, DRAGON_EPROTO, &format!("unknown request kind {k}")),
+        };
+        if let Some(c) = self.conns.get_mut(&t) {
+            c.wbuf.extend_from_slice(&out);
+        }
+    }
+
+    /// A send or receive: answered now, or handed to a waiting thread
+    /// (`None`).
+    fn op(&mut self, t: Token, f: Frame) -> Option<BytesMut> {
+        let id = f.id;
+        let c = self.conns.get_mut(&t)?;
+        let Some((chid, rest)) = take_u64(&f.payload) else {
+            return Some(error(id, DRAGON_EPROTO, "short request"));
+        };
+        let Some((tns, data)) = take_u64(rest) else {
+            return Some(error(id, DRAGON_EPROTO, "short request"));
+        };
+        let Some(ch) = c.chans.get(&chid).cloned() else {
+            return Some(error(id, DRAGON_EINVAL, "no such attachment"));
+        };
+        let wait = timeout_of(tns);
+        if f.kind == proto::SEND {
+            match ch.send_parts(&[data], Some(Duration::ZERO)) {
+                Ok(()) => return Some(reply(proto::OK, id, &[])),
+                Err(SendTimeoutError::Timeout(())) if wait != Some(Duration::ZERO) => {}
+                Err(SendTimeoutError::Timeout(())) => return Some(error(id, DRAGON_EAGAIN, "the channel is full")),
+                Err(e) => return Some(send_error(id, e)),
+            }
+        } else {
+            match ch.try_recv() {
+                Ok(m) => return Some(reply(proto::OK, id, &m)),
+                Err(TryRecvError::Empty) if wait != Some(Duration::ZERO) => {}
+                Err(TryRecvError::Empty) => return Some(error(id, DRAGON_EAGAIN, "no message")),
+                Err(TryRecvError::Disconnected) => return Some(recv_error(id, RecvTimeoutError::Disconnected)),
+                Err(TryRecvError::Destroyed) => return Some(recv_error(id, RecvTimeoutError::Destroyed)),
+                Err(e) => return Some(error(id, DRAGON_EIO, &format!("receive failed: {e}"))),
+            }
+        }
+        let gone = c.gone.clone();
+        let stop = self.stop.clone();
+        let (tx, waker) = (self.done_tx.clone(), self.waker.clone());
+        let data = (f.kind == proto::SEND).then(|| data.to_vec());
+        let spawned = std::thread::Builder::new().name("dragon-tcp-wait".into()).spawn(move || {
+            let mut hook = || !gone.load(Ordering::Acquire) && !stop.load(Ordering::Acquire);
+            let out = match data {
+                Some(d) => match ch.send_parts_interruptible(&[&d], wait, Some(&mut hook)) {
+                    Ok(()) => reply(proto::OK, id, &[]),
+                    Err(e) => send_error(id, e),
+                },
+                None => match ch.recv_interruptible(wait, &mut hook) {
+                    Ok(m) => reply(proto::OK, id, &m),
+                    Err(e) => recv_error(id, e),
+                },
+            };
+            if tx.send((t, out)).is_ok() {
+                let _ = waker.wake();
+            }
+        });
+        match spawned {
+            Ok(_) => None,
+            Err(e) => Some(error(id, DRAGON_EIO, &format!("cannot start a waiting thread: {e}"))),
+        }
+    }
+}
+
+fn attach(c: &mut Conn, id: u64, payload: &[u8]) -> BytesMut {
+    let mut h = match Handle::from_bytes(payload) {
+        Ok(h) => h,
+        Err(e) => return error(id, DRAGON_EBADMSG, &format!("bad channel handle: {e}")),
+    };
+    if h.kind != Kind::Channel {
+        return error(id, DRAGON_EBADMSG, &format!("handle is for a {:?}, not a channel", h.kind));
+    }
+    // The handle names this node's agent; here the channel is local.
+    h.address.clear();
+    match transport_shm::channel::attach(&h) {
+        Ok(ch) => {
+            let n = c.next_ch;
+            c.next_ch += 1;
+            c.chans.insert(n, ch);
+            reply(proto::OK, id, &n.to_le_bytes())
+        }
+        Err(e) => error(id, DRAGON_ENOENT, &format!("attach: {e}")),
+    }
+}

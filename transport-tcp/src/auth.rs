@@ -1,0 +1,159 @@
+//! Mutual authentication with the run's secret, before any request.
+//!
+//! ```text
+//!   agent  -> client   HELLO   version u16, agent nonce (32 bytes)
+//!   client -> agent    PROOF   client nonce (32), HMAC-SHA256(secret, "dragon-tcp/1 client" | agent nonce | client nonce)
+//!   agent  -> client   ACCEPT  HMAC-SHA256(secret, "dragon-tcp/1 agent" | client nonce | agent nonce)
+//!                  or  REJECT  a reason (UTF-8), and the agent closes the connection
+//! ```
+//!
+//! Both sides prove they hold the secret without sending it, and fresh
+//! nonces on both sides make a recorded exchange useless. MACs are compared
+//! in constant time.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::fmt;
+
+/// Frame kinds of the handshake (request id 0).
+pub const HELLO: u8 = 0xA0;
+/// See the module docs.
+pub const PROOF: u8 = 0xA1;
+/// See the module docs.
+pub const ACCEPT: u8 = 0xA2;
+/// See the module docs.
+pub const REJECT: u8 = 0xA3;
+/// Protocol version in HELLO.
+pub const VERSION: u16 = 1;
+
+const NONCE: usize = 32;
+const MAC: usize = 32;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The run's shared secret (32 random bytes; hex in the environment).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret([u8; 32]);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// 32 random bytes from the kernel.
+pub fn random32() -> [u8; 32] {
+    let mut b = [0u8; 32];
+    let mut got = 0;
+    while got < b.len() {
+        // SAFETY: writes at most the remaining bytes of `b`.
+        let n = unsafe { libc::getrandom(b[got..].as_mut_ptr().cast(), b.len() - got, 0) };
+        if n > 0 {
+            got += n as usize;
+        } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            panic!("getrandom failed: {}", std::io::Error::last_os_error());
+        }
+    }
+    b
+}
+
+impl Secret {
+    /// A fresh random secret.
+    pub fn random() -> Secret {
+        Secret(random32())
+    }
+
+    /// Parse 64 hex digits.
+    pub fn from_hex(s: &str) -> Option<Secret> {
+        let s = s.trim();
+        if s.len() != 64 {
+            return None;
+        }
+        let mut b = [0u8; 32];
+        for (i, out) in b.iter_mut().enumerate() {
+            *out = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Secret(b))
+    }
+
+    /// 64 hex digits.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn mac(&self, label: &[u8], a: &[u8], b: &[u8]) -> HmacSha256 {
+        let mut m = HmacSha256::new_from_slice(&self.0).expect("any key length");
+        m.update(label);
+        m.update(a);
+        m.update(b);
+        m
+    }
+
+    /// The HELLO payload an agent sends, with its nonce.
+    pub fn hello(agent_nonce: &[u8; 32]) -> Vec<u8> {
+        let mut p = VERSION.to_le_bytes().to_vec();
+        p.extend_from_slice(agent_nonce);
+        p
+    }
+
+    /// A client's PROOF payload answering a HELLO payload, and the client
+    /// nonce it used; `None` for a malformed HELLO or another version.
+    pub fn proof(&self, hello: &[u8]) -> Option<(Vec<u8>, [u8; 32], [u8; 32])> {
+        if hello.len() != 2 + NONCE || u16::from_le_bytes([hello[0], hello[1]]) != VERSION {
+            return None;
+        }
+        let agent_nonce: [u8; 32] = hello[2..].try_into().ok()?;
+        let client_nonce = random32();
+        let mac = self.mac(b"dragon-tcp/1 client", &agent_nonce, &client_nonce).finalize().into_bytes();
+        let mut p = client_nonce.to_vec();
+        p.extend_from_slice(&mac);
+        Some((p, agent_nonce, client_nonce))
+    }
+
+    /// The agent's check of a PROOF: on success, the ACCEPT payload.
+    pub fn accept(&self, agent_nonce: &[u8; 32], proof: &[u8]) -> Option<Vec<u8>> {
+        if proof.len() != NONCE + MAC {
+            return None;
+        }
+        let (client_nonce, mac) = proof.split_at(NONCE);
+        self.mac(b"dragon-tcp/1 client", agent_nonce, client_nonce).verify_slice(mac).ok()?;
+        Some(self.mac(b"dragon-tcp/1 agent", client_nonce, agent_nonce).finalize().into_bytes().to_vec())
+    }
+
+    /// The client's check of an ACCEPT payload.
+    pub fn verify_accept(&self, agent_nonce: &[u8; 32], client_nonce: &[u8; 32], accept: &[u8]) -> bool {
+        self.mac(b"dragon-tcp/1 agent", client_nonce, agent_nonce).verify_slice(accept).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_handshake_needs_the_same_secret_on_both_sides() {
+        let s = Secret::random();
+        let agent_nonce = random32();
+        let (proof, an, cn) = s.proof(&Secret::hello(&agent_nonce)).unwrap();
+        assert_eq!(an, agent_nonce);
+        let accept = s.accept(&agent_nonce, &proof).unwrap();
+        assert!(s.verify_accept(&agent_nonce, &cn, &accept));
+        // Another secret fails both ways.
+        let other = Secret::random();
+        assert!(other.accept(&agent_nonce, &proof).is_none());
+        assert!(!other.verify_accept(&agent_nonce, &cn, &accept));
+        // A proof for another nonce (a replay) fails.
+        assert!(s.accept(&random32(), &proof).is_none());
+        // Malformed messages fail without panicking.
+        assert!(s.proof(&[1, 0]).is_none());
+        assert!(s.accept(&agent_nonce, &proof[..10]).is_none());
+    }
+
+    #[test]
+    fn secrets_round_trip_as_hex() {
+        let s = Secret::random();
+        assert_eq!(Secret::from_hex(&s.to_hex()), Some(s));
+        assert_eq!(Secret::from_hex("zz"), None);
+        assert_eq!(Secret::from_hex(&"g".repeat(64)), None);
+    }
+}

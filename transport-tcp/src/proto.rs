@@ -1,0 +1,83 @@
+//! Requests a client makes of an agent, and the agent's replies (the frame
+//! kind says which; payload layouts below, integers little endian).
+//!
+//! ```text
+//!   ATTACH  handle bytes                     -> OK: channel id u64
+//!   SEND    channel u64, timeout_ns u64, data -> OK
+//!   RECV    channel u64, timeout_ns u64       -> OK: the message
+//!   LEN     channel u64                       -> OK: count u64
+//!   DETACH  channel u64                       -> OK
+//!   PING                                      -> OK
+//!   reply ERROR: code i32 (DRAGON_E* of the plugin ABI), message (UTF-8)
+//!   HEARTBEAT (agent -> client, id 0): the agent is alive; sent every
+//!   HEARTBEAT_EVERY on every connection, so a client waiting for a slow
+//!   reply can tell a long wait from a lost peer.
+//! ```
+//!
+//! `timeout_ns` `u64::MAX` waits without limit.
+
+use std::time::Duration;
+
+/// Attach to a channel of the agent's node.
+pub const ATTACH: u8 = 1;
+/// Send a message.
+pub const SEND: u8 = 2;
+/// Receive a message.
+pub const RECV: u8 = 3;
+/// Messages waiting.
+pub const LEN: u8 = 4;
+/// Let go of an attachment.
+pub const DETACH: u8 = 5;
+/// Liveness check.
+pub const PING: u8 = 6;
+/// Success reply.
+pub const OK: u8 = 0x80;
+/// Failure reply.
+pub const ERROR: u8 = 0x81;
+/// The agent is alive.
+pub const HEARTBEAT: u8 = 0x82;
+
+/// How often an agent sends a heartbeat on each connection.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
+/// A client that hears nothing for this long calls the peer lost.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(5);
+
+/// `timeout_ns` for a wait of `t` (`None`: no limit).
+pub fn timeout_ns(t: Option<Duration>) -> u64 {
+    t.map_or(u64::MAX, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1))
+}
+
+/// The wait a `timeout_ns` asks for.
+pub fn timeout_of(ns: u64) -> Option<Duration> {
+    (ns != u64::MAX).then(|| Duration::from_nanos(ns))
+}
+
+/// `channel u64` then `timeout_ns u64` then the rest.
+pub fn op_payload(ch: u64, timeout_ns: u64, data: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(16 + data.len());
+    p.extend_from_slice(&ch.to_le_bytes());
+    p.extend_from_slice(&timeout_ns.to_le_bytes());
+    p.extend_from_slice(data);
+    p
+}
+
+/// Read the leading u64 of `p` and return it with the rest.
+pub fn take_u64(p: &[u8]) -> Option<(u64, &[u8])> {
+    let (a, rest) = p.split_at_checked(8)?;
+    Some((u64::from_le_bytes(a.try_into().ok()?), rest))
+}
+
+/// An ERROR payload.
+pub fn error_payload(code: i32, msg: &str) -> Vec<u8> {
+    let mut p = code.to_le_bytes().to_vec();
+    p.extend_from_slice(msg.as_bytes());
+    p
+}
+
+/// Decode an ERROR payload.
+pub fn parse_error(p: &[u8]) -> (i32, String) {
+    match p.split_at_checked(4) {
+        Some((c, m)) => (i32::from_le_bytes(c.try_into().expect("4 bytes")), String::from_utf8_lossy(m).into_owned()),
+        None => (channels_core::plugin::abi::DRAGON_EIO, "malformed error reply".to_owned()),
+    }
+}
