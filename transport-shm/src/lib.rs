@@ -5,6 +5,7 @@
 pub mod blocks;
 pub mod channel;
 pub mod kv;
+pub mod plugin;
 pub mod segment;
 pub mod syncobj;
 

@@ -17,10 +17,9 @@ use crate::proto::{self, take_u64, timeout_of};
 use bytes::BytesMut;
 use channels_core::handle::{Handle, Kind};
 use channels_core::plugin::abi::{
-    DRAGON_EAGAIN, DRAGON_EBADMSG, DRAGON_EIDRM, DRAGON_EINVAL, DRAGON_EIO, DRAGON_ENOENT, DRAGON_EPIPE, DRAGON_EPROTO,
-    DRAGON_ETIMEDOUT,
+    DragonChannelAttrs, DRAGON_EAGAIN, DRAGON_EBADMSG, DRAGON_EINVAL, DRAGON_EIO, DRAGON_EPROTO, DRAGON_ETIMEDOUT,
 };
-use channels_core::{Channel, RecvTimeoutError, SendTimeoutError, TryRecvError};
+use channels_core::plugin::export::{ChannelImpl, Failure, Timeout, TransportImpl};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -31,6 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use transport_shm::plugin::{ShmChannel, ShmTransport};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -61,7 +61,10 @@ impl Agent {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = unbounded();
+        let shm = ShmTransport::open("").map_err(|f| io::Error::other(f.message))?;
         let mut lp = Loop {
+            shm,
+            addr: addr.to_string(),
             poll,
             listener,
             secret,
@@ -109,7 +112,7 @@ struct Conn {
     authed: bool,
     /// Close once the write buffer is flushed (after a REJECT).
     closing: bool,
-    chans: HashMap<u64, Channel>,
+    chans: HashMap<u64, Arc<ShmChannel>>,
     next_ch: u64,
     /// Set when the connection goes: waits started for it end.
     gone: Arc<AtomicBool>,
@@ -119,6 +122,9 @@ struct Conn {
 type Done = (Token, BytesMut);
 
 struct Loop {
+    shm: ShmTransport,
+    /// This agent's address, written into the handles of channels it creates.
+    addr: String,
     poll: Poll,
     listener: TcpListener,
     secret: Secret,
@@ -140,23 +146,35 @@ fn error(id: u64, code: i32, msg: &str) -> BytesMut {
     reply(proto::ERROR, id, &proto::error_payload(code, msg))
 }
 
-fn send_error(id: u64, e: SendTimeoutError<()>) -> BytesMut {
-    match e {
-        SendTimeoutError::Timeout(()) => error(id, DRAGON_ETIMEDOUT, "the channel stayed full"),
-        SendTimeoutError::Disconnected(()) => error(id, DRAGON_EPIPE, "the channel is closed"),
-        SendTimeoutError::Destroyed(()) => error(id, DRAGON_EIDRM, "the channel was destroyed"),
-        SendTimeoutError::Interrupted(()) => error(id, DRAGON_EIO, "the agent is stopping"),
-        other => error(id, DRAGON_EIO, &format!("send failed: {other}")),
-    }
+fn failure(id: u64, f: Failure) -> BytesMut {
+    error(id, f.code, &f.message)
 }
 
-fn recv_error(id: u64, e: RecvTimeoutError) -> BytesMut {
-    match e {
-        RecvTimeoutError::Timeout => error(id, DRAGON_ETIMEDOUT, "no message came"),
-        RecvTimeoutError::Disconnected => error(id, DRAGON_EPIPE, "the channel is closed"),
-        RecvTimeoutError::Destroyed => error(id, DRAGON_EIDRM, "the channel was destroyed"),
-        RecvTimeoutError::Interrupted => error(id, DRAGON_EIO, "the agent is stopping"),
-        other => error(id, DRAGON_EIO, &format!("receive failed: {other}")),
+/// How long a waiting thread waits at a time before it checks that its
+/// connection is still there.
+const SLICE: Duration = Duration::from_millis(200);
+
+/// Run `op` with a timeout of `wait` in slices, ending early (EIO) when
+/// `gone` says the connection or the agent went away.
+fn sliced<T>(
+    wait: Timeout,
+    gone: &dyn Fn() -> bool,
+    mut op: impl FnMut(Timeout) -> Result<T, Failure>,
+) -> Result<T, Failure> {
+    let deadline = wait.map(|w| Instant::now() + w);
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        match op(Some(left.map_or(SLICE, |l| l.min(SLICE)))) {
+            Err(f) if f.code == DRAGON_ETIMEDOUT || f.code == DRAGON_EAGAIN => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(Failure::new(DRAGON_ETIMEDOUT, f.message));
+                }
+                if gone() {
+                    return Err(Failure::new(DRAGON_EIO, "the connection or the agent went away"));
+                }
+            }
+            r => return r,
+        }
     }
 }
 
@@ -310,16 +328,24 @@ impl Loop {
         let id = f.id;
         let out = match f.kind {
             proto::PING => reply(proto::OK, id, &[]),
-            proto::ATTACH => attach(c, id, &f.payload),
+            proto::ATTACH => attach(&self.shm, c, id, &f.payload),
+            proto::CREATE => create(&self.shm, &self.addr, c, id, &f.payload),
             proto::LEN => match take_u64(&f.payload).and_then(|(ch, _)| c.chans.get(&ch)) {
-                Some(ch) => reply(proto::OK, id, &(ch.len() as u64).to_le_bytes()),
+                Some(ch) => reply(proto::OK, id, &ch.len().to_le_bytes()),
                 None => error(id, DRAGON_EINVAL, "no such attachment"),
             },
             proto::DETACH => match take_u64(&f.payload).and_then(|(ch, _)| c.chans.remove(&ch)) {
                 Some(_) => reply(proto::OK, id, &[]),
                 None => error(id, DRAGON_EINVAL, "no such attachment"),
             },
-            proto::SEND | proto::RECV => match self.op(t, f) {
+            proto::DESTROY => match take_u64(&f.payload).and_then(|(ch, _)| c.chans.get(&ch)) {
+                Some(ch) => match ch.destroy() {
+                    Ok(()) => reply(proto::OK, id, &[]),
+                    Err(e) => failure(id, e),
+                },
+                None => error(id, DRAGON_EINVAL, "no such attachment"),
+            },
+            proto::SEND | proto::RECV | proto::POLL => match self.op(t, f) {
                 Some(b) => b,
                 None => return, // waiting on a thread of its own
             },
@@ -330,8 +356,8 @@ impl Loop {
         }
     }
 
-    /// A send or receive: answered now, or handed to a waiting thread
-    /// (`None`).
+    /// A send, receive or poll: answered now if it need not wait, else
+    /// handed to a waiting thread (`None`).
     fn op(&mut self, t: Token, f: Frame) -> Option<BytesMut> {
         let id = f.id;
         let c = self.conns.get_mut(&t)?;
@@ -344,40 +370,45 @@ impl Loop {
         let Some(ch) = c.chans.get(&chid).cloned() else {
             return Some(error(id, DRAGON_EINVAL, "no such attachment"));
         };
+        let events = match data.get(..4) {
+            Some(e) if f.kind == proto::POLL => u32::from_le_bytes(e.try_into().expect("4 bytes")),
+            None if f.kind == proto::POLL => return Some(error(id, DRAGON_EPROTO, "short request")),
+            _ => 0,
+        };
+        let run = move |ch: &ShmChannel, data: &[u8], wait: Timeout| -> BytesMut {
+            match f.kind {
+                proto::SEND => ch.send(data, wait).map(|()| reply(proto::OK, id, &[])),
+                proto::RECV => ch.recv(wait).map(|m| reply(proto::OK, id, m.as_ref())),
+                _ => ch.poll(events, wait).map(|r| reply(proto::OK, id, &r.to_le_bytes())),
+            }
+            .unwrap_or_else(|e| failure(id, e))
+        };
+        // First without waiting: most operations end here.
         let wait = timeout_of(tns);
-        if f.kind == proto::SEND {
-            match ch.send_parts(&[data], Some(Duration::ZERO)) {
-                Ok(()) => return Some(reply(proto::OK, id, &[])),
-                Err(SendTimeoutError::Timeout(())) if wait != Some(Duration::ZERO) => {}
-                Err(SendTimeoutError::Timeout(())) => return Some(error(id, DRAGON_EAGAIN, "the channel is full")),
-                Err(e) => return Some(send_error(id, e)),
-            }
-        } else {
-            match ch.try_recv() {
-                Ok(m) => return Some(reply(proto::OK, id, &m)),
-                Err(TryRecvError::Empty) if wait != Some(Duration::ZERO) => {}
-                Err(TryRecvError::Empty) => return Some(error(id, DRAGON_EAGAIN, "no message")),
-                Err(TryRecvError::Disconnected) => return Some(recv_error(id, RecvTimeoutError::Disconnected)),
-                Err(TryRecvError::Destroyed) => return Some(recv_error(id, RecvTimeoutError::Destroyed)),
-                Err(e) => return Some(error(id, DRAGON_EIO, &format!("receive failed: {e}"))),
-            }
+        let now = run(&ch, data, Some(Duration::ZERO));
+        let would_wait = frame_code(&now) == Some(DRAGON_EAGAIN);
+        if !would_wait || wait == Some(Duration::ZERO) {
+            return Some(now);
         }
         let gone = c.gone.clone();
         let stop = self.stop.clone();
         let (tx, waker) = (self.done_tx.clone(), self.waker.clone());
-        let data = (f.kind == proto::SEND).then(|| data.to_vec());
+        let data = data.to_vec();
         let spawned = std::thread::Builder::new().name("dragon-tcp-wait".into()).spawn(move || {
-            let mut hook = || !gone.load(Ordering::Acquire) && !stop.load(Ordering::Acquire);
-            let out = match data {
-                Some(d) => match ch.send_parts_interruptible(&[&d], wait, Some(&mut hook)) {
-                    Ok(()) => reply(proto::OK, id, &[]),
-                    Err(e) => send_error(id, e),
-                },
-                None => match ch.recv_interruptible(wait, &mut hook) {
-                    Ok(m) => reply(proto::OK, id, &m),
-                    Err(e) => recv_error(id, e),
-                },
-            };
+            let is_gone = || gone.load(Ordering::Acquire) || stop.load(Ordering::Acquire);
+            let mut out = BytesMut::new();
+            let r = sliced(wait, &is_gone, |slice| {
+                out = run(&ch, &data, slice);
+                match frame_code(&out) {
+                    Some(code) => Err(Failure::new(code, "timed out waiting on the channel")),
+                    None => Ok(()),
+                }
+            });
+            if let Err(e) = r {
+                if e.code == DRAGON_ETIMEDOUT || e.code == DRAGON_EIO {
+                    out = failure(id, e);
+                }
+            }
             if tx.send((t, out)).is_ok() {
                 let _ = waker.wake();
             }
@@ -389,23 +420,54 @@ impl Loop {
     }
 }
 
-fn attach(c: &mut Conn, id: u64, payload: &[u8]) -> BytesMut {
-    let mut h = match Handle::from_bytes(payload) {
+/// The error code of an encoded ERROR reply, if it is one.
+fn frame_code(b: &BytesMut) -> Option<i32> {
+    (b.len() >= 4 + frame::HEADER + 4 && b[4] == proto::ERROR)
+        .then(|| i32::from_le_bytes(b[4 + frame::HEADER..4 + frame::HEADER + 4].try_into().expect("4 bytes")))
+}
+
+fn attach(shm: &ShmTransport, c: &mut Conn, id: u64, payload: &[u8]) -> BytesMut {
+    let mut h = match Handle::from_bytes_of(payload, Kind::Channel) {
         Ok(h) => h,
         Err(e) => return error(id, DRAGON_EBADMSG, &format!("bad channel handle: {e}")),
     };
-    if h.kind != Kind::Channel {
-        return error(id, DRAGON_EBADMSG, &format!("handle is for a {:?}, not a channel", h.kind));
-    }
     // The handle names this node's agent; here the channel is local.
     h.address.clear();
-    match transport_shm::channel::attach(&h) {
+    match shm.attach_channel(&h.to_bytes()) {
         Ok(ch) => {
             let n = c.next_ch;
             c.next_ch += 1;
-            c.chans.insert(n, ch);
+            c.chans.insert(n, Arc::new(ch));
             reply(proto::OK, id, &n.to_le_bytes())
         }
-        Err(e) => error(id, DRAGON_ENOENT, &format!("attach: {e}")),
+        Err(e) => failure(id, e),
+    }
+}
+
+fn create(shm: &ShmTransport, addr: &str, c: &mut Conn, id: u64, payload: &[u8]) -> BytesMut {
+    let field = |i: usize| payload.get(8 * i..8 * i + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    let (Some(capacity), Some(slot_size), Some(max_block_bytes)) = (field(0), field(1), field(2)) else {
+        return error(id, DRAGON_EPROTO, "short request");
+    };
+    let attrs = DragonChannelAttrs {
+        size: std::mem::size_of::<DragonChannelAttrs>() as u32,
+        flags: 0,
+        capacity,
+        slot_size,
+        max_block_bytes,
+    };
+    match shm.create_channel(&attrs) {
+        Ok(ch) => {
+            // Its handle names this agent, so other nodes know where it lives.
+            let mut h = Handle::from_bytes(&ch.handle()).expect("a handle just made");
+            h.address = addr.to_owned();
+            let n = c.next_ch;
+            c.next_ch += 1;
+            c.chans.insert(n, Arc::new(ch));
+            let mut p = n.to_le_bytes().to_vec();
+            p.extend_from_slice(&h.to_bytes());
+            reply(proto::OK, id, &p)
+        }
+        Err(e) => failure(id, e),
     }
 }

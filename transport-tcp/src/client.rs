@@ -213,3 +213,30 @@ impl Client {
         self.call(proto::DETACH, &ch.to_le_bytes()).map(|_| ())
     }
 }
+
+impl Client {
+    /// Create a channel on the agent's node (0: the transport's default
+    /// for that attribute); returns the attachment's id and the channel's
+    /// handle, which names the agent.
+    pub fn create(&mut self, capacity: u64, slot_size: u64, max_block_bytes: u64) -> Result<(u64, Vec<u8>), TcpError> {
+        let mut p = capacity.to_le_bytes().to_vec();
+        p.extend_from_slice(&slot_size.to_le_bytes());
+        p.extend_from_slice(&max_block_bytes.to_le_bytes());
+        let r = self.call(proto::CREATE, &p)?;
+        take_u64(&r).map(|(id, h)| (id, h.to_vec())).ok_or_else(|| TcpError::Protocol("short CREATE reply".into()))
+    }
+
+    /// Destroy attachment `ch`'s channel for everyone.
+    pub fn destroy(&mut self, ch: u64) -> Result<(), TcpError> {
+        self.call(proto::DESTROY, &ch.to_le_bytes()).map(|_| ())
+    }
+
+    /// Wait at most `timeout` until one of `events` (`DRAGON_POLL_IN`,
+    /// `DRAGON_POLL_OUT`) holds on attachment `ch`; the events that hold.
+    pub fn poll(&mut self, ch: u64, events: u32, timeout: Option<Duration>) -> Result<u32, TcpError> {
+        let r = self.call(proto::POLL, &proto::op_payload(ch, timeout_ns(timeout), &events.to_le_bytes()))?;
+        r.get(..4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+            .ok_or_else(|| TcpError::Protocol("short POLL reply".into()))
+    }
+}

@@ -4,10 +4,11 @@
 //! This is the first part of multi-node support, usable from Rust: the
 //! frame format ([`frame`]), mutual authentication with the run's secret
 //! ([`auth`]), the requests and replies ([`proto`]), the agent (a mio event
-//! loop, [`agent`]) and a blocking client ([`client`]). It is tested over
-//! loopback and between two network namespaces. Not done yet: the transport
-//! plugin over it (the C ABI of `channels_core::plugin`), the agent
-//! launched per node by the runtime (SSH, Slurm), and its use from Python.
+//! loop, [`agent`]), a blocking client ([`client`]) and the transport plugin
+//! implementation ([`plugin`], exported by crate `transport-tcp-plugin`).
+//! It is tested over loopback, between two network namespaces, and with the
+//! transport conformance suite. Not done yet: the agent launched per node
+//! by the runtime (SSH, Slurm), and its use from Python.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -15,6 +16,7 @@ pub mod agent;
 pub mod auth;
 pub mod client;
 pub mod frame;
+pub mod plugin;
 pub mod proto;
 
 pub use agent::Agent;

@@ -8,6 +8,11 @@
 //!   LEN     channel u64                       -> OK: count u64
 //!   DETACH  channel u64                       -> OK
 //!   PING                                      -> OK
+//!   CREATE  capacity u64, slot_size u64, max_block_bytes u64 (0: defaults)
+//!                                             -> OK: channel id u64, handle bytes
+//!   DESTROY channel u64                       -> OK
+//!   POLL    channel u64, timeout_ns u64, events u32
+//!                                             -> OK: events that hold u32
 //!   reply ERROR: code i32 (DRAGON_E* of the plugin ABI), message (UTF-8)
 //!   HEARTBEAT (agent -> client, id 0): the agent is alive; sent every
 //!   HEARTBEAT_EVERY on every connection, so a client waiting for a slow
@@ -30,6 +35,12 @@ pub const LEN: u8 = 4;
 pub const DETACH: u8 = 5;
 /// Liveness check.
 pub const PING: u8 = 6;
+/// Create a channel on the agent's node.
+pub const CREATE: u8 = 7;
+/// Destroy a channel for everyone.
+pub const DESTROY: u8 = 8;
+/// Wait for readiness.
+pub const POLL: u8 = 9;
 /// Success reply.
 pub const OK: u8 = 0x80;
 /// Failure reply.
