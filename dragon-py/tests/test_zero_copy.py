@@ -203,7 +203,7 @@ def test_a_killed_holder_gives_its_blocks_back(ctx):
     assert in_use() >= base + 3
     os.kill(p.pid, signal.SIGKILL)
     p.join(60)
-    assert _native.lent_sweep() >= 1
+    _native.lent_sweep()  # (a miss may have swept it already)
     assert in_use() == base
 
 
@@ -213,7 +213,7 @@ def test_a_message_outlives_its_dead_sender(ctx, how):
     p = ctx.Process(target=h.put_and_die, args=(q, how))
     p.start()
     p.join(60)
-    assert _native.lent_sweep() >= 0  # sweeping the dead sender must not free the block
+    _native.lent_sweep()  # sweeping the dead sender must not free the block
     assert q.get(timeout=60) == b"k" * MiB
 
 
