@@ -200,6 +200,10 @@ struct State {
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
+/// Messages this process sent as blocks, and received from blocks (as
+/// views or, when views cannot be made, as copies).
+static SENT: AtomicUsize = AtomicUsize::new(0);
+static RECEIVED: AtomicUsize = AtomicUsize::new(0);
 static DISABLED: AtomicBool = AtomicBool::new(false);
 
 fn enabled() -> bool {
@@ -534,6 +538,9 @@ impl Prepared {
     /// After the send: a block whose message was not sent (`commit` never
     /// ran) is still ours; a fresh one goes back to the store.
     pub(crate) fn done(self, sent: bool) {
+        if sent {
+            SENT.fetch_add(1, Ordering::Relaxed);
+        }
         match self.forwarded {
             Some(addr) => with_state(|st| {
                 if let Some(l) = st.live.get_mut(&addr) {
@@ -582,6 +589,7 @@ fn parse(payload: &[u8]) -> Option<(u8, &str, BlockId, usize)> {
 pub(crate) fn receive<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<(u8, Bound<'py, PyAny>)> {
     let (kind, name, blk, len) = parse(payload).ok_or_else(|| DragonError::new_err("malformed block message"))?;
     let views = views_possible(py);
+    RECEIVED.fetch_add(1, Ordering::Relaxed);
     let obj = with_state(|st| {
         let si = st.store_index(name, false).ok_or_else(|| {
             DragonError::new_err(format!("a message names block store {name:?}, which this process cannot open"))
@@ -704,7 +712,8 @@ fn lent_after_fork() {
 }
 
 /// Counts for tests and diagnostics: live views, idle views, views made
-/// private by a fork, this process's attachment, store bytes used and cap.
+/// private by a fork, messages sent and received as blocks by this process,
+/// its attachment, store bytes used and cap.
 #[pyfunction]
 fn lent_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
@@ -723,6 +732,8 @@ fn lent_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
         }
         Ok(())
     })?;
+    d.set_item("sent", SENT.load(Ordering::Relaxed))?;
+    d.set_item("received", RECEIVED.load(Ordering::Relaxed))?;
     d.set_item("enabled", enabled())?;
     d.set_item("min_len", MIN_LEN)?;
     Ok(d)

@@ -50,3 +50,8 @@ def put_and_die(q, how):
     if how == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     os._exit(0)
+
+
+def big_result(i):
+    """A task whose result pickles to more than a block's threshold."""
+    return bytes([i % 256]) * (600 << 10), i

@@ -230,6 +230,23 @@ def test_large_pickles_travel_as_blocks(ctx):
     assert in_use() == base and q.get(timeout=60) == small
 
 
+def test_pool_results_and_arguments_travel_as_blocks(ctx):
+    base = in_use()
+    received, sent = _native.lent_stats()["received"], _native.lent_stats()["sent"]
+    with ctx.Pool(2) as pool:
+        out = pool.map(h.big_result, range(12), chunksize=1)
+        assert _native.lent_stats()["received"] >= received + 12  # each result a block
+        assert out == [(bytes([i]) * (600 << 10), i) for i in range(12)]
+        # Large arguments too (each task's pickle is over the threshold).
+        args = [os.urandom(300 << 10) for _ in range(6)]
+        assert pool.map(len, args, chunksize=1) == [300 << 10] * 6
+        assert _native.lent_stats()["sent"] >= sent + 6  # each task a block
+    del out
+    gc.collect()
+    _native.lent_sweep()  # the workers are gone
+    assert wait_until(lambda: in_use() == base, timeout=10)
+
+
 def test_send_bytes_travels_as_a_block(ctx):
     a, b = ctx.Pipe()
     base = in_use()
