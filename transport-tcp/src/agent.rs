@@ -279,6 +279,11 @@ impl Loop {
         }
         loop {
             let Some(c) = self.conns.get_mut(&t) else { return };
+            // Before authentication only the small PROOF frame is accepted:
+            // an unknown peer cannot make the agent reserve a large buffer.
+            if !c.authed && c.rbuf.len() >= 4 && u32::from_le_bytes(c.rbuf[..4].try_into().expect("4 bytes")) > 1024 {
+                return self.drop_conn(t);
+            }
             match frame::decode(&mut c.rbuf) {
                 Ok(Some(f)) => self.handle(t, f),
                 Ok(None) => return,

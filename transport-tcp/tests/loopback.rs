@@ -97,6 +97,20 @@ fn an_oversized_frame_drops_only_its_connection() {
 }
 
 #[test]
+fn an_unauthenticated_peer_cannot_send_a_large_frame() {
+    let (_a, secret, addr) = agent();
+    let mut raw = std::net::TcpStream::connect(&addr).unwrap();
+    // 1 MiB announced before any proof: the connection is dropped at once.
+    raw.write_all(&(1u32 << 20).to_le_bytes()).unwrap();
+    raw.set_read_timeout(Some(T)).unwrap();
+    let mut sink = Vec::new();
+    let t0 = Instant::now();
+    let _ = raw.read_to_end(&mut sink);
+    assert!(t0.elapsed() < Duration::from_secs(4), "the agent kept the connection");
+    Client::connect(&addr, &secret, T).unwrap().ping().unwrap();
+}
+
+#[test]
 fn a_stopped_agent_ends_a_waiting_call() {
     let (a, secret, addr) = agent();
     let ch = channel();
