@@ -17,7 +17,8 @@ import pytest
 from conftest import clean_env, pid_alive, run_processes, shm_files, wait_until, write_script
 
 SCRIPT = """
-import json, os, sys, time
+import faulthandler, json, os, signal, sys, time
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test's post-mortem on a hang
 import multiprocessing as mp
 import dragon
 from dragon import runtime
@@ -72,7 +73,16 @@ def _start(tmp_path, mode):
 
 
 def _check_all_gone(proc, info):
-    proc.wait(60)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        # Where it hangs: every thread's traceback, then the end of it.
+        proc.send_signal(signal.SIGUSR1)
+        try:
+            proc.wait(2)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        pytest.fail("the script did not end within 60 s; its stderr:\n" + proc.stderr.read())
     pids = info["pids"] + [info["template"]]
     assert wait_until(lambda: not any(pid_alive(p) for p in pids), 15), \
         [p for p in pids if pid_alive(p)]
