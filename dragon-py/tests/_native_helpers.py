@@ -17,10 +17,13 @@ def sleep(seconds):
     time.sleep(seconds)
 
 
-def stubborn(seconds):
-    """Ignore SIGINT and SIGTERM (only SIGKILL ends it early)."""
+def stubborn(seconds, ready=None):
+    """Ignore SIGINT and SIGTERM (only SIGKILL ends it early); then put the
+    pid on queue ``ready``, if given."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if ready is not None:
+        ready.put(os.getpid())
     time.sleep(seconds)
 
 

@@ -111,22 +111,21 @@ def run_and_list_leftovers(tmp_path, source):
     return files_with_prefix(prefix)
 
 
-def ticks_while(call, seconds=0.3):
-    """How many times a Python thread got to run (about once a millisecond)
-    during ``call()``, a call that blocks about ``seconds``: a call that holds
-    the GIL leaves it almost none."""
-    ticks = []
-    stop = time.monotonic() + seconds
+def when_blocked_beside(action, ticks=20):
+    """Start a thread that runs Python ``ticks`` times (a millisecond's sleep
+    between) and then calls ``action``, which ends the blocking call the
+    caller makes next. A call that releases the GIL while it waits lets the
+    thread run and is ended by ``action``; one that holds it keeps the thread
+    from running, and waits in vain until its own timeout (a failure). The
+    thread is returned (join it)."""
 
-    def spin():
-        while time.monotonic() < stop:
-            ticks.append(1)
+    def beside():
+        n = 0
+        while n < ticks:
             time.sleep(0.001)
+            n += 1
+        action()
 
-    t = threading.Thread(target=spin)
+    t = threading.Thread(target=beside, daemon=True)
     t.start()
-    try:
-        call()
-    finally:
-        t.join()
-    return len(ticks)
+    return t

@@ -12,7 +12,7 @@ import dragon
 from dragon import _native, _wire, errors, queues
 
 import _queue_helpers as h
-from conftest import interrupt_when_ready, run_and_list_leftovers, ticks_while, write_script
+from conftest import interrupt_when_ready, run_and_list_leftovers, when_blocked_beside, write_script
 
 PAYLOADS = [
     b"", b"x" * 8, b"\x80starts like a pickle", b"\x00", b"\x01x", b"\x02y",
@@ -98,10 +98,8 @@ def test_large_bound_uses_a_semaphore(ctx):
 def test_unbounded_put_never_blocks(ctx):
     q = ctx.Queue()
     n = queues.UNBOUNDED_CAPACITY * 4
-    t0 = time.monotonic()
     for i in range(n):
-        q.put(i)  # the ring fills; the rest waits in the feeder's buffer
-    assert time.monotonic() - t0 < 30
+        q.put(i)  # the ring fills; the rest waits in the feeder's buffer (a put that blocked would hang: the test's timeout)
     assert q.qsize() == n
     out = ctx.Queue()
     c = ctx.Process(target=h.consume, args=(q, n, out))
@@ -283,12 +281,9 @@ def test_fork_inherited_queue_attaches_anew(ctx):
 
 def test_blocking_get_releases_the_gil(ctx):
     q = ctx.Queue()
-
-    def get():
-        with pytest.raises(queue.Empty):
-            q.get(timeout=0.3)
-
-    assert ticks_while(get) > 20
+    t = when_blocked_beside(lambda: q.put("from beside"))
+    assert q.get(timeout=60) == "from beside"
+    t.join()
 
 
 INTERRUPT_SCRIPT = """
@@ -310,12 +305,13 @@ if __name__ == "__main__":
     elif kind == "wait":
         from multiprocessing.connection import wait
         a, b = ctx.Pipe(); q = ctx.Queue(); call = lambda: wait([a, q._reader])
-    print("ready", flush=True)
-    t0 = time.monotonic()
     try:
+        # Inside the try: a SIGINT that comes before the call is under way
+        # still ends here (the test cannot see when the call blocks).
+        print("ready", flush=True)
         call()
     except KeyboardInterrupt:
-        print("interrupted after %.3f" % (time.monotonic() - t0), flush=True)
+        print("interrupted", flush=True)
     else:
         print("returned", flush=True)
 """
@@ -325,7 +321,6 @@ if __name__ == "__main__":
 def test_ctrl_c_interrupts(tmp_path, kind):
     out, err = interrupt_when_ready(write_script(tmp_path, INTERRUPT_SCRIPT), kind)
     assert out.startswith("interrupted"), (out, err)
-    assert float(out.split()[2]) < 5.0
 
 
 LEAK_SCRIPT = """

@@ -12,7 +12,7 @@ import dragon
 from dragon import _native, errors, sharedctypes, synchronize
 
 import _sync_helpers as h
-from conftest import interrupt_when_ready, run_and_list_leftovers, ticks_while, wait_until, write_script
+from conftest import interrupt_when_ready, run_and_list_leftovers, wait_until, when_blocked_beside, write_script
 
 
 def shm_exists(name):
@@ -427,15 +427,16 @@ if __name__ == "__main__":
         obj = ctx.Condition(); obj.acquire(); call = obj.wait
     elif kind == "barrier":
         obj = ctx.Barrier(2); call = obj.wait
-    print("ready", flush=True)
-    t0 = time.monotonic()
     try:
+        # Inside the try: a SIGINT that comes before the call is under way
+        # still ends here (the test cannot see when the call blocks).
+        print("ready", flush=True)
         call()
     except KeyboardInterrupt:
         extra = ""
         if kind == "condition":
             extra = " relocked=%s" % obj._lock._semlock._is_mine()
-        print("interrupted after %.3f%s" % (time.monotonic() - t0, extra), flush=True)
+        print("interrupted%s" % extra, flush=True)
     else:
         print("returned", flush=True)
 """
@@ -445,7 +446,6 @@ if __name__ == "__main__":
 def test_ctrl_c_interrupts_blocking_calls(tmp_path, kind):
     out, err = interrupt_when_ready(write_script(tmp_path, INTERRUPT_SCRIPT), kind)
     assert out.startswith("interrupted"), (out, err)
-    assert float(out.split()[2]) < 5.0
     if kind == "condition":
         assert "relocked=True" in out
 
@@ -453,11 +453,9 @@ def test_ctrl_c_interrupts_blocking_calls(tmp_path, kind):
 def test_blocking_calls_release_the_gil(ctx):
     lock = ctx.Lock()
     lock.acquire()
-
-    def acquire():
-        assert lock.acquire(timeout=0.3) is False
-
-    assert ticks_while(acquire) > 20
+    t = when_blocked_beside(lock.release)  # any thread may release a Lock
+    assert lock.acquire(timeout=60) is True
+    t.join()
 
 
 # ---------------------------------------------------------------------------

@@ -20,6 +20,8 @@ const CHILD_ENV: &str = "DRAGON_TEST_CHILD";
 const HANDLE_ENV: &str = "DRAGON_TEST_HANDLE";
 const HANDLE2_ENV: &str = "DRAGON_TEST_HANDLE2";
 const ARGS_ENV: &str = "DRAGON_TEST_ARGS";
+/// What a child prints once it is attached.
+const ATTACHED: &str = "attached";
 
 // ---- messages -----------------------------------------------------------------
 
@@ -77,8 +79,10 @@ fn arg(name: &str) -> Option<u64> {
     args.split(',').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
 }
 
-/// Entry point of child processes: a no-op in a normal test run.
+/// Entry point of child processes (the parent runs it with `--ignored
+/// --exact child_main`); ignored, so it is not counted as a test.
 #[test]
+#[ignore = "entry point of child processes, run by the tests that spawn them"]
 fn child_main() {
     let Ok(role) = std::env::var(CHILD_ENV) else { return };
     // An orphaned child must not live on.
@@ -97,6 +101,9 @@ fn run_child(role: &str) -> i32 {
             return 0;
         }
     };
+    // The parent counts this line: a child killed before it is not attached
+    // (stdout is line buffered: the line is in the pipe once printed).
+    println!("{ATTACHED}");
     match role {
         "producer" => {
             let p = arg("p").unwrap_or(0) as u32;
@@ -194,7 +201,7 @@ impl Watchdog {
 
     fn spawn(&self, role: &str, ch: &Channel, args: &str, env: &[(&str, &str)]) -> Child {
         let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args(["child_main", "--exact", "--nocapture", "--test-threads=1", "-q"])
+        cmd.args(["child_main", "--exact", "--ignored", "--nocapture", "--test-threads=1", "-q"])
             .env(CHILD_ENV, role)
             .env(HANDLE_ENV, ch.handle().to_text())
             .env(ARGS_ENV, args)
@@ -268,8 +275,8 @@ fn drain(ch: &Channel, ctx: &str) -> usize {
 }
 
 /// Recover until only this process is attached; returns what was done.
-fn recover_all(ch: &Channel, ctx: &str) -> RecoveryReport {
-    let start = Instant::now();
+/// (A sweep that never ends is caught by the test's watchdog.)
+fn recover_all(ch: &Channel) -> RecoveryReport {
     let mut total = RecoveryReport::default();
     while ch.attachment_count() > 1 {
         let r = ch.recover().unwrap();
@@ -277,7 +284,6 @@ fn recover_all(ch: &Channel, ctx: &str) -> RecoveryReport {
         total.tombstoned += r.tombstoned;
         total.released += r.released;
         total.blocks_freed += r.blocks_freed;
-        assert!(start.elapsed() < Duration::from_secs(10), "{ctx}: dead attachments never swept");
         std::thread::sleep(Duration::from_millis(1));
     }
     total
@@ -318,7 +324,7 @@ fn producers_and_consumers_deliver_every_message_once_in_order() {
     const P: u32 = 3;
     const C: usize = 2;
     const N: u32 = 1200;
-    let wd = Watchdog::new("producers_and_consumers", Duration::from_secs(120));
+    let wd = Watchdog::new("producers_and_consumers", Duration::from_secs(300));
     let ch = shm::create(&ChannelOptions::new().capacity(16).slot_size(128)).unwrap();
     let consumers: Vec<_> = (0..C).map(|_| wd.spawn("consumer", &ch, "", &[])).collect();
     let producers: Vec<_> = (0..P).map(|p| wd.spawn("producer", &ch, &format!("p={p},n={N}"), &[])).collect();
@@ -348,7 +354,7 @@ fn producers_and_consumers_deliver_every_message_once_in_order() {
 
 #[test]
 fn blocking_ping_pong_between_processes() {
-    let wd = Watchdog::new("ping_pong", Duration::from_secs(60));
+    let wd = Watchdog::new("ping_pong", Duration::from_secs(300));
     let there = shm::create(&ChannelOptions::new().capacity(4)).unwrap();
     let back = shm::create(&ChannelOptions::new().capacity(4)).unwrap();
     there.set_spin(Duration::ZERO);
@@ -370,31 +376,30 @@ fn blocking_ping_pong_between_processes() {
 fn peers_killed_at_random_points_leave_the_channel_usable_and_leak_nothing() {
     let seed = seed();
     let mut rng = Rng(seed);
-    let wd = Watchdog::new("random_kills", Duration::from_secs(240));
-    let (mut swept, mut mid_op, mut drained, mut segments) = (0, 0, 0, 0);
+    let wd = Watchdog::new("random_kills", Duration::from_secs(600));
+    let (mut swept, mut attached, mut mid_op, mut drained, mut segments) = (0, 0, 0, 0, 0);
     for round in 0..14 {
         let ctx = format!("seed {seed} round {round}");
         let ch = shm::create(&ChannelOptions::new().capacity(8).slot_size(128)).unwrap();
         let mut producers: Vec<_> = (0..2).map(|p| wd.spawn("producer", &ch, &format!("p={p},n=0"), &[])).collect();
         let mut consumers: Vec<_> = (0..2).map(|_| wd.spawn("sink", &ch, "", &[])).collect();
+        // Kills land wherever the children are: some may not have attached
+        // yet (more often on a loaded machine), which is fine.
         std::thread::sleep(Duration::from_millis(30 + rng.below(100)));
         if round % 3 == 0 {
             // Consumers die; the producers must keep making progress for a
-            // new consumer (us), not wait forever on the dead.
+            // new consumer (us), not wait forever on the dead. (A long
+            // wait: only a hang fails, and the watchdog bounds the test.)
             for c in &mut consumers {
                 kill(c);
             }
-            let mut got = 0;
-            let start = Instant::now();
-            while got < 40 {
-                match ch.recv_timeout(Duration::from_secs(10)) {
+            for _ in 0..40 {
+                match ch.recv_timeout(Duration::from_secs(120)) {
                     Ok(m) => {
                         check_msg(&m).unwrap_or_else(|e| panic!("{ctx}: {e}"));
-                        got += 1;
                     }
                     Err(e) => panic!("{ctx}: no progress after consumers died: {e}"),
                 }
-                assert!(start.elapsed() < Duration::from_secs(20), "{ctx}: too slow");
             }
         }
         // Everyone else dies at random moments.
@@ -404,15 +409,26 @@ fn peers_killed_at_random_points_leave_the_channel_usable_and_leak_nothing() {
             kill(all.swap_remove(i));
             std::thread::sleep(Duration::from_micros(rng.below(3000)));
         }
+        // What is known: the children that said they were attached before
+        // they died. Those attachments, and perhaps some of children killed
+        // half-way through attaching, must be swept; nothing else.
+        let mut known = 0;
         for c in producers.into_iter().chain(consumers) {
             let (status, lines) = output(c);
             assert!(
                 status.signal() == Some(libc::SIGKILL) || status.success(),
                 "{ctx}: child ended with {status}: {lines:?}"
             );
+            known += u32::from(lines.iter().any(|l| l == ATTACHED));
         }
-        let rep = recover_all(&ch, &ctx);
+        let rep = recover_all(&ch);
+        assert!(
+            known <= rep.swept && rep.swept <= 4,
+            "{ctx}: {} attachments swept, {known} children had reported being attached (of 4)",
+            rep.swept
+        );
         swept += rep.swept;
+        attached += known;
         mid_op += rep.tombstoned + rep.released + rep.blocks_freed;
         drained += drain(&ch, &ctx);
         segments += ch.alloc_stats().unwrap().segments;
@@ -421,17 +437,19 @@ fn peers_killed_at_random_points_leave_the_channel_usable_and_leak_nothing() {
         destroy_and_check_gone(ch);
     }
     eprintln!(
-        "random kills (seed {seed}): {swept} attachments swept, {mid_op} slots/blocks recovered, \
-         {drained} messages drained, {segments} extension segments"
+        "random kills (seed {seed}): {attached} of 56 children reported attached, {swept} attachments swept, \
+         {mid_op} slots/blocks recovered, {drained} messages drained, {segments} extension segments"
     );
-    assert_eq!(swept, 14 * 4, "every killed attachment is swept");
-    assert!(mid_op > 0 && segments > 0, "kills never landed inside an operation: the test tests nothing");
+    // Rounds 0, 3, 6, 9 and 12 received 40 messages (some of 70 KB, in
+    // blocks of extension segments) before the kills.
+    assert!(segments > 0, "no message ever used a block: the test tests nothing");
+    assert!(mid_op > 0, "kills never landed inside an operation: the test tests nothing");
 }
 
 /// Kill a peer exactly inside each crash window, then check recovery.
 #[test]
 fn peers_killed_inside_each_crash_window_are_recovered() {
-    let wd = Watchdog::new("crash_windows", Duration::from_secs(180));
+    let wd = Watchdog::new("crash_windows", Duration::from_secs(300));
     let cases: &[(&str, &str)] = &[
         ("send.inline_claimed:3", "producer"),
         ("ring.claimed_not_counted:3", "producer"),
@@ -459,7 +477,7 @@ fn peers_killed_inside_each_crash_window_are_recovered() {
         let child = wd.spawn(role, &ch, "p=3,n=200", &[(FAULT_ENV, fault)]);
         let (status, lines) = output(child);
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{ctx}: the crash point was not reached: {status} {lines:?}");
-        recover_all(&ch, &ctx);
+        recover_all(&ch);
         drain(&ch, &ctx);
         assert_no_leaks(&ch, &ctx);
         assert_usable(&ch, &ctx);
@@ -470,7 +488,7 @@ fn peers_killed_inside_each_crash_window_are_recovered() {
 /// A recovering process killed half-way: its sweep is taken over.
 #[test]
 fn a_recoverer_killed_mid_sweep_is_taken_over() {
-    let wd = Watchdog::new("recoverer_killed", Duration::from_secs(60));
+    let wd = Watchdog::new("recoverer_killed", Duration::from_secs(300));
     for fault in ["recover.sweeping:1", "recover.ring_done:1"] {
         let ctx = format!("recoverer killed at {fault}");
         let ch = shm::create(&ChannelOptions::new().capacity(8).slot_size(128)).unwrap();
@@ -479,7 +497,7 @@ fn a_recoverer_killed_mid_sweep_is_taken_over() {
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{ctx}");
         let (status, _) = output(wd.spawn("recover", &ch, "", &[(FAULT_ENV, fault)]));
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{ctx}: recoverer did not reach the crash point");
-        recover_all(&ch, &ctx);
+        recover_all(&ch);
         drain(&ch, &ctx);
         assert_no_leaks(&ch, &ctx);
         assert_usable(&ch, &ctx);
@@ -489,7 +507,7 @@ fn a_recoverer_killed_mid_sweep_is_taken_over() {
 
 #[test]
 fn garbage_truncated_stale_and_foreign_handles_are_clear_errors() {
-    let wd = Watchdog::new("handles", Duration::from_secs(60));
+    let wd = Watchdog::new("handles", Duration::from_secs(300));
     let ch = shm::create(&ChannelOptions::new()).unwrap();
     let good = ch.handle().to_bytes();
     // Garbage and truncations never attach.
@@ -530,7 +548,7 @@ fn garbage_truncated_stale_and_foreign_handles_are_clear_errors() {
 
 #[test]
 fn pipe_mode_reports_end_of_file_when_the_writer_process_dies() {
-    let wd = Watchdog::new("pipe_eof", Duration::from_secs(60));
+    let wd = Watchdog::new("pipe_eof", Duration::from_secs(300));
     let ch =
         shm::create(&ChannelOptions::new().disconnect_on_no_senders(true).roles(channels_core::Roles::RECV)).unwrap();
     ch.set_spin(Duration::ZERO);
@@ -540,16 +558,16 @@ fn pipe_mode_reports_end_of_file_when_the_writer_process_dies() {
     assert_eq!(check_msg(&m).unwrap().0, 5);
     kill(&mut p);
     let _ = output(p);
-    let start = Instant::now();
+    // What it sent before it died, then end of file (the watchdog bounds
+    // the wait; the timeout only turns a hang into a clear message).
     loop {
-        match ch.recv_timeout(Duration::from_secs(10)) {
+        match ch.recv_timeout(Duration::from_secs(120)) {
             Ok(m) => {
                 check_msg(&m).unwrap();
             }
             Err(RecvTimeoutError::Disconnected) => break,
             Err(e) => panic!("expected end of file, got {e}"),
         }
-        assert!(start.elapsed() < Duration::from_secs(20));
     }
     destroy_and_check_gone(ch);
 }

@@ -14,8 +14,9 @@ const PARTIES: usize = 4;
 const GENERATIONS: usize = 40;
 const LONG: Option<Duration> = Some(Duration::from_secs(30));
 
-/// Entry point of the child processes (a no-op in a normal test run).
+/// Entry point of the child processes (run with `--ignored --exact child_entry`).
 #[test]
+#[ignore = "entry point of child processes, run by the tests that spawn them"]
 fn child_entry() {
     sync_common::child_entry(role);
 }

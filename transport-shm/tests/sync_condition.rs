@@ -9,8 +9,9 @@ use std::time::Duration;
 use sync_common::{arg, eventually, Child, Unlink};
 use transport_shm::{ShmCondition, ShmRLock, ShmSemaphore};
 
-/// Entry point of the child processes (a no-op in a normal test run).
+/// Entry point of the child processes (run with `--ignored --exact child_entry`).
 #[test]
+#[ignore = "entry point of child processes, run by the tests that spawn them"]
 fn child_entry() {
     sync_common::child_entry(role);
 }

@@ -11,8 +11,9 @@ use transport_shm::{ShmEvent, ShmLock, ShmRLock, ShmSemaphore};
 
 const ROUNDS: u64 = 2000;
 
-/// Entry point of the child processes (a no-op in a normal test run).
+/// Entry point of the child processes (run with `--ignored --exact child_entry`).
 #[test]
+#[ignore = "entry point of child processes, run by the tests that spawn them"]
 fn child_entry() {
     sync_common::child_entry(role);
 }

@@ -4,16 +4,19 @@
 //! node B's link is cut while the client waits, and the client must report
 //! the agent lost within its silence limit, not hang.
 //!
-//! Needs root (network namespaces); as another user the test says so and
-//! passes without running. The helpers are this test binary run again
-//! inside a namespace (`DRAGON_NETNS_ROLE`).
+//! Needs root (network namespaces) and iproute2: without them the test
+//! fails and says why, unless `DRAGON_SKIP_NETNS=1` asks to skip it (CI
+//! runs as root). The helpers are this test binary run again inside a
+//! namespace (`DRAGON_NETNS_ROLE`, `--ignored --exact helper`).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use transport_tcp::{Agent, Client, Secret, TcpError};
 
 const ROLE: &str = "DRAGON_NETNS_ROLE";
+/// Set to 1 to skip the test where it cannot run (not root).
+const SKIP: &str = "DRAGON_SKIP_NETNS";
 
 fn ip(args: &[&str]) -> bool {
     Command::new("ip").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
@@ -56,7 +59,13 @@ impl Nodes {
     fn run_in(&self, ns: &str, role: &str, env: &[(&str, String)]) -> std::process::Child {
         let exe = std::env::current_exe().unwrap();
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns]).arg(exe).args(["--exact", "helper", "--nocapture", "--test-threads=1"]);
+        cmd.args(["netns", "exec", ns]).arg(exe).args([
+            "--ignored",
+            "--exact",
+            "helper",
+            "--nocapture",
+            "--test-threads=1",
+        ]);
         cmd.env(ROLE, role).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
         for (k, v) in env {
             cmd.env(k, v);
@@ -85,7 +94,9 @@ fn read_value(r: &mut impl BufRead, key: &str) -> String {
     }
 }
 
+/// What a helper process runs (ignored: not a test of its own).
 #[test]
+#[ignore = "entry point of the helper processes, run by the test that starts them"]
 fn helper() {
     let Ok(role) = std::env::var(ROLE) else { return };
     match role.as_str() {
@@ -124,11 +135,17 @@ fn helper() {
 
 #[test]
 fn two_nodes_talk_and_a_cut_link_is_an_error() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("two_nodes_talk_and_a_cut_link_is_an_error: needs root for network namespaces; not run");
+    if std::env::var(SKIP).is_ok_and(|v| v == "1") {
+        eprintln!("two_nodes_talk_and_a_cut_link_is_an_error: skipped ({SKIP}=1)");
         return;
     }
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    assert!(
+        uid == 0,
+        "this test needs root to create network namespaces (running as uid {uid}); \
+         run it as root, or set {SKIP}=1 to skip it"
+    );
     let nodes = Nodes::new();
     let secret = Secret::random();
     let mut agent = nodes.run_in(
@@ -145,7 +162,7 @@ fn two_nodes_talk_and_a_cut_link_is_an_error() {
     // a thread of its own (setns affects only the calling thread).
     let b_path = format!("/var/run/netns/{}", nodes.b);
     let (waiting_tx, waiting_rx) = std::sync::mpsc::channel();
-    let client = std::thread::spawn(move || -> Result<(Vec<u8>, Duration), String> {
+    let client = std::thread::spawn(move || -> Result<Vec<u8>, String> {
         let f = std::fs::File::open(&b_path).map_err(|e| e.to_string())?;
         // SAFETY: joins the network namespace of an open namespace file.
         if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) } != 0 {
@@ -156,25 +173,23 @@ fn two_nodes_talk_and_a_cut_link_is_an_error() {
         let o = c.attach(&h_out).map_err(|e| e.to_string())?;
         c.send(i, b"across the veth", Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
         let echoed = c.recv(o, Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-        // Now wait for a message that will not come while the link is cut.
+        // Now wait for a message that will not come: once the link is cut
+        // (before or after the request leaves), the agent falls silent, and
+        // the wait must end as a lost peer, not hang nor end otherwise.
         c.set_silence_limit(Duration::from_secs(2));
         let _ = waiting_tx.send(());
-        let t0 = Instant::now();
         match c.recv(o, None) {
-            Err(TcpError::PeerLost { .. }) => Ok((echoed, t0.elapsed())),
+            Err(TcpError::PeerLost { .. }) => Ok(echoed),
             other => Err(format!("expected PeerLost, got {other:?}")),
         }
     });
-    // Cut node B's link once the client waits (or has failed before that).
-    let _ = waiting_rx.recv_timeout(Duration::from_secs(30));
-    std::thread::sleep(Duration::from_millis(300));
+    // Cut node B's link once the client is about to wait (or has failed
+    // before that: then it reports why).
+    let _ = waiting_rx.recv();
     nodes.cut_b();
     let r = client.join().unwrap();
     drop(agent.stdin.take());
     let _ = agent.wait();
-    let (echoed, waited) = r.expect("the client side");
+    let echoed = r.expect("the client side");
     assert_eq!(echoed, b"htev eht ssorca");
-    // Cut 0.3 s into the wait; reported within the 2 s silence limit plus
-    // a read slice after that (with room for a slow machine).
-    assert!(waited < Duration::from_secs(6), "reported after {waited:?}");
 }

@@ -13,7 +13,8 @@
 //!
 //! The macro defines one `#[test]` per case plus `conformance_child`, the
 //! entry point of the child processes of [`two_processes`] (the test
-//! binary re-runs itself). Invoke it once per test binary. Every case
+//! binary re-runs itself with `--ignored --exact`; the entry point is
+//! ignored, so a normal run neither runs nor counts it). Invoke it once per test binary. Every case
 //! starts a watchdog that aborts a hung binary, and waits only with
 //! timeouts. Channels are destroyed by guards even when an assertion fails.
 //! [`PLUGIN_ENV`] overrides the library under test, so the suite of one
@@ -514,7 +515,7 @@ pub fn two_processes(t: &Target, child_test: &str) {
     }
     let mut child = Reap(
         Command::new(exe)
-            .args(["--exact", child_test, "--nocapture", "--test-threads=1", "-q"])
+            .args(["--ignored", "--exact", child_test, "--nocapture", "--test-threads=1", "-q"])
             .env(ROLE_ENV, "echo")
             .env(PARENT_ENV, std::process::id().to_string())
             .env(PLUGIN_ENV, &t.path)
@@ -603,6 +604,7 @@ macro_rules! transport_conformance_tests {
             $crate::plugin::conformance::Target::overridden($target)
         }
         #[test]
+        #[ignore = "entry point of child processes, run by conformance_two_processes"]
         fn conformance_child() {
             $crate::plugin::conformance::child_entry();
         }

@@ -1,9 +1,9 @@
 //! Helpers for the multi-process tests of the synchronisation objects.
 //!
 //! A test spawns children by re-running its own test binary with
-//! `--exact child_entry` and the role in [`ROLE_ENV`]; the binary's
-//! `child_entry` test runs the role and exits with its status (in a normal
-//! run, without the variable, it returns at once). Children are killed and
+//! `--ignored --exact child_entry` and the role in [`ROLE_ENV`]; the
+//! binary's `child_entry` test (ignored, so a normal run neither runs nor
+//! counts it) runs the role and exits with its status. Children are killed and
 //! reaped when their [`Child`] guard drops, die with their parent
 //! (`PR_SET_PDEATHSIG`), and every wait has a deadline, so a hang fails the
 //! test instead of stalling the suite. [`watchdog`] aborts a test binary
@@ -82,7 +82,7 @@ impl Child {
         let _ = RunId::current();
         let exe = std::env::current_exe().expect("test binary path");
         let mut cmd = Command::new(exe);
-        cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads", "1", "-q"])
+        cmd.args(["--ignored", "--exact", "child_entry", "--nocapture", "--test-threads", "1", "-q"])
             .env(ROLE_ENV, role)
             .env(PARENT_ENV, std::process::id().to_string())
             .stdin(Stdio::null())

@@ -1,0 +1,85 @@
+//! Helpers shared by the agent's tests: a watchdog, raw connections from a
+//! chosen loopback address, and waiting for a connection to be closed.
+#![allow(dead_code)]
+
+use std::io::{self, Read};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::FromRawFd;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// Aborts the test binary if it is still alive after its limit: a hang
+/// fails the test instead of stalling the suite. Generous on purpose: it
+/// bounds a hang, it does not measure speed.
+pub struct Watchdog(Arc<(Mutex<bool>, Condvar)>);
+
+pub fn watchdog(what: &'static str, limit: Duration) -> Watchdog {
+    let state = Arc::new((Mutex::new(false), Condvar::new()));
+    let s = state.clone();
+    std::thread::spawn(move || {
+        let (done, cv) = &*s;
+        let (done, timeout) = cv.wait_timeout_while(done.lock().unwrap(), limit, |d| !*d).unwrap();
+        if timeout.timed_out() && !*done {
+            eprintln!("watchdog: {what} still running after {limit:?}; aborting");
+            std::process::abort();
+        }
+    });
+    Watchdog(state)
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        let (done, cv) = &*self.0;
+        *done.lock().unwrap() = true;
+        cv.notify_all();
+    }
+}
+
+/// A TCP connection to `to` from loopback address `from` (any port):
+/// 127.0.0.0/8 is all loopback, so one machine can play many peers.
+pub fn connect_from(from: Ipv4Addr, to: SocketAddr) -> io::Result<TcpStream> {
+    let SocketAddr::V4(to) = to else { return Err(io::Error::other("IPv4 only")) };
+    let sin = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: socket takes plain integers.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new socket nobody else owns; the stream closes it.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let local = sin(from, 0);
+    let remote = sin(*to.ip(), to.port());
+    // SAFETY: valid socket and a sockaddr_in of the given length.
+    if unsafe { libc::bind(fd, (&raw const local).cast(), len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::connect(fd, (&raw const remote).cast(), len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stream)
+}
+
+/// Read until the peer closes the connection (end of file or reset);
+/// whatever it sent first (the HELLO, a REJECT) is returned. Fails if
+/// nothing ends it within `limit` (a generous bound, not a measurement).
+pub fn wait_closed(s: &mut TcpStream, limit: Duration) -> io::Result<Vec<u8>> {
+    s.set_read_timeout(Some(limit))?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(got),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
