@@ -10,6 +10,24 @@
 //! connection goes away. Every connection gets a heartbeat frame every
 //! `proto::HEARTBEAT_EVERY`, so a client waiting for a slow reply can tell
 //! it from a lost agent.
+//!
+//! # Peers that have not authenticated
+//!
+//! Anyone who can reach the port can connect, so what an unauthenticated
+//! peer can hold is bounded ([`Limits`]): it may send only the small PROOF
+//! frame (1 KiB at most), it must complete the handshake within
+//! [`HANDSHAKE_DEADLINE`] of being accepted (then the connection is
+//! closed, however slowly it is still sending), and at most
+//! [`MAX_UNAUTHENTICATED`] such connections are open at once, at most
+//! [`MAX_UNAUTHENTICATED_PER_ADDR`] from one source address. Beyond a cap
+//! the *oldest* unauthenticated connection goes, not the new one: of the
+//! same address for the per-address cap, of the address holding the most
+//! for the overall cap. An honest client completes its handshake in one
+//! round trip, so a stalled or hostile peer makes way for it, and a peer
+//! flooding from one address mostly closes its own connections (a flood
+//! from the very address of an honest client can still delay it: nothing
+//! tells them apart before the proof). Authenticated connections are never
+//! counted against the caps.
 
 use crate::auth::{self, random32, Secret};
 use crate::frame::{self, Frame};
@@ -23,9 +41,9 @@ use channels_core::plugin::export::{ChannelImpl, Failure, Timeout, TransportImpl
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -35,6 +53,38 @@ use transport_shm::plugin::{ShmChannel, ShmTransport};
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 const FIRST_CONN: usize = 2;
+
+/// Time a new connection has to complete the handshake.
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
+/// Most connections open at once that have not authenticated yet.
+pub const MAX_UNAUTHENTICATED: usize = 512;
+/// Most connections open at once from one source address that have not
+/// authenticated yet (a node starting many processes at once connects
+/// them all from its one address).
+pub const MAX_UNAUTHENTICATED_PER_ADDR: usize = 128;
+/// Largest frame accepted before authentication (the PROOF frame is 73 bytes).
+pub const MAX_UNAUTHENTICATED_FRAME: usize = 1024;
+
+/// Bounds on peers that have not authenticated (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Time from accept to a valid PROOF; then the connection is closed.
+    pub handshake_deadline: Duration,
+    /// Unauthenticated connections open at once (at least 1).
+    pub max_unauthenticated: usize,
+    /// Unauthenticated connections open at once from one address (at least 1).
+    pub max_unauthenticated_per_addr: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            handshake_deadline: HANDSHAKE_DEADLINE,
+            max_unauthenticated: MAX_UNAUTHENTICATED,
+            max_unauthenticated_per_addr: MAX_UNAUTHENTICATED_PER_ADDR,
+        }
+    }
+}
 
 /// A running agent.
 pub struct Agent {
@@ -52,8 +102,14 @@ impl std::fmt::Debug for Agent {
 
 impl Agent {
     /// Listen on `bind` (port 0: any free port) and serve on a thread of
-    /// its own until [`Agent::stop`] or drop.
+    /// its own until [`Agent::stop`] or drop, with the default [`Limits`].
     pub fn start(bind: SocketAddr, secret: Secret) -> io::Result<Agent> {
+        Agent::start_with(bind, secret, Limits::default())
+    }
+
+    /// [`Agent::start`] with other bounds on unauthenticated peers (tests
+    /// use a short or a long handshake deadline).
+    pub fn start_with(bind: SocketAddr, secret: Secret, limits: Limits) -> io::Result<Agent> {
         let mut listener = TcpListener::bind(bind)?;
         let addr = listener.local_addr()?;
         let poll = Poll::new()?;
@@ -69,6 +125,13 @@ impl Agent {
             listener,
             secret,
             conns: HashMap::new(),
+            limits: Limits {
+                max_unauthenticated: limits.max_unauthenticated.max(1),
+                max_unauthenticated_per_addr: limits.max_unauthenticated_per_addr.max(1),
+                ..limits
+            },
+            pending: VecDeque::new(),
+            pending_per_addr: HashMap::new(),
             next_token: FIRST_CONN,
             done_tx: tx,
             done_rx: rx,
@@ -110,6 +173,9 @@ struct Conn {
     wbuf: BytesMut,
     nonce: [u8; 32],
     authed: bool,
+    /// The peer's address, and when it must have authenticated.
+    peer: IpAddr,
+    deadline: Instant,
     /// Close once the write buffer is flushed (after a REJECT).
     closing: bool,
     chans: HashMap<u64, Arc<ShmChannel>>,
@@ -129,6 +195,11 @@ struct Loop {
     listener: TcpListener,
     secret: Secret,
     conns: HashMap<Token, Conn>,
+    limits: Limits,
+    /// Unauthenticated connections, oldest first (so also by deadline).
+    pending: VecDeque<Token>,
+    /// How many of them each source address holds.
+    pending_per_addr: HashMap<IpAddr, usize>,
     next_token: usize,
     done_tx: Sender<Done>,
     done_rx: Receiver<Done>,
@@ -183,7 +254,8 @@ impl Loop {
         let mut events = Events::with_capacity(256);
         let mut next_beat = Instant::now() + proto::HEARTBEAT_EVERY;
         while !self.stop.load(Ordering::Acquire) {
-            let wait = next_beat.saturating_duration_since(Instant::now());
+            let until = self.pending.front().and_then(|t| self.conns.get(t)).map_or(next_beat, |c| c.deadline);
+            let wait = until.min(next_beat).saturating_duration_since(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -202,6 +274,7 @@ impl Loop {
                     }
                 }
             }
+            self.expire();
             while let Ok((t, bytes)) = self.done_rx.try_recv() {
                 if let Some(c) = self.conns.get_mut(&t) {
                     c.wbuf.extend_from_slice(&bytes);
@@ -227,7 +300,9 @@ impl Loop {
     fn accept(&mut self) {
         loop {
             match self.listener.accept() {
-                Ok((mut stream, _)) => {
+                Ok((mut stream, from)) => {
+                    let peer = from.ip();
+                    self.make_room(peer);
                     let t = Token(self.next_token);
                     self.next_token += 1;
                     let _ = stream.set_nodelay(true);
@@ -243,12 +318,16 @@ impl Loop {
                         wbuf,
                         nonce,
                         authed: false,
+                        peer,
+                        deadline: Instant::now() + self.limits.handshake_deadline,
                         closing: false,
                         chans: HashMap::new(),
                         next_ch: 1,
                         gone: Arc::new(AtomicBool::new(false)),
                     };
                     self.conns.insert(t, conn);
+                    self.pending.push_back(t);
+                    *self.pending_per_addr.entry(peer).or_insert(0) += 1;
                     self.flush(t);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -260,8 +339,73 @@ impl Loop {
 
     fn drop_conn(&mut self, t: Token) {
         if let Some(mut c) = self.conns.remove(&t) {
+            if !c.authed {
+                self.unpend(t, c.peer);
+            }
             c.gone.store(true, Ordering::Release);
             let _ = self.poll.registry().deregister(&mut c.stream);
+        }
+    }
+
+    /// `t` (from `peer`) is no longer an unauthenticated connection.
+    fn unpend(&mut self, t: Token, peer: IpAddr) {
+        if let Some(i) = self.pending.iter().position(|&p| p == t) {
+            self.pending.remove(i);
+        }
+        if let Some(n) = self.pending_per_addr.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.pending_per_addr.remove(&peer);
+            }
+        }
+    }
+
+    /// Close an unauthenticated connection, telling the peer why if its
+    /// socket takes the few bytes at once.
+    fn refuse(&mut self, t: Token, why: &str) {
+        if let Some(c) = self.conns.get_mut(&t) {
+            let mut b = BytesMut::new();
+            frame::encode(&mut b, auth::REJECT, 0, why.as_bytes());
+            let _ = c.stream.write(&b);
+        }
+        self.drop_conn(t);
+    }
+
+    /// Before accepting a connection from `peer`: if a cap on
+    /// unauthenticated connections is reached, close the oldest one of
+    /// `peer` (per-address cap) or of the address holding the most
+    /// (overall cap).
+    fn make_room(&mut self, peer: IpAddr) {
+        let held = |lp: &Loop, a: &IpAddr| lp.pending_per_addr.get(a).copied().unwrap_or(0);
+        if held(self, &peer) >= self.limits.max_unauthenticated_per_addr {
+            let oldest = self.pending.iter().copied().find(|t| self.conns.get(t).is_some_and(|c| c.peer == peer));
+            if let Some(t) = oldest {
+                self.refuse(t, "too many connections from this address are authenticating; closed the oldest");
+            }
+        }
+        if self.pending.len() >= self.limits.max_unauthenticated {
+            let most = self.pending_per_addr.values().copied().max().unwrap_or(0);
+            let oldest =
+                self.pending.iter().copied().find(|t| self.conns.get(t).is_some_and(|c| held(self, &c.peer) == most));
+            if let Some(t) = oldest {
+                self.refuse(t, "too many connections are authenticating; closed the oldest of the busiest address");
+            }
+        }
+    }
+
+    /// Close the connections whose handshake deadline has passed.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        while let Some(&t) = self.pending.front() {
+            match self.conns.get(&t) {
+                Some(c) if c.deadline > now => return,
+                Some(_) => self.refuse(t, "no valid proof of the run's secret in time"),
+                // Not reachable (a dropped connection leaves the queue), but
+                // never loop on it.
+                None => {
+                    self.pending.pop_front();
+                }
+            }
         }
     }
 
@@ -281,7 +425,10 @@ impl Loop {
             let Some(c) = self.conns.get_mut(&t) else { return };
             // Before authentication only the small PROOF frame is accepted:
             // an unknown peer cannot make the agent reserve a large buffer.
-            if !c.authed && c.rbuf.len() >= 4 && u32::from_le_bytes(c.rbuf[..4].try_into().expect("4 bytes")) > 1024 {
+            if !c.authed
+                && c.rbuf.len() >= 4
+                && u32::from_le_bytes(c.rbuf[..4].try_into().expect("4 bytes")) as usize > MAX_UNAUTHENTICATED_FRAME
+            {
                 return self.drop_conn(t);
             }
             match frame::decode(&mut c.rbuf) {
@@ -322,6 +469,8 @@ impl Loop {
                 Some(acc) => {
                     c.authed = true;
                     frame::encode(&mut c.wbuf, auth::ACCEPT, 0, &acc);
+                    let peer = c.peer;
+                    self.unpend(t, peer);
                 }
                 None => {
                     frame::encode(&mut c.wbuf, auth::REJECT, 0, b"authentication failed: not this run's secret");
