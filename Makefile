@@ -9,7 +9,7 @@ VPY := $(VENV)/bin/python
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: setup demo test test-rust test-loom test-py test-pythons oracle lint bench bench-py clean-shm soak
+.PHONY: setup demo test test-rust test-loom test-py test-pythons test-testbed oracle lint bench bench-py clean-shm soak
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -58,7 +58,13 @@ oracle: setup
 test-pythons: setup
 	scripts/test-pythons
 
-test: lint test-rust test-loom test-py oracle test-pythons
+# The multi-node test bed (testbed/cluster.py): nodes made of namespaces on
+# one machine, each with its own sshd. Needs root and openssh-server (CI
+# has both); DRAGON_SKIP_NETNS=1 skips it elsewhere. About 20 s.
+test-testbed: $(VPY)
+	$(VPY) -m pytest -q testbed
+
+test: lint test-rust test-loom test-py oracle test-pythons test-testbed
 	@$(MAKE) -s clean-shm-check
 
 # Fails if a test left segments in /dev/shm (of runs whose owner is dead:
