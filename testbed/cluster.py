@@ -33,7 +33,8 @@ A node has its own
 
 Everything else of the host's filesystem is shared, as a cluster's shared
 filesystem would be: the repository and its virtualenv are reachable from
-every node at the same path. ``Cluster.shared`` is a directory every node and
+every node at the same path (also when they are under ``/tmp``: they are
+bound into each node's private one). ``Cluster.shared`` is a directory every node and
 the host see (use it, not ``/tmp``, for scripts the nodes must run); it goes
 away with the cluster.
 
@@ -695,6 +696,12 @@ class Cluster:
               "    StrictHostKeyChecking accept-new\n"
               "    LogLevel ERROR\n", 0o600)
         home = pwd.getpwuid(os.getuid()).pw_dir
+        keep = []
+        for p in sorted({os.path.dirname(os.path.dirname(SCRIPT)), sys.prefix, sys.base_prefix,
+                         os.path.dirname(os.path.realpath(sys.executable))}, key=len):
+            p = os.path.realpath(p)
+            if p.startswith("/tmp/") and not any(p == k or p.startswith(k + "/") for k in keep):
+                keep.append(p)
         for k, name in enumerate(self.names):
             d = os.path.join(self.state_dir, name)
             write(os.path.join(d, "hosts"), "\n".join(hosts) + "\n")
@@ -725,7 +732,7 @@ class Cluster:
             with open(os.path.join(d, "node.json"), "w") as f:
                 json.dump({"name": name, "address": self.address(k), "prefixlen": 24, "path": os.environ.get(
                     "PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
-                           "private_tmp": st["private_tmp"], "home": home, "ssh_dir": self.ssh_dir,
+                           "private_tmp": st["private_tmp"], "keep": keep, "home": home, "ssh_dir": self.ssh_dir,
                            "lifeline": st["owner"] is not None}, f)
         if not os.path.isdir("/run/sshd"):
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
@@ -1186,7 +1193,14 @@ def _setup_mounts(cfg, node_dir):
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     if cfg["private_tmp"]:
+        # What lives under /tmp and every node must see (the repository and
+        # its Python when a checkout is there) is bound back in.
+        keep = [(p, os.open(p, os.O_PATH | os.O_CLOEXEC)) for p in cfg["keep"] if os.path.isdir(p)]
         _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+        for path, fd in keep:
+            os.makedirs(path, exist_ok=True)
+            _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+            os.close(fd)
     _mount(os.path.join(node_dir, "hosts"), "/etc/hosts", None, MS_BIND)
     if os.path.isfile("/etc/hostname"):
         _mount(os.path.join(node_dir, "hostname"), "/etc/hostname", None, MS_BIND)

@@ -446,3 +446,24 @@ def test_without_root_the_error_says_what_is_missing():
         assert r.returncode == 2 and "missing: root" in r.stderr, r
     finally:
         shutil.rmtree(d)
+
+
+def test_a_repository_under_tmp_is_seen_by_every_node():
+    require_testbed()
+    d = tempfile.mkdtemp(prefix="dtb-repo-")
+    cid = "r" + secrets.token_hex(3)
+    try:
+        os.makedirs(os.path.join(d, "testbed"))
+        script = os.path.join(d, "testbed", "cluster.py")
+        shutil.copy(tb.SCRIPT, script)
+        r = subprocess.run([sys.executable, script, "up", "--nodes", "2", "--id", cid], capture_output=True,
+                           text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, r
+        r = subprocess.run([sys.executable, script, "exec", cid, "node2", "--", "sh", "-c",
+                            f"test -f {script} && touch /tmp/{cid} && echo seen"],
+                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert r.stdout.strip() == "seen", r
+        assert not os.path.exists(f"/tmp/{cid}")  # /tmp itself stays private
+    finally:
+        subprocess.run([sys.executable, tb.SCRIPT, "down", "--id", cid], capture_output=True, timeout=120)
+        shutil.rmtree(d)
