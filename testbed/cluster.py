@@ -53,7 +53,15 @@ Library use (root only; ``testbed/`` on ``sys.path``)::
         c.shm_files(1)                     # names in node2's /dev/shm
         c.processes(1)                     # [(host pid, cmdline)] but init, sshd
         c.wait_clean(1, timeout=10)        # Leftovers, falsy when clean
+        c.shared                           # a directory every node sees
     # gone: processes, namespaces, veths, bridge, state directory
+
+Also: ``c.id``, ``c.subnet``, ``c.bridge``, ``c.veth(i)``, ``c.mac(i)``,
+``c.init_pid(i)`` (host pid of node i's pid 1), ``c.alive(i)``,
+``c.index("node2")``, ``c.ssh_dir``, ``c.down()`` (what ``with`` calls), and
+``Cluster.attach(id)``: a handle on a cluster made by ``up``.
+:meth:`Cluster.processes` counts the sshd of an open ssh session as a
+process of the node: ``wait_clean`` waits for sessions to end too.
 
 ``run`` and ``popen`` take the keyword arguments of ``subprocess.run`` /
 ``subprocess.Popen`` (``env``, ``cwd``, ``input``, ``stdin``/``stdout``...,
@@ -694,6 +702,7 @@ class Cluster:
               "# Written by the dragon test bed for this cluster only.\n"
               "Host *\n"
               "    StrictHostKeyChecking accept-new\n"
+              "    NoHostAuthenticationForLocalhost yes\n"
               "    LogLevel ERROR\n", 0o600)
         home = pwd.getpwuid(os.getuid()).pw_dir
         keep = []
@@ -708,7 +717,9 @@ class Cluster:
             write(os.path.join(d, "hostname"), name + "\n")
             write(os.path.join(d, "sshd_config"), "\n".join([
                 "# sshd of one test bed node: key authentication only.",
-                f"ListenAddress {self.address(k)}:{SSH_PORT}",
+                f"Port {SSH_PORT}",  # on every address of the node, its loopback too
+                "ListenAddress 0.0.0.0",
+                "ListenAddress ::",
                 f"HostKey {d}/ssh_host_ed25519_key",
                 f"PidFile {d}/sshd.pid",
                 "AuthenticationMethods publickey",

@@ -120,9 +120,12 @@ def test_ssh_from_every_node_to_every_node(c):
         r = c.run(i, ["sh", "-c", loop], timeout=120)
         assert r.returncode == 0, r
         assert r.stdout.split() == c.names, r
-    # By address too (known_hosts names both), and no password is ever asked.
+    # By address too (known_hosts names both), to itself, and no password is ever asked.
     r = c.run(0, SSH + [c.address(2), "hostname"], timeout=60)
     assert r.stdout.strip() == "node3", r
+    for i in (1, 2):
+        r = c.run(i, SSH + ["localhost", "hostname"], timeout=60)
+        assert r.stdout.strip() == c.names[i], r
     r = c.run(0, SSH + ["-o", "PubkeyAuthentication=no", "node2", "true"], timeout=60)
     assert r.returncode == 255 and "Permission denied" in r.stderr, r
     # The host's own ~/.ssh is untouched.
