@@ -11,5 +11,5 @@ pub mod syncobj;
 
 pub use channel::{attach as attach_channel, create as create_channel, ShmBacking};
 pub use kv::{KvShmError, ShmShard};
-pub use segment::{RunId, Segment, SegmentError};
+pub use segment::{keep_run, this_node, RunId, Segment, SegmentError};
 pub use syncobj::{Shm, ShmBarrier, ShmCondition, ShmEvent, ShmLock, ShmRLock, ShmSemaphore, SyncShmError};

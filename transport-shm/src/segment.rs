@@ -16,6 +16,8 @@ use std::ffi::CString;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::OnceLock;
 
@@ -341,15 +343,70 @@ pub fn cleanup_run(run: &RunId) -> usize {
     remove_matching(|name| name.starts_with(&run.prefix()))
 }
 
-/// Remove the segments of every run whose owning process is dead.
+/// Environment variable holding this process's node index in a run that
+/// spans several nodes (unset or 0: the primary node, or a single node).
+pub const NODE_ENV: &str = "DRAGON_NODE_INDEX";
+
+/// This process's node index ([`NODE_ENV`]; 0 when unset or invalid).
+/// Handles of objects created here name it, and a handle that names another
+/// node is not attached through shared memory.
+pub fn this_node() -> u32 {
+    static NODE: OnceLock<u32> = OnceLock::new();
+    *NODE.get_or_init(|| std::env::var(NODE_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+/// Tag of a run's keeper marker (see [`keep_run`]).
+const KEEPER: &str = "keeper";
+
+/// Mark `run` as kept alive on this node by this process, for as long as
+/// it lives. A run's owner lives on its primary node; on the other nodes
+/// of a multi-node run (another PID namespace, another machine) the owner's
+/// pid means nothing, and the node service keeps the run's files from being
+/// taken for a dead run's by [`cleanup_dead_runs`]. The marker is an empty
+/// file named after the run and the keeper's identity, removed with the
+/// run's other files.
+pub fn keep_run(run: &RunId) -> io::Result<PathBuf> {
+    let me = ProcessId::current();
+    let path = Path::new(SHM_DIR).join(format!("{}{KEEPER}-{}-{}", run.prefix(), me.pid, me.start));
+    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+    Ok(path)
+}
+
+/// The run a segment name belongs to, if it is one of ours.
+fn run_of(name: &str) -> Option<RunId> {
+    let rest = name.strip_prefix(NAME_PREFIX)?;
+    let mut parts = rest.splitn(4, '-');
+    let (pid, start, nonce) = (parts.next()?, parts.next()?, parts.next()?);
+    RunId::parse(&format!("{pid}-{start}-{nonce}"))
+}
+
+/// The runs with a live keeper on this node.
+fn kept_runs() -> std::collections::HashSet<String> {
+    let mut kept = std::collections::HashSet::new();
+    let Ok(dir) = std::fs::read_dir(SHM_DIR) else { return kept };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(run) = run_of(name) else { continue };
+        let Some(keeper) = name.strip_prefix(&format!("{}{KEEPER}-", run.prefix())) else { continue };
+        let Some((pid, start)) = keeper.split_once('-') else { continue };
+        if let (Ok(pid), Ok(start)) = (pid.parse(), start.parse()) {
+            if pid_alive(pid, start) {
+                kept.insert(run.as_str().to_owned());
+            }
+        }
+    }
+    kept
+}
+
+/// Remove the segments of every run whose owning process is dead (and that
+/// no live keeper on this node keeps, see [`keep_run`]).
 pub fn cleanup_dead_runs() -> usize {
+    let kept = kept_runs();
     remove_matching(|name| {
-        let Some(rest) = name.strip_prefix(NAME_PREFIX) else { return false };
-        let mut parts = rest.splitn(4, '-');
-        let (Some(pid), Some(start), Some(nonce)) = (parts.next(), parts.next(), parts.next()) else { return false };
-        let Some(run) = RunId::parse(&format!("{pid}-{start}-{nonce}")) else { return false };
+        let Some(run) = run_of(name) else { return false };
         let owner = run.owner();
-        !pid_alive(owner.pid, owner.start)
+        !kept.contains(run.as_str()) && !pid_alive(owner.pid, owner.start)
     })
 }
 

@@ -31,13 +31,10 @@
 
 use crate::auth::{self, random32, Secret};
 use crate::frame::{self, Frame};
-use crate::proto::{self, take_u64, timeout_of};
+use crate::proto;
+use crate::serve::{Post, Reply, Served};
 use bytes::BytesMut;
-use channels_core::handle::{Handle, Kind};
-use channels_core::plugin::abi::{
-    DragonChannelAttrs, DRAGON_EAGAIN, DRAGON_EBADMSG, DRAGON_EINVAL, DRAGON_EIO, DRAGON_EPROTO, DRAGON_ETIMEDOUT,
-};
-use channels_core::plugin::export::{ChannelImpl, Failure, Timeout, TransportImpl};
+use channels_core::plugin::export::TransportImpl;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -48,7 +45,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use transport_shm::plugin::{ShmChannel, ShmTransport};
+use transport_shm::plugin::ShmTransport;
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -178,10 +175,8 @@ struct Conn {
     deadline: Instant,
     /// Close once the write buffer is flushed (after a REJECT).
     closing: bool,
-    chans: HashMap<u64, Arc<ShmChannel>>,
-    next_ch: u64,
-    /// Set when the connection goes: waits started for it end.
-    gone: Arc<AtomicBool>,
+    /// Its attachments and waiting requests.
+    served: Served,
 }
 
 /// A reply finished by a waiting thread: (connection, frame bytes).
@@ -207,46 +202,10 @@ struct Loop {
     stop: Arc<AtomicBool>,
 }
 
-fn reply(kind: u8, id: u64, payload: &[u8]) -> BytesMut {
+fn encode(r: &Reply) -> BytesMut {
     let mut b = BytesMut::new();
-    frame::encode(&mut b, kind, id, payload);
+    frame::encode(&mut b, r.kind, r.id, &r.payload);
     b
-}
-
-fn error(id: u64, code: i32, msg: &str) -> BytesMut {
-    reply(proto::ERROR, id, &proto::error_payload(code, msg))
-}
-
-fn failure(id: u64, f: Failure) -> BytesMut {
-    error(id, f.code, &f.message)
-}
-
-/// How long a waiting thread waits at a time before it checks that its
-/// connection is still there.
-const SLICE: Duration = Duration::from_millis(200);
-
-/// Run `op` with a timeout of `wait` in slices, ending early (EIO) when
-/// `gone` says the connection or the agent went away.
-fn sliced<T>(
-    wait: Timeout,
-    gone: &dyn Fn() -> bool,
-    mut op: impl FnMut(Timeout) -> Result<T, Failure>,
-) -> Result<T, Failure> {
-    let deadline = wait.map(|w| Instant::now() + w);
-    loop {
-        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        match op(Some(left.map_or(SLICE, |l| l.min(SLICE)))) {
-            Err(f) if f.code == DRAGON_ETIMEDOUT || f.code == DRAGON_EAGAIN => {
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Err(Failure::new(DRAGON_ETIMEDOUT, f.message));
-                }
-                if gone() {
-                    return Err(Failure::new(DRAGON_EIO, "the connection or the agent went away"));
-                }
-            }
-            r => return r,
-        }
-    }
 }
 
 impl Loop {
@@ -292,9 +251,7 @@ impl Loop {
                 }
             }
         }
-        for (_, c) in self.conns.drain() {
-            c.gone.store(true, Ordering::Release);
-        }
+        self.conns.clear(); // ends every wait started for them
     }
 
     fn accept(&mut self) {
@@ -321,9 +278,7 @@ impl Loop {
                         peer,
                         deadline: Instant::now() + self.limits.handshake_deadline,
                         closing: false,
-                        chans: HashMap::new(),
-                        next_ch: 1,
-                        gone: Arc::new(AtomicBool::new(false)),
+                        served: Served::new(0, &self.addr),
                     };
                     self.conns.insert(t, conn);
                     self.pending.push_back(t);
@@ -342,7 +297,6 @@ impl Loop {
             if !c.authed {
                 self.unpend(t, c.peer);
             }
-            c.gone.store(true, Ordering::Release);
             let _ = self.poll.registry().deregister(&mut c.stream);
         }
     }
@@ -479,149 +433,14 @@ impl Loop {
             }
             return;
         }
-        let id = f.id;
-        let out = match f.kind {
-            proto::PING => reply(proto::OK, id, &[]),
-            proto::ATTACH => attach(&self.shm, c, id, &f.payload),
-            proto::CREATE => create(&self.shm, &self.addr, c, id, &f.payload),
-            proto::LEN => match take_u64(&f.payload).and_then(|(ch, _)| c.chans.get(&ch)) {
-                Some(ch) => reply(proto::OK, id, &ch.len().to_le_bytes()),
-                None => error(id, DRAGON_EINVAL, "no such attachment"),
-            },
-            proto::DETACH => match take_u64(&f.payload).and_then(|(ch, _)| c.chans.remove(&ch)) {
-                Some(_) => reply(proto::OK, id, &[]),
-                None => error(id, DRAGON_EINVAL, "no such attachment"),
-            },
-            proto::DESTROY => match take_u64(&f.payload).and_then(|(ch, _)| c.chans.get(&ch)) {
-                Some(ch) => match ch.destroy() {
-                    Ok(()) => reply(proto::OK, id, &[]),
-                    Err(e) => failure(id, e),
-                },
-                None => error(id, DRAGON_EINVAL, "no such attachment"),
-            },
-            proto::SEND | proto::RECV | proto::POLL => match self.op(t, f) {
-                Some(b) => b,
-                None => return, // waiting on a thread of its own
-            },
-            k => error(id, DRAGON_EPROTO, &format!("unknown request kind {k}")),
-        };
-        if let Some(c) = self.conns.get_mut(&t) {
-            c.wbuf.extend_from_slice(&out);
-        }
-    }
-
-    /// A send, receive or poll: answered now if it need not wait, else
-    /// handed to a waiting thread (`None`).
-    fn op(&mut self, t: Token, f: Frame) -> Option<BytesMut> {
-        let id = f.id;
-        let c = self.conns.get_mut(&t)?;
-        let Some((chid, rest)) = take_u64(&f.payload) else {
-            return Some(error(id, DRAGON_EPROTO, "short request"));
-        };
-        let Some((tns, data)) = take_u64(rest) else {
-            return Some(error(id, DRAGON_EPROTO, "short request"));
-        };
-        let Some(ch) = c.chans.get(&chid).cloned() else {
-            return Some(error(id, DRAGON_EINVAL, "no such attachment"));
-        };
-        let events = match data.get(..4) {
-            Some(e) if f.kind == proto::POLL => u32::from_le_bytes(e.try_into().expect("4 bytes")),
-            None if f.kind == proto::POLL => return Some(error(id, DRAGON_EPROTO, "short request")),
-            _ => 0,
-        };
-        let run = move |ch: &ShmChannel, data: &[u8], wait: Timeout| -> BytesMut {
-            match f.kind {
-                proto::SEND => ch.send(data, wait).map(|()| reply(proto::OK, id, &[])),
-                proto::RECV => ch.recv(wait).map(|m| reply(proto::OK, id, m.as_ref())),
-                _ => ch.poll(events, wait).map(|r| reply(proto::OK, id, &r.to_le_bytes())),
-            }
-            .unwrap_or_else(|e| failure(id, e))
-        };
-        // First without waiting: most operations end here.
-        let wait = timeout_of(tns);
-        let now = run(&ch, data, Some(Duration::ZERO));
-        let would_wait = frame_code(&now) == Some(DRAGON_EAGAIN);
-        if !would_wait || wait == Some(Duration::ZERO) {
-            return Some(now);
-        }
-        let gone = c.gone.clone();
-        let stop = self.stop.clone();
         let (tx, waker) = (self.done_tx.clone(), self.waker.clone());
-        let data = data.to_vec();
-        let spawned = std::thread::Builder::new().name("dragon-tcp-wait".into()).spawn(move || {
-            let is_gone = || gone.load(Ordering::Acquire) || stop.load(Ordering::Acquire);
-            let mut out = BytesMut::new();
-            let r = sliced(wait, &is_gone, |slice| {
-                out = run(&ch, &data, slice);
-                match frame_code(&out) {
-                    Some(code) => Err(Failure::new(code, "timed out waiting on the channel")),
-                    None => Ok(()),
-                }
-            });
-            if let Err(e) = r {
-                if e.code == DRAGON_ETIMEDOUT || e.code == DRAGON_EIO {
-                    out = failure(id, e);
-                }
-            }
-            if tx.send((t, out)).is_ok() {
+        let post: Post = Arc::new(move |r: Reply| {
+            if tx.send((t, encode(&r))).is_ok() {
                 let _ = waker.wake();
             }
         });
-        match spawned {
-            Ok(_) => None,
-            Err(e) => Some(error(id, DRAGON_EIO, &format!("cannot start a waiting thread: {e}"))),
+        if let Some(r) = c.served.handle(&self.shm, f.kind, f.id, f.payload, &post) {
+            c.wbuf.extend_from_slice(&encode(&r));
         }
-    }
-}
-
-/// The error code of an encoded ERROR reply, if it is one.
-fn frame_code(b: &BytesMut) -> Option<i32> {
-    (b.len() >= 4 + frame::HEADER + 4 && b[4] == proto::ERROR)
-        .then(|| i32::from_le_bytes(b[4 + frame::HEADER..4 + frame::HEADER + 4].try_into().expect("4 bytes")))
-}
-
-fn attach(shm: &ShmTransport, c: &mut Conn, id: u64, payload: &[u8]) -> BytesMut {
-    let mut h = match Handle::from_bytes_of(payload, Kind::Channel) {
-        Ok(h) => h,
-        Err(e) => return error(id, DRAGON_EBADMSG, &format!("bad channel handle: {e}")),
-    };
-    // The handle names this node's agent; here the channel is local.
-    h.address.clear();
-    match shm.attach_channel(&h.to_bytes()) {
-        Ok(ch) => {
-            let n = c.next_ch;
-            c.next_ch += 1;
-            c.chans.insert(n, Arc::new(ch));
-            reply(proto::OK, id, &n.to_le_bytes())
-        }
-        Err(e) => failure(id, e),
-    }
-}
-
-fn create(shm: &ShmTransport, addr: &str, c: &mut Conn, id: u64, payload: &[u8]) -> BytesMut {
-    let field = |i: usize| payload.get(8 * i..8 * i + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
-    let (Some(capacity), Some(slot_size), Some(max_block_bytes)) = (field(0), field(1), field(2)) else {
-        return error(id, DRAGON_EPROTO, "short request");
-    };
-    let attrs = DragonChannelAttrs {
-        size: std::mem::size_of::<DragonChannelAttrs>() as u32,
-        flags: 0,
-        capacity,
-        slot_size,
-        max_block_bytes,
-    };
-    match shm.create_channel(&attrs) {
-        Ok(ch) => {
-            // Its handle names this agent, so other nodes know where it lives.
-            let mut h = Handle::from_bytes(&ch.handle()).expect("a handle just made");
-            h.address = addr.to_owned();
-            let n = c.next_ch;
-            c.next_ch += 1;
-            c.chans.insert(n, Arc::new(ch));
-            let mut p = n.to_le_bytes().to_vec();
-            p.extend_from_slice(&h.to_bytes());
-            reply(proto::OK, id, &p)
-        }
-        Err(e) => failure(id, e),
     }
 }

@@ -112,6 +112,12 @@ impl Client {
         }
     }
 
+    /// The authenticated stream and whatever was read past the handshake
+    /// (for a caller that goes on with a framed link of its own).
+    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+        (self.stream, self.rbuf)
+    }
+
     /// How long the agent may stay silent before calls fail with
     /// [`TcpError::PeerLost`] (default `proto::SILENCE_LIMIT`).
     pub fn set_silence_limit(&mut self, d: Duration) {
@@ -169,7 +175,7 @@ impl Client {
                 _ if f.id != id => {
                     return Err(TcpError::Protocol(format!("reply to request {} while waiting for {id}", f.id)))
                 }
-                proto::OK => return Ok(f.payload),
+                proto::OK => return Ok(f.payload.to_vec()),
                 proto::ERROR => {
                     let (code, message) = proto::parse_error(&f.payload);
                     return Err(TcpError::Remote { code, message });

@@ -11,13 +11,20 @@
 //! protocol error (the connection is dropped), so a corrupt or hostile peer
 //! cannot make the other side allocate without bound.
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::fmt;
 
 /// Bytes of a frame's header after the length field.
 pub const HEADER: usize = 1 + 8;
 /// Largest frame (kind + id + payload): 256 MiB.
 pub const MAX_FRAME: usize = 256 << 20;
+/// Frame kind of a piece of a message sent in several frames: the pieces
+/// (same id) come first, in order, and the message's last frame carries
+/// its real kind and the rest of the payload. Messages larger than a
+/// frame travel that way.
+pub const PART: u8 = 0x7E;
+/// Payload bytes per frame when a message is cut into pieces.
+pub const CHUNK: usize = 4 << 20;
 
 /// One decoded frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +34,7 @@ pub struct Frame {
     /// Request id.
     pub id: u64,
     /// The rest.
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
 }
 
 /// A frame that cannot be accepted.
@@ -61,6 +68,17 @@ pub fn encode(out: &mut BytesMut, kind: u8, id: u64, payload: &[u8]) {
     out.put_slice(payload);
 }
 
+/// The length, kind and id of a frame whose payload is `payload_len` bytes.
+pub fn header(kind: u8, id: u64, payload_len: usize) -> Bytes {
+    let len = HEADER + payload_len;
+    assert!(len <= MAX_FRAME, "frame of {len} bytes over the limit");
+    let mut b = BytesMut::with_capacity(4 + HEADER);
+    b.put_u32_le(len as u32);
+    b.put_u8(kind);
+    b.put_u64_le(id);
+    b.freeze()
+}
+
 /// Take the next whole frame off the front of `buf`, if it holds one.
 pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
     if buf.len() < 4 {
@@ -80,7 +98,7 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
     buf.advance(4);
     let kind = buf.get_u8();
     let id = buf.get_u64_le();
-    let payload = buf.split_to(len - HEADER).to_vec();
+    let payload = buf.split_to(len - HEADER).freeze();
     Ok(Some(Frame { kind, id, payload }))
 }
 
@@ -111,7 +129,7 @@ mod tests {
                 at += n;
                 i += 1;
                 while let Some(f) = decode(&mut buf).unwrap() {
-                    got.push((f.kind, f.id, f.payload));
+                    got.push((f.kind, f.id, f.payload.to_vec()));
                 }
             }
             prop_assert_eq!(got, frames);

@@ -16,8 +16,10 @@ pub mod agent;
 pub mod auth;
 pub mod client;
 pub mod frame;
+pub mod link;
 pub mod plugin;
 pub mod proto;
+pub mod serve;
 
 pub use agent::Agent;
 pub use auth::Secret;

@@ -1,0 +1,71 @@
+//! A node's cleanup at the end of a run: every process of the run still
+//! alive on the node is killed (the template kills the ones it started;
+//! this catches any that escaped its session), and the run's shared-memory
+//! files are removed by the caller.
+
+/// The parent pid of `pid`, from `/proc`.
+fn ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let fields: Vec<&[u8]> = stat[close + 2..].split(|&b| b == b' ').collect();
+    std::str::from_utf8(fields.get(1)?).ok()?.parse().ok()
+}
+
+/// This process and its ancestors.
+fn me_and_ancestors() -> Vec<u32> {
+    let mut out = vec![std::process::id()];
+    while let Some(p) = ppid(*out.last().expect("not empty")) {
+        if p == 0 || out.contains(&p) {
+            break;
+        }
+        out.push(p);
+    }
+    out
+}
+
+/// Pids of the processes on this node (this PID namespace) whose
+/// environment names run `run`, this process and its ancestors excepted.
+pub fn run_processes(run: &str) -> Vec<u32> {
+    let needle = format!("DRAGON_RUN_ID={run}");
+    let spare = me_and_ancestors();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| !spare.contains(pid))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == needle.as_bytes()))
+        })
+        .collect()
+}
+
+/// Kill (SIGKILL) every process of run `run` on this node (see
+/// [`run_processes`]); returns how many were signalled.
+pub fn kill_run_processes(run: &str) -> usize {
+    let pids = run_processes(run);
+    for &p in &pids {
+        let _ = crate::sys::kill(p as i32, libc::SIGKILL);
+    }
+    pids.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_and_kills_a_process_of_the_run_and_spares_its_caller() {
+        let run = "424242-1-0badf00d";
+        let mut child =
+            std::process::Command::new("sleep").arg("600").env("DRAGON_RUN_ID", run).spawn().expect("sleep");
+        // The child's environment is readable once it exists: no waiting needed.
+        let found = run_processes(run);
+        assert_eq!(found, vec![child.id()]);
+        assert!(!run_processes("424242-1-00000000").contains(&child.id()));
+        assert_eq!(kill_run_processes(run), 1);
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        assert!(me_and_ancestors().contains(&std::process::id()));
+    }
+}

@@ -1,0 +1,117 @@
+//! The node services' requests, beyond the channel requests of
+//! `transport_tcp::proto`. Frames as `transport_tcp::frame`; integers
+//! little endian.
+//!
+//! Between node services (TCP, after authentication with the run's secret):
+//!
+//! ```text
+//!   JOIN     secondary -> primary   NodeInfo (table.rs)
+//!   TABLE    primary -> node        every NodeInfo, once all have joined
+//!   PEER     connecting -> accepting service, first frame of a link that
+//!            is not a join: node index u32
+//!   CANCEL   end the waiting request whose id the frame carries
+//!   LAUNCH   prep_len u32, prep, nflags u16, (len u16, flag)*, start data
+//!                                   -> OK: pid i64, launch id u64
+//!   SIGNAL   launch u64, signal i32 -> OK
+//!   RELEASE  launch u64             -> OK (the requester lets go)
+//!   EXITED   (id 0) launch u64, exit code i64 (negative: signal)
+//!   channel requests (transport_tcp::proto) on the served node's channels
+//! ```
+//!
+//! From a process to its own node's service (unix socket, same user):
+//! every request but NODES starts with the node it is for, `node u32`,
+//! followed by the payload above (channel requests, LAUNCH, SIGNAL,
+//! RELEASE) or:
+//!
+//! ```text
+//!   NODES                            -> OK: the node table as JSON
+//!   WATCH    node u32, launch u64    the connection then receives, once,
+//!                                    the raw 8-byte exit code, and closes
+//! ```
+
+/// A secondary joins the run.
+pub const JOIN: u8 = 0x10;
+/// The node table.
+pub const TABLE: u8 = 0x11;
+/// First frame of a link between two services that is not a join.
+pub const PEER: u8 = 0x12;
+/// Cancel a waiting request.
+pub const CANCEL: u8 = 0x13;
+/// Start a process.
+pub const LAUNCH: u8 = 0x20;
+/// Signal a started process.
+pub const SIGNAL: u8 = 0x21;
+/// The requester lets go of a started process.
+pub const RELEASE: u8 = 0x22;
+/// A started process exited.
+pub const EXITED: u8 = 0x23;
+/// Be told when a started process exits.
+pub const WATCH: u8 = 0x24;
+/// The node table, as JSON.
+pub const NODES: u8 = 0x30;
+
+/// Exit code reported for a process whose node was lost (as if killed).
+pub const LOST_EXIT: i64 = -(libc::SIGKILL as i64);
+
+/// What a node service writes on its standard output for the launcher:
+/// `kind u8, length u32, payload`.
+pub mod out {
+    /// The service listens: `host:port` (text).
+    pub const LISTENING: u8 = 1;
+    /// Every node joined: the node table as JSON.
+    pub const READY: u8 = 2;
+    /// The service failed and is stopping: why (text).
+    pub const ERROR: u8 = 3;
+    /// A process's output: stream u8 (1 stdout, 2 stderr), pid u32, bytes.
+    pub const OUTPUT: u8 = 4;
+    /// A note for the user (text), e.g. a node lost.
+    pub const LOG: u8 = 5;
+    /// The node is clean and the service exits: a summary (text).
+    pub const STOPPED: u8 = 6;
+}
+
+/// Decode a LAUNCH payload: (prep, flags, start data).
+pub fn parse_launch(p: &[u8]) -> Option<(&[u8], Vec<String>, &[u8])> {
+    let (n, rest) = p.split_at_checked(4)?;
+    let n = u32::from_le_bytes(n.try_into().ok()?) as usize;
+    let (prep, mut rest) = rest.split_at_checked(n)?;
+    let (c, r) = rest.split_at_checked(2)?;
+    rest = r;
+    let mut flags = Vec::new();
+    for _ in 0..u16::from_le_bytes(c.try_into().ok()?) {
+        let (l, r) = rest.split_at_checked(2)?;
+        let (f, r) = r.split_at_checked(u16::from_le_bytes(l.try_into().ok()?) as usize)?;
+        flags.push(String::from_utf8(f.to_vec()).ok()?);
+        rest = r;
+    }
+    Some((prep, flags, rest))
+}
+
+/// Encode a LAUNCH payload.
+pub fn launch_payload(prep: &[u8], flags: &[String], data: &[u8]) -> Vec<u8> {
+    let mut p = (prep.len() as u32).to_le_bytes().to_vec();
+    p.extend_from_slice(prep);
+    p.extend_from_slice(&(flags.len() as u16).to_le_bytes());
+    for f in flags {
+        p.extend_from_slice(&(f.len() as u16).to_le_bytes());
+        p.extend_from_slice(f.as_bytes());
+    }
+    p.extend_from_slice(data);
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launch_payloads_round_trip_and_short_ones_fail() {
+        let flags = vec!["-O".to_owned(), "-Xdev".to_owned()];
+        let p = launch_payload(b"prep", &flags, b"data");
+        let (prep, f, data) = parse_launch(&p).unwrap();
+        assert_eq!((prep, f, data), (&b"prep"[..], flags, &b"data"[..]));
+        for cut in 0..p.len() - 4 {
+            assert!(parse_launch(&p[..cut]).is_none(), "{cut}");
+        }
+    }
+}

@@ -1,0 +1,1290 @@
+//! The node service: one per node of a multi-node run.
+//!
+//! Started by the launcher (over ssh, srun, or as a plain child on the
+//! launcher's own node) with its bootstrap on standard input
+//! ([`crate::bootstrap`]), it
+//!
+//! - listens on TCP for the other nodes' services and on a unix socket
+//!   (abstract name [`service_name`]) for the processes of its node;
+//! - joins the primary (node 0), which answers every node with the node
+//!   table once all have joined, or fails naming the hosts that did not
+//!   join in time;
+//! - carries its node's processes' requests for other nodes (channel
+//!   operations, process starts, signals) over one authenticated,
+//!   multiplexed connection per peer node, and serves the requests other
+//!   nodes make of this node: channel operations on its shared-memory
+//!   channels, and process starts through this node's template;
+//! - forwards the output of the processes it started to the launcher;
+//! - sends a heartbeat to every peer every 500 ms and calls a peer lost
+//!   after `peer_timeout` of silence: every request waiting on it fails
+//!   with an error naming the node, and its processes report
+//!   [`proto::LOST_EXIT`];
+//! - owns its node's cleanup: when its standard input ends (the launcher
+//!   is gone or done), when the primary is lost, or on a fatal error, it
+//!   stops its template (which kills the processes it started), kills any
+//!   other process of the run on the node, removes the run's `/dev/shm`
+//!   files, and exits.
+
+use crate::bootstrap::{self, Bootstrap};
+use crate::launch::{self, Template, TemplateSpec};
+use crate::proto::{self, out};
+use crate::table::{self, NodeInfo};
+use bytes::{BufMut, Bytes, BytesMut};
+use channels_core::plugin::abi::{DRAGON_EBADMSG, DRAGON_EINVAL, DRAGON_EIO, DRAGON_EPROTO};
+use channels_core::plugin::export::TransportImpl;
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use mio::net::{TcpListener, TcpStream, UnixListener};
+use mio::{Events, Interest, Poll, Token, Waker};
+use std::collections::{HashMap, HashSet};
+use std::io::{self, BufRead, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use transport_shm::plugin::ShmTransport;
+use transport_tcp::auth::{self, random32};
+use transport_tcp::frame::Frame;
+use transport_tcp::link::{Link, LinkError};
+use transport_tcp::proto as chp;
+use transport_tcp::serve::{Post, Reply, Served};
+use transport_tcp::{Client, Secret};
+
+const TCP: Token = Token(0);
+const UNIX: Token = Token(1);
+const WAKER: Token = Token(2);
+const FIRST_CONN: usize = 3;
+
+/// How often a service sends a heartbeat to each peer.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
+/// How long an unauthenticated connection may take to authenticate.
+pub const AUTH_DEADLINE: Duration = Duration::from_secs(10);
+/// How long connecting to a peer service may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the template may take to clean up at the end.
+const TEMPLATE_STOP: Duration = Duration::from_secs(5);
+
+/// The abstract unix socket name of node `node`'s service in run `run`.
+pub fn service_name(run: &str, node: u32) -> String {
+    format!("dragon-{run}-n{node}-service")
+}
+
+/// The abstract unix socket name of node `node`'s template (started by its service).
+pub fn template_name(run: &str, node: u32) -> String {
+    format!("dragon-{run}-n{node}-template")
+}
+
+/// How a service is run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The Python interpreter that runs templates on this node.
+    pub python: PathBuf,
+    /// Address to listen on for other nodes (port 0: any free port).
+    pub listen: std::net::SocketAddr,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { python: PathBuf::from("python3"), listen: "0.0.0.0:0".parse().expect("an address") }
+    }
+}
+
+/// The service's standard output to the launcher.
+#[derive(Clone)]
+pub struct Out(Arc<Mutex<Box<dyn Write + Send>>>);
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Out(..)")
+    }
+}
+
+impl Out {
+    /// Frames written to `w`.
+    pub fn new(w: Box<dyn Write + Send>) -> Out {
+        Out(Arc::new(Mutex::new(w)))
+    }
+
+    /// Write one record (a launcher that went away is not an error here:
+    /// standard input ending says so).
+    pub fn emit(&self, kind: u8, payload: &[u8]) {
+        let mut w = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut head = [0u8; 5];
+        head[0] = kind;
+        head[1..].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        let _ = w.write_all(&head).and_then(|()| w.write_all(payload)).and_then(|()| w.flush());
+    }
+}
+
+/// What threads tell the event loop.
+enum Event {
+    /// A line of standard input; `None` at its end.
+    Input(Option<String>),
+    /// A waiting channel request of connection `Token` finished.
+    Reply(Token, Reply),
+    /// An outgoing link to node `u32` is authenticated (or failed).
+    Connected(u32, Result<Client, String>),
+    /// A start request finished.
+    Started { from: Requester, id: u64, result: Result<launch::Started, String> },
+    /// A process started here exited.
+    Exited { launch: u64, code: i64 },
+}
+
+/// Who asked for a process start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Requester {
+    Local(Token),
+    Node(u32),
+}
+
+/// A request relayed to another node, waiting for its reply.
+struct Pending {
+    /// The local connection and the id it used (`None`: nobody waits).
+    from: Option<(Token, u64)>,
+    kind: u8,
+    node: u32,
+    /// For DETACH and RELEASE: the attachment or launch it ends.
+    target: u64,
+}
+
+struct PeerState {
+    authed: bool,
+    nonce: [u8; 32],
+    opened: Instant,
+    node: Option<u32>,
+    served: Served,
+}
+
+struct LocalState {
+    served: Served,
+    /// Attachments on other nodes made through this connection.
+    atts: HashSet<(u32, u64)>,
+    /// Processes started through this connection, by (node, launch).
+    launches: HashSet<(u32, u64)>,
+    /// Relayed requests still waiting (our ids).
+    waiting: HashSet<u64>,
+    /// A WATCH connection: gets 8 raw bytes, no frames.
+    watching: Option<(u32, u64)>,
+}
+
+enum Role {
+    Peer(PeerState),
+    Local(LocalState),
+}
+
+struct Conn {
+    link: Link,
+    role: Role,
+    closing: bool,
+}
+
+/// A process started on this node.
+struct Here {
+    pid: i32,
+    from: Requester,
+    /// Keeps the pid from being reused until the requester lets go.
+    _conn: OwnedFd,
+}
+
+struct Service {
+    boot: Bootstrap,
+    me: u32,
+    opts: Options,
+    out: Out,
+    poll: Poll,
+    tcp: TcpListener,
+    unix: UnixListener,
+    waker: Arc<Waker>,
+    tx: Sender<Event>,
+    rx: Receiver<Event>,
+    shm: ShmTransport,
+    port: u16,
+    conns: HashMap<Token, Conn>,
+    next_token: usize,
+    /// The link that reaches each node.
+    links: HashMap<u32, Token>,
+    /// Frames for nodes whose link is being made.
+    queued: HashMap<u32, Vec<(u8, u64, Bytes)>>,
+    /// Nodes lost, and why.
+    lost: HashMap<u32, String>,
+    pending: HashMap<u64, Pending>,
+    next_req: u64,
+    table: Option<Vec<NodeInfo>>,
+    joined: HashMap<u32, NodeInfo>,
+    started: Instant,
+    /// Processes started here, by launch id.
+    here: HashMap<u64, Here>,
+    next_launch: u64,
+    /// Exit codes known, by (node, launch).
+    exits: HashMap<(u32, u64), i64>,
+    /// Connections waiting for an exit code.
+    watchers: HashMap<(u32, u64), Vec<Token>>,
+    starter: Option<(Sender<StartJob>, std::thread::JoinHandle<()>)>,
+    stop: Option<String>,
+    got_primary: bool,
+    uid: u32,
+}
+
+struct StartJob {
+    from: Requester,
+    id: u64,
+    prep: Vec<u8>,
+    flags: Vec<String>,
+    data: Vec<u8>,
+}
+
+/// Run a node service with bootstrap `boot` until its node is torn down;
+/// `input` is what is left of its standard input (the `primary=` line of a
+/// secondary, then the lifeline), `out` its standard output. Returns the
+/// exit code for the process.
+pub fn run(boot: Bootstrap, input: Box<dyn BufRead + Send>, out: Out, opts: Options) -> i32 {
+    let mut s = match Service::new(boot, out.clone(), opts) {
+        Ok(s) => s,
+        Err(e) => {
+            out.emit(out::ERROR, format!("node service cannot start: {e}").as_bytes());
+            return 1;
+        }
+    };
+    let tx = s.tx.clone();
+    let waker = s.waker.clone();
+    let _ = std::thread::Builder::new().name("dragon-stdin".into()).spawn(move || {
+        let mut input = input;
+        loop {
+            let line = bootstrap::read_line(&mut input).ok().flatten();
+            let end = line.is_none();
+            if tx.send(Event::Input(line)).is_err() {
+                return;
+            }
+            let _ = waker.wake();
+            if end {
+                return;
+            }
+        }
+    });
+    s.serve();
+    s.teardown()
+}
+
+/// Read the bootstrap from standard input and run the service (the body of
+/// `python -m dragon._node`).
+pub fn main(opts: Options) -> i32 {
+    let out = Out::new(Box::new(io::stdout()));
+    let mut stdin = io::BufReader::new(io::stdin());
+    let boot = match Bootstrap::read(&mut stdin) {
+        Ok(b) => b,
+        Err(e) => {
+            out.emit(out::ERROR, e.to_string().as_bytes());
+            return 2;
+        }
+    };
+    // Processes started here, and this service's own shared-memory files,
+    // belong to the run and to this node.
+    std::env::set_var(transport_shm::segment::RUN_ENV, &boot.run);
+    std::env::set_var(transport_shm::segment::NODE_ENV, boot.index.to_string());
+    run(boot, Box::new(stdin), out, opts)
+}
+
+fn bind_unix(name: &str) -> io::Result<UnixListener> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+    let l = std::os::unix::net::UnixListener::bind_addr(&addr)?;
+    l.set_nonblocking(true)?;
+    Ok(UnixListener::from_std(l))
+}
+
+fn u32_at(p: &[u8]) -> Option<(u32, &[u8])> {
+    let (a, b) = p.split_at_checked(4)?;
+    Some((u32::from_le_bytes(a.try_into().ok()?), b))
+}
+
+fn u64_at(p: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(p.get(..8)?.try_into().ok()?))
+}
+
+impl Service {
+    fn new(boot: Bootstrap, out: Out, opts: Options) -> io::Result<Service> {
+        let poll = Poll::new()?;
+        let mut tcp = TcpListener::bind(opts.listen)?;
+        let port = tcp.local_addr()?.port();
+        let mut unix = bind_unix(&service_name(&boot.run, boot.index))?;
+        poll.registry().register(&mut tcp, TCP, Interest::READABLE)?;
+        poll.registry().register(&mut unix, UNIX, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = unbounded();
+        let shm = ShmTransport::open("").map_err(|f| io::Error::other(f.message))?;
+        if let Some(run) = transport_shm::RunId::parse(&boot.run) {
+            // On a secondary node the run's owner is not a process here:
+            // keep the run's files from being taken for a dead run's.
+            transport_shm::keep_run(&run)?;
+        }
+        let me = boot.index;
+        out.emit(out::LISTENING, format!("{}:{port}", boot.host()).as_bytes());
+        Ok(Service {
+            me,
+            opts,
+            out,
+            poll,
+            tcp,
+            unix,
+            waker,
+            tx,
+            rx,
+            shm,
+            port,
+            conns: HashMap::new(),
+            next_token: FIRST_CONN,
+            links: HashMap::new(),
+            queued: HashMap::new(),
+            lost: HashMap::new(),
+            pending: HashMap::new(),
+            next_req: 1,
+            table: None,
+            joined: HashMap::new(),
+            started: Instant::now(),
+            here: HashMap::new(),
+            next_launch: 1,
+            exits: HashMap::new(),
+            watchers: HashMap::new(),
+            starter: None,
+            stop: None,
+            got_primary: false,
+            uid: crate::sys::uid(),
+            boot,
+        })
+    }
+
+    fn host_of(&self, node: u32) -> String {
+        self.boot.hosts.get(node as usize).cloned().unwrap_or_else(|| format!("node {node}"))
+    }
+
+    // ---- the loop -------------------------------------------------------------
+
+    fn serve(&mut self) {
+        if self.me == 0 {
+            self.joined.insert(0, NodeInfo::local(0, self.boot.host(), self.port));
+            self.maybe_ready();
+        }
+        let mut events = Events::with_capacity(256);
+        let mut next_beat = Instant::now() + HEARTBEAT_EVERY;
+        while self.stop.is_none() {
+            let wait = next_beat.saturating_duration_since(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                self.stop = Some(format!("event loop failed: {e}"));
+                break;
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    TCP => self.accept_tcp(),
+                    UNIX => self.accept_unix(),
+                    WAKER => {}
+                    t => {
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.read(t);
+                        }
+                        self.flush(t);
+                    }
+                }
+            }
+            while let Ok(e) = self.rx.try_recv() {
+                self.event(e);
+            }
+            if Instant::now() >= next_beat {
+                next_beat = Instant::now() + HEARTBEAT_EVERY;
+                self.tick();
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        let mut silent = Vec::new();
+        let mut stale = Vec::new();
+        let tokens: Vec<Token> = self.conns.keys().copied().collect();
+        for t in tokens {
+            let Some(c) = self.conns.get_mut(&t) else { continue };
+            let Role::Peer(p) = &c.role else { continue };
+            if !p.authed {
+                if now.duration_since(p.opened) > AUTH_DEADLINE {
+                    stale.push(t);
+                }
+                continue;
+            }
+            if now.duration_since(c.link.heard) > self.boot.peer_timeout {
+                silent.push((t, now.duration_since(c.link.heard)));
+                continue;
+            }
+            c.link.send(chp::HEARTBEAT, 0, &[], Bytes::new());
+            self.flush(t);
+        }
+        for t in stale {
+            self.drop_conn(t, "did not authenticate in time");
+        }
+        for (t, d) in silent {
+            self.drop_conn(t, &format!("no heartbeat for {:.1} s: the node died or is cut off", d.as_secs_f64()));
+        }
+        if self.table.is_none() && now.duration_since(self.started) > self.boot.join_timeout {
+            let missing: Vec<String> = if self.me == 0 {
+                (0..self.boot.hosts.len() as u32)
+                    .filter(|i| !self.joined.contains_key(i))
+                    .map(|i| self.host_of(i))
+                    .collect()
+            } else {
+                vec![self.host_of(0)]
+            };
+            let why = format!(
+                "nodes did not join the run within {:.0} s: {}",
+                self.boot.join_timeout.as_secs_f64(),
+                missing.join(", ")
+            );
+            self.out.emit(out::ERROR, why.as_bytes());
+            self.stop = Some(why);
+        }
+    }
+
+    fn event(&mut self, e: Event) {
+        match e {
+            Event::Input(None) => self.stop = Some("the launcher closed the node's standard input".into()),
+            Event::Input(Some(line)) => self.input(&line),
+            Event::Reply(t, r) => self.reply_to(t, r),
+            Event::Connected(node, r) => self.connected(node, r),
+            Event::Started { from, id, result } => self.started(from, id, result),
+            Event::Exited { launch, code } => self.exited_here(launch, code),
+        }
+    }
+
+    fn input(&mut self, line: &str) {
+        if self.me == 0 || self.got_primary {
+            return; // anything after the bootstrap is only a lifeline
+        }
+        match bootstrap::parse_primary(line) {
+            Ok(addr) => {
+                self.got_primary = true;
+                self.connect(0, Some(addr));
+            }
+            Err(e) => {
+                self.out.emit(out::ERROR, e.to_string().as_bytes());
+                self.stop = Some(e.to_string());
+            }
+        }
+    }
+
+    // ---- connections --------------------------------------------------------
+
+    fn add_conn(&mut self, mut link: Link, role: Role) -> Option<Token> {
+        let t = Token(self.next_token);
+        self.next_token += 1;
+        if self.poll.registry().register(link.stream(), t, Interest::READABLE | Interest::WRITABLE).is_err() {
+            return None;
+        }
+        self.conns.insert(t, Conn { link, role, closing: false });
+        Some(t)
+    }
+
+    fn accept_tcp(&mut self) {
+        loop {
+            match self.tcp.accept() {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    let nonce = random32();
+                    let mut link = Link::new(Box::new(stream));
+                    link.max_frame = 1024;
+                    link.send(auth::HELLO, 0, &Secret::hello(&nonce), Bytes::new());
+                    let role = Role::Peer(PeerState {
+                        authed: false,
+                        nonce,
+                        opened: Instant::now(),
+                        node: None,
+                        served: Served::new(self.me, &self.boot.host().to_owned()),
+                    });
+                    if let Some(t) = self.add_conn(link, role) {
+                        self.flush(t);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn accept_unix(&mut self) {
+        loop {
+            match self.unix.accept() {
+                Ok((stream, _)) => {
+                    // Only processes of this user may use the service.
+                    match crate::sys::peer_uid(stream.as_raw_fd()) {
+                        Ok(uid) if uid == self.uid || uid == 0 => {}
+                        _ => continue,
+                    }
+                    let role = Role::Local(LocalState {
+                        served: Served::new(self.me, &self.boot.host().to_owned()),
+                        atts: HashSet::new(),
+                        launches: HashSet::new(),
+                        waiting: HashSet::new(),
+                        watching: None,
+                    });
+                    self.add_conn(Link::new(Box::new(stream)), role);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Make the link to `node` (in a thread; requests for it queue meanwhile).
+    fn connect(&mut self, node: u32, addr: Option<String>) {
+        if self.queued.contains_key(&node) && node != 0 {
+            return;
+        }
+        self.queued.entry(node).or_default();
+        let addrs: Vec<String> = match addr {
+            Some(a) => vec![a],
+            None => match self.table.as_ref().and_then(|t| t.get(node as usize)) {
+                Some(n) => {
+                    let mut v = vec![n.service_address()];
+                    v.extend(n.addresses.iter().map(|a| format!("{a}:{}", n.port)));
+                    v
+                }
+                None => vec![],
+            },
+        };
+        let (tx, waker, secret) = (self.tx.clone(), self.waker.clone(), self.boot.secret.clone());
+        let _ = std::thread::Builder::new().name("dragon-connect".into()).spawn(move || {
+            let mut last = format!("no address known for node {node}");
+            let mut res = Err(String::new());
+            for a in &addrs {
+                match Client::connect(a, &secret, CONNECT_TIMEOUT) {
+                    Ok(c) => {
+                        res = Ok(c);
+                        break;
+                    }
+                    Err(e) => last = format!("cannot connect to {a}: {e}"),
+                }
+            }
+            if res.is_err() {
+                res = Err(last);
+            }
+            if tx.send(Event::Connected(node, res)).is_ok() {
+                let _ = waker.wake();
+            }
+        });
+    }
+
+    fn connected(&mut self, node: u32, r: Result<Client, String>) {
+        let queued = self.queued.remove(&node).unwrap_or_default();
+        let client = match r {
+            Ok(c) => c,
+            Err(why) => {
+                if node == 0 && self.table.is_none() {
+                    let msg = format!("cannot join the primary node {}: {why}", self.host_of(0));
+                    self.out.emit(out::ERROR, msg.as_bytes());
+                    self.stop = Some(msg);
+                    return;
+                }
+                self.node_lost(node, &why);
+                return;
+            }
+        };
+        let (stream, rbuf) = client.into_parts();
+        if stream.set_nonblocking(true).is_err() {
+            return self.node_lost(node, "cannot use the connection");
+        }
+        let link = Link::with_buffer(Box::new(TcpStream::from_std(stream)), rbuf);
+        let role = Role::Peer(PeerState {
+            authed: true,
+            nonce: [0; 32],
+            opened: Instant::now(),
+            node: Some(node),
+            served: Served::new(self.me, &self.boot.host().to_owned()),
+        });
+        let Some(t) = self.add_conn(link, role) else { return self.node_lost(node, "cannot register the connection") };
+        self.links.insert(node, t);
+        let c = self.conns.get_mut(&t).expect("just added");
+        if node == 0 && self.table.is_none() {
+            let mut info = Vec::new();
+            NodeInfo::local(self.me, self.boot.host(), self.port).encode(&mut info);
+            c.link.send(proto::JOIN, 0, &info, Bytes::new());
+        } else {
+            c.link.send(proto::PEER, 0, &self.me.to_le_bytes(), Bytes::new());
+        }
+        for (k, id, p) in queued {
+            c.link.send(k, id, &[], p);
+        }
+        self.read(t); // frames that came with the handshake
+        self.flush(t);
+    }
+
+    fn drop_conn(&mut self, t: Token, why: &str) {
+        let Some(mut c) = self.conns.remove(&t) else { return };
+        let _ = self.poll.registry().deregister(c.link.stream());
+        match c.role {
+            Role::Peer(p) => {
+                if let Some(node) = p.node {
+                    if self.links.get(&node) == Some(&t) {
+                        self.links.remove(&node);
+                        self.node_lost(node, why);
+                    }
+                }
+            }
+            Role::Local(l) => self.local_gone(t, l),
+        }
+    }
+
+    /// A process of this node closed its connection: let go of what it held.
+    fn local_gone(&mut self, t: Token, l: LocalState) {
+        for rid in l.waiting {
+            if let Some(p) = self.pending.get_mut(&rid) {
+                p.from = None;
+                let node = p.node;
+                self.to_node(node, proto::CANCEL, rid, Bytes::new());
+            }
+        }
+        for (node, att) in l.atts {
+            self.fire(node, chp::DETACH, att, Bytes::copy_from_slice(&att.to_le_bytes()));
+        }
+        for (node, launch) in l.launches {
+            if node == self.me {
+                self.here.remove(&launch);
+            } else {
+                self.fire(node, proto::RELEASE, launch, Bytes::copy_from_slice(&launch.to_le_bytes()));
+            }
+            self.exits.remove(&(node, launch));
+        }
+        if let Some(key) = l.watching {
+            if let Some(v) = self.watchers.get_mut(&key) {
+                v.retain(|x| *x != t);
+            }
+        }
+    }
+
+    /// Send a request nobody waits for.
+    fn fire(&mut self, node: u32, kind: u8, target: u64, payload: Bytes) {
+        let rid = self.next_req;
+        self.next_req += 1;
+        self.pending.insert(rid, Pending { from: None, kind, node, target });
+        self.to_node(node, kind, rid, payload);
+    }
+
+    fn node_lost(&mut self, node: u32, why: &str) {
+        if self.lost.contains_key(&node) || self.stop.is_some() {
+            return;
+        }
+        let msg = format!("node {node} ({}) is lost: {why}", self.host_of(node));
+        self.lost.insert(node, msg.clone());
+        self.queued.remove(&node);
+        if self.table.is_some() {
+            self.out.emit(out::LOG, msg.as_bytes());
+        }
+        if node == 0 && self.me != 0 {
+            self.stop = Some(msg);
+            return;
+        }
+        // Every request waiting on it fails.
+        let failed: Vec<u64> = self.pending.iter().filter(|(_, p)| p.node == node).map(|(id, _)| *id).collect();
+        for rid in failed {
+            let p = self.pending.remove(&rid).expect("listed");
+            if let Some((t, id)) = p.from {
+                self.reply_local(t, Reply::error(id, DRAGON_EIO, &msg), rid);
+            }
+        }
+        // Its processes are gone for those who watch them.
+        let ended: Vec<(u32, u64)> = self
+            .conns
+            .values()
+            .filter_map(|c| match &c.role {
+                Role::Local(l) => Some(l.launches.iter().filter(|(n, _)| *n == node).copied().collect::<Vec<_>>()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        for key in ended {
+            self.exit_known(key, proto::LOST_EXIT);
+        }
+    }
+
+    fn read(&mut self, t: Token) {
+        let mut frames = Vec::new();
+        let r = match self.conns.get_mut(&t) {
+            Some(c) => c.link.read(&mut frames),
+            None => return,
+        };
+        for f in frames {
+            self.frame(t, f);
+        }
+        if let Err(e) = r {
+            let why = match e {
+                LinkError::Closed => "its service closed the connection".to_owned(),
+                e => e.to_string(),
+            };
+            self.drop_conn(t, &why);
+        }
+    }
+
+    fn flush(&mut self, t: Token) {
+        let Some(c) = self.conns.get_mut(&t) else { return };
+        match c.link.flush() {
+            Ok(true) if c.closing => self.drop_conn(t, "closed"),
+            Ok(_) => {}
+            Err(e) => self.drop_conn(t, &e.to_string()),
+        }
+    }
+
+    fn send_on(&mut self, t: Token, kind: u8, id: u64, payload: Bytes) {
+        if let Some(c) = self.conns.get_mut(&t) {
+            c.link.send(kind, id, &[], payload);
+            self.flush(t);
+        }
+    }
+
+    /// Send a request to `node` (on its link, or queued while it is made).
+    fn to_node(&mut self, node: u32, kind: u8, id: u64, payload: Bytes) {
+        if let Some(why) = self.lost.get(&node).cloned() {
+            if let Some(p) = self.pending.remove(&id) {
+                if let Some((t, cid)) = p.from {
+                    self.reply_local(t, Reply::error(cid, DRAGON_EIO, &why), id);
+                }
+            }
+            return;
+        }
+        if let Some(&t) = self.links.get(&node) {
+            return self.send_on(t, kind, id, payload);
+        }
+        if node as usize >= self.boot.hosts.len() {
+            if let Some(p) = self.pending.remove(&id) {
+                if let Some((t, cid)) = p.from {
+                    let msg = format!("there is no node {node} in this run ({} nodes)", self.boot.hosts.len());
+                    self.reply_local(t, Reply::error(cid, DRAGON_EINVAL, &msg), id);
+                }
+            }
+            return;
+        }
+        if !self.queued.contains_key(&node) {
+            self.connect(node, None);
+        }
+        self.queued.entry(node).or_default().push((kind, id, payload));
+    }
+
+    // ---- frames ---------------------------------------------------------------
+
+    fn frame(&mut self, t: Token, f: Frame) {
+        let Some(c) = self.conns.get_mut(&t) else { return };
+        if c.closing {
+            return;
+        }
+        match &mut c.role {
+            Role::Peer(p) if !p.authed => {
+                let secret = self.boot.secret.clone();
+                match (f.kind == auth::PROOF).then(|| secret.accept(&p.nonce, &f.payload)).flatten() {
+                    Some(acc) => {
+                        p.authed = true;
+                        c.link.max_frame = transport_tcp::frame::MAX_FRAME;
+                        c.link.send(auth::ACCEPT, 0, &acc, Bytes::new());
+                    }
+                    None => {
+                        let why = b"authentication failed: not this run's secret";
+                        c.link.send(auth::REJECT, 0, why, Bytes::new());
+                        c.closing = true;
+                    }
+                }
+            }
+            Role::Peer(_) => self.peer_frame(t, f),
+            Role::Local(_) => self.local_frame(t, f),
+        }
+    }
+
+    fn peer_node(&self, t: Token) -> Option<u32> {
+        match self.conns.get(&t).map(|c| &c.role) {
+            Some(Role::Peer(p)) => p.node,
+            _ => None,
+        }
+    }
+
+    fn peer_frame(&mut self, t: Token, f: Frame) {
+        match f.kind {
+            chp::HEARTBEAT => {}
+            proto::JOIN => self.join(t, &f.payload),
+            proto::TABLE => self.got_table(&f.payload),
+            proto::PEER => {
+                let Some((n, _)) = u32_at(&f.payload) else { return self.drop_conn(t, "malformed PEER") };
+                if let Some(Conn { role: Role::Peer(p), .. }) = self.conns.get_mut(&t) {
+                    p.node = Some(n);
+                }
+                self.links.entry(n).or_insert(t);
+            }
+            chp::OK | chp::ERROR => self.relayed_reply(f),
+            proto::EXITED => {
+                let (Some(node), Some(launch), Some(code)) =
+                    (self.peer_node(t), u64_at(&f.payload), f.payload.get(8..16).and_then(u64_at))
+                else {
+                    return;
+                };
+                self.exit_known((node, launch), code as i64);
+            }
+            proto::CANCEL => {
+                if let Some(Conn { role: Role::Peer(p), .. }) = self.conns.get(&t) {
+                    p.served.cancel(f.id);
+                }
+            }
+            proto::LAUNCH | proto::SIGNAL | proto::RELEASE => {
+                let Some(node) = self.peer_node(t) else { return };
+                if let Some(r) = self.process_request(Requester::Node(node), f.kind, f.id, &f.payload) {
+                    self.send_on(t, r.kind, r.id, r.payload);
+                }
+            }
+            k if Served::serves(k) => {
+                let post = self.poster(t);
+                let Some(Conn { role: Role::Peer(p), .. }) = self.conns.get_mut(&t) else { return };
+                if let Some(r) = p.served.handle(&self.shm, k, f.id, f.payload, &post) {
+                    self.send_on(t, r.kind, r.id, r.payload);
+                }
+            }
+            k => {
+                let r = Reply::error(f.id, DRAGON_EPROTO, &format!("unknown request kind {k}"));
+                self.send_on(t, r.kind, r.id, r.payload);
+            }
+        }
+    }
+
+    fn poster(&self, t: Token) -> Post {
+        let (tx, waker) = (self.tx.clone(), self.waker.clone());
+        Arc::new(move |r: Reply| {
+            if tx.send(Event::Reply(t, r)).is_ok() {
+                let _ = waker.wake();
+            }
+        })
+    }
+
+    fn reply_to(&mut self, t: Token, r: Reply) {
+        match self.conns.get(&t).map(|c| &c.role) {
+            Some(Role::Local(_)) => self.reply_local(t, r, 0),
+            Some(Role::Peer(_)) => self.send_on(t, r.kind, r.id, r.payload),
+            None => {}
+        }
+    }
+
+    /// A reply to a local connection; `rid` is our relay id it answers (0: none).
+    fn reply_local(&mut self, t: Token, r: Reply, rid: u64) {
+        if let Some(Conn { role: Role::Local(l), .. }) = self.conns.get_mut(&t) {
+            l.waiting.remove(&rid);
+        }
+        self.send_on(t, r.kind, r.id, r.payload);
+    }
+
+    fn relayed_reply(&mut self, f: Frame) {
+        let Some(p) = self.pending.remove(&f.id) else { return };
+        let ok = f.kind == chp::OK;
+        let Some((t, cid)) = p.from else { return };
+        if let Some(Conn { role: Role::Local(l), .. }) = self.conns.get_mut(&t) {
+            if ok {
+                match p.kind {
+                    chp::ATTACH | chp::CREATE => {
+                        if let Some(att) = u64_at(&f.payload) {
+                            l.atts.insert((p.node, att));
+                        }
+                    }
+                    chp::DETACH => {
+                        l.atts.remove(&(p.node, p.target));
+                    }
+                    proto::LAUNCH => {
+                        if let Some(launch) = f.payload.get(8..16).and_then(u64_at) {
+                            l.launches.insert((p.node, launch));
+                        }
+                    }
+                    proto::RELEASE => {
+                        l.launches.remove(&(p.node, p.target));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.reply_local(t, Reply { kind: f.kind, id: cid, payload: f.payload }, f.id);
+    }
+
+    fn local_frame(&mut self, t: Token, f: Frame) {
+        if f.kind == proto::NODES {
+            let r = match &self.table {
+                Some(nodes) => Reply::ok(f.id, table::table_json(nodes).into_bytes()),
+                None => Reply::error(f.id, DRAGON_EIO, "the run's nodes have not all joined yet"),
+            };
+            return self.send_on(t, r.kind, r.id, r.payload);
+        }
+        let Some((node, _)) = u32_at(&f.payload) else {
+            let r = Reply::error(f.id, DRAGON_EPROTO, "short request");
+            return self.send_on(t, r.kind, r.id, r.payload);
+        };
+        let payload = f.payload.slice(4..);
+        if f.kind == proto::WATCH {
+            return self.watch(t, node, u64_at(&payload).unwrap_or(0));
+        }
+        if node == self.me {
+            return self.local_here(t, f.kind, f.id, payload);
+        }
+        // For another node: relay it on the link to that node.
+        let target = match f.kind {
+            chp::DETACH | proto::RELEASE => u64_at(&payload).unwrap_or(0),
+            _ => 0,
+        };
+        // Only what this connection holds may be used through it.
+        if let Some(Conn { role: Role::Local(l), .. }) = self.conns.get(&t) {
+            let owned = match f.kind {
+                chp::SEND | chp::RECV | chp::POLL | chp::LEN | chp::DETACH | chp::DESTROY => {
+                    u64_at(&payload).is_some_and(|a| l.atts.contains(&(node, a)))
+                }
+                proto::SIGNAL | proto::RELEASE => u64_at(&payload).is_some_and(|a| l.launches.contains(&(node, a))),
+                _ => true,
+            };
+            if !owned {
+                let r = Reply::error(f.id, DRAGON_EINVAL, "no such attachment or process on that node");
+                return self.send_on(t, r.kind, r.id, r.payload);
+            }
+        }
+        let rid = self.next_req;
+        self.next_req += 1;
+        self.pending.insert(rid, Pending { from: Some((t, f.id)), kind: f.kind, node, target });
+        if let Some(Conn { role: Role::Local(l), .. }) = self.conns.get_mut(&t) {
+            l.waiting.insert(rid);
+        }
+        self.to_node(node, f.kind, rid, payload);
+    }
+
+    /// A local process's request for this node itself.
+    fn local_here(&mut self, t: Token, kind: u8, id: u64, payload: Bytes) {
+        if matches!(kind, proto::LAUNCH | proto::SIGNAL | proto::RELEASE) {
+            if kind == proto::RELEASE {
+                if let Some(Conn { role: Role::Local(l), .. }) = self.conns.get_mut(&t) {
+                    l.launches.remove(&(self.me, u64_at(&payload).unwrap_or(0)));
+                }
+            }
+            if let Some(r) = self.process_request(Requester::Local(t), kind, id, &payload) {
+                self.send_on(t, r.kind, r.id, r.payload);
+            }
+            return;
+        }
+        if !Served::serves(kind) {
+            let r = Reply::error(id, DRAGON_EPROTO, &format!("unknown request kind {kind}"));
+            return self.send_on(t, r.kind, r.id, r.payload);
+        }
+        let post = self.poster(t);
+        let Some(Conn { role: Role::Local(l), .. }) = self.conns.get_mut(&t) else { return };
+        if let Some(r) = l.served.handle(&self.shm, kind, id, payload, &post) {
+            self.send_on(t, r.kind, r.id, r.payload);
+        }
+    }
+
+    // ---- membership ---------------------------------------------------------
+
+    fn join(&mut self, t: Token, payload: &[u8]) {
+        if self.me != 0 {
+            return self.drop_conn(t, "JOIN sent to a node that is not the primary");
+        }
+        let info = match NodeInfo::decode(payload) {
+            Ok(i) => i,
+            Err(e) => return self.drop_conn(t, &e.to_string()),
+        };
+        let i = info.index;
+        if i == 0 || i as usize >= self.boot.hosts.len() || self.joined.contains_key(&i) || self.table.is_some() {
+            return self.drop_conn(t, &format!("node {i} cannot join (unknown, joined twice, or too late)"));
+        }
+        if let Some(Conn { role: Role::Peer(p), .. }) = self.conns.get_mut(&t) {
+            p.node = Some(i);
+        }
+        self.links.insert(i, t);
+        self.joined.insert(i, info);
+        self.maybe_ready();
+    }
+
+    fn maybe_ready(&mut self) {
+        if self.joined.len() < self.boot.hosts.len() {
+            return;
+        }
+        let mut nodes: Vec<NodeInfo> = self.joined.drain().map(|(_, n)| n).collect();
+        nodes.sort_by_key(|n| n.index);
+        let bytes = Bytes::from(table::encode_table(&nodes));
+        let peers: Vec<Token> = self.links.values().copied().collect();
+        for t in peers {
+            self.send_on(t, proto::TABLE, 0, bytes.clone());
+        }
+        self.out.emit(out::READY, table::table_json(&nodes).as_bytes());
+        self.table = Some(nodes);
+    }
+
+    fn got_table(&mut self, payload: &[u8]) {
+        match table::decode_table(payload) {
+            Ok(nodes) if nodes.len() == self.boot.hosts.len() => {
+                self.out.emit(out::READY, table::table_json(&nodes).as_bytes());
+                self.table = Some(nodes);
+            }
+            _ => {
+                let msg = "the primary sent a node table that does not match this run".to_owned();
+                self.out.emit(out::ERROR, msg.as_bytes());
+                self.stop = Some(msg);
+            }
+        }
+    }
+
+    // ---- processes ----------------------------------------------------------
+
+    /// LAUNCH, SIGNAL or RELEASE for a process on this node.
+    fn process_request(&mut self, from: Requester, kind: u8, id: u64, p: &[u8]) -> Option<Reply> {
+        match kind {
+            proto::LAUNCH => {
+                let Some((prep, flags, data)) = proto::parse_launch(p) else {
+                    return Some(Reply::error(id, DRAGON_EBADMSG, "malformed start request"));
+                };
+                let job = StartJob { from, id, prep: prep.to_vec(), flags, data: data.to_vec() };
+                if self.starter.is_none() {
+                    self.starter = self.start_starter();
+                }
+                if let Some((jobs, _)) = &self.starter {
+                    let _ = jobs.send(job);
+                }
+                None
+            }
+            proto::SIGNAL => {
+                let (Some(launch), Some(sig)) = (u64_at(p), p.get(8..12)) else {
+                    return Some(Reply::error(id, DRAGON_EBADMSG, "malformed signal request"));
+                };
+                let sig = i32::from_le_bytes(sig.try_into().expect("4 bytes"));
+                Some(match self.here.get(&launch) {
+                    Some(h) if h.from == from => match crate::sys::kill(h.pid, sig) {
+                        Ok(()) => Reply::ok(id, Bytes::new()),
+                        Err(e) => Reply::error(id, DRAGON_EINVAL, &format!("cannot signal process {}: {e}", h.pid)),
+                    },
+                    _ => Reply::error(id, DRAGON_EINVAL, "no such process"),
+                })
+            }
+            _ => {
+                let launch = u64_at(p).unwrap_or(0);
+                if self.here.get(&launch).is_some_and(|h| h.from == from) {
+                    self.here.remove(&launch);
+                }
+                Some(Reply::ok(id, Bytes::new()))
+            }
+        }
+    }
+
+    /// The thread that starts processes through the template (the template
+    /// is started on the first request, with that request's preparation
+    /// data, and stopped when the thread ends at teardown).
+    fn start_starter(&mut self) -> Option<(Sender<StartJob>, std::thread::JoinHandle<()>)> {
+        let (jtx, jrx) = unbounded::<StartJob>();
+        let (tx, waker) = (self.tx.clone(), self.waker.clone());
+        let name = template_name(&self.boot.run, self.me);
+        let python = self.opts.python.clone();
+        let env: Vec<(String, String)> = std::env::vars()
+            .chain([
+                (transport_shm::segment::RUN_ENV.to_owned(), self.boot.run.clone()),
+                (transport_shm::segment::NODE_ENV.to_owned(), self.me.to_string()),
+                ("DRAGON_TEMPLATE".to_owned(), name.clone()),
+                ("DRAGON_SERVICE".to_owned(), service_name(&self.boot.run, self.me)),
+            ])
+            .collect();
+        let h = std::thread::Builder::new().name("dragon-starter".into()).spawn(move || {
+            let mut template: Option<Result<Template, String>> = None;
+            for job in jrx {
+                let t = template.get_or_insert_with(|| {
+                    let spec = TemplateSpec {
+                        python: python.clone(),
+                        flags: job.flags.clone(),
+                        prep: job.prep.clone(),
+                        name: name.clone(),
+                        env: env.clone(),
+                    };
+                    Template::start(&spec)
+                        .map_err(|e| format!("cannot start the node's template ({}): {e}", python.display()))
+                });
+                let result = match t {
+                    Ok(_) => launch::start(&name, &job.data).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.clone()),
+                };
+                if tx.send(Event::Started { from: job.from, id: job.id, result }).is_ok() {
+                    let _ = waker.wake();
+                }
+            }
+            if let Some(Ok(mut t)) = template {
+                t.stop(TEMPLATE_STOP);
+            }
+        });
+        h.ok().map(|h| (jtx, h))
+    }
+
+    fn started(&mut self, from: Requester, id: u64, result: Result<launch::Started, String>) {
+        let reply = match result {
+            Err(e) => Reply::error(id, DRAGON_EIO, &e),
+            Ok(s) => {
+                let launch = self.next_launch;
+                self.next_launch += 1;
+                let pid = s.pid;
+                self.watch_process(launch, s.pid, s.exit, s.stdout, s.stderr);
+                self.here.insert(launch, Here { pid, from, _conn: s.conn });
+                if let Requester::Local(t) = from {
+                    if let Some(Conn { role: Role::Local(l), .. }) = self.conns.get_mut(&t) {
+                        l.launches.insert((self.me, launch));
+                    }
+                }
+                let mut p = BytesMut::new();
+                p.put_i64_le(i64::from(pid));
+                p.put_u64_le(launch);
+                Reply::ok(id, p.freeze())
+            }
+        };
+        match from {
+            Requester::Local(t) => self.send_on(t, reply.kind, reply.id, reply.payload),
+            Requester::Node(n) => {
+                if let Some(&t) = self.links.get(&n) {
+                    self.send_on(t, reply.kind, reply.id, reply.payload);
+                }
+            }
+        }
+    }
+
+    /// Forward a started process's output and report its exit.
+    fn watch_process(&self, launch: u64, pid: i32, exit: OwnedFd, stdout: OwnedFd, stderr: OwnedFd) {
+        let (tx, waker, out) = (self.tx.clone(), self.waker.clone(), self.out.clone());
+        let _ = std::thread::Builder::new().name("dragon-output".into()).spawn(move || {
+            let mut open = [Some(std::fs::File::from(stdout)), Some(std::fs::File::from(stderr))];
+            let mut exit = Some(std::fs::File::from(exit));
+            let mut buf = vec![0u8; 64 << 10];
+            while open.iter().any(Option::is_some) || exit.is_some() {
+                let fds: Vec<i32> = open
+                    .iter()
+                    .map(|o| o.as_ref().map_or(-1, |f| f.as_raw_fd()))
+                    .chain([exit.as_ref().map_or(-1, |f| f.as_raw_fd())])
+                    .collect();
+                let Ok(ready) = crate::sys::readable(&fds, -1) else { break };
+                for (i, slot) in open.iter_mut().enumerate() {
+                    if !ready[i] {
+                        continue;
+                    }
+                    let Some(fd) = slot.as_ref() else { continue };
+                    match read_some(fd, &mut buf) {
+                        0 => *slot = None,
+                        n => {
+                            let mut p = Vec::with_capacity(5 + n);
+                            p.push(i as u8 + 1);
+                            p.extend_from_slice(&(pid as u32).to_le_bytes());
+                            p.extend_from_slice(&buf[..n]);
+                            out.emit(out::OUTPUT, &p);
+                        }
+                    }
+                }
+                if ready[2] {
+                    let fd = exit.take().expect("polled");
+                    let mut code = [0u8; 8];
+                    let n = read_full(&fd, &mut code);
+                    let code = if n == 8 { i64::from_le_bytes(code) } else { 255 };
+                    if tx.send(Event::Exited { launch, code }).is_ok() {
+                        let _ = waker.wake();
+                    }
+                }
+            }
+        });
+    }
+
+    fn exited_here(&mut self, launch: u64, code: i64) {
+        let Some(h) = self.here.get(&launch) else {
+            // Let go already; nobody to tell.
+            return;
+        };
+        match h.from {
+            Requester::Local(_) => self.exit_known((self.me, launch), code),
+            Requester::Node(n) => {
+                let mut p = BytesMut::new();
+                p.put_u64_le(launch);
+                p.put_i64_le(code);
+                self.to_node_notice(n, proto::EXITED, p.freeze());
+            }
+        }
+    }
+
+    fn to_node_notice(&mut self, node: u32, kind: u8, payload: Bytes) {
+        if let Some(&t) = self.links.get(&node) {
+            self.send_on(t, kind, 0, payload);
+        }
+    }
+
+    fn exit_known(&mut self, key: (u32, u64), code: i64) {
+        self.exits.insert(key, code);
+        for t in self.watchers.remove(&key).unwrap_or_default() {
+            self.write_exit(t, code);
+        }
+    }
+
+    fn write_exit(&mut self, t: Token, code: i64) {
+        if let Some(c) = self.conns.get_mut(&t) {
+            c.link.send_raw(Bytes::copy_from_slice(&code.to_le_bytes()));
+            c.closing = true;
+            self.flush(t);
+        }
+    }
+
+    fn watch(&mut self, t: Token, node: u32, launch: u64) {
+        let key = (node, launch);
+        if let Some(Conn { role: Role::Local(l), .. }) = self.conns.get_mut(&t) {
+            l.watching = Some(key);
+        }
+        if let Some(&code) = self.exits.get(&key) {
+            return self.write_exit(t, code);
+        }
+        if node != self.me && self.lost.contains_key(&node) {
+            return self.write_exit(t, proto::LOST_EXIT);
+        }
+        self.watchers.entry(key).or_default().push(t);
+    }
+
+    // ---- the end ----------------------------------------------------------------
+
+    /// Clean this node up and say so; the exit code for the process.
+    fn teardown(mut self) -> i32 {
+        let why = self.stop.take().unwrap_or_default();
+        let failed = self.table.is_none() || (self.me != 0 && self.lost.contains_key(&0));
+        // Connections first: every wait on a thread ends.
+        let tokens: Vec<Token> = self.conns.keys().copied().collect();
+        for t in tokens {
+            if let Some(mut c) = self.conns.remove(&t) {
+                let _ = self.poll.registry().deregister(c.link.stream());
+            }
+        }
+        self.here.clear();
+        if let Some((jobs, h)) = self.starter.take() {
+            drop(jobs); // the starter stops the template and ends
+            let _ = h.join();
+        }
+        let killed = crate::cleanup::kill_run_processes(&self.boot.run);
+        let removed =
+            transport_shm::RunId::parse(&self.boot.run).map_or(0, |r| transport_shm::segment::cleanup_run(&r));
+        let summary = format!(
+            "node {} ({}) stopped ({why}): {killed} leftover processes killed, {removed} shared-memory files removed",
+            self.me,
+            self.boot.host()
+        );
+        self.out.emit(out::STOPPED, summary.as_bytes());
+        i32::from(failed)
+    }
+}
+
+fn read_some(f: &std::fs::File, buf: &mut [u8]) -> usize {
+    use std::io::Read;
+    let mut f = f;
+    loop {
+        match f.read(buf) {
+            Ok(n) => return n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return 0,
+        }
+    }
+}
+
+fn read_full(f: &std::fs::File, buf: &mut [u8]) -> usize {
+    let mut got = 0;
+    while got < buf.len() {
+        match read_some(f, &mut buf[got..]) {
+            0 => break,
+            n => got += n,
+        }
+    }
+    got
+}

@@ -1,0 +1,294 @@
+//! A framed connection driven by a mio event loop: the building block of
+//! the node services' links (TCP between nodes, unix sockets to the
+//! processes of a node).
+//!
+//! Reading decodes whole frames and puts chunked messages back together
+//! ([`frame::PART`]); writing keeps a queue of byte buffers and hands the
+//! kernel several at once (`writev`), so a payload given as [`Bytes`] is
+//! never copied on its way out.
+
+use crate::frame::{self, Frame, FrameError};
+use bytes::{Buf, Bytes, BytesMut};
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice, Read, Write};
+use std::time::Instant;
+
+/// What a link runs over.
+pub trait Stream: Read + Write + mio::event::Source + Send {}
+impl<T: Read + Write + mio::event::Source + Send> Stream for T {}
+
+/// Largest message a link puts back together from parts: beyond it the
+/// peer is broken or hostile and the link is dropped.
+pub const MAX_MESSAGE: usize = 1 << 34;
+
+/// Why a link is unusable.
+#[derive(Debug)]
+pub enum LinkError {
+    /// The peer closed the connection.
+    Closed,
+    /// The connection failed.
+    Io(io::Error),
+    /// The peer sent something that is not a frame.
+    Frame(FrameError),
+    /// The peer's chunked message went over [`MAX_MESSAGE`].
+    TooLong(usize),
+}
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkError::Closed => write!(f, "the connection was closed"),
+            LinkError::Io(e) => write!(f, "the connection failed: {e}"),
+            LinkError::Frame(e) => write!(f, "protocol error: {e}"),
+            LinkError::TooLong(n) => write!(f, "protocol error: a message of {n} bytes or more"),
+        }
+    }
+}
+
+impl std::error::Error for LinkError {}
+
+/// One framed connection.
+pub struct Link {
+    stream: Box<dyn Stream>,
+    rbuf: BytesMut,
+    out: VecDeque<Bytes>,
+    out_bytes: usize,
+    parts: HashMap<u64, BytesMut>,
+    /// When a byte last arrived.
+    pub heard: Instant,
+    /// Largest frame accepted (lowered before authentication).
+    pub max_frame: usize,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link").field("queued", &self.out_bytes).finish_non_exhaustive()
+    }
+}
+
+impl Link {
+    /// A link over `stream` (already non-blocking and registered, or about to be).
+    pub fn new(stream: Box<dyn Stream>) -> Link {
+        Link {
+            stream,
+            rbuf: BytesMut::with_capacity(64 << 10),
+            out: VecDeque::new(),
+            out_bytes: 0,
+            parts: HashMap::new(),
+            heard: Instant::now(),
+            max_frame: frame::MAX_FRAME,
+        }
+    }
+
+    /// A link over `stream` whose first bytes were already read into `rbuf`.
+    pub fn with_buffer(stream: Box<dyn Stream>, rbuf: BytesMut) -> Link {
+        let mut l = Link::new(stream);
+        l.rbuf.extend_from_slice(&rbuf);
+        l
+    }
+
+    /// The stream, to (re)register or deregister it.
+    pub fn stream(&mut self) -> &mut dyn Stream {
+        &mut *self.stream
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.out_bytes
+    }
+
+    /// Read what the kernel has, then decode every whole frame into `into`.
+    /// `Err` means the link is finished (frames decoded before the error
+    /// are still in `into`).
+    pub fn read(&mut self, into: &mut Vec<Frame>) -> Result<(), LinkError> {
+        let mut closed = false;
+        loop {
+            if self.rbuf.capacity() - self.rbuf.len() < 16 << 10 {
+                self.rbuf.reserve(64 << 10);
+            }
+            let spare = self.rbuf.spare_capacity_mut();
+            // SAFETY: `read` only writes into the buffer it is given; the
+            // bytes it reports written are then initialised, and only those
+            // are added to the length below.
+            let buf = unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), spare.len()) };
+            match self.stream.read(buf) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => {
+                    // SAFETY: `read` initialised `n` bytes past the length.
+                    unsafe { self.rbuf.set_len(self.rbuf.len() + n) };
+                    self.heard = Instant::now();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(LinkError::Io(e)),
+            }
+        }
+        loop {
+            if self.rbuf.len() >= 4 {
+                let len = u32::from_le_bytes(self.rbuf[..4].try_into().expect("4 bytes")) as usize;
+                if len > self.max_frame {
+                    return Err(LinkError::Frame(FrameError::TooLong(len)));
+                }
+            }
+            match frame::decode(&mut self.rbuf) {
+                Ok(Some(f)) => {
+                    if let Some(f) = self.assemble(f)? {
+                        into.push(f);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return Err(LinkError::Frame(e)),
+            }
+        }
+        if closed {
+            return Err(LinkError::Closed);
+        }
+        Ok(())
+    }
+
+    fn assemble(&mut self, f: Frame) -> Result<Option<Frame>, LinkError> {
+        if f.kind == frame::PART {
+            let acc = self.parts.entry(f.id).or_default();
+            if acc.len() + f.payload.len() > MAX_MESSAGE {
+                return Err(LinkError::TooLong(MAX_MESSAGE));
+            }
+            acc.extend_from_slice(&f.payload);
+            return Ok(None);
+        }
+        match self.parts.remove(&f.id) {
+            None => Ok(Some(f)),
+            Some(mut acc) => {
+                if acc.len() + f.payload.len() > MAX_MESSAGE {
+                    return Err(LinkError::TooLong(MAX_MESSAGE));
+                }
+                acc.extend_from_slice(&f.payload);
+                Ok(Some(Frame { kind: f.kind, id: f.id, payload: acc.freeze() }))
+            }
+        }
+    }
+
+    /// Queue a message: `head` then `body` as its payload (either may be
+    /// empty). Messages over [`frame::CHUNK`] go out as several frames.
+    pub fn send(&mut self, kind: u8, id: u64, head: &[u8], body: Bytes) {
+        let total = head.len() + body.len();
+        if total <= frame::CHUNK {
+            self.push(frame::header(kind, id, total));
+            if !head.is_empty() {
+                self.push(Bytes::copy_from_slice(head));
+            }
+            self.push(body);
+            return;
+        }
+        let mut payload = BytesMut::with_capacity(head.len());
+        payload.extend_from_slice(head);
+        let mut rest = if head.is_empty() {
+            body
+        } else {
+            payload.extend_from_slice(&body);
+            payload.freeze()
+        };
+        while rest.len() > frame::CHUNK {
+            let piece = rest.split_to(frame::CHUNK);
+            self.push(frame::header(frame::PART, id, piece.len()));
+            self.push(piece);
+        }
+        self.push(frame::header(kind, id, rest.len()));
+        self.push(rest);
+    }
+
+    /// Queue bytes that are not a frame (for a connection that ends with
+    /// a raw answer).
+    pub fn send_raw(&mut self, b: Bytes) {
+        self.push(b);
+    }
+
+    fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.out_bytes += b.len();
+            self.out.push_back(b);
+        }
+    }
+
+    /// Write as much as the kernel takes. `Ok(true)`: everything is out.
+    pub fn flush(&mut self) -> Result<bool, LinkError> {
+        while !self.out.is_empty() {
+            let slices: Vec<IoSlice<'_>> = self.out.iter().take(64).map(|b| IoSlice::new(b)).collect();
+            match self.stream.write_vectored(&slices) {
+                Ok(0) => return Err(LinkError::Closed),
+                Ok(mut n) => {
+                    self.out_bytes -= n;
+                    while n > 0 {
+                        let front = self.out.front_mut().expect("written bytes were queued");
+                        if front.len() <= n {
+                            n -= front.len();
+                            self.out.pop_front();
+                        } else {
+                            front.advance(n);
+                            n = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(LinkError::Io(e)),
+            }
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::net::UnixStream;
+
+    fn pair() -> (Link, Link) {
+        let (a, b) = UnixStream::pair().unwrap();
+        (Link::new(Box::new(a)), Link::new(Box::new(b)))
+    }
+
+    /// Pump `from` into `to` until `want` frames arrived.
+    fn pump(from: &mut Link, to: &mut Link, want: usize) -> Vec<Frame> {
+        let mut got = Vec::new();
+        while got.len() < want {
+            from.flush().unwrap();
+            to.read(&mut got).unwrap();
+        }
+        got
+    }
+
+    #[test]
+    fn small_and_chunked_messages_arrive_whole_and_in_order() {
+        let (mut a, mut b) = pair();
+        let big: Vec<u8> = (0..frame::CHUNK * 2 + 12345).map(|i| (i % 251) as u8).collect();
+        a.send(7, 1, b"head", Bytes::from_static(b"body"));
+        a.send(8, 2, &[], Bytes::from(big.clone()));
+        a.send(9, 3, &[1, 2, 3], Bytes::from(big.clone()));
+        a.send(10, 4, &[], Bytes::new());
+        let got = pump(&mut a, &mut b, 4);
+        assert_eq!((got[0].kind, got[0].id, &got[0].payload[..]), (7, 1, &b"headbody"[..]));
+        assert_eq!((got[1].kind, got[1].id), (8, 2));
+        assert_eq!(got[1].payload, big);
+        let mut want = vec![1, 2, 3];
+        want.extend_from_slice(&big);
+        assert_eq!(got[2].payload, want);
+        assert!(got[3].payload.is_empty());
+        assert_eq!(a.queued(), 0);
+    }
+
+    #[test]
+    fn an_oversized_frame_and_a_closed_peer_are_errors() {
+        let (mut a, mut b) = pair();
+        b.max_frame = 1024;
+        a.send(1, 1, &[], Bytes::from(vec![0u8; 2048]));
+        a.flush().unwrap();
+        let mut got = Vec::new();
+        assert!(matches!(b.read(&mut got), Err(LinkError::Frame(FrameError::TooLong(_)))));
+        let (a, mut b) = pair();
+        drop(a);
+        assert!(matches!(b.read(&mut got), Err(LinkError::Closed)));
+    }
+}
