@@ -24,6 +24,7 @@ pub mod proto;
 pub mod service;
 mod sys;
 pub mod table;
+pub mod testing;
 
 pub use bootstrap::Bootstrap;
 pub use hostlist::{expand as expand_hostlist, parse_hostfile, HostlistError};

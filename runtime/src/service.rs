@@ -496,7 +496,7 @@ impl Service {
                         nonce,
                         opened: Instant::now(),
                         node: None,
-                        served: Served::new(self.me, &self.boot.host().to_owned()),
+                        served: Served::new(self.me, self.boot.host()),
                     });
                     if let Some(t) = self.add_conn(link, role) {
                         self.flush(t);
@@ -519,7 +519,7 @@ impl Service {
                         _ => continue,
                     }
                     let role = Role::Local(LocalState {
-                        served: Served::new(self.me, &self.boot.host().to_owned()),
+                        served: Served::new(self.me, self.boot.host()),
                         atts: HashSet::new(),
                         launches: HashSet::new(),
                         waiting: HashSet::new(),
@@ -598,7 +598,7 @@ impl Service {
             nonce: [0; 32],
             opened: Instant::now(),
             node: Some(node),
-            served: Served::new(self.me, &self.boot.host().to_owned()),
+            served: Served::new(self.me, self.boot.host()),
         });
         let Some(t) = self.add_conn(link, role) else { return self.node_lost(node, "cannot register the connection") };
         self.links.insert(node, t);
@@ -639,7 +639,7 @@ impl Service {
             if let Some(p) = self.pending.get_mut(&rid) {
                 p.from = None;
                 let node = p.node;
-                self.to_node(node, proto::CANCEL, rid, Bytes::new());
+                self.send_to_node(node, proto::CANCEL, rid, Bytes::new());
             }
         }
         for (node, att) in l.atts {
@@ -665,7 +665,7 @@ impl Service {
         let rid = self.next_req;
         self.next_req += 1;
         self.pending.insert(rid, Pending { from: None, kind, node, target });
-        self.to_node(node, kind, rid, payload);
+        self.send_to_node(node, kind, rid, payload);
     }
 
     fn node_lost(&mut self, node: u32, why: &str) {
@@ -740,7 +740,7 @@ impl Service {
     }
 
     /// Send a request to `node` (on its link, or queued while it is made).
-    fn to_node(&mut self, node: u32, kind: u8, id: u64, payload: Bytes) {
+    fn send_to_node(&mut self, node: u32, kind: u8, id: u64, payload: Bytes) {
         if let Some(why) = self.lost.get(&node).cloned() {
             if let Some(p) = self.pending.remove(&id) {
                 if let Some((t, cid)) = p.from {
@@ -922,6 +922,11 @@ impl Service {
         if node == self.me {
             return self.local_here(t, f.kind, f.id, payload);
         }
+        if node as usize >= self.boot.hosts.len() {
+            let msg = format!("there is no node {node} in this run ({} nodes)", self.boot.hosts.len());
+            let r = Reply::error(f.id, DRAGON_EINVAL, &msg);
+            return self.send_on(t, r.kind, r.id, r.payload);
+        }
         // For another node: relay it on the link to that node.
         let target = match f.kind {
             chp::DETACH | proto::RELEASE => u64_at(&payload).unwrap_or(0),
@@ -947,7 +952,7 @@ impl Service {
         if let Some(Conn { role: Role::Local(l), .. }) = self.conns.get_mut(&t) {
             l.waiting.insert(rid);
         }
-        self.to_node(node, f.kind, rid, payload);
+        self.send_to_node(node, f.kind, rid, payload);
     }
 
     /// A local process's request for this node itself.
@@ -1195,12 +1200,12 @@ impl Service {
                 let mut p = BytesMut::new();
                 p.put_u64_le(launch);
                 p.put_i64_le(code);
-                self.to_node_notice(n, proto::EXITED, p.freeze());
+                self.notice_node(n, proto::EXITED, p.freeze());
             }
         }
     }
 
-    fn to_node_notice(&mut self, node: u32, kind: u8, payload: Bytes) {
+    fn notice_node(&mut self, node: u32, kind: u8, payload: Bytes) {
         if let Some(&t) = self.links.get(&node) {
             self.send_on(t, kind, 0, payload);
         }

@@ -1,19 +1,19 @@
 //! The transport conformance suite against `libdragon_transport_tcp.so`,
-//! loaded through the real loading path, talking to an agent this test
-//! process runs on loopback (its child processes reach the parent's agent:
-//! the config string travels to them).
+//! loaded through the real loading path, through node services: this test
+//! process runs the services of a two-node run on loopback, and the plugin
+//! talks to node 0's service, which carries every operation to node 1, where
+//! the channels live (child processes reach the same service: the config
+//! string travels to them).
 
 use channels_core::plugin::conformance::{built_library, Target};
+use runtime::testing::LocalCluster;
 use std::sync::OnceLock;
-use transport_tcp::{Agent, Secret};
+use std::time::Duration;
 
 fn config() -> String {
-    static AGENT: OnceLock<(Agent, Secret)> = OnceLock::new();
-    let (agent, secret) = AGENT.get_or_init(|| {
-        let secret = Secret::random();
-        (Agent::start("127.0.0.1:0".parse().unwrap(), secret.clone()).expect("agent"), secret)
-    });
-    format!("agent={} secret={}", agent.local_addr(), secret.to_hex())
+    static CLUSTER: OnceLock<LocalCluster> = OnceLock::new();
+    let c = CLUSTER.get_or_init(|| LocalCluster::start(2, Duration::from_secs(10)).expect("two node services"));
+    format!("service={} node=1", c.service(0))
 }
 
 channels_core::transport_conformance_tests!(Target { path: built_library("dragon_transport_tcp"), config: config() });

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod client;
 pub mod frame;
 pub mod link;
+pub mod local;
 pub mod plugin;
 pub mod proto;
 pub mod serve;

@@ -1,48 +1,44 @@
 //! The TCP transport behind the transport plugin ABI (what
 //! `libdragon_transport_tcp.so`, crate `transport-tcp-plugin`, exports):
-//! every operation goes to the agent of the channel's node.
+//! every operation goes through this node's service, which carries it to
+//! the channel's node over the one authenticated connection it keeps to
+//! each peer node (see [`crate::local`]).
 //!
 //! Config string (`open`): `key=value` items separated by commas or spaces:
 //!
-//! - `agent=<host:port>`: the agent that creates channels, and serves
-//!   handles that name no agent (required);
-//! - `secret=<64 hex digits>`: the run's secret (required).
+//! - `service=<abstract socket name>`: this node's service (required);
+//! - `node=<index>`: the node that channels created through this instance
+//!   live on (default 0).
 //!
-//! An attachment holds connections to its agent, one per operation under
-//! way (a receive that waits does not hold up a send from another thread),
-//! each with the channel attached; a connection that fails is dropped and
-//! the next operation makes a new one.
+//! Attaching reads the node from the channel's handle. Dropping an
+//! attachment tells the channel's node to let go of it.
 
-use crate::auth::Secret;
-use crate::client::{Client, TcpError};
+use crate::client::TcpError;
+use crate::local::ServiceClient;
+use crate::proto;
 use channels_core::handle::{Handle, Kind};
 use channels_core::plugin::abi::*;
 use channels_core::plugin::export::{ChannelImpl, Failure, Timeout, TransportImpl};
 use std::ffi::CStr;
-use std::sync::Mutex;
-use std::time::Duration;
-
-/// How long connecting to an agent may take.
-const CONNECT: Duration = Duration::from_secs(10);
 
 /// The TCP transport instance.
 #[derive(Debug)]
 pub struct TcpTransport {
-    agent: String,
-    secret: Secret,
+    client: ServiceClient,
+    node: u32,
 }
 
 /// One attachment to a channel on some node.
 #[derive(Debug)]
 pub struct TcpChannel {
-    agent: String,
-    secret: Secret,
+    client: ServiceClient,
+    node: u32,
+    att: u64,
     handle: Vec<u8>,
-    /// Idle connections, each with the channel attached (its id there).
-    idle: Mutex<Vec<(Client, u64)>>,
 }
 
-fn failure(e: TcpError) -> Failure {
+/// A failure of the plugin ABI for a TCP or service error.
+pub fn failure(e: TcpError) -> Failure {
     match e {
         TcpError::Remote { code, message } => Failure::new(code, message),
         TcpError::Auth(_) => Failure::new(DRAGON_EINVAL, e.to_string()),
@@ -51,20 +47,20 @@ fn failure(e: TcpError) -> Failure {
     }
 }
 
-fn parse_config(config: &str) -> Result<TcpTransport, Failure> {
-    let (mut agent, mut secret) = (None, None);
+fn parse_config(config: &str) -> Result<(String, u32), Failure> {
+    let (mut service, mut node) = (None, 0);
     for item in config.split([',', ' ', '\t', '\n']).filter(|s| !s.is_empty()) {
         let bad = |why: &str| Failure::new(DRAGON_EINVAL, format!("tcp transport config {item:?}: {why}"));
         let (k, v) = item.split_once('=').ok_or_else(|| bad("expected key=value"))?;
         match k {
-            "agent" => agent = Some(v.to_owned()),
-            "secret" => secret = Some(Secret::from_hex(v).ok_or_else(|| bad("expected 64 hex digits"))?),
-            _ => return Err(bad("unknown key (known: agent, secret)")),
+            "service" => service = Some(v.to_owned()),
+            "node" => node = v.parse().map_err(|_| bad("expected a node index"))?,
+            _ => return Err(bad("unknown key (known: service, node)")),
         }
     }
-    match (agent, secret) {
-        (Some(agent), Some(secret)) => Ok(TcpTransport { agent, secret }),
-        _ => Err(Failure::new(DRAGON_EINVAL, "tcp transport config needs agent=<host:port> and secret=<hex>")),
+    match service {
+        Some(s) if !s.is_empty() => Ok((s, node)),
+        _ => Err(Failure::new(DRAGON_EINVAL, "tcp transport config needs service=<this node's service socket>")),
     }
 }
 
@@ -75,81 +71,82 @@ impl TransportImpl for TcpTransport {
         DRAGON_CAP_REMOTE | DRAGON_CAP_ZERO_COPY_RECV | DRAGON_CAP_BLOCKING | DRAGON_CAP_POLL | DRAGON_CAP_CREATE;
 
     fn open(config: &str) -> Result<Self, Failure> {
-        parse_config(config)
+        let (service, node) = parse_config(config)?;
+        let client = ServiceClient::connect(&service).map_err(failure)?;
+        Ok(TcpTransport { client, node })
     }
 
     fn create_channel(&self, a: &DragonChannelAttrs) -> Result<TcpChannel, Failure> {
-        let mut c = Client::connect(&self.agent, &self.secret, CONNECT).map_err(failure)?;
-        let (id, handle) = c.create(a.capacity, a.slot_size, a.max_block_bytes).map_err(failure)?;
-        Ok(TcpChannel {
-            agent: self.agent.clone(),
-            secret: self.secret.clone(),
-            handle,
-            idle: Mutex::new(vec![(c, id)]),
-        })
+        let mut p = a.capacity.to_le_bytes().to_vec();
+        p.extend_from_slice(&a.slot_size.to_le_bytes());
+        p.extend_from_slice(&a.max_block_bytes.to_le_bytes());
+        let r = self.client.call(self.node, proto::CREATE, &p).map_err(failure)?;
+        let (att, handle) = proto::take_u64(&r).ok_or_else(|| Failure::new(DRAGON_EPROTO, "short CREATE reply"))?;
+        Ok(TcpChannel { client: self.client.clone(), node: self.node, att, handle: handle.to_vec() })
     }
 
     fn attach_channel(&self, bytes: &[u8]) -> Result<TcpChannel, Failure> {
         let h = Handle::from_bytes_of(bytes, Kind::Channel)
             .map_err(|e| Failure::new(DRAGON_EBADMSG, format!("bad channel handle: {e}")))?;
-        let agent = if h.address.is_empty() { self.agent.clone() } else { h.address.clone() };
-        let ch =
-            TcpChannel { agent, secret: self.secret.clone(), handle: bytes.to_vec(), idle: Mutex::new(Vec::new()) };
-        // Attach now, so that a channel that is gone is an error here.
-        let conn = ch.connect()?;
-        ch.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
-        Ok(ch)
+        let r = self.client.call(h.node, proto::ATTACH, bytes).map_err(failure)?;
+        let (att, _) = proto::take_u64(&r).ok_or_else(|| Failure::new(DRAGON_EPROTO, "short ATTACH reply"))?;
+        Ok(TcpChannel { client: self.client.clone(), node: h.node, att, handle: bytes.to_vec() })
     }
 }
 
 impl TcpChannel {
-    fn connect(&self) -> Result<(Client, u64), Failure> {
-        let mut c = Client::connect(&self.agent, &self.secret, CONNECT).map_err(failure)?;
-        let id = c.attach(&self.handle).map_err(failure)?;
-        Ok((c, id))
+    fn call(&self, kind: u8, payload: &[u8]) -> Result<bytes::Bytes, Failure> {
+        self.client.call(self.node, kind, payload).map_err(failure)
     }
 
-    /// Run `f` on an idle connection (or a new one); a connection that
-    /// failed is not reused.
-    fn with<T>(&self, f: impl FnOnce(&mut Client, u64) -> Result<T, TcpError>) -> Result<T, Failure> {
-        let conn = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let (mut c, id) = match conn {
-            Some(c) => c,
-            None => self.connect()?,
-        };
-        let r = f(&mut c, id);
-        if matches!(r, Ok(_) | Err(TcpError::Remote { .. })) {
-            self.idle.lock().unwrap_or_else(|e| e.into_inner()).push((c, id));
-        }
-        r.map_err(failure)
+    /// The node the channel lives on.
+    pub fn node(&self) -> u32 {
+        self.node
+    }
+}
+
+impl Drop for TcpChannel {
+    fn drop(&mut self) {
+        let _ = self.client.notify(self.node, proto::DETACH, &self.att.to_le_bytes());
     }
 }
 
 impl ChannelImpl for TcpChannel {
-    type Message = Vec<u8>;
+    type Message = bytes::Bytes;
 
     fn handle(&self) -> Vec<u8> {
         self.handle.clone()
     }
 
     fn send(&self, data: &[u8], timeout: Timeout) -> Result<(), Failure> {
-        self.with(|c, id| c.send(id, data, timeout))
+        let head = proto::op_payload(self.att, proto::timeout_ns(timeout), &[]);
+        self.client
+            .call_raw(proto::SEND, &[&self.node.to_le_bytes()[..], &head].concat(), data)
+            .map(|_| ())
+            .map_err(failure)
     }
 
-    fn recv(&self, timeout: Timeout) -> Result<Vec<u8>, Failure> {
-        self.with(|c, id| c.recv(id, timeout))
+    fn recv(&self, timeout: Timeout) -> Result<bytes::Bytes, Failure> {
+        self.call(proto::RECV, &proto::op_payload(self.att, proto::timeout_ns(timeout), &[]))
     }
 
     fn poll(&self, events: u32, timeout: Timeout) -> Result<u32, Failure> {
-        self.with(|c, id| c.poll(id, events, timeout))
+        let r =
+            self.call(proto::POLL, &proto::op_payload(self.att, proto::timeout_ns(timeout), &events.to_le_bytes()))?;
+        r.get(..4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+            .ok_or_else(|| Failure::new(DRAGON_EPROTO, "short POLL reply"))
     }
 
     fn len(&self) -> u64 {
-        self.with(|c, id| c.len(id)).unwrap_or(0)
+        self.call(proto::LEN, &self.att.to_le_bytes())
+            .ok()
+            .and_then(|r| proto::take_u64(&r).map(|(n, _)| n))
+            .unwrap_or(0)
     }
 
     fn destroy(&self) -> Result<(), Failure> {
-        self.with(|c, id| c.destroy(id))
+        self.call(proto::DESTROY, &self.att.to_le_bytes()).map(|_| ())
     }
 }
 
@@ -159,11 +156,10 @@ mod tests {
 
     #[test]
     fn config_parses_and_rejects() {
-        let s = Secret::random().to_hex();
-        let t = parse_config(&format!("agent=10.0.0.1:7000 secret={s}")).unwrap();
-        assert_eq!(t.agent, "10.0.0.1:7000");
-        assert!(parse_config("agent=x").unwrap_err().message.contains("secret"));
-        assert!(parse_config("secret=zz").unwrap_err().message.contains("hex"));
+        assert_eq!(parse_config("service=dragon-x node=2").unwrap(), ("dragon-x".to_owned(), 2));
+        assert_eq!(parse_config("service=s").unwrap(), ("s".to_owned(), 0));
+        assert!(parse_config("node=1").unwrap_err().message.contains("service="));
+        assert!(parse_config("service=s node=x").unwrap_err().message.contains("node index"));
         assert!(parse_config("colour=blue").unwrap_err().message.contains("unknown key"));
     }
 }

@@ -1,0 +1,161 @@
+//! Node services for several "nodes" inside one process, on loopback: for
+//! tests and benchmarks of what crosses nodes without a cluster (the
+//! multi-node tests with real nodes use the namespace test bed, `testbed/`).
+//! Every service is the real one ([`crate::service::run`]); only its
+//! standard input and output are in-memory pipes.
+
+use crate::bootstrap::Bootstrap;
+use crate::proto::out;
+use crate::service::{self, Options, Out};
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
+use std::io::{self, Write};
+use std::os::unix::net::UnixStream;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use transport_tcp::Secret;
+
+/// How long starting a cluster may take before it is a failure.
+const WATCHDOG: Duration = Duration::from_secs(60);
+
+/// One record a service wrote for its launcher: (kind, payload).
+pub type Record = (u8, Vec<u8>);
+
+struct Records {
+    buf: Vec<u8>,
+    tx: Sender<Record>,
+}
+
+impl Write for Records {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        while self.buf.len() >= 5 {
+            let n = u32::from_le_bytes(self.buf[1..5].try_into().expect("4 bytes")) as usize;
+            if self.buf.len() < 5 + n {
+                break;
+            }
+            let rec: Vec<u8> = self.buf.drain(..5 + n).collect();
+            let _ = self.tx.send((rec[0], rec[5..].to_vec()));
+        }
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One in-process node.
+#[derive(Debug)]
+pub struct Node {
+    stdin: Option<UnixStream>,
+    records: Receiver<Record>,
+    thread: Option<JoinHandle<i32>>,
+    /// Where its service listens for other nodes (`host:port`).
+    pub address: String,
+}
+
+/// Services for `n` nodes of one run, joined.
+#[derive(Debug)]
+pub struct LocalCluster {
+    /// The run's id.
+    pub run: String,
+    /// The nodes, by index.
+    pub nodes: Vec<Node>,
+    /// The node table (JSON) the primary sent.
+    pub table: String,
+}
+
+fn start_node(boot: Bootstrap) -> io::Result<Node> {
+    let (mut w, r) = UnixStream::pair()?;
+    let (tx, rx) = unbounded();
+    w.write_all(boot.encode().as_bytes())?;
+    let out = Out::new(Box::new(Records { buf: Vec::new(), tx }));
+    let opts = Options { listen: "127.0.0.1:0".parse().expect("an address"), ..Options::default() };
+    let thread = std::thread::Builder::new().name(format!("dragon-node-{}", boot.index)).spawn(move || {
+        let mut input = io::BufReader::new(r);
+        // The bootstrap was written above; read it as main() would.
+        let boot = Bootstrap::read(&mut input).expect("our own bootstrap");
+        service::run(boot, Box::new(input), out, opts)
+    })?;
+    let mut node = Node { stdin: Some(w), records: rx, thread: Some(thread), address: String::new() };
+    node.address = String::from_utf8_lossy(&node.wait_for(out::LISTENING)?).into_owned();
+    Ok(node)
+}
+
+impl Node {
+    /// Wait for the next record of `kind` (others are dropped); an ERROR
+    /// record or the watchdog is an error.
+    pub fn wait_for(&self, kind: u8) -> io::Result<Vec<u8>> {
+        loop {
+            match self.records.recv_timeout(WATCHDOG) {
+                Ok((k, p)) if k == kind => return Ok(p),
+                Ok((out::ERROR, p)) => return Err(io::Error::other(String::from_utf8_lossy(&p).into_owned())),
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => return Err(io::Error::other("watchdog: no record in 60 s")),
+                Err(RecvTimeoutError::Disconnected) => return Err(io::Error::other("the service ended")),
+            }
+        }
+    }
+
+    /// Records written since the last look.
+    pub fn records(&self) -> Vec<Record> {
+        self.records.try_iter().collect()
+    }
+
+    /// The records channel (to wait for one).
+    pub fn record_channel(&self) -> &Receiver<Record> {
+        &self.records
+    }
+
+    /// Close its standard input (as a launcher that goes away) and wait for
+    /// the service to end: its exit code.
+    pub fn stop(&mut self) -> i32 {
+        self.stdin = None;
+        self.thread.take().map_or(-1, |t| t.join().unwrap_or(-1))
+    }
+}
+
+impl LocalCluster {
+    /// Start `n` services of a new run on loopback, and wait until every
+    /// node has the table. The run is its own (owned by this process), so
+    /// that its cleanup never touches this process's other files; the
+    /// channels the services create are named after this process's run.
+    pub fn start(n: usize, peer_timeout: Duration) -> io::Result<LocalCluster> {
+        let run = transport_shm::RunId::new_owned_by_me().as_str().to_owned();
+        let secret = Secret::random();
+        let hosts: Vec<String> = (0..n).map(|_| "127.0.0.1".to_owned()).collect();
+        let boot = |i: usize| Bootstrap {
+            run: run.clone(),
+            secret: secret.clone(),
+            index: i as u32,
+            hosts: hosts.clone(),
+            peer_timeout,
+            join_timeout: WATCHDOG,
+        };
+        let mut nodes = vec![start_node(boot(0))?];
+        let primary = nodes[0].address.clone();
+        for i in 1..n {
+            let mut node = start_node(boot(i))?;
+            node.stdin.as_mut().expect("open").write_all(format!("primary={primary}\n").as_bytes())?;
+            nodes.push(node);
+        }
+        let mut table = String::new();
+        for node in &nodes {
+            table = String::from_utf8_lossy(&node.wait_for(out::READY)?).into_owned();
+        }
+        Ok(LocalCluster { run, nodes, table })
+    }
+
+    /// The abstract socket name of node `i`'s service.
+    pub fn service(&self, i: usize) -> String {
+        service::service_name(&self.run, i as u32)
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.stop();
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Node services of several in-process "nodes" on loopback: joining,
+//! requests carried between nodes, waits, timeouts, errors, a lost node.
+//! (The same services between real nodes, namespaces with their own
+//! network, `/dev/shm` and pids, are tested from Python with the test bed.)
+
+use runtime::proto::out;
+use runtime::testing::LocalCluster;
+use std::time::Duration;
+use transport_tcp::local::ServiceClient;
+use transport_tcp::proto;
+use transport_tcp::TcpError;
+
+fn watchdog() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_secs(240));
+            eprintln!("watchdog: test still running after 240 s");
+            std::process::exit(99);
+        });
+    });
+}
+
+fn create(c: &ServiceClient, node: u32) -> (u64, Vec<u8>) {
+    let mut p = 64u64.to_le_bytes().to_vec();
+    p.extend_from_slice(&0u64.to_le_bytes());
+    p.extend_from_slice(&0u64.to_le_bytes());
+    let r = c.call(node, proto::CREATE, &p).unwrap();
+    let (att, h) = proto::take_u64(&r).unwrap();
+    (att, h.to_vec())
+}
+
+fn send(c: &ServiceClient, node: u32, att: u64, data: &[u8]) -> Result<(), TcpError> {
+    c.call(node, proto::SEND, &proto::op_payload(att, proto::timeout_ns(Some(Duration::from_secs(30))), data))
+        .map(|_| ())
+}
+
+fn recv(c: &ServiceClient, node: u32, att: u64, t: Option<Duration>) -> Result<Vec<u8>, TcpError> {
+    c.call(node, proto::RECV, &proto::op_payload(att, proto::timeout_ns(t), &[])).map(|b| b.to_vec())
+}
+
+fn code(e: TcpError) -> (i32, String) {
+    match e {
+        TcpError::Remote { code, message } => (code, message),
+        e => panic!("expected an error from the service, got {e}"),
+    }
+}
+
+#[test]
+fn three_nodes_join_and_carry_channel_requests_between_them() {
+    watchdog();
+    let c = LocalCluster::start(3, Duration::from_secs(5)).unwrap();
+    assert_eq!(c.table.matches("\"index\":").count(), 3, "{}", c.table);
+    let on2 = ServiceClient::connect(&c.service(2)).unwrap();
+    let on1 = ServiceClient::connect(&c.service(1)).unwrap();
+    // A channel on node 0, created from node 2, attached from node 1.
+    let (att2, handle) = create(&on2, 0);
+    let r = on1.call(0, proto::ATTACH, &handle).unwrap();
+    let (att1, _) = proto::take_u64(&r).unwrap();
+    let big: Vec<u8> = (0..(10 << 20)).map(|i| (i % 253) as u8).collect();
+    send(&on2, 0, att2, b"first").unwrap();
+    send(&on2, 0, att2, &big).unwrap();
+    send(&on2, 0, att2, b"").unwrap();
+    let len = on1.call(0, proto::LEN, &att1.to_le_bytes()).unwrap();
+    assert_eq!(proto::take_u64(&len).unwrap().0, 3);
+    assert_eq!(recv(&on1, 0, att1, None).unwrap(), b"first");
+    assert_eq!(recv(&on1, 0, att1, None).unwrap(), big);
+    assert_eq!(recv(&on1, 0, att1, None).unwrap(), b"");
+    // A receive that waits is answered when a message comes.
+    let waiter = {
+        let on1 = on1.clone();
+        std::thread::spawn(move || recv(&on1, 0, att1, None))
+    };
+    send(&on2, 0, att2, b"later").unwrap();
+    assert_eq!(waiter.join().unwrap().unwrap(), b"later");
+    // A timeout is the channel's timeout error.
+    let (k, _) = code(recv(&on1, 0, att1, Some(Duration::from_millis(50))).unwrap_err());
+    assert_eq!(k, channels_core::plugin::abi::DRAGON_ETIMEDOUT);
+    // A node that is not in the run, an attachment this client does not hold.
+    let (k, m) = code(on1.call(7, proto::LEN, &att1.to_le_bytes()).unwrap_err());
+    assert_eq!(k, channels_core::plugin::abi::DRAGON_EINVAL, "{m}");
+    assert!(m.contains("no node 7"), "{m}");
+    let (k, _) = code(on2.call(0, proto::LEN, &att1.wrapping_add(100).to_le_bytes()).unwrap_err());
+    assert_eq!(k, channels_core::plugin::abi::DRAGON_EINVAL);
+    // A forged handle is a clear error from the channel's node.
+    let mut bad = handle.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    let (k, m) = code(on1.call(0, proto::ATTACH, &bad).unwrap_err());
+    assert_eq!(k, channels_core::plugin::abi::DRAGON_EBADMSG, "{m}");
+    on2.call(0, proto::DESTROY, &att2.to_le_bytes()).unwrap();
+    // The node table is there for processes.
+    let t = on1.call_raw(runtime::proto::NODES, &[], &[]).unwrap();
+    assert_eq!(String::from_utf8_lossy(&t), c.table);
+}
+
+#[test]
+fn a_stopped_node_fails_what_waits_on_it_and_is_reported() {
+    watchdog();
+    let mut c = LocalCluster::start(3, Duration::from_secs(5)).unwrap();
+    let on1 = ServiceClient::connect(&c.service(1)).unwrap();
+    let (att, _) = create(&on1, 2);
+    let waiter = {
+        let on1 = on1.clone();
+        std::thread::spawn(move || recv(&on1, 2, att, None))
+    };
+    // Wait until the receive is parked on node 2: its LEN is answered
+    // after it on the same link, and node 2 has no message.
+    let len = on1.call(2, proto::LEN, &att.to_le_bytes()).unwrap();
+    assert_eq!(proto::take_u64(&len).unwrap().0, 0);
+    assert_eq!(c.nodes[2].stop(), 0, "node 2 stopped cleanly");
+    let (k, m) = code(waiter.join().unwrap().unwrap_err());
+    assert_eq!(k, channels_core::plugin::abi::DRAGON_EIO, "{m}");
+    assert!(m.contains("node 2") && m.contains("lost"), "{m}");
+    // Later requests fail at once, naming the node.
+    let (_, m) = code(recv(&on1, 2, att, None).unwrap_err());
+    assert!(m.contains("node 2"), "{m}");
+    // The primary says so to its launcher.
+    let log = c.nodes[0].wait_for(out::LOG).unwrap();
+    assert!(String::from_utf8_lossy(&log).contains("node 2"), "{}", String::from_utf8_lossy(&log));
+}
+
+#[test]
+fn a_secondary_whose_primary_is_gone_tears_itself_down() {
+    watchdog();
+    let mut c = LocalCluster::start(2, Duration::from_secs(5)).unwrap();
+    c.nodes[0].stop();
+    let stopped = c.nodes[1].wait_for(out::STOPPED).unwrap();
+    let text = String::from_utf8_lossy(&stopped).into_owned();
+    assert!(text.contains("node 0") && text.contains("lost"), "{text}");
+    assert_eq!(c.nodes[1].stop(), 1, "a secondary that lost its primary exits with a failure");
+}
+
+#[test]
+fn the_primary_names_the_hosts_that_did_not_join() {
+    watchdog();
+    use runtime::bootstrap::Bootstrap;
+    let boot = Bootstrap {
+        run: transport_shm::RunId::new_owned_by_me().as_str().to_owned(),
+        secret: transport_tcp::Secret::random(),
+        index: 0,
+        hosts: vec!["here".into(), "nowhere-a".into(), "nowhere-b".into()],
+        peer_timeout: Duration::from_secs(5),
+        join_timeout: Duration::from_millis(300),
+    };
+    let (tx, rx) = crossbeam_channel::unbounded::<Vec<u8>>();
+    struct W(crossbeam_channel::Sender<Vec<u8>>);
+    impl std::io::Write for W {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let _ = self.0.send(b.to_vec());
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let (_keep, r) = std::os::unix::net::UnixStream::pair().unwrap();
+    let opts = runtime::service::Options { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
+    let code = runtime::service::run(
+        boot,
+        Box::new(std::io::BufReader::new(r)),
+        runtime::service::Out::new(Box::new(W(tx))),
+        opts,
+    );
+    assert_eq!(code, 1);
+    let all: Vec<u8> = rx.try_iter().flatten().collect();
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.contains("did not join") && text.contains("nowhere-a, nowhere-b"), "{text}");
+}
