@@ -17,7 +17,12 @@ $(VPY):
 	$(VPY) -m pip install -q -r dragon-py/requirements-dev.txt
 
 # Build the extension in release mode and install the package into the venv.
+# The off-node transport plugin ships inside the package (dragon/).
+PLUGIN_SO := dragon-py/python/dragon/libdragon_transport_tcp.so
+
 setup: $(VPY)
+	$(CARGO) build --release -q -p transport-tcp-plugin
+	cp target/release/libdragon_transport_tcp.so $(PLUGIN_SO)
 	cd dragon-py && ../$(VENV)/bin/maturin develop --release -q
 	@# Byte-compile the (editable) sources: with PYTHONDONTWRITEBYTECODE set,
 	@# every process would otherwise recompile them, template and children too.

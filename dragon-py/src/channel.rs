@@ -67,8 +67,8 @@ pub(crate) const TAG_CONTROL: u8 = 0x01;
 pub(crate) const TAG_RAW: u8 = 0x00;
 
 /// What a send reports to Python.
-const SENT: u8 = 1;
-const NOT_SENT: u8 = 0;
+pub(crate) const SENT: u8 = 1;
+pub(crate) const NOT_SENT: u8 = 0;
 /// Shared memory for large messages is exhausted for now: retry later.
 const NO_MEMORY: u8 = 2;
 
@@ -113,7 +113,9 @@ struct Att {
 impl Att {
     fn new(chan: channels_core::Channel, roles: Roles, heap: bool) -> Att {
         Att {
-            handle: (!heap).then(|| chan.handle()),
+            // The handle names this node, so that a process on another node
+            // reaches the channel through its node's service.
+            handle: (!heap).then(|| Handle { node: transport_shm::this_node(), ..chan.handle() }),
             roles,
             pid: ProcessId::current().pid,
             chan: Some(chan),
@@ -227,7 +229,7 @@ fn split(msg: &[u8]) -> (u8, &[u8]) {
     }
 }
 
-fn received<'py>(py: Python<'py>, msg: &[u8]) -> PyResult<Bound<'py, PyTuple>> {
+pub(crate) fn received<'py>(py: Python<'py>, msg: &[u8]) -> PyResult<Bound<'py, PyTuple>> {
     let (tag, payload) = split(msg);
     let (tag, obj) = match tag {
         TAG_LENT => lent::receive(py, payload)?,
@@ -249,6 +251,43 @@ impl AsRef<[u8]> for Owned {
             Owned::Vec(v) => v,
         }
     }
+}
+
+/// Attach to a channel of this node (reusing this process's attachment
+/// with the same roles, if any).
+fn attach_local(py: Python<'_>, handle: &[u8], send: bool, recv: bool) -> PyResult<Channel> {
+    let r = roles(send, recv);
+    let key = (handle.to_vec(), roles_bits(r));
+    {
+        let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+        adopt_pid(&mut reg);
+        if let Some(att) = reg.1.get(&key).and_then(Weak::upgrade) {
+            if !att.chan.as_ref().is_some_and(|c| c.is_destroyed()) {
+                return Ok(Channel { att });
+            }
+        }
+    }
+    let h =
+        Handle::from_bytes(handle).map_err(|e| InvalidHandleError::new_err(format!("bad channel handle: {e}")))?;
+    if h.kind != channels_core::Kind::Channel {
+        return Err(InvalidHandleError::new_err(format!("handle is for a {:?}, not a channel", h.kind)));
+    }
+    if !h.address.is_empty() {
+        return Err(NotLocalError::new_err(format!(
+            "handle names a channel on another node ({}); it cannot be reached through shared memory",
+            h.address
+        )));
+    }
+    let ch = py.detach(|| transport_shm::channel::attach_with(&h, r)).map_err(channel_err)?;
+    let att = Arc::new(Att::new(ch, r, false));
+    let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+    adopt_pid(&mut reg);
+    // Another thread may have attached meanwhile: keep one of the two.
+    if let Some(other) = reg.1.get(&key).and_then(Weak::upgrade) {
+        return Ok(Channel { att: other });
+    }
+    reg.1.insert(key, Arc::downgrade(&att));
+    Ok(Channel { att })
 }
 
 #[pymethods]
@@ -286,41 +325,21 @@ impl Channel {
     /// attachment with the same roles, if any).
     #[staticmethod]
     #[pyo3(signature = (handle, send=true, recv=true))]
-    fn attach(py: Python<'_>, handle: &[u8], send: bool, recv: bool) -> PyResult<Channel> {
-        let r = roles(send, recv);
-        let key = (handle.to_vec(), roles_bits(r));
-        {
-            let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
-            adopt_pid(&mut reg);
-            if let Some(att) = reg.1.get(&key).and_then(Weak::upgrade) {
-                if !att.chan.as_ref().is_some_and(|c| c.is_destroyed()) {
-                    return Ok(Channel { att });
-                }
-            }
-        }
+    fn attach(py: Python<'_>, handle: &[u8], send: bool, recv: bool) -> PyResult<Py<PyAny>> {
         let h =
             Handle::from_bytes(handle).map_err(|e| InvalidHandleError::new_err(format!("bad channel handle: {e}")))?;
-        if h.kind != channels_core::Kind::Channel {
-            return Err(InvalidHandleError::new_err(format!("handle is for a {:?}, not a channel", h.kind)));
+        if h.kind == channels_core::Kind::Channel && h.address.is_empty() && h.node != transport_shm::this_node() {
+            if std::env::var_os("DRAGON_SERVICE").is_none() {
+                return Err(NotLocalError::new_err(format!(
+                    "handle names a channel on node {}, and this process is not part of a multi-node run",
+                    h.node
+                )));
+            }
+            let r = crate::remote::RemoteChannel::attach(py, handle, h.node, h.segment.clone())?;
+            return Ok(Py::new(py, r)?.into_any());
         }
-        if !h.address.is_empty() {
-            return Err(NotLocalError::new_err(format!(
-                "handle names a channel on another node ({}); it cannot be reached through shared memory",
-                h.address
-            )));
-        }
-        let ch = py.detach(|| transport_shm::channel::attach_with(&h, r)).map_err(channel_err)?;
-        let att = Arc::new(Att::new(ch, r, false));
-        let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
-        adopt_pid(&mut reg);
-        // Another thread may have attached meanwhile: keep one of the two.
-        if let Some(other) = reg.1.get(&key).and_then(Weak::upgrade) {
-            return Ok(Channel { att: other });
-        }
-        reg.1.insert(key, Arc::downgrade(&att));
-        Ok(Channel { att })
+        Ok(Py::new(py, attach_local(py, handle, send, recv)?)?.into_any())
     }
-
     /// A process-local channel with one slot: a doorbell another thread
     /// rings to wake a `select`.
     #[staticmethod]
@@ -748,14 +767,23 @@ fn select(
     check: Option<Py<PyAny>>,
 ) -> PyResult<Option<usize>> {
     let mut chans = Vec::with_capacity(channels.len());
-    for c in channels.iter() {
+    let mut remote = Vec::new();
+    for (i, c) in channels.iter().enumerate() {
+        if let Ok(r) = c.cast::<crate::remote::RemoteChannel>() {
+            remote.push((i, r.clone().unbind()));
+            continue;
+        }
         let c = c.cast::<Channel>().map_err(|_| PyTypeError::new_err("select takes dragon channels"))?;
-        chans.push(c.get().ch()?);
+        chans.push((i, c.get().ch()?));
     }
+    let t = self::timeout(timeout)?;
+    if !remote.is_empty() {
+        return crate::remote::select_mixed(py, &chans, &remote, t, check.as_ref());
+    }
+    let chans: Vec<channels_core::Channel> = chans.into_iter().map(|(_, c)| c).collect();
     if let Some(i) = chans.iter().position(|c| c.is_readable()) {
         return Ok(Some(i));
     }
-    let t = self::timeout(timeout)?;
     if t == Some(Duration::ZERO) {
         return Ok(None);
     }

@@ -7,6 +7,8 @@ mod ddict;
 mod errors;
 mod lent;
 mod memory;
+mod node;
+mod remote;
 mod runtime;
 mod sync;
 
@@ -19,5 +21,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     channel::register(m)?;
     memory::register(m)?;
     lent::register(m)?;
+    node::register(m)?;
+    remote::register(m)?;
     Ok(())
 }

@@ -39,7 +39,8 @@ fn memory_handle<'py>(py: Python<'py>, segment: String, id: u64, offset: u64) ->
     if !valid {
         return Err(InvalidHandleError::new_err(format!("invalid segment name {segment:?}")));
     }
-    let h = Handle { kind: Kind::Memory, id, generation: 1, offset, node: 0, segment, address: String::new() };
+    let node = transport_shm::this_node();
+    let h = Handle { kind: Kind::Memory, id, generation: 1, offset, node, segment, address: String::new() };
     Ok(PyBytes::new(py, &h.to_bytes()))
 }
 
@@ -49,10 +50,11 @@ fn memory_handle<'py>(py: Python<'py>, segment: String, id: u64, offset: u64) ->
 #[pyfunction]
 fn memory_parse(handle: &[u8]) -> PyResult<(String, u64, u64, u64)> {
     let h = Handle::from_bytes_of(handle, Kind::Memory).map_err(|e| InvalidHandleError::new_err(e.to_string()))?;
-    if !h.address.is_empty() {
+    if !h.address.is_empty() || h.node != transport_shm::this_node() {
         return Err(crate::errors::NotLocalError::new_err(format!(
-            "handle names a memory block on another node ({}); it cannot be mapped here",
-            h.address
+            "handle names a memory block on node {} ({}); shared values and arrays cannot be used from \
+             another node yet",
+            h.node, h.address
         )));
     }
     Ok((h.segment, h.id, h.generation, h.offset))

@@ -160,7 +160,7 @@ impl<T: SyncObject<Segment>> Shm<T> {
                     id,
                     generation,
                     offset: 0,
-                    node: 0,
+                    node: crate::this_node(),
                     segment: name,
                     address: String::new(),
                 },
@@ -178,8 +178,10 @@ impl<T: SyncObject<Segment>> Shm<T> {
         if handle.kind != T::KIND {
             return Err(HandleError::WrongKind { expected: T::KIND, found: handle.kind }.into());
         }
-        if !handle.address.is_empty() {
-            return Err(SyncShmError::NotLocal { address: handle.address.clone() });
+        if !handle.address.is_empty() || handle.node != crate::this_node() {
+            let address =
+                if handle.address.is_empty() { format!("node {}", handle.node) } else { handle.address.clone() };
+            return Err(SyncShmError::NotLocal { address });
         }
         let seg = match Segment::open(&handle.segment) {
             Ok(s) => s,

@@ -28,6 +28,11 @@ class DragonProcess(_mp_process.BaseProcess):
 
     @staticmethod
     def _Popen(process_obj):
+        from . import _placement, _remote
+
+        node = _placement.node_for(process_obj)
+        if node != _remote.this_node():
+            return _remote.RemotePopen(process_obj, node)
         from .popen import Popen
 
         return Popen(process_obj)
@@ -42,6 +47,17 @@ class DragonContext(_mp_context.BaseContext):
 
     _name = START_METHOD
     Process = DragonProcess
+
+    def cpu_count(self):
+        """CPUs of the run: this machine's (``os.cpu_count()``) on one node;
+        on several, the sum of the CPUs the run may use on each."""
+        from . import _remote
+
+        if _remote.multinode():
+            from .native import machine
+
+            return machine.cpu_count()
+        return super().cpu_count()
 
     # -- queues and pipes (dragon.queues, dragon.connection) ---------------------
     def Queue(self, maxsize=0):

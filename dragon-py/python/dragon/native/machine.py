@@ -7,10 +7,12 @@ lists the nodes (``nodes`` are node ids, as in HPE Dragon, to pass to
 ``physical_cpus``, ``cpus``, ``num_gpus``, ``ip_addrs``, ``physical_mem``,
 ``h_uid``...); :func:`current` is the node this process runs on.
 
-The run has one node today: the machine it was started on, with node id
-(``h_uid``) 0. The node list comes from :func:`_directory`, which is where
-the multi-node runtime will put the nodes its agents report; everything
-else here reads it.
+On one machine the run has one node, with node id (``h_uid``) 0. In a
+multi-node run (``dragon --hostlist ...``) the node list is the table the
+primary node's service sent every node once all had joined (:func:`_directory`):
+node ids are the nodes' indexes in the host list (0 is the primary, where
+the program runs), ``num_cpus`` is what the run may use on each node (the
+node service's CPU affinity), and ``cpu_count()`` adds them up.
 """
 from __future__ import annotations
 
@@ -124,8 +126,40 @@ def _this_node() -> NodeDescriptor:
 
 
 def _directory() -> list:
-    """Every node of the run (one today: this machine)."""
-    return [_this_node()]
+    """Every node of the run."""
+    from .. import _remote
+
+    table = _remote.nodes() if _remote.multinode() else []
+    if not table:
+        return [_this_node()]
+    here = _remote.this_node()
+    out = []
+    for n in table:
+        local = n["index"] == here
+        cpus = tuple(sorted(os.sched_getaffinity(0))) if local else tuple(range(n["cpus"]))
+        out.append(NodeDescriptor(
+            h_uid=n["index"],
+            name=n["host"],
+            host_name=n["hostname"],
+            ip_addrs=tuple(n["addresses"]) or (n["host"],),
+            num_cpus=n["cpus"],
+            physical_cpus=_physical_cores() if local else n["cpus"],
+            cpu_devices=cpus,
+            physical_mem=n["memory"],
+            accelerators=(),
+            is_primary=n["index"] == 0,
+        ))
+    return out
+
+
+def _current() -> NodeDescriptor:
+    from .. import _remote
+
+    here = _remote.this_node()
+    for d in _directory():
+        if d.h_uid == here:
+            return d
+    return _this_node()
 
 
 def _local_names(desc: NodeDescriptor) -> set:
@@ -162,8 +196,9 @@ def _find(ident) -> NodeDescriptor:
 
 
 def cpu_count() -> int:
-    """Number of CPUs of all nodes of the run (logical CPUs, as
-    ``os.cpu_count()`` counts them on each)."""
+    """Number of CPUs of all nodes of the run (on one node, logical CPUs as
+    ``os.cpu_count()`` counts them; on several, the CPUs the run may use on
+    each)."""
     return sum(d.num_cpus for d in _directory())
 
 
@@ -255,7 +290,7 @@ class Node:
 
 def current() -> Node:
     """The node this process runs on."""
-    return Node(_this_node().h_uid)
+    return Node(_current().h_uid)
 
 
 class System:
@@ -288,25 +323,23 @@ class System:
         return sum(d.num_cpus for d in self._descrs)
 
 
-def check_policy(policy) -> list | None:
-    """Check ``policy`` (a merged :class:`~dragon.infrastructure.policy.Policy`)
-    against the run's nodes; return the CPU list to apply (``None`` for no
-    change). Raises :class:`~dragon.infrastructure.policy.PolicyError`."""
+def policy_node(policy) -> int | None:
+    """The node id ``policy`` places a process on, if it names one (a
+    host that is not part of the run raises ``PolicyError``)."""
     from ..infrastructure.policy import Policy, PolicyError
 
     if policy is None:
         return None
     nodes = _directory()
     node = None
-    place = policy.placement
-    if place == Policy.Placement.HOST_NAME or policy.host_name:
+    if policy.placement == Policy.Placement.HOST_NAME or policy.host_name:
         try:
             node = _find(policy.host_name)
         except KeyError:
             raise PolicyError(
                 "Policy names host %r, which is not a node of this run (nodes: %s)"
                 % (policy.host_name, [d.host_name for d in nodes])) from None
-    if place == Policy.Placement.HOST_ID or (policy.host_id is not None and policy.host_id >= 0):
+    if policy.placement == Policy.Placement.HOST_ID or (policy.host_id is not None and policy.host_id >= 0):
         try:
             by_id = _find(policy.host_id)
         except KeyError:
@@ -317,10 +350,21 @@ def check_policy(policy) -> list | None:
             raise PolicyError("Policy names host %r and host id %d, which are different nodes"
                               % (policy.host_name, policy.host_id))
         node = by_id
+    return None if node is None else node.h_uid
+
+
+def check_policy(policy) -> list | None:
+    """Check ``policy`` (a merged :class:`~dragon.infrastructure.policy.Policy`)
+    against the run's nodes; return the CPU list to apply (``None`` for no
+    change). Raises :class:`~dragon.infrastructure.policy.PolicyError`."""
+    from ..infrastructure.policy import PolicyError
+
+    if policy is None:
+        return None
+    nid = policy_node(policy)
+    node = None if nid is None else _find(nid)
     if node is None:
-        node = _this_node()
-    if node.h_uid != _this_node().h_uid:  # pragma: no cover - one node today
-        raise PolicyError("placing a process on node %r is not supported yet" % node.host_name)
+        node = _current()
     if policy.gpu_affinity:
         have = list(node.accelerators)
         bad = [g for g in policy.gpu_affinity if g not in have]

@@ -440,6 +440,7 @@ class Process(ProcessTemplate):
 
         self.policy = Policy.merge(Policy.global_policy(), self.policy)
         cpus = machine.check_policy(self.policy)
+        node = machine.policy_node(self.policy)
         if not os.path.isdir(self.cwd):
             raise FileNotFoundError(errno.ENOENT, "working directory does not exist", self.cwd)
         spec = {"kind": "python" if self.is_python else "exec", "cwd": self.cwd, "env": self.env,
@@ -456,6 +457,8 @@ class Process(ProcessTemplate):
                 child_fds.append(status_w)
                 spec["status"] = _child._Fd(status_w)
             proc = self._new_mp_process(spec)
+            if node is not None:
+                proc._dragon_node = node
             proc.start()
         except BaseException:
             for c in conns.values():

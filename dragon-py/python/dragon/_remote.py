@@ -1,0 +1,284 @@
+"""Processes on other nodes of a multi-node run, through this node's
+service (the ``runtime`` crate's node service; its requests are described
+in ``runtime/src/proto.rs``).
+
+:class:`RemotePopen` is the ``Popen`` of a process placed on another node.
+It asks this node's service to start the process there (the service
+carries the request to that node's service, which starts it through its
+node's template, exactly as a local start does here), and keeps two
+connections to the service:
+
+* the *control* connection: the start request and its reply (pid), then
+  signals; closing it lets go of the process (as closing a local start's
+  template connection does);
+* the *exit* connection (``WATCH``): it receives, once, the 8-byte exit
+  code (negative signal number if killed; that of ``SIGKILL`` if the node
+  was lost), and is the process's ``sentinel``, usable with
+  ``multiprocessing.connection.wait``, exactly like a local process's.
+
+The process's standard output and error go to the launcher's terminal
+(the node's service forwards them); its standard input is ``/dev/null``.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import struct
+import threading
+
+from multiprocessing import util
+from multiprocessing.context import set_spawning_popen
+
+from . import _wire, runtime
+
+__all__ = ["RemotePopen", "ServiceError", "multinode", "nodes", "this_node", "service_address"]
+
+# Request kinds (transport_tcp::proto, runtime::proto).
+OK, ERROR = 0x80, 0x81
+LAUNCH, SIGNAL, RELEASE, WATCH, NODES = 0x20, 0x21, 0x22, 0x24, 0x30
+SERVICE_ENV = "DRAGON_SERVICE"
+NODES_ENV = "DRAGON_NODES"
+NODE_ENV = "DRAGON_NODE_INDEX"
+_HEAD = struct.Struct("<IBQ")
+
+
+class ServiceError(OSError):
+    """This node's service could not do what was asked (the message says why:
+    a node lost, a start that failed on the other node...)."""
+
+
+def service_address() -> str | None:
+    """This node's service socket, in a multi-node run."""
+    return os.environ.get(SERVICE_ENV) or None
+
+
+def multinode() -> bool:
+    """Whether this process belongs to a run of several nodes."""
+    return service_address() is not None
+
+
+def this_node() -> int:
+    try:
+        return int(os.environ.get(NODE_ENV, "0"))
+    except ValueError:
+        return 0
+
+
+_nodes_cache = None
+
+
+def nodes() -> list[dict]:
+    """The run's node table (index, host, hostname, addresses, cpus, memory)."""
+    global _nodes_cache
+    text = os.environ.get(NODES_ENV)
+    if _nodes_cache is not None and _nodes_cache[0] == text:
+        return _nodes_cache[1]
+    if text is None:
+        if not multinode():
+            return []
+        with _Connection() as c:
+            text = c.call(NODES, b"", node=None).decode()
+    table = json.loads(text)
+    _nodes_cache = (os.environ.get(NODES_ENV), table)
+    return table
+
+
+class _Connection:
+    """One connection to this node's service, one request at a time."""
+
+    def __init__(self):
+        addr = service_address()
+        if addr is None:
+            raise ServiceError("this process is not part of a multi-node run (no %s)" % SERVICE_ENV)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(None)  # never socket.setdefaulttimeout()'s
+        try:
+            self.sock.connect("\0" + addr)
+        except OSError as e:
+            self.sock.close()
+            raise ServiceError(e.errno, "cannot reach this node's dragon service: %s" % e.strerror) from None
+        self.next_id = 1
+        self.buf = bytearray()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self.sock.close()
+
+    def send(self, kind, payload, node):
+        rid = self.next_id
+        self.next_id += 1
+        head = b"" if node is None else struct.pack("<I", node)
+        body = head + payload
+        self.sock.sendall(_HEAD.pack(9 + len(body), kind, rid) + body)
+        return rid
+
+    def _recv_exact(self, n):
+        while len(self.buf) < n:
+            chunk = self.sock.recv(max(65536, n - len(self.buf)))
+            if not chunk:
+                raise ServiceError("this node's dragon service closed the connection (the run is ending?)")
+            self.buf += chunk
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    def reply(self):
+        ln, kind, rid = _HEAD.unpack(self._recv_exact(13))
+        return kind, rid, self._recv_exact(ln - 9)
+
+    def call(self, kind, payload, node):
+        rid = self.send(kind, payload, node)
+        while True:
+            k, got, body = self.reply()
+            if got != rid:
+                continue
+            if k == OK:
+                return body
+            if k == ERROR:
+                code = struct.unpack("<i", body[:4])[0] if len(body) >= 4 else 0
+                raise ServiceError(-code if code < 0 else code, body[4:].decode(errors="replace"))
+            raise ServiceError("unexpected reply kind %d from this node's dragon service" % k)
+
+
+def _template_prep() -> bytes:
+    import pickle
+
+    return pickle.dumps(runtime._template_prep(), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _launch_payload(prep: bytes, flags: list, data: bytes) -> bytes:
+    out = [struct.pack("<I", len(prep)), prep, struct.pack("<H", len(flags))]
+    for f in flags:
+        b = f.encode()
+        out += [struct.pack("<H", len(b)), b]
+    out.append(data)
+    return b"".join(out)
+
+
+class RemotePopen:
+    """``Popen`` of a process on another node (see the module docs)."""
+
+    method = "dragon"
+
+    def __init__(self, process_obj, node: int):
+        util._flush_std_streams()
+        self.returncode = None
+        self.finalizer = None
+        self.node = node
+        self._pid = None
+        self._launch_id = None
+        self._lock = threading.Lock()
+        self._launch(process_obj)
+
+    def duplicate_for_child(self, fd):
+        raise ValueError(
+            "this object holds a file descriptor, which cannot be passed to a process on another node "
+            "(node %d); create it in that process, or pass a Queue instead" % self.node)
+
+    @property
+    def pid(self):
+        return self._pid
+
+    def _launch(self, process_obj):
+        from . import _native
+
+        run = runtime.run_id()
+        prep = runtime.preparation_data(process_obj._name)
+        env = dict(os.environ)
+        env[NODE_ENV] = str(self.node)
+        env[SERVICE_ENV] = _native.service_name(run, self.node)
+        env[runtime.TEMPLATE_ENV] = _native.template_name(run, self.node)
+        env[runtime.RUN_ENV] = run
+        # Descriptors the node's service sends with the start: the data
+        # pipe (0), then stdin, stdout and stderr.
+        head = {"prep": prep, "env": env, "stdio": [1, 2, 3], "tracker": None, "extra": 4}
+        buf = io.BytesIO()
+        set_spawning_popen(self)
+        try:
+            pickler = _wire.Pickler(buf)
+            pickler.dump(head)
+            pickler.clear_memo()
+            pickler.dump(process_obj)
+        finally:
+            set_spawning_popen(None)
+        payload = _launch_payload(_template_prep(), runtime._interpreter_flags(), buf.getvalue())
+        ctl = _Connection()
+        try:
+            body = ctl.call(LAUNCH, payload, self.node)
+            self._pid, self._launch_id = struct.unpack("<qQ", body[:16])
+            watch = _Connection()
+        except BaseException:
+            ctl.close()
+            raise
+        watch.send(WATCH, struct.pack("<Q", self._launch_id), self.node)
+        self._ctl = ctl
+        self._watch = watch
+        self.sentinel = watch.sock.fileno()
+        self.finalizer = util.Finalize(self, _close, (ctl, watch))
+
+    def _read_status(self):
+        with self._lock:
+            if self.returncode is not None:
+                return
+            try:
+                data = self._watch.sock.recv(8, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if len(data) == 8:
+                self.returncode = struct.unpack("<q", data)[0]
+            elif not data:
+                # The service is gone without telling: the run is ending.
+                self.returncode = 255
+
+    def poll(self, flag=os.WNOHANG):
+        if self.returncode is None:
+            if flag != os.WNOHANG:
+                from multiprocessing.connection import wait
+
+                wait([self.sentinel])
+            self._read_status()
+        return self.returncode
+
+    def wait(self, timeout=None):
+        if self.returncode is None:
+            if timeout is not None:
+                from multiprocessing.connection import wait
+
+                if not wait([self.sentinel], timeout):
+                    return None
+            return self.poll(os.WNOHANG if timeout == 0.0 else 0)
+        return self.returncode
+
+    def _send_signal(self, sig):
+        if self.returncode is not None:
+            return
+        try:
+            self._ctl.call(SIGNAL, struct.pack("<Qi", self._launch_id, int(sig)), self.node)
+        except ServiceError:
+            if self.wait(timeout=0.1) is None:
+                raise
+
+    def terminate(self):
+        self._send_signal(signal.SIGTERM)
+
+    def kill(self):
+        self._send_signal(signal.SIGKILL)
+
+    def close(self):
+        if self.finalizer is not None:
+            self.finalizer()
+
+
+def _close(ctl, watch):
+    ctl.close()
+    watch.close()

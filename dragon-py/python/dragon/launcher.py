@@ -1,0 +1,340 @@
+"""The multi-node launcher: ``dragon --hostlist h1,h2,h3 script.py``.
+
+It starts one node service (``python -m dragon._node``, the ``runtime``
+crate's service) on every host, through one *launch back end*:
+
+* this host itself: a plain child process;
+* ``ssh`` (``ssh -T -x -o BatchMode=yes host``: passwordless keys, never a
+  password prompt);
+* a ``--remote-exec`` template, for sites where ``ssh host`` is not how a
+  node is reached (``"ssh -p 2222 {host}"``, a container's exec command).
+  ``{host}`` is replaced by the host; ``{cmd}``, if present, by the shell
+  command to run (otherwise it is appended as the last argument, as ssh
+  expects).
+
+Each service reads the run's bootstrap (run id, secret, its index, every
+host) on its standard input (never a command line, a file or the
+environment), and keeps that input as its lifeline: when the launcher ends,
+or its ssh connection does, the node tears itself down. Services join the
+primary (the first host); once every node has joined, the script runs on
+the primary, in this process if this host is the primary (as ``python
+script.py`` would run it), else through ``dragon`` re-run there.
+
+Output of processes on other nodes comes back through their service and
+is written to this process's standard output and error (prefixed with the
+host's name with ``--label``). ``dragon`` exits with the script's exit code.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+__all__ = ["Launch", "LaunchError", "is_local_host", "read_hosts"]
+
+# Records a node service writes for its launcher (runtime::proto::out).
+LISTENING, READY, ERROR, OUTPUT, LOG, STOPPED = 1, 2, 3, 4, 5, 6
+
+SSH = "ssh -T -x -o BatchMode=yes -o ConnectTimeout=10 {host}"
+
+#: Seconds a node's services have to join (DRAGON_JOIN_TIMEOUT).
+JOIN_TIMEOUT = float(os.environ.get("DRAGON_JOIN_TIMEOUT", "60"))
+#: Silence after which a node is lost (DRAGON_PEER_TIMEOUT, at most 15 s by default).
+PEER_TIMEOUT = float(os.environ.get("DRAGON_PEER_TIMEOUT", "5"))
+#: How long the services have to clean up at the end.
+STOP_WAIT = 15.0
+
+
+class LaunchError(RuntimeError):
+    """The run could not be brought up on its nodes."""
+
+
+def read_hosts(hostlist: str | None = None, hostfile: str | None = None) -> list[str]:
+    """The hosts of a ``--hostlist`` expression or a ``--hostfile``."""
+    from . import _native
+
+    if hostfile is not None:
+        try:
+            with open(hostfile, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise LaunchError("cannot read host file %s: %s" % (hostfile, e.strerror)) from None
+        try:
+            return _native.parse_hostfile(text)
+        except ValueError as e:
+            raise LaunchError("%s: %s" % (hostfile, e)) from None
+    try:
+        return _native.expand_hostlist(hostlist or "")
+    except ValueError as e:
+        raise LaunchError(str(e)) from None
+
+
+def _local_names() -> set:
+    names = {"localhost", "127.0.0.1", "::1"}
+    for n in (socket.gethostname(), socket.getfqdn()):
+        if n:
+            names.add(n)
+            names.add(n.split(".")[0])
+    return names
+
+
+def is_local_host(host: str) -> bool:
+    """Whether ``host`` names this machine."""
+    if host in _local_names():
+        return True
+    try:
+        addrs = {ai[4][0] for ai in socket.getaddrinfo(host, None, socket.AF_INET)}
+    except OSError:
+        return False
+    if any(a.startswith("127.") for a in addrs):
+        return True
+    from .native import machine
+
+    return bool(addrs & set(machine._ipv4_addrs()))
+
+
+def remote_command(template: str | None, host: str, command: str) -> list[str]:
+    """The argv that runs shell ``command`` on ``host``."""
+    argv = shlex.split(template or SSH)
+    if not any("{host}" in a for a in argv):
+        raise LaunchError("--remote-exec %r has no {host}" % template)
+    out = [a.replace("{host}", host) for a in argv]
+    if any("{cmd}" in a for a in out):
+        return [a.replace("{cmd}", command) for a in out]
+    return out + [command]
+
+
+class _Node:
+    """One node's service, seen from the launcher."""
+
+    def __init__(self, launch, index, host, argv):
+        self.launch = launch
+        self.index = index
+        self.host = host
+        self.address = None
+        self.table = None
+        self.error = None
+        self.stopped = None
+        self.cond = threading.Condition()
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
+                                     start_new_session=True)
+        self.reader = threading.Thread(target=self._read, name="dragon-node-%d" % index, daemon=True)
+        self.reader.start()
+
+    def write(self, text: str) -> None:
+        try:
+            self.proc.stdin.write(text.encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # its death is reported by the reader
+
+    def _read(self):
+        f = self.proc.stdout
+        while True:
+            head = _read_exact(f, 5)
+            if head is None:
+                break
+            kind, n = head[0], struct.unpack("<I", head[1:])[0]
+            body = _read_exact(f, n)
+            if body is None:
+                break
+            self.launch._record(self, kind, body)
+        code = self.proc.wait()
+        with self.cond:
+            if self.error is None and self.stopped is None:
+                self.error = "its service ended (exit code %d) before the run did" % code
+            self.stopped = self.stopped or ""
+            self.cond.notify_all()
+        self.launch._node_ended(self)
+
+    def wait_for(self, what, deadline):
+        with self.cond:
+            while getattr(self, what) is None and self.error is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+            return self.error is None
+
+
+def _read_exact(f, n):
+    buf = bytearray()
+    while len(buf) < n:
+        try:
+            chunk = f.read(n - len(buf))
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+class Launch:
+    """A multi-node run being brought up, served and torn down."""
+
+    def __init__(self, hosts, remote_exec=None, label=False, python=None):
+        if not hosts:
+            raise LaunchError("no hosts")
+        self.hosts = list(hosts)
+        self.remote_exec = remote_exec
+        self.label = label
+        self.python = python or sys.executable
+        self.nodes = []
+        self.table = None
+        self._out_lock = threading.Lock()
+        self._partial = {}  # (index, pid, stream) -> bytes of an unfinished line (labels only)
+        self._ending = False
+
+    # -- output -----------------------------------------------------------------
+    def _write(self, fd, data):
+        with self._out_lock:
+            while data:
+                try:
+                    n = os.write(fd, data)
+                except InterruptedError:
+                    continue
+                except OSError:
+                    return
+                data = data[n:]
+
+    def _output(self, node, body):
+        stream, pid = body[0], struct.unpack("<I", body[1:5])[0]
+        data = body[5:]
+        fd = 1 if stream == 1 else 2
+        if not self.label:
+            return self._write(fd, data)
+        key = (node.index, pid, stream)
+        data = self._partial.pop(key, b"") + data
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        if rest:
+            self._partial[key] = rest
+        if lines:
+            prefix = ("[%s] " % node.host).encode()
+            self._write(fd, b"".join(prefix + ln + b"\n" for ln in lines))
+
+    def _record(self, node, kind, body):
+        if kind == OUTPUT:
+            return self._output(node, body)
+        text = body.decode(errors="replace")
+        with node.cond:
+            if kind == LISTENING:
+                node.address = text
+            elif kind == READY:
+                node.table = text
+            elif kind == ERROR:
+                node.error = text
+            elif kind == STOPPED:
+                node.stopped = text
+            node.cond.notify_all()
+        if kind == ERROR and not self._ending:
+            self._write(2, ("dragon: %s: %s\n" % (node.host, text)).encode())
+        elif kind == LOG:
+            self._write(2, ("dragon: %s\n" % text).encode())
+        elif kind == STOPPED and os.environ.get("DRAGON_DEBUG"):
+            self._write(2, ("dragon: %s\n" % text).encode())
+
+    def _node_ended(self, node):
+        if not self._ending and node.error and self.table is not None:
+            self._write(2, ("dragon: node %s: %s\n" % (node.host, node.error)).encode())
+
+    # -- bring-up -----------------------------------------------------------------
+    def _argv(self, index, host):
+        node_cmd = [self.python, "-m", "dragon._node"]
+        if index == 0 and is_local_host(host):
+            return node_cmd
+        cwd = os.getcwd()
+        command = "cd %s 2>/dev/null; exec %s" % (shlex.quote(cwd), " ".join(shlex.quote(a) for a in node_cmd))
+        return remote_command(self.remote_exec, host, command)
+
+    def start(self, run_id, secret) -> str:
+        """Start every node's service and wait until all have joined; the
+        node table (JSON)."""
+        from . import _native
+
+        deadline = time.monotonic() + JOIN_TIMEOUT + 30
+        try:
+            for i, host in enumerate(self.hosts):
+                node = _Node(self, i, host, self._argv(i, host))
+                self.nodes.append(node)
+                node.write(_native.bootstrap_text(run_id, secret, i, self.hosts, PEER_TIMEOUT, JOIN_TIMEOUT))
+        except OSError as e:
+            raise LaunchError("cannot start the node services: %s" % e) from None
+        primary = self.nodes[0]
+        if not primary.wait_for("address", deadline):
+            raise LaunchError("the primary node %s did not start: %s" % (primary.host, primary.error or "timed out"))
+        for node in self.nodes[1:]:
+            node.write("primary=%s\n" % primary.address)
+        if not primary.wait_for("table", deadline):
+            failed = [n for n in self.nodes if n.error]
+            why = "; ".join("%s: %s" % (n.host, n.error) for n in failed) or "timed out"
+            raise LaunchError("the run did not come up: %s" % why)
+        self.table = primary.table
+        return self.table
+
+    def stop(self, wait=STOP_WAIT) -> None:
+        """End the run on every node: each service cleans its node and exits."""
+        self._ending = True
+        for node in self.nodes:
+            try:
+                node.proc.stdin.close()
+            except OSError:
+                pass
+        deadline = time.monotonic() + wait
+        for node in self.nodes:
+            try:
+                node.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                node.proc.kill()
+                node.proc.wait()
+            node.reader.join(max(0.0, deadline - time.monotonic()))
+        with self._out_lock:
+            for (index, pid, stream), rest in self._partial.items():
+                prefix = ("[%s] " % self.hosts[index]).encode()
+                os.write(1 if stream == 1 else 2, prefix + rest + b"\n")
+            self._partial.clear()
+
+
+def run_script(hosts, script_args, remote_exec=None, label=False, run_main=None) -> int:
+    """Bring the run up on ``hosts``, run the program with ``run_main()`` on
+    this host (the primary), tear the run down; the program's exit code."""
+    from . import _native, runtime
+
+    if not is_local_host(hosts[0]):
+        # The script runs on the primary: run dragon there.
+        command = " ".join(shlex.quote(a) for a in
+                           ["cd", os.getcwd()]) + " 2>/dev/null; exec " + " ".join(
+            shlex.quote(a) for a in [sys.executable, "-m", "dragon", "--hostlist", ",".join(hosts)]
+            + (["--remote-exec", remote_exec] if remote_exec else []) + (["--label"] if label else [])
+            + list(script_args))
+        argv = remote_command(remote_exec, hosts[0], command)
+        return subprocess.call(argv)
+    run_id = runtime.run_id()
+    secret = _native.new_secret()
+    launch = Launch(hosts, remote_exec=remote_exec, label=label)
+    try:
+        table = launch.start(run_id, secret)
+    except LaunchError as e:
+        launch.stop(wait=5.0)
+        sys.stderr.write("dragon: %s\n" % e)
+        return 1
+    os.environ["DRAGON_NODE_INDEX"] = "0"
+    os.environ["DRAGON_SERVICE"] = _native.service_name(run_id, 0)
+    os.environ["DRAGON_NODES"] = table
+    try:
+        return run_main()
+    finally:
+        # As at the interpreter's exit: daemonic children are terminated and
+        # the others joined (on any node); then this node's template ends
+        # what is left here, and every node cleans up.
+        from multiprocessing import util
+
+        util._exit_function()
+        runtime.shutdown()
+        launch.stop()

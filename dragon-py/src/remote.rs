@@ -1,0 +1,334 @@
+//! Channels of other nodes, through the off-node transport plugin
+//! (`libdragon_transport_tcp.so`, loaded through the plugin ABI's real
+//! loading path): [`RemoteChannel`] is what `Channel.attach` returns for a
+//! handle that names another node. It carries the same messages as a
+//! local [`crate::channel::Channel`] and answers the same calls that
+//! `dragon.queues` and `dragon.connection` make; every operation is a
+//! request to this node's service, which carries it to the channel's node.
+//!
+//! Waits are made in slices (the transport's waits are bounded), so a
+//! Ctrl-C or a `check` callback ends them as a local wait's hook does.
+use crate::blocking::{block_timeout, detached, timeout};
+use crate::channel::{received, SENT, NOT_SENT};
+use crate::errors::{DestroyedError, DragonError, InvalidHandleError};
+use channels_core::plugin::abi::{
+    DRAGON_EAGAIN, DRAGON_EBADMSG, DRAGON_EIDRM, DRAGON_EINVAL, DRAGON_ENOENT, DRAGON_EPIPE, DRAGON_ETIMEDOUT,
+};
+use channels_core::plugin::loader::{Plugin, PluginChannel, PluginError, PollEvents, Transport};
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyBrokenPipeError, PyConnectionError, PyEOFError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyTuple};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Longest single wait on another node, between checks for Ctrl-C.
+const SLICE: Duration = Duration::from_millis(250);
+
+/// This process's off-node transport: (pid that opened it, transport).
+static TRANSPORT: Mutex<Option<(u32, &'static Transport)>> = Mutex::new(None);
+
+fn plugin_err(e: &PluginError) -> PyErr {
+    let msg = e.message().to_owned();
+    match e.code() {
+        DRAGON_EPIPE => PyBrokenPipeError::new_err(msg),
+        DRAGON_EIDRM | DRAGON_ENOENT => DestroyedError::new_err(msg),
+        DRAGON_EBADMSG => InvalidHandleError::new_err(msg),
+        DRAGON_EINVAL => PyValueError::new_err(msg),
+        channels_core::plugin::abi::DRAGON_EIO => PyConnectionError::new_err(msg),
+        _ => DragonError::new_err(msg),
+    }
+}
+
+/// The transport, opened on first use in this process (again after a fork:
+/// the parent's connection to the service is the parent's).
+fn transport(py: Python<'_>) -> PyResult<&'static Transport> {
+    let me = std::process::id();
+    let mut t = TRANSPORT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((pid, tr)) = *t {
+        if pid == me {
+            return Ok(tr);
+        }
+    }
+    let (path, config): (String, String) = py.import("dragon._transport")?.call_method0("tcp_plugin")?.extract()?;
+    let plugin = Plugin::load(&path).map_err(|e| DragonError::new_err(format!("off-node transport: {e}")))?;
+    let tr = plugin.open(&config).map_err(|e| plugin_err(&e))?;
+    // One per process, for the rest of its life (a forked child's copy of
+    // its parent's is never used nor closed: it shares the parent's socket).
+    let tr: &'static Transport = Box::leak(Box::new(tr));
+    *t = Some((me, tr));
+    Ok(tr)
+}
+
+/// An attachment of this process to a channel of another node.
+#[pyclass(module = "dragon._native", frozen)]
+pub(crate) struct RemoteChannel {
+    ch: PluginChannel,
+    handle: Vec<u8>,
+    node: u32,
+    segment: String,
+}
+
+impl RemoteChannel {
+    pub(crate) fn attach(py: Python<'_>, handle: &[u8], node: u32, segment: String) -> PyResult<RemoteChannel> {
+        let tr = transport(py)?;
+        let ch = py.detach(|| tr.attach_channel(handle)).map_err(|e| plugin_err(&e))?;
+        Ok(RemoteChannel { ch, handle: handle.to_vec(), node, segment })
+    }
+
+    /// Poll for `events`, waiting at most `t` in slices (Ctrl-C and `check`
+    /// end the wait: `Ok(false)`).
+    fn wait_for(&self, py: Python<'_>, events: u32, t: Option<Duration>) -> PyResult<bool> {
+        let deadline = t.map(|d| Instant::now() + d);
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let slice = left.map_or(SLICE, |l| l.min(SLICE));
+            let (r, int) = detached(py, |hook| {
+                let r = self.ch.poll(PollEvents(events), Some(slice));
+                (r, hook())
+            });
+            let (r, go_on) = r;
+            if !go_on {
+                return Err(int.into_err());
+            }
+            match r {
+                Ok(ev) if ev.0 & events != 0 => return Ok(true),
+                Ok(_) => {}
+                Err(e) if matches!(e.code(), DRAGON_ETIMEDOUT | DRAGON_EAGAIN) => {}
+                Err(e) => return Err(plugin_err(&e)),
+            }
+            if left.is_some_and(|l| l.is_zero()) || deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(false);
+            }
+        }
+    }
+}
+
+const POLL_IN: u32 = channels_core::plugin::abi::DRAGON_POLL_IN;
+const POLL_OUT: u32 = channels_core::plugin::abi::DRAGON_POLL_OUT;
+
+#[pymethods]
+impl RemoteChannel {
+    /// The handle (bytes) other processes attach by.
+    #[getter]
+    fn handle<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.handle)
+    }
+
+    /// The node the channel lives on.
+    #[getter]
+    fn node(&self) -> u32 {
+        self.node
+    }
+
+    /// Name of the channel's main segment (on its node).
+    #[getter]
+    fn name(&self) -> String {
+        self.segment.clone()
+    }
+
+    /// Send `data`, as `Channel.send` does (a copy: large `bytes` are not
+    /// lent across nodes). Returns 1 if sent, 0 if the channel stayed full.
+    #[pyo3(signature = (data, prefix=-1, block=true, timeout=None))]
+    fn send(
+        &self,
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+        prefix: i32,
+        block: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<u8> {
+        let t = block_timeout(block, timeout)?;
+        let buf = PyBuffer::<u8>::get(data)?;
+        if !buf.is_c_contiguous() {
+            return Err(PyValueError::new_err("data must be a contiguous buffer"));
+        }
+        let body = buf.to_vec(py)?;
+        let pre = match prefix {
+            -2 => match body.first() {
+                Some(&(crate::channel::TAG_RAW
+                | crate::channel::TAG_CONTROL
+                | crate::channel::TAG_BYTES
+                | crate::lent::TAG_LENT
+                | crate::channel::TAG_PICKLE)) => Some(crate::channel::TAG_RAW),
+                _ => None,
+            },
+            p => u8::try_from(p).ok(),
+        };
+        let mut msg = Vec::with_capacity(body.len() + 1);
+        msg.extend(pre);
+        msg.extend_from_slice(&body);
+        drop(body);
+        let deadline = t.map(|d| Instant::now() + d);
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let slice = left.map_or(SLICE, |l| l.min(SLICE));
+            let (r, int) = detached(py, |hook| {
+                let r = self.ch.send(&msg, Some(slice));
+                (r, hook())
+            });
+            let (r, go_on) = r;
+            match r {
+                Ok(()) => return Ok(SENT),
+                Err(e) if matches!(e.code(), DRAGON_ETIMEDOUT | DRAGON_EAGAIN) => {}
+                Err(e) => return Err(plugin_err(&e)),
+            }
+            if !go_on {
+                return Err(int.into_err());
+            }
+            if left.is_some_and(|l| l.is_zero()) || deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(NOT_SENT);
+            }
+        }
+    }
+
+    /// Receive one message: `(tag, payload)`, or `None` on timeout (or when
+    /// `check`, called between slices, returns true). `EOFError` once the
+    /// channel is closed and drained.
+    #[pyo3(signature = (block=true, timeout=None, check=None))]
+    fn recv<'py>(
+        &self,
+        py: Python<'py>,
+        block: bool,
+        timeout: Option<f64>,
+        check: Option<Py<PyAny>>,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let t = block_timeout(block, timeout)?;
+        let deadline = t.map(|d| Instant::now() + d);
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let slice = left.map_or(SLICE, |l| l.min(SLICE));
+            let (r, int) = detached(py, |hook| {
+                let r = self.ch.recv_msg(Some(slice));
+                (r, hook())
+            });
+            let (r, go_on) = r;
+            match r {
+                Ok(m) => return received(py, m.as_ref()).map(Some),
+                Err(e) if matches!(e.code(), DRAGON_ETIMEDOUT | DRAGON_EAGAIN) => {}
+                Err(e) if e.code() == DRAGON_EPIPE => return Err(PyEOFError::new_err("the channel is closed")),
+                Err(e) => return Err(plugin_err(&e)),
+            }
+            if !go_on {
+                return Err(int.into_err());
+            }
+            if let Some(f) = &check {
+                if f.bind(py).call0()?.is_truthy()? {
+                    return Ok(None);
+                }
+            }
+            if left.is_some_and(|l| l.is_zero()) || deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Whether a receive would not block.
+    fn readable(&self, py: Python<'_>) -> PyResult<bool> {
+        self.wait_for(py, POLL_IN, Some(Duration::ZERO))
+    }
+
+    /// Wait at most `timeout` seconds until a receive would not block.
+    #[pyo3(signature = (timeout=None))]
+    fn wait_readable(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        self.wait_for(py, POLL_IN, self::timeout(timeout)?)
+    }
+
+    /// Messages in the channel (a snapshot).
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+        py.detach(|| self.ch.len()).map(|n| n as usize).map_err(|e| plugin_err(&e))
+    }
+
+    fn is_empty(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.__len__(py)? == 0)
+    }
+
+    fn is_full(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(!self.wait_for(py, POLL_OUT, Some(Duration::ZERO))?)
+    }
+
+    /// Destroy the channel now (every process's operations fail).
+    fn destroy(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.ch.destroy()).map_err(|e| plugin_err(&e))
+    }
+
+    /// Other processes attached: not known across nodes, so at least one
+    /// (the channel's node keeps the channel while anyone may use it).
+    fn peers(&self) -> u32 {
+        1
+    }
+
+    fn set_spin(&self, _seconds: f64) {}
+
+    fn __repr__(&self) -> String {
+        format!("<dragon._native.RemoteChannel {} on node {}>", self.segment, self.node)
+    }
+}
+
+/// Whether this process has an off-node transport open (for tests).
+#[pyfunction]
+fn remote_transport_open() -> bool {
+    TRANSPORT.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|(pid, _)| pid == std::process::id())
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<RemoteChannel>()?;
+    m.add_function(wrap_pyfunction!(remote_transport_open, m)?)?;
+    Ok(())
+}
+
+/// `select` over channels some of which live on other nodes: `local` are
+/// (index, channel) of this node, `remote` (index, channel) of others.
+/// One remote channel alone is waited on by the channel's node; a mix is
+/// looked at in turns (a local wait of 10 ms, then a poll of each remote
+/// channel) until one is readable or the time is up.
+pub(crate) fn select_mixed(
+    py: Python<'_>,
+    local: &[(usize, channels_core::Channel)],
+    remote: &[(usize, Py<RemoteChannel>)],
+    t: Option<Duration>,
+    check: Option<&Py<PyAny>>,
+) -> PyResult<Option<usize>> {
+    let deadline = t.map(|d| Instant::now() + d);
+    let turn = Duration::from_millis(10);
+    loop {
+        if let Some((i, _)) = local.iter().find(|(_, c)| c.is_readable()) {
+            return Ok(Some(*i));
+        }
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        for (i, r) in remote {
+            let wait = if local.is_empty() && remote.len() == 1 { left.map_or(SLICE, |l| l.min(SLICE)) } else { Duration::ZERO };
+            if r.get().wait_for(py, POLL_IN, Some(wait))? {
+                return Ok(Some(*i));
+            }
+        }
+        if let Some(f) = check {
+            if f.bind(py).call0()?.is_truthy()? {
+                return Ok(None);
+            }
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(None);
+        }
+        if !local.is_empty() {
+            let wait = left.map_or(turn, |l| l.min(turn));
+            let (r, int) = detached(py, |hook| {
+                let refs: Vec<&channels_core::Channel> = local.iter().map(|(_, c)| c).collect();
+                channels_core::select_recv_interruptible(&refs, Some(wait), hook)
+            });
+            match r {
+                Ok(k) => return Ok(Some(local[k].0)),
+                Err(channels_core::SelectError::Interrupted) => return Err(int.into_err()),
+                Err(_) => {}
+            }
+        } else if remote.len() > 1 {
+            let (_, int) = detached(py, |hook| {
+                std::thread::sleep(turn);
+                hook()
+            });
+            if int.has_err() {
+                return Err(int.into_err());
+            }
+        }
+    }
+}
