@@ -68,6 +68,8 @@ pub mod out {
     pub const LOG: u8 = 5;
     /// The node is clean and the service exits: a summary (text).
     pub const STOPPED: u8 = 6;
+    /// A node is lost: its index u32, then why (text).
+    pub const LOST: u8 = 7;
 }
 
 /// Decode a LAUNCH payload: (prep, flags, start data).

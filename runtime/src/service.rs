@@ -676,7 +676,9 @@ impl Service {
         self.lost.insert(node, msg.clone());
         self.queued.remove(&node);
         if self.table.is_some() {
-            self.out.emit(out::LOG, msg.as_bytes());
+            let mut p = node.to_le_bytes().to_vec();
+            p.extend_from_slice(msg.as_bytes());
+            self.out.emit(out::LOST, &p);
         }
         if node == 0 && self.me != 0 {
             self.stop = Some(msg);

@@ -116,8 +116,9 @@ fn a_stopped_node_fails_what_waits_on_it_and_is_reported() {
     let (_, m) = code(recv(&on1, 2, att, None).unwrap_err());
     assert!(m.contains("node 2"), "{m}");
     // The primary says so to its launcher.
-    let log = c.nodes[0].wait_for(out::LOG).unwrap();
-    assert!(String::from_utf8_lossy(&log).contains("node 2"), "{}", String::from_utf8_lossy(&log));
+    let lost = c.nodes[0].wait_for(out::LOST).unwrap();
+    assert_eq!(lost[..4], 2u32.to_le_bytes());
+    assert!(String::from_utf8_lossy(&lost[4..]).contains("node 2"), "{}", String::from_utf8_lossy(&lost));
 }
 
 #[test]

@@ -36,7 +36,8 @@ Watchdog: when the starter exits (a pidfd of it becomes readable) or closes
 ``ALIVE_FD`` (its normal shutdown), or on ``SIGTERM``, the template kills
 every process of its session (all processes it forked and their
 descendants), removes the run's ``/dev/shm`` files if the starter owns the
-run, and exits.
+run (or is the node service of a secondary node of a multi-node run), and
+exits.
 """
 import os
 import sys
@@ -91,7 +92,12 @@ class _Template:
         self.runtime = runtime
         self.starter = starter
         self.run_id = runtime.run_id()
-        self.owns_run = runtime.run_owner(self.run_id)[0] == starter
+        # The run's files on this node are this template's to remove at the
+        # end if its starter owns the run, or if it serves a secondary node
+        # of a multi-node run (started by that node's service: if the
+        # service dies, nobody else of the run is left on the node).
+        self.owns_run = (runtime.run_owner(self.run_id)[0] == starter
+                         or os.environ.get("DRAGON_NODE_INDEX", "0") not in ("", "0"))
         self.alive_fd = alive_fd
         self.listener = socket.socket(fileno=listener_fd)
         self.listener.setblocking(False)

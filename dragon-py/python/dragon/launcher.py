@@ -38,7 +38,7 @@ import time
 __all__ = ["Launch", "LaunchError", "is_local_host", "read_hosts"]
 
 # Records a node service writes for its launcher (runtime::proto::out).
-LISTENING, READY, ERROR, OUTPUT, LOG, STOPPED = 1, 2, 3, 4, 5, 6
+LISTENING, READY, ERROR, OUTPUT, LOG, STOPPED, LOST = 1, 2, 3, 4, 5, 6, 7
 
 SSH = "ssh -T -x -o BatchMode=yes -o ConnectTimeout=10 {host}"
 
@@ -190,6 +190,7 @@ class Launch:
         self._out_lock = threading.Lock()
         self._partial = {}  # (index, pid, stream) -> bytes of an unfinished line (labels only)
         self._ending = False
+        self.lost = set()  # nodes the primary called lost: they cleaned up on their own
 
     # -- output -----------------------------------------------------------------
     def _write(self, fd, data):
@@ -222,6 +223,12 @@ class Launch:
     def _record(self, node, kind, body):
         if kind == OUTPUT:
             return self._output(node, body)
+        if kind == LOST:
+            index = struct.unpack("<I", body[:4])[0]
+            self.lost.add(index)
+            if not self._ending:
+                self._write(2, ("dragon: %s\n" % body[4:].decode(errors="replace")).encode())
+            return
         text = body.decode(errors="replace")
         with node.cond:
             if kind == LISTENING:
@@ -235,7 +242,7 @@ class Launch:
             node.cond.notify_all()
         if kind == ERROR and not self._ending:
             self._write(2, ("dragon: %s: %s\n" % (node.host, text)).encode())
-        elif kind == LOG:
+        elif kind == LOG and not self._ending:
             self._write(2, ("dragon: %s\n" % text).encode())
         elif kind == STOPPED and os.environ.get("DRAGON_DEBUG"):
             self._write(2, ("dragon: %s\n" % text).encode())
@@ -288,6 +295,10 @@ class Launch:
                 pass
         deadline = time.monotonic() + wait
         for node in self.nodes:
+            if node.index in self.lost and node.proc.poll() is None:
+                # It tore itself down when it lost the primary; its ssh
+                # connection may be over a link that is gone.
+                node.proc.kill()
             try:
                 node.proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
