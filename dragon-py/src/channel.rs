@@ -267,8 +267,7 @@ fn attach_local(py: Python<'_>, handle: &[u8], send: bool, recv: bool) -> PyResu
             }
         }
     }
-    let h =
-        Handle::from_bytes(handle).map_err(|e| InvalidHandleError::new_err(format!("bad channel handle: {e}")))?;
+    let h = Handle::from_bytes(handle).map_err(|e| InvalidHandleError::new_err(format!("bad channel handle: {e}")))?;
     if h.kind != channels_core::Kind::Channel {
         return Err(InvalidHandleError::new_err(format!("handle is for a {:?}, not a channel", h.kind)));
     }

@@ -9,7 +9,7 @@
 //! Waits are made in slices (the transport's waits are bounded), so a
 //! Ctrl-C or a `check` callback ends them as a local wait's hook does.
 use crate::blocking::{block_timeout, detached, timeout};
-use crate::channel::{received, SENT, NOT_SENT};
+use crate::channel::{received, NOT_SENT, SENT};
 use crate::errors::{DestroyedError, DragonError, InvalidHandleError};
 use channels_core::plugin::abi::{
     DRAGON_EAGAIN, DRAGON_EBADMSG, DRAGON_EIDRM, DRAGON_EINVAL, DRAGON_ENOENT, DRAGON_EPIPE, DRAGON_ETIMEDOUT,
@@ -146,11 +146,13 @@ impl RemoteChannel {
         let body = buf.to_vec(py)?;
         let pre = match prefix {
             -2 => match body.first() {
-                Some(&(crate::channel::TAG_RAW
-                | crate::channel::TAG_CONTROL
-                | crate::channel::TAG_BYTES
-                | crate::lent::TAG_LENT
-                | crate::channel::TAG_PICKLE)) => Some(crate::channel::TAG_RAW),
+                Some(
+                    &(crate::channel::TAG_RAW
+                    | crate::channel::TAG_CONTROL
+                    | crate::channel::TAG_BYTES
+                    | crate::lent::TAG_LENT
+                    | crate::channel::TAG_PICKLE),
+                ) => Some(crate::channel::TAG_RAW),
                 _ => None,
             },
             p => u8::try_from(p).ok(),
@@ -297,7 +299,11 @@ pub(crate) fn select_mixed(
         }
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         for (i, r) in remote {
-            let wait = if local.is_empty() && remote.len() == 1 { left.map_or(SLICE, |l| l.min(SLICE)) } else { Duration::ZERO };
+            let wait = if local.is_empty() && remote.len() == 1 {
+                left.map_or(SLICE, |l| l.min(SLICE))
+            } else {
+                Duration::ZERO
+            };
             if r.get().wait_for(py, POLL_IN, Some(wait))? {
                 return Ok(Some(*i));
             }
