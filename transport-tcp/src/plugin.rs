@@ -113,6 +113,7 @@ impl Drop for TcpChannel {
 
 impl ChannelImpl for TcpChannel {
     type Message = bytes::Bytes;
+    const WAITS_IN_RECV: bool = true;
 
     fn handle(&self) -> Vec<u8> {
         self.handle.clone()

@@ -19,7 +19,7 @@ use crate::futex::Deadline;
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// A failed operation: a `DRAGON_E*` code and what happened.
@@ -119,6 +119,13 @@ pub trait ChannelImpl: Send + Sync + 'static {
     }
     /// Remove the channel for everyone.
     fn destroy(&self) -> Result<(), Failure>;
+    /// Whether a receive should wait in [`ChannelImpl::recv`] itself rather
+    /// than in `poll` followed by a receive that does not wait. A transport
+    /// whose every call is a request to another node sets this: one
+    /// request that waits there instead of three. Receivers of one
+    /// attachment then take turns (one waits in `recv` at a time), which
+    /// keeps the order the kept-back queue promises.
+    const WAITS_IN_RECV: bool = false;
 }
 
 struct TransportBox<T: TransportImpl> {
@@ -132,6 +139,22 @@ struct ChannelBox<T: TransportImpl> {
     // Messages taken off the channel for a `recv` whose buffer was too
     // small, handed out first by the next receive on this attachment.
     kept: Mutex<VecDeque<<T::Channel as ChannelImpl>::Message>>,
+    // For `WAITS_IN_RECV` channels: whether a receiver is taking its turn.
+    turn: Mutex<bool>,
+    turn_free: Condvar,
+}
+
+/// A receiver's turn on a `WAITS_IN_RECV` channel; ends on drop.
+struct Turn<'a> {
+    busy: &'a Mutex<bool>,
+    free: &'a Condvar,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        *self.busy.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        self.free.notify_one();
+    }
 }
 
 impl<T: TransportImpl> ChannelBox<T> {
@@ -153,6 +176,9 @@ impl<T: TransportImpl> ChannelBox<T> {
         fits: impl FnOnce(&<T::Channel as ChannelImpl>::Message) -> Result<(), Failure>,
     ) -> Result<<T::Channel as ChannelImpl>::Message, Failure> {
         let wait = Wait::new(timeout);
+        if <T::Channel as ChannelImpl>::WAITS_IN_RECV {
+            return self.next_in_turn(&wait, fits);
+        }
         loop {
             {
                 let mut kept = self.kept();
@@ -179,6 +205,50 @@ impl<T: TransportImpl> ChannelBox<T> {
                 Ok(_) => {}
                 Err(e) if e.code == DRAGON_ETIMEDOUT || e.code == DRAGON_EAGAIN => {}
                 Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl<T: TransportImpl> ChannelBox<T> {
+    /// `next` for a channel that waits in `recv`: take a turn (waiting for
+    /// it counts against the timeout), hand out a kept message if there is
+    /// one, else wait in the channel's own receive.
+    fn next_in_turn(
+        &self,
+        wait: &Wait,
+        fits: impl FnOnce(&<T::Channel as ChannelImpl>::Message) -> Result<(), Failure>,
+    ) -> Result<<T::Channel as ChannelImpl>::Message, Failure> {
+        let (not_now, timed_out) = ("no message in the channel", "timed out receiving on an empty channel");
+        {
+            let mut busy = self.turn.lock().unwrap_or_else(|p| p.into_inner());
+            while *busy {
+                busy = match wait.left(not_now, timed_out)? {
+                    None => self.turn_free.wait(busy).unwrap_or_else(|p| p.into_inner()),
+                    Some(left) => self.turn_free.wait_timeout(busy, left).unwrap_or_else(|p| p.into_inner()).0,
+                };
+            }
+            *busy = true;
+        }
+        let _turn = Turn { busy: &self.turn, free: &self.turn_free };
+        let kept = self.kept().pop_front();
+        if let Some(m) = kept {
+            return match fits(&m) {
+                Ok(()) => Ok(m),
+                Err(e) => {
+                    self.kept().push_front(m);
+                    Err(e)
+                }
+            };
+        }
+        // A zero wait once the time is up: a message there now is still taken.
+        let left = wait.left(not_now, timed_out).unwrap_or(Some(Duration::ZERO));
+        let m = self.channel.recv(left)?;
+        match fits(&m) {
+            Ok(()) => Ok(m),
+            Err(e) => {
+                self.kept().push_front(m);
+                Err(e)
             }
         }
     }
@@ -349,7 +419,14 @@ fn transport_ref<T: TransportImpl>(t: *mut DragonTransport) -> Result<Arc<Transp
 }
 
 fn new_channel<T: TransportImpl>(transport: Arc<TransportBox<T>>, channel: T::Channel) -> *mut DragonChannel {
-    Box::into_raw(Box::new(ChannelBox { transport, channel, kept: Mutex::new(VecDeque::new()) })).cast()
+    Box::into_raw(Box::new(ChannelBox {
+        transport,
+        channel,
+        kept: Mutex::new(VecDeque::new()),
+        turn: Mutex::new(false),
+        turn_free: Condvar::new(),
+    }))
+    .cast()
 }
 
 /// Create a channel (see [`DragonChannelCreateFn`]).
