@@ -70,6 +70,10 @@ pub enum Error {
     /// A durable write could not be logged (disk error), or a log could not
     /// be read back.
     Persist(String),
+    /// A log or snapshot is damaged (not just a torn tail): restoring
+    /// refused it and changed nothing on disk; [`persist::repair`] keeps
+    /// every valid record.
+    PersistCorrupt(Box<persist::Corruption>),
     /// The operation is not available in this mode.
     Unsupported(&'static str),
 }
@@ -91,6 +95,7 @@ impl fmt::Display for Error {
             Error::Create(m) => write!(f, "cannot create a DDict shard: {m}"),
             Error::Corrupt(m) => write!(f, "DDict memory is corrupt: {m}"),
             Error::Persist(m) => write!(f, "DDict persistence failed: {m}"),
+            Error::PersistCorrupt(c) => write!(f, "cannot restore the DDict: {c}"),
             Error::Unsupported(m) => f.write_str(m),
         }
     }

@@ -135,8 +135,7 @@ fn run(cfg: &Config, shard: &ShmShard, ready: impl FnOnce()) -> Result<(), Error
                 _ => return Err(format!("unknown record {op} in the log")),
             }
             .map_err(|e| format!("restoring shard {}: {e}", cfg.index))
-        })
-        .map_err(Error::Persist)?;
+        })?;
         wal = Some(w);
     }
     // Checkpoint bookkeeping (recomputed from the keys after a restore).
@@ -186,14 +185,14 @@ fn run(cfg: &Config, shard: &ShmShard, ready: impl FnOnce()) -> Result<(), Error
             if let Some(w) = wal.as_mut() {
                 let live = shard.stats().used_bytes;
                 if w.bytes > cfg.compact_after.max(2 * live) {
-                    w.compact(|put| shard.for_each(|k, v| put(k, v))).map_err(Error::Persist)?;
+                    w.compact(|put| shard.for_each(|k, v| put(k, v)))?;
                 }
             }
         }
         shard.wait_doorbell(seen, TICK);
     }
     if let Some(w) = wal.as_mut() {
-        w.sync().map_err(Error::Persist)?;
+        w.sync()?;
     }
     shard.release_slot(slot);
     Ok(())
