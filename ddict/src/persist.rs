@@ -585,8 +585,10 @@ pub fn scan<S: Source + ?Sized>(
     let version = detect(src, kind)?;
     let mut out = Scan { version, size, ..Scan::default() };
     let mut r = Reader { src, size, version, kind, body: Vec::new() };
-    // Where damage begins (and what it is) while out of step.
-    let mut bad: Option<(u64, String)> = None;
+    // While out of step: where damage begins, what it is, and where to
+    // look for the next record (the record at the start itself, when only
+    // its sequence number was wrong: records were lost before it).
+    let mut bad: Option<(u64, String, u64)> = None;
     let mut pos = 0u64;
     let mut expected = None;
     let mut first = None;
@@ -607,13 +609,13 @@ pub fn scan<S: Source + ?Sized>(
             out.clean_len = pos;
             out.next_seq = expected;
         } else {
-            bad = Some((0, format!("a damaged {} header", kind.name())));
+            bad = Some((0, format!("a damaged {} header", kind.name()), 1));
         }
     }
     loop {
-        let Some((start, what)) = bad.take() else {
+        let Some((start, what, from)) = bad.take() else {
             if ended && pos < size {
-                bad = Some((pos, "data after the end record".into()));
+                bad = Some((pos, "data after the end record".into(), pos + 1));
                 continue;
             }
             if pos == size {
@@ -624,8 +626,12 @@ pub fn scan<S: Source + ?Sized>(
                 break;
             }
             let found = r.record_at(pos)?;
+            let mut from = pos + 1;
             let what = match found {
                 Ok(fd) if expected.is_some_and(|e| fd.seq != e) => {
+                    if expected.is_some_and(|e| fd.seq > e) {
+                        from = pos;
+                    }
                     format!("sequence number {} where {} was expected", fd.seq, expected.unwrap_or(0))
                 }
                 Ok(fd) if fd.op == REC_END => {
@@ -664,10 +670,10 @@ pub fn scan<S: Source + ?Sized>(
                 }
                 Err(e) => e.to_string(),
             };
-            bad = Some((pos, what));
+            bad = Some((pos, what, from));
             continue;
         };
-        match r.resync(start + 1, expected)? {
+        match r.resync(from, expected)? {
             Some((at, fd)) => {
                 let lost = expected.map(|e| fd.seq - e);
                 out.damaged.push(Span { offset: start, bytes: at - start, lost, what });

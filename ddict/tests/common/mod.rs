@@ -1,6 +1,8 @@
 //! Managers in threads of the test process, for tests of the client.
 #![allow(dead_code)]
 
+pub mod files;
+
 use channels_core::owner::ProcessId;
 use ddict::manager::{self, Config};
 use ddict::{Descriptor, ShardRef, FLAG_DURABLE};
