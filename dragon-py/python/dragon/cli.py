@@ -3,6 +3,7 @@
     dragon script.py [args...]      run script.py as __main__
     dragon -m module [args...]      run a module as __main__ (like python -m)
     dragon --version
+    dragon ddict-repair <persist_path> <name>   repair a durable DDict's files
 
 The program runs in this interpreter, exactly as ``python script.py`` would
 run it, except that ``multiprocessing``'s default start method is
@@ -15,6 +16,7 @@ import os
 import sys
 
 USAGE = """usage: dragon [--version] [-h] (script.py | -m module) [args...]
+       dragon ddict-repair <persist_path> <name>
 
 Run a Python program with multiprocessing's start method set to "dragon".
 """
@@ -22,6 +24,10 @@ Run a Python program with multiprocessing's start method set to "dragon".
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["ddict-repair"]:
+        from .data.ddict import _repair_main
+
+        return _repair_main(argv[1:])
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(USAGE)
         return 0 if argv else 2
