@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod files;
+pub mod fuzz;
 
 use channels_core::owner::ProcessId;
 use ddict::manager::{self, Config};
