@@ -185,7 +185,10 @@ pub fn run(
         let r = f(&b);
         end_case();
         count.fetch_add(1, Ordering::Relaxed);
-        r
+        r?;
+        let grew = vm_peak().saturating_sub(before);
+        prop_assert!(grew < VM_GROWTH_LIMIT, "peak virtual memory grew by {} bytes (input of {} bytes)", grew, b.len());
+        Ok(())
     });
     if let Err(e) = r {
         panic!("{e}");
