@@ -927,7 +927,8 @@ fn rewrite(path: &Path, kind: Kind, keep: bool) -> Result<FileRepair, Error> {
             n += 1;
         };
         fs::hard_link(path, &copy).map_err(|e| io_err(&copy, "keeping the damaged file as", e))?;
-        fs::set_permissions(&copy, Permissions::from_mode(FILE_MODE)).map_err(|e| io_err(&copy, "setting the mode of", e))?;
+        fs::set_permissions(&copy, Permissions::from_mode(FILE_MODE))
+            .map_err(|e| io_err(&copy, "setting the mode of", e))?;
         damaged_copy = Some(copy);
     }
     fs::rename(&tmp, path).map_err(|e| io_err(path, "renaming to", e))?;
@@ -1130,7 +1131,8 @@ impl Wal {
                 if let Err(e) = cut {
                     // The log may end in part of a batch: refuse every
                     // later write rather than log after it.
-                    self.failed = Some(format!("the log {} could not be cut back after a failed write: {e}", path.display()));
+                    self.failed =
+                        Some(format!("the log {} could not be cut back after a failed write: {e}", path.display()));
                 }
             }
         }

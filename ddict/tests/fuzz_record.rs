@@ -39,7 +39,13 @@ fn committed_corpus_is_current() {
 }
 
 fn generated() -> impl Strategy<Value = Vec<u8>> {
-    (any::<u64>(), 1u8..5, prop::collection::vec(any::<u8>(), 0..20), prop::collection::vec(any::<u8>(), 0..300), any::<bool>())
+    (
+        any::<u64>(),
+        1u8..5,
+        prop::collection::vec(any::<u8>(), 0..20),
+        prop::collection::vec(any::<u8>(), 0..300),
+        any::<bool>(),
+    )
         .prop_map(|(seq, op, k, v, old)| if old { v1(op, &k, &v) } else { v2(seq, op, &k, &v) })
 }
 

@@ -345,13 +345,26 @@ fn a_manager_refuses_a_damaged_log_and_serves_it_after_repair() {
 
 #[test]
 fn decoders_reject_what_they_cannot_read() {
-    // A length field of 4 GiB in a small file is damage, not an allocation.
+    // A length field of 2 or 4 GiB in a small file is damage, not an
+    // allocation (the format-1 reader used to allocate and zero it first).
+    let before = common::fuzz::vm_peak();
     let mut b = persist::encode_header(Kind::Log, 5).to_vec();
     let mut rec = Vec::new();
     persist::encode_record(&mut rec, 5, REC_PUT, b"k", b"v").unwrap();
     rec[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+    let crc = persist::crc32(&rec[8..24]);
+    rec[4..8].copy_from_slice(&crc.to_le_bytes());
     b.extend_from_slice(&rec);
     let s = persist::scan(&mut &b[..], Kind::Log, true, |_, _, _| Ok(())).unwrap();
     assert_eq!(s.records, 0);
     assert_eq!(s.torn_tail.map(|t| t.offset), Some(FILE_HEADER as u64));
+    let mut v1 = Vec::new();
+    persist::encode_record_v1(&mut v1, REC_PUT, b"k", b"v");
+    let mut bad = v1.clone();
+    bad[..4].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
+    v1.extend_from_slice(&bad);
+    let s = persist::scan(&mut &v1[..], Kind::Log, true, |_, _, _| Ok(())).unwrap();
+    assert_eq!((s.version, s.records), (1, 1));
+    let grew = common::fuzz::vm_peak() - before;
+    assert!(grew < 256 << 20, "reading grew the peak memory by {grew} bytes");
 }

@@ -131,8 +131,12 @@ pub fn producer() -> i32 {
             return exit::ATTACH;
         }
     };
-    let log =
-        crate::private_file().create(true).truncate(true).write(true).open(format!("{dir}/p{id}")).expect("producer log");
+    let log = crate::private_file()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(format!("{dir}/p{id}"))
+        .expect("producer log");
     let mut rng = Rng::derive(seed, 0x1000_0000 + u64::from(id));
     let max_inline = ch.max_inline();
     let mut seq = 0u64;

@@ -39,14 +39,33 @@ pub fn corpus(target: &str) -> Vec<Vec<u8>> {
 /// One mutation; positions are taken modulo the input length.
 #[derive(Debug, Clone)]
 pub enum Mutation {
-    Flip { at: usize, bit: u8 },
-    Insert { at: usize, bytes: Vec<u8> },
-    Delete { at: usize, len: usize },
-    Truncate { at: usize },
+    Flip {
+        at: usize,
+        bit: u8,
+    },
+    Insert {
+        at: usize,
+        bytes: Vec<u8>,
+    },
+    Delete {
+        at: usize,
+        len: usize,
+    },
+    Truncate {
+        at: usize,
+    },
     /// Copy `len` bytes from `from` over (or, with `insert`, before) `to`.
-    Splice { from: usize, len: usize, to: usize, insert: bool },
+    Splice {
+        from: usize,
+        len: usize,
+        to: usize,
+        insert: bool,
+    },
     /// Overwrite with an interesting value.
-    Value { at: usize, value: Vec<u8> },
+    Value {
+        at: usize,
+        value: Vec<u8>,
+    },
 }
 
 fn interesting() -> impl Strategy<Value = Vec<u8>> {
@@ -145,7 +164,11 @@ pub fn start_case(input: &[u8]) {
                 let now = DONE.load(Ordering::Relaxed);
                 if now == last {
                     let cur = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
-                    eprintln!("fuzz: a case has run for over 60 s (a hang); its input ({} bytes): {:02x?}", cur.len(), &cur[..]);
+                    eprintln!(
+                        "fuzz: a case has run for over 60 s (a hang); its input ({} bytes): {:02x?}",
+                        cur.len(),
+                        &cur[..]
+                    );
                     std::process::abort();
                 }
                 last = now;
