@@ -530,7 +530,7 @@ impl<S: Source + ?Sized> Reader<'_, S> {
         if self.version >= 2 {
             while let Some(p) = self.find_magic(from)? {
                 if let Ok(f) = self.record_at(p)? {
-                    if expected.is_none_or(|e| f.seq >= e && f.seq - e < SEQ_WINDOW) {
+                    if expected.map_or(true, |e| f.seq >= e && f.seq - e < SEQ_WINDOW) {
                         return Ok(Some((p, f)));
                     }
                 }

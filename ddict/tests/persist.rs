@@ -183,7 +183,8 @@ fn inserted_garbage_zeroed_runs_and_lost_records_are_errors() {
 #[test]
 fn any_damage_in_a_snapshot_is_an_error() {
     let ps = pairs(40, 5);
-    let setups: Vec<(&str, Box<dyn Fn(&mut Vec<u8>, &[(u64, u64)])>, Vec<usize>)> = vec![
+    type Damage = Box<dyn Fn(&mut Vec<u8>, &[(u64, u64)])>;
+    let setups: Vec<(&str, Damage, Vec<usize>)> = vec![
         ("header", Box::new(|b, _| b[2] ^= 1), vec![]),
         ("first record", Box::new(|b, s| b[s[0].0 as usize + 26] ^= 1), vec![0]),
         ("middle", Box::new(|b, s| b[s[20].0 as usize + 1] ^= 4), vec![20]),
