@@ -95,7 +95,7 @@ const SEQ_WINDOW: u64 = 1 << 40;
 /// Read-ahead of a file being read.
 const WINDOW: usize = 1 << 20;
 
-// ---- CRC-32 (IEEE, the same values as `channels_core::handle::crc32`) ----
+// ---- CRC-32 (IEEE, the same values as `shm_primitives::handle::crc32`) ----
 
 const CRC_TABLE: [u32; 256] = {
     let mut t = [0u32; 256];
@@ -1210,7 +1210,7 @@ mod tests {
     #[test]
     fn crc_matches_the_handle_crc() {
         for data in [&b""[..], b"a", b"123456789", &[0xff; 1000]] {
-            assert_eq!(crc32(data), channels_core::handle::crc32(data));
+            assert_eq!(crc32(data), shm_primitives::handle::crc32(data));
         }
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
     }

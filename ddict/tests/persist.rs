@@ -326,7 +326,7 @@ fn a_manager_refuses_a_damaged_log_and_serves_it_after_repair() {
         len: 1 << 20,
         index: 0,
         name: "mgrc".into(),
-        owner: channels_core::owner::ProcessId::current(),
+        owner: shm_primitives::ProcessId::current(),
         persist: Some(d.path().to_owned()),
         restore: true,
         compact_after: 4096,

@@ -43,16 +43,16 @@ use crate::errors::{
     DestroyedError, DragonError, InvalidHandleError, MessageTooLargeError, NotLocalError, SharedMemoryError,
 };
 use crate::lent::{self, TAG_LENT};
-use channels_core::owner::ProcessId;
 use channels_core::{
-    AllocError, BackingError, ChannelError, ChannelOptions, Handle, RecvTimeoutError, Roles, SelectError,
-    SendTimeoutError, TryRecvError,
+    AllocError, BackingError, ChannelError, ChannelOptions, RecvTimeoutError, Roles, SelectError, SendTimeoutError,
+    TryRecvError,
 };
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyBrokenPipeError, PyEOFError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyList, PyTuple};
+use shm_primitives::{Handle, ProcessId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -300,7 +300,7 @@ impl Channel {
         }
         let h =
             Handle::from_bytes(handle).map_err(|e| InvalidHandleError::new_err(format!("bad channel handle: {e}")))?;
-        if h.kind != channels_core::Kind::Channel {
+        if h.kind != shm_primitives::Kind::Channel {
             return Err(InvalidHandleError::new_err(format!("handle is for a {:?}, not a channel", h.kind)));
         }
         if !h.address.is_empty() {

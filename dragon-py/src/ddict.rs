@@ -5,12 +5,12 @@
 //! `bytes` values as they are (tag 1) and pickles everything else (tag 0),
 //! so a `bytes` value is copied once into shared memory on a put and once
 //! out of it into a new `bytes` object on a get.
-use channels_core::owner::ProcessId;
 use ddict::manager::{self, Config};
 use ddict::{Client, Descriptor, Error, Put, ShardRef};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
+use shm_primitives::ProcessId;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;

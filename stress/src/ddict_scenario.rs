@@ -32,15 +32,16 @@ use crate::{
     checksum, env, env_u64, exit, fill, nap, parse_records, read_all, record, replace_ended, Opts, Pids, Rng, Summary,
     WorkDir, Worker,
 };
-use channels_core::owner::ProcessId;
 use ddict::manager::{self, Config};
 use ddict::{Client, Descriptor, Error, ShardRef};
+use ddict_shard::ShmShard;
+use shm_primitives::ProcessId;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::time::{Duration, Instant};
 use transport_shm::segment::{nonce32, RunId};
-use transport_shm::{ShmEvent, ShmShard};
+use transport_shm::ShmEvent;
 
 /// Shared keys.
 pub const SHARED_KEYS: u32 = 48;

@@ -34,13 +34,13 @@
 use crate::{
     env, env_u64, exit, nap, parse_records, read_all, record, replace_ended, Opts, Pids, Rng, Summary, WorkDir, Worker,
 };
-use channels_core::syncobj::{Acquired, BarrierError, WaitError};
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use sync_objects::{Acquired, BarrierError, WaitError};
 use transport_shm::{ShmBarrier, ShmCondition, ShmEvent, ShmLock, ShmRLock, ShmSemaphore};
 
 /// Units of the semaphore.

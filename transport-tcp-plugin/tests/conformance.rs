@@ -3,8 +3,8 @@
 //! process runs on loopback (its child processes reach the parent's agent:
 //! the config string travels to them).
 
-use channels_core::plugin::conformance::{built_library, Target};
 use std::sync::OnceLock;
+use transport_abi::conformance::{built_library, Target};
 use transport_tcp::{Agent, Secret};
 
 fn config() -> String {
@@ -16,4 +16,4 @@ fn config() -> String {
     format!("agent={} secret={}", agent.local_addr(), secret.to_hex())
 }
 
-channels_core::transport_conformance_tests!(Target { path: built_library("dragon_transport_tcp"), config: config() });
+transport_abi::transport_conformance_tests!(Target { path: built_library("dragon_transport_tcp"), config: config() });

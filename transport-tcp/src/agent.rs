@@ -33,14 +33,10 @@ use crate::auth::{self, random32, Secret};
 use crate::frame::{self, Frame};
 use crate::proto::{self, take_u64, timeout_of};
 use bytes::BytesMut;
-use channels_core::handle::{Handle, Kind};
-use channels_core::plugin::abi::{
-    DragonChannelAttrs, DRAGON_EAGAIN, DRAGON_EBADMSG, DRAGON_EINVAL, DRAGON_EIO, DRAGON_EPROTO, DRAGON_ETIMEDOUT,
-};
-use channels_core::plugin::export::{ChannelImpl, Failure, Timeout, TransportImpl};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
+use shm_primitives::handle::{Handle, Kind};
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -48,6 +44,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use transport_abi::abi::{
+    DragonChannelAttrs, DRAGON_EAGAIN, DRAGON_EBADMSG, DRAGON_EINVAL, DRAGON_EIO, DRAGON_EPROTO, DRAGON_ETIMEDOUT,
+};
+use transport_abi::export::{ChannelImpl, Failure, Timeout, TransportImpl};
 use transport_shm::plugin::{ShmChannel, ShmTransport};
 
 const LISTENER: Token = Token(0);

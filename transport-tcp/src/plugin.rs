@@ -15,12 +15,12 @@
 
 use crate::auth::Secret;
 use crate::client::{Client, TcpError};
-use channels_core::handle::{Handle, Kind};
-use channels_core::plugin::abi::*;
-use channels_core::plugin::export::{ChannelImpl, Failure, Timeout, TransportImpl};
+use shm_primitives::handle::{Handle, Kind};
 use std::ffi::CStr;
 use std::sync::Mutex;
 use std::time::Duration;
+use transport_abi::abi::*;
+use transport_abi::export::{ChannelImpl, Failure, Timeout, TransportImpl};
 
 /// How long connecting to an agent may take.
 const CONNECT: Duration = Duration::from_secs(10);

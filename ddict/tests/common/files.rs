@@ -6,31 +6,10 @@ use ddict::Error;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// A fresh, empty directory for one test (removed on drop).
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let d = std::env::temp_dir().join(format!(
-            "ddict-test-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&d);
-        TempDir(d)
-    }
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+/// A path for a fresh directory of one test (nothing is created; removed
+/// on drop).
+#[allow(unused_imports)]
+pub use test_support::TempDir;
 
 pub type Model = HashMap<Vec<u8>, Vec<u8>>;
 

@@ -11,8 +11,7 @@
 
 use proptest::prelude::*;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, Once};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// How much the peak virtual memory may grow over a fuzz run.
@@ -150,31 +149,17 @@ pub fn vm_peak() -> u64 {
     kb * 1024
 }
 
-static DONE: AtomicU64 = AtomicU64::new(0);
 static CURRENT: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+/// What the stall watchdog prints: the input of the case that hangs.
+fn hung_case() -> String {
+    let cur = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
+    format!("fuzz: a case has run for over 60 s (a hang); its input ({} bytes): {:02x?}", cur.len(), &cur[..])
+}
 
 /// Note the input about to run (printed if it hangs).
 pub fn start_case(input: &[u8]) {
-    static WATCH: Once = Once::new();
-    WATCH.call_once(|| {
-        std::thread::spawn(|| {
-            let mut last = u64::MAX;
-            loop {
-                std::thread::sleep(Duration::from_secs(60));
-                let now = DONE.load(Ordering::Relaxed);
-                if now == last {
-                    let cur = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
-                    eprintln!(
-                        "fuzz: a case has run for over 60 s (a hang); its input ({} bytes): {:02x?}",
-                        cur.len(),
-                        &cur[..]
-                    );
-                    std::process::abort();
-                }
-                last = now;
-            }
-        });
-    });
+    test_support::watchdog::stall(Duration::from_secs(60), hung_case);
     let mut cur = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
     cur.clear();
     cur.extend_from_slice(input);
@@ -182,8 +167,7 @@ pub fn start_case(input: &[u8]) {
 
 /// The case noted by [`start_case`] ended.
 pub fn end_case() {
-    // Relaxed: a progress count read by the watchdog, nothing else.
-    DONE.fetch_add(1, Ordering::Relaxed);
+    test_support::watchdog::progress();
 }
 
 /// Runs `f` over `cases()` mutated inputs from `corpus` and `generated`,
@@ -201,13 +185,13 @@ pub fn run(
         failure_persistence: None,
         ..ProptestConfig::default()
     });
-    let count = AtomicU64::new(0);
+    let count = std::cell::Cell::new(0u64);
     let r = runner.run(&(base, mutations()), |(input, muts)| {
         let b = apply(&input, &muts);
         start_case(&b);
         let r = f(&b);
         end_case();
-        count.fetch_add(1, Ordering::Relaxed);
+        count.set(count.get() + 1);
         r?;
         let grew = vm_peak().saturating_sub(before);
         prop_assert!(grew < VM_GROWTH_LIMIT, "peak virtual memory grew by {} bytes (input of {} bytes)", grew, b.len());
@@ -218,7 +202,7 @@ pub fn run(
     }
     let grew = vm_peak().saturating_sub(before);
     assert!(grew < VM_GROWTH_LIMIT, "peak virtual memory grew by {grew} bytes over the run");
-    count.load(Ordering::Relaxed)
+    count.get()
 }
 
 // ---- DDict files --------------------------------------------------------------

@@ -4,9 +4,9 @@
 pub mod files;
 pub mod fuzz;
 
-use channels_core::owner::ProcessId;
 use ddict::manager::{self, Config};
 use ddict::{Descriptor, ShardRef, FLAG_DURABLE};
+use shm_primitives::ProcessId;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -70,15 +70,8 @@ impl Drop for Served {
     }
 }
 
-/// Fails the test binary (instead of hanging it) after 300 s.
+/// Arm the binary's watchdog, which removes the run's segments before it
+/// aborts a hung binary.
 pub fn watchdog() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        std::thread::spawn(|| {
-            std::thread::sleep(Duration::from_secs(300));
-            eprintln!("watchdog: ddict tests still running after 300 s; aborting");
-            transport_shm::segment::cleanup_run(RunId::current());
-            std::process::abort();
-        });
-    });
+    test_support::watchdog::start_with(transport_shm::segment::cleanup_own_run);
 }
