@@ -332,7 +332,7 @@ fn dragon_mpmc(results: &mut Vec<(String, f64)>) {
 
 fn child_dragon_mpmc(role: &str, args: &[String]) {
     let ch = transport_shm::channel::attach_with(
-        &channels_core::Handle::from_text(&args[0]).unwrap(),
+        &shm_primitives::Handle::from_text(&args[0]).unwrap(),
         if role == "producer" { Roles::SEND } else { Roles::RECV },
     )
     .unwrap();
@@ -407,7 +407,7 @@ fn child_pipe_echo(args: &[String]) {
 
 /// Two words in a shared segment, for the raw futex and spin floors.
 fn words(seg: &transport_shm::Segment) -> (&AtomicU32, &AtomicU32) {
-    use channels_core::region::Region;
+    use shm_primitives::region::Region;
     let p = seg.base().as_ptr();
     // SAFETY: the segment is a page of zeroed shared memory; two aligned u32
     // words on separate cache lines.
@@ -426,9 +426,9 @@ fn raw_rtt(futex: bool, results: &mut Vec<(String, f64)>) {
         seq += 1;
         ping.store(seq, Ordering::Release);
         if futex {
-            channels_core::futex::wake(ping, 1);
+            shm_primitives::futex::wake(ping, 1);
             while pong.load(Ordering::Acquire) != seq {
-                channels_core::futex::wait(pong, seq - 1, FLOOR_TIMEOUT);
+                shm_primitives::futex::wait(pong, seq - 1, FLOOR_TIMEOUT);
             }
         } else {
             while pong.load(Ordering::Acquire) != seq {
@@ -459,7 +459,7 @@ fn raw_rtt(futex: bool, results: &mut Vec<(String, f64)>) {
             .collect()
     };
     ping.store(u32::MAX, Ordering::Release);
-    channels_core::futex::wake(ping, 1);
+    shm_primitives::futex::wake(ping, 1);
     peer.finish();
     seg.unlink().unwrap();
     let (med, p99) = median_p99(samples);
@@ -481,7 +481,7 @@ fn child_raw_echo(args: &[String]) {
                 break v;
             }
             if futex {
-                channels_core::futex::wait(ping, seen, FLOOR_TIMEOUT);
+                shm_primitives::futex::wait(ping, seen, FLOOR_TIMEOUT);
             } else {
                 std::hint::spin_loop();
             }
@@ -492,7 +492,7 @@ fn child_raw_echo(args: &[String]) {
         seen = v;
         pong.store(v, Ordering::Release);
         if futex {
-            channels_core::futex::wake(pong, 1);
+            shm_primitives::futex::wake(pong, 1);
         }
     }
 }

@@ -44,8 +44,8 @@ use crate::layout::{
     blocks_in_segment, BlockMeta, ClassCtl, ExtHeader, ExtLayout, EXT_MAGIC, MAX_CLASS_SHIFT, MAX_SEGS_PER_CLASS,
     MIN_CLASS_SHIFT, NUM_CLASSES,
 };
-use crate::region::Region;
-use crate::sync::{AtomicU64, Ordering};
+use shm_primitives::region::Region;
+use shm_primitives::sync::{AtomicU64, Ordering};
 use std::fmt;
 use std::ptr::NonNull;
 use std::sync::{Mutex, RwLock};
@@ -262,7 +262,7 @@ impl<'a> FreeList<'a> {
             if self.head.compare_exchange(h, announced, Ordering::AcqRel, Ordering::Relaxed).is_err() {
                 continue;
             }
-            crate::fault::point("alloc.pop_announced");
+            shm_primitives::fault::point("alloc.pop_announced");
             self.help(announced, metas)?;
             let id = (id1 - 1) as u32;
             // Acquire: pairs with whoever set the state (us or a helper).
@@ -289,7 +289,7 @@ impl<'a> FreeList<'a> {
             let announced = head_word(head_tag(h) + 1, OP_PUSH, att, u64::from(id) + 1);
             // AcqRel: announces the push and publishes `next`.
             if self.head.compare_exchange(h, announced, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-                crate::fault::point("alloc.push_announced");
+                shm_primitives::fault::point("alloc.push_announced");
                 return self.help(announced, metas);
             }
         }
@@ -688,7 +688,7 @@ impl Allocator {
 
     fn create_segment(&self, class: usize, seg: u32, layout: ExtLayout, att: u32) -> Result<BlockRef, AllocError> {
         let word = &self.class(class).segs[seg as usize];
-        crate::fault::point("alloc.creating");
+        shm_primitives::fault::point("alloc.creating");
         let region = match self.backing.extension(ext_index(class, seg), layout.total_len, true) {
             Ok(r) => r,
             Err(e) => {
@@ -711,8 +711,8 @@ impl Allocator {
                 magic: AtomicU64::new(0),
                 channel_id: AtomicU64::new(self.channel_id),
                 generation: AtomicU64::new(self.generation),
-                class_shift: crate::sync::AtomicU32::new(layout.shift),
-                seg: crate::sync::AtomicU32::new(seg),
+                class_shift: shm_primitives::sync::AtomicU32::new(layout.shift),
+                seg: shm_primitives::sync::AtomicU32::new(seg),
                 nblocks: AtomicU64::new(layout.nblocks),
             });
             let metas = base.add(layout.meta_off).cast::<BlockMeta>();
@@ -727,7 +727,7 @@ impl Allocator {
             // Release: the header and metadata above are complete.
             (*base.cast::<ExtHeader>()).magic.store(EXT_MAGIC, Ordering::Release);
         }
-        crate::fault::point("alloc.created");
+        shm_primitives::fault::point("alloc.created");
         // SYNC POINT (Release): the segment is initialised; pairs with the
         // Acquire loads in `ext` and `grow`.
         if word
@@ -739,7 +739,7 @@ impl Allocator {
             )));
         }
         self.install(class, seg, layout, region)?;
-        crate::fault::point("alloc.ready");
+        shm_primitives::fault::point("alloc.ready");
         let first = seg << LOCAL_BITS;
         for local in 1..layout.nblocks as u32 {
             self.free(BlockRef { class, id: first | local }, att)?;

@@ -20,8 +20,8 @@
 //! the sweep is taken over.
 
 use crate::layout::{AttachCtl, AttachRow};
-use crate::owner::ProcessId;
-use crate::sync::{AtomicU64, Ordering};
+use shm_primitives::process::ProcessId;
+use shm_primitives::sync::{AtomicU64, Ordering};
 use std::ptr::NonNull;
 
 const ROW_CLAIMING: u64 = 1;
@@ -110,8 +110,8 @@ impl Table {
                 rows.add(i).write(AttachRow {
                     owner: AtomicU64::new(0),
                     start: AtomicU64::new(0),
-                    roles: crate::sync::AtomicU32::new(0),
-                    reserved: crate::sync::AtomicU32::new(0),
+                    roles: shm_primitives::sync::AtomicU32::new(0),
+                    reserved: shm_primitives::sync::AtomicU32::new(0),
                 })
             };
         }

@@ -5,7 +5,7 @@
 //! shared-memory segments; [`HeapBacking`] keeps everything on this
 //! process's heap (tests, channels between threads).
 
-use crate::region::{HeapRegion, Region};
+use shm_primitives::region::{HeapRegion, Region};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};

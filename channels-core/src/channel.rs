@@ -30,19 +30,19 @@ use crate::alloc::{class_size, put_in_ring, take_from_ring, AllocError, AllocSta
 use crate::attach::{Roles, Table};
 use crate::backing::{Backing, HeapBacking};
 use crate::error::*;
-use crate::fault;
-use crate::futex::{self, Deadline, Wake};
-use crate::handle::{Handle, Kind};
 use crate::layout::{
     flags, AttachRow, ChannelHeader, MainLayout, WaitWord, LAYOUT_VERSION, MAGIC, SELECT_WAITER_ONE, STATE_CLOSED,
     STATE_DESTROYED, STATE_OPEN, WAITER_ONE,
 };
-use crate::owner::ProcessId;
-use crate::region::{HeapRegion, Region};
 use crate::ring::{ClaimReadError, ClaimWriteError, Ring};
-use crate::sync::{spin_loop, AtomicU32, AtomicU64, Ordering};
 use crate::wake;
 use bytes::Bytes;
+use shm_primitives::fault;
+use shm_primitives::futex::{self, Deadline, Wake};
+use shm_primitives::handle::{Handle, Kind};
+use shm_primitives::process::ProcessId;
+use shm_primitives::region::{HeapRegion, Region};
+use shm_primitives::sync::{spin_loop, AtomicU32, AtomicU64, Ordering};
 use std::fmt;
 use std::mem::size_of;
 use std::ptr::NonNull;
@@ -54,7 +54,7 @@ use std::time::{Duration, Instant};
 /// own (ids are what recovery attributes claims and blocks to) and must
 /// never give back its parent's row.
 mod fork {
-    use std::sync::atomic::{AtomicU64, Ordering}; // facade-exempt: process-local fork counter, not shared memory
+    use shm_primitives::sync::local::{AtomicU64, Ordering};
 
     static EPOCH: AtomicU64 = AtomicU64::new(0);
 
@@ -976,7 +976,7 @@ impl Channel {
         roles: Roles,
     ) -> Result<Channel, ChannelError> {
         if handle.kind != Kind::Channel {
-            return Err(ChannelError::Handle(crate::handle::HandleError::WrongKind {
+            return Err(ChannelError::Handle(shm_primitives::handle::HandleError::WrongKind {
                 expected: Kind::Channel,
                 found: handle.kind,
             }));
@@ -1404,7 +1404,7 @@ fn validate(region: &dyn Region, handle: &Handle) -> Result<(MainLayout, u32), C
 /// page, that nobody else uses yet.
 unsafe fn init_header(base: *mut u8, layout: &MainLayout, id: u64, generation: u64, opts: &ChannelOptions) {
     use crate::layout::{AttachCtl, CachePadded, ClassCtl, Config, NUM_CLASSES};
-    use crate::sync::AtomicU32;
+    use shm_primitives::sync::AtomicU32;
     let hdr = base.cast::<ChannelHeader>();
     // Each field is written in place: a ChannelHeader is too big to build
     // on the stack comfortably, and under loom atomics must be constructed.

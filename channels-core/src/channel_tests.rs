@@ -5,17 +5,9 @@ use super::*;
 use std::collections::HashMap;
 use std::thread;
 
-/// A heap channel; the first call also starts a watchdog that aborts the
-/// test binary if it still runs after 300 s, so a hang fails the run.
+/// A heap channel; also arms the binary's watchdog, so a hang fails the run.
 fn heap(opts: &ChannelOptions) -> Result<Channel, ChannelError> {
-    static WATCHDOG: std::sync::Once = std::sync::Once::new();
-    WATCHDOG.call_once(|| {
-        thread::spawn(|| {
-            thread::sleep(Duration::from_secs(300));
-            eprintln!("watchdog: channel tests still running after 300 s; aborting");
-            std::process::abort();
-        });
-    });
+    test_support::watchdog::start();
     Channel::heap(opts)
 }
 

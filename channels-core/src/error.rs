@@ -5,7 +5,7 @@
 
 use crate::alloc::AllocError;
 use crate::backing::BackingError;
-use crate::handle::HandleError;
+use shm_primitives::handle::HandleError;
 use std::fmt;
 
 /// Why creating or attaching to a channel failed.

@@ -4,7 +4,7 @@
 //! (created on demand by the block allocator). Everything in them is
 //! `#[repr(C)]`, addressed by byte offsets from the region base, and every
 //! word that more than one process touches is an atomic from the
-//! [`crate::sync`] facade.
+//! [`shm_primitives::sync`] facade.
 //!
 //! ```text
 //!  main region (offsets from the base; the base is page aligned)
@@ -45,7 +45,7 @@
 //! is a valid zero, and the layout is identical in every process of the same
 //! build; [`LAYOUT_VERSION`] changes whenever it changes.
 
-use crate::sync::{AtomicU32, AtomicU64};
+use shm_primitives::sync::{AtomicU32, AtomicU64};
 use std::mem::{align_of, offset_of, size_of};
 
 /// First word of a channel's main region ("DRGNCHAN", little endian).

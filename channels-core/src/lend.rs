@@ -42,8 +42,8 @@
 //! publishing the message, that block is stranded until the store is
 //! removed with its run. Those windows are a few instructions wide.
 
-use crate::owner::ProcessId;
-use crate::sync::{AtomicU64, Ordering};
+use shm_primitives::process::ProcessId;
+use shm_primitives::sync::{AtomicU64, Ordering};
 
 /// Words of pin bits per block (64 attachments per word).
 #[cfg(not(dragon_loom))]

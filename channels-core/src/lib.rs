@@ -1,5 +1,11 @@
 //! Channels core: lock-free, crash-safe message channels in shared memory.
 //!
+//! The ring (Vyukov's bounded queue, made crash-safe), the block allocator
+//! ([`alloc`]), the attachment table ([`attach`]), the wake protocol,
+//! blocks lent between processes ([`lend`]) and select, on any
+//! [`Region`](shm_primitives::Region) and [`Backing`]. Futex waits, process
+//! identity, regions and handles come from `shm-primitives`.
+//!
 //! See `docs/architecture.md` for the memory layout, the ring algorithm, the
 //! wake protocol and the crash rules.
 
@@ -8,18 +14,9 @@ pub mod attach;
 pub mod backing;
 pub mod channel;
 pub mod error;
-pub mod fault;
-pub mod futex;
-pub mod handle;
-pub mod kv;
 pub mod layout;
 pub mod lend;
-pub mod owner;
-pub mod plugin;
-pub mod region;
 pub(crate) mod ring;
-pub(crate) mod sync;
-pub mod syncobj;
 pub(crate) mod wake;
 
 #[cfg(all(test, dragon_loom))]
@@ -35,4 +32,3 @@ pub use channel::{
 pub use error::{
     ChannelError, RecvError, RecvTimeoutError, SelectError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
-pub use handle::{Handle, HandleError, Kind};

@@ -30,7 +30,7 @@
 //! every position below it is delivered and nothing above it ever is.
 
 use crate::layout::{SlotHeader, SLOT_HEADER};
-use crate::sync::{spin_loop, AtomicU64, AtomicU8, Ordering};
+use shm_primitives::sync::{spin_loop, AtomicU64, AtomicU8, Ordering};
 use std::ptr::NonNull;
 
 /// Slot states (low four bits of a stamp).
@@ -378,7 +378,7 @@ impl Ring {
     /// past it, unless the channel was closed first (then undo the claim).
     #[inline]
     fn count_claim(&self, mut tail: u64, claim: Claim, claimed: u64) -> Result<Claim, ClaimWriteError> {
-        crate::fault::point("ring.claimed_not_counted");
+        shm_primitives::fault::point("ring.claimed_not_counted");
         loop {
             // Release: publishes our claim stamp to anyone acquiring tail.
             match self.tail().compare_exchange(tail, self.next(tail), Ordering::Release, Ordering::Acquire) {
@@ -677,7 +677,7 @@ impl Ring {
 #[cfg(all(test, not(dragon_loom)))]
 mod tests {
     use super::*;
-    use crate::region::{HeapRegion, Region};
+    use shm_primitives::region::{HeapRegion, Region};
 
     struct TestRing {
         _mem: HeapRegion,

@@ -2,9 +2,9 @@
 //! protocol and why it cannot lose a wake-up). Kept apart so the loom model
 //! checks exactly this code.
 
-use crate::futex;
 use crate::layout::{WaitWord, SELECT_WAITER_ONE};
-use crate::sync::{fence, Ordering};
+use shm_primitives::futex;
+use shm_primitives::sync::{fence, Ordering};
 
 /// Announce a waiter (`one` is `WAITER_ONE` or `SELECT_WAITER_ONE`) and
 /// return the futex value to sleep on. The caller must re-check its

@@ -2,7 +2,7 @@
 //! DDict: a sharded, memory-bounded, persistent distributed dictionary.
 //!
 //! A DDict is a set of shards, one per manager. Each shard is a
-//! [`channels_core::kv::Shard`] in its own shared-memory segment of exactly
+//! [`ddict_shard::Shard`] in its own shared-memory segment of exactly
 //! `total_mem / managers` bytes, created and owned by its manager process
 //! ([`manager::serve`]). Clients on the node map every shard and operate on
 //! it directly (a lock, a copy, an unlock: no round trip); a key goes to
@@ -19,14 +19,14 @@ pub mod codec;
 pub mod manager;
 pub mod persist;
 
-pub use channels_core::kv::{key_hash, Put, ShardStats, Update};
 pub use codec::{BytesCodec, Codec, DecodeError, I64Codec, StrCodec, Typed};
+pub use ddict_shard::{key_hash, Put, ShardStats, Update};
 
-use channels_core::kv::KvError;
-use channels_core::owner::ProcessId;
+use ddict_shard::KvError;
+use ddict_shard::{KvShmError, ShmShard};
+use shm_primitives::ProcessId;
 use std::fmt;
 use std::time::{Duration, Instant};
-use transport_shm::{KvShmError, ShmShard};
 
 /// How often a client checks that the managers live and the DDict was not
 /// destroyed (it reads `/proc`, so never per operation).
@@ -70,6 +70,10 @@ pub enum Error {
     /// A durable write could not be logged (disk error), or a log could not
     /// be read back.
     Persist(String),
+    /// A log or snapshot is damaged (not just a torn tail): restoring
+    /// refused it and changed nothing on disk; [`persist::repair`] keeps
+    /// every valid record.
+    PersistCorrupt(Box<persist::Corruption>),
     /// The operation is not available in this mode.
     Unsupported(&'static str),
 }
@@ -91,6 +95,7 @@ impl fmt::Display for Error {
             Error::Create(m) => write!(f, "cannot create a DDict shard: {m}"),
             Error::Corrupt(m) => write!(f, "DDict memory is corrupt: {m}"),
             Error::Persist(m) => write!(f, "DDict persistence failed: {m}"),
+            Error::PersistCorrupt(c) => write!(f, "cannot restore the DDict: {c}"),
             Error::Unsupported(m) => f.write_str(m),
         }
     }
@@ -183,7 +188,7 @@ impl Descriptor {
 pub struct Client {
     desc: Descriptor,
     shards: Vec<ShmShard>,
-    slots: Vec<Option<channels_core::kv::Slot>>,
+    slots: Vec<Option<ddict_shard::Slot>>,
     pid: u32,
     next_check: Instant,
     pin: Option<usize>,
@@ -252,7 +257,7 @@ impl Client {
     /// Check now that the DDict was not destroyed and every manager lives.
     pub fn check_now(&self) -> Result<(), Error> {
         for (i, sh) in self.shards.iter().enumerate() {
-            if sh.state() != channels_core::kv::state::OPEN {
+            if sh.state() != ddict_shard::state::OPEN {
                 return Err(Error::Destroyed);
             }
             if !sh.manager_alive() {
@@ -264,7 +269,7 @@ impl Client {
 
     /// The slot of shard `i`, claimed on first use (and again in a forked
     /// child, whose inherited slots are its parent's).
-    fn slot(&mut self, i: usize) -> Result<&channels_core::kv::Slot, Error> {
+    fn slot(&mut self, i: usize) -> Result<&ddict_shard::Slot, Error> {
         let pid = ProcessId::current().pid;
         if pid != self.pid {
             // Forked: the slots are the parent's; leave them to it.
@@ -299,7 +304,7 @@ impl Client {
     fn op<T>(
         &mut self,
         i: usize,
-        f: impl FnOnce(&ShmShard, &channels_core::kv::Slot) -> Result<T, KvError>,
+        f: impl FnOnce(&ShmShard, &ddict_shard::Slot) -> Result<T, KvError>,
     ) -> Result<T, Error> {
         self.slot(i)?;
         let slot = self.slots[i].as_ref().expect("claimed");
@@ -459,7 +464,7 @@ impl Client {
         self.op(i, |sh, s| sh.delete(s, key))
     }
 
-    /// Read-modify-write `key` atomically (see [`channels_core::kv::Shard::update`]).
+    /// Read-modify-write `key` atomically (see [`ddict_shard::Shard::update`]).
     pub fn update<T>(&mut self, key: &[u8], f: impl FnOnce(Option<&[u8]>) -> (Update, T)) -> Result<T, Error> {
         let i = self.shard_of(key);
         if self.durable() {
@@ -583,7 +588,7 @@ impl Client {
     /// for every process once this returns.
     pub fn destroy(&mut self) {
         for sh in &self.shards {
-            sh.set_state(channels_core::kv::state::SHUTDOWN);
+            sh.set_state(ddict_shard::state::SHUTDOWN);
             let _ = sh.unlink();
         }
     }

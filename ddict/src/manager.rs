@@ -12,11 +12,11 @@
 
 use crate::persist::{Wal, REC_CLEAR, REC_DELETE, REC_PUT};
 use crate::Error;
-use channels_core::kv::{self, KvError, Request, FLAG_MANAGER_REAPS};
-use channels_core::owner::ProcessId;
+use ddict_shard::ShmShard;
+use ddict_shard::{state, KvError, Put, Request, Slot, FLAG_MANAGER_REAPS};
+use shm_primitives::ProcessId;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use transport_shm::ShmShard;
 
 /// Request: store the value.
 pub const OP_PUT: u64 = 1;
@@ -115,8 +115,8 @@ pub struct Config {
 pub fn serve(cfg: &Config, ready: impl FnOnce()) -> Result<(), Error> {
     let shard = ShmShard::create(&cfg.segment, cfg.len, cfg.id).map_err(|e| Error::Create(e.to_string()))?;
     let r = run(cfg, &shard, ready);
-    if shard.state() == kv::state::OPEN {
-        shard.set_state(kv::state::DESTROYED);
+    if shard.state() == state::OPEN {
+        shard.set_state(state::DESTROYED);
     }
     let _ = shard.unlink();
     r
@@ -135,8 +135,7 @@ fn run(cfg: &Config, shard: &ShmShard, ready: impl FnOnce()) -> Result<(), Error
                 _ => return Err(format!("unknown record {op} in the log")),
             }
             .map_err(|e| format!("restoring shard {}: {e}", cfg.index))
-        })
-        .map_err(Error::Persist)?;
+        })?;
         wal = Some(w);
     }
     // Checkpoint bookkeeping (recomputed from the keys after a restore).
@@ -156,7 +155,7 @@ fn run(cfg: &Config, shard: &ShmShard, ready: impl FnOnce()) -> Result<(), Error
     let mut next_tick = Instant::now() + TICK;
     loop {
         let seen = shard.doorbell();
-        if shard.state() != kv::state::OPEN {
+        if shard.state() != state::OPEN {
             break;
         }
         shard.requests(&mut reqs);
@@ -186,14 +185,14 @@ fn run(cfg: &Config, shard: &ShmShard, ready: impl FnOnce()) -> Result<(), Error
             if let Some(w) = wal.as_mut() {
                 let live = shard.stats().used_bytes;
                 if w.bytes > cfg.compact_after.max(2 * live) {
-                    w.compact(|put| shard.for_each(|k, v| put(k, v))).map_err(Error::Persist)?;
+                    w.compact(|put| shard.for_each(|k, v| put(k, v)))?;
                 }
             }
         }
         shard.wait_doorbell(seen, TICK);
     }
     if let Some(w) = wal.as_mut() {
-        w.sync().map_err(Error::Persist)?;
+        w.sync()?;
     }
     shard.release_slot(slot);
     Ok(())
@@ -208,7 +207,7 @@ enum Act {
 }
 
 /// Log, sync, apply and answer `group`.
-fn commit(shard: &ShmShard, slot: &kv::Slot, wal: &mut Wal, group: &mut Vec<(Request, Act)>) {
+fn commit(shard: &ShmShard, slot: &Slot, wal: &mut Wal, group: &mut Vec<(Request, Act)>) {
     if group.is_empty() {
         return;
     }
@@ -238,7 +237,7 @@ fn err_code(e: KvError) -> u64 {
     }
 }
 
-fn serve_batch(shard: &ShmShard, slot: &kv::Slot, wal: &mut Wal, reqs: &[Request]) {
+fn serve_batch(shard: &ShmShard, slot: &Slot, wal: &mut Wal, reqs: &[Request]) {
     let mut group = Vec::new();
     for r in reqs {
         // Only the manager freezes a durable shard, between groups, so a
@@ -272,7 +271,7 @@ fn serve_batch(shard: &ShmShard, slot: &kv::Slot, wal: &mut Wal, reqs: &[Request
                 match r.op {
                     OP_PUT_IF_ABSENT => {
                         if shard.request_key_present(r) {
-                            shard.reply(r, kv::Put::Exists as u64, 0);
+                            shard.reply(r, Put::Exists as u64, 0);
                         } else {
                             shard.request_data(r, |k, v| wal.append(REC_PUT, k, v));
                             group.push((*r, Act::Put));
@@ -325,7 +324,7 @@ fn request_u64(shard: &ShmShard, r: &Request) -> u64 {
 /// Make checkpoint `c` the newest of the shard and merge the checkpoints
 /// that fall out of the working set into the unversioned entries, oldest
 /// first (logged first in durable mode). Returns the oldest checkpoint kept.
-fn advance(shard: &ShmShard, slot: &kv::Slot, mut wal: Option<&mut Wal>, c: u64) -> u64 {
+fn advance(shard: &ShmShard, slot: &Slot, mut wal: Option<&mut Wal>, c: u64) -> u64 {
     let newest = shard.user_word(UW_NEWEST).max(c);
     shard.set_user_word(UW_NEWEST, newest);
     let w = shard.user_word(UW_WORKING_SET).max(1);
@@ -374,13 +373,13 @@ fn advance(shard: &ShmShard, slot: &kv::Slot, mut wal: Option<&mut Wal>, c: u64)
 /// Send one request to the shard's manager and wait for its answer,
 /// checking every tick that the manager lives.
 /// Returns the result code and the result value.
-pub fn request(shard: &ShmShard, slot: &kv::Slot, op: u64, key: &[u8], value: &[u8]) -> Result<(u64, u64), Error> {
+pub fn request(shard: &ShmShard, slot: &Slot, op: u64, key: &[u8], value: &[u8]) -> Result<(u64, u64), Error> {
     let seq = shard.post_request(slot, op, key, value).map_err(post_err)?;
     wait(shard, slot, op, seq)
 }
 
 /// Send a batch of puts to the shard's manager and wait for its answer.
-pub fn request_batch(shard: &ShmShard, slot: &kv::Slot, pairs: &[(&[u8], &[u8])]) -> Result<(u64, u64), Error> {
+pub fn request_batch(shard: &ShmShard, slot: &Slot, pairs: &[(&[u8], &[u8])]) -> Result<(u64, u64), Error> {
     let seq = shard.post_batch(slot, OP_PUT_BATCH, pairs).map_err(post_err)?;
     wait(shard, slot, OP_PUT_BATCH, seq)
 }
@@ -392,7 +391,7 @@ fn post_err(e: KvError) -> Error {
     }
 }
 
-fn wait(shard: &ShmShard, slot: &kv::Slot, op: u64, seq: u32) -> Result<(u64, u64), Error> {
+fn wait(shard: &ShmShard, slot: &Slot, op: u64, seq: u32) -> Result<(u64, u64), Error> {
     loop {
         if let Some((r, value)) = shard.wait_reply(slot, seq, TICK) {
             return match r {
@@ -403,7 +402,7 @@ fn wait(shard: &ShmShard, slot: &kv::Slot, op: u64, seq: u32) -> Result<(u64, u6
                 r => Ok((r, value)),
             };
         }
-        if shard.state() != kv::state::OPEN {
+        if shard.state() != state::OPEN {
             return Err(Error::Destroyed);
         }
         if !shard.manager_alive() {

@@ -43,16 +43,16 @@ use crate::errors::{
     DestroyedError, DragonError, InvalidHandleError, MessageTooLargeError, NotLocalError, SharedMemoryError,
 };
 use crate::lent::{self, TAG_LENT};
-use channels_core::owner::ProcessId;
 use channels_core::{
-    AllocError, BackingError, ChannelError, ChannelOptions, Handle, RecvTimeoutError, Roles, SelectError,
-    SendTimeoutError, TryRecvError,
+    AllocError, BackingError, ChannelError, ChannelOptions, RecvTimeoutError, Roles, SelectError, SendTimeoutError,
+    TryRecvError,
 };
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyBrokenPipeError, PyEOFError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyList, PyTuple};
+use shm_primitives::{Handle, ProcessId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -268,7 +268,7 @@ fn attach_local(py: Python<'_>, handle: &[u8], send: bool, recv: bool) -> PyResu
         }
     }
     let h = Handle::from_bytes(handle).map_err(|e| InvalidHandleError::new_err(format!("bad channel handle: {e}")))?;
-    if h.kind != channels_core::Kind::Channel {
+    if h.kind != shm_primitives::Kind::Channel {
         return Err(InvalidHandleError::new_err(format!("handle is for a {:?}, not a channel", h.kind)));
     }
     if !h.address.is_empty() {
@@ -327,7 +327,7 @@ impl Channel {
     fn attach(py: Python<'_>, handle: &[u8], send: bool, recv: bool) -> PyResult<Py<PyAny>> {
         let h =
             Handle::from_bytes(handle).map_err(|e| InvalidHandleError::new_err(format!("bad channel handle: {e}")))?;
-        if h.kind == channels_core::Kind::Channel && h.address.is_empty() && h.node != transport_shm::this_node() {
+        if h.kind == shm_primitives::Kind::Channel && h.address.is_empty() && h.node != transport_shm::this_node() {
             if std::env::var_os("DRAGON_SERVICE").is_none() {
                 return Err(NotLocalError::new_err(format!(
                     "handle names a channel on node {}, and this process is not part of a multi-node run",

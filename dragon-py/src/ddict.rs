@@ -5,12 +5,12 @@
 //! `bytes` values as they are (tag 1) and pickles everything else (tag 0),
 //! so a `bytes` value is copied once into shared memory on a put and once
 //! out of it into a new `bytes` object on a get.
-use channels_core::owner::ProcessId;
 use ddict::manager::{self, Config};
 use ddict::{Client, Descriptor, Error, Put, ShardRef};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
+use shm_primitives::ProcessId;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -22,10 +22,32 @@ pyo3::import_exception!(dragon.data.ddict, DDictManagerDied);
 pyo3::import_exception!(dragon.data.ddict, DDictFrozenError);
 pyo3::import_exception!(dragon.data.ddict, DDictDestroyedError);
 pyo3::import_exception!(dragon.data.ddict, DDictPersistError);
+pyo3::import_exception!(dragon.data.ddict, DDictPersistCorruptError);
+
+/// `DDictPersistCorruptError`, with the damage as attributes.
+fn corrupt_err(c: &ddict::persist::Corruption, message: String) -> PyErr {
+    let e = DDictPersistCorruptError::new_err(message);
+    Python::attach(|py| {
+        let v = e.value(py);
+        let set = || -> PyResult<()> {
+            v.setattr("path", c.path.as_os_str().to_owned())?;
+            v.setattr("offset", c.offset)?;
+            v.setattr("what", c.what.clone())?;
+            v.setattr("records_after", c.records_after)?;
+            v.setattr("bytes_after", c.bytes_after)?;
+            v.setattr("spans", c.spans)
+        };
+        match set() {
+            Ok(()) => e.clone_ref(py),
+            Err(other) => other,
+        }
+    })
+}
 
 fn err(e: Error) -> PyErr {
     let m = e.to_string();
     match e {
+        Error::PersistCorrupt(c) => corrupt_err(&c, m),
         Error::Full { .. } => DDictFullError::new_err(m),
         Error::ManagerDied { .. } => DDictManagerDied::new_err(m),
         Error::Frozen => DDictFrozenError::new_err(m),
@@ -362,6 +384,49 @@ fn ddict_serve(
     r.map_err(err)
 }
 
+/// Repair the persistence files of DDict `name` in `persist_path`
+/// (shards `0..shards`, or every shard found on disk): keep every valid
+/// record, rewrite damaged files clean. One dict per file: `path`,
+/// `version`, `records` (kept), `skipped` (list of `(offset, bytes, lost
+/// records or None, what)`), `torn_tail` (same, or None), `rewritten`,
+/// `damaged_copy` (the original kept beside it, or None).
+#[pyfunction]
+#[pyo3(signature = (persist_path, name, shards=None))]
+fn ddict_repair<'py>(
+    py: Python<'py>,
+    persist_path: PathBuf,
+    name: &str,
+    shards: Option<usize>,
+) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    let reports = py.detach(|| {
+        let indexes = match shards {
+            Some(n) => (0..n).collect(),
+            None => ddict::persist::shards_on_disk(&persist_path, name)?,
+        };
+        let mut all = Vec::new();
+        for i in indexes {
+            all.extend(ddict::persist::repair(&persist_path, name, i)?);
+        }
+        Ok::<_, Error>(all)
+    });
+    let span = |s: &ddict::persist::Span| (s.offset, s.bytes, s.lost, s.what.clone());
+    reports
+        .map_err(err)?
+        .iter()
+        .map(|r| {
+            let d = PyDict::new(py);
+            d.set_item("path", r.path.as_os_str().to_owned())?;
+            d.set_item("version", r.version)?;
+            d.set_item("records", r.records)?;
+            d.set_item("skipped", r.skipped.iter().map(span).collect::<Vec<_>>())?;
+            d.set_item("torn_tail", r.torn_tail.as_ref().map(span))?;
+            d.set_item("rewritten", r.rewritten)?;
+            d.set_item("damaged_copy", r.damaged_copy.as_ref().map(|p| p.as_os_str().to_owned()))?;
+            Ok(d)
+        })
+        .collect()
+}
+
 /// `(pid, start time)` of the calling process (what managers watch).
 #[pyfunction]
 fn ddict_self_identity() -> (u32, u64) {
@@ -381,6 +446,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DDICT_TOMBSTONE", manager::TOMBSTONE)?;
     m.add_function(wrap_pyfunction!(ddict_descriptor, m)?)?;
     m.add_function(wrap_pyfunction!(ddict_serve, m)?)?;
+    m.add_function(wrap_pyfunction!(ddict_repair, m)?)?;
     m.add_function(wrap_pyfunction!(ddict_key_hash, m)?)?;
     m.add_function(wrap_pyfunction!(ddict_self_identity, m)?)?;
     Ok(())

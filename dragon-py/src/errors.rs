@@ -34,9 +34,7 @@ pub(crate) fn sync_err(e: SyncShmError) -> PyErr {
         SyncShmError::NotLocal { .. } => NotLocalError::new_err(e.to_string()),
         SyncShmError::Destroyed { .. } => DestroyedError::new_err(e.to_string()),
         SyncShmError::Segment(s) => segment_err(s),
-        SyncShmError::Object(channels_core::syncobj::ObjectError::InvalidParameter(what)) => {
-            PyValueError::new_err(what)
-        }
+        SyncShmError::Object(sync_objects::ObjectError::InvalidParameter(what)) => PyValueError::new_err(what),
         SyncShmError::Object(o) => InvalidHandleError::new_err(o.to_string()),
         other => DragonError::new_err(other.to_string()),
     }

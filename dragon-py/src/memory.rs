@@ -5,9 +5,9 @@
 //! the handles; Python maps the file and writes and checks the block's
 //! header (so no raw memory access is needed on this side of the boundary).
 use crate::errors::{segment_err, InvalidHandleError};
-use channels_core::handle::{Handle, Kind};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+use shm_primitives::handle::{Handle, Kind};
 use transport_shm::segment::{self, nonce32, RunId, Segment};
 
 /// Create a zero-filled segment of at least `size` bytes in the current run;
@@ -33,7 +33,7 @@ fn segment_unlink(name: &str) -> PyResult<()> {
 #[pyfunction]
 fn memory_handle<'py>(py: Python<'py>, segment: String, id: u64, offset: u64) -> PyResult<Bound<'py, PyBytes>> {
     let valid = !segment.is_empty()
-        && segment.len() <= channels_core::handle::MAX_SEGMENT_NAME
+        && segment.len() <= shm_primitives::handle::MAX_SEGMENT_NAME
         && !segment.starts_with('.')
         && segment.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
     if !valid {

@@ -11,16 +11,16 @@
 use crate::blocking::{block_timeout, detached, timeout};
 use crate::channel::{received, NOT_SENT, SENT};
 use crate::errors::{DestroyedError, DragonError, InvalidHandleError};
-use channels_core::plugin::abi::{
-    DRAGON_EAGAIN, DRAGON_EBADMSG, DRAGON_EIDRM, DRAGON_EINVAL, DRAGON_ENOENT, DRAGON_EPIPE, DRAGON_ETIMEDOUT,
-};
-use channels_core::plugin::loader::{Plugin, PluginChannel, PluginError, PollEvents, Transport};
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyBrokenPipeError, PyConnectionError, PyEOFError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use transport_abi::abi::{
+    DRAGON_EAGAIN, DRAGON_EBADMSG, DRAGON_EIDRM, DRAGON_EINVAL, DRAGON_ENOENT, DRAGON_EPIPE, DRAGON_ETIMEDOUT,
+};
+use transport_abi::loader::{Plugin, PluginChannel, PluginError, PollEvents, Transport};
 
 /// Longest single wait on another node, between checks for Ctrl-C.
 const SLICE: Duration = Duration::from_millis(250);
@@ -35,7 +35,7 @@ fn plugin_err(e: &PluginError) -> PyErr {
         DRAGON_EIDRM | DRAGON_ENOENT => DestroyedError::new_err(msg),
         DRAGON_EBADMSG => InvalidHandleError::new_err(msg),
         DRAGON_EINVAL => PyValueError::new_err(msg),
-        channels_core::plugin::abi::DRAGON_EIO => PyConnectionError::new_err(msg),
+        transport_abi::abi::DRAGON_EIO => PyConnectionError::new_err(msg),
         _ => DragonError::new_err(msg),
     }
 }
@@ -104,8 +104,8 @@ impl RemoteChannel {
     }
 }
 
-const POLL_IN: u32 = channels_core::plugin::abi::DRAGON_POLL_IN;
-const POLL_OUT: u32 = channels_core::plugin::abi::DRAGON_POLL_OUT;
+const POLL_IN: u32 = transport_abi::abi::DRAGON_POLL_IN;
+const POLL_OUT: u32 = transport_abi::abi::DRAGON_POLL_OUT;
 
 #[pymethods]
 impl RemoteChannel {

@@ -13,14 +13,14 @@
 //! (with `DestroyedError`).
 use crate::blocking::{block_timeout, detached, timeout};
 use crate::errors::{sync_err, BrokenBarrierError};
-use channels_core::handle::Kind;
-use channels_core::owner::{current_tid, ProcessId};
-use channels_core::syncobj::{BarrierError, CondError, ReleaseError, WaitError};
 use pyo3::exceptions::{PyAssertionError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
+use shm_primitives::handle::Kind;
+use shm_primitives::process::{current_tid, ProcessId};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
+use sync_objects::{BarrierError, CondError, ReleaseError, WaitError};
 use transport_shm::{ShmBarrier, ShmCondition, ShmEvent, ShmLock, ShmRLock, ShmSemaphore};
 
 /// Who may remove an object's segment name, and whether its handle left.
@@ -138,7 +138,7 @@ fn release_error(e: ReleaseError) -> PyErr {
     match e {
         ReleaseError::NotHeld => PyValueError::new_err("semaphore or lock released too many times"),
         ReleaseError::NotOwner => PyAssertionError::new_err("attempt to release recursive lock not owned by thread"),
-        ReleaseError::Overflow { max } if max == channels_core::syncobj::SEM_VALUE_MAX => {
+        ReleaseError::Overflow { max } if max == sync_objects::SEM_VALUE_MAX => {
             PyOverflowError::new_err("semaphore value would exceed its maximum")
         }
         ReleaseError::Overflow { .. } => PyValueError::new_err("semaphore or lock released too many times"),
@@ -368,7 +368,7 @@ shared_object!(Semaphore, ShmSemaphore, |inner, owner| Semaphore { inner, owner 
     #[new]
     #[pyo3(signature = (value=1, maxvalue=None))]
     fn new(value: i64, maxvalue: Option<i64>) -> PyResult<Self> {
-        let max = channels_core::syncobj::SEM_VALUE_MAX;
+        let max = sync_objects::SEM_VALUE_MAX;
         let v = u32::try_from(value).ok().filter(|v| *v <= max).ok_or_else(|| {
             PyValueError::new_err(format!("semaphore initial value must be in 0..={max}, not {value}"))
         })?;

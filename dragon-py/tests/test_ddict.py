@@ -398,3 +398,170 @@ def test_durable_batches_come_back(tmp_path):
         assert len(d) == 600
     with DDict.open(p, name="b", managers_per_node=2, total_mem=8 * MB) as r:
         assert len(r) == 600 and r[("k", 499)] == 499 and r[("j", 7)] == "7"
+
+
+# ---- damaged persistence files --------------------------------------------------
+
+def _write_durable(path, name, n, managers=1):
+    with DDict(managers_per_node=managers, total_mem=8 * MB, persist_path=str(path), name=name) as d:
+        for i in range(n):
+            d[("k", i)] = ("v", i)
+
+
+def _flip(path, offset, count=1):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = bytearray(f.read(count))
+        f.seek(offset)
+        f.write(bytes(x ^ 0x41 for x in b))
+
+
+def test_a_damaged_log_is_refused_and_repair_keeps_every_valid_record(tmp_path):
+    from dragon.data.ddict import DDictPersistCorruptError, DDictPersistError, DDictRepairWarning
+
+    store = tmp_path / "store"
+    _write_durable(store, "mid", 200)
+    wal = store / "mid.0.wal"
+    data = wal.read_bytes()
+    _flip(wal, len(data) // 2, 3)  # three bytes in the middle of the log
+    damaged = wal.read_bytes()
+    with pytest.raises(DDictPersistCorruptError) as ei:
+        DDict.open(str(store), name="mid", total_mem=8 * MB)
+    e = ei.value
+    assert isinstance(e, DDictPersistError)
+    assert e.path == str(wal) and str(wal) in str(e)
+    assert 0 < e.offset <= len(data) // 2 and "byte %d" % e.offset in str(e)
+    assert 90 < e.records_after < 110 and e.bytes_after == len(data) - e.offset
+    assert "repair" in str(e)
+    assert wal.read_bytes() == damaged, "a refused restore must not truncate the log"
+    with pytest.warns(DDictRepairWarning, match="skipped"):
+        d = DDict(total_mem=8 * MB, persist_path=str(store), name="mid", restore=True, repair=True)
+    with d:
+        (rep,) = d.repair_report
+        assert rep["path"] == str(wal) and rep["rewritten"] and rep["records"] == 199
+        ((offset, nbytes, lost, _),) = rep["skipped"]
+        assert offset == e.offset and nbytes > 0 and lost == 1
+        assert open(rep["damaged_copy"], "rb").read() == damaged
+        assert len(d) == 199
+        assert all(d[("k", i)] == ("v", i) for i in range(200) if ("k", i) in d)
+        d["after"] = 1
+    with DDict.open(str(store), name="mid", total_mem=8 * MB) as r:
+        assert len(r) == 200 and r["after"] == 1
+    with pytest.raises(ValueError):
+        DDict(total_mem=8 * MB, persist_path=str(store), name="mid", repair=True)
+
+
+def test_damage_at_the_start_and_a_torn_end_of_a_log(tmp_path):
+    from dragon.data.ddict import DDictPersistCorruptError
+
+    store = tmp_path / "s"
+    _write_durable(store, "st", 50)
+    wal = store / "st.0.wal"
+    _flip(wal, 30)  # the first record (the file header is 20 bytes)
+    with pytest.raises(DDictPersistCorruptError) as ei:
+        DDict.open(str(store), name="st", total_mem=8 * MB)
+    assert ei.value.offset == 20 and ei.value.records_after == 49
+    with pytest.warns(Warning):
+        with DDict.open(str(store), name="st", total_mem=8 * MB, repair=True) as r:
+            assert len(r) == 49 and ("k", 0) not in r
+    # A record cut short at the end (a write torn by a crash) is dropped
+    # without a word, and the log truncated there.
+    store = tmp_path / "e"
+    _write_durable(store, "en", 50)
+    wal = store / "en.0.wal"
+    with open(wal, "r+b") as f:
+        f.truncate(os.path.getsize(wal) - 5)
+    with DDict.open(str(store), name="en", total_mem=8 * MB) as r:
+        assert len(r) == 49 and ("k", 48) in r and ("k", 49) not in r
+
+
+def test_a_damaged_snapshot_is_refused_and_repaired(tmp_path):
+    from dragon.data.ddict import DDictPersistCorruptError
+
+    store = tmp_path / "snap"
+    big = b"x" * (1024 * 1024)
+    with DDict(total_mem=16 * MB, persist_path=str(store), name="sn") as d:
+        for i in range(50):
+            d[("k", i)] = i
+        # Past 64 MiB of log (and twice the live data) the manager writes a
+        # snapshot and empties the log.
+        for i in range(70):
+            d["big"] = big
+        snap = store / "sn.0.snap"
+        assert wait_until(snap.exists, 60)
+        d["big"] = b"small again"  # logged after the snapshot, whenever it was taken
+    size = os.path.getsize(snap)
+    _flip(snap, size // 2)  # inside the 1 MiB value
+    with pytest.raises(DDictPersistCorruptError) as ei:
+        DDict.open(str(store), name="sn", total_mem=16 * MB)
+    assert ei.value.path == str(snap)
+    with pytest.warns(Warning):
+        with DDict.open(str(store), name="sn", total_mem=16 * MB, repair=True) as r:
+            rep = {os.path.basename(x["path"]): x for x in r.repair_report}
+            assert [s[2] for s in rep["sn.0.snap"]["skipped"]] == [1]
+            assert len(r) == 51 and r["big"] == b"small again" and r[("k", 7)] == 7
+
+
+def test_the_repair_command(tmp_path):
+    store = tmp_path / "c"
+    _write_durable(store, "cmd", 100, managers=2)
+    wal = store / "cmd.1.wal"
+    _flip(wal, os.path.getsize(wal) // 2)
+    exe = os.path.join(os.path.dirname(sys.executable), "dragon")
+    r = subprocess.run([exe, "ddict-repair", str(store), "cmd"], capture_output=True, text=True,
+                       timeout=60, env=clean_env())
+    assert r.returncode == 0, r.stderr
+    assert "cmd.1.wal" in r.stdout and "skipped" in r.stdout and "1 records lost" in r.stdout, r.stdout
+    assert "cmd.0.wal" in r.stdout and "clean, left as it is" in r.stdout, r.stdout
+    with DDict.open(str(store), name="cmd", managers_per_node=2, total_mem=8 * MB) as d:
+        assert len(d) == 99
+    r = subprocess.run([exe, "ddict-repair", str(store), "nosuch"], capture_output=True, text=True,
+                       timeout=60, env=clean_env())
+    assert r.returncode == 1 and "no files" in r.stderr
+
+
+PRIVATE = """
+import os, sys
+os.umask(int(sys.argv[2], 8))
+import multiprocessing as mp
+import dragon
+from dragon.data.ddict import DDict
+
+if __name__ == "__main__":
+    mp.set_start_method("dragon")
+    d = DDict(total_mem=4 * 1024 * 1024, name="m", persist_path=sys.argv[1])
+    d["k"] = "v"
+    d["k2"] = "v2"
+    d.destroy()
+"""
+
+
+@pytest.mark.parametrize("umask", ["000", "022", "277"])
+def test_persistence_files_are_0600_and_directories_0700_whatever_the_umask(tmp_path, umask):
+    import stat
+
+    if umask == "277" and os.geteuid() != 0:
+        pytest.skip("under umask 277 only root can open the run's shared-memory segments")
+    script = tmp_path / "private.py"
+    script.write_text(textwrap.dedent(PRIVATE))
+    os.chmod(tmp_path, 0o755)
+    store = tmp_path / "a" / "b"
+    r = subprocess.run([sys.executable, str(script), str(store), umask], env=clean_env(),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
+    assert mode(tmp_path) == 0o755, "an existing directory keeps its mode"
+    assert mode(tmp_path / "a") == 0o700 and mode(store) == 0o700
+    assert mode(store / "m.0.wal") == 0o600
+    # Files the repair writes too, whatever this process's umask.
+    _flip(store / "m.0.wal", 30)
+    old = os.umask(int(umask, 8))
+    try:
+        from dragon import _native
+
+        (rep,) = _native.ddict_repair(str(store), "m")
+    finally:
+        os.umask(old)
+    assert rep["rewritten"] and mode(store / "m.0.wal") == 0o600
+    assert mode(rep["damaged_copy"]) == 0o600
+    assert sorted(os.listdir(store)) == ["m.0.wal", "m.0.wal.damaged"]

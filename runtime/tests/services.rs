@@ -75,19 +75,19 @@ fn three_nodes_join_and_carry_channel_requests_between_them() {
     assert_eq!(waiter.join().unwrap().unwrap(), b"later");
     // A timeout is the channel's timeout error.
     let (k, _) = code(recv(&on1, 0, att1, Some(Duration::from_millis(50))).unwrap_err());
-    assert_eq!(k, channels_core::plugin::abi::DRAGON_ETIMEDOUT);
+    assert_eq!(k, transport_abi::abi::DRAGON_ETIMEDOUT);
     // A node that is not in the run, an attachment this client does not hold.
     let (k, m) = code(on1.call(7, proto::LEN, &att1.to_le_bytes()).unwrap_err());
-    assert_eq!(k, channels_core::plugin::abi::DRAGON_EINVAL, "{m}");
+    assert_eq!(k, transport_abi::abi::DRAGON_EINVAL, "{m}");
     assert!(m.contains("no node 7"), "{m}");
     let (k, _) = code(on2.call(0, proto::LEN, &att1.wrapping_add(100).to_le_bytes()).unwrap_err());
-    assert_eq!(k, channels_core::plugin::abi::DRAGON_EINVAL);
+    assert_eq!(k, transport_abi::abi::DRAGON_EINVAL);
     // A forged handle is a clear error from the channel's node.
     let mut bad = handle.clone();
     let last = bad.len() - 1;
     bad[last] ^= 0xff;
     let (k, m) = code(on1.call(0, proto::ATTACH, &bad).unwrap_err());
-    assert_eq!(k, channels_core::plugin::abi::DRAGON_EBADMSG, "{m}");
+    assert_eq!(k, transport_abi::abi::DRAGON_EBADMSG, "{m}");
     on2.call(0, proto::DESTROY, &att2.to_le_bytes()).unwrap();
     // The node table is there for processes.
     let t = on1.call_raw(runtime::proto::NODES, &[], &[]).unwrap();
@@ -110,7 +110,7 @@ fn a_stopped_node_fails_what_waits_on_it_and_is_reported() {
     assert_eq!(proto::take_u64(&len).unwrap().0, 0);
     assert_eq!(c.nodes[2].stop(), 0, "node 2 stopped cleanly");
     let (k, m) = code(waiter.join().unwrap().unwrap_err());
-    assert_eq!(k, channels_core::plugin::abi::DRAGON_EIO, "{m}");
+    assert_eq!(k, transport_abi::abi::DRAGON_EIO, "{m}");
     assert!(m.contains("node 2") && m.contains("lost"), "{m}");
     // Later requests fail at once, naming the node.
     let (_, m) = code(recv(&on1, 2, att, None).unwrap_err());

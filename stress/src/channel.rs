@@ -31,7 +31,6 @@ use crate::{
 };
 use channels_core::{ChannelOptions, RecoveryReport, RecvTimeoutError, SendTimeoutError, TryRecvError};
 use std::collections::{HashMap, HashSet};
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
@@ -132,8 +131,12 @@ pub fn producer() -> i32 {
             return exit::ATTACH;
         }
     };
-    let log =
-        OpenOptions::new().create(true).truncate(true).write(true).open(format!("{dir}/p{id}")).expect("producer log");
+    let log = crate::private_file()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(format!("{dir}/p{id}"))
+        .expect("producer log");
     let mut rng = Rng::derive(seed, 0x1000_0000 + u64::from(id));
     let max_inline = ch.max_inline();
     let mut seq = 0u64;
@@ -169,7 +172,7 @@ pub fn consumer() -> i32 {
             return exit::ATTACH;
         }
     };
-    let mut log = OpenOptions::new().create(true).append(true).open(format!("{dir}/c{id}")).expect("consumer log");
+    let mut log = crate::private_file().create(true).append(true).open(format!("{dir}/c{id}")).expect("consumer log");
     loop {
         match ch.recv_with(Some(Duration::from_millis(500)), |m| verify(m, seed)) {
             Ok(Ok((p, seq, len))) => {

@@ -32,15 +32,16 @@ use crate::{
     checksum, env, env_u64, exit, fill, nap, parse_records, read_all, record, replace_ended, Opts, Pids, Rng, Summary,
     WorkDir, Worker,
 };
-use channels_core::owner::ProcessId;
 use ddict::manager::{self, Config};
 use ddict::{Client, Descriptor, Error, ShardRef};
+use ddict_shard::ShmShard;
+use shm_primitives::ProcessId;
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::time::{Duration, Instant};
 use transport_shm::segment::{nonce32, RunId};
-use transport_shm::{ShmEvent, ShmShard};
+use transport_shm::ShmEvent;
 
 /// Shared keys.
 pub const SHARED_KEYS: u32 = 48;
@@ -150,7 +151,7 @@ fn manager_main() -> i32 {
     };
     let ready = format!("{}/ready{index}", env("DRAGON_STRESS_DIR"));
     match manager::serve(&cfg, || {
-        let _ = std::fs::write(&ready, b"ready");
+        let _ = crate::write_private(&ready, b"ready");
     }) {
         Ok(()) => exit::OK,
         Err(e) => {
@@ -296,7 +297,7 @@ fn client_main() -> i32 {
         id,
         seed: env_u64("DRAGON_STRESS_SEED"),
         client,
-        log: OpenOptions::new().create(true).append(true).open(format!("{dir}/c{id}")).expect("client log"),
+        log: crate::private_file().create(true).append(true).open(format!("{dir}/c{id}")).expect("client log"),
         rng: Rng::derive(env_u64("DRAGON_STRESS_SEED"), 0x7000_0000 + u64::from(id)),
         seq: 0,
         model: vec![None; PRIVATE_KEYS as usize],
@@ -309,10 +310,10 @@ fn client_main() -> i32 {
         }
         ops += 1;
         if ops % 64 == 0 {
-            let _ = std::fs::write(format!("{dir}/ops{id}"), ops.to_string());
+            let _ = crate::write_private(format!("{dir}/ops{id}"), ops.to_string());
         }
     }
-    let _ = std::fs::write(format!("{dir}/ops{id}"), ops.to_string());
+    let _ = crate::write_private(format!("{dir}/ops{id}"), ops.to_string());
     exit::OK
 }
 

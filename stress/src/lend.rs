@@ -34,7 +34,6 @@ use crate::{
 };
 use channels_core::{ChannelOptions, RecvTimeoutError, SendTimeoutError, TryRecvError};
 use std::collections::{HashMap, VecDeque};
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
@@ -159,7 +158,7 @@ fn produce() -> Result<i32, i32> {
     let ch = attach(&who, "DRAGON_STRESS_HANDLE")?;
     let store = open_store(&who)?;
     let me = store.attachment();
-    let log = OpenOptions::new()
+    let log = crate::private_file()
         .create(true)
         .truncate(true)
         .write(true)
@@ -253,7 +252,7 @@ fn consume() -> Result<i32, i32> {
     let ch = attach(&who, "DRAGON_STRESS_HANDLE2")?;
     let store = open_store(&who)?;
     let me = store.attachment();
-    let mut log = OpenOptions::new()
+    let mut log = crate::private_file()
         .create(true)
         .append(true)
         .open(format!("{}/c{id}", env("DRAGON_STRESS_DIR")))

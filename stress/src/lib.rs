@@ -413,10 +413,12 @@ pub fn run_watchdog(scenario: &'static str, seed: u64, pids: Pids, dir: PathBuf,
 pub struct WorkDir(pub PathBuf);
 
 impl WorkDir {
-    /// Create it under the temporary directory, named after the run.
+    /// Create it (`0700`) under the temporary directory, named after the run.
     pub fn new(scenario: &str) -> WorkDir {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let p = std::env::temp_dir().join(format!("dragon-stress-{scenario}-{}", RunId::current()));
-        std::fs::create_dir_all(&p).expect("create the run's work directory");
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&p).expect("create the run's work directory");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).expect("make the work directory private");
         WorkDir(p)
     }
     /// A file in it.
@@ -429,6 +431,20 @@ impl Drop for WorkDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Options for a file of the run's work directory: created `0600`.
+pub fn private_file() -> std::fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.mode(0o600);
+    o
+}
+
+/// Write a whole file of the run's work directory (created `0600`).
+pub fn write_private(p: impl AsRef<Path>, data: impl AsRef<[u8]>) -> std::io::Result<()> {
+    use std::io::Write;
+    private_file().create(true).truncate(true).write(true).open(p)?.write_all(data.as_ref())
 }
 
 /// Read a whole file (empty if missing).

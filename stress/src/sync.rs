@@ -34,13 +34,13 @@
 use crate::{
     env, env_u64, exit, nap, parse_records, read_all, record, replace_ended, Opts, Pids, Rng, Summary, WorkDir, Worker,
 };
-use channels_core::syncobj::{Acquired, BarrierError, WaitError};
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use sync_objects::{Acquired, BarrierError, WaitError};
 use transport_shm::{ShmBarrier, ShmCondition, ShmEvent, ShmLock, ShmRLock, ShmSemaphore};
 
 /// Units of the semaphore.
@@ -85,7 +85,7 @@ struct Words(File);
 
 impl Words {
     fn open(p: &Path) -> Words {
-        Words(OpenOptions::new().create(true).truncate(false).read(true).write(true).open(p).expect("words file"))
+        Words(crate::private_file().create(true).truncate(false).read(true).write(true).open(p).expect("words file"))
     }
     fn get(&self, i: u64) -> u64 {
         let mut b = [0u8; 8];
@@ -150,13 +150,13 @@ fn worker_inner() -> Result<i32, i32> {
     let dir = PathBuf::from(env("DRAGON_STRESS_DIR"));
     let me = u64::from(std::process::id());
     let tmp = dir.join(format!("tmp-{me}"));
-    std::fs::write(&tmp, me.to_string()).expect("marker source");
+    crate::write_private(&tmp, me.to_string()).expect("marker source");
     let stop = attach("stop event", ShmEvent::attach_text(&env("DRAGON_STRESS_STOP")))?;
     let mut w = W {
         me,
         words: Words::open(&dir.join("words")),
         own: Words::open(&dir.join(format!("w{id}"))),
-        odlog: OpenOptions::new().create(true).append(true).open(dir.join(format!("od{id}"))).expect("od log"),
+        odlog: crate::private_file().create(true).append(true).open(dir.join(format!("od{id}"))).expect("od log"),
         counts: [0; COUNTERS.len()],
         dir,
         tmp,

@@ -5,4 +5,4 @@
 
 pub use transport_shm::plugin::{ShmChannel, ShmTransport};
 
-channels_core::export_transport!(ShmTransport);
+transport_abi::export_transport!(ShmTransport);

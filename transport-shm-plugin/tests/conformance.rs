@@ -2,9 +2,9 @@
 //! loaded from cargo's target folder through the real loading path
 //! (`DRAGON_CONFORMANCE_PLUGIN=/path/lib.so` runs it against another plugin).
 
-use channels_core::plugin::conformance::{built_library, Target};
+use transport_abi::conformance::{built_library, Target};
 
-channels_core::transport_conformance_tests!(Target {
+transport_abi::transport_conformance_tests!(Target {
     path: built_library("dragon_transport_shm"),
     config: String::new()
 });

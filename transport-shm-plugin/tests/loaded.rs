@@ -1,9 +1,9 @@
 //! The shm plugin as a user finds it: by name beside the binary, with its
 //! config errors reported through the ABI.
 
-use channels_core::plugin::conformance::built_library;
-use channels_core::plugin::{ChannelAttrs, Discovery, ErrorKind, Plugin};
 use std::time::Duration;
+use transport_abi::conformance::built_library;
+use transport_abi::{ChannelAttrs, Discovery, ErrorKind, Plugin};
 
 #[test]
 fn found_by_name_beside_the_binary() {

@@ -48,7 +48,7 @@ impl PosixSems {
     }
 
     fn sem(&self, i: usize) -> *mut libc::sem_t {
-        use channels_core::region::Region;
+        use shm_primitives::region::Region;
         assert!(i < 64);
         // SAFETY: in bounds of the 4 KiB mapping.
         unsafe { self.seg.base().as_ptr().add(i * 64).cast() }
@@ -65,7 +65,7 @@ impl PosixSems {
     }
 
     fn counter(&self) -> *mut u64 {
-        use channels_core::region::Region;
+        use shm_primitives::region::Region;
         // SAFETY: the last 8 bytes of the page, away from the semaphores.
         unsafe { self.seg.base().as_ptr().add(4088).cast() }
     }

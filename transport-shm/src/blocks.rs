@@ -11,8 +11,8 @@
 
 use crate::segment::{self, RunId, Segment, SegmentError};
 use channels_core::lend::{Lent, SegState, StoreCtl, BLOCKS_PER_SEGMENT, SEGMENTS};
-use channels_core::owner::ProcessId;
-use channels_core::region::Region;
+use shm_primitives::region::Region;
+use shm_primitives::ProcessId;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -18,8 +18,9 @@
 //! ```
 
 use crate::segment::{self, RunId, Segment, SegmentError};
-use channels_core::region::Region;
-use channels_core::{Backing, BackingError, ChannelError, Handle, Kind};
+use channels_core::{Backing, BackingError, ChannelError};
+use shm_primitives::region::Region;
+use shm_primitives::{Handle, Kind};
 use std::sync::Arc;
 
 pub use channels_core::{Channel, ChannelOptions, Roles};
@@ -110,7 +111,7 @@ pub fn attach(handle: &Handle) -> Result<Channel, ChannelError> {
 /// Attach with the given roles (they count for pipe-mode disconnection).
 pub fn attach_with(handle: &Handle, roles: Roles) -> Result<Channel, ChannelError> {
     if handle.kind != Kind::Channel {
-        return Err(ChannelError::Handle(channels_core::HandleError::WrongKind {
+        return Err(ChannelError::Handle(shm_primitives::HandleError::WrongKind {
             expected: Kind::Channel,
             found: handle.kind,
         }));

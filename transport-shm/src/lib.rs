@@ -4,12 +4,10 @@
 
 pub mod blocks;
 pub mod channel;
-pub mod kv;
 pub mod plugin;
 pub mod segment;
 pub mod syncobj;
 
 pub use channel::{attach as attach_channel, create as create_channel, ShmBacking};
-pub use kv::{KvShmError, ShmShard};
 pub use segment::{keep_run, this_node, RunId, Segment, SegmentError};
 pub use syncobj::{Shm, ShmBarrier, ShmCondition, ShmEvent, ShmLock, ShmRLock, ShmSemaphore, SyncShmError};

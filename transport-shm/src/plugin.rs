@@ -1,7 +1,7 @@
 //! The same-node transport behind the transport plugin ABI: what
 //! `libdragon_transport_shm.so` (crate `transport-shm-plugin`) exports, and
 //! what the TCP agent uses to serve other nodes, as safe Rust
-//! (`channels_core::plugin::export`'s traits).
+//! (`transport_abi::export`'s traits).
 //!
 //! Config string (`open`): empty, or `key=value` items separated by commas
 //! or spaces:
@@ -9,14 +9,15 @@
 //! - `spin_us=<n>`: how long a blocking call spins before it sleeps (the
 //!   channel's default when absent).
 
-use channels_core::plugin::abi::*;
-use channels_core::plugin::export::{ChannelImpl, Failure, Timeout, TransportImpl, Wait};
 use channels_core::{
-    select_any, AllocError, BackingError, Channel, ChannelError, ChannelOptions, Dir, Handle, Kind, Message,
-    RecvTimeoutError, SelectError, SendTimeoutError, TryRecvError, TrySendError,
+    select_any, AllocError, BackingError, Channel, ChannelError, ChannelOptions, Dir, Message, RecvTimeoutError,
+    SelectError, SendTimeoutError, TryRecvError, TrySendError,
 };
+use shm_primitives::{Handle, Kind};
 use std::ffi::CStr;
 use std::time::Duration;
+use transport_abi::abi::*;
+use transport_abi::export::{ChannelImpl, Failure, Timeout, TransportImpl, Wait};
 
 /// The shared-memory transport instance.
 #[derive(Debug)]

@@ -10,8 +10,8 @@
 //! that owns the run. [`cleanup_run`] removes a run's segments and
 //! [`cleanup_dead_runs`] removes those of every run whose owner is dead.
 
-use channels_core::owner::{pid_alive, ProcessId};
-use channels_core::region::{Region, REGION_ALIGN};
+use shm_primitives::process::ProcessId;
+use shm_primitives::region::{Region, REGION_ALIGN};
 use std::ffi::CString;
 use std::fmt;
 use std::io;
@@ -332,7 +332,7 @@ pub fn nonce32() -> u32 {
     if n == 4 {
         return u32::from_ne_bytes(b);
     }
-    use std::sync::atomic::{AtomicU32, Ordering}; // facade-exempt: process-local fallback counter
+    use shm_primitives::sync::local::{AtomicU32, Ordering};
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     t ^ COUNTER.fetch_add(0x9E37_79B9, Ordering::Relaxed) ^ std::process::id().rotate_left(16)
@@ -341,6 +341,16 @@ pub fn nonce32() -> u32 {
 /// Remove every segment of `run`. Returns how many were removed.
 pub fn cleanup_run(run: &RunId) -> usize {
     remove_matching(|name| name.starts_with(&run.prefix()))
+}
+
+/// Remove the current run's segments if this process started the run (a
+/// child of the run leaves them to its owner): what a watchdog does before
+/// it aborts a hung test binary.
+pub fn cleanup_own_run() {
+    let run = RunId::current();
+    if run.owner().pid == std::process::id() {
+        cleanup_run(run);
+    }
 }
 
 /// Environment variable holding this process's node index in a run that
@@ -391,7 +401,7 @@ fn kept_runs() -> std::collections::HashSet<String> {
         let Some(keeper) = name.strip_prefix(&format!("{}{KEEPER}-", run.prefix())) else { continue };
         let Some((pid, start)) = keeper.split_once('-') else { continue };
         if let (Ok(pid), Ok(start)) = (pid.parse(), start.parse()) {
-            if pid_alive(pid, start) {
+            if (ProcessId { pid, start }).is_alive() {
                 kept.insert(run.as_str().to_owned());
             }
         }
@@ -406,7 +416,7 @@ pub fn cleanup_dead_runs() -> usize {
     remove_matching(|name| {
         let Some(run) = run_of(name) else { return false };
         let owner = run.owner();
-        !kept.contains(run.as_str()) && !pid_alive(owner.pid, owner.start)
+        !kept.contains(run.as_str()) && !owner.is_alive()
     })
 }
 

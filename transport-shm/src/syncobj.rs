@@ -17,10 +17,10 @@
 //! KiB for a condition with the default 1020 waiter slots) per object.
 
 use crate::segment::{self, nonce32, RunId, Segment, SegmentError};
-use channels_core::handle::{Handle, HandleError, Kind};
-use channels_core::syncobj::{Barrier, Condition, Event, Lock, ObjectError, RLock, Semaphore, SyncObject};
+use shm_primitives::handle::{Handle, HandleError, Kind};
 use std::fmt;
 use std::ops::Deref;
+use sync_objects::{Barrier, Condition, Event, Lock, ObjectError, RLock, Semaphore, SyncObject};
 
 /// A synchronisation object in its own shared-memory segment.
 pub struct Shm<T> {

@@ -24,12 +24,8 @@ fn fork_and_wait(child: impl FnOnce() -> i32) -> i32 {
 
 #[test]
 fn a_forked_child_attaches_under_its_own_id() {
-    // Watchdog: a hang fails the test run.
-    std::thread::spawn(|| {
-        std::thread::sleep(Duration::from_secs(60));
-        eprintln!("watchdog: fork test still running after 60 s; aborting");
-        std::process::abort();
-    });
+    // A hang fails the test run.
+    let _deadline = test_support::watchdog::guard("fork test", Duration::from_secs(60));
     let ch = channel::create(&ChannelOptions::new().capacity(8)).unwrap();
     let parent_id = ch.attachment_id();
 

@@ -2,21 +2,18 @@
 //! binary re-executed in a child role), real `SIGKILL`s, a watchdog on every
 //! test, and a check that nothing is left in `/dev/shm`.
 
-use channels_core::fault::FAULT_ENV;
-use channels_core::{
-    Channel, ChannelError, ChannelOptions, Handle, HandleError, Kind, RecoveryReport, RecvError, RecvTimeoutError,
-    TryRecvError,
-};
+use channels_core::{Channel, ChannelError, ChannelOptions, RecoveryReport, RecvError, RecvTimeoutError, TryRecvError};
+use shm_primitives::fault::FAULT_ENV;
+use shm_primitives::{Handle, HandleError, Kind};
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
+use test_support::child::{self, Child};
+use test_support::watchdog;
 use transport_shm::channel as shm;
 use transport_shm::segment::{self, RunId, Segment};
 
-const CHILD_ENV: &str = "DRAGON_TEST_CHILD";
 const HANDLE_ENV: &str = "DRAGON_TEST_HANDLE";
 const HANDLE2_ENV: &str = "DRAGON_TEST_HANDLE2";
 const ARGS_ENV: &str = "DRAGON_TEST_ARGS";
@@ -84,12 +81,7 @@ fn arg(name: &str) -> Option<u64> {
 #[test]
 #[ignore = "entry point of child processes, run by the tests that spawn them"]
 fn child_main() {
-    let Ok(role) = std::env::var(CHILD_ENV) else { return };
-    // An orphaned child must not live on.
-    // SAFETY: alarm has no memory preconditions.
-    unsafe { libc::alarm(60) };
-    let code = run_child(&role);
-    std::process::exit(code);
+    child::entry(run_child);
 }
 
 fn run_child(role: &str) -> i32 {
@@ -170,68 +162,27 @@ fn run_child(role: &str) -> i32 {
 
 // ---- parent side --------------------------------------------------------------
 
-/// Kills the children and aborts the test process if a test overruns.
-struct Watchdog {
-    pids: Arc<Mutex<Vec<u32>>>,
-    done: Arc<Mutex<bool>>,
+/// Arm a deadline for one test: past it the binary kills its children,
+/// removes its run's segments and aborts.
+fn deadline(what: &str, limit: Duration) -> watchdog::Guard {
+    watchdog::on_abort(segment::cleanup_own_run);
+    watchdog::guard(what, limit)
 }
 
-impl Watchdog {
-    fn new(what: &'static str, limit: Duration) -> Watchdog {
-        let pids = Arc::new(Mutex::new(Vec::<u32>::new()));
-        let done = Arc::new(Mutex::new(false));
-        let (p, d) = (Arc::clone(&pids), Arc::clone(&done));
-        std::thread::spawn(move || {
-            let start = Instant::now();
-            while start.elapsed() < limit {
-                std::thread::sleep(Duration::from_millis(50));
-                if *d.lock().unwrap() {
-                    return;
-                }
-            }
-            eprintln!("watchdog: {what} still running after {limit:?}; killing children and aborting");
-            for &pid in p.lock().unwrap().iter() {
-                // SAFETY: kill has no memory preconditions.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            }
-            std::process::abort();
-        });
-        Watchdog { pids, done }
+/// Start this binary again as a child playing `role` on channel `ch`; its
+/// stdout is piped (see [`output`]).
+fn spawn(role: &str, ch: &Channel, args: &str, env: &[(&str, &str)]) -> Child {
+    let mut cmd = child::command("child_main", role);
+    cmd.env(HANDLE_ENV, ch.handle().to_text()).env(ARGS_ENV, args).env_remove(FAULT_ENV).stdout(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
     }
-
-    fn spawn(&self, role: &str, ch: &Channel, args: &str, env: &[(&str, &str)]) -> Child {
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args(["child_main", "--exact", "--ignored", "--nocapture", "--test-threads=1", "-q"])
-            .env(CHILD_ENV, role)
-            .env(HANDLE_ENV, ch.handle().to_text())
-            .env(ARGS_ENV, args)
-            .env_remove(FAULT_ENV)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().unwrap();
-        self.pids.lock().unwrap().push(child.id());
-        child
-    }
+    Child::start(&mut cmd)
 }
 
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        *self.done.lock().unwrap() = true;
-    }
-}
-
-fn output(child: Child) -> (std::process::ExitStatus, Vec<String>) {
-    let out = child.wait_with_output().unwrap();
-    let lines = BufReader::new(&out.stdout[..]).lines().map(|l| l.unwrap()).collect();
-    (out.status, lines)
-}
-
-fn kill(child: &mut Child) {
-    // SAFETY: kill has no memory preconditions.
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+/// Wait for a child; its exit status and the lines it printed.
+fn output(mut child: Child) -> (std::process::ExitStatus, Vec<String>) {
+    child.output_lines()
 }
 
 /// Every file of channel `name` (main segment and extensions).
@@ -324,10 +275,10 @@ fn producers_and_consumers_deliver_every_message_once_in_order() {
     const P: u32 = 3;
     const C: usize = 2;
     const N: u32 = 1200;
-    let wd = Watchdog::new("producers_and_consumers", Duration::from_secs(300));
+    let _deadline = deadline("producers_and_consumers", Duration::from_secs(300));
     let ch = shm::create(&ChannelOptions::new().capacity(16).slot_size(128)).unwrap();
-    let consumers: Vec<_> = (0..C).map(|_| wd.spawn("consumer", &ch, "", &[])).collect();
-    let producers: Vec<_> = (0..P).map(|p| wd.spawn("producer", &ch, &format!("p={p},n={N}"), &[])).collect();
+    let consumers: Vec<_> = (0..C).map(|_| spawn("consumer", &ch, "", &[])).collect();
+    let producers: Vec<_> = (0..P).map(|p| spawn("producer", &ch, &format!("p={p},n={N}"), &[])).collect();
     for p in producers {
         let (status, _) = output(p);
         assert!(status.success(), "producer failed: {status}");
@@ -354,12 +305,12 @@ fn producers_and_consumers_deliver_every_message_once_in_order() {
 
 #[test]
 fn blocking_ping_pong_between_processes() {
-    let wd = Watchdog::new("ping_pong", Duration::from_secs(300));
+    let _deadline = deadline("ping_pong", Duration::from_secs(300));
     let there = shm::create(&ChannelOptions::new().capacity(4)).unwrap();
     let back = shm::create(&ChannelOptions::new().capacity(4)).unwrap();
     there.set_spin(Duration::ZERO);
     back.set_spin(Duration::ZERO);
-    let echo = wd.spawn("echo", &there, "", &[(HANDLE2_ENV, &back.handle().to_text())]);
+    let echo = spawn("echo", &there, "", &[(HANDLE2_ENV, &back.handle().to_text())]);
     for seq in 0..300 {
         there.send(make_msg(1, seq)).unwrap();
         let m = back.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -376,13 +327,13 @@ fn blocking_ping_pong_between_processes() {
 fn peers_killed_at_random_points_leave_the_channel_usable_and_leak_nothing() {
     let seed = seed();
     let mut rng = Rng(seed);
-    let wd = Watchdog::new("random_kills", Duration::from_secs(600));
+    let _deadline = deadline("random_kills", Duration::from_secs(600));
     let (mut swept, mut attached, mut mid_op, mut drained, mut segments) = (0, 0, 0, 0, 0);
     for round in 0..14 {
         let ctx = format!("seed {seed} round {round}");
         let ch = shm::create(&ChannelOptions::new().capacity(8).slot_size(128)).unwrap();
-        let mut producers: Vec<_> = (0..2).map(|p| wd.spawn("producer", &ch, &format!("p={p},n=0"), &[])).collect();
-        let mut consumers: Vec<_> = (0..2).map(|_| wd.spawn("sink", &ch, "", &[])).collect();
+        let mut producers: Vec<_> = (0..2).map(|p| spawn("producer", &ch, &format!("p={p},n=0"), &[])).collect();
+        let mut consumers: Vec<_> = (0..2).map(|_| spawn("sink", &ch, "", &[])).collect();
         // Kills land wherever the children are: some may not have attached
         // yet (more often on a loaded machine), which is fine.
         std::thread::sleep(Duration::from_millis(30 + rng.below(100)));
@@ -391,7 +342,7 @@ fn peers_killed_at_random_points_leave_the_channel_usable_and_leak_nothing() {
             // new consumer (us), not wait forever on the dead. (A long
             // wait: only a hang fails, and the watchdog bounds the test.)
             for c in &mut consumers {
-                kill(c);
+                c.kill_no_reap();
             }
             for _ in 0..40 {
                 match ch.recv_timeout(Duration::from_secs(120)) {
@@ -406,7 +357,7 @@ fn peers_killed_at_random_points_leave_the_channel_usable_and_leak_nothing() {
         let mut all: Vec<&mut Child> = producers.iter_mut().chain(consumers.iter_mut()).collect();
         while !all.is_empty() {
             let i = rng.below(all.len() as u64) as usize;
-            kill(all.swap_remove(i));
+            all.swap_remove(i).kill_no_reap();
             std::thread::sleep(Duration::from_micros(rng.below(3000)));
         }
         // What is known: the children that said they were attached before
@@ -449,7 +400,7 @@ fn peers_killed_at_random_points_leave_the_channel_usable_and_leak_nothing() {
 /// Kill a peer exactly inside each crash window, then check recovery.
 #[test]
 fn peers_killed_inside_each_crash_window_are_recovered() {
-    let wd = Watchdog::new("crash_windows", Duration::from_secs(300));
+    let _deadline = deadline("crash_windows", Duration::from_secs(300));
     let cases: &[(&str, &str)] = &[
         ("send.inline_claimed:3", "producer"),
         ("ring.claimed_not_counted:3", "producer"),
@@ -474,7 +425,7 @@ fn peers_killed_inside_each_crash_window_are_recovered() {
                 ch.send(make_msg(7, seq)).unwrap();
             }
         }
-        let child = wd.spawn(role, &ch, "p=3,n=200", &[(FAULT_ENV, fault)]);
+        let child = spawn(role, &ch, "p=3,n=200", &[(FAULT_ENV, fault)]);
         let (status, lines) = output(child);
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{ctx}: the crash point was not reached: {status} {lines:?}");
         recover_all(&ch);
@@ -488,14 +439,14 @@ fn peers_killed_inside_each_crash_window_are_recovered() {
 /// A recovering process killed half-way: its sweep is taken over.
 #[test]
 fn a_recoverer_killed_mid_sweep_is_taken_over() {
-    let wd = Watchdog::new("recoverer_killed", Duration::from_secs(300));
+    let _deadline = deadline("recoverer_killed", Duration::from_secs(300));
     for fault in ["recover.sweeping:1", "recover.ring_done:1"] {
         let ctx = format!("recoverer killed at {fault}");
         let ch = shm::create(&ChannelOptions::new().capacity(8).slot_size(128)).unwrap();
         // A producer dies with a block in the ring and a half-written slot.
-        let (status, _) = output(wd.spawn("producer", &ch, "p=1,n=100", &[(FAULT_ENV, "send.in_ring:2")]));
+        let (status, _) = output(spawn("producer", &ch, "p=1,n=100", &[(FAULT_ENV, "send.in_ring:2")]));
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{ctx}");
-        let (status, _) = output(wd.spawn("recover", &ch, "", &[(FAULT_ENV, fault)]));
+        let (status, _) = output(spawn("recover", &ch, "", &[(FAULT_ENV, fault)]));
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{ctx}: recoverer did not reach the crash point");
         recover_all(&ch);
         drain(&ch, &ctx);
@@ -507,7 +458,7 @@ fn a_recoverer_killed_mid_sweep_is_taken_over() {
 
 #[test]
 fn garbage_truncated_stale_and_foreign_handles_are_clear_errors() {
-    let wd = Watchdog::new("handles", Duration::from_secs(300));
+    let _deadline = deadline("handles", Duration::from_secs(300));
     let ch = shm::create(&ChannelOptions::new()).unwrap();
     let good = ch.handle().to_bytes();
     // Garbage and truncations never attach.
@@ -540,7 +491,7 @@ fn garbage_truncated_stale_and_foreign_handles_are_clear_errors() {
     let again = shm::create_named(&name, &ChannelOptions::new()).unwrap();
     let e = shm::attach(&old).unwrap_err();
     assert!(matches!(e, ChannelError::Stale { .. }), "{e}");
-    let (status, lines) = output(wd.spawn("consumer", &again, "", &[(HANDLE_ENV, &old.to_text())]));
+    let (status, lines) = output(spawn("consumer", &again, "", &[(HANDLE_ENV, &old.to_text())]));
     assert!(status.success());
     assert!(lines.iter().any(|l| l.starts_with("ATTACH-ERROR stale channel handle")), "{lines:?}");
     destroy_and_check_gone(again);
@@ -548,15 +499,15 @@ fn garbage_truncated_stale_and_foreign_handles_are_clear_errors() {
 
 #[test]
 fn pipe_mode_reports_end_of_file_when_the_writer_process_dies() {
-    let wd = Watchdog::new("pipe_eof", Duration::from_secs(300));
+    let _deadline = deadline("pipe_eof", Duration::from_secs(300));
     let ch =
         shm::create(&ChannelOptions::new().disconnect_on_no_senders(true).roles(channels_core::Roles::RECV)).unwrap();
     ch.set_spin(Duration::ZERO);
-    let mut p = wd.spawn("producer", &ch, "p=5,n=0", &[]);
+    let mut p = spawn("producer", &ch, "p=5,n=0", &[]);
     // Messages flow, then the writer is killed.
     let m = ch.recv_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!(check_msg(&m).unwrap().0, 5);
-    kill(&mut p);
+    p.kill_no_reap();
     let _ = output(p);
     // What it sent before it died, then end of file (the watchdog bounds
     // the wait; the timeout only turns a hang into a clear message).

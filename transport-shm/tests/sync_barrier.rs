@@ -5,9 +5,9 @@
 
 mod sync_common;
 
-use channels_core::syncobj::BarrierError;
 use std::time::Duration;
 use sync_common::{arg, eventually, Child, Scratch, Unlink};
+use sync_objects::BarrierError;
 use transport_shm::{ShmBarrier, ShmEvent};
 
 const PARTIES: usize = 4;

@@ -3,9 +3,9 @@
 
 mod sync_common;
 
-use channels_core::handle::{Handle, HandleError, Kind};
-use channels_core::syncobj::ObjectError;
+use shm_primitives::handle::{Handle, HandleError, Kind};
 use sync_common::{exists, Scratch, Unlink};
+use sync_objects::ObjectError;
 use transport_shm::{ShmBarrier, ShmCondition, ShmEvent, ShmLock, ShmRLock, ShmSemaphore, SyncShmError};
 
 #[test]

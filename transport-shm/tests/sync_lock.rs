@@ -4,9 +4,9 @@
 
 mod sync_common;
 
-use channels_core::syncobj::{Acquired, ReleaseError};
 use std::time::Duration;
 use sync_common::{arg, exists, Child, Scratch, Unlink};
+use sync_objects::{Acquired, ReleaseError};
 use transport_shm::{ShmEvent, ShmLock, ShmRLock, ShmSemaphore};
 
 const ROUNDS: u64 = 2000;

@@ -2,9 +2,9 @@
 
 mod sync_common;
 
-use channels_core::syncobj::{ReleaseError, WaitError};
 use std::time::Duration;
 use sync_common::{arg, Child, Scratch, Unlink};
+use sync_objects::{ReleaseError, WaitError};
 use transport_shm::{ShmEvent, ShmSemaphore};
 
 const UNITS: u64 = 500;

@@ -5,4 +5,4 @@
 
 pub use transport_tcp::plugin::{TcpChannel, TcpTransport};
 
-channels_core::export_transport!(TcpTransport);
+transport_abi::export_transport!(TcpTransport);

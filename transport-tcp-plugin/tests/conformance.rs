@@ -5,10 +5,10 @@
 //! the channels live (child processes reach the same service: the config
 //! string travels to them).
 
-use channels_core::plugin::conformance::{built_library, Target};
 use runtime::testing::LocalCluster;
 use std::sync::OnceLock;
 use std::time::Duration;
+use transport_abi::conformance::{built_library, Target};
 
 fn config() -> String {
     static CLUSTER: OnceLock<LocalCluster> = OnceLock::new();
@@ -16,4 +16,4 @@ fn config() -> String {
     format!("service={} node=1", c.service(0))
 }
 
-channels_core::transport_conformance_tests!(Target { path: built_library("dragon_transport_tcp"), config: config() });
+transport_abi::transport_conformance_tests!(Target { path: built_library("dragon_transport_tcp"), config: config() });

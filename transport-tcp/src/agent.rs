@@ -34,7 +34,6 @@ use crate::frame::{self, Frame};
 use crate::proto;
 use crate::serve::{Post, Reply, Served};
 use bytes::BytesMut;
-use channels_core::plugin::export::TransportImpl;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -45,6 +44,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use transport_abi::export::TransportImpl;
 use transport_shm::plugin::ShmTransport;
 
 const LISTENER: Token = Token(0);

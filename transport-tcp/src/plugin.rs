@@ -16,10 +16,10 @@
 use crate::client::TcpError;
 use crate::local::ServiceClient;
 use crate::proto;
-use channels_core::handle::{Handle, Kind};
-use channels_core::plugin::abi::*;
-use channels_core::plugin::export::{ChannelImpl, Failure, Timeout, TransportImpl};
+use shm_primitives::handle::{Handle, Kind};
 use std::ffi::CStr;
+use transport_abi::abi::*;
+use transport_abi::export::{ChannelImpl, Failure, Timeout, TransportImpl};
 
 /// The TCP transport instance.
 #[derive(Debug)]

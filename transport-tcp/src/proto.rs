@@ -89,6 +89,6 @@ pub fn error_payload(code: i32, msg: &str) -> Vec<u8> {
 pub fn parse_error(p: &[u8]) -> (i32, String) {
     match p.split_at_checked(4) {
         Some((c, m)) => (i32::from_le_bytes(c.try_into().expect("4 bytes")), String::from_utf8_lossy(m).into_owned()),
-        None => (channels_core::plugin::abi::DRAGON_EIO, "malformed error reply".to_owned()),
+        None => (transport_abi::abi::DRAGON_EIO, "malformed error reply".to_owned()),
     }
 }

@@ -11,15 +11,15 @@
 
 use crate::proto::{self, take_u64, timeout_of};
 use bytes::{BufMut, Bytes, BytesMut};
-use channels_core::handle::{Handle, Kind};
-use channels_core::plugin::abi::{
-    DragonChannelAttrs, DRAGON_EAGAIN, DRAGON_EBADMSG, DRAGON_EINVAL, DRAGON_EIO, DRAGON_EPROTO, DRAGON_ETIMEDOUT,
-};
-use channels_core::plugin::export::{ChannelImpl, Failure, Timeout, TransportImpl};
+use shm_primitives::handle::{Handle, Kind};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use transport_abi::abi::{
+    DragonChannelAttrs, DRAGON_EAGAIN, DRAGON_EBADMSG, DRAGON_EINVAL, DRAGON_EIO, DRAGON_EPROTO, DRAGON_ETIMEDOUT,
+};
+use transport_abi::export::{ChannelImpl, Failure, Timeout, TransportImpl};
 use transport_shm::plugin::{ShmChannel, ShmTransport};
 
 /// A reply: frame kind (`proto::OK` or `proto::ERROR`), request id, payload.

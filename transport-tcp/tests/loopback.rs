@@ -4,12 +4,12 @@
 
 mod common;
 
-use channels_core::plugin::abi::{DRAGON_EBADMSG, DRAGON_ETIMEDOUT};
 use channels_core::ChannelOptions;
 use common::{wait_closed, watchdog};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
+use transport_abi::abi::{DRAGON_EBADMSG, DRAGON_ETIMEDOUT};
 use transport_tcp::agent::Limits;
 use transport_tcp::auth::{self, random32};
 use transport_tcp::{frame, Agent, Client, Secret, TcpError};

@@ -155,8 +155,8 @@ fn two_nodes_talk_and_a_cut_link_is_an_error() {
     );
     let mut out = BufReader::new(agent.stdout.take().unwrap());
     let addr = read_value(&mut out, "addr");
-    let h_in = channels_core::Handle::from_text(&read_value(&mut out, "in")).unwrap().to_bytes();
-    let h_out = channels_core::Handle::from_text(&read_value(&mut out, "out")).unwrap().to_bytes();
+    let h_in = shm_primitives::Handle::from_text(&read_value(&mut out, "in")).unwrap().to_bytes();
+    let h_out = shm_primitives::Handle::from_text(&read_value(&mut out, "out")).unwrap().to_bytes();
 
     // The client side runs in node B: this process joins B's namespace on
     // a thread of its own (setns affects only the calling thread).

@@ -5,9 +5,9 @@ use crate::alloc::{
     adopt, block_state, head_word, state_kind, AllocError, FreeList, Metas, KIND_FREE, KIND_OWNED, OP_POP, OP_PUSH,
 };
 use crate::layout::BlockMeta;
-use crate::sync::{AtomicU64, Ordering};
 use loom::sync::atomic::AtomicBool;
 use loom::thread;
+use shm_primitives::sync::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 struct Pool {

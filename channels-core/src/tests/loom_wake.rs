@@ -3,11 +3,11 @@
 //! a deadlock loom reports.
 
 use super::*;
-use crate::futex;
 use crate::layout::{WaitWord, SELECT_WAITER_ONE, WAITER_ONE};
-use crate::sync::AtomicU32;
 use crate::wake;
 use loom::thread;
+use shm_primitives::futex;
+use shm_primitives::sync::AtomicU32;
 use std::sync::Arc;
 
 struct Chan {

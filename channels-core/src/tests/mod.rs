@@ -8,9 +8,9 @@ mod loom_ring;
 mod loom_wake;
 
 use crate::layout::SlotHeader;
-use crate::region::{HeapRegion, Region};
 use crate::ring::{ClaimReadError, ClaimWriteError, Ring};
-use crate::sync::{AtomicU64, Ordering};
+use shm_primitives::region::{HeapRegion, Region};
+use shm_primitives::sync::{AtomicU64, Ordering};
 use std::mem::{align_of, size_of};
 use std::ptr::NonNull;
 

@@ -1,9 +1,12 @@
 //! Managers in threads of the test process, for tests of the client.
 #![allow(dead_code)]
 
-use channels_core::owner::ProcessId;
+pub mod files;
+pub mod fuzz;
+
 use ddict::manager::{self, Config};
 use ddict::{Descriptor, ShardRef, FLAG_DURABLE};
+use shm_primitives::ProcessId;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -67,15 +70,8 @@ impl Drop for Served {
     }
 }
 
-/// Fails the test binary (instead of hanging it) after 300 s.
+/// Arm the binary's watchdog, which removes the run's segments before it
+/// aborts a hung binary.
 pub fn watchdog() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        std::thread::spawn(|| {
-            std::thread::sleep(Duration::from_secs(300));
-            eprintln!("watchdog: ddict tests still running after 300 s; aborting");
-            transport_shm::segment::cleanup_run(RunId::current());
-            std::process::abort();
-        });
-    });
+    test_support::watchdog::start_with(transport_shm::segment::cleanup_own_run);
 }

@@ -11,7 +11,7 @@ Each block is a segment of its own::
                u64 id · u64 generation · u64 data size        (64 bytes)
     offset 64  the data
 
-Its handle (``channels-core``'s handle format, kind ``Memory``) names the
+Its handle (``shm-primitives``' handle format, kind ``Memory``) names the
 segment, id and generation; attaching checks them against the header, so a
 forged or stale handle is a clear error. The segment's name lives as long
 as the block that created it unless the block was pickled, then until the

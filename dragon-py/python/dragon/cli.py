@@ -4,6 +4,7 @@ on this machine or across several.
     dragon [options] script.py [args...]    run script.py as __main__
     dragon [options] -m module [args...]    run a module as __main__ (like python -m)
     dragon --version
+    dragon ddict-repair <persist_path> <name>   repair a durable DDict's files
 
 Options (before the script):
 
@@ -30,6 +31,7 @@ import sys
 
 USAGE = """usage: dragon [--version] [-h] [--hostlist LIST | --hostfile FILE] [--remote-exec TMPL]
               [-l] [-s] (script.py | -m module) [args...]
+       dragon ddict-repair <persist_path> <name>
 
 Run a Python program with multiprocessing's start method set to "dragon",
 on this machine or (with a host list) across several. `dragon -h` says more.
@@ -43,6 +45,10 @@ def _usage_error(msg: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["ddict-repair"]:
+        from .data.ddict import _repair_main
+
+        return _repair_main(argv[1:])
     if not argv:
         sys.stdout.write(USAGE)
         return 2

@@ -5,34 +5,13 @@
 use std::io::{self, Read};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::FromRawFd;
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-/// Aborts the test binary if it is still alive after its limit: a hang
-/// fails the test instead of stalling the suite. Generous on purpose: it
-/// bounds a hang, it does not measure speed.
-pub struct Watchdog(Arc<(Mutex<bool>, Condvar)>);
-
-pub fn watchdog(what: &'static str, limit: Duration) -> Watchdog {
-    let state = Arc::new((Mutex::new(false), Condvar::new()));
-    let s = state.clone();
-    std::thread::spawn(move || {
-        let (done, cv) = &*s;
-        let (done, timeout) = cv.wait_timeout_while(done.lock().unwrap(), limit, |d| !*d).unwrap();
-        if timeout.timed_out() && !*done {
-            eprintln!("watchdog: {what} still running after {limit:?}; aborting");
-            std::process::abort();
-        }
-    });
-    Watchdog(state)
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        let (done, cv) = &*self.0;
-        *done.lock().unwrap() = true;
-        cv.notify_all();
-    }
+/// Aborts the test binary (after killing its children) if the guard is
+/// still alive after `limit`: a hang fails the test instead of stalling the
+/// suite. Generous on purpose: it bounds a hang, it does not measure speed.
+pub fn watchdog(what: &str, limit: Duration) -> test_support::watchdog::Guard {
+    test_support::watchdog::guard(what, limit)
 }
 
 /// A TCP connection to `to` from loopback address `from` (any port):

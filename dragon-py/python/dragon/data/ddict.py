@@ -26,14 +26,20 @@ With ``persist_path=...`` the DDict is durable: every write goes to its
 shard's manager, which appends it to a write-ahead log and ``fdatasync``\\s
 it (group commit) before applying it and acknowledging; after the whole
 program was killed, ``DDict(..., name=same, persist_path=same, restore=True)``
-(or :meth:`DDict.open`) brings back every acknowledged write. See
+(or :meth:`DDict.open`) brings back every acknowledged write. A damaged
+log or snapshot (not just a write torn by the crash) makes the restore fail
+with :class:`DDictPersistCorruptError` and changes nothing on disk;
+``restore=True, repair=True`` (or ``dragon ddict-repair <persist_path>
+<name>``) keeps every valid record and rewrites the files. See
 ``docs/ddict.md``.
 """
 from __future__ import annotations
 
 import os
 import pickle
+import sys
 import time
+import warnings
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Iterator, NamedTuple
 
@@ -48,6 +54,8 @@ __all__ = [
     "DDictFrozenError",
     "DDictDestroyedError",
     "DDictPersistError",
+    "DDictPersistCorruptError",
+    "DDictRepairWarning",
     "DDictTimeoutError",
     "DDictCheckpointSync",
     "DDictManagerStats",
@@ -80,6 +88,31 @@ class DDictDestroyedError(DDictError):
 
 class DDictPersistError(DDictError):
     """A durable write could not be logged, or a log could not be read."""
+
+
+class DDictPersistCorruptError(DDictPersistError):
+    """A log or snapshot is damaged (more than a write torn by a crash):
+    the restore was refused and nothing on disk was changed. Restore with
+    ``repair=True`` (or run ``dragon ddict-repair <persist_path> <name>``)
+    to keep every valid record.
+
+    Attributes: ``path`` (the file), ``offset`` (byte where the damage
+    begins), ``what`` (what was found there), ``records_after`` (valid
+    records after it), ``bytes_after`` (bytes from ``offset`` to the end of
+    the file), ``spans`` (damaged spans in the file).
+    """
+
+    path = None
+    offset = None
+    what = None
+    records_after = None
+    bytes_after = None
+    spans = None
+
+
+class DDictRepairWarning(UserWarning):
+    """A repair skipped damaged bytes (``DDict(..., repair=True)``); the
+    details are in ``DDict.repair_report``."""
 
 
 class DDictTimeoutError(DDictError, TimeoutError):
@@ -141,12 +174,81 @@ def _manager_main(desc, index, size, owner_pid, owner_start, conn, persist_path,
     except BaseException as e:  # noqa: BLE001 - reported to the creator
         if not told:
             try:
-                conn.send(("error", "%s: %s" % (type(e).__name__, e)))
+                conn.send(("error", "%s: %s" % (type(e).__name__, e), _error_info(e)))
             except OSError:
                 pass
         os._exit(1)
     finally:
         conn.close()
+
+
+_CORRUPT_ATTRS = ("path", "offset", "what", "records_after", "bytes_after", "spans")
+
+
+def _error_info(e):
+    """What the creator needs to raise a manager's DDict error as its own
+    type: ``(class name, message, attributes)``, or None."""
+    if isinstance(e, DDictError) and globals().get(type(e).__name__) is type(e):
+        attrs = {a: getattr(e, a) for a in _CORRUPT_ATTRS if getattr(e, a, None) is not None}
+        return type(e).__name__, str(e), attrs
+    return None
+
+
+def _manager_error(i, detail, info):
+    """The exception for manager ``i`` failing to start."""
+    if info is not None:
+        name, message, attrs = info
+        cls = globals().get(name)
+        if isinstance(cls, type) and issubclass(cls, DDictError):
+            e = cls("DDict manager %d failed to start: %s" % (i, message))
+            for a, v in attrs.items():
+                setattr(e, a, v)
+            return e
+    return DDictError("DDict manager %d failed to start: %s" % (i, detail))
+
+
+def _report_lines(report):
+    """Human-readable lines of a repair report."""
+    lines = []
+    for r in report:
+        what = "rewritten" if r["rewritten"] else "clean, left as it is"
+        lines.append("%s: %d records kept, %s" % (r["path"], r["records"], what))
+        for offset, nbytes, lost, why in r["skipped"]:
+            lines.append("  skipped %d bytes at byte %d (%s)%s" % (
+                nbytes, offset, why, "" if lost is None else "; %d records lost" % lost))
+        if r["torn_tail"] is not None:
+            offset, nbytes, _, why = r["torn_tail"]
+            lines.append("  dropped a torn tail of %d bytes at byte %d (%s)" % (nbytes, offset, why))
+        if r["damaged_copy"]:
+            lines.append("  the damaged original is kept as %s" % r["damaged_copy"])
+    return lines
+
+
+def _repair_main(argv):
+    """``dragon ddict-repair <persist_path> <name>``."""
+    if len(argv) != 2 or argv[0] in ("-h", "--help"):
+        sys.stderr.write("usage: dragon ddict-repair <persist_path> <name>\n\n"
+                         "Repair the persistence files of a durable DDict that no program is "
+                         "using:\nkeep every valid record, report what was skipped, rewrite the "
+                         "files clean.\n")
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    path, name = argv
+    if not os.path.isdir(path):
+        sys.stderr.write("dragon ddict-repair: %s is not a directory\n" % path)
+        return 2
+    try:
+        report = _native.ddict_repair(path, name)
+    except DDictError as e:
+        sys.stderr.write("dragon ddict-repair: %s\n" % e)
+        return 1
+    if not report:
+        sys.stderr.write("dragon ddict-repair: no files of a DDict named %r in %s\n" % (name, path))
+        return 1
+    for line in _report_lines(report):
+        print(line)
+    skipped = sum(len(r["skipped"]) for r in report)
+    print("%d files, %d damaged spans skipped" % (len(report), skipped))
+    return 0
 
 
 def _stop(client, procs):
@@ -179,7 +281,12 @@ class DDict:
         timeout: default timeout (seconds) of ``wait_for`` and of start-up.
         persist_path: directory of write-ahead logs: makes the DDict durable.
         restore: load the shards from ``persist_path`` (same ``name`` and
-            number of managers) instead of starting empty.
+            number of managers) instead of starting empty. A damaged file
+            raises :class:`DDictPersistCorruptError` and changes nothing.
+        repair: with ``restore``, first repair the files: keep every valid
+            record, skip damaged bytes, rewrite the files clean (the report
+            is ``repair_report``; a :class:`DDictRepairWarning` says when
+            anything was skipped).
         key_pickler, value_pickler: objects with ``dumps``/``loads`` used
             instead of ``pickle`` (keys must encode deterministically).
         working_set_size, wait_for_keys, wait_for_writers, policy,
@@ -191,7 +298,7 @@ class DDict:
                  total_mem: int = 1024**3, *, n_nodes: int | None = None,
                  name: str | None = None, timeout: float | None = None,
                  persist_path: str | os.PathLike | None = None, restore: bool = False,
-                 key_pickler: Any = None, value_pickler: Any = None,
+                 repair: bool = False, key_pickler: Any = None, value_pickler: Any = None,
                  working_set_size: int = 1, wait_for_keys: bool = False,
                  wait_for_writers: bool = False, policy: Any = None,
                  persist_freq: int = 0, persist_base_name: str = "",
@@ -212,10 +319,18 @@ class DDict:
                              % (total_mem, size))
         if persist_path is None and persist_base_name:
             persist_path = persist_base_name
+        if repair and not (restore and persist_path is not None):
+            raise ValueError("repair=True needs persist_path and restore=True")
         if name is None:
             name = "ddict" if persist_path is not None else "dd%s" % os.urandom(4).hex()
         self._setup(None, timeout, key_pickler, value_pickler)
         desc = _native.ddict_descriptor(name, managers, persist_path is not None)
+        if repair:
+            self.repair_report = _native.ddict_repair(os.fspath(persist_path), name, managers)
+            if any(r["skipped"] for r in self.repair_report):
+                warnings.warn("DDict %r: repair skipped damaged bytes:\n%s"
+                              % (name, "\n".join(_report_lines(self.repair_report))),
+                              DDictRepairWarning, stacklevel=2)
         self._procs = _start_managers(desc, managers, size, timeout,
                                       None if persist_path is None else os.fspath(persist_path),
                                       restore, working_set_size)
@@ -250,6 +365,7 @@ class DDict:
         self._finalizer = None
         self._chkpt = 0
         self._pin = None
+        self.repair_report = []
 
     # ---------------------------------------------------------------- attach
 
@@ -756,12 +872,12 @@ def _start_managers(desc, n, size, timeout, persist_path, restore, working_set=1
                 ready = wait([r, p.sentinel], left)
                 if r in ready:
                     try:
-                        what, detail = r.recv()
+                        what, detail, *info = r.recv()
                     except EOFError:
-                        what, detail = "error", "exited with code %s" % p.exitcode
+                        what, detail, info = "error", "exited with code %s" % p.exitcode, []
                     if what == "ready":
                         break
-                    raise DDictError("DDict manager %d failed to start: %s" % (i, detail))
+                    raise _manager_error(i, detail, info[0] if info else None)
                 if p.sentinel in ready:
                     p.join(1)
                     raise DDictError("DDict manager %d died while starting (exit code %s)"

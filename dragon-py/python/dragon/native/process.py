@@ -528,7 +528,7 @@ class Process(ProcessTemplate):
             elif isinstance(how, str):
                 path = os.path.join(self.cwd, how)
                 flags = os.O_RDONLY if fd == 0 else os.O_WRONLY | os.O_CREAT | os.O_APPEND
-                f = os.open(path, flags | os.O_CLOEXEC, 0o666)
+                f = os.open(path, flags | os.O_CLOEXEC, 0o600)  # private, like every file the runtime creates
                 child_fds.append(f)
                 stdio[fd] = (_child.FD, _child._Fd(f))
             else:  # a descriptor of ours
