@@ -100,7 +100,7 @@ impl RawLock {
         if alive(&holder) {
             return None;
         }
-        // SYNC POINT (lock handoff): Acquire, like any acquisition; the dead
+        // SYNC POINT lock-handoff: Acquire, like any acquisition; the dead
         // holder never released, so only what it stored before dying is seen.
         let new = me.process.pid | OWNER_DIED | (v & WAITERS);
         match self.word.compare_exchange(v, new, Ordering::Acquire, Ordering::Relaxed) {
@@ -118,7 +118,7 @@ impl RawLock {
         let mut v = self.word.load(Ordering::Relaxed);
         loop {
             if v & PID_MASK == 0 {
-                // SYNC POINT (lock handoff): pairs with the Release in
+                // SYNC POINT lock-handoff: pairs with the Release in
                 // `unlock`: the previous holder's writes happen-before ours.
                 match self.word.compare_exchange(
                     v,
@@ -150,7 +150,7 @@ impl RawLock {
 
     /// Take the lock, sleeping while it is held by a live process.
     pub fn lock(&self, me: &Me, alive: AliveFn, w: &mut Waiter<'_>) -> Result<Acquired, WaitError> {
-        // SYNC POINT (lock handoff): as in `try_lock`.
+        // SYNC POINT lock-handoff: as in `try_lock`.
         if self.word.compare_exchange(0, me.process.pid, Ordering::Acquire, Ordering::Relaxed).is_ok() {
             self.record(me);
             return Ok(Acquired::Normal);
@@ -160,7 +160,7 @@ impl RawLock {
             // Relaxed: polling; the CAS below synchronises.
             let v = self.word.load(Ordering::Relaxed);
             if v & PID_MASK == 0
-                // SYNC POINT (lock handoff): as in `try_lock`.
+                // SYNC POINT lock-handoff: as in `try_lock`.
                 && self.word.compare_exchange(v, me.process.pid | (v & WAITERS), Ordering::Acquire, Ordering::Relaxed).is_ok()
             {
                 self.record(me);
@@ -176,7 +176,7 @@ impl RawLock {
                 // After sleeping we cannot know whether others still sleep,
                 // so keep WAITERS set: the next release wakes one of them.
                 let new = me.process.pid | if slept { WAITERS } else { v & WAITERS };
-                // SYNC POINT (lock handoff): as in `try_lock`.
+                // SYNC POINT lock-handoff: as in `try_lock`.
                 if self.word.compare_exchange(v, new, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                     self.record(me);
                     return Ok(Acquired::Normal);
@@ -228,7 +228,7 @@ impl RawLock {
             if v & PID_MASK == 0 {
                 return Err(ReleaseError::NotHeld);
             }
-            // SYNC POINT (lock handoff): Release publishes the critical
+            // SYNC POINT lock-handoff: Release publishes the critical
             // section to the next acquirer's Acquire CAS.
             match self.word.compare_exchange(v, 0, Ordering::Release, Ordering::Relaxed) {
                 Ok(_) => {
