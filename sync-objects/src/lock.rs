@@ -62,6 +62,7 @@ impl fmt::Debug for RawLock {
 
 impl RawLock {
     /// A free lock (all zero, like one in fresh shared memory).
+    #[inline]
     pub fn new() -> RawLock {
         RawLock { word: AtomicU32::new(0), tid: AtomicU32::new(0), stamp: AtomicU64::new(0) }
     }
@@ -113,6 +114,7 @@ impl RawLock {
     }
 
     /// Take the lock if it is free or its holder is dead.
+    #[inline]
     pub fn try_lock(&self, me: &Me, alive: AliveFn) -> Option<Acquired> {
         // Relaxed: a first guess, confirmed by the compare-and-swap.
         let mut v = self.word.load(Ordering::Relaxed);
@@ -149,6 +151,7 @@ impl RawLock {
     }
 
     /// Take the lock, sleeping while it is held by a live process.
+    #[inline]
     pub fn lock(&self, me: &Me, alive: AliveFn, w: &mut Waiter<'_>) -> Result<Acquired, WaitError> {
         // SYNC POINT lock-handoff: as in `try_lock`.
         if self.word.compare_exchange(0, me.process.pid, Ordering::Acquire, Ordering::Relaxed).is_ok() {
@@ -221,6 +224,7 @@ impl RawLock {
     }
 
     /// Release the lock, whoever holds it.
+    #[inline]
     pub fn unlock(&self) -> Result<(), ReleaseError> {
         // Relaxed: a first guess, confirmed by the compare-and-swap.
         let mut v = self.word.load(Ordering::Relaxed);
