@@ -2,6 +2,7 @@
 #   make demo   set up the Python environment and run the seed examples
 #   make test   every test: Rust (unit, property, multi-process, loom), Python, oracle floor
 #   make bench  benchmarks (JSON lines), channel and Python level
+#   make fuzz   every fuzz target, long (make test runs each briefly)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +10,7 @@ VPY := $(VENV)/bin/python
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: setup demo test test-rust test-loom test-py test-pythons test-testbed oracle lint bench bench-py clean-shm soak
+.PHONY: setup demo test test-rust test-loom test-py test-pythons test-testbed oracle lint bench bench-py clean-shm soak fuzz
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -86,6 +87,16 @@ SOAK_SECONDS ?= 200
 soak:
 	$(CARGO) build --release -q -p stress
 	target/release/stress all --seconds $(SOAK_SECONDS) $(if $(SEED),--seed $(SEED))
+
+# Fuzzing: every fuzz target, FUZZ_CASES mutated inputs each: the `fuzz_*`
+# tests of every crate (<crate>/tests/fuzz_<target>.rs, corpus in
+# <crate>/tests/corpus/<target>/) and the Python ones (test_fuzz_*.py).
+# `make test` runs the same targets with 1000 inputs each (the default of
+# DRAGON_FUZZ_CASES). Figures in docs/stress.md.
+FUZZ_CASES ?= 100000
+fuzz: setup
+	DRAGON_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --workspace --release -q --test 'fuzz_*' -- --nocapture
+	DRAGON_FUZZ_CASES=$(FUZZ_CASES) $(VPY) -m pytest -q -s dragon-py/tests/test_fuzz_*.py
 
 # The channel benchmarks live in their own workspace (channels-bench/), so
 # that `make test` never builds their bench-only peer, iceoryx2.

@@ -38,6 +38,29 @@
 //! Killed at any point, the block is either reachable from the head (with an
 //! announcement anyone will finish) or owned by the dead attachment, and the
 //! sweep of that attachment returns it to the list.
+//!
+//! Synchronising edges (`// SYNC POINT <name>` at both ends):
+//!
+//! - `list-head`: every change of a free list's head is an AcqRel
+//!   compare-and-swap and every read of it an Acquire load: an announcement
+//!   carries the block's `next` (written before a push is announced) and
+//!   whatever the announcer did to the block; a finished operation carries
+//!   the state change the helpers made.
+//! - `block-state`: every change of a block's state word (taken off the
+//!   list, freed, put in a ring slot, taken out of one, adopted) is a
+//!   compare-and-swap from the exact value an Acquire load read, with
+//!   Release: the block's contents as its previous holder left them pass
+//!   to the next holder.
+//! - `ext-ready`: the creator of an extension segment writes its header and
+//!   block metadata, stores the header's magic (Release) and marks the
+//!   segment `READY` (Release); whoever loads `READY` or the magic
+//!   (Acquire) sees them initialised.
+//! - `ext-claim`: the AcqRel compare-and-swap that claims a segment for
+//!   creation, and the Release that hands a failed or dead creator's claim
+//!   back (`ORPHAN`), pair with the Acquire loads of the segment word.
+//!
+//! A compare-and-swap whose failed value only decides a retry fails
+//! Relaxed.
 
 use crate::backing::{Backing, BackingError};
 use crate::layout::{
@@ -195,18 +218,19 @@ impl<'a> FreeList<'a> {
         let id = (head_id1(h) - 1) as u32;
         let att = head_att(h);
         let m = metas.meta(id)?;
-        // Acquire: pairs with the AcqRel CAS that announced the operation and
-        // with earlier state changes, so `next` and `state` are current.
+        // SYNC POINT block-state: the state the announcer (or an earlier
+        // helper) left; read after the announcement (list-head), so current.
         let s = m.state.load(Ordering::Acquire);
         // The state must be read while the announcement is in place: if the
         // head moved on, the operation is finished and `s` may be newer.
+        // SYNC POINT list-head: the announcement still in place.
         if self.head.load(Ordering::Acquire) != h {
             return Ok(());
         }
         match op {
             OP_POP if state_kind(s) == KIND_FREE => {
-                // AcqRel: claims the block for `att`; a stale helper fails on
-                // the version.
+                // SYNC POINT block-state: claims the block for `att`; a stale
+                // helper fails on the version.
                 let _ = m.state.compare_exchange(
                     s,
                     block_state(state_version(s) + 1, KIND_OWNED, u64::from(att)),
@@ -215,8 +239,8 @@ impl<'a> FreeList<'a> {
                 );
             }
             OP_PUSH if owned_by(s, att) => {
-                // AcqRel: the block becomes free; pairs with the popper's
-                // Acquire load of the state.
+                // SYNC POINT block-state: the block becomes free; its last
+                // owner's writes pass to the next popper.
                 let _ = m.state.compare_exchange(
                     s,
                     block_state(state_version(s) + 1, KIND_FREE, 0),
@@ -229,12 +253,13 @@ impl<'a> FreeList<'a> {
         let new_head = if op == OP_POP {
             // `next` cannot change while the announcement is in place (only a
             // push of this block writes it, and that needs the head to move).
-            // Relaxed: ordered by the Acquire head load above.
+            // Relaxed: ordered by the Acquire head loads above (list-head).
             m.next.load(Ordering::Relaxed)
         } else {
             u64::from(id) + 1
         };
-        // AcqRel: publishes the finished operation (and `next`).
+        // SYNC POINT list-head: the finished operation (the state change
+        // above) and the new head's `next`.
         let _ = self.head.compare_exchange(
             h,
             head_word(head_tag(h) + 1, OP_NONE, 0, new_head),
@@ -247,7 +272,8 @@ impl<'a> FreeList<'a> {
     /// Take a free block for attachment `att`. `None` if the list is empty.
     pub(crate) fn pop(&self, att: u32, metas: &dyn Metas) -> Result<Option<u32>, AllocError> {
         loop {
-            // Acquire: see the block metadata of whatever the head names.
+            // SYNC POINT list-head: the block metadata of whatever the head
+            // names.
             let h = self.head.load(Ordering::Acquire);
             if head_op(h) != OP_NONE {
                 self.help(h, metas)?;
@@ -258,14 +284,15 @@ impl<'a> FreeList<'a> {
                 return Ok(None);
             }
             let announced = head_word(head_tag(h) + 1, OP_POP, att, id1);
-            // AcqRel: announces the pop; helpers acquire it.
+            // SYNC POINT list-head: announces the pop to the helpers.
             if self.head.compare_exchange(h, announced, Ordering::AcqRel, Ordering::Relaxed).is_err() {
                 continue;
             }
             shm_primitives::fault::point("alloc.pop_announced");
             self.help(announced, metas)?;
             let id = (id1 - 1) as u32;
-            // Acquire: pairs with whoever set the state (us or a helper).
+            // SYNC POINT block-state: as set by us or a helper, with the
+            // block's last owner's writes.
             let s = metas.meta(id)?.state.load(Ordering::Acquire);
             if owned_by(s, att) {
                 return Ok(Some(id));
@@ -279,15 +306,17 @@ impl<'a> FreeList<'a> {
     pub(crate) fn push(&self, att: u32, id: u32, metas: &dyn Metas) -> Result<(), AllocError> {
         let m = metas.meta(id)?;
         loop {
+            // SYNC POINT list-head.
             let h = self.head.load(Ordering::Acquire);
             if head_op(h) != OP_NONE {
                 self.help(h, metas)?;
                 continue;
             }
-            // Relaxed: published by the AcqRel head CAS below.
+            // Relaxed: published by the head compare-and-swap below
+            // (list-head).
             m.next.store(head_id1(h), Ordering::Relaxed);
             let announced = head_word(head_tag(h) + 1, OP_PUSH, att, u64::from(id) + 1);
-            // AcqRel: announces the push and publishes `next`.
+            // SYNC POINT list-head: announces the push, with `next`.
             if self.head.compare_exchange(h, announced, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                 shm_primitives::fault::point("alloc.push_announced");
                 return self.help(announced, metas);
@@ -298,6 +327,7 @@ impl<'a> FreeList<'a> {
     /// Finish any announced operation (recovery).
     pub(crate) fn settle(&self, metas: &dyn Metas) -> Result<(), AllocError> {
         loop {
+            // SYNC POINT list-head.
             let h = self.head.load(Ordering::Acquire);
             if head_op(h) == OP_NONE {
                 return Ok(());
@@ -309,13 +339,16 @@ impl<'a> FreeList<'a> {
     /// Walk the list (tests and integrity checks), at most `limit` steps.
     pub(crate) fn walk(&self, metas: &dyn Metas, limit: u64, f: &mut dyn FnMut(u32)) -> Result<u64, AllocError> {
         self.settle(metas)?;
+        // SYNC POINT list-head: the `next` links of the pushes before.
         let mut id1 = head_id1(self.head.load(Ordering::Acquire));
         let mut n = 0;
         while id1 != 0 && n < limit {
             let id = (id1 - 1) as u32;
             f(id);
             n += 1;
-            id1 = metas.meta(id)?.next.load(Ordering::Acquire);
+            // Relaxed: published with the head (list-head); under concurrent
+            // use a walk is a snapshot, bounded by `limit`.
+            id1 = metas.meta(id)?.next.load(Ordering::Relaxed);
         }
         Ok(n)
     }
@@ -324,11 +357,12 @@ impl<'a> FreeList<'a> {
 /// Move block `m` from `IN_RING(slot)` to `OWNED(att)`. False if it was not
 /// in that slot.
 pub(crate) fn take_from_ring(m: &BlockMeta, slot: u64, att: u32) -> bool {
-    // Acquire: pairs with the Release store in `put_in_ring`.
+    // SYNC POINT block-state: the sender's message in the block.
     let s = m.state.load(Ordering::Acquire);
     if state_kind(s) != KIND_IN_RING || state_value(s) != slot {
         return false;
     }
+    // SYNC POINT block-state: the block is ours now.
     m.state
         .compare_exchange(
             s,
@@ -341,11 +375,13 @@ pub(crate) fn take_from_ring(m: &BlockMeta, slot: u64, att: u32) -> bool {
 
 /// Move block `m`, owned by `att`, to `IN_RING(slot)`.
 pub(crate) fn put_in_ring(m: &BlockMeta, slot: u64, att: u32) -> bool {
+    // SYNC POINT block-state.
     let s = m.state.load(Ordering::Acquire);
     if !owned_by(s, att) {
         return false;
     }
-    // Release: the block contents are complete before it is in the ring.
+    // SYNC POINT block-state: the block's contents are complete before it
+    // is in the ring.
     m.state
         .compare_exchange(
             s,
@@ -358,10 +394,12 @@ pub(crate) fn put_in_ring(m: &BlockMeta, slot: u64, att: u32) -> bool {
 
 /// Move block `m` from `OWNED(dead)` to `OWNED(me)` (recovery).
 pub(crate) fn adopt(m: &BlockMeta, dead: u32, me: u32) -> bool {
+    // SYNC POINT block-state.
     let s = m.state.load(Ordering::Acquire);
     if !owned_by(s, dead) {
         return false;
     }
+    // SYNC POINT block-state: the dead owner's block is ours now.
     m.state
         .compare_exchange(
             s,
@@ -542,8 +580,8 @@ impl Allocator {
         if seg as usize >= MAX_SEGS_PER_CLASS {
             return Err(AllocError::Corrupt(format!("segment {seg} out of range")));
         }
-        // Acquire: pairs with the Release store of READY by the creator, so
-        // the extension's header and metadata are initialised.
+        // SYNC POINT ext-ready: the extension's header and metadata are
+        // initialised.
         let w = self.class(class).segs[seg as usize].load(Ordering::Acquire);
         if seg_state(w) != SEG_READY {
             return Err(AllocError::Corrupt(format!("block in segment {seg} of class {class}, which is not ready")));
@@ -570,7 +608,8 @@ impl Allocator {
         let base = region.base();
         // SAFETY: the region is at least total_len bytes and page aligned.
         let hdr = unsafe { &*base.as_ptr().cast::<ExtHeader>() };
-        // Acquire: pairs with the creator's Release store of the magic.
+        // SYNC POINT ext-ready: the header fields and metadata written
+        // before the magic; the fields below are Relaxed, ordered by it.
         let ok = hdr.magic.load(Ordering::Acquire) == EXT_MAGIC
             && hdr.channel_id.load(Ordering::Relaxed) == self.channel_id
             && hdr.generation.load(Ordering::Relaxed) == self.generation
@@ -662,7 +701,7 @@ impl Allocator {
         let ctl = self.class(class);
         for seg in 0..MAX_SEGS_PER_CLASS as u32 {
             let word = &ctl.segs[seg as usize];
-            // Acquire: pairs with the Release store of READY.
+            // SYNC POINT ext-ready, ext-claim.
             let w = word.load(Ordering::Acquire);
             match seg_state(w) {
                 SEG_READY => continue,
@@ -672,7 +711,8 @@ impl Allocator {
                     if self.max_bytes != 0 && self.bytes_in_use() + layout.total_len as u64 > self.max_bytes {
                         return Err(AllocError::LimitReached { limit: self.max_bytes });
                     }
-                    // AcqRel: our claim to create this segment.
+                    // SYNC POINT ext-claim: our claim to create this segment
+                    // (after a failed or dead creator's hand-back).
                     if word
                         .compare_exchange(w, seg_word(SEG_CREATING, att), Ordering::AcqRel, Ordering::Relaxed)
                         .is_err()
@@ -693,7 +733,7 @@ impl Allocator {
             Ok(r) => r,
             Err(e) => {
                 // Give the claim back; a half-made file is replaced next time.
-                // Release: pairs with the Acquire loads in `grow`.
+                // SYNC POINT ext-claim: the claim handed back.
                 let _ = word.compare_exchange(
                     seg_word(SEG_CREATING, att),
                     seg_word(SEG_ORPHAN, 0),
@@ -724,12 +764,12 @@ impl Allocator {
                     next: AtomicU64::new(0),
                 });
             }
-            // Release: the header and metadata above are complete.
+            // SYNC POINT ext-ready: the header and metadata above are
+            // complete.
             (*base.cast::<ExtHeader>()).magic.store(EXT_MAGIC, Ordering::Release);
         }
         shm_primitives::fault::point("alloc.created");
-        // SYNC POINT (Release): the segment is initialised; pairs with the
-        // Acquire loads in `ext` and `grow`.
+        // SYNC POINT ext-ready: the segment is initialised.
         if word
             .compare_exchange(seg_word(SEG_CREATING, att), seg_word(SEG_READY, 0), Ordering::Release, Ordering::Relaxed)
             .is_err()
@@ -759,10 +799,12 @@ impl Allocator {
             FreeList::new(&ctl.head).settle(&metas)?;
             for seg in 0..MAX_SEGS_PER_CLASS as u32 {
                 let word = &ctl.segs[seg as usize];
+                // SYNC POINT ext-ready, ext-claim.
                 let w = word.load(Ordering::Acquire);
                 match seg_state(w) {
                     SEG_CREATING if seg_att(w) == dead => {
-                        // Release: pairs with the Acquire loads in `grow`.
+                        // SYNC POINT ext-claim: the dead creator's claim
+                        // handed back.
                         let _ = word.compare_exchange(w, seg_word(SEG_ORPHAN, 0), Ordering::Release, Ordering::Relaxed);
                     }
                     SEG_READY => {
@@ -790,6 +832,7 @@ impl Allocator {
             let ctl = self.class(class);
             let metas = self.metas(class);
             for seg in 0..MAX_SEGS_PER_CLASS as u32 {
+                // SYNC POINT ext-ready.
                 let w = ctl.segs[seg as usize].load(Ordering::Acquire);
                 if seg_state(w) != SEG_READY {
                     continue;
@@ -799,7 +842,9 @@ impl Allocator {
                 st.blocks += ext.layout.nblocks;
                 st.bytes += ext.layout.total_len as u64;
                 for local in 0..ext.layout.nblocks as u32 {
-                    let s = metas.meta((seg << LOCAL_BITS) | local)?.state.load(Ordering::Acquire);
+                    // Relaxed: a count for tests and diagnostics; nothing is
+                    // read through it.
+                    let s = metas.meta((seg << LOCAL_BITS) | local)?.state.load(Ordering::Relaxed);
                     match state_kind(s) {
                         KIND_FREE => st.free += 1,
                         KIND_OWNED => st.owned += 1,
@@ -817,7 +862,8 @@ impl Allocator {
     pub(crate) fn remove_all(&self) {
         for class in 0..NUM_CLASSES {
             for seg in 0..MAX_SEGS_PER_CLASS as u32 {
-                if seg_state(self.class(class).segs[seg as usize].load(Ordering::Acquire)) != SEG_ABSENT {
+                // Relaxed: only decides which names to remove (destroy).
+                if seg_state(self.class(class).segs[seg as usize].load(Ordering::Relaxed)) != SEG_ABSENT {
                     self.backing.remove_extension(ext_index(class, seg));
                 }
             }

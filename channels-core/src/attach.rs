@@ -18,6 +18,25 @@
 //! reused while something still names it. One sweeper at a time owns a dead
 //! row (`SWEEPING(by)`); if the sweeper dies too, its row is found dead and
 //! the sweep is taken over.
+//!
+//! Synchronising edges (`// SYNC POINT <name>` at both ends):
+//!
+//! - `row-active`: a claimant's Release store of `ACTIVE` publishes its
+//!   start time and roles to every Acquire load of the row word.
+//! - `row-start`: the claimant's Release store of the start time comes
+//!   after its claim of the row word, so a reader that sees a newer start
+//!   time than its row word sees the row changed when it re-reads the word
+//!   ([`Table::process`] never pairs one process's pid with another's
+//!   start time).
+//! - `row-free`: the Release that frees a row (detach, end of a sweep)
+//!   pairs with the next claimant's Acquire compare-and-swap from free: the
+//!   old occupant's last writes, and everything a sweep gave back, happen
+//!   before the new occupant's.
+//! - `row-sweep`: the compare-and-swaps that mark a row dead, claim its
+//!   sweep and hand a sweep back (AcqRel) pass the row from finder to
+//!   sweeper to the next sweeper.
+//! - `table-version`: the Release bump after every row change pairs with
+//!   the Acquire load of the version.
 
 use crate::layout::{AttachCtl, AttachRow};
 use shm_primitives::process::ProcessId;
@@ -75,6 +94,9 @@ pub(crate) struct Table {
     ctl: NonNull<AttachCtl>,
     rows: NonNull<AttachRow>,
     max: u32,
+    /// Whether a recorded process lives: [`ProcessId::is_alive`]; loom
+    /// models pass made-up processes and a rule of their own.
+    alive: fn(&ProcessId) -> bool,
 }
 
 // SAFETY: points into shared memory whose shared words are all atomics.
@@ -95,7 +117,13 @@ impl Table {
     /// `ctl` and `rows[..max]` must be initialised and stay mapped for the
     /// life of the table.
     pub(crate) unsafe fn new(ctl: NonNull<AttachCtl>, rows: NonNull<AttachRow>, max: u32) -> Table {
-        Table { ctl, rows, max }
+        Table { ctl, rows, max, alive: ProcessId::is_alive }
+    }
+
+    /// The same table with another liveness rule (loom models).
+    #[cfg(all(test, dragon_loom))]
+    pub(crate) fn with_liveness(self, alive: fn(&ProcessId) -> bool) -> Table {
+        Table { alive, ..self }
     }
 
     /// Write fresh rows.
@@ -129,19 +157,19 @@ impl Table {
     }
 
     fn high_water(&self) -> u32 {
-        // Relaxed: only bounds scans; rows beyond it are FREE anyway.
+        // Relaxed: only bounds scans; a row claimed beyond a stale value is
+        // one its claimant just took, which the scan may miss either way.
         self.ctl().high_water.load(Ordering::Relaxed).min(self.max)
     }
 
     /// Table version (changes after every row change).
     pub(crate) fn version(&self) -> u64 {
-        // Acquire: pairs with the Release bump after a row change.
+        // SYNC POINT table-version: the row change before the bump.
         self.ctl().version.load(Ordering::Acquire)
     }
 
     fn bump(&self) {
-        // Release: the row change before it is visible to whoever sees the
-        // new version.
+        // SYNC POINT table-version: the row change just made.
         self.ctl().version.fetch_add(1, Ordering::Release);
     }
 
@@ -149,11 +177,12 @@ impl Table {
     pub(crate) fn claim(&self, me: ProcessId, roles: Roles) -> Option<u32> {
         for att in 1..=self.max {
             let row = self.row(att);
-            // Relaxed: a hint; the CAS decides.
+            // Relaxed: a hint; the compare-and-swap decides.
             if row.owner.load(Ordering::Relaxed) != 0 {
                 continue;
             }
-            // Acquire: pairs with the Release that freed the row.
+            // SYNC POINT row-free: the previous occupant's (or sweeper's)
+            // last writes to the row.
             if row
                 .owner
                 .compare_exchange(0, row_word(ROW_CLAIMING, 0, me.pid), Ordering::Acquire, Ordering::Relaxed)
@@ -161,14 +190,17 @@ impl Table {
             {
                 continue;
             }
-            // Relaxed: published by the Release store of ACTIVE below.
-            row.start.store(me.start, Ordering::Relaxed);
+            // SYNC POINT row-start: our claim of the row word, to a reader
+            // of this start time.
+            row.start.store(me.start, Ordering::Release);
+            // Relaxed: published by the store of ACTIVE (row-active).
             row.roles.store(roles.bits(), Ordering::Relaxed);
+            // Relaxed: only bounds scans (see `high_water`).
             self.ctl().high_water.fetch_max(att, Ordering::Relaxed);
             // Relaxed: a monotonic flag, read only for disconnect decisions
-            // that also read the table (Acquire) afterwards.
+            // that read the table (Acquire) afterwards.
             self.ctl().latch.fetch_or(roles.bits(), Ordering::Relaxed);
-            // SYNC POINT (Release): start time and roles are complete.
+            // SYNC POINT row-active: our start time and roles.
             row.owner.store(row_word(ROW_ACTIVE, 0, me.pid), Ordering::Release);
             self.bump();
             return Some(att);
@@ -179,16 +211,21 @@ impl Table {
     /// Give back our row (normal detach).
     pub(crate) fn release(&self, att: u32) {
         let row = self.row(att);
+        // Relaxed: published by the store that frees the row (row-free); a
+        // reader of the old row word that sees start 0 checks the pid only.
         row.roles.store(0, Ordering::Relaxed);
         row.start.store(0, Ordering::Relaxed);
-        // Release: the cleared fields are visible before the row is free.
+        // SYNC POINT row-free: the cleared fields and everything this
+        // attachment did.
         row.owner.store(0, Ordering::Release);
         self.bump();
     }
 
     /// Roles ever attached (latch bits).
     pub(crate) fn latch(&self) -> Roles {
-        Roles(self.ctl().latch.load(Ordering::Acquire))
+        // Relaxed: a monotonic flag; a stale 0 only postpones a disconnect,
+        // and the counts read next carry the synchronisation.
+        Roles(self.ctl().latch.load(Ordering::Relaxed))
     }
 
     /// Live (ACTIVE) senders and receivers, as recorded (dead processes not
@@ -197,8 +234,12 @@ impl Table {
         let (mut s, mut r) = (0, 0);
         for att in 1..=self.high_water() {
             let row = self.row(att);
-            // Acquire: pairs with the Release store of ACTIVE.
+            // SYNC POINT row-active: the claimant's roles.
             if row_state(row.owner.load(Ordering::Acquire)) == ROW_ACTIVE {
+                // Relaxed: ordered by the Acquire load above (row-active).
+                // Under a concurrent detach and re-attach these may be the
+                // new occupant's roles: counts are a snapshot, and the
+                // version bump after the change tells cachers to recount.
                 let roles = Roles(row.roles.load(Ordering::Relaxed));
                 s += u32::from(roles.sends());
                 r += u32::from(roles.receives());
@@ -209,17 +250,34 @@ impl Table {
 
     /// Attachments in use (any state but FREE).
     pub(crate) fn in_use(&self) -> u32 {
-        (1..=self.high_water()).filter(|&a| self.row(a).owner.load(Ordering::Acquire) != 0).count() as u32
+        // Relaxed: a count for reporting; no row's contents are read.
+        (1..=self.high_water()).filter(|&a| self.row(a).owner.load(Ordering::Relaxed) != 0).count() as u32
     }
 
-    /// The process behind attachment `att`, if it is claiming or active.
-    fn process(&self, att: u32) -> Option<ProcessId> {
-        let w = self.row(att).owner.load(Ordering::Acquire);
-        match row_state(w) {
-            // A claiming row may not have its start time yet: pid only.
-            ROW_CLAIMING => Some(ProcessId { pid: row_pid(w), start: 0 }),
-            ROW_ACTIVE => Some(ProcessId { pid: row_pid(w), start: self.row(att).start.load(Ordering::Relaxed) }),
-            _ => None,
+    /// The process behind attachment `att`, if it is claiming or active:
+    /// a pid and start time of one and the same occupant.
+    pub(crate) fn process(&self, att: u32) -> Option<ProcessId> {
+        let row = self.row(att);
+        loop {
+            // SYNC POINT row-active: the claimant's start time.
+            let w = row.owner.load(Ordering::Acquire);
+            match row_state(w) {
+                // A claiming row may not have its start time yet: pid only.
+                ROW_CLAIMING => return Some(ProcessId::pid_only(row_pid(w))),
+                ROW_ACTIVE => {
+                    // SYNC POINT row-start: a start time of a later
+                    // occupant comes with its claim of the row word, which
+                    // the re-read below then sees.
+                    let start = row.start.load(Ordering::Acquire);
+                    // Relaxed: ordered after the Acquire load above; the
+                    // same word means the start time is this occupant's
+                    // (or 0, cleared by its detach: then the pid alone).
+                    if row.owner.load(Ordering::Relaxed) == w {
+                        return Some(ProcessId { pid: row_pid(w), start });
+                    }
+                }
+                _ => return None,
+            }
         }
     }
 
@@ -229,7 +287,7 @@ impl Table {
             return false;
         }
         match self.process(att) {
-            Some(p) => p.pid == ProcessId::current().pid || p.is_alive(),
+            Some(p) => p.pid == ProcessId::current().pid || (self.alive)(&p),
             None => false,
         }
     }
@@ -237,6 +295,7 @@ impl Table {
     /// Whether a liveness scan is due (at most one per `interval_ms` across
     /// all processes); claims the scan if so.
     pub(crate) fn scan_due(&self, now_ms: u64, interval_ms: u64) -> bool {
+        // Relaxed: a rate limiter (see below).
         let last = self.ctl().last_check_ms.load(Ordering::Relaxed);
         now_ms.saturating_sub(last) >= interval_ms
             // Relaxed: a rate limiter; losing the race only skips a scan.
@@ -249,13 +308,16 @@ impl Table {
         let mut found = 0;
         for att in 1..=self.high_water() {
             let row = self.row(att);
-            let w = row.owner.load(Ordering::Acquire);
+            // Relaxed: the state and pid decide whether to look closer;
+            // `process` and the compare-and-swap below synchronise.
+            let w = row.owner.load(Ordering::Relaxed);
             let st = row_state(w);
             if (st != ROW_ACTIVE && st != ROW_CLAIMING) || row_pid(w) == me {
                 continue;
             }
-            if self.process(att).is_some_and(|p| !p.is_alive())
-                // AcqRel: exactly one finder.
+            if self.process(att).is_some_and(|p| !(self.alive)(&p))
+                // SYNC POINT row-sweep: exactly one finder; the row as the
+                // dead process left it passes to its sweeper.
                 && row.owner.compare_exchange(w, row_word(ROW_DEAD, 0, row_pid(w)), Ordering::AcqRel, Ordering::Relaxed).is_ok()
             {
                 found += 1;
@@ -269,7 +331,8 @@ impl Table {
     pub(crate) fn claim_sweep(&self, me: u32) -> Option<SweepClaim> {
         for att in 1..=self.high_water() {
             let row = self.row(att);
-            let w = row.owner.load(Ordering::Acquire);
+            // Relaxed: the compare-and-swap below synchronises.
+            let w = row.owner.load(Ordering::Relaxed);
             let takeable = match row_state(w) {
                 ROW_DEAD => true,
                 ROW_SWEEPING => {
@@ -282,7 +345,8 @@ impl Table {
                 continue;
             }
             let claimed = row_word(ROW_SWEEPING, me, row_pid(w));
-            // AcqRel: one sweeper at a time.
+            // SYNC POINT row-sweep: one sweeper at a time; what the finder
+            // or a dead sweeper did to the row happens before our sweep.
             if row.owner.compare_exchange(w, claimed, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                 return Some(SweepClaim { att, word: claimed });
             }
@@ -295,9 +359,11 @@ impl Table {
     pub(crate) fn orphan_sweeps_of(&self, dead: u32) {
         for att in 1..=self.high_water() {
             let row = self.row(att);
-            let w = row.owner.load(Ordering::Acquire);
+            // Relaxed: the compare-and-swap below synchronises.
+            let w = row.owner.load(Ordering::Relaxed);
             if row_state(w) == ROW_SWEEPING && row_aux(w) == dead {
-                // AcqRel: hands the sweep back; one CAS wins.
+                // SYNC POINT row-sweep: hands the sweep back; one
+                // compare-and-swap wins.
                 let _ = row.owner.compare_exchange(
                     w,
                     row_word(ROW_DEAD, 0, row_pid(w)),
@@ -311,9 +377,11 @@ impl Table {
     /// The sweep is done: the row is free for reuse.
     pub(crate) fn finish_sweep(&self, claim: SweepClaim) {
         let row = self.row(claim.att);
+        // Relaxed: published by the compare-and-swap below (row-free).
         row.roles.store(0, Ordering::Relaxed);
         row.start.store(0, Ordering::Relaxed);
-        // Release: everything the sweep did happens before the id is reused.
+        // SYNC POINT row-free: everything the sweep did, before the id is
+        // reused.
         if row.owner.compare_exchange(claim.word, 0, Ordering::Release, Ordering::Relaxed).is_ok() {
             self.bump();
         }
@@ -326,6 +394,7 @@ impl Table {
     /// simulate a death by pointing a row at a process that has exited).
     pub(crate) fn forge_pid(&self, att: u32, pid: u32) {
         let row = self.row(att);
+        // Relaxed: tests forge rows while no other thread uses them.
         let w = row.owner.load(Ordering::Relaxed);
         row.owner.store(row_word(row_state(w), row_aux(w), pid), Ordering::Relaxed);
         row.start.store(0, Ordering::Relaxed);

@@ -241,6 +241,7 @@ impl fmt::Debug for Inner {
         f.debug_struct("Channel")
             .field("name", &self.alloc.backing().name())
             .field("id", &format_args!("{:016x}", self.channel_id))
+            // Relaxed: a process-local fact.
             .field("attachment", &self.att.load(Ordering::Relaxed))
             .field("capacity", &self.layout.capacity)
             .field("slot_size", &self.layout.slot_size)
@@ -484,14 +485,14 @@ impl Inner {
 
     #[inline]
     fn destroyed(&self) -> bool {
-        // Acquire: pairs with the AcqRel fetch_or in `destroy`.
+        // SYNC POINT channel-state: the ring's closed mark set before.
         self.hdr().config.state.load(Ordering::Acquire) & STATE_DESTROYED != 0
     }
 
     /// Whether `close` (or `destroy`) may have happened: then empty checks
     /// must read `tail` for its closed mark.
     fn maybe_closed(&self) -> bool {
-        // Acquire: pairs with the AcqRel fetch_or in `close`.
+        // SYNC POINT channel-state: the ring's closed mark set before.
         self.hdr().config.state.load(Ordering::Acquire) & STATE_CLOSED != 0
     }
 
@@ -551,6 +552,7 @@ impl Inner {
     fn attach_after_fork(&self) {
         let _g = self.fork_lock.lock().unwrap_or_else(|e| e.into_inner());
         let now = fork::current();
+        // Relaxed: process-local facts, under `fork_lock`.
         if now == self.epoch.load(Ordering::Relaxed) {
             return;
         }
@@ -596,7 +598,7 @@ impl Inner {
         let guard = TombstoneOnUnwind { ring, claim: Some(claim) };
         src.fill(dst);
         std::mem::forget(guard);
-        // Relaxed: published by the Release in `publish`.
+        // Relaxed: published by `publish` (slot-full).
         ring.slot(claim.index).len.store(len as u64, Ordering::Relaxed);
         fault::point("send.inline_written");
         ring.publish(claim);
@@ -645,8 +647,8 @@ impl Inner {
             std::mem::forget(guard);
         }
         let slot = ring.slot(claim.index);
-        // Relaxed: published by the Release in `publish`; recovery reads
-        // them only after this attachment died.
+        // Relaxed: published by `publish` (slot-full); recovery reads them
+        // only after this attachment died, as hints.
         slot.len.store(len as u64, Ordering::Relaxed);
         slot.aux.store(r.encode(), Ordering::Relaxed);
         if !put_in_ring(meta, claim.index, self.att()) {
@@ -689,7 +691,8 @@ impl Inner {
 
     /// One non-blocking receive attempt; `f` is called with the message.
     fn try_recv_raw<T>(&self, f: &mut Option<impl FnOnce(Got<'_>) -> T>, inner: &Arc<Inner>) -> Result<T, Fail> {
-        // Acquire: pairs with the AcqRel fetch_or in `close` and `destroy`.
+        // SYNC POINT channel-state: after `close` or `destroy`, the ring's
+        // closed mark.
         let state = self.hdr().config.state.load(Ordering::Acquire);
         if state & STATE_DESTROYED != 0 {
             return Err(Fail::Destroyed);
@@ -703,7 +706,7 @@ impl Inner {
             };
             fault::point("recv.claimed");
             let slot = self.ring.slot(claim.index);
-            // Relaxed: made visible by the Acquire stamp load in claim_read.
+            // Relaxed: made visible by the claim (slot-full).
             let len = slot.len.load(Ordering::Relaxed) as usize;
             if len <= self.ring.inline_cap() {
                 // SAFETY: we hold the READING claim; the payload area holds
@@ -754,6 +757,7 @@ impl Inner {
     #[inline(never)]
     fn take_block(&self, claim: crate::ring::Claim, len: usize) -> Option<(BlockRef, NonNull<u8>)> {
         let slot = self.ring.slot(claim.index);
+        // Relaxed: made visible by the claim (slot-full).
         let taken = BlockRef::decode(slot.aux.load(Ordering::Relaxed))
             .filter(|r| len as u64 <= class_size(r.class))
             .and_then(|r| {
@@ -787,7 +791,9 @@ impl Inner {
                 // announced) is returned. `aux` may be stale; the block state
                 // decides.
                 let slot = self.ring.slot(index);
-                if let Some(b) = BlockRef::decode(slot.aux.load(Ordering::Acquire)) {
+                // Relaxed: a hint (see above), ordered after the stamp load
+                // in `recover_claims_of`; the block state decides.
+                if let Some(b) = BlockRef::decode(slot.aux.load(Ordering::Relaxed)) {
                     if let Ok(meta) = self.alloc.meta(b) {
                         if take_from_ring(meta, index, self.att()) && self.alloc.free(b, self.att()).is_ok() {
                             freed += 1;
@@ -910,6 +916,7 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // A forked child that never used the channel holds its parent's id:
         // that row is not ours to give back.
+        // Relaxed: process-local facts.
         if fork::current() == self.epoch.load(Ordering::Relaxed) {
             self.table.release(self.att.load(Ordering::Relaxed));
         }
@@ -1272,8 +1279,8 @@ impl Channel {
     /// Returns false if it was already closed.
     pub fn close(&self) -> bool {
         let first = self.inner.ring.close();
-        // AcqRel: after the tail mark, so a receiver that sees the flag and
-        // then reads tail finds the mark.
+        // SYNC POINT channel-state: after the tail mark, so a receiver that
+        // sees the flag and then reads tail finds the mark.
         self.inner.hdr().config.state.fetch_or(STATE_CLOSED, Ordering::AcqRel);
         self.inner.notify_all(Dir::Recv);
         self.inner.notify_all(Dir::Send);
@@ -1291,9 +1298,8 @@ impl Channel {
     /// process unmaps it.
     pub fn destroy(&self) {
         let i = &*self.inner;
-        // Release: pairs with the Acquire in `destroyed`.
         i.ring.close();
-        // AcqRel: pairs with the Acquire loads in `destroyed`/`maybe_closed`.
+        // SYNC POINT channel-state: after the tail mark (closed-mark).
         i.hdr().config.state.fetch_or(STATE_DESTROYED | STATE_CLOSED, Ordering::AcqRel);
         i.notify_all(Dir::Recv);
         i.notify_all(Dir::Send);
@@ -1325,6 +1331,7 @@ impl Channel {
 
     /// How long blocking calls of this process spin before sleeping.
     pub fn set_spin(&self, spin: Duration) {
+        // Relaxed: a process-local tuning knob.
         self.inner.spin_ns.store(spin.as_nanos().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
     }
     /// Current spin setting.
@@ -1363,7 +1370,8 @@ fn validate(region: &dyn Region, handle: &Handle) -> Result<(MainLayout, u32), C
     // SAFETY: the region holds at least a header's bytes; every field is an
     // atomic, valid for any bit pattern.
     let cfg = unsafe { &(*region.base().as_ptr().cast::<ChannelHeader>()).config };
-    // Acquire: pairs with the creator's Release store of the magic.
+    // SYNC POINT channel-header: everything the creator initialised; the
+    // header fields below are Relaxed, ordered by this load.
     if cfg.magic.load(Ordering::Acquire) != MAGIC {
         return Err(ChannelError::NotAChannel(format!("{seg} has no channel header (wrong magic)")));
     }
@@ -1376,6 +1384,7 @@ fn validate(region: &dyn Region, handle: &Handle) -> Result<(MainLayout, u32), C
     {
         return Err(ChannelError::Stale { segment: seg.clone() });
     }
+    // SYNC POINT channel-state.
     if cfg.state.load(Ordering::Acquire) & STATE_DESTROYED != 0 {
         return Err(ChannelError::Destroyed);
     }
@@ -1447,8 +1456,7 @@ unsafe fn init_header(base: *mut u8, layout: &MainLayout, id: u64, generation: u
         }
         Table::init_rows(base.add(layout.rows_off).cast::<AttachRow>(), layout.max_attach);
         Ring::init_slots(base.add(layout.slots_off), layout.slot_size, layout.capacity);
-        // SYNC POINT (Release): everything above is initialised; pairs with
-        // the Acquire magic load in `validate`.
+        // SYNC POINT channel-header: everything above is initialised.
         let config: &Config = &(*hdr).config;
         config.magic.store(MAGIC, Ordering::Release);
     }
@@ -1469,6 +1477,8 @@ impl Inner {
         // SAFETY: validated (or just written) header, mapped while `region`
         // lives, which `Inner` keeps.
         let h = unsafe { hdr.as_ref() };
+        // Relaxed: ordered by the magic's Acquire load in `validate`, or
+        // written by this thread (channel-header).
         let max_block_bytes = h.config.max_block_bytes.load(Ordering::Relaxed);
         // SAFETY: offsets come from the validated layout, inside the region.
         let (ring, table, alloc) = unsafe {

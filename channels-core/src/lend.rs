@@ -41,6 +41,21 @@
 //! taking a message off a channel and `receive`, or between `send` and
 //! publishing the message, that block is stranded until the store is
 //! removed with its run. Those windows are a few instructions wide.
+//!
+//! Synchronising edges (`// SYNC POINT <name>` at both ends):
+//!
+//! - `lent-sent`: `send` (AcqRel) publishes the payload the owner wrote;
+//!   `receive` (AcqRel) takes it over with the block.
+//! - `lent-free`: the compare-and-swap that frees a block (Release, as part
+//!   of SeqCst) pairs with `take`'s Acquire: every earlier holder's reads
+//!   and unpins happen before the new owner writes.
+//! - `lent-pins`: pins and the reads of the other word in `release` /
+//!   `unpin` are read-modify-writes (SeqCst), the handshake described
+//!   above: of the releasing owner and the last unpinner, at least one
+//!   sees the other and reclaims.
+//! - `store-ready`, `store-row`, `store-seg`: the control area's magic, its
+//!   attachment rows and its segment slots, each published with Release
+//!   and read with Acquire (see [`StoreCtl`]).
 
 use shm_primitives::process::ProcessId;
 use shm_primitives::sync::{AtomicU64, Ordering};
@@ -106,6 +121,8 @@ impl Lent {
 
     /// The current state and generation.
     pub fn state(&self) -> (LentState, u32) {
+        // SeqCst: a snapshot for callers and tests, ordered with the pins
+        // handshake (lent-pins).
         let w = self.state.load(Ordering::SeqCst);
         let s = match kind_of(w) {
             FREE => LentState::Free,
@@ -119,18 +136,21 @@ impl Lent {
     /// Whether attachment `a` pins the block.
     pub fn pinned_by(&self, a: u32) -> bool {
         let (i, bit) = pin_bit(a);
+        // SeqCst: a snapshot, ordered with the pins handshake (lent-pins).
         self.pins[i].load(Ordering::SeqCst) & bit != 0
     }
 
     /// Take a free block for attachment `a`; returns its generation.
     pub fn take(&self, a: u32) -> Option<u32> {
-        let w = self.state.load(Ordering::Acquire);
+        // Relaxed: a first look; the compare-and-swap decides and
+        // synchronises.
+        let w = self.state.load(Ordering::Relaxed);
         if kind_of(w) != FREE {
             return None;
         }
         let g = gen_of(w).wrapping_add(1);
-        // Acquire: the last reader's unpin and the reclaim happen before
-        // this process writes the block.
+        // SYNC POINT lent-free: the last reader's unpin and the reclaim
+        // happen before this process writes the block.
         self.state.compare_exchange(w, word(g, OWNED, a), Ordering::AcqRel, Ordering::Relaxed).ok().map(|_| g)
     }
 
@@ -139,8 +159,8 @@ impl Lent {
     /// it at `g`.
     pub fn send(&self, a: u32, g: u32) -> Option<u32> {
         let m = g.wrapping_add(1);
-        // Release: the payload written by the owner is visible to whoever
-        // receives the message.
+        // SYNC POINT lent-sent: the payload written by the owner, to
+        // whoever receives the message.
         self.state
             .compare_exchange(word(g, OWNED, a), word(m, SENT, 0), Ordering::AcqRel, Ordering::Relaxed)
             .ok()
@@ -155,13 +175,14 @@ impl Lent {
     /// Become the owner of the block a message of generation `m` names.
     /// False for a message that is stale, forged or already received.
     pub fn receive(&self, b: u32, m: u32) -> bool {
-        // Acquire: pairs with `send`, so the payload is visible.
+        // SYNC POINT lent-sent: the payload.
         self.state.compare_exchange(word(m, SENT, 0), word(m, OWNED, b), Ordering::AcqRel, Ordering::Relaxed).is_ok()
     }
 
     /// Record that attachment `b`, the owner, maps the block.
     pub fn pin(&self, b: u32) {
         let (i, bit) = pin_bit(b);
+        // SYNC POINT lent-pins.
         self.pins[i].fetch_or(bit, Ordering::SeqCst);
     }
 
@@ -169,6 +190,8 @@ impl Lent {
     /// it (its owner had released it already).
     pub fn unpin(&self, b: u32) -> bool {
         let (i, bit) = pin_bit(b);
+        // SYNC POINT lent-pins: our pin gone, then the state read (in
+        // `reclaim_if_unpinned`).
         self.pins[i].fetch_and(!bit, Ordering::SeqCst);
         self.reclaim_if_unpinned()
     }
@@ -177,6 +200,8 @@ impl Lent {
     /// it is free now, false if pinners keep it (the last one frees it) or
     /// if `a` did not own it at `g`.
     pub fn release(&self, a: u32, g: u32) -> bool {
+        // SYNC POINT lent-pins: the state written, then the pins read (in
+        // `reclaim_if_unpinned`).
         if self
             .state
             .compare_exchange(word(g, OWNED, a), word(g, ZOMBIE, a), Ordering::SeqCst, Ordering::Relaxed)
@@ -191,6 +216,8 @@ impl Lent {
     /// zombie nobody pins any more. Returns true if the block became free.
     pub fn sweep(&self, d: u32) -> bool {
         let (i, bit) = pin_bit(d);
+        // SYNC POINT lent-pins: the dead pinner's pin gone, then the state
+        // read (a read-modify-write that changes nothing).
         self.pins[i].fetch_and(!bit, Ordering::SeqCst);
         let w = self.state.fetch_or(0, Ordering::SeqCst);
         if kind_of(w) == OWNED && att_of(w) == d {
@@ -204,16 +231,18 @@ impl Lent {
     // latest value of its word, so the argument in the module docs holds in
     // the acquire/release model alone (which is also what loom checks).
     fn unpinned(&self) -> bool {
+        // SYNC POINT lent-pins: the pins' latest values.
         self.pins.iter().all(|p| p.fetch_or(0, Ordering::SeqCst) == 0)
     }
 
     fn reclaim_if_unpinned(&self) -> bool {
+        // SYNC POINT lent-pins: the state's latest value.
         let w = self.state.fetch_or(0, Ordering::SeqCst);
         if kind_of(w) != ZOMBIE || !self.unpinned() {
             return false;
         }
-        // Release: every reader's unpin (read above) happens before the
-        // next taker's writes.
+        // SYNC POINT lent-free: every reader's unpin (read above) happens
+        // before the next taker's writes.
         self.state.compare_exchange(w, word(gen_of(w), FREE, 0), Ordering::SeqCst, Ordering::Relaxed).is_ok()
     }
 }
@@ -304,18 +333,21 @@ impl StoreCtl {
     /// Initialise a fresh (zero-filled) control area that may hand out
     /// `cap` bytes of segments; publishes it.
     pub fn init(&self, cap: u64) {
+        // Relaxed: published by the magic (store-ready).
         self.cap.store(cap, Ordering::Relaxed);
-        // Release: the cap is written before the store is seen as ready.
+        // SYNC POINT store-ready: the cap, before the store is seen ready.
         self.magic.store(STORE_MAGIC, Ordering::Release);
     }
 
     /// Whether [`StoreCtl::init`] has run.
     pub fn ready(&self) -> bool {
+        // SYNC POINT store-ready: the cap.
         self.magic.load(Ordering::Acquire) == STORE_MAGIC
     }
 
     /// Bytes of segments created so far, and the cap.
     pub fn usage(&self) -> (u64, u64) {
+        // Relaxed: a snapshot for reporting.
         (self.used.load(Ordering::Relaxed), self.cap.load(Ordering::Relaxed))
     }
 
@@ -330,9 +362,12 @@ impl StoreCtl {
         for round in 0..2 {
             for (i, row) in self.rows.iter().enumerate().skip(1) {
                 let claiming = row_word(ROW_CLAIMING, 0, me.pid);
+                // SYNC POINT store-row: a free row, after its last sweep.
                 if row.word.compare_exchange(0, claiming, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                    // Relaxed: published by the store of ACTIVE below.
                     row.start.store(me.start, Ordering::Relaxed);
-                    // Release: the start time is written before the row is active.
+                    // SYNC POINT store-row: the start time, before the row
+                    // is active.
                     row.word.store(row_word(ROW_ACTIVE, 0, me.pid), Ordering::Release);
                     return Some(i as u32);
                 }
@@ -348,9 +383,11 @@ impl StoreCtl {
     /// it still holds is swept and the row freed.
     pub fn detach(&self, a: u32, me: ProcessId) {
         let row = &self.rows[a as usize];
-        let w = row.word.load(Ordering::Acquire);
+        // Relaxed: our own row; the compare-and-swap below decides.
+        let w = row.word.load(Ordering::Relaxed);
         if row_pid(w) == me.pid && row_state(w) == ROW_ACTIVE {
             let sweeping = row_word(ROW_SWEEPING, a, me.pid);
+            // SYNC POINT store-row: one sweeper at a time.
             if row.word.compare_exchange(w, sweeping, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                 self.sweep_row(a, sweeping);
             }
@@ -362,17 +399,22 @@ impl StoreCtl {
     pub fn sweep_dead(&self, me: ProcessId) -> usize {
         let mut freed = 0;
         for (i, row) in self.rows.iter().enumerate().skip(1) {
+            // SYNC POINT store-row: the start time of an active row.
             let w = row.word.load(Ordering::Acquire);
             let dead = match row_state(w) {
-                ROW_CLAIMING => !ProcessId { pid: row_pid(w), start: 0 }.is_alive(),
+                ROW_CLAIMING => !ProcessId::pid_only(row_pid(w)).is_alive(),
+                // Relaxed: ordered by the Acquire load above; a start time
+                // of a later occupant makes the compare-and-swap below
+                // fail (the row word changed).
                 ROW_ACTIVE => !ProcessId { pid: row_pid(w), start: row.start.load(Ordering::Relaxed) }.is_alive(),
-                ROW_SWEEPING => !ProcessId { pid: row_pid(w), start: 0 }.is_alive(),
+                ROW_SWEEPING => !ProcessId::pid_only(row_pid(w)).is_alive(),
                 _ => false,
             };
             if !dead {
                 continue;
             }
             let sweeping = row_word(ROW_SWEEPING, i as u32, me.pid);
+            // SYNC POINT store-row: one sweeper at a time.
             if row.word.compare_exchange(w, sweeping, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                 self.sweep_row(i as u32, sweeping);
                 freed += 1;
@@ -385,12 +427,14 @@ impl StoreCtl {
         for l in &self.lents {
             l.sweep(a);
         }
-        // Release: the sweep is done before the id can be reused.
+        // SYNC POINT store-row: the sweep is done before the id can be
+        // reused.
         let _ = self.rows[a as usize].word.compare_exchange(sweeping, 0, Ordering::AcqRel, Ordering::Relaxed);
     }
 
     /// What segment slot `i` holds.
     pub fn segment(&self, i: usize) -> SegState {
+        // SYNC POINT store-seg: a ready segment's file exists.
         let w = self.segs[i].load(Ordering::Acquire);
         match w >> 62 {
             SEG_CREATING => SegState::Creating(w as u32),
@@ -404,37 +448,45 @@ impl StoreCtl {
     /// would be exceeded. A slot whose creator died is taken over (the
     /// caller recreates the file).
     pub fn begin_segment(&self, i: usize, pid: u32, bytes: u64) -> bool {
-        let w = self.segs[i].load(Ordering::Acquire);
+        // Relaxed: a first look; the compare-and-swap below decides.
+        let w = self.segs[i].load(Ordering::Relaxed);
         let takeover = match w >> 62 {
             0 if w == 0 => false,
-            SEG_CREATING if !ProcessId { pid: w as u32, start: 0 }.is_alive() => true,
+            SEG_CREATING if !ProcessId::pid_only(w as u32).is_alive() => true,
             _ => return false,
         };
         // A taken-over slot counts again: what the dead creator reserved is
         // not known here, so the count errs on the safe side.
-        let used = self.used.fetch_add(bytes, Ordering::AcqRel);
+        // Relaxed: a budget counter; the slot's compare-and-swap decides
+        // who creates.
+        let used = self.used.fetch_add(bytes, Ordering::Relaxed);
         if !takeover && used + bytes > self.cap.load(Ordering::Relaxed) {
-            self.used.fetch_sub(bytes, Ordering::AcqRel);
+            self.used.fetch_sub(bytes, Ordering::Relaxed);
             return false;
         }
         let creating = (SEG_CREATING << 62) | u64::from(pid);
+        // SYNC POINT store-seg: our claim to create the slot's file (after
+        // a dead creator's, or a give-up).
         if self.segs[i].compare_exchange(w, creating, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
             return true;
         }
-        self.used.fetch_sub(bytes, Ordering::AcqRel);
+        // Relaxed: the budget counter (above).
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
         false
     }
 
     /// Publish segment slot `i` (created by this process) as ready.
     pub fn finish_segment(&self, i: usize, class: u32, blocks: u32) {
-        // Release: the file exists before anyone looks for it.
+        // SYNC POINT store-seg: the file exists before anyone looks for it.
         self.segs[i].store((SEG_READY << 62) | (u64::from(class) << 32) | u64::from(blocks), Ordering::Release);
     }
 
     /// Give slot `i` up after a failed creation of `bytes`.
     pub fn abandon_segment(&self, i: usize, bytes: u64) {
+        // SYNC POINT store-seg: the slot is free again.
         self.segs[i].store(0, Ordering::Release);
-        self.used.fetch_sub(bytes, Ordering::AcqRel);
+        // Relaxed: the budget counter (see `begin_segment`).
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
     }
 }
 

@@ -28,6 +28,29 @@
 //! Stamp word: `lap (50 bits) << 14 | attachment id (10 bits) << 4 | state`.
 //! `tail` bit 63 is the closed mark: once set, `tail` never moves again, so
 //! every position below it is delivered and nothing above it ever is.
+//!
+//! Synchronising edges (`// SYNC POINT <name>` at both ends):
+//!
+//! - `slot-full`: the writer's Release store of `FULL` publishes the
+//!   payload, `len` and `aux` to the reader's Acquire load (or claim) of
+//!   the stamp.
+//! - `slot-free`: every store that makes a slot `EMPTY` for a lap (a
+//!   reader's release, a skipped tombstone, recovery of a dead reader, an
+//!   undone write claim) is a Release; the next writer claims with an
+//!   Acquire, so the old contents are read before they are overwritten.
+//! - `slot-tomb`: the Release store of `TOMB` (a write given up, or a dead
+//!   writer's claim recovered) publishes what was done to the slot's block
+//!   before readers skip the slot.
+//! - `tail-claim`: every move of `tail` is a Release compare-and-swap made
+//!   after the slot it passes was claimed; an Acquire load of `tail` sees
+//!   that claim stamp (so a position below `tail` is claimed).
+//! - `head-claim`: likewise for `head` and read claims.
+//! - `closed-mark`: the AcqRel `fetch_or` of the mark; a reader that loads
+//!   the mark (Acquire) sees the final `tail`.
+//!
+//! Loads of `head` or `tail` that only choose which slot to look at are
+//! Relaxed: the stamp's own Acquire load carries the synchronisation. A
+//! compare-and-swap whose failed value only decides a retry fails Relaxed.
 
 use crate::layout::{SlotHeader, SLOT_HEADER};
 use shm_primitives::sync::{spin_loop, AtomicU64, AtomicU8, Ordering};
@@ -272,15 +295,14 @@ impl Ring {
 
     /// Whether the closed mark is set.
     pub(crate) fn is_closed(&self) -> bool {
-        // Acquire: pairs with the AcqRel fetch_or in `close`; a reader that
-        // sees the mark sees the final tail.
+        // SYNC POINT closed-mark: the final tail.
         self.tail().load(Ordering::Acquire) & CLOSED_MARK != 0
     }
 
     /// Set the closed mark. Returns false if it was already set.
     pub(crate) fn close(&self) -> bool {
-        // AcqRel: the mark freezes tail; producers that read it (Acquire)
-        // stop claiming.
+        // SYNC POINT closed-mark: the mark freezes tail; producers that read
+        // it stop claiming, readers that see it see the final tail.
         self.tail().fetch_or(CLOSED_MARK, Ordering::AcqRel) & CLOSED_MARK == 0
     }
 
@@ -298,15 +320,14 @@ impl Ring {
     pub(crate) fn claim_write(&self, att: u32) -> Result<Claim, ClaimWriteError> {
         // Relaxed: a process-local hint; either answer is correct.
         if self.free_at_tail.load(Ordering::Relaxed) != 0 {
-            // Acquire: pairs with the Release tail CAS (as in the loop below).
+            // SYNC POINT tail-claim: the claim stamps of the slots below
+            // tail (and closed-mark: the final tail).
             let tail = self.tail().load(Ordering::Acquire);
             if tail & CLOSED_MARK == 0 {
                 let (index, lap) = (self.index(tail), self.lap(tail));
                 let claimed = stamp(lap, att, WRITING);
-                // Acquire on success: pairs with the Release store of
-                // EMPTY(lap) by the consumer that last released this slot,
-                // so its reads of the old payload happen before we
-                // overwrite it.
+                // SYNC POINT slot-free: the last reader's reads of the old
+                // payload happen before we overwrite it.
                 if self
                     .slot(index)
                     .stamp
@@ -315,6 +336,7 @@ impl Ring {
                 {
                     return self.count_claim(tail, Claim { index, lap }, claimed);
                 }
+                // Relaxed: a process-local hint.
                 self.free_at_tail.store(0, Ordering::Relaxed);
             }
         }
@@ -327,16 +349,15 @@ impl Ring {
         let mut busy = 0;
         let mut first = true;
         loop {
-            // Acquire: pairs with the Release tail CAS; once we see a tail we
-            // see the claim stamp of the slot it moved past.
+            // SYNC POINT tail-claim: once we see a tail we see the claim
+            // stamp of the slot it moved past (and closed-mark).
             let tail = self.tail().load(Ordering::Acquire);
             if tail & CLOSED_MARK != 0 {
                 return Err(ClaimWriteError::Closed);
             }
             let (index, lap) = (self.index(tail), self.lap(tail));
             let slot = self.slot(index);
-            // Acquire: pairs with the Release store of EMPTY(lap) by the
-            // consumer that last released this slot: its reads of the old
+            // SYNC POINT slot-free: the last reader's reads of the old
             // payload happen before we overwrite it.
             let s = slot.stamp.load(Ordering::Acquire);
             match (rel(stamp_lap(s), lap), stamp_state(s)) {
@@ -346,7 +367,7 @@ impl Ring {
                         self.free_at_tail.store(1, Ordering::Relaxed);
                     }
                     let claimed = stamp(lap, att, WRITING);
-                    // Acquire on success: same edge as the load above.
+                    // SYNC POINT slot-free: as the load above.
                     if slot.stamp.compare_exchange_weak(s, claimed, Ordering::Acquire, Ordering::Relaxed).is_err() {
                         continue;
                     }
@@ -354,8 +375,8 @@ impl Ring {
                 }
                 (Rel::Same, _) | (Rel::Ahead, _) => {
                     // The slot at `tail` is already claimed: help tail on.
-                    // Release: publishes the claim we observed to anyone who
-                    // acquires the new tail.
+                    // SYNC POINT tail-claim: the claim we observed, to
+                    // whoever loads the new tail.
                     let _ = self.tail().compare_exchange(tail, self.next(tail), Ordering::Release, Ordering::Relaxed);
                 }
                 (Rel::Behind, _) => {
@@ -380,13 +401,16 @@ impl Ring {
     fn count_claim(&self, mut tail: u64, claim: Claim, claimed: u64) -> Result<Claim, ClaimWriteError> {
         shm_primitives::fault::point("ring.claimed_not_counted");
         loop {
-            // Release: publishes our claim stamp to anyone acquiring tail.
+            // SYNC POINT tail-claim: our claim stamp, to whoever loads the
+            // new tail. Failing, Acquire: the value read decides whether
+            // the channel closed first (closed-mark).
             match self.tail().compare_exchange(tail, self.next(tail), Ordering::Release, Ordering::Acquire) {
                 Ok(_) => return Ok(claim),
                 Err(actual) if actual & !CLOSED_MARK != tail & !CLOSED_MARK => return Ok(claim),
                 Err(actual) if actual & CLOSED_MARK != 0 => {
                     // Closed before our position was counted: it never will be.
-                    // Release: nothing was written; pairs with claim loads.
+                    // SYNC POINT slot-free: the slot is free again for this
+                    // lap (nothing was written).
                     let slot = self.slot(claim.index);
                     let _ = slot.stamp.compare_exchange(
                         claimed,
@@ -404,15 +428,15 @@ impl Ring {
     /// Publish a written slot: consumers may take it now.
     #[inline]
     pub(crate) fn publish(&self, claim: Claim) {
-        // SYNC POINT (Release): publishes the payload, `len` and `aux`
-        // written under the claim; pairs with the consumer's Acquire load of
-        // the stamp in `claim_read`.
+        // SYNC POINT slot-full: the payload, `len` and `aux` written under
+        // the claim.
         self.slot(claim.index).stamp.store(stamp(claim.lap, 0, FULL), Ordering::Release);
     }
 
     /// Give up a write claim after it was counted: readers skip the slot.
     pub(crate) fn publish_tombstone(&self, claim: Claim) {
-        // Release: pairs with the consumers' Acquire stamp load.
+        // SYNC POINT slot-tomb: what the writer did to the slot's block
+        // before giving the slot up.
         self.slot(claim.index).stamp.store(stamp(claim.lap, 0, TOMB), Ordering::Release);
     }
 
@@ -438,14 +462,15 @@ impl Ring {
         let head = self.head().load(Ordering::Relaxed);
         let (index, lap) = (self.index(head), self.lap(head));
         let slot = self.slot(index);
-        // SYNC POINT (Acquire): pairs with the Release in `publish`; a FULL
-        // stamp makes the payload visible.
+        // SYNC POINT slot-full (and slot-tomb): a FULL stamp brings the
+        // payload.
         let s = slot.stamp.load(Ordering::Acquire);
         if s == stamp(lap, 0, FULL) {
-            // Acquire on success: same edge as the load above.
+            // SYNC POINT slot-full: as the load above.
             if slot.stamp.compare_exchange(s, stamp(lap, att, READING), Ordering::Acquire, Ordering::Relaxed).is_ok() {
                 // A failed CAS means someone already helped head on.
-                // Release: publishes our claim to anyone acquiring head.
+                // SYNC POINT head-claim: our read claim, to whoever loads
+                // the new head.
                 let _ = self.head().compare_exchange(head, self.next(head), Ordering::Release, Ordering::Relaxed);
                 return Ok(Claim { index, lap });
             }
@@ -469,12 +494,12 @@ impl Ring {
             let head = self.head().load(Ordering::Relaxed);
             let (index, lap) = (self.index(head), self.lap(head));
             let slot = self.slot(index);
-            // SYNC POINT (Acquire): pairs with the Release in `publish`; a
-            // FULL stamp makes the payload visible.
+            // SYNC POINT slot-full (and slot-tomb): a FULL stamp brings the
+            // payload.
             let s = slot.stamp.load(Ordering::Acquire);
             match (rel(stamp_lap(s), lap), stamp_state(s)) {
                 (Rel::Same, FULL) => {
-                    // Acquire on success: same edge as the load above.
+                    // SYNC POINT slot-full: as the load above.
                     if slot
                         .stamp
                         .compare_exchange_weak(s, stamp(lap, att, READING), Ordering::Acquire, Ordering::Relaxed)
@@ -483,7 +508,7 @@ impl Ring {
                         continue;
                     }
                     // A failed CAS means someone already helped head on.
-                    // Release: publishes our claim to anyone acquiring head.
+                    // SYNC POINT head-claim: our read claim.
                     let _ = self.head().compare_exchange(head, self.next(head), Ordering::Release, Ordering::Relaxed);
                     return Ok(Claim { index, lap });
                 }
@@ -491,20 +516,21 @@ impl Ring {
                     // A dead writer's slot. If it died before counting its
                     // position in `tail`, count it first: `head` must never
                     // pass `tail`.
-                    // Acquire: pairs with the Release tail CAS.
+                    // SYNC POINT tail-claim (and closed-mark).
                     let tail = self.tail().load(Ordering::Acquire);
                     if tail & !CLOSED_MARK == head {
                         if tail & CLOSED_MARK != 0 {
                             // Closed before it was counted: never delivered.
                             return Err(ClaimReadError::Closed);
                         }
-                        // Release: publishes the (tombstoned) claim with tail.
+                        // SYNC POINT tail-claim: the (tombstoned) claim.
                         let _ =
                             self.tail().compare_exchange(tail, self.next(tail), Ordering::Release, Ordering::Relaxed);
                         continue;
                     }
                     // Counted: release it for the next lap and move on.
-                    // Release: pairs with the producers' Acquire stamp load.
+                    // SYNC POINT slot-free: the slot, skipped, for the
+                    // next lap's writer.
                     if slot
                         .stamp
                         .compare_exchange(s, stamp(lap + 1, 0, EMPTY), Ordering::Release, Ordering::Relaxed)
@@ -512,10 +538,12 @@ impl Ring {
                     {
                         on_release();
                     }
+                    // SYNC POINT head-claim: the skipped slot.
                     let _ = self.head().compare_exchange(head, self.next(head), Ordering::Release, Ordering::Relaxed);
                 }
                 (Rel::Same, READING) | (Rel::Ahead, _) => {
                     // Already claimed (or released): help head on.
+                    // SYNC POINT head-claim: the claim we observed.
                     let _ = self.head().compare_exchange(head, self.next(head), Ordering::Release, Ordering::Relaxed);
                 }
                 (Rel::Same, EMPTY) | (Rel::Behind, _) if fast_empty => return Err(ClaimReadError::Empty),
@@ -533,8 +561,8 @@ impl Ring {
                 }
                 (Rel::Same, state) => {
                     // EMPTY or WRITING: is anything in flight at all?
-                    // Acquire: pairs with the Release tail CAS, so a tail past
-                    // `head` comes with the claim stamp of this slot.
+                    // SYNC POINT tail-claim: a tail past `head` comes with
+                    // the claim stamp of this slot (and closed-mark).
                     let tail = self.tail().load(Ordering::Acquire);
                     if tail & !CLOSED_MARK == head {
                         return Err(if tail & CLOSED_MARK != 0 {
@@ -558,6 +586,7 @@ impl Ring {
                 (Rel::Behind, _) => {
                     // Last lap's reader has not released the slot yet, so
                     // this position has not been written either.
+                    // SYNC POINT tail-claim (and closed-mark).
                     let tail = self.tail().load(Ordering::Acquire);
                     if tail & !CLOSED_MARK == head {
                         return Err(if tail & CLOSED_MARK != 0 {
@@ -579,9 +608,8 @@ impl Ring {
     /// Give a read slot back for the next lap.
     #[inline]
     pub(crate) fn release(&self, claim: Claim) {
-        // SYNC POINT (Release): our reads of the payload happen before the
-        // next producer's writes; pairs with the Acquire stamp load in
-        // `claim_write`.
+        // SYNC POINT slot-free: our reads of the payload happen before the
+        // next writer's writes.
         self.slot(claim.index).stamp.store(stamp(claim.lap + 1, 0, EMPTY), Ordering::Release);
     }
 
@@ -589,7 +617,9 @@ impl Ring {
     /// or the closed-and-drained state) without claiming it.
     /// `fast_empty` as for [`Ring::claim_read`].
     pub(crate) fn readable(&self, fast_empty: bool) -> bool {
+        // SYNC POINT head-claim: the claims of the slots below head.
         let head = self.head().load(Ordering::Acquire);
+        // SYNC POINT slot-full (and slot-tomb).
         let s = self.slot(self.index(head)).stamp.load(Ordering::Acquire);
         let lap = self.lap(head);
         match (rel(stamp_lap(s), lap), stamp_state(s)) {
@@ -597,6 +627,7 @@ impl Ring {
             (Rel::Same, READING) | (Rel::Ahead, _) => true, // stale head: worth a retry
             _ if fast_empty => false,
             _ => {
+                // SYNC POINT closed-mark: the final tail.
                 let tail = self.tail().load(Ordering::Acquire);
                 tail & CLOSED_MARK != 0 && tail & !CLOSED_MARK == head
             }
@@ -605,10 +636,12 @@ impl Ring {
 
     /// Whether a `claim_write` would find a free slot (or the closed mark).
     pub(crate) fn writable(&self) -> bool {
+        // SYNC POINT tail-claim (and closed-mark).
         let tail = self.tail().load(Ordering::Acquire);
         if tail & CLOSED_MARK != 0 {
             return true;
         }
+        // SYNC POINT slot-free.
         let s = self.slot(self.index(tail)).stamp.load(Ordering::Acquire);
         rel(stamp_lap(s), self.lap(tail)) != Rel::Behind
     }
@@ -623,8 +656,10 @@ impl Ring {
         let (mut tombs, mut released) = (0, 0);
         for index in 0..self.cap {
             let slot = self.slot(index);
-            // Acquire: the dead process's stores to len/aux before its last
-            // stamp change become visible.
+            // SYNC POINT slot-full, slot-free: `len` and `aux` as published
+            // with the slot's last stamp. (A dead writer's stores after its
+            // claim have no edge: `before` treats `aux` as a hint that the
+            // block's own state confirms.)
             let s = slot.stamp.load(Ordering::Acquire);
             if stamp_att(s) != att {
                 continue;
@@ -632,7 +667,8 @@ impl Ring {
             match stamp_state(s) {
                 WRITING => {
                     before(index, s);
-                    // Release: consumers acquiring TOMB see nothing else.
+                    // SYNC POINT slot-tomb: what `before` did to the slot's
+                    // block, before readers skip the slot.
                     if slot
                         .stamp
                         .compare_exchange(s, stamp(stamp_lap(s), 0, TOMB), Ordering::Release, Ordering::Relaxed)
@@ -643,7 +679,8 @@ impl Ring {
                 }
                 READING => {
                     before(index, s);
-                    // Release: pairs with producers' Acquire stamp load.
+                    // SYNC POINT slot-free: the dead reader's slot, for the
+                    // next lap's writer.
                     if slot
                         .stamp
                         .compare_exchange(s, stamp(stamp_lap(s) + 1, 0, EMPTY), Ordering::Release, Ordering::Relaxed)
@@ -660,16 +697,19 @@ impl Ring {
 
     /// The reader still holding the slot the next write needs, if any.
     pub(crate) fn reader_at_tail(&self) -> Option<u32> {
-        let tail = self.tail().load(Ordering::Acquire) & !CLOSED_MARK;
-        let s = self.slot(self.index(tail)).stamp.load(Ordering::Acquire);
+        // Relaxed: a hint (who holds the slot up) that at most starts a
+        // recovery, which synchronises on its own; nothing is read through it.
+        let tail = self.tail().load(Ordering::Relaxed) & !CLOSED_MARK;
+        let s = self.slot(self.index(tail)).stamp.load(Ordering::Relaxed);
         (stamp_state(s) == READING && rel(stamp_lap(s), self.lap(tail)) == Rel::Behind).then(|| stamp_att(s))
     }
 
     /// The writer of the next unread slot if it is still being written.
     #[cfg(all(test, not(dragon_loom)))]
     pub(crate) fn writer_at_head(&self) -> Option<u32> {
-        let head = self.head().load(Ordering::Acquire);
-        let s = self.slot(self.index(head)).stamp.load(Ordering::Acquire);
+        // Relaxed: a diagnostic snapshot for tests.
+        let head = self.head().load(Ordering::Relaxed);
+        let s = self.slot(self.index(head)).stamp.load(Ordering::Relaxed);
         (stamp_state(s) == WRITING && rel(stamp_lap(s), self.lap(head)) == Rel::Same).then(|| stamp_att(s))
     }
 }

@@ -641,7 +641,7 @@ impl<const N: usize> Txn<N> {
             mem.set(e + 8, v);
             crash_point();
         }
-        // SYNC POINT (journal commit): the entries become visible before the
+        // SYNC POINT journal-commit: the entries become visible before the
         // count, to whoever reads the count with the Acquire RMW in `recover`.
         mem.w(journal).store(self.n as u64, Ordering::Release);
         crash_point();
@@ -649,7 +649,7 @@ impl<const N: usize> Txn<N> {
             mem.set(o, v);
             crash_point();
         }
-        // SYNC POINT (journal clear): the applied writes become visible
+        // SYNC POINT journal-clear: the applied writes become visible
         // before the journal reads empty (pairs with `recover`'s RMW).
         mem.w(journal).store(0, Ordering::Release);
         crash_point();
@@ -658,7 +658,7 @@ impl<const N: usize> Txn<N> {
 
 /// Replay a committed journal left by a dead holder (we hold its lock).
 fn recover(mem: &Mem, journal: u64, cap: usize) -> bool {
-    // SYNC POINT (journal commit/clear): an RMW reads the last value in the
+    // SYNC POINT journal-commit, journal-clear: an RMW reads the last value in the
     // word's modification order, so a count the dead holder stored is seen
     // together with what it published (entries, or the applied writes).
     let n = mem.w(journal).fetch_add(0, Ordering::AcqRel);
@@ -670,7 +670,7 @@ fn recover(mem: &Mem, journal: u64, cap: usize) -> bool {
         let e = journal + 8 + 16 * i as u64;
         mem.set(mem.get(e), mem.get(e + 8));
     }
-    // SYNC POINT (journal clear): as in `Txn::commit`.
+    // SYNC POINT journal-clear: as in `Txn::commit`.
     mem.w(journal).store(0, Ordering::Release);
     true
 }
@@ -771,7 +771,7 @@ impl<R: Region> Shard<R> {
         mem.set(first + size - 8, size);
         mem.set(H_FREE_HEADS + 8 * class_of(size) as u64, first);
         mem.set(g.heap_end - 16, 16 | USED | PREV_FREE);
-        // SYNC POINT (publish): everything above is visible to an attacher
+        // SYNC POINT shard-header: everything above is visible to an attacher
         // whose Acquire load of the magic sees it.
         mem.w(H_MAGIC).store(u64::from(KV_MAGIC) | (u64::from(KV_LAYOUT_VERSION) << 32), Ordering::Release);
         Ok(Shard { region, mem, g })
@@ -784,7 +784,7 @@ impl<R: Region> Shard<R> {
             return Err(KvError::NotAShard(format!("region of {} bytes is too small", region.len())));
         }
         let mem = Mem::new(region.base(), region.len() as u64, false);
-        // SYNC POINT (publish): pairs with the Release store in `init`.
+        // SYNC POINT shard-header: pairs with the Release store in `init`.
         let m = mem.w(H_MAGIC).load(Ordering::Acquire);
         if m as u32 != KV_MAGIC {
             return Err(KvError::NotAShard(format!("bad magic {:#x}", m as u32)));
@@ -902,7 +902,7 @@ impl<R: Region> Shard<R> {
 
     /// Wake the manager sleeping in [`Shard::wait_doorbell`].
     pub fn ring_doorbell(&self) {
-        // SYNC POINT (doorbell): Release publishes the request written before
+        // SYNC POINT doorbell: Release publishes the request written before
         // ringing to the manager's Acquire load of the counter.
         self.mem.w32(H_DOORBELL).fetch_add(1, Ordering::Release);
         // Relaxed: the manager sets its sleeping flag before re-checking the
@@ -914,7 +914,7 @@ impl<R: Region> Shard<R> {
 
     /// The doorbell counter (pass it to [`Shard::wait_doorbell`]).
     pub fn doorbell(&self) -> u32 {
-        // SYNC POINT (doorbell): pairs with `ring_doorbell`.
+        // SYNC POINT doorbell: pairs with `ring_doorbell`.
         self.mem.w32(H_DOORBELL).load(Ordering::Acquire)
     }
 
@@ -1139,7 +1139,7 @@ impl<R: Region> Shard<R> {
                 if self.mem.w(s + C_STAMP).load(Ordering::Relaxed) != 0 {
                     continue;
                 }
-                // SYNC POINT (slot claim): Acquire pairs with the Release in
+                // SYNC POINT client-slot: Acquire pairs with the Release in
                 // `release_slot`/reaping: the slot's words are clean.
                 if self.mem.w(s + C_STAMP).compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                     // Relaxed: the high-water mark only bounds scans; a scan
@@ -1159,7 +1159,7 @@ impl<R: Region> Shard<R> {
     pub fn release_slot(&self, slot: Slot) {
         let s = self.slot_off(slot.index);
         self.free_pending(s);
-        // SYNC POINT (slot claim): the slot's clean words are visible to the
+        // SYNC POINT client-slot: the slot's clean words are visible to the
         // next claimer.
         let _ = self.mem.w(s + C_STAMP).compare_exchange(slot.stamp, 0, Ordering::Release, Ordering::Relaxed);
     }
@@ -1209,7 +1209,7 @@ impl<R: Region> Shard<R> {
             self.free_pending(s);
             // Relaxed: the reader flag of a dead client means nothing.
             self.mem.set(s + C_READING, 0);
-            // SYNC POINT (slot claim): as in `release_slot`.
+            // SYNC POINT client-slot: as in `release_slot`.
             self.mem.w(s + C_STAMP).store(0, Ordering::Release);
         }
         claimed.len()
@@ -1356,7 +1356,7 @@ impl<R: Region> Shard<R> {
     /// Whether a freeze is complete: no write is in progress or can start,
     /// so reads may skip the locks.
     fn frozen_for_readers(&self) -> bool {
-        // SYNC POINT (freeze done): pairs with the Release store of
+        // SYNC POINT freeze-done: pairs with the Release store of
         // FROZEN_DONE in `freeze`, made after taking every stripe lock, so
         // every write made before the freeze is visible.
         self.mem.w(H_FROZEN).load(Ordering::Acquire) == FROZEN_DONE
@@ -1423,7 +1423,7 @@ impl<R: Region> Shard<R> {
                     // SAFETY: frozen, and `unfreeze` waits for our flag.
                     f(unsafe { self.value_of(e) })
                 });
-                // SYNC POINT (frozen read): Release orders our reads before
+                // SYNC POINT frozen-read: Release orders our reads before
                 // the flag drops; `unfreeze` waits for it with Acquire.
                 reading.store(0, Ordering::Release);
                 return r;
@@ -1630,7 +1630,7 @@ impl<R: Region> Shard<R> {
         // Writers check the flag under their stripe lock: after taking and
         // releasing every stripe lock, no write is in progress.
         self.sweep_locks();
-        // SYNC POINT (freeze done): Release publishes every write we saw
+        // SYNC POINT freeze-done: Release publishes every write we saw
         // through the sweep's lock hand-overs to lock-free readers.
         self.mem.w(H_FROZEN).store(FROZEN_DONE, Ordering::SeqCst);
     }
@@ -1647,7 +1647,7 @@ impl<R: Region> Shard<R> {
         for i in 0..hwm {
             let s = self.slot_off(i);
             let mut spins = 0u32;
-            // SYNC POINT (frozen read): pairs with the reader's Release.
+            // SYNC POINT frozen-read: pairs with the reader's Release.
             while self.mem.w(s + C_READING).load(Ordering::Acquire) != 0 {
                 spins += 1;
                 if spins % 1024 == 0 {
@@ -1685,7 +1685,7 @@ impl<R: Region> Shard<R> {
         self.mem.set(s + C_REQ_OP, op);
         // Relaxed: only this client writes its request sequence.
         let seq = self.mem.w32(s + C_REQ_SEQ).load(Ordering::Relaxed).wrapping_add(1);
-        // SYNC POINT (request): Release publishes the request block and op
+        // SYNC POINT shard-request: Release publishes the request block and op
         // to the manager's Acquire load in `requests`.
         self.mem.w32(s + C_REQ_SEQ).store(seq, Ordering::Release);
         self.ring_doorbell();
@@ -1717,7 +1717,7 @@ impl<R: Region> Shard<R> {
         self.mem.set(s + C_REQ_OP, op);
         // Relaxed: only this client writes its request sequence.
         let seq = self.mem.w32(s + C_REQ_SEQ).load(Ordering::Relaxed).wrapping_add(1);
-        // SYNC POINT (request): as in `post_request`.
+        // SYNC POINT shard-request: as in `post_request`.
         self.mem.w32(s + C_REQ_SEQ).store(seq, Ordering::Release);
         self.ring_doorbell();
         Ok(seq)
@@ -1772,7 +1772,7 @@ impl<R: Region> Shard<R> {
         let deadline = std::time::Instant::now() + timeout;
         let mut spins = 0;
         loop {
-            // SYNC POINT (reply): pairs with the Release in `reply`: the
+            // SYNC POINT shard-reply: pairs with the Release in `reply`: the
             // result and everything the manager applied are visible.
             let a = ack.load(Ordering::Acquire);
             if a == seq {
@@ -1800,7 +1800,7 @@ impl<R: Region> Shard<R> {
         let hwm = self.mem.w(H_SLOT_HWM).load(Ordering::Relaxed).min(self.g.nslots);
         for i in 0..hwm {
             let s = self.slot_off(i);
-            // SYNC POINT (request): pairs with the Release in `post_request`.
+            // SYNC POINT shard-request: pairs with the Release in `post_request`.
             let seq = self.mem.w32(s + C_REQ_SEQ).load(Ordering::Acquire);
             // Relaxed: only the manager writes the ack.
             if seq != self.mem.w32(s + C_ACK_SEQ).load(Ordering::Relaxed) {
@@ -1892,7 +1892,7 @@ impl<R: Region> Shard<R> {
         self.mem.set(s + C_RESULT, result);
         self.mem.set(s + C_VALUE, value);
         let ack = self.mem.w32(s + C_ACK_SEQ);
-        // SYNC POINT (reply): Release publishes the result and the applied
+        // SYNC POINT shard-reply: Release publishes the result and the applied
         // request to the client's Acquire load in `wait_reply`.
         ack.store(r.seq, Ordering::Release);
         futex::wake(ack, 1);

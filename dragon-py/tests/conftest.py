@@ -15,6 +15,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
+# A shell starts a background job with SIGINT ignored, and every child
+# inherits that: the tests that stop a child with SIGINT (Ctrl-C, a
+# ProcessGroup's stop) would then fail however they were written. Children
+# of the tests get SIGINT back.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 @pytest.fixture
 def ctx():

@@ -35,22 +35,26 @@ impl Deadline {
     pub const NEVER: Deadline = Deadline(None);
 
     /// A deadline `timeout` from now (`None`: never).
+    #[inline]
     pub fn after(timeout: Option<Duration>) -> Deadline {
         Deadline(timeout.map(|t| Instant::now().checked_add(t).unwrap_or_else(far_future)))
     }
 
     /// Time left, `None` if there is no deadline, zero once it has passed.
+    #[inline]
     pub fn remaining(&self) -> Option<Duration> {
         self.0.map(|d| d.saturating_duration_since(Instant::now()))
     }
 
     /// Whether the deadline has passed.
+    #[inline]
     pub fn expired(&self) -> bool {
         matches!(self.remaining(), Some(d) if d.is_zero())
     }
 
     /// The time left, capped at `slice` (sleepers wake at least this often
     /// to look for dead peers).
+    #[inline]
     pub fn slice(&self, slice: Duration) -> Duration {
         self.remaining().map_or(slice, |r| r.min(slice))
     }
@@ -61,16 +65,19 @@ fn far_future() -> Instant {
 }
 
 /// Sleep while `*word == expected`, for at most `timeout` (`None`: no limit).
+#[inline]
 pub fn wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> Wake {
     imp::wait(word, expected, timeout)
 }
 
 /// Wake up to `n` sleepers on `word`; returns how many were woken.
+#[inline]
 pub fn wake(word: &AtomicU32, n: u32) -> u32 {
     imp::wake(word, n)
 }
 
 /// Wake every sleeper on `word`.
+#[inline]
 pub fn wake_all(word: &AtomicU32) -> u32 {
     imp::wake(word, i32::MAX as u32)
 }

@@ -14,6 +14,10 @@
 //! [`local`] holds the standard atomics for process-local statics (caches,
 //! counters, feature flags) that never live in shared memory and that
 //! loom cannot model (loom atomics exist only inside a model run).
+//!
+//! Nothing in shared memory needs an `UnsafeCell` today (every shared word
+//! is an atomic); `clippy.toml` forbids the standard one, so one that is
+//! ever needed is added here, as loom's under `--cfg dragon_loom`.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
 #[cfg(not(dragon_loom))]

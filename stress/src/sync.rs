@@ -34,6 +34,7 @@
 use crate::{
     env, env_u64, exit, nap, parse_records, read_all, record, replace_ended, Opts, Pids, Rng, Summary, WorkDir, Worker,
 };
+use shm_primitives::ProcessId;
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::Write;
@@ -535,7 +536,7 @@ pub fn run(opts: &Opts, sum: &mut Summary) {
         }
     }
     // Every lock comes back; one a killed worker held says so.
-    let dead = |pid: u32| killed_pids.contains(&pid) || !Path::new(&format!("/proc/{pid}")).exists();
+    let dead = |pid: u32| killed_pids.contains(&pid) || !ProcessId::pid_only(pid).is_alive();
     for (name, word, l) in [("lock", W_LOCK, &lock), ("condition lock", W_CLOCK, &clock)] {
         match l.acquire(Some(Duration::from_secs(5))) {
             Ok(a) => {

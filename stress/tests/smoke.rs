@@ -2,32 +2,18 @@
 //! binary: workers are killed and replaced, and the run must end with zero
 //! violations. `make soak` runs the long version.
 
-use std::io::Read;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use test_support::child::Child;
+use test_support::watchdog;
 
 /// Run `stress <args>` under a deadline; returns (success, summary line).
 fn run(args: &[&str]) -> (bool, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_stress"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start stress");
-    let deadline = Instant::now() + Duration::from_secs(150);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("stress {args:?} still running after 150 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut out = String::new();
-    child.stdout.take().expect("stdout").read_to_string(&mut out).expect("read stdout");
+    let _deadline = watchdog::guard(&format!("stress {args:?}"), Duration::from_secs(150));
+    let mut child = Child::start(
+        Command::new(env!("CARGO_BIN_EXE_stress")).args(args).stdout(Stdio::piped()).stderr(Stdio::inherit()),
+    );
+    let (status, out) = child.output();
     let line = out.lines().last().unwrap_or_default().to_owned();
     (status.success(), line)
 }

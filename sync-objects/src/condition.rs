@@ -278,7 +278,7 @@ impl<R: Region> Condition<R> {
     /// Take a free slot for `me` (under the internal lock).
     fn register(&self, me: &Me, alive: AliveFn) -> Option<u32> {
         let high = self.high();
-        // SYNC POINT (slot free): Acquire pairs with the Release store of
+        // SYNC POINT cond-slot-free: Acquire pairs with the Release store of
         // FREE by a waiter that saw its notification.
         let mut found = (0..high).find(|&i| self.slot(i).state.load(Ordering::Acquire) == FREE);
         if found.is_none() && high < self.capacity {
@@ -338,7 +338,7 @@ impl<R: Region> Condition<R> {
         };
         let mut interrupted = false;
         let notified = loop {
-            // SYNC POINT (notify): Acquire pairs with the notifier's Release
+            // SYNC POINT cond-notify: Acquire pairs with the notifier's Release
             // store of NOTIFIED.
             if slot.state.load(Ordering::Acquire) == NOTIFIED {
                 break true;
@@ -347,10 +347,10 @@ impl<R: Region> Condition<R> {
                 Ok(_) => {}
                 Err(e) => {
                     self.lock_mu(me, alive);
-                    // SYNC POINT (notify): as above.
+                    // SYNC POINT cond-notify: as above.
                     let notified = slot.state.load(Ordering::Acquire) == NOTIFIED;
                     if !notified {
-                        // SYNC POINT (slot free): see `register`.
+                        // SYNC POINT cond-slot-free: see `register`.
                         slot.state.store(FREE, Ordering::Release);
                     }
                     self.unlock_mu();
@@ -362,7 +362,7 @@ impl<R: Region> Condition<R> {
             }
         };
         if notified {
-            // SYNC POINT (slot free): see `register`.
+            // SYNC POINT cond-slot-free: see `register`.
             slot.state.store(FREE, Ordering::Release);
         }
         let acquired = lock.reacquire_after_wait(me, alive, saved);
@@ -409,7 +409,7 @@ impl<R: Region> Condition<R> {
     }
 
     fn wake_slot(&self, slot: &Slot) {
-        // SYNC POINT (notify): Release publishes the notifier's writes to
+        // SYNC POINT cond-notify: Release publishes the notifier's writes to
         // the waiter's Acquire load of its state.
         slot.state.store(NOTIFIED, Ordering::Release);
         futex::wake(&slot.state, 1);

@@ -81,7 +81,7 @@ impl<R: Region> Event<R> {
             // Setting a set flag still writes the word, so a waiter that
             // sees it set is ordered after this call too.
             let new = if v & 1 == 1 { v } else { v.wrapping_add(2) | 1 };
-            // SYNC POINT (set): Release: what we wrote before `set` is seen
+            // SYNC POINT event-set: Release: what we wrote before `set` is seen
             // by a waiter whose Acquire load sees the flag.
             match s.word.compare_exchange_weak(v, new, Ordering::Release, Ordering::Relaxed) {
                 Ok(_) => break,
@@ -91,7 +91,7 @@ impl<R: Region> Event<R> {
         if v & 1 == 1 {
             return;
         }
-        // SYNC POINT (announce): the fence orders the set before the
+        // SYNC POINT event-announce: the fence orders the set before the
         // sleeper check (Dekker with `wait_since`); the load is Relaxed
         // because the fences do the ordering.
         fence(Ordering::SeqCst);
@@ -109,13 +109,13 @@ impl<R: Region> Event<R> {
 
     /// Whether the flag is set.
     pub fn is_set(&self) -> bool {
-        // SYNC POINT (set): Acquire pairs with the setter's SeqCst CAS.
+        // SYNC POINT event-set: Acquire pairs with the setter's SeqCst CAS.
         self.s().word.load(Ordering::Acquire) & 1 == 1
     }
 
     /// The word a wait starting now compares against.
     pub(crate) fn snapshot(&self) -> u32 {
-        // SYNC POINT (set): Acquire, as in `is_set`.
+        // SYNC POINT event-set: Acquire, as in `is_set`.
         self.s().word.load(Ordering::Acquire)
     }
 
@@ -131,17 +131,17 @@ impl<R: Region> Event<R> {
         }
         for _ in 0..SIGNAL_SPIN {
             spin_loop();
-            // SYNC POINT (set): as above.
+            // SYNC POINT event-set: as above.
             if s.word.load(Ordering::Acquire) != v0 {
                 return Ok(true);
             }
         }
-        // SYNC POINT (announce): ordered before the re-check below by the
+        // SYNC POINT event-announce: ordered before the re-check below by the
         // SeqCst fence (Dekker with `set`).
         s.sleepers.fetch_add(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         let r = loop {
-            // SYNC POINT (set): Acquire, as in `is_set`.
+            // SYNC POINT event-set: Acquire, as in `is_set`.
             if s.word.load(Ordering::Acquire) != v0 {
                 break Ok(true);
             }

@@ -334,7 +334,7 @@ impl Header {
 
     /// Make the object visible to attachers.
     pub(crate) fn publish(&self) {
-        // SYNC POINT (publish): every field written by `init` becomes visible
+        // SYNC POINT object-header: every field written by `init` becomes visible
         // to an attacher whose Acquire load of the magic sees it.
         self.magic.store(SYNC_MAGIC, Ordering::Release);
     }
@@ -350,7 +350,7 @@ impl Header {
     }
 
     fn check(&self, kind: Kind, id: u64, generation: u64) -> Result<(), ObjectError> {
-        // SYNC POINT (publish): pairs with the Release store in `publish`.
+        // SYNC POINT object-header: pairs with the Release store in `publish`.
         let magic = self.magic.load(Ordering::Acquire);
         if magic != SYNC_MAGIC {
             return Err(ObjectError::BadMagic { found: magic });

@@ -62,6 +62,7 @@ impl fmt::Debug for RawLock {
 
 impl RawLock {
     /// A free lock (all zero, like one in fresh shared memory).
+    #[inline]
     pub fn new() -> RawLock {
         RawLock { word: AtomicU32::new(0), tid: AtomicU32::new(0), stamp: AtomicU64::new(0) }
     }
@@ -100,7 +101,7 @@ impl RawLock {
         if alive(&holder) {
             return None;
         }
-        // SYNC POINT (lock handoff): Acquire, like any acquisition; the dead
+        // SYNC POINT lock-handoff: Acquire, like any acquisition; the dead
         // holder never released, so only what it stored before dying is seen.
         let new = me.process.pid | OWNER_DIED | (v & WAITERS);
         match self.word.compare_exchange(v, new, Ordering::Acquire, Ordering::Relaxed) {
@@ -113,12 +114,13 @@ impl RawLock {
     }
 
     /// Take the lock if it is free or its holder is dead.
+    #[inline]
     pub fn try_lock(&self, me: &Me, alive: AliveFn) -> Option<Acquired> {
         // Relaxed: a first guess, confirmed by the compare-and-swap.
         let mut v = self.word.load(Ordering::Relaxed);
         loop {
             if v & PID_MASK == 0 {
-                // SYNC POINT (lock handoff): pairs with the Release in
+                // SYNC POINT lock-handoff: pairs with the Release in
                 // `unlock`: the previous holder's writes happen-before ours.
                 match self.word.compare_exchange(
                     v,
@@ -149,8 +151,9 @@ impl RawLock {
     }
 
     /// Take the lock, sleeping while it is held by a live process.
+    #[inline]
     pub fn lock(&self, me: &Me, alive: AliveFn, w: &mut Waiter<'_>) -> Result<Acquired, WaitError> {
-        // SYNC POINT (lock handoff): as in `try_lock`.
+        // SYNC POINT lock-handoff: as in `try_lock`.
         if self.word.compare_exchange(0, me.process.pid, Ordering::Acquire, Ordering::Relaxed).is_ok() {
             self.record(me);
             return Ok(Acquired::Normal);
@@ -160,7 +163,7 @@ impl RawLock {
             // Relaxed: polling; the CAS below synchronises.
             let v = self.word.load(Ordering::Relaxed);
             if v & PID_MASK == 0
-                // SYNC POINT (lock handoff): as in `try_lock`.
+                // SYNC POINT lock-handoff: as in `try_lock`.
                 && self.word.compare_exchange(v, me.process.pid | (v & WAITERS), Ordering::Acquire, Ordering::Relaxed).is_ok()
             {
                 self.record(me);
@@ -176,7 +179,7 @@ impl RawLock {
                 // After sleeping we cannot know whether others still sleep,
                 // so keep WAITERS set: the next release wakes one of them.
                 let new = me.process.pid | if slept { WAITERS } else { v & WAITERS };
-                // SYNC POINT (lock handoff): as in `try_lock`.
+                // SYNC POINT lock-handoff: as in `try_lock`.
                 if self.word.compare_exchange(v, new, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                     self.record(me);
                     return Ok(Acquired::Normal);
@@ -221,6 +224,7 @@ impl RawLock {
     }
 
     /// Release the lock, whoever holds it.
+    #[inline]
     pub fn unlock(&self) -> Result<(), ReleaseError> {
         // Relaxed: a first guess, confirmed by the compare-and-swap.
         let mut v = self.word.load(Ordering::Relaxed);
@@ -228,7 +232,7 @@ impl RawLock {
             if v & PID_MASK == 0 {
                 return Err(ReleaseError::NotHeld);
             }
-            // SYNC POINT (lock handoff): Release publishes the critical
+            // SYNC POINT lock-handoff: Release publishes the critical
             // section to the next acquirer's Acquire CAS.
             match self.word.compare_exchange(v, 0, Ordering::Release, Ordering::Relaxed) {
                 Ok(_) => {

@@ -108,6 +108,7 @@ impl fmt::Debug for Waiter<'_> {
 }
 
 impl<'a> Waiter<'a> {
+    #[inline]
     pub fn new(timeout: Option<Duration>, interrupt: Option<&'a mut dyn FnMut() -> bool>) -> Waiter<'a> {
         Waiter { deadline: Deadline::after(timeout), interrupt, watch: true, model_expired: false }
     }
@@ -120,11 +121,13 @@ impl<'a> Waiter<'a> {
     }
 
     /// No deadline and no interrupt hook.
+    #[inline]
     pub fn forever() -> Waiter<'static> {
         Waiter { deadline: Deadline::NEVER, interrupt: None, watch: true, model_expired: false }
     }
 
     /// Whether the deadline has passed.
+    #[inline]
     pub fn expired(&self) -> bool {
         self.model_expired || self.deadline.expired()
     }

@@ -107,7 +107,7 @@ impl<R: Region> Semaphore<R> {
         // Relaxed: a first guess, confirmed by the compare-and-swap.
         let mut v = s.value.load(Ordering::Relaxed);
         while v > 0 {
-            // SYNC POINT (post): Acquire pairs with the Release in
+            // SYNC POINT sem-post: Acquire pairs with the Release in
             // `release`: what the releaser did before it happens-before our
             // return.
             match s.value.compare_exchange_weak(v, v - 1, Ordering::Acquire, Ordering::Relaxed) {
@@ -129,7 +129,7 @@ impl<R: Region> Semaphore<R> {
             }
         }
         let s = self.s();
-        // SYNC POINT (announce): Relaxed increment, ordered before our next
+        // SYNC POINT sem-announce: Relaxed increment, ordered before our next
         // read of the value by the SeqCst fence (Dekker, see module docs).
         s.sleepers.fetch_add(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
@@ -188,14 +188,14 @@ impl<R: Region> Semaphore<R> {
             if v >= max {
                 return Err(ReleaseError::Overflow { max });
             }
-            // SYNC POINT (post): Release: our prior writes reach the
+            // SYNC POINT sem-post: Release: our prior writes reach the
             // acquirer whose Acquire CAS takes this unit.
             match s.value.compare_exchange_weak(v, v + 1, Ordering::Release, Ordering::Relaxed) {
                 Ok(_) => break,
                 Err(cur) => v = cur,
             }
         }
-        // SYNC POINT (announce): the fence orders the raise before the
+        // SYNC POINT sem-announce: the fence orders the raise before the
         // sleeper check (Dekker with `acquire_inner`); the load is Relaxed
         // because the fences do the ordering.
         fence(Ordering::SeqCst);

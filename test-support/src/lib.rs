@@ -12,9 +12,14 @@
 //!   uses, for temporary files and objects; [`TempDir`], a temporary
 //!   directory under such a name, removed on drop.
 //! - [`eventually`]: wait for a condition under a deadline.
+//! - `fuzz` (feature `fuzz`): byte-mutation fuzzing of decoders with
+//!   proptest: corpus, mutations, a per-input watchdog, an allocation
+//!   counter.
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 pub mod child;
+#[cfg(feature = "fuzz")]
+pub mod fuzz;
 pub mod watchdog;
 
 use std::path::{Path, PathBuf};

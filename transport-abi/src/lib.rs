@@ -21,6 +21,6 @@ pub mod export;
 pub mod loader;
 
 pub use loader::{
-    library_file_name, ChannelAttrs, Discovery, ErrorKind, LoadError, Plugin, PluginChannel, PluginError,
-    PluginMessage, PollEvents, Transport, CONFIG_ENV, PATH_ENV,
+    check_table, library_file_name, ChannelAttrs, Discovery, ErrorKind, LoadError, Plugin, PluginChannel, PluginError,
+    PluginMessage, PollEvents, TableInfo, Transport, CONFIG_ENV, PATH_ENV,
 };

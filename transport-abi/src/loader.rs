@@ -325,6 +325,85 @@ unsafe fn read_name(p: *const c_char) -> Option<String> {
     None
 }
 
+/// What [`check_table`] read from a valid table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    /// The transport's name.
+    pub name: String,
+    /// ABI version (major, minor) the plugin was built against.
+    pub version: (u16, u16),
+    /// `DRAGON_CAP_*` bits.
+    pub capabilities: u64,
+}
+
+/// Check a transport table as [`Plugin::load`] does, without a library
+/// (`path` only names it in errors): NULL or misaligned, another major
+/// version, shorter than version 1.0's table, a bad name, a required
+/// function missing are each a [`LoadError`]. For tools, and for tests that
+/// build tables in memory.
+///
+/// # Safety
+///
+/// `table` is NULL, or points to at least 8 readable bytes (size and
+/// version) and, if its size field covers a whole [`DragonTransportTable`],
+/// to one; its `name` is NULL or readable up to a NUL or 65 bytes.
+pub unsafe fn check_table(table: *const DragonTransportTable, path: &Path) -> Result<TableInfo, LoadError> {
+    // SAFETY: the caller's contract is `checked`'s.
+    unsafe { checked(table, path) }.map(|(_, info)| info)
+}
+
+/// [`check_table`], with the function pointers.
+///
+/// # Safety
+///
+/// As [`check_table`].
+unsafe fn checked(table: *const DragonTransportTable, path: &Path) -> Result<(Fns, TableInfo), LoadError> {
+    let path = path.to_path_buf();
+    if table.is_null() || !table.is_aligned() {
+        return Err(LoadError::NullTable(path));
+    }
+    // SAFETY: a table starts with size (u32) and version (2 x u16): 8
+    // bytes every table of every version has (contract).
+    let (size, major, minor) = unsafe {
+        let t = table.cast::<u8>();
+        (t.cast::<u32>().read(), t.add(4).cast::<u16>().read(), t.add(6).cast::<u16>().read())
+    };
+    if major != DRAGON_TRANSPORT_ABI_MAJOR {
+        return Err(LoadError::WrongVersion { path, major, minor });
+    }
+    let need = std::mem::size_of::<DragonTransportTable>() as u32;
+    if size < need {
+        return Err(LoadError::TableTooShort { path, size, need });
+    }
+    // SAFETY: the table is at least as large as the struct (its size says
+    // so, contract) and outlives this call.
+    let t = unsafe { &*table };
+    // SAFETY: `name` is NULL or a NUL-terminated string (contract).
+    let name = unsafe { read_name(t.name) }.ok_or_else(|| LoadError::BadTableName(path.clone()))?;
+    macro_rules! req {
+        ($f:ident) => {
+            Some(t.$f.ok_or(LoadError::MissingFunction { path: path.clone(), function: stringify!($f) })?)
+        };
+    }
+    let zero_copy = t.capabilities & DRAGON_CAP_ZERO_COPY_RECV != 0;
+    let fns = Fns {
+        open: req!(open),
+        close: req!(close),
+        channel_create: req!(channel_create),
+        channel_attach: req!(channel_attach),
+        channel_handle: req!(channel_handle),
+        channel_close: req!(channel_close),
+        channel_destroy: req!(channel_destroy),
+        send: req!(send),
+        recv: req!(recv),
+        recv_msg: if zero_copy { req!(recv_msg) } else { None },
+        message_free: if zero_copy { req!(message_free) } else { None },
+        poll: req!(poll),
+        len: req!(len),
+    };
+    Ok((fns, TableInfo { name, version: (major, minor), capabilities: t.capabilities }))
+}
+
 impl Plugin {
     /// Load the plugin in the file at `path` and check its table.
     pub fn load(path: impl AsRef<Path>) -> Result<Plugin, LoadError> {
@@ -358,55 +437,16 @@ impl Plugin {
         // SAFETY: the entry function takes no arguments and returns the
         // table pointer (ABI); it may not unwind (ABI).
         let table = unsafe { entry() };
-        if table.is_null() || !table.is_aligned() {
-            return Err(LoadError::NullTable(path));
-        }
-        // SAFETY: a table starts with size (u32) and version (2 x u16): 8
-        // bytes every table of every version has.
-        let (size, major, minor) = unsafe {
-            let t = table.cast::<u8>();
-            (t.cast::<u32>().read(), t.add(4).cast::<u16>().read(), t.add(6).cast::<u16>().read())
-        };
-        if major != DRAGON_TRANSPORT_ABI_MAJOR {
-            return Err(LoadError::WrongVersion { path, major, minor });
-        }
-        let need = std::mem::size_of::<DragonTransportTable>() as u32;
-        if size < need {
-            return Err(LoadError::TableTooShort { path, size, need });
-        }
-        // SAFETY: the table is at least as large as the struct (its size
-        // says so) and lives as long as the library, which we keep.
-        let t = unsafe { &*table };
-        // SAFETY: the ABI says `name` is a static NUL-terminated string.
-        let name = unsafe { read_name(t.name) }.ok_or_else(|| LoadError::BadTableName(path.clone()))?;
-        macro_rules! req {
-            ($f:ident) => {
-                Some(t.$f.ok_or(LoadError::MissingFunction { path: path.clone(), function: stringify!($f) })?)
-            };
-        }
-        let zero_copy = t.capabilities & DRAGON_CAP_ZERO_COPY_RECV != 0;
-        let fns = Fns {
-            open: req!(open),
-            close: req!(close),
-            channel_create: req!(channel_create),
-            channel_attach: req!(channel_attach),
-            channel_handle: req!(channel_handle),
-            channel_close: req!(channel_close),
-            channel_destroy: req!(channel_destroy),
-            send: req!(send),
-            recv: req!(recv),
-            recv_msg: if zero_copy { req!(recv_msg) } else { None },
-            message_free: if zero_copy { req!(message_free) } else { None },
-            poll: req!(poll),
-            len: req!(len),
-        };
+        // SAFETY: the ABI says the table is NULL or a static table whose
+        // size field says how much of it there is, with a static name.
+        let (fns, info) = unsafe { checked(table, &path) }?;
         Ok(Plugin {
             lib: Arc::new(Library {
                 fns,
-                name,
+                name: info.name,
                 path,
-                version: (major, minor),
-                capabilities: t.capabilities,
+                version: info.version,
+                capabilities: info.capabilities,
                 _lib: lib,
             }),
         })

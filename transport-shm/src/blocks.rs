@@ -131,16 +131,18 @@ impl Store {
                 ctl.init(cap);
                 s
             }
-            Err(SegmentError::Exists(_)) => open_ready(name)?,
+            Err(SegmentError::Exists(_)) => open_ready(name, true)?,
             Err(e) => return Err(e.into()),
         };
         Store::attach_to(name.to_owned(), ctl_seg)
     }
 
     /// Open an existing store (a receiver's way: a message names it) and
-    /// attach this process.
+    /// attach this process. A store that does not exist is an error at once
+    /// (whoever sent a message naming it had it open): a forged or damaged
+    /// name must not hold the receiver up.
     pub fn open_existing(name: &str) -> Result<Store, StoreError> {
-        Store::attach_to(name.to_owned(), open_ready(name)?)
+        Store::attach_to(name.to_owned(), open_ready(name, false)?)
     }
 
     fn attach_to(name: String, ctl_seg: Segment) -> Result<Store, StoreError> {
@@ -393,7 +395,10 @@ fn bad(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, format!("block store: {what}"))
 }
 
-fn open_ready(name: &str) -> Result<Segment, StoreError> {
+/// Open store `name` once its creator has initialised it (waiting up to
+/// 5 s). `missing_ok`: the segment may not exist yet (its creator is
+/// between creating and sizing it); else a missing store is an error at once.
+fn open_ready(name: &str, missing_ok: bool) -> Result<Segment, StoreError> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match Segment::open(name) {
@@ -403,7 +408,8 @@ fn open_ready(name: &str) -> Result<Segment, StoreError> {
                     return Ok(s);
                 }
             }
-            Ok(_) | Err(SegmentError::NotFound(_)) => {}
+            Err(SegmentError::NotFound(_)) if missing_ok => {}
+            Ok(_) => {}
             Err(e) => return Err(e.into()),
         }
         if Instant::now() > deadline {
@@ -478,6 +484,17 @@ mod tests {
         assert_ne!(again.gen, blk.gen);
         drop((a, b));
         cleanup(&name);
+    }
+
+    /// Found by fuzzing the Python wire format: a damaged block message
+    /// named a store that does not exist, and the receiver waited 5 s for
+    /// it to appear (then said "never initialised"), holding the GIL.
+    #[test]
+    fn a_store_that_does_not_exist_is_an_error_at_once() {
+        match Store::open_existing(&fresh()) {
+            Err(StoreError::Segment(SegmentError::NotFound(_))) => {}
+            other => panic!("expected NotFound, got {other:?}"),
+        }
     }
 
     #[test]

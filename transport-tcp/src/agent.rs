@@ -377,6 +377,12 @@ impl Loop {
         }
         loop {
             let Some(c) = self.conns.get_mut(&t) else { return };
+            if c.closing {
+                // Refused or corrupt: nothing more is read, what is owed is
+                // being written, then the connection closes.
+                c.rbuf.clear();
+                return;
+            }
             // Before authentication only the small PROOF frame is accepted:
             // an unknown peer cannot make the agent reserve a large buffer.
             if !c.authed
@@ -388,8 +394,21 @@ impl Loop {
             match frame::decode(&mut c.rbuf) {
                 Ok(Some(f)) => self.handle(t, f),
                 Ok(None) => return,
-                // A corrupt or hostile stream: nothing after it can be trusted.
-                Err(_) => return self.drop_conn(t),
+                // A corrupt or hostile stream: nothing after it can be
+                // trusted. The replies to the requests before it still go
+                // out (they were performed), then a last frame says why,
+                // then the connection closes (`flush`).
+                Err(e) => {
+                    let why = format!("protocol error: {e}; closing the connection");
+                    if c.authed {
+                        frame::encode(&mut c.wbuf, proto::ERROR, 0, &proto::error_payload(DRAGON_EPROTO, &why));
+                    } else {
+                        frame::encode(&mut c.wbuf, auth::REJECT, 0, why.as_bytes());
+                    }
+                    c.closing = true;
+                    c.rbuf.clear();
+                    return;
+                }
             }
         }
     }

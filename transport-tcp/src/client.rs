@@ -95,7 +95,11 @@ impl Client {
             silence_limit: proto::SILENCE_LIMIT,
         };
         let deadline = Instant::now() + timeout;
-        let hello = c.next_frame(Some(deadline))?;
+        // Until the agent has proved the secret, only small frames: a
+        // stranger on the port cannot make this process reserve a large
+        // buffer.
+        let small = crate::agent::MAX_UNAUTHENTICATED_FRAME;
+        let hello = c.next_frame(Some(deadline), small)?;
         if hello.kind != auth::HELLO {
             return Err(TcpError::Protocol(format!("expected HELLO, got frame kind {}", hello.kind)));
         }
@@ -103,7 +107,7 @@ impl Client {
             .proof(&hello.payload)
             .ok_or_else(|| TcpError::Protocol("malformed HELLO or another protocol version".into()))?;
         c.write(auth::PROOF, 0, &proof)?;
-        let answer = c.next_frame(Some(deadline))?;
+        let answer = c.next_frame(Some(deadline), small)?;
         match answer.kind {
             auth::ACCEPT if secret.verify_accept(&agent_nonce, &client_nonce, &answer.payload) => Ok(c),
             auth::ACCEPT => Err(TcpError::Auth("the agent does not hold this run's secret".into())),
@@ -131,12 +135,20 @@ impl Client {
         Ok(())
     }
 
-    /// The next frame, heartbeats included; fails after the silence limit,
-    /// or at `deadline` (during the handshake).
-    fn next_frame(&mut self, deadline: Option<Instant>) -> Result<Frame, TcpError> {
+    /// The next frame, heartbeats included, of at most `max` bytes; fails
+    /// after the silence limit, or at `deadline` (during the handshake).
+    fn next_frame(&mut self, deadline: Option<Instant>, max: usize) -> Result<Frame, TcpError> {
         let mut heard = Instant::now();
         let mut buf = [0u8; 64 << 10];
         loop {
+            if let Some(len) = self.rbuf.get(..4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize) {
+                if len > max {
+                    return Err(TcpError::Protocol(format!(
+                        "a frame of {len} bytes from {}, over the {max} allowed here",
+                        self.peer
+                    )));
+                }
+            }
             if let Some(f) = frame::decode(&mut self.rbuf).map_err(|e| TcpError::Protocol(e.to_string()))? {
                 return Ok(f);
             }
@@ -169,9 +181,15 @@ impl Client {
         self.next_id += 1;
         self.write(kind, id, payload)?;
         loop {
-            let f = self.next_frame(None)?;
+            let f = self.next_frame(None, frame::MAX_FRAME)?;
             match f.kind {
                 proto::HEARTBEAT => continue,
+                // The agent is closing the connection (it read a corrupt
+                // frame) and says why.
+                proto::ERROR if f.id == 0 => {
+                    let (_, message) = proto::parse_error(&f.payload);
+                    return Err(TcpError::Protocol(format!("the agent closed the connection: {message}")));
+                }
                 _ if f.id != id => {
                     return Err(TcpError::Protocol(format!("reply to request {} while waiting for {id}", f.id)))
                 }

@@ -14,6 +14,9 @@
 //!   POLL    channel u64, timeout_ns u64, events u32
 //!                                             -> OK: events that hold u32
 //!   reply ERROR: code i32 (DRAGON_E* of the plugin ABI), message (UTF-8)
+//!   ERROR with id 0 (agent -> client): the agent read a corrupt frame (a
+//!   length out of bounds); the replies owed before it were sent, and the
+//!   agent closes the connection after this frame.
 //!   HEARTBEAT (agent -> client, id 0): the agent is alive; sent every
 //!   HEARTBEAT_EVERY on every connection, so a client waiting for a slow
 //!   reply can tell a long wait from a lost peer.

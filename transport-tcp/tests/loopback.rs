@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use transport_abi::abi::{DRAGON_EBADMSG, DRAGON_ETIMEDOUT};
 use transport_tcp::agent::Limits;
 use transport_tcp::auth::{self, random32};
-use transport_tcp::{frame, Agent, Client, Secret, TcpError};
+use transport_tcp::{frame, proto, Agent, Client, Secret, TcpError};
 
 /// Bound on any one test (a hang aborts the binary).
 const WATCHDOG: Duration = Duration::from_secs(300);
@@ -197,4 +197,52 @@ fn a_silent_agent_is_reported_lost() {
     }
     done_tx.send(()).unwrap();
     fake.join().unwrap();
+}
+
+#[test]
+fn a_stranger_on_the_port_cannot_make_the_client_reserve_a_large_buffer() {
+    let _wd = watchdog("a_stranger_on_the_port", WATCHDOG);
+    // Not an agent: it announces a 200 MiB frame and sends nothing more.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let stranger = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.write_all(&(200u32 << 20).to_le_bytes()).unwrap();
+        let _ = done_rx.recv();
+    });
+    // Refused on the header alone: a client that waited for the rest would
+    // end at its deadline with PeerLost instead.
+    match Client::connect(&addr, &Secret::random(), NEVER) {
+        Err(TcpError::Protocol(m)) => assert!(m.contains("over the 1024 allowed"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    done_tx.send(()).unwrap();
+    stranger.join().unwrap();
+}
+
+/// Found by fuzzing the agent's requests: a corrupt frame used to close the
+/// connection at once, dropping the replies to the requests before it
+/// (performed, but never confirmed).
+#[test]
+fn a_corrupt_frame_gets_the_replies_owed_and_a_reason_before_the_close() {
+    let _wd = watchdog("a_corrupt_frame", WATCHDOG);
+    let (a, secret, _) = agent();
+    let (mut s, mut buf) = common::authenticated(a.local_addr(), &secret, WATCHDOG);
+    let mut out = bytes::BytesMut::new();
+    frame::encode(&mut out, proto::PING, 7, &[]);
+    out.extend_from_slice(&3u32.to_le_bytes()); // a length below the header
+    s.write_all(&out).unwrap();
+    let mut got = Vec::new();
+    while let Some(f) = common::read_frame(&mut s, &mut buf).unwrap() {
+        if f.kind != proto::HEARTBEAT {
+            got.push(f);
+        }
+    }
+    assert_eq!((got[0].kind, got[0].id), (proto::OK, 7), "{got:?}");
+    assert_eq!((got[1].kind, got[1].id), (proto::ERROR, 0), "{got:?}");
+    let (code, msg) = proto::parse_error(&got[1].payload);
+    assert_eq!(code, transport_abi::abi::DRAGON_EPROTO);
+    assert!(msg.contains("shorter than its header"), "{msg}");
+    assert_eq!(got.len(), 2);
 }

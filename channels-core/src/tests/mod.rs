@@ -1,8 +1,10 @@
 //! Loom models (`RUSTFLAGS="--cfg dragon_loom" cargo test --release --lib loom`):
-//! the real ring, wake handshake and free-list code with threads standing in
-//! for processes and tiny capacities.
+//! the real ring, attachment table, wake handshake, lent blocks and
+//! free-list code with threads standing in for processes and tiny
+//! capacities.
 
 mod loom_alloc;
+mod loom_attach;
 mod loom_lend;
 mod loom_ring;
 mod loom_wake;

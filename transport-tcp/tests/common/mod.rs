@@ -62,3 +62,49 @@ pub fn wait_closed(s: &mut TcpStream, limit: Duration) -> io::Result<Vec<u8>> {
         }
     }
 }
+
+/// The next frame from a blocking stream, `buf` holding what was read
+/// before; `None` once the peer closed (end of file or reset). Fails if
+/// nothing comes within the stream's read timeout.
+pub fn read_frame(s: &mut TcpStream, buf: &mut bytes::BytesMut) -> io::Result<Option<transport_tcp::frame::Frame>> {
+    let mut chunk = [0u8; 64 << 10];
+    loop {
+        match transport_tcp::frame::decode(buf) {
+            Ok(Some(f)) => return Ok(Some(f)),
+            Ok(None) => {}
+            Err(e) => return Err(io::Error::other(e.to_string())),
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => return Ok(None),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A raw connection to the agent at `addr` that has passed the handshake
+/// (reads block at most `limit`), and what was read after the ACCEPT (a
+/// heartbeat may have come).
+pub fn authenticated(
+    addr: SocketAddr,
+    secret: &transport_tcp::Secret,
+    limit: Duration,
+) -> (TcpStream, bytes::BytesMut) {
+    use std::io::Write;
+    use transport_tcp::auth;
+    let mut s = TcpStream::connect(addr).expect("connect to the agent");
+    s.set_read_timeout(Some(limit)).unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let hello = read_frame(&mut s, &mut buf).unwrap().expect("HELLO");
+    assert_eq!(hello.kind, auth::HELLO);
+    let (proof, _, _) = secret.proof(&hello.payload).expect("a valid HELLO");
+    let mut out = bytes::BytesMut::new();
+    transport_tcp::frame::encode(&mut out, auth::PROOF, 0, &proof);
+    s.write_all(&out).unwrap();
+    let acc = read_frame(&mut s, &mut buf).unwrap().expect("ACCEPT");
+    assert_eq!(acc.kind, auth::ACCEPT);
+    (s, buf)
+}
