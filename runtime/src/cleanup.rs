@@ -55,13 +55,16 @@ mod tests {
 
     #[test]
     fn finds_and_kills_a_process_of_the_run_and_spares_its_caller() {
-        let run = "424242-1-0badf00d";
+        // A run id of its own: other test processes on the machine run too.
+        let run = transport_shm::RunId::new_owned_by_me();
+        let run = run.as_str();
         let mut child =
             std::process::Command::new("sleep").arg("600").env("DRAGON_RUN_ID", run).spawn().expect("sleep");
         // The child's environment is readable once it exists: no waiting needed.
         let found = run_processes(run);
         assert_eq!(found, vec![child.id()]);
-        assert!(!run_processes("424242-1-00000000").contains(&child.id()));
+        let other = transport_shm::RunId::new_owned_by_me();
+        assert!(!run_processes(other.as_str()).contains(&child.id()));
         assert_eq!(kill_run_processes(run), 1);
         let status = child.wait().unwrap();
         use std::os::unix::process::ExitStatusExt;
