@@ -44,6 +44,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use transport_abi::abi::DRAGON_EPROTO;
 use transport_abi::export::TransportImpl;
 use transport_shm::plugin::ShmTransport;
 

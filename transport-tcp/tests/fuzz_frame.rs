@@ -44,7 +44,7 @@ fn model(b: &[u8]) -> (Vec<Frame>, Result<usize, FrameError>) {
             return (frames, Ok(rest.len()));
         }
         let id = u64::from_le_bytes(rest[5..13].try_into().unwrap());
-        frames.push(Frame { kind: rest[4], id, payload: rest[13..4 + len].to_vec() });
+        frames.push(Frame { kind: rest[4], id, payload: rest[13..4 + len].to_vec().into() });
         at += 4 + len;
     }
 }

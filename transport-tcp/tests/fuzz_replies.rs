@@ -48,7 +48,7 @@ fn model(which: u8, b: &[u8]) -> Result<Vec<u8>, Option<(i32, String)>> {
     if f.payload.len() < need {
         return Err(None);
     }
-    Ok(f.payload)
+    Ok(f.payload.to_vec())
 }
 
 #[test]

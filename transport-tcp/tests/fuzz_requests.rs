@@ -134,7 +134,7 @@ impl Harness {
             };
             assert_eq!(r.id, ATTACH_ID);
             if r.kind == proto::OK {
-                assert_eq!(r.payload, 1u64.to_le_bytes(), "the first attachment of a connection is 1");
+                assert_eq!(r.payload[..], 1u64.to_le_bytes(), "the first attachment of a connection is 1");
                 return (s, buf);
             }
             // Destroyed by an earlier input: a new one.
