@@ -13,7 +13,7 @@ Options (before the script):
     --hostfile FILE      the hosts, one per line ('#' comments)
     --remote-exec TMPL   how to run a command on a host (default
                          "ssh -T -x -o BatchMode=yes -o ConnectTimeout=10 {host}")
-    -l, --label          prefix the output of processes on other nodes with their host
+    --label              prefix the output of processes on other nodes with their host
     -s, --single-node    run on this machine only (the default without a host list)
 
 The program runs in this interpreter (on the first host), exactly as
@@ -30,7 +30,7 @@ import os
 import sys
 
 USAGE = """usage: dragon [--version] [-h] [--hostlist LIST | --hostfile FILE] [--remote-exec TMPL]
-              [-l] [-s] (script.py | -m module) [args...]
+              [--label] [-s] (script.py | -m module) [args...]
        dragon ddict-repair <persist_path> <name>
 
 Run a Python program with multiprocessing's start method set to "dragon",
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print("dragon", dragon.__version__)
             return 0
-        if opt in ("-l", "--label"):
+        if opt == "--label":
             label = True
             continue
         if opt in ("-s", "--single-node"):
