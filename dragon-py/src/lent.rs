@@ -54,7 +54,7 @@ use transport_shm::blocks::{self, BlockId, Store, PAGE};
 use transport_shm::segment::RunId;
 
 /// The tag of a message that names a block instead of carrying bytes.
-pub(crate) const TAG_LENT: u8 = 0x03;
+pub(crate) const TAG_LENT: u8 = blocks::TAG_BLOCK;
 
 /// The smallest payload that travels as a block.
 pub(crate) const MIN_LEN: usize = 1 << blocks::MIN_CLASS;
@@ -555,30 +555,15 @@ impl Prepared {
     }
 }
 
-/// `[TAG_LENT][kind][segment][block][generation u32][length u64][store name]`.
+/// The block message (`transport_shm::blocks::BlockMessage`).
 fn descriptor(kind: u8, store: &str, b: BlockId, len: usize) -> Vec<u8> {
-    let mut d = Vec::with_capacity(16 + store.len());
-    d.push(TAG_LENT);
-    d.push(kind);
-    d.push(b.seg);
-    d.push(b.idx);
-    d.extend_from_slice(&b.gen.to_le_bytes());
-    d.extend_from_slice(&(len as u64).to_le_bytes());
-    d.extend_from_slice(store.as_bytes());
-    d
+    blocks::BlockMessage::encode(kind, store, b, len)
 }
 
 /// What a block message (after its tag) says: the tag to report, the
 /// store, the block and the payload's length.
 fn parse(payload: &[u8]) -> Option<(u8, &str, BlockId, usize)> {
-    let (&kind, payload) = payload.split_first()?;
-    if payload.len() < 14 {
-        return None;
-    }
-    let gen = u32::from_le_bytes(payload[2..6].try_into().ok()?);
-    let len = u64::from_le_bytes(payload[6..14].try_into().ok()?) as usize;
-    let name = std::str::from_utf8(&payload[14..]).ok()?;
-    Some((kind, name, BlockId { seg: payload[0], idx: payload[1], gen }, len))
+    blocks::BlockMessage::parse(payload).map(|m| (m.kind, m.store, m.block, m.len))
 }
 
 // ---- receiving -------------------------------------------------------------

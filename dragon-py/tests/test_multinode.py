@@ -59,11 +59,18 @@ def _script(cluster, name, body):
     return path
 
 
+def _env(**extra):
+    """This process's environment without its own run's variables (the
+    test process may have a run of its own), plus ``extra``."""
+    e = {k: v for k, v in os.environ.items() if not k.startswith("DRAGON_") or k == "DRAGON_DEBUG"}
+    e.update(extra)
+    return e
+
+
 def _run(cluster, script, *args, extra=(), env=None, timeout=RUN_TIMEOUT):
     """Run ``dragon --hostlist <all> script`` on node1; CompletedProcess."""
     argv = [DRAGON, "--hostlist", cluster.hostlist, *extra, script, *args]
-    e = dict(os.environ)
-    e.update(env or {})
+    e = _env(**(env or {}))
     return cluster.run(0, argv, timeout=timeout, cwd=cluster.shared, env=e)
 
 
@@ -310,7 +317,7 @@ def test_a_cut_link_is_an_error_naming_the_node_and_nodes_end_clean(cluster):
         """)
     argv = [DRAGON, "--hostlist", cluster.hostlist, script, marker]
     proc = cluster.popen(0, argv, cwd=cluster.shared, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=dict(os.environ, DRAGON_PEER_TIMEOUT="3"))
+                         env=_env(DRAGON_PEER_TIMEOUT="3"))
     try:
         deadline = time.monotonic() + 120
         while not os.path.exists(marker):
@@ -359,7 +366,8 @@ def test_a_killed_node_service_fails_what_uses_it(cluster):
             print("exit", p.exitcode, flush=True)
         """)
     argv = [DRAGON, "--hostlist", cluster.hostlist, script, marker]
-    proc = cluster.popen(0, argv, cwd=cluster.shared, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = cluster.popen(0, argv, cwd=cluster.shared, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=_env())
     try:
         deadline = time.monotonic() + 120
         while not os.path.exists(marker):
@@ -405,7 +413,7 @@ def test_kill_9_of_dragon_leaves_every_node_clean(cluster):
             time.sleep(600)
         """)
     argv = [DRAGON, "--hostlist", cluster.hostlist, script, marker]
-    proc = cluster.popen(0, argv, cwd=cluster.shared, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = cluster.popen(0, argv, cwd=cluster.shared, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
     try:
         deadline = time.monotonic() + 120
         while not os.path.exists(marker):
@@ -427,11 +435,67 @@ def test_kill_9_of_dragon_leaves_every_node_clean(cluster):
 
 def test_bad_host_lists_and_unreachable_hosts_are_clear_errors(cluster):
     script = _script(cluster, "nothing.py", "print('never')\n")
-    r = cluster.run(0, [DRAGON, "--hostlist", "node[2-1]", script], timeout=60, cwd=cluster.shared)
+    r = cluster.run(0, [DRAGON, "--hostlist", "node[2-1]", script], timeout=60, cwd=cluster.shared, env=_env())
     assert r.returncode == 2 and "ends below its start" in r.stderr, r.stderr
     r = cluster.run(0, [DRAGON, "--hostlist", "node1,nosuchnode", script], timeout=120, cwd=cluster.shared,
-                    env=dict(os.environ, DRAGON_JOIN_TIMEOUT="20"))
+                    env=_env(DRAGON_JOIN_TIMEOUT="20"))
     assert r.returncode != 0, r.stdout
     assert "never" not in r.stdout
     assert "nosuchnode" in r.stderr, r.stderr
+    _assert_clean(cluster)
+
+
+def test_pipe_across_nodes_sees_eof_when_the_other_end_closes_or_dies(cluster):
+    script = _script(cluster, "pipes.py", """
+        import multiprocessing as mp, os, time
+        from dragon.infrastructure.policy import Policy
+
+        def echo(conn):
+            # On node2: answer until the primary closes its end.
+            try:
+                while True:
+                    conn.send(("echo", conn.recv(), int(os.environ["DRAGON_NODE_INDEX"])))
+            except EOFError:
+                print("child saw EOF", flush=True)
+
+        def dies(conn):
+            conn.send("about to die")
+            os._exit(3)
+
+        if __name__ == "__main__":
+            a, b = mp.Pipe()
+            with Policy(host_name="node2"):
+                p = mp.Process(target=echo, args=(b,))
+                p.start()
+            b.close()
+            for i in range(3):
+                a.send(i)
+                print(a.recv())
+            big = b"z" * (5 << 20)             # leaves this node as a block, arrives as a copy
+            a.send(big)
+            print("big back", a.recv()[1] == big)
+            a.close()
+            p.join(60)
+            print("exit", p.exitcode)
+
+            r, w = mp.Pipe(duplex=False)
+            with Policy(host_name="node3"):
+                p = mp.Process(target=dies, args=(w,))
+                p.start()
+            w.close()
+            print(r.recv())
+            try:
+                r.recv()
+            except EOFError:
+                print("parent saw EOF")
+            p.join(60)
+            print("exit", p.exitcode)
+        """)
+    r = _run(cluster, script)
+    _ok(r)
+    out = r.stdout
+    assert "('echo', 0, 1)" in out and "('echo', 2, 1)" in out, out
+    assert "big back True" in out, out
+    assert "child saw EOF" in out and "exit 0" in out, out
+    assert "about to die" in out and "parent saw EOF" in out and "exit 3" in out, out
     _assert_clean(cluster)

@@ -153,8 +153,8 @@ impl std::error::Error for StartError {}
 
 /// Start one process through the template listening on `template`, with
 /// start data `data` (its head names descriptors 1, 2, 3 as stdin, stdout,
-/// stderr and has no resource tracker nor extra descriptors).
-pub fn start(template: &str, data: &[u8]) -> Result<Started, StartError> {
+/// stderr, has no resource tracker, and numbers `extra` from 4).
+pub fn start(template: &str, data: &[u8], extra: &[std::os::fd::RawFd]) -> Result<Started, StartError> {
     let t = StartError::Template;
     let conn = sys::seqpacket_connect(template).map_err(t)?;
     let (exit, exit_w) = sys::socketpair().map_err(t)?;
@@ -162,7 +162,8 @@ pub fn start(template: &str, data: &[u8]) -> Result<Started, StartError> {
     let (out_r, out_w) = sys::pipe().map_err(t)?;
     let (err_r, err_w) = sys::pipe().map_err(t)?;
     let null = std::fs::File::open("/dev/null").map_err(t)?;
-    let fds = [exit_w.as_raw_fd(), data_r.as_raw_fd(), null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
+    let mut fds = vec![exit_w.as_raw_fd(), data_r.as_raw_fd(), null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
+    fds.extend_from_slice(extra);
     sys::send_with_fds(&conn, REQUEST, &fds).map_err(t)?;
     drop((exit_w, data_r, null, out_w, err_w));
     let mut w = std::fs::File::from(data_w);
@@ -170,7 +171,7 @@ pub fn start(template: &str, data: &[u8]) -> Result<Started, StartError> {
     let _ = w.write_all(data);
     drop(w);
     let mut buf = [0u8; 4096];
-    let (n, _pidfds) = sys::recv_with_fds(&conn, &mut buf).map_err(t)?;
+    let (n, _pidfds) = sys::recv_with_fds(conn.as_raw_fd(), &mut buf).map_err(t)?;
     match (buf.first(), n) {
         (Some(b'P'), 9) => {
             let pid = i64::from_le_bytes(buf[1..9].try_into().expect("8 bytes")) as i32;

@@ -18,6 +18,7 @@
 
 pub mod bootstrap;
 pub mod cleanup;
+pub mod fdstream;
 pub mod hostlist;
 pub mod launch;
 pub mod proto;

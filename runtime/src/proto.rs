@@ -10,8 +10,10 @@
 //!   PEER     connecting -> accepting service, first frame of a link that
 //!            is not a join: node index u32
 //!   CANCEL   end the waiting request whose id the frame carries
-//!   LAUNCH   prep_len u32, prep, nflags u16, (len u16, flag)*, start data
+//!   LAUNCH   prep_len u32, prep, nflags u16, (len u16, flag)*,
+//!            ntethers u16, tether id u64 * ntethers, start data
 //!                                   -> OK: pid i64, launch id u64
+//!   TETHER   origin node u32, tether id u64: that end of a tether closed
 //!   SIGNAL   launch u64, signal i32 -> OK
 //!   RELEASE  launch u64             -> OK (the requester lets go)
 //!   EXITED   (id 0) launch u64, exit code i64 (negative: signal)
@@ -21,7 +23,9 @@
 //! From a process to its own node's service (unix socket, same user):
 //! every request but NODES starts with the node it is for, `node u32`,
 //! followed by the payload above (channel requests, LAUNCH, SIGNAL,
-//! RELEASE) or:
+//! RELEASE) or what follows. A LAUNCH from a process carries its tethers'
+//! descriptors (`SCM_RIGHTS`, with the request's bytes) and zeros for
+//! their ids; the service gives them ids.
 //!
 //! ```text
 //!   NODES                            -> OK: the node table as JSON
@@ -39,6 +43,8 @@ pub const PEER: u8 = 0x12;
 pub const CANCEL: u8 = 0x13;
 /// Start a process.
 pub const LAUNCH: u8 = 0x20;
+/// One end of a tether closed.
+pub const TETHER: u8 = 0x25;
 /// Signal a started process.
 pub const SIGNAL: u8 = 0x21;
 /// The requester lets go of a started process.
@@ -72,34 +78,61 @@ pub mod out {
     pub const LOST: u8 = 7;
 }
 
-/// Decode a LAUNCH payload: (prep, flags, start data).
-pub fn parse_launch(p: &[u8]) -> Option<(&[u8], Vec<String>, &[u8])> {
-    let (n, rest) = p.split_at_checked(4)?;
-    let n = u32::from_le_bytes(n.try_into().ok()?) as usize;
-    let (prep, mut rest) = rest.split_at_checked(n)?;
-    let (c, r) = rest.split_at_checked(2)?;
-    rest = r;
-    let mut flags = Vec::new();
-    for _ in 0..u16::from_le_bytes(c.try_into().ok()?) {
-        let (l, r) = rest.split_at_checked(2)?;
-        let (f, r) = r.split_at_checked(u16::from_le_bytes(l.try_into().ok()?) as usize)?;
-        flags.push(String::from_utf8(f.to_vec()).ok()?);
-        rest = r;
-    }
-    Some((prep, flags, rest))
+/// A LAUNCH request's payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch<'a> {
+    /// The preparation data for the node's template (a pickle).
+    pub prep: &'a [u8],
+    /// Interpreter flags for the node's template.
+    pub flags: Vec<String>,
+    /// Tether ids: one per lifetime socket the process refers to.
+    pub tethers: Vec<u64>,
+    /// The start data (two pickles).
+    pub data: &'a [u8],
 }
 
-/// Encode a LAUNCH payload.
-pub fn launch_payload(prep: &[u8], flags: &[String], data: &[u8]) -> Vec<u8> {
-    let mut p = (prep.len() as u32).to_le_bytes().to_vec();
-    p.extend_from_slice(prep);
-    p.extend_from_slice(&(flags.len() as u16).to_le_bytes());
-    for f in flags {
-        p.extend_from_slice(&(f.len() as u16).to_le_bytes());
-        p.extend_from_slice(f.as_bytes());
+impl<'a> Launch<'a> {
+    /// Decode a LAUNCH payload.
+    pub fn parse(p: &'a [u8]) -> Option<Launch<'a>> {
+        let (n, rest) = p.split_at_checked(4)?;
+        let n = u32::from_le_bytes(n.try_into().ok()?) as usize;
+        let (prep, mut rest) = rest.split_at_checked(n)?;
+        let (c, r) = rest.split_at_checked(2)?;
+        rest = r;
+        let mut flags = Vec::new();
+        for _ in 0..u16::from_le_bytes(c.try_into().ok()?) {
+            let (l, r) = rest.split_at_checked(2)?;
+            let (f, r) = r.split_at_checked(u16::from_le_bytes(l.try_into().ok()?) as usize)?;
+            flags.push(String::from_utf8(f.to_vec()).ok()?);
+            rest = r;
+        }
+        let (c, r) = rest.split_at_checked(2)?;
+        rest = r;
+        let mut tethers = Vec::new();
+        for _ in 0..u16::from_le_bytes(c.try_into().ok()?) {
+            let (id, r) = rest.split_at_checked(8)?;
+            tethers.push(u64::from_le_bytes(id.try_into().ok()?));
+            rest = r;
+        }
+        Some(Launch { prep, flags, tethers, data: rest })
     }
-    p.extend_from_slice(data);
-    p
+
+    /// Encode it.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut p = (self.prep.len() as u32).to_le_bytes().to_vec();
+        p.extend_from_slice(self.prep);
+        p.extend_from_slice(&(self.flags.len() as u16).to_le_bytes());
+        for f in &self.flags {
+            p.extend_from_slice(&(f.len() as u16).to_le_bytes());
+            p.extend_from_slice(f.as_bytes());
+        }
+        p.extend_from_slice(&(self.tethers.len() as u16).to_le_bytes());
+        for t in &self.tethers {
+            p.extend_from_slice(&t.to_le_bytes());
+        }
+        p.extend_from_slice(self.data);
+        p
+    }
 }
 
 #[cfg(test)]
@@ -108,12 +141,16 @@ mod tests {
 
     #[test]
     fn launch_payloads_round_trip_and_short_ones_fail() {
-        let flags = vec!["-O".to_owned(), "-Xdev".to_owned()];
-        let p = launch_payload(b"prep", &flags, b"data");
-        let (prep, f, data) = parse_launch(&p).unwrap();
-        assert_eq!((prep, f, data), (&b"prep"[..], flags, &b"data"[..]));
+        let l = Launch {
+            prep: b"prep",
+            flags: vec!["-O".to_owned(), "-Xdev".to_owned()],
+            tethers: vec![7, 1 << 40],
+            data: b"data",
+        };
+        let p = l.encode();
+        assert_eq!(Launch::parse(&p).unwrap(), l);
         for cut in 0..p.len() - 4 {
-            assert!(parse_launch(&p[..cut]).is_none(), "{cut}");
+            assert!(Launch::parse(&p[..cut]).is_none(), "{cut}");
         }
     }
 }

@@ -144,6 +144,8 @@ struct Pending {
     node: u32,
     /// For DETACH and RELEASE: the attachment or launch it ends.
     target: u64,
+    /// For LAUNCH: the tethers made for it (closed if it fails).
+    tethers: Vec<u64>,
 }
 
 struct PeerState {
@@ -156,6 +158,8 @@ struct PeerState {
 
 struct LocalState {
     served: Served,
+    /// Descriptors the process sent (for its next start request).
+    fds: crate::fdstream::Received,
     /// Attachments on other nodes made through this connection.
     atts: HashSet<(u32, u64)>,
     /// Processes started through this connection, by (node, launch).
@@ -222,6 +226,11 @@ struct Service {
     stop: Option<String>,
     got_primary: bool,
     uid: u32,
+    tethers: HashMap<Token, Tether>,
+    tether_tokens: HashMap<(u32, u64), Token>,
+    next_tether: u64,
+    /// Tethers whose other end closed before this end was made.
+    closed_early: HashSet<(u32, u64)>,
 }
 
 struct StartJob {
@@ -230,6 +239,26 @@ struct StartJob {
     prep: Vec<u8>,
     flags: Vec<String>,
     data: Vec<u8>,
+    /// Descriptors the process gets after its standard streams.
+    extra: Vec<OwnedFd>,
+}
+
+/// One end of a *tether*: a socket whose end of file stands for another
+/// socket's on another node. A process started on another node may refer
+/// to the lifetime socket of a `Pipe` end (`dragon.connection`), whose end
+/// of file tells the other end's holders that every copy is closed. The
+/// requester's service keeps the socket the process was given (its
+/// descriptor came with the start request); the target's service makes a
+/// socket pair, gives the process one end and keeps the other. When either
+/// kept socket reaches end of file, its service closes it and tells the
+/// other, which closes its own: end of file crosses the nodes both ways.
+/// A lost node closes its tethers too (its processes are gone).
+struct Tether {
+    fd: OwnedFd,
+    /// The node at the other end.
+    peer: u32,
+    /// The node whose service gave the tether its id, and the id.
+    key: (u32, u64),
 }
 
 /// Run a node service with bootstrap `boot` until its node is torn down;
@@ -348,6 +377,10 @@ impl Service {
             stop: None,
             got_primary: false,
             uid: crate::sys::uid(),
+            tethers: HashMap::new(),
+            tether_tokens: HashMap::new(),
+            next_tether: 1,
+            closed_early: HashSet::new(),
             boot,
         })
     }
@@ -379,6 +412,7 @@ impl Service {
                     TCP => self.accept_tcp(),
                     UNIX => self.accept_unix(),
                     WAKER => {}
+                    t if self.tethers.contains_key(&t) => self.tether_event(t),
                     t => {
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                             self.read(t);
@@ -518,8 +552,10 @@ impl Service {
                         Ok(uid) if uid == self.uid || uid == 0 => {}
                         _ => continue,
                     }
+                    let (stream, fds) = crate::fdstream::FdStream::new(stream);
                     let role = Role::Local(LocalState {
                         served: Served::new(self.me, self.boot.host()),
+                        fds,
                         atts: HashSet::new(),
                         launches: HashSet::new(),
                         waiting: HashSet::new(),
@@ -664,7 +700,7 @@ impl Service {
     fn fire(&mut self, node: u32, kind: u8, target: u64, payload: Bytes) {
         let rid = self.next_req;
         self.next_req += 1;
-        self.pending.insert(rid, Pending { from: None, kind, node, target });
+        self.pending.insert(rid, Pending { from: None, kind, node, target, tethers: Vec::new() });
         self.send_to_node(node, kind, rid, payload);
     }
 
@@ -683,6 +719,11 @@ impl Service {
         if node == 0 && self.me != 0 {
             self.stop = Some(msg);
             return;
+        }
+        // Its tethers end: its processes are gone.
+        let ends: Vec<Token> = self.tethers.iter().filter(|(_, x)| x.peer == node).map(|(t, _)| *t).collect();
+        for t in ends {
+            self.close_tether(t, false);
         }
         // Every request waiting on it fails.
         let failed: Vec<u64> = self.pending.iter().filter(|(_, p)| p.node == node).map(|(id, _)| *id).collect();
@@ -825,6 +866,19 @@ impl Service {
                 };
                 self.exit_known((node, launch), code as i64);
             }
+            proto::TETHER => {
+                let (Some((origin, rest)), Some(node)) = (u32_at(&f.payload), self.peer_node(t)) else { return };
+                let Some(id) = u64_at(rest) else { return };
+                match self.tether_tokens.get(&(origin, id)).copied() {
+                    Some(tt) if self.tethers.get(&tt).is_some_and(|x| x.peer == node) => self.close_tether(tt, false),
+                    Some(_) => {}
+                    // Closed before its start request got here: close it when made.
+                    None if origin == node && self.closed_early.len() < 1 << 16 => {
+                        self.closed_early.insert((origin, id));
+                    }
+                    None => {}
+                }
+            }
             proto::CANCEL => {
                 if let Some(Conn { role: Role::Peer(p), .. }) = self.conns.get(&t) {
                     p.served.cancel(f.id);
@@ -832,7 +886,24 @@ impl Service {
             }
             proto::LAUNCH | proto::SIGNAL | proto::RELEASE => {
                 let Some(node) = self.peer_node(t) else { return };
-                if let Some(r) = self.process_request(Requester::Node(node), f.kind, f.id, &f.payload) {
+                // The tethers of a start from another node: one end of a
+                // socket pair each for the child, the other kept here.
+                let mut extra = Vec::new();
+                if f.kind == proto::LAUNCH {
+                    for id in proto::Launch::parse(&f.payload).map(|l| l.tethers).unwrap_or_default() {
+                        match crate::sys::socketpair() {
+                            Ok((x, y)) => {
+                                extra.push(x);
+                                self.add_tether(y, node, (node, id));
+                            }
+                            Err(e) => {
+                                let r = Reply::error(f.id, DRAGON_EIO, &format!("cannot make a socket pair: {e}"));
+                                return self.send_on(t, r.kind, r.id, r.payload);
+                            }
+                        }
+                    }
+                }
+                if let Some(r) = self.process_request(Requester::Node(node), f.kind, f.id, &f.payload, extra) {
                     self.send_on(t, r.kind, r.id, r.payload);
                 }
             }
@@ -878,6 +949,13 @@ impl Service {
     fn relayed_reply(&mut self, f: Frame) {
         let Some(p) = self.pending.remove(&f.id) else { return };
         let ok = f.kind == chp::OK;
+        if !ok {
+            for id in &p.tethers {
+                if let Some(tt) = self.tether_tokens.get(&(self.me, *id)).copied() {
+                    self.close_tether(tt, false);
+                }
+            }
+        }
         let Some((t, cid)) = p.from else { return };
         if let Some(Conn { role: Role::Local(l), .. }) = self.conns.get_mut(&t) {
             if ok {
@@ -948,9 +1026,20 @@ impl Service {
                 return self.send_on(t, r.kind, r.id, r.payload);
             }
         }
+        let mut payload = payload;
+        let mut tethers = Vec::new();
+        if f.kind == proto::LAUNCH {
+            match self.tether_launch(t, node, &payload) {
+                Ok((p, ids)) => {
+                    payload = p;
+                    tethers = ids;
+                }
+                Err(r) => return self.send_on(t, r.kind, f.id, r.payload),
+            }
+        }
         let rid = self.next_req;
         self.next_req += 1;
-        self.pending.insert(rid, Pending { from: Some((t, f.id)), kind: f.kind, node, target });
+        self.pending.insert(rid, Pending { from: Some((t, f.id)), kind: f.kind, node, target, tethers });
         if let Some(Conn { role: Role::Local(l), .. }) = self.conns.get_mut(&t) {
             l.waiting.insert(rid);
         }
@@ -965,7 +1054,16 @@ impl Service {
                     l.launches.remove(&(self.me, u64_at(&payload).unwrap_or(0)));
                 }
             }
-            if let Some(r) = self.process_request(Requester::Local(t), kind, id, &payload) {
+            // A start on this very node: the descriptors the process sent
+            // go to the child as they are.
+            let extra = match kind {
+                proto::LAUNCH => match self.take_fds(t, &payload) {
+                    Ok(fds) => fds,
+                    Err(r) => return self.send_on(t, r.kind, id, r.payload),
+                },
+                _ => Vec::new(),
+            };
+            if let Some(r) = self.process_request(Requester::Local(t), kind, id, &payload, extra) {
                 self.send_on(t, r.kind, r.id, r.payload);
             }
             return;
@@ -978,6 +1076,78 @@ impl Service {
         let Some(Conn { role: Role::Local(l), .. }) = self.conns.get_mut(&t) else { return };
         if let Some(r) = l.served.handle(&self.shm, kind, id, payload, &post) {
             self.send_on(t, r.kind, r.id, r.payload);
+        }
+    }
+
+    // ---- tethers -------------------------------------------------------------
+
+    /// The descriptors a start request of connection `t` says it carries.
+    fn take_fds(&mut self, t: Token, payload: &[u8]) -> Result<Vec<OwnedFd>, Reply> {
+        let Some(l) = proto::Launch::parse(payload) else {
+            return Err(Reply::error(0, DRAGON_EBADMSG, "malformed start request"));
+        };
+        let Some(Conn { role: Role::Local(loc), .. }) = self.conns.get(&t) else { return Ok(Vec::new()) };
+        let mut q = loc.fds.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() < l.tethers.len() {
+            let msg = format!("the start request names {} descriptors but {} came with it", l.tethers.len(), q.len());
+            return Err(Reply::error(0, DRAGON_EBADMSG, &msg));
+        }
+        Ok(q.drain(..l.tethers.len()).collect())
+    }
+
+    /// A process's start request for node `node`: keep the descriptors it
+    /// sent as tethers, and write their ids into the request.
+    fn tether_launch(&mut self, t: Token, node: u32, payload: &Bytes) -> Result<(Bytes, Vec<u64>), Reply> {
+        let fds = self.take_fds(t, payload)?;
+        if fds.is_empty() {
+            return Ok((payload.clone(), Vec::new()));
+        }
+        let mut l = proto::Launch::parse(payload).expect("parsed by take_fds");
+        let mut ids = Vec::new();
+        for fd in fds {
+            let id = self.next_tether;
+            self.next_tether += 1;
+            self.add_tether(fd, node, (self.me, id));
+            ids.push(id);
+        }
+        l.tethers = ids.clone();
+        Ok((Bytes::from(l.encode()), ids))
+    }
+
+    fn add_tether(&mut self, fd: OwnedFd, peer: u32, key: (u32, u64)) {
+        if self.closed_early.remove(&key) {
+            return; // dropped: the child sees end of file at once
+        }
+        let t = Token(self.next_token);
+        self.next_token += 1;
+        let raw = fd.as_raw_fd();
+        if self.poll.registry().register(&mut mio::unix::SourceFd(&raw), t, Interest::READABLE).is_err() {
+            return; // dropped: its end of file is what the other side sees
+        }
+        self.tether_tokens.insert(key, t);
+        self.tethers.insert(t, Tether { fd, peer, key });
+        // It may have ended already (edge-triggered: no event for that).
+        self.tether_event(t);
+    }
+
+    fn tether_event(&mut self, t: Token) {
+        let Some(x) = self.tethers.get(&t) else { return };
+        if crate::sys::drain_or_eof(x.fd.as_raw_fd()) == Some(true) {
+            self.close_tether(t, true);
+        }
+    }
+
+    /// Close a tether's end here; with `tell`, tell the other node to close its own.
+    fn close_tether(&mut self, t: Token, tell: bool) {
+        let Some(x) = self.tethers.remove(&t) else { return };
+        self.tether_tokens.remove(&x.key);
+        let raw = x.fd.as_raw_fd();
+        let _ = self.poll.registry().deregister(&mut mio::unix::SourceFd(&raw));
+        if tell {
+            let mut p = BytesMut::new();
+            p.put_u32_le(x.key.0);
+            p.put_u64_le(x.key.1);
+            self.notice_node(x.peer, proto::TETHER, p.freeze());
         }
     }
 
@@ -1035,13 +1205,13 @@ impl Service {
     // ---- processes ----------------------------------------------------------
 
     /// LAUNCH, SIGNAL or RELEASE for a process on this node.
-    fn process_request(&mut self, from: Requester, kind: u8, id: u64, p: &[u8]) -> Option<Reply> {
+    fn process_request(&mut self, from: Requester, kind: u8, id: u64, p: &[u8], extra: Vec<OwnedFd>) -> Option<Reply> {
         match kind {
             proto::LAUNCH => {
-                let Some((prep, flags, data)) = proto::parse_launch(p) else {
+                let Some(l) = proto::Launch::parse(p) else {
                     return Some(Reply::error(id, DRAGON_EBADMSG, "malformed start request"));
                 };
-                let job = StartJob { from, id, prep: prep.to_vec(), flags, data: data.to_vec() };
+                let job = StartJob { from, id, prep: l.prep.to_vec(), flags: l.flags, data: l.data.to_vec(), extra };
                 if self.starter.is_none() {
                     self.starter = self.start_starter();
                 }
@@ -1103,8 +1273,9 @@ impl Service {
                     Template::start(&spec)
                         .map_err(|e| format!("cannot start the node's template ({}): {e}", python.display()))
                 });
+                let extra: Vec<i32> = job.extra.iter().map(|f| f.as_raw_fd()).collect();
                 let result = match t {
-                    Ok(_) => launch::start(&name, &job.data).map_err(|e| e.to_string()),
+                    Ok(_) => launch::start(&name, &job.data, &extra).map_err(|e| e.to_string()),
                     Err(e) => Err(e.clone()),
                 };
                 if tx.send(Event::Started { from: job.from, id: job.id, result }).is_ok() {

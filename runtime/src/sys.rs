@@ -83,6 +83,9 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// Most descriptors taken from one read.
+pub const MAX_FDS_PER_READ: usize = 64;
+
 /// Send one datagram `data` with descriptors `fds` attached.
 pub fn send_with_fds(sock: &OwnedFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
     let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
@@ -121,12 +124,13 @@ pub fn send_with_fds(sock: &OwnedFd, data: &[u8], fds: &[RawFd]) -> io::Result<(
     }
 }
 
-/// Receive one datagram into `buf` and the descriptors attached to it
-/// (at most 4). Returns the datagram's length (0 at end of connection).
-pub fn recv_with_fds(sock: &OwnedFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+/// Receive one datagram (or what a stream socket has) into `buf` and the
+/// descriptors attached to it (at most [`MAX_FDS_PER_READ`]). Returns the
+/// length read (0 at end of connection).
+pub fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(4 * std::mem::size_of::<RawFd>() as u32) } as usize;
+    let space = unsafe { libc::CMSG_SPACE((MAX_FDS_PER_READ * std::mem::size_of::<RawFd>()) as u32) } as usize;
     let mut cbuf = vec![0u64; space.div_ceil(8)];
     // SAFETY: msghdr is plain data; all zeroes is valid.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -136,7 +140,7 @@ pub fn recv_with_fds(sock: &OwnedFd, buf: &mut [u8]) -> io::Result<(usize, Vec<O
     msg.msg_controllen = space as _;
     let n = loop {
         // SAFETY: `msg` points at live buffers for the duration of the call.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
         if n >= 0 {
             break n as usize;
         }
@@ -305,6 +309,36 @@ pub fn readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<bool>> {
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
+        }
+    }
+}
+
+/// What a stream socket holds now: `Some(true)` at end of file (every copy
+/// of the other end closed), `Some(false)` if bytes are waiting (read and
+/// dropped here, with any descriptors that came with them), `None` if
+/// nothing is there yet.
+pub fn drain_or_eof(fd: RawFd) -> Option<bool> {
+    let mut buf = [0u8; 512];
+    let mut any = false;
+    loop {
+        let mut peek = [0u8; 1];
+        // SAFETY: `peek` has room for the one byte asked for.
+        let n = unsafe { libc::recv(fd, peek.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        match n {
+            0 => return Some(true),
+            n if n > 0 => {
+                any = true;
+                let _ = recv_with_fds(fd, &mut buf);
+            }
+            _ => {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::Interrupted => {}
+                    io::ErrorKind::WouldBlock => return any.then_some(false),
+                    // A reset or another failure: the other end is gone.
+                    _ => return Some(true),
+                }
+            }
         }
     }
 }

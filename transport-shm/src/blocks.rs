@@ -556,3 +556,97 @@ mod tests {
         cleanup(&name);
     }
 }
+
+// ---- block messages ----------------------------------------------------------
+
+/// First byte of a *block message*: a message that names a block of the
+/// run's store instead of carrying its payload.
+pub const TAG_BLOCK: u8 = 0x03;
+
+/// What a block message says: the tag its payload is reported with, the
+/// store, the block and the payload's length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockMessage<'a> {
+    /// The tag to report (the first byte the message would have had as a copy).
+    pub kind: u8,
+    /// The store's name.
+    pub store: &'a str,
+    /// The block.
+    pub block: BlockId,
+    /// Payload bytes in the block.
+    pub len: usize,
+}
+
+impl<'a> BlockMessage<'a> {
+    /// `[TAG_BLOCK][kind][segment][block][generation u32][length u64][store name]`.
+    pub fn encode(kind: u8, store: &str, b: BlockId, len: usize) -> Vec<u8> {
+        let mut d = Vec::with_capacity(16 + store.len());
+        d.push(TAG_BLOCK);
+        d.push(kind);
+        d.push(b.seg);
+        d.push(b.idx);
+        d.extend_from_slice(&b.gen.to_le_bytes());
+        d.extend_from_slice(&(len as u64).to_le_bytes());
+        d.extend_from_slice(store.as_bytes());
+        d
+    }
+
+    /// Parse what follows the tag byte.
+    pub fn parse(after_tag: &'a [u8]) -> Option<BlockMessage<'a>> {
+        let (&kind, p) = after_tag.split_first()?;
+        if p.len() < 14 {
+            return None;
+        }
+        let gen = u32::from_le_bytes(p[2..6].try_into().ok()?);
+        let len = usize::try_from(u64::from_le_bytes(p[6..14].try_into().ok()?)).ok()?;
+        let store = std::str::from_utf8(&p[14..]).ok()?;
+        Some(BlockMessage { kind, store, block: BlockId { seg: p[0], idx: p[1], gen }, len })
+    }
+}
+
+/// Stores opened by one process, by name (for services that receive block
+/// messages on behalf of other nodes).
+#[derive(Debug, Default)]
+pub struct Stores {
+    open: std::collections::HashMap<String, std::sync::Arc<Store>>,
+}
+
+impl Stores {
+    fn get(&mut self, name: &str) -> Result<std::sync::Arc<Store>, String> {
+        if let Some(s) = self.open.get(name) {
+            return Ok(s.clone());
+        }
+        let s = Store::open_existing(name)
+            .map_err(|e| format!("a message names block store {name:?}, which cannot be opened: {e}"))?;
+        let s = std::sync::Arc::new(s);
+        self.open.insert(name.to_owned(), s.clone());
+        Ok(s)
+    }
+
+    /// The message a block message stands for, with its payload copied out
+    /// of the block (which goes back to the store): what a receiver on
+    /// another node gets, since it cannot map this node's pages. Other
+    /// messages are returned unchanged.
+    pub fn materialize(&mut self, msg: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        let Some((&TAG_BLOCK, rest)) = msg.split_first() else { return Ok(None) };
+        let m = BlockMessage::parse(rest).ok_or("malformed block message")?;
+        let store = self.get(m.store)?;
+        let att = store.attachment();
+        let cap = store.capacity(m.block).map_err(|e| format!("bad block message: {e}"))?;
+        if m.len >= cap || !store.lent(m.block).receive(att, m.block.gen) {
+            return Err("a message names a block it does not hold (stale, forged or already received)".into());
+        }
+        // The message as a copy would have been: a pickle starts with its
+        // own tag, anything else is tagged.
+        let pickle = m.kind == 0x80;
+        let mut out = vec![0u8; m.len + usize::from(!pickle)];
+        if !pickle {
+            out[0] = m.kind;
+        }
+        let start = usize::from(!pickle);
+        let r = store.read(m.block, &mut out[start..]);
+        store.lent(m.block).release(att, m.block.gen);
+        r.map_err(|e| format!("bad block message: {e}"))?;
+        Ok(Some(out))
+    }
+}

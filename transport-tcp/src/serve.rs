@@ -20,6 +20,7 @@ use transport_abi::abi::{
     DragonChannelAttrs, DRAGON_EAGAIN, DRAGON_EBADMSG, DRAGON_EINVAL, DRAGON_EIO, DRAGON_EPROTO, DRAGON_ETIMEDOUT,
 };
 use transport_abi::export::{ChannelImpl, Failure, Timeout, TransportImpl};
+use transport_shm::blocks::{Stores, TAG_BLOCK};
 use transport_shm::plugin::{ShmChannel, ShmTransport};
 
 /// A reply: frame kind (`proto::OK` or `proto::ERROR`), request id, payload.
@@ -98,6 +99,8 @@ pub struct Served {
     gone: Arc<AtomicBool>,
     /// Requests waiting on a thread, by id: set the flag to cancel.
     waiting: Arc<Mutex<HashMap<u64, Arc<AtomicBool>>>>,
+    /// Block stores opened to copy out the blocks that messages name.
+    stores: Arc<Mutex<Stores>>,
 }
 
 impl std::fmt::Debug for Served {
@@ -123,6 +126,7 @@ impl Served {
             next_ch: 1,
             gone: Arc::new(AtomicBool::new(false)),
             waiting: Arc::new(Mutex::new(HashMap::new())),
+            stores: Arc::new(Mutex::new(Stores::default())),
         }
     }
 
@@ -200,10 +204,22 @@ impl Served {
             _ => 0,
         };
         let data = payload.slice(16..);
+        let stores = self.stores.clone();
         let run = move |ch: &ShmChannel, wait: Timeout| -> Reply {
             match kind {
                 proto::SEND => ch.send(&data, wait).map(|()| Reply::ok(id, Bytes::new())),
-                proto::RECV => ch.recv(wait).map(|m| Reply::ok(id, Bytes::copy_from_slice(m.as_ref()))),
+                // A message naming a block of this node's store travels as
+                // a copy of the block: the receiver cannot map our pages.
+                proto::RECV => ch.recv(wait).map(|m| {
+                    if m.as_ref().first() != Some(&TAG_BLOCK) {
+                        return Reply::ok(id, Bytes::copy_from_slice(m.as_ref()));
+                    }
+                    match stores.lock().unwrap_or_else(|e| e.into_inner()).materialize(m.as_ref()) {
+                        Ok(Some(copy)) => Reply::ok(id, copy),
+                        Ok(None) => Reply::ok(id, Bytes::copy_from_slice(m.as_ref())),
+                        Err(e) => Reply::error(id, DRAGON_EBADMSG, &e),
+                    }
+                }),
                 _ => ch.poll(events, wait).map(|r| Reply::ok(id, r.to_le_bytes().to_vec())),
             }
             .unwrap_or_else(|e| Reply::failure(id, e))

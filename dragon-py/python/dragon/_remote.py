@@ -18,6 +18,15 @@ connections to the service:
 
 The process's standard output and error go to the launcher's terminal
 (the node's service forwards them); its standard input is ``/dev/null``.
+
+Descriptors the process object refers to must be sockets (the lifetime
+sockets of ``Pipe`` ends): each becomes a *tether* (see
+``runtime/src/service.rs``): this node's service keeps the socket, the
+process gets one end of a socket pair on its node, and end of file on
+either side crosses to the other, so a ``Pipe`` end on another node sees
+``EOFError`` when the other end closes or dies, as on one node. Other
+descriptors (shared values and arrays) cannot cross nodes and are a clear
+error.
 """
 from __future__ import annotations
 
@@ -112,12 +121,17 @@ class _Connection:
     def close(self):
         self.sock.close()
 
-    def send(self, kind, payload, node):
+    def send(self, kind, payload, node, fds=()):
         rid = self.next_id
         self.next_id += 1
         head = b"" if node is None else struct.pack("<I", node)
         body = head + payload
-        self.sock.sendall(_HEAD.pack(9 + len(body), kind, rid) + body)
+        data = _HEAD.pack(9 + len(body), kind, rid) + body
+        if fds:
+            # The descriptors travel with the request's first bytes.
+            n = self.sock.sendmsg([data[:1]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("%di" % len(fds), *fds))])
+            data = data[n:]
+        self.sock.sendall(data)
         return rid
 
     def _recv_exact(self, n):
@@ -134,8 +148,8 @@ class _Connection:
         ln, kind, rid = _HEAD.unpack(self._recv_exact(13))
         return kind, rid, self._recv_exact(ln - 9)
 
-    def call(self, kind, payload, node):
-        rid = self.send(kind, payload, node)
+    def call(self, kind, payload, node, fds=()):
+        rid = self.send(kind, payload, node, fds)
         while True:
             k, got, body = self.reply()
             if got != rid:
@@ -154,12 +168,13 @@ def _template_prep() -> bytes:
     return pickle.dumps(runtime._template_prep(), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _launch_payload(prep: bytes, flags: list, data: bytes) -> bytes:
+def _launch_payload(prep: bytes, flags: list, tethers: int, data: bytes) -> bytes:
     out = [struct.pack("<I", len(prep)), prep, struct.pack("<H", len(flags))]
     for f in flags:
         b = f.encode()
         out += [struct.pack("<H", len(b)), b]
-    out.append(data)
+    # The service gives the tethers their ids.
+    out += [struct.pack("<H", tethers), bytes(8 * tethers), data]
     return b"".join(out)
 
 
@@ -167,6 +182,12 @@ class RemotePopen:
     """``Popen`` of a process on another node (see the module docs)."""
 
     method = "dragon"
+
+    @staticmethod
+    def DupFd(ind):
+        from .popen import _DupFd
+
+        return _DupFd(ind)
 
     def __init__(self, process_obj, node: int):
         util._flush_std_streams()
@@ -176,12 +197,20 @@ class RemotePopen:
         self._pid = None
         self._launch_id = None
         self._lock = threading.Lock()
+        self._tethers = []
         self._launch(process_obj)
 
     def duplicate_for_child(self, fd):
-        raise ValueError(
-            "this object holds a file descriptor, which cannot be passed to a process on another node "
-            "(node %d); create it in that process, or pass a Queue instead" % self.node)
+        import stat
+
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise ValueError(
+                "this object holds a file descriptor (a shared value or array?), which cannot be passed to a "
+                "process on another node (node %d); create it in that process, or pass a Queue instead"
+                % self.node)
+        self._tethers.append(fd)
+        # Its index among the descriptors after the data pipe and stdio.
+        return len(self._tethers) - 1
 
     @property
     def pid(self):
@@ -209,10 +238,10 @@ class RemotePopen:
             pickler.dump(process_obj)
         finally:
             set_spawning_popen(None)
-        payload = _launch_payload(_template_prep(), runtime._interpreter_flags(), buf.getvalue())
+        payload = _launch_payload(_template_prep(), runtime._interpreter_flags(), len(self._tethers), buf.getvalue())
         ctl = _Connection()
         try:
-            body = ctl.call(LAUNCH, payload, self.node)
+            body = ctl.call(LAUNCH, payload, self.node, self._tethers)
             self._pid, self._launch_id = struct.unpack("<qQ", body[:16])
             watch = _Connection()
         except BaseException:

@@ -326,6 +326,10 @@ def run_script(hosts, script_args, remote_exec=None, label=False, run_main=None)
             + list(script_args))
         argv = remote_command(remote_exec, hosts[0], command)
         return subprocess.call(argv)
+    # A multi-node launch starts a run of its own, whatever run the
+    # environment it was started from belongs to.
+    for var in (runtime.RUN_ENV, runtime.TEMPLATE_ENV, "DRAGON_SERVICE", "DRAGON_NODES", "DRAGON_NODE_INDEX"):
+        os.environ.pop(var, None)
     run_id = runtime.run_id()
     secret = _native.new_secret()
     launch = Launch(hosts, remote_exec=remote_exec, label=label)
