@@ -24,9 +24,11 @@
 //!
 //! all integers little-endian. A snapshot ends with an end record (op 4,
 //! no key, the value the u64 count of records before it), so a snapshot
-//! cut at a record boundary is seen to be incomplete. Format 1 (no header;
-//! records `u32 length | u32 CRC-32 of the body | body`) is still read;
-//! restoring rewrites such files in format 2.
+//! cut at a record boundary (or to nothing: an empty snapshot) is seen to
+//! be incomplete. Format 1 (no header; records `u32 length | u32 CRC-32 of
+//! the body | body`) is still read; restoring rewrites such files in
+//! format 2. An empty format-1 snapshot cannot be told from a cut one and
+//! is refused like it; [`repair`] makes it an empty format-2 snapshot.
 //!
 //! Restoring reads the snapshot, then replays the log. Replaying the log
 //! over a snapshot taken after some of its records gives the same state
@@ -584,6 +586,16 @@ pub fn scan<S: Source + ?Sized>(
     let size = src.size();
     let version = detect(src, kind)?;
     let mut out = Scan { version, size, ..Scan::default() };
+    if kind == Kind::Snapshot && size == 0 {
+        // A snapshot is never written empty (format 2 has a header and an
+        // end record), so an empty one was cut to nothing. Format 1 wrote
+        // an empty snapshot for an empty DDict, which no byte tells apart
+        // from that: it is refused too (repair rewrites it as an empty
+        // format-2 snapshot, losing nothing).
+        let what = "an empty snapshot (no file header, no end record)".into();
+        out.damaged.push(Span { offset: 0, bytes: 0, lost: None, what });
+        return Ok(out);
+    }
     let mut r = Reader { src, size, version, kind, body: Vec::new() };
     // While out of step: where damage begins, what it is, and where to
     // look for the next record (the record at the start itself, when only

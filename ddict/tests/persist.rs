@@ -209,6 +209,63 @@ fn any_damage_in_a_snapshot_is_an_error() {
     }
 }
 
+/// Restoring a snapshot of `n` records cut to `cut` bytes is refused, at
+/// or before the cut; repair keeps every record wholly before it.
+fn cut_snapshot_is_refused(n: usize, seed: u64, cut: usize) {
+    let d = TempDir::new("cut");
+    let ps = pairs(n, seed);
+    let spans = write_snapshot(d.path(), "c", &ps);
+    let snap = snap_path(d.path(), "c");
+    let mut b = read(&snap);
+    assert!(cut < b.len());
+    b.truncate(cut);
+    std::fs::write(&snap, &b).unwrap();
+    let c = refused(d.path(), "c");
+    assert_eq!(c.path, snap, "n {n}, cut {cut}");
+    assert!(c.offset <= cut as u64, "n {n}, cut {cut}: damage reported at {}", c.offset);
+    let msg = Error::PersistCorrupt(Box::new(c.clone())).to_string();
+    assert!(msg.contains(&snap.display().to_string()) && msg.contains(&format!("byte {}", c.offset)), "{msg}");
+    let rep = persist::repair(d.path(), "c", 0).unwrap();
+    assert!(rep[0].rewritten && !rep[0].skipped.is_empty(), "n {n}, cut {cut}: {rep:?}");
+    let kept = spans.iter().take_while(|s| s.1 <= cut as u64).count();
+    assert_eq!(restore(d.path(), "c").unwrap(), model(&ps[..kept]), "n {n}, cut {cut}");
+}
+
+/// The case `prop_persist` found: a snapshot of 11 records cut to nothing
+/// (`Truncate { at }` takes `at` modulo the length + 1, here 0) read as an
+/// empty format-1 snapshot and was accepted, an empty DDict.
+#[test]
+fn a_snapshot_cut_to_nothing_is_refused() {
+    let d = TempDir::new("cut0");
+    let ps = pairs(11, 349817705568862264);
+    write_snapshot(d.path(), "z", &ps);
+    let snap = snap_path(d.path(), "z");
+    let mut t = Tracked::new(read(&snap));
+    t.apply(&Damage::Truncate { at: 9188284991206718152 });
+    assert!(t.bytes.is_empty());
+    std::fs::write(&snap, &t.bytes).unwrap();
+    let c = refused(d.path(), "z");
+    assert_eq!((c.path, c.offset, c.records_after, c.bytes_after), (snap.clone(), 0, 0, 0));
+    assert!(c.what.contains("empty snapshot"), "{}", c.what);
+    for n in [0, 1, 11] {
+        cut_snapshot_is_refused(n, 349817705568862264, 0);
+    }
+}
+
+/// A snapshot cut at any byte (to nothing, in its header, in a record, at a
+/// record boundary, in the end record) is refused.
+#[test]
+fn a_snapshot_cut_anywhere_is_refused() {
+    for (n, seed) in [(0, 7), (1, 8), (3, 349817705568862264)] {
+        let d = TempDir::new("cutlen");
+        write_snapshot(d.path(), "l", &pairs(n, seed));
+        let len = read(&snap_path(d.path(), "l")).len();
+        for cut in 0..len {
+            cut_snapshot_is_refused(n, seed, cut);
+        }
+    }
+}
+
 #[test]
 fn format_1_files_restore_and_are_rewritten() {
     let d = TempDir::new("v1");
@@ -251,11 +308,20 @@ fn format_1_files_restore_and_are_rewritten() {
     let rep = persist::repair(d.path(), "o", 0).unwrap();
     assert_eq!((rep[0].version, rep[0].records), (1, 19));
     assert_eq!(restore(d.path(), "o").unwrap(), without(&ps, &[7]));
-    // An empty format-1 snapshot (an empty DDict compacted) is fine.
+    // An empty format-1 snapshot (an empty DDict compacted) reads like a
+    // snapshot cut to nothing: refused; repair keeps the log after it.
     let d = TempDir::new("v1empty");
     std::fs::create_dir_all(d.path()).unwrap();
     std::fs::write(snap_path(d.path(), "o"), b"").unwrap();
-    assert!(restore(d.path(), "o").unwrap().is_empty());
+    let mut log = Vec::new();
+    for (k, v) in &ps[..3] {
+        persist::encode_record_v1(&mut log, REC_PUT, k, v);
+    }
+    std::fs::write(log_path(d.path(), "o"), &log).unwrap();
+    let c = refused(d.path(), "o");
+    assert_eq!((c.path, c.offset, c.bytes_after), (snap_path(d.path(), "o"), 0, 0));
+    persist::repair(d.path(), "o", 0).unwrap();
+    assert_eq!(restore(d.path(), "o").unwrap(), model(&ps[..3]));
 }
 
 fn mode(p: &Path) -> u32 {
