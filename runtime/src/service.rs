@@ -44,6 +44,7 @@ use transport_abi::export::TransportImpl;
 use transport_shm::plugin::ShmTransport;
 use transport_tcp::auth::{self, random32};
 use transport_tcp::frame::Frame;
+use transport_tcp::gate::{self, Gate};
 use transport_tcp::link::{Link, LinkError};
 use transport_tcp::proto as chp;
 use transport_tcp::serve::{Post, Reply, Served};
@@ -56,8 +57,6 @@ const FIRST_CONN: usize = 3;
 
 /// How often a service sends a heartbeat to each peer.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
-/// How long an unauthenticated connection may take to authenticate.
-pub const AUTH_DEADLINE: Duration = Duration::from_secs(10);
 /// How long connecting to a peer service may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the template may take to clean up at the end.
@@ -151,7 +150,6 @@ struct Pending {
 struct PeerState {
     authed: bool,
     nonce: [u8; 32],
-    opened: Instant,
     node: Option<u32>,
     served: Served,
 }
@@ -226,6 +224,8 @@ struct Service {
     stop: Option<String>,
     got_primary: bool,
     uid: u32,
+    /// Peers that have not authenticated yet (deadline, caps).
+    gate: Gate,
     tethers: HashMap<Token, Tether>,
     tether_tokens: HashMap<(u32, u64), Token>,
     next_tether: u64,
@@ -377,6 +377,7 @@ impl Service {
             stop: None,
             got_primary: false,
             uid: crate::sys::uid(),
+            gate: Gate::new(gate::Limits::default()),
             tethers: HashMap::new(),
             tether_tokens: HashMap::new(),
             next_tether: 1,
@@ -440,9 +441,6 @@ impl Service {
             let Some(c) = self.conns.get_mut(&t) else { continue };
             let Role::Peer(p) = &c.role else { continue };
             if !p.authed {
-                if now.duration_since(p.opened) > AUTH_DEADLINE {
-                    stale.push(t);
-                }
                 continue;
             }
             if now.duration_since(c.link.heard) > self.boot.peer_timeout {
@@ -452,8 +450,9 @@ impl Service {
             c.link.send(chp::HEARTBEAT, 0, &[], Bytes::new());
             self.flush(t);
         }
+        stale.extend(self.gate.expired(now));
         for t in stale {
-            self.drop_conn(t, "did not authenticate in time");
+            self.refuse(t, gate::CLOSED_LATE);
         }
         for (t, d) in silent {
             self.drop_conn(t, &format!("no heartbeat for {:.1} s: the node died or is cut off", d.as_secs_f64()));
@@ -519,20 +518,23 @@ impl Service {
     fn accept_tcp(&mut self) {
         loop {
             match self.tcp.accept() {
-                Ok((stream, _)) => {
+                Ok((stream, from)) => {
+                    for (t, why) in self.gate.make_room(from.ip()) {
+                        self.refuse(t, why);
+                    }
                     let _ = stream.set_nodelay(true);
                     let nonce = random32();
                     let mut link = Link::new(Box::new(stream));
-                    link.max_frame = 1024;
+                    link.max_frame = gate::MAX_UNAUTHENTICATED_FRAME;
                     link.send(auth::HELLO, 0, &Secret::hello(&nonce), Bytes::new());
                     let role = Role::Peer(PeerState {
                         authed: false,
                         nonce,
-                        opened: Instant::now(),
                         node: None,
                         served: Served::new(self.me, self.boot.host()),
                     });
                     if let Some(t) = self.add_conn(link, role) {
+                        self.gate.admit(t, from.ip());
                         self.flush(t);
                     }
                 }
@@ -632,7 +634,6 @@ impl Service {
         let role = Role::Peer(PeerState {
             authed: true,
             nonce: [0; 32],
-            opened: Instant::now(),
             node: Some(node),
             served: Served::new(self.me, self.boot.host()),
         });
@@ -653,7 +654,17 @@ impl Service {
         self.flush(t);
     }
 
+    /// Close a connection that has not authenticated, telling it why.
+    fn refuse(&mut self, t: Token, why: &str) {
+        if let Some(c) = self.conns.get_mut(&t) {
+            c.link.send(auth::REJECT, 0, why.as_bytes(), Bytes::new());
+            let _ = c.link.flush();
+        }
+        self.drop_conn(t, why);
+    }
+
     fn drop_conn(&mut self, t: Token, why: &str) {
+        self.gate.gone(t);
         let Some(mut c) = self.conns.remove(&t) else { return };
         let _ = self.poll.registry().deregister(c.link.stream());
         match c.role {
@@ -823,6 +834,7 @@ impl Service {
                 match (f.kind == auth::PROOF).then(|| secret.accept(&p.nonce, &f.payload)).flatten() {
                     Some(acc) => {
                         p.authed = true;
+                        self.gate.gone(t);
                         c.link.max_frame = transport_tcp::frame::MAX_FRAME;
                         c.link.send(auth::ACCEPT, 0, &acc, Bytes::new());
                     }

@@ -168,3 +168,34 @@ fn the_primary_names_the_hosts_that_did_not_join() {
     let text = String::from_utf8_lossy(&all);
     assert!(text.contains("did not join") && text.contains("nowhere-a, nowhere-b"), "{text}");
 }
+
+#[test]
+fn unauthenticated_peers_are_bounded_and_do_not_disturb_the_run() {
+    watchdog();
+    use std::io::Read;
+    let c = LocalCluster::start(2, Duration::from_secs(5)).unwrap();
+    let addr = c.nodes[0].address.clone();
+    // More idle connections from one address than the per-address cap:
+    // the oldest are closed to make room (each gets a REJECT, then EOF).
+    let cap = transport_tcp::gate::MAX_UNAUTHENTICATED_PER_ADDR;
+    let idle: Vec<std::net::TcpStream> = (0..cap + 5).map(|_| std::net::TcpStream::connect(&addr).unwrap()).collect();
+    let mut first = idle[0].try_clone().unwrap();
+    first.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match first.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("the oldest idle connection was not closed: {e}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("too many connections from this address"), "{text}");
+    // The run works meanwhile: a request through node 1 to node 0.
+    let on1 = ServiceClient::connect(&c.service(1)).unwrap();
+    let (att, _) = create(&on1, 0);
+    send(&on1, 0, att, b"still here").unwrap();
+    assert_eq!(recv(&on1, 0, att, None).unwrap(), b"still here");
+    drop(idle);
+}

@@ -31,19 +31,20 @@
 
 use crate::auth::{self, random32, Secret};
 use crate::frame::{self, Frame};
+use crate::gate::Gate;
 use crate::proto;
 use crate::serve::{Post, Reply, Served};
 use bytes::BytesMut;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use transport_abi::abi::DRAGON_EPROTO;
 use transport_abi::export::TransportImpl;
 use transport_shm::plugin::ShmTransport;
@@ -52,37 +53,9 @@ const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 const FIRST_CONN: usize = 2;
 
-/// Time a new connection has to complete the handshake.
-pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
-/// Most connections open at once that have not authenticated yet.
-pub const MAX_UNAUTHENTICATED: usize = 512;
-/// Most connections open at once from one source address that have not
-/// authenticated yet (a node starting many processes at once connects
-/// them all from its one address).
-pub const MAX_UNAUTHENTICATED_PER_ADDR: usize = 128;
-/// Largest frame accepted before authentication (the PROOF frame is 73 bytes).
-pub const MAX_UNAUTHENTICATED_FRAME: usize = 1024;
-
-/// Bounds on peers that have not authenticated (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Time from accept to a valid PROOF; then the connection is closed.
-    pub handshake_deadline: Duration,
-    /// Unauthenticated connections open at once (at least 1).
-    pub max_unauthenticated: usize,
-    /// Unauthenticated connections open at once from one address (at least 1).
-    pub max_unauthenticated_per_addr: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            handshake_deadline: HANDSHAKE_DEADLINE,
-            max_unauthenticated: MAX_UNAUTHENTICATED,
-            max_unauthenticated_per_addr: MAX_UNAUTHENTICATED_PER_ADDR,
-        }
-    }
-}
+pub use crate::gate::{
+    Limits, HANDSHAKE_DEADLINE, MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_FRAME, MAX_UNAUTHENTICATED_PER_ADDR,
+};
 
 /// A running agent.
 pub struct Agent {
@@ -123,13 +96,7 @@ impl Agent {
             listener,
             secret,
             conns: HashMap::new(),
-            limits: Limits {
-                max_unauthenticated: limits.max_unauthenticated.max(1),
-                max_unauthenticated_per_addr: limits.max_unauthenticated_per_addr.max(1),
-                ..limits
-            },
-            pending: VecDeque::new(),
-            pending_per_addr: HashMap::new(),
+            gate: Gate::new(limits),
             next_token: FIRST_CONN,
             done_tx: tx,
             done_rx: rx,
@@ -171,9 +138,6 @@ struct Conn {
     wbuf: BytesMut,
     nonce: [u8; 32],
     authed: bool,
-    /// The peer's address, and when it must have authenticated.
-    peer: IpAddr,
-    deadline: Instant,
     /// Close once the write buffer is flushed (after a REJECT).
     closing: bool,
     /// Its attachments and waiting requests.
@@ -191,11 +155,8 @@ struct Loop {
     listener: TcpListener,
     secret: Secret,
     conns: HashMap<Token, Conn>,
-    limits: Limits,
-    /// Unauthenticated connections, oldest first (so also by deadline).
-    pending: VecDeque<Token>,
-    /// How many of them each source address holds.
-    pending_per_addr: HashMap<IpAddr, usize>,
+    /// Unauthenticated connections (deadline, caps).
+    gate: Gate,
     next_token: usize,
     done_tx: Sender<Done>,
     done_rx: Receiver<Done>,
@@ -214,7 +175,7 @@ impl Loop {
         let mut events = Events::with_capacity(256);
         let mut next_beat = Instant::now() + proto::HEARTBEAT_EVERY;
         while !self.stop.load(Ordering::Acquire) {
-            let until = self.pending.front().and_then(|t| self.conns.get(t)).map_or(next_beat, |c| c.deadline);
+            let until = self.gate.next_deadline().map_or(next_beat, |d| d.min(next_beat));
             let wait = until.min(next_beat).saturating_duration_since(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -260,7 +221,9 @@ impl Loop {
             match self.listener.accept() {
                 Ok((mut stream, from)) => {
                     let peer = from.ip();
-                    self.make_room(peer);
+                    for (t, why) in self.gate.make_room(peer) {
+                        self.refuse(t, why);
+                    }
                     let t = Token(self.next_token);
                     self.next_token += 1;
                     let _ = stream.set_nodelay(true);
@@ -276,14 +239,11 @@ impl Loop {
                         wbuf,
                         nonce,
                         authed: false,
-                        peer,
-                        deadline: Instant::now() + self.limits.handshake_deadline,
                         closing: false,
                         served: Served::new(0, &self.addr),
                     };
                     self.conns.insert(t, conn);
-                    self.pending.push_back(t);
-                    *self.pending_per_addr.entry(peer).or_insert(0) += 1;
+                    self.gate.admit(t, peer);
                     self.flush(t);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -295,23 +255,8 @@ impl Loop {
 
     fn drop_conn(&mut self, t: Token) {
         if let Some(mut c) = self.conns.remove(&t) {
-            if !c.authed {
-                self.unpend(t, c.peer);
-            }
+            self.gate.gone(t);
             let _ = self.poll.registry().deregister(&mut c.stream);
-        }
-    }
-
-    /// `t` (from `peer`) is no longer an unauthenticated connection.
-    fn unpend(&mut self, t: Token, peer: IpAddr) {
-        if let Some(i) = self.pending.iter().position(|&p| p == t) {
-            self.pending.remove(i);
-        }
-        if let Some(n) = self.pending_per_addr.get_mut(&peer) {
-            *n -= 1;
-            if *n == 0 {
-                self.pending_per_addr.remove(&peer);
-            }
         }
     }
 
@@ -326,41 +271,10 @@ impl Loop {
         self.drop_conn(t);
     }
 
-    /// Before accepting a connection from `peer`: if a cap on
-    /// unauthenticated connections is reached, close the oldest one of
-    /// `peer` (per-address cap) or of the address holding the most
-    /// (overall cap).
-    fn make_room(&mut self, peer: IpAddr) {
-        let held = |lp: &Loop, a: &IpAddr| lp.pending_per_addr.get(a).copied().unwrap_or(0);
-        if held(self, &peer) >= self.limits.max_unauthenticated_per_addr {
-            let oldest = self.pending.iter().copied().find(|t| self.conns.get(t).is_some_and(|c| c.peer == peer));
-            if let Some(t) = oldest {
-                self.refuse(t, "too many connections from this address are authenticating; closed the oldest");
-            }
-        }
-        if self.pending.len() >= self.limits.max_unauthenticated {
-            let most = self.pending_per_addr.values().copied().max().unwrap_or(0);
-            let oldest =
-                self.pending.iter().copied().find(|t| self.conns.get(t).is_some_and(|c| held(self, &c.peer) == most));
-            if let Some(t) = oldest {
-                self.refuse(t, "too many connections are authenticating; closed the oldest of the busiest address");
-            }
-        }
-    }
-
     /// Close the connections whose handshake deadline has passed.
     fn expire(&mut self) {
-        let now = Instant::now();
-        while let Some(&t) = self.pending.front() {
-            match self.conns.get(&t) {
-                Some(c) if c.deadline > now => return,
-                Some(_) => self.refuse(t, "no valid proof of the run's secret in time"),
-                // Not reachable (a dropped connection leaves the queue), but
-                // never loop on it.
-                None => {
-                    self.pending.pop_front();
-                }
-            }
+        for t in self.gate.expired(Instant::now()) {
+            self.refuse(t, crate::gate::CLOSED_LATE);
         }
     }
 
@@ -443,8 +357,7 @@ impl Loop {
                 Some(acc) => {
                     c.authed = true;
                     frame::encode(&mut c.wbuf, auth::ACCEPT, 0, &acc);
-                    let peer = c.peer;
-                    self.unpend(t, peer);
+                    self.gate.gone(t);
                 }
                 None => {
                     frame::encode(&mut c.wbuf, auth::REJECT, 0, b"authentication failed: not this run's secret");

@@ -16,6 +16,7 @@ pub mod agent;
 pub mod auth;
 pub mod client;
 pub mod frame;
+pub mod gate;
 pub mod link;
 pub mod local;
 pub mod plugin;
