@@ -10,7 +10,7 @@ VPY := $(VENV)/bin/python
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: setup demo test test-rust test-loom test-py test-pythons test-testbed oracle lint bench bench-py clean-shm soak fuzz
+.PHONY: bench-multinode setup demo test test-rust test-loom test-py test-pythons test-testbed oracle lint bench bench-py clean-shm soak fuzz
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -107,3 +107,9 @@ bench: setup
 # in one run, ratio tables in bench-results/). About 5 minutes.
 bench-py: setup
 	PYTHON=$(VPY) scripts/bench-py
+
+# Across nodes of the namespaced test bed (as root): Queue round trip and
+# 1 MiB streaming against raw TCP between the same two nodes, and a 3-node
+# bring-up (docs/benchmarks-multinode.md).
+bench-multinode: setup
+	$(VPY) dragon-py/bench/multinode.py --reps 5 --out bench-results/multinode.jsonl

@@ -499,3 +499,12 @@ def test_pipe_across_nodes_sees_eof_when_the_other_end_closes_or_dies(cluster):
     assert "child saw EOF" in out and "exit 0" in out, out
     assert "about to die" in out and "parent saw EOF" in out and "exit 3" in out, out
     _assert_clean(cluster)
+
+
+def test_the_seed_tour_runs_on_three_nodes(cluster):
+    r = cluster.run(0, [DRAGON, "--hostlist", cluster.hostlist, os.path.join(REPO, "examples", "seed_tour.py")],
+                    timeout=RUN_TIMEOUT, cwd=REPO, env=_env())
+    _ok(r)
+    for step in ("1. Pool.map", "2. Process + Queue", "3. DDict", "4. nested Pools"):
+        assert step in r.stdout, r.stdout
+    _assert_clean(cluster)

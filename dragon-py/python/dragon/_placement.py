@@ -8,8 +8,8 @@
 * Otherwise the processes a program starts go round-robin over the nodes
   (as HPE Dragon places them), starting with the primary node.
 * Processes the runtime starts for itself stay on the node that starts
-  them: Pool workers, ``ProcessPoolExecutor`` workers and ``Manager``
-  servers (their shared state is this node's for now).
+  them: Pool workers, ``ProcessPoolExecutor`` workers, ``Manager`` servers
+  and DDict managers (their shared state is this node's for now).
 
 On one node (no multi-node run) every process starts here, as always.
 """
@@ -31,6 +31,7 @@ _LOCAL_TARGETS = {
     ("multiprocessing.pool", "worker"),
     ("concurrent.futures.process", "_process_worker"),
     ("multiprocessing.managers", "BaseManager._run_server"),
+    ("dragon.data.ddict", "_manager_main"),
 }
 
 
