@@ -143,24 +143,24 @@ impl RemoteChannel {
         if !buf.is_c_contiguous() {
             return Err(PyValueError::new_err("data must be a contiguous buffer"));
         }
-        let body = buf.to_vec(py)?;
+        let first = if buf.len_bytes() == 0 { None } else { data.get_item(0)?.extract::<u8>().ok() };
         let pre = match prefix {
-            -2 => match body.first() {
+            -2 => match first {
                 Some(
-                    &(crate::channel::TAG_RAW
+                    crate::channel::TAG_RAW
                     | crate::channel::TAG_CONTROL
                     | crate::channel::TAG_BYTES
                     | crate::lent::TAG_LENT
-                    | crate::channel::TAG_PICKLE),
+                    | crate::channel::TAG_PICKLE,
                 ) => Some(crate::channel::TAG_RAW),
                 _ => None,
             },
             p => u8::try_from(p).ok(),
         };
-        let mut msg = Vec::with_capacity(body.len() + 1);
-        msg.extend(pre);
-        msg.extend_from_slice(&body);
-        drop(body);
+        // One copy: the tag, then the caller's bytes straight after it.
+        let skip = usize::from(pre.is_some());
+        let mut msg = vec![pre.unwrap_or(0); buf.len_bytes() + skip];
+        buf.copy_to_slice(py, &mut msg[skip..])?;
         let deadline = t.map(|d| Instant::now() + d);
         loop {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));

@@ -22,6 +22,7 @@ pub mod local;
 pub mod plugin;
 pub mod proto;
 pub mod serve;
+pub mod waiters;
 
 pub use agent::Agent;
 pub use auth::Secret;

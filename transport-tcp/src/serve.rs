@@ -233,7 +233,7 @@ impl Served {
         let cancel = Arc::new(AtomicBool::new(false));
         self.waiting.lock().unwrap_or_else(|e| e.into_inner()).insert(id, cancel.clone());
         let (gone, waiting, post) = (self.gone.clone(), self.waiting.clone(), post.clone());
-        let spawned = std::thread::Builder::new().name("dragon-wait".into()).spawn(move || {
+        let spawned = crate::waiters::spawn(move || {
             let is_gone = || gone.load(Ordering::Acquire) || cancel.load(Ordering::Acquire);
             let mut out = None;
             let r = sliced(wait, &is_gone, |slice| {
