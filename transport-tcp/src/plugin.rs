@@ -8,7 +8,12 @@
 //!
 //! - `service=<abstract socket name>`: this node's service (required);
 //! - `node=<index>`: the node that channels created through this instance
-//!   live on (default 0).
+//!   live on (default 0);
+//! - `blocks=1`: messages follow the block-message convention of
+//!   `transport_shm::blocks` (what `dragon-py` sends): a received message
+//!   that names a block of the channel's node arrives as a copy of the
+//!   block. Without it (the default) every message is delivered as the
+//!   bytes that were sent, whatever its first byte.
 //!
 //! Attaching reads the node from the channel's handle. Dropping an
 //! attachment tells the channel's node to let go of it.
@@ -26,6 +31,7 @@ use transport_abi::export::{ChannelImpl, Failure, Timeout, TransportImpl};
 pub struct TcpTransport {
     client: ServiceClient,
     node: u32,
+    blocks: bool,
 }
 
 /// One attachment to a channel on some node.
@@ -35,6 +41,8 @@ pub struct TcpChannel {
     node: u32,
     att: u64,
     handle: Vec<u8>,
+    /// Receives ask for block messages to be materialized.
+    blocks: bool,
 }
 
 /// A failure of the plugin ABI for a TCP or service error.
@@ -47,19 +55,34 @@ pub fn failure(e: TcpError) -> Failure {
     }
 }
 
-fn parse_config(config: &str) -> Result<(String, u32), Failure> {
-    let (mut service, mut node) = (None, 0);
+/// What a config string says.
+#[derive(Debug, PartialEq, Eq)]
+struct Config {
+    service: String,
+    node: u32,
+    blocks: bool,
+}
+
+fn parse_config(config: &str) -> Result<Config, Failure> {
+    let (mut service, mut node, mut blocks) = (None, 0, false);
     for item in config.split([',', ' ', '\t', '\n']).filter(|s| !s.is_empty()) {
         let bad = |why: &str| Failure::new(DRAGON_EINVAL, format!("tcp transport config {item:?}: {why}"));
         let (k, v) = item.split_once('=').ok_or_else(|| bad("expected key=value"))?;
         match k {
             "service" => service = Some(v.to_owned()),
             "node" => node = v.parse().map_err(|_| bad("expected a node index"))?,
-            _ => return Err(bad("unknown key (known: service, node)")),
+            "blocks" => {
+                blocks = match v {
+                    "0" => false,
+                    "1" => true,
+                    _ => return Err(bad("expected 0 or 1")),
+                }
+            }
+            _ => return Err(bad("unknown key (known: service, node, blocks)")),
         }
     }
     match service {
-        Some(s) if !s.is_empty() => Ok((s, node)),
+        Some(service) if !service.is_empty() => Ok(Config { service, node, blocks }),
         _ => Err(Failure::new(DRAGON_EINVAL, "tcp transport config needs service=<this node's service socket>")),
     }
 }
@@ -71,9 +94,9 @@ impl TransportImpl for TcpTransport {
         DRAGON_CAP_REMOTE | DRAGON_CAP_ZERO_COPY_RECV | DRAGON_CAP_BLOCKING | DRAGON_CAP_POLL | DRAGON_CAP_CREATE;
 
     fn open(config: &str) -> Result<Self, Failure> {
-        let (service, node) = parse_config(config)?;
+        let Config { service, node, blocks } = parse_config(config)?;
         let client = ServiceClient::connect(&service).map_err(failure)?;
-        Ok(TcpTransport { client, node })
+        Ok(TcpTransport { client, node, blocks })
     }
 
     fn create_channel(&self, a: &DragonChannelAttrs) -> Result<TcpChannel, Failure> {
@@ -82,7 +105,13 @@ impl TransportImpl for TcpTransport {
         p.extend_from_slice(&a.max_block_bytes.to_le_bytes());
         let r = self.client.call(self.node, proto::CREATE, &p).map_err(failure)?;
         let (att, handle) = proto::take_u64(&r).ok_or_else(|| Failure::new(DRAGON_EPROTO, "short CREATE reply"))?;
-        Ok(TcpChannel { client: self.client.clone(), node: self.node, att, handle: handle.to_vec() })
+        Ok(TcpChannel {
+            client: self.client.clone(),
+            node: self.node,
+            att,
+            handle: handle.to_vec(),
+            blocks: self.blocks,
+        })
     }
 
     fn attach_channel(&self, bytes: &[u8]) -> Result<TcpChannel, Failure> {
@@ -90,7 +119,7 @@ impl TransportImpl for TcpTransport {
             .map_err(|e| Failure::new(DRAGON_EBADMSG, format!("bad channel handle: {e}")))?;
         let r = self.client.call(h.node, proto::ATTACH, bytes).map_err(failure)?;
         let (att, _) = proto::take_u64(&r).ok_or_else(|| Failure::new(DRAGON_EPROTO, "short ATTACH reply"))?;
-        Ok(TcpChannel { client: self.client.clone(), node: h.node, att, handle: bytes.to_vec() })
+        Ok(TcpChannel { client: self.client.clone(), node: h.node, att, handle: bytes.to_vec(), blocks: self.blocks })
     }
 }
 
@@ -128,7 +157,8 @@ impl ChannelImpl for TcpChannel {
     }
 
     fn recv(&self, timeout: Timeout) -> Result<bytes::Bytes, Failure> {
-        self.call(proto::RECV, &proto::op_payload(self.att, proto::timeout_ns(timeout), &[]))
+        let flags: &[u8] = if self.blocks { &[proto::RECV_BLOCKS] } else { &[] };
+        self.call(proto::RECV, &proto::op_payload(self.att, proto::timeout_ns(timeout), flags))
     }
 
     fn poll(&self, events: u32, timeout: Timeout) -> Result<u32, Failure> {
@@ -157,8 +187,15 @@ mod tests {
 
     #[test]
     fn config_parses_and_rejects() {
-        assert_eq!(parse_config("service=dragon-x node=2").unwrap(), ("dragon-x".to_owned(), 2));
-        assert_eq!(parse_config("service=s").unwrap(), ("s".to_owned(), 0));
+        assert_eq!(
+            parse_config("service=dragon-x node=2").unwrap(),
+            Config { service: "dragon-x".to_owned(), node: 2, blocks: false }
+        );
+        assert_eq!(
+            parse_config("service=s,blocks=1").unwrap(),
+            Config { service: "s".to_owned(), node: 0, blocks: true }
+        );
+        assert!(parse_config("service=s blocks=yes").unwrap_err().message.contains("0 or 1"));
         assert!(parse_config("node=1").unwrap_err().message.contains("service="));
         assert!(parse_config("service=s node=x").unwrap_err().message.contains("node index"));
         assert!(parse_config("colour=blue").unwrap_err().message.contains("unknown key"));

@@ -4,7 +4,10 @@
 //! ```text
 //!   ATTACH  handle bytes                     -> OK: channel id u64
 //!   SEND    channel u64, timeout_ns u64, data -> OK
-//!   RECV    channel u64, timeout_ns u64       -> OK: the message
+//!   RECV    channel u64, timeout_ns u64 [, flags u8]
+//!                                             -> OK: the message
+//!           (flag RECV_BLOCKS: a block message of the channel's node is
+//!           delivered as a copy of its block; without it, as sent)
 //!   LEN     channel u64                       -> OK: count u64
 //!   DETACH  channel u64                       -> OK
 //!   PING                                      -> OK
@@ -32,6 +35,9 @@ pub const ATTACH: u8 = 1;
 pub const SEND: u8 = 2;
 /// Receive a message.
 pub const RECV: u8 = 3;
+/// RECV flag: deliver a block message (`transport_shm::blocks`) as a copy
+/// of the block it names.
+pub const RECV_BLOCKS: u8 = 1;
 /// Messages waiting.
 pub const LEN: u8 = 4;
 /// Let go of an attachment.

@@ -204,6 +204,7 @@ impl Served {
             _ => 0,
         };
         let data = payload.slice(16..);
+        let blocks = kind == proto::RECV && data.first().is_some_and(|f| f & proto::RECV_BLOCKS != 0);
         let stores = self.stores.clone();
         let run = move |ch: &ShmChannel, wait: Timeout| -> Reply {
             match kind {
@@ -211,7 +212,7 @@ impl Served {
                 // A message naming a block of this node's store travels as
                 // a copy of the block: the receiver cannot map our pages.
                 proto::RECV => ch.recv(wait).map(|m| {
-                    if m.as_ref().first() != Some(&TAG_BLOCK) {
+                    if !blocks || m.as_ref().first() != Some(&TAG_BLOCK) {
                         return Reply::ok(id, Bytes::copy_from_slice(m.as_ref()));
                     }
                     match stores.lock().unwrap_or_else(|e| e.into_inner()).materialize(m.as_ref()) {

@@ -36,4 +36,6 @@ def tcp_plugin() -> tuple[str, str]:
         raise FileNotFoundError(
             "the off-node transport plugin %s is missing (the package was built without it; "
             "`make setup` builds it, or set DRAGON_TRANSPORT_PATH)" % path)
-    return path, "service=%s node=%d" % (service, _remote.this_node())
+    # blocks=1: large messages that name a block of their node's store
+    # arrive here as copies of the block.
+    return path, "service=%s node=%d blocks=1" % (service, _remote.this_node())
