@@ -9,6 +9,7 @@ mod lent;
 mod memory;
 mod node;
 mod remote;
+mod remote_sync;
 mod runtime;
 mod sync;
 
@@ -23,5 +24,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     lent::register(m)?;
     node::register(m)?;
     remote::register(m)?;
+    remote_sync::register(m)?;
     Ok(())
 }

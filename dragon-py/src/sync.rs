@@ -108,13 +108,16 @@ macro_rules! shared_object {
                 &self.inner.handle().segment
             }
 
-            /// Attach to the object a handle names (from any process of the
-            /// node).
+            /// Attach to the object a handle names: this node's own, or (in a
+            /// multi-node run) another node's, through its node's service.
             #[staticmethod]
-            fn attach(handle: &[u8]) -> PyResult<Self> {
+            fn attach(py: Python<'_>, handle: &[u8]) -> PyResult<Py<PyAny>> {
+                if let Some(remote) = crate::remote_sync::remote_or_none(py, handle, <$shm_ty>::KIND)? {
+                    return Ok(remote);
+                }
                 let inner = <$shm_ty>::attach_bytes(handle).map_err(sync_err)?;
                 #[allow(clippy::redundant_closure_call)]
-                Ok(($make)(inner, Owner::attached()))
+                Ok(Py::new(py, ($make)(inner, Owner::attached()))?.into_any())
             }
 
             /// Remove the object's name now: later attaches fail, processes

@@ -508,3 +508,202 @@ def test_the_seed_tour_runs_on_three_nodes(cluster):
     for step in ("1. Pool.map", "2. Process + Queue", "3. DDict", "4. nested Pools"):
         assert step in r.stdout, r.stdout
     _assert_clean(cluster)
+
+
+def test_synchronisation_objects_across_nodes(cluster):
+    script = _script(cluster, "sync.py", """
+        import multiprocessing as mp, os, sys, time
+        from dragon.infrastructure.policy import Policy
+
+        COUNTER = sys.argv[1]
+
+        def bump(lock, n):
+            # A read-modify-write of a file on the shared file system: only
+            # the lock keeps the increments from being lost.
+            for _ in range(n):
+                with lock:
+                    with open(COUNTER) as f:
+                        v = int(f.read())
+                    with open(COUNTER, "w") as f:
+                        f.write(str(v + 1))
+
+        def recursive(rl, inside, leave):
+            with rl:
+                with rl:
+                    inside.set()
+                    leave.wait(60)
+
+        def waiter(ev, arrived, q):
+            arrived.release()
+            q.put((int(os.environ["DRAGON_NODE_INDEX"]), ev.wait(60)))
+
+        def party(b, q):
+            q.put(b.wait(60))
+
+        def cond_waiter(cond, q):
+            with cond:
+                q.put("waiting")
+                ok = cond.wait_for(lambda: os.path.exists(COUNTER + ".go"), 60)
+                q.put(("woken", ok))
+
+        def holder(lock, q):
+            lock.acquire()
+            q.put("held")
+            time.sleep(600)
+
+        def worker(jq):
+            while True:
+                item = jq.get()
+                jq.task_done()
+                if item is None:
+                    return
+
+        def on(node, target, *args):
+            with Policy(host_name="node%d" % (node + 1)):
+                p = mp.Process(target=target, args=args)
+                p.start()
+            return p
+
+        if __name__ == "__main__":
+            with open(COUNTER, "w") as f:
+                f.write("0")
+            lock = mp.Lock()
+            ps = [on(n, bump, lock, 40) for n in (0, 1, 2, 1, 2)]
+            for p in ps:
+                p.join(120)
+            print("counter", open(COUNTER).read(), [p.exitcode for p in ps])
+
+            rl, inside, leave = mp.RLock(), mp.Event(), mp.Event()
+            p = on(1, recursive, rl, inside, leave)
+            inside.wait(60)
+            print("rlock taken elsewhere", rl.acquire(timeout=0.2))
+            leave.set()
+            p.join(60)
+            print("rlock after", rl.acquire(timeout=60))
+            rl.release()
+
+            ev, arrived, q = mp.Event(), mp.Semaphore(0), mp.Queue()
+            ws = [on(n, waiter, ev, arrived, q) for n in (1, 2)]
+            for _ in ws:
+                arrived.acquire(timeout=60)
+            ev.set()
+            print("event", sorted(q.get(timeout=60) for _ in ws))
+
+            b = mp.Barrier(3)
+            parts = [on(n, party, b, q) for n in (1, 2)]
+            mine = b.wait(60)
+            print("barrier", sorted([mine] + [q.get(timeout=60) for _ in parts]))
+
+            cond = mp.Condition()
+            cw = on(2, cond_waiter, cond, q)
+            print(q.get(timeout=60))
+            with cond:
+                open(COUNTER + ".go", "w").close()
+                cond.notify_all()
+            print(q.get(timeout=60))
+            cw.join(60)
+
+            jq = mp.JoinableQueue()
+            jw = on(1, worker, jq)
+            for i in range(20):
+                jq.put(i)
+            jq.put(None)
+            jq.join()
+            print("joined")
+            jw.join(60)
+
+            dead = mp.Lock()
+            h = on(2, holder, dead, q)
+            print(q.get(timeout=60))
+            print("held elsewhere", dead.acquire(timeout=0.2))
+            h.kill()
+            h.join(60)
+            print("taken over", dead.acquire(timeout=60))
+        """)
+    counter = os.path.join(cluster.shared, "sync-counter")
+    r = _run(cluster, script, counter)
+    _ok(r)
+    out = r.stdout
+    assert "counter 200 [0, 0, 0, 0, 0]" in out, out
+    assert "rlock taken elsewhere False" in out and "rlock after True" in out, out
+    assert "event [(1, True), (2, True)]" in out, out
+    assert "barrier [0, 1, 2]" in out, out
+    assert "waiting" in out and "('woken', True)" in out, out
+    assert "joined" in out, out
+    assert "held\nheld elsewhere False\ntaken over True" in out, out
+    _assert_clean(cluster)
+
+
+def test_value_and_array_across_nodes(cluster):
+    script = _script(cluster, "values.py", """
+        import ctypes, multiprocessing as mp
+        from dragon.infrastructure.policy import Policy
+
+        class Point(ctypes.Structure):
+            _fields_ = [("x", ctypes.c_int), ("y", ctypes.c_double)]
+
+        def add(v, a, n):
+            for _ in range(n):
+                with v.get_lock():
+                    v.value += 1
+            with a.get_lock():
+                for i in range(len(a)):
+                    a[i] += i
+
+        def edit(a, s, p, q):
+            a[-1] = -5.5
+            a[0:2] = [7.0, 8.0]
+            s.value = b"from afar"
+            p.x, p.y = 3, 4.5
+            q.put((list(a), a[1:3], a[-1], len(a), s.value, s.raw[:3], p.x, p.y, type(a).__name__))
+
+        def raw(r):
+            print("unreachable: a RawValue was used off its node", r.value)
+
+        def obj(v, q):
+            try:
+                v.get_obj()
+            except Exception as e:
+                q.put(type(e).__name__)
+
+        def on(node, target, *args):
+            with Policy(host_name="node%d" % (node + 1)):
+                p = mp.Process(target=target, args=args)
+                p.start()
+            return p
+
+        if __name__ == "__main__":
+            v = mp.Value("i", 0)
+            a = mp.Array("d", 6)
+            ps = [on(n, add, v, a, 50) for n in (0, 1, 2, 2)]
+            for p in ps:
+                p.join(120)
+            print("value", v.value, "array", list(a), [p.exitcode for p in ps])
+
+            q = mp.Queue()
+            s = mp.Array("c", 12)
+            pt = mp.Value(Point)
+            v = mp.Value("i", 0)
+            on(1, edit, a, s, pt, q).join(60)
+            print("edited", q.get(timeout=60))
+            print("here", list(a), s.value, pt.x, pt.y)
+
+            # Plain memory cannot cross: the child fails as it unpickles it.
+            p = on(2, raw, mp.RawValue("i", 1))
+            p.join(60)
+            print("raw exit", p.exitcode)
+            on(2, obj, mp.Value("i"), q).join(60)
+            print("get_obj", q.get(timeout=60))
+        """)
+    r = _run(cluster, script)
+    _ok(r)
+    out = r.stdout
+    # 4 processes x 50 increments, and each adds i to a[i]: no update lost.
+    assert "value 200 array [0.0, 4.0, 8.0, 12.0, 16.0, 20.0] [0, 0, 0, 0]" in out, out
+    assert ("edited ([7.0, 8.0, 8.0, 12.0, 16.0, -5.5], [8.0, 8.0], -5.5, 6, b'from afar', b'fro', 3, 4.5, "
+            "'RemoteSynchronizedArray')") in out, out
+    assert "here [7.0, 8.0, 8.0, 12.0, 16.0, -5.5] b'from afar' 3 4.5" in out, out
+    assert "raw exit 1" in out and "unreachable" not in out, out
+    assert "NotLocalError: shared memory block" in r.stderr and "RawValue" in r.stderr, r.stderr
+    assert "get_obj NotLocalError" in out, out
+    _assert_clean(cluster)

@@ -60,8 +60,17 @@ mod tests {
         let run = run.as_str();
         let mut child =
             std::process::Command::new("sleep").arg("600").env("DRAGON_RUN_ID", run).spawn().expect("sleep");
-        // The child's environment is readable once it exists: no waiting needed.
-        let found = run_processes(run);
+        // The child's environment shows in /proc only once its exec has
+        // set up its new stack, which can be after `spawn` returns: wait
+        // for it (the watchdog is generous; the wait ends at the event).
+        let watchdog = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let found = loop {
+            let found = run_processes(run);
+            if !found.is_empty() || std::time::Instant::now() > watchdog {
+                break found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
         assert_eq!(found, vec![child.id()]);
         let other = transport_shm::RunId::new_owned_by_me();
         assert!(!run_processes(other.as_str()).contains(&child.id()));

@@ -23,6 +23,7 @@ pub mod hostlist;
 pub mod launch;
 pub mod proto;
 pub mod service;
+pub mod syncserve;
 mod sys;
 pub mod table;
 pub mod testing;

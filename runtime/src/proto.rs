@@ -40,7 +40,7 @@ pub const TABLE: u8 = 0x11;
 /// First frame of a link between two services that is not a join.
 pub const PEER: u8 = 0x12;
 /// Cancel a waiting request.
-pub const CANCEL: u8 = 0x13;
+pub const CANCEL: u8 = transport_tcp::proto::CANCEL;
 /// Start a process.
 pub const LAUNCH: u8 = 0x20;
 /// One end of a tether closed.
@@ -55,6 +55,9 @@ pub const EXITED: u8 = 0x23;
 pub const WATCH: u8 = 0x24;
 /// The node table, as JSON.
 pub const NODES: u8 = 0x30;
+/// An operation on a synchronisation object of the serving node
+/// (`syncserve.rs` has the payload).
+pub const SYNC: u8 = 0x40;
 
 /// Exit code reported for a process whose node was lost (as if killed).
 pub const LOST_EXIT: i64 = -(libc::SIGKILL as i64);

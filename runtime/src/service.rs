@@ -28,6 +28,7 @@
 use crate::bootstrap::{self, Bootstrap};
 use crate::launch::{self, Template, TemplateSpec};
 use crate::proto::{self, out};
+use crate::syncserve::{self, SyncRequest, SyncServer};
 use crate::table::{self, NodeInfo};
 use bytes::{BufMut, Bytes, BytesMut};
 use crossbeam_channel::{unbounded, Receiver, Sender};
@@ -158,6 +159,10 @@ struct LocalState {
     served: Served,
     /// Descriptors the process sent (for its next start request).
     fds: crate::fdstream::Received,
+    /// The process's pid (from the kernel: the owner of its locks elsewhere).
+    pid: u32,
+    /// Nodes whose synchronisation objects it used (told when it ends).
+    sync_nodes: HashSet<u32>,
     /// Attachments on other nodes made through this connection.
     atts: HashSet<(u32, u64)>,
     /// Processes started through this connection, by (node, launch).
@@ -226,6 +231,8 @@ struct Service {
     uid: u32,
     /// Peers that have not authenticated yet (deadline, caps).
     gate: Gate,
+    /// This node's synchronisation objects, as other nodes use them.
+    sync: SyncServer,
     tethers: HashMap<Token, Tether>,
     tether_tokens: HashMap<(u32, u64), Token>,
     next_tether: u64,
@@ -378,6 +385,7 @@ impl Service {
             got_primary: false,
             uid: crate::sys::uid(),
             gate: Gate::new(gate::Limits::default()),
+            sync: SyncServer::default(),
             tethers: HashMap::new(),
             tether_tokens: HashMap::new(),
             next_tether: 1,
@@ -550,14 +558,16 @@ impl Service {
             match self.unix.accept() {
                 Ok((stream, _)) => {
                     // Only processes of this user may use the service.
-                    match crate::sys::peer_uid(stream.as_raw_fd()) {
-                        Ok(uid) if uid == self.uid || uid == 0 => {}
+                    let pid = match crate::sys::peer_cred(stream.as_raw_fd()) {
+                        Ok((uid, pid)) if uid == self.uid || uid == 0 => pid,
                         _ => continue,
-                    }
+                    };
                     let (stream, fds) = crate::fdstream::FdStream::new(stream);
                     let role = Role::Local(LocalState {
                         served: Served::new(self.me, self.boot.host()),
                         fds,
+                        pid,
+                        sync_nodes: HashSet::new(),
                         atts: HashSet::new(),
                         launches: HashSet::new(),
                         waiting: HashSet::new(),
@@ -682,6 +692,17 @@ impl Service {
 
     /// A process of this node closed its connection: let go of what it held.
     fn local_gone(&mut self, t: Token, l: LocalState) {
+        // Locks it holds on any node are released there.
+        let gone = Bytes::from(SyncRequest::encode(syncserve::OWNER_GONE, l.pid, 0, 0, 0, &[], None));
+        for node in l.sync_nodes.iter().copied() {
+            if node == self.me {
+                let me = self.me;
+                let noop: Post = Arc::new(|_| {});
+                self.sync.handle(me, 0, &gone, &noop);
+            } else {
+                self.fire(node, proto::SYNC, 0, gone.clone());
+            }
+        }
         for rid in l.waiting {
             if let Some(p) = self.pending.get_mut(&rid) {
                 p.from = None;
@@ -731,6 +752,8 @@ impl Service {
             self.stop = Some(msg);
             return;
         }
+        // What its processes held here is released.
+        self.sync.node_gone(node);
         // Its tethers end: its processes are gone.
         let ends: Vec<Token> = self.tethers.iter().filter(|(_, x)| x.peer == node).map(|(t, _)| *t).collect();
         for t in ends {
@@ -895,6 +918,16 @@ impl Service {
                 if let Some(Conn { role: Role::Peer(p), .. }) = self.conns.get(&t) {
                     p.served.cancel(f.id);
                 }
+                if let Some(node) = self.peer_node(t) {
+                    self.sync.cancel(node, f.id);
+                }
+            }
+            proto::SYNC => {
+                let Some(node) = self.peer_node(t) else { return };
+                let post = self.poster(t);
+                if let Some(r) = self.sync.handle(node, f.id, &f.payload, &post) {
+                    self.send_on(t, r.kind, r.id, r.payload);
+                }
             }
             proto::LAUNCH | proto::SIGNAL | proto::RELEASE => {
                 let Some(node) = self.peer_node(t) else { return };
@@ -1007,9 +1040,54 @@ impl Service {
             let r = Reply::error(f.id, DRAGON_EPROTO, "short request");
             return self.send_on(t, r.kind, r.id, r.payload);
         };
-        let payload = f.payload.slice(4..);
+        let mut payload = f.payload.slice(4..);
+        if f.kind == proto::CANCEL {
+            // The process stopped waiting for its request `f.id`.
+            if node == self.me {
+                let me = self.me;
+                self.sync.cancel(me, f.id);
+                if let Some(Conn { role: Role::Local(l), .. }) = self.conns.get(&t) {
+                    l.served.cancel(f.id);
+                }
+                return;
+            }
+            let found = match self.conns.get(&t) {
+                Some(Conn { role: Role::Local(l), .. }) => l
+                    .waiting
+                    .iter()
+                    .copied()
+                    .find(|rid| self.pending.get(rid).is_some_and(|p| p.from == Some((t, f.id)))),
+                _ => None,
+            };
+            if let Some(rid) = found {
+                if let Some(p) = self.pending.get_mut(&rid) {
+                    p.from = None;
+                }
+                self.send_to_node(node, proto::CANCEL, rid, Bytes::new());
+            }
+            return;
+        }
         if f.kind == proto::WATCH {
             return self.watch(t, node, u64_at(&payload).unwrap_or(0));
+        }
+        if f.kind == proto::SYNC {
+            // The owner of what it takes elsewhere is the process the
+            // kernel says is at the other end of this connection.
+            let Some(Conn { role: Role::Local(l), .. }) = self.conns.get_mut(&t) else { return };
+            if payload.len() >= syncserve::PID_AT.end {
+                let mut p = payload.to_vec();
+                p[syncserve::PID_AT].copy_from_slice(&l.pid.to_le_bytes());
+                payload = Bytes::from(p);
+            }
+            l.sync_nodes.insert(node);
+            if node == self.me {
+                let post = self.poster(t);
+                let me = self.me;
+                if let Some(r) = self.sync.handle(me, f.id, &payload, &post) {
+                    self.send_on(t, r.kind, r.id, r.payload);
+                }
+                return;
+            }
         }
         if node == self.me {
             return self.local_here(t, f.kind, f.id, payload);

@@ -223,8 +223,8 @@ pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// The user id of the process at the other end of unix socket `fd`.
-pub fn peer_uid(fd: RawFd) -> io::Result<u32> {
+/// The user id and pid of the process at the other end of unix socket `fd`.
+pub fn peer_cred(fd: RawFd) -> io::Result<(u32, u32)> {
     // SAFETY: ucred is plain data.
     let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
@@ -232,7 +232,7 @@ pub fn peer_uid(fd: RawFd) -> io::Result<u32> {
     check(unsafe {
         libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len)
     })?;
-    Ok(cred.uid)
+    Ok((cred.uid, cred.pid as u32))
 }
 
 /// This process's user id.

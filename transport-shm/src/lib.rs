@@ -4,6 +4,7 @@
 
 pub mod blocks;
 pub mod channel;
+pub mod memblock;
 pub mod plugin;
 pub mod segment;
 pub mod syncobj;

@@ -141,6 +141,9 @@ impl<T> fmt::Debug for Shm<T> {
 }
 
 impl<T: SyncObject<Segment>> Shm<T> {
+    /// The handle kind of this object.
+    pub const KIND: Kind = T::KIND;
+
     /// Create a segment of `size` bytes in the current run and place the
     /// object with `init` at offset 0. The segment is removed if `init`
     /// fails.

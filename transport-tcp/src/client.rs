@@ -37,6 +37,8 @@ pub enum TcpError {
         /// How long it was silent.
         silent: Duration,
     },
+    /// The caller stopped waiting (a signal): the request was cancelled.
+    Interrupted,
 }
 
 impl fmt::Display for TcpError {
@@ -46,6 +48,7 @@ impl fmt::Display for TcpError {
             TcpError::Auth(m) => write!(f, "authentication with the agent failed: {m}"),
             TcpError::Protocol(m) => write!(f, "protocol error: {m}"),
             TcpError::Remote { code, message } => write!(f, "{message} (code {code})"),
+            TcpError::Interrupted => write!(f, "the wait was interrupted"),
             TcpError::PeerLost { peer, silent } => write!(
                 f,
                 "the agent at {peer} has not answered for {:.1} s: its node died or is cut off",

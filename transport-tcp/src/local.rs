@@ -96,8 +96,35 @@ impl ServiceClient {
         self.call_raw(kind, &head, payload)
     }
 
+    /// [`ServiceClient::call`] that calls `keep_waiting` at least every
+    /// `every` while it waits for the reply; when it returns `false`, the
+    /// request is cancelled on the node that serves it (its reply, which
+    /// still comes, is dropped) and the call fails with
+    /// [`TcpError::Interrupted`].
+    pub fn call_with(
+        &self,
+        node: u32,
+        kind: u8,
+        payload: &[u8],
+        every: std::time::Duration,
+        keep_waiting: &mut dyn FnMut() -> bool,
+    ) -> Result<Bytes, TcpError> {
+        let head = node.to_le_bytes();
+        self.call_inner(kind, &head, payload, Some((node, every, keep_waiting)))
+    }
+
     /// A request without the node prefix (the service's own requests).
     pub fn call_raw(&self, kind: u8, head: &[u8], payload: &[u8]) -> Result<Bytes, TcpError> {
+        self.call_inner(kind, head, payload, None)
+    }
+
+    fn call_inner(
+        &self,
+        kind: u8,
+        head: &[u8],
+        payload: &[u8],
+        mut hook: Option<(u32, std::time::Duration, &mut dyn FnMut() -> bool)>,
+    ) -> Result<Bytes, TcpError> {
         if let Some(e) = self.dead() {
             return Err(e);
         }
@@ -115,7 +142,23 @@ impl ServiceClient {
         }
         let mut a = slot.answer.lock().unwrap_or_else(|e| e.into_inner());
         while a.is_none() {
-            a = slot.ready.wait(a).unwrap_or_else(|e| e.into_inner());
+            match hook.as_mut() {
+                None => a = slot.ready.wait(a).unwrap_or_else(|e| e.into_inner()),
+                Some((node, every, keep_waiting)) => {
+                    a = slot.ready.wait_timeout(a, *every).unwrap_or_else(|e| e.into_inner()).0;
+                    if a.is_some() {
+                        break;
+                    }
+                    drop(a);
+                    let go_on = keep_waiting();
+                    if !go_on {
+                        self.inner.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                        let _ = self.write(proto::CANCEL, id, &node.to_le_bytes(), &[]);
+                        return Err(TcpError::Interrupted);
+                    }
+                    a = slot.answer.lock().unwrap_or_else(|e| e.into_inner());
+                }
+            }
         }
         match a.take().expect("checked") {
             Ok((proto::OK, p)) => Ok(p),

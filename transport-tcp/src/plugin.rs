@@ -52,6 +52,7 @@ pub fn failure(e: TcpError) -> Failure {
         TcpError::Auth(_) => Failure::new(DRAGON_EINVAL, e.to_string()),
         TcpError::Protocol(_) => Failure::new(DRAGON_EPROTO, e.to_string()),
         TcpError::Io(_) | TcpError::PeerLost { .. } => Failure::new(DRAGON_EIO, e.to_string()),
+        TcpError::Interrupted => Failure::new(DRAGON_EIO, e.to_string()),
     }
 }
 

@@ -50,6 +50,8 @@ pub const CREATE: u8 = 7;
 pub const DESTROY: u8 = 8;
 /// Wait for readiness.
 pub const POLL: u8 = 9;
+/// Cancel the waiting request whose id the frame carries (no reply).
+pub const CANCEL: u8 = 0x13;
 /// Success reply.
 pub const OK: u8 = 0x80;
 /// Failure reply.

@@ -16,6 +16,11 @@ segment, id and generation; attaching checks them against the header, so a
 forged or stale handle is a clear error. The segment's name lives as long
 as the block that created it unless the block was pickled, then until the
 run ends.
+
+A block's handle that reaches a process of another node (in a multi-node
+run) unpickles as a :class:`RemoteBlock`: its bytes are read and written
+through the block's node's service, a range at a time; it has no memory of
+its own to view.
 """
 from __future__ import annotations
 
@@ -26,9 +31,9 @@ import weakref
 
 from . import _native
 from ._lifetime import object_created
-from .errors import DestroyedError, InvalidHandleError
+from .errors import DestroyedError, InvalidHandleError, NotLocalError
 
-__all__ = ["SharedBlock", "DATA_OFFSET"]
+__all__ = ["SharedBlock", "RemoteBlock", "DATA_OFFSET"]
 
 _MAGIC = b"DRGM"
 _LAYOUT_VERSION = 1
@@ -121,5 +126,49 @@ class SharedBlock:
         return "<SharedBlock %s size=%d>" % (self.name, self.size)
 
 
+class RemoteBlock:
+    """A block of another node: ``read``/``write`` through its node's
+    service. ``create_memoryview`` raises :class:`NotLocalError`: memory of
+    another machine cannot be viewed."""
+
+    __slots__ = ("_remote", "handle")
+
+    def __init__(self, remote, handle):
+        self._remote, self.handle = remote, handle
+
+    @property
+    def name(self):
+        return self._remote.name
+
+    @property
+    def node(self):
+        return self._remote.node
+
+    @property
+    def size(self):
+        return self._remote.size
+
+    def read(self, offset, n):
+        return self._remote.read(offset, n)
+
+    def write(self, offset, data):
+        self._remote.write(offset, bytes(data))
+
+    def create_memoryview(self):
+        raise NotLocalError(
+            "shared memory block %s lives on node %d: its memory cannot be mapped on this node (a RawValue or "
+            "RawArray, which promises plain memory, works only on its own node; a Value or Array made with a "
+            "lock works from any node)" % (self.name, self.node))
+
+    def __reduce__(self):
+        return _attach_block, (self.handle,)
+
+    def __repr__(self):
+        return "<RemoteBlock %s on node %d>" % (self.name, self.node)
+
+
 def _attach_block(handle):
+    remote = _native.remote_memory(handle)
+    if remote is not None:
+        return RemoteBlock(remote, handle)
     return SharedBlock.attach(handle)

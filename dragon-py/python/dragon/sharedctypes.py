@@ -10,6 +10,14 @@ wrappers pickle by handle with any pickler.
 Each object lives in a :class:`dragon._block.SharedBlock` (a segment of its
 own, attached by a handle that is checked against the block's header; see
 that module for the layout).
+
+On another node (in a multi-node run) a ``Value`` or ``Array`` unpickles as
+a wrapper of the same interface whose every access, under the object's own
+lock, reads or writes the bytes it touches through the block's node (whole
+and ordered with every other user's accesses, which take the same lock).
+``get_obj()`` has no memory to return there and raises
+:class:`~dragon.errors.NotLocalError`, as do ``RawValue`` and ``RawArray``
+(plain memory, no lock): off their node they would silently diverge.
 """
 from __future__ import annotations
 
@@ -19,7 +27,7 @@ import weakref
 from multiprocessing import sharedctypes as _std
 from multiprocessing.reduction import ForkingPickler
 
-from ._block import SharedBlock
+from ._block import RemoteBlock, SharedBlock
 
 __all__ = ["RawValue", "RawArray", "Value", "Array", "copy", "synchronized", "SharedBlock"]
 
@@ -122,6 +130,8 @@ def _reduce_synchronized(self):
 
 
 def _rebuild_synchronized(spec, lock):
+    if isinstance(spec[1], RemoteBlock):
+        return _remote_synchronized(spec, lock)
     return synchronized(_rebuild_ctype(*spec), lock)
 
 
@@ -163,3 +173,162 @@ def synchronized(obj, lock=None, ctx=None):
         d = {name: _std.make_property(name) for name, *_ in cls._fields_}
         scls = _class_cache[cls] = type("Synchronized" + cls.__name__, (SynchronizedBase,), d)
     return scls(obj, lock, ctx)
+
+
+# --------------------------------------------------------------------------
+# Value and Array of another node
+# --------------------------------------------------------------------------
+
+class _RemoteSynchronizedBase:
+    """The synchronized wrapper's interface over a block of another node:
+    each access takes the lock, then reads (and for a store writes back)
+    the bytes it touches."""
+
+    def __init__(self, spec, lock):
+        type_, block, length = spec
+        self._spec, self._lock, self._block = spec, lock, block
+        self._ctype = type_ * length if length is not None else type_
+        self.acquire = lock.acquire
+        self.release = lock.release
+
+    def __enter__(self):
+        return self._lock.__enter__()
+
+    def __exit__(self, *args):
+        return self._lock.__exit__(*args)
+
+    def __reduce__(self):
+        return _rebuild_synchronized, (self._spec, self._lock)
+
+    def get_lock(self):
+        return self._lock
+
+    def get_obj(self):
+        self._block.create_memoryview()  # raises NotLocalError, saying why
+
+    def _load(self):
+        return self._ctype.from_buffer_copy(self._block.read(0, ctypes.sizeof(self._ctype)))
+
+    def _store(self, obj):
+        self._block.write(0, memoryview(obj).cast("B"))
+
+    def _update(self, change):
+        with self._lock:
+            obj = self._load()
+            change(obj)
+            self._store(obj)
+
+    def __repr__(self):
+        return "<%s wrapper for %s on node %d>" % (type(self).__name__, self._ctype.__name__, self._block.node)
+
+
+class RemoteSynchronized(_RemoteSynchronizedBase):
+    """A ``Value`` of another node."""
+
+    @property
+    def value(self):
+        with self._lock:
+            return self._load().value
+
+    @value.setter
+    def value(self, v):
+        obj = self._ctype()
+        obj.value = v
+        with self._lock:
+            self._store(obj)
+
+
+class RemoteSynchronizedArray(_RemoteSynchronizedBase):
+    """An ``Array`` of another node: an index reads or writes one item, a
+    slice the items it covers."""
+
+    def __len__(self):
+        return self._spec[2]
+
+    def _item_range(self, i):
+        n = self._spec[2]
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("invalid index")
+        size = ctypes.sizeof(self._spec[0])
+        return i * size, size
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            with self._lock:
+                return self._load()[i]
+        offset, size = self._item_range(i.__index__())
+        with self._lock:
+            return (self._spec[0] * 1).from_buffer_copy(self._block.read(offset, size))[0]
+
+    def __setitem__(self, i, value):
+        if isinstance(i, slice):
+            def change(obj):
+                obj[i] = value
+            return self._update(change)
+        offset, size = self._item_range(i.__index__())
+        one = (self._spec[0] * 1)()
+        one[0] = value
+        with self._lock:
+            self._block.write(offset, memoryview(one).cast("B"))
+
+    def __iter__(self):
+        with self._lock:
+            return iter(self._load()[:])
+
+
+class RemoteSynchronizedString(RemoteSynchronizedArray):
+    """A ``c_char`` ``Array`` of another node."""
+
+    @property
+    def value(self):
+        with self._lock:
+            return self._load().value
+
+    @value.setter
+    def value(self, v):
+        def change(obj):
+            obj.value = v
+        self._update(change)
+
+    @property
+    def raw(self):
+        with self._lock:
+            return self._load().raw
+
+    @raw.setter
+    def raw(self, v):
+        def change(obj):
+            obj.raw = v
+        self._update(change)
+
+
+def _remote_field(name):
+    def get(self):
+        with self._lock:
+            return getattr(self._load(), name)
+
+    def set(self, value):
+        self._update(lambda obj: setattr(obj, name, value))
+
+    return property(get, set)
+
+
+_remote_class_cache = weakref.WeakKeyDictionary()
+
+
+def _remote_synchronized(spec, lock):
+    type_, _block, length = spec
+    if length is not None:
+        cls = RemoteSynchronizedString if type_ is ctypes.c_char else RemoteSynchronizedArray
+    elif issubclass(type_, ctypes._SimpleCData):
+        cls = RemoteSynchronized
+    else:
+        try:
+            cls = _remote_class_cache[type_]
+        except KeyError:
+            fields = {name: _remote_field(name) for name, *_ in type_._fields_}
+            cls = _remote_class_cache[type_] = type(
+                "RemoteSynchronized" + type_.__name__, (_RemoteSynchronizedBase,), fields)
+    return cls(spec, lock)

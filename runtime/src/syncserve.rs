@@ -1,0 +1,613 @@
+//! Synchronisation objects of this node used from other nodes.
+//!
+//! A `Lock`, `RLock`, `Semaphore`, `Event`, `Condition` or `Barrier` lives
+//! in its node's shared memory; processes of that node use it directly, at
+//! its own speed. A process of another node sends its operations here (a
+//! SYNC request, carried by its node's service), and this node's service
+//! performs them on the object on its behalf.
+//!
+//! Locks have owners, so each remote *owner* (its node, pid and thread)
+//! that holds or waits for a lock here gets a thread of its own, the
+//! owner's *proxy*: the proxy acquires and releases the lock, and waits on
+//! conditions with it, so that to the lock it is one thread of this
+//! process, exactly as the remote thread is one thread of its own: an
+//! `RLock` counts that owner's recursion, another owner waits, a
+//! `Condition` releases and re-acquires the lock in the proxy. When the
+//! owner's process ends (its node's service says so) or its node is lost,
+//! its proxies release everything they hold, as a dead local process's
+//! locks are taken over.
+//!
+//! Semaphores, events and barriers have no owners: their waits run on
+//! threads of their own (`transport_tcp::waiters`), cancellable.
+//!
+//! A `Value`'s or `Array`'s memory block is read and written here for
+//! processes of other nodes (`MEM_READ`, `MEM_WRITE`), a byte range at a
+//! time; the wrapper's lock, taken through a proxy like any lock, orders
+//! those accesses with everyone else's.
+//!
+//! Request (after the node prefix, for a process's own service):
+//!
+//! ```text
+//!   op u8, pid u32, tid u64, timeout_ns u64, arg i64,
+//!   handle length u16, handle, [second handle length u16, second handle]
+//! ```
+//!
+//! The second handle is the lock of a condition wait. Replies carry an
+//! `i64` (acquired, notified, an arrival index, a count) or, for
+//! `BARRIER_STATE` and `COND_STATE`, several.
+
+use bytes::{BufMut, BytesMut};
+use shm_primitives::handle::{Handle, Kind};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use sync_objects::{BarrierError, CondError, ReleaseError, WaitError};
+use transport_abi::abi::{DRAGON_EBADMSG, DRAGON_EINVAL, DRAGON_EIO, DRAGON_EPROTO};
+use transport_shm::memblock::MemoryBlock;
+use transport_shm::{ShmBarrier, ShmCondition, ShmEvent, ShmLock, ShmRLock, ShmSemaphore};
+use transport_tcp::proto::timeout_of;
+use transport_tcp::serve::{Post, Reply};
+
+/// Acquire a lock (`arg` unused): `1` if acquired, `0` if timed out.
+pub const LOCK_ACQUIRE: u8 = 1;
+/// Release a lock held by this owner.
+pub const LOCK_RELEASE: u8 = 2;
+/// The owner's recursion depth of a lock (0: not its).
+pub const LOCK_COUNT: u8 = 3;
+/// Whether anyone holds a lock (`1`/`0`).
+pub const LOCK_LOCKED: u8 = 4;
+/// Take a unit of a semaphore: `1`/`0`.
+pub const SEM_ACQUIRE: u8 = 5;
+/// Give a unit back (an error if a bounded semaphore is full).
+pub const SEM_RELEASE: u8 = 6;
+/// A semaphore's value.
+pub const SEM_VALUE: u8 = 7;
+/// Set an event.
+pub const EVENT_SET: u8 = 8;
+/// Clear an event.
+pub const EVENT_CLEAR: u8 = 9;
+/// Whether an event is set.
+pub const EVENT_IS_SET: u8 = 10;
+/// Wait for an event: `1` set, `0` timed out.
+pub const EVENT_WAIT: u8 = 11;
+/// Wait on a condition (second handle: the lock this owner holds): `1`
+/// notified, `0` timed out; the lock is held again either way.
+pub const COND_WAIT: u8 = 12;
+/// Notify `arg` waiters: how many were.
+pub const COND_NOTIFY: u8 = 13;
+/// A condition's waiters, then those notified and not yet returned.
+pub const COND_STATE: u8 = 14;
+/// Wait at a barrier: this party's arrival index.
+pub const BARRIER_WAIT: u8 = 15;
+/// Break a barrier.
+pub const BARRIER_ABORT: u8 = 16;
+/// Reset a barrier.
+pub const BARRIER_RESET: u8 = 17;
+/// A barrier's parties, waiters, and whether it is broken.
+pub const BARRIER_STATE: u8 = 18;
+/// The owner's process ended: release what it holds here.
+pub const OWNER_GONE: u8 = 19;
+/// Read a memory block: `arg` the offset, the second field the length
+/// (`u64`); the reply is the bytes.
+pub const MEM_READ: u8 = 20;
+/// Write a memory block: `arg` the offset, the second field the bytes.
+pub const MEM_WRITE: u8 = 21;
+/// A memory block's data size.
+pub const MEM_SIZE: u8 = 22;
+/// Most bytes one `MEM_WRITE` carries (the second field's length is a `u16`).
+pub const MEM_WRITE_MAX: usize = u16::MAX as usize;
+
+/// Who a request is from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// Its node.
+    pub node: u32,
+    /// Its pid there.
+    pub pid: u32,
+    /// Its thread.
+    pub tid: u64,
+}
+
+/// A decoded request.
+#[derive(Debug)]
+pub struct SyncRequest<'a> {
+    /// The operation.
+    pub op: u8,
+    /// The requester's pid and thread (its node comes from the link).
+    pub pid: u32,
+    /// See `pid`.
+    pub tid: u64,
+    /// How long it may wait.
+    pub timeout: Option<Duration>,
+    /// Its argument.
+    pub arg: i64,
+    /// The object.
+    pub handle: &'a [u8],
+    /// A condition wait's lock.
+    pub second: Option<&'a [u8]>,
+}
+
+impl<'a> SyncRequest<'a> {
+    /// Decode a request.
+    pub fn parse(p: &'a [u8]) -> Option<SyncRequest<'a>> {
+        let op = *p.first()?;
+        let pid = u32::from_le_bytes(p.get(1..5)?.try_into().ok()?);
+        let tid = u64::from_le_bytes(p.get(5..13)?.try_into().ok()?);
+        let tns = u64::from_le_bytes(p.get(13..21)?.try_into().ok()?);
+        let arg = i64::from_le_bytes(p.get(21..29)?.try_into().ok()?);
+        let n = usize::from(u16::from_le_bytes(p.get(29..31)?.try_into().ok()?));
+        let handle = p.get(31..31 + n)?;
+        let rest = &p[31 + n..];
+        let second = if rest.is_empty() {
+            None
+        } else {
+            let m = usize::from(u16::from_le_bytes(rest.get(..2)?.try_into().ok()?));
+            let h = rest.get(2..2 + m)?;
+            if rest.len() != 2 + m {
+                return None;
+            }
+            Some(h)
+        };
+        Some(SyncRequest { op, pid, tid, timeout: timeout_of(tns), arg, handle, second })
+    }
+
+    /// Encode a request (the requester's side).
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode(
+        op: u8,
+        pid: u32,
+        tid: u64,
+        timeout_ns: u64,
+        arg: i64,
+        handle: &[u8],
+        second: Option<&[u8]>,
+    ) -> Vec<u8> {
+        let mut p = BytesMut::with_capacity(40 + handle.len());
+        p.put_u8(op);
+        p.put_u32_le(pid);
+        p.put_u64_le(tid);
+        p.put_u64_le(timeout_ns);
+        p.put_i64_le(arg);
+        p.put_u16_le(handle.len() as u16);
+        p.put_slice(handle);
+        if let Some(h) = second {
+            p.put_u16_le(h.len() as u16);
+            p.put_slice(h);
+        }
+        p.to_vec()
+    }
+}
+
+/// The owner pid field of an encoded request (a service sets it to the
+/// pid it knows its process by).
+pub const PID_AT: std::ops::Range<usize> = 1..5;
+
+#[derive(Clone)]
+enum Obj {
+    Lock(Arc<ShmLock>),
+    RLock(Arc<ShmRLock>),
+    Sem(Arc<ShmSemaphore>),
+    Event(Arc<ShmEvent>),
+    Cond(Arc<ShmCondition>),
+    Barrier(Arc<ShmBarrier>),
+    Mem(Arc<MemoryBlock>),
+}
+
+fn ok(id: u64, v: i64) -> Reply {
+    Reply::ok(id, v.to_le_bytes().to_vec())
+}
+
+fn wait_failure(id: u64, e: WaitError) -> Reply {
+    match e {
+        WaitError::TimedOut => ok(id, 0),
+        WaitError::Interrupted => Reply::error(id, DRAGON_EIO, "the wait was cancelled (its process or node is gone)"),
+        e => Reply::error(id, DRAGON_EINVAL, &e.to_string()),
+    }
+}
+
+fn release_failure(id: u64, e: ReleaseError) -> Reply {
+    Reply::error(id, DRAGON_EINVAL, &e.to_string())
+}
+
+/// What a lock proxy is asked to do.
+enum Cmd {
+    Acquire { id: u64, timeout: Option<Duration>, cancel: Arc<AtomicBool>, post: Post },
+    Release { id: u64, post: Post },
+    Count { id: u64, post: Post },
+    CondWait { id: u64, cond: Arc<ShmCondition>, timeout: Option<Duration>, cancel: Arc<AtomicBool>, post: Post },
+    Gone,
+}
+
+/// `Proxy::inflight` once the proxy has ended.
+const CLOSED: usize = usize::MAX;
+
+/// A lock proxy as the server sees it.
+struct Proxy {
+    tx: crossbeam_channel::Sender<Cmd>,
+    /// Commands sent and not yet handled, or [`CLOSED`]: the proxy ends
+    /// only when it holds nothing and nothing is on its way to it, which
+    /// it decides by swapping 0 for `CLOSED`; the server counts a command
+    /// in before sending it, unless the count is `CLOSED`.
+    inflight: Arc<AtomicUsize>,
+}
+
+/// A lock proxy: one thread, the owner's stand-in.
+fn proxy(lock: Obj, cmds: crossbeam_channel::Receiver<Cmd>, inflight: Arc<AtomicUsize>) {
+    let mut depth: u32 = 0;
+    let release = |lock: &Obj| -> Result<(), ReleaseError> {
+        match lock {
+            Obj::Lock(l) => l.release(),
+            Obj::RLock(l) => l.release(),
+            _ => Ok(()),
+        }
+    };
+    for cmd in cmds {
+        match cmd {
+            Cmd::Acquire { id, timeout, cancel, post } => {
+                let mut hook = || !cancel.load(Ordering::Acquire);
+                let r = match &lock {
+                    Obj::Lock(l) => l.acquire_with(timeout, &mut hook).map(|_| ()),
+                    Obj::RLock(l) => l.acquire_with(timeout, &mut hook).map(|_| ()),
+                    _ => Ok(()),
+                };
+                match r {
+                    Ok(()) => {
+                        depth += 1;
+                        post(ok(id, 1));
+                    }
+                    Err(e) => post(wait_failure(id, e)),
+                }
+            }
+            Cmd::Release { id, post } if depth == 0 => {
+                post(Reply::error(id, DRAGON_EINVAL, "release of a lock this thread does not hold"))
+            }
+            Cmd::Release { id, post } => match release(&lock) {
+                Ok(()) => {
+                    depth -= 1;
+                    post(ok(id, 0));
+                }
+                Err(e) => post(release_failure(id, e)),
+            },
+            Cmd::Count { id, post } => post(ok(id, i64::from(depth))),
+            Cmd::CondWait { id, post, .. } if depth == 0 => {
+                post(Reply::error(id, DRAGON_EINVAL, "must acquire() condition before using wait()"))
+            }
+            Cmd::CondWait { id, cond, timeout, cancel, post } => {
+                let mut hook = || !cancel.load(Ordering::Acquire);
+                let r = match &lock {
+                    Obj::Lock(l) => cond.wait_with(&***l, timeout, &mut hook),
+                    Obj::RLock(l) => cond.wait_with(&***l, timeout, &mut hook),
+                    _ => unreachable!("proxies hold locks"),
+                };
+                post(match r {
+                    Ok(w) => ok(id, i64::from(w.notified)),
+                    Err(CondError::Interrupted { .. }) => {
+                        Reply::error(id, DRAGON_EIO, "the wait was cancelled (its process or node is gone)")
+                    }
+                    Err(e) => Reply::error(id, DRAGON_EINVAL, &e.to_string()),
+                });
+            }
+            Cmd::Gone => {
+                inflight.fetch_sub(1, Ordering::AcqRel);
+                break;
+            }
+        }
+        // The command is handled (its reply posted).
+        inflight.fetch_sub(1, Ordering::AcqRel);
+        // Nothing held and nothing on its way: the proxy ends (the next
+        // request makes another).
+        if depth == 0 && inflight.compare_exchange(0, CLOSED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            return;
+        }
+    }
+    inflight.store(CLOSED, Ordering::Release);
+    // The owner is gone: what it held is released, as a dead holder's.
+    while depth > 0 && release(&lock).is_ok() {
+        depth -= 1;
+    }
+}
+
+/// Answer a command no proxy will handle.
+fn fail(cmd: Cmd) {
+    let msg = "cannot start a thread for the lock";
+    match cmd {
+        Cmd::Acquire { id, post, .. } | Cmd::Release { id, post } | Cmd::Count { id, post } => {
+            post(Reply::error(id, DRAGON_EIO, msg))
+        }
+        Cmd::CondWait { id, post, .. } => post(Reply::error(id, DRAGON_EIO, msg)),
+        Cmd::Gone => {}
+    }
+}
+
+/// Cancel flags of waits under way, by (node, request id).
+type CancelFlags = HashMap<(u32, u64), Arc<AtomicBool>>;
+
+/// This node's objects as other nodes use them.
+#[derive(Default)]
+pub struct SyncServer {
+    objects: HashMap<Vec<u8>, Obj>,
+    proxies: HashMap<(Vec<u8>, Owner), Proxy>,
+    /// Cancel flags of waits under way, by (node, request id).
+    waits: Arc<std::sync::Mutex<CancelFlags>>,
+}
+
+impl std::fmt::Debug for SyncServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncServer")
+            .field("objects", &self.objects.len())
+            .field("proxies", &self.proxies.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn attach(handle: &[u8]) -> Result<Obj, String> {
+    let h = Handle::from_bytes(handle).map_err(|e| format!("bad handle: {e}"))?;
+    let e = |e: transport_shm::SyncShmError| e.to_string();
+    Ok(match h.kind {
+        Kind::Lock => Obj::Lock(Arc::new(ShmLock::attach(&h).map_err(e)?)),
+        Kind::RLock => Obj::RLock(Arc::new(ShmRLock::attach(&h).map_err(e)?)),
+        Kind::Semaphore => Obj::Sem(Arc::new(ShmSemaphore::attach(&h).map_err(e)?)),
+        Kind::Event => Obj::Event(Arc::new(ShmEvent::attach(&h).map_err(e)?)),
+        Kind::Condition => Obj::Cond(Arc::new(ShmCondition::attach(&h).map_err(e)?)),
+        Kind::Barrier => Obj::Barrier(Arc::new(ShmBarrier::attach(&h).map_err(e)?)),
+        Kind::Memory => Obj::Mem(Arc::new(MemoryBlock::attach(&h).map_err(|e| e.to_string())?)),
+        k => return Err(format!("a {k:?} is not a synchronisation object nor a memory block")),
+    })
+}
+
+impl SyncServer {
+    fn object(&mut self, handle: &[u8]) -> Result<Obj, String> {
+        if let Some(o) = self.objects.get(handle) {
+            return Ok(o.clone());
+        }
+        let o = attach(handle)?;
+        self.objects.insert(handle.to_vec(), o.clone());
+        Ok(o)
+    }
+
+    /// Whether `owner` has a live proxy for the lock `handle` (it may hold it).
+    fn holds(&self, handle: &[u8], owner: Owner) -> bool {
+        self.proxies.get(&(handle.to_vec(), owner)).is_some_and(|p| p.inflight.load(Ordering::Acquire) != CLOSED)
+    }
+
+    fn cancel_flag(&self, node: u32, id: u64) -> Arc<AtomicBool> {
+        let f = Arc::new(AtomicBool::new(false));
+        self.waits.lock().unwrap_or_else(|e| e.into_inner()).insert((node, id), f.clone());
+        f
+    }
+
+    /// A post that also forgets the request's cancel flag.
+    fn posting(&self, node: u32, id: u64, post: &Post) -> Post {
+        let (waits, post) = (self.waits.clone(), post.clone());
+        Arc::new(move |r: Reply| {
+            waits.lock().unwrap_or_else(|e| e.into_inner()).remove(&(node, id));
+            post(r)
+        })
+    }
+
+    /// Send `cmd` to `owner`'s proxy for the lock `handle`, making the
+    /// proxy if it has none (or its last one ended).
+    fn send_to_proxy(&mut self, handle: &[u8], lock: Obj, owner: Owner, cmd: Cmd) {
+        let key = (handle.to_vec(), owner);
+        if let Some(p) = self.proxies.get(&key) {
+            let counted =
+                p.inflight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n != CLOSED).then_some(n + 1));
+            if counted.is_ok() {
+                if let Err(e) = p.tx.send(cmd) {
+                    fail(e.into_inner());
+                }
+                return;
+            }
+        }
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let inflight = Arc::new(AtomicUsize::new(1));
+        let i2 = inflight.clone();
+        match std::thread::Builder::new().name("dragon-lock-proxy".into()).spawn(move || proxy(lock, rx, i2)) {
+            Ok(_) => {
+                let _ = tx.send(cmd);
+                self.proxies.insert(key, Proxy { tx, inflight });
+            }
+            Err(e) => {
+                let _ = e;
+                fail(cmd);
+            }
+        }
+    }
+
+    /// Perform a SYNC request from node `node`: the reply if ready now,
+    /// `None` if a thread will post it.
+    pub fn handle(&mut self, node: u32, id: u64, payload: &[u8], post: &Post) -> Option<Reply> {
+        let Some(r) = SyncRequest::parse(payload) else {
+            return Some(Reply::error(id, DRAGON_EPROTO, "malformed synchronisation request"));
+        };
+        let owner = Owner { node, pid: r.pid, tid: r.tid };
+        if r.op == OWNER_GONE {
+            self.owner_gone(|o| o.node == node && o.pid == r.pid);
+            return Some(ok(id, 0));
+        }
+        let obj = match self.object(r.handle) {
+            Ok(o) => o,
+            Err(e) => return Some(Reply::error(id, DRAGON_EBADMSG, &e)),
+        };
+        let wrong = || Reply::error(id, DRAGON_EINVAL, &format!("operation {} does not apply to this object", r.op));
+        match (r.op, &obj) {
+            (LOCK_ACQUIRE, Obj::Lock(_) | Obj::RLock(_)) => {
+                let (cancel, post) = (self.cancel_flag(node, id), self.posting(node, id, post));
+                self.send_to_proxy(r.handle, obj.clone(), owner, Cmd::Acquire { id, timeout: r.timeout, cancel, post });
+                None
+            }
+            (LOCK_RELEASE, Obj::Lock(_) | Obj::RLock(_)) => {
+                if !self.holds(r.handle, owner) {
+                    return Some(Reply::error(id, DRAGON_EINVAL, "release of a lock this thread does not hold"));
+                }
+                self.send_to_proxy(r.handle, obj.clone(), owner, Cmd::Release { id, post: post.clone() });
+                None
+            }
+            (LOCK_COUNT, Obj::Lock(_) | Obj::RLock(_)) => {
+                if !self.holds(r.handle, owner) {
+                    return Some(ok(id, 0));
+                }
+                self.send_to_proxy(r.handle, obj.clone(), owner, Cmd::Count { id, post: post.clone() });
+                None
+            }
+            (LOCK_LOCKED, Obj::Lock(l)) => Some(ok(id, i64::from(l.is_locked()))),
+            (LOCK_LOCKED, Obj::RLock(l)) => Some(ok(id, i64::from(l.is_locked()))),
+            (COND_WAIT, Obj::Cond(c)) => {
+                let Some(lh) = r.second else { return Some(wrong()) };
+                let lock = match self.object(lh) {
+                    Ok(l @ (Obj::Lock(_) | Obj::RLock(_))) => l,
+                    Ok(_) => return Some(Reply::error(id, DRAGON_EINVAL, "a condition waits with a Lock or RLock")),
+                    Err(e) => return Some(Reply::error(id, DRAGON_EBADMSG, &e)),
+                };
+                if !self.holds(lh, owner) {
+                    return Some(Reply::error(id, DRAGON_EINVAL, "must acquire() condition before using wait()"));
+                }
+                let (cancel, post) = (self.cancel_flag(node, id), self.posting(node, id, post));
+                let cmd = Cmd::CondWait { id, cond: c.clone(), timeout: r.timeout, cancel, post };
+                self.send_to_proxy(lh, lock, owner, cmd);
+                None
+            }
+            (COND_NOTIFY, Obj::Cond(c)) => {
+                let n = u32::try_from(r.arg.max(0)).unwrap_or(u32::MAX);
+                Some(ok(id, i64::from(if n == 0 { 0 } else { c.notify(n) })))
+            }
+            (COND_STATE, Obj::Cond(c)) => {
+                let mut p = BytesMut::new();
+                p.put_i64_le(i64::from(c.waiting()));
+                p.put_i64_le(i64::from(c.notified_pending()));
+                Some(Reply::ok(id, p.freeze()))
+            }
+            (SEM_RELEASE, Obj::Sem(s)) => Some(match s.release() {
+                Ok(()) => ok(id, 0),
+                Err(e) => release_failure(id, e),
+            }),
+            (SEM_VALUE, Obj::Sem(s)) => Some(ok(id, i64::from(s.value()))),
+            (EVENT_SET, Obj::Event(e)) => {
+                e.set();
+                Some(ok(id, 0))
+            }
+            (EVENT_CLEAR, Obj::Event(e)) => {
+                e.clear();
+                Some(ok(id, 0))
+            }
+            (EVENT_IS_SET, Obj::Event(e)) => Some(ok(id, i64::from(e.is_set()))),
+            (BARRIER_ABORT, Obj::Barrier(b)) => {
+                b.abort();
+                Some(ok(id, 0))
+            }
+            (BARRIER_RESET, Obj::Barrier(b)) => {
+                b.reset();
+                Some(ok(id, 0))
+            }
+            (BARRIER_STATE, Obj::Barrier(b)) => {
+                let mut p = BytesMut::new();
+                p.put_i64_le(i64::from(b.parties()));
+                p.put_i64_le(i64::from(b.n_waiting()));
+                p.put_i64_le(i64::from(b.broken()));
+                Some(Reply::ok(id, p.freeze()))
+            }
+            (MEM_READ, Obj::Mem(m)) => {
+                let len = r.second.and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+                let (Some(len), Ok(offset)) = (len, u64::try_from(r.arg)) else {
+                    return Some(Reply::error(id, DRAGON_EPROTO, "malformed memory read"));
+                };
+                Some(match m.read(offset, len) {
+                    Ok(b) => Reply::ok(id, b),
+                    Err(e) => Reply::error(id, DRAGON_EINVAL, &e.to_string()),
+                })
+            }
+            (MEM_WRITE, Obj::Mem(m)) => {
+                let Ok(offset) = u64::try_from(r.arg) else {
+                    return Some(Reply::error(id, DRAGON_EPROTO, "malformed memory write"));
+                };
+                Some(match m.write(offset, r.second.unwrap_or_default()) {
+                    Ok(()) => ok(id, 0),
+                    Err(e) => Reply::error(id, DRAGON_EINVAL, &e.to_string()),
+                })
+            }
+            (MEM_SIZE, Obj::Mem(m)) => Some(ok(id, m.size() as i64)),
+            (SEM_ACQUIRE | EVENT_WAIT | BARRIER_WAIT, _) => {
+                let (cancel, post) = (self.cancel_flag(node, id), self.posting(node, id, post));
+                let (op, timeout) = (r.op, r.timeout);
+                let work = move || {
+                    let mut hook = || !cancel.load(Ordering::Acquire);
+                    let reply = match (op, &obj) {
+                        (SEM_ACQUIRE, Obj::Sem(s)) => match s.acquire_with(timeout, &mut hook) {
+                            Ok(()) => ok(id, 1),
+                            Err(e) => wait_failure(id, e),
+                        },
+                        (EVENT_WAIT, Obj::Event(e)) => match e.wait_with(timeout, &mut hook) {
+                            Ok(set) => ok(id, i64::from(set)),
+                            Err(_) => wait_failure(id, WaitError::Interrupted),
+                        },
+                        (BARRIER_WAIT, Obj::Barrier(b)) => match b.wait_with(timeout, None, Some(&mut hook)) {
+                            Ok(i) => ok(id, i64::from(i)),
+                            Err(BarrierError::Interrupted) => wait_failure(id, WaitError::Interrupted),
+                            Err(e) => Reply::error(id, DRAGON_EINVAL, &format!("broken barrier: {e}")),
+                        },
+                        _ => Reply::error(id, DRAGON_EINVAL, &format!("operation {op} does not apply to this object")),
+                    };
+                    post(reply);
+                };
+                match transport_tcp::waiters::spawn(work) {
+                    Ok(()) => None,
+                    Err(e) => Some(Reply::error(id, DRAGON_EIO, &format!("cannot start a waiting thread: {e}"))),
+                }
+            }
+            _ => Some(wrong()),
+        }
+    }
+
+    /// End a wait under way (its requester is gone).
+    pub fn cancel(&self, node: u32, id: u64) {
+        if let Some(f) = self.waits.lock().unwrap_or_else(|e| e.into_inner()).get(&(node, id)) {
+            f.store(true, Ordering::Release);
+        }
+    }
+
+    /// Release what the matching owners hold, and end their waits.
+    fn owner_gone(&mut self, matches: impl Fn(&Owner) -> bool) {
+        let gone: Vec<(Vec<u8>, Owner)> = self.proxies.keys().filter(|(_, o)| matches(o)).cloned().collect();
+        for key in gone {
+            if let Some(p) = self.proxies.remove(&key) {
+                let counted =
+                    p.inflight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n != CLOSED).then_some(n + 1));
+                if counted.is_ok() {
+                    let _ = p.tx.send(Cmd::Gone);
+                }
+            }
+        }
+    }
+
+    /// Node `node` is lost: release what its processes hold, end their waits.
+    pub fn node_gone(&mut self, node: u32) {
+        for ((n, _), f) in self.waits.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            if *n == node {
+                f.store(true, Ordering::Release);
+            }
+        }
+        self.owner_gone(|o| o.node == node);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_short_ones_fail() {
+        let p = SyncRequest::encode(COND_WAIT, 42, 7, 1000, -3, b"handle", Some(b"lock"));
+        let r = SyncRequest::parse(&p).unwrap();
+        assert_eq!((r.op, r.pid, r.tid, r.arg), (COND_WAIT, 42, 7, -3));
+        assert_eq!(r.timeout, Some(Duration::from_nanos(1000)));
+        assert_eq!((r.handle, r.second), (&b"handle"[..], Some(&b"lock"[..])));
+        for cut in 0..p.len() {
+            if cut == 31 + 6 {
+                continue; // no second handle: a valid request
+            }
+            assert!(SyncRequest::parse(&p[..cut]).is_none(), "{cut}");
+        }
+        assert_eq!(&p[PID_AT], &42u32.to_le_bytes());
+    }
+}
