@@ -13,7 +13,12 @@
 //!   registered buffer, a registration cache ([`regcache`]), credit-based
 //!   flow control ([`flow`]), a clear error for every failed work request
 //!   or lost peer, teardown that deregisters everything; its wire formats
-//!   are in [`wire`].
+//!   are in [`wire`];
+//! - [`boot`]: setting a link up over an existing stream (authentication
+//!   with the run's secret, the address exchange), [`server`]: a node's
+//!   channels served over RDMA links, and [`plugin`]: the transport plugin
+//!   over such a link (`libdragon_transport_verbs.so`, crate
+//!   `transport-verbs-plugin`).
 //!
 //! # Why rdma-core is loaded at run time
 //!
@@ -40,10 +45,13 @@
 //! command a site runs to check it on real devices).
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod boot;
 pub mod engine;
 pub mod flow;
 pub mod ibv;
+pub mod plugin;
 pub mod regcache;
+pub mod server;
 pub mod sim;
 pub mod verbs;
 pub mod wire;
