@@ -353,8 +353,8 @@ fn check_config(cfg: &EngineConfig) -> Result<(), EngineError> {
     if !(1..=wire::MAX_SLOTS).contains(&cfg.slots) {
         return bad("slots must be 1 to 4096");
     }
-    if !(2..=wire::MAX_CTRL).contains(&cfg.ctrl) {
-        return bad("ctrl must be 2 to 1024");
+    if !(wire::MIN_CTRL..=wire::MAX_CTRL).contains(&cfg.ctrl) {
+        return bad("ctrl must be 3 to 1024");
     }
     if cfg.slot_size < (HEADER + DESCRIPTOR) as u32 || cfg.slot_size > wire::MAX_SLOT_SIZE {
         return bad("slot_size must be 48 bytes to 16 MiB");

@@ -19,11 +19,13 @@
 //! never finds the peer without a receive.
 //!
 //! A side that owes returns and has nothing to send sends a CTRL message:
-//! when it owes half its peer's data credits, half the control credits,
-//! or any read completion. Control messages need control credits, and the
-//! last one may only be spent on a message that returns control credits:
-//! then, of two sides that both ran out, at least one can always send,
-//! and what it sends gives the other credits back.
+//! when it owes half its peer's data credits, half the control credits
+//! (at least 2: [`ctrl_threshold`]), or any read completion. Control
+//! messages need control credits (at least 3 per side), and the last one
+//! may only be spent on a message that returns control credits: then, of
+//! two sides that both ran out, at least one can always send, and what it
+//! sends gives the other credits back. `tests/prop_flow.rs` checks that
+//! no interleaving overruns a receiver or ends in a deadlock.
 
 use crate::wire::{Header, WireError, CTRL};
 
@@ -50,6 +52,14 @@ pub struct Flow {
     rep_data: u32,
     rep_ctrl: u32,
     rep_reads: u32,
+}
+
+/// Control messages seen that call for a control message of their own:
+/// at least 2, so that one control message never answers another forever
+/// (a chain of them halves each time), and at most `ctrl - 1`, so that a
+/// peer down to its last control credit always gets some back.
+pub fn ctrl_threshold(ctrl: u32) -> u32 {
+    (ctrl / 2).max(2)
 }
 
 fn proto(why: String) -> WireError {
@@ -165,7 +175,7 @@ impl Flow {
     /// its own (if nothing else is sent soon).
     pub fn wants_ctrl(&self) -> bool {
         self.data_freed.wrapping_sub(self.rep_data) >= (self.slots / 2).max(1)
-            || self.ctrl_seen.wrapping_sub(self.rep_ctrl) >= (self.ctrl / 2).max(1)
+            || self.ctrl_seen.wrapping_sub(self.rep_ctrl) >= ctrl_threshold(self.ctrl)
             || self.reads_done != self.rep_reads
     }
 
@@ -273,7 +283,7 @@ mod tests {
 
     #[test]
     fn the_last_control_credit_only_goes_with_returns() {
-        let mut a = Flow::new(4, 2, 4, 2);
+        let mut a = Flow::new(4, 3, 4, 2);
         assert!(a.send_ctrl(0, false).is_some());
         assert_eq!(a.ctrl_credits(), 1);
         assert!(a.send_ctrl(0, false).is_none(), "the last credit, nothing returned");
@@ -284,7 +294,7 @@ mod tests {
 
     #[test]
     fn large_messages_are_counted_until_read() {
-        let mut a = Flow::new(4, 2, 4, 2);
+        let mut a = Flow::new(4, 3, 4, 2);
         let mut b = Flow::new(4, 2, 4, 2);
         let h = a.send_data(LARGE, 0).unwrap();
         assert_eq!(a.large_unread(), 1);

@@ -565,7 +565,8 @@ impl IbvFabric {
             // structure (old or new layout).
             rc("ibv_query_port", unsafe { (self.lib.query_port)(ctx, port, a.as_mut_ptr()) })?;
             let u32_at = |o: usize| u32::from_ne_bytes(a[o..o + 4].try_into().expect("4 bytes"));
-            let link_layer = LinkLayer::from_code(a[offsets::PORT_LINK_LAYER]);
+            // 0 ("unspecified", older drivers) is InfiniBand.
+            let link_layer = LinkLayer::from_code(a[offsets::PORT_LINK_LAYER].max(1));
             let gids = u32_at(offsets::PORT_GID_TBL_LEN).min(256);
             let gid_at = |i: u32| -> Option<Gid> {
                 let mut g = [0u8; 16];

@@ -91,10 +91,10 @@ impl LinkLayer {
         }
     }
 
-    /// The link layer of a verbs code (0, "unspecified", is InfiniBand).
+    /// The link layer of a verbs code.
     pub fn from_code(c: u8) -> LinkLayer {
         match c {
-            0 | 1 => LinkLayer::InfiniBand,
+            1 => LinkLayer::InfiniBand,
             2 => LinkLayer::Ethernet,
             c => LinkLayer::Other(c),
         }

@@ -54,6 +54,8 @@ pub const BYE: u8 = 2;
 pub const MAX_SLOTS: u32 = 4096;
 /// Largest receive ring slot.
 pub const MAX_SLOT_SIZE: u32 = 16 << 20;
+/// Fewest control receives (see `flow::ctrl_threshold`).
+pub const MIN_CTRL: u32 = 3;
 /// Most control receives.
 pub const MAX_CTRL: u32 = 1024;
 
@@ -175,8 +177,8 @@ impl Address {
         if !(HEADER as u32 + DESCRIPTOR as u32..=MAX_SLOT_SIZE).contains(&a.slot_size) {
             return Err(bad(format!("receive slots of {} bytes", a.slot_size)));
         }
-        if !(2..=MAX_CTRL).contains(&a.ctrl) {
-            return Err(bad(format!("{} control receives (2 to {MAX_CTRL})", a.ctrl)));
+        if !(MIN_CTRL..=MAX_CTRL).contains(&a.ctrl) {
+            return Err(bad(format!("{} control receives ({MIN_CTRL} to {MAX_CTRL})", a.ctrl)));
         }
         if a.recv_buf < HEADER as u32 || a.recv_buf > a.slot_size {
             return Err(bad(format!("receive buffers of {} bytes", a.recv_buf)));
@@ -347,7 +349,7 @@ mod tests {
         assert!(Address::decode(&m).unwrap_err().0.contains("version 9"));
         for (what, f) in [
             ("slots", &(|a: &mut Address| a.slots = 0) as &dyn Fn(&mut Address)),
-            ("ctrl", &|a: &mut Address| a.ctrl = 1),
+            ("ctrl", &|a: &mut Address| a.ctrl = 2),
             ("recv_buf", &|a: &mut Address| a.recv_buf = 8),
             ("qpn", &|a: &mut Address| a.qp.qpn = 0),
             ("mtu", &|a: &mut Address| a.qp.mtu = Mtu(9)),

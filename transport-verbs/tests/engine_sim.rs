@@ -90,6 +90,7 @@ fn a_slow_receiver_slows_its_sender() {
     sender.join().unwrap();
     assert!(p.b.stats().peak_held <= 4, "a receiver holds at most its slots");
     // Large messages too: the receiver's memory is bounded by its slots.
+    let waits = a.stats().credit_waits;
     let tx = a.clone();
     let big = pattern(200_000, 1);
     let b2 = big.clone();
@@ -98,7 +99,6 @@ fn a_slow_receiver_slows_its_sender() {
             tx.send(&[&b2], Some(WAIT)).unwrap();
         }
     });
-    let waits = a.stats().credit_waits;
     assert!(test_support::eventually(WAIT, || a.stats().credit_waits > waits));
     assert!(test_support::eventually(WAIT, || p.b.stats().received == 104));
     assert!(p.b.failure().is_none());
@@ -188,7 +188,7 @@ fn keepalives_notice_a_lost_peer_while_only_waiting() {
 fn an_exhausted_credit_window_is_a_clear_error() {
     // The receiver stops re-posting receives: the sender's credits say
     // there is room, the receive queue says otherwise.
-    let p = pair(EngineConfig { slots: 4, ctrl: 2, ..quiet() });
+    let p = pair(EngineConfig { slots: 4, ctrl: 3, ..quiet() });
     p.pb.inject(Fault::DropRecvs);
     let mut failed = None;
     for i in 0..20u32 {
