@@ -176,7 +176,10 @@ pub fn read_frame(r: &mut impl Read, buf: &mut BytesMut, max: usize) -> io::Resu
         if buf.len() >= 4 {
             let len = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
             if len > max {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a frame of {len} bytes during set-up")));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("a frame of {len} bytes during set-up"),
+                ));
             }
         }
         if let Some(f) = frame::decode(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))? {

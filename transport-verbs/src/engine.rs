@@ -152,7 +152,12 @@ impl fmt::Display for EngineError {
             EngineError::PeerClosed => write!(f, "the RDMA peer closed the link"),
             EngineError::CreditExhausted(why) => write!(f, "RDMA credit window exhausted: {why}"),
             EngineError::WorkRequest { op, status, vendor } => {
-                write!(f, "RDMA {op} failed: {} (status {}, vendor error {vendor:#x})", status.describe(), status.code())
+                write!(
+                    f,
+                    "RDMA {op} failed: {} (status {}, vendor error {vendor:#x})",
+                    status.describe(),
+                    status.code()
+                )
             }
             EngineError::Protocol(why) => write!(f, "RDMA protocol error: {why}"),
             EngineError::Resources(e) => write!(f, "RDMA resources: {e}"),

@@ -579,8 +579,10 @@ impl IbvFabric {
             let chosen = match self.gid_index {
                 Some(i) => gid_at(u32::from(i)).map(|g| (i, g)),
                 None => {
-                    let all: Vec<(u8, Gid)> =
-                        (0..gids.min(32)).filter_map(|i| gid_at(i).map(|g| (i as u8, g))).filter(|(_, g)| !g.is_zero()).collect();
+                    let all: Vec<(u8, Gid)> = (0..gids.min(32))
+                        .filter_map(|i| gid_at(i).map(|g| (i as u8, g)))
+                        .filter(|(_, g)| !g.is_zero())
+                        .collect();
                     let v4 = all.iter().find(|(_, g)| g.ipv4().is_some()).copied();
                     if link_layer == LinkLayer::Ethernet && v4.is_some() {
                         v4

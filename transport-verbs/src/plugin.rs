@@ -13,7 +13,11 @@
 //!   simulated network;
 //! - `device=<name>`: which device (default: the first active port);
 //! - `gid_index=<n>`: which GID table entry (default: chosen);
-//! - `lib=<path>`: the verbs library file (default `libibverbs.so.1`).
+//! - `lib=<path>`: the verbs library file (default `libibverbs.so.1`);
+//! - `blocks=1`: messages follow the block-message convention of
+//!   `transport_shm::blocks` (what `dragon-py` sends): a received message
+//!   naming a block of the channel's node arrives as a copy of the block.
+//!   Without it (the default) every message arrives as the bytes sent.
 //!
 //! Without rdma-core, without a device, or without an active port, `open`
 //! fails with `DRAGON_ENOTSUP` and a message starting "no RDMA device":
@@ -45,12 +49,14 @@ pub struct Config {
     pub fabric: FabricSpec,
     /// A device to use.
     pub device: Option<String>,
+    /// Receives ask for block messages to be materialized.
+    pub blocks: bool,
 }
 
 /// Parse a config string (see the module docs).
 pub fn parse_config(config: &str) -> Result<Config, Failure> {
     let (mut peer, mut secret, mut fabric, mut device) = (None, None, FabricSpec::parse("ibv").expect("valid"), None);
-    let (mut lib, mut gid_index) = (None, None);
+    let (mut lib, mut gid_index, mut blocks) = (None, None, false);
     for item in config.split([',', ' ', '\t', '\n']).filter(|s| !s.is_empty()) {
         let bad = |why: String| Failure::new(DRAGON_EINVAL, format!("verbs transport config {item:?}: {why}"));
         let (k, v) = item.split_once('=').ok_or_else(|| bad("expected key=value".into()))?;
@@ -59,13 +65,25 @@ pub fn parse_config(config: &str) -> Result<Config, Failure> {
             "secret" => secret = Some(Secret::from_hex(v).ok_or_else(|| bad("expected 64 hex digits".into()))?),
             "secret_file" => {
                 let text = std::fs::read_to_string(v).map_err(|e| bad(format!("cannot read it: {e}")))?;
-                secret = Some(Secret::from_hex(&text).ok_or_else(|| bad("the file does not hold 64 hex digits".into()))?);
+                secret =
+                    Some(Secret::from_hex(&text).ok_or_else(|| bad("the file does not hold 64 hex digits".into()))?);
             }
             "fabric" => fabric = FabricSpec::parse(v).map_err(bad)?,
             "device" => device = Some(v.to_owned()),
             "gid_index" => gid_index = Some(v.parse::<u8>().map_err(|_| bad("expected 0 to 255".into()))?),
             "lib" => lib = Some(v.to_owned()),
-            _ => return Err(bad("unknown key (known: peer, secret, secret_file, fabric, device, gid_index, lib)".into())),
+            "blocks" => {
+                blocks = match v {
+                    "0" => false,
+                    "1" => true,
+                    _ => return Err(bad("expected 0 or 1".into())),
+                }
+            }
+            _ => {
+                return Err(bad(
+                    "unknown key (known: peer, secret, secret_file, fabric, device, gid_index, lib, blocks)".into(),
+                ))
+            }
         }
     }
     if let FabricSpec::Ibverbs { lib: l, gid_index: g } = &mut fabric {
@@ -76,7 +94,7 @@ pub fn parse_config(config: &str) -> Result<Config, Failure> {
     let secret = secret.ok_or_else(|| {
         Failure::new(DRAGON_EINVAL, "verbs transport config needs secret=<hex> or secret_file=<path>")
     })?;
-    Ok(Config { peer, secret, fabric, device })
+    Ok(Config { peer, secret, fabric, device, blocks })
 }
 
 /// The plugin failure for a link error.
@@ -233,6 +251,7 @@ fn dispatch(engine: &Engine, slots: &Weak<Mutex<HashMap<u64, Arc<Slot>>>>, dead:
 /// The verbs transport instance: one RDMA link to its server.
 pub struct VerbsTransport {
     link: Arc<Link>,
+    blocks: bool,
 }
 
 impl std::fmt::Debug for VerbsTransport {
@@ -246,6 +265,8 @@ pub struct VerbsChannel {
     link: Arc<Link>,
     att: u64,
     handle: Vec<u8>,
+    /// Receives ask for block messages to be materialized.
+    blocks: bool,
 }
 
 impl std::fmt::Debug for VerbsChannel {
@@ -262,7 +283,7 @@ impl TransportImpl for VerbsTransport {
 
     fn open(config: &str) -> Result<Self, Failure> {
         let cfg = parse_config(config)?;
-        Ok(VerbsTransport { link: Arc::new(Link::open(&cfg)?) })
+        Ok(VerbsTransport { link: Arc::new(Link::open(&cfg)?), blocks: cfg.blocks })
     }
 
     fn create_channel(&self, a: &DragonChannelAttrs) -> Result<VerbsChannel, Failure> {
@@ -271,7 +292,7 @@ impl TransportImpl for VerbsTransport {
         p.extend_from_slice(&a.max_block_bytes.to_le_bytes());
         let r = self.link.call(proto::CREATE, &[&p])?;
         let (att, handle) = proto::take_u64(&r).ok_or_else(|| Failure::new(DRAGON_EPROTO, "short CREATE reply"))?;
-        Ok(VerbsChannel { link: self.link.clone(), att, handle: handle.to_vec() })
+        Ok(VerbsChannel { link: self.link.clone(), att, handle: handle.to_vec(), blocks: self.blocks })
     }
 
     fn attach_channel(&self, bytes: &[u8]) -> Result<VerbsChannel, Failure> {
@@ -279,7 +300,7 @@ impl TransportImpl for VerbsTransport {
             .map_err(|e| Failure::new(DRAGON_EBADMSG, format!("bad channel handle: {e}")))?;
         let r = self.link.call(proto::ATTACH, &[bytes])?;
         let (att, _) = proto::take_u64(&r).ok_or_else(|| Failure::new(DRAGON_EPROTO, "short ATTACH reply"))?;
-        Ok(VerbsChannel { link: self.link.clone(), att, handle: bytes.to_vec() })
+        Ok(VerbsChannel { link: self.link.clone(), att, handle: bytes.to_vec(), blocks: self.blocks })
     }
 }
 
@@ -303,7 +324,8 @@ impl ChannelImpl for VerbsChannel {
     }
 
     fn recv(&self, timeout: Timeout) -> Result<Bytes, Failure> {
-        self.link.call(proto::RECV, &[&proto::op_payload(self.att, proto::timeout_ns(timeout), &[])])
+        let flags: &[u8] = if self.blocks { &[proto::RECV_BLOCKS] } else { &[] };
+        self.link.call(proto::RECV, &[&proto::op_payload(self.att, proto::timeout_ns(timeout), flags)])
     }
 
     fn poll(&self, events: u32, timeout: Timeout) -> Result<u32, Failure> {
@@ -338,6 +360,9 @@ mod tests {
         assert_eq!(c.peer, "unix:x");
         assert_eq!(c.fabric, FabricSpec::Sim("net".into()));
         assert_eq!(c.device.as_deref(), Some("sim0"));
+        assert!(!c.blocks);
+        assert!(parse_config(&format!("peer=unix:x secret={hex} blocks=1")).unwrap().blocks);
+        assert!(parse_config(&format!("peer=unix:x secret={hex} blocks=yes")).unwrap_err().message.contains("0 or 1"));
         let c = parse_config(&format!("peer=h:1,secret={hex},lib=/x/libibverbs.so.1,gid_index=3")).unwrap();
         assert_eq!(c.fabric, FabricSpec::Ibverbs { lib: Some("/x/libibverbs.so.1".into()), gid_index: Some(3) });
         let e = |s: &str| parse_config(s).unwrap_err().message;

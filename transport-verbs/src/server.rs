@@ -18,10 +18,10 @@
 use crate::boot::{self, FabricSpec, Sock};
 use crate::engine::{Engine, EngineConfig, EngineError};
 use bytes::Bytes;
+use shm_primitives::sync::local::{AtomicBool, Ordering};
 use std::io;
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
-use shm_primitives::sync::local::{AtomicBool, Ordering};
 use std::sync::Arc;
 use transport_abi::abi::DRAGON_EPROTO;
 use transport_abi::export::TransportImpl;
@@ -129,7 +129,9 @@ impl Server {
                     break;
                 }
                 let (cfg, shm) = (cfg.clone(), shm.clone());
-                let _ = std::thread::Builder::new().name("dragon-verbs-client".into()).spawn(move || client(sock, &cfg, shm));
+                let _ = std::thread::Builder::new()
+                    .name("dragon-verbs-client".into())
+                    .spawn(move || client(sock, &cfg, shm));
             }
         })?;
         Ok(Server { address, stop, thread: Some(thread) })

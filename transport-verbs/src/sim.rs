@@ -511,7 +511,12 @@ impl SimPort {
     pub fn stats(&self) -> SimStats {
         // Relaxed: statistics counters.
         let r = |c: &LocalUsize| c.load(LocalOrdering::Relaxed);
-        SimStats { mrs: r(&self.stats.mrs), buffers: r(&self.stats.buffers), cqs: r(&self.stats.cqs), qps: r(&self.stats.qps) }
+        SimStats {
+            mrs: r(&self.stats.mrs),
+            buffers: r(&self.stats.buffers),
+            cqs: r(&self.stats.cqs),
+            qps: r(&self.stats.qps),
+        }
     }
 }
 
@@ -946,11 +951,7 @@ impl QpShared {
                 // registered with local write (checked), which stays
                 // allocated while registered. They are distinct mappings.
                 unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        seg.base().as_ptr().add(off as usize),
-                        wr.sge.addr as *mut u8,
-                        len,
-                    )
+                    std::ptr::copy_nonoverlapping(seg.base().as_ptr().add(off as usize), wr.sge.addr as *mut u8, len)
                 };
                 Done(len as u32)
             }
@@ -1020,7 +1021,8 @@ fn connect_error(reason: impl Into<String>) -> VerbsError {
 
 /// Map and check the peer queue pair `addr` names.
 fn open_remote(addr: &QpAddress, me: u32) -> Result<Remote, VerbsError> {
-    let name = std::str::from_utf8(&addr.fabric).map_err(|_| connect_error("the peer's address is not a simulated one"))?;
+    let name =
+        std::str::from_utf8(&addr.fabric).map_err(|_| connect_error("the peer's address is not a simulated one"))?;
     let seg = Segment::open(name).map_err(|e| connect_error(format!("the peer's queue pair: {e}")))?;
     if seg.len() < QP_SEG
         // Relaxed: written before the name was published.
@@ -1034,10 +1036,8 @@ fn open_remote(addr: &QpAddress, me: u32) -> Result<Remote, VerbsError> {
     if qpn != addr.qpn {
         return Err(connect_error(format!("queue pair number {} named, {qpn} found", addr.qpn)));
     }
-    let owner = ProcessId {
-        pid: u32_at(&seg, 16).load(Ordering::Relaxed),
-        start: u64_at(&seg, 24).load(Ordering::Relaxed),
-    };
+    let owner =
+        ProcessId { pid: u32_at(&seg, 16).load(Ordering::Relaxed), start: u64_at(&seg, 24).load(Ordering::Relaxed) };
     let text = |f: Option<Vec<u8>>| f.ok_or_else(|| connect_error("a damaged simulated queue pair"));
     let pd_name = String::from_utf8(text(get_field(&seg, QP_PD_NAME))?).map_err(|_| connect_error("damaged"))?;
     let pd = Segment::open(&pd_name).map_err(|e| connect_error(format!("the peer's protection domain: {e}")))?;
@@ -1085,9 +1085,7 @@ impl QueuePair for SimQp {
         let mut inner = lock(&q.inner);
         // Relaxed: transitions are made under `inner`; peers only read it.
         let cur = q.state_word().load(Ordering::Relaxed);
-        let bad = |want: &str| {
-            VerbsError::Invalid(format!("queue pair {} is {:?}; {want}", q.qpn, state_of(cur)))
-        };
+        let bad = |want: &str| VerbsError::Invalid(format!("queue pair {} is {:?}; {want}", q.qpn, state_of(cur)));
         match to {
             QpTransition::Init if cur == ST_RESET => q.state_word().store(ST_INIT, Ordering::Relaxed),
             QpTransition::Init => return Err(bad("INIT needs RESET")),
@@ -1157,13 +1155,7 @@ impl QueuePair for SimQp {
         match q.state_word().load(Ordering::Relaxed) {
             ST_RTS => {}
             ST_ERROR | ST_DESTROYED => return done(err_completion(wr.wr_id, opcode, WcStatus::Flushed)),
-            s => {
-                return Err(VerbsError::Invalid(format!(
-                    "queue pair {} is {:?}: sends need RTS",
-                    q.qpn,
-                    state_of(s)
-                )))
-            }
+            s => return Err(VerbsError::Invalid(format!("queue pair {} is {:?}: sends need RTS", q.qpn, state_of(s)))),
         }
         let injected = {
             let mut f = lock(&q.faults);

@@ -532,7 +532,11 @@ impl Buffer {
     ///
     /// `ptr` is valid for reads and writes of `len` bytes for as long as
     /// `owner` lives, and nothing else frees it.
-    pub unsafe fn from_raw(ptr: std::ptr::NonNull<u8>, len: usize, owner: Box<dyn std::any::Any + Send + Sync>) -> Buffer {
+    pub unsafe fn from_raw(
+        ptr: std::ptr::NonNull<u8>,
+        len: usize,
+        owner: Box<dyn std::any::Any + Send + Sync>,
+    ) -> Buffer {
         Buffer { ptr, len, _owner: owner }
     }
 
@@ -654,8 +658,7 @@ pub trait Port: Send + Sync + fmt::Debug {
     /// # Safety
     ///
     /// The memory stays allocated until the region is dropped.
-    unsafe fn register(&self, addr: *mut u8, len: usize, access: Access)
-        -> Result<Box<dyn MemoryRegion>, VerbsError>;
+    unsafe fn register(&self, addr: *mut u8, len: usize, access: Access) -> Result<Box<dyn MemoryRegion>, VerbsError>;
     /// A completion queue of at least `depth` entries.
     fn create_cq(&self, depth: u32) -> Result<Arc<dyn CompletionQueue>, VerbsError>;
     /// An RC queue pair whose sends and receives complete on `cq`.

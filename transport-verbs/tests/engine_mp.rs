@@ -71,9 +71,8 @@ fn linked(role: &str, net: &str) -> (Child, engine::Engine) {
     test_support::watchdog::start_with(transport_shm::segment::cleanup_own_run);
     // The child's segments belong to this process's run (it inherits it).
     transport_shm::segment::RunId::current();
-    let mut c = Child::start(
-        child::command(ENTRY, role).env(NET_ENV, net).stdin(Stdio::piped()).stdout(Stdio::piped()),
-    );
+    let mut c =
+        Child::start(child::command(ENTRY, role).env(NET_ENV, net).stdin(Stdio::piped()).stdout(Stdio::piped()));
     let port = SimFabric::new(net).unwrap().open_sim().unwrap() as Arc<dyn Port>;
     let (mut stdin, stdout) = (c.stdin().unwrap(), c.stdout().unwrap());
     let e = engine::connect(port, cfg(), |offer| {

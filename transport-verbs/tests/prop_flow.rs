@@ -118,7 +118,13 @@ fn check_in_flight(net: &VecDeque<Header>, to: &Side) -> Result<(), TestCaseErro
     Ok(())
 }
 
-fn step(a: &mut Side, b: &mut Side, ab: &mut VecDeque<Header>, ba: &mut VecDeque<Header>, op: u8) -> Result<bool, TestCaseError> {
+fn step(
+    a: &mut Side,
+    b: &mut Side,
+    ab: &mut VecDeque<Header>,
+    ba: &mut VecDeque<Header>,
+    op: u8,
+) -> Result<bool, TestCaseError> {
     let did = match op % 10 {
         0 => app_send(a, ab),
         1 => app_send(b, ba),

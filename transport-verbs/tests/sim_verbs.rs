@@ -25,8 +25,9 @@ fn end(port: Arc<SimPort>) -> End {
     let qp = p.create_qp(&cq, CAPS).unwrap();
     let buf = p.alloc(8192).unwrap();
     // SAFETY: `buf` outlives `mr` (dropped first: field order of End).
-    let mr = unsafe { p.register(buf.ptr(), buf.len(), Access::LOCAL_WRITE | Access::REMOTE_WRITE | Access::REMOTE_READ) }
-        .unwrap();
+    let mr =
+        unsafe { p.register(buf.ptr(), buf.len(), Access::LOCAL_WRITE | Access::REMOTE_WRITE | Access::REMOTE_READ) }
+            .unwrap();
     End { port, cq, qp, buf, mr }
 }
 
@@ -86,7 +87,17 @@ fn sends_writes_and_reads_move_the_bytes() {
     send(&a, 10, SendOp::Send, sge(&a, 0, 5), false);
     let data = b"inline!";
     send(&a, 11, SendOp::Send, Sge { addr: data.as_ptr() as u64, len: 7, lkey: 0 }, true);
-    assert_eq!(one(&a.cq), Completion { wr_id: 10, status: WcStatus::Success, opcode: WcOpcode::Send, byte_len: 5, imm: None, vendor_err: 0 });
+    assert_eq!(
+        one(&a.cq),
+        Completion {
+            wr_id: 10,
+            status: WcStatus::Success,
+            opcode: WcOpcode::Send,
+            byte_len: 5,
+            imm: None,
+            vendor_err: 0
+        }
+    );
     assert_eq!(one(&a.cq).wr_id, 11);
     let r = one(&b.cq);
     assert_eq!((r.wr_id, r.opcode, r.byte_len), (1, WcOpcode::Recv, 5));
@@ -97,7 +108,13 @@ fn sends_writes_and_reads_move_the_bytes() {
     // peer's receive consumed for the completion.
     post_recv(&b, 3, 0, 0);
     a.buf.write(200, b"written");
-    send(&a, 12, SendOp::WriteImm { remote_addr: b.buf.addr() + 4000, rkey: b.mr.rkey(), imm: 77 }, sge(&a, 200, 7), false);
+    send(
+        &a,
+        12,
+        SendOp::WriteImm { remote_addr: b.buf.addr() + 4000, rkey: b.mr.rkey(), imm: 77 },
+        sge(&a, 200, 7),
+        false,
+    );
     assert_eq!(one(&a.cq).opcode, WcOpcode::RdmaWrite);
     let r = one(&b.cq);
     assert_eq!((r.wr_id, r.opcode, r.imm, r.byte_len), (3, WcOpcode::RecvWithImm, Some(77), 7));
@@ -124,7 +141,17 @@ fn a_bad_remote_key_fails_the_request_and_flushes_the_queue_pair() {
     send(&a, 6, SendOp::Send, sge(&a, 0, 8), false);
     assert_eq!(one(&a.cq).status, WcStatus::Flushed);
     post_recv(&a, 7, 0, 64);
-    assert_eq!(one(&a.cq), Completion { wr_id: 7, status: WcStatus::Flushed, opcode: WcOpcode::Recv, byte_len: 0, imm: None, vendor_err: 0x5105 });
+    assert_eq!(
+        one(&a.cq),
+        Completion {
+            wr_id: 7,
+            status: WcStatus::Flushed,
+            opcode: WcOpcode::Recv,
+            byte_len: 0,
+            imm: None,
+            vendor_err: 0x5105
+        }
+    );
     // Out of bounds and without the right are refused the same way.
     let (a, b) = pair();
     send(&a, 1, SendOp::Read { remote_addr: b.buf.addr() + 8190, rkey: b.mr.rkey() }, sge(&a, 0, 8), false);
@@ -143,7 +170,10 @@ fn a_deregistered_key_is_refused() {
     let (a, b) = pair();
     let extra = b.port.alloc(4096).unwrap();
     // SAFETY: `extra` outlives the region.
-    let mr = unsafe { (b.port.clone() as Arc<dyn Port>).register(extra.ptr(), 4096, Access::REMOTE_READ | Access::LOCAL_WRITE) }.unwrap();
+    let mr = unsafe {
+        (b.port.clone() as Arc<dyn Port>).register(extra.ptr(), 4096, Access::REMOTE_READ | Access::LOCAL_WRITE)
+    }
+    .unwrap();
     let (addr, key) = (extra.addr(), mr.rkey());
     send(&a, 1, SendOp::Read { remote_addr: addr, rkey: key }, sge(&a, 0, 8), false);
     assert_eq!(one(&a.cq).status, WcStatus::Success);
