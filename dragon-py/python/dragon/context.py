@@ -185,7 +185,8 @@ def _hook_module():
         import os
         import sys
 
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "_dragon_hook.py")
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "hook", "purelib",
+                            "_dragon_hook.py")
         spec = importlib.util.spec_from_file_location("_dragon_hook", path)
         if spec is None or not os.path.exists(path):
             raise ImportError("dragon is installed without its _dragon_hook module; reinstall the package")
