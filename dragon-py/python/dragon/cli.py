@@ -15,6 +15,10 @@ Options (before the script):
                          "ssh -T -x -o BatchMode=yes -o ConnectTimeout=10 {host}")
     --label              prefix the output of processes on other nodes with their host
     -s, --single-node    run on this machine only (the default without a host list)
+    -l, --log-level LEVEL
+                         log the runtime's events (process starts, lost workers,
+                         nodes joining and lost) at LEVEL (DEBUG, INFO, WARNING,
+                         ERROR) on standard error, through the "dragon" logger
 
 The program runs in this interpreter (on the first host), exactly as
 ``python script.py`` would run it, except that ``multiprocessing``'s default
@@ -22,7 +26,8 @@ start method is ``dragon`` (the program may still call ``set_start_method``).
 
 Environment: DRAGON_PEER_TIMEOUT (seconds of silence after which a node is
 lost, default 5), DRAGON_JOIN_TIMEOUT (seconds every node has to join,
-default 60), DRAGON_DEBUG=1 (say more).
+default 60), DRAGON_LOG_LEVEL (what -l sets), DRAGON_DEBUG=1 (say more:
+DRAGON_LOG_LEVEL=DEBUG unless that is set).
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ import os
 import sys
 
 USAGE = """usage: dragon [--version] [-h] [--hostlist LIST | --hostfile FILE] [--remote-exec TMPL]
-              [--label] [-s] (script.py | -m module) [args...]
+              [--label] [-s] [-l LEVEL] (script.py | -m module) [args...]
        dragon ddict-repair <persist_path> <name>
 
 Run a Python program with multiprocessing's start method set to "dragon",
@@ -71,6 +76,20 @@ def main(argv: list[str] | None = None) -> int:
             single = True
             continue
         name, eq, value = opt.partition("=")
+        if name in ("-l", "--log-level"):
+            if not eq:
+                if not argv:
+                    return _usage_error("%s needs a level" % name)
+                value = argv.pop(0)
+            from . import _log
+
+            try:
+                _log.parse_level(value)
+            except ValueError as e:
+                return _usage_error(str(e))
+            os.environ[_log.LEVEL_ENV] = value  # for every process of the run
+            _log.configure(value)
+            continue
         if name in ("--hostlist", "--hostfile", "--remote-exec"):
             if not eq:
                 if not argv:

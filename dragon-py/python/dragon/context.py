@@ -28,8 +28,9 @@ class DragonProcess(_mp_process.BaseProcess):
 
     @staticmethod
     def _Popen(process_obj):
-        from . import _placement, _remote
+        from . import _placement, _remote, _wire
 
+        _wire.install_executor_fallback()  # lambdas for ProcessPoolExecutor (no-op without one)
         node = _placement.node_for(process_obj)
         if node != _remote.this_node():
             return _remote.RemotePopen(process_obj, node)

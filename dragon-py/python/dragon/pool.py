@@ -83,7 +83,7 @@ from multiprocessing.pool import (  # noqa: F401  (re-exported, as the standard 
     starmapstar,
 )
 
-from . import _native, _wire
+from . import _log, _native, _wire
 from .errors import BrokenPoolError, DragonError, InitializerError, MessageTooLargeError, WorkerLostError
 from ._block import SharedBlock
 
@@ -233,7 +233,7 @@ class _Tasks:
         key = (job, id(func))
         if key != self._fkey:
             self._fkey = None
-            self._fbytes = bytes(_wire.dumps(func))
+            self._fbytes = bytes(_wire.dumps_function(func))
             self._fkey = key
         fb = self._fbytes
         head = _TASK.pack(b"T", self._sent, job, i, kind, len(fb)) + fb
@@ -477,6 +477,8 @@ class Pool(_mp_pool.Pool):
                 util.debug("cleaning up worker %d" % i)
                 w.join()
                 slot = getattr(w, "_dragon_slot", None)
+                if w.exitcode != 0 and not inqueue._done:
+                    _log.logger.warning("pool worker process %s %s", w.pid, _ended_how(w.exitcode))
                 if slot is not None:
                     seq = led[_REC + 2 * slot]
                     if seq != _IDLE:
@@ -506,6 +508,9 @@ class Pool(_mp_pool.Pool):
                 reason = ("the pool's worker processes die before they start (%d in a row, the last %s; "
                           "their stderr says why): the task was not run"
                           % (inqueue._start_failures, _ended_how(inqueue._last_failure)))
+                main_error = _main_import_error(ctx)
+                if main_error:
+                    reason += ". Each of them failed importing the main module: %s" % main_error
                 util.info("dragon pool: %s" % reason)
                 outqueue._broken_reason = reason
                 inqueue._broken = threading.Thread(target=_fail_tasks, args=(inqueue, outqueue),
@@ -520,6 +525,17 @@ class Pool(_mp_pool.Pool):
         return super().apply_async(func, args, kwds, _guarded(callback), _guarded(error_callback))
 
     def _map_async(self, func, iterable, mapper, chunksize=None, callback=None, error_callback=None):
+        self._check_running()
+        if chunksize is None:
+            # As the standard pool computes it, from the number of workers
+            # the pool keeps rather than of those alive right now (none,
+            # for a moment, when workers die as they start: the standard
+            # computation then divides by zero).
+            if not hasattr(iterable, "__len__"):
+                iterable = list(iterable)
+            chunksize, extra = divmod(len(iterable), self._processes * 4)
+            if extra:
+                chunksize += 1
         return super()._map_async(func, iterable, mapper, chunksize, _guarded(callback), _guarded(error_callback))
 
     # -- end -----------------------------------------------------------------------
@@ -574,6 +590,19 @@ def _take(ch, lock, ledger, rch, rec, check=None, timeout=None):
         return data
     finally:
         lock.release()
+
+
+def _main_import_error(ctx):
+    """What importing the main module raised in the run's template, if it
+    failed there (its workers then fail the same way): a text, or ''."""
+    if getattr(ctx, "_name", None) != "dragon":
+        return ""
+    from . import runtime
+
+    try:
+        return runtime.main_import_error()
+    except Exception:
+        return ""
 
 
 def _fail_tasks(tasks, results):
