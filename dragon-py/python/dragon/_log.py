@@ -8,9 +8,9 @@ By default the logger has only a ``NullHandler``: a program that configures
 :mod:`logging` itself (``logging.basicConfig``, handlers on ``dragon`` or on
 the root logger) receives the records at the levels it chose, and one that
 does not sees nothing. ``DRAGON_LOG_LEVEL`` (a level name such as ``INFO``
-or ``debug``, or a number; ``dragon -l LEVEL`` sets it) gives the logger
-that level and a handler writing to standard error, in every process of
-the run (children inherit the variable). ``DRAGON_DEBUG=1`` means
+or ``debug``, a number, or ``NONE`` for nothing at all; ``dragon -l LEVEL``
+sets it) gives the logger that level and a handler writing to standard
+error, in every process of the run (children inherit the variable). ``DRAGON_DEBUG=1`` means
 ``DRAGON_LOG_LEVEL=DEBUG`` unless that is set.
 """
 from __future__ import annotations
@@ -25,18 +25,23 @@ LEVEL_ENV = "DRAGON_LOG_LEVEL"
 logger = logging.getLogger("dragon")
 logger.addHandler(logging.NullHandler())
 
+#: The level of ``NONE`` (HPE Dragon's "no log"): above every record's.
+NONE = logging.CRITICAL + 10
+
 _FORMAT = "dragon[%(process)d] %(levelname)s %(message)s"
 
 
 def parse_level(text: str) -> int:
     """The level a ``DRAGON_LOG_LEVEL`` value names; ``ValueError`` if none."""
     t = text.strip()
+    if t.upper() in ("NONE", "OFF"):
+        return NONE
     if t.lstrip("-").isdigit():
         return int(t)
     level = logging.getLevelName(t.upper())
     if isinstance(level, int):
         return level
-    raise ValueError("unknown log level %r (one of DEBUG, INFO, WARNING, ERROR, CRITICAL, or a number)" % text)
+    raise ValueError("unknown log level %r (one of DEBUG, INFO, WARNING, ERROR, CRITICAL, NONE, or a number)" % text)
 
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
