@@ -5,6 +5,7 @@ on this machine or across several.
     dragon [options] -m module [args...]    run a module as __main__ (like python -m)
     python -m dragon [options] ...          the same
     dragon --version
+    dragon top [RUN_ID] [-n SECONDS] [--once]   a live view of a run on this node
     dragon ddict-repair <persist_path> <name>   repair a durable DDict's files
 
 Options (before the script):
@@ -21,6 +22,10 @@ Options (before the script):
                          same; --no-label is the default)
     -s, --single-node    run on this machine only (the default without a host list;
                          HPE Dragon's --single-node-override too)
+    --metrics [HOST:]PORT
+                         serve the run's figures (those of dragon top) at
+                         http://HOST:PORT/metrics in Prometheus' text format, from
+                         the program's process (HOST: 127.0.0.1 unless given)
     -l, --log-level LEVEL
                          log the runtime's events (process starts, lost workers,
                          nodes joining and lost) at LEVEL (DEBUG, INFO, WARNING,
@@ -64,7 +69,8 @@ import os
 import sys
 
 USAGE = """usage: dragon [--version] [-h] [--hostlist LIST | --hostfile FILE] [-N N] [--remote-exec TMPL]
-              [--label] [-s] [-l LEVEL] (script.py | -m module) [args...]
+              [--label] [-s] [-l LEVEL] [--metrics [HOST:]PORT] (script.py | -m module) [args...]
+       dragon top [RUN_ID] [-n SECONDS] [--once]
        dragon ddict-repair <persist_path> <name>
 
 Run a Python program with multiprocessing's start method set to "dragon",
@@ -110,6 +116,10 @@ def _usage_error(msg: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["top"]:
+        from . import _top
+
+        return _top.main(argv[1:])
     if argv[:1] == ["ddict-repair"]:
         from .data.ddict import _repair_main
 
@@ -117,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         sys.stdout.write(USAGE)
         return 2
-    hostlist = hostfile = remote_exec = None
+    hostlist = hostfile = remote_exec = metrics = None
     nodes: int | None = None
     label = single = False
     while argv and argv[0].startswith("-") and argv[0] != "-m":
@@ -157,6 +167,15 @@ def main(argv: list[str] | None = None) -> int:
                 return _usage_error(str(e))
             os.environ[_log.LEVEL_ENV] = value  # for every process of the run
             _log.configure(value)
+            continue
+        if name == "--metrics":
+            if not eq:
+                if not argv:
+                    return _usage_error("--metrics needs [HOST:]PORT")
+                value = argv.pop(0)
+            if not value.rpartition(":")[2].isdigit() or int(value.rpartition(":")[2]) > 65535:
+                return _usage_error("--metrics needs [HOST:]PORT, not %r" % value)
+            metrics = value
             continue
         if name in ("-N", "--nodes"):
             if not eq:
@@ -200,6 +219,17 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     def run_main() -> int:
+        if metrics is not None:
+            from . import _top, runtime
+
+            try:
+                server = _top.serve_metrics(metrics, runtime.run_id())
+            except OSError as e:
+                sys.stderr.write("dragon: --metrics %s: %s\n" % (metrics, e))
+                return 2
+            from . import _log
+
+            _log.logger.info("metrics at http://%s:%d/metrics", *server.server_address[:2])
         return _run_program(module, None if module else script, args)
 
     if (hostlist is not None or hostfile is not None) and not single:

@@ -25,7 +25,7 @@ from multiprocessing import util
 from multiprocessing.context import set_spawning_popen
 
 from . import _template as proto
-from . import _log, _wire
+from . import _log, _registry, _wire
 from . import runtime
 
 __all__ = ["Popen", "TemplateError"]
@@ -247,6 +247,7 @@ class Popen:
                                     "a process: " + runtime.template_status())
             self._pid = int.from_bytes(msg[1:], "little", signed=True)
             _log.logger.info("started process %d (%s)", self._pid, self._name)
+            _registry.note("p", self._pid, self._name)
             self._pidfd = pidfds[0] if pidfds else -1
             if self._pidfd >= 0:
                 self._owned_fds.append(self._pidfd)

@@ -451,6 +451,9 @@ class DDict:
             _stop_raw(desc, self._procs)
             raise
         self._creator = True
+        from .. import _registry
+
+        _registry.note("d", self.serialize(), name)
         from multiprocessing import util
 
         # Runs at exit (not when this handle is collected: other processes
