@@ -68,6 +68,7 @@ PRELOAD = (
     "multiprocessing.queues",
     "multiprocessing.pool",
     "dragon.pool",  # and the queues, locks and shared blocks it uses
+    "dragon._pool_nodes",  # a pool's workers and agents on other nodes
 )
 
 
