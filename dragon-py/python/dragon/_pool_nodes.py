@@ -725,7 +725,7 @@ class NodeTasks:
             self._end_part(p, pool, NodeLostError, msg)
             return
         if p.agent.exitcode is not None:
-            why = "the pool's agent process there %s" % _ended_how(p.agent.exitcode)
+            why = "the pool's agent process %s" % _ended_how(p.agent.exitcode)
         else:
             why = "sending to it failed (%s)" % p.error
         msg = ("this task was sent to %s, where %s before the task's result came back; it is not run again"
@@ -915,7 +915,11 @@ def _agent(lifeline, results, index, slots, base, capacity):
         # The owner's node or its result channel went away: so does the pool.
         util.debug("pool agent: %r -- exiting" % (e,))
     finally:
-        for f in (lock._destroy, lambda: _native.segment_unlink(block.name)):
+        # Its channels go with it (the owner's attachment to the inbox is
+        # held by its node's service, which would keep it until the run
+        # ends), and so do the names of the lock and the ledger.
+        for f in (ring.destroy, inbox.destroy, local.destroy, lock._destroy,
+                  lambda: _native.segment_unlink(block.name)):
             try:
                 f()
             except Exception:

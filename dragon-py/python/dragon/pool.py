@@ -386,7 +386,11 @@ class Pool(_mp_pool.Pool):
         # Where the workers go: None on one node without a policy (every
         # worker here, as always); else one (node, cpus) per worker.
         self._plan = None
-        if policy is not None or processes_per_policy is not None or _remote.multinode():
+        dragon_ctx = getattr(self._ctx, "_name", None) == "dragon"
+        if (policy is not None or processes_per_policy is not None) and not dragon_ctx:
+            raise ValueError("policy and processes_per_policy place dragon processes: the pool's context must be "
+                             "the dragon one, not %r" % (self._ctx,))
+        if dragon_ctx and (policy is not None or processes_per_policy is not None or _remote.multinode()):
             from . import _pool_nodes
 
             self._plan = _pool_nodes.plan(processes, policy, processes_per_policy)
