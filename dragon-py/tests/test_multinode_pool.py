@@ -221,13 +221,18 @@ if __name__ == "__main__":
     _assert_clean(cluster)
 
 
-def test_a_node_cut_mid_map_fails_its_tasks_and_the_pool_goes_on(cluster):
-    script = _pool_script(cluster, "pool_cut.py", """
+@pytest.mark.parametrize("how", ["cut", "killed"])
+def test_a_node_lost_mid_map_fails_its_tasks_and_the_pool_goes_on(cluster, how):
+    """node2's link cut, or node3 killed whole (its init, so every process
+    there: service, agent, workers), while each node holds tasks."""
+    victim = 1 if how == "cut" else 2
+    name, kept = "node%d" % (victim + 1), [n for n in range(3) if n != victim]
+    script = _pool_script(cluster, "pool_lost.py", """
 from dragon.errors import NodeLostError, WorkerLostError
 
 def held(i, q):
     q.put((i, H))
-    wait_for("cut-go", 300)
+    wait_for("lost-go", 300)
     return (i * i, H)
 
 def square(x):
@@ -240,9 +245,9 @@ if __name__ == "__main__":
         seen = set()
         while len(seen) < 3:
             seen.add(q.get(timeout=120)[1])
-        mark("cut-ready")                        # the test cuts node2 now
-        wait_for("cut-done", 300)
-        mark("cut-go")
+        mark("lost-ready")                       # the test cuts or kills the node now
+        wait_for("lost-done", 300)
+        mark("lost-go")
         ok, lost, hosts = 0, [], set()
         for k, r in enumerate(rs):
             try:
@@ -254,39 +259,47 @@ if __name__ == "__main__":
                 assert isinstance(e, WorkerLostError) and isinstance(e, ConnectionError)
                 lost.append(str(e))
         print("ok", ok, "lost", len(lost), sorted(hosts))
-        print("named", all("sent to node 1 (node2), which was lost" in e for e in lost))
+        print("named", all("sent to node %d (%s), which was lost" % (int(sys.argv[1]), sys.argv[2]) in e
+                           for e in lost), lost[:1])
         r = p.map(square, range(300), 1)
         print("after", [v for v, _ in r] == [x * x for x in range(300)], sorted(set(h for _, h in r)),
               sorted(w._dragon_node for w in p._pool))
 """)
-    for name in ("cut-ready", "cut-done", "cut-go"):
-        path = os.path.join(cluster.shared, name)
+    for marker in ("lost-ready", "lost-done", "lost-go"):
+        path = os.path.join(cluster.shared, marker)
         if os.path.exists(path):
             os.unlink(path)
-    argv = [DRAGON, "--hostlist", cluster.hostlist, script]
+    argv = [DRAGON, "--hostlist", cluster.hostlist, script, str(victim), name]
     proc = cluster.popen(0, argv, cwd=cluster.shared, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=_env(DRAGON_PEER_TIMEOUT="3"))
     try:
         deadline = time.monotonic() + 300
-        while not os.path.exists(os.path.join(cluster.shared, "cut-ready")):
+        while not os.path.exists(os.path.join(cluster.shared, "lost-ready")):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the script never had tasks on every node"
             time.sleep(0.05)
-        cluster.cut(1)
-        open(os.path.join(cluster.shared, "cut-done"), "w").close()
+        if how == "cut":
+            cluster.cut(victim)
+        else:
+            cluster.kill_node(victim)
+        open(os.path.join(cluster.shared, "lost-done"), "w").close()
         out, err = proc.communicate(timeout=RUN_TIMEOUT * 2)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-        cluster.restore(1)
+        if how == "cut":
+            cluster.restore(victim)
+        else:
+            cluster.restart_node(victim)
     assert proc.returncode == 0, (out, err)
     ok, lost = (int(x) for x in _lines(out, "ok")[0].split()[:3:2])
+    hosts = str(["node%d" % (n + 1) for n in kept])
     assert ok + lost == 60 and lost >= 1, out
-    assert "['node1', 'node3']" in _lines(out, "ok")[0], out
+    assert _lines(out, "ok")[0].endswith(hosts), out
     assert "named True" in out, out
-    assert "after True ['node1', 'node3'] [0, 0, 2, 2]" in out, (out, err)
-    assert "node 1 (node2) is lost" in err, err
+    assert "after True %s %s" % (hosts, sorted(kept * 2)) in out, (out, err)
+    assert "node %d (%s) is lost" % (victim, name) in err, err
     _assert_clean(cluster)
 
 
