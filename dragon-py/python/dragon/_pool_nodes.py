@@ -29,7 +29,11 @@ across the whole pool.
 
 Balancing
 ---------
-The owner gives each part at most a *window* of tasks that it has not
+A part gets tasks only once one of its workers has started (each worker
+says so, once, through the result channel): tasks never wait on a node
+whose workers cannot start (their arguments cannot be used there, say),
+and a part that never starts ends without having held any. The owner gives
+each part at most a *window* of tasks that it has not
 answered yet (credits), and sends each task to the part with the largest
 share of its window free. A node that finishes tasks sooner gets its
 credits back sooner and so gets more of them; a slow node never holds more
@@ -128,8 +132,10 @@ _REAP = struct.Struct("<cqqq")
 _FREED = struct.Struct("<cqqqq")
 # Owner -> its own result channel: every task of a part is lost (part).
 _GONE = struct.Struct("<cq")
+# Worker -> owner, once: a worker of a part has started (part).
+_READY = struct.Struct("<cq")
 
-_R, _B, _L, _F, _G, _N = (ord(c) for c in "RBLFGN")
+_R, _B, _L, _F, _G, _N, _S = (ord(c) for c in "RBLFGNS")
 _T, _Q = ord("T"), ord("Q")
 _MISSING = object()
 
@@ -341,6 +347,7 @@ class _Part:
         self.since = time.monotonic()
         self.rate = None  # answers per second
         self.dead = None  # (exception class, message) once the part takes no more tasks
+        self.ready = False  # one of its workers has started: it takes tasks
         self.error = None  # why sending to its node failed
         self.start_failures = 0
         self.last_failure = None
@@ -517,6 +524,8 @@ class NodeTasks:
                     if p.dead is not None:
                         continue
                     live = True
+                    if not p.ready:
+                        continue
                     free = (p.window - p.outstanding) / p.window
                     if free > best_free:
                         best, best_free = p, free
@@ -555,6 +564,18 @@ class NodeTasks:
                 p.window = max(p.floor, min(p.ceiling, p.floor + int(p.rate * WINDOW_SECONDS)))
                 p.answered = 0
                 p.since = now
+            if self._waiting:
+                self._waiting = False
+                self._cond.notify()
+
+    def _ready(self, data):
+        """A worker of a part has started (result thread): the part takes
+        tasks."""
+        p = self.parts[_READY.unpack_from(data)[1]]
+        if p.ready:
+            return
+        with self._cond:
+            p.ready = True
             if self._waiting:
                 self._waiting = False
                 self._cond.notify()
@@ -627,6 +648,8 @@ class NodeTasks:
                         kwargs = {"owner": p.agent.pid}
                     if p.slot_cpus[slot]:
                         kwargs["cpus"] = p.slot_cpus[slot]
+                    if not p.ready:
+                        kwargs["started"] = _READY.pack(b"S", p.index)
                     w = Process(ctx, target=_worker, args=args, kwargs=kwargs)
                     w.name = w.name.replace("Process", "PoolWorker")
                     w.daemon = True
@@ -859,6 +882,8 @@ class NodeResults(_Results):
                 self._tasks._freed(data)
             elif kind == _G:
                 self._gone(data)
+            elif kind == _S:
+                self._tasks._ready(data)
 
     def _lost(self, data):
         _, seq, count, pid, code = _LOST.unpack_from(data)

@@ -702,12 +702,14 @@ def _watch(pid):
 
 
 def _worker(tasks, results, initializer=None, initargs=(), maxtasks=None, wrap_exception=False, slot=0,
-            owner=None, cpus=None):
+            owner=None, cpus=None, started=None):
     """Body of a pool worker: take a task, run it, send its result.
 
     ``owner``: the pid of the process whose end ends this worker (on this
     node); by default the parent (a worker on another node than its pool's
-    owner watches its node's agent instead). ``cpus``: the CPUs to run on."""
+    owner watches its node's agent instead). ``cpus``: the CPUs to run on.
+    ``started``: a message to send to the result channel once started (a
+    pool across nodes gives a node tasks once its workers start)."""
     if (maxtasks is not None) and not (isinstance(maxtasks, int) and maxtasks >= 1):
         raise AssertionError("Maxtasks {!r} is not valid".format(maxtasks))
     # May start processes (nested pools); the pool still terminates it.
@@ -740,6 +742,8 @@ def _worker(tasks, results, initializer=None, initargs=(), maxtasks=None, wrap_e
     rec = _REC + 2 * slot
     # Started (an initializer that kills the process counts as a failed start).
     ledger[_STARTED + 2 * slot] = 1
+    if started is not None:
+        _wire.send_blocking(rch, started, -2)
     loads = pickle.loads
     dumps = _wire.dumps
     unpack = _TASK.unpack_from
