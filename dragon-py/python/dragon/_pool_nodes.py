@@ -78,7 +78,7 @@ import time
 
 from multiprocessing import util
 
-from . import _native, _remote, _wire
+from . import _log, _native, _remote, _wire
 from ._block import SharedBlock
 from .errors import BrokenPoolError, DragonError, MessageTooLargeError, NodeLostError, WorkerLostError
 from .pool import (
@@ -99,6 +99,7 @@ from .pool import (
     TASK_CAPACITY,
     MaybeEncodingError,
     _ended_how,
+    _main_import_error,
     _Results,
     _Tasks,
     _worker,
@@ -682,6 +683,9 @@ class NodeTasks:
                 reason = ("the pool's worker processes on %s die before they start (%d in a row, the last %s; "
                           "their stderr says why): the task was not run"
                           % (p.label, p.start_failures, _ended_how(p.last_failure)))
+                main_error = _main_import_error(ctx)
+                if main_error:
+                    reason += ". Each of them failed importing the main module: %s" % main_error
                 util.info("dragon pool: %s" % reason)
                 self._end_part(p, pool, BrokenPoolError, reason)
         self.repopulate(ctx, Process, pool, initializer, initargs, maxtasks, wrap_exception)
@@ -697,6 +701,8 @@ class NodeTasks:
                 p, slot = w._dragon_part, w._dragon_slot
                 if p.dead is not None:
                     continue
+                if w.exitcode != 0 and not self._done:
+                    _log.logger.warning("pool worker process %s on %s %s", w.pid, p.label, _ended_how(w.exitcode))
                 if p.local:
                     led = p.tasks._ledger
                     seq = led[_REC + 2 * slot]
