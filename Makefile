@@ -10,29 +10,46 @@ VPY := $(VENV)/bin/python
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: bench-multinode setup demo test test-rust test-loom test-py test-pythons test-testbed oracle lint bench bench-py clean-shm soak fuzz
+.PHONY: bench-multinode plugin wheel test-wheel setup demo test test-rust test-loom test-py test-pythons test-testbed oracle lint bench bench-py clean-shm soak fuzz
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -r dragon-py/requirements-dev.txt
 
-# Build the extension in release mode and install the package into the venv.
 # The off-node transport plugin ships inside the package (dragon/).
 PLUGIN_SO := dragon-py/python/dragon/libdragon_transport_tcp.so
+# The features of builds by make: pyproject.toml's minus bundled-plugin (with
+# which build.rs builds the plugin itself, for builds by pip).
+MATURIN_FEATURES := -F pyo3/extension-module
 
-setup: $(VPY)
+plugin:
 	$(CARGO) build --release -q -p transport-tcp-plugin
-	cp target/release/libdragon_transport_tcp.so $(PLUGIN_SO)
-	cd dragon-py && ../$(VENV)/bin/maturin develop --release -q
+	cp target/release/libdragon_transport_tcp.so $(PLUGIN_SO).tmp
+	mv $(PLUGIN_SO).tmp $(PLUGIN_SO)
+
+# Build the extension in release mode and install the package into the venv
+# (editable: the Python sources are used where they are; the start-method
+# hook, dragon_hook.pth and its module, is installed as the wheel's data).
+setup: $(VPY) plugin
+	@# The distribution was called "dragon" before it was "dragon-rs".
+	@$(VPY) -m pip uninstall -q -y dragon >/dev/null 2>&1 || true
+	cd dragon-py && ../$(VENV)/bin/maturin develop --release -q $(MATURIN_FEATURES)
 	@# Byte-compile the (editable) sources: with PYTHONDONTWRITEBYTECODE set,
 	@# every process would otherwise recompile them, template and children too.
 	$(VPY) -m compileall -q dragon-py/python/dragon
-	@# An editable install does not place the wheel's root files: install the
-	@# start-method hook (dragon_hook.pth and the module it imports) by hand.
-	@site=$$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
-	    cp dragon-py/dragon_hook.pth dragon-py/_dragon_hook.py "$$site"/ && \
-	    $(VPY) -m compileall -q "$$site"/_dragon_hook.py
+
+# The distribution (dist/): the abi3 manylinux wheel, its libraries'
+# debug information split off into dist/debug/, and the sdist.
+wheel: $(VPY) plugin
+	rm -rf dist
+	cd dragon-py && ../$(VENV)/bin/maturin build --release -q $(MATURIN_FEATURES) --out ../dist
+	cd dragon-py && ../$(VENV)/bin/maturin sdist --out ../dist >/dev/null
+	$(VPY) scripts/strip-wheel.py dist/*.whl --debug-dir dist/debug
+
+# The wheel installed into a fresh venv without Rust on PATH runs the seed tour.
+test-wheel: wheel
+	scripts/wheel-check
 
 demo: setup
 	@for f in examples/*.py; do echo "== $$f"; $(VPY) $$f || exit 1; done
@@ -72,7 +89,7 @@ test-pythons: setup
 test-testbed: $(VPY)
 	$(VPY) -m pytest -q testbed
 
-test: lint test-rust test-loom test-py oracle test-pythons test-testbed
+test: lint test-rust test-loom test-py oracle test-pythons test-testbed test-wheel
 	@$(MAKE) -s clean-shm-check
 
 # Fails if a test left segments in /dev/shm (of runs whose owner is dead:

@@ -102,13 +102,13 @@ def test_queue_destroy():
 
 def test_queue_unsupported_options():
     Queue(m_uid=3, block_size=1024, buffered=True, policy=None)  # accepted, no effect
-    for kw in (dict(num_streams=2), dict(pickler=pickle), dict(main_channel=object())):
-        with pytest.raises(NotImplementedError):
+    for kw in (dict(main_channel=object()), dict(mgr_channel=object()), dict(sem_channel=object()),
+               dict(strm_channels=[object()])):
+        with pytest.raises(NotImplementedError, match="serialize"):
             Queue(**kw)
-    with pytest.raises(NotImplementedError):
-        Queue().serialize()
     with pytest.raises(TypeError):
         Queue(maxsize="10")
+    # Pickler, num_streams and serialize() work: test_hpe_names.py.
 
 
 def test_queue_thread_wait():

@@ -259,7 +259,12 @@ def test_closed_stdio_is_fine(tmp_path):
 
 
 def test_unpicklable_target_is_a_clear_error(ctx):
-    p = ctx.Process(target=lambda: None)
+    import threading
+
+    lock = threading.Lock()
+    # A lambda goes by value (test_by_value.py); one that holds a lock
+    # cannot go either way.
+    p = ctx.Process(target=lambda: lock)
     with pytest.raises(Exception) as ei:
         p.start()
     assert "pickle" in str(ei.value).lower() or "lambda" in str(ei.value)

@@ -13,6 +13,7 @@
 Importing is cheap: the run's template process starts on first use of the
 start method (see :mod:`dragon.runtime`).
 """
+from . import _log  # noqa: F401  (the "dragon" logger, at DRAGON_LOG_LEVEL)
 from . import _native
 from . import runtime as _runtime
 from .context import DragonContext, DragonProcess, register as _register

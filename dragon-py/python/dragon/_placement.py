@@ -7,9 +7,12 @@
   the next node.
 * Otherwise the processes a program starts go round-robin over the nodes
   (as HPE Dragon places them), starting with the primary node.
+* A :class:`dragon.pool.Pool` places its workers itself (each process
+  object names its node: see :mod:`dragon._pool_nodes`).
 * Processes the runtime starts for itself stay on the node that starts
-  them: Pool workers, ``ProcessPoolExecutor`` workers, ``Manager`` servers
-  and DDict managers (their shared state is this node's for now).
+  them: the standard Pool's workers, ``ProcessPoolExecutor`` workers,
+  ``Manager`` servers and DDict managers (their shared state is this
+  node's for now).
 
 On one node (no multi-node run) every process starts here, as always.
 """

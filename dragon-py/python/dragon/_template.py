@@ -28,6 +28,10 @@ Protocol, one connection per started process:
   client's end is the process's ``sentinel``: readable at the exit (the
   client only peeks, so it stays readable), or at EOF if the template is
   gone.
+* client -> template: ``MAIN_ERROR`` (no descriptors); template -> client:
+  ``b"M" + text``, the exception that importing the main module raised in
+  the template (empty if it did not fail). A pool whose workers all die
+  before they start asks, to say why in its own error.
 * The child stays a zombie (its pid keeps naming it) until the client
   closes the connection, as a child of ``fork`` stays one until it is
   joined; then the template reaps it.
@@ -43,8 +47,10 @@ import os
 import sys
 
 REQUEST = b"DRAGON-START/2"
+MAIN_ERROR = b"DRAGON-MAIN-ERROR/1"
 REPLY_PID = b"P"
 REPLY_ERROR = b"E"
+REPLY_MAIN_ERROR = b"M"
 # Descriptors per request: the exit socket, the data pipe, three stdio streams,
 # the resource tracker, and those the process object refers to. SCM_MAX_FD
 # is 253.
@@ -62,6 +68,7 @@ PRELOAD = (
     "multiprocessing.queues",
     "multiprocessing.pool",
     "dragon.pool",  # and the queues, locks and shared blocks it uses
+    "dragon._pool_nodes",  # a pool's workers and agents on other nodes
 )
 
 
@@ -80,7 +87,7 @@ def _noop_handler(signum, frame):
 
 
 class _Template:
-    def __init__(self, listener_fd, alive_fd, starter, starter_fd):
+    def __init__(self, listener_fd, alive_fd, starter, starter_fd, main_error=""):
         import selectors
         import signal
         import socket
@@ -91,6 +98,7 @@ class _Template:
         self.signal = signal
         self.runtime = runtime
         self.starter = starter
+        self.main_error = main_error
         self.run_id = runtime.run_id()
         # The run's files on this node are this template's to remove at the
         # end if its starter owns the run, or if it serves a secondary node
@@ -272,6 +280,11 @@ class _Template:
             _close_all(fds)
             self._drop(conn)
             return
+        if msg == MAIN_ERROR:
+            _close_all(fds)
+            self._send(conn, REPLY_MAIN_ERROR + self.main_error.encode(errors="replace")[:60000])
+            self._drop(conn)
+            return
         if conn in self.zombies or any(entry[0] is conn for entry in self.children.values()):
             error = "one process per connection"
         elif msg != REQUEST:
@@ -428,6 +441,29 @@ def _apply_environ(env):
             cur[k] = v
 
 
+def _guard_set_start_method():
+    """While a process of the run imports the main module (``spawn``'s
+    "bootstrapping phase"), ``set_start_method`` without ``force`` raises
+    the standard library's bootstrapping error: the call can only come from
+    module-level code that is not under ``if __name__ == "__main__":``, and
+    that message (not "context has already been set") says what is wrong
+    and how to fix it, as ``spawn`` says it for a process started there."""
+    import multiprocessing
+    from multiprocessing import context, process, spawn
+
+    default = context._default_context
+    stock = type(default).set_start_method
+
+    def set_start_method(method, force=False):
+        if not force and getattr(process.current_process(), "_inheriting", False):
+            spawn._check_not_importing_main()
+        return stock(default, method, force)
+
+    set_start_method.__doc__ = stock.__doc__
+    multiprocessing.set_start_method = set_start_method
+    default.set_start_method = set_start_method
+
+
 def _child_main(fds):
     """Become the requested process (in a child forked by the template)."""
     import pickle
@@ -508,20 +544,25 @@ def main():
         except OSError:
             starter_fd = -1
     # Import the main module as spawn's children do. If that fails, each child
-    # repeats it and reports the error as a spawned child would.
+    # repeats it and reports the error as a spawned child would; the
+    # template keeps what it was, for the parent's errors (MAIN_ERROR).
+    _guard_set_start_method()
+    main_error = ""
     process.current_process()._inheriting = True
     try:
         spawn.prepare(prep)
-    except BaseException:
-        if os.environ.get("DRAGON_DEBUG"):
-            import traceback
+    except BaseException as e:
+        import traceback
 
-            traceback.print_exc()
+        main_error = "".join(traceback.format_exception_only(type(e), e)).strip()
+        from . import _log
+
+        _log.logger.debug("the template could not import the main module: %s", main_error)
     finally:
         del process.current_process()._inheriting
     # Signal handlers are installed after the main module's import, so that
     # children get back whatever that import installed.
-    template = _Template(listener_fd, alive_fd, starter, starter_fd)
+    template = _Template(listener_fd, alive_fd, starter, starter_fd, main_error)
     import importlib
 
     for name in PRELOAD:

@@ -6,11 +6,21 @@ object travels as itself behind a one-byte tag; anything else is pickled with
 :class:`multiprocessing.reduction.ForkingPickler` semantics (its reducers, the
 default protocol) by a pickler reused per thread.
 
-Interactive sessions (the REPL, Jupyter, ``python -c``): their ``__main__``
-has no file that children could import, so functions and classes defined
-there cannot travel by reference. There, and only there, they travel by
-value with ``cloudpickle`` (:class:`Pickler`), so ``Pool.map(f, ...)`` and
-``Process(target=f)`` work in a notebook.
+Functions travel by reference (module and name), as with the standard
+library, except where that cannot work:
+
+* Interactive sessions (the REPL, Jupyter, ``python -c``): their
+  ``__main__`` has no file that children could import, so functions and
+  classes defined there travel by value with ``cloudpickle``
+  (:class:`Pickler`), so ``Pool.map(f, ...)`` and ``Process(target=f)``
+  work in a notebook.
+* Functions that cannot be found by name (lambdas, functions defined inside
+  another function): when pickling the function of a ``Pool`` method
+  (:func:`dumps_function`), a process object (``Process(target=...)``,
+  :func:`dump_fallback`) or a ``ProcessPoolExecutor`` call
+  (:func:`install_executor_fallback`) fails, it is pickled again with such
+  functions by value. By reference stays the first try, so the common case
+  pays nothing.
 """
 from __future__ import annotations
 
@@ -57,29 +67,141 @@ def interactive_main() -> bool:
     return not (spec is not None and spec.name)
 
 
+def _cloudpickle(obj, why):
+    try:
+        import cloudpickle
+    except ImportError:
+        raise pickle.PicklingError(
+            "%r %s; install cloudpickle (pip install cloudpickle) to send it by value, or define it "
+            "at the top level of a module" % (obj, why)) from None
+    return cloudpickle
+
+
+def findable(func) -> bool:
+    """Whether pickle can find ``func`` by its module and qualified name
+    (false for lambdas and functions defined inside functions)."""
+    import sys
+
+    qualname = getattr(func, "__qualname__", None)
+    module = sys.modules.get(getattr(func, "__module__", None) or "")
+    if not qualname or module is None or "<" in qualname:
+        return False
+    obj = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return False
+    return obj is func
+
+
 class _ByValuePickler(ForkingPickler):
-    """ForkingPickler that sends ``__main__`` functions and classes by value."""
+    """ForkingPickler that sends some functions by value (cloudpickle):
+    those of ``__main__`` (and its classes) in an interactive session, and,
+    with ``unfindable``, functions pickle cannot find by name."""
+
+    def __init__(self, file, protocol=None, *, main=True, unfindable=False):
+        super().__init__(file, protocol)
+        self._main = main
+        self._unfindable = unfindable
 
     def reducer_override(self, obj):
-        if getattr(obj, "__module__", None) == "__main__" and isinstance(obj, (type, _FunctionType)):
-            try:
-                import cloudpickle
-            except ImportError:
-                raise pickle.PicklingError(
-                    "%r is defined in an interactive session, so child processes cannot import it; "
-                    "install cloudpickle (pip install cloudpickle) to send it by value, or define it "
-                    "in a module" % (obj,)) from None
-            return cloudpickle.loads, (cloudpickle.dumps(obj),)
+        if self._main and getattr(obj, "__module__", None) == "__main__" and isinstance(obj, (type, _FunctionType)):
+            cp = _cloudpickle(obj, "is defined in an interactive session, so child processes cannot import it")
+            return cp.loads, (cp.dumps(obj),)
+        if self._unfindable and type(obj) is _FunctionType and not findable(obj):
+            cp = _cloudpickle(obj, "cannot be pickled by reference (a lambda or a nested function)")
+            return cp.loads, (cp.dumps(obj),)
         return NotImplemented
 
 
 _FunctionType = type(interactive_main)
+
+#: What pickling a function that pickle cannot find by name raises
+#: (PicklingError, or AttributeError for a nested function on CPython < 3.14).
+PICKLING_ERRORS = (pickle.PicklingError, AttributeError, TypeError)
 
 
 def Pickler(file):
     """A ForkingPickler for ``file``; in an interactive session one that sends
     ``__main__`` functions and classes by value."""
     return _ByValuePickler(file) if interactive_main() else ForkingPickler(file)
+
+
+def FallbackPickler(file):
+    """A ForkingPickler for ``file`` that also sends functions pickle cannot
+    find by name (lambdas, nested functions) by value: the second try."""
+    return _ByValuePickler(file, main=interactive_main(), unfindable=True)
+
+
+def dumps_function(func, head=b""):
+    """:func:`dumps` for a function to be called in another process: by
+    reference, or else, if that fails, with what cannot go by reference by
+    value (a lambda, a closure). Raises the first error if both fail."""
+    try:
+        return dumps(func, head)
+    except PICKLING_ERRORS as first:
+        buf = io.BytesIO()
+        buf.write(head)
+        try:
+            FallbackPickler(buf).dump(func)
+        except Exception:
+            raise first from None
+        return buf.getvalue()
+
+
+class _ByValue:
+    """A callable pickled by value (cloudpickle) ahead of time: unpickles as
+    the callable itself."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, func):
+        self.payload = _cloudpickle(func, "cannot be pickled by reference").dumps(func)
+
+    def __reduce__(self):
+        import cloudpickle
+
+        return cloudpickle.loads, (self.payload,)
+
+
+def install_executor_fallback():
+    """Let a ``ProcessPoolExecutor`` on the ``dragon`` start method send
+    functions that cannot go by reference (lambdas, closures) by value.
+
+    Its call queue (a standard ``multiprocessing`` queue) pickles each call
+    in a feeder thread and reports a failure to the queue's
+    ``_on_queue_feeder_error``, which fails the call's future. For a queue
+    of the ``dragon`` context (its semaphore is dragon's), that failure
+    puts the call back with its function pickled by value instead; if that
+    cannot be done either, the future fails as before. Installed once, when
+    a process of the ``dragon`` start method starts for an executor."""
+    import sys
+
+    cfp = sys.modules.get("concurrent.futures.process")
+    if cfp is None:
+        return
+    queue_cls = getattr(cfp, "_SafeQueue", None)
+    call_item = getattr(cfp, "_CallItem", None)
+    if queue_cls is None or call_item is None:
+        return
+    stock = queue_cls._on_queue_feeder_error
+    if getattr(stock, "_dragon_fallback", False):
+        return
+    from .synchronize import BoundedSemaphore
+
+    def _on_queue_feeder_error(self, e, obj):
+        if (isinstance(obj, call_item) and isinstance(getattr(self, "_sem", None), BoundedSemaphore)
+                and isinstance(e, PICKLING_ERRORS) and not isinstance(obj.fn, _ByValue)):
+            try:
+                fn = _ByValue(obj.fn)
+                self.put(call_item(obj.work_id, fn, obj.args, obj.kwargs))
+                return
+            except Exception:
+                pass
+        stock(self, e, obj)
+
+    _on_queue_feeder_error._dragon_fallback = True
+    queue_cls._on_queue_feeder_error = _on_queue_feeder_error
 
 
 class _ThreadPickler(threading.local):

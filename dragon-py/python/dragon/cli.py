@@ -3,7 +3,9 @@ on this machine or across several.
 
     dragon [options] script.py [args...]    run script.py as __main__
     dragon [options] -m module [args...]    run a module as __main__ (like python -m)
+    python -m dragon [options] ...          the same
     dragon --version
+    dragon top [RUN_ID] [-n SECONDS] [--once]   a live view of a run on this node
     dragon ddict-repair <persist_path> <name>   repair a durable DDict's files
 
 Options (before the script):
@@ -11,31 +13,100 @@ Options (before the script):
     --hostlist LIST      run across these hosts (node1,node2 or nid[001-004]);
                          the script runs on the first
     --hostfile FILE      the hosts, one per line ('#' comments)
+    -N, --nodes N        run on the first N hosts of the host list (without a
+                         host list, N must be 1: this machine)
     --remote-exec TMPL   how to run a command on a host (default
                          "ssh -T -x -o BatchMode=yes -o ConnectTimeout=10 {host}")
-    --label              prefix the output of processes on other nodes with their host
-    -s, --single-node    run on this machine only (the default without a host list)
+    --label              prefix the output of processes on other nodes with their
+                         host (HPE Dragon's --basic-label and --verbose-label do the
+                         same; --no-label is the default)
+    -s, --single-node    run on this machine only (the default without a host list;
+                         HPE Dragon's --single-node-override too)
+    --metrics [HOST:]PORT
+                         serve the run's figures (those of dragon top) at
+                         http://HOST:PORT/metrics in Prometheus' text format, from
+                         the program's process (HOST: 127.0.0.1 unless given)
+    -l, --log-level LEVEL
+                         log the runtime's events (process starts, lost workers,
+                         nodes joining and lost) at LEVEL (DEBUG, INFO, WARNING,
+                         ERROR, CRITICAL, or NONE) on standard error, through the
+                         "dragon" logger; HPE Dragon's stderr=LEVEL means the same
+
+HPE Dragon's --wlm, --transport, -p/--port, --network-prefix,
+--network-config and --multi-node-override have no meaning here: each is
+refused with a message that says what to use instead.
 
 The program runs in this interpreter (on the first host), exactly as
 ``python script.py`` would run it, except that ``multiprocessing``'s default
 start method is ``dragon`` (the program may still call ``set_start_method``).
 
-Environment: DRAGON_PEER_TIMEOUT (seconds of silence after which a node is
-lost, default 5), DRAGON_JOIN_TIMEOUT (seconds every node has to join,
-default 60), DRAGON_DEBUG=1 (say more).
+Environment (read by the runtime in every process of a run):
+
+    DRAGON_LOG_LEVEL        the "dragon" logger's level (what -l sets); unset:
+                            silent unless the program configures logging
+    DRAGON_DEBUG=1          DRAGON_LOG_LEVEL=DEBUG unless that is set
+    DRAGON_PEER_TIMEOUT     seconds of silence after which a node is lost
+                            (default 5)
+    DRAGON_JOIN_TIMEOUT     seconds every node has to join the run (default 60)
+    DRAGON_ZERO_COPY=0      large bytes received are copies, not views of
+                            shared memory
+    DRAGON_NO_AUTOREGISTER=1  multiprocessing does not learn the "dragon"
+                            start method until the program imports dragon
+    DRAGON_TRANSPORT_PATH   folders (colon-separated) searched first for the
+                            off-node transport plugin, libdragon_transport_tcp.so
+    DRAGON_TRANSPORT_CONFIG the transport plugins' configuration file (plugin
+                            guide; default ~/.config/dragon/transports.conf)
+
+Set by the runtime for the processes of a run (not to be set by hand):
+DRAGON_RUN_ID (the run), DRAGON_TEMPLATE (its template process on this
+node), DRAGON_SERVICE, DRAGON_NODES and DRAGON_NODE_INDEX (this node's
+service, the run's nodes, this node's place among them), DRAGON_RUN_SECRET
+(of the off-node agent).
 """
 from __future__ import annotations
 
 import os
 import sys
 
-USAGE = """usage: dragon [--version] [-h] [--hostlist LIST | --hostfile FILE] [--remote-exec TMPL]
-              [--label] [-s] (script.py | -m module) [args...]
+USAGE = """usage: dragon [--version] [-h] [--hostlist LIST | --hostfile FILE] [-N N] [--remote-exec TMPL]
+              [--label] [-s] [-l LEVEL] [--metrics [HOST:]PORT] (script.py | -m module) [args...]
+       dragon top [RUN_ID] [-n SECONDS] [--once]
        dragon ddict-repair <persist_path> <name>
 
 Run a Python program with multiprocessing's start method set to "dragon",
 on this machine or (with a host list) across several. `dragon -h` says more.
 """
+
+
+#: HPE Dragon's options that have no meaning here, and what to do instead.
+_HPE_ONLY = {
+    "--wlm": "hosts come from --hostlist or --hostfile",
+    "--transport": ("off-node traffic goes through the run's node services over TCP "
+                    "(DRAGON_TRANSPORT_PATH selects another build of the plugin)"),
+    "-p": "the node services pick free ports themselves",
+    "--port": "the node services pick free ports themselves",
+    "--network-prefix": "nodes are reached by the names or addresses of the host list",
+    "--network-config": "nodes are reached by the names or addresses of the host list",
+    "--multi-node-override": "a run spans several nodes when given a host list (--hostlist, --hostfile)",
+}
+# HPE Dragon's labels of output lines; here there is one kind.
+_LABELS = ("--label", "--basic-label", "--verbose-label")
+
+
+def _log_level(value: str) -> str:
+    """The level of ``-l VALUE``: a level name or number, ``NONE``, or HPE
+    Dragon's ``stderr=LEVEL``; ``ValueError`` for anything else."""
+    from . import _log
+
+    dest, eq, level = value.partition("=")
+    if eq:
+        if dest.strip().lower() != "stderr":
+            raise ValueError("-l %s: this runtime writes no log files (HPE Dragon's dragon_file and actor_file); "
+                             "its log goes to standard error (-l LEVEL or -l stderr=LEVEL), or configure the "
+                             "\"dragon\" logger with logging" % value)
+        value = level
+    _log.parse_level(value)
+    return value
 
 
 def _usage_error(msg: str) -> int:
@@ -45,6 +116,10 @@ def _usage_error(msg: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["top"]:
+        from . import _top
+
+        return _top.main(argv[1:])
     if argv[:1] == ["ddict-repair"]:
         from .data.ddict import _repair_main
 
@@ -52,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         sys.stdout.write(USAGE)
         return 2
-    hostlist = hostfile = remote_exec = None
+    hostlist = hostfile = remote_exec = metrics = None
+    nodes: int | None = None
     label = single = False
     while argv and argv[0].startswith("-") and argv[0] != "-m":
         opt = argv.pop(0)
@@ -64,13 +140,52 @@ def main(argv: list[str] | None = None) -> int:
 
             print("dragon", dragon.__version__)
             return 0
-        if opt == "--label":
+        if opt in _LABELS:
             label = True
             continue
-        if opt in ("-s", "--single-node"):
+        if opt == "--no-label":
+            label = False
+            continue
+        if opt in ("-s", "--single-node", "--single-node-override"):
             single = True
             continue
+        if opt[:2] in ("-N", "-l") and len(opt) > 2 and not opt.startswith("--"):
+            opt = opt[:2] + "=" + opt[2:]  # -N4, -lDEBUG
         name, eq, value = opt.partition("=")
+        if name in _HPE_ONLY:
+            return _usage_error("%s is an HPE Dragon option with no meaning here: %s" % (name, _HPE_ONLY[name]))
+        if name in ("-l", "--log-level"):
+            if not eq:
+                if not argv:
+                    return _usage_error("%s needs a level" % name)
+                value = argv.pop(0)
+            from . import _log
+
+            try:
+                value = _log_level(value)
+            except ValueError as e:
+                return _usage_error(str(e))
+            os.environ[_log.LEVEL_ENV] = value  # for every process of the run
+            _log.configure(value)
+            continue
+        if name == "--metrics":
+            if not eq:
+                if not argv:
+                    return _usage_error("--metrics needs [HOST:]PORT")
+                value = argv.pop(0)
+            if not value.rpartition(":")[2].isdigit() or int(value.rpartition(":")[2]) > 65535:
+                return _usage_error("--metrics needs [HOST:]PORT, not %r" % value)
+            metrics = value
+            continue
+        if name in ("-N", "--nodes"):
+            if not eq:
+                if not argv:
+                    return _usage_error("%s needs a number of nodes" % name)
+                value = argv.pop(0)
+            if not value.isdigit() or int(value) < 1:
+                return _usage_error("%s needs a number of nodes, at least 1, not %r" % (name, value))
+            nodes = int(value)
+            continue
         if name in ("--hostlist", "--hostfile", "--remote-exec"):
             if not eq:
                 if not argv:
@@ -88,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         return _usage_error("no program to run")
     if hostlist is not None and hostfile is not None:
         return _usage_error("give --hostlist or --hostfile, not both")
+    if single and nodes is not None and nodes > 1:
+        return _usage_error("give -N %d or -s, not both" % nodes)
+    if nodes is not None and nodes > 1 and hostlist is None and hostfile is None:
+        return _usage_error("-N %d needs the hosts to run on: --hostlist or --hostfile" % nodes)
     module = None
     if argv[0] == "-m":
         if len(argv) < 2:
@@ -100,6 +219,17 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     def run_main() -> int:
+        if metrics is not None:
+            from . import _top, runtime
+
+            try:
+                server = _top.serve_metrics(metrics, runtime.run_id())
+            except OSError as e:
+                sys.stderr.write("dragon: --metrics %s: %s\n" % (metrics, e))
+                return 2
+            from . import _log
+
+            _log.logger.info("metrics at http://%s:%d/metrics", *server.server_address[:2])
         return _run_program(module, None if module else script, args)
 
     if (hostlist is not None or hostfile is not None) and not single:
@@ -110,6 +240,12 @@ def main(argv: list[str] | None = None) -> int:
         except launcher.LaunchError as e:
             sys.stderr.write("dragon: %s\n" % e)
             return 2
+        if nodes is not None:
+            if nodes > len(hosts):
+                sys.stderr.write("dragon: -N %d, but the host list has %d host%s\n"
+                                 % (nodes, len(hosts), "" if len(hosts) == 1 else "s"))
+                return 2
+            hosts = hosts[:nodes]
         program = ["-m", module] if module else [script]
         return launcher.run_script(hosts, program + list(args), remote_exec=remote_exec, label=label,
                                    run_main=run_main)

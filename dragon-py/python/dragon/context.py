@@ -28,8 +28,9 @@ class DragonProcess(_mp_process.BaseProcess):
 
     @staticmethod
     def _Popen(process_obj):
-        from . import _placement, _remote
+        from . import _placement, _remote, _wire
 
+        _wire.install_executor_fallback()  # lambdas for ProcessPoolExecutor (no-op without one)
         node = _placement.node_for(process_obj)
         if node != _remote.this_node():
             return _remote.RemotePopen(process_obj, node)
@@ -185,7 +186,8 @@ def _hook_module():
         import os
         import sys
 
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "_dragon_hook.py")
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "hook", "purelib",
+                            "_dragon_hook.py")
         spec = importlib.util.spec_from_file_location("_dragon_hook", path)
         if spec is None or not os.path.exists(path):
             raise ImportError("dragon is installed without its _dragon_hook module; reinstall the package")

@@ -18,6 +18,9 @@ standard counterpart derive from :class:`DragonError`:
 * :class:`WorkerLostError`: a pool worker process died (killed, or exited)
   while it ran a task, or while taking it from the pool's queue; the task's
   result is this error (see :mod:`dragon.pool`).
+* :class:`NodeLostError` (a :class:`WorkerLostError`, also a
+  ``ConnectionError``): the node a pool had sent a task to was lost before
+  the task's result came back; the message names the node.
 * :class:`InitializerError`: a pool worker's initializer raised; the task
   that worker took fails with this error (its cause is the initializer's
   traceback) and the worker is replaced.
@@ -35,6 +38,7 @@ __all__ = [
     "SharedMemoryError",
     "MessageTooLargeError",
     "WorkerLostError",
+    "NodeLostError",
     "InitializerError",
     "BrokenPoolError",
 ]
@@ -67,6 +71,12 @@ class MessageTooLargeError(DragonError, ValueError):
 class WorkerLostError(DragonError):
     """A pool worker died while running (or taking) a task; the task's
     result. The task is not run again."""
+
+
+class NodeLostError(WorkerLostError, ConnectionError):
+    """The node a pool task was sent to was lost (its link cut, its service
+    gone) before the task's result came back; the task's result. The
+    message names the node; the task is not run again."""
 
 
 class InitializerError(DragonError):

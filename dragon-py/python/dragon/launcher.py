@@ -35,6 +35,8 @@ import sys
 import threading
 import time
 
+from . import _log
+
 __all__ = ["Launch", "LaunchError", "is_local_host", "read_hosts"]
 
 # Records a node service writes for its launcher (runtime::proto::out).
@@ -226,6 +228,7 @@ class Launch:
         if kind == LOST:
             index = struct.unpack("<I", body[:4])[0]
             self.lost.add(index)
+            _log.logger.error("lost node %d: %s", index, body[4:].decode(errors="replace"))
             if not self._ending:
                 self._write(2, ("dragon: %s\n" % body[4:].decode(errors="replace")).encode())
             return
@@ -235,6 +238,7 @@ class Launch:
                 node.address = text
             elif kind == READY:
                 node.table = text
+                _log.logger.info("node %d (%s) joined the run", node.index, node.host)
             elif kind == ERROR:
                 node.error = text
             elif kind == STOPPED:

@@ -83,7 +83,7 @@ from multiprocessing.pool import (  # noqa: F401  (re-exported, as the standard 
     starmapstar,
 )
 
-from . import _native, _wire
+from . import _log, _native, _remote, _wire
 from .errors import BrokenPoolError, DragonError, InitializerError, MessageTooLargeError, WorkerLostError
 from ._block import SharedBlock
 
@@ -165,19 +165,30 @@ def _ended_how(exitcode):
 
 class _Tasks:
     """The pool's task side: the channel, the lock tasks are taken under,
-    and the ledger. Pickles (to the workers) by handles."""
+    and the ledger. Pickles (to the workers) by handles.
 
-    def __init__(self, slots):
+    ``base`` is the number of the first task (a pool across nodes gives
+    each node's tasks numbers of their own: see :mod:`dragon._pool_nodes`);
+    ``capacity`` the ring's slots (default: enough for ``slots`` workers)."""
+
+    _multinode = False
+
+    def __init__(self, slots, base=0, capacity=None):
         self._slots = slots
-        self._ch = _native.Channel.create(max(TASK_CAPACITY, 2 * slots + 8), SLOT_SIZE, 0, MAX_ATTACHMENTS)
+        if capacity is None:
+            capacity = max(TASK_CAPACITY, 2 * slots + 8)
+        self._ch = _native.Channel.create(capacity, SLOT_SIZE, 0, MAX_ATTACHMENTS)
         self._lock = _native.Lock()
         self._block = SharedBlock(8 * (_REC + 2 * slots))
         self._map()
         for k in range(slots):
             self._ledger[_REC + 2 * k] = _IDLE
+        if base:
+            self._ledger[_NEXT] = self._ledger[_SENT] = base
         # Parent only.
         self._pending = {}  # seq -> (job, index), or None for a stop message
-        self._sent = 0
+        self._sent = base
+        self._slot_cpus = None  # slot -> the CPUs its worker runs on (a Policy's cpu_affinity)
         self._fkey = None  # (job, id(function)) of the cached function bytes
         self._fbytes = b""
         self._free = list(range(slots))
@@ -217,6 +228,13 @@ class _Tasks:
         if task is None:
             self._send(None, _TASK.pack(b"T", self._sent, -1, -1, _STOP, 0))
             return
+        job, i, kind, fb, payload = self._split(task)
+        head = _TASK.pack(b"T", self._sent, job, i, kind, len(fb)) + fb
+        self._send((job, i), _wire.dumps(payload, head))
+
+    def _split(self, task):
+        """``(job, index, kind, function bytes, payload)`` of a standard
+        pool task."""
         job, i, func, args, kwds = task
         if func is mapstar:
             kind = _MAP
@@ -233,11 +251,9 @@ class _Tasks:
         key = (job, id(func))
         if key != self._fkey:
             self._fkey = None
-            self._fbytes = bytes(_wire.dumps(func))
+            self._fbytes = bytes(_wire.dumps_function(func))
             self._fkey = key
-        fb = self._fbytes
-        head = _TASK.pack(b"T", self._sent, job, i, kind, len(fb)) + fb
-        self._send((job, i), _wire.dumps(payload, head))
+        return job, i, kind, self._fbytes, payload
 
     def _send(self, entry, data):
         seq = self._sent
@@ -352,15 +368,33 @@ class Pool(_mp_pool.Pool):
 
     ``context`` defaults to the ``dragon`` context. See the module docs for
     nested pools and for what happens when a worker dies.
+
+    In a run of several nodes the workers spread over every node (``policy``,
+    a :class:`~dragon.infrastructure.policy.Policy` or a list of them, with
+    ``processes_per_policy`` workers each, restricts or shapes that); see
+    :mod:`dragon._pool_nodes`.
     """
 
-    def __init__(self, processes=None, initializer=None, initargs=(), maxtasksperchild=None, context=None):
+    def __init__(self, processes=None, initializer=None, initargs=(), maxtasksperchild=None, context=None,
+                 policy=None, processes_per_policy=None):
         # The standard __init__ cannot be reused: it starts the worker
         # handler as the *standard* class's method, which would start
         # standard workers. Same attributes, same threads, this class.
         self._pool = []  # first: __del__ looks at them if we raise
         self._state = INIT
         self._ctx = context or multiprocessing.get_context("dragon")
+        # Where the workers go: None on one node without a policy (every
+        # worker here, as always); else one (node, cpus) per worker.
+        self._plan = None
+        dragon_ctx = getattr(self._ctx, "_name", None) == "dragon"
+        if (policy is not None or processes_per_policy is not None) and not dragon_ctx:
+            raise ValueError("policy and processes_per_policy place dragon processes: the pool's context must be "
+                             "the dragon one, not %r" % (self._ctx,))
+        if dragon_ctx and (policy is not None or processes_per_policy is not None or _remote.multinode()):
+            from . import _pool_nodes
+
+            self._plan = _pool_nodes.plan(processes, policy, processes_per_policy)
+            processes = len(self._plan)
         if processes is None:
             processes = os.cpu_count() or 1
         if processes < 1:
@@ -381,6 +415,8 @@ class Pool(_mp_pool.Pool):
         self._taskqueue = queue.SimpleQueue()
         # Wakes the worker handler when the cache empties or the state changes.
         self._change_notifier = self._ctx.SimpleQueue()
+        if self._inqueue._multinode:
+            self._inqueue._notifier = self._change_notifier
         self._cache = _mp_pool._PoolCache(notifier=self._change_notifier)
         try:
             self._repopulate_pool()
@@ -390,6 +426,7 @@ class Pool(_mp_pool.Pool):
                     w.terminate()
             for w in self._pool:
                 w.join()
+            self._inqueue._release_names()
             raise
 
         cls = type(self)
@@ -418,19 +455,36 @@ class Pool(_mp_pool.Pool):
 
     # -- transport ---------------------------------------------------------------
     def _setup_queues(self):
-        self._inqueue = _Tasks(self._processes)
-        self._outqueue = _Results(self._inqueue._pending)
+        plan = self._plan
+        if plan is not None and any(node != _remote.this_node() for node, _ in plan):
+            from . import _pool_nodes
+
+            self._inqueue = _pool_nodes.NodeTasks(self._ctx, plan)
+            self._outqueue = self._inqueue.results
+        else:
+            self._inqueue = _Tasks(self._processes)
+            self._outqueue = _Results(self._inqueue._pending)
+            if plan is not None and any(cpus for _, cpus in plan):
+                self._inqueue._slot_cpus = [cpus for _, cpus in plan]
         self._quick_put = self._inqueue.put
         self._quick_get = self._outqueue.get
 
     def _get_sentinels(self):
         # Worker sentinels and the change notifier; not the result queue (the
         # result handler reads it; waking the worker handler on every result
-        # would only make it spin until then).
-        return [self._change_notifier._reader]
+        # would only make it spin until then). Across nodes, also each node's
+        # agent (see dragon._pool_nodes), whose end is that node's end.
+        sentinels = [self._change_notifier._reader]
+        if self._inqueue._multinode:
+            sentinels += self._inqueue.agent_sentinels()
+            self._inqueue._sentinels = sentinels
+        return sentinels
 
     @staticmethod
     def _help_stuff_finish(inqueue, task_handler, size):
+        if inqueue._multinode:
+            inqueue.abort()
+            return
         # Make room for a task handler blocked on a full task channel.
         while task_handler.is_alive() and inqueue._drain():
             time.sleep(0)
@@ -441,8 +495,12 @@ class Pool(_mp_pool.Pool):
                                 maxtasksperchild, wrap_exception):
         """Bring the number of workers up to ``processes`` (each in a free
         ledger slot)."""
+        if inqueue._multinode:
+            inqueue.repopulate(ctx, Process, pool, initializer, initargs, maxtasksperchild, wrap_exception)
+            return
         from .popen import batch_starts
 
+        cpus = inqueue._slot_cpus
         # batch_starts: the template forks while the next requests are sent.
         with inqueue._mutex, batch_starts():
             for _ in range(processes - len(pool)):
@@ -452,7 +510,8 @@ class Pool(_mp_pool.Pool):
                 try:
                     w = Process(ctx, target=_worker,
                                 args=(inqueue, outqueue, initializer, initargs, maxtasksperchild,
-                                      wrap_exception, slot))
+                                      wrap_exception, slot),
+                                kwargs={} if not cpus or not cpus[slot] else {"cpus": cpus[slot]})
                     w.name = w.name.replace("Process", "PoolWorker")
                     w.daemon = True
                     w._dragon_slot = slot
@@ -477,6 +536,8 @@ class Pool(_mp_pool.Pool):
                 util.debug("cleaning up worker %d" % i)
                 w.join()
                 slot = getattr(w, "_dragon_slot", None)
+                if w.exitcode != 0 and not inqueue._done:
+                    _log.logger.warning("pool worker process %s %s", w.pid, _ended_how(w.exitcode))
                 if slot is not None:
                     seq = led[_REC + 2 * slot]
                     if seq != _IDLE:
@@ -494,6 +555,9 @@ class Pool(_mp_pool.Pool):
     @staticmethod
     def _maintain_pool(ctx, Process, processes, pool, inqueue, outqueue, initializer, initargs,
                        maxtasksperchild, wrap_exception):
+        if inqueue._multinode:
+            inqueue.maintain(ctx, Process, pool, initializer, initargs, maxtasksperchild, wrap_exception)
+            return
         if not Pool._reap_workers(pool, inqueue, outqueue):
             return
         led = inqueue._ledger
@@ -506,6 +570,9 @@ class Pool(_mp_pool.Pool):
                 reason = ("the pool's worker processes die before they start (%d in a row, the last %s; "
                           "their stderr says why): the task was not run"
                           % (inqueue._start_failures, _ended_how(inqueue._last_failure)))
+                main_error = _main_import_error(ctx)
+                if main_error:
+                    reason += ". Each of them failed importing the main module: %s" % main_error
                 util.info("dragon pool: %s" % reason)
                 outqueue._broken_reason = reason
                 inqueue._broken = threading.Thread(target=_fail_tasks, args=(inqueue, outqueue),
@@ -520,6 +587,17 @@ class Pool(_mp_pool.Pool):
         return super().apply_async(func, args, kwds, _guarded(callback), _guarded(error_callback))
 
     def _map_async(self, func, iterable, mapper, chunksize=None, callback=None, error_callback=None):
+        self._check_running()
+        if chunksize is None:
+            # As the standard pool computes it, from the number of workers
+            # the pool keeps rather than of those alive right now (none,
+            # for a moment, when workers die as they start: the standard
+            # computation then divides by zero).
+            if not hasattr(iterable, "__len__"):
+                iterable = list(iterable)
+            chunksize, extra = divmod(len(iterable), self._processes * 4)
+            if extra:
+                chunksize += 1
         return super()._map_async(func, iterable, mapper, chunksize, _guarded(callback), _guarded(error_callback))
 
     # -- end -----------------------------------------------------------------------
@@ -576,6 +654,19 @@ def _take(ch, lock, ledger, rch, rec, check=None, timeout=None):
         lock.release()
 
 
+def _main_import_error(ctx):
+    """What importing the main module raised in the run's template, if it
+    failed there (its workers then fail the same way): a text, or ''."""
+    if getattr(ctx, "_name", None) != "dragon":
+        return ""
+    from . import runtime
+
+    try:
+        return runtime.main_import_error()
+    except Exception:
+        return ""
+
+
 def _fail_tasks(tasks, results):
     """Thread of a broken pool (no worker can start): take every task as a
     worker would and fail it."""
@@ -596,17 +687,43 @@ class _InitializerFailed(Exception):
     """Internal: this worker's initializer failed (the task is not run)."""
 
 
-def _worker(tasks, results, initializer=None, initargs=(), maxtasks=None, wrap_exception=False, slot=0):
-    """Body of a pool worker: take a task, run it, send its result."""
+def _watch(pid):
+    """A ``check()`` that says whether process ``pid`` (of this node) has
+    ended."""
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return lambda: True  # already gone
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return lambda: bool(poller.poll(0))
+
+
+def _worker(tasks, results, initializer=None, initargs=(), maxtasks=None, wrap_exception=False, slot=0,
+            owner=None, cpus=None, started=None):
+    """Body of a pool worker: take a task, run it, send its result.
+
+    ``owner``: the pid of the process whose end ends this worker (on this
+    node); by default the parent (a worker on another node than its pool's
+    owner watches its node's agent instead). ``cpus``: the CPUs to run on.
+    ``started``: a message to send to the result channel once started (a
+    pool across nodes gives a node tasks once its workers start)."""
     if (maxtasks is not None) and not (isinstance(maxtasks, int) and maxtasks >= 1):
         raise AssertionError("Maxtasks {!r} is not valid".format(maxtasks))
     # May start processes (nested pools); the pool still terminates it.
     _mp_process.current_process()._config["daemon"] = False
-    parent = _mp_process.parent_process()
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     check = None
-    if parent is not None:
-        def check():
-            return not parent.is_alive()
+    if owner is not None:
+        check = _watch(owner)
+    else:
+        parent = _mp_process.parent_process()
+        if parent is not None:
+            def check():
+                return not parent.is_alive()
 
     init_failed = None
     if initializer is not None:
@@ -625,6 +742,8 @@ def _worker(tasks, results, initializer=None, initargs=(), maxtasks=None, wrap_e
     rec = _REC + 2 * slot
     # Started (an initializer that kills the process counts as a failed start).
     ledger[_STARTED + 2 * slot] = 1
+    if started is not None:
+        _wire.send_blocking(rch, started, -2)
     loads = pickle.loads
     dumps = _wire.dumps
     unpack = _TASK.unpack_from

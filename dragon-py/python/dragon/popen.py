@@ -25,7 +25,7 @@ from multiprocessing import util
 from multiprocessing.context import set_spawning_popen
 
 from . import _template as proto
-from . import _wire
+from . import _log, _registry, _wire
 from . import runtime
 
 __all__ = ["Popen", "TemplateError"]
@@ -115,6 +115,7 @@ class Popen:
         self._pidfd = -1
         self._exit_sock = None
         self._lock = threading.Lock()
+        self._name = process_obj.name
         self._launch(process_obj)
         pending = getattr(_batch, "pending", None)
         if pending is None:
@@ -161,7 +162,19 @@ class Popen:
             pickler = _wire.Pickler(buf)
             pickler.dump(head)
             pickler.clear_memo()
-            pickler.dump(process_obj)
+            start, nfds = buf.tell(), len(self._fds)
+            try:
+                pickler.dump(process_obj)
+            except _wire.PICKLING_ERRORS as first:
+                # A target (or argument) that cannot go by reference: a
+                # lambda, a nested function. Again, with those by value.
+                buf.seek(start)
+                buf.truncate()
+                del self._fds[nfds:]
+                try:
+                    _wire.FallbackPickler(buf).dump(process_obj)
+                except Exception:
+                    raise first from None
         finally:
             set_spawning_popen(None)
         if n + 1 + len(self._fds) > proto.MAX_FDS:  # + the exit socket
@@ -233,6 +246,8 @@ class Popen:
                 raise TemplateError("the dragon runtime's template process went away while starting "
                                     "a process: " + runtime.template_status())
             self._pid = int.from_bytes(msg[1:], "little", signed=True)
+            _log.logger.info("started process %d (%s)", self._pid, self._name)
+            _registry.note("p", self._pid, self._name)
             self._pidfd = pidfds[0] if pidfds else -1
             if self._pidfd >= 0:
                 self._owned_fds.append(self._pidfd)

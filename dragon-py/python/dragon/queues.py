@@ -35,7 +35,7 @@ from queue import Empty, Full
 
 from multiprocessing import util
 
-from . import _native, _wire
+from . import _native, _registry, _wire
 from ._lifetime import object_created
 
 __all__ = ["Queue", "JoinableQueue", "SimpleQueue", "Empty", "Full"]
@@ -153,6 +153,7 @@ class Queue(_ChannelQueue):
         self._maxsize = maxsize
         self._mode = mode
         self._ch = _native.Channel.create(capacity, SLOT_SIZE, 0, MAX_ATTACHMENTS)
+        _registry.note("q", bytes(self._ch.handle).hex())
         if mode == _MODE_SEM:
             from .synchronize import BoundedSemaphore
 
@@ -428,6 +429,7 @@ class SimpleQueue(_ChannelQueue):
     def __init__(self, *, ctx=None):
         object_created()
         self._ch = _native.Channel.create(UNBOUNDED_CAPACITY, SLOT_SIZE, 0, MAX_ATTACHMENTS)
+        _registry.note("q", bytes(self._ch.handle).hex())
         self._reset()
 
     def __getstate__(self):

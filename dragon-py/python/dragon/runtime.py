@@ -262,6 +262,33 @@ def _start_template() -> str:
     return name
 
 
+def main_import_error(timeout: float = 10.0) -> str:
+    """What importing the main module raised in the run's template (the
+    exception's last line(s), as a traceback ends), or ``""`` if it did not
+    fail or there is no template. The processes the template starts import
+    it again and fail the same way."""
+    import socket
+
+    from . import _template as proto
+
+    addr = template_address()
+    if addr is None:
+        return ""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        sock.settimeout(timeout)
+        sock.connect("\0" + addr)
+        sock.send(proto.MAIN_ERROR)
+        reply = sock.recv(65536)
+    except OSError:
+        return ""
+    finally:
+        sock.close()
+    if reply[:1] != proto.REPLY_MAIN_ERROR:
+        return ""
+    return reply[1:].decode(errors="replace")
+
+
 def template_pid() -> int | None:
     """Pid of the template this process started, if any."""
     return _owned.pid if _owned.owner_pid == os.getpid() else None

@@ -58,7 +58,16 @@ __all__ = [
     "DDictRepairWarning",
     "DDictTimeoutError",
     "DDictCheckpointSync",
+    "DDictCheckpointSyncError",
+    "DDictFutureCheckpoint",
+    "DDictFutureCheckpointError",
+    "DDictPersistCheckpointError",
     "DDictManagerStats",
+    "CheckpointPersister",
+    "NULLCheckpointPersister",
+    "PosixCheckpointPersister",
+    "DAOSCheckpointPersister",
+    "strip_pickled_bytes",
 ]
 
 
@@ -124,6 +133,85 @@ class DDictCheckpointSync(DDictError):
     into the unversioned state): ``sync_to_newest_checkpoint()``."""
 
 
+#: HPE Dragon's newer name for :class:`DDictCheckpointSync`.
+DDictCheckpointSyncError = DDictCheckpointSync
+
+#: HPE Dragon's name for a failure to persist or restore a checkpoint: here
+#: every write of a durable DDict is persisted, and :class:`DDictPersistError`
+#: is that failure.
+DDictPersistCheckpointError = DDictPersistError
+
+
+class DDictFutureCheckpointError(DDictError):
+    """HPE Dragon raises this for a batch put at a checkpoint no manager has
+    reached yet. This DDict never raises it: a handle may move to any
+    checkpoint, and its writes there create it (``bput`` is unversioned). It
+    exists so that programs that catch it import it."""
+
+
+#: HPE Dragon's older name for :class:`DDictFutureCheckpointError`.
+DDictFutureCheckpoint = DDictFutureCheckpointError
+
+
+class CheckpointPersister:
+    """HPE Dragon's base of the classes given as ``DDict(persister_class=...)``,
+    which say where checkpoints are persisted. Here persistence is the
+    DDict's own write-ahead log (``persist_path``: every acknowledged write,
+    checkpoint versions included, survives the program being killed), and a
+    persister class only selects it: :class:`NULLCheckpointPersister` (no
+    persistence, the default), :class:`PosixCheckpointPersister` (the log,
+    in files under ``persist_path``). Not meant to be instantiated."""
+
+    #: Whether a DDict with this persister is durable.
+    durable = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("%s is given to DDict(persister_class=...) as a class, not instantiated"
+                        % type(self).__name__)
+
+
+class NULLCheckpointPersister(CheckpointPersister):
+    """No persistence: the DDict lives in memory only (the default)."""
+
+
+class PosixCheckpointPersister(CheckpointPersister):
+    """Persistence in files on a POSIX file system, under ``persist_path``:
+    the DDict's write-ahead log and snapshots (``docs/ddict.md``,
+    "Persistence"); restore with ``restore=True`` (or :meth:`DDict.open`)."""
+
+    durable = True
+
+
+_DAOS_MISSING = ("DAOSCheckpointPersister is not available: this runtime has no DAOS client. Use "
+                 "persister_class=PosixCheckpointPersister with persist_path=<a directory> (a write-ahead log "
+                 "on any POSIX file system, a DAOS one mounted through dfuse included)")
+
+
+class DAOSCheckpointPersister(CheckpointPersister):
+    """Not available here (no DAOS client): a DDict given it raises
+    ``NotImplementedError`` saying to use :class:`PosixCheckpointPersister`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError(_DAOS_MISSING)
+
+
+def strip_pickled_bytes(byte_str: bytes) -> bytes:
+    """HPE Dragon's helper that trims a pickle to its payload, to make key
+    bytes "more precise": removes a trailing ``MEMOIZE STOP`` (or ``STOP``)
+    and a leading protocol-5 ``PROTO FRAME`` header (the three bytes
+    ``80 05 95``; the frame length after them stays). Keys are placed by the
+    whole pickle here (``dragon.utils.hash``); this is for programs that
+    compute with the stripped bytes themselves."""
+    b = bytes(byte_str)
+    if b.endswith(b"\x94."):
+        b = b[:-2]
+    if b.endswith(b"."):
+        b = b[:-1]
+    if b.startswith(b"\x80\x05\x95"):
+        b = b[3:]
+    return b
+
+
 class DDictManagerStats(NamedTuple):
     """Counters of one manager's shard."""
 
@@ -157,6 +245,22 @@ class _Pickle:
         return pickle.dumps(obj, protocol=_PROTOCOL)
 
     loads = staticmethod(pickle.loads)
+
+
+def _check_persister(persister_class, persist_path):
+    if persister_class is None:
+        return
+    if persister_class is DAOSCheckpointPersister:
+        raise NotImplementedError(_DAOS_MISSING)
+    if not (isinstance(persister_class, type) and issubclass(persister_class, CheckpointPersister)):
+        raise TypeError("persister_class must be NULLCheckpointPersister or PosixCheckpointPersister, not %r"
+                        % (persister_class,))
+    if persister_class.durable and persist_path is None:
+        raise ValueError("persister_class=%s needs persist_path=<a directory> for its files"
+                         % persister_class.__name__)
+    if not persister_class.durable and persist_path is not None:
+        raise ValueError("persister_class=%s persists nothing, but persist_path=%r was given: use "
+                         "PosixCheckpointPersister, or drop persist_path" % (persister_class.__name__, persist_path))
 
 
 def _manager_main(desc, index, size, owner_pid, owner_start, conn, persist_path, restore,
@@ -290,6 +394,11 @@ class DDict:
         key_pickler, value_pickler: objects with ``dumps``/``loads`` used
             instead of ``pickle`` (keys must encode deterministically).
         working_set_size, wait_for_keys, wait_for_writers, policy,
+        persister_class: HPE Dragon's choice of checkpoint persister:
+            :class:`PosixCheckpointPersister` makes the DDict durable in
+            ``persist_path``; :class:`NULLCheckpointPersister` (or None, the
+            default) persists nothing; :class:`DAOSCheckpointPersister`
+            raises ``NotImplementedError``.
         persist_freq, persist_base_name, trace: HPE Dragon arguments;
             accepted (see ``docs/ddict.md`` for what each does here).
     """
@@ -302,6 +411,7 @@ class DDict:
                  working_set_size: int = 1, wait_for_keys: bool = False,
                  wait_for_writers: bool = False, policy: Any = None,
                  persist_freq: int = 0, persist_base_name: str = "",
+                 persister_class: type[CheckpointPersister] | None = None,
                  trace: bool = False) -> None:
         if num_nodes is not None and n_nodes is not None and num_nodes != n_nodes:
             raise ValueError("num_nodes=%r and n_nodes=%r disagree" % (num_nodes, n_nodes))
@@ -319,6 +429,7 @@ class DDict:
                              % (total_mem, size))
         if persist_path is None and persist_base_name:
             persist_path = persist_base_name
+        _check_persister(persister_class, persist_path)
         if repair and not (restore and persist_path is not None):
             raise ValueError("repair=True needs persist_path and restore=True")
         if name is None:
@@ -340,6 +451,9 @@ class DDict:
             _stop_raw(desc, self._procs)
             raise
         self._creator = True
+        from .. import _registry
+
+        _registry.note("d", self.serialize(), name)
         from multiprocessing import util
 
         # Runs at exit (not when this handle is collected: other processes

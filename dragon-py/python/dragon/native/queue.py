@@ -15,12 +15,28 @@ Differences from HPE Dragon:
 * ``maxsize <= 0`` means unbounded (as in ``multiprocessing``); HPE Dragon
   silently turns it into 100, so a program that puts more than 100 items
   before anyone gets them blocks there and not here.
-* ``m_uid``, ``pool``, ``block_size``, ``buffered``, ``policy`` are accepted
-  and have no effect (messages of any size go through; memory comes from
-  the run's shared-memory segments). The stream-channel options
-  (``num_streams``, ``main_channel``, ``mgr_channel``, ``sem_channel``,
-  ``strm_channels``), a custom ``pickler`` and :meth:`Queue.serialize` (for
-  HPE's C++ clients) are not supported and raise ``NotImplementedError``.
+* ``m_uid``, ``pool``, ``block_size``, ``policy`` are accepted and have no
+  effect (messages of any size go through; memory comes from the run's
+  shared-memory segments).
+* ``pickler``: as in HPE Dragon, an object with ``dump(obj, file)`` and
+  ``load(file)`` (``cloudpickle``, ``pickle``, or a class of your own, say
+  for numpy arrays) encodes every item instead of ``multiprocessing``'s
+  pickling; it travels with the queue to every process that gets a handle.
+* ``buffered=False, num_streams=N``: HPE Dragon streams an unbuffered
+  queue's items through ``N`` stream channels. Here every item is one
+  channel message whatever its size (a large one lies in a shared block
+  that the receiver reads in place), so there is nothing to stream: the
+  queue works as a buffered one and keeps ``num_streams`` for the program
+  to read. As in HPE Dragon, ``num_streams`` with ``buffered=True`` is a
+  ``ValueError``.
+* Channels made outside the queue (``main_channel``, ``mgr_channel``,
+  ``sem_channel``, ``strm_channels``, ``stream_channel=`` of ``put`` and
+  ``get``) do not exist in this runtime: they raise ``NotImplementedError``
+  saying so (a queue makes its own channel; share it by pickling it or with
+  ``serialize()``/``Queue.attach()``).
+* :meth:`Queue.serialize` returns a text descriptor that :meth:`Queue.attach`
+  turns back into a handle in any Python process of the run; HPE's C and
+  C++ clients cannot attach to it.
 """
 from __future__ import annotations
 
@@ -33,6 +49,25 @@ from ..errors import DragonError
 __all__ = ["Queue", "QueueError"]
 
 DEFAULT_MAXSIZE = 100
+
+
+_EXTERNAL_CHANNELS = ("%s: this runtime has no channel objects made outside a queue (HPE Dragon's "
+                      "main, manager, semaphore and stream channels); a queue makes its own. Drop the "
+                      "argument, and share the queue by pickling it or with serialize() and Queue.attach()")
+
+
+def _dump_pickler(pickler):
+    if pickler is None:
+        return None
+    import cloudpickle
+
+    return cloudpickle.dumps(pickler)
+
+
+def _load_pickler(data):
+    import cloudpickle
+
+    return cloudpickle.loads(data)
 
 
 class QueueError(DragonError):
@@ -53,13 +88,24 @@ class Queue(_queues.JoinableQueue):
                  _ext_channel=None):
         if isinstance(maxsize, bool) or not isinstance(maxsize, int):
             raise TypeError("maxsize must be an integer, not %r" % (maxsize,))
-        for name, value in (("num_streams", num_streams or None), ("main_channel", main_channel),
-                            ("mgr_channel", mgr_channel), ("sem_channel", sem_channel),
-                            ("strm_channels", strm_channels), ("pickler", pickler),
+        if isinstance(num_streams, bool) or not isinstance(num_streams, int) or num_streams < 0:
+            raise ValueError("num_streams must be an integer >= 0, not %r" % (num_streams,))
+        if buffered and num_streams:
+            raise ValueError("a buffered queue has no stream channels: give buffered=False with num_streams=%d"
+                             % num_streams)
+        for name, value in (("main_channel", main_channel), ("mgr_channel", mgr_channel),
+                            ("sem_channel", sem_channel), ("strm_channels", strm_channels),
                             ("_ext_channel", _ext_channel)):
             if value is not None:
-                raise NotImplementedError("Queue(%s=...) is not supported by this runtime" % name)
+                raise NotImplementedError(_EXTERNAL_CHANNELS % ("Queue(%s=...)" % name))
+        if pickler is not None and not (callable(getattr(pickler, "dump", None))
+                                        and callable(getattr(pickler, "load", None))):
+            raise TypeError("pickler must have dump(obj, file) and load(file) (as cloudpickle and pickle do), "
+                            "not %r" % (pickler,))
         _queues.Queue.__init__(self, maxsize)
+        self._pickler = pickler
+        self._num_streams = num_streams
+        self._buffered = bool(buffered)
         self._joinable = bool(joinable)
         if self._joinable:
             from ..synchronize import Condition, Lock, Semaphore
@@ -72,18 +118,100 @@ class Queue(_queues.JoinableQueue):
         if self._closed:
             raise ValueError("Queue %r is closed" % self)
         state = _queues.Queue.__getstate__(self)
+        extra = (_dump_pickler(self._pickler), self._num_streams, self._buffered)
         if self._joinable:
-            return state + (True, self._cond, self._unfinished_tasks)
-        return state + (False,)
+            return state + extra + (True, self._cond, self._unfinished_tasks)
+        return state + extra + (False,)
 
     def __setstate__(self, state):
         if state[-1] is False:
-            _queues.Queue.__setstate__(self, state[:-1])
+            base, extra = state[:-4], state[-4:-1]
             self._joinable = False
         else:
-            _queues.Queue.__setstate__(self, state[:-3])
+            base, extra = state[:-6], state[-6:-3]
             self._joinable = True
             self._cond, self._unfinished_tasks = state[-2:]
+        _queues.Queue.__setstate__(self, base)
+        pickler, self._num_streams, self._buffered = extra
+        self._pickler = None if pickler is None else _load_pickler(pickler)
+
+    def serialize(self) -> str:
+        """A text descriptor of this queue: :meth:`attach` makes a handle of
+        it in any Python process of the run (this process keeps the queue
+        alive meanwhile, as when it pickles the queue)."""
+        import base64
+
+        from .. import _wire
+
+        return base64.urlsafe_b64encode(bytes(_wire.dumps(self))).decode("ascii")
+
+    @classmethod
+    def attach(cls, serialized: str) -> "Queue":
+        """A handle of the queue :meth:`serialize` described."""
+        import base64
+        import binascii
+        import pickle
+
+        try:
+            data = base64.urlsafe_b64decode(serialized.encode("ascii") if isinstance(serialized, str)
+                                            else bytes(serialized))
+            q = pickle.loads(data)
+        except (binascii.Error, ValueError, TypeError, pickle.UnpicklingError, EOFError) as e:
+            raise ValueError("not a serialized queue: %s" % e) from None
+        if not isinstance(q, Queue):
+            raise ValueError("not a serialized queue (it describes a %s)" % type(q).__name__)
+        return q
+
+    # -- items, with a custom pickler ---------------------------------------------
+    def put(self, obj, block: bool = True, timeout: float | None = None, *, stream_channel=None) -> None:
+        """Put ``obj`` on the queue (``queue.Full`` if a bounded queue stays
+        full)."""
+        if stream_channel is not None:
+            raise NotImplementedError(_EXTERNAL_CHANNELS % "put(stream_channel=...)")
+        if self._pickler is None:
+            return _queues.Queue.put(self, obj, block, timeout)
+        if self._closed:
+            raise ValueError("Queue %r is closed" % self)
+        import io
+
+        from .. import _wire
+
+        buf = io.BytesIO()
+        self._pickler.dump(obj, buf)
+        self._used = True
+        self._put_item(buf.getbuffer(), _wire.TAG_RAW, block, timeout)
+
+    def get(self, block: bool = True, timeout: float | None = None, *, stream_channel=None):
+        """Remove and return an item (``queue.Empty`` if none comes)."""
+        if stream_channel is not None:
+            raise NotImplementedError(_EXTERNAL_CHANNELS % "get(stream_channel=...)")
+        if self._pickler is None:
+            return _queues.Queue.get(self, block, timeout)
+        if self._closed:
+            raise ValueError("Queue %r is closed" % self)
+        import io
+
+        from .. import _wire
+
+        tag, data = self._recv_msg(block, timeout)
+        if tag == _wire.TAG_RAW:
+            return self._pickler.load(io.BytesIO(data))
+        if tag == _wire.TAG_PICKLE:
+            return _wire.loads(data)
+        return data
+
+    def get_nowait(self, *, stream_channel=None):
+        return self.get(False, stream_channel=stream_channel)
+
+    @property
+    def num_streams(self) -> int:
+        """The ``num_streams`` the queue was made with (nothing streams here:
+        see the module's docs)."""
+        return self._num_streams
+
+    @property
+    def buffered(self) -> bool:
+        return self._buffered
 
     # -- HPE spellings ------------------------------------------------------------
     def _put_item(self, data, prefix, block, timeout):
@@ -93,8 +221,8 @@ class Queue(_queues.JoinableQueue):
         else:
             _queues.Queue._put_data(self, data, prefix, block, timeout)
 
-    def put_nowait(self, obj) -> None:
-        self.put(obj, False)
+    def put_nowait(self, obj, *, stream_channel=None) -> None:
+        self.put(obj, False, stream_channel=stream_channel)
 
     @property
     def joinable(self) -> bool:
@@ -156,10 +284,6 @@ class Queue(_queues.JoinableQueue):
             self._ch.destroy()
         except DragonError:
             pass
-
-    def serialize(self):
-        raise NotImplementedError("Queue.serialize() (attaching from HPE's C++ API) is not supported; "
-                                  "pickle the queue instead")
 
     def thread_wait(self, timeout, done_ev, ready) -> None:
         """Wait (in a helper thread of HPE's ``wait``) until an item is there

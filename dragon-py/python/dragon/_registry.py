@@ -1,0 +1,69 @@
+"""The run's directory of what it made, for ``dragon top`` and the metrics
+endpoint (:mod:`dragon._top`).
+
+One file per run and node, ``/dev/shm/dragon-<run id>-reg``, removed with
+the run's other files. Each process of the run appends a line when it
+starts a process (``p <pid> <name>``), makes a queue (``q <pid> <channel
+handle, hex>``) or a DDict (``d <pid> <name> <descriptor>``). Lines are
+short single writes to a file opened with ``O_APPEND``, so processes never
+interleave them; readers skip a line they cannot parse.
+
+The directory is for looking at a run, never for running it: a line that
+cannot be written (``/dev/shm`` full, say) is left out without failing the
+program, and a process stops writing once the file has reached
+:data:`MAX_BYTES` (a program making millions of queues), so the view then
+shows the objects made first.
+"""
+from __future__ import annotations
+
+import os
+
+__all__ = ["note", "path", "read", "MAX_BYTES"]
+
+#: Size after which processes stop appending (the view is then partial).
+MAX_BYTES = 8 << 20
+
+_full_pid = 0  # the pid of a process that found the file full
+
+
+def path(run_id: str | None = None) -> str:
+    from . import runtime
+
+    return "/dev/shm/" + runtime.shm_prefix(run_id) + "reg"
+
+
+def note(kind: str, *fields: object) -> None:
+    """Append one record (best effort: never raises)."""
+    global _full_pid
+    pid = os.getpid()
+    if _full_pid == pid:
+        return
+    line = " ".join([kind, str(pid), *(str(f).replace("\n", " ") for f in fields)]) + "\n"
+    try:
+        fd = os.open(path(), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return
+    try:
+        os.write(fd, line.encode(errors="replace"))
+        if os.lseek(fd, 0, os.SEEK_END) >= MAX_BYTES:
+            _full_pid = pid
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def read(run_id: str) -> list[tuple[str, int, list[str]]]:
+    """The records of a run on this node: ``(kind, pid, fields)``."""
+    try:
+        with open(path(run_id), "rb") as f:
+            data = f.read()
+    except OSError:
+        return []
+    out = []
+    for raw in data.decode(errors="replace").splitlines():
+        parts = raw.split(" ")
+        if len(parts) < 2 or not parts[1].isdigit():
+            continue
+        out.append((parts[0], int(parts[1]), parts[2:]))
+    return out

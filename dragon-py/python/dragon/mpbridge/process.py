@@ -1,0 +1,5 @@
+"""HPE Dragon's ``dragon.mpbridge.process``: the ``dragon`` start method's
+process class."""
+from ..context import DragonProcess
+
+__all__ = ["DragonProcess"]
