@@ -140,7 +140,8 @@ pub struct ShardRef {
 }
 
 /// Everything a process needs to attach to a DDict. Text form:
-/// `ddict1;<name>;<flags>;<segment>:<id hex>,...`.
+/// `ddict1;<name>;<flags>;<segment>:<id hex>,...[;n<node>]` (no node
+/// field: node 0).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Descriptor {
     /// The DDict's name.
@@ -149,13 +150,17 @@ pub struct Descriptor {
     pub flags: u64,
     /// The shards, in routing order.
     pub shards: Vec<ShardRef>,
+    /// The node of a multi-node run whose shared memory holds the shards
+    /// (0 on one node); processes of other nodes reach them through it.
+    pub node: u32,
 }
 
 impl Descriptor {
     /// The text form.
     pub fn to_text(&self) -> String {
         let shards: Vec<String> = self.shards.iter().map(|s| format!("{}:{:x}", s.segment, s.id)).collect();
-        format!("ddict1;{};{};{}", self.name, self.flags, shards.join(","))
+        let node = if self.node == 0 { String::new() } else { format!(";n{}", self.node) };
+        format!("ddict1;{};{};{}{node}", self.name, self.flags, shards.join(","))
     }
 
     /// Parse the text form.
@@ -176,10 +181,14 @@ impl Descriptor {
                 Ok(ShardRef { segment: seg.to_owned(), id: u64::from_str_radix(id, 16).map_err(|_| bad())? })
             })
             .collect::<Result<Vec<_>, Error>>()?;
+        let node = match it.next() {
+            None => 0,
+            Some(n) => n.strip_prefix('n').and_then(|n| n.parse().ok()).ok_or_else(bad)?,
+        };
         if it.next().is_some() || shards.is_empty() || name.contains(';') {
             return Err(bad());
         }
-        Ok(Descriptor { name, flags, shards })
+        Ok(Descriptor { name, flags, shards, node })
     }
 }
 

@@ -44,7 +44,7 @@ fn corrupt_err(c: &ddict::persist::Corruption, message: String) -> PyErr {
     })
 }
 
-fn err(e: Error) -> PyErr {
+pub(crate) fn err(e: Error) -> PyErr {
     let m = e.to_string();
     match e {
         Error::PersistCorrupt(c) => corrupt_err(&c, m),
@@ -68,7 +68,7 @@ fn split<'py>(py: Python<'py>, v: &[u8]) -> (u8, Bound<'py, PyBytes>) {
 
 /// One process's attachment to a DDict.
 #[pyclass(module = "dragon._native", name = "DDictClient")]
-struct DDictClient {
+pub(crate) struct DDictClient {
     inner: Mutex<Option<Client>>,
     desc: String,
     /// This handle destroyed the DDict (later calls say so).
@@ -90,7 +90,7 @@ impl DDictClient {
 impl DDictClient {
     /// Attach to the DDict a descriptor names.
     #[new]
-    fn new(py: Python<'_>, descriptor: &str) -> PyResult<Self> {
+    pub(crate) fn new(py: Python<'_>, descriptor: &str) -> PyResult<Self> {
         let d = Descriptor::from_text(descriptor).map_err(err)?;
         let c = py.detach(|| Client::attach(&d)).map_err(err)?;
         Ok(DDictClient { inner: Mutex::new(Some(c)), desc: descriptor.to_owned(), destroyed: AtomicBool::new(false) })
@@ -332,7 +332,7 @@ fn ddict_descriptor(name: &str, shards: usize, durable: bool) -> PyResult<String
         })
         .collect();
     let flags = if durable { ddict::FLAG_DURABLE } else { 0 };
-    Ok(Descriptor { name: name.to_owned(), flags, shards }.to_text())
+    Ok(Descriptor { name: name.to_owned(), flags, shards, node: transport_shm::this_node() }.to_text())
 }
 
 /// Serve shard `index` of the DDict `descriptor` names (the body of a

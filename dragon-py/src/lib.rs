@@ -9,6 +9,7 @@ mod lent;
 mod memory;
 mod node;
 mod remote;
+mod remote_ddict;
 mod remote_sync;
 mod runtime;
 mod sync;
@@ -25,5 +26,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     node::register(m)?;
     remote::register(m)?;
     remote_sync::register(m)?;
+    remote_ddict::register(m)?;
     Ok(())
 }

@@ -26,7 +26,7 @@ const CHECK_EVERY: Duration = Duration::from_millis(100);
 /// This process's connection to its node's service: (pid that made it, client).
 static SERVICE: Mutex<Option<(u32, ServiceClient)>> = Mutex::new(None);
 
-fn service() -> PyResult<ServiceClient> {
+pub(crate) fn service() -> PyResult<ServiceClient> {
     let me = std::process::id();
     let mut s = SERVICE.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((pid, c)) = &*s {

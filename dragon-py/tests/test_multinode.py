@@ -707,3 +707,70 @@ def test_value_and_array_across_nodes(cluster):
     assert "NotLocalError: shared memory block" in r.stderr and "RawValue" in r.stderr, r.stderr
     assert "get_obj NotLocalError" in out, out
     _assert_clean(cluster)
+
+
+def test_ddict_across_nodes(cluster):
+    script = _script(cluster, "ddict.py", """
+        import multiprocessing as mp, os
+        from dragon.data.ddict import DDict, DDictFullError
+        from dragon.infrastructure.policy import Policy
+
+        def writer(d, node, q):
+            for i in range(50):
+                d[(node, i)] = {"node": node, "i": i, "blob": b"x" * i}
+            d.fetch_add("hits", 1)
+            big = os.urandom(3 << 20)
+            d[("big", node)] = big
+            out = [d[("big", node)] == big, d.get(("missing", node), "absent")]
+            try:
+                d[("missing", node)]
+            except KeyError:
+                out.append("KeyError")
+            out.append(d.pop((node, 0))["i"])
+            out.append((node, 0) in d)
+            out.append(d.local_keys())
+            out.append(len(d.stats))
+            q.put((node, out))
+
+        def filler(d, q):
+            try:
+                for i in range(10000):
+                    d[i] = b"y" * 4096
+                q.put("never full")
+            except DDictFullError as e:
+                q.put(("full", i > 0, "full" in str(e)))
+
+        def on(node, target, *args):
+            with Policy(host_name="node%d" % (node + 1)):
+                p = mp.Process(target=target, args=args)
+                p.start()
+            return p
+
+        if __name__ == "__main__":
+            d = DDict(2, 1, 64 << 20)
+            q = mp.Queue()
+            ps = [on(n, writer, d, n, q) for n in (1, 2)]
+            got = dict(q.get(timeout=120) for _ in ps)
+            for p in ps:
+                p.join(60)
+            print("writers", got[1], got[2], [p.exitcode for p in ps])
+            print("here", len(d), d[(1, 7)], d[(2, 49)]["i"], d["hits"], len(d.keys()))
+            print("stats", sum(s.num_keys for s in d.stats))
+
+            small = DDict(1, 1, 256 << 10)
+            p = on(2, filler, small, q)
+            print("small", q.get(timeout=120))
+            p.join(60)
+            small.destroy()
+            d.destroy()
+        """)
+    r = _run(cluster, script)
+    _ok(r)
+    out = r.stdout
+    assert "writers [True, 'absent', 'KeyError', 0, False, [], 2] [True, 'absent', 'KeyError', 0, False, [], 2] [0, 0]" \
+        in out, out
+    assert "stats 101" in out, out
+    # 2 x 50 entries, minus the two popped, plus the two big ones and the counter.
+    assert "here 101 {'node': 1, 'i': 7, 'blob': b'xxxxxxx'} 49 2 101" in out, out
+    assert "small ('full', True, True)" in out, out
+    _assert_clean(cluster)

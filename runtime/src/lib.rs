@@ -9,7 +9,9 @@
 //! - [`service`]: the node service itself (membership, relaying requests
 //!   between nodes, serving channel operations and process starts, output
 //!   forwarding, heartbeats, cleanup);
-//! - [`cleanup`]: finding the run's leftover processes on a node.
+//! - [`cleanup`]: finding the run's leftover processes on a node;
+//! - [`syncserve`], [`ddictserve`]: this node's synchronisation objects,
+//!   memory blocks and DDicts as processes of other nodes use them.
 //!
 //! The launcher (`dragon --hostlist ...`) is in the Python package; it
 //! starts `python -m dragon._node` on every node, which runs
@@ -18,6 +20,7 @@
 
 pub mod bootstrap;
 pub mod cleanup;
+pub mod ddictserve;
 pub mod fdstream;
 pub mod hostlist;
 pub mod launch;

@@ -58,6 +58,9 @@ pub const NODES: u8 = 0x30;
 /// An operation on a synchronisation object of the serving node
 /// (`syncserve.rs` has the payload).
 pub const SYNC: u8 = 0x40;
+/// An operation on a DDict of the serving node (`ddictserve.rs` has the
+/// payload).
+pub const DDICT: u8 = 0x41;
 
 /// Exit code reported for a process whose node was lost (as if killed).
 pub const LOST_EXIT: i64 = -(libc::SIGKILL as i64);

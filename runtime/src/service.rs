@@ -26,6 +26,7 @@
 //!   files, and exits.
 
 use crate::bootstrap::{self, Bootstrap};
+use crate::ddictserve::DDictServer;
 use crate::launch::{self, Template, TemplateSpec};
 use crate::proto::{self, out};
 use crate::syncserve::{self, SyncRequest, SyncServer};
@@ -233,6 +234,8 @@ struct Service {
     gate: Gate,
     /// This node's synchronisation objects, as other nodes use them.
     sync: SyncServer,
+    /// This node's DDicts, as other nodes use them.
+    ddicts: DDictServer,
     tethers: HashMap<Token, Tether>,
     tether_tokens: HashMap<(u32, u64), Token>,
     next_tether: u64,
@@ -386,6 +389,7 @@ impl Service {
             uid: crate::sys::uid(),
             gate: Gate::new(gate::Limits::default()),
             sync: SyncServer::default(),
+            ddicts: DDictServer::default(),
             tethers: HashMap::new(),
             tether_tokens: HashMap::new(),
             next_tether: 1,
@@ -929,6 +933,15 @@ impl Service {
                     self.send_on(t, r.kind, r.id, r.payload);
                 }
             }
+            proto::DDICT => {
+                if self.peer_node(t).is_none() {
+                    return;
+                }
+                let post = self.poster(t);
+                if let Some(r) = self.ddicts.handle(f.id, &f.payload, &post) {
+                    self.send_on(t, r.kind, r.id, r.payload);
+                }
+            }
             proto::LAUNCH | proto::SIGNAL | proto::RELEASE => {
                 let Some(node) = self.peer_node(t) else { return };
                 // The tethers of a start from another node: one end of a
@@ -1088,6 +1101,13 @@ impl Service {
                 }
                 return;
             }
+        }
+        if f.kind == proto::DDICT && node == self.me {
+            let post = self.poster(t);
+            if let Some(r) = self.ddicts.handle(f.id, &payload, &post) {
+                self.send_on(t, r.kind, r.id, r.payload);
+            }
+            return;
         }
         if node == self.me {
             return self.local_here(t, f.kind, f.id, payload);

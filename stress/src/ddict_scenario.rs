@@ -446,7 +446,7 @@ pub fn run(opts: &Opts, sum: &mut Summary) {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let desc = Descriptor { name: "stress".into(), flags: 0, shards: refs };
+    let desc = Descriptor { name: "stress".into(), flags: 0, shards: refs, node: 0 };
     let mut pc = Client::attach(&desc).expect("parent attaches");
     let stop = ShmEvent::create().expect("stop event");
     let vars = vec![

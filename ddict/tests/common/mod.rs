@@ -44,7 +44,7 @@ pub fn serve(name: &str, shards: usize, len: usize, persist: Option<PathBuf>, re
         rx.recv_timeout(Duration::from_secs(30)).expect("manager ready");
     }
     let flags = if persist.is_some() { FLAG_DURABLE } else { 0 };
-    Served { desc: Descriptor { name: name.to_owned(), flags, shards: refs }, threads }
+    Served { desc: Descriptor { name: name.to_owned(), flags, shards: refs, node: 0 }, threads }
 }
 
 impl Served {

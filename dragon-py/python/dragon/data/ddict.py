@@ -377,7 +377,9 @@ class DDict:
     Args:
         managers_per_node: manager processes (shards) per node.
         num_nodes: nodes with managers (HPE Dragon's ``n_nodes`` is accepted
-            too). Until multi-node runs land, every manager runs on this node.
+            too). For now every manager runs on the node that makes the
+            DDict (``num_nodes * managers_per_node`` of them); processes of
+            other nodes use it through that node's service.
         total_mem: bytes for all shards together, metadata included; each
             shard gets ``total_mem // managers``.
         name: names the DDict (and its persistence files); letters, digits
@@ -446,7 +448,7 @@ class DDict:
                                       None if persist_path is None else os.fspath(persist_path),
                                       restore, working_set_size)
         try:
-            self._c = _native.DDictClient(desc)
+            self._c = _native.ddict_client(desc)
         except BaseException:
             _stop_raw(desc, self._procs)
             raise
@@ -488,7 +490,7 @@ class DDict:
                key_pickler: Any = None, value_pickler: Any = None) -> "DDict":
         """A handle on the DDict that :meth:`serialize` described."""
         self = cls.__new__(cls)
-        self._setup(_native.DDictClient(serialized), timeout, key_pickler, value_pickler)
+        self._setup(_native.ddict_client(serialized), timeout, key_pickler, value_pickler)
         return self
 
     @classmethod
@@ -885,8 +887,10 @@ class DDict:
     frozen = is_frozen
 
     def local_keys(self) -> list:
-        """Keys held by managers on this node (every manager, until
-        multi-node runs land)."""
+        """Keys held by managers on this node (none on a node other than
+        the one whose managers hold the shards)."""
+        if isinstance(self._c, _native.RemoteDDictClient):
+            return []
         return self.keys()
 
     def which_manager(self, key) -> int:
@@ -949,7 +953,7 @@ def _rebuild(serialized, timeout, key_pickler, value_pickler, pin=None):
 
 def _stop_raw(desc, procs):
     try:
-        _native.DDictClient(desc).destroy()
+        _native.ddict_client(desc).destroy()
     except Exception:  # noqa: BLE001
         pass
     for p in procs:
