@@ -76,6 +76,14 @@ pub enum Error {
     PersistCorrupt(Box<persist::Corruption>),
     /// The operation is not available in this mode.
     Unsupported(&'static str),
+    /// The shard lives on another node of a multi-node run: this client
+    /// does not map it (its node's service does).
+    Elsewhere {
+        /// The shard.
+        shard: usize,
+        /// Its node.
+        node: u32,
+    },
 }
 
 impl fmt::Display for Error {
@@ -97,6 +105,7 @@ impl fmt::Display for Error {
             Error::Persist(m) => write!(f, "DDict persistence failed: {m}"),
             Error::PersistCorrupt(c) => write!(f, "cannot restore the DDict: {c}"),
             Error::Unsupported(m) => f.write_str(m),
+            Error::Elsewhere { shard, node } => write!(f, "DDict shard {shard} lives on node {node}, not this one"),
         }
     }
 }
@@ -130,18 +139,20 @@ pub fn counter_value(cur: Option<&[u8]>, prefix: &[u8]) -> i64 {
     }
 }
 
-/// One shard of a DDict: its segment and id.
+/// One shard of a DDict: its segment, id and node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardRef {
     /// Segment name.
     pub segment: String,
     /// Shard id (checked on attach).
     pub id: u64,
+    /// The node of a multi-node run whose shared memory holds the shard
+    /// (0 on one node).
+    pub node: u32,
 }
 
 /// Everything a process needs to attach to a DDict. Text form:
-/// `ddict1;<name>;<flags>;<segment>:<id hex>,...[;n<node>]` (no node
-/// field: node 0).
+/// `ddict1;<name>;<flags>;<segment>:<id hex>[@<node>],...` (no node: 0).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Descriptor {
     /// The DDict's name.
@@ -150,17 +161,20 @@ pub struct Descriptor {
     pub flags: u64,
     /// The shards, in routing order.
     pub shards: Vec<ShardRef>,
-    /// The node of a multi-node run whose shared memory holds the shards
-    /// (0 on one node); processes of other nodes reach them through it.
-    pub node: u32,
 }
 
 impl Descriptor {
     /// The text form.
     pub fn to_text(&self) -> String {
-        let shards: Vec<String> = self.shards.iter().map(|s| format!("{}:{:x}", s.segment, s.id)).collect();
-        let node = if self.node == 0 { String::new() } else { format!(";n{}", self.node) };
-        format!("ddict1;{};{};{}{node}", self.name, self.flags, shards.join(","))
+        let shards: Vec<String> = self
+            .shards
+            .iter()
+            .map(|s| match s.node {
+                0 => format!("{}:{:x}", s.segment, s.id),
+                n => format!("{}:{:x}@{n}", s.segment, s.id),
+            })
+            .collect();
+        format!("ddict1;{};{};{}", self.name, self.flags, shards.join(","))
     }
 
     /// Parse the text form.
@@ -177,26 +191,30 @@ impl Descriptor {
             .ok_or_else(bad)?
             .split(',')
             .map(|p| {
+                let (p, node) = match p.rsplit_once('@') {
+                    Some((p, n)) => (p, n.parse().map_err(|_| bad())?),
+                    None => (p, 0),
+                };
                 let (seg, id) = p.rsplit_once(':').ok_or_else(bad)?;
-                Ok(ShardRef { segment: seg.to_owned(), id: u64::from_str_radix(id, 16).map_err(|_| bad())? })
+                Ok(ShardRef { segment: seg.to_owned(), id: u64::from_str_radix(id, 16).map_err(|_| bad())?, node })
             })
             .collect::<Result<Vec<_>, Error>>()?;
-        let node = match it.next() {
-            None => 0,
-            Some(n) => n.strip_prefix('n').and_then(|n| n.parse().ok()).ok_or_else(bad)?,
-        };
         if it.next().is_some() || shards.is_empty() || name.contains(';') {
             return Err(bad());
         }
-        Ok(Descriptor { name, flags, shards, node })
+        Ok(Descriptor { name, flags, shards })
     }
 }
 
-/// One process's attachment to a DDict: every shard mapped, a client slot
-/// claimed in each.
+/// One process's attachment to a DDict: every shard of its node mapped, a
+/// client slot claimed in each on first use. On one node that is every
+/// shard; in a multi-node run the shards of other nodes are not mapped
+/// (operations on them fail with [`Error::Elsewhere`], and the whole-DDict
+/// operations — `len`, `for_each`, `clear`, `freeze`, `stats`, ... — cover
+/// this node's shards: a caller combines the nodes' answers).
 pub struct Client {
     desc: Descriptor,
-    shards: Vec<ShmShard>,
+    shards: Vec<Option<ShmShard>>,
     slots: Vec<Option<ddict_shard::Slot>>,
     pid: u32,
     next_check: Instant,
@@ -216,15 +234,23 @@ pub fn shard_of(key: &[u8], n: usize) -> usize {
 
 impl Client {
     /// Attach to the DDict `desc` names (its managers must have created
-    /// their shards).
+    /// their shards): the shards of this node ([`transport_shm::this_node`]).
     pub fn attach(desc: &Descriptor) -> Result<Client, Error> {
-        let shards =
-            desc.shards.iter().map(|s| ShmShard::open(&s.segment, s.id)).collect::<Result<Vec<_>, _>>().map_err(
-                |e| match e {
-                    KvShmError::Segment(transport_shm::SegmentError::NotFound(_)) => Error::Destroyed,
-                    e => shm_err(e),
-                },
-            )?;
+        Self::attach_on(desc, transport_shm::this_node())
+    }
+
+    /// Attach to the shards of `desc` that live on node `node` (this
+    /// process's node: their memory is mapped).
+    pub fn attach_on(desc: &Descriptor, node: u32) -> Result<Client, Error> {
+        let shards = desc
+            .shards
+            .iter()
+            .map(|s| (s.node == node).then(|| ShmShard::open(&s.segment, s.id)).transpose())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| match e {
+                KvShmError::Segment(transport_shm::SegmentError::NotFound(_)) => Error::Destroyed,
+                e => shm_err(e),
+            })?;
         let n = shards.len();
         let mut c = Client {
             desc: desc.clone(),
@@ -243,9 +269,30 @@ impl Client {
         &self.desc
     }
 
-    /// Number of shards.
+    /// Number of shards (on every node).
     pub fn shards(&self) -> usize {
         self.shards.len()
+    }
+
+    /// Whether shard `i` is mapped here (lives on this client's node).
+    pub fn is_here(&self, i: usize) -> bool {
+        self.shards.get(i).is_some_and(Option::is_some)
+    }
+
+    /// The node shard `i` lives on.
+    pub fn node_of(&self, i: usize) -> u32 {
+        self.desc.shards.get(i).map_or(0, |s| s.node)
+    }
+
+    /// The shards mapped here, with their indexes.
+    fn here(&self) -> impl Iterator<Item = (usize, &ShmShard)> {
+        self.shards.iter().enumerate().filter_map(|(i, s)| Some((i, s.as_ref()?)))
+    }
+
+    /// Shard `i`, if it is here.
+    fn shard(&self, i: usize) -> Result<&ShmShard, Error> {
+        self.check_index(i)?;
+        self.shards[i].as_ref().ok_or(Error::Elsewhere { shard: i, node: self.node_of(i) })
     }
 
     /// Whether writes go through the managers' logs.
@@ -265,7 +312,7 @@ impl Client {
 
     /// Check now that the DDict was not destroyed and every manager lives.
     pub fn check_now(&self) -> Result<(), Error> {
-        for (i, sh) in self.shards.iter().enumerate() {
+        for (i, sh) in self.here() {
             if sh.state() != ddict_shard::state::OPEN {
                 return Err(Error::Destroyed);
             }
@@ -290,7 +337,8 @@ impl Client {
         }
         self.health()?;
         if self.slots[i].is_none() {
-            self.slots[i] = Some(self.shards[i].claim_slot().map_err(|e| kv_err(i, e))?);
+            let claimed = self.shard(i)?.claim_slot().map_err(|e| kv_err(i, e))?;
+            self.slots[i] = Some(claimed);
         }
         Ok(self.slots[i].as_ref().expect("claimed above"))
     }
@@ -298,6 +346,11 @@ impl Client {
     /// The shard `key` goes to (the pinned one, if any).
     pub fn shard_of(&self, key: &[u8]) -> usize {
         self.pin.unwrap_or_else(|| shard_of(key, self.shards.len()))
+    }
+
+    /// The shard every keyed operation goes to, if pinned.
+    pub fn pin(&self) -> Option<usize> {
+        self.pin
     }
 
     /// Send every keyed operation to shard `pin` (a per-manager view), or
@@ -317,7 +370,7 @@ impl Client {
     ) -> Result<T, Error> {
         self.slot(i)?;
         let slot = self.slots[i].as_ref().expect("claimed");
-        f(&self.shards[i], slot).map_err(|e| kv_err(i, e))
+        f(self.shard(i)?, slot).map_err(|e| kv_err(i, e))
     }
 
     /// Store `key` = the concatenation of `parts`. With `if_absent`, an
@@ -358,9 +411,8 @@ impl Client {
     /// Checkpoint state of shard `i`: (newest checkpoint written, oldest
     /// kept, working set size).
     pub fn checkpoint_state(&mut self, i: usize) -> Result<(u64, u64, u64), Error> {
-        self.check_index(i)?;
         self.health()?;
-        let sh = &self.shards[i];
+        let sh = self.shard(i)?;
         Ok((sh.user_word(manager::UW_NEWEST), sh.user_word(manager::UW_OLDEST), sh.user_word(manager::UW_WORKING_SET)))
     }
 
@@ -400,7 +452,7 @@ impl Client {
             }
             self.slot(i)?;
             let slot = self.slots[i].as_ref().expect("claimed");
-            manager::request_batch(&self.shards[i], slot, batch).map_err(|e| match e {
+            manager::request_batch(self.shard(i)?, slot, batch).map_err(|e| match e {
                 Error::Full { detail, .. } => Error::Full { shard: i, detail },
                 Error::ManagerDied { .. } => Error::ManagerDied { shard: i },
                 e => e,
@@ -430,7 +482,7 @@ impl Client {
     /// Store `key` = `value` in every shard (read back with
     /// [`Client::get_from`] on a shard near the reader).
     pub fn put_all(&mut self, key: &[u8], value: &[u8]) -> Result<(), Error> {
-        for i in 0..self.shards.len() {
+        for i in self.local_shards() {
             if self.durable() {
                 self.durable_put(i, key, &[value], false)?;
             } else {
@@ -506,10 +558,10 @@ impl Client {
         })
     }
 
-    /// Number of entries (all shards).
+    /// Number of entries (in this node's shards).
     pub fn len(&mut self) -> Result<u64, Error> {
         self.health()?;
-        Ok(self.shards.iter().map(|s| s.len()).sum())
+        Ok(self.here().map(|(_, s)| s.len()).sum())
     }
 
     /// Whether the DDict is empty.
@@ -520,22 +572,28 @@ impl Client {
     /// Number of entries in shard `i`.
     pub fn shard_len(&mut self, i: usize) -> Result<u64, Error> {
         self.health()?;
-        Ok(self.shards.get(i).map_or(0, |s| s.len()))
+        Ok(self.shard(i)?.len())
     }
 
     /// Call `f(key, value)` for every entry of shard `i`.
     pub fn for_each_in(&mut self, i: usize, f: impl FnMut(&[u8], &[u8])) -> Result<(), Error> {
         self.health()?;
-        self.shards[i].for_each(f);
+        self.shard(i)?.for_each(f);
         Ok(())
     }
 
-    /// Call `f(key, value)` for every entry.
+    /// Call `f(key, value)` for every entry (of this node's shards).
     pub fn for_each(&mut self, mut f: impl FnMut(&[u8], &[u8])) -> Result<(), Error> {
-        for i in 0..self.shards.len() {
-            self.for_each_in(i, &mut f)?;
+        self.health()?;
+        for (_, s) in self.here() {
+            s.for_each(&mut f);
         }
         Ok(())
+    }
+
+    /// Indexes of the shards mapped here.
+    pub fn local_shards(&self) -> Vec<usize> {
+        self.here().map(|(i, _)| i).collect()
     }
 
     /// Every key.
@@ -545,9 +603,9 @@ impl Client {
         Ok(out)
     }
 
-    /// Remove every entry.
+    /// Remove every entry (of this node's shards).
     pub fn clear(&mut self) -> Result<(), Error> {
-        for i in 0..self.shards.len() {
+        for i in self.local_shards() {
             if self.durable() {
                 self.request(i, manager::OP_CLEAR, &[], &[])?;
             } else {
@@ -557,46 +615,52 @@ impl Client {
         Ok(())
     }
 
-    /// Make every shard read-only (gets then take no locks).
+    /// Make every shard (of this node) read-only (gets then take no locks).
     pub fn freeze(&mut self) -> Result<(), Error> {
         self.health()?;
-        for i in 0..self.shards.len() {
+        for i in self.local_shards() {
             if self.durable() {
                 self.request(i, manager::OP_FREEZE, &[], &[])?;
             } else {
-                self.shards[i].freeze();
+                self.shard(i)?.freeze();
             }
         }
         Ok(())
     }
 
-    /// Make every shard writable again.
+    /// Make every shard (of this node) writable again.
     pub fn unfreeze(&mut self) -> Result<(), Error> {
         self.health()?;
-        for i in 0..self.shards.len() {
+        for i in self.local_shards() {
             if self.durable() {
                 self.request(i, manager::OP_UNFREEZE, &[], &[])?;
             } else {
-                self.shards[i].unfreeze();
+                self.shard(i)?.unfreeze();
             }
         }
         Ok(())
     }
 
-    /// Whether the DDict is frozen.
+    /// Whether the DDict (this node's shards) is frozen.
     pub fn is_frozen(&self) -> bool {
-        self.shards.iter().all(|s| s.is_frozen())
+        self.here().all(|(_, s)| s.is_frozen())
     }
 
-    /// Counters of every shard.
+    /// Counters of this node's shards, with their indexes.
+    pub fn stats_here(&self) -> Vec<(usize, ShardStats)> {
+        self.here().map(|(i, s)| (i, s.stats())).collect()
+    }
+
+    /// Counters of every shard (all must be on this node).
     pub fn stats(&self) -> Vec<ShardStats> {
-        self.shards.iter().map(|s| s.stats()).collect()
+        self.here().map(|(_, s)| s.stats()).collect()
     }
 
-    /// Ask every manager to stop and remove its shard. The DDict is gone
-    /// for every process once this returns.
+    /// Ask every manager (of this node's shards) to stop and remove its
+    /// shard. On one node the DDict is gone for every process once this
+    /// returns.
     pub fn destroy(&mut self) {
-        for sh in &self.shards {
+        for (_, sh) in self.here() {
             sh.set_state(ddict_shard::state::SHUTDOWN);
             let _ = sh.unlink();
         }
@@ -608,8 +672,8 @@ impl Client {
             return;
         }
         for (i, s) in self.slots.iter_mut().enumerate() {
-            if let Some(s) = s.take() {
-                self.shards[i].release_slot(s);
+            if let (Some(s), Some(sh)) = (s.take(), &self.shards[i]) {
+                sh.release_slot(s);
             }
         }
     }
@@ -619,7 +683,7 @@ impl Client {
     fn request(&mut self, i: usize, op: u64, key: &[u8], value: &[u8]) -> Result<(u64, u64), Error> {
         self.slot(i)?;
         let slot = self.slots[i].as_ref().expect("claimed");
-        manager::request(&self.shards[i], slot, op, key, value).map_err(|e| match e {
+        manager::request(self.shard(i)?, slot, op, key, value).map_err(|e| match e {
             Error::Full { detail, .. } => Error::Full { shard: i, detail },
             Error::ManagerDied { .. } => Error::ManagerDied { shard: i },
             e => e,

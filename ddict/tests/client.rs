@@ -198,3 +198,38 @@ fn durable_batches_are_logged_and_restored() {
     s.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_client_maps_its_nodes_shards_and_names_the_node_of_the_others() {
+    watchdog();
+    let s = serve("nodes", 3, 1 << 20, None, false);
+    let mut all = Client::attach(&s.desc).unwrap();
+    for i in 0..60u32 {
+        all.put(format!("k{i}").as_bytes(), b"v").unwrap();
+    }
+    // The same DDict as a process of node 0 sees it when shard 1 lives on node 5.
+    let mut desc = s.desc.clone();
+    desc.shards[1].node = 5;
+    assert!(desc.to_text().contains("@5"), "{}", desc.to_text());
+    assert_eq!(Descriptor::from_text(&desc.to_text()).unwrap(), desc);
+    let mut part = Client::attach_on(&desc, 0).unwrap();
+    assert_eq!(part.local_shards(), vec![0, 2]);
+    assert!(part.is_here(0) && !part.is_here(1));
+    assert_eq!(part.node_of(1), 5);
+    let elsewhere = (0..60u32).map(|i| format!("k{i}").into_bytes()).find(|k| part.shard_of(k) == 1).unwrap();
+    assert_eq!(part.get(&elsewhere).unwrap_err(), Error::Elsewhere { shard: 1, node: 5 });
+    assert_eq!(part.put(&elsewhere, b"w").unwrap_err(), Error::Elsewhere { shard: 1, node: 5 });
+    assert_eq!(part.shard_len(1).unwrap_err(), Error::Elsewhere { shard: 1, node: 5 });
+    // Whole-DDict operations cover this node's shards.
+    let here = all.shard_len(0).unwrap() + all.shard_len(2).unwrap();
+    assert_eq!(part.len().unwrap(), here);
+    assert_eq!(part.keys().unwrap().len() as u64, here);
+    assert_eq!(part.stats_here().iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![0, 2]);
+    // A node with no shard maps nothing and answers nothing.
+    let mut none = Client::attach_on(&s.desc, 9).unwrap();
+    assert!(none.local_shards().is_empty());
+    assert_eq!(none.len().unwrap(), 0);
+    assert!(matches!(none.get(b"k1").unwrap_err(), Error::Elsewhere { node: 0, .. }));
+    drop((part, none, all));
+    s.stop();
+}

@@ -5,11 +5,13 @@
 //! `bytes` values as they are (tag 1) and pickles everything else (tag 0),
 //! so a `bytes` value is copied once into shared memory on a put and once
 //! out of it into a new `bytes` object on a get.
+use crate::remote_ddict;
 use ddict::manager::{self, Config};
 use ddict::{Client, Descriptor, Error, Put, ShardRef};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
+use runtime::ddictserve as ops;
 use shm_primitives::ProcessId;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,13 +68,24 @@ fn split<'py>(py: Python<'py>, v: &[u8]) -> (u8, Bound<'py, PyBytes>) {
     }
 }
 
-/// One process's attachment to a DDict.
+/// One process's attachment to a DDict: the shards of this node mapped
+/// directly; in a multi-node run, the shards of other nodes reached through
+/// their nodes' services ([`crate::remote_ddict`]). Keyed operations go to
+/// the key's shard wherever it is; whole-DDict ones combine every node's.
 #[pyclass(module = "dragon._native", name = "DDictClient")]
 pub(crate) struct DDictClient {
     inner: Mutex<Option<Client>>,
     desc: String,
     /// This handle destroyed the DDict (later calls say so).
     destroyed: AtomicBool,
+    /// The other nodes that hold shards (none on one node).
+    others: Vec<u32>,
+}
+
+/// Where an operation on shard `i` goes.
+enum Route {
+    Here,
+    Node(u32, Option<usize>),
 }
 
 impl DDictClient {
@@ -84,6 +97,94 @@ impl DDictClient {
             None => Err(DDictError::new_err("this DDict handle was detached")),
         }
     }
+
+    /// Where shard `i` (`None`: `key`'s shard) is served.
+    fn route(&self, key: &[u8], shard: Option<usize>) -> PyResult<Route> {
+        self.with(|c| {
+            let i = match shard {
+                Some(i) if i >= c.shards() => return Err(Error::BadDescriptor(format!("no shard {i}"))),
+                Some(i) => i,
+                None => c.shard_of(key),
+            };
+            Ok(if c.is_here(i) { Route::Here } else { Route::Node(c.node_of(i), c.pin()) })
+        })
+    }
+
+    fn remote(&self, py: Python<'_>, node: u32, pin: Option<usize>, op: u8, args: &[&[u8]]) -> PyResult<Vec<Vec<u8>>> {
+        if self.inner.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+            return self.with(|_| Ok(Vec::new()));
+        }
+        remote_ddict::call(py, node, pin, &self.desc, op, args)
+    }
+
+    /// A keyed operation: here, or on the key's node.
+    fn keyed<T>(
+        &self,
+        py: Python<'_>,
+        key: &[u8],
+        local: impl FnOnce(&mut Client) -> Result<T, Error>,
+        op: u8,
+        args: &[&[u8]],
+        answer: impl FnOnce(Vec<Vec<u8>>) -> PyResult<T>,
+    ) -> PyResult<T> {
+        self.on_shard(py, key, None, local, op, args, answer)
+    }
+
+    /// An operation on shard `shard` (`None`: `key`'s shard).
+    #[allow(clippy::too_many_arguments)]
+    fn on_shard<T>(
+        &self,
+        py: Python<'_>,
+        key: &[u8],
+        shard: Option<usize>,
+        local: impl FnOnce(&mut Client) -> Result<T, Error>,
+        op: u8,
+        args: &[&[u8]],
+        answer: impl FnOnce(Vec<Vec<u8>>) -> PyResult<T>,
+    ) -> PyResult<T> {
+        match self.route(key, shard)? {
+            Route::Here => self.with(local),
+            Route::Node(node, pin) => answer(self.remote(py, node, pin, op, args)?),
+        }
+    }
+
+    /// A whole-DDict operation: this node's shards, then every other node's.
+    fn everywhere(
+        &self,
+        py: Python<'_>,
+        local: impl FnOnce(&mut Client) -> Result<(), Error>,
+        op: u8,
+        args: &[&[u8]],
+        mut each: impl FnMut(Vec<Vec<u8>>) -> PyResult<()>,
+    ) -> PyResult<()> {
+        self.with(local)?;
+        for &node in &self.others {
+            each(self.remote(py, node, None, op, args)?)?;
+        }
+        Ok(())
+    }
+}
+
+fn flag(f: &[Vec<u8>]) -> bool {
+    f.first().is_some_and(|v| v.first() == Some(&1))
+}
+
+fn number(f: &[Vec<u8>]) -> PyResult<u64> {
+    f.first()
+        .and_then(|v| v.as_slice().try_into().ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(|| DDictError::new_err("malformed answer from a DDict's node"))
+}
+
+fn tagged(tag: u8, data: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(1 + data.len());
+    v.push(tag);
+    v.extend_from_slice(data);
+    v
+}
+
+fn shard_arg(i: usize) -> [u8; 8] {
+    (i as u64).to_le_bytes()
 }
 
 #[pymethods]
@@ -92,8 +193,22 @@ impl DDictClient {
     #[new]
     pub(crate) fn new(py: Python<'_>, descriptor: &str) -> PyResult<Self> {
         let d = Descriptor::from_text(descriptor).map_err(err)?;
-        let c = py.detach(|| Client::attach(&d)).map_err(err)?;
-        Ok(DDictClient { inner: Mutex::new(Some(c)), desc: descriptor.to_owned(), destroyed: AtomicBool::new(false) })
+        let here = transport_shm::this_node();
+        let mut others: Vec<u32> = d.shards.iter().map(|s| s.node).filter(|n| *n != here).collect();
+        others.sort_unstable();
+        others.dedup();
+        if !others.is_empty() && std::env::var_os("DRAGON_SERVICE").is_none() {
+            return Err(crate::errors::NotLocalError::new_err(format!(
+                "the DDict has shards on node(s) {others:?}, and this process is not part of a multi-node run"
+            )));
+        }
+        let c = py.detach(|| Client::attach_on(&d, here)).map_err(err)?;
+        Ok(DDictClient {
+            inner: Mutex::new(Some(c)),
+            desc: descriptor.to_owned(),
+            destroyed: AtomicBool::new(false),
+            others,
+        })
     }
 
     /// The descriptor text.
@@ -111,102 +226,185 @@ impl DDictClient {
         self.with(|c| Ok(c.shard_of(key)))
     }
 
+    /// Indexes of the shards that live on this node.
+    fn local_shards(&self) -> PyResult<Vec<usize>> {
+        self.with(|c| Ok(c.local_shards()))
+    }
+
     /// Whether writes go through the managers' logs.
     fn durable(&self) -> PyResult<bool> {
         self.with(|c| Ok(c.durable()))
     }
 
-    /// Store `key` = tag + data.
-    fn put(&self, key: &[u8], tag: u8, data: &[u8]) -> PyResult<()> {
-        self.with(|c| c.put_parts(key, &[&[tag], data], false).map(drop))
+    /// Store `key` = `(tag, data)`.
+    fn put(&self, py: Python<'_>, key: &[u8], tag: u8, data: &[u8]) -> PyResult<()> {
+        let v = tagged(tag, data);
+        self.keyed(py, key, |c| c.put_parts(key, &[&[tag], data], false).map(drop), ops::PUT, &[key, &v], |_| Ok(()))
     }
 
     /// Store unless present; whether it was stored.
-    fn put_if_absent(&self, key: &[u8], tag: u8, data: &[u8]) -> PyResult<bool> {
-        self.with(|c| c.put_parts(key, &[&[tag], data], true).map(|p| p != Put::Exists))
+    fn put_if_absent(&self, py: Python<'_>, key: &[u8], tag: u8, data: &[u8]) -> PyResult<bool> {
+        let v = tagged(tag, data);
+        self.keyed(
+            py,
+            key,
+            |c| c.put_parts(key, &[&[tag], data], true).map(|p| p != Put::Exists),
+            ops::PUT_IF_ABSENT,
+            &[key, &v],
+            |f| Ok(flag(&f)),
+        )
     }
 
     /// Store `key` in shard `shard` (checkpoint versions live with their
     /// unversioned key's shard).
-    fn put_in(&self, shard: usize, key: &[u8], tag: u8, data: &[u8]) -> PyResult<()> {
-        self.with(|c| c.put_parts_in(shard, key, &[&[tag], data], false).map(drop))
+    fn put_in(&self, py: Python<'_>, shard: usize, key: &[u8], tag: u8, data: &[u8]) -> PyResult<()> {
+        let v = tagged(tag, data);
+        self.on_shard(
+            py,
+            key,
+            Some(shard),
+            |c| c.put_parts_in(shard, key, &[&[tag], data], false).map(drop),
+            ops::PUT_IN,
+            &[&shard_arg(shard), key, &v],
+            |_| Ok(()),
+        )
     }
 
     /// Remove `key` from shard `shard`; whether it was present.
-    fn delete_in(&self, shard: usize, key: &[u8]) -> PyResult<bool> {
-        self.with(|c| c.delete_in(shard, key))
+    fn delete_in(&self, py: Python<'_>, shard: usize, key: &[u8]) -> PyResult<bool> {
+        self.on_shard(
+            py,
+            key,
+            Some(shard),
+            |c| c.delete_in(shard, key),
+            ops::DELETE_IN,
+            &[&shard_arg(shard), key],
+            |f| Ok(flag(&f)),
+        )
     }
 
     /// `(newest, oldest, working_set)` checkpoints of shard `shard`.
-    fn checkpoint_state(&self, shard: usize) -> PyResult<(u64, u64, u64)> {
-        self.with(|c| c.checkpoint_state(shard))
+    fn checkpoint_state(&self, py: Python<'_>, shard: usize) -> PyResult<(u64, u64, u64)> {
+        self.on_shard(
+            py,
+            &[],
+            Some(shard),
+            |c| c.checkpoint_state(shard),
+            ops::CKPT_STATE,
+            &[&shard_arg(shard)],
+            |f| {
+                let at = |i: usize| number(f.get(i..).unwrap_or_default());
+                Ok((at(0)?, at(1)?, at(2)?))
+            },
+        )
     }
 
     /// Checkpoint `ckpt` is being written in shard `shard`: the oldest
     /// checkpoint the shard keeps afterwards.
-    fn checkpoint_advance(&self, shard: usize, ckpt: u64) -> PyResult<u64> {
-        self.with(|c| c.checkpoint_advance(shard, ckpt))
+    fn checkpoint_advance(&self, py: Python<'_>, shard: usize, ckpt: u64) -> PyResult<u64> {
+        self.on_shard(
+            py,
+            &[],
+            Some(shard),
+            |c| c.checkpoint_advance(shard, ckpt),
+            ops::CKPT_ADVANCE,
+            &[&shard_arg(shard), &ckpt.to_le_bytes()],
+            |f| number(&f),
+        )
     }
 
     /// Store in every shard.
-    fn put_all(&self, key: &[u8], tag: u8, data: &[u8]) -> PyResult<()> {
-        let mut v = Vec::with_capacity(1 + data.len());
-        v.push(tag);
-        v.extend_from_slice(data);
-        self.with(|c| c.put_all(key, &v))
+    fn put_all(&self, py: Python<'_>, key: &[u8], tag: u8, data: &[u8]) -> PyResult<()> {
+        let v = tagged(tag, data);
+        self.everywhere(py, |c| c.put_all(key, &v), ops::PUT_ALL, &[key, &v], |_| Ok(()))
     }
 
     /// Store many `(key, tag, data)` triples.
-    fn put_many(&self, items: Vec<(Vec<u8>, u8, Vec<u8>)>) -> PyResult<()> {
+    fn put_many(&self, py: Python<'_>, items: Vec<(Vec<u8>, u8, Vec<u8>)>) -> PyResult<()> {
+        let values: Vec<Vec<u8>> = items.iter().map(|(_, t, d)| tagged(*t, d)).collect();
+        // By where each key's shard lives.
+        let mut here: Vec<(&[u8], &[u8])> = Vec::new();
+        let mut by_node: std::collections::BTreeMap<(u32, Option<usize>), Vec<&[u8]>> = Default::default();
+        for ((k, _, _), v) in items.iter().zip(&values) {
+            match self.route(k, None)? {
+                Route::Here => here.push((k, v)),
+                Route::Node(n, pin) => by_node.entry((n, pin)).or_default().extend([k.as_slice(), v.as_slice()]),
+            }
+        }
         self.with(|c| {
             if c.durable() {
                 // One request (and one log sync) per shard.
-                let values: Vec<Vec<u8>> = items.iter().map(|(_, t, d)| [&[*t][..], d].concat()).collect();
-                let pairs: Vec<(&[u8], &[u8])> =
-                    items.iter().zip(&values).map(|((k, _, _), v)| (k.as_slice(), v.as_slice())).collect();
-                return c.put_batch(&pairs);
+                return c.put_batch(&here);
             }
-            for (k, t, d) in &items {
-                c.put_parts(k, &[&[*t], d], false)?;
+            for (k, v) in &here {
+                c.put_parts(k, &[v], false)?;
             }
             Ok(())
-        })
+        })?;
+        for ((node, pin), args) in by_node {
+            self.remote(py, node, pin, ops::PUT_MANY, &args)?;
+        }
+        Ok(())
     }
 
     /// `(tag, data)` of `key`, or None.
     fn get<'py>(&self, py: Python<'py>, key: &[u8]) -> PyResult<Value<'py>> {
-        self.with(|c| c.get_with(key, |v| split(py, v)))
+        self.keyed(
+            py,
+            key,
+            |c| c.get_with(key, |v| split(py, v)),
+            ops::GET,
+            &[key],
+            |f| Ok(f.first().map(|v| split(py, v))),
+        )
     }
 
     /// `(tag, data)` of `key` in shard `shard`, or None.
     fn get_from<'py>(&self, py: Python<'py>, shard: usize, key: &[u8]) -> PyResult<Value<'py>> {
-        self.with(|c| {
-            if shard >= c.shards() {
-                return Err(Error::BadDescriptor(format!("no shard {shard}")));
-            }
-            c.get_from(shard, key, |v| split(py, v))
-        })
+        self.on_shard(
+            py,
+            key,
+            Some(shard),
+            |c| c.get_from(shard, key, |v| split(py, v)),
+            ops::GET_FROM,
+            &[&shard_arg(shard), key],
+            |f| Ok(f.first().map(|v| split(py, v))),
+        )
     }
 
     /// Whether `key` is present.
-    fn contains(&self, key: &[u8]) -> PyResult<bool> {
-        self.with(|c| c.contains(key))
+    fn contains(&self, py: Python<'_>, key: &[u8]) -> PyResult<bool> {
+        self.keyed(py, key, |c| c.contains(key), ops::CONTAINS, &[key], |f| Ok(flag(&f)))
     }
 
     /// Remove `key`; whether it was present.
-    fn delete(&self, key: &[u8]) -> PyResult<bool> {
-        self.with(|c| c.delete(key))
+    fn delete(&self, py: Python<'_>, key: &[u8]) -> PyResult<bool> {
+        self.keyed(py, key, |c| c.delete(key), ops::DELETE, &[key], |f| Ok(flag(&f)))
     }
 
     /// Remove `key` and return its `(tag, data)`, or None.
     fn pop<'py>(&self, py: Python<'py>, key: &[u8]) -> PyResult<Value<'py>> {
-        self.with(|c| c.take_with(key, |v| split(py, v)))
+        self.keyed(
+            py,
+            key,
+            |c| c.take_with(key, |v| split(py, v)),
+            ops::POP,
+            &[key],
+            |f| Ok(f.first().map(|v| split(py, v))),
+        )
     }
 
     /// Add `delta` to the counter at `key` (stored as `tag` + 8 bytes;
     /// absent or another value: 0); the new value.
-    fn fetch_add(&self, key: &[u8], tag: u8, delta: i64) -> PyResult<i64> {
-        self.with(|c| c.fetch_add_tagged(key, &[tag], delta))
+    fn fetch_add(&self, py: Python<'_>, key: &[u8], tag: u8, delta: i64) -> PyResult<i64> {
+        self.keyed(
+            py,
+            key,
+            |c| c.fetch_add_tagged(key, &[tag], delta),
+            ops::FETCH_ADD,
+            &[key, &[tag], &delta.to_le_bytes()],
+            |f| number(&f).map(|v| v as i64),
+        )
     }
 
     /// Route every keyed operation to shard `pin` (None: by hash).
@@ -216,21 +414,29 @@ impl DDictClient {
 
     /// Number of entries (all shards, or shard `shard`).
     #[pyo3(signature = (shard=None))]
-    fn len(&self, shard: Option<usize>) -> PyResult<u64> {
-        self.with(|c| match shard {
-            None => c.len(),
-            Some(i) => c.shard_len(i),
-        })
+    fn len(&self, py: Python<'_>, shard: Option<usize>) -> PyResult<u64> {
+        if let Some(i) = shard {
+            return self.on_shard(py, &[], Some(i), |c| c.shard_len(i), ops::LEN, &[&shard_arg(i)], |f| number(&f));
+        }
+        let mut n = self.with(|c| c.len())?;
+        for &node in &self.others {
+            n += number(&self.remote(py, node, None, ops::LEN, &[])?)?;
+        }
+        Ok(n)
     }
 
     /// Keys (all shards, or shard `shard`).
     #[pyo3(signature = (shard=None))]
     fn keys<'py>(&self, py: Python<'py>, shard: Option<usize>) -> PyResult<Bound<'py, PyList>> {
         let mut out = Vec::new();
-        self.with(|c| match shard {
-            None => c.for_each(|k, _| out.push(PyBytes::new(py, k))),
-            Some(i) => c.for_each_in(i, |k, _| out.push(PyBytes::new(py, k))),
-        })?;
+        self.walk(py, shard, false, &mut |k, _| out.push(PyBytes::new(py, k)))?;
+        PyList::new(py, out)
+    }
+
+    /// Keys of the shards that live on this node.
+    fn local_keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let mut out = Vec::new();
+        self.with(|c| c.for_each(|k, _| out.push(PyBytes::new(py, k))))?;
         PyList::new(py, out)
     }
 
@@ -238,67 +444,91 @@ impl DDictClient {
     #[pyo3(signature = (shard=None))]
     fn items<'py>(&self, py: Python<'py>, shard: Option<usize>) -> PyResult<Bound<'py, PyList>> {
         let mut out = Vec::new();
-        let mut f = |k: &[u8], v: &[u8]| {
+        self.walk(py, shard, true, &mut |k, v| {
             let (t, d) = split(py, v);
             out.push((PyBytes::new(py, k), t, d));
-        };
-        self.with(|c| match shard {
-            None => c.for_each(&mut f),
-            Some(i) => c.for_each_in(i, &mut f),
         })?;
         PyList::new(py, out)
     }
 
     /// Remove every entry.
-    fn clear(&self) -> PyResult<()> {
-        self.with(|c| c.clear())
+    fn clear(&self, py: Python<'_>) -> PyResult<()> {
+        self.everywhere(py, |c| c.clear(), ops::CLEAR, &[], |_| Ok(()))
     }
 
     /// Make the DDict read-only.
-    fn freeze(&self) -> PyResult<()> {
-        self.with(|c| c.freeze())
+    fn freeze(&self, py: Python<'_>) -> PyResult<()> {
+        self.everywhere(py, |c| c.freeze(), ops::FREEZE, &[], |_| Ok(()))
     }
 
     /// Make the DDict writable.
-    fn unfreeze(&self) -> PyResult<()> {
-        self.with(|c| c.unfreeze())
+    fn unfreeze(&self, py: Python<'_>) -> PyResult<()> {
+        self.everywhere(py, |c| c.unfreeze(), ops::UNFREEZE, &[], |_| Ok(()))
     }
 
     /// Whether the DDict is frozen.
-    fn is_frozen(&self) -> PyResult<bool> {
-        self.with(|c| Ok(c.is_frozen()))
+    fn is_frozen(&self, py: Python<'_>) -> PyResult<bool> {
+        let mut all = self.with(|c| Ok(c.is_frozen()))?;
+        for &node in &self.others {
+            all &= flag(&self.remote(py, node, None, ops::IS_FROZEN, &[])?);
+        }
+        Ok(all)
     }
 
     /// Raise if the DDict was destroyed or a manager died.
-    fn check(&self) -> PyResult<()> {
-        self.with(|c| c.check_now())
+    fn check(&self, py: Python<'_>) -> PyResult<()> {
+        self.everywhere(py, |c| c.check_now(), ops::CHECK, &[], |_| Ok(()))
     }
 
     /// Per-shard counters.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
-        let st = self.with(|c| Ok(c.stats()))?;
-        st.into_iter()
-            .map(|s| {
+        let mut all: Vec<(usize, [u64; 6])> = self.with(|c| {
+            Ok(c.stats_here()
+                .into_iter()
+                .map(|(i, s)| {
+                    (i, [s.entries, s.used_bytes, s.heap_bytes, s.total_bytes, s.clients, u64::from(s.frozen)])
+                })
+                .collect())
+        })?;
+        for &node in &self.others {
+            for f in self.remote(py, node, None, ops::STATS, &[])? {
+                let v: Vec<u64> =
+                    f.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
+                if let [i, a, b, c, d, e, g] = v[..] {
+                    all.push((i as usize, [a, b, c, d, e, g]));
+                }
+            }
+        }
+        all.sort_by_key(|(i, _)| *i);
+        all.into_iter()
+            .map(|(_, s)| {
                 let d = PyDict::new(py);
-                d.set_item("entries", s.entries)?;
-                d.set_item("used_bytes", s.used_bytes)?;
-                d.set_item("heap_bytes", s.heap_bytes)?;
-                d.set_item("total_bytes", s.total_bytes)?;
-                d.set_item("clients", s.clients)?;
-                d.set_item("frozen", s.frozen)?;
+                d.set_item("entries", s[0])?;
+                d.set_item("used_bytes", s[1])?;
+                d.set_item("heap_bytes", s[2])?;
+                d.set_item("total_bytes", s[3])?;
+                d.set_item("clients", s[4])?;
+                d.set_item("frozen", s[5] != 0)?;
                 Ok(d)
             })
             .collect()
     }
 
     /// Ask the managers to stop and remove every shard.
-    fn destroy(&self) -> PyResult<()> {
+    fn destroy(&self, py: Python<'_>) -> PyResult<()> {
+        let mut first = None;
+        // Every node is asked, even if one fails (a lost node, say).
+        for &node in &self.others {
+            if let Err(e) = self.remote(py, node, None, ops::DESTROY, &[]) {
+                first.get_or_insert(e);
+            }
+        }
         self.with(|c| {
             c.destroy();
             Ok(())
         })?;
         self.destroyed.store(true, Ordering::Relaxed);
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     /// Give this process's client slots back; the handle is unusable after.
@@ -310,10 +540,54 @@ impl DDictClient {
     }
 }
 
+impl DDictClient {
+    /// Call `f(key, value)` for every entry (of shard `shard`, if given);
+    /// values of other nodes are fetched only when `values`.
+    fn walk(
+        &self,
+        py: Python<'_>,
+        shard: Option<usize>,
+        values: bool,
+        f: &mut dyn FnMut(&[u8], &[u8]),
+    ) -> PyResult<()> {
+        let op = if values { ops::ITEMS } else { ops::KEYS };
+        let emit = |fields: Vec<Vec<u8>>, f: &mut dyn FnMut(&[u8], &[u8])| {
+            if values {
+                for kv in fields.chunks_exact(2) {
+                    f(&kv[0], &kv[1]);
+                }
+            } else {
+                for k in &fields {
+                    f(k, &[]);
+                }
+            }
+        };
+        if let Some(i) = shard {
+            return match self.route(&[], Some(i))? {
+                Route::Here => self.with(|c| c.for_each_in(i, &mut *f)),
+                Route::Node(node, _) => {
+                    emit(self.remote(py, node, None, op, &[&shard_arg(i)])?, f);
+                    Ok(())
+                }
+            };
+        }
+        self.with(|c| c.for_each(&mut *f))?;
+        for &node in &self.others {
+            emit(self.remote(py, node, None, op, &[])?, f);
+        }
+        Ok(())
+    }
+}
+
 /// A new descriptor for a DDict of `shards` shards in the current run,
 /// with fresh segment names and ids.
 #[pyfunction]
-fn ddict_descriptor(name: &str, shards: usize, durable: bool) -> PyResult<String> {
+#[pyo3(signature = (name, shards, durable, nodes=None))]
+fn ddict_descriptor(name: &str, shards: usize, durable: bool, nodes: Option<Vec<u32>>) -> PyResult<String> {
+    let nodes = nodes.unwrap_or_else(|| vec![transport_shm::this_node(); shards]);
+    if nodes.len() != shards {
+        return Err(PyValueError::new_err(format!("{} nodes for {shards} shards", nodes.len())));
+    }
     if shards == 0
         || name.is_empty()
         || name.len() > 64
@@ -329,10 +603,11 @@ fn ddict_descriptor(name: &str, shards: usize, durable: bool) -> PyResult<String
         .map(|i| ShardRef {
             segment: format!("{}dd-{name}-{nonce:08x}-{i}", run.prefix()),
             id: (u64::from(nonce32()) << 32) | u64::from(nonce32()),
+            node: nodes[i],
         })
         .collect();
     let flags = if durable { ddict::FLAG_DURABLE } else { 0 };
-    Ok(Descriptor { name: name.to_owned(), flags, shards, node: transport_shm::this_node() }.to_text())
+    Ok(Descriptor { name: name.to_owned(), flags, shards }.to_text())
 }
 
 /// Serve shard `index` of the DDict `descriptor` names (the body of a

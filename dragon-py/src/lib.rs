@@ -26,6 +26,5 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     node::register(m)?;
     remote::register(m)?;
     remote_sync::register(m)?;
-    remote_ddict::register(m)?;
     Ok(())
 }

@@ -728,9 +728,11 @@ def test_ddict_across_nodes(cluster):
                 out.append("KeyError")
             out.append(d.pop((node, 0))["i"])
             out.append((node, 0) in d)
-            out.append(d.local_keys())
             out.append(len(d.stats))
             q.put((node, out))
+
+        def local(d, q):
+            q.put((int(os.environ["DRAGON_NODE_INDEX"]), sorted(map(repr, d.local_keys()))))
 
         def filler(d, q):
             try:
@@ -747,7 +749,8 @@ def test_ddict_across_nodes(cluster):
             return p
 
         if __name__ == "__main__":
-            d = DDict(2, 1, 64 << 20)
+            # One manager on each of the three nodes.
+            d = DDict(1, 3, 96 << 20)
             q = mp.Queue()
             ps = [on(n, writer, d, n, q) for n in (1, 2)]
             got = dict(q.get(timeout=120) for _ in ps)
@@ -755,7 +758,25 @@ def test_ddict_across_nodes(cluster):
                 p.join(60)
             print("writers", got[1], got[2], [p.exitcode for p in ps])
             print("here", len(d), d[(1, 7)], d[(2, 49)]["i"], d["hits"], len(d.keys()))
-            print("stats", sum(s.num_keys for s in d.stats))
+            print("stats", sum(s.num_keys for s in d.stats), len(d.stats))
+            print("managers", sorted(d.which_manager((1, i)) for i in range(1, 50))[::48])
+
+            # Each node's local keys: a partition of the keys.
+            ps = [on(n, local, d, q) for n in (0, 1, 2)]
+            parts = dict(q.get(timeout=120) for _ in ps)
+            for p in ps:
+                p.join(60)
+            union = sorted(k for part in parts.values() for k in part)
+            print("partition", union == sorted(map(repr, d.keys())), all(parts.values()),
+                  sorted(map(repr, d.local_keys())) == parts[0])
+
+            d.freeze()
+            p = on(2, writer, d, 2, q)
+            p.join(60)
+            print("frozen writer exit", p.exitcode, d.is_frozen)
+            d.unfreeze()
+            d.clear()
+            print("cleared", len(d))
 
             small = DDict(1, 1, 256 << 10)
             p = on(2, filler, small, q)
@@ -767,10 +788,14 @@ def test_ddict_across_nodes(cluster):
     r = _run(cluster, script)
     _ok(r)
     out = r.stdout
-    assert "writers [True, 'absent', 'KeyError', 0, False, [], 2] [True, 'absent', 'KeyError', 0, False, [], 2] [0, 0]" \
+    assert "writers [True, 'absent', 'KeyError', 0, False, 3] [True, 'absent', 'KeyError', 0, False, 3] [0, 0]" \
         in out, out
-    assert "stats 101" in out, out
     # 2 x 50 entries, minus the two popped, plus the two big ones and the counter.
     assert "here 101 {'node': 1, 'i': 7, 'blob': b'xxxxxxx'} 49 2 101" in out, out
+    assert "stats 101 3" in out, out
+    assert "managers [0, 2]" in out, out
+    assert "partition True True True" in out, out
+    assert "frozen writer exit 1 True" in out and "DDictFrozenError" in r.stderr, out
+    assert "cleared 0" in out, out
     assert "small ('full', True, True)" in out, out
     _assert_clean(cluster)

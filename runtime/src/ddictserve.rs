@@ -1,11 +1,16 @@
 //! DDicts of this node used from other nodes.
 //!
-//! A DDict's shards live in its node's shared memory; processes of that
-//! node map them and operate on them directly. A process of another node
-//! sends each operation here (a DDICT request, carried by its node's
-//! service), and this node's service performs it with a client of its own
-//! (one per DDict, made on first use), on a thread of the waiting pool so
-//! that a durable write's log sync never holds up the service.
+//! A DDict's shards live in the shared memory of their nodes (its
+//! descriptor says which); processes of a shard's node map it and operate
+//! on it directly. A process of another node sends each operation on this
+//! node's shards here (a DDICT request, carried by its node's service),
+//! and this node's service performs it with a client of its own (one per
+//! DDict, made on first use, mapping this node's shards), on a thread of
+//! the waiting pool so that a durable write's log sync never holds up the
+//! service. Keyed operations go to the key's shard (which the requester
+//! found to be here); whole-DDict operations (`LEN`, `KEYS`, `CLEAR`, ...)
+//! cover this node's shards, and the requester combines the nodes'
+//! answers.
 //!
 //! Request: `op u8, pin i64 (-1: none), descriptor length u16,
 //! descriptor, fields`; fields (in the request and in an answer) are
@@ -64,7 +69,8 @@ pub const UNFREEZE: u8 = 20;
 pub const IS_FROZEN: u8 = 21;
 /// Fails if the DDict was destroyed or a manager died.
 pub const CHECK: u8 = 22;
-/// `[6 u64 per shard: entries, used, heap, total bytes, clients, frozen]`.
+/// Per shard of this node: `[7 u64: index, entries, used, heap, total
+/// bytes, clients, frozen]`.
 pub const STATS: u8 = 23;
 /// Stop the managers and remove every shard.
 pub const DESTROY: u8 = 24;
@@ -273,10 +279,10 @@ fn perform(c: &mut Client, r: &Request<'_>) -> Result<Vec<Vec<u8>>, Error> {
         (IS_FROZEN, 0) => flag(c.is_frozen()),
         (CHECK, 0) => c.check_now().map(|()| Vec::new())?,
         (STATS, 0) => c
-            .stats()
+            .stats_here()
             .iter()
-            .map(|s| {
-                [s.entries, s.used_bytes, s.heap_bytes, s.total_bytes, s.clients, u64::from(s.frozen)]
+            .map(|(i, s)| {
+                [*i as u64, s.entries, s.used_bytes, s.heap_bytes, s.total_bytes, s.clients, u64::from(s.frozen)]
                     .iter()
                     .flat_map(|v| v.to_le_bytes())
                     .collect()
@@ -291,8 +297,8 @@ fn perform(c: &mut Client, r: &Request<'_>) -> Result<Vec<Vec<u8>>, Error> {
 }
 
 /// This node's DDicts as other nodes use them: a client per DDict.
-#[derive(Default)]
 pub struct DDictServer {
+    node: u32,
     clients: Arc<Mutex<HashMap<String, Arc<Mutex<Client>>>>>,
 }
 
@@ -304,6 +310,11 @@ impl std::fmt::Debug for DDictServer {
 }
 
 impl DDictServer {
+    /// The server of node `node`'s shards.
+    pub fn new(node: u32) -> DDictServer {
+        DDictServer { node, clients: Arc::default() }
+    }
+
     /// Perform a DDICT request; the answer is posted from a thread of the
     /// waiting pool (`None`), or returned at once for a request that
     /// cannot be decoded or started.
@@ -311,10 +322,10 @@ impl DDictServer {
         if parse(payload).is_none() {
             return Some(Reply::error(id, DRAGON_EPROTO, "malformed DDict request"));
         }
-        let (payload, post, clients) = (payload.to_vec(), post.clone(), self.clients.clone());
+        let (payload, post, clients, node) = (payload.to_vec(), post.clone(), self.clients.clone(), self.node);
         let work = move || {
             let r = parse(&payload).expect("parsed above");
-            post(answer(id, run(&clients, &r)));
+            post(answer(id, run(&clients, node, &r)));
         };
         match transport_tcp::waiters::spawn(work) {
             Ok(()) => None,
@@ -323,14 +334,14 @@ impl DDictServer {
     }
 }
 
-fn run(clients: &Mutex<HashMap<String, Arc<Mutex<Client>>>>, r: &Request<'_>) -> Outcome {
+fn run(clients: &Mutex<HashMap<String, Arc<Mutex<Client>>>>, node: u32, r: &Request<'_>) -> Outcome {
     let failed = |e: Error| Outcome::Failed(ErrorKind::of(&e), e.to_string());
     let client = {
         let mut map = clients.lock().unwrap_or_else(|e| e.into_inner());
         match map.get(r.descriptor) {
             Some(c) => c.clone(),
             None => {
-                let made = Descriptor::from_text(r.descriptor).and_then(|d| Client::attach(&d));
+                let made = Descriptor::from_text(r.descriptor).and_then(|d| Client::attach_on(&d, node));
                 match made {
                     Ok(c) => {
                         let c = Arc::new(Mutex::new(c));

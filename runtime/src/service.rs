@@ -389,7 +389,7 @@ impl Service {
             uid: crate::sys::uid(),
             gate: Gate::new(gate::Limits::default()),
             sync: SyncServer::default(),
-            ddicts: DDictServer::default(),
+            ddicts: DDictServer::new(me),
             tethers: HashMap::new(),
             tether_tokens: HashMap::new(),
             next_tether: 1,

@@ -420,7 +420,7 @@ pub fn run(opts: &Opts, sum: &mut Summary) {
     for i in 0..nshards {
         let segment = format!("{}dd-stress-{i}-{:08x}", run.prefix(), nonce32());
         let id = (u64::from(nonce32()) << 32) | u64::from(nonce32());
-        refs.push(ShardRef { segment: segment.clone(), id });
+        refs.push(ShardRef { segment: segment.clone(), id, node: 0 });
         managers.push(Worker::spawn(
             &pids,
             "manager",
@@ -446,7 +446,7 @@ pub fn run(opts: &Opts, sum: &mut Summary) {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let desc = Descriptor { name: "stress".into(), flags: 0, shards: refs, node: 0 };
+    let desc = Descriptor { name: "stress".into(), flags: 0, shards: refs };
     let mut pc = Client::attach(&desc).expect("parent attaches");
     let stop = ShmEvent::create().expect("stop event");
     let vars = vec![

@@ -26,7 +26,7 @@ pub fn serve(name: &str, shards: usize, len: usize, persist: Option<PathBuf>, re
     for i in 0..shards {
         let segment = format!("{}dd-{name}-{i}-{:08x}", run.prefix(), nonce32());
         let id = (u64::from(nonce32()) << 32) | u64::from(nonce32());
-        refs.push(ShardRef { segment: segment.clone(), id });
+        refs.push(ShardRef { segment: segment.clone(), id, node: 0 });
         let cfg = Config {
             segment,
             id,
@@ -44,7 +44,7 @@ pub fn serve(name: &str, shards: usize, len: usize, persist: Option<PathBuf>, re
         rx.recv_timeout(Duration::from_secs(30)).expect("manager ready");
     }
     let flags = if persist.is_some() { FLAG_DURABLE } else { 0 };
-    Served { desc: Descriptor { name: name.to_owned(), flags, shards: refs, node: 0 }, threads }
+    Served { desc: Descriptor { name: name.to_owned(), flags, shards: refs }, threads }
 }
 
 impl Served {

@@ -205,8 +205,9 @@ class RemotePopen:
 
         if not stat.S_ISSOCK(os.fstat(fd).st_mode):
             raise ValueError(
-                "this object holds a file descriptor (a shared value or array?), which cannot be passed to a "
-                "process on another node (node %d); create it in that process, or pass a Queue instead"
+                "this object holds a file descriptor that is not a socket (an OS pipe, say, as "
+                "multiprocessing.connection.Pipe(duplex=False) makes), which cannot be passed to a process on "
+                "another node (node %d); use the context's Pipe or a Queue instead"
                 % self.node)
         self._tethers.append(fd)
         # Its index among the descriptors after the data pipe and stdio.

@@ -267,6 +267,11 @@ def _manager_main(desc, index, size, owner_pid, owner_start, conn, persist_path,
                   working_set=1):
     """Body of a manager process."""
     told = []
+    if owner_pid == 0:
+        # A manager on another node than its DDict's creator (whose pid
+        # means nothing here) lives as long as the run's template on its
+        # node, its parent: until the run ends or the DDict is destroyed.
+        owner_pid, owner_start = os.getppid(), 0
 
     def ready():
         conn.send(("ready", os.getpid()))
@@ -377,9 +382,9 @@ class DDict:
     Args:
         managers_per_node: manager processes (shards) per node.
         num_nodes: nodes with managers (HPE Dragon's ``n_nodes`` is accepted
-            too). For now every manager runs on the node that makes the
-            DDict (``num_nodes * managers_per_node`` of them); processes of
-            other nodes use it through that node's service.
+            too): in a multi-node run, ``managers_per_node`` managers on each
+            of ``num_nodes`` nodes, starting with this one (at most the
+            run's node count); on one node, all of them here.
         total_mem: bytes for all shards together, metadata included; each
             shard gets ``total_mem // managers``.
         name: names the DDict (and its persistence files); letters, digits
@@ -437,7 +442,8 @@ class DDict:
         if name is None:
             name = "ddict" if persist_path is not None else "dd%s" % os.urandom(4).hex()
         self._setup(None, timeout, key_pickler, value_pickler)
-        desc = _native.ddict_descriptor(name, managers, persist_path is not None)
+        shard_nodes = _shard_nodes(managers_per_node, nodes)
+        desc = _native.ddict_descriptor(name, managers, persist_path is not None, shard_nodes)
         if repair:
             self.repair_report = _native.ddict_repair(os.fspath(persist_path), name, managers)
             if any(r["skipped"] for r in self.repair_report):
@@ -446,9 +452,9 @@ class DDict:
                               DDictRepairWarning, stacklevel=2)
         self._procs = _start_managers(desc, managers, size, timeout,
                                       None if persist_path is None else os.fspath(persist_path),
-                                      restore, working_set_size)
+                                      restore, working_set_size, shard_nodes)
         try:
-            self._c = _native.ddict_client(desc)
+            self._c = _native.DDictClient(desc)
         except BaseException:
             _stop_raw(desc, self._procs)
             raise
@@ -490,7 +496,7 @@ class DDict:
                key_pickler: Any = None, value_pickler: Any = None) -> "DDict":
         """A handle on the DDict that :meth:`serialize` described."""
         self = cls.__new__(cls)
-        self._setup(_native.ddict_client(serialized), timeout, key_pickler, value_pickler)
+        self._setup(_native.DDictClient(serialized), timeout, key_pickler, value_pickler)
         return self
 
     @classmethod
@@ -887,11 +893,14 @@ class DDict:
     frozen = is_frozen
 
     def local_keys(self) -> list:
-        """Keys held by managers on this node (none on a node other than
-        the one whose managers hold the shards)."""
-        if isinstance(self._c, _native.RemoteDDictClient):
-            return []
-        return self.keys()
+        """Keys held by managers on this node (the keys whose shard lives
+        here; in a multi-node run each node's ``local_keys()`` are a part of
+        the keys, and all nodes' together are all of them)."""
+        self._flush()
+        if self._chkpt or self._versions_exist():
+            local = set(self._c.local_shards())
+            return [k for k in self.keys() if self._c.shard_of(self._kd(k)) in local]
+        return [self._kl(k) for k in self._c.local_keys()]
 
     def which_manager(self, key) -> int:
         """Index of the manager holding ``key``."""
@@ -953,7 +962,7 @@ def _rebuild(serialized, timeout, key_pickler, value_pickler, pin=None):
 
 def _stop_raw(desc, procs):
     try:
-        _native.ddict_client(desc).destroy()
+        _native.DDictClient(desc).destroy()
     except Exception:  # noqa: BLE001
         pass
     for p in procs:
@@ -962,20 +971,43 @@ def _stop_raw(desc, procs):
         p.join(1)
 
 
-def _start_managers(desc, n, size, timeout, persist_path, restore, working_set=1):
+def _shard_nodes(managers_per_node, num_nodes):
+    """The node of each shard: ``managers_per_node`` on each of
+    ``num_nodes`` nodes from this one (all here on one node)."""
+    from .. import _remote
+
+    here = _remote.this_node()
+    nodes = [here] * num_nodes
+    if _remote.multinode():
+        indexes = sorted(n["index"] for n in _remote.nodes())
+        if num_nodes > len(indexes):
+            raise ValueError("num_nodes=%d, but the run has %d nodes" % (num_nodes, len(indexes)))
+        start = indexes.index(here) if here in indexes else 0
+        nodes = [indexes[(start + k) % len(indexes)] for k in range(num_nodes)]
+    return [node for node in nodes for _ in range(managers_per_node)]
+
+
+def _start_managers(desc, n, size, timeout, persist_path, restore, working_set=1, nodes=None):
     import multiprocessing
-    from multiprocessing.connection import Pipe, wait
+    from multiprocessing.connection import wait
 
     ctx = multiprocessing.get_context("dragon")
+    Pipe = ctx.Pipe  # its ends cross nodes
     pid, start = _native.ddict_self_identity()
+    here = _native.this_node()
     procs, conns = [], []
     try:
         for i in range(n):
             r, w = Pipe(duplex=False)
+            node = None if nodes is None else nodes[i]
+            # The creator's identity only means something on its own node.
+            owner = (pid, start) if node is None or node == here else (0, 0)
             p = ctx.Process(target=_manager_main,
-                            args=(desc, i, size, pid, start, w, persist_path, restore,
+                            args=(desc, i, size, owner[0], owner[1], w, persist_path, restore,
                                   working_set),
                             name="ddict-manager-%d" % i, daemon=True)
+            if node is not None:
+                p._dragon_node = node
             p.start()
             w.close()
             procs.append(p)
