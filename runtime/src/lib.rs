@@ -11,7 +11,9 @@
 //!   forwarding, heartbeats, cleanup);
 //! - [`cleanup`]: finding the run's leftover processes on a node;
 //! - [`syncserve`], [`ddictserve`]: this node's synchronisation objects,
-//!   memory blocks and DDicts as processes of other nodes use them.
+//!   memory blocks and DDicts as processes of other nodes use them;
+//! - [`fabric`]: RDMA (verbs) or TCP to each peer, chosen without
+//!   configuration.
 //!
 //! The launcher (`dragon --hostlist ...`) is in the Python package; it
 //! starts `python -m dragon._node` on every node, which runs
@@ -21,6 +23,7 @@
 pub mod bootstrap;
 pub mod cleanup;
 pub mod ddictserve;
+pub mod fabric;
 pub mod fdstream;
 pub mod hostlist;
 pub mod launch;

@@ -10,6 +10,7 @@
 //!   PEER     connecting -> accepting service, first frame of a link that
 //!            is not a join: node index u32
 //!   CANCEL   end the waiting request whose id the frame carries
+//!   FABRIC   RDMA or TCP for this link: the set-up of `crate::fabric`
 //!   LAUNCH   prep_len u32, prep, nflags u16, (len u16, flag)*,
 //!            ntethers u16, tether id u64 * ntethers, start data
 //!                                   -> OK: pid i64, launch id u64
@@ -29,6 +30,9 @@
 //!
 //! ```text
 //!   NODES                            -> OK: the node table as JSON
+//!   TRANSPORTS                       -> OK: RDMA here, and what is used
+//!                                       to each peer so far, as JSON
+//!                                       (`fabric::Fabric::report`)
 //!   WATCH    node u32, launch u64    the connection then receives, once,
 //!                                    the raw 8-byte exit code, and closes
 //! ```
@@ -41,6 +45,8 @@ pub const TABLE: u8 = 0x11;
 pub const PEER: u8 = 0x12;
 /// Cancel a waiting request.
 pub const CANCEL: u8 = transport_tcp::proto::CANCEL;
+/// The fabric set-up of a link (`crate::fabric`).
+pub const FABRIC: u8 = 0x14;
 /// Start a process.
 pub const LAUNCH: u8 = 0x20;
 /// One end of a tether closed.
@@ -61,6 +67,8 @@ pub const SYNC: u8 = 0x40;
 /// An operation on a DDict of the serving node (`ddictserve.rs` has the
 /// payload).
 pub const DDICT: u8 = 0x41;
+/// What this node uses to reach each peer, as JSON.
+pub const TRANSPORTS: u8 = 0x31;
 
 /// Exit code reported for a process whose node was lost (as if killed).
 pub const LOST_EXIT: i64 = -(libc::SIGKILL as i64);

@@ -27,6 +27,7 @@
 
 use crate::bootstrap::{self, Bootstrap};
 use crate::ddictserve::DDictServer;
+use crate::fabric::{self, Fabric};
 use crate::launch::{self, Template, TemplateSpec};
 use crate::proto::{self, out};
 use crate::syncserve::{self, SyncRequest, SyncServer};
@@ -81,11 +82,13 @@ pub struct Options {
     pub python: PathBuf,
     /// Address to listen on for other nodes (port 0: any free port).
     pub listen: std::net::SocketAddr,
+    /// RDMA or TCP to peers (`None`: as `fabric::ENV` says).
+    pub fabric: Option<fabric::Setting>,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { python: PathBuf::from("python3"), listen: "0.0.0.0:0".parse().expect("an address") }
+        Options { python: PathBuf::from("python3"), listen: "0.0.0.0:0".parse().expect("an address"), fabric: None }
     }
 }
 
@@ -122,8 +125,11 @@ enum Event {
     Input(Option<String>),
     /// A waiting channel request of connection `Token` finished.
     Reply(Token, Reply),
-    /// An outgoing link to node `u32` is authenticated (or failed).
-    Connected(u32, Result<Client, String>),
+    /// An outgoing link to node `u32` is authenticated, its fabric
+    /// settled (or it failed).
+    Connected(u32, Result<(std::net::TcpStream, BytesMut), String>),
+    /// From the RDMA link of a connection (`fabric`).
+    Fabric(Token, fabric::Incoming),
     /// A start request finished.
     Started { from: Requester, id: u64, result: Result<launch::Started, String> },
     /// A process started here exited.
@@ -241,6 +247,7 @@ struct Service {
     next_tether: u64,
     /// Tethers whose other end closed before this end was made.
     closed_early: HashSet<(u32, u64)>,
+    fabric: Fabric,
 }
 
 struct StartJob {
@@ -349,6 +356,15 @@ impl Service {
         poll.registry().register(&mut unix, UNIX, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = unbounded();
+        // Before anything of the run is made here: a bad setting leaves nothing.
+        let setting = opts.fabric.clone().map_or_else(fabric::Setting::from_env, Ok).map_err(io::Error::other)?;
+        let (ftx, fw) = (tx.clone(), waker.clone());
+        let sink: fabric::Sink = Arc::new(move |t, i| {
+            if ftx.send(Event::Fabric(t, i)).is_ok() {
+                let _ = fw.wake();
+            }
+        });
+        let fabric = Fabric::new(&setting, boot.index, boot.host(), out.clone(), sink).map_err(io::Error::other)?;
         let shm = ShmTransport::open("").map_err(|f| io::Error::other(f.message))?;
         if let Some(run) = transport_shm::RunId::parse(&boot.run) {
             // On a secondary node the run's owner is not a process here:
@@ -394,6 +410,7 @@ impl Service {
             tether_tokens: HashMap::new(),
             next_tether: 1,
             closed_early: HashSet::new(),
+            fabric,
             boot,
         })
     }
@@ -494,6 +511,12 @@ impl Service {
             Event::Input(Some(line)) => self.input(&line),
             Event::Reply(t, r) => self.reply_to(t, r),
             Event::Connected(node, r) => self.connected(node, r),
+            Event::Fabric(t, fabric::Incoming::Frame(f)) => self.frame(t, f),
+            Event::Fabric(t, i) => {
+                if let Some(why) = self.fabric.event(t, i) {
+                    self.drop_conn(t, &why);
+                }
+            }
             Event::Started { from, id, result } => self.started(from, id, result),
             Event::Exited { launch, code } => self.exited_here(launch, code),
         }
@@ -604,13 +627,17 @@ impl Service {
             },
         };
         let (tx, waker, secret) = (self.tx.clone(), self.waker.clone(), self.boot.secret.clone());
+        let fab = self.fabric.initiator();
         let _ = std::thread::Builder::new().name("dragon-connect".into()).spawn(move || {
             let mut last = format!("no address known for node {node}");
             let mut res = Err(String::new());
             for a in &addrs {
                 match Client::connect(a, &secret, CONNECT_TIMEOUT) {
                     Ok(c) => {
-                        res = Ok(c);
+                        res = fab.initiate(node, c);
+                        if let Err(why) = &res {
+                            last.clone_from(why);
+                        }
                         break;
                     }
                     Err(e) => last = format!("cannot connect to {a}: {e}"),
@@ -625,7 +652,7 @@ impl Service {
         });
     }
 
-    fn connected(&mut self, node: u32, r: Result<Client, String>) {
+    fn connected(&mut self, node: u32, r: Result<(std::net::TcpStream, BytesMut), String>) {
         let queued = self.queued.remove(&node).unwrap_or_default();
         let client = match r {
             Ok(c) => c,
@@ -640,7 +667,7 @@ impl Service {
                 return;
             }
         };
-        let (stream, rbuf) = client.into_parts();
+        let (stream, rbuf) = client;
         if stream.set_nonblocking(true).is_err() {
             return self.node_lost(node, "cannot use the connection");
         }
@@ -653,16 +680,16 @@ impl Service {
         });
         let Some(t) = self.add_conn(link, role) else { return self.node_lost(node, "cannot register the connection") };
         self.links.insert(node, t);
-        let c = self.conns.get_mut(&t).expect("just added");
+        self.fabric.adopt(node, t, &self.host_of(node));
         if node == 0 && self.table.is_none() {
             let mut info = Vec::new();
             NodeInfo::local(self.me, self.boot.host(), self.port).encode(&mut info);
-            c.link.send(proto::JOIN, 0, &info, Bytes::new());
+            self.send_on(t, proto::JOIN, 0, info.into());
         } else {
-            c.link.send(proto::PEER, 0, &self.me.to_le_bytes(), Bytes::new());
+            self.send_on(t, proto::PEER, 0, Bytes::copy_from_slice(&self.me.to_le_bytes()));
         }
         for (k, id, p) in queued {
-            c.link.send(k, id, &[], p);
+            self.send_on(t, k, id, p);
         }
         self.read(t); // frames that came with the handshake
         self.flush(t);
@@ -679,6 +706,7 @@ impl Service {
 
     fn drop_conn(&mut self, t: Token, why: &str) {
         self.gate.gone(t);
+        self.fabric.gone(t);
         let Some(mut c) = self.conns.remove(&t) else { return };
         let _ = self.poll.registry().deregister(c.link.stream());
         match c.role {
@@ -814,6 +842,9 @@ impl Service {
     }
 
     fn send_on(&mut self, t: Token, kind: u8, id: u64, payload: Bytes) {
+        if let Some(sent) = self.fabric.send(t, kind, id, &payload) {
+            return sent.unwrap_or_else(|why| self.drop_conn(t, &why));
+        }
         if let Some(c) = self.conns.get_mut(&t) {
             c.link.send(kind, id, &[], payload);
             self.flush(t);
@@ -887,6 +918,12 @@ impl Service {
     fn peer_frame(&mut self, t: Token, f: Frame) {
         match f.kind {
             chp::HEARTBEAT => {}
+            proto::FABRIC => {
+                if let (Some(r), Some(c)) = (self.fabric.on_frame(t, &f.payload), self.conns.get_mut(&t)) {
+                    c.link.send(proto::FABRIC, 0, &[], r);
+                    self.flush(t);
+                }
+            }
             proto::JOIN => self.join(t, &f.payload),
             proto::TABLE => self.got_table(&f.payload),
             proto::PEER => {
@@ -1042,6 +1079,9 @@ impl Service {
     }
 
     fn local_frame(&mut self, t: Token, f: Frame) {
+        if f.kind == proto::TRANSPORTS {
+            return self.send_on(t, chp::OK, f.id, self.fabric.report().into());
+        }
         if f.kind == proto::NODES {
             let r = match &self.table {
                 Some(nodes) => Reply::ok(f.id, table::table_json(nodes).into_bytes()),

@@ -49,6 +49,8 @@ impl Write for Records {
 pub struct Node {
     stdin: Option<UnixStream>,
     records: Receiver<Record>,
+    /// Records `wait_for` went past, for `records`.
+    skipped: std::sync::Mutex<Vec<Record>>,
     thread: Option<JoinHandle<i32>>,
     /// Where its service listens for other nodes (`host:port`).
     pub address: String,
@@ -65,32 +67,33 @@ pub struct LocalCluster {
     pub table: String,
 }
 
-fn start_node(boot: Bootstrap) -> io::Result<Node> {
+fn start_node(boot: Bootstrap, opts: Options) -> io::Result<Node> {
     let (mut w, r) = UnixStream::pair()?;
     let (tx, rx) = unbounded();
     w.write_all(boot.encode().as_bytes())?;
     let out = Out::new(Box::new(Records { buf: Vec::new(), tx }));
-    let opts = Options { listen: "127.0.0.1:0".parse().expect("an address"), ..Options::default() };
+    let opts = Options { listen: "127.0.0.1:0".parse().expect("an address"), ..opts };
     let thread = std::thread::Builder::new().name(format!("dragon-node-{}", boot.index)).spawn(move || {
         let mut input = io::BufReader::new(r);
         // The bootstrap was written above; read it as main() would.
         let boot = Bootstrap::read(&mut input).expect("our own bootstrap");
         service::run(boot, Box::new(input), out, opts)
     })?;
-    let mut node = Node { stdin: Some(w), records: rx, thread: Some(thread), address: String::new() };
+    let mut node =
+        Node { stdin: Some(w), records: rx, skipped: Default::default(), thread: Some(thread), address: String::new() };
     node.address = String::from_utf8_lossy(&node.wait_for(out::LISTENING)?).into_owned();
     Ok(node)
 }
 
 impl Node {
-    /// Wait for the next record of `kind` (others are dropped); an ERROR
-    /// record or the watchdog is an error.
+    /// Wait for the next record of `kind` (others are kept for
+    /// [`Node::records`]); an ERROR record or the watchdog is an error.
     pub fn wait_for(&self, kind: u8) -> io::Result<Vec<u8>> {
         loop {
             match self.records.recv_timeout(WATCHDOG) {
                 Ok((k, p)) if k == kind => return Ok(p),
                 Ok((out::ERROR, p)) => return Err(io::Error::other(String::from_utf8_lossy(&p).into_owned())),
-                Ok(_) => {}
+                Ok(r) => self.skipped.lock().unwrap_or_else(|e| e.into_inner()).push(r),
                 Err(RecvTimeoutError::Timeout) => return Err(io::Error::other("watchdog: no record in 60 s")),
                 Err(RecvTimeoutError::Disconnected) => return Err(io::Error::other("the service ended")),
             }
@@ -99,7 +102,9 @@ impl Node {
 
     /// Records written since the last look.
     pub fn records(&self) -> Vec<Record> {
-        self.records.try_iter().collect()
+        let mut v = std::mem::take(&mut *self.skipped.lock().unwrap_or_else(|e| e.into_inner()));
+        v.extend(self.records.try_iter());
+        v
     }
 
     /// The records channel (to wait for one).
@@ -121,6 +126,12 @@ impl LocalCluster {
     /// that its cleanup never touches this process's other files; the
     /// channels the services create are named after this process's run.
     pub fn start(n: usize, peer_timeout: Duration) -> io::Result<LocalCluster> {
+        LocalCluster::start_with(n, peer_timeout, |_| Options::default())
+    }
+
+    /// The same, node `i` run with `opts(i)` (its listening address
+    /// aside: loopback).
+    pub fn start_with(n: usize, peer_timeout: Duration, opts: impl Fn(usize) -> Options) -> io::Result<LocalCluster> {
         let run = transport_shm::RunId::new_owned_by_me().as_str().to_owned();
         let secret = Secret::random();
         let hosts: Vec<String> = (0..n).map(|_| "127.0.0.1".to_owned()).collect();
@@ -132,15 +143,17 @@ impl LocalCluster {
             peer_timeout,
             join_timeout: WATCHDOG,
         };
-        let mut nodes = vec![start_node(boot(0))?];
+        let mut nodes = vec![start_node(boot(0), opts(0))?];
         let primary = nodes[0].address.clone();
         for i in 1..n {
-            let mut node = start_node(boot(i))?;
+            let mut node = start_node(boot(i), opts(i))?;
             node.stdin.as_mut().expect("open").write_all(format!("primary={primary}\n").as_bytes())?;
             nodes.push(node);
         }
         let mut table = String::new();
-        for node in &nodes {
+        // Secondaries first: one that cannot join says so at once, where
+        // the primary would wait for it until its join timeout.
+        for node in nodes.iter().rev() {
             table = String::from_utf8_lossy(&node.wait_for(out::READY)?).into_owned();
         }
         Ok(LocalCluster { run, nodes, table })

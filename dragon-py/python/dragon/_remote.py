@@ -47,7 +47,7 @@ __all__ = ["RemotePopen", "ServiceError", "multinode", "nodes", "this_node", "se
 
 # Request kinds (transport_tcp::proto, runtime::proto).
 OK, ERROR = 0x80, 0x81
-LAUNCH, SIGNAL, RELEASE, WATCH, NODES = 0x20, 0x21, 0x22, 0x24, 0x30
+LAUNCH, SIGNAL, RELEASE, WATCH, NODES, TRANSPORTS = 0x20, 0x21, 0x22, 0x24, 0x30, 0x31
 SERVICE_ENV = "DRAGON_SERVICE"
 NODES_ENV = "DRAGON_NODES"
 NODE_ENV = "DRAGON_NODE_INDEX"
@@ -93,6 +93,15 @@ def nodes() -> list[dict]:
     table = json.loads(text)
     _nodes_cache = (os.environ.get(NODES_ENV), table)
     return table
+
+
+def transports() -> dict:
+    """What this node's service uses to reach each other node so far
+    (``runtime/src/fabric.rs``): ``{"node": i, "rdma": port or None,
+    "why_not": why there is no RDMA here or None, "peers": {"j": "verbs
+    (...)" or "tcp (...)"}, "carried": {...}}``."""
+    with _Connection() as c:
+        return json.loads(c.call(TRANSPORTS, b"", node=None).decode())
 
 
 class _Connection:

@@ -56,6 +56,9 @@ Environment (read by the runtime in every process of a run):
                             off-node transport plugin, libdragon_transport_tcp.so
     DRAGON_TRANSPORT_CONFIG the transport plugins' configuration file (plugin
                             guide; default ~/.config/dragon/transports.conf)
+    DRAGON_FABRIC           between nodes: auto (RDMA where both nodes have an
+                            active port on a common network, else TCP; the
+                            default), tcp, or verbs (RDMA, else an error)
 
 Set by the runtime for the processes of a run (not to be set by hand):
 DRAGON_RUN_ID (the run), DRAGON_TEMPLATE (its template process on this
@@ -81,8 +84,8 @@ on this machine or (with a host list) across several. `dragon -h` says more.
 #: HPE Dragon's options that have no meaning here, and what to do instead.
 _HPE_ONLY = {
     "--wlm": "hosts come from --hostlist or --hostfile",
-    "--transport": ("off-node traffic goes through the run's node services over TCP "
-                    "(DRAGON_TRANSPORT_PATH selects another build of the plugin)"),
+    "--transport": ("off-node traffic goes through the run's node services: over RDMA where "
+                    "both nodes have it, else over TCP (DRAGON_FABRIC=tcp or verbs forces either)"),
     "-p": "the node services pick free ports themselves",
     "--port": "the node services pick free ports themselves",
     "--network-prefix": "nodes are reached by the names or addresses of the host list",

@@ -261,6 +261,10 @@ class Launch:
         if index == 0 and is_local_host(host):
             return node_cmd
         cwd = os.getcwd()
+        # RDMA or TCP between nodes (runtime/src/fabric.rs): the same on
+        # every node, which ssh would not pass on.
+        if os.environ.get("DRAGON_FABRIC"):
+            node_cmd = ["env", "DRAGON_FABRIC=" + os.environ["DRAGON_FABRIC"]] + node_cmd
         command = "cd %s 2>/dev/null; exec %s" % (shlex.quote(cwd), " ".join(shlex.quote(a) for a in node_cmd))
         return remote_command(self.remote_exec, host, command)
 

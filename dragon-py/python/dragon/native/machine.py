@@ -287,6 +287,19 @@ class Node:
         """Whether this is the node the program's main process runs on."""
         return self._descr.is_primary
 
+    @property
+    def transport(self) -> str:
+        """How this process's node reaches this node: ``"shm"`` for its own
+        node; else what its node service settled on when it linked to that
+        node, ``"verbs (<port> to <port>)"`` (RDMA) or ``"tcp (<why not
+        RDMA>)"``, or ``"not linked yet"`` (services link on first use)."""
+        from .. import _remote
+
+        if not _remote.multinode() or self._descr.h_uid == _remote.this_node():
+            return "shm"
+        peers = _remote.transports().get("peers", {})
+        return peers.get(str(self._descr.h_uid), "not linked yet")
+
 
 def current() -> Node:
     """The node this process runs on."""
