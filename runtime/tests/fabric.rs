@@ -187,7 +187,8 @@ fn a_cut_rdma_link_loses_the_node_saying_why() {
     let mut p = 64u64.to_le_bytes().to_vec();
     p.extend_from_slice(&0u64.to_le_bytes());
     p.extend_from_slice(&0u64.to_le_bytes());
-    let (att, _) = proto::take_u64(&on1.call(2, proto::CREATE, &p).unwrap()).map(|(a, h)| (a, h.to_vec())).unwrap();
+    let (att, handle) =
+        proto::take_u64(&on1.call(2, proto::CREATE, &p).unwrap()).map(|(a, h)| (a, h.to_vec())).unwrap();
     on1.call(2, proto::SEND, &proto::op_payload(att, proto::timeout_ns(Some(WAIT)), b"before")).unwrap();
     let got = on1.call(2, proto::RECV, &proto::op_payload(att, proto::timeout_ns(Some(WAIT)), &[])).unwrap();
     assert_eq!(&got[..], b"before");
@@ -212,4 +213,8 @@ fn a_cut_rdma_link_loses_the_node_saying_why() {
     assert!(lost.iter().any(|l| l.contains("its RDMA link failed")), "{lost:?}");
     // The TCP links, to node 0, are untouched.
     round_trip(&on1, 0, b"still fine");
+    // The channel is still there on node 2: destroyed from there.
+    let on2 = ServiceClient::connect(&c.service(2)).unwrap();
+    let (att2, _) = proto::take_u64(&on2.call(2, proto::ATTACH, &handle).unwrap()).unwrap();
+    on2.call(2, proto::DESTROY, &att2.to_le_bytes()).unwrap();
 }
