@@ -180,6 +180,8 @@ pub struct Fabric {
     peers: BTreeMap<u32, String>,
     out: Out,
     sink: Sink,
+    /// Threads closing links (joined when the fabric goes).
+    closing: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Fabric {
@@ -204,12 +206,6 @@ fn take_text(p: &[u8]) -> Option<(String, &[u8])> {
     Some((String::from_utf8_lossy(s).into_owned(), &p[2 + n..]))
 }
 
-fn close_later(e: Arc<Engine>) {
-    // Closing may wait for the peer to read what it was sent: not on the
-    // service's loop.
-    let _ = std::thread::Builder::new().name("dragon-fabric-close".into()).spawn(move || e.close());
-}
-
 impl Fabric {
     /// Open this node's first active RDMA port as `setting` says. Only
     /// [`Mode::Verbs`] without a usable port is an error.
@@ -222,7 +218,27 @@ impl Fabric {
             return Err(format!("{ENV}=verbs, but {why}"));
         }
         let local = Local { mode: setting.mode, port, me, host: host.to_owned(), made: Mutex::default() };
-        Ok(Fabric { local: Arc::new(local), links: HashMap::new(), peers: BTreeMap::new(), out, sink })
+        Ok(Fabric {
+            local: Arc::new(local),
+            links: HashMap::new(),
+            peers: BTreeMap::new(),
+            out,
+            sink,
+            closing: Vec::new(),
+        })
+    }
+
+    /// Close a link off the service's loop (closing may wait for the peer
+    /// to read what it was sent).
+    fn close_later(&mut self, e: Arc<Engine>) {
+        self.closing.retain(|h| !h.is_finished());
+        match std::thread::Builder::new().name("dragon-fabric-close".into()).spawn({
+            let e = e.clone();
+            move || e.close()
+        }) {
+            Ok(h) => self.closing.push(h),
+            Err(_) => e.close(),
+        }
     }
 
     /// For the thread that makes a link to a peer: see [`Initiator::initiate`].
@@ -289,7 +305,7 @@ impl Fabric {
             }
             TCP => {
                 if let Some((node, State::Pending(e) | State::Active(e))) = self.links.remove(&t) {
-                    close_later(e);
+                    self.close_later(e);
                     self.peers.insert(node, format!("tcp ({})", String::from_utf8_lossy(rest)));
                 }
                 None
@@ -341,7 +357,7 @@ impl Fabric {
             }
             Incoming::SetupFailed(why) => {
                 if let Some((node, State::Pending(e))) = self.links.remove(&t) {
-                    close_later(e);
+                    self.close_later(e);
                     self.peers.insert(node, format!("tcp (the RDMA link did not come up: {why})"));
                 }
                 None
@@ -364,7 +380,7 @@ impl Fabric {
     /// Connection `t` is gone: close its RDMA link.
     pub fn gone(&mut self, t: Token) {
         if let Some((_, State::Pending(e) | State::Active(e))) = self.links.remove(&t) {
-            close_later(e);
+            self.close_later(e);
         }
     }
 
@@ -423,6 +439,9 @@ impl Drop for Fabric {
         // release their registrations and queue pairs as they go.
         for (_, (_, State::Pending(e) | State::Active(e))) in self.links.drain() {
             e.close();
+        }
+        for h in self.closing.drain(..) {
+            let _ = h.join();
         }
     }
 }

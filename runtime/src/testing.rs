@@ -85,6 +85,10 @@ fn start_node(boot: Bootstrap, opts: Options) -> io::Result<Node> {
     Ok(node)
 }
 
+fn node_with_primary(node: &mut Node, primary: &str) -> io::Result<()> {
+    node.stdin.as_mut().expect("open").write_all(format!("primary={primary}\n").as_bytes())
+}
+
 impl Node {
     /// Wait for the next record of `kind` (others are kept for
     /// [`Node::records`]); an ERROR record or the watchdog is an error.
@@ -143,20 +147,20 @@ impl LocalCluster {
             peer_timeout,
             join_timeout: WATCHDOG,
         };
-        let mut nodes = vec![start_node(boot(0), opts(0))?];
-        let primary = nodes[0].address.clone();
+        // On failure, the nodes started so far are stopped (and clean up).
+        let mut c = LocalCluster { run: run.clone(), nodes: Vec::new(), table: String::new() };
+        c.nodes.push(start_node(boot(0), opts(0))?);
+        let primary = c.nodes[0].address.clone();
         for i in 1..n {
             let mut node = start_node(boot(i), opts(i))?;
-            node.stdin.as_mut().expect("open").write_all(format!("primary={primary}\n").as_bytes())?;
-            nodes.push(node);
+            c.nodes.push(node_with_primary(&mut node, &primary).map(|()| node)?);
         }
-        let mut table = String::new();
         // Secondaries first: one that cannot join says so at once, where
         // the primary would wait for it until its join timeout.
-        for node in nodes.iter().rev() {
-            table = String::from_utf8_lossy(&node.wait_for(out::READY)?).into_owned();
+        for i in (0..n).rev() {
+            c.table = String::from_utf8_lossy(&c.nodes[i].wait_for(out::READY)?).into_owned();
         }
-        Ok(LocalCluster { run, nodes, table })
+        Ok(c)
     }
 
     /// The abstract socket name of node `i`'s service.

@@ -172,3 +172,49 @@ fn forcing_tcp_or_rdma() {
         "{e}"
     );
 }
+
+#[test]
+fn a_cut_rdma_link_loses_the_node_saying_why() {
+    watchdog();
+    let (net_a, net_b) = (test_support::unique_name("fc"), test_support::unique_name("fd"));
+    // Nodes 1 and 2 on one network (RDMA between them), node 0 apart.
+    let c = LocalCluster::start_with(3, Duration::from_secs(5), |i| {
+        opts(Mode::Auto, sim(if i == 0 { &net_b } else { &net_a }))
+    })
+    .unwrap();
+    let on1 = ServiceClient::connect(&c.service(1)).unwrap();
+    // A channel on node 2, used from node 1.
+    let mut p = 64u64.to_le_bytes().to_vec();
+    p.extend_from_slice(&0u64.to_le_bytes());
+    p.extend_from_slice(&0u64.to_le_bytes());
+    let (att, handle) =
+        proto::take_u64(&on1.call(2, proto::CREATE, &p).unwrap()).map(|(a, h)| (a, h.to_vec())).unwrap();
+    on1.call(2, proto::SEND, &proto::op_payload(att, proto::timeout_ns(Some(WAIT)), b"before")).unwrap();
+    let got = on1.call(2, proto::RECV, &proto::op_payload(att, proto::timeout_ns(Some(WAIT)), &[])).unwrap();
+    assert_eq!(&got[..], b"before");
+    assert!(logs(&c, 1).iter().any(|l| l.contains("to node 2 (127.0.0.1): verbs (")), "RDMA between 1 and 2");
+    // A receive waits on node 2 (nothing will come) when the network dies.
+    let waiter = {
+        let on1 = on1.clone();
+        std::thread::spawn(move || on1.call(2, proto::RECV, &proto::op_payload(att, proto::timeout_ns(None), &[])))
+    };
+    transport_verbs::sim::cut_network(&net_a);
+    let e = waiter.join().unwrap().unwrap_err().to_string();
+    assert!(e.contains("node 2 (127.0.0.1) is lost: its RDMA link failed"), "{e}");
+    // Later requests fail at once, the same way; node 1 reported the loss.
+    let e = on1.call(2, proto::LEN, &att.to_le_bytes()).unwrap_err().to_string();
+    assert!(e.contains("node 2 (127.0.0.1) is lost"), "{e}");
+    let lost: Vec<String> = c.nodes[1]
+        .records()
+        .into_iter()
+        .filter(|(k, _)| *k == out::LOST)
+        .map(|(_, p)| String::from_utf8_lossy(&p[4..]).into_owned())
+        .collect();
+    assert!(lost.iter().any(|l| l.contains("its RDMA link failed")), "{lost:?}");
+    // The TCP links, to node 0, are untouched.
+    round_trip(&on1, 0, b"still fine");
+    // The channel is still there on node 2: destroyed from there.
+    let on2 = ServiceClient::connect(&c.service(2)).unwrap();
+    let (att2, _) = proto::take_u64(&on2.call(2, proto::ATTACH, &handle).unwrap()).unwrap();
+    on2.call(2, proto::DESTROY, &att2.to_le_bytes()).unwrap();
+}

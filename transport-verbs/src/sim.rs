@@ -31,7 +31,8 @@
 //!   work requests complete with `Flushed`.
 //! - **Injected failures** ([`SimPort::inject`]): the n-th next work
 //!   request fails with a chosen status; the port's link is cut (every
-//!   work request to or from it fails as with a lost peer); receives are
+//!   work request to or from it fails as with a lost peer), or a whole
+//!   network ([`cut_network`]); receives are
 //!   dropped instead of posted (a receiver that stops replenishing: the
 //!   peer's credit window is exhausted and its next send finds no
 //!   receive).
@@ -195,7 +196,7 @@ impl SimFabric {
 
     fn port_info(&self) -> PortInfo {
         let me = ProcessId::current();
-        let prefix = 0xfe80_0000_0000_0000u64 | (fnv(self.name.as_bytes()) & 0x0000_ffff_ffff_ffff);
+        let prefix = prefix_of(&self.name);
         let iface = fnv(format!("{}-{}", me.pid, me.start).as_bytes()) | 1;
         let mut gid = [0u8; 16];
         gid[..8].copy_from_slice(&prefix.to_be_bytes());
@@ -463,6 +464,30 @@ struct Faults {
     cut: bool,
     drop_recvs: bool,
     qps: Vec<Weak<QpShared>>,
+    /// The port's network (its GID's subnet prefix), for [`cut_network`].
+    net: u64,
+}
+
+/// Networks cut in this process (subnet prefixes): see [`cut_network`].
+static CUT_NETWORKS: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+/// The subnet prefix of simulated network `name`'s ports.
+fn prefix_of(name: &str) -> u64 {
+    0xfe80_0000_0000_0000u64 | (fnv(name.as_bytes()) & 0x0000_ffff_ffff_ffff)
+}
+
+/// Cut simulated network `name` for every port of this process on it, as
+/// a switch that dies: from now on each of their work requests fails as
+/// with a lost peer (`RetryExceeded`), and marks its queue pair cut so
+/// that the peer's work requests fail too. For tests of what runs above
+/// the links, where the ports are out of reach (node services in this
+/// process, say); [`Fault::Cut`] cuts one port.
+pub fn cut_network(name: &str) {
+    lock(&CUT_NETWORKS).push(prefix_of(name));
+}
+
+fn network_cut(net: u64) -> bool {
+    lock(&CUT_NETWORKS).contains(&net)
 }
 
 // ---- the port ----------------------------------------------------------------------
@@ -483,10 +508,11 @@ impl std::fmt::Debug for SimPort {
 
 impl SimPort {
     fn new(info: PortInfo) -> Result<SimPort, VerbsError> {
+        let net = info.gid.subnet_prefix();
         Ok(SimPort {
             info,
             pd: Arc::new(Pd::new(ProcessId::current())?),
-            faults: Arc::new(Mutex::new(Faults::default())),
+            faults: Arc::new(Mutex::new(Faults { net, ..Faults::default() })),
             stats: Arc::new(Counters::default()),
         })
     }
@@ -1159,7 +1185,11 @@ impl QueuePair for SimQp {
         }
         let injected = {
             let mut f = lock(&q.faults);
-            let cut = f.cut;
+            let cut = f.cut || network_cut(f.net);
+            if cut {
+                // Relaxed: a flag the peer reads on its next work request.
+                u32_at(&q.seg, QP_CUT).store(1, Ordering::Relaxed);
+            }
             let failure = match f.fail {
                 Some((0, status)) => {
                     f.fail = None;

@@ -33,8 +33,13 @@ fn end(port: Arc<SimPort>) -> End {
 
 /// Two queue pairs connected to each other.
 fn pair() -> (End, End) {
+    pair_on(&test_support::unique_name("net"))
+}
+
+/// The same, on simulated network `net`.
+fn pair_on(net: &str) -> (End, End) {
     test_support::watchdog::start();
-    let f = common::fabric();
+    let f = transport_verbs::sim::SimFabric::new(net).unwrap();
     let (a, b) = (end(f.open_sim().unwrap()), end(f.open_sim().unwrap()));
     for e in [&a, &b] {
         assert_eq!(e.qp.state(), QpState::Reset);
@@ -239,6 +244,26 @@ fn lost_peers_and_injected_failures() {
     post_recv(&b, 1, 0, 64);
     send(&a, 1, SendOp::Send, sge(&a, 0, 8), false);
     assert_eq!(one(&a.cq).status, WcStatus::RnrRetryExceeded);
+}
+
+#[test]
+fn a_cut_network_fails_work_requests_on_it_both_ways_and_no_other() {
+    let net = test_support::unique_name("cut");
+    let (a, b) = pair_on(&net);
+    let (c, d) = pair();
+    transport_verbs::sim::cut_network(&net);
+    post_recv(&b, 1, 0, 64);
+    send(&a, 1, SendOp::Send, sge(&a, 0, 8), false);
+    assert_eq!(one(&a.cq).status, WcStatus::RetryExceeded);
+    send(&b, 2, SendOp::Send, sge(&b, 0, 8), false);
+    let x = one(&b.cq);
+    // b's posted receive is flushed first when its queue pair fails.
+    let x = if x.wr_id == 1 { one(&b.cq) } else { x };
+    assert_eq!((x.wr_id, x.status), (2, WcStatus::RetryExceeded));
+    // Another network is untouched.
+    post_recv(&d, 1, 0, 64);
+    send(&c, 1, SendOp::Send, sge(&c, 0, 8), false);
+    assert_eq!(one(&c.cq).status, WcStatus::Success);
 }
 
 #[test]
