@@ -14,6 +14,7 @@ use pyo3::exceptions::PyConnectionError;
 use pyo3::prelude::*;
 use runtime::ddictserve::{self as ops, ErrorKind};
 use std::time::Duration;
+use transport_abi::abi::DRAGON_EIO;
 use transport_tcp::TcpError;
 
 /// How often a request looks for Ctrl-C.
@@ -47,6 +48,9 @@ pub(crate) fn call(
     let answer = match r {
         Ok(b) => b,
         Err(TcpError::Interrupted) => return Err(int.into_err()),
+        // The shard's node is lost (or the link to it): as for any object
+        // of a lost node.
+        Err(TcpError::Remote { code: DRAGON_EIO, message }) => return Err(PyConnectionError::new_err(message)),
         Err(TcpError::Remote { message, .. }) => return Err(DDictError::new_err(message)),
         Err(e) => return Err(PyConnectionError::new_err(format!("DDict shards on node {node}: {e}"))),
     };

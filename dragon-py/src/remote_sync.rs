@@ -61,6 +61,7 @@ fn err(e: TcpError) -> PyErr {
         TcpError::Remote { message, .. } if message.contains("does not hold") => PyValueError::new_err(message),
         TcpError::Remote { message, .. } if message.contains("must acquire()") => PyAssertionError::new_err(message),
         TcpError::Remote { message, .. } if message.contains("broken barrier") => BrokenBarrierError::new_err(message),
+        TcpError::Remote { code: transport_abi::abi::DRAGON_EIO, message } => PyConnectionError::new_err(message),
         TcpError::Remote { message, .. } => DragonError::new_err(message),
         TcpError::Interrupted => DragonError::new_err("interrupted"),
         e => PyConnectionError::new_err(e.to_string()),

@@ -799,3 +799,57 @@ def test_ddict_across_nodes(cluster):
     assert "cleared 0" in out, out
     assert "small ('full', True, True)" in out, out
     _assert_clean(cluster)
+
+
+def test_ddict_shards_of_a_lost_node_fail_clearly_and_the_rest_work(cluster):
+    marker = os.path.join(cluster.shared, "ddict-lost")
+    if os.path.exists(marker):
+        os.unlink(marker)
+    script = _script(cluster, "ddictlost.py", """
+        import sys, time
+        from dragon.data.ddict import DDict
+
+        if __name__ == "__main__":
+            d = DDict(1, 3, 48 << 20)
+            for i in range(90):
+                d[i] = i * i
+            on3 = [i for i in range(90) if d.which_manager(i) == 2]
+            rest = [i for i in range(90) if d.which_manager(i) != 2]
+            open(sys.argv[1], "w").close()
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    d[on3[0]]
+                except ConnectionError as e:
+                    print("lost:", type(e).__name__, "node 2" in str(e), flush=True)
+                    break
+                assert time.monotonic() < deadline, "the loss was never seen"
+                time.sleep(0.05)
+            print("rest", all(d[i] == i * i for i in rest), len(rest) > 0, flush=True)
+            d[rest[0]] = "still writable"
+            print("write", d[rest[0]], flush=True)
+            d.destroy()
+            print("destroyed", flush=True)
+        """)
+    argv = [DRAGON, "--hostlist", cluster.hostlist, script, marker]
+    proc = cluster.popen(0, argv, cwd=cluster.shared, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=_env())
+    try:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(marker):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        services = [pid for pid, cmd in cluster.processes(2) if "dragon._node" in cmd]
+        assert services, cluster.processes(2)
+        for pid in services:
+            os.kill(pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, (out, err)
+    assert "lost: ConnectionError True" in out, (out, err)
+    assert "rest True True" in out and "write still writable" in out and "destroyed" in out, (out, err)
+    _assert_clean(cluster)
