@@ -473,10 +473,12 @@ def test_pipe_across_nodes_sees_eof_when_the_other_end_closes_or_dies(cluster):
                 print(a.recv())
             big = b"z" * (5 << 20)             # leaves this node as a block, arrives as a copy
             a.send(big)
-            print("big back", a.recv()[1] == big)
+            # One string per print: the children print at the same time,
+            # and only whole writes keep lines apart.
+            print("big back %s" % (a.recv()[1] == big))
             a.close()
             p.join(60)
-            print("exit", p.exitcode)
+            print("exit %s" % p.exitcode)
 
             r, w = mp.Pipe(duplex=False)
             with Policy(host_name="node3"):
@@ -489,7 +491,7 @@ def test_pipe_across_nodes_sees_eof_when_the_other_end_closes_or_dies(cluster):
             except EOFError:
                 print("parent saw EOF")
             p.join(60)
-            print("exit", p.exitcode)
+            print("exit %s" % p.exitcode)
         """)
     r = _run(cluster, script)
     _ok(r)
