@@ -190,7 +190,7 @@ class Launch:
         self.nodes = []
         self.table = None
         self._out_lock = threading.Lock()
-        self._partial = {}  # (index, pid, stream) -> bytes of an unfinished line (labels only)
+        self._partial = {}  # (index, pid, stream) -> bytes of an unfinished line
         self._ending = False
         self.lost = set()  # nodes the primary called lost: they cleaned up on their own
 
@@ -210,17 +210,22 @@ class Launch:
         stream, pid = body[0], struct.unpack("<I", body[1:5])[0]
         data = body[5:]
         fd = 1 if stream == 1 else 2
-        if not self.label:
-            return self._write(fd, data)
+        # Whole lines only (ended by a newline, or unlabelled by a carriage
+        # return as progress bars write), so that the lines of processes
+        # printing at the same time never cut into each other; the rest
+        # waits for its end, or for the run's.
         key = (node.index, pid, stream)
         data = self._partial.pop(key, b"") + data
-        lines = data.split(b"\n")
-        rest = lines.pop()
-        if rest:
-            self._partial[key] = rest
-        if lines:
+        cut = data.rfind(b"\n") + 1 if self.label else max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+        if cut < len(data):
+            self._partial[key] = data[cut:]
+        if not cut:
+            return
+        whole = data[:cut]
+        if self.label:
             prefix = ("[%s] " % node.host).encode()
-            self._write(fd, b"".join(prefix + ln + b"\n" for ln in lines))
+            whole = b"".join(prefix + ln + b"\n" for ln in whole[:-1].split(b"\n"))
+        self._write(fd, whole)
 
     def _record(self, node, kind, body):
         if kind == OUTPUT:
@@ -315,8 +320,8 @@ class Launch:
             node.reader.join(max(0.0, deadline - time.monotonic()))
         with self._out_lock:
             for (index, pid, stream), rest in self._partial.items():
-                prefix = ("[%s] " % self.hosts[index]).encode()
-                os.write(1 if stream == 1 else 2, prefix + rest + b"\n")
+                prefix = ("[%s] " % self.hosts[index]).encode() if self.label else b""
+                os.write(1 if stream == 1 else 2, prefix + rest + (b"\n" if self.label else b""))
             self._partial.clear()
 
 
