@@ -415,6 +415,16 @@ impl Service {
         })
     }
 
+    /// This node's record: the CPUs the launcher gave it (an allocation's)
+    /// over the service's own affinity.
+    fn local_info(&self) -> NodeInfo {
+        let mut info = NodeInfo::local(self.me, self.boot.host(), self.port);
+        if let Some(cpus) = self.boot.cpus {
+            info.cpus = cpus;
+        }
+        info
+    }
+
     fn host_of(&self, node: u32) -> String {
         self.boot.hosts.get(node as usize).cloned().unwrap_or_else(|| format!("node {node}"))
     }
@@ -423,7 +433,7 @@ impl Service {
 
     fn serve(&mut self) {
         if self.me == 0 {
-            self.joined.insert(0, NodeInfo::local(0, self.boot.host(), self.port));
+            self.joined.insert(0, self.local_info());
             self.maybe_ready();
         }
         let mut events = Events::with_capacity(256);
@@ -683,7 +693,7 @@ impl Service {
         self.fabric.adopt(node, t, &self.host_of(node));
         if node == 0 && self.table.is_none() {
             let mut info = Vec::new();
-            NodeInfo::local(self.me, self.boot.host(), self.port).encode(&mut info);
+            self.local_info().encode(&mut info);
             self.send_on(t, proto::JOIN, 0, info.into());
         } else {
             self.send_on(t, proto::PEER, 0, Bytes::copy_from_slice(&self.me.to_le_bytes()));
