@@ -20,7 +20,8 @@
 //!   with an error naming the node, and its processes report
 //!   [`proto::LOST_EXIT`];
 //! - owns its node's cleanup: when its standard input ends (the launcher
-//!   is gone or done), when the primary is lost, or on a fatal error, it
+//!   is gone or done), on SIGTERM or SIGHUP (a batch system ending the
+//!   job), when the primary is lost, or on a fatal error, it
 //!   stops its template (which kills the processes it started), kills any
 //!   other process of the run on the node, removes the run's `/dev/shm`
 //!   files, and exits.
@@ -134,6 +135,8 @@ enum Event {
     Started { from: Requester, id: u64, result: Result<launch::Started, String> },
     /// A process started here exited.
     Exited { launch: u64, code: i64 },
+    /// The process received a termination signal.
+    Signal(i32),
 }
 
 /// Who asked for a process start.
@@ -283,6 +286,12 @@ struct Tether {
 /// secondary, then the lifeline), `out` its standard output. Returns the
 /// exit code for the process.
 pub fn run(boot: Bootstrap, input: Box<dyn BufRead + Send>, out: Out, opts: Options) -> i32 {
+    run_until(boot, input, out, opts, false)
+}
+
+/// [`run`]; with `signals`, SIGTERM and SIGHUP (blocked by the caller
+/// before it started any thread) end the run on this node too.
+fn run_until(boot: Bootstrap, input: Box<dyn BufRead + Send>, out: Out, opts: Options, signals: bool) -> i32 {
     let mut s = match Service::new(boot, out.clone(), opts) {
         Ok(s) => s,
         Err(e) => {
@@ -306,6 +315,17 @@ pub fn run(boot: Bootstrap, input: Box<dyn BufRead + Send>, out: Out, opts: Opti
             }
         }
     });
+    if signals {
+        let (tx, waker) = (s.tx.clone(), s.waker.clone());
+        let _ = std::thread::Builder::new().name("dragon-signals".into()).spawn(move || {
+            while let Ok(sig) = crate::sys::wait_termination_signal() {
+                if tx.send(Event::Signal(sig)).is_err() {
+                    return;
+                }
+                let _ = waker.wake();
+            }
+        });
+    }
     s.serve();
     s.teardown()
 }
@@ -313,6 +333,10 @@ pub fn run(boot: Bootstrap, input: Box<dyn BufRead + Send>, out: Out, opts: Opti
 /// Read the bootstrap from standard input and run the service (the body of
 /// `python -m dragon._node`).
 pub fn main(opts: Options) -> i32 {
+    // First, while this is the process's only thread: SIGTERM (what Slurm
+    // sends every process of a job step it ends) and SIGHUP end the run on
+    // this node in order instead of killing the service mid-way.
+    let signals = crate::sys::block_termination_signals().is_ok();
     let out = Out::new(Box::new(io::stdout()));
     let mut stdin = io::BufReader::new(io::stdin());
     let boot = match Bootstrap::read(&mut stdin) {
@@ -326,7 +350,7 @@ pub fn main(opts: Options) -> i32 {
     // belong to the run and to this node.
     std::env::set_var(transport_shm::segment::RUN_ENV, &boot.run);
     std::env::set_var(transport_shm::segment::NODE_ENV, boot.index.to_string());
-    run(boot, Box::new(stdin), out, opts)
+    run_until(boot, Box::new(stdin), out, opts, signals)
 }
 
 fn bind_unix(name: &str) -> io::Result<UnixListener> {
@@ -529,6 +553,10 @@ impl Service {
             }
             Event::Started { from, id, result } => self.started(from, id, result),
             Event::Exited { launch, code } => self.exited_here(launch, code),
+            Event::Signal(sig) => {
+                let name = if sig == libc::SIGTERM { "SIGTERM" } else { "SIGHUP" };
+                self.stop = Some(format!("the service received {name}"));
+            }
         }
     }
 
