@@ -23,15 +23,14 @@ of the host's own configuration is read or written:
 What a namespaced node cannot have, and how the configuration goes round
 it: a node has no cgroup hierarchy of its own (the host's, if any, is shared
 by every node and by the host), so ``proctrack/linuxproc`` (a step's
-processes are found by parentage in the node's own ``/proc``), ``task/none``
-(no CPU binding or confinement) and ``jobacct_gather/none`` replace the
-cgroup plugins; there is no accounting database (``accounting_storage/none``).
-Every daemon runs as root. Consequences for tests: a process of a step
-that is re-parented (its parent died first) escapes ``linuxproc``, so
-cleanup that relies on Slurm's kill instead of the program's own is caught;
-and nothing confines a step to its CPUs, so a program that reads its CPU
-count from the machine sees the whole machine (what a test of allocation
-sizes must look past).
+processes are found by parentage in the node's own ``/proc``) replaces
+``proctrack/cgroup``, ``task/affinity`` (CPU binding with
+``sched_setaffinity``, no cgroup needed) replaces ``task/cgroup``, and no
+accounting is gathered (``jobacct_gather/none``, ``accounting_storage/none``:
+no database). Every daemon runs as root. A consequence for tests: a process
+of a step whose parent died first is re-parented out of the step's tree and
+escapes ``linuxproc``, so a program that leaves processes behind for
+Slurm's kill to catch is caught by the tests' clean checks instead.
 
 Library use (root; ``testbed/`` on ``sys.path``)::
 
