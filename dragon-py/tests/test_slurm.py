@@ -190,8 +190,13 @@ def _env():
             if not k.startswith(("DRAGON_", "SLURM_")) or k == "DRAGON_DEBUG"}
 
 
+_last = {}  # the last run's output, for the clean check's message
+
+
 def _run(s, argv, timeout=RUN_TIMEOUT):
-    return s.run(0, argv, timeout=timeout, cwd=s.cluster.shared, env=_env())
+    r = s.run(0, argv, timeout=timeout, cwd=s.cluster.shared, env=_env())
+    _last["run"] = r
+    return r
 
 
 def _popen(s, argv):
@@ -202,7 +207,9 @@ def _popen(s, argv):
 def _assert_clean(s):
     for i in range(NODES):
         left = s.wait_clean(i, timeout=60)
-        assert not left, "node%d not clean: %r" % (i + 1, left)
+        r = _last.get("run")
+        assert not left, "node%d not clean: %r\n(after %s:\n%s)" % (
+            i + 1, left, r.args if r else None, r.stderr[-3000:] if r else "")
 
 
 def _ok(r, code=0):
@@ -230,11 +237,16 @@ MACHINE = """
     import multiprocessing as mp, os, socket, sys
     from dragon.native.machine import Node, System
 
-    def where(q, i, lines):
-        for k in range(lines):
-            print("out %d %d %s" % (i, k, "x" * 50))
-        sys.stdout.flush()
-        q.put((i, socket.gethostname(), os.environ.get("SLURM_JOB_ID")))
+    def where(q, i, lines, primary):
+        # Output of processes on the other nodes: the launcher is its only
+        # writer (with --label, line by line).
+        if socket.gethostname() != primary:
+            for k in range(lines):
+                print("out %d %d %s" % (i, k, "x" * 50))
+            sys.stdout.flush()
+        with open("/proc/self/status") as f:
+            blocked = [line.split()[1] for line in f if line.startswith("SigBlk:")][0]
+        q.put((i, socket.gethostname(), os.environ.get("SLURM_JOB_ID"), int(blocked, 16)))
 
     if __name__ == "__main__":
         s = System()
@@ -243,13 +255,14 @@ MACHINE = """
             print("cpus", mp.cpu_count(), pool._processes, os.cpu_count())
         q = mp.Queue()
         lines = int(sys.argv[2]) if len(sys.argv) > 2 else 0
-        ps = [mp.Process(target=where, args=(q, i, lines)) for i in range(2 * s.nnodes)]
+        ps = [mp.Process(target=where, args=(q, i, lines, socket.gethostname())) for i in range(2 * s.nnodes)]
         for p in ps:
             p.start()
         got = sorted(q.get(timeout=60) for _ in ps)
         for p in ps:
             p.join(60)
-        print("hosts", sorted({h for _, h, _ in got}), "jobs", sorted({j for _, _, j in got}))
+        print("hosts", sorted({h for _, h, _, _ in got}), "jobs", sorted({j for _, _, j, _ in got}))
+        print("blocked", sorted({b for _, _, _, b in got}))
         print("job", os.environ.get("SLURM_JOB_ID"), flush=True)
         sys.exit(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
     """
@@ -270,14 +283,14 @@ def test_salloc_runs_on_every_node_with_the_allocations_cpus(slurm):
         'print("job", ', 'print("steps", subprocess.run(["squeue", "-h", "-s", "-j", os.environ["SLURM_JOB_ID"], '
         '"-o", "%N"], capture_output=True, text=True).stdout.split())\n        print("job", ').replace(
         "import multiprocessing", "import subprocess, multiprocessing"))
-    r = _run(slurm, ["salloc", "-N", "3", "--ntasks-per-node=1", DRAGON, steps, "7", "1000"])
+    r = _run(slurm, ["salloc", "-N", "3", "--ntasks-per-node=1", DRAGON, "--label", steps, "7", "1000"])
     _ok(r, 7)
-    # Output of processes on every node, through their services' srun
-    # steps, arrives whole.
-    out = [line for line in r.stdout.splitlines() if line.startswith("out ")]
-    assert len(out) == 6 * 1000 and all(re.fullmatch(r"out \d \d+ x{50}", line) for line in out), r.stdout[-2000:]
-    assert sorted({tuple(map(int, line.split()[1:3])) for line in out}) == [(i, k) for i in range(6)
-                                                                              for k in range(1000)]
+    # Output of processes on the other nodes, through their services' srun
+    # steps, arrives whole (round-robin placement: processes 1, 2, 4, 5).
+    out = [line for line in r.stdout.splitlines() if "out " in line]
+    assert all(re.fullmatch(r"\[node[23]\] out \d \d+ x{50}", line) for line in out), r.stdout[-2000:]
+    assert sorted(tuple(map(int, line.split()[2:4])) for line in out) == [(i, k) for i in (1, 2, 4, 5)
+                                                                           for k in range(1000)], r.stdout[-2000:]
     nodes, cpus, n, pool, machine, hosts, jobs = _machine(r.stdout)
     assert nodes == ["node1", "node2", "node3"] and cpus == [1, 1, 1], r.stdout
     assert (n, pool) == (3, 3), r.stdout
@@ -285,6 +298,9 @@ def test_salloc_runs_on_every_node_with_the_allocations_cpus(slurm):
     assert hosts == ["node1", "node2", "node3"], r.stdout
     job = re.search(r"^job (\d+)$", r.stdout, re.M).group(1)
     assert jobs == [job], r.stdout  # every process is part of the job
+    # No signal the services take for themselves stays blocked in the
+    # processes they start.
+    assert "blocked [0]" in r.stdout, r.stdout
     # The node services are steps of the job, one on each node.
     assert sorted(eval(re.search(r"^steps (\[.*?\])$", r.stdout, re.M).group(1))) == ["node1", "node2", "node3"]
     _assert_clean(slurm)

@@ -179,10 +179,18 @@ pub fn spawn_session(argv: &[String], env: &[(String, String)], keep: &[RawFd]) 
     cmd.args(&argv[1..]).env_clear().envs(env.iter().map(|(k, v)| (k, v)));
     cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
     let keep = keep.to_vec();
+    // The child gets the termination signals back (this process may block
+    // them for one thread to take: `block_termination_signals`; the mask
+    // is inherited across fork and exec).
+    let termination = termination_set();
     // SAFETY: between fork and exec the closure only makes system calls
-    // that are async-signal-safe (setsid, fcntl) and allocates nothing.
+    // that are async-signal-safe (sigprocmask, setsid, fcntl) and
+    // allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            if libc::sigprocmask(libc::SIG_UNBLOCK, &termination, std::ptr::null_mut()) < 0 {
+                return Err(io::Error::last_os_error());
+            }
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -219,8 +227,8 @@ fn termination_set() -> libc::sigset_t {
 
 /// Block SIGTERM and SIGHUP in the calling thread, and so in every thread
 /// it starts from then on, so that only [`wait_termination_signal`] takes
-/// them. Call it before the process has other threads. Children started
-/// with `std::process::Command` begin with an empty signal mask again.
+/// them. Call it before the process has other threads. A child inherits
+/// the mask: [`spawn_session`] unblocks them in its child.
 pub fn block_termination_signals() -> io::Result<()> {
     let set = termination_set();
     // SAFETY: a valid, initialized set; the old mask is not asked for.

@@ -206,7 +206,7 @@ class _Node:
         self.stopped = None
         self.cond = threading.Condition()
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
-                                     start_new_session=True)
+                                     start_new_session=True, env=_launcher_env())
         self.reader = threading.Thread(target=self._read, name="dragon-node-%d" % index, daemon=True)
         self.reader.start()
 
@@ -244,6 +244,18 @@ class _Node:
                     return False
                 self.cond.wait(left)
             return self.error is None
+
+
+#: Variables that make a process part of a run (and so a process the
+#: run's cleanup on its node kills).
+_RUN_VARS = ("DRAGON_RUN_ID", "DRAGON_TEMPLATE", "DRAGON_SERVICE", "DRAGON_NODES", "DRAGON_NODE_INDEX")
+
+
+def _launcher_env():
+    """The environment of the launcher's own helpers (ssh, srun, a local
+    service): not of the run, whose end on this node kills the run's
+    processes; each service starts its run's processes with the run's."""
+    return {k: v for k, v in os.environ.items() if k not in _RUN_VARS}
 
 
 def _end_program():
@@ -415,9 +427,11 @@ class Launch:
                 pass
         deadline = time.monotonic() + wait
         for node in self.nodes:
-            if node.index in self.lost and node.proc.poll() is None:
+            if node.index in self.lost and node.proc.poll() is None and not self.srun:
                 # It tore itself down when it lost the primary; its ssh
-                # connection may be over a link that is gone.
+                # connection may be over a link that is gone. (An srun is
+                # not killed: Slurm would kill its step, the service in the
+                # middle of cleaning its node up; it ends with the service.)
                 node.proc.kill()
             try:
                 node.proc.wait(max(0.0, deadline - time.monotonic()))
