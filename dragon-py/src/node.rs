@@ -30,9 +30,11 @@ fn new_secret() -> String {
     transport_tcp::Secret::random().to_hex()
 }
 
-/// The bootstrap text node `index` of a run reads on its standard input.
+/// The bootstrap text node `index` of a run reads on its standard input;
+/// `cpus`, when given, is the number of CPUs the run may use on that node
+/// (a Slurm allocation's), reported instead of the service's affinity.
 #[pyfunction]
-#[pyo3(signature = (run, secret, index, hosts, peer_timeout, join_timeout))]
+#[pyo3(signature = (run, secret, index, hosts, peer_timeout, join_timeout, cpus=None))]
 fn bootstrap_text(
     run: &str,
     secret: &str,
@@ -40,7 +42,11 @@ fn bootstrap_text(
     hosts: Vec<String>,
     peer_timeout: f64,
     join_timeout: f64,
+    cpus: Option<u32>,
 ) -> PyResult<String> {
+    if cpus == Some(0) {
+        return Err(PyValueError::new_err("cpus must be at least 1"));
+    }
     let secret = transport_tcp::Secret::from_hex(secret).ok_or_else(|| PyValueError::new_err("bad secret"))?;
     let secs = |s: f64, what: &str| {
         if s.is_finite() && s > 0.0 {
@@ -56,6 +62,7 @@ fn bootstrap_text(
         hosts,
         peer_timeout: secs(peer_timeout, "peer_timeout")?,
         join_timeout: secs(join_timeout, "join_timeout")?,
+        cpus,
     };
     Ok(b.encode())
 }

@@ -8,6 +8,8 @@
 //!   hosts=<host,host,...>          every node of the run, as the launcher names them
 //!   peer-timeout-ms=<n>            silence after which a peer node is lost (optional)
 //!   join-timeout-ms=<n>            how long the primary waits for every node (optional)
+//!   cpus=<n>                       CPUs the run may use on this node (optional: a batch
+//!                                  system's allocation; without it, the service's affinity)
 //!   end
 //!   primary=<host:port>            secondaries only, once the primary listens
 //! ```
@@ -47,6 +49,10 @@ pub struct Bootstrap {
     pub peer_timeout: Duration,
     /// How long the primary waits for every node to join.
     pub join_timeout: Duration,
+    /// CPUs the run may use on this node when the launcher knows them (a
+    /// Slurm allocation's share of the node); `None`: the service's CPU
+    /// affinity.
+    pub cpus: Option<u32>,
 }
 
 impl fmt::Debug for Bootstrap {
@@ -57,6 +63,7 @@ impl fmt::Debug for Bootstrap {
             .field("hosts", &self.hosts)
             .field("peer_timeout", &self.peer_timeout)
             .field("join_timeout", &self.join_timeout)
+            .field("cpus", &self.cpus)
             .finish_non_exhaustive()
     }
 }
@@ -96,8 +103,9 @@ pub fn read_line<R: BufRead>(r: &mut R) -> Result<Option<String>, BootstrapError
 impl Bootstrap {
     /// The bootstrap as text (what the launcher writes), `end` line included.
     pub fn encode(&self) -> String {
+        let cpus = self.cpus.map(|n| format!("cpus={n}\n")).unwrap_or_default();
         format!(
-            "{MAGIC}\nrun={}\nsecret={}\nindex={}\nhosts={}\npeer-timeout-ms={}\njoin-timeout-ms={}\nend\n",
+            "{MAGIC}\nrun={}\nsecret={}\nindex={}\nhosts={}\npeer-timeout-ms={}\njoin-timeout-ms={}\n{cpus}end\n",
             self.run,
             self.secret.to_hex(),
             self.index,
@@ -115,6 +123,7 @@ impl Bootstrap {
         }
         let (mut run, mut secret, mut index, mut hosts) = (None, None, None, None);
         let (mut peer_timeout, mut join_timeout) = (PEER_TIMEOUT, JOIN_TIMEOUT);
+        let mut cpus = None;
         loop {
             let line = read_line(r)?.ok_or_else(eof)?;
             if line == "end" {
@@ -131,6 +140,10 @@ impl Bootstrap {
                 "hosts" => hosts = Some(v.split(',').map(str::to_owned).collect::<Vec<_>>()),
                 "peer-timeout-ms" => peer_timeout = ms(v)?,
                 "join-timeout-ms" => join_timeout = ms(v)?,
+                "cpus" => match v.parse::<u32>() {
+                    Ok(n) if n > 0 => cpus = Some(n),
+                    _ => return Err(bad("cpus: expected a number of CPUs above zero")),
+                },
                 // Unknown keys are errors: a launcher and a service of
                 // different versions must not half-understand each other.
                 _ => return Err(bad(format!("unknown key {k:?}"))),
@@ -152,7 +165,7 @@ impl Bootstrap {
         if peer_timeout.is_zero() || join_timeout.is_zero() {
             return Err(bad("timeouts must be above zero"));
         }
-        Ok(Bootstrap { run, secret, index, hosts, peer_timeout, join_timeout })
+        Ok(Bootstrap { run, secret, index, hosts, peer_timeout, join_timeout, cpus })
     }
 
     /// This node's name, as the launcher names it.
@@ -183,6 +196,7 @@ mod tests {
             hosts: vec!["node1".into(), "node2".into(), "node3".into()],
             peer_timeout: Duration::from_millis(2500),
             join_timeout: Duration::from_secs(30),
+            cpus: None,
         }
     }
 
@@ -197,6 +211,15 @@ mod tests {
         let line = read_line(&mut r).unwrap().unwrap();
         assert_eq!(parse_primary(&line).unwrap(), "node1:4242");
         assert_eq!(read_line(&mut r).unwrap(), None);
+        assert!(!text.contains("cpus="), "no cpus= line unless the launcher knows them");
+    }
+
+    #[test]
+    fn an_allocations_cpus_round_trip() {
+        let b = Bootstrap { cpus: Some(3), ..sample() };
+        let text = b.encode();
+        assert!(text.contains("\ncpus=3\nend\n"), "{text}");
+        assert_eq!(Bootstrap::read(&mut std::io::Cursor::new(text)).unwrap(), b);
     }
 
     #[test]
@@ -219,6 +242,9 @@ mod tests {
             (good.replace("hosts=node1,", "hosts=,"), "empty name"),
             (good.replace("peer-timeout-ms=2500", "peer-timeout-ms=0"), "above zero"),
             (good.replace("end\n", "colour=blue\nend\n"), "unknown key"),
+            (good.replace("end\n", "cpus=0\nend\n"), "above zero"),
+            (good.replace("end\n", "cpus=two\nend\n"), "cpus"),
+            (good.replace("end\n", "cpus=-1\nend\n"), "cpus"),
             (good.replace("end\n", "garbage\nend\n"), "key=value"),
         ];
         for (text, want) in cases {

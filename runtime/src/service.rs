@@ -20,7 +20,8 @@
 //!   with an error naming the node, and its processes report
 //!   [`proto::LOST_EXIT`];
 //! - owns its node's cleanup: when its standard input ends (the launcher
-//!   is gone or done), when the primary is lost, or on a fatal error, it
+//!   is gone or done), on SIGTERM or SIGHUP (a batch system ending the
+//!   job), when the primary is lost, or on a fatal error, it
 //!   stops its template (which kills the processes it started), kills any
 //!   other process of the run on the node, removes the run's `/dev/shm`
 //!   files, and exits.
@@ -134,6 +135,8 @@ enum Event {
     Started { from: Requester, id: u64, result: Result<launch::Started, String> },
     /// A process started here exited.
     Exited { launch: u64, code: i64 },
+    /// The process received a termination signal.
+    Signal(i32),
 }
 
 /// Who asked for a process start.
@@ -283,6 +286,12 @@ struct Tether {
 /// secondary, then the lifeline), `out` its standard output. Returns the
 /// exit code for the process.
 pub fn run(boot: Bootstrap, input: Box<dyn BufRead + Send>, out: Out, opts: Options) -> i32 {
+    run_until(boot, input, out, opts, false)
+}
+
+/// [`run`]; with `signals`, SIGTERM and SIGHUP (blocked by the caller
+/// before it started any thread) end the run on this node too.
+fn run_until(boot: Bootstrap, input: Box<dyn BufRead + Send>, out: Out, opts: Options, signals: bool) -> i32 {
     let mut s = match Service::new(boot, out.clone(), opts) {
         Ok(s) => s,
         Err(e) => {
@@ -306,6 +315,17 @@ pub fn run(boot: Bootstrap, input: Box<dyn BufRead + Send>, out: Out, opts: Opti
             }
         }
     });
+    if signals {
+        let (tx, waker) = (s.tx.clone(), s.waker.clone());
+        let _ = std::thread::Builder::new().name("dragon-signals".into()).spawn(move || {
+            while let Ok(sig) = crate::sys::wait_termination_signal() {
+                if tx.send(Event::Signal(sig)).is_err() {
+                    return;
+                }
+                let _ = waker.wake();
+            }
+        });
+    }
     s.serve();
     s.teardown()
 }
@@ -313,6 +333,10 @@ pub fn run(boot: Bootstrap, input: Box<dyn BufRead + Send>, out: Out, opts: Opti
 /// Read the bootstrap from standard input and run the service (the body of
 /// `python -m dragon._node`).
 pub fn main(opts: Options) -> i32 {
+    // First, while this is the process's only thread: SIGTERM (what Slurm
+    // sends every process of a job step it ends) and SIGHUP end the run on
+    // this node in order instead of killing the service mid-way.
+    let signals = crate::sys::block_termination_signals().is_ok();
     let out = Out::new(Box::new(io::stdout()));
     let mut stdin = io::BufReader::new(io::stdin());
     let boot = match Bootstrap::read(&mut stdin) {
@@ -326,7 +350,7 @@ pub fn main(opts: Options) -> i32 {
     // belong to the run and to this node.
     std::env::set_var(transport_shm::segment::RUN_ENV, &boot.run);
     std::env::set_var(transport_shm::segment::NODE_ENV, boot.index.to_string());
-    run(boot, Box::new(stdin), out, opts)
+    run_until(boot, Box::new(stdin), out, opts, signals)
 }
 
 fn bind_unix(name: &str) -> io::Result<UnixListener> {
@@ -415,6 +439,16 @@ impl Service {
         })
     }
 
+    /// This node's record: the CPUs the launcher gave it (an allocation's)
+    /// over the service's own affinity.
+    fn local_info(&self) -> NodeInfo {
+        let mut info = NodeInfo::local(self.me, self.boot.host(), self.port);
+        if let Some(cpus) = self.boot.cpus {
+            info.cpus = cpus;
+        }
+        info
+    }
+
     fn host_of(&self, node: u32) -> String {
         self.boot.hosts.get(node as usize).cloned().unwrap_or_else(|| format!("node {node}"))
     }
@@ -423,7 +457,7 @@ impl Service {
 
     fn serve(&mut self) {
         if self.me == 0 {
-            self.joined.insert(0, NodeInfo::local(0, self.boot.host(), self.port));
+            self.joined.insert(0, self.local_info());
             self.maybe_ready();
         }
         let mut events = Events::with_capacity(256);
@@ -519,6 +553,10 @@ impl Service {
             }
             Event::Started { from, id, result } => self.started(from, id, result),
             Event::Exited { launch, code } => self.exited_here(launch, code),
+            Event::Signal(sig) => {
+                let name = if sig == libc::SIGTERM { "SIGTERM" } else { "SIGHUP" };
+                self.stop = Some(format!("the service received {name}"));
+            }
         }
     }
 
@@ -683,7 +721,7 @@ impl Service {
         self.fabric.adopt(node, t, &self.host_of(node));
         if node == 0 && self.table.is_none() {
             let mut info = Vec::new();
-            NodeInfo::local(self.me, self.boot.host(), self.port).encode(&mut info);
+            self.local_info().encode(&mut info);
             self.send_on(t, proto::JOIN, 0, info.into());
         } else {
             self.send_on(t, proto::PEER, 0, Bytes::copy_from_slice(&self.me.to_le_bytes()));

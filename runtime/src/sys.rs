@@ -1,7 +1,8 @@
 //! The operating-system calls the node service needs that the standard
 //! library does not offer: `SOCK_SEQPACKET` unix sockets with descriptor
 //! passing (the template's protocol), a child in a session of its own,
-//! signals, peer credentials, the CPUs this process may use, the host's
+//! signals (sent, and the termination signals taken by one thread), peer
+//! credentials, the CPUs this process may use, the host's
 //! addresses. The only module of the crate with `unsafe`.
 #![allow(unsafe_code)]
 
@@ -178,10 +179,18 @@ pub fn spawn_session(argv: &[String], env: &[(String, String)], keep: &[RawFd]) 
     cmd.args(&argv[1..]).env_clear().envs(env.iter().map(|(k, v)| (k, v)));
     cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
     let keep = keep.to_vec();
+    // The child gets the termination signals back (this process may block
+    // them for one thread to take: `block_termination_signals`; the mask
+    // is inherited across fork and exec).
+    let termination = termination_set();
     // SAFETY: between fork and exec the closure only makes system calls
-    // that are async-signal-safe (setsid, fcntl) and allocates nothing.
+    // that are async-signal-safe (sigprocmask, setsid, fcntl) and
+    // allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            if libc::sigprocmask(libc::SIG_UNBLOCK, &termination, std::ptr::null_mut()) < 0 {
+                return Err(io::Error::last_os_error());
+            }
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -197,6 +206,50 @@ pub fn spawn_session(argv: &[String], env: &[(String, String)], keep: &[RawFd]) 
     let child = cmd.spawn()?;
     // The child is reaped by `reap`, not through `Child` (which would wait).
     Ok(child.id())
+}
+
+/// The signals that end a node service as its launcher's end does: SIGTERM
+/// (a batch system ending or cancelling the job, `kill`) and SIGHUP.
+const TERMINATION: [libc::c_int; 2] = [libc::SIGTERM, libc::SIGHUP];
+
+fn termination_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initializes it and
+    // sigaddset is given valid signal numbers.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in TERMINATION {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Block SIGTERM and SIGHUP in the calling thread, and so in every thread
+/// it starts from then on, so that only [`wait_termination_signal`] takes
+/// them. Call it before the process has other threads. A child inherits
+/// the mask: [`spawn_session`] unblocks them in its child.
+pub fn block_termination_signals() -> io::Result<()> {
+    let set = termination_set();
+    // SAFETY: a valid, initialized set; the old mask is not asked for.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Wait until SIGTERM or SIGHUP arrives (blocked beforehand by
+/// [`block_termination_signals`]); the signal's number.
+pub fn wait_termination_signal() -> io::Result<i32> {
+    let set = termination_set();
+    let mut sig: libc::c_int = 0;
+    // SAFETY: valid pointers to an initialized set and to an int.
+    let rc = unsafe { libc::sigwait(&set, &mut sig) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(sig)
 }
 
 /// Reap child `pid` if it has exited: its exit code (negative signal

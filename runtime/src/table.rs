@@ -16,7 +16,9 @@ pub struct NodeInfo {
     pub port: u16,
     /// Its IPv4 addresses (loopback excluded).
     pub addresses: Vec<String>,
-    /// CPUs the run may use there (the service's affinity mask).
+    /// CPUs the run may use there: the bootstrap's `cpus=` (a Slurm
+    /// allocation's share of the node) when the launcher gave it, else the
+    /// service's affinity mask.
     pub cpus: u32,
     /// Its memory, in bytes.
     pub memory: u64,

@@ -136,6 +136,22 @@ impl LocalCluster {
     /// The same, node `i` run with `opts(i)` (its listening address
     /// aside: loopback).
     pub fn start_with(n: usize, peer_timeout: Duration, opts: impl Fn(usize) -> Options) -> io::Result<LocalCluster> {
+        LocalCluster::start_inner(n, peer_timeout, &[], opts)
+    }
+
+    /// As [`LocalCluster::start`], node `i` told by its bootstrap that the
+    /// run may use `cpus[i]` CPUs there (as a Slurm launch does); nodes
+    /// past the end of `cpus` are not told.
+    pub fn start_with_cpus(n: usize, peer_timeout: Duration, cpus: &[u32]) -> io::Result<LocalCluster> {
+        LocalCluster::start_inner(n, peer_timeout, cpus, |_| Options::default())
+    }
+
+    fn start_inner(
+        n: usize,
+        peer_timeout: Duration,
+        cpus: &[u32],
+        opts: impl Fn(usize) -> Options,
+    ) -> io::Result<LocalCluster> {
         let run = transport_shm::RunId::new_owned_by_me().as_str().to_owned();
         let secret = Secret::random();
         let hosts: Vec<String> = (0..n).map(|_| "127.0.0.1".to_owned()).collect();
@@ -146,6 +162,7 @@ impl LocalCluster {
             hosts: hosts.clone(),
             peer_timeout,
             join_timeout: WATCHDOG,
+            cpus: cpus.get(i).copied(),
         };
         // On failure, the nodes started so far are stopped (and clean up).
         let mut c = LocalCluster { run: run.clone(), nodes: Vec::new(), table: String::new() };

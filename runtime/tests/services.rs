@@ -133,6 +133,17 @@ fn a_secondary_whose_primary_is_gone_tears_itself_down() {
 }
 
 #[test]
+fn the_cpus_a_launcher_gives_a_node_are_its_cpus_in_the_table() {
+    watchdog();
+    // Node 0 is told its share of an allocation (as a Slurm launch tells
+    // it); node 1 is not and reports its service's affinity.
+    let c = LocalCluster::start_with_cpus(2, Duration::from_secs(5), &[7]).unwrap();
+    let affinity = runtime::table::NodeInfo::local(0, "here", 0).cpus;
+    let cpus: Vec<&str> = c.table.split("\"cpus\":").skip(1).map(|t| t.split(',').next().unwrap()).collect();
+    assert_eq!(cpus, vec!["7".to_string(), affinity.to_string()], "{}", c.table);
+}
+
+#[test]
 fn the_primary_names_the_hosts_that_did_not_join() {
     watchdog();
     use runtime::bootstrap::Bootstrap;
@@ -143,6 +154,7 @@ fn the_primary_names_the_hosts_that_did_not_join() {
         hosts: vec!["here".into(), "nowhere-a".into(), "nowhere-b".into()],
         peer_timeout: Duration::from_secs(5),
         join_timeout: Duration::from_millis(300),
+        cpus: None,
     };
     let (tx, rx) = crossbeam_channel::unbounded::<Vec<u8>>();
     struct W(crossbeam_channel::Sender<Vec<u8>>);

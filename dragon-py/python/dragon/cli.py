@@ -13,15 +13,16 @@ Options (before the script):
     --hostlist LIST      run across these hosts (node1,node2 or nid[001-004]);
                          the script runs on the first
     --hostfile FILE      the hosts, one per line ('#' comments)
-    -N, --nodes N        run on the first N hosts of the host list (without a
-                         host list, N must be 1: this machine)
+    -N, --nodes N        run on the first N hosts of the host list, or of the Slurm
+                         allocation (without either, N must be 1: this machine)
     --remote-exec TMPL   how to run a command on a host (default
                          "ssh -T -x -o BatchMode=yes -o ConnectTimeout=10 {host}")
     --label              prefix the output of processes on other nodes with their
                          host (HPE Dragon's --basic-label and --verbose-label do the
                          same; --no-label is the default)
-    -s, --single-node    run on this machine only (the default without a host list;
-                         HPE Dragon's --single-node-override too)
+    -s, --single-node    run on this machine only (the default without a host list
+                         outside a Slurm allocation; HPE Dragon's
+                         --single-node-override too)
     --metrics [HOST:]PORT
                          serve the run's figures (those of dragon top) at
                          http://HOST:PORT/metrics in Prometheus' text format, from
@@ -31,6 +32,10 @@ Options (before the script):
                          nodes joining and lost) at LEVEL (DEBUG, INFO, WARNING,
                          ERROR, CRITICAL, or NONE) on standard error, through the
                          "dragon" logger; HPE Dragon's stderr=LEVEL means the same
+
+Inside a Slurm allocation (salloc, sbatch) the run goes on every node of the
+job unless -s: the node services start with srun, and each node's CPUs are
+the job's there (what cpu_count() and Pool() use). See docs/multinode.md.
 
 HPE Dragon's --wlm, --transport, -p/--port, --network-prefix,
 --network-config and --multi-node-override have no meaning here: each is
@@ -83,7 +88,7 @@ on this machine or (with a host list) across several. `dragon -h` says more.
 
 #: HPE Dragon's options that have no meaning here, and what to do instead.
 _HPE_ONLY = {
-    "--wlm": "hosts come from --hostlist or --hostfile",
+    "--wlm": "hosts come from --hostlist or --hostfile, or from the Slurm allocation dragon runs in",
     "--transport": ("off-node traffic goes through the run's node services: over RDMA where "
                     "both nodes have it, else over TCP (DRAGON_FABRIC=tcp or verbs forces either)"),
     "-p": "the node services pick free ports themselves",
@@ -208,8 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         return _usage_error("give --hostlist or --hostfile, not both")
     if single and nodes is not None and nodes > 1:
         return _usage_error("give -N %d or -s, not both" % nodes)
-    if nodes is not None and nodes > 1 and hostlist is None and hostfile is None:
-        return _usage_error("-N %d needs the hosts to run on: --hostlist or --hostfile" % nodes)
+    if (nodes is not None and nodes > 1 and hostlist is None and hostfile is None
+            and not os.environ.get("SLURM_JOB_ID")):
+        return _usage_error("-N %d needs the hosts to run on: --hostlist or --hostfile, or a Slurm allocation" % nodes)
     module = None
     if argv[0] == "-m":
         if len(argv) < 2:
@@ -235,23 +241,18 @@ def main(argv: list[str] | None = None) -> int:
             _log.logger.info("metrics at http://%s:%d/metrics", *server.server_address[:2])
         return _run_program(module, None if module else script, args)
 
-    if (hostlist is not None or hostfile is not None) and not single:
+    if not single and (hostlist is not None or hostfile is not None or os.environ.get("SLURM_JOB_ID")):
         from . import launcher
 
         try:
-            hosts = launcher.read_hosts(hostlist, hostfile)
+            where = launcher.plan(hostlist, hostfile, nodes, remote_exec)
         except launcher.LaunchError as e:
             sys.stderr.write("dragon: %s\n" % e)
             return 2
-        if nodes is not None:
-            if nodes > len(hosts):
-                sys.stderr.write("dragon: -N %d, but the host list has %d host%s\n"
-                                 % (nodes, len(hosts), "" if len(hosts) == 1 else "s"))
-                return 2
-            hosts = hosts[:nodes]
-        program = ["-m", module] if module else [script]
-        return launcher.run_script(hosts, program + list(args), remote_exec=remote_exec, label=label,
-                                   run_main=run_main)
+        if where is not None:
+            program = ["-m", module] if module else [script]
+            return launcher.run_script(where.hosts, program + list(args), remote_exec=remote_exec, label=label,
+                                       run_main=run_main, cpus=where.cpus, srun=where.srun)
     return run_main()
 
 

@@ -50,15 +50,12 @@ class DragonContext(_mp_context.BaseContext):
     Process = DragonProcess
 
     def cpu_count(self):
-        """CPUs of the run: this machine's (``os.cpu_count()``) on one node;
-        on several, the sum of the CPUs the run may use on each."""
-        from . import _remote
+        """CPUs of the run: this machine's (``os.cpu_count()``, or a Slurm
+        allocation's CPUs on it) on one node; on several, the sum of the CPUs
+        the run may use on each."""
+        from .native import machine
 
-        if _remote.multinode():
-            from .native import machine
-
-            return machine.cpu_count()
-        return super().cpu_count()
+        return machine.cpu_count()
 
     # -- queues and pipes (dragon.queues, dragon.connection) ---------------------
     def Queue(self, maxsize=0):

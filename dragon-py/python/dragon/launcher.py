@@ -10,7 +10,13 @@ crate's service) on every host, through one *launch back end*:
   node is reached (``"ssh -p 2222 {host}"``, a container's exec command).
   ``{host}`` is replaced by the host; ``{cmd}``, if present, by the shell
   command to run (otherwise it is appended as the last argument, as ssh
-  expects).
+  expects);
+* ``srun``, inside a Slurm allocation (:mod:`dragon.slurm`): one job step
+  of one task per node, ``--overlap`` (the job's own steps are not held
+  back), with no CPU binding, and ``--unbuffered`` (the step's output is
+  passed on as written, not held until a newline: the service's records
+  are binary). Slurm accounts for the services, signals them and kills
+  them with the job; a service cleans its node up on SIGTERM.
 
 Each service reads the run's bootstrap (run id, secret, its index, every
 host) on its standard input (never a command line, a file or the
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import socket
 import struct
 import subprocess
@@ -37,12 +44,15 @@ import time
 
 from . import _log
 
-__all__ = ["Launch", "LaunchError", "is_local_host", "read_hosts"]
+__all__ = ["Launch", "LaunchError", "Plan", "is_local_host", "plan", "read_hosts"]
 
 # Records a node service writes for its launcher (runtime::proto::out).
 LISTENING, READY, ERROR, OUTPUT, LOG, STOPPED, LOST = 1, 2, 3, 4, 5, 6, 7
 
 SSH = "ssh -T -x -o BatchMode=yes -o ConnectTimeout=10 {host}"
+#: One task on one node of the allocation, sharing the job's CPUs with its
+#: other steps, unbound, with no MPI set-up, output passed on as written.
+SRUN = ["srun", "--overlap", "--nodes=1", "--ntasks=1", "--cpu-bind=none", "--mpi=none", "--quiet"]
 
 #: Seconds a node's services have to join (DRAGON_JOIN_TIMEOUT).
 JOIN_TIMEOUT = float(os.environ.get("DRAGON_JOIN_TIMEOUT", "60"))
@@ -100,6 +110,78 @@ def is_local_host(host: str) -> bool:
     return bool(addrs & set(machine._ipv4_addrs()))
 
 
+def srun_command(host: str, argv: list, unbuffered: bool = True) -> list[str]:
+    """The argv that runs ``argv`` on node ``host`` of this Slurm allocation."""
+    return SRUN + (["--unbuffered"] if unbuffered else []) + ["--nodelist=" + host] + list(argv)
+
+
+class Plan:
+    """Where a run goes: its hosts (the primary first), the CPUs the run
+    may use on each (an allocation's, else None: each service's affinity),
+    and whether their services start with ``srun``."""
+
+    def __init__(self, hosts, cpus=None, srun=False):
+        self.hosts = list(hosts)
+        self.cpus = list(cpus) if cpus is not None else [None] * len(self.hosts)
+        self.srun = srun
+
+    def __repr__(self):
+        return "Plan(%r, cpus=%r, srun=%r)" % (self.hosts, self.cpus, self.srun)
+
+
+def plan(hostlist=None, hostfile=None, nodes=None, remote_exec=None, environ=None):
+    """The hosts of a run from the command line and the Slurm allocation
+    the command runs in, if any; None: run on this machine alone.
+
+    Inside an allocation the run goes on its nodes (``--hostlist`` or
+    ``--hostfile`` choose among them), their services started with
+    ``srun`` (unless ``--remote-exec`` says how to reach them); ``nodes``
+    keeps the first ``nodes`` hosts. This host, if it is one of them, is the
+    primary. An allocation of this one node is a run on this machine."""
+    from . import slurm
+
+    try:
+        alloc = slurm.allocation(environ)
+    except slurm.AllocationError as e:
+        raise LaunchError(str(e)) from None
+    given = hostlist is not None or hostfile is not None
+    if nodes is not None and (not isinstance(nodes, int) or nodes < 1):
+        raise LaunchError("-N needs a number of nodes, at least 1, not %r" % (nodes,))
+    if given:
+        hosts = read_hosts(hostlist, hostfile)
+        where = "the host list"
+    elif alloc is not None:
+        hosts = list(alloc.nodes)
+        where = "Slurm job %s" % alloc.job_id
+    elif nodes is not None and nodes > 1:
+        raise LaunchError("-N %d needs the hosts to run on: --hostlist or --hostfile, or a Slurm allocation"
+                          % nodes)
+    else:
+        return None
+    if nodes is not None:
+        if nodes > len(hosts):
+            raise LaunchError("-N %d, but %s has %d host%s (%s)" % (
+                nodes, where, len(hosts), "" if len(hosts) == 1 else "s", ",".join(hosts)))
+        hosts = hosts[:nodes]
+    srun = alloc is not None and remote_exec is None
+    if srun:
+        outside = [h for h in hosts if h not in alloc.nodes]
+        if outside:
+            raise LaunchError("%s: not node%s of Slurm job %s (%s); give --remote-exec to reach hosts "
+                              "outside the allocation" % (",".join(outside), "" if len(outside) == 1 else "s",
+                                                          alloc.job_id, ",".join(alloc.nodes)))
+    names = _local_names()
+    here = next((i for i, h in enumerate(hosts) if h in names), None)
+    if here is None and is_local_host(hosts[0]):
+        here = 0
+    if here:
+        hosts.insert(0, hosts.pop(here))
+    cpus = [alloc.cpus_of(h) for h in hosts] if alloc is not None else None
+    if alloc is not None and not given and len(hosts) == 1 and here is not None:
+        return None
+    return Plan(hosts, cpus, srun)
+
+
 def remote_command(template: str | None, host: str, command: str) -> list[str]:
     """The argv that runs shell ``command`` on ``host``."""
     argv = shlex.split(template or SSH)
@@ -124,7 +206,7 @@ class _Node:
         self.stopped = None
         self.cond = threading.Condition()
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
-                                     start_new_session=True)
+                                     start_new_session=True, env=_launcher_env())
         self.reader = threading.Thread(target=self._read, name="dragon-node-%d" % index, daemon=True)
         self.reader.start()
 
@@ -164,6 +246,30 @@ class _Node:
             return self.error is None
 
 
+#: Variables that make a process part of a run (and so a process the
+#: run's cleanup on its node kills).
+_RUN_VARS = ("DRAGON_RUN_ID", "DRAGON_TEMPLATE", "DRAGON_SERVICE", "DRAGON_NODES", "DRAGON_NODE_INDEX")
+
+
+def _launcher_env():
+    """The environment of the launcher's own helpers (ssh, srun, a local
+    service): not of the run, whose end on this node kills the run's
+    processes; each service starts its run's processes with the run's."""
+    return {k: v for k, v in os.environ.items() if k not in _RUN_VARS}
+
+
+def _end_program():
+    """End this process as SIGTERM does (a program that handles SIGTERM
+    gets to; one that ignores it is ended after ``STOP_WAIT``)."""
+    os.kill(os.getpid(), signal.SIGTERM)
+
+    def last_resort():
+        time.sleep(STOP_WAIT)
+        os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=last_resort, name="dragon-end", daemon=True).start()
+
+
 def _read_exact(f, n):
     buf = bytearray()
     while len(buf) < n:
@@ -180,10 +286,12 @@ def _read_exact(f, n):
 class Launch:
     """A multi-node run being brought up, served and torn down."""
 
-    def __init__(self, hosts, remote_exec=None, label=False, python=None):
+    def __init__(self, hosts, remote_exec=None, label=False, python=None, cpus=None, srun=False):
         if not hosts:
             raise LaunchError("no hosts")
         self.hosts = list(hosts)
+        self.cpus = list(cpus) if cpus is not None else [None] * len(self.hosts)
+        self.srun = srun
         self.remote_exec = remote_exec
         self.label = label
         self.python = python or sys.executable
@@ -257,12 +365,27 @@ class Launch:
             self._write(2, ("dragon: %s\n" % text).encode())
 
     def _node_ended(self, node):
-        if not self._ending and node.error and self.table is not None:
+        if self._ending or self.table is None:
+            return
+        if node.error:
             self._write(2, ("dragon: node %s: %s\n" % (node.host, node.error)).encode())
+        if node.index == 0:
+            # The primary's service is the hub of the run: without it the
+            # run is over (a batch system ended the job: Slurm's scancel or
+            # time limit sends every step SIGTERM, and salloc waits for its
+            # command for ever). The program ends as a SIGTERM ends it.
+            why = node.stopped or node.error or "it ended"
+            self._write(2, ("dragon: the run's service on %s is gone (%s): ending the program\n"
+                            % (node.host, why)).encode())
+            _end_program()
 
     # -- bring-up -----------------------------------------------------------------
     def _argv(self, index, host):
         node_cmd = [self.python, "-m", "dragon._node"]
+        if self.srun:
+            # Every node's service, this one's too, is a step of the job:
+            # Slurm signals and kills it with the job.
+            return srun_command(host, node_cmd)
         if index == 0 and is_local_host(host):
             return node_cmd
         cwd = os.getcwd()
@@ -283,7 +406,8 @@ class Launch:
             for i, host in enumerate(self.hosts):
                 node = _Node(self, i, host, self._argv(i, host))
                 self.nodes.append(node)
-                node.write(_native.bootstrap_text(run_id, secret, i, self.hosts, PEER_TIMEOUT, JOIN_TIMEOUT))
+                node.write(_native.bootstrap_text(run_id, secret, i, self.hosts, PEER_TIMEOUT, JOIN_TIMEOUT,
+                                                  self.cpus[i]))
         except OSError as e:
             raise LaunchError("cannot start the node services: %s" % e) from None
         primary = self.nodes[0]
@@ -308,9 +432,11 @@ class Launch:
                 pass
         deadline = time.monotonic() + wait
         for node in self.nodes:
-            if node.index in self.lost and node.proc.poll() is None:
+            if node.index in self.lost and node.proc.poll() is None and not self.srun:
                 # It tore itself down when it lost the primary; its ssh
-                # connection may be over a link that is gone.
+                # connection may be over a link that is gone. (An srun is
+                # not killed: Slurm would kill its step, the service in the
+                # middle of cleaning its node up; it ends with the service.)
                 node.proc.kill()
             try:
                 node.proc.wait(max(0.0, deadline - time.monotonic()))
@@ -325,18 +451,23 @@ class Launch:
             self._partial.clear()
 
 
-def run_script(hosts, script_args, remote_exec=None, label=False, run_main=None) -> int:
+def run_script(hosts, script_args, remote_exec=None, label=False, run_main=None, cpus=None, srun=False) -> int:
     """Bring the run up on ``hosts``, run the program with ``run_main()`` on
-    this host (the primary), tear the run down; the program's exit code."""
+    this host (the primary), tear the run down; the program's exit code.
+    ``cpus`` and ``srun`` as in :class:`Plan`."""
     from . import _native, runtime
 
     if not is_local_host(hosts[0]):
         # The script runs on the primary: run dragon there.
+        dragon = [sys.executable, "-m", "dragon", "--hostlist", ",".join(hosts)] + (
+            ["--remote-exec", remote_exec] if remote_exec else []) + (["--label"] if label else [])
+        if srun:
+            # A step of the job on the primary (its standard input and
+            # output are srun's, line by line as Slurm passes them on).
+            return subprocess.call(srun_command(hosts[0], dragon + list(script_args), unbuffered=False))
         command = " ".join(shlex.quote(a) for a in
                            ["cd", os.getcwd()]) + " 2>/dev/null; exec " + " ".join(
-            shlex.quote(a) for a in [sys.executable, "-m", "dragon", "--hostlist", ",".join(hosts)]
-            + (["--remote-exec", remote_exec] if remote_exec else []) + (["--label"] if label else [])
-            + list(script_args))
+            shlex.quote(a) for a in dragon + list(script_args))
         argv = remote_command(remote_exec, hosts[0], command)
         return subprocess.call(argv)
     # A multi-node launch starts a run of its own, whatever run the
@@ -345,7 +476,7 @@ def run_script(hosts, script_args, remote_exec=None, label=False, run_main=None)
         os.environ.pop(var, None)
     run_id = runtime.run_id()
     secret = _native.new_secret()
-    launch = Launch(hosts, remote_exec=remote_exec, label=label)
+    launch = Launch(hosts, remote_exec=remote_exec, label=label, cpus=cpus, srun=srun)
     try:
         table = launch.start(run_id, secret)
     except LaunchError as e:

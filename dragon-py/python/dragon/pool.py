@@ -396,7 +396,9 @@ class Pool(_mp_pool.Pool):
             self._plan = _pool_nodes.plan(processes, policy, processes_per_policy)
             processes = len(self._plan)
         if processes is None:
-            processes = os.cpu_count() or 1
+            # The run's CPUs (a Slurm allocation's, every node's), not the machine's.
+            count = getattr(self._ctx, "cpu_count", None)
+            processes = (count() if count is not None else os.cpu_count()) or 1
         if processes < 1:
             raise ValueError("Number of processes must be at least 1")
         if processes > MAX_WORKERS:

@@ -7,7 +7,9 @@ lists the nodes (``nodes`` are node ids, as in HPE Dragon, to pass to
 ``physical_cpus``, ``cpus``, ``num_gpus``, ``ip_addrs``, ``physical_mem``,
 ``h_uid``...); :func:`current` is the node this process runs on.
 
-On one machine the run has one node, with node id (``h_uid``) 0. In a
+On one machine the run has one node, with node id (``h_uid``) 0; its
+``num_cpus`` is ``os.cpu_count()``, or inside a Slurm allocation the CPUs
+the job has on this node (``SLURM_JOB_CPUS_PER_NODE``). In a
 multi-node run (``dragon --hostlist ...``) the node list is the table the
 primary node's service sent every node once all had joined (:func:`_directory`):
 node ids are the nodes' indexes in the host list (0 is the primary, where
@@ -109,13 +111,15 @@ _local_node = None
 def _this_node() -> NodeDescriptor:
     global _local_node
     if _local_node is None:
+        from .. import slurm
+
         host = socket.gethostname()
         _local_node = NodeDescriptor(
             h_uid=0,
             name=host,
             host_name=host,
             ip_addrs=_ipv4_addrs(),
-            num_cpus=os.cpu_count() or 1,
+            num_cpus=slurm.local_cpus() or os.cpu_count() or 1,
             physical_cpus=_physical_cores(),
             cpu_devices=tuple(sorted(os.sched_getaffinity(0))),
             physical_mem=_physical_mem(),
@@ -197,8 +201,8 @@ def _find(ident) -> NodeDescriptor:
 
 def cpu_count() -> int:
     """Number of CPUs of all nodes of the run (on one node, logical CPUs as
-    ``os.cpu_count()`` counts them; on several, the CPUs the run may use on
-    each)."""
+    ``os.cpu_count()`` counts them, or a Slurm allocation's CPUs on it; on
+    several, the CPUs the run may use on each)."""
     return sum(d.num_cpus for d in _directory())
 
 
