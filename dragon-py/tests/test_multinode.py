@@ -84,6 +84,37 @@ def _ok(r):
     assert r.returncode == 0, "exit %d\nstdout:\n%s\nstderr:\n%s" % (r.returncode, r.stdout, r.stderr)
 
 
+def _strike_when_ready(cluster, script, marker, strike, env=None):
+    """Run ``dragon --hostlist <all> script marker`` on node1; once the
+    script creates ``marker``, call ``strike()`` (cut a link, kill a
+    service); return ``(returncode, stdout, stderr)``."""
+    if os.path.exists(marker):
+        os.unlink(marker)
+    argv = [DRAGON, "--hostlist", cluster.hostlist, script, marker]
+    proc = cluster.popen(0, argv, cwd=cluster.shared, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=_env(**(env or {})))
+    try:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(marker):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the script never got ready"
+            time.sleep(0.05)
+        strike()
+        out, err = proc.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, out, err
+
+
+def _kill_service(cluster, i):
+    services = [pid for pid, cmd in cluster.processes(i) if "dragon._node" in cmd]
+    assert services, cluster.processes(i)
+    for pid in services:
+        os.kill(pid, signal.SIGKILL)
+
+
 def test_processes_everywhere_output_exit_codes_system(cluster):
     script = _script(cluster, "everywhere.py", """
         import multiprocessing as mp, os, socket, sys
@@ -289,8 +320,6 @@ def test_queue_made_on_a_secondary_node_is_used_from_the_primary(cluster):
 
 def test_a_cut_link_is_an_error_naming_the_node_and_nodes_end_clean(cluster):
     marker = os.path.join(cluster.shared, "cut-waiting")
-    if os.path.exists(marker):
-        os.unlink(marker)
     script = _script(cluster, "cut.py", """
         import multiprocessing as mp, os, sys, time
 
@@ -315,23 +344,12 @@ def test_a_cut_link_is_an_error_naming_the_node_and_nodes_end_clean(cluster):
             p.join(60)
             print("exit code of the process on the lost node:", p.exitcode, flush=True)
         """)
-    argv = [DRAGON, "--hostlist", cluster.hostlist, script, marker]
-    proc = cluster.popen(0, argv, cwd=cluster.shared, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=_env(DRAGON_PEER_TIMEOUT="3"))
     try:
-        deadline = time.monotonic() + 120
-        while not os.path.exists(marker):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the script never got its queue"
-            time.sleep(0.05)
-        cluster.cut(1)
-        out, err = proc.communicate(timeout=RUN_TIMEOUT)
+        rc, out, err = _strike_when_ready(cluster, script, marker, lambda: cluster.cut(1),
+                                          env={"DRAGON_PEER_TIMEOUT": "3"})
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
         cluster.restore(1)
-    assert proc.returncode == 0, (out, err)
+    assert rc == 0, (out, err)
     assert "error: ConnectionError" in out and "node2" in out and "lost" in out, (out, err)
     assert "exit code of the process on the lost node: -9" in out, (out, err)
     # node2 lost its primary and cleaned itself up; the others ended the run.
@@ -340,8 +358,6 @@ def test_a_cut_link_is_an_error_naming_the_node_and_nodes_end_clean(cluster):
 
 def test_a_killed_node_service_fails_what_uses_it(cluster):
     marker = os.path.join(cluster.shared, "svc-waiting")
-    if os.path.exists(marker):
-        os.unlink(marker)
     script = _script(cluster, "killsvc.py", """
         import multiprocessing as mp, sys, time
 
@@ -365,25 +381,8 @@ def test_a_killed_node_service_fails_what_uses_it(cluster):
             p.join(60)
             print("exit", p.exitcode, flush=True)
         """)
-    argv = [DRAGON, "--hostlist", cluster.hostlist, script, marker]
-    proc = cluster.popen(0, argv, cwd=cluster.shared, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=_env())
-    try:
-        deadline = time.monotonic() + 120
-        while not os.path.exists(marker):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        services = [pid for pid, cmd in cluster.processes(2) if "dragon._node" in cmd]
-        assert services, cluster.processes(2)
-        for pid in services:
-            os.kill(pid, signal.SIGKILL)
-        out, err = proc.communicate(timeout=RUN_TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, (out, err)
+    rc, out, err = _strike_when_ready(cluster, script, marker, lambda: _kill_service(cluster, 2))
+    assert rc == 0, (out, err)
     assert "error: ConnectionError" in out and "node3" in out, (out, err)
     assert "exit -9" in out, (out, err)
     _assert_clean(cluster)
@@ -805,8 +804,6 @@ def test_ddict_across_nodes(cluster):
 
 def test_ddict_shards_of_a_lost_node_fail_clearly_and_the_rest_work(cluster):
     marker = os.path.join(cluster.shared, "ddict-lost")
-    if os.path.exists(marker):
-        os.unlink(marker)
     script = _script(cluster, "ddictlost.py", """
         import sys, time
         from dragon.data.ddict import DDict
@@ -833,25 +830,8 @@ def test_ddict_shards_of_a_lost_node_fail_clearly_and_the_rest_work(cluster):
             d.destroy()
             print("destroyed", flush=True)
         """)
-    argv = [DRAGON, "--hostlist", cluster.hostlist, script, marker]
-    proc = cluster.popen(0, argv, cwd=cluster.shared, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=_env())
-    try:
-        deadline = time.monotonic() + 120
-        while not os.path.exists(marker):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        services = [pid for pid, cmd in cluster.processes(2) if "dragon._node" in cmd]
-        assert services, cluster.processes(2)
-        for pid in services:
-            os.kill(pid, signal.SIGKILL)
-        out, err = proc.communicate(timeout=RUN_TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, (out, err)
+    rc, out, err = _strike_when_ready(cluster, script, marker, lambda: _kill_service(cluster, 2))
+    assert rc == 0, (out, err)
     assert "lost: ConnectionError True" in out, (out, err)
     assert "rest True True" in out and "write still writable" in out and "destroyed" in out, (out, err)
     _assert_clean(cluster)
