@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -834,4 +835,49 @@ def test_ddict_shards_of_a_lost_node_fail_clearly_and_the_rest_work(cluster):
     assert rc == 0, (out, err)
     assert "lost: ConnectionError True" in out, (out, err)
     assert "rest True True" in out and "write still writable" in out and "destroyed" in out, (out, err)
+    _assert_clean(cluster)
+
+
+def test_durable_ddict_on_three_nodes_comes_back(cluster):
+    store = os.path.join(cluster.shared, "ddict-durable")
+    shutil.rmtree(store, ignore_errors=True)
+    os.makedirs(store)
+    script = _script(cluster, "ddictdurable.py", """
+        import multiprocessing as mp, sys
+        from dragon.data.ddict import DDict
+        from dragon.infrastructure.policy import Policy
+
+        def fill(d, node):
+            for i in range(40):
+                d[(node, i)] = i * node
+            d.fetch_add("count", 40)
+
+        if __name__ == "__main__":
+            path, mode = sys.argv[1], sys.argv[2]
+            if mode == "write":
+                d = DDict(1, 3, 48 << 20, name="durable", persist_path=path)
+                ps = []
+                for node in (1, 2):
+                    with Policy(host_name="node%d" % (node + 1)):
+                        p = mp.Process(target=fill, args=(d, node))
+                        p.start()
+                    ps.append(p)
+                for p in ps:
+                    p.join(60)
+                print("wrote", len(d), [p.exitcode for p in ps], sorted(s.num_keys > 0 for s in d.stats))
+            else:
+                d = DDict.open(path, name="durable", managers_per_node=1, num_nodes=3, total_mem=48 << 20)
+                ok = all(d[(n, i)] == i * n for n in (1, 2) for i in range(40))
+                print("restored", len(d), ok, d["count"])
+                d.destroy()
+        """)
+    r = _run(cluster, script, store, "write")
+    _ok(r)
+    assert "wrote 81 [0, 0] [True, True, True]" in r.stdout, r.stdout
+    # Each manager logged to the store from its own node.
+    assert sorted(f for f in os.listdir(store) if f.endswith(".wal")) == \
+        ["durable.0.wal", "durable.1.wal", "durable.2.wal"], os.listdir(store)
+    r = _run(cluster, script, store, "read")
+    _ok(r)
+    assert "restored 81 True 80" in r.stdout, r.stdout
     _assert_clean(cluster)
