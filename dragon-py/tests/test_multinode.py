@@ -881,3 +881,60 @@ def test_durable_ddict_on_three_nodes_comes_back(cluster):
     _ok(r)
     assert "restored 81 True 80" in r.stdout, r.stdout
     _assert_clean(cluster)
+
+
+def test_ddict_filled_by_pool_workers_on_every_node(cluster):
+    script = _script(cluster, "ddictpool.py", """
+        import multiprocessing as mp, os, socket
+        from dragon.data.ddict import DDict
+        from dragon.infrastructure.policy import Policy
+
+        d = None
+
+        def init(dd):
+            global d
+            d = dd
+
+        def fill(i):
+            d[i] = (i, socket.gethostname())
+            return d.bget("config")
+
+        def local(dd, q):
+            q.put((socket.gethostname(), sorted(k for k in dd.local_keys() if k != "config")))
+
+        if __name__ == "__main__":
+            dd = DDict(2, 3, 96 << 20)
+            dd.bput("config", {"alpha": 1})
+            with mp.Pool(6, initializer=init, initargs=(dd,)) as pool:
+                got = pool.map(fill, range(300), chunksize=5)
+                hosts = {h for i in range(300) for h in [dd[i][1]]}
+                print("bget", all(g == {"alpha": 1} for g in got))
+                print("keys", all(dd[i][0] == i for i in range(300)), len(dd), "hosts", len(hosts))
+            # Each node's local keys (a process on each node says).
+            q, ps = mp.Queue(), []
+            for n in (1, 2, 3):
+                with Policy(host_name="node%d" % n):
+                    ps.append(mp.Process(target=local, args=(dd, q)))
+                    ps[-1].start()
+            parts = dict(q.get(timeout=120) for _ in ps)
+            for p in ps:
+                p.join(60)
+            union = sorted(k for p in parts.values() for k in p if k != "config")
+            print("partition", union == list(range(300)), len(parts))
+
+            dd.checkpoint()
+            dd[0] = "new"
+            dd.rollback()
+            print("checkpoint", dd[0][0], dd.checkpoint_id)
+            dd.destroy()
+        """)
+    r = _run(cluster, script)
+    _ok(r)
+    out = r.stdout
+    assert "bget True" in out, out
+    # 300 keys and the bput key (stored once per manager, counted once per shard).
+    # (Which nodes' workers took tasks depends on how fast each started.)
+    assert re.search(r"keys True \d+ hosts [123]\b", out), out
+    assert "partition True 3" in out, out
+    assert "checkpoint 0 0" in out, out
+    _assert_clean(cluster)

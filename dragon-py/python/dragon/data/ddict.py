@@ -779,7 +779,13 @@ class DDict:
         return self._dec(r)
 
     def _local_manager(self) -> int:
-        return self._pin if self._pin is not None else os.getpid() % self._c.shards()
+        """This process's nearest manager: one on its node if any."""
+        if self._pin is not None:
+            return self._pin
+        here = self._c.local_shards()
+        if here:
+            return here[os.getpid() % len(here)]
+        return os.getpid() % self._c.shards()
 
     # ------------------------------------------------------------ checkpoints
 
