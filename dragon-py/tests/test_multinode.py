@@ -938,3 +938,33 @@ def test_ddict_filled_by_pool_workers_on_every_node(cluster):
     assert "partition True 3" in out, out
     assert "checkpoint 0 0" in out, out
     _assert_clean(cluster)
+
+
+def test_a_message_beyond_256_mib_crosses_nodes(cluster):
+    script = _script(cluster, "huge.py", """
+        import hashlib, multiprocessing as mp
+        from dragon.infrastructure.policy import Policy
+
+        def echo(q_in, q_out):
+            data = q_in.get(timeout=300)
+            q_out.put((len(data), hashlib.sha256(data).hexdigest()))
+            q_out.put(data)
+
+        if __name__ == "__main__":
+            q_in, q_out = mp.Queue(), mp.Queue()
+            with Policy(host_name="node2"):
+                p = mp.Process(target=echo, args=(q_in, q_out))
+                p.start()
+            big = bytes(range(256)) * ((260 << 20) // 256)     # 260 MiB
+            q_in.put(big)
+            n, digest = q_out.get(timeout=300)
+            back = q_out.get(timeout=300)
+            print("there", n == len(big), digest == hashlib.sha256(big).hexdigest())
+            print("back", back == big)
+            p.join(60)
+            print("exit %s" % p.exitcode)
+        """)
+    r = _run(cluster, script)
+    _ok(r)
+    assert "there True True" in r.stdout and "back True" in r.stdout and "exit 0" in r.stdout, r.stdout
+    _assert_clean(cluster)
