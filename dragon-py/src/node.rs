@@ -85,7 +85,23 @@ fn this_node() -> u32 {
     transport_shm::this_node()
 }
 
+/// What node `node` of run `run` says of the run's processes there (JSON,
+/// see `runtime::cleanup::status_json`), asked through the service of node
+/// `here` (this machine's node of the run). `ConnectionError` for a lost
+/// node or a service that cannot be reached.
+#[pyfunction]
+fn node_status(py: Python<'_>, run: &str, here: u32, node: u32) -> PyResult<String> {
+    let name = runtime::service::service_name(run, here);
+    let answer = py.detach(|| {
+        let c = transport_tcp::local::ServiceClient::connect(&name)?;
+        c.call(node, runtime::proto::PROCS, &[])
+    });
+    let bytes = answer.map_err(|e| pyo3::exceptions::PyConnectionError::new_err(format!("node {node}: {e}")))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(node_status, m)?)?;
     m.add_function(wrap_pyfunction!(node_service, m)?)?;
     m.add_function(wrap_pyfunction!(expand_hostlist, m)?)?;
     m.add_function(wrap_pyfunction!(parse_hostfile, m)?)?;

@@ -968,3 +968,68 @@ def test_a_message_beyond_256_mib_crosses_nodes(cluster):
     _ok(r)
     assert "there True True" in r.stdout and "back True" in r.stdout and "exit 0" in r.stdout, r.stdout
     _assert_clean(cluster)
+
+
+def test_dragon_top_shows_every_node_and_a_lost_one(cluster):
+    marker = os.path.join(cluster.shared, "top-ready")
+    go = os.path.join(cluster.shared, "top-go")
+    for f in (marker, go):
+        if os.path.exists(f):
+            os.unlink(f)
+    script = _script(cluster, "topped.py", """
+        import multiprocessing as mp, os, sys, time
+        from dragon.infrastructure.policy import Policy
+
+        def sleeper(go):
+            while not os.path.exists(go):
+                time.sleep(0.05)
+
+        if __name__ == "__main__":
+            marker, go = sys.argv[1], sys.argv[2]
+            ps = []
+            for n in (2, 3):
+                with Policy(host_name="node%d" % n):
+                    ps.append(mp.Process(target=sleeper, args=(go,), name="sleeper-on-node%d" % n))
+                    ps[-1].start()
+            with open(marker + ".tmp", "w") as f:
+                f.write(os.environ["DRAGON_RUN_ID"])
+            os.rename(marker + ".tmp", marker)
+            sleeper(go)
+            for p in ps:
+                p.join(60)
+        """)
+    argv = [DRAGON, "--hostlist", cluster.hostlist, script, marker, go]
+    proc = cluster.popen(0, argv, cwd=cluster.shared, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=_env(DRAGON_PEER_TIMEOUT="2"))
+    try:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(marker):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        run = open(marker).read().strip()
+        top = cluster.run(0, [DRAGON, "top", run, "--once"], timeout=60, env=_env())
+        assert top.returncode == 0, (top.stdout, top.stderr)
+        screen = top.stdout
+        assert "on 3 nodes" in screen, screen
+        for host in ("node2", "node3"):
+            assert re.search(r"^%s\s+\d+.*sleeper-on-%s" % (host, host), screen, re.M), screen
+            assert re.search(r"^%s\s+\d+.*node service" % host, screen, re.M), screen
+        # node3's service dies: top says the node is lost, and why.
+        _kill_service(cluster, 2)
+        deadline = time.monotonic() + 120
+        while True:
+            top = cluster.run(0, [DRAGON, "top", run, "--once"], timeout=60, env=_env())
+            if "node3 LOST" in top.stdout:
+                break
+            assert time.monotonic() < deadline, top.stdout
+            time.sleep(0.2)
+        assert "cannot be asked" in top.stdout and "sleeper-on-node2" in top.stdout, top.stdout
+        open(go, "w").close()
+        out, err = proc.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, (out, err)
+    _assert_clean(cluster)

@@ -49,6 +49,68 @@ pub fn kill_run_processes(run: &str) -> usize {
     pids.len()
 }
 
+/// Most bytes of the run's registry file a status carries.
+const REGISTRY_CAP: usize = 1 << 20;
+
+/// What `dragon top` shows of this node for run `run`, as JSON:
+/// `{"uptime": seconds, "hz": ticks per second, "page": bytes,
+/// "procs": [{"pid", "ppid", "state", "ticks", "start", "rss", "comm",
+/// "cmd"}], "registry": the run's registry file on this node (its first
+/// MiB)}`.
+pub fn status_json(run: &str) -> String {
+    use crate::table::json_str;
+    use std::fmt::Write;
+    let mut out = String::from("{");
+    let uptime = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|u| u.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let _ = write!(
+        out,
+        "\"uptime\":{uptime},\"hz\":{},\"page\":{},\"procs\":[",
+        crate::sys::clock_ticks(),
+        crate::sys::page_size()
+    );
+    let mut first = true;
+    let me = std::process::id();
+    for pid in run_processes(run).into_iter().chain([me]) {
+        let Ok(stat) = std::fs::read(format!("/proc/{pid}/stat")) else { continue };
+        let stat = String::from_utf8_lossy(&stat);
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let comm = &stat[open + 1..close];
+        let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        let _ = write!(
+            out,
+            "{{\"pid\":{pid},\"ppid\":{},\"ticks\":{},\"start\":{},\"rss\":{},\"state\":",
+            num(1),
+            num(11) + num(12),
+            num(19),
+            num(21)
+        );
+        json_str(&mut out, f.first().copied().unwrap_or("?"));
+        out.push_str(",\"comm\":");
+        json_str(&mut out, comm);
+        out.push_str(",\"cmd\":");
+        json_str(&mut out, cmd.trim_end());
+        out.push('}');
+    }
+    out.push_str("],\"registry\":");
+    let reg = transport_shm::RunId::parse(run)
+        .and_then(|r| std::fs::read(format!("{}/{}reg", transport_shm::segment::SHM_DIR, r.prefix())).ok())
+        .unwrap_or_default();
+    let reg = String::from_utf8_lossy(&reg[..reg.len().min(REGISTRY_CAP)]);
+    json_str(&mut out, &reg);
+    out.push('}');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,6 +33,8 @@
 //!   TRANSPORTS                       -> OK: RDMA here, and what is used
 //!                                       to each peer so far, as JSON
 //!                                       (`fabric::Fabric::report`)
+//!   PROCS    node u32                -> OK: the run's processes on that
+//!                                       node, as JSON (`cleanup::status_json`)
 //!   WATCH    node u32, launch u64    the connection then receives, once,
 //!                                    the raw 8-byte exit code, and closes
 //! ```
@@ -69,6 +71,8 @@ pub const SYNC: u8 = 0x40;
 pub const DDICT: u8 = 0x41;
 /// What this node uses to reach each peer, as JSON.
 pub const TRANSPORTS: u8 = 0x31;
+/// The run's processes on a node, as JSON (for `dragon top`).
+pub const PROCS: u8 = 0x32;
 
 /// Exit code reported for a process whose node was lost (as if killed).
 pub const LOST_EXIT: i64 = -(libc::SIGKILL as i64);

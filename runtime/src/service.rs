@@ -1008,6 +1008,13 @@ impl Service {
                     self.send_on(t, r.kind, r.id, r.payload);
                 }
             }
+            proto::PROCS => {
+                if self.peer_node(t).is_none() {
+                    return;
+                }
+                let status = crate::cleanup::status_json(&self.boot.run);
+                self.send_on(t, chp::OK, f.id, status.into_bytes().into());
+            }
             proto::DDICT => {
                 if self.peer_node(t).is_none() {
                     return;
@@ -1132,6 +1139,10 @@ impl Service {
             return self.send_on(t, r.kind, r.id, r.payload);
         };
         let mut payload = f.payload.slice(4..);
+        if f.kind == proto::PROCS && node == self.me {
+            let status = crate::cleanup::status_json(&self.boot.run);
+            return self.send_on(t, chp::OK, f.id, status.into_bytes().into());
+        }
         if f.kind == proto::CANCEL {
             // The process stopped waiting for its request `f.id`.
             if node == self.me {

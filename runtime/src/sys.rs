@@ -288,6 +288,20 @@ pub fn peer_cred(fd: RawFd) -> io::Result<(u32, u32)> {
     Ok((cred.uid, cred.pid as u32))
 }
 
+/// Clock ticks per second (`/proc` CPU times are in them).
+pub fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(v).unwrap_or(100)
+}
+
+/// Bytes per page.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(v).unwrap_or(4096)
+}
+
 /// This process's user id.
 pub fn uid() -> u32 {
     // SAFETY: plain system call, cannot fail.

@@ -156,7 +156,7 @@ pub fn decode_table(b: &[u8]) -> Result<Vec<NodeInfo>, TableError> {
     Ok(nodes)
 }
 
-fn json_str(out: &mut String, s: &str) {
+pub(crate) fn json_str(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {

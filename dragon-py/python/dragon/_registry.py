@@ -3,7 +3,8 @@ endpoint (:mod:`dragon._top`).
 
 One file per run and node, ``/dev/shm/dragon-<run id>-reg``, removed with
 the run's other files. Each process of the run appends a line when it
-starts a process (``p <pid> <name>``), makes a queue (``q <pid> <channel
+starts a process (``p <pid> <name>``; on another node ``r <pid> <node>
+<pid there> <name>``), makes a queue (``q <pid> <channel
 handle, hex>``) or a DDict (``d <pid> <name> <descriptor>``). Lines are
 short single writes to a file opened with ``O_APPEND``, so processes never
 interleave them; readers skip a line they cannot parse.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["note", "path", "read", "MAX_BYTES"]
+__all__ = ["note", "path", "read", "parse", "MAX_BYTES"]
 
 #: Size after which processes stop appending (the view is then partial).
 MAX_BYTES = 8 << 20
@@ -60,8 +61,13 @@ def read(run_id: str) -> list[tuple[str, int, list[str]]]:
             data = f.read()
     except OSError:
         return []
+    return parse(data.decode(errors="replace"))
+
+
+def parse(text: str) -> list[tuple[str, int, list[str]]]:
+    """The records in a registry file's text (another node's, say)."""
     out = []
-    for raw in data.decode(errors="replace").splitlines():
+    for raw in text.splitlines():
         parts = raw.split(" ")
         if len(parts) < 2 or not parts[1].isdigit():
             continue

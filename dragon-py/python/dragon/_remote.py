@@ -253,6 +253,10 @@ class RemotePopen:
         try:
             body = ctl.call(LAUNCH, payload, self.node, self._tethers)
             self._pid, self._launch_id = struct.unpack("<qQ", body[:16])
+            from . import _registry
+
+            # Its name, for `dragon top` (pids are per node: the node is said).
+            _registry.note("r", self.node, self._pid, process_obj._name)
             watch = _Connection()
         except BaseException:
             ctl.close()

@@ -3,9 +3,10 @@
     dragon top [RUN_ID] [-n SECONDS] [--once]
 
 :func:`snapshot` gathers, for a run on this node, its nodes, its processes
-here (state, CPU, memory, the name ``multiprocessing`` gave them), its
-queues with their depth and its DDicts' shards with the memory each uses
-of its share. ``dragon top`` shows it, refreshed every ``SECONDS`` (1 by
+(state, CPU, memory, the name ``multiprocessing`` gave them) here and, in a
+multi-node run, on every other node (asked through this node's service; a
+node that cannot be asked is shown LOST, with the reason), its queues with
+their depth and its DDicts' shards with the memory each uses of its share. ``dragon top`` shows it, refreshed every ``SECONDS`` (1 by
 default) until the run ends or Ctrl-C; ``--once`` prints it once. The
 program's own process serves the same figures in Prometheus' text format
 when started with ``dragon --metrics [HOST:]PORT`` (``/metrics``; HOST is
@@ -127,13 +128,14 @@ def _nodes(run_id: str, table_text: str | None) -> list[dict[str, Any]]:
              "here": i == here} for i, n in enumerate(table)]
 
 
-def _runtime_name(pid: int, comm: str) -> str:
+def _runtime_name(pid: int, comm: str, cmd: bytes | None = None) -> str:
     """What a process of the run that the program did not start is."""
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            cmd = f.read()
-    except OSError:
-        cmd = b""
+    if cmd is None:
+        try:
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                cmd = f.read()
+        except OSError:
+            cmd = b""
     for needle, name in ((b"dragon._template", "template"), (b"resource_tracker", "resource tracker"),
                          (b"dragon._node", "node service")):
         if needle in cmd:
@@ -158,9 +160,12 @@ def snapshot(run_id: str, previous: dict[str, Any] | None = None) -> dict[str, A
     names: dict[int, str] = {}
     queues: list[tuple[int, str]] = []
     ddicts: list[tuple[int, str, str]] = []
+    remote_names: dict[tuple[int, int], str] = {}
     for kind, pid, fields in records:
         if kind == "p" and fields and fields[0].isdigit():
             names[int(fields[0])] = " ".join(fields[1:])
+        elif kind == "r" and len(fields) >= 2 and fields[0].isdigit() and fields[1].isdigit():
+            remote_names[(int(fields[0]), int(fields[1]))] = " ".join(fields[2:])
         elif kind == "q" and fields:
             queues.append((pid, fields[0]))
         elif kind == "d" and fields:
@@ -171,6 +176,13 @@ def snapshot(run_id: str, previous: dict[str, Any] | None = None) -> dict[str, A
     procs = []
     cpu_now = {}
     members, table_text = _members(run_id)
+    nodes = _nodes(run_id, table_text)
+    here = next((n["index"] for n in nodes if n["here"]), 0)
+    if len(nodes) > 1 and "DRAGON_SERVICE" not in os.environ:
+        # Objects of other nodes (a DDict's shards there) are reached
+        # through this node's service, as the run's own processes do.
+        os.environ["DRAGON_SERVICE"] = _native.service_name(run_id, here)
+        os.environ.setdefault("DRAGON_NODE_INDEX", str(here))
     for pid in sorted(members):
         st = _stat(pid)
         if st is None:
@@ -223,8 +235,58 @@ def snapshot(run_id: str, previous: dict[str, Any] | None = None) -> dict[str, A
             dds.append({"ddict": name, "shard": s.manager_id, "used_bytes": s.total_used_bytes,
                         "share_bytes": s.total_bytes, "keys": s.num_keys, "clients": s.clients,
                         "made_by": pid})
-    return {"run": run_id, "owner": owner, "nodes": _nodes(run_id, table_text), "processes": procs, "queues": qs, "ddicts": dds,
+    for p in procs:
+        p["node"] = here
+    if len(nodes) > 1:
+        procs.extend(_other_nodes(run_id, nodes, here, prev_cpu, dt, cpu_now, remote_names))
+    return {"run": run_id, "owner": owner, "nodes": nodes, "processes": procs, "queues": qs, "ddicts": dds,
             "_cpu": cpu_now, "_at": now}
+
+
+def _other_nodes(run_id: str, nodes: list[dict[str, Any]], here: int, prev_cpu: dict[Any, Any], dt: float,
+                 cpu_now: dict[Any, Any], remote_names: dict[tuple[int, int], str]) -> list[dict[str, Any]]:
+    """The run's processes on the other nodes, as their services tell (a
+    node that cannot be asked is marked lost, with the reason). A process's
+    name is in the registry of the node of the process that started it:
+    ``remote_names`` (by node and pid) holds this node's and the others'
+    ``r`` records."""
+    import json
+
+    from . import _native, _registry
+
+    statuses = {}
+    for n in nodes:
+        if n["here"]:
+            continue
+        try:
+            statuses[n["index"]] = json.loads(_native.node_status(run_id, here, n["index"]))
+        except (ConnectionError, ValueError) as e:
+            n["lost"] = str(e)
+            continue
+        for kind, _, f in _registry.parse(statuses[n["index"]].get("registry", "")):
+            if kind == "r" and len(f) >= 2 and f[0].isdigit() and f[1].isdigit():
+                remote_names[(int(f[0]), int(f[1]))] = " ".join(f[2:])
+    out = []
+    for index, status in statuses.items():
+        n = next(n for n in nodes if n["index"] == index)
+        hz, page, uptime = status.get("hz") or _HZ, status.get("page") or _PAGE, status.get("uptime", 0.0)
+        names = {int(f[0]): " ".join(f[1:]) for kind, _, f in _registry.parse(status.get("registry", ""))
+                 if kind == "p" and f and f[0].isdigit()}
+        names.update({pid: name for (node, pid), name in remote_names.items() if node == index})
+        for p in status.get("procs", []):
+            key = (n["index"], p["pid"])
+            cpu_now[key] = (p["start"], p["ticks"])
+            before = prev_cpu.get(key)
+            if before is not None and before[0] == p["start"] and dt > 0:
+                pct = 100.0 * (p["ticks"] - before[1]) / hz / dt
+            else:
+                age = uptime - p["start"] / hz
+                pct = 100.0 * p["ticks"] / hz / age if age > 0 else 0.0
+            name = names.get(p["pid"]) or _runtime_name(p["pid"], p["comm"], p.get("cmd", "").encode())
+            out.append({"pid": p["pid"], "ppid": p["ppid"], "state": p["state"], "cpu_percent": pct,
+                        "cpu_seconds": p["ticks"] / hz, "rss_bytes": p["rss"] * page, "name": name,
+                        "node": n["index"]})
+    return out
 
 
 def _mib(n: int) -> str:
@@ -234,18 +296,30 @@ def _mib(n: int) -> str:
 def render(snap: dict[str, Any], width: int = 100) -> str:
     """The text ``dragon top`` shows for a snapshot."""
     procs = snap["processes"]
-    lines = ["dragon top   run %s   %d process%s on this node   %s" % (
-        snap["run"], len(procs), "" if len(procs) == 1 else "es", time.strftime("%H:%M:%S"))]
+    nodes = snap["nodes"]
+    where = "on this node" if len(nodes) == 1 else "on %d nodes" % len(nodes)
+    lines = ["dragon top   run %s   %d process%s %s   %s" % (
+        snap["run"], len(procs), "" if len(procs) == 1 else "es", where, time.strftime("%H:%M:%S"))]
     if snap.get("other_runs"):
         lines.append("other runs on this node: %s (dragon top RUN_ID)" % " ".join(snap["other_runs"]))
-    nodes = snap["nodes"]
     lines.append("NODES %d: %s" % (len(nodes), ", ".join(
-        "%d %s%s" % (n["index"], n["host"], " (here)" if n["here"] else "") for n in nodes)))
+        "%d %s%s%s" % (n["index"], n["host"], " (here)" if n["here"] else "", " LOST" if n.get("lost") else "")
+        for n in nodes)))
+    for n in nodes:
+        if n.get("lost"):
+            lines.append("  node %d (%s) cannot be asked: %s" % (n["index"], n["host"], n["lost"]))
     lines.append("")
-    lines.append("%8s %8s %1s %6s %8s  %s" % ("PID", "PPID", "S", "CPU%", "RSS MiB", "NAME"))
-    for p in procs:
-        lines.append("%8d %8d %1s %6.1f %8s  %s" % (p["pid"], p["ppid"], p["state"], p["cpu_percent"],
-                                                 _mib(p["rss_bytes"]), p["name"]))
+    # With several nodes, a column says which (pids are per node).
+    hosts = {n["index"]: n["host"] for n in nodes}
+    multi = len(nodes) > 1
+
+    def node_col(host: str) -> str:
+        return "%-10s " % host[:10] if multi else ""
+
+    lines.append(node_col("NODE") + "%8s %8s %1s %6s %8s  %s" % ("PID", "PPID", "S", "CPU%", "RSS MiB", "NAME"))
+    for p in sorted(procs, key=lambda p: (p.get("node", 0), p["pid"])):
+        lines.append(node_col(hosts.get(p.get("node", 0), "?")) + "%8d %8d %1s %6.1f %8s  %s" % (
+            p["pid"], p["ppid"], p["state"], p["cpu_percent"], _mib(p["rss_bytes"]), p["name"]))
     lines.append("")
     lines.append("QUEUES %d" % len(snap["queues"]))
     if snap["queues"]:
@@ -281,8 +355,12 @@ def prometheus(snap: dict[str, Any]) -> str:
 
     run = {"run": snap["run"]}
     metric("dragon_nodes", "gauge", "Nodes of the run.", [(run, len(snap["nodes"]))])
-    metric("dragon_processes", "gauge", "Processes of the run on this node.", [(run, len(snap["processes"]))])
-    procs = [({**run, "pid": p["pid"], "name": p["name"], "state": p["state"]}, p) for p in snap["processes"]]
+    metric("dragon_processes", "gauge", "Processes of the run (on every node that answered).",
+           [(run, len(snap["processes"]))])
+    # With several nodes, a label says which (pids are per node).
+    multi = len(snap["nodes"]) > 1
+    procs = [({**run, **({"node": p.get("node", 0)} if multi else {}), "pid": p["pid"], "name": p["name"],
+               "state": p["state"]}, p) for p in snap["processes"]]
     metric("dragon_process_cpu_seconds_total", "counter", "CPU time of a process of the run.",
            [(lab, float(p["cpu_seconds"])) for lab, p in procs])
     metric("dragon_process_resident_bytes", "gauge", "Resident memory of a process of the run.",
