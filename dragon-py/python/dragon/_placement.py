@@ -15,7 +15,8 @@
 * Processes the runtime starts for itself stay on the node that starts
   them: the standard Pool's workers (the stdlib Pool's queues are OS
   pipes), ``Manager`` servers (their address comes back on an OS pipe; they
-  listen on TCP, so proxies reach them from any node) and DDict managers.
+  listen on TCP, so proxies reach them from any node) and DDict managers
+  (unless the DDict names their node, as it does for each of its nodes).
 
 On one node (no multi-node run) every process starts here, as always.
 """
