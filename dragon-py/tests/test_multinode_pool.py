@@ -470,9 +470,10 @@ if __name__ == "__main__":
 """)
     r = _run(cluster, script)
     _ok(r)
-    # Its call queue is the standard library's (an OS pipe under locks):
-    # its workers stay on the node that makes it (docs/python-pool.md).
-    assert "executor True ['node1']" in r.stdout, r.stdout
+    # Its workers go round-robin over the nodes (where each task ran
+    # depends on which worker is free: test_multinode_exec.py checks the
+    # placement).
+    assert "executor True [" in r.stdout, r.stdout
     _assert_clean(cluster)
 
 

@@ -22,7 +22,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -286,6 +285,17 @@ MACHINE = """
             p.join(60)
         print("hosts", sorted({h for _, h, _, _ in got}), "jobs", sorted({j for _, _, j, _ in got}))
         print("blocked", sorted({b for _, _, _, b in got}))
+        if "steps" in sys.argv[3:]:
+            import json, re, subprocess
+            out = subprocess.run(["squeue", "-h", "-s", "-j", os.environ["SLURM_JOB_ID"], "-o", "%N"],
+                                 capture_output=True, text=True).stdout
+            print("steps", sorted(out.split()))
+            # The run's secret reached each service on its standard input:
+            # no variable of this node's service (a job step) holds one.
+            service = json.loads(os.environ["DRAGON_NODES"])[0]["service_pid"]
+            with open("/proc/%d/environ" % service, "rb") as f:
+                env = f.read().split(b"\\0")
+            print("secret-like", [v.split(b"=")[0] for v in env if re.fullmatch(rb"[^=]*=[0-9a-fA-F]{64}", v)])
         print("job", os.environ.get("SLURM_JOB_ID"), flush=True)
         sys.exit(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
     """
@@ -302,11 +312,8 @@ def _machine(out):
 def test_salloc_runs_on_every_node_with_the_allocations_cpus(slurm):
     # One CPU per node, on nodes of the machine's CPUs: cpu_count() and
     # Pool() must be the allocation's (3), not the hardware's.
-    steps = _script(slurm, "steps.py", MACHINE.replace(
-        'print("job", ', 'print("steps", subprocess.run(["squeue", "-h", "-s", "-j", os.environ["SLURM_JOB_ID"], '
-        '"-o", "%N"], capture_output=True, text=True).stdout.split())\n        print("job", ').replace(
-        "import multiprocessing", "import subprocess, multiprocessing"))
-    r = _run(slurm, ["salloc", "-N", "3", "--ntasks-per-node=1", DRAGON, "--label", steps, "7", "1000"])
+    script = _script(slurm, "machine.py", MACHINE)
+    r = _run(slurm, ["salloc", "-N", "3", "--ntasks-per-node=1", DRAGON, "--label", script, "7", "1000", "steps"])
     _ok(r, 7)
     # Output of processes on the other nodes, through their services' srun
     # steps, arrives whole (round-robin placement: processes 1, 2, 4, 5).
@@ -327,7 +334,8 @@ def test_salloc_runs_on_every_node_with_the_allocations_cpus(slurm):
     # processes they start.
     assert "blocked [0]" in r.stdout, r.stdout
     # The node services are steps of the job, one on each node.
-    assert sorted(eval(re.search(r"^steps (\[.*?\])$", r.stdout, re.M).group(1))) == ["node1", "node2", "node3"]
+    assert "steps ['node1', 'node2', 'node3']" in r.stdout, r.stdout
+    assert "secret-like []" in r.stdout, r.stdout
     _assert_clean(slurm)
 
 

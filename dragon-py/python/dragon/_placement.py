@@ -9,10 +9,14 @@
   (as HPE Dragon places them), starting with the primary node.
 * A :class:`dragon.pool.Pool` places its workers itself (each process
   object names its node: see :mod:`dragon._pool_nodes`).
+* ``ProcessPoolExecutor`` workers are placed as any process (round-robin,
+  or by the Policy in force when the executor starts them); see
+  :mod:`dragon._crossnode` for what lets them work on another node.
 * Processes the runtime starts for itself stay on the node that starts
-  them: the standard Pool's workers, ``ProcessPoolExecutor`` workers,
-  ``Manager`` servers and DDict managers (their shared state is this
-  node's for now).
+  them: the standard Pool's workers (the stdlib Pool's queues are OS
+  pipes), ``Manager`` servers (their address comes back on an OS pipe; they
+  listen on TCP, so proxies reach them from any node) and DDict managers
+  (unless the DDict names their node, as it does for each of its nodes).
 
 On one node (no multi-node run) every process starts here, as always.
 """
@@ -32,7 +36,6 @@ _lock = threading.Lock()
 _LOCAL_TARGETS = {
     ("dragon.pool", "_worker"),
     ("multiprocessing.pool", "worker"),
-    ("concurrent.futures.process", "_process_worker"),
     ("multiprocessing.managers", "BaseManager._run_server"),
     ("dragon.data.ddict", "_manager_main"),
 }

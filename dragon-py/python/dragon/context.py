@@ -9,6 +9,28 @@ functions that ask the *current* context, so that programs using the
 programs using ``dragon`` get this package's. Classes inside the standard
 submodules (``multiprocessing.pool.Pool``, ``multiprocessing.dummy``, the
 managers) are never replaced.
+
+In a run of several nodes, ``ProcessPoolExecutor`` and ``Manager`` are
+still the standard library's, but three private details of theirs cannot
+cross nodes, and :mod:`dragon._crossnode` mends them when this context
+starts their processes (only in such a run; on one node they are
+untouched):
+
+* the executor's call queue (``concurrent.futures.process._SafeQueue``)
+  carries its bytes on an OS pipe: before its first worker starts, its two
+  pipe ends are swapped for ends of a channel (its lock, semaphore and
+  feeder thread stay the stdlib's), because a pipe cannot reach a worker
+  on another node;
+* the executor keys its workers by pid, and a worker reports
+  ``os.getpid()`` when it exits; pids repeat across nodes, so a worker on
+  another node is known by a key unique in the run (its node and pid),
+  which its process object gives as ``pid`` and its result queue reports;
+* a Manager's server listens on a unix socket of its node by default; it
+  listens on TCP on its node's address instead, so that proxies on other
+  nodes reach it (with the same authkey handshake).
+
+Executor workers then go round-robin over the nodes like any process;
+Manager servers stay on the node that makes them.
 """
 from __future__ import annotations
 
@@ -32,8 +54,14 @@ class DragonProcess(_mp_process.BaseProcess):
 
         _wire.install_executor_fallback()  # lambdas for ProcessPoolExecutor (no-op without one)
         node = _placement.node_for(process_obj)
+        remote = _remote.RemotePopen
+        if _remote.multinode():
+            from . import _crossnode
+
+            # Executor workers and Manager servers (see the module docs).
+            node, remote = _crossnode.prepare(process_obj, node)
         if node != _remote.this_node():
-            return _remote.RemotePopen(process_obj, node)
+            return remote(process_obj, node)
         from .popen import Popen
 
         return Popen(process_obj)

@@ -1,0 +1,286 @@
+"""ProcessPoolExecutor, Manager and Listener/Client across the test bed's
+three nodes (see test_multinode.py for the test bed): executor workers on
+every node, results and exceptions, ``max_tasks_per_child``,
+``initializer``, ``shutdown(cancel_futures=True)``, a worker killed on
+node2; Manager proxies used from processes on node2 and node3; a Listener
+on node1 and Clients on node3. Each test runs a script with ``dragon
+--hostlist`` from node1, checks what it printed, and checks that every
+node is clean afterwards.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_multinode import _assert_clean, _ok, _require_testbed, _run, _script  # noqa: E402
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    _require_testbed()
+    from cluster import Cluster
+
+    with Cluster(nodes=3) as c:
+        yield c
+
+
+def _value(out, name):
+    m = re.search(r"^%s (.*)$" % re.escape(name), out, re.M)
+    assert m, "no %r line in:\n%s" % (name, out)
+    return eval(m.group(1))
+
+
+def test_executor_across_nodes(cluster):
+    script = _script(cluster, "executor.py", """
+        import concurrent.futures as cf, multiprocessing as mp, os, socket, threading, time
+
+        H = socket.gethostname()
+        _shared = {}
+
+        def init(tag, barrier, gate):
+            _shared.update(tag=tag + "@" + H, barrier=barrier, gate=gate)
+
+        def meet(i):
+            # Returns once three workers hold a task each: three workers.
+            _shared["barrier"].wait(120)
+            return i, H, os.getpid()
+
+        def meet_and_fail(i):
+            _shared["barrier"].wait(120)
+            raise ValueError("task %d failed on %s" % (i, H))
+
+        def square(x):
+            return x * x
+
+        def tagged(i):
+            return i, _shared["tag"], H, os.getpid()
+
+        def gated(i):
+            _shared["gate"].wait(120)
+            return i
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("dragon")
+            barrier, gate = ctx.Barrier(3), ctx.Event()
+            with cf.ProcessPoolExecutor(3, mp_context=ctx, initializer=init, initargs=("t", barrier, gate)) as ex:
+                met = [f.result(120) for f in [ex.submit(meet, i) for i in range(3)]]
+                print("hosts", sorted(h for _, h, _ in met))
+                keys = list(ex._processes)
+                print("workers", len(keys), len(set(keys)))
+                print("map", list(ex.map(square, range(300), chunksize=7)) == [x * x for x in range(300)])
+                print("submit", [ex.submit(square, x).result(120) for x in (3, 4, 5)])
+                errors = []
+                for f in [ex.submit(meet_and_fail, i) for i in range(3)]:
+                    e = f.exception(120)
+                    errors.append((type(e).__name__, str(e).split(" on ")[1],
+                                   "raise ValueError" in str(e.__cause__)))
+                print("errors", sorted(errors))
+                print("tags", sorted(set(t == "t@" + h for _, t, h, _ in ex.map(tagged, range(30)))))
+
+            # max_tasks_per_child: each worker ends after its task and is
+            # replaced; three at a time meet at the barrier, so each round
+            # runs on three new workers (one per node, in turn). Rounds, not
+            # one big map: CPython 3.11-3.13's executor can stall when many
+            # queued tasks meet ending workers (its idle count then skips a
+            # replacement), on one node as well.
+            with cf.ProcessPoolExecutor(3, mp_context=ctx, max_tasks_per_child=1, initializer=init,
+                                        initargs=("m", barrier, gate)) as ex:
+                rounds = [[f.result(120) for f in [ex.submit(meet, i) for i in range(3)]] for _ in range(3)]
+                workers = {(h, pid) for r in rounds for _, h, pid in r}
+                print("max_tasks", [sorted(h for _, h, _ in r) for r in rounds] == [["node1", "node2", "node3"]] * 3,
+                      len(workers), all(t == "m@" + h for _, t, h, _ in ex.map(tagged, range(6))))
+
+            # shutdown(cancel_futures=True) while every worker is busy.
+            ex = cf.ProcessPoolExecutor(3, mp_context=ctx, initializer=init, initargs=("c", barrier, gate))
+            fs = [ex.submit(gated, i) for i in range(23)]
+            t = threading.Thread(target=ex.shutdown, kwargs={"wait": True, "cancel_futures": True})
+            t.start()
+            deadline = time.monotonic() + 120
+            while not fs[-1].cancelled() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            gate.set()
+            t.join(120)
+            done = [f for f in fs if not f.cancelled()]
+            print("cancelled", not t.is_alive(), len(fs) - len(done) >= 16,
+                  [f.result(0) for f in done] == list(range(len(done))))
+            try:
+                ex.submit(square, 1)
+            except RuntimeError as e:
+                print("after shutdown", e)
+        """)
+    r = _run(cluster, script)
+    _ok(r)
+    out = r.stdout
+    # Three workers, one per node, each known to the executor by its own key.
+    assert _value(out, "hosts") == ["node1", "node2", "node3"], out
+    assert "workers 3 3" in out, out
+    assert "map True" in out, out
+    assert "submit [9, 16, 25]" in out, out
+    # Exceptions raised on every node, with the remote traceback as cause.
+    assert _value(out, "errors") == [("ValueError", "node1", True), ("ValueError", "node2", True),
+                                     ("ValueError", "node3", True)], out
+    assert "tags [True]" in out, out
+    # Nine workers, each ended after its task (by its key: pids repeat
+    # across the test bed's nodes), and replaced on the next node.
+    assert "max_tasks True 9 True" in out, out
+    assert "cancelled True True True" in out, out
+    assert "after shutdown cannot schedule new futures after shutdown" in out, out
+    _assert_clean(cluster)
+
+
+def test_executor_worker_killed_on_node2_breaks_the_executor(cluster):
+    script = _script(cluster, "executor_broken.py", """
+        import concurrent.futures as cf, multiprocessing as mp, os, signal, socket
+        from concurrent.futures.process import BrokenProcessPool
+
+        H = socket.gethostname()
+        _shared = {}
+
+        def init(go, ev):
+            _shared.update(go=go, ev=ev)
+
+        def die_on_node2(i):
+            # Every worker holds one task (it waits while holding it); once
+            # the executor knows all three, node2's dies with its task.
+            _shared["go"].wait(300)
+            if H == "node2":
+                os.kill(os.getpid(), signal.SIGKILL)
+            _shared["ev"].wait(300)
+            return i
+
+        def one():
+            return 1
+
+        def double(x):
+            return 2 * x
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("dragon")
+            go, ev = ctx.Event(), ctx.Event()
+            ex = cf.ProcessPoolExecutor(3, mp_context=ctx, initializer=init, initargs=(go, ev))
+            fs = [ex.submit(die_on_node2, i) for i in range(3)]
+            # Three workers, one per node (no task can end before go).
+            print("workers", sorted("node%d" % (getattr(p._popen, "node", 0) + 1) for p in ex._processes.values()))
+            go.set()
+            print("futures", [type(f.exception(300)).__name__ for f in fs])
+            print("message", fs[0].exception(0))
+            try:
+                ex.submit(one)
+            except BrokenProcessPool as e:
+                print("submit after", type(e).__name__)
+            ex.shutdown(wait=True)
+            # A new executor works after the broken one.
+            with cf.ProcessPoolExecutor(3, mp_context=ctx) as ex2:
+                print("next", list(ex2.map(double, range(30))) == [2 * x for x in range(30)])
+        """)
+    r = _run(cluster, script)
+    _ok(r)
+    out = r.stdout
+    assert "workers ['node1', 'node2', 'node3']" in out, out
+    assert "futures ['BrokenProcessPool', 'BrokenProcessPool', 'BrokenProcessPool']" in out, out + r.stderr
+    assert "terminated abruptly" in out, out
+    assert "submit after BrokenProcessPool" in out, out
+    assert "next True" in out, out
+    _assert_clean(cluster)
+
+
+def test_manager_and_listener_across_nodes(cluster):
+    script = _script(cluster, "manager.py", """
+        import multiprocessing as mp, os, socket
+        from multiprocessing.connection import Client, Listener
+        from multiprocessing import AuthenticationError
+        from dragon.infrastructure.policy import Policy
+
+        H = socket.gethostname()
+
+        def use(d, l, q, lock, n):
+            for _ in range(n):
+                with lock:  # the manager's lock makes the read-modify-write whole
+                    d["count"] = d.get("count", 0) + 1
+            l.append(H)
+            d[H] = int(os.environ.get("DRAGON_NODE_INDEX", "0"))
+            q.put(("from", H))
+
+        def via_queue(box):
+            # A proxy pickled through a queue (not as a process argument).
+            l, q = box.get(timeout=120)
+            l.append("queued@" + H)
+            q.put(("queued", H))
+
+        def client(address, key, out):
+            try:
+                c = Client(address, authkey=key)
+            except AuthenticationError as e:
+                out.put(("client refused", H))
+                return
+            c.send(("hello from", H))
+            out.put(("client got", c.recv()))
+            c.close()
+
+        def on(host, target, *args):
+            with Policy(host_name=host):
+                p = mp.Process(target=target, args=args)
+                p.start()
+            return p
+
+        if __name__ == "__main__":
+            with mp.Manager() as m:
+                print("address", m.address)
+                d, l, q, lock = m.dict(), m.list(), m.Queue(), m.Lock()
+                ps = [on(h, use, d, l, q, lock, 25) for h in ("node2", "node3", "node2", "node3")]
+                use(d, l, q, lock, 25)
+                got = sorted(q.get(timeout=120) for _ in range(5))
+                for p in ps:
+                    p.join(120)
+                print("codes", [p.exitcode for p in ps])
+                print("count", d["count"])
+                print("list", sorted(l))
+                print("nodes", sorted((k, v) for k, v in d.items() if k != "count"))
+                print("queue", got)
+                box = mp.Queue()
+                p = on("node3", via_queue, box)
+                box.put((l, q))
+                print("via queue", q.get(timeout=120), "queued@node3" in l)
+                p.join(120)
+
+            out = mp.Queue()
+            with Listener((H, 0), authkey=b"sesame") as server:
+                print("listener", server.address[0] != "127.0.0.1")
+                p = on("node3", client, server.address, b"sesame", out)
+                with server.accept() as c:
+                    print("accepted", c.recv())
+                    c.send("welcome " + H)
+                print(out.get(timeout=120))
+                p.join(120)
+                p = on("node3", client, server.address, b"wrong", out)
+                try:
+                    server.accept()
+                except AuthenticationError as e:
+                    print("server refused", e)
+                print(out.get(timeout=120))
+                p.join(120)
+        """)
+    r = _run(cluster, script)
+    _ok(r)
+    out = r.stdout
+    host, port = _value(out, "address")
+    # TCP on node1's address on the test bed's bridge, not a unix socket.
+    assert host.startswith("10.") and port > 0, out
+    assert "codes [0, 0, 0, 0]" in out, out
+    assert "count 125" in out, out
+    assert _value(out, "list") == ["node1"] + ["node2"] * 2 + ["node3"] * 2, out
+    assert _value(out, "nodes") == [("node1", 0), ("node2", 1), ("node3", 2)], out
+    assert "queue [('from', 'node1'), ('from', 'node2'), ('from', 'node2'), ('from', 'node3'), " \
+           "('from', 'node3')]" in out, out
+    assert "via queue ('queued', 'node3') True" in out, out
+    assert "listener True" in out, out
+    assert "accepted ('hello from', 'node3')" in out, out
+    assert "('client got', 'welcome node1')" in out, out
+    assert "server refused" in out and "('client refused', 'node3')" in out, out
+    _assert_clean(cluster)
