@@ -99,6 +99,7 @@ from .pool import (
     TASK_CAPACITY,
     MaybeEncodingError,
     _ended_how,
+    _failed_to_start,
     _main_import_error,
     _Results,
     _Tasks,
@@ -710,7 +711,7 @@ class NodeTasks:
                         self.results._report_lost(seq, 1, w.pid, w.exitcode)
                     if led[_STARTED + 2 * slot]:
                         p.start_failures = 0
-                    elif w.exitcode != 0:
+                    elif _failed_to_start(w.exitcode):
                         p.start_failures += 1
                         p.last_failure = w.exitcode
                     led[_REC + 2 * slot] = _IDLE

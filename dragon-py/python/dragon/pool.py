@@ -112,6 +112,16 @@ _IDLE = -1
 #: not be unpickled, say), in a row, none started, that break the pool.
 MAX_START_FAILURES = 3
 
+
+def _failed_to_start(exitcode):
+    """Whether a worker that ended before running the worker loop failed
+    by itself (an error, a crash) rather than being killed from outside
+    (SIGKILL, SIGTERM, SIGINT: an operator, the OOM killer), which says
+    nothing about the next worker."""
+    if exitcode is None or exitcode == 0:
+        return False
+    return exitcode > 0 or -exitcode not in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)
+
 # Messages. Task: header, pickled function, pickled payload.
 _TASK = struct.Struct("<cqqqBI")  # b"T", seq, job, index, kind, len(function bytes)
 # Result: header, then the pickled (ok, value).
@@ -546,7 +556,7 @@ class Pool(_mp_pool.Pool):
                         outqueue._report_lost(seq, 1, w.pid, w.exitcode)
                     if led[_STARTED + 2 * slot]:
                         inqueue._start_failures = 0
-                    elif w.exitcode != 0:
+                    elif _failed_to_start(w.exitcode):
                         inqueue._start_failures += 1
                         inqueue._last_failure = w.exitcode
                     inqueue._free_slot(slot)
