@@ -10,7 +10,7 @@ VPY := $(VENV)/bin/python
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: bench-multinode plugin wheel test-wheel setup demo test test-rust test-loom test-py test-pythons test-testbed oracle lint bench bench-py clean-shm soak fuzz
+.PHONY: bench-multinode plugin wheel test-wheel setup demo test test-rust test-loom test-py test-pythons test-testbed oracle lint typecheck bench bench-py clean-shm soak fuzz
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -55,10 +55,18 @@ demo: setup
 	@for f in examples/*.py; do echo "== $$f"; $(VPY) $$f || exit 1; done
 
 # clippy.toml keeps atomics and UnsafeCell behind shm_primitives::sync.
-lint:
+lint: typecheck
 	$(CARGO) fmt --all --check
 	$(CARGO) fmt --manifest-path channels-bench/Cargo.toml --check
 	$(CARGO) clippy --workspace --all-targets -q -- -D warnings
+
+# mypy --strict on examples/*.py and the typed public API (dragon.native,
+# dragon.data.ddict, Policy): the files and settings are in
+# dragon-py/pyproject.toml ([tool.mypy]). Reads the sources and _native.pyi;
+# needs no build. A venv made before mypy was a requirement gets it here.
+typecheck: $(VPY)
+	@$(VPY) -m mypy --version >/dev/null 2>&1 || $(VPY) -m pip install -q -r dragon-py/requirements-dev.txt
+	$(VPY) -m mypy --config-file dragon-py/pyproject.toml
 
 test-rust:
 	$(CARGO) test --workspace --release -q

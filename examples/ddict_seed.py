@@ -5,21 +5,23 @@ import dragon  # noqa: F401  registers the "dragon" start method
 from dragon.data.ddict import DDict
 
 
-def f(x):
+def f(x: int) -> int:
     return x * x
 
 
-_d = None
+_d: DDict | None = None
 
 
-def init(d):
+def init(d: DDict) -> None:
     global _d
     _d = d
 
 
-def store(x):
+def store(x: int) -> int:
+    assert _d is not None, "init() runs first, as the pool's initializer"
     _d[x] = f(x)
-    return _d[x]
+    stored: int = _d[x]
+    return stored
 
 
 if __name__ == "__main__":

@@ -46,8 +46,10 @@ def main(ranks_per_node: int = 2) -> None:
     # The group keeps its exited processes: their captured output is there.
     for puid, _ in grp.inactive_puids:
         proc = Process(None, ident=puid)
+        assert proc.stdout_conn is not None  # the template asked for stdout=PIPE
         print(f"  puid {proc.puid}: {proc.stdout_conn.read().strip()}")
-    print("ranks exited with", sorted({code for _, code in grp.inactive_puids}))
+    codes = {code for _, code in grp.inactive_puids}  # None: an exit code this process could not learn
+    print("ranks exited with", sorted(codes, key=lambda c: -1 if c is None else c))
     grp.close()
 
     # Python targets, each with its stdout in a file of its own.

@@ -4,7 +4,7 @@ import multiprocessing as mp
 import dragon  # noqa: F401  registers the "dragon" start method
 
 
-def f(x):
+def f(x: int) -> int:
     return x * x
 
 

@@ -7,39 +7,44 @@
 
 Run it as it is: ``python examples/seed_tour.py``.
 """
+from __future__ import annotations
+
 import multiprocessing as mp
 import os
+from multiprocessing.queues import Queue
+from typing import Any
 
 import dragon  # noqa: F401  registers the "dragon" start method
 from dragon.data.ddict import DDict
 
 
-def square(x):
+def square(x: int) -> int:
     return x * x
 
 
 # -- 2. Process + Queue ------------------------------------------------------------
-def echo(inbox, outbox):
+def echo(inbox: Queue[Any], outbox: Queue[tuple[int, Any]]) -> None:
     for item in iter(inbox.get, None):
         outbox.put((os.getpid(), item))
 
 
 # -- 3. DDict through the initializer ----------------------------------------------
-_store = None
+_store: DDict | None = None
 
 
-def attach(d):
+def attach(d: DDict) -> None:
     global _store
     _store = d
 
 
-def record(x):
+def record(x: int) -> int:
+    assert _store is not None, "attach() runs first, as the pool's initializer"
     _store[x] = square(x)
     return os.getpid()
 
 
 # -- 4. nested Pools --------------------------------------------------------------------
-def inner_sum(n):
+def inner_sum(n: int) -> int:
     with mp.Pool(2) as inner:
         return sum(inner.map(square, range(n)))
 
@@ -50,7 +55,8 @@ if __name__ == "__main__":
     with mp.Pool(4) as pool:
         print("1. Pool.map:", pool.map(square, range(10)))
 
-    inbox, outbox = mp.Queue(), mp.Queue()
+    inbox: Queue[Any] = mp.Queue()
+    outbox: Queue[tuple[int, Any]] = mp.Queue()
     child = mp.Process(target=echo, args=(inbox, outbox))
     child.start()
     for msg in ("hello", 42, {"k": [1, 2]}):

@@ -10,16 +10,16 @@ import time
 import dragon  # noqa: F401  registers the "dragon" start method
 
 
-def slow_square(x):
+def slow_square(x: int) -> int:
     time.sleep(0.01)
     return x * x
 
 
-def cube(x):
+def cube(x: int) -> int:
     return x * x * x
 
 
-def whoami(_):
+def whoami(_: object) -> int:
     time.sleep(0.005)
     return os.getpid()
 

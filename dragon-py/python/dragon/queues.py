@@ -32,6 +32,7 @@ import collections
 import threading
 import weakref
 from queue import Empty, Full
+from typing import Any
 
 from multiprocessing import util
 
@@ -69,7 +70,7 @@ class _Reader:
     def poll(self, timeout=0.0):
         return self._queue._poll(timeout)
 
-    def close(self):
+    def close(self) -> None:
         self._queue._reader_closed = True
 
     @property
@@ -99,7 +100,7 @@ class _Writer:
     def send_bytes(self, buf):
         self._queue._put_data(bytes(buf), -2)
 
-    def close(self):
+    def close(self) -> None:
         self._queue._writer_closed = True
 
     @property
@@ -140,7 +141,7 @@ class _ChannelQueue:
 class Queue(_ChannelQueue):
     """A multi-producer, multi-consumer FIFO queue shared by processes."""
 
-    def __init__(self, maxsize=0, *, ctx=None):
+    def __init__(self, maxsize: int = 0, *, ctx: Any = None) -> None:
         object_created()
         if maxsize <= 0:
             from .synchronize import SEM_VALUE_MAX
@@ -195,7 +196,7 @@ class Queue(_ChannelQueue):
         self._writer = _Writer(self)
 
     # -- putting ----------------------------------------------------------------
-    def put(self, obj, block=True, timeout=None):
+    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
         """Put ``obj`` on the queue; raise :class:`queue.Full` if a bounded
         queue stays full (``block`` false, or ``timeout`` elapsed)."""
         if self._closed:
@@ -212,7 +213,7 @@ class Queue(_ChannelQueue):
                 return
         self._put_item(data, prefix, block, timeout)
 
-    def _put_data(self, data, prefix, block=True, timeout=None):
+    def _put_data(self, data: Any, prefix: int, block: bool = True, timeout: float | None = None) -> None:
         mode = self._mode
         if mode == _MODE_EXACT:
             if not _wire.send_blocking(self._ch, data, prefix, block, timeout):
@@ -236,7 +237,7 @@ class Queue(_ChannelQueue):
     # What put() does with an encoded item (JoinableQueue counts it first).
     _put_item = _put_data
 
-    def put_nowait(self, obj):
+    def put_nowait(self, obj: Any) -> None:
         return self.put(obj, False)
 
     def _start_thread(self):
@@ -312,7 +313,7 @@ class Queue(_ChannelQueue):
             notempty.notify()
 
     # -- getting ----------------------------------------------------------------
-    def get(self, block=True, timeout=None):
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Remove and return an item; raise :class:`queue.Empty` if none
         comes (``block`` false, or ``timeout`` elapsed)."""
         if self._closed:
@@ -322,30 +323,30 @@ class Queue(_ChannelQueue):
             return _wire.loads(data)
         return data
 
-    def get_nowait(self):
+    def get_nowait(self) -> Any:
         return self.get(False)
 
     # -- state ------------------------------------------------------------------
-    def qsize(self):
+    def qsize(self) -> int:
         """Approximate number of items in the queue (those this process has
         not yet flushed from its local buffer included)."""
         if self._mode == _MODE_SEM:
             return self._maxsize - self._sem.get_value()
         return len(self._ch) + len(self._buffer)
 
-    def empty(self):
+    def empty(self) -> bool:
         if self._reader_closed:
             raise OSError("handle is closed")
         return self._ch.is_empty() and not self._buffer
 
-    def full(self):
+    def full(self) -> bool:
         if self._mode == _MODE_EXACT:
             return self._ch.is_full()
         if self._mode == _MODE_SEM:
             return self._sem.get_value() == 0
         return False
 
-    def close(self):
+    def close(self) -> None:
         """This process will put no more items: the feeder flushes what is
         buffered and exits. Other processes are not affected. As with the
         standard queue, a queue this process has put on can no longer be
@@ -358,14 +359,14 @@ class Queue(_ChannelQueue):
             self._close = None
             close()
 
-    def join_thread(self):
+    def join_thread(self) -> None:
         """Wait until the feeder thread has flushed the buffer (after
         :meth:`close`)."""
         assert self._closed, "Queue {0!r} not closed".format(self)
         if self._jointhread:
             self._jointhread()
 
-    def cancel_join_thread(self):
+    def cancel_join_thread(self) -> None:
         """Do not wait for the feeder thread at exit (buffered items may be
         lost)."""
         self._joincancelled = True
@@ -378,7 +379,7 @@ class Queue(_ChannelQueue):
 class JoinableQueue(Queue):
     """A :class:`Queue` with ``task_done`` and ``join``."""
 
-    def __init__(self, maxsize=0, *, ctx=None):
+    def __init__(self, maxsize: int = 0, *, ctx: Any = None) -> None:
         Queue.__init__(self, maxsize, ctx=ctx)
         from .synchronize import Condition, Lock, Semaphore
 
@@ -407,7 +408,7 @@ class JoinableQueue(Queue):
                     self._cond.notify_all()
             raise
 
-    def task_done(self):
+    def task_done(self) -> None:
         """One item taken from the queue has been processed."""
         with self._cond:
             if not self._unfinished_tasks.acquire(False):
@@ -415,7 +416,7 @@ class JoinableQueue(Queue):
             if self._unfinished_tasks.get_value() == 0:
                 self._cond.notify_all()
 
-    def join(self):
+    def join(self) -> None:
         """Wait until every item put has been marked done."""
         with self._cond:
             if self._unfinished_tasks.get_value() != 0:
@@ -426,7 +427,7 @@ class SimpleQueue(_ChannelQueue):
     """An unbounded-looking FIFO queue without a feeder thread: ``put`` blocks
     while the ring is full (as the standard one blocks on a full pipe)."""
 
-    def __init__(self, *, ctx=None):
+    def __init__(self, *, ctx: Any = None) -> None:
         object_created()
         self._ch = _native.Channel.create(UNBOUNDED_CAPACITY, SLOT_SIZE, 0, MAX_ATTACHMENTS)
         _registry.note("q", bytes(self._ch.handle).hex())
@@ -449,27 +450,27 @@ class SimpleQueue(_ChannelQueue):
         self._rlock = threading.Lock()
         self._wlock = None
 
-    def close(self):
+    def close(self) -> None:
         self._closed = True
         self._reader_closed = True
         self._writer_closed = True
 
-    def empty(self):
+    def empty(self) -> bool:
         if self._reader_closed:
             raise OSError("handle is closed")
         return self._ch.is_empty()
 
-    def put(self, obj):
+    def put(self, obj: Any) -> None:
         if type(obj) is bytes:
             data, prefix = obj, _wire.TAG_BYTES
         else:
             data, prefix = _wire.dumps(obj), -1
         _wire.send_blocking(self._ch, data, prefix)
 
-    def _put_data(self, data, prefix, block=True, timeout=None):
+    def _put_data(self, data: Any, prefix: int, block: bool = True, timeout: float | None = None) -> None:
         _wire.send_blocking(self._ch, data, prefix)
 
-    def get(self):
+    def get(self) -> Any:
         tag, data = self._recv_msg(True, None)
         if tag == _wire.TAG_PICKLE:  # as _get_raw, without a call more
             return _wire.loads(data)

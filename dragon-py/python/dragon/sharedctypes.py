@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import weakref
+from typing import Any
 
 from multiprocessing import sharedctypes as _std
 from multiprocessing.reduction import ForkingPickler
@@ -31,7 +32,7 @@ from ._block import RemoteBlock, SharedBlock
 
 __all__ = ["RawValue", "RawArray", "Value", "Array", "copy", "synchronized", "SharedBlock"]
 
-typecode_to_type = _std.typecode_to_type
+typecode_to_type: dict[str, type[Any]] = _std.typecode_to_type
 
 # --------------------------------------------------------------------------
 # ctypes objects in blocks

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from multiprocessing import process
 
@@ -35,42 +36,49 @@ __all__ = [
 
 SEM_VALUE_MAX = 2**31 - 1
 
+_T = TypeVar("_T")
+
 
 class SemLock:
     """Base of the lock and semaphore classes: ``_semlock`` is the native
     object, whose ``acquire``/``release`` are bound directly (no Python
     frame in between)."""
 
-    _native_type: type = None  # set by subclasses
+    _native_type: Any = None  # set by subclasses
+    _semlock: Any  # the native object (a subclass may say which)
 
-    def __init__(self, semlock):
+    if TYPE_CHECKING:  # bound per instance to the native object's (_make_methods)
+        def acquire(self, block: bool = True, timeout: float | None = None) -> bool: ...
+        def release(self) -> None: ...
+
+    def __init__(self, semlock: Any) -> None:
         object_created()
         self._semlock = semlock
         self._make_methods()
 
-    def _make_methods(self):
-        self.acquire = self._semlock.acquire
-        self.release = self._semlock.release
+    def _make_methods(self) -> None:
+        self.acquire = self._semlock.acquire  # type: ignore[method-assign]
+        self.release = self._semlock.release  # type: ignore[method-assign]
 
-    def __enter__(self):
-        return self._semlock.__enter__()
+    def __enter__(self) -> bool:
+        return self._semlock.__enter__()  # type: ignore[no-any-return]
 
-    def __exit__(self, *args):
-        return self._semlock.__exit__(*args)
+    def __exit__(self, *args: object) -> None:
+        return self._semlock.__exit__(*args)  # type: ignore[no-any-return]
 
-    def __getstate__(self):
+    def __getstate__(self) -> Any:
         return self._semlock.handle
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: Any) -> None:
         self._semlock = self._native_type.attach(state)
         self._make_methods()
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         if isinstance(other, SemLock):
             return self._semlock.name == other._semlock.name
         return NotImplemented
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash(self._semlock.name)
 
 
@@ -86,13 +94,13 @@ class Semaphore(SemLock):
 
     _native_type = _native.Semaphore
 
-    def __init__(self, value=1, *, ctx=None):
+    def __init__(self, value: int = 1, *, ctx: Any = None) -> None:
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
         SemLock.__init__(self, _native.Semaphore(value, None))
 
-    def get_value(self):
-        return self._semlock.get_value()
+    def get_value(self) -> int:
+        return self._semlock.get_value()  # type: ignore[no-any-return]
 
     def __repr__(self):
         try:
@@ -105,7 +113,7 @@ class Semaphore(SemLock):
 class BoundedSemaphore(Semaphore):
     """A semaphore that refuses to be released above its initial value."""
 
-    def __init__(self, value=1, *, ctx=None):
+    def __init__(self, value: int = 1, *, ctx: Any = None) -> None:
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
         SemLock.__init__(self, _native.Semaphore(value, value))
@@ -123,7 +131,7 @@ class Lock(SemLock):
 
     _native_type = _native.Lock
 
-    def __init__(self, *, ctx=None):
+    def __init__(self, *, ctx: Any = None) -> None:
         SemLock.__init__(self, _native.Lock())
 
     def __repr__(self):
@@ -147,7 +155,7 @@ class RLock(SemLock):
 
     _native_type = _native.RLock
 
-    def __init__(self, *, ctx=None):
+    def __init__(self, *, ctx: Any = None) -> None:
         SemLock.__init__(self, _native.RLock())
 
     def __repr__(self):
@@ -186,7 +194,11 @@ class Condition:
     """A condition variable bound to a :class:`Lock` or :class:`RLock`
     (a new ``RLock`` by default)."""
 
-    def __init__(self, lock=None, *, ctx=None):
+    if TYPE_CHECKING:  # bound per instance to the lock's (_make_methods)
+        def acquire(self, block: bool = True, timeout: float | None = None) -> bool: ...
+        def release(self) -> None: ...
+
+    def __init__(self, lock: Lock | RLock | None = None, *, ctx: Any = None) -> None:
         if lock is None:
             lock = RLock()
         if not isinstance(lock, (Lock, RLock)):
@@ -196,9 +208,9 @@ class Condition:
         self._cond = _native.Condition()
         self._make_methods()
 
-    def _make_methods(self):
-        self.acquire = self._lock.acquire
-        self.release = self._lock.release
+    def _make_methods(self) -> None:
+        self.acquire = self._lock.acquire  # type: ignore[method-assign]
+        self.release = self._lock.release  # type: ignore[method-assign]
         cond = self._cond
         # What the standard Condition exposes as semaphores: sleepers (not
         # yet returned) and woken-but-not-returned waiters.
@@ -214,10 +226,10 @@ class Condition:
         self._cond = _native.Condition.attach(handle)
         self._make_methods()
 
-    def __enter__(self):
+    def __enter__(self) -> bool:
         return self._lock.__enter__()
 
-    def __exit__(self, *args):
+    def __exit__(self, *args: object) -> None:
         return self._lock.__exit__(*args)
 
     def __repr__(self):
@@ -227,21 +239,21 @@ class Condition:
             num_waiters = "unknown"
         return "<%s(%s, %s)>" % (type(self).__name__, self._lock, num_waiters)
 
-    def wait(self, timeout=None):
+    def wait(self, timeout: float | None = None) -> bool:
         """Release the lock, wait for a notification (or the timeout), and
         acquire the lock again; returns ``False`` if the timeout elapsed."""
         return self._cond.wait(self._lock._semlock, timeout)
 
-    def notify(self, n=1):
+    def notify(self, n: int = 1) -> None:
         """Wake up to ``n`` waiters (the caller must hold the lock)."""
         assert self._lock._semlock._is_mine(), "lock is not owned"
         self._cond.notify(n)
 
-    def notify_all(self):
+    def notify_all(self) -> None:
         assert self._lock._semlock._is_mine(), "lock is not owned"
         self._cond.notify_all()
 
-    def wait_for(self, predicate, timeout=None):
+    def wait_for(self, predicate: Callable[[], _T], timeout: float | None = None) -> _T:
         """Wait until ``predicate()`` is true (checked with the lock held);
         returns its last value."""
         result = predicate()
@@ -266,17 +278,23 @@ def _not_implemented():
 class Event:
     """An event flag (``multiprocessing.Event``)."""
 
-    def __init__(self, *, ctx=None):
+    if TYPE_CHECKING:  # bound per instance to the native event's (_make_methods)
+        def is_set(self) -> bool: ...
+        def set(self) -> None: ...
+        def clear(self) -> None: ...
+        def wait(self, timeout: float | None = None) -> bool: ...
+
+    def __init__(self, *, ctx: Any = None) -> None:
         object_created()
         self._event = _native.Event()
         self._make_methods()
 
-    def _make_methods(self):
+    def _make_methods(self) -> None:
         ev = self._event
-        self.is_set = ev.is_set
-        self.set = ev.set
-        self.clear = ev.clear
-        self.wait = ev.wait
+        self.is_set = ev.is_set  # type: ignore[method-assign]
+        self.set = ev.set  # type: ignore[method-assign]
+        self.clear = ev.clear  # type: ignore[method-assign]
+        self.wait = ev.wait  # type: ignore[method-assign]
 
     def __getstate__(self):
         return self._event.handle
@@ -295,7 +313,8 @@ class Barrier:
     :class:`threading.Barrier`). The last party to arrive calls ``action``
     (in its own process) before anyone is released."""
 
-    def __init__(self, parties, action=None, timeout=None, *, ctx=None):
+    def __init__(self, parties: int, action: Callable[[], object] | None = None,
+                 timeout: float | None = None, *, ctx: Any = None) -> None:
         object_created()
         self._barrier = _native.Barrier(parties)
         self._action = action
@@ -308,7 +327,7 @@ class Barrier:
         handle, self._action, self._timeout = state
         self._barrier = _native.Barrier.attach(handle)
 
-    def wait(self, timeout=None):
+    def wait(self, timeout: float | None = None) -> int:
         """Wait for every party; returns this caller's arrival index
         (``0 .. parties-1``). Raises :class:`threading.BrokenBarrierError`
         if the barrier is or becomes broken (a timeout breaks it)."""
@@ -316,25 +335,25 @@ class Barrier:
             timeout = self._timeout
         return self._barrier.wait(timeout, self._action)
 
-    def reset(self):
+    def reset(self) -> None:
         """Back to the initial state; current waiters get
         :class:`threading.BrokenBarrierError`."""
         self._barrier.reset()
 
-    def abort(self):
+    def abort(self) -> None:
         """Break the barrier until :meth:`reset`."""
         self._barrier.abort()
 
     @property
-    def parties(self):
+    def parties(self) -> int:
         return self._barrier.parties
 
     @property
-    def n_waiting(self):
+    def n_waiting(self) -> int:
         return self._barrier.n_waiting
 
     @property
-    def broken(self):
+    def broken(self) -> bool:
         return self._barrier.broken
 
     def __repr__(self):

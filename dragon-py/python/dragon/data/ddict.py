@@ -41,7 +41,11 @@ import sys
 import time
 import warnings
 from collections.abc import Mapping, MutableMapping
-from typing import Any, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+    from multiprocessing.process import BaseProcess
 
 from .. import _native
 
@@ -247,7 +251,7 @@ class _Pickle:
     loads = staticmethod(pickle.loads)
 
 
-def _check_persister(persister_class, persist_path):
+def _check_persister(persister_class: object, persist_path: object) -> None:
     if persister_class is None:
         return
     if persister_class is DAOSCheckpointPersister:
@@ -263,8 +267,8 @@ def _check_persister(persister_class, persist_path):
                          "PosixCheckpointPersister, or drop persist_path" % (persister_class.__name__, persist_path))
 
 
-def _manager_main(desc, index, size, owner_pid, owner_start, conn, persist_path, restore,
-                  working_set=1):
+def _manager_main(desc: str, index: int, size: int, owner_pid: int, owner_start: int, conn: Connection,
+                  persist_path: str | None, restore: bool, working_set: int = 1) -> None:
     """Body of a manager process."""
     told = []
     if owner_pid == 0:
@@ -273,7 +277,7 @@ def _manager_main(desc, index, size, owner_pid, owner_start, conn, persist_path,
         # node, its parent: until the run ends or the DDict is destroyed.
         owner_pid, owner_start = os.getppid(), 0
 
-    def ready():
+    def ready() -> None:
         conn.send(("ready", os.getpid()))
         told.append(True)
 
@@ -294,7 +298,7 @@ def _manager_main(desc, index, size, owner_pid, owner_start, conn, persist_path,
 _CORRUPT_ATTRS = ("path", "offset", "what", "records_after", "bytes_after", "spans")
 
 
-def _error_info(e):
+def _error_info(e: BaseException) -> tuple[str, str, dict[str, Any]] | None:
     """What the creator needs to raise a manager's DDict error as its own
     type: ``(class name, message, attributes)``, or None."""
     if isinstance(e, DDictError) and globals().get(type(e).__name__) is type(e):
@@ -303,7 +307,7 @@ def _error_info(e):
     return None
 
 
-def _manager_error(i, detail, info):
+def _manager_error(i: int, detail: str, info: Any) -> DDictError:
     """The exception for manager ``i`` failing to start."""
     if info is not None:
         name, message, attrs = info
@@ -316,7 +320,7 @@ def _manager_error(i, detail, info):
     return DDictError("DDict manager %d failed to start: %s" % (i, detail))
 
 
-def _report_lines(report):
+def _report_lines(report: list[dict[str, Any]]) -> list[str]:
     """Human-readable lines of a repair report."""
     lines = []
     for r in report:
@@ -333,7 +337,7 @@ def _report_lines(report):
     return lines
 
 
-def _repair_main(argv):
+def _repair_main(argv: list[str]) -> int:
     """``dragon ddict-repair <persist_path> <name>``."""
     if len(argv) != 2 or argv[0] in ("-h", "--help"):
         sys.stderr.write("usage: dragon ddict-repair <persist_path> <name>\n\n"
@@ -360,7 +364,7 @@ def _repair_main(argv):
     return 0
 
 
-def _stop(client, procs):
+def _stop(client: _native.DDictClient, procs: list[BaseProcess]) -> None:
     """Destroy at exit (the creator's finalizer)."""
     try:
         client.destroy()
@@ -410,10 +414,21 @@ class DDict:
             accepted (see ``docs/ddict.md`` for what each does here).
     """
 
+    _c: _native.DDictClient
+    _timeout: float | None
+    _batch: list[tuple[bytes, int, bytes]] | None
+    _procs: list[BaseProcess]
+    _creator: bool
+    _finalizer: Callable[[], object] | None
+    _chkpt: int
+    _pin: int | None
+    #: What ``repair=True`` did, one dict per manager (empty without repair).
+    repair_report: list[dict[str, Any]]
+
     def __init__(self, managers_per_node: int = 1, num_nodes: int | None = None,
                  total_mem: int = 1024**3, *, n_nodes: int | None = None,
                  name: str | None = None, timeout: float | None = None,
-                 persist_path: str | os.PathLike | None = None, restore: bool = False,
+                 persist_path: str | os.PathLike[str] | None = None, restore: bool = False,
                  repair: bool = False, key_pickler: Any = None, value_pickler: Any = None,
                  working_set_size: int = 1, wait_for_keys: bool = False,
                  wait_for_writers: bool = False, policy: Any = None,
@@ -443,8 +458,10 @@ class DDict:
             name = "ddict" if persist_path is not None else "dd%s" % os.urandom(4).hex()
         self._setup(None, timeout, key_pickler, value_pickler)
         shard_nodes = _shard_nodes(managers_per_node, nodes)
-        desc = _native.ddict_descriptor(name, managers, persist_path is not None, shard_nodes)
+        desc = _native.ddict_descriptor(name, managers, persist_path is not None,
+                                        shard_nodes)  # type: ignore[call-arg]  # not yet in _native.pyi
         if repair:
+            assert persist_path is not None  # checked above
             self.repair_report = _native.ddict_repair(os.fspath(persist_path), name, managers)
             if any(r["skipped"] for r in self.repair_report):
                 warnings.warn("DDict %r: repair skipped damaged bytes:\n%s"
@@ -469,8 +486,9 @@ class DDict:
         # daemonic children.
         self._finalizer = util.Finalize(None, _stop, args=(self._c, self._procs), exitpriority=10)
 
-    def _setup(self, client, timeout, key_pickler, value_pickler):
-        self._c = client
+    def _setup(self, client: _native.DDictClient | None, timeout: float | None, key_pickler: Any,
+               value_pickler: Any) -> None:
+        self._c = client  # type: ignore[assignment]  # None only until __init__ sets it
         self._timeout = timeout
         self._kp = key_pickler
         self._vp = value_pickler
@@ -500,8 +518,8 @@ class DDict:
         return self
 
     @classmethod
-    def open(cls, persist_path, *, name: str = "ddict", managers_per_node: int = 1,
-             num_nodes: int = 1, total_mem: int = 1024**3, **kw) -> "DDict":
+    def open(cls, persist_path: str | os.PathLike[str], *, name: str = "ddict", managers_per_node: int = 1,
+             num_nodes: int = 1, total_mem: int = 1024**3, **kw: Any) -> "DDict":
         """Restore a durable DDict from ``persist_path``."""
         return cls(managers_per_node, num_nodes, total_mem, name=name,
                    persist_path=persist_path, restore=True, **kw)
@@ -510,7 +528,7 @@ class DDict:
         """A string another process passes to :meth:`attach`."""
         return self._c.descriptor()
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         self._flush()
         return (_rebuild, (self.serialize(), self._timeout, self._kp, self._vp, self._pin))
 
@@ -531,7 +549,7 @@ class DDict:
     def __enter__(self) -> "DDict":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._creator:
             self.destroy()
         else:
@@ -539,12 +557,12 @@ class DDict:
 
     # ---------------------------------------------------------------- values
 
-    def _enc(self, value):
+    def _enc(self, value: Any) -> tuple[int, bytes]:
         if type(value) is bytes and not self._custom_values:
             return _RAW, value
         return _PICKLED, self._vd(value)
 
-    def _dec(self, r):
+    def _dec(self, r: tuple[int, bytes]) -> Any:
         tag, data = r
         if tag == _RAW:
             return data
@@ -554,7 +572,7 @@ class DDict:
 
     # ---------------------------------------------------------------- mapping
 
-    def __setitem__(self, key, value) -> None:
+    def __setitem__(self, key: Any, value: Any) -> None:
         if self._chkpt:
             self._flush()
             self._vput(self._kd(key), *self._enc(value))
@@ -565,7 +583,7 @@ class DDict:
         tag, data = self._enc(value)
         self._c.put(self._kd(key), tag, data)
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: Any) -> Any:
         if self._batch:
             self._flush()
         r = self._vget(self._kd(key)) if self._chkpt else self._c.get(self._kd(key))
@@ -576,7 +594,7 @@ class DDict:
             return data
         return self._dec(r)
 
-    def __delitem__(self, key) -> None:
+    def __delitem__(self, key: Any) -> None:
         self._flush()
         kb = self._kd(key)
         if self._chkpt:
@@ -586,7 +604,7 @@ class DDict:
         elif not self._c.delete(kb):
             raise KeyError(key)
 
-    def __contains__(self, key) -> bool:
+    def __contains__(self, key: object) -> bool:
         self._flush()
         if self._chkpt:
             return self._vget(self._kd(key)) is not None
@@ -598,17 +616,17 @@ class DDict:
             return len(self._visible())
         return self._c.len(self._pin)
 
-    def __iter__(self) -> Iterator:
+    def __iter__(self) -> Iterator[Any]:
         return iter(self.keys())
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         if not isinstance(other, (Mapping, DDict)):
             return NotImplemented
         if isinstance(other, DDict) and other.serialize() == self.serialize():
             return True
         return dict(self.items()) == dict(other.items())
 
-    __hash__ = None  # mutable
+    __hash__ = None  # type: ignore[assignment]  # mutable
 
     def __repr__(self) -> str:
         try:
@@ -616,25 +634,25 @@ class DDict:
         except DDictError as e:
             return "DDict(<%s>)" % e
 
-    def keys(self) -> list:
+    def keys(self) -> list[Any]:
         """Every key (a snapshot, shard by shard)."""
         self._flush()
         if self._chkpt or self._versions_exist():
             return [self._kl(k) for k in self._visible()]
         return [self._kl(k) for k in self._c.keys(self._pin)]
 
-    def values(self) -> list:
+    def values(self) -> list[Any]:
         """Every value (a snapshot, shard by shard)."""
         return [v for _, v in self.items()]
 
-    def items(self) -> list:
+    def items(self) -> list[tuple[Any, Any]]:
         """Every ``(key, value)`` pair (a snapshot, shard by shard)."""
         self._flush()
         if self._chkpt or self._versions_exist():
             return [(self._kl(k), self._dec(r)) for k, r in self._visible().items()]
         return [(self._kl(k), self._dec((t, d))) for k, t, d in self._c.items(self._pin)]
 
-    def get(self, key, default=None):
+    def get(self, key: Any, default: Any = None) -> Any:
         try:
             return self[key]
         except KeyError:
@@ -642,7 +660,7 @@ class DDict:
 
     _MISSING = object()
 
-    def pop(self, key, default=_MISSING):
+    def pop(self, key: Any, default: Any = _MISSING) -> Any:
         self._flush()
         if self._chkpt:
             kb = self._kd(key)
@@ -657,13 +675,13 @@ class DDict:
             return default
         return self._dec(r)
 
-    def popitem(self):
+    def popitem(self) -> tuple[Any, Any]:
         """Remove and return some ``(key, value)`` pair."""
         self._flush()
         if self._chkpt:
-            for kb, r in self._visible().items():
+            for kb, seen in self._visible().items():
                 self._vput(kb, _TOMB, b"")
-                return self._kl(kb), self._dec(r)
+                return self._kl(kb), self._dec(seen)
             raise KeyError("popitem(): DDict is empty")
         shards = [self._pin] if self._pin is not None else range(self._c.shards())
         for i in shards:
@@ -673,7 +691,7 @@ class DDict:
                     return self._kl(k), self._dec(r)
         raise KeyError("popitem(): DDict is empty")
 
-    def setdefault(self, key, default=None):
+    def setdefault(self, key: Any, default: Any = None) -> Any:
         """``self[key]`` if present, else store and return ``default``
         (atomically: concurrent callers all get the first stored value)."""
         self._flush()
@@ -691,7 +709,7 @@ class DDict:
             if self._c.put_if_absent(k, *self._enc(default)):
                 return default
 
-    def update(self, other=(), /, **kw) -> None:
+    def update(self, other: Mapping[Any, Any] | DDict | Iterable[tuple[Any, Any]] = (), /, **kw: Any) -> None:
         items = other.items() if isinstance(other, (Mapping, DDict)) else other
         self._flush()
         batch = [(self._kd(k), *self._enc(v)) for k, v in items]
@@ -710,13 +728,13 @@ class DDict:
             for k in self._c.keys(self._pin):
                 self._c.delete(k)
 
-    def copy(self) -> dict:
+    def copy(self) -> dict[Any, Any]:
         """A plain ``dict`` snapshot of the contents."""
         return dict(self.items())
 
     # ---------------------------------------------------------------- extras
 
-    def fetch_add(self, key, delta: int = 1) -> int:
+    def fetch_add(self, key: Any, delta: int = 1) -> int:
         """Atomically add ``delta`` to the counter at ``key`` (0 if absent
         or not a counter) and return the new value. ``d[key]`` reads it."""
         self._flush()
@@ -729,7 +747,7 @@ class DDict:
             return new
         return self._c.fetch_add(self._kd(key), _INT, delta)
 
-    def wait_for(self, key, timeout: float | None = None):
+    def wait_for(self, key: Any, timeout: float | None = None) -> Any:
         """Wait until ``key`` is present and return its value. Raises
         ``DDictTimeoutError`` (a ``TimeoutError``) after ``timeout``."""
         self._flush()
@@ -764,12 +782,12 @@ class DDict:
             self._batch = []
             self._c.put_many(b)
 
-    def bput(self, key, value) -> None:
+    def bput(self, key: Any, value: Any) -> None:
         """Store ``key`` in every manager (read it back with :meth:`bget`)."""
         self._flush()
         self._c.put_all(self._kd(key), *self._enc(value))
 
-    def bget(self, key):
+    def bget(self, key: Any) -> Any:
         """Read a key stored with :meth:`bput` from this process's nearest
         manager."""
         self._flush()
@@ -782,7 +800,7 @@ class DDict:
         """This process's nearest manager: one on its node if any."""
         if self._pin is not None:
             return self._pin
-        here = self._c.local_shards()
+        here: list[int] = self._c.local_shards()  # type: ignore[attr-defined]  # not yet in _native.pyi
         if here:
             return here[os.getpid() % len(here)]
         return os.getpid() % self._c.shards()
@@ -813,7 +831,7 @@ class DDict:
 
     current_checkpoint_id = checkpoint_id
 
-    def pput(self, key, value) -> None:
+    def pput(self, key: Any, value: Any) -> None:
         """Store a persistent key: unversioned, seen at every checkpoint that
         has no version of its own."""
         self._flush()
@@ -823,7 +841,7 @@ class DDict:
     def _shard(self, kb: bytes) -> int:
         return self._pin if self._pin is not None else self._c.shard_of(kb)
 
-    def _oldest(self, i: int) -> int:
+    def _oldest(self, i: int) -> tuple[int, int]:
         newest, oldest, _ = self._c.checkpoint_state(i)
         if 0 < self._chkpt < oldest:
             raise DDictCheckpointSync(
@@ -831,7 +849,7 @@ class DDict:
                 "call sync_to_newest_checkpoint()" % (self._chkpt, i, oldest, newest))
         return oldest, newest
 
-    def _vget(self, kb: bytes):
+    def _vget(self, kb: bytes) -> tuple[int, bytes] | None:
         """The value of ``kb`` seen at this handle's checkpoint."""
         i = self._shard(kb)
         oldest, _ = self._oldest(i)
@@ -860,14 +878,14 @@ class DDict:
         shards = [self._pin] if self._pin is not None else range(self._c.shards())
         return any(self._c.checkpoint_state(i)[0] > 0 for i in shards)
 
-    def _visible(self) -> dict:
+    def _visible(self) -> dict[bytes, tuple[int, bytes]]:
         """``{key bytes: (tag, data)}`` as seen at this handle's checkpoint."""
         shards = [self._pin] if self._pin is not None else range(self._c.shards())
-        out = {}
+        out: dict[bytes, tuple[int, bytes]] = {}
         for i in shards:
             oldest, _ = self._oldest(i)
-            best = {}
-            base = {}
+            best: dict[bytes, tuple[int, tuple[int, bytes]]] = {}
+            base: dict[bytes, tuple[int, bytes]] = {}
             plen = len(_VPREFIX)
             for k, t, d in self._c.items(i):
                 if k.startswith(_VPREFIX):
@@ -898,17 +916,17 @@ class DDict:
 
     frozen = is_frozen
 
-    def local_keys(self) -> list:
+    def local_keys(self) -> list[Any]:
         """Keys held by managers on this node (the keys whose shard lives
         here; in a multi-node run each node's ``local_keys()`` are a part of
         the keys, and all nodes' together are all of them)."""
         self._flush()
         if self._chkpt or self._versions_exist():
-            local = set(self._c.local_shards())
+            local = set(self._c.local_shards())  # type: ignore[attr-defined]  # not yet in _native.pyi
             return [k for k in self.keys() if self._c.shard_of(self._kd(k)) in local]
-        return [self._kl(k) for k in self._c.local_keys()]
+        return [self._kl(k) for k in self._c.local_keys()]  # type: ignore[attr-defined]  # not yet in _native.pyi
 
-    def which_manager(self, key) -> int:
+    def which_manager(self, key: Any) -> int:
         """Index of the manager holding ``key``."""
         return self._c.shard_of(self._kd(key)) if self._pin is None else self._pin
 
@@ -924,7 +942,7 @@ class DDict:
         return view
 
     @property
-    def stats(self) -> list:
+    def stats(self) -> list[DDictManagerStats]:
         """One :class:`DDictManagerStats` per manager."""
         return [DDictManagerStats(i, s["total_bytes"], s["used_bytes"], s["heap_bytes"],
                                   s["entries"], s["clients"], s["frozen"])
@@ -945,7 +963,7 @@ class DDict:
         cannot be used."""
         self._c.check()
 
-    def __del__(self):
+    def __del__(self) -> None:
         c = getattr(self, "_c", None)
         if c is not None and not getattr(self, "_creator", False):
             try:
@@ -957,7 +975,8 @@ class DDict:
 MutableMapping.register(DDict)
 
 
-def _rebuild(serialized, timeout, key_pickler, value_pickler, pin=None):
+def _rebuild(serialized: str, timeout: float | None, key_pickler: Any, value_pickler: Any,
+             pin: int | None = None) -> DDict:
     d = DDict.attach(serialized, timeout=timeout, key_pickler=key_pickler,
                      value_pickler=value_pickler)
     if pin is not None:
@@ -966,7 +985,7 @@ def _rebuild(serialized, timeout, key_pickler, value_pickler, pin=None):
     return d
 
 
-def _stop_raw(desc, procs):
+def _stop_raw(desc: str, procs: list[BaseProcess]) -> None:
     try:
         _native.DDictClient(desc).destroy()
     except Exception:  # noqa: BLE001
@@ -977,7 +996,7 @@ def _stop_raw(desc, procs):
         p.join(1)
 
 
-def _shard_nodes(managers_per_node, num_nodes):
+def _shard_nodes(managers_per_node: int, num_nodes: int) -> list[int]:
     """The node of each shard: ``managers_per_node`` on each of
     ``num_nodes`` nodes from this one (all here on one node)."""
     from .. import _remote
@@ -993,14 +1012,15 @@ def _shard_nodes(managers_per_node, num_nodes):
     return [node for node in nodes for _ in range(managers_per_node)]
 
 
-def _start_managers(desc, n, size, timeout, persist_path, restore, working_set=1, nodes=None):
+def _start_managers(desc: str, n: int, size: int, timeout: float | None, persist_path: str | None, restore: bool,
+                    working_set: int = 1, nodes: list[int] | None = None) -> list[BaseProcess]:
     import multiprocessing
     from multiprocessing.connection import wait
 
-    ctx = multiprocessing.get_context("dragon")
+    ctx: Any = multiprocessing.get_context("dragon")  # the dragon context (registered by import dragon)
     Pipe = ctx.Pipe  # its ends cross nodes
     pid, start = _native.ddict_self_identity()
-    here = _native.this_node()
+    here = _native.this_node()  # type: ignore[attr-defined]  # not yet in _native.pyi
     procs, conns = [], []
     try:
         for i in range(n):

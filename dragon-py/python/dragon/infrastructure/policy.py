@@ -29,6 +29,9 @@ import dataclasses
 import enum
 import threading
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+_E = TypeVar("_E", bound=enum.IntEnum)
 
 __all__ = ["Policy", "PolicyError", "GS_DEFAULT_POLICY"]
 
@@ -38,7 +41,7 @@ class PolicyError(ValueError):
     have) or that is malformed."""
 
 
-def _int_list(name, value):
+def _int_list(name: str, value: Any) -> list[int]:
     if value is None:
         return []
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
@@ -91,13 +94,13 @@ class Policy:
     host_name: str = ""
     host_id: int = -1
     distribution: Distribution = Distribution.DEFAULT
-    cpu_affinity: list = field(default_factory=list)
+    cpu_affinity: list[int] = field(default_factory=list)
     gpu_env_str: str = ""
-    gpu_affinity: list = field(default_factory=list)
+    gpu_affinity: list[int] = field(default_factory=list)
     wait_mode: WaitMode = WaitMode.DEFAULT
     refcounted: bool = True
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.placement = _enum(Policy.Placement, "placement", self.placement)
         self.distribution = _enum(Policy.Distribution, "distribution", self.distribution)
         self.wait_mode = _enum(Policy.WaitMode, "wait_mode", self.wait_mode)
@@ -119,15 +122,15 @@ class Policy:
 
     # -- serialisation (HPE's spelling) ------------------------------------------
     @property
-    def sdesc(self) -> dict:
+    def sdesc(self) -> dict[str, Any]:
         return self.get_sdict()
 
-    def get_sdict(self) -> dict:
+    def get_sdict(self) -> dict[str, Any]:
         """The fields as a plain dict (lists copied)."""
         return {f.name: _copy(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
-    def from_sdict(cls, sdict: dict) -> "Policy":
+    def from_sdict(cls, sdict: dict[str, Any]) -> "Policy":
         return cls(**sdict)
 
     # -- nesting -----------------------------------------------------------------
@@ -138,6 +141,7 @@ class Policy:
         if low is None and high is None:
             return cls()
         if low is None:
+            assert high is not None
             return cls.from_sdict(high.get_sdict())
         if high is None:
             return cls.from_sdict(low.get_sdict())
@@ -167,20 +171,20 @@ class Policy:
         stack.append(Policy.merge(stack[-1], self))
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         stack = _stack()
         if len(stack) > 1:
             stack.pop()
 
 
-def _enum(cls, name, value):
+def _enum(cls: type[_E], name: str, value: Any) -> _E:
     try:
         return cls(value)
     except ValueError:
         raise PolicyError("Policy.%s: %r is not one of %s" % (name, value, [m.name for m in cls])) from None
 
 
-def _copy(v):
+def _copy(v: object) -> object:
     return list(v) if isinstance(v, list) else v
 
 
@@ -196,7 +200,7 @@ GS_DEFAULT_POLICY = Policy(
 _local = threading.local()
 
 
-def _stack() -> list:
+def _stack() -> list[Policy]:
     stack = getattr(_local, "stack", None)
     if stack is None:
         stack = _local.stack = [GS_DEFAULT_POLICY]

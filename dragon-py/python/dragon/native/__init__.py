@@ -24,8 +24,26 @@ submodule (a child process does, to run its target) does not import the
 others.
 """
 import importlib
+from typing import TYPE_CHECKING, Any
 
-from ..pool import Pool  # the template preloads dragon.pool: free in children
+from ..pool import Pool as Pool  # the template preloads dragon.pool: free in children
+
+if TYPE_CHECKING:  # what __getattr__ imports on first use, named for type checkers
+    from ..infrastructure.policy import Policy as Policy
+    from .array import Array as Array
+    from .barrier import Barrier as Barrier
+    from .event import Event as Event
+    from .lock import Lock as Lock
+    from .machine import cpu_count as cpu_count
+    from .process import Popen as Popen
+    from .process import Process as Process
+    from .process import ProcessError as ProcessError
+    from .process import ProcessTemplate as ProcessTemplate
+    from .process import current as current
+    from .process_group import ProcessGroup as ProcessGroup
+    from .queue import Queue as Queue
+    from .semaphore import Semaphore as Semaphore
+    from .value import Value as Value
 
 _WHERE = {
     "Process": "process",
@@ -47,7 +65,7 @@ _WHERE = {
 __all__ = sorted(_WHERE) + ["Policy", "Pool"]
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     if name == "Policy":
         from ..infrastructure.policy import Policy
 
@@ -60,5 +78,5 @@ def __getattr__(name):
     return value
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))

@@ -11,6 +11,8 @@ element type there). ``m_uid`` is accepted and has no effect.
 """
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 from .. import sharedctypes as _shared
 from .value import _resolve
 
@@ -20,38 +22,43 @@ __all__ = ["Array"]
 class Array(_shared.SynchronizedArray):
     """A shared ctypes array with a lock."""
 
-    def __new__(cls, typecode_or_type, size_or_initializer, lock=True, m_uid=None):
+    _obj: Any  # the shared ctypes array
+
+    def __new__(cls, typecode_or_type: str | type[Any], size_or_initializer: int | Sequence[Any],
+                lock: Any = True, m_uid: int | None = None) -> Any:
         if lock is False:
             return _shared.RawArray(_resolve(typecode_or_type), size_or_initializer)
         return super().__new__(cls)
 
-    def __init__(self, typecode_or_type, size_or_initializer, lock=True, m_uid=None):
+    def __init__(self, typecode_or_type: str | type[Any], size_or_initializer: int | Sequence[Any],
+                 lock: Any = True, m_uid: int | None = None) -> None:
         if isinstance(size_or_initializer, bool):
             raise TypeError("size_or_initializer must be a size or a sequence")
         raw = _shared.RawArray(_resolve(typecode_or_type), size_or_initializer)
         _shared.SynchronizedArray.__init__(self, raw, _shared._lock_for(lock, None))
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         spec, lock = _shared._reduce_synchronized(self)[1]
         return (_rebuild, (spec, lock))
 
     @property
-    def value(self):
+    def value(self) -> bytes:
         """The contents of a ``"c"`` (char) array as bytes, up to the first
         zero byte."""
         with self:
-            return self._obj.value
+            value: bytes = self._obj.value
+            return value
 
     @value.setter
-    def value(self, v):
+    def value(self, v: bytes) -> None:
         with self:
             self._obj.value = v
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<dragon.native.array.Array %s[%d]>" % (self._obj._type_.__name__, len(self._obj))
 
 
-def _rebuild(spec, lock):
+def _rebuild(spec: Any, lock: Any) -> Array:
     obj = object.__new__(Array)
     _shared.SynchronizedArray.__init__(obj, _shared._rebuild_ctype(*spec), lock)
     return obj

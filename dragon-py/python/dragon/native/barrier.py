@@ -10,6 +10,8 @@ accepted and has no effect.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import threading
 
 from .. import synchronize as _sync
@@ -22,7 +24,8 @@ BrokenBarrierError = threading.BrokenBarrierError
 class Barrier(_sync.Barrier):
     """A barrier for ``parties`` processes or threads."""
 
-    def __init__(self, parties: int = 2, action=None, timeout: float | None = None, m_uid=None):
+    def __init__(self, parties: int = 2, action: Callable[[], object] | None = None,
+                 timeout: float | None = None, m_uid: int | None = None) -> None:
         if isinstance(parties, bool) or not isinstance(parties, int):
             raise ValueError("The parties value must be an integer.")
         if parties < 1:

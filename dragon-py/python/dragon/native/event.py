@@ -7,6 +7,8 @@ entry and clears it on exit. ``m_uid`` is accepted and has no effect.
 """
 from __future__ import annotations
 
+from typing import Self
+
 from .. import synchronize as _sync
 
 __all__ = ["Event"]
@@ -15,12 +17,12 @@ __all__ = ["Event"]
 class Event(_sync.Event):
     """An event flag shared by the run's processes."""
 
-    def __init__(self, m_uid=None):
+    def __init__(self, m_uid: int | None = None) -> None:
         _sync.Event.__init__(self)
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         self.set()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.clear()

@@ -9,6 +9,8 @@ has no effect. Beyond the standard API, HPE's ``is_recursive()``,
 """
 from __future__ import annotations
 
+from typing import Any
+
 from .. import _native
 from .. import synchronize as _sync
 
@@ -18,14 +20,16 @@ __all__ = ["Lock"]
 class Lock(_sync.SemLock):
     """A lock shared by the run's processes (see the module docstring)."""
 
-    def __init__(self, m_uid=None, recursive: bool = False):
+    _semlock: _native.Lock | _native.RLock
+
+    def __init__(self, m_uid: int | None = None, recursive: bool = False) -> None:
         self._recursive = bool(recursive)
         _sync.SemLock.__init__(self, _native.RLock() if self._recursive else _native.Lock())
 
-    def __getstate__(self):
+    def __getstate__(self) -> tuple[bool, bytes]:
         return (self._recursive, self._semlock.handle)
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: Any) -> None:
         self._recursive, handle = state
         self._semlock = (_native.RLock if self._recursive else _native.Lock).attach(handle)
         self._make_methods()
@@ -48,7 +52,7 @@ class Lock(_sync.SemLock):
         lock that is not recursive)."""
         return self._semlock._count()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         kind = "recursive " if self._recursive else ""
         try:
             state = "held by this thread" if self.is_mine() else (

@@ -21,6 +21,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..infrastructure.policy import Policy
 
 __all__ = ["cpu_count", "current", "Node", "System"]
 
@@ -32,12 +36,12 @@ class NodeDescriptor:
     h_uid: int
     name: str
     host_name: str
-    ip_addrs: tuple
+    ip_addrs: tuple[str, ...]
     num_cpus: int
     physical_cpus: int
-    cpu_devices: tuple
+    cpu_devices: tuple[int, ...]
     physical_mem: int
-    accelerators: tuple = ()
+    accelerators: tuple[int, ...] = ()
     is_primary: bool = False
 
     @property
@@ -82,13 +86,14 @@ def _physical_mem() -> int:
         return 0
 
 
-def _ipv4_addrs() -> tuple:
+def _ipv4_addrs() -> tuple[str, ...]:
     """IPv4 addresses of the host's interfaces, loopback last."""
     import fcntl
     import struct
 
     siocgifaddr = 0x8915
-    found, loop = [], []
+    found: list[str] = []
+    loop: list[str] = []
     try:
         names = [n for _, n in socket.if_nameindex()]
     except OSError:
@@ -129,7 +134,7 @@ def _this_node() -> NodeDescriptor:
     return _local_node
 
 
-def _directory() -> list:
+def _directory() -> list[NodeDescriptor]:
     """Every node of the run."""
     from .. import _remote
 
@@ -166,7 +171,7 @@ def _current() -> NodeDescriptor:
     return _this_node()
 
 
-def _local_names(desc: NodeDescriptor) -> set:
+def _local_names(desc: NodeDescriptor) -> set[str]:
     names = {desc.host_name, desc.name, "localhost"}
     try:
         names.add(socket.getfqdn())
@@ -177,7 +182,7 @@ def _local_names(desc: NodeDescriptor) -> set:
     return names
 
 
-def _find(ident) -> NodeDescriptor:
+def _find(ident: object) -> NodeDescriptor:
     nodes = _directory()
     if isinstance(ident, Node):
         return ident._descr
@@ -211,7 +216,7 @@ class Node:
     :attr:`System.nodes`) or its host name. Raises :class:`KeyError` if
     the run has no such node."""
 
-    def __init__(self, ident):
+    def __init__(self, ident: int | str | Node) -> None:
         self._descr = _find(ident)
 
     def __repr__(self) -> str:
@@ -221,10 +226,10 @@ class Node:
         d = self._descr
         return "name=%s, h_uid=%s, hostname=%s, ip=%s" % (d.name, d.h_uid, d.host_name, list(d.ip_addrs))
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, Node) and other._descr.h_uid == self._descr.h_uid
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash(self._descr.h_uid)
 
     @property
@@ -244,7 +249,7 @@ class Node:
         return self._descr.host_name
 
     @property
-    def ip_addrs(self) -> list:
+    def ip_addrs(self) -> list[str]:
         """IPv4 addresses of the node (loopback last)."""
         return list(self._descr.ip_addrs)
 
@@ -261,7 +266,7 @@ class Node:
         return self._descr.physical_cpus
 
     @property
-    def cpus(self) -> list:
+    def cpus(self) -> list[int]:
         """The CPU ids processes of the run may use on this node (what
         ``Policy.cpu_affinity`` may name)."""
         return list(self._descr.cpu_devices)
@@ -271,13 +276,13 @@ class Node:
         return len(self._descr.accelerators)
 
     @property
-    def gpus(self):
+    def gpus(self) -> list[int] | None:
         """GPU device ids, or ``None`` when the node has none (as HPE
         Dragon reports it)."""
         return list(self._descr.accelerators) or None
 
     @property
-    def gpu_vendor(self):
+    def gpu_vendor(self) -> str | None:
         """``None``: no GPU detection on this runtime yet."""
         return None
 
@@ -301,7 +306,7 @@ class Node:
 
         if not _remote.multinode() or self._descr.h_uid == _remote.this_node():
             return "shm"
-        peers = _remote.transports().get("peers", {})
+        peers: dict[str, str] = _remote.transports().get("peers", {})
         return peers.get(str(self._descr.h_uid), "not linked yet")
 
 
@@ -313,11 +318,11 @@ def current() -> Node:
 class System:
     """The nodes of the run."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._descrs = list(_directory())
 
     @property
-    def nodes(self) -> list:
+    def nodes(self) -> list[int]:
         """Node ids (``h_uid``), one per node: pass them to :class:`Node`."""
         return [d.h_uid for d in self._descrs]
 
@@ -326,7 +331,7 @@ class System:
         return len(self._descrs)
 
     @property
-    def hostnames(self) -> list:
+    def hostnames(self) -> list[str]:
         return [d.host_name for d in self._descrs]
 
     @property
@@ -340,7 +345,7 @@ class System:
         return sum(d.num_cpus for d in self._descrs)
 
 
-def policy_node(policy) -> int | None:
+def policy_node(policy: Policy | None) -> int | None:
     """The node id ``policy`` places a process on, if it names one (a
     host that is not part of the run raises ``PolicyError``)."""
     from ..infrastructure.policy import Policy, PolicyError
@@ -370,7 +375,7 @@ def policy_node(policy) -> int | None:
     return None if node is None else node.h_uid
 
 
-def check_policy(policy) -> list | None:
+def check_policy(policy: Policy | None) -> list[int] | None:
     """Check ``policy`` (a merged :class:`~dragon.infrastructure.policy.Policy`)
     against the run's nodes; return the CPU list to apply (``None`` for no
     change). Raises :class:`~dragon.infrastructure.policy.PolicyError`."""
@@ -389,10 +394,10 @@ def check_policy(policy) -> list | None:
             raise PolicyError("Policy.gpu_affinity names GPU(s) %s, which node %r does not have (GPUs: %s)"
                               % (bad, node.host_name, have or "none"))
     if policy.cpu_affinity:
-        have = set(node.cpu_devices)
-        bad = [c for c in policy.cpu_affinity if c not in have]
+        offered = set(node.cpu_devices)
+        bad = [c for c in policy.cpu_affinity if c not in offered]
         if bad:
             raise PolicyError("Policy.cpu_affinity names CPU(s) %s, which node %r does not offer "
-                              "(CPUs: %s)" % (bad, node.host_name, sorted(have)))
+                              "(CPUs: %s)" % (bad, node.host_name, sorted(offered)))
         return list(policy.cpu_affinity)
     return None

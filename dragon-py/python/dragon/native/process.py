@@ -52,6 +52,7 @@ import subprocess
 import sys
 import threading
 import weakref
+from typing import Any, Callable, Protocol, Self, Sequence, TypeAlias
 
 from ..errors import DragonError
 from ..infrastructure.policy import Policy
@@ -70,6 +71,19 @@ DEVNULL = subprocess.DEVNULL
 MSG_PIPE = PIPE
 MSG_STDOUT = STDOUT
 MSG_DEVNULL = DEVNULL
+
+
+class _HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+
+#: A process's target: a Python callable, or the path (or name on ``PATH``)
+#: of an executable.
+Target: TypeAlias = "Callable[..., object] | str | bytes | os.PathLike[str] | os.PathLike[bytes]"
+#: What a standard stream of a process may be: ``None`` (inherited),
+#: ``PIPE``, ``DEVNULL``, ``STDOUT`` (stderr only), a file path, a descriptor,
+#: or an object with ``fileno()``.
+Stream: TypeAlias = "int | str | bytes | os.PathLike[str] | os.PathLike[bytes] | _HasFileno | None"
 
 
 class ProcessError(DragonError):
@@ -107,7 +121,7 @@ def _puid_of(pid: int) -> int | None:
     return None if ticks is None else make_puid(pid, ticks)
 
 
-_self_puid = (None, None)  # (pid, puid), recomputed after fork
+_self_puid: tuple[int | None, int | None] = (None, None)  # (pid, puid), recomputed after fork
 
 
 def my_puid() -> int:
@@ -116,7 +130,7 @@ def my_puid() -> int:
     pid = os.getpid()
     if _self_puid[0] != pid:
         _self_puid = (pid, _puid_of(pid))
-    return _self_puid[1]
+    return _self_puid[1]  # type: ignore[return-value]  # this process runs: it has start ticks
 
 
 # Processes started by this process, by puid and by name (weak: a process
@@ -129,7 +143,7 @@ _exit_codes: dict[int, int] = {}
 _names = itertools.count(1)
 
 
-def _registered(ident):
+def _registered(ident: object) -> Process | None:
     with _lock:
         if isinstance(ident, str):
             return _by_name.get(ident)
@@ -138,7 +152,7 @@ def _registered(ident):
     return None
 
 
-def _note_exit(puid, code):
+def _note_exit(puid: int | None, code: int | None) -> None:
     if puid is not None and code is not None:
         _exit_codes[puid] = code
 
@@ -165,13 +179,13 @@ def _find_executable(target: str, cwd: str) -> str:
         target)
 
 
-def _exec_args(args) -> list:
+def _exec_args(args: object) -> list[str]:
     if args is None:
         return []
     if isinstance(args, (str, bytes)):
         raise TypeError("args of an executable must be a list of arguments, not one string: %r" % (args,))
     out = []
-    for a in args:
+    for a in args:  # type: ignore[attr-defined]
         if isinstance(a, (str, bytes, os.PathLike)):
             out.append(os.fsdecode(a))
         elif isinstance(a, (int, float)) and not isinstance(a, bool):
@@ -181,7 +195,7 @@ def _exec_args(args) -> list:
     return out
 
 
-def _check_env(env):
+def _check_env(env: object) -> dict[str, str] | None:
     if env is None:
         return None
     if not isinstance(env, dict):
@@ -194,7 +208,7 @@ def _check_env(env):
     return dict(env)
 
 
-def _check_stream(name, value):
+def _check_stream(name: str, value: object) -> int | str | None:
     if isinstance(value, bool):
         raise TypeError("%s: %r is not a stream" % (name, value))
     if value is None or value in (PIPE, DEVNULL):
@@ -210,7 +224,8 @@ def _check_stream(name, value):
             raise ValueError("%s: %d is neither a descriptor nor PIPE/STDOUT/DEVNULL" % (name, value))
         return value
     if hasattr(value, "fileno"):
-        return value.fileno()
+        fileno: int = value.fileno()
+        return fileno
     raise TypeError("%s must be None, PIPE, DEVNULL%s, a path or a descriptor, not %r"
                     % (name, ", STDOUT" if name == "stderr" else "", value))
 
@@ -222,22 +237,22 @@ class _AliveFlag:
 
     __slots__ = ("_v",)
 
-    def __init__(self, v):
+    def __init__(self, v: object) -> None:
         self._v = bool(v)
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         return self._v
 
-    def __call__(self):
+    def __call__(self) -> bool:
         return self._v
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return bool(self) == other
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash(self._v)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return repr(self._v)
 
 
@@ -256,8 +271,21 @@ class ProcessTemplate:
     STDOUT = STDOUT
     DEVNULL = DEVNULL
 
-    def __init__(self, target, args=None, kwargs=None, cwd=".", env=None, stdin=None, stdout=None,
-                 stderr=None, policy=None, options=None):
+    target: Any  # Callable[..., object] for a Python target, else the executable's path (str)
+    args: Sequence[Any]  # a tuple for a Python target, a list of strings for an executable
+    kwargs: dict[str, Any] | None  # None for an executable
+    cwd: str
+    env: dict[str, str] | None
+    stdin: int | str | None
+    stdout: int | str | None
+    stderr: int | str | None
+    policy: Policy | None
+    options: Any
+
+    def __init__(self, target: Target, args: Sequence[Any] | None = None, kwargs: dict[str, Any] | None = None,
+                 cwd: str | os.PathLike[str] | None = ".", env: dict[str, str] | None = None,
+                 stdin: Stream = None, stdout: Stream = None, stderr: Stream = None,
+                 policy: Policy | None = None, options: Any = None) -> None:
         if cwd is None or cwd == ".":
             cwd = os.getcwd()
         cwd = os.path.abspath(os.fsdecode(cwd))
@@ -286,16 +314,17 @@ class ProcessTemplate:
         self.policy = policy
         self.options = options
 
-    def get_original_python_parameters(self):
+    def get_original_python_parameters(self) -> tuple[Callable[..., Any], Sequence[Any], dict[str, Any]]:
         """``(target, args, kwargs)`` of a Python template."""
         if not self.is_python:
             raise ProcessError("this template runs an executable, not a Python callable")
+        assert self.kwargs is not None  # a Python target's are a dict
         return self.target, self.args, self.kwargs
 
     def start(self) -> None:
         raise NotImplementedError("You need to create a Process object from this template to start it.")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "%s(%r, args=%r)" % (type(self).__name__, self.target, self.args)
 
 
@@ -307,7 +336,7 @@ class _Foreign:
     """A live process of the machine found by puid: liveness, waiting and
     signals through a pidfd (a reused pid is never signalled)."""
 
-    def __init__(self, puid):
+    def __init__(self, puid: int) -> None:
         pid, ticks = split_puid(puid)
         self.pid, self.puid = pid, puid
         try:
@@ -319,19 +348,19 @@ class _Foreign:
             self._pidfd = -1
             raise ProcessLookupError(pid)
 
-    def __del__(self):
+    def __del__(self) -> None:
         fd, self._pidfd = getattr(self, "_pidfd", -1), -1
         if fd >= 0:
             os.close(fd)
 
-    def exited(self, timeout=0.0) -> bool:
-        return _readable(self._pidfd, timeout)
+    def exited(self, timeout: float | None = 0.0) -> bool:
+        return bool(_readable(self._pidfd, timeout))
 
     @property
-    def exitcode(self):
+    def exitcode(self) -> int | None:
         return _exit_codes.get(self.puid) if self.exited() else None
 
-    def send_signal(self, sig):
+    def send_signal(self, sig: int) -> None:
         try:
             signal.pidfd_send_signal(self._pidfd, sig)
         except ProcessLookupError:
@@ -350,15 +379,32 @@ class Process(ProcessTemplate):
     the live processes this process started).
     """
 
-    def __new__(cls, target=None, *args, **kwargs):
+    started: bool
+    ident: str | int | None
+    stdin_conn: InputConnection | None
+    stdout_conn: OutputConnection | None
+    stderr_conn: OutputConnection | None
+    _mp: Any  # the multiprocessing process (a DragonProcess), once started
+    _view: str | None
+    _foreign: Any  # a _Foreign for a process found by puid
+    _known_code: int | None
+    _puid: int | None
+    _pid: int | None
+    _argv0: str | None
+    _umask: int | None
+
+    def __new__(cls, target: Target | None = None, *args: Any, **kwargs: Any) -> Self:
         if target is None and kwargs.get("ident") is not None:
             found = _registered(kwargs["ident"])
             if found is not None:
-                return found
+                return found  # type: ignore[return-value]  # a process of this class, or of a base
         return super().__new__(cls)
 
-    def __init__(self, target, args=None, kwargs=None, cwd=".", env=None, ident=None, _pmi_enabled=False,
-                 stdin=None, stdout=None, stderr=None, policy=None, options=None):
+    def __init__(self, target: Target | None, args: Sequence[Any] | None = None,
+                 kwargs: dict[str, Any] | None = None, cwd: str | os.PathLike[str] | None = ".",
+                 env: dict[str, str] | None = None, ident: str | int | None = None, _pmi_enabled: bool = False,
+                 stdin: Stream = None, stdout: Stream = None, stderr: Stream = None,
+                 policy: Policy | None = None, options: Any = None) -> None:
         if getattr(self, "_ready", False):
             return  # an existing process, returned by __new__
         self.started = False
@@ -387,12 +433,12 @@ class Process(ProcessTemplate):
                 raise ProcessError("a new process is named by a string; puids are given by the runtime")
             other = _registered(ident)
             if other is not None and other.is_alive:
-                raise ProcessError("A process %r already exists (puid %d)" % (ident, other.puid))
+                raise ProcessError("A process %r already exists (puid %s)" % (ident, other.puid))
         super().__init__(target, args, kwargs, cwd, env, stdin, stdout, stderr, policy, options)
         self._ready = True
 
     # -- lookup -------------------------------------------------------------------
-    def _init_view(self, ident):
+    def _init_view(self, ident: object) -> None:
         if isinstance(ident, str):
             raise ProcessError("no process named %r was started by this process" % ident)
         if isinstance(ident, bool) or not isinstance(ident, int):
@@ -415,7 +461,8 @@ class Process(ProcessTemplate):
                                    "it, so its exit code is unknown)" % ident) from None
 
     @classmethod
-    def from_template(cls, template: ProcessTemplate, ident: str | None = None, _pmi_enabled: bool = False):
+    def from_template(cls, template: ProcessTemplate, ident: str | None = None,
+                      _pmi_enabled: bool = False) -> Self:
         """A new (unstarted) process from ``template``."""
         if ident is not None and _registered(ident) is not None:
             raise ProcessError("A process %r already exists" % (ident,))
@@ -443,9 +490,11 @@ class Process(ProcessTemplate):
         node = machine.policy_node(self.policy)
         if not os.path.isdir(self.cwd):
             raise FileNotFoundError(errno.ENOENT, "working directory does not exist", self.cwd)
-        spec = {"kind": "python" if self.is_python else "exec", "cwd": self.cwd, "env": self.env,
+        spec: dict[str, Any] = {"kind": "python" if self.is_python else "exec", "cwd": self.cwd, "env": self.env,
                 "cpus": cpus, "umask": self._umask, "stdio": {}}
-        child_fds, conns, status_r = [], {}, -1
+        child_fds: list[int] = []
+        conns: dict[int, Any] = {}
+        status_r = -1
         try:
             self._redirect(spec, child_fds, conns)
             if self.is_python:
@@ -482,7 +531,7 @@ class Process(ProcessTemplate):
         if status_r >= 0:
             self._wait_exec(status_r)
 
-    def _python_call(self):
+    def _python_call(self) -> object:
         from multiprocessing.reduction import ForkingPickler
 
         call = (self.target, self.args, self.kwargs)
@@ -500,13 +549,13 @@ class Process(ProcessTemplate):
                 % (self.target, reason)) from None
         return _child.CloudCall(cloudpickle.dumps(call))
 
-    def _new_mp_process(self, spec):
+    def _new_mp_process(self, spec: dict[str, Any]) -> Any:
         from ..context import DragonProcess
 
         name = self.ident if isinstance(self.ident, str) else "NativeProcess-%d" % next(_names)
         return DragonProcess(target=_child.main, args=(spec,), name=name)
 
-    def _redirect(self, spec, child_fds, conns):
+    def _redirect(self, spec: dict[str, Any], child_fds: list[int], conns: dict[int, Any]) -> None:
         stdio = spec["stdio"]
         for fd, how in ((0, self.stdin), (1, self.stdout), (2, self.stderr)):
             if how is None:
@@ -536,7 +585,7 @@ class Process(ProcessTemplate):
                 child_fds.append(f)
                 stdio[fd] = (_child.FD, _child._Fd(f))
 
-    def _wait_exec(self, status_r):
+    def _wait_exec(self, status_r: int) -> None:
         import struct
 
         try:
@@ -559,22 +608,22 @@ class Process(ProcessTemplate):
         raise ProcessError("cannot start %s: %s" % (self.target, msg))
 
     # -- state ------------------------------------------------------------------
-    def _check_started(self):
+    def _check_started(self) -> None:
         if not self.started:
             raise ProcessError("the process has not been started")
 
     @property
-    def puid(self):
+    def puid(self) -> int | None:
         """The process's puid (``None`` before ``start()``)."""
         return self._puid
 
     @property
-    def pid(self):
+    def pid(self) -> int | None:
         """The OS process id (``None`` before ``start()``)."""
         return self._pid
 
     @property
-    def name(self):
+    def name(self) -> str | None:
         if isinstance(self.ident, str):
             return self.ident
         if self._mp is not None:
@@ -598,7 +647,7 @@ class Process(ProcessTemplate):
         return current_node().h_uid
 
     @property
-    def is_alive(self):
+    def is_alive(self) -> _AliveFlag:
         """Whether the process runs (usable as ``p.is_alive`` and as
         ``p.is_alive()``)."""
         if self._mp is not None:
@@ -613,7 +662,7 @@ class Process(ProcessTemplate):
         return _AliveFlag(False)
 
     @property
-    def returncode(self):
+    def returncode(self) -> int | None:
         """The exit code once the process has exited (negative: killed by
         that signal), ``None`` while it runs or if unknown."""
         if self._mp is not None:
@@ -626,7 +675,7 @@ class Process(ProcessTemplate):
 
     exitcode = returncode
 
-    def join(self, timeout: float | None = None):
+    def join(self, timeout: float | None = None) -> int | None:
         """Wait until the process exits, at most ``timeout`` seconds; return
         its exit code (``None`` on timeout)."""
         self._check_started()
@@ -642,7 +691,7 @@ class Process(ProcessTemplate):
             return self._foreign.exitcode
         return self._known_code
 
-    def send_signal(self, sig) -> None:
+    def send_signal(self, sig: int) -> None:
         """Send ``sig`` to the process (nothing happens if it has exited)."""
         self._check_started()
         if self._mp is not None:
@@ -660,10 +709,10 @@ class Process(ProcessTemplate):
         """Send ``SIGKILL``."""
         self.send_signal(signal.SIGKILL)
 
-    def _sentinel(self):
+    def _sentinel(self) -> int | None:
         return self._mp.sentinel if self._mp is not None else None
 
-    def children(self) -> list:
+    def children(self) -> list[Process]:
         """The live processes this process started (known for
         :func:`current` only)."""
         if self._view != "self":
@@ -688,12 +737,12 @@ class Process(ProcessTemplate):
             return Process(None, ident=puid)
         raise ProcessError("the parent of a process is known to that process and its parent only")
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         if self.started:
             return (_attach, (self._puid,))
         return (_rebuild_unstarted, (type(self), self.__dict__.copy()))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         if self.started:
             return "<%s %s puid=%s pid=%s%s>" % (
                 type(self).__name__, self.name, self._puid, self._pid,
@@ -701,17 +750,17 @@ class Process(ProcessTemplate):
         return "<%s %r (not started)>" % (type(self).__name__, self.target)
 
 
-def _attach(puid):
+def _attach(puid: int) -> Process:
     return Process(None, ident=puid)
 
 
-def _rebuild_unstarted(cls, state):
+def _rebuild_unstarted(cls: type[Process], state: dict[str, Any]) -> Process:
     obj = object.__new__(cls)
     obj.__dict__.update(state)
     return obj
 
 
-def _close_fds(fds):
+def _close_fds(fds: Sequence[int | None]) -> None:
     for fd in fds:
         if fd is not None and fd >= 0:
             try:
@@ -742,15 +791,23 @@ class Popen:
     STDOUT = STDOUT
     DEVNULL = DEVNULL
 
-    def __init__(self, args, executable=None, stdin=None, stdout=None, stderr=None, preexec_fn=None,
-                 shell=False, cwd=None, env=None, group=None, user=None, proc_name=None, umask=-1,
-                 pipesize=-1):
+    stdin: InputConnection | None
+    stdout: OutputConnection | None
+    stderr: OutputConnection | None
+
+    def __init__(self, args: str | bytes | os.PathLike[str] | os.PathLike[bytes] | Sequence[Any],
+                 executable: str | bytes | os.PathLike[str] | None = None, stdin: Stream = None,
+                 stdout: Stream = None, stderr: Stream = None, preexec_fn: Callable[[], object] | None = None,
+                 shell: bool = False, cwd: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None,
+                 group: str | int | None = None, user: str | int | None = None, proc_name: str | None = None,
+                 umask: int = -1, pipesize: int = -1) -> None:
         for name, value in (("preexec_fn", preexec_fn), ("group", group), ("user", user)):
             if value is not None:
                 raise NotImplementedError("Popen(%s=...) is not supported by this runtime" % name)
         self.args = args
+        argv: list[Any]
         if shell:
-            argv = ["/bin/sh", "-c", args if isinstance(args, str) else " ".join(map(str, args))]
+            argv = ["/bin/sh", "-c", args if isinstance(args, str) else " ".join(map(str, args))]  # type: ignore[arg-type]
             exe = executable or "/bin/sh"
         else:
             argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
@@ -773,53 +830,56 @@ class Popen:
         self.stdout = self._proc.stdout_conn
         self.stderr = self._proc.stderr_conn
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         for c in (self.stdin, self.stdout, self.stderr):
             if c is not None:
                 c.close()
         self.wait()
 
     @property
-    def pid(self):
+    def pid(self) -> int | None:
         return self._proc.pid
 
     @property
-    def puid(self):
+    def puid(self) -> int | None:
         return self._proc.puid
 
     @property
-    def returncode(self):
+    def returncode(self) -> int | None:
         return self._proc.returncode
 
-    def poll(self):
+    def poll(self) -> int | None:
         """The exit code if the process has exited, else ``None``."""
         return self._proc.returncode
 
-    def wait(self, timeout=None):
+    def wait(self, timeout: float | None = None) -> int:
         """Wait for the exit code; ``subprocess.TimeoutExpired`` on timeout."""
         code = self._proc.join(timeout)
         if code is None:
-            raise subprocess.TimeoutExpired(self.args, timeout)
+            raise subprocess.TimeoutExpired(self.args, timeout)  # type: ignore[arg-type]
         return code
 
-    def communicate(self, input=None, timeout=None):
+    def communicate(self, input: str | None = None,
+                    timeout: float | None = None) -> tuple[str | None, str | None]:
         """Send ``input`` to stdin, read stdout and stderr to their ends,
         wait for the exit; returns ``(stdout, stderr)`` (text, ``None`` for
         a stream that is not a pipe)."""
-        out, err = [], []
+        out: list[str] = []
+        err: list[str] = []
         threads = []
-        if self.stdin is not None:
-            def feed():
+        stdin = self.stdin
+        if stdin is not None:
+            def feed() -> None:
                 try:
                     if input:
-                        self.stdin.send(input)
+                        stdin.send(input)
                 except BrokenPipeError:
                     pass
                 finally:
-                    self.stdin.close()
+                    stdin.close()
 
             threads.append(threading.Thread(target=feed, daemon=True))
         for conn, sink in ((self.stdout, out), (self.stderr, err)):
@@ -832,15 +892,15 @@ class Popen:
         for t in threads:
             t.join(timeout)
         if code is None or any(t.is_alive() for t in threads):
-            raise subprocess.TimeoutExpired(self.args, timeout)
+            raise subprocess.TimeoutExpired(self.args, timeout)  # type: ignore[arg-type]
         return (out[0] if self.stdout is not None else None,
                 err[0] if self.stderr is not None else None)
 
-    def send_signal(self, sig):
+    def send_signal(self, sig: int) -> None:
         self._proc.send_signal(sig)
 
-    def terminate(self):
+    def terminate(self) -> None:
         self._proc.terminate()
 
-    def kill(self):
+    def kill(self) -> None:
         self._proc.kill()

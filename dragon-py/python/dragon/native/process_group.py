@@ -56,6 +56,7 @@ import select
 import signal
 import threading
 import time
+from typing import Any, Self
 
 from ..errors import DragonError
 from ..infrastructure.policy import Policy
@@ -119,7 +120,7 @@ class DragonUserCodeError(DragonProcessGroupError):
     """Processes of the group exited with errors (their exit codes are in
     ``exit_codes``)."""
 
-    def __init__(self, message, exit_codes=()):
+    def __init__(self, message: str, exit_codes: Any = ()) -> None:
         super().__init__(message)
         self.exit_codes = list(exit_codes)
 
@@ -129,18 +130,19 @@ class _Slot:
 
     __slots__ = ("template", "proc", "started_at", "backoff", "restart_at")
 
-    def __init__(self, template):
+    def __init__(self, template: ProcessTemplate) -> None:
         self.template = template
-        self.proc = None
+        self.proc: Process | None = None
         self.started_at = 0.0
         self.backoff = 0.0
-        self.restart_at = None
+        self.restart_at: float | None = None
 
 
 class _Manager:
     """The group's state and the thread that watches its processes."""
 
-    def __init__(self, templates, restart, ignore_error_on_exit, walltime, policy, name):
+    def __init__(self, templates: list[tuple[int, ProcessTemplate]], restart: bool, ignore_error_on_exit: bool,
+                 walltime: float | None, policy: Policy | None, name: str | None) -> None:
         self.templates = templates
         self.restart_default = restart
         self.ignore_error = ignore_error_on_exit
@@ -148,20 +150,20 @@ class _Manager:
         self.policy = policy
         self.name = name
         self.cv = threading.Condition()
-        self.slots = []
-        self.inactive = []          # (puid, exit code) of every process that exited
+        self.slots: list[_Slot] = []
+        self.inactive: list[tuple[int, int | None]] = []  # (puid, exit code) of every process that exited
         # The last exited processes themselves, so that Process(None, ident=puid)
         # still finds them and their captured output stays readable.
-        self.exited_procs = collections.OrderedDict()
+        self.exited_procs: collections.OrderedDict[int, Process] = collections.OrderedDict()
         self.restart = False
         self.running = False
-        self.signalled = set()      # puids the group signalled: their exits are not errors
-        self.stopping = None        # [stage, deadline, patience] while stopping
-        self.error_codes = []       # exit codes not yet reported by join()
+        self.signalled: set[int | None] = set()  # puids the group signalled: their exits are not errors
+        self.stopping: list[Any] | None = None  # [stage, deadline, patience] while stopping
+        self.error_codes: list[int | None] = []  # exit codes not yet reported by join()
         self.error_seen = False
-        self.deadline = None        # walltime
-        self.start_error = None     # a restart that failed
-        self.base_policy = None     # the caller's policy when start() was called
+        self.deadline: float | None = None  # walltime
+        self.start_error: Exception | None = None  # a restart that failed
+        self.base_policy: Policy | None = None  # the caller's policy when start() was called
         self.closed = False
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
@@ -170,25 +172,25 @@ class _Manager:
         self.thread.start()
 
     # -- helpers (called with cv held) ------------------------------------------
-    def _wake(self):
+    def _wake(self) -> None:
         try:
             os.write(self.wake_w, b"x")
         except (BlockingIOError, OSError):
             pass
 
-    def live(self):
+    def live(self) -> list[Process]:
         return [s.proc for s in self.slots if s.proc is not None]
 
-    def busy(self):
+    def busy(self) -> bool:
         return any(s.proc is not None or s.restart_at is not None for s in self.slots)
 
-    def _policy_for(self, template):
+    def _policy_for(self, template: ProcessTemplate) -> Policy:
         # The policy in force where start() was called (restarts happen in
         # the watching thread, whose own policy stack is the default), then
         # the group's, then the template's.
         return Policy.merge(Policy.merge(self.base_policy, self.policy), template.policy)
 
-    def _start_slot(self, slot):
+    def _start_slot(self, slot: _Slot) -> None:
         t = slot.template
         proc = Process.from_template(t)
         proc.policy = self._policy_for(t)
@@ -197,7 +199,7 @@ class _Manager:
         slot.started_at = time.monotonic()
         slot.restart_at = None
 
-    def signal_all(self, sig):
+    def signal_all(self, sig: int) -> None:
         for p in self.live():
             self.signalled.add(p.puid)
             try:
@@ -205,7 +207,7 @@ class _Manager:
             except Exception:
                 pass
 
-    def begin_stop(self, patience):
+    def begin_stop(self, patience: float) -> None:
         self.restart = False
         for s in self.slots:
             s.restart_at = None
@@ -215,7 +217,7 @@ class _Manager:
         self._wake()
 
     # -- the watching thread ----------------------------------------------------
-    def _run(self):
+    def _run(self) -> None:
         while True:
             with self.cv:
                 if self.closed:
@@ -224,10 +226,10 @@ class _Manager:
                 # are closed (and their numbers reused) once they are dropped.
                 poller = select.poll()
                 poller.register(self.wake_r, select.POLLIN)
-                by_fd = {}
+                by_fd: dict[int, _Slot] = {}
                 for slot in self.slots:
                     if slot.proc is not None:
-                        fd = slot.proc._sentinel()
+                        fd: int = slot.proc._sentinel()  # type: ignore[assignment]  # a started process's
                         by_fd[fd] = slot
                         poller.register(fd, select.POLLIN)
                 timeout = self._next_deadline()
@@ -240,16 +242,16 @@ class _Manager:
                         except OSError:
                             pass
                         continue
-                    slot = by_fd.get(fd)
-                    if slot is not None and slot.proc is not None and slot.proc._sentinel() == fd:
-                        self._exited(slot)
+                    hit = by_fd.get(fd)
+                    if hit is not None and hit.proc is not None and hit.proc._sentinel() == fd:
+                        self._exited(hit)
                 self._deadlines()
                 if self.running and not self.busy():
                     self.running = False
                     self.stopping = None
                 self.cv.notify_all()
 
-    def _next_deadline(self):
+    def _next_deadline(self) -> float | None:
         now = time.monotonic()
         times = [s.restart_at for s in self.slots if s.restart_at is not None]
         if self.stopping is not None and self.stopping[1] is not None:
@@ -258,7 +260,7 @@ class _Manager:
             times.append(self.deadline)
         return None if not times else max(0.0, min(times) - now)
 
-    def _deadlines(self):
+    def _deadlines(self) -> None:
         now = time.monotonic()
         if self.deadline is not None and self.running and now >= self.deadline:
             self.deadline = None
@@ -284,8 +286,9 @@ class _Manager:
                     self.error_seen = True
                     self.start_error = e
 
-    def _exited(self, slot):
+    def _exited(self, slot: _Slot) -> None:
         proc, slot.proc = slot.proc, None
+        assert proc is not None and proc.puid is not None  # a started process
         proc.join(0)
         code = proc.returncode
         _note_exit(proc.puid, code)
@@ -309,7 +312,7 @@ class _Manager:
             slot.restart_at = time.monotonic() + slot.backoff
 
     # -- operations from the group's owner ---------------------------------------
-    def start(self):
+    def start(self) -> None:
         with self.cv:
             if self.running:
                 raise DragonProcessGroupRunningError("the group is already running; join() or stop() it first")
@@ -341,7 +344,7 @@ class _Manager:
             self.deadline = time.monotonic() + self.walltime if self.walltime else None
             self._wake()
 
-    def wait_idle(self, timeout):
+    def wait_idle(self, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.cv:
             while self.busy() or self.running:
@@ -356,7 +359,7 @@ class _Manager:
                     self.cv.wait(left)
         return True
 
-    def take_error(self):
+    def take_error(self) -> None:
         with self.cv:
             codes, self.error_codes = self.error_codes, []
             err = self.start_error
@@ -366,7 +369,7 @@ class _Manager:
         if codes:
             raise DragonUserCodeError("Error(s) in user-provided code resulted in exit codes: %s" % codes, codes)
 
-    def shutdown(self, patience):
+    def shutdown(self, patience: float) -> None:
         """Stop every process (escalating), stop the thread."""
         with self.cv:
             if self.closed:
@@ -385,7 +388,7 @@ class _Manager:
                 pass
 
 
-def _shutdown_at_exit(mgr):
+def _shutdown_at_exit(mgr: _Manager) -> None:
     try:
         mgr.shutdown(_EXIT_PATIENCE)
     except Exception:
@@ -398,7 +401,7 @@ class ProcessGroup:
 
     def __init__(self, restart: bool = False, ignore_error_on_exit: bool = False, pmi_enabled: bool = False,
                  walltime: float | None = None, policy: Policy | None = None, critical: bool = False,
-                 name: str | None = None):
+                 name: str | None = None) -> None:
         if walltime is not None:
             if isinstance(walltime, bool) or not isinstance(walltime, (int, float)) or walltime <= 0:
                 raise ValueError("walltime must be a positive number of seconds, not %r" % (walltime,))
@@ -411,9 +414,9 @@ class ProcessGroup:
         self.policy = policy
         self.critical = bool(critical)
         self.name = name
-        self._templates = []
-        self._mgr = None
-        self._finalizer = None
+        self._templates: list[tuple[int, ProcessTemplate]] = []
+        self._mgr: _Manager | None = None
+        self._finalizer: Any = None  # a multiprocessing.util.Finalize while initialized
 
     # -- set-up -------------------------------------------------------------------
     def add_process(self, nproc: int, template: ProcessTemplate) -> None:
@@ -428,7 +431,7 @@ class ProcessGroup:
         self._templates.append((nproc, template))
 
     @property
-    def templates(self) -> list:
+    def templates(self) -> list[tuple[int, ProcessTemplate]]:
         return list(self._templates)
 
     @property
@@ -481,7 +484,7 @@ class ProcessGroup:
                 s.restart_at = None
             mgr._wake()
 
-    def send_signal(self, sig, hide_stderr: bool = False) -> None:
+    def send_signal(self, sig: int, hide_stderr: bool = False) -> None:
         """Send ``sig`` to every running process of the group."""
         mgr = self._manager()
         with mgr.cv:
@@ -518,26 +521,26 @@ class ProcessGroup:
             self._finalizer = None
         mgr.shutdown(patience)
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __getstate__(self):
+    def __getstate__(self) -> Any:
         raise TypeError("a ProcessGroup is managed by the process that created it and cannot be pickled; "
                         "send its puids instead")
 
     # -- state --------------------------------------------------------------------
     @property
-    def puids(self) -> list:
+    def puids(self) -> list[int]:
         """Puids of the group's running processes."""
         mgr = self._manager()
         with mgr.cv:
-            return [p.puid for p in mgr.live()]
+            return [p.puid for p in mgr.live()]  # type: ignore[misc]  # started: puids are set
 
     @property
-    def inactive_puids(self) -> list:
+    def inactive_puids(self) -> list[tuple[int, int | None]]:
         """``(puid, exit code)`` of every process of the group that exited
         (restarted ones included)."""
         mgr = self._manager()
@@ -545,7 +548,7 @@ class ProcessGroup:
             return list(mgr.inactive)
 
     @property
-    def exit_status(self) -> list:
+    def exit_status(self) -> list[tuple[int, int | None]]:
         return self.inactive_puids
 
     @property
@@ -562,6 +565,6 @@ class ProcessGroup:
 
     status = _state
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = self._state if self._mgr is not None else "uninitialized"
         return "<ProcessGroup %s nproc=%d %s>" % (self.name or hex(id(self)), self.nproc, state)

@@ -41,7 +41,10 @@ Differences from HPE Dragon:
 from __future__ import annotations
 
 import queue as _stdqueue
+import threading
 import time
+import types
+from typing import IO, Any, Protocol
 
 from .. import queues as _queues
 from ..errors import DragonError
@@ -56,7 +59,16 @@ _EXTERNAL_CHANNELS = ("%s: this runtime has no channel objects made outside a qu
                       "argument, and share the queue by pickling it or with serialize() and Queue.attach()")
 
 
-def _dump_pickler(pickler):
+class Pickler(Protocol):
+    """What ``Queue(pickler=...)`` takes: ``cloudpickle``, ``pickle`` or an
+    object of your own with these two functions."""
+
+    def dump(self, obj: Any, file: IO[bytes], /) -> None: ...
+
+    def load(self, file: IO[bytes], /) -> Any: ...
+
+
+def _dump_pickler(pickler: object) -> bytes | None:
     if pickler is None:
         return None
     import cloudpickle
@@ -64,7 +76,7 @@ def _dump_pickler(pickler):
     return cloudpickle.dumps(pickler)
 
 
-def _load_pickler(data):
+def _load_pickler(data: bytes) -> Any:
     import cloudpickle
 
     return cloudpickle.loads(data)
@@ -82,10 +94,13 @@ class _TooManyTaskDone(QueueError, ValueError):
 class Queue(_queues.JoinableQueue):
     """A queue of pickled objects shared by the run's processes."""
 
-    def __init__(self, maxsize: int = DEFAULT_MAXSIZE, *, m_uid=None, pool=None, block_size=None,
-                 joinable: bool = False, buffered: bool = True, policy=None, num_streams: int = 0,
-                 main_channel=None, mgr_channel=None, sem_channel=None, strm_channels=None, pickler=None,
-                 _ext_channel=None):
+    _pickler: Any  # a Pickler, or None (multiprocessing's pickling)
+
+    def __init__(self, maxsize: int = DEFAULT_MAXSIZE, *, m_uid: int | None = None, pool: object = None,
+                 block_size: int | None = None, joinable: bool = False, buffered: bool = True,
+                 policy: object = None, num_streams: int = 0, main_channel: object = None,
+                 mgr_channel: object = None, sem_channel: object = None, strm_channels: object = None,
+                 pickler: Pickler | types.ModuleType | None = None, _ext_channel: object = None) -> None:
         if isinstance(maxsize, bool) or not isinstance(maxsize, int):
             raise TypeError("maxsize must be an integer, not %r" % (maxsize,))
         if isinstance(num_streams, bool) or not isinstance(num_streams, int) or num_streams < 0:
@@ -114,7 +129,7 @@ class Queue(_queues.JoinableQueue):
             self._cond = Condition(Lock())
 
     # -- pickling -----------------------------------------------------------------
-    def __getstate__(self):
+    def __getstate__(self) -> tuple[Any, ...]:
         if self._closed:
             raise ValueError("Queue %r is closed" % self)
         state = _queues.Queue.__getstate__(self)
@@ -123,7 +138,7 @@ class Queue(_queues.JoinableQueue):
             return state + extra + (True, self._cond, self._unfinished_tasks)
         return state + extra + (False,)
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
         if state[-1] is False:
             base, extra = state[:-4], state[-4:-1]
             self._joinable = False
@@ -163,7 +178,8 @@ class Queue(_queues.JoinableQueue):
         return q
 
     # -- items, with a custom pickler ---------------------------------------------
-    def put(self, obj, block: bool = True, timeout: float | None = None, *, stream_channel=None) -> None:
+    def put(self, obj: Any, block: bool = True, timeout: float | None = None, *,
+            stream_channel: object = None) -> None:
         """Put ``obj`` on the queue (``queue.Full`` if a bounded queue stays
         full)."""
         if stream_channel is not None:
@@ -181,7 +197,7 @@ class Queue(_queues.JoinableQueue):
         self._used = True
         self._put_item(buf.getbuffer(), _wire.TAG_RAW, block, timeout)
 
-    def get(self, block: bool = True, timeout: float | None = None, *, stream_channel=None):
+    def get(self, block: bool = True, timeout: float | None = None, *, stream_channel: object = None) -> Any:
         """Remove and return an item (``queue.Empty`` if none comes)."""
         if stream_channel is not None:
             raise NotImplementedError(_EXTERNAL_CHANNELS % "get(stream_channel=...)")
@@ -200,7 +216,7 @@ class Queue(_queues.JoinableQueue):
             return _wire.loads(data)
         return data
 
-    def get_nowait(self, *, stream_channel=None):
+    def get_nowait(self, *, stream_channel: object = None) -> Any:
         return self.get(False, stream_channel=stream_channel)
 
     @property
@@ -214,14 +230,14 @@ class Queue(_queues.JoinableQueue):
         return self._buffered
 
     # -- HPE spellings ------------------------------------------------------------
-    def _put_item(self, data, prefix, block, timeout):
+    def _put_item(self, data: Any, prefix: int, block: bool = True, timeout: float | None = None) -> None:
         # Only a joinable queue counts its tasks.
         if self._joinable:
             _queues.JoinableQueue._put_item(self, data, prefix, block, timeout)
         else:
             _queues.Queue._put_data(self, data, prefix, block, timeout)
 
-    def put_nowait(self, obj, *, stream_channel=None) -> None:
+    def put_nowait(self, obj: Any, *, stream_channel: object = None) -> None:
         self.put(obj, False, stream_channel=stream_channel)
 
     @property
@@ -239,7 +255,7 @@ class Queue(_queues.JoinableQueue):
         except ValueError:
             raise _TooManyTaskDone("task_done() called more times than items were put") from None
 
-    def join(self, *args, timeout: float | None = None, **kwargs) -> None:
+    def join(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> None:
         """Wait until every item put on a joinable queue has been marked done
         (``TimeoutError`` after ``timeout`` seconds)."""
         if not self._joinable:
@@ -285,7 +301,7 @@ class Queue(_queues.JoinableQueue):
         except DragonError:
             pass
 
-    def thread_wait(self, timeout, done_ev, ready) -> None:
+    def thread_wait(self, timeout: float | None, done_ev: threading.Event, ready: list[Queue]) -> None:
         """Wait (in a helper thread of HPE's ``wait``) until an item is there
         or ``done_ev`` is set; append this queue to ``ready`` if an item
         came."""
@@ -301,7 +317,7 @@ class Queue(_queues.JoinableQueue):
                 return
         done_ev.set()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<dragon.native.queue.Queue %s maxsize=%s%s>" % (
             self._ch.name, self._maxsize if self._maxsize < 2**31 - 1 else "unbounded",
             " joinable" if self._joinable else "")

@@ -8,6 +8,8 @@ accepted and has no effect.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from .. import _native
 from .. import synchronize as _sync
 
@@ -19,20 +21,22 @@ class Semaphore(_sync.SemLock):
 
     _native_type = _native.Semaphore
 
-    def __init__(self, value: int = 1, *, m_uid=None, bounded: bool = False):
+    _semlock: _native.Semaphore
+
+    def __init__(self, value: int = 1, *, m_uid: int | None = None, bounded: bool = False) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError("semaphore initial value must be an integer >= 0, not %r" % (value,))
         self._bounded = bool(bounded)
         self._initial_value = value
         _sync.SemLock.__init__(self, _native.Semaphore(value, value if bounded else None))
 
-    def _make_methods(self):
+    def _make_methods(self) -> None:
         pass  # acquire/release below take HPE's arguments
 
-    def __getstate__(self):
+    def __getstate__(self) -> tuple[bool, int, bytes]:
         return (self._bounded, self._initial_value, self._semlock.handle)
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: Any) -> None:
         self._bounded, self._initial_value, handle = state
         self._semlock = _native.Semaphore.attach(handle)
 
@@ -54,7 +58,8 @@ class Semaphore(_sync.SemLock):
     def get_value(self) -> int:
         return self._semlock.get_value()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
+        value: int | str
         try:
             value = self.get_value()
         except Exception:

@@ -11,13 +11,14 @@ accepted and has no effect.
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
 from .. import sharedctypes as _shared
 
 __all__ = ["Value"]
 
 
-def _resolve(typecode_or_type):
+def _resolve(typecode_or_type: str | type[Any]) -> type[Any]:
     if isinstance(typecode_or_type, str):
         try:
             return _shared.typecode_to_type[typecode_or_type]
@@ -34,7 +35,10 @@ def _resolve(typecode_or_type):
 class Value(_shared.Synchronized):
     """A shared ctypes value with a lock."""
 
-    def __init__(self, typecode_or_type, value=0, m_uid=None, *, lock=True):
+    _obj: Any  # the shared ctypes object
+
+    def __init__(self, typecode_or_type: str | type[Any], value: Any = 0, m_uid: int | None = None, *,
+                 lock: Any = True) -> None:
         type_ = _resolve(typecode_or_type)
         if issubclass(type_, (ctypes.Structure, ctypes.Union)):
             raw = _shared.RawValue(type_) if value == 0 else _shared.RawValue(type_, *value)
@@ -42,15 +46,15 @@ class Value(_shared.Synchronized):
             raw = _shared.RawValue(type_, value)
         _shared.Synchronized.__init__(self, raw, _shared._lock_for(lock, None))
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         spec, lock = _shared._reduce_synchronized(self)[1]
         return (_rebuild, (spec, lock))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<dragon.native.value.Value %s(%r)>" % (type(self._obj).__name__, self._obj.value)
 
 
-def _rebuild(spec, lock):
+def _rebuild(spec: Any, lock: Any) -> Value:
     obj = Value.__new__(Value)
     _shared.Synchronized.__init__(obj, _shared._rebuild_ctype(*spec), lock)
     return obj
