@@ -15,7 +15,13 @@ export CARGO_TERM_COLOR ?= never
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
+
+# The development requirements, installed again when the list changes (so an
+# older venv gets a new entry).
+REQS := $(VENV)/requirements.stamp
+$(REQS): dragon-py/requirements-dev.txt | $(VPY)
 	$(VPY) -m pip install -q -r dragon-py/requirements-dev.txt
+	touch $@
 
 # The off-node transport plugin ships inside the package (dragon/).
 PLUGIN_SO := dragon-py/python/dragon/libdragon_transport_tcp.so
@@ -31,7 +37,7 @@ plugin:
 # Build the extension in release mode and install the package into the venv
 # (editable: the Python sources are used where they are; the start-method
 # hook, dragon_hook.pth and its module, is installed as the wheel's data).
-setup: $(VPY) plugin
+setup: $(REQS) plugin
 	@# The distribution was called "dragon" before it was "dragon-rs".
 	@$(VPY) -m pip uninstall -q -y dragon >/dev/null 2>&1 || true
 	cd dragon-py && ../$(VENV)/bin/maturin develop --release -q $(MATURIN_FEATURES)
@@ -41,7 +47,7 @@ setup: $(VPY) plugin
 
 # The distribution (dist/): the abi3 manylinux wheel, its libraries'
 # debug information split off into dist/debug/, and the sdist.
-wheel: $(VPY) plugin
+wheel: $(REQS) plugin
 	rm -rf dist
 	cd dragon-py && ../$(VENV)/bin/maturin build --release -q $(MATURIN_FEATURES) --out ../dist
 	cd dragon-py && ../$(VENV)/bin/maturin sdist --out ../dist >/dev/null
@@ -55,10 +61,13 @@ demo: setup
 	@for f in examples/*.py; do echo "== $$f"; $(VPY) $$f || exit 1; done
 
 # clippy.toml keeps atomics and UnsafeCell behind shm_primitives::sync.
-lint: typecheck
+# stubtest (mypy) checks dragon/_native.pyi against the built extension:
+# every name it registers, every signature (a few seconds).
+lint: typecheck setup
 	$(CARGO) fmt --all --check
 	$(CARGO) fmt --manifest-path channels-bench/Cargo.toml --check
 	$(CARGO) clippy --workspace --all-targets -q -- -D warnings
+	MYPY_CACHE_DIR=target/mypy-cache $(VPY) -m mypy.stubtest --concise dragon._native
 
 # mypy --strict on examples/*.py and the typed public API (dragon.native,
 # dragon.data.ddict, Policy): the files and settings are in
@@ -94,7 +103,7 @@ test-pythons: setup
 # The multi-node test bed (testbed/cluster.py): nodes made of namespaces on
 # one machine, each with its own sshd. Needs root and openssh-server (CI
 # has both); DRAGON_SKIP_NETNS=1 skips it elsewhere. About 20 s.
-test-testbed: $(VPY)
+test-testbed: $(REQS)
 	$(VPY) -m pytest -q testbed
 
 test: lint test-rust test-loom test-py oracle test-pythons test-testbed test-wheel

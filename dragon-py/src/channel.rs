@@ -40,15 +40,13 @@
 //! attach any more.
 use crate::blocking::{block_timeout, detached, timeout, Interrupt};
 use crate::errors::{
-    DestroyedError, DragonError, InvalidHandleError, MessageTooLargeError, NotLocalError, SharedMemoryError,
+    channel_err, handle_err, recv_err, select_err, send_err, try_recv_err, DragonError, InvalidHandleError,
+    NotLocalError, SendFail,
 };
 use crate::lent::{self, TAG_LENT};
-use channels_core::{
-    AllocError, BackingError, ChannelError, ChannelOptions, RecvTimeoutError, Roles, SelectError, SendTimeoutError,
-    TryRecvError,
-};
+use channels_core::{ChannelOptions, RecvTimeoutError, Roles, SelectError, SendTimeoutError, TryRecvError};
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyBrokenPipeError, PyEOFError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyList, PyTuple};
@@ -71,31 +69,6 @@ pub(crate) const SENT: u8 = 1;
 pub(crate) const NOT_SENT: u8 = 0;
 /// Shared memory for large messages is exhausted for now: retry later.
 const NO_MEMORY: u8 = 2;
-
-fn channel_err(e: ChannelError) -> PyErr {
-    match e {
-        ChannelError::Handle(h) => InvalidHandleError::new_err(format!("bad channel handle: {h}")),
-        ChannelError::NotFound(_) | ChannelError::Destroyed | ChannelError::Stale { .. } => {
-            DestroyedError::new_err(e.to_string())
-        }
-        ChannelError::NotAChannel(_) | ChannelError::LayoutVersion { .. } => InvalidHandleError::new_err(e.to_string()),
-        ChannelError::InvalidOptions(m) => PyValueError::new_err(m),
-        ChannelError::Backing(BackingError::NoSpace(m)) => SharedMemoryError::new_err((libc::ENOSPC, m)),
-        ChannelError::Backing(b) => SharedMemoryError::new_err(b.to_string()),
-        other => DragonError::new_err(other.to_string()),
-    }
-}
-
-fn alloc_err(e: &AllocError) -> Option<PyErr> {
-    match e {
-        AllocError::TooLarge { .. } => Some(MessageTooLargeError::new_err(e.to_string())),
-        AllocError::LimitReached { .. }
-        | AllocError::OutOfSegments { .. }
-        | AllocError::Backing(BackingError::NoSpace(_)) => None,
-        AllocError::Backing(BackingError::NotFound(_)) => Some(DestroyedError::new_err(e.to_string())),
-        _ => Some(SharedMemoryError::new_err(e.to_string())),
-    }
-}
 
 /// One attachment of this process.
 struct Att {
@@ -267,7 +240,7 @@ fn attach_local(py: Python<'_>, handle: &[u8], send: bool, recv: bool) -> PyResu
             }
         }
     }
-    let h = Handle::from_bytes(handle).map_err(|e| InvalidHandleError::new_err(format!("bad channel handle: {e}")))?;
+    let h = Handle::from_bytes(handle).map_err(|e| handle_err("channel", e))?;
     if h.kind != shm_primitives::Kind::Channel {
         return Err(InvalidHandleError::new_err(format!("handle is for a {:?}, not a channel", h.kind)));
     }
@@ -325,8 +298,7 @@ impl Channel {
     #[staticmethod]
     #[pyo3(signature = (handle, send=true, recv=true))]
     fn attach(py: Python<'_>, handle: &[u8], send: bool, recv: bool) -> PyResult<Py<PyAny>> {
-        let h =
-            Handle::from_bytes(handle).map_err(|e| InvalidHandleError::new_err(format!("bad channel handle: {e}")))?;
+        let h = Handle::from_bytes(handle).map_err(|e| handle_err("channel", e))?;
         if h.kind == shm_primitives::Kind::Channel && h.address.is_empty() && h.node != transport_shm::this_node() {
             if std::env::var_os("DRAGON_SERVICE").is_none() {
                 return Err(NotLocalError::new_err(format!(
@@ -419,7 +391,7 @@ impl Channel {
                     copy_err = Some(e);
                 }
             });
-            let r = r.map_err(|e| map_send_err(e.map_into()));
+            let r = r.map_err(|e| send_err(e.map_into()));
             if let Some(e) = copy_err {
                 return Err(e);
             }
@@ -452,7 +424,7 @@ impl Channel {
             Ok(()) => Ok(SENT),
             Err(SendTimeoutError::Timeout(())) => Ok(NOT_SENT),
             Err(SendTimeoutError::Interrupted(())) => Err(int.into_err()),
-            Err(e) => match map_send_err(e) {
+            Err(e) => match send_err(e) {
                 SendFail::NoMemory => Ok(NO_MEMORY),
                 SendFail::Err(e) => Err(e),
                 SendFail::Full => Ok(NOT_SENT),
@@ -476,9 +448,7 @@ impl Channel {
         match ch.try_recv() {
             Ok(m) => return received(py, &m).map(Some),
             Err(TryRecvError::Empty) => {}
-            Err(TryRecvError::Disconnected) => return Err(PyEOFError::new_err("the channel is closed")),
-            Err(TryRecvError::Destroyed) => return Err(DestroyedError::new_err("the channel was destroyed")),
-            Err(_) => return Err(DragonError::new_err("receive failed")),
+            Err(e) => return Err(try_recv_err(e)),
         }
         let t = block_timeout(block, timeout)?;
         if t == Some(Duration::ZERO) {
@@ -492,9 +462,7 @@ impl Channel {
             Ok(m) => received(py, &m).map(Some),
             Err(RecvTimeoutError::Timeout) => Ok(None),
             Err(RecvTimeoutError::Interrupted) => interrupted(py, int),
-            Err(RecvTimeoutError::Disconnected) => Err(PyEOFError::new_err("the channel is closed")),
-            Err(RecvTimeoutError::Destroyed) => Err(DestroyedError::new_err("the channel was destroyed")),
-            Err(_) => Err(DragonError::new_err("receive failed")),
+            Err(e) => Err(recv_err(e, int)),
         }
     }
 
@@ -604,28 +572,6 @@ fn adopt_pid(reg: &mut (u32, HashMap<Key, Weak<Att>>)) {
     reg.1.retain(|_, w| w.strong_count() > 0);
 }
 
-enum SendFail {
-    Full,
-    NoMemory,
-    Err(PyErr),
-}
-
-fn map_send_err(e: SendTimeoutError<()>) -> SendFail {
-    match e {
-        SendTimeoutError::Timeout(()) => SendFail::Full,
-        SendTimeoutError::Disconnected(()) => {
-            SendFail::Err(PyBrokenPipeError::new_err("the channel is closed: nobody will receive"))
-        }
-        SendTimeoutError::Destroyed(()) => SendFail::Err(DestroyedError::new_err("the channel was destroyed")),
-        SendTimeoutError::Alloc((), a) => match alloc_err(&a) {
-            None => SendFail::NoMemory,
-            Some(e) => SendFail::Err(e),
-        },
-        SendTimeoutError::Interrupted(()) => SendFail::Err(DragonError::new_err("send interrupted")),
-        _ => SendFail::Err(DragonError::new_err("send failed")),
-    }
-}
-
 /// A large message that can travel as a block of the run's block store
 /// (`lent.rs`): an exact `bytes` object, a pickle, or raw bytes, of at
 /// least `lent::MIN_LEN` bytes, in one contiguous buffer.
@@ -671,14 +617,14 @@ fn send_lent(py: Python<'_>, ch: &channels_core::Channel, p: lent::Prepared, t: 
     };
     let r = match ch.send_with_timeout(p.desc.len(), Some(Duration::ZERO), write) {
         Ok(()) => Ok(SENT),
-        Err(e) => match map_send_err(e.map_into()) {
+        Err(e) => match send_err(e.map_into()) {
             SendFail::Full if t != Some(Duration::ZERO) => {
                 let (r, int) = detached(py, |hook| ch.send_with_interruptible(p.desc.len(), t, Some(hook), write));
                 match r.map_err(MapInto::map_into) {
                     Ok(()) => Ok(SENT),
                     Err(SendTimeoutError::Timeout(())) => Ok(NOT_SENT),
                     Err(SendTimeoutError::Interrupted(())) => Err(int.into_err()),
-                    Err(e) => match map_send_err(e) {
+                    Err(e) => match send_err(e) {
                         SendFail::NoMemory => Ok(NO_MEMORY),
                         SendFail::Err(e) => Err(e),
                         SendFail::Full => Ok(NOT_SENT),
@@ -697,7 +643,7 @@ fn send_lent(py: Python<'_>, ch: &channels_core::Channel, p: lent::Prepared, t: 
 fn try_send_parts(ch: &channels_core::Channel, pre: Option<u8>, data: &[u8]) -> Result<(), SendFail> {
     let p = [pre.unwrap_or(0)];
     let parts: &[&[u8]] = if pre.is_some() { &[&p, data] } else { &[data] };
-    ch.send_parts(parts, Some(Duration::ZERO)).map_err(map_send_err)
+    ch.send_parts(parts, Some(Duration::ZERO)).map_err(send_err)
 }
 
 trait MapInto {
@@ -795,7 +741,7 @@ fn select(
         Ok(i) => Ok(Some(i)),
         Err(SelectError::Timeout) => Ok(None),
         Err(SelectError::Interrupted) => interrupted(py, int),
-        Err(e) => Err(PyValueError::new_err(e.to_string())),
+        Err(e) => Err(select_err(e)),
     }
 }
 

@@ -5,6 +5,7 @@
 //! `bytes` values as they are (tag 1) and pickles everything else (tag 0),
 //! so a `bytes` value is copied once into shared memory on a put and once
 //! out of it into a new `bytes` object on a get.
+use crate::errors::{ddict_err, DDictError, NotLocalError};
 use crate::remote_ddict;
 use ddict::manager::{self, Config};
 use ddict::{Client, Descriptor, Error, Put, ShardRef};
@@ -17,47 +18,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use transport_shm::segment::{nonce32, RunId};
-
-pyo3::import_exception!(dragon.data.ddict, DDictError);
-pyo3::import_exception!(dragon.data.ddict, DDictFullError);
-pyo3::import_exception!(dragon.data.ddict, DDictManagerDied);
-pyo3::import_exception!(dragon.data.ddict, DDictFrozenError);
-pyo3::import_exception!(dragon.data.ddict, DDictDestroyedError);
-pyo3::import_exception!(dragon.data.ddict, DDictPersistError);
-pyo3::import_exception!(dragon.data.ddict, DDictPersistCorruptError);
-
-/// `DDictPersistCorruptError`, with the damage as attributes.
-fn corrupt_err(c: &ddict::persist::Corruption, message: String) -> PyErr {
-    let e = DDictPersistCorruptError::new_err(message);
-    Python::attach(|py| {
-        let v = e.value(py);
-        let set = || -> PyResult<()> {
-            v.setattr("path", c.path.as_os_str().to_owned())?;
-            v.setattr("offset", c.offset)?;
-            v.setattr("what", c.what.clone())?;
-            v.setattr("records_after", c.records_after)?;
-            v.setattr("bytes_after", c.bytes_after)?;
-            v.setattr("spans", c.spans)
-        };
-        match set() {
-            Ok(()) => e.clone_ref(py),
-            Err(other) => other,
-        }
-    })
-}
-
-pub(crate) fn err(e: Error) -> PyErr {
-    let m = e.to_string();
-    match e {
-        Error::PersistCorrupt(c) => corrupt_err(&c, m),
-        Error::Full { .. } => DDictFullError::new_err(m),
-        Error::ManagerDied { .. } => DDictManagerDied::new_err(m),
-        Error::Frozen => DDictFrozenError::new_err(m),
-        Error::Destroyed => DDictDestroyedError::new_err(m),
-        Error::Persist(_) => DDictPersistError::new_err(m),
-        _ => DDictError::new_err(m),
-    }
-}
 
 type Value<'py> = Option<(u8, Bound<'py, PyBytes>)>;
 
@@ -92,8 +52,8 @@ impl DDictClient {
     fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T, Error>) -> PyResult<T> {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         match g.as_mut() {
-            Some(c) => f(c).map_err(err),
-            None if self.destroyed.load(Ordering::Relaxed) => Err(err(Error::Destroyed)),
+            Some(c) => f(c).map_err(ddict_err),
+            None if self.destroyed.load(Ordering::Relaxed) => Err(ddict_err(Error::Destroyed)),
             None => Err(DDictError::new_err("this DDict handle was detached")),
         }
     }
@@ -192,17 +152,17 @@ impl DDictClient {
     /// Attach to the DDict a descriptor names.
     #[new]
     pub(crate) fn new(py: Python<'_>, descriptor: &str) -> PyResult<Self> {
-        let d = Descriptor::from_text(descriptor).map_err(err)?;
+        let d = Descriptor::from_text(descriptor).map_err(ddict_err)?;
         let here = transport_shm::this_node();
         let mut others: Vec<u32> = d.shards.iter().map(|s| s.node).filter(|n| *n != here).collect();
         others.sort_unstable();
         others.dedup();
         if !others.is_empty() && std::env::var_os("DRAGON_SERVICE").is_none() {
-            return Err(crate::errors::NotLocalError::new_err(format!(
+            return Err(NotLocalError::new_err(format!(
                 "the DDict has shards on node(s) {others:?}, and this process is not part of a multi-node run"
             )));
         }
-        let c = py.detach(|| Client::attach_on(&d, here)).map_err(err)?;
+        let c = py.detach(|| Client::attach_on(&d, here)).map_err(ddict_err)?;
         Ok(DDictClient {
             inner: Mutex::new(Some(c)),
             desc: descriptor.to_owned(),
@@ -633,7 +593,7 @@ fn ddict_serve(
     restore: bool,
     working_set: u64,
 ) -> PyResult<()> {
-    let d = Descriptor::from_text(descriptor).map_err(err)?;
+    let d = Descriptor::from_text(descriptor).map_err(ddict_err)?;
     let shard = d.shards.get(index).ok_or_else(|| PyValueError::new_err(format!("no shard {index}")))?;
     let cfg = Config {
         segment: shard.segment.clone(),
@@ -660,7 +620,7 @@ fn ddict_serve(
     if let Some(e) = ready_err {
         return Err(e);
     }
-    r.map_err(err)
+    r.map_err(ddict_err)
 }
 
 /// Repair the persistence files of DDict `name` in `persist_path`
@@ -690,7 +650,7 @@ fn ddict_repair<'py>(
     });
     let span = |s: &ddict::persist::Span| (s.offset, s.bytes, s.lost, s.what.clone());
     reports
-        .map_err(err)?
+        .map_err(ddict_err)?
         .iter()
         .map(|r| {
             let d = PyDict::new(py);

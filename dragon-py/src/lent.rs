@@ -581,7 +581,7 @@ pub(crate) fn receive<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<(u8, Bou
         })?;
         let store = st.stores[si].1.clone();
         let att = store.attachment();
-        let (p, cap) = store.block(blk).map_err(|e| DragonError::new_err(format!("bad block message: {e}")))?;
+        let (p, cap) = store.block(blk).map_err(|e| crate::errors::lent_block_err(name, e))?;
         if len >= cap || !store.lent(blk).receive(att, blk.gen) {
             return Err(DragonError::new_err(
                 "a message names a block it does not hold (stale, forged or already received)",

@@ -4,7 +4,7 @@
 //! full `/dev/shm` is an error here rather than a `SIGBUS` later) and codes
 //! the handles; Python maps the file and writes and checks the block's
 //! header (so no raw memory access is needed on this side of the boundary).
-use crate::errors::{segment_err, InvalidHandleError};
+use crate::errors::{handle_err, segment_err, InvalidHandleError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use shm_primitives::handle::{Handle, Kind};
@@ -49,7 +49,7 @@ fn memory_handle<'py>(py: Python<'py>, segment: String, id: u64, offset: u64) ->
 /// `NotLocalError` for a block on another node.
 #[pyfunction]
 fn memory_parse(handle: &[u8]) -> PyResult<(String, u64, u64, u64)> {
-    let h = Handle::from_bytes_of(handle, Kind::Memory).map_err(|e| InvalidHandleError::new_err(e.to_string()))?;
+    let h = Handle::from_bytes_of(handle, Kind::Memory).map_err(|e| handle_err("memory block", e))?;
     if !h.address.is_empty() || h.node != transport_shm::this_node() {
         return Err(crate::errors::NotLocalError::new_err(format!(
             "handle names a memory block on node {} ({}); shared values and arrays cannot be used from \

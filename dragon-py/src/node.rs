@@ -1,6 +1,7 @@
 //! The multi-node runtime seen from Python: the node service's entry point
 //! (`python -m dragon._node`), host lists, and the names of a node's
 //! sockets (`runtime` crate).
+use crate::errors::hosts_err;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -15,13 +16,13 @@ fn node_service(py: Python<'_>, python: &str) -> i32 {
 /// Expand a host list (`node1,node2`, `nid[001-004,007]`).
 #[pyfunction]
 fn expand_hostlist(expr: &str) -> PyResult<Vec<String>> {
-    runtime::expand_hostlist(expr).map_err(|e| PyValueError::new_err(e.to_string()))
+    runtime::expand_hostlist(expr).map_err(hosts_err)
 }
 
 /// The hosts of a host file's text (one host list per line, `#` comments).
 #[pyfunction]
 fn parse_hostfile(text: &str) -> PyResult<Vec<String>> {
-    runtime::parse_hostfile(text).map_err(|e| PyValueError::new_err(e.to_string()))
+    runtime::parse_hostfile(text).map_err(hosts_err)
 }
 
 /// A fresh run secret (64 hex digits).

@@ -10,35 +10,21 @@
 //! Ctrl-C or a `check` callback ends them as a local wait's hook does.
 use crate::blocking::{block_timeout, detached, timeout};
 use crate::channel::{received, NOT_SENT, SENT};
-use crate::errors::{DestroyedError, DragonError, InvalidHandleError};
+use crate::errors::{plugin_err, plugin_load_err, plugin_recv_err};
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyBrokenPipeError, PyConnectionError, PyEOFError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use transport_abi::abi::{
-    DRAGON_EAGAIN, DRAGON_EBADMSG, DRAGON_EIDRM, DRAGON_EINVAL, DRAGON_ENOENT, DRAGON_EPIPE, DRAGON_ETIMEDOUT,
-};
-use transport_abi::loader::{Plugin, PluginChannel, PluginError, PollEvents, Transport};
+use transport_abi::abi::{DRAGON_EAGAIN, DRAGON_ETIMEDOUT};
+use transport_abi::loader::{Plugin, PluginChannel, PollEvents, Transport};
 
 /// Longest single wait on another node, between checks for Ctrl-C.
 const SLICE: Duration = Duration::from_millis(250);
 
 /// This process's off-node transport: (pid that opened it, transport).
 static TRANSPORT: Mutex<Option<(u32, &'static Transport)>> = Mutex::new(None);
-
-fn plugin_err(e: &PluginError) -> PyErr {
-    let msg = e.message().to_owned();
-    match e.code() {
-        DRAGON_EPIPE => PyBrokenPipeError::new_err(msg),
-        DRAGON_EIDRM | DRAGON_ENOENT => DestroyedError::new_err(msg),
-        DRAGON_EBADMSG => InvalidHandleError::new_err(msg),
-        DRAGON_EINVAL => PyValueError::new_err(msg),
-        transport_abi::abi::DRAGON_EIO => PyConnectionError::new_err(msg),
-        _ => DragonError::new_err(msg),
-    }
-}
 
 /// The transport, opened on first use in this process (again after a fork:
 /// the parent's connection to the service is the parent's).
@@ -51,7 +37,7 @@ fn transport(py: Python<'_>) -> PyResult<&'static Transport> {
         }
     }
     let (path, config): (String, String) = py.import("dragon._transport")?.call_method0("tcp_plugin")?.extract()?;
-    let plugin = Plugin::load(&path).map_err(|e| DragonError::new_err(format!("off-node transport: {e}")))?;
+    let plugin = Plugin::load(&path).map_err(plugin_load_err)?;
     let tr = plugin.open(&config).map_err(|e| plugin_err(&e))?;
     // One per process, for the rest of its life (a forked child's copy of
     // its parent's is never used nor closed: it shares the parent's socket).
@@ -208,8 +194,7 @@ impl RemoteChannel {
             match r {
                 Ok(m) => return received(py, m.as_ref()).map(Some),
                 Err(e) if matches!(e.code(), DRAGON_ETIMEDOUT | DRAGON_EAGAIN) => {}
-                Err(e) if e.code() == DRAGON_EPIPE => return Err(PyEOFError::new_err("the channel is closed")),
-                Err(e) => return Err(plugin_err(&e)),
+                Err(e) => return Err(plugin_recv_err(&e)),
             }
             if !go_on {
                 return Err(int.into_err());

@@ -9,8 +9,8 @@
 //! A wait is one request with its whole timeout; a Ctrl-C (or another
 //! signal handler that raises) cancels it on the object's node.
 use crate::blocking::{block_timeout, detached, timeout};
-use crate::errors::{BrokenBarrierError, DragonError};
-use pyo3::exceptions::{PyAssertionError, PyConnectionError, PyNotImplementedError, PyTypeError, PyValueError};
+use crate::errors::{handle_err, remote_sync_err, service_connect_err, DragonError, InvalidHandleError, NotLocalError};
+use pyo3::exceptions::{PyNotImplementedError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 use runtime::syncserve::{self as ops, SyncRequest};
@@ -18,7 +18,6 @@ use shm_primitives::handle::{Handle, Kind};
 use std::sync::Mutex;
 use std::time::Duration;
 use transport_tcp::local::ServiceClient;
-use transport_tcp::TcpError;
 
 /// How often a wait looks for Ctrl-C.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
@@ -38,7 +37,7 @@ pub(crate) fn service() -> PyResult<ServiceClient> {
     }
     let name = std::env::var("DRAGON_SERVICE")
         .map_err(|_| DragonError::new_err("this process is not part of a multi-node run (no DRAGON_SERVICE)"))?;
-    let c = ServiceClient::connect(&name).map_err(|e| PyConnectionError::new_err(e.to_string()))?;
+    let c = ServiceClient::connect(&name).map_err(|e| service_connect_err(&name, e))?;
     *s = Some((me, c.clone()));
     Ok(c)
 }
@@ -56,23 +55,11 @@ pub(crate) struct RemoteSync {
     segment: String,
 }
 
-fn err(e: TcpError) -> PyErr {
-    match e {
-        TcpError::Remote { message, .. } if message.contains("does not hold") => PyValueError::new_err(message),
-        TcpError::Remote { message, .. } if message.contains("must acquire()") => PyAssertionError::new_err(message),
-        TcpError::Remote { message, .. } if message.contains("broken barrier") => BrokenBarrierError::new_err(message),
-        TcpError::Remote { code: transport_abi::abi::DRAGON_EIO, message } => PyConnectionError::new_err(message),
-        TcpError::Remote { message, .. } => DragonError::new_err(message),
-        TcpError::Interrupted => DragonError::new_err("interrupted"),
-        e => PyConnectionError::new_err(e.to_string()),
-    }
-}
-
 impl RemoteSync {
     pub(crate) fn attach(handle: &[u8], want: Kind) -> PyResult<RemoteSync> {
-        let h = Handle::from_bytes(handle).map_err(|e| PyValueError::new_err(format!("bad handle: {e}")))?;
+        let h = Handle::from_bytes(handle).map_err(|e| handle_err(&format!("{want:?}"), e))?;
         if h.kind != want {
-            return Err(PyValueError::new_err(format!("handle is for a {:?}, not a {want:?}", h.kind)));
+            return Err(InvalidHandleError::new_err(format!("handle is for a {:?}, not a {want:?}", h.kind)));
         }
         Ok(RemoteSync { handle: handle.to_vec(), node: h.node, kind: h.kind, segment: h.segment })
     }
@@ -93,11 +80,7 @@ impl RemoteSync {
         let node = self.node;
         let (r, int) =
             detached(py, |hook| c.call_with(node, runtime::proto::SYNC, &p, CHECK_EVERY, hook).map(|b| b.to_vec()));
-        match r {
-            Ok(b) => Ok(b),
-            Err(TcpError::Interrupted) => Err(int.into_err()),
-            Err(e) => Err(err(e)),
-        }
+        r.map_err(|e| remote_sync_err(e, int))
     }
 
     fn value(&self, py: Python<'_>, op: u8, timeout: Option<Duration>, arg: i64) -> PyResult<i64> {
@@ -385,7 +368,7 @@ pub(crate) fn remote_or_none(py: Python<'_>, handle: &[u8], want: Kind) -> PyRes
         return Ok(None);
     }
     if std::env::var_os("DRAGON_SERVICE").is_none() {
-        return Err(crate::errors::NotLocalError::new_err(format!(
+        return Err(NotLocalError::new_err(format!(
             "handle names a {want:?} on node {}, and this process is not part of a multi-node run",
             h.node
         )));

@@ -11,16 +11,16 @@
 //! be travelling to a process that has not attached yet. Processes that
 //! attached keep working after the name is gone; only new attaches fail
 //! (with `DestroyedError`).
-use crate::blocking::{block_timeout, detached, timeout};
-use crate::errors::{sync_err, BrokenBarrierError};
-use pyo3::exceptions::{PyAssertionError, PyOverflowError, PyTypeError, PyValueError};
+use crate::blocking::{block_timeout, detached, timeout, Interrupt};
+use crate::errors::{barrier_err, cond_err, release_err, segment_err, sync_err, wait_err};
+use pyo3::exceptions::{PyAssertionError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 use shm_primitives::handle::Kind;
 use shm_primitives::process::{current_tid, ProcessId};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
-use sync_objects::{BarrierError, CondError, ReleaseError, WaitError};
+use sync_objects::WaitError;
 use transport_shm::{ShmBarrier, ShmCondition, ShmEvent, ShmLock, ShmRLock, ShmSemaphore};
 
 /// Who may remove an object's segment name, and whether its handle left.
@@ -123,7 +123,7 @@ macro_rules! shared_object {
             /// Remove the object's name now: later attaches fail, processes
             /// that attached keep working.
             fn _destroy(&self) -> PyResult<()> {
-                self.inner.destroy().map_err(crate::errors::segment_err)
+                self.inner.destroy().map_err(segment_err)
             }
         }
 
@@ -135,25 +135,6 @@ macro_rules! shared_object {
             }
         }
     };
-}
-
-fn release_error(e: ReleaseError) -> PyErr {
-    match e {
-        ReleaseError::NotHeld => PyValueError::new_err("semaphore or lock released too many times"),
-        ReleaseError::NotOwner => PyAssertionError::new_err("attempt to release recursive lock not owned by thread"),
-        ReleaseError::Overflow { max } if max == sync_objects::SEM_VALUE_MAX => {
-            PyOverflowError::new_err("semaphore value would exceed its maximum")
-        }
-        ReleaseError::Overflow { .. } => PyValueError::new_err("semaphore or lock released too many times"),
-        _ => PyValueError::new_err(e.to_string()),
-    }
-}
-
-fn wait_error(e: WaitError) -> PyErr {
-    match e {
-        WaitError::RecursionLimit => PyOverflowError::new_err(e.to_string()),
-        _ => PyValueError::new_err(e.to_string()),
-    }
 }
 
 /// `acquire(block, timeout)` of the lock-like classes: `try_now` tries
@@ -169,7 +150,7 @@ fn acquire_blocking<W>(
 where
     W: FnOnce(Option<Duration>, &mut dyn FnMut() -> bool) -> Result<(), WaitError> + Send,
 {
-    if try_now().map_err(wait_error)? {
+    if try_now().map_err(|e| wait_err(e, Interrupt::default()))? {
         return Ok(true);
     }
     let t = block_timeout(block, timeout)?;
@@ -180,8 +161,7 @@ where
     match r {
         Ok(()) => Ok(true),
         Err(WaitError::TimedOut) => Ok(false),
-        Err(WaitError::Interrupted) => Err(int.into_err()),
-        Err(e) => Err(wait_error(e)),
+        Err(e) => Err(wait_err(e, int)),
     }
 }
 
@@ -244,7 +224,7 @@ shared_object!(Lock, ShmLock, |inner, owner| Lock { inner, owner, holder_tid: At
     fn release(&self) -> PyResult<()> {
         // Relaxed: as in `took`.
         self.holder_tid.store(0, Ordering::Relaxed);
-        self.inner.release().map_err(release_error)
+        self.inner.release().map_err(release_err)
     }
 
     /// Whether the calling thread holds the lock.
@@ -320,7 +300,7 @@ shared_object!(RLock, ShmRLock, |inner, owner| RLock { inner, owner }, lock_like
 
     /// Release one level; only the owning thread may.
     fn release(&self) -> PyResult<()> {
-        self.inner.release().map_err(release_error)
+        self.inner.release().map_err(release_err)
     }
 
     fn _is_mine(&self) -> bool {
@@ -392,7 +372,7 @@ shared_object!(Semaphore, ShmSemaphore, |inner, owner| Semaphore { inner, owner 
     }
 
     fn release(&self) -> PyResult<()> {
-        self.inner.release().map_err(release_error)
+        self.inner.release().map_err(release_err)
     }
 
     /// The current value (a snapshot).
@@ -535,14 +515,7 @@ shared_object!(Condition, ShmCondition, |inner, owner| Condition { inner, owner 
                 detached(py, |hook| inner.wait_with(&*l.inner, t, hook))
             }
         };
-        match r {
-            Ok(w) => Ok(w.notified),
-            Err(CondError::Interrupted { .. }) => Err(int.into_err()),
-            Err(CondError::NotHeld(_)) => {
-                Err(PyAssertionError::new_err("must acquire() condition before using wait()"))
-            }
-            Err(e) => Err(PyValueError::new_err(e.to_string())),
-        }
+        r.map(|w| w.notified).map_err(|e| cond_err(e, int))
     }
 
     /// Wake up to `n` waiters; returns how many were woken.
@@ -614,14 +587,7 @@ shared_object!(Barrier, ShmBarrier, |inner, owner| Barrier { inner, owner }, {
             };
             inner.wait_with(t, Some(&mut run), Some(hook))
         });
-        match r {
-            Ok(i) => Ok(i),
-            Err(BarrierError::Interrupted) => Err(int.into_err()),
-            Err(BarrierError::ActionFailed) => {
-                Err(action_err.take().unwrap_or_else(|| BrokenBarrierError::new_err("the barrier action failed")))
-            }
-            Err(_) => Err(BrokenBarrierError::new_err(())),
-        }
+        r.map_err(|e| barrier_err(e, int, action_err))
     }
 
     /// Break the barrier: current and future waiters raise

@@ -10,7 +10,7 @@ import multiprocessing as mp
 
 import _helpers as h
 from conftest import pid_alive, run_script, write_script
-from dragon import _template as proto
+from dragon import _startproto as proto
 from dragon import runtime
 
 
@@ -48,7 +48,7 @@ def test_bad_requests_get_clear_errors(ctx):
     s.close()
     s = _raw_client()
     r, w = os.pipe()
-    s.sendmsg([proto.REQUEST], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, proto._fd_array([r]))])
+    s.sendmsg([proto.REQUEST], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, proto.fd_array([r]))])
     os.close(r)
     os.close(w)
     assert s.recv(256).startswith(proto.REPLY_ERROR + b"request without its exit and data pipes")
@@ -60,7 +60,7 @@ def test_client_that_vanishes_mid_request(ctx):
     s = _raw_client()
     exit_r, exit_w = os.pipe()
     r, w = os.pipe()
-    s.sendmsg([proto.REQUEST], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, proto._fd_array([exit_w, r]))])
+    s.sendmsg([proto.REQUEST], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, proto.fd_array([exit_w, r]))])
     os.close(exit_w)
     os.close(r)
     os.close(w)  # no start data will ever come: the child exits quietly

@@ -1,6 +1,26 @@
-"""The private extension module (Rust). Not a public API."""
+"""The private extension module (Rust). Not a public API.
+
+Describes everything ``dragon._native`` registers; ``make lint`` checks the
+two agree (``mypy.stubtest``).
+"""
+from typing import Any, final
+
+from typing_extensions import Self
 
 __version__: str
+# Everything the module registers, in the order it does (stubtest checks it).
+__all__ = [
+    "__version__", "new_run_id", "valid_run_id", "run_prefix", "cleanup_run", "cleanup_dead_runs",
+    "DDictClient", "DDICT_CKPT_PREFIX", "DDICT_TOMBSTONE", "ddict_descriptor", "ddict_serve",
+    "ddict_repair", "ddict_key_hash", "ddict_self_identity", "Lock", "RLock", "Semaphore", "Event",
+    "Condition", "Barrier", "KIND_MEMORY", "Channel", "select", "TAG_PICKLE", "TAG_BYTES",
+    "TAG_CONTROL", "TAG_RAW", "SEND_OK", "SEND_FULL", "SEND_NO_MEMORY", "memory_create",
+    "segment_unlink", "memory_handle", "memory_parse", "shm_dir", "lent_before_fork",
+    "lent_after_fork_parent", "lent_after_fork", "lent_stats", "lent_sweep", "TAG_LENT", "LENT_MIN_LEN",
+    "node_service", "expand_hostlist", "parse_hostfile", "new_secret", "bootstrap_text", "service_name",
+    "template_name", "this_node", "RemoteChannel", "remote_transport_open", "RemoteSync",
+    "remote_memory"
+]
 
 def new_run_id() -> str:
     """A new run id owned by the calling process: ``<pid>-<starttime>-<8 hex>``."""
@@ -29,8 +49,9 @@ class _Shared:
     def _destroy(self) -> None:
         """Remove the object's name now (attached processes keep working)."""
 
+@final
 class Lock(_Shared):
-    def __init__(self) -> None: ...
+    def __new__(cls) -> Self: ...
     @staticmethod
     def attach(handle: bytes) -> Lock: ...
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool: ...
@@ -49,8 +70,9 @@ class Lock(_Shared):
     kind: str
     maxvalue: int
 
+@final
 class RLock(_Shared):
-    def __init__(self) -> None: ...
+    def __new__(cls) -> Self: ...
     @staticmethod
     def attach(handle: bytes) -> RLock: ...
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool: ...
@@ -66,8 +88,9 @@ class RLock(_Shared):
     kind: str
     maxvalue: int
 
+@final
 class Semaphore(_Shared):
-    def __init__(self, value: int = 1, maxvalue: int | None = None) -> None: ...
+    def __new__(cls, value: int = 1, maxvalue: int | None = None) -> Self: ...
     @staticmethod
     def attach(handle: bytes) -> Semaphore: ...
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool: ...
@@ -82,8 +105,9 @@ class Semaphore(_Shared):
     maxvalue: int | None
     kind: str
 
+@final
 class Event(_Shared):
-    def __init__(self) -> None: ...
+    def __new__(cls) -> Self: ...
     @staticmethod
     def attach(handle: bytes) -> Event: ...
     def set(self) -> None: ...
@@ -91,8 +115,9 @@ class Event(_Shared):
     def is_set(self) -> bool: ...
     def wait(self, timeout: float | None = None) -> bool: ...
 
+@final
 class Condition(_Shared):
-    def __init__(self) -> None: ...
+    def __new__(cls) -> Self: ...
     @staticmethod
     def attach(handle: bytes) -> Condition: ...
     def wait(self, lock: Lock | RLock, timeout: float | None = None) -> bool: ...
@@ -101,8 +126,9 @@ class Condition(_Shared):
     waiting: int
     notified_pending: int
 
+@final
 class Barrier(_Shared):
-    def __init__(self, parties: int) -> None: ...
+    def __new__(cls, parties: int) -> Self: ...
     @staticmethod
     def attach(handle: bytes) -> Barrier: ...
     def wait(self, timeout: float | None = None, action: object = None) -> int: ...
@@ -133,13 +159,16 @@ def shm_dir() -> str:
 
 # ---- DDict (dragon.data.ddict) ------------------------------------------
 
+@final
 class DDictClient:
     """One process's attachment to a DDict (values are ``(tag, bytes)``)."""
 
-    def __init__(self, descriptor: str) -> None: ...
+    def __new__(cls, descriptor: str) -> Self: ...
     def descriptor(self) -> str: ...
     def shards(self) -> int: ...
     def shard_of(self, key: bytes) -> int: ...
+    def local_shards(self) -> list[int]:
+        """Indexes of the shards that live on this node."""
     def durable(self) -> bool: ...
     def put(self, key: bytes, tag: int, data: bytes) -> None: ...
     def put_if_absent(self, key: bytes, tag: int, data: bytes) -> bool: ...
@@ -158,6 +187,8 @@ class DDictClient:
     def set_pin(self, pin: int | None) -> None: ...
     def len(self, shard: int | None = None) -> int: ...
     def keys(self, shard: int | None = None) -> list[bytes]: ...
+    def local_keys(self) -> list[bytes]:
+        """Keys of the shards that live on this node."""
     def items(self, shard: int | None = None) -> list[tuple[bytes, int, bytes]]: ...
     def clear(self) -> None: ...
     def freeze(self) -> None: ...
@@ -168,8 +199,9 @@ class DDictClient:
     def destroy(self) -> None: ...
     def detach(self) -> None: ...
 
-def ddict_descriptor(name: str, shards: int, durable: bool) -> str:
-    """A new DDict descriptor with fresh segment names and ids."""
+def ddict_descriptor(name: str, shards: int, durable: bool, nodes: list[int] | None = None) -> str:
+    """A new DDict descriptor with fresh segment names and ids (shard ``i``
+    on node ``nodes[i]``; all on this node by default)."""
 
 DDICT_CKPT_PREFIX: bytes
 DDICT_TOMBSTONE: int
@@ -198,6 +230,7 @@ SEND_OK: int
 SEND_FULL: int
 SEND_NO_MEMORY: int
 
+@final
 class Channel:
     """One attachment of this process to a channel (see dragon-py/src/channel.rs)."""
     @staticmethod
@@ -217,8 +250,11 @@ class Channel:
     def capacity(self) -> int: ...
     @property
     def max_inline(self) -> int: ...
-    def send(self, data: object, prefix: int = -1, block: bool = True, timeout: float | None = None) -> int:
-        """SEND_OK, SEND_FULL (full until the timeout) or SEND_NO_MEMORY (retry later)."""
+    def send(self, data: object, prefix: int = ..., block: bool = True, timeout: float | None = None) -> int:
+        """``prefix``: a tag byte to put first, -1 (the default) to tag
+        by content, -2 for raw bytes.
+
+        SEND_OK, SEND_FULL (full until the timeout) or SEND_NO_MEMORY (retry later)."""
     def recv(self, block: bool = True, timeout: float | None = None,
              check: object = None) -> tuple[int, bytes] | None:
         """(tag, payload), or None on timeout or when check() returned true."""
@@ -239,3 +275,132 @@ class Channel:
 
 def select(channels: list[Channel], timeout: float | None = None, check: object = None) -> int | None:
     """Index of a channel that can be received from, or None (timeout, or check() true)."""
+
+# -- zero-copy messages: large ones travel as blocks of the run's block store
+#    (dragon-py/src/lent.rs) --------------------------------------------------
+
+TAG_LENT: int
+LENT_MIN_LEN: int
+
+def lent_before_fork() -> None:
+    """Before ``os.fork``: copy every live view's bytes for the child."""
+
+def lent_after_fork_parent() -> None:
+    """After ``os.fork``, in the parent: drop the copies made for the child."""
+
+def lent_after_fork() -> None:
+    """In a child just forked: its views get the private copies."""
+
+def lent_stats() -> dict[str, Any]:
+    """Counts for tests and diagnostics (views, blocks sent and received, store use)."""
+
+def lent_sweep() -> int:
+    """Sweep the attachments of dead processes in the run's store; how many."""
+
+# -- objects of other nodes (dragon-py/src/remote.rs, remote_sync.rs) ----------
+
+@final
+class RemoteChannel:
+    """A channel of another node, reached through this node's service
+    (what ``Channel.attach`` returns for such a handle)."""
+    @property
+    def handle(self) -> bytes: ...
+    @property
+    def node(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    def send(self, data: object, prefix: int = ..., block: bool = True, timeout: float | None = None) -> int:
+        """As ``Channel.send`` (a copy: large messages are not lent across nodes)."""
+    def recv(self, block: bool = True, timeout: float | None = None,
+             check: object = None) -> tuple[int, bytes] | None: ...
+    def readable(self) -> bool: ...
+    def wait_readable(self, timeout: float | None = None) -> bool: ...
+    def __len__(self) -> int: ...
+    def is_empty(self) -> bool: ...
+    def is_full(self) -> bool: ...
+    def destroy(self) -> None: ...
+    def peers(self) -> int: ...
+    def set_spin(self, _seconds: float) -> None: ...
+
+def remote_transport_open() -> bool:
+    """Whether this process has an off-node transport open (for tests)."""
+
+@final
+class RemoteSync:
+    """A synchronisation object or memory block of another node, reached
+    through this node's service (what the classes' ``attach`` return for
+    such a handle); it answers the calls of the kind it stands for."""
+    @property
+    def handle(self) -> bytes: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def node(self) -> int: ...
+    @property
+    def kind(self) -> str: ...
+    def acquire(self, block: bool = True, timeout: float | None = None) -> bool: ...
+    def release(self) -> None: ...
+    def __enter__(self) -> bool: ...
+    def __exit__(self, *_args: object) -> None: ...
+    def _is_mine(self) -> bool: ...
+    def _count(self) -> int: ...
+    def get_value(self) -> int: ...
+    def _get_value(self) -> int: ...
+    def _is_zero(self) -> bool: ...
+    @property
+    def holder(self) -> int | None: ...
+    def set(self) -> None: ...
+    def clear(self) -> None: ...
+    def is_set(self) -> bool: ...
+    def wait(self, *args: object) -> Any:
+        """Event: ``(timeout)`` -> bool; Condition: ``(lock, timeout)`` ->
+        bool; Barrier: ``(timeout)`` -> int."""
+    def notify(self, n: int = 1) -> int: ...
+    def notify_all(self) -> int: ...
+    @property
+    def waiting(self) -> int: ...
+    @property
+    def notified_pending(self) -> int: ...
+    def abort(self) -> None: ...
+    def reset(self) -> None: ...
+    @property
+    def parties(self) -> int: ...
+    @property
+    def n_waiting(self) -> int: ...
+    @property
+    def broken(self) -> bool: ...
+    def read(self, offset: int, n: int) -> bytes: ...
+    def write(self, offset: int, data: bytes) -> None: ...
+    @property
+    def size(self) -> int: ...
+
+def remote_memory(handle: bytes) -> RemoteSync | None:
+    """The memory block of another node a handle names (``None``: this
+    node's); ``NotLocalError`` outside a multi-node run."""
+
+# -- the multi-node runtime (dragon-py/src/node.rs) ------------------------------
+
+def node_service(python: str) -> int:
+    """Run this node's service until the node is torn down; the exit code."""
+
+def expand_hostlist(expr: str) -> list[str]:
+    """Host names of a Slurm-style host list (``node[1-3,7]``)."""
+
+def parse_hostfile(text: str) -> list[str]:
+    """Host names of a host file's text."""
+
+def new_secret() -> str:
+    """A fresh run secret (64 hex digits)."""
+
+def bootstrap_text(run: str, secret: str, index: int, hosts: list[str], peer_timeout: float,
+                   join_timeout: float, cpus: int | None = None) -> str:
+    """The bootstrap node ``index`` of a run reads on its standard input."""
+
+def service_name(run: str, node: int) -> str:
+    """The abstract socket name of node ``node``'s service in run ``run``."""
+
+def template_name(run: str, node: int) -> str:
+    """The abstract socket name of node ``node``'s template."""
+
+def this_node() -> int:
+    """This process's node index."""

@@ -46,16 +46,7 @@ exits.
 import os
 import sys
 
-REQUEST = b"DRAGON-START/2"
-MAIN_ERROR = b"DRAGON-MAIN-ERROR/1"
-REPLY_PID = b"P"
-REPLY_ERROR = b"E"
-REPLY_MAIN_ERROR = b"M"
-# Descriptors per request: the exit socket, the data pipe, three stdio streams,
-# the resource tracker, and those the process object refers to. SCM_MAX_FD
-# is 253.
-MAX_FDS = 253
-INT64 = 8
+from . import _startproto as proto
 
 # Modules that children commonly need, imported once by the template so that
 # children do not import them each: the process machinery, and what Pool
@@ -208,7 +199,7 @@ class _Template:
             del self.children[pid]
             try:
                 # 8 bytes into an empty pipe never block.
-                os.write(exit_w, code.to_bytes(INT64, "little", signed=True))
+                os.write(exit_w, code.to_bytes(proto.INT64, "little", signed=True))
             except OSError:
                 pass  # the client closed the sentinel: nobody to tell
             os.close(exit_w)
@@ -258,7 +249,7 @@ class _Template:
         socket = self.socket
         try:
             if fds:
-                conn.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _fd_array(fds))],
+                conn.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, proto.fd_array(fds))],
                                socket.MSG_DONTWAIT)
             else:
                 conn.send(msg, socket.MSG_DONTWAIT)
@@ -270,34 +261,34 @@ class _Template:
         socket = self.socket
         try:
             msg, anc, flags, _ = conn.recvmsg(
-                256, socket.CMSG_SPACE(MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT)
+                256, socket.CMSG_SPACE(proto.MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             msg, anc, flags = b"", [], 0
-        fds = _fds_from_ancillary(anc)
+        fds = proto.fds_from_ancillary(anc)
         if not msg:  # the client closed its end
-            _close_all(fds)
+            proto.close_all(fds)
             self._drop(conn)
             return
-        if msg == MAIN_ERROR:
-            _close_all(fds)
-            self._send(conn, REPLY_MAIN_ERROR + self.main_error.encode(errors="replace")[:60000])
+        if msg == proto.MAIN_ERROR:
+            proto.close_all(fds)
+            self._send(conn, proto.REPLY_MAIN_ERROR + self.main_error.encode(errors="replace")[:60000])
             self._drop(conn)
             return
         if conn in self.zombies or any(entry[0] is conn for entry in self.children.values()):
             error = "one process per connection"
-        elif msg != REQUEST:
+        elif msg != proto.REQUEST:
             error = "unknown request (a client of another dragon version?)"
         elif flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
-            error = "too many file descriptors for one process start (at most %d)" % (MAX_FDS - 5)
+            error = "too many file descriptors for one process start (at most %d)" % (proto.MAX_FDS - 5)
         elif len(fds) < 2:
             error = "request without its exit and data pipes"
         else:
             error = None
         if error is not None:
-            _close_all(fds)
-            self._send(conn, REPLY_ERROR + error.encode())
+            proto.close_all(fds)
+            self._send(conn, proto.REPLY_ERROR + error.encode())
             self._drop(conn)
             return
         self._start(conn, fds)
@@ -314,8 +305,8 @@ class _Template:
             pid = os.fork()
         except OSError as e:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            _close_all(fds + [exit_w])
-            self._send(conn, REPLY_ERROR + ("fork failed: %s" % e).encode())
+            proto.close_all(fds + [exit_w])
+            self._send(conn, proto.REPLY_ERROR + ("fork failed: %s" % e).encode())
             self._drop(conn)
             return
         if pid == 0:
@@ -334,14 +325,14 @@ class _Template:
             finally:
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        _close_all(fds)
+        proto.close_all(fds)
         try:
             pidfd = [os.pidfd_open(pid)]
         except OSError:
             pidfd = []
         self.children[pid] = [conn, exit_w]
-        self._send(conn, REPLY_PID + pid.to_bytes(INT64, "little", signed=True), pidfd)
-        _close_all(pidfd)
+        self._send(conn, proto.REPLY_PID + pid.to_bytes(proto.INT64, "little", signed=True), pidfd)
+        proto.close_all(pidfd)
 
     def _become_child(self):
         """In a freshly forked child: drop everything that is the template's."""
@@ -354,10 +345,10 @@ class _Template:
         for c in self.clients.values():
             c.close()
         self.clients.clear()
-        _close_all([entry[1] for entry in self.children.values()])
+        proto.close_all([entry[1] for entry in self.children.values()])
         self.children.clear()
         self.zombies.clear()
-        _close_all([self.alive_fd, self.sig_r, self.sig_w, self.starter_fd])
+        proto.close_all([self.alive_fd, self.sig_r, self.sig_w, self.starter_fd])
 
     # -- the end of the run ---------------------------------------------------
     def _shutdown(self):
@@ -405,32 +396,6 @@ def _waitpid(pid):
         pass
 
 
-def _fd_array(fds):
-    import array
-
-    return array.array("i", fds)
-
-
-def _fds_from_ancillary(anc):
-    import array
-    import socket
-
-    fds = array.array("i")
-    for level, kind, data in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
-    return list(fds)
-
-
-def _close_all(fds):
-    for fd in fds:
-        if fd >= 0:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-
 def _apply_environ(env):
     """Make os.environ equal to ``env``, touching only what differs."""
     cur = os.environ
@@ -470,8 +435,6 @@ def _child_main(fds):
 
     from multiprocessing import process, resource_tracker, spawn
 
-    from . import popen
-
     with os.fdopen(fds[0], "rb", closefd=True) as from_parent:
         try:
             head = pickle.load(from_parent)
@@ -485,7 +448,7 @@ def _child_main(fds):
                 os.close(fd)
             else:
                 os.dup2(fds[idx], target)
-        _close_all([fds[i] for i in stdio if i is not None])
+        proto.close_all([fds[i] for i in stdio if i is not None])
         if sys.stdout is not None and os.isatty(1):
             try:
                 sys.stdout.reconfigure(line_buffering=True)
@@ -494,7 +457,7 @@ def _child_main(fds):
         _apply_environ(head["env"])
         tracker = head["tracker"]
         resource_tracker._resource_tracker._fd = fds[tracker] if tracker is not None else None
-        popen._inherited_fds = fds[head["extra"]:]
+        proto.inherited_fds = fds[head["extra"]:]
         process.current_process()._inheriting = True
         try:
             spawn.prepare(head["prep"])
@@ -531,7 +494,7 @@ def main():
 
     # The starter sends its preparation data first.
     try:
-        n = int.from_bytes(_read_exact(alive_fd, INT64), "little")
+        n = int.from_bytes(_read_exact(alive_fd, proto.INT64), "little")
         prep = pickle.loads(_read_exact(alive_fd, n))
     except EOFError:
         os._exit(0)
@@ -545,7 +508,7 @@ def main():
             starter_fd = -1
     # Import the main module as spawn's children do. If that fails, each child
     # repeats it and reports the error as a spawned child would; the
-    # template keeps what it was, for the parent's errors (MAIN_ERROR).
+    # template keeps what it was, for the parent's errors (proto.MAIN_ERROR).
     _guard_set_start_method()
     main_error = ""
     process.current_process()._inheriting = True

@@ -200,29 +200,17 @@ class DragonContext(_mp_context.BaseContext):
         runtime.ensure_template()
 
 
-def _hook_module():
-    """The start-method hook module (``_dragon_hook``, installed next to the
-    package): the factories' dispatchers live there, so that the hook can
-    install them without importing :mod:`dragon`."""
-    try:
-        import _dragon_hook
-    except ImportError:  # an editable install that did not place it
-        import importlib.util
-        import os
-        import sys
+# The start-method hook module, installed next to the package (see
+# dragon-py/python/hook/purelib/_dragon_hook.py) holds the stand-in context
+# and the factories' dispatchers, so that the hook can install them without
+# importing dragon. It imports nothing of dragon: the stand-in imports dragon
+# on its first use, which turns it into the DragonContext below.
+try:
+    import _dragon_hook as _hook
+except ImportError as e:  # pragma: no cover - a broken install
+    raise ImportError("dragon is installed without its _dragon_hook module (the start-method hook); "
+                      "reinstall the package") from e
 
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "hook", "purelib",
-                            "_dragon_hook.py")
-        spec = importlib.util.spec_from_file_location("_dragon_hook", path)
-        if spec is None or not os.path.exists(path):
-            raise ImportError("dragon is installed without its _dragon_hook module; reinstall the package")
-        _dragon_hook = importlib.util.module_from_spec(spec)
-        sys.modules["_dragon_hook"] = _dragon_hook
-        spec.loader.exec_module(_dragon_hook)
-    return _dragon_hook
-
-
-_hook = _hook_module()
 FACTORIES = _hook.FACTORIES
 
 

@@ -24,14 +24,11 @@ import threading
 from multiprocessing import util
 from multiprocessing.context import set_spawning_popen
 
-from . import _template as proto
+from . import _startproto as proto
 from . import _log, _registry, _wire
 from . import runtime
 
 __all__ = ["Popen", "TemplateError"]
-
-# In a child: the descriptors its process object refers to, by index.
-_inherited_fds = []
 
 
 class TemplateError(OSError):
@@ -73,7 +70,7 @@ class _DupFd:
         self.ind = ind
 
     def detach(self):
-        return _inherited_fds[self.ind]
+        return proto.inherited_fds[self.ind]
 
 
 def _valid_fd(fd):
@@ -197,7 +194,7 @@ class Popen:
                 fds.append(tracker_fd)
             fds += self._fds
             sock.sendmsg([proto.REQUEST],
-                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, proto._fd_array(fds))])
+                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, proto.fd_array(fds))])
             try:
                 with open(data_w, "wb", closefd=False) as f:
                     f.write(buf.getbuffer())
@@ -217,7 +214,7 @@ class Popen:
             exit_sock.close()
             raise
         finally:
-            proto._close_all([exit_w, data_r, data_w])
+            proto.close_all([exit_w, data_r, data_w])
         self._sock = sock
         self._exit_sock = exit_sock
         self.sentinel = exit_sock.fileno()
@@ -236,9 +233,9 @@ class Popen:
                 msg, anc, _, _ = self._sock.recvmsg(256, socket.CMSG_SPACE(4))
             except OSError:
                 msg, anc = b"", []
-            pidfds = proto._fds_from_ancillary(anc)
+            pidfds = proto.fds_from_ancillary(anc)
             if msg[:1] != proto.REPLY_PID or len(msg) != 1 + proto.INT64:
-                proto._close_all(pidfds)
+                proto.close_all(pidfds)
                 self._pid = 0  # never started; poll() reports the failure
                 if msg[:1] == proto.REPLY_ERROR:
                     raise TemplateError("the dragon template could not start the process: "
@@ -251,7 +248,7 @@ class Popen:
             self._pidfd = pidfds[0] if pidfds else -1
             if self._pidfd >= 0:
                 self._owned_fds.append(self._pidfd)
-            proto._close_all(pidfds[1:])
+            proto.close_all(pidfds[1:])
 
     # -- state ----------------------------------------------------------------
     def _read_status(self):

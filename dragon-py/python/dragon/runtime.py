@@ -269,7 +269,7 @@ def main_import_error(timeout: float = 10.0) -> str:
     it again and fail the same way."""
     import socket
 
-    from . import _template as proto
+    from . import _startproto as proto
 
     addr = template_address()
     if addr is None:

@@ -14,9 +14,11 @@ start method is ``dragon``, while a program that never asks for ``dragon``
 (or the resource tracker every ``spawn`` program starts) does not pay for
 it. Set ``DRAGON_NO_AUTOREGISTER=1`` to turn it off.
 
-:mod:`dragon.context` uses :func:`make_dispatcher` and :data:`FACTORIES`
-from here, so a program that imports ``dragon`` directly gets the same
-dispatchers.
+This module is the one home of the stand-in context and the dispatchers:
+:mod:`dragon.context` imports it (so a program that imports ``dragon``
+directly gets the same dispatchers), and it imports nothing of ``dragon``
+itself; only the stand-in's first use imports ``dragon``, which is what the
+stand-in is for.
 """
 import os
 import sys

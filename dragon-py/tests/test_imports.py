@@ -1,0 +1,152 @@
+"""The package's import structure: every module imports on its own in a
+fresh interpreter, and modules do not import each other in cycles."""
+import ast
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import dragon
+from conftest import clean_env
+
+PACKAGE = os.path.dirname(os.path.abspath(dragon.__file__))
+# The start-method hook's module, installed next to the package.
+HOOK = os.path.join(os.path.dirname(PACKAGE), "hook", "purelib", "_dragon_hook.py")
+
+# Imports made on first use that close a cycle, each for a reason:
+ALLOWED_LAZY = {
+    # The hook's stand-in context imports dragon the first time it is used
+    # (what it stands in for); dragon.context imports the hook at import.
+    ("_dragon_hook", "dragon"),
+    # The pool starts its agents on other nodes through dragon._pool_nodes,
+    # which takes the task ledger's constants from dragon.pool: to go when
+    # the ledger moves into the pool crate (issue 9).
+    ("dragon.pool", "dragon._pool_nodes"),
+}
+
+
+def modules():
+    """Module name -> source file, for the package and the hook module."""
+    found = {"_dragon_hook": HOOK}
+    for d, _, files in os.walk(PACKAGE):
+        for f in files:
+            # The extension is known by its stub (it imports nothing of the package).
+            if f.endswith(".py") or (f.endswith(".pyi") and f[:-1] not in files):
+                rel = os.path.relpath(os.path.join(d, f), os.path.dirname(PACKAGE)).rpartition(".")[0]
+                name = rel.replace(os.sep, ".").removesuffix(".__init__")
+                if not name.endswith(".__main__"):  # a script (python -m), not a module
+                    found[name] = os.path.join(d, f)
+    return found
+
+
+def imports(name, path, known, top_level_only):
+    """Modules of ``known`` that module ``name`` imports (at import time
+    only, or also inside functions)."""
+    tree = ast.parse(open(path).read(), path)
+    package = name if path.endswith("__init__.py") else name.rpartition(".")[0]
+    nodes = []
+
+    def collect(body):
+        for n in body:
+            if isinstance(n, (ast.Import, ast.ImportFrom)):
+                nodes.append(n)
+            elif isinstance(n, (ast.If, ast.Try, ast.With)):
+                for part in (n.body, getattr(n, "orelse", []), getattr(n, "finalbody", [])):
+                    collect(part)
+                for h in getattr(n, "handlers", []):
+                    collect(h.body)
+
+    if top_level_only:
+        collect(tree.body)
+    else:
+        nodes = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    out = set()
+    for n in nodes:
+        if isinstance(n, ast.Import):
+            targets = [a.name for a in n.names]
+        else:
+            base = n.module or ""
+            if n.level:
+                p = package
+                for _ in range(n.level - 1):
+                    p = p.rpartition(".")[0]
+                base = p + ("." + base if base else "")
+            # `from pkg import sub` imports the submodule; `from mod import x` the module.
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in n.names]
+        for t in targets:
+            # `import a.b.c` imports a, a.b and a.b.c: the deepest known one counts.
+            while t and t not in known:
+                t = t.rpartition(".")[0]
+            if t and t != name:
+                out.add(t)
+    return out
+
+
+def cycles(graph):
+    """The strongly connected groups of more than one module (Tarjan)."""
+    index, low, stack, on, groups = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return groups
+
+
+def graph(top_level_only):
+    mods = modules()
+    return {m: imports(m, p, mods, top_level_only) for m, p in mods.items()}
+
+
+def test_no_cycles_at_import_time():
+    assert cycles(graph(top_level_only=True)) == []
+
+
+def test_no_cycles_through_imports_made_on_first_use():
+    g = graph(top_level_only=False)
+    for a, b in ALLOWED_LAZY:
+        assert b in g[a], f"{a} no longer imports {b}: drop it from ALLOWED_LAZY"
+        g[a].discard(b)
+    assert cycles(g) == []
+
+
+def test_the_graph_sees_imports():
+    # The checks above would pass on an empty graph: make sure they do not.
+    g = graph(top_level_only=False)
+    assert {"dragon._native", "dragon.context"} <= g["dragon"]
+    assert "dragon._startproto" in g["dragon.popen"] and "dragon._startproto" in g["dragon._template"]
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def import_alone(name):
+    r = subprocess.run([sys.executable, "-c", f"import {name}"], env=clean_env(), capture_output=True, text=True,
+                       timeout=120)
+    return name, r.returncode, r.stderr
+
+
+def test_every_module_imports_alone_in_a_fresh_interpreter():
+    names = sorted(modules())
+    with ThreadPoolExecutor(4) as ex:
+        failed = [(n, err) for n, rc, err in ex.map(import_alone, names) if rc != 0]
+    assert failed == []
+    assert len(names) > 40
