@@ -329,6 +329,12 @@ fn corrupt_err(c: &ddict::persist::Corruption, message: String) -> PyErr {
 
 // ---- the node runtime -------------------------------------------------------
 
+/// A request to node `node`'s service (through this node's) failed: the
+/// node is lost, or the service cannot be reached.
+pub(crate) fn node_request_err(node: u32, e: TcpError) -> PyErr {
+    PyConnectionError::new_err(format!("node {node}: {e}"))
+}
+
 /// A host list or host file that does not parse.
 pub(crate) fn hosts_err(e: impl Display) -> PyErr {
     PyValueError::new_err(e.to_string())

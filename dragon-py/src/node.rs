@@ -1,7 +1,7 @@
 //! The multi-node runtime seen from Python: the node service's entry point
 //! (`python -m dragon._node`), host lists, and the names of a node's
 //! sockets (`runtime` crate).
-use crate::errors::hosts_err;
+use crate::errors::{hosts_err, node_request_err};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -97,7 +97,7 @@ fn node_status(py: Python<'_>, run: &str, here: u32, node: u32) -> PyResult<Stri
         let c = transport_tcp::local::ServiceClient::connect(&name)?;
         c.call(node, runtime::proto::PROCS, &[])
     });
-    let bytes = answer.map_err(|e| pyo3::exceptions::PyConnectionError::new_err(format!("node {node}: {e}")))?;
+    let bytes = answer.map_err(|e| node_request_err(node, e))?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 

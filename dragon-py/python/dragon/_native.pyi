@@ -17,9 +17,9 @@ __all__ = [
     "TAG_CONTROL", "TAG_RAW", "SEND_OK", "SEND_FULL", "SEND_NO_MEMORY", "memory_create",
     "segment_unlink", "memory_handle", "memory_parse", "shm_dir", "lent_before_fork",
     "lent_after_fork_parent", "lent_after_fork", "lent_stats", "lent_sweep", "TAG_LENT", "LENT_MIN_LEN",
-    "node_service", "expand_hostlist", "parse_hostfile", "new_secret", "bootstrap_text", "service_name",
-    "template_name", "this_node", "RemoteChannel", "remote_transport_open", "RemoteSync",
-    "remote_memory"
+    "node_status", "node_service", "expand_hostlist", "parse_hostfile", "new_secret", "bootstrap_text",
+    "service_name", "template_name", "this_node", "RemoteChannel", "remote_transport_open",
+    "RemoteSync", "remote_memory"
 ]
 
 def new_run_id() -> str:
@@ -379,6 +379,11 @@ def remote_memory(handle: bytes) -> RemoteSync | None:
     node's); ``NotLocalError`` outside a multi-node run."""
 
 # -- the multi-node runtime (dragon-py/src/node.rs) ------------------------------
+
+def node_status(run: str, here: int, node: int) -> str:
+    """What node ``node`` of run ``run`` says of the run's processes there
+    (JSON), asked through the service of node ``here``; ``ConnectionError``
+    for a lost node or a service that cannot be reached."""
 
 def node_service(python: str) -> int:
     """Run this node's service until the node is torn down; the exit code."""
