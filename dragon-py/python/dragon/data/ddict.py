@@ -459,7 +459,7 @@ class DDict:
         self._setup(None, timeout, key_pickler, value_pickler)
         shard_nodes = _shard_nodes(managers_per_node, nodes)
         desc = _native.ddict_descriptor(name, managers, persist_path is not None,
-                                        shard_nodes)  # type: ignore[call-arg]  # not yet in _native.pyi
+                                        shard_nodes)
         if repair:
             assert persist_path is not None  # checked above
             self.repair_report = _native.ddict_repair(os.fspath(persist_path), name, managers)
@@ -800,7 +800,7 @@ class DDict:
         """This process's nearest manager: one on its node if any."""
         if self._pin is not None:
             return self._pin
-        here: list[int] = self._c.local_shards()  # type: ignore[attr-defined]  # not yet in _native.pyi
+        here: list[int] = self._c.local_shards()
         if here:
             return here[os.getpid() % len(here)]
         return os.getpid() % self._c.shards()
@@ -922,9 +922,9 @@ class DDict:
         the keys, and all nodes' together are all of them)."""
         self._flush()
         if self._chkpt or self._versions_exist():
-            local = set(self._c.local_shards())  # type: ignore[attr-defined]  # not yet in _native.pyi
+            local = set(self._c.local_shards())
             return [k for k in self.keys() if self._c.shard_of(self._kd(k)) in local]
-        return [self._kl(k) for k in self._c.local_keys()]  # type: ignore[attr-defined]  # not yet in _native.pyi
+        return [self._kl(k) for k in self._c.local_keys()]
 
     def which_manager(self, key: Any) -> int:
         """Index of the manager holding ``key``."""
@@ -1020,7 +1020,7 @@ def _start_managers(desc: str, n: int, size: int, timeout: float | None, persist
     ctx: Any = multiprocessing.get_context("dragon")  # the dragon context (registered by import dragon)
     Pipe = ctx.Pipe  # its ends cross nodes
     pid, start = _native.ddict_self_identity()
-    here = _native.this_node()  # type: ignore[attr-defined]  # not yet in _native.pyi
+    here = _native.this_node()
     procs, conns = [], []
     try:
         for i in range(n):
