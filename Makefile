@@ -10,7 +10,7 @@ VPY := $(VENV)/bin/python
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: bench-multinode plugin wheel test-wheel setup demo test test-rust test-loom test-py test-pythons test-testbed oracle lint typecheck bench bench-py clean-shm soak fuzz
+.PHONY: bench-multinode bench-multinode-objects plugin wheel test-wheel setup demo test test-rust test-loom test-py test-pythons test-testbed oracle lint typecheck bench bench-py clean-shm soak fuzz
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -147,3 +147,13 @@ bench-py: setup
 # bring-up (docs/benchmarks-multinode.md).
 bench-multinode: setup
 	$(VPY) dragon-py/bench/multinode.py --reps 5 --out bench-results/multinode.jsonl
+
+# Pools, locks, values and DDicts across nodes of the test bed (as root):
+# Pool.map on 3 nodes against 1, remote Lock/Value against raw TCP round
+# trips, DDict from a node without shard against redis (redis-server in a
+# node's namespace, redis-py) and on the shard's node against a one-node
+# run (docs/multinode.md, Performance). Not part of `make test`. About 5 minutes.
+bench-multinode-objects: setup
+	@command -v redis-server >/dev/null || { echo "bench-multinode-objects needs redis-server: apt-get install redis-server" >&2; exit 1; }
+	$(VPY) -m pip install -q redis
+	$(VPY) dragon-py/bench/multinode_objects.py --reps 5 --out bench-results/multinode-objects.jsonl
