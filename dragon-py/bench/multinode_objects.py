@@ -26,7 +26,8 @@ machine (the test bed's nodes share its CPUs):
   1x for 1 MiB.
 * The same operations from a client on the shard's node (node1) of that
   multi-node run, against the same DDict in a one-node run (``dragon``
-  without a host list on node1). Target: within 10 %.
+  without a host list on node1). Target: within 10 %. In both runs an
+  uncounted first pass on node1 touches the shard's memory first.
 
     sudo .venv/bin/python dragon-py/bench/multinode_objects.py [--reps 5] [--out FILE.jsonl]
 
@@ -198,7 +199,12 @@ if __name__ == "__main__":
     d = DDict(1, 1, mem)  # one shard, on this node (node1)
     q = mp.Queue()
     out = {}
-    places = [("node2", "remote_"), ("node1", "local_")] if mode == "multi" else [(None, "single_")]
+    # A first pass on node1, not counted, touches the shard's memory, so
+    # that the measured passes of both runs find it mapped.
+    if mode == "multi":
+        places = [("node1", "warm_"), ("node2", "remote_"), ("node1", "local_")]
+    else:
+        places = [(None, "warm_"), (None, "single_")]
     for host, prefix in places:
         if host is None:
             p = mp.Process(target=client, args=(d, sizes, budget, prefix, q))
@@ -211,7 +217,7 @@ if __name__ == "__main__":
         p.join(60)
         assert p.exitcode == 0, p.exitcode
     d.destroy()
-    print(json.dumps(out))
+    print(json.dumps({k: v for k, v in out.items() if not k.startswith("warm_")}))
 """
 
 REDIS = KV + """
