@@ -35,7 +35,10 @@ process (remote operations and raw round trips; DDict and redis) takes
 turns in slices; what needs two runs (one node and several) alternates
 its order from one repetition to the next.
 
-    sudo .venv/bin/python dragon-py/bench/multinode_objects.py [--reps 5] [--out FILE.jsonl]
+    sudo .venv/bin/python dragon-py/bench/multinode_objects.py [--reps 5] [--out FILE.jsonl] [--local-only]
+
+``--local-only`` runs the last comparison alone (two runs per repetition),
+for a closer look at it.
 
 Needs ``redis-server`` on PATH (``apt-get install redis-server``) and the
 ``redis`` package in this interpreter (``pip install redis``). Prints one
@@ -279,6 +282,8 @@ if __name__ == "__main__":
     # two-node run, node2's client takes turns with redis (on node1).
     if mode == "multi":
         places = [("node1", ["warm"], None), ("node2", ["remote"], redis_at), ("node1", ["local"], None)]
+    elif mode == "local":
+        places = [("node1", ["warm"], None), ("node1", ["local"], None)]
     else:
         places = [(None, ["warm"], None), (None, ["single"], None)]
     for host, names, at in places:
@@ -339,7 +344,7 @@ def sync(c, port):
 
 
 def ddict(c, mode, redis_port=None):
-    hosts = "node1,node2" if mode == "multi" else None
+    hosts = None if mode == "single" else "node1,node2"
     at = [c.address(0), redis_port] if redis_port else None
     args = [mode, KV_MEM, KV_BUDGET, SLICES, json.dumps(sorted(KV_OPS.items())), json.dumps(at)]
     return dragon(c, "bench_ddict.py", DDICT, args, hosts)
@@ -387,8 +392,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--out")
+    ap.add_argument("--local-only", action="store_true",
+                    help="only the DDict on the shard's node: a 2-node and a 1-node run per repetition (no redis)")
     a = ap.parse_args()
-    check_requirements()
+    if not a.local_only:
+        check_requirements()
     from cluster import Cluster
 
     rows = []
@@ -398,12 +406,22 @@ def main():
         rows.append(row)
         print(json.dumps(row), flush=True)
 
+    def emit_kv(rep, results):
+        for key, (ops, segs, best, cpu) in sorted(results.items()):
+            who, phase, size = key.rsplit("_", 2)
+            emit(rep, "ddict_%s_%s" % (phase, size), who, ops, tcp_segs_per_op=round(segs, 2), best=best,
+                 per_cpu_s=cpu)
+
     with Cluster(nodes=3) as c:
         port = 41000
         for rep in range(a.reps):
             port += 2
             # Each pair's order alternates from one repetition to the next.
             flip = (lambda xs: xs[::-1]) if rep % 2 else list
+            if a.local_only:
+                for run in flip([lambda: ddict(c, "local"), lambda: ddict(c, "single")]):
+                    emit_kv(rep, run())
+                continue
             for what, hosts in flip([("one_node", None), ("three_nodes", c.hostlist)]):
                 r = pool(c, hosts)
                 for cs in (1, 64):
@@ -415,22 +433,17 @@ def main():
                 us, segs = r[bench]
                 emit(rep, bench, "dragon_remote", us, trips=trips, tcp_segs_per_op=round(segs, 2))
                 emit(rep, bench, "raw_tcp", trips * rtt, trips=trips)
-            results = {}
             for run in flip([lambda: ddict_and_redis(c, port + 1), lambda: ddict(c, "single")]):
-                results.update(run())
-            for key, (ops, segs, best, cpu) in sorted(results.items()):
-                who, phase, size = key.rsplit("_", 2)
-                emit(rep, "ddict_%s_%s" % (phase, size), who, ops, tcp_segs_per_op=round(segs, 2), best=best,
-                     per_cpu_s=cpu)
+                emit_kv(rep, run())
     if a.out:
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
         with open(a.out, "w") as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")
-    table(rows, a.reps)
+    table(rows, a.reps, a.local_only)
 
 
-def table(rows, reps):
+def table(rows, reps, local_only=False):
     by, best, cpu = {}, {}, {}
     for r in rows:
         by.setdefault((r["bench"], r["what"]), {})[r["rep"]] = r["value"]
@@ -452,16 +465,16 @@ def table(rows, reps):
     print()
     print("| measure | baseline | dragon | dragon / baseline | target |")
     print("|---|---|---|---|---|")
-    for cs in (1, 64):
+    for cs in () if local_only else (1, 64):
         b = "pool_map_c%d" % cs
         print("| Pool(%d).map chunksize %d, 3 nodes vs 1 node (tasks/s) | %.0f | %.0f | %.2fx | recorded |"
               % (POOL_WORKERS, cs, med(b, "one_node"), med(b, "three_nodes"), ratio(b, "three_nodes", "one_node")))
-    for b, label in (("lock_acquire_release", "Lock acquire+release"),
-                     ("value_increment", "Value increment under its lock")):
+    for b, label in () if local_only else (("lock_acquire_release", "Lock acquire+release"),
+                                           ("value_increment", "Value increment under its lock")):
         print("| %s from node2 vs %d raw TCP round trips (us/op) | %.1f | %.1f | %.2fx | recorded |"
               % (label, SYNC_TRIPS[b], med(b, "raw_tcp"), med(b, "dragon_remote"),
                  ratio(b, "dragon_remote", "raw_tcp")))
-    for size, label, target in ((64, "64 B", 2.0), (1 << 20, "1 MiB", 1.0)):
+    for size, label, target in () if local_only else ((64, "64 B", 2.0), (1 << 20, "1 MiB", 1.0)):
         for phase in ("put", "get"):
             b = "ddict_%s_%d" % (phase, size)
             print("| DDict %s %s from a node without shard vs redis (ops/s) | %.0f | %.0f | %.2fx | >= %gx |"
