@@ -152,7 +152,7 @@ bench-multinode: setup
 # Pool.map on 3 nodes against 1, remote Lock/Value against raw TCP round
 # trips, DDict from a node without shard against redis (redis-server in a
 # node's namespace, redis-py) and on the shard's node against a one-node
-# run (docs/multinode.md, Performance). Not part of `make test`. About 6 minutes.
+# run (docs/multinode.md, Performance). Not part of `make test`. About 5 minutes.
 bench-multinode-objects: setup
 	@command -v redis-server >/dev/null || { echo "bench-multinode-objects needs redis-server: apt-get install redis-server" >&2; exit 1; }
 	$(VPY) -m pip install -q redis
