@@ -222,13 +222,18 @@ enum Cmd {
 /// `Proxy::inflight` once the proxy has ended.
 const CLOSED: usize = usize::MAX;
 
+/// How long a proxy that holds nothing waits for its owner's next request
+/// before it ends (the next request then makes another).
+const PROXY_IDLE: Duration = Duration::from_secs(1);
+
 /// A lock proxy as the server sees it.
 struct Proxy {
     tx: crossbeam_channel::Sender<Cmd>,
     /// Commands sent and not yet handled, or [`CLOSED`]: the proxy ends
-    /// only when it holds nothing and nothing is on its way to it, which
-    /// it decides by swapping 0 for `CLOSED`; the server counts a command
-    /// in before sending it, unless the count is `CLOSED`.
+    /// only when it has held nothing for [`PROXY_IDLE`] and nothing is on
+    /// its way to it, which it decides by swapping 0 for `CLOSED`; the
+    /// server counts a command in before sending it, unless the count is
+    /// `CLOSED`.
     inflight: Arc<AtomicUsize>,
 }
 
@@ -242,7 +247,27 @@ fn proxy(lock: Obj, cmds: crossbeam_channel::Receiver<Cmd>, inflight: Arc<Atomic
             _ => Ok(()),
         }
     };
-    for cmd in cmds {
+    loop {
+        let cmd = if depth == 0 {
+            // Holding nothing, the proxy waits a while for its owner's next
+            // request (a loop of acquire and release would otherwise start
+            // a thread per acquire), then ends if nothing is on its way.
+            match cmds.recv_timeout(PROXY_IDLE) {
+                Ok(cmd) => cmd,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if inflight.compare_exchange(0, CLOSED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                        return;
+                    }
+                    continue; // a command was counted in: it is on its way
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match cmds.recv() {
+                Ok(cmd) => cmd,
+                Err(_) => break,
+            }
+        };
         match cmd {
             Cmd::Acquire { id, timeout, cancel, post } => {
                 let mut hook = || !cancel.load(Ordering::Acquire);
@@ -295,11 +320,6 @@ fn proxy(lock: Obj, cmds: crossbeam_channel::Receiver<Cmd>, inflight: Arc<Atomic
         }
         // The command is handled (its reply posted).
         inflight.fetch_sub(1, Ordering::AcqRel);
-        // Nothing held and nothing on its way: the proxy ends (the next
-        // request makes another).
-        if depth == 0 && inflight.compare_exchange(0, CLOSED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            return;
-        }
     }
     inflight.store(CLOSED, Ordering::Release);
     // The owner is gone: what it held is released, as a dead holder's.
