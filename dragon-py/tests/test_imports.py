@@ -1,6 +1,7 @@
 """The package's import structure: every module imports on its own in a
 fresh interpreter, and modules do not import each other in cycles."""
 import ast
+import importlib.util
 import os
 import subprocess
 import sys
@@ -10,8 +11,10 @@ import dragon
 from conftest import clean_env
 
 PACKAGE = os.path.dirname(os.path.abspath(dragon.__file__))
-# The start-method hook's module, installed next to the package.
-HOOK = os.path.join(os.path.dirname(PACKAGE), "hook", "purelib", "_dragon_hook.py")
+# The start-method hook's module: wherever the installation put it (next
+# to the package in an editable install's tree, in site-packages from a
+# wheel).
+HOOK = importlib.util.find_spec("_dragon_hook").origin
 
 # Imports made on first use that close a cycle, each for a reason:
 ALLOWED_LAZY = {
