@@ -6,7 +6,13 @@
   host; a block with ``distribution=BLOCK`` fills each node's CPUs before
   the next node.
 * Otherwise the processes a program starts go round-robin over the nodes
-  (as HPE Dragon places them), starting with the primary node.
+  (as HPE Dragon places them), starting with the primary node; but a
+  process whose arguments hold something that exists only on this node
+  (a ``RawValue``/``RawArray``, a descriptor other than a ``Pipe`` end's
+  socket, such as the standard library's shared heap behind
+  ``multiprocessing.heap.BufferWrapper``) starts on this node instead,
+  where it can use them (placed on a named node, it fails with
+  :class:`~dragon.errors.NotLocalError`).
 * A :class:`dragon.pool.Pool` places its workers itself (each process
   object names its node: see :mod:`dragon._pool_nodes`).
 * ``ProcessPoolExecutor`` workers are placed as any process (round-robin,
@@ -27,7 +33,7 @@ import threading
 
 from . import _remote
 
-__all__ = ["node_for"]
+__all__ = ["node_for", "node_named"]
 
 _counter = itertools.count()
 _lock = threading.Lock()
@@ -66,6 +72,17 @@ def _policy_node(nodes) -> int | None:
             if k < 0:
                 return n["index"]
     return None
+
+
+def node_named(process_obj) -> bool:
+    """Whether ``process_obj``'s node was named (by the process itself or
+    by a Policy in force that names a host), not chosen freely."""
+    if getattr(process_obj, "_dragon_node", None) is not None:
+        return True
+    from .infrastructure.policy import Policy
+    from .native import machine
+
+    return machine.policy_node(Policy.global_policy()) is not None
 
 
 def node_for(process_obj) -> int:

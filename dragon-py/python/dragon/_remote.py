@@ -25,8 +25,11 @@ sockets of ``Pipe`` ends): each becomes a *tether* (see
 process gets one end of a socket pair on its node, and end of file on
 either side crosses to the other, so a ``Pipe`` end on another node sees
 ``EOFError`` when the other end closes or dies, as on one node. Other
-descriptors (shared values and arrays) cannot cross nodes and are a clear
-error.
+descriptors (a shared heap arena of the standard library, say) cannot cross
+nodes and are a clear error (:class:`~dragon.errors.NotLocalError`), as is a
+``RawValue``/``RawArray`` among the arguments of a process placed freely
+(``free=True``: the caller then starts it on this node instead; see
+:mod:`dragon._placement`).
 """
 from __future__ import annotations
 
@@ -52,6 +55,27 @@ SERVICE_ENV = "DRAGON_SERVICE"
 NODES_ENV = "DRAGON_NODES"
 NODE_ENV = "DRAGON_NODE_INDEX"
 _HEAD = struct.Struct("<IBQ")
+
+
+#: Set while a process placed freely (round-robin) is pickled for another
+#: node: objects that live only on this node refuse to be pickled then.
+_free = threading.local()
+
+
+def pickling_free_placement() -> bool:
+    """Whether the process being pickled on this thread was placed freely
+    on another node (see :func:`check_crosses`)."""
+    return getattr(_free, "on", False)
+
+
+def check_crosses(what: str) -> None:
+    """Raise :class:`~dragon.errors.NotLocalError` if ``what`` (an object
+    of this node only) is being pickled into a process placed freely on
+    another node: that process starts on this node instead."""
+    if pickling_free_placement():
+        from .errors import NotLocalError
+
+        raise NotLocalError("%s lives only on this node" % what)
 
 
 class ServiceError(OSError):
@@ -198,7 +222,7 @@ class RemotePopen:
 
         return _DupFd(ind)
 
-    def __init__(self, process_obj, node: int):
+    def __init__(self, process_obj, node: int, free: bool = False):
         util._flush_std_streams()
         self.returncode = None
         self.finalizer = None
@@ -207,16 +231,20 @@ class RemotePopen:
         self._launch_id = None
         self._lock = threading.Lock()
         self._tethers = []
+        self._free = free
         self._launch(process_obj)
 
     def duplicate_for_child(self, fd):
         import stat
 
         if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-            raise ValueError(
+            from .errors import NotLocalError
+
+            raise NotLocalError(
                 "this object holds a file descriptor that is not a socket (an OS pipe, say, as "
-                "multiprocessing.connection.Pipe(duplex=False) makes), which cannot be passed to a process on "
-                "another node (node %d); use the context's Pipe or a Queue instead"
+                "multiprocessing.connection.Pipe(duplex=False) makes, or the shared heap behind the standard "
+                "library's BufferWrapper), which cannot be passed to a process on another node (node %d); use "
+                "the context's Pipe, a Queue or a Value/Array instead"
                 % self.node)
         self._tethers.append(fd)
         # Its index among the descriptors after the data pipe and stdio.
@@ -241,12 +269,14 @@ class RemotePopen:
         head = {"prep": prep, "env": env, "stdio": [1, 2, 3], "tracker": None, "extra": 4}
         buf = io.BytesIO()
         set_spawning_popen(self)
+        _free.on = self._free
         try:
             pickler = _wire.Pickler(buf)
             pickler.dump(head)
             pickler.clear_memo()
             pickler.dump(process_obj)
         finally:
+            _free.on = False
             set_spawning_popen(None)
         payload = _launch_payload(_template_prep(), runtime._interpreter_flags(), len(self._tethers), buf.getvalue())
         ctl = _Connection()

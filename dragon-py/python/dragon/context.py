@@ -61,7 +61,14 @@ class DragonProcess(_mp_process.BaseProcess):
             # Executor workers and Manager servers (see the module docs).
             node, remote = _crossnode.prepare(process_obj, node)
         if node != _remote.this_node():
-            return remote(process_obj, node)
+            if _placement.node_named(process_obj):
+                return remote(process_obj, node)
+            from .errors import NotLocalError
+
+            try:
+                return remote(process_obj, node, free=True)
+            except NotLocalError:
+                pass  # it holds objects of this node only (_placement): it starts here
         from .popen import Popen
 
         return Popen(process_obj)

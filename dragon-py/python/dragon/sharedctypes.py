@@ -28,6 +28,7 @@ from typing import Any
 from multiprocessing import sharedctypes as _std
 from multiprocessing.reduction import ForkingPickler
 
+from . import _remote
 from ._block import RemoteBlock, SharedBlock
 
 __all__ = ["RawValue", "RawArray", "Value", "Array", "copy", "synchronized", "SharedBlock"]
@@ -42,6 +43,7 @@ def _reduce_ctype(obj):
     block = getattr(obj, "_wrapper", None)
     if not isinstance(block, SharedBlock):
         return _std.reduce_ctype(obj)  # a standard-library shared object
+    _remote.check_crosses("a RawValue or RawArray")  # plain memory: its process starts here
     if isinstance(obj, ctypes.Array):
         return _rebuild_ctype, (obj._type_, block, obj._length_)
     return _rebuild_ctype, (type(obj), block, None)

@@ -1,0 +1,78 @@
+"""Multi-node behaviours that CPython's multiprocessing suite runs into
+when it runs across the nodes of the test bed (``scripts/oracle
+--cluster``): each test here pins one of them down on three real nodes.
+The cluster and the helpers are those of ``test_multinode.py``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from test_multinode import _assert_clean, _ok, _run, _script, cluster  # noqa: E402,F401
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def test_node_bound_arguments_keep_a_freely_placed_process_here(cluster):
+    """Round-robin placement is a default, not a promise: a process whose
+    arguments exist only on this node (a RawValue, the standard library's
+    shared heap behind BufferWrapper) starts on this node and uses them;
+    the next processes go on round-robin; a process placed on a named node
+    with such an argument fails at start() with NotLocalError."""
+    script = _script(cluster, "node_bound.py", """
+        import multiprocessing as mp, socket
+        from multiprocessing import heap
+        from dragon.errors import NotLocalError
+        from dragon.infrastructure.policy import Policy
+
+        def raw(r, lock, q):
+            with lock:
+                r.value += 41
+            q.put(("raw", socket.gethostname()))
+
+        def arena(w, i, q):
+            w.create_memoryview().cast("i")[i] = 10 + i
+            q.put(("arena", socket.gethostname()))
+
+        def plain(q):
+            q.put(("plain", socket.gethostname()))
+
+        if __name__ == "__main__":
+            q = mp.Queue()
+            r, lock = mp.RawValue("i", 1), mp.Lock()
+            w = heap.BufferWrapper(3 * 4)
+            ps = [mp.Process(target=raw, args=(r, lock, q)) for _ in range(3)]
+            ps += [mp.Process(target=arena, args=(w, i, q)) for i in range(3)]
+            ps += [mp.Process(target=plain, args=(q,)) for _ in range(3)]
+            for p in ps:
+                p.start()
+            got = [q.get(timeout=120) for _ in ps]
+            for p in ps:
+                p.join(120)
+            for tag in ("raw", "arena", "plain"):
+                print(tag, sorted(h for t, h in got if t == tag))
+            print("codes", [p.exitcode for p in ps])
+            print("value", r.value, "arena", list(w.create_memoryview().cast("i")))
+            with Policy(host_name="node2"):
+                p = mp.Process(target=arena, args=(w, 0, q))
+                try:
+                    p.start()
+                    print("named: started", p.join(60), p.exitcode)
+                except NotLocalError as e:
+                    print("named: NotLocalError", e)
+        """)
+    r = _run(cluster, script)
+    _ok(r)
+    out = r.stdout
+    assert "raw ['node1', 'node1', 'node1']" in out, out
+    assert "arena ['node1', 'node1', 'node1']" in out, out
+    assert "plain ['node1', 'node2', 'node3']" in out, out
+    assert "codes [0, 0, 0, 0, 0, 0, 0, 0, 0]" in out, out
+    assert "value 124 arena [10, 11, 12]" in out, out
+    assert "named: NotLocalError this object holds a file descriptor" in out, out
+    assert "(node 1)" in out, out
+    _assert_clean(cluster)
