@@ -76,3 +76,64 @@ def test_node_bound_arguments_keep_a_freely_placed_process_here(cluster):
     assert "named: NotLocalError this object holds a file descriptor" in out, out
     assert "(node 1)" in out, out
     _assert_clean(cluster)
+
+
+def test_bytes_written_to_a_pipe_socket_across_nodes_end_the_connection(cluster):
+    """A Pipe end's fileno() is its lifetime socket; across nodes it carries
+    no bytes (nor descriptors: reduction.send_handle). Writing to it, from
+    either side, ends the connection on both nodes with end of file and a
+    note on stderr, so that neither reader waits forever for what cannot
+    come, even while the parent still holds the child's end."""
+    script = _script(cluster, "pipe_socket.py", """
+        import multiprocessing as mp, os
+        from multiprocessing import reduction
+        from dragon.infrastructure.policy import Policy
+
+        def receive_fd(conn):
+            try:
+                fd = reduction.recv_handle(conn)
+                print("child: got", fd)
+            except (EOFError, OSError, RuntimeError) as e:
+                print("child: recv_handle", type(e).__name__, flush=True)
+
+        def write_byte(conn):
+            os.write(conn.fileno(), b"\\0")
+            conn.recv_bytes()  # until the connection ends
+
+        def start(target, conn):
+            with Policy(host_name="node2"):
+                p = mp.Process(target=target, args=(conn,))
+                p.start()
+            return p
+
+        if __name__ == "__main__":
+            conn, child_conn = mp.Pipe()
+            p = start(receive_fd, child_conn)
+            with open("fd.txt", "wb") as f:
+                reduction.send_handle(conn, f.fileno(), p.pid)
+            p.join(120)
+            print("fd sent: child exit", p.exitcode)
+            try:
+                conn.recv()
+            except EOFError:
+                print("fd sent: parent EOFError")
+
+            conn, child_conn = mp.Pipe()
+            p = start(write_byte, child_conn)
+            try:
+                reduction.recv_handle(conn)
+            except (EOFError, RuntimeError) as e:
+                print("byte written: parent recv_handle", type(e).__name__)
+            p.join(120)
+            print("byte written: child exit", p.exitcode)
+        """)
+    r = _run(cluster, script)
+    _ok(r)
+    out = r.stdout
+    assert "child: recv_handle EOFError" in out, out
+    assert "fd sent: child exit 0" in out, out
+    assert "fd sent: parent EOFError" in out, out
+    assert "byte written: parent recv_handle EOFError" in out, out
+    assert "byte written: child exit 1" in out, out  # its recv_bytes() saw the end: EOFError
+    assert r.stderr.count("they cannot cross nodes; the connection is closed on both nodes") == 2, r.stderr
+    _assert_clean(cluster)

@@ -14,7 +14,8 @@
 //!   LAUNCH   prep_len u32, prep, nflags u16, (len u16, flag)*,
 //!            ntethers u16, tether id u64 * ntethers, start data
 //!                                   -> OK: pid i64, launch id u64
-//!   TETHER   origin node u32, tether id u64: that end of a tether closed
+//!   TETHER   origin node u32, tether id u64[, 1u8]: that end of a tether
+//!            closed (with the 1: broken, shut the other end down too)
 //!   SIGNAL   launch u64, signal i32 -> OK
 //!   RELEASE  launch u64             -> OK (the requester lets go)
 //!   EXITED   (id 0) launch u64, exit code i64 (negative: signal)

@@ -272,7 +272,10 @@ struct StartJob {
 /// socket pair, gives the process one end and keeps the other. When either
 /// kept socket reaches end of file, its service closes it and tells the
 /// other, which closes its own: end of file crosses the nodes both ways.
-/// A lost node closes its tethers too (its processes are gone).
+/// A lost node closes its tethers too (its processes are gone). A tether
+/// carries no bytes: bytes written to a kept socket (a process writing to a
+/// `Pipe` end's `fileno()` itself) break it, and both services shut their
+/// sockets down, so that no reader waits for bytes that cannot come.
 struct Tether {
     fd: OwnedFd,
     /// The node at the other end.
@@ -827,7 +830,7 @@ impl Service {
         // Its tethers end: its processes are gone.
         let ends: Vec<Token> = self.tethers.iter().filter(|(_, x)| x.peer == node).map(|(t, _)| *t).collect();
         for t in ends {
-            self.close_tether(t, false);
+            self.close_tether(t, false, false);
         }
         // Every request waiting on it fails.
         let failed: Vec<u64> = self.pending.iter().filter(|(_, p)| p.node == node).map(|(id, _)| *id).collect();
@@ -983,8 +986,11 @@ impl Service {
             proto::TETHER => {
                 let (Some((origin, rest)), Some(node)) = (u32_at(&f.payload), self.peer_node(t)) else { return };
                 let Some(id) = u64_at(rest) else { return };
+                let broken = rest.get(8) == Some(&1);
                 match self.tether_tokens.get(&(origin, id)).copied() {
-                    Some(tt) if self.tethers.get(&tt).is_some_and(|x| x.peer == node) => self.close_tether(tt, false),
+                    Some(tt) if self.tethers.get(&tt).is_some_and(|x| x.peer == node) => {
+                        self.close_tether(tt, false, broken)
+                    }
                     Some(_) => {}
                     // Closed before its start request got here: close it when made.
                     None if origin == node && self.closed_early.len() < 1 << 16 => {
@@ -1092,7 +1098,7 @@ impl Service {
         if !ok {
             for id in &p.tethers {
                 if let Some(tt) = self.tether_tokens.get(&(self.me, *id)).copied() {
-                    self.close_tether(tt, false);
+                    self.close_tether(tt, false, false);
                 }
             }
         }
@@ -1331,13 +1337,32 @@ impl Service {
 
     fn tether_event(&mut self, t: Token) {
         let Some(x) = self.tethers.get(&t) else { return };
-        if crate::sys::drain_or_eof(x.fd.as_raw_fd()) == Some(true) {
-            self.close_tether(t, true);
+        match crate::sys::drain_or_eof(x.fd.as_raw_fd()) {
+            Some(true) => self.close_tether(t, true, false),
+            // Bytes written to a lifetime socket: a process used a Pipe
+            // end's fileno() itself (reduction.send_handle, os.write), and
+            // its peer is on another node, where neither the bytes nor the
+            // descriptors that came with them can go. The tether breaks on
+            // both sides, so that the reader there, and here, sees end of
+            // file instead of waiting forever for what was dropped.
+            Some(false) => {
+                let msg = format!(
+                    "node {}: bytes or descriptors were written to the socket of a Pipe end (its fileno(), e.g. \
+                     multiprocessing.reduction.send_handle) whose other end is on node {}: they cannot cross \
+                     nodes; the connection is closed on both nodes",
+                    self.me, x.peer
+                );
+                self.out.emit(out::LOG, msg.as_bytes());
+                self.close_tether(t, true, true);
+            }
+            None => {}
         }
     }
 
-    /// Close a tether's end here; with `tell`, tell the other node to close its own.
-    fn close_tether(&mut self, t: Token, tell: bool) {
+    /// Close a tether's end here; with `tell`, tell the other node to close
+    /// its own. A `broken` tether is shut down, not only closed: every
+    /// holder of that socket (of the other end's too) sees end of file.
+    fn close_tether(&mut self, t: Token, tell: bool, broken: bool) {
         let Some(x) = self.tethers.remove(&t) else { return };
         self.tether_tokens.remove(&x.key);
         let raw = x.fd.as_raw_fd();
@@ -1346,7 +1371,13 @@ impl Service {
             let mut p = BytesMut::new();
             p.put_u32_le(x.key.0);
             p.put_u64_le(x.key.1);
+            if broken {
+                p.put_u8(1);
+            }
             self.notice_node(x.peer, proto::TETHER, p.freeze());
+        }
+        if broken {
+            let _ = std::os::unix::net::UnixStream::from(x.fd).shutdown(std::net::Shutdown::Both);
         }
     }
 
