@@ -137,3 +137,38 @@ def test_bytes_written_to_a_pipe_socket_across_nodes_end_the_connection(cluster)
     assert "byte written: child exit 1" in out, out  # its recv_bytes() saw the end: EOFError
     assert r.stderr.count("they cannot cross nodes; the connection is closed on both nodes") == 2, r.stderr
     _assert_clean(cluster)
+
+
+def test_a_process_on_another_node_has_a_temp_dir_of_its_own(cluster):
+    """multiprocessing's temporary folder (util.get_temp_dir(): where
+    Listener() and Manager() put their sockets) is in a node's own /tmp: a
+    process started on another node makes its own there instead of
+    inheriting a path that does not exist on its node."""
+    script = _script(cluster, "tempdir.py", """
+        import multiprocessing as mp, os
+        from multiprocessing import connection, util
+        from dragon.infrastructure.policy import Policy
+
+        def child(q):
+            d = util.get_temp_dir()
+            with connection.Listener() as l:
+                q.put((d, os.path.isdir(d), os.path.dirname(l.address) == d))
+
+        if __name__ == "__main__":
+            mine = util.get_temp_dir()
+            q = mp.Queue()
+            for host in ("node2", "node1"):
+                with Policy(host_name=host):
+                    p = mp.Process(target=child, args=(q,))
+                    p.start()
+                d, exists, inside = q.get(timeout=120)
+                p.join(120)
+                print(host, "own" if d != mine else "parent's", exists, inside, p.exitcode)
+        """)
+    r = _run(cluster, script)
+    _ok(r)
+    out = r.stdout
+    assert "node2 own True True 0" in out, out
+    # On its own node a process shares its parent's folder, as always.
+    assert "node1 parent's True True 0" in out, out
+    _assert_clean(cluster)

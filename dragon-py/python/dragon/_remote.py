@@ -267,6 +267,11 @@ class RemotePopen:
         # Descriptors the node's service sends with the start: the data
         # pipe (0), then stdin, stdout and stderr.
         head = {"prep": prep, "env": env, "stdio": [1, 2, 3], "tracker": None, "extra": 4}
+        # The process inherits this process's multiprocessing configuration,
+        # but not its temporary folder (util.get_temp_dir(), where Listener()
+        # and Manager() put their sockets): that is in this node's /tmp.
+        # The process makes its own on its node when it needs one.
+        process_obj._config.pop("tempdir", None)
         buf = io.BytesIO()
         set_spawning_popen(self)
         _free.on = self._free
