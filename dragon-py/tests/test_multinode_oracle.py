@@ -172,3 +172,45 @@ def test_a_process_on_another_node_has_a_temp_dir_of_its_own(cluster):
     # On its own node a process shares its parent's folder, as always.
     assert "node1 parent's True True 0" in out, out
     _assert_clean(cluster)
+
+
+def test_parent_process_on_another_node(cluster):
+    """parent_process() of a process whose parent is on another node is
+    alive while the parent runs and is seen ending when the parent is
+    killed (a pid names a process of one node only: the sentinel is a
+    tether from the parent)."""
+    script = _script(cluster, "parent.py", """
+        import multiprocessing as mp, time
+        from multiprocessing.process import parent_process
+        from dragon.infrastructure.policy import Policy
+
+        def leaf(q):
+            pp = parent_process()
+            q.put(("leaf sees its parent", pp.is_alive()))
+            pp.join(120)
+            q.put(("after the kill", pp.is_alive()))
+
+        def middle(q):
+            q.put(("middle sees its parent", parent_process().is_alive()))
+            with Policy(host_name="node3"):
+                mp.Process(target=leaf, args=(q,)).start()
+            time.sleep(600)
+
+        if __name__ == "__main__":
+            q = mp.Queue()
+            with Policy(host_name="node2"):
+                p = mp.Process(target=middle, args=(q,))
+                p.start()
+            print(*q.get(timeout=120))
+            print(*q.get(timeout=120))
+            p.terminate()
+            p.join(120)
+            print(*q.get(timeout=120))
+        """)
+    r = _run(cluster, script)
+    _ok(r)
+    out = r.stdout
+    assert "middle sees its parent True" in out, out
+    assert "leaf sees its parent True" in out, out
+    assert "after the kill False" in out, out
+    _assert_clean(cluster)

@@ -78,6 +78,23 @@ def check_crosses(what: str) -> None:
         raise NotLocalError("%s lives only on this node" % what)
 
 
+_life = None  # (pid, kept end, given end): this process's lifeline
+_life_lock = threading.Lock()
+
+
+def _lifeline_fd() -> int:
+    """The descriptor a process started on another node gets as its
+    parent's sentinel (``parent_process()``): one end of a socket pair
+    whose other end this process holds until it ends. It goes as a tether,
+    so its end of file crosses to that node when this process ends."""
+    global _life
+    with _life_lock:
+        if _life is None or _life[0] != os.getpid():
+            keep, give = socket.socketpair()
+            _life = (os.getpid(), keep, give)
+        return _life[2].fileno()
+
+
 class ServiceError(OSError):
     """This node's service could not do what was asked (the message says why:
     a node lost, a start that failed on the other node...)."""
@@ -272,6 +289,10 @@ class RemotePopen:
         # and Manager() put their sockets): that is in this node's /tmp.
         # The process makes its own on its node when it needs one.
         process_obj._config.pop("tempdir", None)
+        # Its parent's sentinel: the first tether (a pid names a process of
+        # this node only).
+        self._tethers.append(_lifeline_fd())
+        head["parent_sentinel"] = 0
         buf = io.BytesIO()
         set_spawning_popen(self)
         _free.on = self._free

@@ -465,7 +465,11 @@ def _child_main(fds):
         finally:
             del process.current_process()._inheriting
     try:
-        parent_sentinel = os.pidfd_open(process_obj._parent_pid)
+        if head.get("parent_sentinel") is not None:
+            # Started for a process of another node: its lifeline (_remote).
+            parent_sentinel = fds[head["extra"] + head["parent_sentinel"]]
+        else:
+            parent_sentinel = os.pidfd_open(process_obj._parent_pid)
     except (OSError, TypeError):
         # The parent is already gone: a descriptor that reads EOF at once.
         parent_sentinel, w = os.pipe()
