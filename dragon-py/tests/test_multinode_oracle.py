@@ -19,13 +19,14 @@ pytestmark = pytest.mark.timeout(600)
 
 def test_node_bound_arguments_keep_a_freely_placed_process_here(cluster):
     """Round-robin placement is a default, not a promise: a process whose
-    arguments exist only on this node (a RawValue, the standard library's
-    shared heap behind BufferWrapper) starts on this node and uses them;
-    the next processes go on round-robin; a process placed on a named node
-    with such an argument fails at start() with NotLocalError."""
+    arguments exist only on this node (a RawValue, a SharedMemory block,
+    the standard library's shared heap behind BufferWrapper) starts on this
+    node and uses them; the next processes go on round-robin; a process
+    placed on a named node with such a descriptor fails at start() with
+    NotLocalError."""
     script = _script(cluster, "node_bound.py", """
         import multiprocessing as mp, socket
-        from multiprocessing import heap
+        from multiprocessing import heap, shared_memory
         from dragon.errors import NotLocalError
         from dragon.infrastructure.policy import Policy
 
@@ -38,6 +39,11 @@ def test_node_bound_arguments_keep_a_freely_placed_process_here(cluster):
             w.create_memoryview().cast("i")[i] = 10 + i
             q.put(("arena", socket.gethostname()))
 
+        def shm(block, i, q):
+            block.buf[i] = 20 + i
+            block.close()
+            q.put(("shm", socket.gethostname()))
+
         def plain(q):
             q.put(("plain", socket.gethostname()))
 
@@ -47,16 +53,20 @@ def test_node_bound_arguments_keep_a_freely_placed_process_here(cluster):
             w = heap.BufferWrapper(3 * 4)
             ps = [mp.Process(target=raw, args=(r, lock, q)) for _ in range(3)]
             ps += [mp.Process(target=arena, args=(w, i, q)) for i in range(3)]
+            block = shared_memory.SharedMemory(create=True, size=3)
+            ps += [mp.Process(target=shm, args=(block, i, q)) for i in range(3)]
             ps += [mp.Process(target=plain, args=(q,)) for _ in range(3)]
             for p in ps:
                 p.start()
             got = [q.get(timeout=120) for _ in ps]
             for p in ps:
                 p.join(120)
-            for tag in ("raw", "arena", "plain"):
+            for tag in ("raw", "arena", "shm", "plain"):
                 print(tag, sorted(h for t, h in got if t == tag))
             print("codes", [p.exitcode for p in ps])
-            print("value", r.value, "arena", list(w.create_memoryview().cast("i")))
+            print("value", r.value, "arena", list(w.create_memoryview().cast("i")), "shm", list(block.buf))
+            block.close()
+            block.unlink()
             with Policy(host_name="node2"):
                 p = mp.Process(target=arena, args=(w, 0, q))
                 try:
@@ -71,8 +81,9 @@ def test_node_bound_arguments_keep_a_freely_placed_process_here(cluster):
     assert "raw ['node1', 'node1', 'node1']" in out, out
     assert "arena ['node1', 'node1', 'node1']" in out, out
     assert "plain ['node1', 'node2', 'node3']" in out, out
-    assert "codes [0, 0, 0, 0, 0, 0, 0, 0, 0]" in out, out
-    assert "value 124 arena [10, 11, 12]" in out, out
+    assert "shm ['node1', 'node1', 'node1']" in out, out
+    assert "codes [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]" in out, out
+    assert "value 124 arena [10, 11, 12] shm [20, 21, 22]" in out, out
     assert "named: NotLocalError this object holds a file descriptor" in out, out
     assert "(node 1)" in out, out
     _assert_clean(cluster)

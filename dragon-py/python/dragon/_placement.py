@@ -8,7 +8,8 @@
 * Otherwise the processes a program starts go round-robin over the nodes
   (as HPE Dragon places them), starting with the primary node; but a
   process whose arguments hold something that exists only on this node
-  (a ``RawValue``/``RawArray``, a descriptor other than a ``Pipe`` end's
+  (a ``RawValue``/``RawArray``, a standard library ``SharedMemory``
+  block, a descriptor other than a ``Pipe`` end's
   socket, such as the standard library's shared heap behind
   ``multiprocessing.heap.BufferWrapper``) starts on this node instead,
   where it can use them (placed on a named node, it fails with

@@ -27,7 +27,8 @@ either side crosses to the other, so a ``Pipe`` end on another node sees
 ``EOFError`` when the other end closes or dies, as on one node. Other
 descriptors (a shared heap arena of the standard library, say) cannot cross
 nodes and are a clear error (:class:`~dragon.errors.NotLocalError`), as is a
-``RawValue``/``RawArray`` among the arguments of a process placed freely
+``RawValue``/``RawArray`` or a ``multiprocessing.shared_memory.SharedMemory``
+among the arguments of a process placed freely
 (``free=True``: the caller then starts it on this node instead; see
 :mod:`dragon._placement`).
 """
@@ -42,7 +43,9 @@ import struct
 import threading
 
 from multiprocessing import util
+from multiprocessing import shared_memory as _shared_memory
 from multiprocessing.context import set_spawning_popen
+from multiprocessing.reduction import ForkingPickler
 
 from . import _wire, runtime
 
@@ -77,6 +80,13 @@ def check_crosses(what: str) -> None:
 
         raise NotLocalError("%s lives only on this node" % what)
 
+
+def _reduce_shared_memory(shm):
+    check_crosses("a multiprocessing.shared_memory.SharedMemory block")  # in this node's /dev/shm
+    return shm.__reduce__()
+
+
+ForkingPickler.register(_shared_memory.SharedMemory, _reduce_shared_memory)
 
 _life = None  # (pid, kept end, given end): this process's lifeline
 _life_lock = threading.Lock()
