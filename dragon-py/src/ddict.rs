@@ -71,9 +71,8 @@ impl DDictClient {
     }
 
     fn remote(&self, py: Python<'_>, node: u32, pin: Option<usize>, op: u8, args: &[&[u8]]) -> PyResult<Vec<Vec<u8>>> {
-        if self.inner.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
-            return self.with(|_| Ok(Vec::new()));
-        }
+        // A detached or destroyed handle says so, as for local shards.
+        self.with(|_| Ok(()))?;
         remote_ddict::call(py, node, pin, &self.desc, op, args)
     }
 
@@ -108,18 +107,18 @@ impl DDictClient {
         }
     }
 
-    /// A whole-DDict operation: this node's shards, then every other node's.
+    /// A whole-DDict operation that answers nothing: this node's shards,
+    /// then every other node's.
     fn everywhere(
         &self,
         py: Python<'_>,
         local: impl FnOnce(&mut Client) -> Result<(), Error>,
         op: u8,
         args: &[&[u8]],
-        mut each: impl FnMut(Vec<Vec<u8>>) -> PyResult<()>,
     ) -> PyResult<()> {
         self.with(local)?;
         for &node in &self.others {
-            each(self.remote(py, node, None, op, args)?)?;
+            self.remote(py, node, None, op, args)?;
         }
         Ok(())
     }
@@ -198,19 +197,18 @@ impl DDictClient {
 
     /// Store `key` = `(tag, data)`.
     fn put(&self, py: Python<'_>, key: &[u8], tag: u8, data: &[u8]) -> PyResult<()> {
-        let v = tagged(tag, data);
-        self.keyed(py, key, |c| c.put_parts(key, &[&[tag], data], false).map(drop), ops::PUT, &[key, &v], |_| Ok(()))
+        let parts: [&[u8]; 2] = [&[tag], data];
+        self.keyed(py, key, |c| c.put_parts(key, &parts, false).map(drop), ops::PUT, &[key, &[tag], data], |_| Ok(()))
     }
 
     /// Store unless present; whether it was stored.
     fn put_if_absent(&self, py: Python<'_>, key: &[u8], tag: u8, data: &[u8]) -> PyResult<bool> {
-        let v = tagged(tag, data);
         self.keyed(
             py,
             key,
             |c| c.put_parts(key, &[&[tag], data], true).map(|p| p != Put::Exists),
             ops::PUT_IF_ABSENT,
-            &[key, &v],
+            &[key, &[tag], data],
             |f| Ok(flag(&f)),
         )
     }
@@ -218,14 +216,13 @@ impl DDictClient {
     /// Store `key` in shard `shard` (checkpoint versions live with their
     /// unversioned key's shard).
     fn put_in(&self, py: Python<'_>, shard: usize, key: &[u8], tag: u8, data: &[u8]) -> PyResult<()> {
-        let v = tagged(tag, data);
         self.on_shard(
             py,
             key,
             Some(shard),
             |c| c.put_parts_in(shard, key, &[&[tag], data], false).map(drop),
             ops::PUT_IN,
-            &[&shard_arg(shard), key, &v],
+            &[&shard_arg(shard), key, &[tag], data],
             |_| Ok(()),
         )
     }
@@ -276,28 +273,31 @@ impl DDictClient {
     /// Store in every shard.
     fn put_all(&self, py: Python<'_>, key: &[u8], tag: u8, data: &[u8]) -> PyResult<()> {
         let v = tagged(tag, data);
-        self.everywhere(py, |c| c.put_all(key, &v), ops::PUT_ALL, &[key, &v], |_| Ok(()))
+        self.everywhere(py, |c| c.put_all(key, &v), ops::PUT_ALL, &[key, &v])
     }
 
     /// Store many `(key, tag, data)` triples.
     fn put_many(&self, py: Python<'_>, items: Vec<(Vec<u8>, u8, Vec<u8>)>) -> PyResult<()> {
-        let values: Vec<Vec<u8>> = items.iter().map(|(_, t, d)| tagged(*t, d)).collect();
-        // By where each key's shard lives.
-        let mut here: Vec<(&[u8], &[u8])> = Vec::new();
+        // By where each key's shard lives; other nodes get the triples as
+        // they are (`ops::PUT_MANY`).
+        let tags: Vec<[u8; 1]> = items.iter().map(|(_, t, _)| [*t]).collect();
+        let mut here: Vec<(&[u8], &[u8; 1], &[u8])> = Vec::new();
         let mut by_node: std::collections::BTreeMap<(u32, Option<usize>), Vec<&[u8]>> = Default::default();
-        for ((k, _, _), v) in items.iter().zip(&values) {
+        for ((k, _, d), t) in items.iter().zip(&tags) {
             match self.route(k, None)? {
-                Route::Here => here.push((k, v)),
-                Route::Node(n, pin) => by_node.entry((n, pin)).or_default().extend([k.as_slice(), v.as_slice()]),
+                Route::Here => here.push((k, t, d)),
+                Route::Node(n, pin) => by_node.entry((n, pin)).or_default().extend([k.as_slice(), t, d.as_slice()]),
             }
         }
         self.with(|c| {
             if c.durable() {
-                // One request (and one log sync) per shard.
-                return c.put_batch(&here);
+                // One request (and one log sync) per shard: the values joined.
+                let values: Vec<Vec<u8>> = here.iter().map(|(_, t, d)| [&t[..], d].concat()).collect();
+                let pairs: Vec<(&[u8], &[u8])> = here.iter().zip(&values).map(|((k, _, _), v)| (*k, &v[..])).collect();
+                return c.put_batch(&pairs);
             }
-            for (k, v) in &here {
-                c.put_parts(k, &[v], false)?;
+            for (k, t, d) in &here {
+                c.put_parts(k, &[&t[..], d], false)?;
             }
             Ok(())
         })?;
@@ -413,17 +413,17 @@ impl DDictClient {
 
     /// Remove every entry.
     fn clear(&self, py: Python<'_>) -> PyResult<()> {
-        self.everywhere(py, |c| c.clear(), ops::CLEAR, &[], |_| Ok(()))
+        self.everywhere(py, |c| c.clear(), ops::CLEAR, &[])
     }
 
     /// Make the DDict read-only.
     fn freeze(&self, py: Python<'_>) -> PyResult<()> {
-        self.everywhere(py, |c| c.freeze(), ops::FREEZE, &[], |_| Ok(()))
+        self.everywhere(py, |c| c.freeze(), ops::FREEZE, &[])
     }
 
     /// Make the DDict writable.
     fn unfreeze(&self, py: Python<'_>) -> PyResult<()> {
-        self.everywhere(py, |c| c.unfreeze(), ops::UNFREEZE, &[], |_| Ok(()))
+        self.everywhere(py, |c| c.unfreeze(), ops::UNFREEZE, &[])
     }
 
     /// Whether the DDict is frozen.
@@ -437,38 +437,30 @@ impl DDictClient {
 
     /// Raise if the DDict was destroyed or a manager died.
     fn check(&self, py: Python<'_>) -> PyResult<()> {
-        self.everywhere(py, |c| c.check_now(), ops::CHECK, &[], |_| Ok(()))
+        self.everywhere(py, |c| c.check_now(), ops::CHECK, &[])
     }
 
     /// Per-shard counters.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
-        let mut all: Vec<(usize, [u64; 6])> = self.with(|c| {
-            Ok(c.stats_here()
-                .into_iter()
-                .map(|(i, s)| {
-                    (i, [s.entries, s.used_bytes, s.heap_bytes, s.total_bytes, s.clients, u64::from(s.frozen)])
-                })
-                .collect())
-        })?;
+        let mut all = self.with(|c| Ok(c.stats_here()))?;
         for &node in &self.others {
             for f in self.remote(py, node, None, ops::STATS, &[])? {
-                let v: Vec<u64> =
-                    f.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
-                if let [i, a, b, c, d, e, g] = v[..] {
-                    all.push((i as usize, [a, b, c, d, e, g]));
-                }
+                all.push(
+                    ops::parse_stats_row(&f)
+                        .ok_or_else(|| DDictError::new_err("malformed answer from a DDict's node"))?,
+                );
             }
         }
         all.sort_by_key(|(i, _)| *i);
         all.into_iter()
             .map(|(_, s)| {
                 let d = PyDict::new(py);
-                d.set_item("entries", s[0])?;
-                d.set_item("used_bytes", s[1])?;
-                d.set_item("heap_bytes", s[2])?;
-                d.set_item("total_bytes", s[3])?;
-                d.set_item("clients", s[4])?;
-                d.set_item("frozen", s[5] != 0)?;
+                d.set_item("entries", s.entries)?;
+                d.set_item("used_bytes", s.used_bytes)?;
+                d.set_item("heap_bytes", s.heap_bytes)?;
+                d.set_item("total_bytes", s.total_bytes)?;
+                d.set_item("clients", s.clients)?;
+                d.set_item("frozen", s.frozen)?;
                 Ok(d)
             })
             .collect()

@@ -248,17 +248,21 @@ pub(crate) fn service_connect_err(service: &str, e: impl Display) -> PyErr {
 }
 
 /// A request to a synchronisation object of another node failed. The
-/// object's node answers with the standard library's messages, which say
-/// which exception a local object would have raised.
+/// answer's code (`runtime::syncserve::code`) says which exception a local
+/// object would have raised.
 pub(crate) fn remote_sync_err(e: TcpError, int: Interrupt) -> PyErr {
+    use runtime::syncserve::code;
     match e {
         TcpError::Interrupted => int.into_err(),
-        TcpError::Remote { message, .. } if message.contains("does not hold") => PyValueError::new_err(message),
-        TcpError::Remote { message, .. } if message.contains("must acquire()") => PyAssertionError::new_err(message),
-        TcpError::Remote { message, .. } if message.contains("broken barrier") => BrokenBarrierError::new_err(message),
-        // The object's node is lost (or the link to it).
-        TcpError::Remote { code: DRAGON_EIO, message } => PyConnectionError::new_err(message),
-        TcpError::Remote { message, .. } => DragonError::new_err(message),
+        TcpError::Remote { code, message } => match code {
+            code::NOT_HELD | code::OVERFLOW => PyValueError::new_err(message),
+            code::NOT_OWNER | code::NOT_ACQUIRED => PyAssertionError::new_err(message),
+            code::OVERFLOW_MAX => PyOverflowError::new_err(message),
+            code::BROKEN_BARRIER => BrokenBarrierError::new_err(message),
+            // The object's node is lost (or the link to it).
+            DRAGON_EIO => PyConnectionError::new_err(message),
+            _ => DragonError::new_err(message),
+        },
         e => PyConnectionError::new_err(e.to_string()),
     }
 }

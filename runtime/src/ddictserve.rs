@@ -18,18 +18,19 @@
 //! ([`OK`] or the [`ErrorKind`] of a failure, whose one field is the
 //! message) and the operation's fields.
 
-use bytes::{BufMut, BytesMut};
-use ddict::{Client, Descriptor, Error, Put};
+use bytes::{BufMut, Bytes, BytesMut};
+use ddict::{Client, Descriptor, Error, Put, ShardStats};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use transport_abi::abi::{DRAGON_EIO, DRAGON_EPROTO};
 use transport_tcp::serve::{Post, Reply};
 
-/// Store `[key, value]`.
+/// Store `[key, value parts...]` (the value is their concatenation: a
+/// requester sends a tag and its data as they are, without joining them).
 pub const PUT: u8 = 1;
-/// Store `[key, value]` unless present: `[stored u8]`.
+/// Store `[key, value parts...]` unless present: `[stored u8]`.
 pub const PUT_IF_ABSENT: u8 = 2;
-/// Store `[shard u64, key, value]` in that shard.
+/// Store `[shard u64, key, value parts...]` in that shard.
 pub const PUT_IN: u8 = 3;
 /// Remove `[shard u64, key]` from that shard: `[was there u8]`.
 pub const DELETE_IN: u8 = 4;
@@ -39,7 +40,7 @@ pub const CKPT_STATE: u8 = 5;
 pub const CKPT_ADVANCE: u8 = 6;
 /// Store `[key, value]` in every shard.
 pub const PUT_ALL: u8 = 7;
-/// Store `[key, value, key, value, ...]`.
+/// Store `[key, tag, data, key, tag, data, ...]` (each value in two parts).
 pub const PUT_MANY: u8 = 8;
 /// `[key]`: `[]` if absent, else `[value]`.
 pub const GET: u8 = 9;
@@ -224,9 +225,9 @@ fn perform(c: &mut Client, r: &Request<'_>) -> Result<Vec<Vec<u8>>, Error> {
     let arg = |i: usize| a.get(i).copied().ok_or_else(bad);
     let opt_shard = || if a.is_empty() { Ok(None) } else { shard(0).map(Some) };
     Ok(match (r.op, a.len()) {
-        (PUT, 2) => c.put_parts(arg(0)?, &[arg(1)?], false).map(|_| Vec::new())?,
-        (PUT_IF_ABSENT, 2) => flag(c.put_parts(arg(0)?, &[arg(1)?], true)? != Put::Exists),
-        (PUT_IN, 3) => c.put_parts_in(shard(0)?, arg(1)?, &[arg(2)?], false).map(|_| Vec::new())?,
+        (PUT, 1..) => c.put_parts(arg(0)?, &a[1..], false).map(|_| Vec::new())?,
+        (PUT_IF_ABSENT, 1..) => flag(c.put_parts(arg(0)?, &a[1..], true)? != Put::Exists),
+        (PUT_IN, 2..) => c.put_parts_in(shard(0)?, arg(1)?, &a[2..], false).map(|_| Vec::new())?,
         (DELETE_IN, 2) => flag(c.delete_in(shard(0)?, arg(1)?)?),
         (CKPT_STATE, 1) => {
             let (a, b, w) = c.checkpoint_state(shard(0)?)?;
@@ -234,13 +235,16 @@ fn perform(c: &mut Client, r: &Request<'_>) -> Result<Vec<Vec<u8>>, Error> {
         }
         (CKPT_ADVANCE, 2) => vec![num(c.checkpoint_advance(shard(0)?, u64_of(arg(1)?).ok_or_else(bad)?)?)],
         (PUT_ALL, 2) => c.put_all(arg(0)?, arg(1)?).map(|()| Vec::new())?,
-        (PUT_MANY, n) if n % 2 == 0 => {
-            let pairs: Vec<(&[u8], &[u8])> = a.chunks_exact(2).map(|p| (p[0], p[1])).collect();
+        (PUT_MANY, n) if n % 3 == 0 => {
             if c.durable() {
+                // One logged batch per shard: the values joined.
+                let values: Vec<Vec<u8>> = a.chunks_exact(3).map(|t| [t[1], t[2]].concat()).collect();
+                let pairs: Vec<(&[u8], &[u8])> =
+                    a.chunks_exact(3).zip(&values).map(|(t, v)| (t[0], v.as_slice())).collect();
                 c.put_batch(&pairs)?;
             } else {
-                for (k, v) in pairs {
-                    c.put_parts(k, &[v], false)?;
+                for t in a.chunks_exact(3) {
+                    c.put_parts(t[0], &t[1..], false)?;
                 }
             }
             Vec::new()
@@ -278,22 +282,29 @@ fn perform(c: &mut Client, r: &Request<'_>) -> Result<Vec<Vec<u8>>, Error> {
         (UNFREEZE, 0) => c.unfreeze().map(|()| Vec::new())?,
         (IS_FROZEN, 0) => flag(c.is_frozen()),
         (CHECK, 0) => c.check_now().map(|()| Vec::new())?,
-        (STATS, 0) => c
-            .stats_here()
-            .iter()
-            .map(|(i, s)| {
-                [*i as u64, s.entries, s.used_bytes, s.heap_bytes, s.total_bytes, s.clients, u64::from(s.frozen)]
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect()
-            })
-            .collect(),
+        (STATS, 0) => c.stats_here().iter().map(|(i, s)| stats_row(*i, s)).collect(),
         (DESTROY, 0) => {
             c.destroy();
             Vec::new()
         }
         _ => return Err(bad()),
     })
+}
+
+/// A [`STATS`] answer's field for shard `i`.
+pub fn stats_row(i: usize, s: &ShardStats) -> Vec<u8> {
+    [i as u64, s.entries, s.used_bytes, s.heap_bytes, s.total_bytes, s.clients, u64::from(s.frozen)]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect()
+}
+
+/// The shard and its counters in a [`STATS`] answer's field.
+pub fn parse_stats_row(f: &[u8]) -> Option<(usize, ShardStats)> {
+    let v: Vec<u64> = f.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
+    let [i, entries, used_bytes, heap_bytes, total_bytes, clients, frozen] = v[..] else { return None };
+    let s = ShardStats { entries, used_bytes, heap_bytes, total_bytes, clients, frozen: frozen != 0 };
+    Some((usize::try_from(i).ok()?, s))
 }
 
 /// This node's DDicts as other nodes use them: a client per DDict.
@@ -318,14 +329,13 @@ impl DDictServer {
     /// Perform a DDICT request; the answer is posted from a thread of the
     /// waiting pool (`None`), or returned at once for a request that
     /// cannot be decoded or started.
-    pub fn handle(&mut self, id: u64, payload: &[u8], post: &Post) -> Option<Reply> {
-        if parse(payload).is_none() {
-            return Some(Reply::error(id, DRAGON_EPROTO, "malformed DDict request"));
-        }
-        let (payload, post, clients, node) = (payload.to_vec(), post.clone(), self.clients.clone(), self.node);
+    pub fn handle(&mut self, id: u64, payload: Bytes, post: &Post) -> Option<Reply> {
+        let (post, clients, node) = (post.clone(), self.clients.clone(), self.node);
         let work = move || {
-            let r = parse(&payload).expect("parsed above");
-            post(answer(id, run(&clients, node, &r)));
+            post(match parse(&payload) {
+                Some(r) => answer(id, run(&clients, node, &r)),
+                None => Reply::error(id, DRAGON_EPROTO, "malformed DDict request"),
+            })
         };
         match transport_tcp::waiters::spawn(work) {
             Ok(()) => None,
@@ -390,5 +400,13 @@ mod tests {
         forged.put_u32_le(u32::MAX);
         assert!(fields(&forged).is_none());
         assert_eq!(parse(&encode(CLEAR, None, "d", &[])).unwrap().pin, None);
+    }
+
+    #[test]
+    fn stats_rows_round_trip_and_short_ones_are_refused() {
+        let s = ShardStats { entries: 3, used_bytes: 40, heap_bytes: 50, total_bytes: 60, clients: 2, frozen: true };
+        let row = stats_row(5, &s);
+        assert_eq!(parse_stats_row(&row), Some((5, s)));
+        assert_eq!(parse_stats_row(&row[..48]), None);
     }
 }

@@ -1026,7 +1026,7 @@ impl Service {
                     return;
                 }
                 let post = self.poster(t);
-                if let Some(r) = self.ddicts.handle(f.id, &f.payload, &post) {
+                if let Some(r) = self.ddicts.handle(f.id, f.payload.clone(), &post) {
                     self.send_on(t, r.kind, r.id, r.payload);
                 }
             }
@@ -1199,7 +1199,7 @@ impl Service {
         }
         if f.kind == proto::DDICT && node == self.me {
             let post = self.poster(t);
-            if let Some(r) = self.ddicts.handle(f.id, &payload, &post) {
+            if let Some(r) = self.ddicts.handle(f.id, payload.clone(), &post) {
                 self.send_on(t, r.kind, r.id, r.payload);
             }
             return;

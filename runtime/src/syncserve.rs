@@ -206,8 +206,33 @@ fn wait_failure(id: u64, e: WaitError) -> Reply {
     }
 }
 
+/// Error codes of answers (beyond the plugin ABI's) for the failures a
+/// local object reports with an exception of its own, so that the
+/// requester raises the same one.
+pub mod code {
+    /// A release of a lock or semaphore that is not held (`ValueError`).
+    pub const NOT_HELD: i32 = -1001;
+    /// A release of a recursive lock another owner holds (`AssertionError`).
+    pub const NOT_OWNER: i32 = -1002;
+    /// A bounded semaphore released above its initial value (`ValueError`).
+    pub const OVERFLOW: i32 = -1003;
+    /// A semaphore released above the largest value (`OverflowError`).
+    pub const OVERFLOW_MAX: i32 = -1004;
+    /// A condition used without its lock (`AssertionError`).
+    pub const NOT_ACQUIRED: i32 = -1005;
+    /// A barrier broken, reset or timed out (`BrokenBarrierError`).
+    pub const BROKEN_BARRIER: i32 = -1006;
+}
+
 fn release_failure(id: u64, e: ReleaseError) -> Reply {
-    Reply::error(id, DRAGON_EINVAL, &e.to_string())
+    let c = match e {
+        ReleaseError::NotHeld => code::NOT_HELD,
+        ReleaseError::NotOwner => code::NOT_OWNER,
+        ReleaseError::Overflow { max } if max == sync_objects::SEM_VALUE_MAX => code::OVERFLOW_MAX,
+        ReleaseError::Overflow { .. } => code::OVERFLOW,
+        _ => DRAGON_EINVAL,
+    };
+    Reply::error(id, c, &e.to_string())
 }
 
 /// What a lock proxy is asked to do.
@@ -285,7 +310,7 @@ fn proxy(lock: Obj, cmds: crossbeam_channel::Receiver<Cmd>, inflight: Arc<Atomic
                 }
             }
             Cmd::Release { id, post } if depth == 0 => {
-                post(Reply::error(id, DRAGON_EINVAL, "release of a lock this thread does not hold"))
+                post(Reply::error(id, code::NOT_HELD, "release of a lock this thread does not hold"))
             }
             Cmd::Release { id, post } => match release(&lock) {
                 Ok(()) => {
@@ -296,7 +321,7 @@ fn proxy(lock: Obj, cmds: crossbeam_channel::Receiver<Cmd>, inflight: Arc<Atomic
             },
             Cmd::Count { id, post } => post(ok(id, i64::from(depth))),
             Cmd::CondWait { id, post, .. } if depth == 0 => {
-                post(Reply::error(id, DRAGON_EINVAL, "must acquire() condition before using wait()"))
+                post(Reply::error(id, code::NOT_ACQUIRED, "must acquire() condition before using wait()"))
             }
             Cmd::CondWait { id, cond, timeout, cancel, post } => {
                 let mut hook = || !cancel.load(Ordering::Acquire);
@@ -459,7 +484,7 @@ impl SyncServer {
             }
             (LOCK_RELEASE, Obj::Lock(_) | Obj::RLock(_)) => {
                 if !self.holds(r.handle, owner) {
-                    return Some(Reply::error(id, DRAGON_EINVAL, "release of a lock this thread does not hold"));
+                    return Some(Reply::error(id, code::NOT_HELD, "release of a lock this thread does not hold"));
                 }
                 self.send_to_proxy(r.handle, obj.clone(), owner, Cmd::Release { id, post: post.clone() });
                 None
@@ -481,7 +506,7 @@ impl SyncServer {
                     Err(e) => return Some(Reply::error(id, DRAGON_EBADMSG, &e)),
                 };
                 if !self.holds(lh, owner) {
-                    return Some(Reply::error(id, DRAGON_EINVAL, "must acquire() condition before using wait()"));
+                    return Some(Reply::error(id, code::NOT_ACQUIRED, "must acquire() condition before using wait()"));
                 }
                 let (cancel, post) = (self.cancel_flag(node, id), self.posting(node, id, post));
                 let cmd = Cmd::CondWait { id, cond: c.clone(), timeout: r.timeout, cancel, post };
@@ -564,7 +589,7 @@ impl SyncServer {
                         (BARRIER_WAIT, Obj::Barrier(b)) => match b.wait_with(timeout, None, Some(&mut hook)) {
                             Ok(i) => ok(id, i64::from(i)),
                             Err(BarrierError::Interrupted) => wait_failure(id, WaitError::Interrupted),
-                            Err(e) => Reply::error(id, DRAGON_EINVAL, &format!("broken barrier: {e}")),
+                            Err(e) => Reply::error(id, code::BROKEN_BARRIER, &format!("broken barrier: {e}")),
                         },
                         _ => Reply::error(id, DRAGON_EINVAL, &format!("operation {op} does not apply to this object")),
                     };

@@ -69,7 +69,6 @@ Loss
 from __future__ import annotations
 
 import collections
-import os
 import pickle
 import socket
 import struct
@@ -97,7 +96,7 @@ from .pool import (
     RESULT_CAPACITY,
     SLOT_SIZE,
     TASK_CAPACITY,
-    MaybeEncodingError,
+    _decode_result,
     _ended_how,
     _failed_to_start,
     _main_import_error,
@@ -870,14 +869,10 @@ class NodeResults(_Results):
                     raise EOFError(str(e)) from None
             kind = data[0]
             if kind == _R:
-                _, seq, job, i = _RESULT.unpack_from(data)
+                seq, job, i, obj = _decode_result(data)
                 if pending.pop(seq, _MISSING) is _MISSING:
                     continue  # its task was failed already (its node was lost): it ends once
                 self._tasks._answered(seq)
-                try:
-                    obj = pickle.loads(memoryview(data)[_RESULT.size:])
-                except Exception as e:
-                    obj = (False, MaybeEncodingError(e, "<the task's result: it could not be unpickled here>"))
                 return job, i, obj
             if kind == _B:
                 queued.extend(_unpack(data))

@@ -113,6 +113,17 @@ _IDLE = -1
 MAX_START_FAILURES = 3
 
 
+def _decode_result(data):
+    """``(seq, job, index, result)`` of a result message; a result that
+    cannot be unpickled here becomes the task's failure."""
+    _, seq, job, i = _RESULT.unpack_from(data)
+    try:
+        obj = pickle.loads(memoryview(data)[_RESULT.size:])
+    except Exception as e:
+        obj = (False, MaybeEncodingError(e, "<the task's result: it could not be unpickled here>"))
+    return seq, job, i, obj
+
+
 def _failed_to_start(exitcode):
     """Whether a worker that ended before running the worker loop failed
     by itself (an error, a crash) rather than being killed from outside
@@ -342,12 +353,8 @@ class _Results:
             raise EOFError(str(e)) from None
         kind = data[:1]
         if kind == b"R":
-            _, seq, job, i = _RESULT.unpack_from(data)
+            seq, job, i, obj = _decode_result(data)
             self._pending.pop(seq, None)
-            try:
-                obj = pickle.loads(memoryview(data)[_RESULT.size:])
-            except Exception as e:
-                obj = (False, MaybeEncodingError(e, "<the task's result: it could not be unpickled here>"))
             return job, i, obj
         if kind == _END:
             return None

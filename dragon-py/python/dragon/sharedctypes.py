@@ -225,20 +225,31 @@ class _RemoteSynchronizedBase:
         return "<%s wrapper for %s on node %d>" % (type(self).__name__, self._ctype.__name__, self._block.node)
 
 
+def _remote_field(name, whole=False):
+    """A property reading and writing attribute ``name`` of the remote
+    object under its lock: a write reads the object, sets the attribute and
+    writes it back, or with ``whole`` (the attribute is the whole object, a
+    simple value's ``value``) just writes a new one."""
+    def get(self):
+        with self._lock:
+            return getattr(self._load(), name)
+
+    def set(self, value):
+        if whole:
+            obj = self._ctype()
+            setattr(obj, name, value)
+            with self._lock:
+                self._store(obj)
+        else:
+            self._update(lambda obj: setattr(obj, name, value))
+
+    return property(get, set)
+
+
 class RemoteSynchronized(_RemoteSynchronizedBase):
     """A ``Value`` of another node."""
 
-    @property
-    def value(self):
-        with self._lock:
-            return self._load().value
-
-    @value.setter
-    def value(self, v):
-        obj = self._ctype()
-        obj.value = v
-        with self._lock:
-            self._store(obj)
+    value = _remote_field("value", whole=True)
 
 
 class RemoteSynchronizedArray(_RemoteSynchronizedBase):
@@ -284,38 +295,8 @@ class RemoteSynchronizedArray(_RemoteSynchronizedBase):
 class RemoteSynchronizedString(RemoteSynchronizedArray):
     """A ``c_char`` ``Array`` of another node."""
 
-    @property
-    def value(self):
-        with self._lock:
-            return self._load().value
-
-    @value.setter
-    def value(self, v):
-        def change(obj):
-            obj.value = v
-        self._update(change)
-
-    @property
-    def raw(self):
-        with self._lock:
-            return self._load().raw
-
-    @raw.setter
-    def raw(self, v):
-        def change(obj):
-            obj.raw = v
-        self._update(change)
-
-
-def _remote_field(name):
-    def get(self):
-        with self._lock:
-            return getattr(self._load(), name)
-
-    def set(self, value):
-        self._update(lambda obj: setattr(obj, name, value))
-
-    return property(get, set)
+    value = _remote_field("value")
+    raw = _remote_field("raw")
 
 
 _remote_class_cache = weakref.WeakKeyDictionary()
