@@ -54,13 +54,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import textwrap
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(REPO, "testbed"))
 sys.path.insert(0, HERE)
+from multinode import _json, _write  # noqa: E402  (the script in this folder)
+
 DRAGON = os.path.join(os.path.dirname(sys.executable), "dragon")
 PY = sys.executable
 
@@ -301,20 +301,6 @@ if __name__ == "__main__":
     d.destroy()
     print(json.dumps({k: v for k, v in out.items() if not k.startswith("warm_")}))
 """
-
-
-def _write(c, name, text):
-    path = os.path.join(c.shared, name)
-    with open(path, "w") as f:
-        f.write(textwrap.dedent(text))
-    return path
-
-
-def _json(out):
-    for line in out.splitlines()[::-1]:
-        if line.startswith("{"):
-            return json.loads(line)
-    raise RuntimeError("no result in output:\n" + out)
 
 
 def dragon(c, name, script, args, hosts=None):

@@ -10,33 +10,20 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import textwrap
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(REPO, "testbed"))
+from _testbed import DRAGON, RUN_TIMEOUT, namespaced_nodes
 
-DRAGON = os.path.join(os.path.dirname(sys.executable), "dragon")
 NODES = 2
-RUN_TIMEOUT = 180
 
 pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    try:
-        from cluster import Cluster, missing_requirements
-    except ImportError as e:
-        pytest.fail("the test bed (testbed/cluster.py) cannot be imported: %s" % e, pytrace=False)
-    if missing_requirements():
-        if os.environ.get("DRAGON_SKIP_NETNS") == "1":
-            pytest.skip("multi-node tests need root (DRAGON_SKIP_NETNS=1)")
-        pytest.fail("multi-node tests need root to make namespaced nodes (run as root, or set "
-                    "DRAGON_SKIP_NETNS=1 to skip them)", pytrace=False)
-    with Cluster(nodes=NODES) as c:
+    with namespaced_nodes(NODES) as c:
         yield c
 
 

@@ -15,105 +15,40 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(REPO, "testbed"))
-
-DRAGON = os.path.join(os.path.dirname(sys.executable), "dragon")
-NODES = 3
-# Generous: a loaded 2-core machine runs three nodes' interpreters.
-RUN_TIMEOUT = 180
+from _testbed import DRAGON, NODES, REPO, RUN_TIMEOUT, namespaced_nodes
+from _testbed import assert_clean as _assert_clean
+from _testbed import kill_service as _kill_service
+from _testbed import ok as _ok
+from _testbed import run as _run
+from _testbed import run_env as _env
+from _testbed import script as _script
+from _testbed import strike_when_ready as _strike_when_ready
 
 pytestmark = pytest.mark.timeout(600)
 
 
-def _require_testbed():
-    try:
-        from cluster import Cluster  # noqa: F401
-    except ImportError as e:  # pragma: no cover - the test bed is in the repository
-        pytest.fail("the test bed (testbed/cluster.py) cannot be imported: %s" % e, pytrace=False)
-    if os.geteuid() != 0:
-        if os.environ.get("DRAGON_SKIP_NETNS") == "1":
-            pytest.skip("multi-node tests need root (DRAGON_SKIP_NETNS=1)")
-        pytest.fail("multi-node tests need root to make namespaced nodes (run as root, or set "
-                    "DRAGON_SKIP_NETNS=1 to skip them)", pytrace=False)
-
-
 @pytest.fixture(scope="module")
 def cluster():
-    _require_testbed()
-    from cluster import Cluster
-
-    with Cluster(nodes=NODES) as c:
+    with namespaced_nodes() as c:
         yield c
 
 
-def _script(cluster, name, body):
-    path = os.path.join(cluster.shared, name)
-    with open(path, "w") as f:
-        f.write(textwrap.dedent(body))
-    return path
+# A helper the scripts below start with: on(node, target, *args) starts
+# target(*args) in a new process on node index `node` (node1 is 0).
+ON_NODE = """
+        import multiprocessing as mp
+        from dragon.infrastructure.policy import Policy
 
-
-def _env(**extra):
-    """This process's environment without its own run's variables (the
-    test process may have a run of its own), plus ``extra``."""
-    e = {k: v for k, v in os.environ.items() if not k.startswith("DRAGON_") or k == "DRAGON_DEBUG"}
-    e.update(extra)
-    return e
-
-
-def _run(cluster, script, *args, extra=(), env=None, timeout=RUN_TIMEOUT):
-    """Run ``dragon --hostlist <all> script`` on node1; CompletedProcess."""
-    argv = [DRAGON, "--hostlist", cluster.hostlist, *extra, script, *args]
-    e = _env(**(env or {}))
-    return cluster.run(0, argv, timeout=timeout, cwd=cluster.shared, env=e)
-
-
-def _assert_clean(cluster, nodes=None):
-    for i in (range(NODES) if nodes is None else nodes):
-        left = cluster.wait_clean(i, timeout=30)
-        assert not left, "node%d not clean after the run: %r" % (i + 1, left)
-
-
-def _ok(r):
-    assert r.returncode == 0, "exit %d\nstdout:\n%s\nstderr:\n%s" % (r.returncode, r.stdout, r.stderr)
-
-
-def _strike_when_ready(cluster, script, marker, strike, env=None):
-    """Run ``dragon --hostlist <all> script marker`` on node1; once the
-    script creates ``marker``, call ``strike()`` (cut a link, kill a
-    service); return ``(returncode, stdout, stderr)``."""
-    if os.path.exists(marker):
-        os.unlink(marker)
-    argv = [DRAGON, "--hostlist", cluster.hostlist, script, marker]
-    proc = cluster.popen(0, argv, cwd=cluster.shared, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=_env(**(env or {})))
-    try:
-        deadline = time.monotonic() + 120
-        while not os.path.exists(marker):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the script never got ready"
-            time.sleep(0.05)
-        strike()
-        out, err = proc.communicate(timeout=RUN_TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    return proc.returncode, out, err
-
-
-def _kill_service(cluster, i):
-    services = [pid for pid, cmd in cluster.processes(i) if "dragon._node" in cmd]
-    assert services, cluster.processes(i)
-    for pid in services:
-        os.kill(pid, signal.SIGKILL)
+        def on(node, target, *args):
+            with Policy(host_name="node%d" % (node + 1)):
+                p = mp.Process(target=target, args=args)
+                p.start()
+            return p
+"""
 
 
 def test_processes_everywhere_output_exit_codes_system(cluster):
@@ -513,7 +448,7 @@ def test_the_seed_tour_runs_on_three_nodes(cluster):
 
 
 def test_synchronisation_objects_across_nodes(cluster):
-    script = _script(cluster, "sync.py", """
+    script = _script(cluster, "sync.py", ON_NODE + """
         import multiprocessing as mp, os, sys, time
         from dragon.infrastructure.policy import Policy
 
@@ -559,12 +494,6 @@ def test_synchronisation_objects_across_nodes(cluster):
                 jq.task_done()
                 if item is None:
                     return
-
-        def on(node, target, *args):
-            with Policy(host_name="node%d" % (node + 1)):
-                p = mp.Process(target=target, args=args)
-                p.start()
-            return p
 
         if __name__ == "__main__":
             with open(COUNTER, "w") as f:
@@ -637,7 +566,7 @@ def test_synchronisation_objects_across_nodes(cluster):
 
 
 def test_value_and_array_across_nodes(cluster):
-    script = _script(cluster, "values.py", """
+    script = _script(cluster, "values.py", ON_NODE + """
         import ctypes, multiprocessing as mp
         from dragon.infrastructure.policy import Policy
 
@@ -667,12 +596,6 @@ def test_value_and_array_across_nodes(cluster):
                 v.get_obj()
             except Exception as e:
                 q.put(type(e).__name__)
-
-        def on(node, target, *args):
-            with Policy(host_name="node%d" % (node + 1)):
-                p = mp.Process(target=target, args=args)
-                p.start()
-            return p
 
         if __name__ == "__main__":
             v = mp.Value("i", 0)
@@ -712,7 +635,7 @@ def test_value_and_array_across_nodes(cluster):
 
 
 def test_ddict_across_nodes(cluster):
-    script = _script(cluster, "ddict.py", """
+    script = _script(cluster, "ddict.py", ON_NODE + """
         import multiprocessing as mp, os
         from dragon.data.ddict import DDict, DDictFullError
         from dragon.infrastructure.policy import Policy
@@ -743,12 +666,6 @@ def test_ddict_across_nodes(cluster):
                 q.put("never full")
             except DDictFullError as e:
                 q.put(("full", i > 0, "full" in str(e)))
-
-        def on(node, target, *args):
-            with Policy(host_name="node%d" % (node + 1)):
-                p = mp.Process(target=target, args=args)
-                p.start()
-            return p
 
         if __name__ == "__main__":
             # One manager on each of the three nodes.

@@ -9,24 +9,22 @@ node is clean afterwards.
 """
 from __future__ import annotations
 
-import os
 import re
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_multinode import _assert_clean, _ok, _require_testbed, _run, _script  # noqa: E402
+from _testbed import assert_clean as _assert_clean
+from _testbed import ok as _ok
+from _testbed import run as _run
+from _testbed import script as _script
+from _testbed import namespaced_nodes
 
 pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    _require_testbed()
-    from cluster import Cluster
-
-    with Cluster(nodes=3) as c:
+    with namespaced_nodes() as c:
         yield c
 
 

@@ -1,20 +1,26 @@
 """Multi-node behaviours that CPython's multiprocessing suite runs into
 when it runs across the nodes of the test bed (``scripts/oracle
 --cluster``): each test here pins one of them down on three real nodes.
-The cluster and the helpers are those of ``test_multinode.py``.
+The cluster and the helpers are those of ``_testbed.py``.
 """
 from __future__ import annotations
 
-import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from test_multinode import _assert_clean, _ok, _run, _script, cluster  # noqa: E402,F401
+from _testbed import assert_clean as _assert_clean
+from _testbed import ok as _ok
+from _testbed import run as _run
+from _testbed import script as _script
+from _testbed import namespaced_nodes
 
 pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with namespaced_nodes() as c:
+        yield c
 
 
 def test_node_bound_arguments_keep_a_freely_placed_process_here(cluster):

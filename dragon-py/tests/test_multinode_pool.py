@@ -9,22 +9,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_multinode import (  # noqa: E402
-    DRAGON,
-    RUN_TIMEOUT,
-    _assert_clean,
-    _env,
-    _ok,
-    _require_testbed,
-    _run,
-    _script,
-)
+from _testbed import DRAGON, RUN_TIMEOUT, namespaced_nodes
+from _testbed import assert_clean as _assert_clean
+from _testbed import ok as _ok
+from _testbed import run as _run
+from _testbed import run_env as _env
+from _testbed import script as _script
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -77,10 +71,7 @@ def everywhere(p, extra=3):
 
 @pytest.fixture(scope="module")
 def cluster():
-    _require_testbed()
-    from cluster import Cluster
-
-    with Cluster(nodes=3) as c:
+    with namespaced_nodes() as c:
         yield c
 
 

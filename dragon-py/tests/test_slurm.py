@@ -20,18 +20,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import textwrap
 
 import pytest
 
 from conftest import clean_env, shm_files, wait_until, write_script
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(REPO, "testbed"))
-
-DRAGON = os.path.join(os.path.dirname(sys.executable), "dragon")
-NODES = 3
+from _testbed import DRAGON, NODES  # also puts testbed/ on sys.path
 # Generous: a loaded 2-core machine runs three nodes' interpreters and Slurm.
 RUN_TIMEOUT = 180
 
