@@ -45,7 +45,7 @@ fn check(snapshot: bool, n: usize, seed: u64, damages: &[Damage]) -> Result<(), 
             for &i in &intact {
                 prop_assert_eq!(m.get(&ps[i].0), Some(&ps[i].1), "intact record {} lost silently", i);
             }
-            prop_assert!(!(snapshot && t.changed(original.len())), "a damaged snapshot was accepted");
+            prop_assert!(!(snapshot && t.changed(&original)), "a damaged snapshot was accepted");
         }
         Err(ddict::Error::PersistCorrupt(c)) => {
             prop_assert_eq!(&c.path, &path);
@@ -82,5 +82,15 @@ proptest! {
         damages in prop::collection::vec(damage(), 1..4),
     ) {
         check(true, n, seed, &damages)?;
+    }
+}
+
+/// Found by a clean-clone run: two flips of the same bit of the same byte
+/// leave the file as it was, and restoring it then is right.
+#[test]
+fn two_flips_of_one_bit_undo_each_other() {
+    let flip = Damage::Flip { at: 7, bit: 3 };
+    for snapshot in [true, false] {
+        check(snapshot, 18, 10341458717356034042, &[flip.clone(), flip.clone()]).unwrap();
     }
 }

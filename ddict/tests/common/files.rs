@@ -159,8 +159,9 @@ impl Tracked {
         (start..end).enumerate().all(|(i, o)| self.origin.get(p + i) == Some(&Some(o)))
     }
 
-    /// Whether anything changed.
-    pub fn changed(&self, original_len: usize) -> bool {
-        self.bytes.len() != original_len || self.origin.iter().enumerate().any(|(i, o)| *o != Some(i as u64))
+    /// Whether the bytes differ from `original` (two flips of the same bit
+    /// undo each other: the file is then undamaged).
+    pub fn changed(&self, original: &[u8]) -> bool {
+        self.bytes != original
     }
 }
