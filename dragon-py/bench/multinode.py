@@ -214,6 +214,7 @@ def main():
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     if a.out:
+        os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
         with open(a.out, "w") as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")

@@ -18,7 +18,7 @@ use pyo3::types::{PyBytes, PyTuple};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use transport_abi::abi::{DRAGON_EAGAIN, DRAGON_ETIMEDOUT};
-use transport_abi::loader::{Plugin, PluginChannel, PollEvents, Transport};
+use transport_abi::loader::{Plugin, PluginChannel, PluginError, PollEvents, Transport};
 
 /// Longest single wait on another node, between checks for Ctrl-C.
 const SLICE: Duration = Duration::from_millis(250);
@@ -90,6 +90,53 @@ impl RemoteChannel {
     }
 }
 
+/// The message `Channel.send` would send for `data` and `prefix`: the
+/// tag, then the caller's bytes straight after it (one copy).
+fn message(py: Python<'_>, data: &Bound<'_, PyAny>, prefix: i32) -> PyResult<Vec<u8>> {
+    let buf = PyBuffer::<u8>::get(data)?;
+    if !buf.is_c_contiguous() {
+        return Err(PyValueError::new_err("data must be a contiguous buffer"));
+    }
+    let first = if buf.len_bytes() == 0 { None } else { data.get_item(0)?.extract::<u8>().ok() };
+    let pre = match prefix {
+        -2 => match first {
+            Some(
+                crate::channel::TAG_RAW
+                | crate::channel::TAG_CONTROL
+                | crate::channel::TAG_BYTES
+                | crate::lent::TAG_LENT
+                | crate::channel::TAG_PICKLE,
+            ) => Some(crate::channel::TAG_RAW),
+            _ => None,
+        },
+        p => u8::try_from(p).ok(),
+    };
+    let skip = usize::from(pre.is_some());
+    let mut msg = vec![pre.unwrap_or(0); buf.len_bytes() + skip];
+    buf.copy_to_slice(py, &mut msg[skip..])?;
+    Ok(msg)
+}
+
+/// Run `op` (which waits at most the slice it is given) until it does not
+/// time out, in slices so that Ctrl-C ends the wait.
+fn in_slices(py: Python<'_>, op: impl Fn(Duration) -> Result<(), PluginError> + Sync) -> PyResult<()> {
+    loop {
+        let (r, int) = detached(py, |hook| {
+            let r = op(SLICE);
+            (r, hook())
+        });
+        let (r, go_on) = r;
+        match r {
+            Ok(()) => return Ok(()),
+            Err(e) if matches!(e.code(), DRAGON_ETIMEDOUT | DRAGON_EAGAIN) => {}
+            Err(e) => return Err(plugin_err(&e)),
+        }
+        if !go_on {
+            return Err(int.into_err());
+        }
+    }
+}
+
 const POLL_IN: u32 = transport_abi::abi::DRAGON_POLL_IN;
 const POLL_OUT: u32 = transport_abi::abi::DRAGON_POLL_OUT;
 
@@ -125,28 +172,7 @@ impl RemoteChannel {
         timeout: Option<f64>,
     ) -> PyResult<u8> {
         let t = block_timeout(block, timeout)?;
-        let buf = PyBuffer::<u8>::get(data)?;
-        if !buf.is_c_contiguous() {
-            return Err(PyValueError::new_err("data must be a contiguous buffer"));
-        }
-        let first = if buf.len_bytes() == 0 { None } else { data.get_item(0)?.extract::<u8>().ok() };
-        let pre = match prefix {
-            -2 => match first {
-                Some(
-                    crate::channel::TAG_RAW
-                    | crate::channel::TAG_CONTROL
-                    | crate::channel::TAG_BYTES
-                    | crate::lent::TAG_LENT
-                    | crate::channel::TAG_PICKLE,
-                ) => Some(crate::channel::TAG_RAW),
-                _ => None,
-            },
-            p => u8::try_from(p).ok(),
-        };
-        // One copy: the tag, then the caller's bytes straight after it.
-        let skip = usize::from(pre.is_some());
-        let mut msg = vec![pre.unwrap_or(0); buf.len_bytes() + skip];
-        buf.copy_to_slice(py, &mut msg[skip..])?;
+        let msg = message(py, data, prefix)?;
         let deadline = t.map(|d| Instant::now() + d);
         loop {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -168,6 +194,37 @@ impl RemoteChannel {
                 return Ok(NOT_SENT);
             }
         }
+    }
+
+    /// Send `data` (tag as for `send`) after every earlier send of this
+    /// attachment, without waiting for it to reach the channel's node: a
+    /// put that does not wait a round trip. False (nothing sent) while this
+    /// attachment has as much in flight as the transport allows, after
+    /// waiting at most `timeout` seconds for room (Ctrl-C ends the wait).
+    /// Raises the failure of an earlier deferred send, if one failed (this
+    /// `data` is then not sent either); `flush` waits for them all.
+    #[pyo3(signature = (data, prefix, timeout=0.0))]
+    fn send_deferred(&self, py: Python<'_>, data: &Bound<'_, PyAny>, prefix: i32, timeout: f64) -> PyResult<bool> {
+        let msg = message(py, data, prefix)?;
+        let wait = self::timeout(Some(timeout))?.unwrap_or(Duration::ZERO).min(SLICE);
+        let (r, int) = detached(py, |hook| {
+            let r = self.ch.send_deferred(&msg, Some(wait));
+            (r, hook())
+        });
+        let (r, go_on) = r;
+        match r {
+            Ok(()) => Ok(true),
+            Err(e) if matches!(e.code(), DRAGON_ETIMEDOUT | DRAGON_EAGAIN) && go_on => Ok(false),
+            Err(e) if matches!(e.code(), DRAGON_ETIMEDOUT | DRAGON_EAGAIN) => Err(int.into_err()),
+            Err(e) => Err(plugin_err(&e)),
+        }
+    }
+
+    /// Wait until every deferred send of this attachment is in the channel
+    /// (Ctrl-C ends the wait); raises the first that failed and was not
+    /// yet reported.
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        in_slices(py, |slice| self.ch.flush(Some(slice)))
     }
 
     /// Receive one message: `(tag, payload)`, or `None` on timeout (or when

@@ -214,6 +214,56 @@ def test_queue_fed_from_every_node_keeps_per_producer_order(cluster):
     _assert_clean(cluster)
 
 
+def test_puts_across_nodes_do_not_wait_and_are_never_lost_or_silent(cluster):
+    # A put to a queue of another node does not wait for the round trip
+    # (deferred sends); the process waits for its puts at exit, and a put
+    # that fails on the queue's node is reported, not dropped in silence.
+    script = _script(cluster, "deferred_puts.py", ON_NODE + """
+        N = 3000   # more than may be in flight at once, and than the ring holds
+
+        def produce(q):
+            assert q._remote
+            for k in range(N):
+                q.put(k)
+            # Returns at once: the exit waits until every put is in.
+
+        def put_after_destroy(q, ready, go):
+            q.put("first")
+            q.close()
+            q.join_thread()              # "first" is in the channel
+            ready.set()
+            go.wait(60)                  # meanwhile the primary destroys the channel
+            q._closed = False
+            q.put("second")              # taken at once; fails on node1
+            q.close()
+            q.join_thread()              # the failure is reported here
+            print("join_thread returned", flush=True)
+
+        if __name__ == "__main__":
+            q = mp.Queue()
+            p = on(1, produce, q)
+            got = [q.get(timeout=120) for _ in range(N)]
+            p.join(60)
+            print("in order", got == list(range(N)), "exit", p.exitcode, flush=True)
+
+            q2, ready, go = mp.Queue(), mp.Event(), mp.Event()
+            p = on(2, put_after_destroy, q2, ready, go)
+            assert ready.wait(60)
+            print("primary got", q2.get(timeout=60), flush=True)
+            q2._ch.destroy()
+            go.set()
+            p.join(60)
+            print("exit", p.exitcode)
+        """)
+    r = _run(cluster, script)
+    _ok(r)
+    assert "in order True exit 0" in r.stdout, r.stdout + r.stderr
+    assert "primary got first" in r.stdout, r.stdout
+    assert "join_thread returned" in r.stdout and "exit 0" in r.stdout, r.stdout + r.stderr
+    assert "DestroyedError" in r.stderr or "destroyed" in r.stderr.lower(), r.stderr
+    _assert_clean(cluster)
+
+
 def test_queue_made_on_a_secondary_node_is_used_from_the_primary(cluster):
     script = _script(cluster, "secondary_queue.py", """
         import multiprocessing as mp, os, queue

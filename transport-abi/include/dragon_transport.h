@@ -18,7 +18,7 @@
  * ABI minor version of these declarations: bumped when fields are
  * appended to the table.
  */
-#define DRAGON_TRANSPORT_ABI_MINOR 0
+#define DRAGON_TRANSPORT_ABI_MINOR 1
 
 /**
  * Timeout meaning "wait as long as it takes".
@@ -349,12 +349,46 @@ typedef int32_t (*DragonPollFn)(struct DragonChannel *ch,
 typedef int32_t (*DragonLenFn)(struct DragonChannel *ch, uint64_t *len, char *err, size_t err_cap);
 
 /**
+ * `send_deferred` (minor version 1, optional): take a copy of `data`
+ * (`len` bytes) to be sent after every earlier send of this attachment,
+ * waiting with no limit while the channel is full, and return without
+ * waiting for it to arrive: what a transport whose every send is a
+ * request to another node offers so that a sender need not wait a round
+ * trip per message. Waits at most `timeout_ns` while the attachment
+ * already has as much in flight as the plugin allows; `DRAGON_EAGAIN` /
+ * `DRAGON_ETIMEDOUT` then mean nothing was taken. Any other failure is
+ * that of an earlier deferred send of the attachment (reported once, by
+ * this call or by `flush`), and this call's message was not taken either.
+ * A host that finds it NULL sends with `send` and no time limit instead.
+ */
+typedef int32_t (*DragonSendDeferredFn)(struct DragonChannel *ch,
+                                        const uint8_t *data,
+                                        size_t len,
+                                        uint64_t timeout_ns,
+                                        char *err,
+                                        size_t err_cap);
+
+/**
+ * `flush` (minor version 1, optional): wait at most `timeout_ns` until
+ * every message this attachment gave to `send_deferred` is in the
+ * channel. Returns `DRAGON_OK`, the first failure of a deferred send not
+ * yet reported, or `DRAGON_EAGAIN` / `DRAGON_ETIMEDOUT` while some are
+ * still in flight. A host that finds it NULL has nothing to wait for.
+ */
+typedef int32_t (*DragonFlushFn)(struct DragonChannel *ch,
+                                 uint64_t timeout_ns,
+                                 char *err,
+                                 size_t err_cap);
+
+/**
  * The function table of ABI major version 1, returned by
  * `dragon_transport_v1()`. Fields are only ever appended; a host reads a
  * field only if `size` covers it. (The function types are nullable
  * pointers, `Option` in Rust.) Every function pointer of minor version
  * 0 is required (not NULL) except `recv_msg` and `message_free`, which are
- * required with `DRAGON_CAP_ZERO_COPY_RECV` and NULL without it.
+ * required with `DRAGON_CAP_ZERO_COPY_RECV` and NULL without it. The
+ * fields of minor version 1 (`send_deferred`, `flush`) may be NULL, and a
+ * table of minor version 0 (which ends at `len`) is still loaded.
  */
 typedef struct DragonTransportTable {
   /**
@@ -429,6 +463,14 @@ typedef struct DragonTransportTable {
    * See [`DragonLenFn`].
    */
   DragonLenFn len;
+  /**
+   * Minor version 1: see [`DragonSendDeferredFn`].
+   */
+  DragonSendDeferredFn send_deferred;
+  /**
+   * Minor version 1: see [`DragonFlushFn`].
+   */
+  DragonFlushFn flush;
 } DragonTransportTable;
 
 /**

@@ -52,7 +52,7 @@ use std::ffi::{c_char, c_void};
 pub const DRAGON_TRANSPORT_ABI_MAJOR: u16 = 1;
 /// ABI minor version of these declarations: bumped when fields are
 /// appended to the table.
-pub const DRAGON_TRANSPORT_ABI_MINOR: u16 = 0;
+pub const DRAGON_TRANSPORT_ABI_MINOR: u16 = 1;
 /// Name of the entry symbol of ABI major version 1.
 pub const DRAGON_TRANSPORT_ENTRY_V1: &str = "dragon_transport_v1";
 
@@ -297,12 +297,44 @@ pub type DragonPollFn = Option<
 pub type DragonLenFn =
     Option<unsafe extern "C" fn(ch: *mut DragonChannel, len: *mut u64, err: *mut c_char, err_cap: usize) -> i32>;
 
+/// `send_deferred` (minor version 1, optional): take a copy of `data`
+/// (`len` bytes) to be sent after every earlier send of this attachment,
+/// waiting with no limit while the channel is full, and return without
+/// waiting for it to arrive: what a transport whose every send is a
+/// request to another node offers so that a sender need not wait a round
+/// trip per message. Waits at most `timeout_ns` while the attachment
+/// already has as much in flight as the plugin allows; `DRAGON_EAGAIN` /
+/// `DRAGON_ETIMEDOUT` then mean nothing was taken. Any other failure is
+/// that of an earlier deferred send of the attachment (reported once, by
+/// this call or by `flush`), and this call's message was not taken either.
+/// A host that finds it NULL sends with `send` and no time limit instead.
+pub type DragonSendDeferredFn = Option<
+    unsafe extern "C" fn(
+        ch: *mut DragonChannel,
+        data: *const u8,
+        len: usize,
+        timeout_ns: u64,
+        err: *mut c_char,
+        err_cap: usize,
+    ) -> i32,
+>;
+
+/// `flush` (minor version 1, optional): wait at most `timeout_ns` until
+/// every message this attachment gave to `send_deferred` is in the
+/// channel. Returns `DRAGON_OK`, the first failure of a deferred send not
+/// yet reported, or `DRAGON_EAGAIN` / `DRAGON_ETIMEDOUT` while some are
+/// still in flight. A host that finds it NULL has nothing to wait for.
+pub type DragonFlushFn =
+    Option<unsafe extern "C" fn(ch: *mut DragonChannel, timeout_ns: u64, err: *mut c_char, err_cap: usize) -> i32>;
+
 /// The function table of ABI major version 1, returned by
 /// `dragon_transport_v1()`. Fields are only ever appended; a host reads a
 /// field only if `size` covers it. (The function types are nullable
 /// pointers, `Option` in Rust.) Every function pointer of minor version
 /// 0 is required (not NULL) except `recv_msg` and `message_free`, which are
-/// required with `DRAGON_CAP_ZERO_COPY_RECV` and NULL without it.
+/// required with `DRAGON_CAP_ZERO_COPY_RECV` and NULL without it. The
+/// fields of minor version 1 (`send_deferred`, `flush`) may be NULL, and a
+/// table of minor version 0 (which ends at `len`) is still loaded.
 #[repr(C)]
 #[derive(Debug)]
 pub struct DragonTransportTable {
@@ -342,6 +374,10 @@ pub struct DragonTransportTable {
     pub poll: DragonPollFn,
     /// See [`DragonLenFn`].
     pub len: DragonLenFn,
+    /// Minor version 1: see [`DragonSendDeferredFn`].
+    pub send_deferred: DragonSendDeferredFn,
+    /// Minor version 1: see [`DragonFlushFn`].
+    pub flush: DragonFlushFn,
 }
 
 // SAFETY: the table is immutable once published; `name` points to static

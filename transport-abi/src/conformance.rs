@@ -193,6 +193,67 @@ pub fn order(t: &Target) {
     sender.join().unwrap();
 }
 
+/// Deferred sends (`send_deferred`, or `send` for a plugin without it)
+/// keep one attachment's order with its ordinary sends, also while the
+/// channel is full and its receiver slow; `flush` returns once all are
+/// in; a deferred send that fails is reported by a later call, not lost.
+pub fn deferred_sends(t: &Target) {
+    watchdog();
+    let tr = t.open();
+    let ch = Arc::new(create(&tr, 4));
+    let tx = tr.attach_channel(&ch.handle().unwrap()).unwrap();
+    const N: u32 = 600;
+    let sender = std::thread::spawn(move || {
+        for i in 0..N {
+            let len = if i % 50 == 7 { 70_000 } else { 4 + (i as usize % 13) };
+            let mut m = pattern(len, u64::from(i));
+            m[..4].copy_from_slice(&i.to_le_bytes());
+            if i % 10 == 3 {
+                tx.send(&m, Some(WAIT)).unwrap();
+            } else {
+                tx.send_deferred(&m, Some(WAIT)).unwrap();
+            }
+        }
+        tx.flush(Some(WAIT)).unwrap();
+        tx
+    });
+    for i in 0..N {
+        if i % 100 == 0 {
+            // A slow receiver: the channel fills and the sends wait.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let m = ch.recv(Some(WAIT)).unwrap();
+        assert_eq!(u32::from_le_bytes(m[..4].try_into().unwrap()), i, "out of order");
+        assert!(m[4..] == pattern(m.len(), u64::from(i))[4..]);
+    }
+    let tx = sender.join().unwrap();
+    assert!(ch.is_empty().unwrap());
+    // After a flush everything sent is in the channel.
+    for i in 0..3u8 {
+        tx.send_deferred(&[i], Some(WAIT)).unwrap();
+    }
+    tx.flush(Some(WAIT)).unwrap();
+    assert_eq!(ch.len().unwrap(), 3);
+    for i in 0..3u8 {
+        assert_eq!(ch.recv(Some(WAIT)).unwrap(), [i]);
+    }
+    // A destroyed channel: the failure comes back from this call or a later one.
+    ch.destroy().unwrap();
+    let first = tx.send_deferred(b"lost", Some(WAIT));
+    let failed = match &first {
+        Err(e) => e.clone(),
+        Ok(()) => tx.flush(Some(WAIT)).expect_err("a send to a destroyed channel was reported as done"),
+    };
+    assert!(
+        matches!(failed.kind(), ErrorKind::Destroyed | ErrorKind::Closed | ErrorKind::NotFound),
+        "unexpected failure: {failed}"
+    );
+    // Reported once: the attachment's next flush has nothing more to say.
+    if first.is_ok() {
+        tx.flush(Some(WAIT)).unwrap();
+    }
+}
+
 /// Zero timeouts fail at once with WouldBlock, finite ones with TimedOut
 /// after at least the timeout, and a wait without limit ends when a peer
 /// acts.
@@ -580,6 +641,10 @@ macro_rules! transport_conformance_tests {
         #[test]
         fn conformance_order() {
             $crate::conformance::order(&conformance_target());
+        }
+        #[test]
+        fn conformance_deferred_sends() {
+            $crate::conformance::deferred_sends(&conformance_target());
         }
         #[test]
         fn conformance_timeouts() {

@@ -126,6 +126,25 @@ pub trait ChannelImpl: Send + Sync + 'static {
     /// attachment then take turns (one waits in `recv` at a time), which
     /// keeps the order the kept-back queue promises.
     const WAITS_IN_RECV: bool = false;
+    /// Whether the channel offers deferred sends (the ABI's `send_deferred`
+    /// and `flush`, minor version 1): a transport whose every send is a
+    /// request to another node sets it, so that a sender does not wait a
+    /// round trip per message. Without it the table's two fields are NULL
+    /// and hosts send with `send`.
+    const DEFERRED_SENDS: bool = false;
+    /// Take a copy of `data` to be sent after every earlier send of this
+    /// attachment, without waiting for it to arrive (see
+    /// `DragonSendDeferredFn`). Called only if `DEFERRED_SENDS`.
+    fn send_deferred(&self, data: &[u8], timeout: Timeout) -> Result<(), Failure> {
+        let _ = (data, timeout);
+        Err(Failure::new(DRAGON_ENOTSUP, "this transport has no deferred sends"))
+    }
+    /// Wait at most `timeout` until every deferred send is in the channel
+    /// (see `DragonFlushFn`). Called only if `DEFERRED_SENDS`.
+    fn flush(&self, timeout: Timeout) -> Result<(), Failure> {
+        let _ = timeout;
+        Ok(())
+    }
 }
 
 struct TransportBox<T: TransportImpl> {
@@ -592,6 +611,44 @@ pub unsafe extern "C" fn send<T: TransportImpl>(
     }
 }
 
+/// Deferred send (see [`DragonSendDeferredFn`]).
+///
+/// # Safety
+///
+/// The ABI contract of `send_deferred`.
+pub unsafe extern "C" fn send_deferred<T: TransportImpl>(
+    ch: *mut DragonChannel,
+    data: *const u8,
+    len: usize,
+    timeout_ns: u64,
+    err: *mut c_char,
+    err_cap: usize,
+) -> i32 {
+    // SAFETY: `data` is readable for `len` bytes during the call.
+    unsafe {
+        guard(err, err_cap, || {
+            let c = channel::<T>(ch)?;
+            let bytes = input(data, len, "the data")?;
+            c.channel.send_deferred(bytes, timeout_from_ns(timeout_ns))
+        })
+    }
+}
+
+/// Flush deferred sends (see [`DragonFlushFn`]).
+///
+/// # Safety
+///
+/// The ABI contract of `flush`.
+pub unsafe extern "C" fn flush<T: TransportImpl>(
+    ch: *mut DragonChannel,
+    timeout_ns: u64,
+    err: *mut c_char,
+    err_cap: usize,
+) -> i32 {
+    // SAFETY: `ch` as the contract states.
+    unsafe { guard(err, err_cap, || channel::<T>(ch)?.channel.flush(timeout_from_ns(timeout_ns))) }
+}
+
 /// Receive into a buffer (see [`DragonRecvFn`]).
 ///
 /// # Safety
@@ -729,6 +786,7 @@ pub unsafe extern "C" fn len<T: TransportImpl>(
 /// The table of `T`, for [`export_transport!`](crate::export_transport).
 pub const fn table<T: TransportImpl>() -> DragonTransportTable {
     let zero_copy = T::CAPABILITIES & DRAGON_CAP_ZERO_COPY_RECV != 0;
+    let deferred = <T::Channel as ChannelImpl>::DEFERRED_SENDS;
     DragonTransportTable {
         size: std::mem::size_of::<DragonTransportTable>() as u32,
         abi_major: DRAGON_TRANSPORT_ABI_MAJOR,
@@ -748,6 +806,8 @@ pub const fn table<T: TransportImpl>() -> DragonTransportTable {
         message_free: if zero_copy { Some(message_free::<T>) } else { None },
         poll: Some(poll::<T>),
         len: Some(len::<T>),
+        send_deferred: if deferred { Some(send_deferred::<T>) } else { None },
+        flush: if deferred { Some(flush::<T>) } else { None },
     }
 }
 

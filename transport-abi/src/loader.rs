@@ -258,7 +258,15 @@ struct Fns {
     message_free: DragonMessageFreeFn,
     poll: DragonPollFn,
     len: DragonLenFn,
+    // Minor version 1 (NULL, or not in an older plugin's table: the host
+    // does without).
+    send_deferred: DragonSendDeferredFn,
+    flush: DragonFlushFn,
 }
+
+/// Size of a table of minor version 0: it ends with `len`. Every table of
+/// major version 1 is at least this large.
+pub const TABLE_SIZE_V1_0: u32 = std::mem::offset_of!(DragonTransportTable, send_deferred) as u32;
 
 /// A required function of a checked table.
 fn req<F>(f: Option<F>) -> F {
@@ -345,8 +353,9 @@ pub struct TableInfo {
 /// # Safety
 ///
 /// `table` is NULL, or points to at least 8 readable bytes (size and
-/// version) and, if its size field covers a whole [`DragonTransportTable`],
-/// to one; its `name` is NULL or readable up to a NUL or 65 bytes.
+/// version) and to as many readable bytes as its size field says (at
+/// most a whole [`DragonTransportTable`] is read); its `name` is NULL or
+/// readable up to a NUL or 65 bytes.
 pub unsafe fn check_table(table: *const DragonTransportTable, path: &Path) -> Result<TableInfo, LoadError> {
     // SAFETY: the caller's contract is `checked`'s.
     unsafe { checked(table, path) }.map(|(_, info)| info)
@@ -371,21 +380,41 @@ unsafe fn checked(table: *const DragonTransportTable, path: &Path) -> Result<(Fn
     if major != DRAGON_TRANSPORT_ABI_MAJOR {
         return Err(LoadError::WrongVersion { path, major, minor });
     }
-    let need = std::mem::size_of::<DragonTransportTable>() as u32;
+    let need = TABLE_SIZE_V1_0;
     if size < need {
         return Err(LoadError::TableTooShort { path, size, need });
     }
-    // SAFETY: the table is at least as large as the struct (its size says
-    // so, contract) and outlives this call.
-    let t = unsafe { &*table };
-    // SAFETY: `name` is NULL or a NUL-terminated string (contract).
-    let name = unsafe { read_name(t.name) }.ok_or_else(|| LoadError::BadTableName(path.clone()))?;
-    macro_rules! req {
+    // Fields are read through the raw pointer: a table of an older minor
+    // version is shorter than `DragonTransportTable`.
+    macro_rules! field {
         ($f:ident) => {
-            Some(t.$f.ok_or(LoadError::MissingFunction { path: path.clone(), function: stringify!($f) })?)
+            // SAFETY: the table is at least `TABLE_SIZE_V1_0` bytes (its
+            // size says so, contract), which covers every field of minor
+            // version 0, and outlives this call.
+            unsafe { std::ptr::addr_of!((*table).$f).read() }
         };
     }
-    let zero_copy = t.capabilities & DRAGON_CAP_ZERO_COPY_RECV != 0;
+    // A field appended later: read only if the table's size covers it.
+    macro_rules! appended {
+        ($f:ident) => {{
+            let end = std::mem::offset_of!(DragonTransportTable, $f) + std::mem::size_of::<usize>();
+            if size as usize >= end {
+                field!($f)
+            } else {
+                None
+            }
+        }};
+    }
+    let name_ptr = field!(name);
+    // SAFETY: `name` is NULL or a NUL-terminated string (contract).
+    let name = unsafe { read_name(name_ptr) }.ok_or_else(|| LoadError::BadTableName(path.clone()))?;
+    macro_rules! req {
+        ($f:ident) => {
+            Some(field!($f).ok_or(LoadError::MissingFunction { path: path.clone(), function: stringify!($f) })?)
+        };
+    }
+    let capabilities = field!(capabilities);
+    let zero_copy = capabilities & DRAGON_CAP_ZERO_COPY_RECV != 0;
     let fns = Fns {
         open: req!(open),
         close: req!(close),
@@ -400,8 +429,10 @@ unsafe fn checked(table: *const DragonTransportTable, path: &Path) -> Result<(Fn
         message_free: if zero_copy { req!(message_free) } else { None },
         poll: req!(poll),
         len: req!(len),
+        send_deferred: appended!(send_deferred),
+        flush: appended!(flush),
     };
-    Ok((fns, TableInfo { name, version: (major, minor), capabilities: t.capabilities }))
+    Ok((fns, TableInfo { name, version: (major, minor), capabilities }))
 }
 
 impl Plugin {
@@ -741,6 +772,34 @@ impl PluginChannel {
         })
     }
 
+    /// Hand a copy of `data` to be sent after every earlier send of this
+    /// attachment, without waiting for it to arrive (a plugin without
+    /// `send_deferred` sends it now, waiting as long as it takes). Waits at
+    /// most `timeout` for room among the attachment's messages in flight
+    /// ([`ErrorKind::WouldBlock`] / [`ErrorKind::TimedOut`]: not taken).
+    /// Any other error is an earlier deferred message's, and `data` was not
+    /// taken either.
+    pub fn send_deferred(&self, data: &[u8], timeout: Option<Duration>) -> Result<(), PluginError> {
+        let Some(f) = self.lib().fns.send_deferred else {
+            return self.send(data, None);
+        };
+        call(self.lib(), "send_deferred", |err| {
+            // SAFETY: data is readable for its length during the call.
+            unsafe { f(self.ptr.as_ptr(), data.as_ptr(), data.len(), timeout_ns(timeout), err, ERR_CAP) }
+        })
+    }
+
+    /// Wait at most `timeout` until every message given to
+    /// [`PluginChannel::send_deferred`] is in the channel; the first
+    /// failure among them not yet reported.
+    pub fn flush(&self, timeout: Option<Duration>) -> Result<(), PluginError> {
+        let Some(f) = self.lib().fns.flush else { return Ok(()) };
+        call(self.lib(), "flush", |err| {
+            // SAFETY: the channel pointer is live (self).
+            unsafe { f(self.ptr.as_ptr(), timeout_ns(timeout), err, ERR_CAP) }
+        })
+    }
+
     /// Receive into `buf`, waiting at most `timeout`; the message's length.
     /// A message longer than `buf` fails with [`ErrorKind::BufferTooSmall`]
     /// ([`PluginError::needed`] tells the size) and stays first in line.
@@ -1074,7 +1133,9 @@ mod tests {
 
     #[test]
     fn installed_folder_is_the_binarys() {
+        // The same folder, however it was reached (a symlinked target dir).
         let exe = std::env::current_exe().unwrap();
-        assert_eq!(installed_folders()[0], exe.parent().unwrap());
+        let canon = |p: &Path| p.canonicalize().unwrap();
+        assert_eq!(canon(&installed_folders()[0]), canon(exe.parent().unwrap()));
     }
 }

@@ -40,6 +40,8 @@ fn generate() -> String {
                 "DragonMessageFreeFn",
                 "DragonPollFn",
                 "DragonLenFn",
+                "DragonSendDeferredFn",
+                "DragonFlushFn",
             ]
             .map(String::from)
             .to_vec(),

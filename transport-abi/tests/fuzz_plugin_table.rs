@@ -46,7 +46,7 @@ const FUNCTIONS: [&str; 13] = [
 ];
 const NAME_BYTES: usize = 72;
 const LEN: usize = 1 + 4 + 2 + 2 + 8 + 8 + 13 * 8 + NAME_BYTES;
-const NEED: u32 = size_of::<DragonTransportTable>() as u32;
+const NEED: u32 = transport_abi::loader::TABLE_SIZE_V1_0;
 
 /// A table as the input describes it.
 struct Desc {
@@ -132,7 +132,8 @@ impl Desc {
     fn check(&self, path: &Path) -> Result<TableInfo, LoadError> {
         let name = self.name;
         // One spare word, for the misaligned pointer.
-        let mut mem = vec![0u64; NEED as usize / 8 + 1];
+        // A whole table of this version (fields appended after `len` NULL).
+        let mut mem = vec![0u64; size_of::<DragonTransportTable>() / 8 + 1];
         let base = mem.as_mut_ptr().cast::<u8>();
         let put = |at: usize, v: u64, n: usize| {
             for (i, byte) in v.to_le_bytes()[..n].iter().enumerate() {

@@ -60,7 +60,10 @@ fn success_without_an_object_is_an_error() {
 fn wrong_major_version() {
     let dir = TempDir::create("major");
     let path = build(dir.path(), "p.so", &["MAJOR=2"]);
-    assert_eq!(load_err(&path), LoadError::WrongVersion { path: path.clone(), major: 2, minor: 0 });
+    assert_eq!(
+        load_err(&path),
+        LoadError::WrongVersion { path: path.clone(), major: 2, minor: DRAGON_TRANSPORT_ABI_MINOR }
+    );
 }
 
 #[test]
@@ -83,8 +86,20 @@ fn library_without_the_symbol() {
 fn table_too_short() {
     let dir = TempDir::create("short");
     let path = build(dir.path(), "p.so", &["SIZE=16"]);
-    let need = std::mem::size_of::<DragonTransportTable>() as u32;
+    let need = transport_abi::loader::TABLE_SIZE_V1_0;
     assert_eq!(load_err(&path), LoadError::TableTooShort { path, size: 16, need });
+    // One field short of minor version 0's table.
+    let path = build(dir.path(), "q.so", &["SIZE=offsetof(DragonTransportTable,len)"]);
+    assert!(matches!(load_err(&path), LoadError::TableTooShort { .. }));
+}
+
+#[test]
+fn a_plugin_of_minor_version_0_still_loads() {
+    // Its table ends with `len`: the fields of minor version 1 are not read.
+    let dir = TempDir::create("minor0");
+    let path = build(dir.path(), "old.so", &["MINOR=0", "SIZE=offsetof(DragonTransportTable,send_deferred)"]);
+    let p = Plugin::load(&path).unwrap();
+    assert_eq!(p.version(), (DRAGON_TRANSPORT_ABI_MAJOR, 0));
 }
 
 #[test]

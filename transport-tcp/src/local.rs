@@ -13,7 +13,7 @@ use crate::frame::{self, Frame};
 use crate::proto;
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -125,6 +125,34 @@ impl ServiceClient {
         payload: &[u8],
         mut hook: Option<(u32, std::time::Duration, &mut dyn FnMut() -> bool)>,
     ) -> Result<Bytes, TcpError> {
+        let t = self.submit(kind, head, payload)?;
+        let mut a = t.slot.answer.lock().unwrap_or_else(|e| e.into_inner());
+        while a.is_none() {
+            match hook.as_mut() {
+                None => a = t.slot.ready.wait(a).unwrap_or_else(|e| e.into_inner()),
+                Some((node, every, keep_waiting)) => {
+                    a = t.slot.ready.wait_timeout(a, *every).unwrap_or_else(|e| e.into_inner()).0;
+                    if a.is_some() {
+                        break;
+                    }
+                    drop(a);
+                    let go_on = keep_waiting();
+                    if !go_on {
+                        self.inner.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&t.id);
+                        let _ = self.write(proto::CANCEL, t.id, &node.to_le_bytes(), &[]);
+                        return Err(TcpError::Interrupted);
+                    }
+                    a = t.slot.answer.lock().unwrap_or_else(|e| e.into_inner());
+                }
+            }
+        }
+        answer(a.take().expect("checked"))
+    }
+
+    /// Send a request (`head` then `payload`, as [`ServiceClient::call_raw`])
+    /// without waiting for its reply: the [`Ticket`] gives the reply when
+    /// it has come. Requests are carried in the order they are submitted.
+    pub fn submit(&self, kind: u8, head: &[u8], payload: &[u8]) -> Result<Ticket, TcpError> {
         if let Some(e) = self.dead() {
             return Err(e);
         }
@@ -140,35 +168,7 @@ impl ServiceClient {
             self.inner.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             return Err(e);
         }
-        let mut a = slot.answer.lock().unwrap_or_else(|e| e.into_inner());
-        while a.is_none() {
-            match hook.as_mut() {
-                None => a = slot.ready.wait(a).unwrap_or_else(|e| e.into_inner()),
-                Some((node, every, keep_waiting)) => {
-                    a = slot.ready.wait_timeout(a, *every).unwrap_or_else(|e| e.into_inner()).0;
-                    if a.is_some() {
-                        break;
-                    }
-                    drop(a);
-                    let go_on = keep_waiting();
-                    if !go_on {
-                        self.inner.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-                        let _ = self.write(proto::CANCEL, id, &node.to_le_bytes(), &[]);
-                        return Err(TcpError::Interrupted);
-                    }
-                    a = slot.answer.lock().unwrap_or_else(|e| e.into_inner());
-                }
-            }
-        }
-        match a.take().expect("checked") {
-            Ok((proto::OK, p)) => Ok(p),
-            Ok((proto::ERROR, p)) => {
-                let (code, message) = proto::parse_error(&p);
-                Err(TcpError::Remote { code, message })
-            }
-            Ok((k, _)) => Err(TcpError::Protocol(format!("unexpected reply kind {k}"))),
-            Err(e) => Err(e),
-        }
+        Ok(Ticket { id, slot })
     }
 
     /// Send a request whose reply nobody waits for (its id is never reused).
@@ -184,19 +184,74 @@ impl ServiceClient {
             let h = frame::header(kind, id, total);
             write_all_vectored(&mut w, &[&h, head, payload])
         } else {
-            let mut all = Vec::with_capacity(total);
-            all.extend_from_slice(head);
-            all.extend_from_slice(payload);
-            let mut rest = &all[..];
+            // Pieces of the head and payload together, neither joined first.
+            let piece = |off: usize, n: usize| -> [&[u8]; 2] {
+                let h = &head[off.min(head.len())..(off + n).min(head.len())];
+                let p = &payload[off.saturating_sub(head.len())..(off + n).saturating_sub(head.len())];
+                [h, p]
+            };
+            let mut off = 0;
             let mut r = Ok(());
-            while rest.len() > frame::CHUNK && r.is_ok() {
-                let (piece, tail) = rest.split_at(frame::CHUNK);
-                r = write_all_vectored(&mut w, &[&frame::header(frame::PART, id, piece.len()), piece]);
-                rest = tail;
+            while total - off > frame::CHUNK && r.is_ok() {
+                let [h, p] = piece(off, frame::CHUNK);
+                r = write_all_vectored(&mut w, &[&frame::header(frame::PART, id, frame::CHUNK), h, p]);
+                off += frame::CHUNK;
             }
-            r.and_then(|()| write_all_vectored(&mut w, &[&frame::header(kind, id, rest.len()), rest]))
+            let [h, p] = piece(off, total - off);
+            r.and_then(|()| write_all_vectored(&mut w, &[&frame::header(kind, id, total - off), h, p]))
         };
         r.map_err(|e| TcpError::Io(io::Error::new(e.kind(), format!("this node's dragon service went away: {e}"))))
+    }
+}
+
+/// A request sent with [`ServiceClient::submit`] whose reply is awaited.
+pub struct Ticket {
+    id: u64,
+    slot: Arc<Slot>,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl Ticket {
+    /// The reply, if it has come (then it is taken: ask once).
+    pub fn try_take(&self) -> Option<Result<Bytes, TcpError>> {
+        self.slot.answer.lock().unwrap_or_else(|e| e.into_inner()).take().map(answer)
+    }
+
+    /// Wait at most until `deadline` (`None`: no limit) for the reply;
+    /// `None` if it has not come by then.
+    pub fn wait(&self, deadline: Option<std::time::Instant>) -> Option<Result<Bytes, TcpError>> {
+        let mut a = self.slot.answer.lock().unwrap_or_else(|e| e.into_inner());
+        while a.is_none() {
+            match deadline {
+                None => a = self.slot.ready.wait(a).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    a = self.slot.ready.wait_timeout(a, left).unwrap_or_else(|e| e.into_inner()).0;
+                }
+            }
+        }
+        a.take().map(answer)
+    }
+}
+
+/// A reply frame as the result of a call.
+fn answer(a: Answer) -> Result<Bytes, TcpError> {
+    match a {
+        Ok((proto::OK, p)) => Ok(p),
+        Ok((proto::ERROR, p)) => {
+            let (code, message) = proto::parse_error(&p);
+            Err(TcpError::Remote { code, message })
+        }
+        Ok((k, _)) => Err(TcpError::Protocol(format!("unexpected reply kind {k}"))),
+        Err(e) => Err(e),
     }
 }
 
@@ -221,6 +276,24 @@ fn write_all_vectored(w: &mut UnixStream, parts: &[&[u8]]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Read what is there into `buf`'s spare capacity (no zero-filled
+/// temporary, no copy).
+fn read_into_spare(stream: &mut UnixStream, buf: &mut BytesMut) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: read(2) writes at most `spare.len()` bytes into the spare
+    // capacity, which is valid for writes; the bytes it wrote are then
+    // initialised, and only those are added to the length.
+    let n = unsafe { libc::read(stream.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: `n` bytes past the length were just written (above).
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
 }
 
 fn read_loop(mut stream: UnixStream, inner: std::sync::Weak<Inner>) {
@@ -251,10 +324,9 @@ fn read_loop(mut stream: UnixStream, inner: std::sync::Weak<Inner>) {
             }
         }
         rbuf.reserve(64 << 10);
-        let mut tmp = vec![0u8; 64 << 10];
-        match stream.read(&mut tmp) {
+        match read_into_spare(&mut stream, &mut rbuf) {
             Ok(0) => break "this node's dragon service closed the connection (the run is ending?)".to_owned(),
-            Ok(n) => rbuf.extend_from_slice(&tmp[..n]),
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => break format!("the connection to this node's dragon service failed: {e}"),
         }

@@ -19,10 +19,13 @@
 //! attachment tells the channel's node to let go of it.
 
 use crate::client::TcpError;
-use crate::local::ServiceClient;
+use crate::local::{ServiceClient, Ticket};
 use crate::proto;
 use shm_primitives::handle::{Handle, Kind};
+use std::collections::VecDeque;
 use std::ffi::CStr;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
 use transport_abi::abi::*;
 use transport_abi::export::{ChannelImpl, Failure, Timeout, TransportImpl};
 
@@ -43,6 +46,67 @@ pub struct TcpChannel {
     handle: Vec<u8>,
     /// Receives ask for block messages to be materialized.
     blocks: bool,
+    /// Deferred sends in flight, oldest first.
+    deferred: Mutex<Deferred>,
+}
+
+/// Most deferred sends one attachment has in flight.
+const DEFERRED_MAX: usize = 256;
+/// Most bytes of deferred sends one attachment has in flight.
+const DEFERRED_MAX_BYTES: usize = 8 << 20;
+
+/// An attachment's deferred sends: in flight, oldest first, and the first
+/// failure among those done that is not yet reported.
+#[derive(Debug, Default)]
+struct Deferred {
+    inflight: VecDeque<(Ticket, usize)>,
+    bytes: usize,
+    failed: Option<Failure>,
+}
+
+impl Deferred {
+    /// Drop the oldest sends that are done, keeping the first failure.
+    fn reap(&mut self) {
+        while let Some((t, _)) = self.inflight.front() {
+            match t.try_take() {
+                None => return,
+                Some(r) => self.done(r),
+            }
+        }
+    }
+
+    /// Wait until the oldest send in flight is done (by `deadline`): false
+    /// if it is not.
+    fn wait_oldest(&mut self, deadline: Option<Instant>) -> bool {
+        let Some((t, _)) = self.inflight.front() else { return true };
+        match t.wait(deadline) {
+            None => false,
+            Some(r) => {
+                self.done(r);
+                true
+            }
+        }
+    }
+
+    fn done(&mut self, r: Result<bytes::Bytes, TcpError>) {
+        let (_, n) = self.inflight.pop_front().expect("a send in flight");
+        self.bytes -= n;
+        if let Err(e) = r {
+            self.failed.get_or_insert(failure(e));
+        }
+    }
+
+    fn report(&mut self) -> Result<(), Failure> {
+        self.failed.take().map_or(Ok(()), Err)
+    }
+}
+
+fn out_of_time(timeout: Timeout) -> Failure {
+    if timeout == Some(std::time::Duration::ZERO) {
+        Failure::new(DRAGON_EAGAIN, "too many deferred sends in flight")
+    } else {
+        Failure::new(DRAGON_ETIMEDOUT, "timed out waiting for deferred sends to arrive")
+    }
 }
 
 /// A failure of the plugin ABI for a TCP or service error.
@@ -112,6 +176,7 @@ impl TransportImpl for TcpTransport {
             att,
             handle: handle.to_vec(),
             blocks: self.blocks,
+            deferred: Mutex::default(),
         })
     }
 
@@ -120,7 +185,14 @@ impl TransportImpl for TcpTransport {
             .map_err(|e| Failure::new(DRAGON_EBADMSG, format!("bad channel handle: {e}")))?;
         let r = self.client.call(h.node, proto::ATTACH, bytes).map_err(failure)?;
         let (att, _) = proto::take_u64(&r).ok_or_else(|| Failure::new(DRAGON_EPROTO, "short ATTACH reply"))?;
-        Ok(TcpChannel { client: self.client.clone(), node: h.node, att, handle: bytes.to_vec(), blocks: self.blocks })
+        Ok(TcpChannel {
+            client: self.client.clone(),
+            node: h.node,
+            att,
+            handle: bytes.to_vec(),
+            blocks: self.blocks,
+            deferred: Mutex::default(),
+        })
     }
 }
 
@@ -132,6 +204,14 @@ impl TcpChannel {
     /// The node the channel lives on.
     pub fn node(&self) -> u32 {
         self.node
+    }
+
+    fn deferred(&self) -> MutexGuard<'_, Deferred> {
+        self.deferred.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn send_head(&self, timeout: Timeout) -> Vec<u8> {
+        [&self.node.to_le_bytes()[..], &proto::op_payload(self.att, proto::timeout_ns(timeout), &[])].concat()
     }
 }
 
@@ -149,12 +229,40 @@ impl ChannelImpl for TcpChannel {
         self.handle.clone()
     }
 
+    const DEFERRED_SENDS: bool = true;
+
     fn send(&self, data: &[u8], timeout: Timeout) -> Result<(), Failure> {
-        let head = proto::op_payload(self.att, proto::timeout_ns(timeout), &[]);
-        self.client
-            .call_raw(proto::SEND, &[&self.node.to_le_bytes()[..], &head].concat(), data)
-            .map(|_| ())
-            .map_err(failure)
+        // The channel's node serves one attachment's sends in the order they
+        // come, so this one goes after every deferred one.
+        self.client.call_raw(proto::SEND, &self.send_head(timeout), data).map(|_| ()).map_err(failure)
+    }
+
+    fn send_deferred(&self, data: &[u8], timeout: Timeout) -> Result<(), Failure> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut d = self.deferred();
+        d.reap();
+        d.report()?;
+        while d.inflight.len() >= DEFERRED_MAX || (d.bytes > 0 && d.bytes + data.len() > DEFERRED_MAX_BYTES) {
+            if !d.wait_oldest(deadline) {
+                return Err(out_of_time(timeout));
+            }
+            d.report()?;
+        }
+        let t = self.client.submit(proto::SEND, &self.send_head(None), data).map_err(failure)?;
+        d.inflight.push_back((t, data.len()));
+        d.bytes += data.len();
+        Ok(())
+    }
+
+    fn flush(&self, timeout: Timeout) -> Result<(), Failure> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut d = self.deferred();
+        while !d.inflight.is_empty() {
+            if !d.wait_oldest(deadline) {
+                return Err(out_of_time(timeout));
+            }
+        }
+        d.report()
     }
 
     fn recv(&self, timeout: Timeout) -> Result<bytes::Bytes, Failure> {

@@ -12,7 +12,7 @@
 use crate::proto::{self, take_u64, timeout_of};
 use bytes::{BufMut, Bytes, BytesMut};
 use shm_primitives::handle::{Handle, Kind};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -101,6 +101,42 @@ pub struct Served {
     waiting: Arc<Mutex<HashMap<u64, Arc<AtomicBool>>>>,
     /// Block stores opened to copy out the blocks that messages name.
     stores: Arc<Mutex<Stores>>,
+    /// Sends that came while an earlier send of the same attachment was
+    /// waiting, by attachment: they go after it, in order (a key is
+    /// present while a waiting thread serves that attachment's sends).
+    behind: Arc<Mutex<HashMap<u64, VecDeque<Queued>>>>,
+}
+
+/// A send waiting for its turn behind an earlier one of its attachment.
+struct Queued {
+    id: u64,
+    data: Bytes,
+    deadline: Option<Instant>,
+    cancel: Arc<AtomicBool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Run `run` (an operation that answers `DRAGON_EAGAIN`/`ETIMEDOUT` while
+/// it cannot complete) for at most `wait`, in slices, until it completes
+/// or `gone` says nobody wants it any more.
+fn wait_out(id: u64, wait: Timeout, gone: &dyn Fn() -> bool, mut run: impl FnMut(Timeout) -> Reply) -> Reply {
+    let mut out = None;
+    let r = sliced(wait, gone, |slice| {
+        let rep = run(slice);
+        let code = rep.code();
+        out = Some(rep);
+        match code {
+            Some(code) => Err(Failure::new(code, "timed out waiting on the channel")),
+            None => Ok(()),
+        }
+    });
+    match r {
+        Err(e) if e.code == DRAGON_ETIMEDOUT || e.code == DRAGON_EIO => Reply::failure(id, e),
+        _ => out.expect("ran at least once"),
+    }
 }
 
 impl std::fmt::Debug for Served {
@@ -127,6 +163,7 @@ impl Served {
             gone: Arc::new(AtomicBool::new(false)),
             waiting: Arc::new(Mutex::new(HashMap::new())),
             stores: Arc::new(Mutex::new(Stores::default())),
+            behind: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -225,38 +262,68 @@ impl Served {
             }
             .unwrap_or_else(|e| Reply::failure(id, e))
         };
-        // First without waiting: most operations end here.
         let wait = timeout_of(tns);
+        if kind == proto::SEND {
+            if let Some(q) = lock(&self.behind).get_mut(&chid) {
+                // An earlier send of this attachment waits: this one goes after it.
+                if wait == Some(Duration::ZERO) {
+                    return Some(Reply::error(id, DRAGON_EAGAIN, "the channel is full"));
+                }
+                let cancel = Arc::new(AtomicBool::new(false));
+                lock(&self.waiting).insert(id, cancel.clone());
+                let deadline = wait.map(|w| Instant::now() + w);
+                q.push_back(Queued { id, data: payload.slice(16..), deadline, cancel });
+                return None;
+            }
+        }
+        // First without waiting: most operations end here.
         let now = run(&ch, Some(Duration::ZERO));
         if now.code() != Some(DRAGON_EAGAIN) || wait == Some(Duration::ZERO) {
             return Some(now);
         }
         let cancel = Arc::new(AtomicBool::new(false));
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).insert(id, cancel.clone());
-        let (gone, waiting, post) = (self.gone.clone(), self.waiting.clone(), post.clone());
+        lock(&self.waiting).insert(id, cancel.clone());
+        if kind == proto::SEND {
+            lock(&self.behind).insert(chid, VecDeque::new());
+        }
+        let (gone, waiting, post, behind) =
+            (self.gone.clone(), self.waiting.clone(), post.clone(), self.behind.clone());
         let spawned = crate::waiters::spawn(move || {
             let is_gone = || gone.load(Ordering::Acquire) || cancel.load(Ordering::Acquire);
-            let mut out = None;
-            let r = sliced(wait, &is_gone, |slice| {
-                let rep = run(&ch, slice);
-                let code = rep.code();
-                out = Some(rep);
-                match code {
-                    Some(code) => Err(Failure::new(code, "timed out waiting on the channel")),
-                    None => Ok(()),
-                }
-            });
-            let rep = match r {
-                Err(e) if e.code == DRAGON_ETIMEDOUT || e.code == DRAGON_EIO => Reply::failure(id, e),
-                _ => out.expect("ran at least once"),
-            };
-            waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            let rep = wait_out(id, wait, &is_gone, |slice| run(&ch, slice));
+            lock(&waiting).remove(&id);
             post(rep);
+            if kind != proto::SEND {
+                return;
+            }
+            // The sends that queued behind this one, in order.
+            loop {
+                let next = {
+                    let mut b = lock(&behind);
+                    match b.get_mut(&chid).and_then(VecDeque::pop_front) {
+                        Some(q) => q,
+                        None => {
+                            b.remove(&chid);
+                            return;
+                        }
+                    }
+                };
+                let is_gone = || gone.load(Ordering::Acquire) || next.cancel.load(Ordering::Acquire);
+                let left = next.deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                let rep = wait_out(next.id, left, &is_gone, |slice| {
+                    ch.send(&next.data, slice)
+                        .map(|()| Reply::ok(next.id, Bytes::new()))
+                        .unwrap_or_else(|e| Reply::failure(next.id, e))
+                });
+                lock(&waiting).remove(&next.id);
+                post(rep);
+            }
         });
         match spawned {
             Ok(_) => None,
             Err(e) => {
-                self.waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                lock(&self.waiting).remove(&id);
+                lock(&self.behind).remove(&chid);
                 Some(Reply::error(id, DRAGON_EIO, &format!("cannot start a waiting thread: {e}")))
             }
         }

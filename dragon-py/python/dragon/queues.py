@@ -194,6 +194,10 @@ class Queue(_ChannelQueue):
         self._writer_closed = False
         self._reader = _Reader(self)
         self._writer = _Writer(self)
+        # A channel of another node: puts do not wait for the round trip
+        # (deferred sends); _flusher waits for them at exit or join_thread.
+        self._remote = isinstance(self._ch, _native.RemoteChannel)
+        self._flusher = None
 
     # -- putting ----------------------------------------------------------------
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
@@ -223,12 +227,21 @@ class Queue(_ChannelQueue):
             raise Full
         with self._lock:
             if not self._buffer:
-                r = self._ch.send(data, prefix, False)
-                if r == _wire.SEND_OK:
-                    return
-                if r == _wire.SEND_NO_MEMORY:
-                    _wire.check_fits(data)
-            # The ring is full: the feeder thread sends it (in order).
+                if self._remote:
+                    # A channel of another node: the put does not wait for
+                    # the round trip (as the standard feeder thread's puts,
+                    # it is on its way, in order, when put() returns).
+                    self._flush_at_exit()
+                    if self._ch.send_deferred(data, prefix):
+                        return
+                else:
+                    r = self._ch.send(data, prefix, False)
+                    if r == _wire.SEND_OK:
+                        return
+                    if r == _wire.SEND_NO_MEMORY:
+                        _wire.check_fits(data)
+            # The ring is full (or, across nodes, as much as may be is in
+            # flight): the feeder thread sends it (in order).
             self._buffer.append((bytes(data), prefix))
             if self._thread is None:
                 self._start_thread()
@@ -239,6 +252,20 @@ class Queue(_ChannelQueue):
 
     def put_nowait(self, obj: Any) -> None:
         return self.put(obj, False)
+
+    def _flush_at_exit(self):
+        # This process waits at exit (unless cancel_join_thread) and in
+        # join_thread until its deferred puts are all in the channel: after
+        # the feeder thread has ended (a lower priority runs later).
+        if self._flusher is None and not self._joincancelled:
+            self._flusher = util.Finalize(self, Queue._finalize_flush, [self._ch], exitpriority=-6)
+
+    @staticmethod
+    def _finalize_flush(ch):
+        try:
+            ch.flush()
+        except Exception as e:
+            Queue._on_queue_feeder_error(e, None)
 
     def _start_thread(self):
         self._closing = False
@@ -267,7 +294,11 @@ class Queue(_ChannelQueue):
                     notempty.wait(0.2)
                 data, prefix = buffer[0]
             try:
-                while not _wire.send_blocking(ch, data, prefix, True, 0.1):
+                # Across nodes: deferred sends, waiting for room among those
+                # in flight (the queue's exit flush waits for them).
+                remote = isinstance(ch, _native.RemoteChannel)
+                while not (ch.send_deferred(data, prefix, 0.1) if remote
+                           else _wire.send_blocking(ch, data, prefix, True, 0.1)):
                     # Still full. Once this process has let go of the queue
                     # and no other process is attached, nobody can ever
                     # receive: drop what is buffered (as a standard feeder
@@ -365,15 +396,17 @@ class Queue(_ChannelQueue):
         assert self._closed, "Queue {0!r} not closed".format(self)
         if self._jointhread:
             self._jointhread()
+        flusher, self._flusher = self._flusher, None
+        if flusher:
+            flusher()
 
     def cancel_join_thread(self) -> None:
         """Do not wait for the feeder thread at exit (buffered items may be
         lost)."""
         self._joincancelled = True
-        try:
-            self._jointhread.cancel()
-        except AttributeError:
-            pass
+        for f in (self._jointhread, self._flusher):
+            if f is not None:
+                f.cancel()
 
 
 class JoinableQueue(Queue):

@@ -11,6 +11,9 @@
 #ifndef MAJOR
 #define MAJOR DRAGON_TRANSPORT_ABI_MAJOR
 #endif
+#ifndef MINOR
+#define MINOR DRAGON_TRANSPORT_ABI_MINOR
+#endif
 #ifndef SIZE
 #define SIZE sizeof(DragonTransportTable)
 #endif
@@ -75,7 +78,7 @@ static int32_t stub_len(DragonChannel *c, uint64_t *len, char *err, size_t cap) 
 static const DragonTransportTable TABLE = {
     .size = SIZE,
     .abi_major = MAJOR,
-    .abi_minor = DRAGON_TRANSPORT_ABI_MINOR,
+    .abi_minor = MINOR,
     .name = NAME,
     .capabilities = CAPS,
     .open = stub_open,
