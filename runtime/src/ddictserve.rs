@@ -326,10 +326,21 @@ impl DDictServer {
         DDictServer { node, clients: Arc::default() }
     }
 
-    /// Perform a DDICT request; the answer is posted from a thread of the
-    /// waiting pool (`None`), or returned at once for a request that
-    /// cannot be decoded or started.
+    /// Perform a DDICT request: at once (`Some`) if it is a short operation
+    /// on a DDict already in use here whose client is free (a read, or a
+    /// write of a DDict without a log to sync), else on a thread of the
+    /// waiting pool, which posts the answer (`None`).
     pub fn handle(&mut self, id: u64, payload: Bytes, post: &Post) -> Option<Reply> {
+        if let Some(r) = parse(&payload) {
+            let client = self.clients.lock().unwrap_or_else(|e| e.into_inner()).get(r.descriptor).cloned();
+            if let Some(c) = client.filter(|_| SHORT.contains(&r.op)) {
+                if let Ok(g) = c.try_lock() {
+                    if !WRITES.contains(&r.op) || !g.durable() {
+                        return Some(answer(id, run_on(&self.clients, g, &r)));
+                    }
+                }
+            }
+        }
         let (post, clients, node) = (post.clone(), self.clients.clone(), self.node);
         let work = move || {
             post(match parse(&payload) {
@@ -344,7 +355,16 @@ impl DDictServer {
     }
 }
 
-fn run(clients: &Mutex<HashMap<String, Arc<Mutex<Client>>>>, node: u32, r: &Request<'_>) -> Outcome {
+/// Operations short enough to perform on the service's own thread (one
+/// key, or one number), when nothing has to reach the disk.
+const SHORT: [u8; 12] =
+    [PUT, PUT_IF_ABSENT, PUT_IN, DELETE_IN, GET, GET_FROM, CONTAINS, DELETE, POP, FETCH_ADD, LEN, IS_FROZEN];
+/// Of those, the ones a durable DDict logs (and syncs).
+const WRITES: [u8; 7] = [PUT, PUT_IF_ABSENT, PUT_IN, DELETE_IN, DELETE, POP, FETCH_ADD];
+
+type Clients = Mutex<HashMap<String, Arc<Mutex<Client>>>>;
+
+fn run(clients: &Clients, node: u32, r: &Request<'_>) -> Outcome {
     let failed = |e: Error| Outcome::Failed(ErrorKind::of(&e), e.to_string());
     let client = {
         let mut map = clients.lock().unwrap_or_else(|e| e.into_inner());
@@ -363,7 +383,12 @@ fn run(clients: &Mutex<HashMap<String, Arc<Mutex<Client>>>>, node: u32, r: &Requ
             }
         }
     };
-    let mut c = client.lock().unwrap_or_else(|e| e.into_inner());
+    let c = client.lock().unwrap_or_else(|e| e.into_inner());
+    run_on(clients, c, r)
+}
+
+/// Perform `r` with client `c` (of the DDict `r` names).
+fn run_on(clients: &Clients, mut c: std::sync::MutexGuard<'_, Client>, r: &Request<'_>) -> Outcome {
     let out = c.set_pin(r.pin).and_then(|()| perform(&mut c, r));
     let _ = c.set_pin(None);
     match out {
@@ -374,7 +399,7 @@ fn run(clients: &Mutex<HashMap<String, Arc<Mutex<Client>>>>, node: u32, r: &Requ
                 drop(c);
                 clients.lock().unwrap_or_else(|e| e.into_inner()).remove(r.descriptor);
             }
-            failed(e)
+            Outcome::Failed(ErrorKind::of(&e), e.to_string())
         }
     }
 }
