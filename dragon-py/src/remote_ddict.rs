@@ -27,8 +27,7 @@ pub(crate) fn call(
 ) -> PyResult<Vec<Vec<u8>>> {
     let p = ops::encode(op, pin, desc, args);
     let c = service()?;
-    let (r, int) =
-        detached(py, |hook| c.call_with(node, runtime::proto::DDICT, &p, CHECK_EVERY, hook).map(|b| b.to_vec()));
+    let (r, int) = detached(py, |hook| c.call_with(node, runtime::proto::DDICT, &p, CHECK_EVERY, hook));
     let answer = r.map_err(|e| ddict_remote_err(e, int, node))?;
     let bad = || DDictError::new_err("malformed answer from a DDict's node");
     let (&status, rest) = answer.split_first().ok_or_else(bad)?;

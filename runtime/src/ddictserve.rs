@@ -123,7 +123,7 @@ impl ErrorKind {
 }
 
 /// Encode fields.
-pub fn put_fields(out: &mut BytesMut, fields: &[&[u8]]) {
+pub fn put_fields(out: &mut impl BufMut, fields: &[&[u8]]) {
     out.put_u32_le(fields.len() as u32);
     for f in fields {
         out.put_u32_le(f.len() as u32);
@@ -150,13 +150,14 @@ pub fn fields(mut p: &[u8]) -> Option<Vec<&[u8]>> {
 
 /// Encode a request.
 pub fn encode(op: u8, pin: Option<usize>, descriptor: &str, args: &[&[u8]]) -> Vec<u8> {
-    let mut p = BytesMut::with_capacity(16 + descriptor.len() + args.iter().map(|a| a.len() + 4).sum::<usize>());
+    // Written once into memory of its final size (a 1 MiB value is copied once).
+    let mut p = Vec::with_capacity(15 + descriptor.len() + args.iter().map(|a| a.len() + 4).sum::<usize>());
     p.put_u8(op);
     p.put_i64_le(pin.map_or(-1, |p| p as i64));
     p.put_u16_le(descriptor.len() as u16);
     p.put_slice(descriptor.as_bytes());
     put_fields(&mut p, args);
-    p.to_vec()
+    p
 }
 
 /// A decoded request.
