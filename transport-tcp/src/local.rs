@@ -5,34 +5,61 @@
 //! for (`node u32`), then the payload of [`crate::proto`]; the service
 //! serves it (its own node) or carries it to that node's service. One
 //! connection per process carries any number of requests at once, from
-//! any number of threads: each waits for the reply with its id, which a
-//! reader thread hands over. If the service goes away, every call fails.
+//! any number of threads: each waits for the reply with its id. There is
+//! no reader thread: a caller that waits while nobody reads reads the
+//! connection itself, for everyone, until its own reply has come (so a
+//! lone caller's reply wakes no other thread), then hands the reading over
+//! to the next caller that waits. If the service goes away, every call
+//! fails.
 
 use crate::client::TcpError;
 use crate::frame::{self, Frame};
 use crate::proto;
 use bytes::{Bytes, BytesMut};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 
 type Answer = Result<(u8, Bytes), TcpError>;
 
+/// The reading half of the connection, and what it has read so far.
+struct Reader {
+    stream: UnixStream,
+    rbuf: BytesMut,
+    /// Replies that came in pieces, by id, until their last piece.
+    parts: HashMap<u64, BytesMut>,
+}
+
 #[derive(Default)]
-struct Slot {
-    answer: Mutex<Option<Answer>>,
-    ready: Condvar,
+struct State {
+    /// The reader, while nobody is reading (`None` while a caller reads).
+    reader: Option<Reader>,
+    /// Requests whose reply is still wanted.
+    wanted: HashSet<u64>,
+    /// Replies come and not yet taken, by id.
+    answers: HashMap<u64, Answer>,
+    /// Why the connection ended, once it has.
+    dead: Option<String>,
 }
 
 struct Inner {
     writer: Mutex<UnixStream>,
-    slots: Mutex<HashMap<u64, Arc<Slot>>>,
+    state: Mutex<State>,
+    /// Signalled when a reply comes, when the reader is put back, and when
+    /// the connection ends.
+    changed: Condvar,
     next_id: AtomicU64,
-    /// Why the connection ended, once it has.
-    dead: Mutex<Option<String>>,
     name: String,
+}
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A multiplexed connection to this node's service.
@@ -53,39 +80,26 @@ fn connect_abstract(name: &str) -> io::Result<UnixStream> {
     UnixStream::connect_addr(&addr)
 }
 
+fn gone(why: &str) -> TcpError {
+    TcpError::Io(io::Error::new(io::ErrorKind::BrokenPipe, why.to_owned()))
+}
+
 impl ServiceClient {
     /// Connect to the service listening on abstract socket `name`.
     pub fn connect(name: &str) -> Result<ServiceClient, TcpError> {
         let stream = connect_abstract(name).map_err(|e| {
             TcpError::Io(io::Error::new(e.kind(), format!("cannot reach this node's dragon service ({name}): {e}")))
         })?;
-        let reader = stream.try_clone()?;
+        let reader =
+            Reader { stream: stream.try_clone()?, rbuf: BytesMut::with_capacity(64 << 10), parts: HashMap::new() };
         let inner = Arc::new(Inner {
             writer: Mutex::new(stream),
-            slots: Mutex::new(HashMap::new()),
+            state: Mutex::new(State { reader: Some(reader), ..State::default() }),
+            changed: Condvar::new(),
             next_id: AtomicU64::new(1),
-            dead: Mutex::new(None),
             name: name.to_owned(),
         });
-        let weak = Arc::downgrade(&inner);
-        std::thread::Builder::new().name("dragon-service-rx".into()).spawn(move || read_loop(reader, weak))?;
         Ok(ServiceClient { inner })
-    }
-
-    fn fail_all(inner: &Inner, why: &str) {
-        *inner.dead.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_owned());
-        let slots: Vec<Arc<Slot>> =
-            inner.slots.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(_, s)| s).collect();
-        for s in slots {
-            *s.answer.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(Err(TcpError::Io(io::Error::new(io::ErrorKind::BrokenPipe, why.to_owned()))));
-            s.ready.notify_all();
-        }
-    }
-
-    fn dead(&self) -> Option<TcpError> {
-        let d = self.inner.dead.lock().unwrap_or_else(|e| e.into_inner());
-        d.as_ref().map(|why| TcpError::Io(io::Error::new(io::ErrorKind::BrokenPipe, why.clone())))
     }
 
     /// Send request `kind` for node `node` with `payload`, wait for its
@@ -126,49 +140,41 @@ impl ServiceClient {
         mut hook: Option<(u32, std::time::Duration, &mut dyn FnMut() -> bool)>,
     ) -> Result<Bytes, TcpError> {
         let t = self.submit(kind, head, payload)?;
-        let mut a = t.slot.answer.lock().unwrap_or_else(|e| e.into_inner());
-        while a.is_none() {
-            match hook.as_mut() {
-                None => a = t.slot.ready.wait(a).unwrap_or_else(|e| e.into_inner()),
-                Some((node, every, keep_waiting)) => {
-                    a = t.slot.ready.wait_timeout(a, *every).unwrap_or_else(|e| e.into_inner()).0;
-                    if a.is_some() {
-                        break;
-                    }
-                    drop(a);
-                    let go_on = keep_waiting();
-                    if !go_on {
-                        self.inner.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&t.id);
-                        let _ = self.write(proto::CANCEL, t.id, &node.to_le_bytes(), &[]);
-                        return Err(TcpError::Interrupted);
-                    }
-                    a = t.slot.answer.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let deadline = hook.as_ref().map(|(_, every, _)| Instant::now() + *every);
+            if let Some(a) = wait(&self.inner, t.id, deadline) {
+                return answer(a);
+            }
+            let Some((node, _, keep_waiting)) = hook.as_mut() else { continue };
+            if !keep_waiting() {
+                {
+                    let mut st = self.inner.state();
+                    st.wanted.remove(&t.id);
+                    st.answers.remove(&t.id);
                 }
+                let _ = self.write(proto::CANCEL, t.id, &node.to_le_bytes(), &[]);
+                return Err(TcpError::Interrupted);
             }
         }
-        answer(a.take().expect("checked"))
     }
 
     /// Send a request (`head` then `payload`, as [`ServiceClient::call_raw`])
     /// without waiting for its reply: the [`Ticket`] gives the reply when
     /// it has come. Requests are carried in the order they are submitted.
     pub fn submit(&self, kind: u8, head: &[u8], payload: &[u8]) -> Result<Ticket, TcpError> {
-        if let Some(e) = self.dead() {
-            return Err(e);
-        }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed); // unique ids only; nothing to order
-        let slot = Arc::new(Slot::default());
-        self.inner.slots.lock().unwrap_or_else(|e| e.into_inner()).insert(id, slot.clone());
+        {
+            let mut st = self.inner.state();
+            if let Some(why) = &st.dead {
+                return Err(gone(why));
+            }
+            st.wanted.insert(id);
+        }
         if let Err(e) = self.write(kind, id, head, payload) {
-            self.inner.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            self.inner.state().wanted.remove(&id);
             return Err(e);
         }
-        // The reader may have failed every slot before ours was listed.
-        if let Some(e) = self.dead() {
-            self.inner.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-            return Err(e);
-        }
-        Ok(Ticket { id, slot })
+        Ok(Ticket { id, inner: self.inner.clone() })
     }
 
     /// Send a request whose reply nobody waits for (its id is never reused).
@@ -207,7 +213,7 @@ impl ServiceClient {
 /// A request sent with [`ServiceClient::submit`] whose reply is awaited.
 pub struct Ticket {
     id: u64,
-    slot: Arc<Slot>,
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Ticket {
@@ -217,28 +223,140 @@ impl std::fmt::Debug for Ticket {
 }
 
 impl Ticket {
-    /// The reply, if it has come (then it is taken: ask once).
+    /// The reply, if it has come (then it is taken: ask once). Reads what
+    /// the connection has, without waiting, if nobody else is reading.
     pub fn try_take(&self) -> Option<Result<Bytes, TcpError>> {
-        self.slot.answer.lock().unwrap_or_else(|e| e.into_inner()).take().map(answer)
+        wait(&self.inner, self.id, Some(Instant::now())).map(answer)
     }
 
     /// Wait at most until `deadline` (`None`: no limit) for the reply;
     /// `None` if it has not come by then.
-    pub fn wait(&self, deadline: Option<std::time::Instant>) -> Option<Result<Bytes, TcpError>> {
-        let mut a = self.slot.answer.lock().unwrap_or_else(|e| e.into_inner());
-        while a.is_none() {
-            match deadline {
-                None => a = self.slot.ready.wait(a).unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let left = d.saturating_duration_since(std::time::Instant::now());
-                    if left.is_zero() {
-                        return None;
+    pub fn wait(&self, deadline: Option<Instant>) -> Option<Result<Bytes, TcpError>> {
+        wait(&self.inner, self.id, deadline).map(answer)
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        // A reply nobody will take is dropped when it comes.
+        let mut st = self.inner.state();
+        st.wanted.remove(&self.id);
+        st.answers.remove(&self.id);
+    }
+}
+
+/// Wait until `deadline` (`None`: no limit) for the reply to request `id`,
+/// reading the connection for everyone while nobody else does.
+fn wait(inner: &Inner, id: u64, deadline: Option<Instant>) -> Option<Answer> {
+    let mut st = inner.state();
+    loop {
+        if let Some(a) = st.answers.remove(&id) {
+            st.wanted.remove(&id);
+            return Some(a);
+        }
+        if let Some(e) = st.dead.as_deref().map(gone) {
+            st.wanted.remove(&id);
+            return Some(Err(e));
+        }
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if let Some(mut r) = st.reader.take() {
+            drop(st);
+            let ended = r.pump(inner, id, deadline);
+            st = inner.state();
+            match ended {
+                Ok(()) => st.reader = Some(r),
+                Err(why) => {
+                    // Every request still waiting fails.
+                    let ids: Vec<u64> = st.wanted.drain().collect();
+                    for w in ids {
+                        st.answers.insert(w, Err(gone(&why)));
                     }
-                    a = self.slot.ready.wait_timeout(a, left).unwrap_or_else(|e| e.into_inner()).0;
+                    st.dead = Some(why);
                 }
             }
+            // The next waiter, if any, reads on.
+            inner.changed.notify_all();
+            if left.is_some_and(|l| l.is_zero()) && !st.answers.contains_key(&id) {
+                return None;
+            }
+            continue;
         }
-        a.take().map(answer)
+        match left {
+            Some(l) if l.is_zero() => return None,
+            Some(l) => st = inner.changed.wait_timeout(st, l).unwrap_or_else(|e| e.into_inner()).0,
+            None => st = inner.changed.wait(st).unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+}
+
+impl Reader {
+    /// Read and hand out replies until the reply to `id` has come or
+    /// `deadline` passes: `Err` with the reason if the connection ended.
+    fn pump(&mut self, inner: &Inner, id: u64, deadline: Option<Instant>) -> Result<(), String> {
+        loop {
+            let mine = self.hand_out(inner, id)?;
+            if mine {
+                return Ok(());
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let ms = match left {
+                None => -1,
+                // Rounded up: a wait never ends before its deadline.
+                Some(l) => i32::try_from(l.as_micros().div_ceil(1000)).unwrap_or(i32::MAX),
+            };
+            let mut pfd = libc::pollfd { fd: self.stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd, for the duration of the call.
+            let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(format!("the connection to this node's dragon service failed: {e}"));
+            }
+            if n == 0 {
+                if left.is_some_and(|l| l.is_zero()) || deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(());
+                }
+                continue;
+            }
+            self.rbuf.reserve(64 << 10);
+            match read_into_spare(&mut self.stream, &mut self.rbuf) {
+                Ok(0) => return Err("this node's dragon service closed the connection (the run is ending?)".to_owned()),
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) => {}
+                Err(e) => return Err(format!("the connection to this node's dragon service failed: {e}")),
+            }
+        }
+    }
+
+    /// Hand out every whole reply read so far; whether the one to `id` was among them.
+    fn hand_out(&mut self, inner: &Inner, id: u64) -> Result<bool, String> {
+        let mut mine = false;
+        loop {
+            match frame::decode(&mut self.rbuf) {
+                Ok(Some(Frame { kind, id: rid, payload })) => {
+                    let payload = if kind == frame::PART {
+                        self.parts.entry(rid).or_default().extend_from_slice(&payload);
+                        continue;
+                    } else if let Some(mut acc) = self.parts.remove(&rid) {
+                        acc.extend_from_slice(&payload);
+                        acc.freeze()
+                    } else {
+                        payload
+                    };
+                    let mut st = inner.state();
+                    if st.wanted.remove(&rid) {
+                        st.answers.insert(rid, Ok((kind, payload)));
+                        mine |= rid == id;
+                        drop(st);
+                        inner.changed.notify_all();
+                    }
+                }
+                Ok(None) => return Ok(mine),
+                Err(e) => return Err(format!("this node's dragon service sent a bad frame: {e}")),
+            }
+        }
     }
 }
 
@@ -281,7 +399,6 @@ fn write_all_vectored(w: &mut UnixStream, parts: &[&[u8]]) -> io::Result<()> {
 /// Read what is there into `buf`'s spare capacity (no zero-filled
 /// temporary, no copy).
 fn read_into_spare(stream: &mut UnixStream, buf: &mut BytesMut) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
     let spare = buf.spare_capacity_mut();
     // SAFETY: read(2) writes at most `spare.len()` bytes into the spare
     // capacity, which is valid for writes; the bytes it wrote are then
@@ -296,52 +413,9 @@ fn read_into_spare(stream: &mut UnixStream, buf: &mut BytesMut) -> io::Result<us
     Ok(n)
 }
 
-fn read_loop(mut stream: UnixStream, inner: std::sync::Weak<Inner>) {
-    let mut rbuf = BytesMut::with_capacity(64 << 10);
-    let mut parts: HashMap<u64, BytesMut> = HashMap::new();
-    let why = 'outer: loop {
-        loop {
-            match frame::decode(&mut rbuf) {
-                Ok(Some(Frame { kind, id, payload })) => {
-                    let payload = if kind == frame::PART {
-                        parts.entry(id).or_default().extend_from_slice(&payload);
-                        continue;
-                    } else if let Some(mut acc) = parts.remove(&id) {
-                        acc.extend_from_slice(&payload);
-                        acc.freeze()
-                    } else {
-                        payload
-                    };
-                    let Some(inner) = inner.upgrade() else { return };
-                    let slot = inner.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-                    if let Some(s) = slot {
-                        *s.answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(Ok((kind, payload)));
-                        s.ready.notify_all();
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => break 'outer format!("this node's dragon service sent a bad frame: {e}"),
-            }
-        }
-        rbuf.reserve(64 << 10);
-        match read_into_spare(&mut stream, &mut rbuf) {
-            Ok(0) => break "this node's dragon service closed the connection (the run is ending?)".to_owned(),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => break format!("the connection to this node's dragon service failed: {e}"),
-        }
-        if inner.strong_count() == 0 {
-            return;
-        }
-    };
-    if let Some(inner) = inner.upgrade() {
-        ServiceClient::fail_all(&inner, &why);
-    }
-}
-
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Ends the reader thread's read.
+        // The service sees the connection end at once.
         let w = self.writer.get_mut().unwrap_or_else(|e| e.into_inner());
         let _ = w.shutdown(std::net::Shutdown::Both);
     }
