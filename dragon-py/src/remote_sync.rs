@@ -10,7 +10,7 @@
 //! signal handler that raises) cancels it on the object's node.
 use crate::blocking::{block_timeout, detached, timeout};
 use crate::errors::{handle_err, remote_sync_err, service_connect_err, DragonError, InvalidHandleError, NotLocalError};
-use pyo3::exceptions::{PyNotImplementedError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 use runtime::syncserve::{self as ops, SyncRequest};
@@ -254,14 +254,21 @@ impl RemoteSync {
                 Ok(notified.into_pyobject(py)?.to_owned().into_any().unbind())
             }
             Kind::Barrier => {
-                if arg(1).is_some() {
-                    return Err(PyNotImplementedError::new_err(
-                        "a Barrier with an action cannot be waited on from another node yet: wait on it from \
-                         the node that made it, or give the action to a process there",
-                    ));
-                }
                 let t = timeout(secs(arg(0))?)?;
-                let i = self.value(py, ops::BARRIER_WAIT, t, 0)?;
+                let action = arg(1);
+                let i = self.value(py, ops::BARRIER_WAIT, t, i64::from(action.is_some()))?;
+                let i = match action {
+                    // The last party: the action runs here, in this process,
+                    // before anyone is released; if it raises, the barrier
+                    // breaks and its exception is this party's.
+                    Some(f) if i == ops::ACTION_TURN => {
+                        let ran = f.call0();
+                        let r = self.value(py, ops::BARRIER_ACTION, None, i64::from(ran.is_ok()));
+                        ran?;
+                        r?
+                    }
+                    _ => i,
+                };
                 Ok(i.into_pyobject(py)?.into_any().unbind())
             }
             _ => Err(PyTypeError::new_err(format!("a {:?} has no wait", self.kind))),

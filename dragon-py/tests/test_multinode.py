@@ -615,6 +615,59 @@ def test_synchronisation_objects_across_nodes(cluster):
     _assert_clean(cluster)
 
 
+def test_a_barrier_action_runs_in_the_last_party_on_any_node(cluster):
+    script = _script(cluster, "barrier_action.py", ON_NODE + """
+        import os, sys, threading
+
+        MARK = sys.argv[1]
+
+        def action():
+            with open(MARK, "a") as f:
+                f.write("ran on %s\\n" % os.environ["DRAGON_NODE_INDEX"])
+
+        def failing():
+            raise ValueError("the action failed")
+
+        def last(b, q):
+            # Arrive once both others wait: this party, on node3, is last.
+            while b.n_waiting < 2:
+                os.sched_yield()
+            try:
+                q.put(("last", b.wait(60)))
+            except ValueError as e:
+                q.put(("last raised", str(e)))
+
+        def early(b, q):
+            try:
+                q.put(("early", b.wait(60)))
+            except threading.BrokenBarrierError:
+                q.put(("early", "broken"))
+
+        if __name__ == "__main__":
+            for act in (action, failing):
+                b, q = mp.Barrier(3, action=act), mp.Queue()
+                ps = [on(1, early, b, q), on(2, last, b, q)]
+                try:
+                    mine = b.wait(60)
+                except threading.BrokenBarrierError:
+                    mine = "broken"
+                got = dict(q.get(timeout=60) for _ in ps)
+                print(act.__name__, sorted(str(v) for v in [mine, *got.values()]), sorted(got),
+                      [p.join(60) or p.exitcode for p in ps], flush=True)
+            print(open(MARK).read().strip())
+        """)
+    mark = os.path.join(cluster.shared, "barrier-action")
+    r = _run(cluster, script, mark)
+    _ok(r)
+    out = r.stdout
+    # Every party released with its index, the last (node3's) with 2.
+    assert "action ['0', '1', '2'] ['early', 'last'] [0, 0]" in out, out
+    assert "ran on 2" in out and out.count("ran on") == 1, out
+    # The action raised in node3's party: it gets the exception, the others a broken barrier.
+    assert "failing ['broken', 'broken', 'the action failed'] ['early', 'last raised'] [0, 0]" in out, out
+    _assert_clean(cluster)
+
+
 def test_value_and_array_across_nodes(cluster):
     script = _script(cluster, "values.py", ON_NODE + """
         import ctypes, multiprocessing as mp

@@ -95,6 +95,14 @@ pub const MEM_READ: u8 = 20;
 pub const MEM_WRITE: u8 = 21;
 /// A memory block's data size.
 pub const MEM_SIZE: u8 = 22;
+/// The party that a [`BARRIER_WAIT`] with an action (`arg` 1) told to run
+/// it reports how it went (`arg` 1: it ran, 0: it raised): the arrival
+/// index, or a broken barrier if the action raised.
+pub const BARRIER_ACTION: u8 = 23;
+/// What a [`BARRIER_WAIT`] with an action (`arg` 1) answers the last party
+/// to arrive: run the action on your node, then send [`BARRIER_ACTION`];
+/// nobody is released before.
+pub const ACTION_TURN: i64 = -2;
 /// Most bytes one `MEM_WRITE` carries (the second field's length is a `u16`).
 pub const MEM_WRITE_MAX: usize = u16::MAX as usize;
 
@@ -375,7 +383,15 @@ pub struct SyncServer {
     proxies: HashMap<(Vec<u8>, Owner), Proxy>,
     /// Cancel flags of waits under way, by (node, request id).
     waits: Arc<std::sync::Mutex<CancelFlags>>,
+    /// Barrier waits whose last party runs the action on its node: how
+    /// the action went reaches the waiting thread here (dropped: the party
+    /// is gone, the barrier breaks).
+    actions: Arc<std::sync::Mutex<Actions>>,
 }
+
+/// How a barrier action went, and where the wait's answer goes then.
+type ActionDone = (bool, u64, Post);
+type Actions = HashMap<(Vec<u8>, Owner), crossbeam_channel::Sender<ActionDone>>;
 
 impl std::fmt::Debug for SyncServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -470,6 +486,13 @@ impl SyncServer {
         if r.op == OWNER_GONE {
             self.owner_gone(|o| o.node == node && o.pid == r.pid);
             return Some(ok(id, 0));
+        }
+        if r.op == BARRIER_ACTION {
+            let waiting = self.actions.lock().unwrap_or_else(|e| e.into_inner()).remove(&(r.handle.to_vec(), owner));
+            return match waiting {
+                Some(tx) if tx.send((r.arg == 1, id, post.clone())).is_ok() => None,
+                _ => Some(Reply::error(id, DRAGON_EINVAL, "no barrier wait of this thread is waiting for its action")),
+            };
         }
         let obj = match self.object(r.handle) {
             Ok(o) => o,
@@ -575,6 +598,7 @@ impl SyncServer {
             (SEM_ACQUIRE | EVENT_WAIT | BARRIER_WAIT, _) => {
                 let (cancel, post) = (self.cancel_flag(node, id), self.posting(node, id, post));
                 let (op, timeout) = (r.op, r.timeout);
+                let with_action = (op == BARRIER_WAIT && r.arg == 1).then(|| (self.actions.clone(), r.handle.to_vec()));
                 let work = move || {
                     let mut hook = || !cancel.load(Ordering::Acquire);
                     let reply = match (op, &obj) {
@@ -586,11 +610,37 @@ impl SyncServer {
                             Ok(set) => ok(id, i64::from(set)),
                             Err(_) => wait_failure(id, WaitError::Interrupted),
                         },
-                        (BARRIER_WAIT, Obj::Barrier(b)) => match b.wait_with(timeout, None, Some(&mut hook)) {
-                            Ok(i) => ok(id, i64::from(i)),
-                            Err(BarrierError::Interrupted) => wait_failure(id, WaitError::Interrupted),
-                            Err(e) => Reply::error(id, code::BROKEN_BARRIER, &format!("broken barrier: {e}")),
-                        },
+                        (BARRIER_WAIT, Obj::Barrier(b)) => {
+                            // With an action, the last party runs it on its own
+                            // node: told so in this wait's answer, it reports
+                            // back with BARRIER_ACTION, whose answer is then
+                            // the wait's outcome.
+                            let mut after: Option<(u64, Post)> = None;
+                            let mut run = || {
+                                let Some((actions, handle)) = &with_action else { return true };
+                                let (tx, rx) = crossbeam_channel::bounded(1);
+                                actions.lock().unwrap_or_else(|e| e.into_inner()).insert((handle.clone(), owner), tx);
+                                post(ok(id, ACTION_TURN));
+                                match rx.recv() {
+                                    Ok((ran, aid, apost)) => {
+                                        after = Some((aid, apost));
+                                        ran
+                                    }
+                                    Err(_) => false, // the party is gone
+                                }
+                            };
+                            let r = b.wait_with(timeout, Some(&mut run), Some(&mut hook));
+                            let (rid, rpost) = after.take().unwrap_or_else(|| (id, post.clone()));
+                            let reply = match r {
+                                Ok(i) => ok(rid, i64::from(i)),
+                                Err(BarrierError::Interrupted) => wait_failure(rid, WaitError::Interrupted),
+                                Err(e) => Reply::error(rid, code::BROKEN_BARRIER, &format!("broken barrier: {e}")),
+                            };
+                            if rid != id {
+                                return rpost(reply);
+                            }
+                            reply
+                        }
                         _ => Reply::error(id, DRAGON_EINVAL, &format!("operation {op} does not apply to this object")),
                     };
                     post(reply);
@@ -613,6 +663,8 @@ impl SyncServer {
 
     /// Release what the matching owners hold, and end their waits.
     fn owner_gone(&mut self, matches: impl Fn(&Owner) -> bool) {
+        // An action it was to run: the barrier breaks.
+        self.actions.lock().unwrap_or_else(|e| e.into_inner()).retain(|(_, o), _| !matches(o));
         let gone: Vec<(Vec<u8>, Owner)> = self.proxies.keys().filter(|(_, o)| matches(o)).cloned().collect();
         for key in gone {
             if let Some(p) = self.proxies.remove(&key) {
