@@ -618,7 +618,7 @@ class NodeTasks:
                     items.append(d)
                     size += len(d)
             try:
-                _wire.send_blocking(p.inbox, _pack(_TASKS_BATCH, items), -2)
+                _wire.send_in_order(p.inbox, _pack(_TASKS_BATCH, items), -2)
             except BaseException as e:
                 p.error = "%s: %s" % (type(e).__name__, e)
                 self._poke()
@@ -966,7 +966,7 @@ def _forward(local, owner, drain):
             size += len(m[1])
         if not items:
             return
-        _wire.send_blocking(owner, _pack(_RESULTS_BATCH, items), -2)
+        _wire.send_in_order(owner, _pack(_RESULTS_BATCH, items), -2)
         if not drain:
             return
 
@@ -997,7 +997,7 @@ def _agent_loop(lifeline, owner, ring, led, inbox, local, index, slots):
                 out = [_FREED.pack(b"F", index, slot, started, alive)]
                 if seq != _IDLE:
                     out.insert(0, _LOST.pack(b"L", seq, 1, pid, code))
-                _wire.send_blocking(owner, _pack(_RESULTS_BATCH, out), -2)
+                _wire.send_in_order(owner, _pack(_RESULTS_BATCH, out), -2)
 
 
 def _put_task(ring, led, local, item):

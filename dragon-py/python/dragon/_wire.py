@@ -293,6 +293,18 @@ def send_blocking(ch, data, prefix, block=True, timeout=None):
         pause = min(pause * 2, 0.05)
 
 
+def send_in_order(ch, data, prefix):
+    """Send on ``ch`` as :func:`send_blocking` does without a time limit;
+    to a channel of another node without waiting for the round trip (the
+    transport's deferred sends: in order with this attachment's other
+    sends, a failure raised by a later one)."""
+    if isinstance(ch, _native.RemoteChannel):
+        while not ch.send_deferred(data, prefix, 0.25):
+            pass  # as much as may be is in flight: wait for room
+        return
+    send_blocking(ch, data, prefix)
+
+
 def poll(ch, timeout=0.0):
     """Whether ``ch`` has a message (or an error) to receive, waiting at most
     ``timeout`` seconds (``None``: no limit)."""
