@@ -227,6 +227,11 @@ def test_puts_across_nodes_do_not_wait_and_are_never_lost_or_silent(cluster):
                 q.put(k)
             # Returns at once: the exit waits until every put is in.
 
+        def send_then_close(w):
+            for k in range(N):
+                w.send(k)
+            w.close()  # waits until they are in: the peer sees them, then EOF
+
         def put_after_destroy(q, ready, go):
             q.put("first")
             q.close()
@@ -246,6 +251,16 @@ def test_puts_across_nodes_do_not_wait_and_are_never_lost_or_silent(cluster):
             p.join(60)
             print("in order", got == list(range(N)), "exit", p.exitcode, flush=True)
 
+            r, w = mp.Pipe(duplex=False)
+            p = on(2, send_then_close, w)
+            w.close()
+            got = [r.recv() for _ in range(N)]
+            try:
+                r.recv()
+            except EOFError:
+                print("pipe in order", got == list(range(N)), "then EOF", flush=True)
+            p.join(60)
+
             q2, ready, go = mp.Queue(), mp.Event(), mp.Event()
             p = on(2, put_after_destroy, q2, ready, go)
             assert ready.wait(60)
@@ -258,6 +273,7 @@ def test_puts_across_nodes_do_not_wait_and_are_never_lost_or_silent(cluster):
     r = _run(cluster, script)
     _ok(r)
     assert "in order True exit 0" in r.stdout, r.stdout + r.stderr
+    assert "pipe in order True then EOF" in r.stdout, r.stdout + r.stderr
     assert "primary got first" in r.stdout, r.stdout
     assert "join_thread returned" in r.stdout and "exit 0" in r.stdout, r.stdout + r.stderr
     assert "DestroyedError" in r.stderr or "destroyed" in r.stderr.lower(), r.stderr

@@ -305,6 +305,18 @@ def send_in_order(ch, data, prefix):
     send_blocking(ch, data, prefix)
 
 
+def flush_quietly(ch):
+    """Wait until the deferred sends on ``ch`` are all in; a failure among
+    them is printed (as the standard feeder thread prints its errors), not
+    raised: for exit and close."""
+    try:
+        ch.flush()
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+
+
 def poll(ch, timeout=0.0):
     """Whether ``ch`` has a message (or an error) to receive, waiting at most
     ``timeout`` seconds (``None``: no limit)."""

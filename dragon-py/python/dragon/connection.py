@@ -33,7 +33,7 @@ import socket
 import threading
 import time
 
-from multiprocessing import BufferTooShort, reduction
+from multiprocessing import BufferTooShort, reduction, util
 from multiprocessing import connection as _mp_connection
 
 from . import _native, _wire
@@ -61,6 +61,7 @@ class Connection:
         self._readable = readable
         self._writable = writable
         self._pending = None  # a message kept by recv_bytes(maxlength) or poll()
+        self._flusher = None  # waits for sends across nodes (close, exit)
 
     # -- state ------------------------------------------------------------------
     def _check_closed(self):
@@ -102,6 +103,11 @@ class Connection:
         if sock is None:
             return
         send = self._send_ch
+        # Sends across nodes still on their way arrive before the peer
+        # sees this end close.
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            flusher()
         self._sock = None
         self._send_ch = self._recv_ch = None
         self._pending = None
@@ -134,7 +140,16 @@ class Connection:
 
     # -- sending ------------------------------------------------------------------
     def _send(self, data, prefix):
-        _wire.send_blocking(self._send_ch, data, prefix)
+        ch = self._send_ch
+        if isinstance(ch, _native.RemoteChannel):
+            # Across nodes, a send does not wait for the round trip (as a
+            # write to a pipe returns once the kernel has the bytes); close()
+            # and the process's exit wait until they are all in.
+            _wire.send_in_order(ch, data, prefix)
+            if self._flusher is None:
+                self._flusher = util.Finalize(self, _wire.flush_quietly, [ch], exitpriority=-6)
+            return
+        _wire.send_blocking(ch, data, prefix)
 
     def send(self, obj):
         """Send a (picklable) object."""

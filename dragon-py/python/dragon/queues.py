@@ -258,14 +258,7 @@ class Queue(_ChannelQueue):
         # join_thread until its deferred puts are all in the channel: after
         # the feeder thread has ended (a lower priority runs later).
         if self._flusher is None and not self._joincancelled:
-            self._flusher = util.Finalize(self, Queue._finalize_flush, [self._ch], exitpriority=-6)
-
-    @staticmethod
-    def _finalize_flush(ch):
-        try:
-            ch.flush()
-        except Exception as e:
-            Queue._on_queue_feeder_error(e, None)
+            self._flusher = util.Finalize(self, _wire.flush_quietly, [self._ch], exitpriority=-6)
 
     def _start_thread(self):
         self._closing = False
