@@ -82,6 +82,7 @@ from ._block import SharedBlock
 from .errors import BrokenPoolError, DragonError, MessageTooLargeError, NodeLostError, WorkerLostError
 from .pool import (
     _IDLE,
+    _NOTHING,
     _LOST,
     _NEXT,
     _NOT_RUN,
@@ -870,11 +871,11 @@ class NodeResults(_Results):
             kind = data[0]
             if kind == _R:
                 seq, job, i, obj = _decode_result(data)
-                if pending.pop(seq, _MISSING) is _MISSING:
-                    continue  # its task was failed already (its node was lost): it ends once
-                self._tasks._answered(seq)
-                return job, i, obj
-            if kind == _B:
+                if pending.pop(seq, _MISSING) is not _MISSING:
+                    self._tasks._answered(seq)
+                    return job, i, obj
+                # Else its task was failed already (its node was lost): it ends once.
+            elif kind == _B:
                 queued.extend(_unpack(data))
             elif kind == _N:
                 return None
@@ -886,6 +887,12 @@ class NodeResults(_Results):
                 self._gone(data)
             elif kind == _S:
                 self._tasks._ready(data)
+            if not extra and not queued:
+                # A message for the pool itself: return after it, as on one
+                # node, rather than wait for the next (the standard handler
+                # drains the queue at its end with poll() then get(), and
+                # would wait forever).
+                return _NOTHING
 
     def _lost(self, data):
         _, seq, count, pid, code = _LOST.unpack_from(data)
