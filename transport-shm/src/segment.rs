@@ -426,11 +426,40 @@ fn remove_matching(pred: impl Fn(&str) -> bool) -> usize {
     for entry in dir.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.starts_with(NAME_PREFIX) && pred(name) && std::fs::remove_file(entry.path()).is_ok() {
-            n += 1;
+        if name.starts_with(NAME_PREFIX) && pred(name) {
+            if run_of(name).is_some_and(|r| name == format!("{}{REGISTRY}", r.prefix())) {
+                n += remove_noted_semaphores(&entry.path());
+            }
+            if std::fs::remove_file(entry.path()).is_ok() {
+                n += 1;
+            }
         }
     }
     n
+}
+
+/// Tag of a run's registry on a node (`dragon._registry`).
+const REGISTRY: &str = "reg";
+
+/// Remove the standard library's named semaphores (`/dev/shm/sem.mp-*`)
+/// that processes of a run noted in its registry (lines `s <pid>
+/// /mp-<name>`): a process killed between making one and unlinking it
+/// would leave it behind. Names other than `/mp-` and letters, digits and
+/// `_` are ignored (the file is the run's own, but no line may name
+/// anything else). Returns how many were removed.
+fn remove_noted_semaphores(registry: &Path) -> usize {
+    let Ok(text) = std::fs::read_to_string(registry) else { return 0 };
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.split(' ');
+            (f.next() == Some("s")).then(|| f.nth(1)).flatten()
+        })
+        .filter_map(|name| name.strip_prefix("/mp-"))
+        .filter(|rest| {
+            !rest.is_empty() && rest.len() <= 64 && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        })
+        .filter(|rest| std::fs::remove_file(Path::new(SHM_DIR).join(format!("sem.mp-{rest}"))).is_ok())
+        .count()
 }
 
 #[cfg(test)]
@@ -498,5 +527,24 @@ mod tests {
         assert!(Segment::open(&name).is_err());
         drop(s);
         assert_eq!(cleanup_run(&dead), 0);
+    }
+
+    #[test]
+    fn semaphores_a_run_noted_go_with_it_and_nothing_else() {
+        let dead = RunId(format!("{}-1-5e3a0001", u32::MAX - 7));
+        let sem = |n: &str| Path::new(SHM_DIR).join(format!("sem.mp-{n}"));
+        let mine = format!("t{}x", std::process::id());
+        let other = format!("o{}x", std::process::id());
+        for n in [&mine, &other] {
+            std::fs::write(sem(n), b"").unwrap();
+        }
+        let reg = Path::new(SHM_DIR).join(format!("{}{REGISTRY}", dead.prefix()));
+        let lines = format!("q 1 abcd\ns 12 /mp-{mine}\ns 13 /mp-../../etc/x\ns 14 /other\ns 15\n");
+        std::fs::write(&reg, lines).unwrap();
+        // The registry, and the one semaphore it names properly.
+        assert_eq!(cleanup_run(&dead), 2);
+        assert!(!reg.exists() && !sem(&mine).exists());
+        assert!(sem(&other).exists());
+        std::fs::remove_file(sem(&other)).unwrap();
     }
 }

@@ -15,6 +15,7 @@ start method (see :mod:`dragon.runtime`).
 """
 from . import _log  # noqa: F401  (the "dragon" logger, at DRAGON_LOG_LEVEL)
 from . import _native
+from . import _registry
 from . import runtime as _runtime
 from .context import DragonContext, DragonProcess, register as _register
 
@@ -23,3 +24,4 @@ __all__ = ["DragonContext", "DragonProcess", "__version__"]
 
 _runtime.run_id()  # created here so that every process started later inherits it
 _register()
+_registry.note_stdlib_semaphores()

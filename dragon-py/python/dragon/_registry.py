@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["note", "path", "read", "parse", "MAX_BYTES"]
+__all__ = ["note", "path", "read", "parse", "note_stdlib_semaphores", "MAX_BYTES"]
 
 #: Size after which processes stop appending (the view is then partial).
 MAX_BYTES = 8 << 20
@@ -52,6 +52,30 @@ def note(kind: str, *fields: object) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def note_stdlib_semaphores() -> None:
+    """Note every named semaphore the standard library makes in this
+    process (``s <pid> /mp-<name>``), so that the run's cleanup removes it
+    if the process dies before unlinking it (``multiprocessing.synchronize``
+    makes one in every process that imports, for instance, CPython's test
+    suite; a process killed meanwhile left ``/dev/shm/sem.mp-*`` behind)."""
+    try:
+        from multiprocessing import synchronize
+    except ImportError:  # no sem_open on this system: nothing to note
+        return
+    stock = synchronize.SemLock.__init__
+    if getattr(stock, "_dragon_noted", False):
+        return
+
+    def __init__(self, *args, **kwargs):
+        stock(self, *args, **kwargs)
+        name = getattr(getattr(self, "_semlock", None), "name", None)
+        if name:
+            note("s", name)
+
+    __init__._dragon_noted = True  # type: ignore[attr-defined]
+    synchronize.SemLock.__init__ = __init__  # type: ignore[method-assign]
 
 
 def read(run_id: str) -> list[tuple[str, int, list[str]]]:
