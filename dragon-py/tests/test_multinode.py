@@ -280,6 +280,45 @@ def test_puts_across_nodes_do_not_wait_and_are_never_lost_or_silent(cluster):
     _assert_clean(cluster)
 
 
+def test_many_threads_of_one_process_use_another_nodes_objects_at_once(cluster):
+    # One connection to the node's service serves every thread: whichever
+    # waits reads the replies for all (no reader thread).
+    script = _script(cluster, "threads.py", ON_NODE + """
+        import threading
+
+        N, T = 100, 8
+
+        def work(q, lock, v):
+            def one(t):
+                for k in range(N):
+                    with v.get_lock():
+                        v.value += 1
+                    with lock:
+                        pass
+                    q.put((t, k))
+            ts = [threading.Thread(target=one, args=(t,)) for t in range(T)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+
+        if __name__ == "__main__":
+            q, lock, v = mp.Queue(), mp.Lock(), mp.Value("i", 0)
+            p = on(1, work, q, lock, v)
+            seen = {}
+            for _ in range(N * T):
+                t, k = q.get(timeout=120)
+                assert k == seen.get(t, -1) + 1, (t, k, seen.get(t))
+                seen[t] = k
+            p.join(120)
+            print("total", v.value, "exit", p.exitcode)
+        """)
+    r = _run(cluster, script)
+    _ok(r)
+    assert "total 800 exit 0" in r.stdout, r.stdout + r.stderr
+    _assert_clean(cluster)
+
+
 def test_queue_made_on_a_secondary_node_is_used_from_the_primary(cluster):
     script = _script(cluster, "secondary_queue.py", """
         import multiprocessing as mp, os, queue
