@@ -361,12 +361,7 @@ typedef int32_t (*DragonLenFn)(struct DragonChannel *ch, uint64_t *len, char *er
  * this call or by `flush`), and this call's message was not taken either.
  * A host that finds it NULL sends with `send` and no time limit instead.
  */
-typedef int32_t (*DragonSendDeferredFn)(struct DragonChannel *ch,
-                                        const uint8_t *data,
-                                        size_t len,
-                                        uint64_t timeout_ns,
-                                        char *err,
-                                        size_t err_cap);
+typedef DragonSendFn DragonSendDeferredFn;
 
 /**
  * `flush` (minor version 1, optional): wait at most `timeout_ns` until

@@ -308,16 +308,7 @@ pub type DragonLenFn =
 /// that of an earlier deferred send of the attachment (reported once, by
 /// this call or by `flush`), and this call's message was not taken either.
 /// A host that finds it NULL sends with `send` and no time limit instead.
-pub type DragonSendDeferredFn = Option<
-    unsafe extern "C" fn(
-        ch: *mut DragonChannel,
-        data: *const u8,
-        len: usize,
-        timeout_ns: u64,
-        err: *mut c_char,
-        err_cap: usize,
-    ) -> i32,
->;
+pub type DragonSendDeferredFn = DragonSendFn;
 
 /// `flush` (minor version 1, optional): wait at most `timeout_ns` until
 /// every message this attachment gave to `send_deferred` is in the

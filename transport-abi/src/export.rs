@@ -601,14 +601,8 @@ pub unsafe extern "C" fn send<T: TransportImpl>(
     err: *mut c_char,
     err_cap: usize,
 ) -> i32 {
-    // SAFETY: `data` is readable for `len` bytes during the call.
-    unsafe {
-        guard(err, err_cap, || {
-            let c = channel::<T>(ch)?;
-            let bytes = input(data, len, "the data")?;
-            c.channel.send(bytes, timeout_from_ns(timeout_ns))
-        })
-    }
+    // SAFETY: the caller's contract is `send_with`'s.
+    unsafe { send_with::<T>(ch, data, len, timeout_ns, err, err_cap, ChannelImpl::send) }
 }
 
 /// Deferred send (see [`DragonSendDeferredFn`]).
@@ -624,12 +618,34 @@ pub unsafe extern "C" fn send_deferred<T: TransportImpl>(
     err: *mut c_char,
     err_cap: usize,
 ) -> i32 {
+    // SAFETY: the caller's contract is `send_with`'s.
+    unsafe { send_with::<T>(ch, data, len, timeout_ns, err, err_cap, ChannelImpl::send_deferred) }
+}
+
+/// What [`send_with`] calls: [`ChannelImpl::send`] or [`ChannelImpl::send_deferred`].
+type SendOp<C> = fn(&C, &[u8], Timeout) -> Result<(), Failure>;
+
+/// `send` and `send_deferred`: `op` with the caller's bytes and timeout.
+///
+/// # Safety
+///
+/// `ch` is a live channel of `T`; `data` is readable for `len` bytes
+/// during the call; `err` as every function's.
+unsafe fn send_with<T: TransportImpl>(
+    ch: *mut DragonChannel,
+    data: *const u8,
+    len: usize,
+    timeout_ns: u64,
+    err: *mut c_char,
+    err_cap: usize,
+    op: SendOp<T::Channel>,
+) -> i32 {
     // SAFETY: `data` is readable for `len` bytes during the call.
     unsafe {
         guard(err, err_cap, || {
             let c = channel::<T>(ch)?;
             let bytes = input(data, len, "the data")?;
-            c.channel.send_deferred(bytes, timeout_from_ns(timeout_ns))
+            op(&c.channel, bytes, timeout_from_ns(timeout_ns))
         })
     }
 }
