@@ -531,18 +531,21 @@ mod tests {
 
     #[test]
     fn semaphores_a_run_noted_go_with_it_and_nothing_else() {
-        let dead = RunId(format!("{}-1-5e3a0001", u32::MAX - 7));
+        // A run of this (live) process, so that a test cleaning dead runs
+        // meanwhile leaves it alone; its own nonce keeps it apart from ours.
+        let (me, nonce) = RunId::current().as_str().rsplit_once('-').unwrap();
+        let run = RunId(format!("{me}-{}", if nonce == "5e3a0001" { "5e3a0002" } else { "5e3a0001" }));
         let sem = |n: &str| Path::new(SHM_DIR).join(format!("sem.mp-{n}"));
         let mine = format!("t{}x", std::process::id());
         let other = format!("o{}x", std::process::id());
         for n in [&mine, &other] {
             std::fs::write(sem(n), b"").unwrap();
         }
-        let reg = Path::new(SHM_DIR).join(format!("{}{REGISTRY}", dead.prefix()));
+        let reg = Path::new(SHM_DIR).join(format!("{}{REGISTRY}", run.prefix()));
         let lines = format!("q 1 abcd\ns 12 /mp-{mine}\ns 13 /mp-../../etc/x\ns 14 /other\ns 15\n");
         std::fs::write(&reg, lines).unwrap();
         // The registry, and the one semaphore it names properly.
-        assert_eq!(cleanup_run(&dead), 2);
+        assert_eq!(cleanup_run(&run), 2);
         assert!(!reg.exists() && !sem(&mine).exists());
         assert!(sem(&other).exists());
         std::fs::remove_file(sem(&other)).unwrap();
