@@ -117,6 +117,9 @@ fn large_messages_reuse_registered_buffers() {
     for _ in 0..10 {
         p.a.send(&[&m], Some(WAIT)).unwrap();
         assert!(p.b.recv(Some(WAIT)).unwrap()[..] == m[..]);
+        // The sender's buffer comes back when the receiver's report of its
+        // read arrives: wait for that event, so that the next send finds it.
+        assert!(test_support::eventually(WAIT, || p.a.cache_stats().in_use == 0));
     }
     let (sa, sb) = (p.a.cache_stats(), p.b.cache_stats());
     assert!(sa.hits >= 8 && sa.misses <= 2, "sender {sa:?}");
