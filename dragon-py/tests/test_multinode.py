@@ -348,7 +348,10 @@ def test_queue_made_on_a_secondary_node_is_used_from_the_primary(cluster):
             q.put("hello from the primary")
             done.put(1)
             p.join(60)
-            print("exit", p.exitcode)
+            # One write: the owner's line, forwarded from node3, may come
+            # at the same moment (this process's stdout may be unbuffered,
+            # and print() writes its pieces one by one).
+            print("exit %s" % p.exitcode)
         """)
     r = _run(cluster, script)
     _ok(r)
