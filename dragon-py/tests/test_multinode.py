@@ -319,6 +319,33 @@ def test_many_threads_of_one_process_use_another_nodes_objects_at_once(cluster):
     _assert_clean(cluster)
 
 
+def test_output_of_the_primary_and_other_nodes_comes_in_whole_lines(cluster):
+    # Unbuffered (as CI often runs), print() writes its pieces one by one;
+    # lines forwarded from another node at the same time must not land
+    # between them.
+    script = _script(cluster, "lines.py", ON_NODE + """
+        N = 1500
+
+        def talk(n):
+            for k in range(N):
+                print("remote", n, "line", k, "end")
+
+        if __name__ == "__main__":
+            ps = [on(1, talk, 1), on(2, talk, 2)]
+            for k in range(N):
+                print("primary", "line", k, "end")
+            for p in ps:
+                p.join(120)
+        """)
+    r = _run(cluster, script, env={"PYTHONUNBUFFERED": "1"})
+    _ok(r)
+    lines = [ln for ln in r.stdout.splitlines() if ln]
+    bad = [ln for ln in lines if not re.fullmatch(r"(primary|remote [12]) line \d+ end", ln)]
+    assert not bad, bad[:5]
+    assert len(lines) == 3 * 1500, len(lines)
+    _assert_clean(cluster)
+
+
 def test_queue_made_on_a_secondary_node_is_used_from_the_primary(cluster):
     script = _script(cluster, "secondary_queue.py", """
         import multiprocessing as mp, os, queue

@@ -32,6 +32,7 @@ host's name with ``--label``). ``dragon`` exits with the script's exit code.
 """
 from __future__ import annotations
 
+import io
 import os
 import shlex
 import signal
@@ -451,6 +452,30 @@ class Launch:
             self._partial.clear()
 
 
+def _whole_lines():
+    """The script's own output in whole lines, as the output of every other
+    process of the run reaches the same terminal (forwarded line by line):
+    with an unbuffered stdout or stderr (``python -u``,
+    ``PYTHONUNBUFFERED``) ``print()`` writes its pieces one by one, and a
+    line forwarded from another node could land between them. Such a
+    stream that is not a terminal (a pipe, a file: logs, CI) is made line
+    buffered instead, on the same descriptor; a terminal is left as it is
+    (a progress line without a newline shows at once there)."""
+    for name in ("stdout", "stderr"):
+        s = getattr(sys, name)
+        if not isinstance(getattr(s, "buffer", None), io.FileIO) or not getattr(s, "write_through", False):
+            continue
+        try:
+            fd = s.fileno()
+            if os.isatty(fd):
+                continue
+            raw = io.FileIO(fd, "w", closefd=False)
+            setattr(sys, name, io.TextIOWrapper(io.BufferedWriter(raw), encoding=s.encoding, errors=s.errors,
+                                                line_buffering=True))
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
 def run_script(hosts, script_args, remote_exec=None, label=False, run_main=None, cpus=None, srun=False) -> int:
     """Bring the run up on ``hosts``, run the program with ``run_main()`` on
     this host (the primary), tear the run down; the program's exit code.
@@ -486,6 +511,7 @@ def run_script(hosts, script_args, remote_exec=None, label=False, run_main=None,
     os.environ["DRAGON_NODE_INDEX"] = "0"
     os.environ["DRAGON_SERVICE"] = _native.service_name(run_id, 0)
     os.environ["DRAGON_NODES"] = table
+    _whole_lines()
     try:
         return run_main()
     finally:
@@ -495,5 +521,10 @@ def run_script(hosts, script_args, remote_exec=None, label=False, run_main=None,
         from multiprocessing import util
 
         util._exit_function()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()  # a last line without its newline
+            except (OSError, ValueError, AttributeError):
+                pass
         runtime.shutdown()
         launch.stop()
