@@ -112,3 +112,17 @@ def kill_service(cluster, i):
     assert services, cluster.processes(i)
     for pid in services:
         os.kill(pid, signal.SIGKILL)
+
+
+# A helper multi-node scripts start with: on(node, target, *args) starts
+# target(*args) in a new process on node index `node` (node1 is 0).
+ON_NODE = """
+        import multiprocessing as mp
+        from dragon.infrastructure.policy import Policy
+
+        def on(node, target, *args):
+            with Policy(host_name="node%d" % (node + 1)):
+                p = mp.Process(target=target, args=args)
+                p.start()
+            return p
+"""

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from _testbed import DRAGON, NODES, REPO, RUN_TIMEOUT, namespaced_nodes
+from _testbed import DRAGON, NODES, ON_NODE, REPO, RUN_TIMEOUT, namespaced_nodes
 from _testbed import assert_clean as _assert_clean
 from _testbed import kill_service as _kill_service
 from _testbed import ok as _ok
@@ -35,20 +35,6 @@ pytestmark = pytest.mark.timeout(600)
 def cluster():
     with namespaced_nodes() as c:
         yield c
-
-
-# A helper the scripts below start with: on(node, target, *args) starts
-# target(*args) in a new process on node index `node` (node1 is 0).
-ON_NODE = """
-        import multiprocessing as mp
-        from dragon.infrastructure.policy import Policy
-
-        def on(node, target, *args):
-            with Policy(host_name="node%d" % (node + 1)):
-                p = mp.Process(target=target, args=args)
-                p.start()
-            return p
-"""
 
 
 def test_processes_everywhere_output_exit_codes_system(cluster):

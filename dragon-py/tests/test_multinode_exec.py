@@ -17,7 +17,7 @@ from _testbed import assert_clean as _assert_clean
 from _testbed import ok as _ok
 from _testbed import run as _run
 from _testbed import script as _script
-from _testbed import namespaced_nodes
+from _testbed import ON_NODE, namespaced_nodes
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -189,11 +189,10 @@ def test_executor_worker_killed_on_node2_breaks_the_executor(cluster):
 
 
 def test_manager_and_listener_across_nodes(cluster):
-    script = _script(cluster, "manager.py", """
+    script = _script(cluster, "manager.py", ON_NODE + """
         import multiprocessing as mp, os, socket
         from multiprocessing.connection import Client, Listener
         from multiprocessing import AuthenticationError
-        from dragon.infrastructure.policy import Policy
 
         H = socket.gethostname()
 
@@ -221,17 +220,11 @@ def test_manager_and_listener_across_nodes(cluster):
             out.put(("client got", c.recv()))
             c.close()
 
-        def on(host, target, *args):
-            with Policy(host_name=host):
-                p = mp.Process(target=target, args=args)
-                p.start()
-            return p
-
         if __name__ == "__main__":
             with mp.Manager() as m:
                 print("address", m.address)
                 d, l, q, lock = m.dict(), m.list(), m.Queue(), m.Lock()
-                ps = [on(h, use, d, l, q, lock, 25) for h in ("node2", "node3", "node2", "node3")]
+                ps = [on(n, use, d, l, q, lock, 25) for n in (1, 2, 1, 2)]
                 use(d, l, q, lock, 25)
                 got = sorted(q.get(timeout=120) for _ in range(5))
                 for p in ps:
@@ -242,7 +235,7 @@ def test_manager_and_listener_across_nodes(cluster):
                 print("nodes", sorted((k, v) for k, v in d.items() if k != "count"))
                 print("queue", got)
                 box = mp.Queue()
-                p = on("node3", via_queue, box)
+                p = on(2, via_queue, box)
                 box.put((l, q))
                 print("via queue", q.get(timeout=120), "queued@node3" in l)
                 p.join(120)
@@ -250,13 +243,13 @@ def test_manager_and_listener_across_nodes(cluster):
             out = mp.Queue()
             with Listener((H, 0), authkey=b"sesame") as server:
                 print("listener", server.address[0] != "127.0.0.1")
-                p = on("node3", client, server.address, b"sesame", out)
+                p = on(2, client, server.address, b"sesame", out)
                 with server.accept() as c:
                     print("accepted", c.recv())
                     c.send("welcome " + H)
                 print(out.get(timeout=120))
                 p.join(120)
-                p = on("node3", client, server.address, b"wrong", out)
+                p = on(2, client, server.address, b"wrong", out)
                 try:
                     server.accept()
                 except AuthenticationError as e:

@@ -12,7 +12,7 @@ from _testbed import assert_clean as _assert_clean
 from _testbed import ok as _ok
 from _testbed import run as _run
 from _testbed import script as _script
-from _testbed import namespaced_nodes
+from _testbed import ON_NODE, namespaced_nodes
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -101,10 +101,9 @@ def test_bytes_written_to_a_pipe_socket_across_nodes_end_the_connection(cluster)
     either side, ends the connection on both nodes with end of file and a
     note on stderr, so that neither reader waits forever for what cannot
     come, even while the parent still holds the child's end."""
-    script = _script(cluster, "pipe_socket.py", """
+    script = _script(cluster, "pipe_socket.py", ON_NODE + """
         import multiprocessing as mp, os
         from multiprocessing import reduction
-        from dragon.infrastructure.policy import Policy
 
         def receive_fd(conn):
             try:
@@ -117,15 +116,9 @@ def test_bytes_written_to_a_pipe_socket_across_nodes_end_the_connection(cluster)
             os.write(conn.fileno(), b"\\0")
             conn.recv_bytes()  # until the connection ends
 
-        def start(target, conn):
-            with Policy(host_name="node2"):
-                p = mp.Process(target=target, args=(conn,))
-                p.start()
-            return p
-
         if __name__ == "__main__":
             conn, child_conn = mp.Pipe()
-            p = start(receive_fd, child_conn)
+            p = on(1, receive_fd, child_conn)
             with open("fd.txt", "wb") as f:
                 reduction.send_handle(conn, f.fileno(), p.pid)
             p.join(120)
@@ -136,7 +129,7 @@ def test_bytes_written_to_a_pipe_socket_across_nodes_end_the_connection(cluster)
                 print("fd sent: parent EOFError")
 
             conn, child_conn = mp.Pipe()
-            p = start(write_byte, child_conn)
+            p = on(1, write_byte, child_conn)
             try:
                 reduction.recv_handle(conn)
             except (EOFError, RuntimeError) as e:
