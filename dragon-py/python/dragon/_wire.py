@@ -293,16 +293,19 @@ def send_blocking(ch, data, prefix, block=True, timeout=None):
         pause = min(pause * 2, 0.05)
 
 
-def send_in_order(ch, data, prefix):
-    """Send on ``ch`` as :func:`send_blocking` does without a time limit;
-    to a channel of another node without waiting for the round trip (the
-    transport's deferred sends: in order with this attachment's other
-    sends, a failure raised by a later one)."""
-    if isinstance(ch, _native.RemoteChannel):
-        while not ch.send_deferred(data, prefix, 0.25):
-            pass  # as much as may be is in flight: wait for room
-        return
-    send_blocking(ch, data, prefix)
+def send_in_order(ch, data, prefix, timeout=None):
+    """Send on ``ch`` as :func:`send_blocking` does; to a channel of another
+    node without waiting for the round trip (the transport's deferred
+    sends: in order with this attachment's other sends, a failure raised by
+    a later one). False if, after ``timeout`` seconds (``None``: no limit),
+    the channel is still full (across nodes: as much as may be is still in
+    flight)."""
+    if not isinstance(ch, _native.RemoteChannel):
+        return send_blocking(ch, data, prefix, True, timeout)
+    while not ch.send_deferred(data, prefix, 0.25 if timeout is None else timeout):
+        if timeout is not None:
+            return False
+    return True
 
 
 def flush_quietly(ch):

@@ -287,11 +287,9 @@ class Queue(_ChannelQueue):
                     notempty.wait(0.2)
                 data, prefix = buffer[0]
             try:
-                # Across nodes: deferred sends, waiting for room among those
-                # in flight (the queue's exit flush waits for them).
-                remote = isinstance(ch, _native.RemoteChannel)
-                while not (ch.send_deferred(data, prefix, 0.1) if remote
-                           else _wire.send_blocking(ch, data, prefix, True, 0.1)):
+                # Across nodes: deferred sends (the queue's exit flush waits
+                # for them).
+                while not _wire.send_in_order(ch, data, prefix, 0.1):
                     # Still full. Once this process has let go of the queue
                     # and no other process is attached, nobody can ever
                     # receive: drop what is buffered (as a standard feeder
