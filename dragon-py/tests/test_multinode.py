@@ -216,7 +216,9 @@ def test_puts_across_nodes_do_not_wait_and_are_never_lost_or_silent(cluster):
         def send_then_close(w):
             for k in range(N):
                 w.send(k)
-            w.close()  # waits until they are in: the peer sees them, then EOF
+            # The peer gets them all, in order, then EOF. (close() also waits
+            # for sends still in flight; whether it had to here is not seen.)
+            w.close()
 
         def put_after_destroy(q, ready, go):
             q.put("first")
