@@ -125,6 +125,19 @@ pub fn shm_available() -> Option<u64> {
     Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
+/// Size of the file system behind `/dev/shm` in bytes (free or not), if
+/// it says: a message larger than this can never be sent.
+pub fn shm_total() -> Option<u64> {
+    let path = CString::new(SHM_DIR).ok()?;
+    // SAFETY: statvfs is plain data; zeroed is a valid initial value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid C string and `st` a valid out-pointer.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_blocks as u64 * st.f_frsize as u64)
+}
+
 impl Segment {
     /// Create a new segment of at least `len` bytes (rounded up to a page),
     /// zero-filled, mode `0600`. Fails if the name exists.

@@ -1,0 +1,725 @@
+//! [`Queue`] and [`JoinableQueue`]: the semantics of Python's
+//! `multiprocessing.Queue` on a channel.
+//!
+//! - `Queue::new(maxsize)` with `0 < maxsize <= EXACT_MAX` is a ring of
+//!   exactly `maxsize` slots: `put` waits while it is full and fails with
+//!   [`PutError::Full`] on timeout.
+//! - `Queue::new(0)` is unbounded: `put` never waits. It writes straight
+//!   into the ring; only while the ring is full (or shared memory for large
+//!   messages is short) does a message wait in a local buffer that a
+//!   feeder thread sends, in order. Bounds above `EXACT_MAX` use an
+//!   unbounded ring plus a shared semaphore of `maxsize` permits.
+//! - Messages put by one thread arrive in the order put.
+//! - [`Queue::close`] says this object puts no more; the feeder sends what
+//!   is buffered and ends. Dropping the queue waits for the feeder (as
+//!   Python waits at exit), unless [`Queue::cancel_join_thread`] was
+//!   called. A feeder whose queue is closed or dropped, and whose channel
+//!   no other process is attached to, drops what it holds instead of
+//!   waiting forever: nobody can ever receive it.
+//! - A peer that dies (even by `SIGKILL`, even mid-put or mid-get) never
+//!   blocks the others: the channel sweeps its half-done operations.
+
+use crate::channel::{Fault, QueueChannel, ShmChannel};
+use crate::error::{GetError, PutError, QueueError, TaskDoneError};
+use crate::handle::{Mode, QueueHandle, QueueKind};
+use crate::wire::{self, Item, Tag};
+use channels_core::{ChannelOptions, Roles};
+use shm_primitives::sync::local::{AtomicBool, Ordering};
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use transport_shm::{ShmCondition, ShmLock, ShmSemaphore};
+
+/// Bytes per ring slot; messages up to `SLOT_SIZE - 24` bytes travel inline.
+pub const SLOT_SIZE: usize = 256;
+/// Ring slots of an unbounded queue (and of a [`crate::SimpleQueue`]).
+pub const UNBOUNDED_CAPACITY: u64 = 512;
+/// Largest `maxsize` served by a ring of exactly that many slots.
+pub const EXACT_MAX: u64 = 8192;
+/// Processes that may use one queue at a time.
+pub const MAX_ATTACHMENTS: u32 = 1023;
+/// Largest bound a queue accepts (a semaphore's largest value).
+pub const MAX_BOUND: u64 = 2_147_483_647;
+
+/// How long the feeder waits for room before it looks whether anybody can
+/// still receive.
+const FEEDER_SLICE: Duration = Duration::from_millis(100);
+
+/// What the feeder thread calls with a message it could not send (and
+/// drops).
+pub type FeederErrorHook = Box<dyn Fn(&PutError) + Send + Sync>;
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn deadline(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.map(|t| Instant::now().checked_add(t).unwrap_or_else(|| Instant::now() + Duration::from_secs(1 << 30)))
+}
+
+/// Time left until `d` (`None`: no limit).
+pub(crate) fn left(d: Option<Instant>) -> Option<Duration> {
+    d.map(|d| d.saturating_duration_since(Instant::now()))
+}
+
+/// Send `parts`, retrying while shared memory for a large message is
+/// short (as Python's `_wire.send_blocking` does); `WouldBlock` if the
+/// channel stayed full (or memory short) until the timeout.
+pub(crate) fn send_retrying<C: QueueChannel>(
+    chan: &C,
+    parts: &[&[u8]],
+    timeout: Option<Duration>,
+    deferred: bool,
+) -> Result<(), Fault> {
+    let end = deadline(timeout);
+    let mut pause = Duration::from_micros(500);
+    loop {
+        let t = left(end);
+        let r = if deferred { chan.send_deferred(parts, t) } else { chan.send_parts(parts, t) };
+        match r {
+            Err(Fault::NoMemory(m)) => {
+                let rest = left(end);
+                if rest == Some(Duration::ZERO) {
+                    return Err(Fault::NoMemory(m));
+                }
+                std::thread::sleep(rest.map_or(pause, |r| r.min(pause)));
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// The local side of an unbounded queue: the buffer and its feeder.
+#[derive(Default)]
+struct Local {
+    buffer: VecDeque<Vec<u8>>,
+    /// The feeder holds a message taken from the buffer: a put must not
+    /// overtake it.
+    in_flight: bool,
+    /// No more puts from this object: the feeder ends once it has sent
+    /// everything (or once nobody can receive).
+    closing: bool,
+    feeder: Option<JoinHandle<()>>,
+}
+
+struct Shared<C> {
+    chan: C,
+    local: Mutex<Local>,
+    cv: Condvar,
+    on_error: Mutex<Option<FeederErrorHook>>,
+}
+
+impl<C: QueueChannel> Shared<C> {
+    fn report(&self, e: &PutError) {
+        match &*lock(&self.on_error) {
+            Some(hook) => hook(e),
+            None => eprintln!("queues: the feeder thread dropped a message it could not send: {e}"),
+        }
+    }
+
+    /// The feeder thread: send the buffer's messages in order.
+    fn feed(self: Arc<Self>) {
+        let deferred = self.chan.defers_sends();
+        loop {
+            let msg = {
+                let mut l = lock(&self.local);
+                loop {
+                    if let Some(m) = l.buffer.pop_front() {
+                        l.in_flight = true;
+                        break m;
+                    }
+                    if l.closing {
+                        return;
+                    }
+                    l = self.cv.wait_timeout(l, Duration::from_millis(200)).unwrap_or_else(|e| e.into_inner()).0;
+                }
+            };
+            loop {
+                match send_retrying(&self.chan, &[&msg], Some(FEEDER_SLICE), deferred) {
+                    Ok(()) => break,
+                    Err(Fault::WouldBlock | Fault::NoMemory(_)) => {
+                        // Still full. Once this object has let go of the
+                        // queue and no other process is attached, nobody
+                        // can ever receive: drop what is buffered.
+                        if lock(&self.local).closing && self.chan.peers() == 0 {
+                            let mut l = lock(&self.local);
+                            l.buffer.clear();
+                            l.in_flight = false;
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        self.report(&PutError::Channel(e));
+                        break;
+                    }
+                }
+            }
+            lock(&self.local).in_flight = false;
+        }
+    }
+}
+
+/// A multi-producer, multi-consumer FIFO queue of byte messages shared by
+/// processes (the semantics of Python's `multiprocessing.Queue`; see the
+/// module docs).
+///
+/// Share one `Queue` between threads by reference or `Arc`; give another
+/// process its [`Queue::handle`] and have it call [`Queue::attach`]. Keep
+/// this queue alive until the other process has attached: when the last
+/// attached process drops it, the queue is destroyed.
+pub struct Queue<C: QueueChannel = ShmChannel> {
+    shared: Arc<Shared<C>>,
+    mode: Mode,
+    maxsize: u64,
+    sem: Option<ShmSemaphore>,
+    closed: AtomicBool,
+    join_cancelled: AtomicBool,
+}
+
+impl<C: QueueChannel> fmt::Debug for Queue<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("mode", &self.mode)
+            .field("maxsize", &self.maxsize)
+            .field("segment", &self.shared.chan.handle().segment)
+            .finish()
+    }
+}
+
+/// The mode and ring capacity for a bound (`0`: unbounded).
+pub(crate) fn mode_for(maxsize: u64) -> Result<(Mode, u64), QueueError> {
+    match maxsize {
+        0 => Ok((Mode::Unbounded, UNBOUNDED_CAPACITY)),
+        m if m <= EXACT_MAX => Ok((Mode::Exact, m)),
+        m if m <= MAX_BOUND => Ok((Mode::Semaphore, UNBOUNDED_CAPACITY)),
+        m => Err(QueueError::Invalid(format!("queue bound {m} is above the largest, {MAX_BOUND}"))),
+    }
+}
+
+fn queue_channel(capacity: u64) -> Result<ShmChannel, QueueError> {
+    let opts = ChannelOptions::new()
+        .capacity(capacity)
+        .slot_size(SLOT_SIZE)
+        .max_attachments(MAX_ATTACHMENTS)
+        .roles(Roles::BOTH);
+    Ok(ShmChannel::create(&opts)?)
+}
+
+impl Queue<ShmChannel> {
+    /// A new queue in this node's shared memory, bounded by `maxsize`
+    /// items (`0`: unbounded).
+    pub fn new(maxsize: u64) -> Result<Queue, QueueError> {
+        let (mode, capacity) = mode_for(maxsize)?;
+        let sem = match mode {
+            Mode::Semaphore => {
+                let m = u32::try_from(maxsize).expect("checked by mode_for");
+                Some(ShmSemaphore::create(m, Some(m))?)
+            }
+            _ => None,
+        };
+        Queue::from_channel(queue_channel(capacity)?, maxsize, sem)
+    }
+
+    /// Attach to the queue `handle` names (from any process of this node).
+    pub fn attach(handle: &QueueHandle) -> Result<Queue, QueueError> {
+        handle.expect(QueueKind::Queue, "Queue")?;
+        Queue::attach_parts(handle)
+    }
+
+    fn attach_parts(handle: &QueueHandle) -> Result<Queue, QueueError> {
+        let ch = handle.channel.as_ref().ok_or_else(|| QueueError::Handle("no channel".into()))?;
+        let chan = ShmChannel::attach(ch, Roles::BOTH)?;
+        let sem = handle.sem.as_ref().map(ShmSemaphore::attach).transpose()?;
+        let maxsize = if handle.mode == Mode::Unbounded { 0 } else { handle.maxsize };
+        let q = Queue::from_channel(chan, maxsize, sem)?;
+        if q.mode != handle.mode {
+            return Err(QueueError::Handle(format!("mode {:?} does not fit bound {maxsize}", handle.mode)));
+        }
+        Ok(q)
+    }
+
+    /// The handle other processes attach by ([`Queue::attach`]).
+    pub fn handle(&self) -> QueueHandle {
+        QueueHandle {
+            kind: QueueKind::Queue,
+            mode: self.mode,
+            maxsize: self.maxsize,
+            channel: Some(self.shared.chan.handle()),
+            recv: None,
+            sem: self.sem.as_ref().map(|s| s.handle().clone()),
+            tasks: None,
+        }
+    }
+}
+
+impl<C: QueueChannel> Queue<C> {
+    /// A queue on a channel made elsewhere (a channel of another node,
+    /// say). `maxsize` chooses the mode as [`Queue::new`] does: an exact
+    /// queue's channel must have `maxsize` slots, and a queue bounded above
+    /// `EXACT_MAX` needs its semaphore of `maxsize` permits.
+    pub fn from_channel(chan: C, maxsize: u64, sem: Option<ShmSemaphore>) -> Result<Queue<C>, QueueError> {
+        let (mode, capacity) = mode_for(maxsize)?;
+        if mode == Mode::Exact && chan.capacity() as u64 != capacity {
+            return Err(QueueError::Handle(format!(
+                "a queue bounded by {maxsize} needs a channel of {maxsize} slots, not {}",
+                chan.capacity()
+            )));
+        }
+        if sem.is_some() != (mode == Mode::Semaphore) {
+            return Err(QueueError::Handle(format!(
+                "a semaphore goes with bounds above {EXACT_MAX} only (bound {maxsize})"
+            )));
+        }
+        if let Some(s) = &sem {
+            if s.max() != Some(maxsize as u32) {
+                return Err(QueueError::Handle(format!("the semaphore's bound {:?} is not {maxsize}", s.max())));
+            }
+        }
+        Ok(Queue {
+            shared: Arc::new(Shared {
+                chan,
+                local: Mutex::new(Local::default()),
+                cv: Condvar::new(),
+                on_error: Mutex::new(None),
+            }),
+            mode,
+            maxsize: if mode == Mode::Unbounded { 0 } else { maxsize },
+            sem,
+            closed: AtomicBool::new(false),
+            join_cancelled: AtomicBool::new(false),
+        })
+    }
+
+    /// Put `data`; another process receives it as [`Tag::Bytes`] (Python's
+    /// `get` returns a `bytes` object). `timeout`: how long a bounded queue
+    /// may wait for room (`None`: no limit; `Some(Duration::ZERO)`: not at
+    /// all); an unbounded queue never waits.
+    pub fn put(&self, data: &[u8], timeout: Option<Duration>) -> Result<(), PutError> {
+        self.put_tagged(Tag::Bytes, data, timeout)
+    }
+
+    /// [`Queue::put`] with the message's tag (a [`Tag::Pickle`] for a
+    /// Python reader to unpickle, [`Tag::Raw`] for raw bytes).
+    pub fn put_tagged(&self, tag: Tag, payload: &[u8], timeout: Option<Duration>) -> Result<(), PutError> {
+        // Relaxed: a flag of this object only; close() is not a fence.
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(PutError::Closed);
+        }
+        let pre = wire::prefix(tag, payload)?.map(|p| [p]);
+        let parts: &[&[u8]] = match &pre {
+            Some(p) => &[p, payload],
+            None => &[payload],
+        };
+        match self.mode {
+            Mode::Exact => {
+                return send_retrying(&self.shared.chan, parts, timeout, false).map_err(|e| match e {
+                    Fault::WouldBlock | Fault::NoMemory(_) => PutError::Full,
+                    e => PutError::Channel(e),
+                })
+            }
+            Mode::Semaphore => {
+                let sem = self.sem.as_ref().expect("semaphore mode");
+                let got = match timeout {
+                    Some(Duration::ZERO) => sem.try_acquire(),
+                    t => sem.acquire(t).is_ok(),
+                };
+                if !got {
+                    return Err(PutError::Full);
+                }
+            }
+            Mode::Unbounded => {}
+        }
+        let r = self.put_unbounded(parts);
+        if r.is_err() {
+            if let Some(sem) = &self.sem {
+                let _ = sem.release();
+            }
+        }
+        r
+    }
+
+    fn put_unbounded(&self, parts: &[&[u8]]) -> Result<(), PutError> {
+        let s = &*self.shared;
+        let mut l = lock(&s.local);
+        if l.buffer.is_empty() && !l.in_flight {
+            let r = if s.chan.defers_sends() {
+                s.chan.send_deferred(parts, Some(Duration::ZERO))
+            } else {
+                s.chan.send_parts(parts, Some(Duration::ZERO))
+            };
+            match r {
+                Ok(()) => return Ok(()),
+                Err(Fault::WouldBlock | Fault::NoMemory(_)) => {}
+                Err(e) => return Err(PutError::Channel(e)),
+            }
+        }
+        // The ring is full: the feeder thread sends it, in order.
+        l.buffer.push_back(parts.concat());
+        if l.feeder.is_none() {
+            let shared = Arc::clone(&self.shared);
+            let t = std::thread::Builder::new()
+                .name("QueueFeederThread".to_owned())
+                .spawn(move || shared.feed())
+                .map_err(|e| PutError::Channel(Fault::Other(format!("cannot start the feeder thread: {e}"))))?;
+            l.feeder = Some(t);
+        }
+        s.cv.notify_one();
+        Ok(())
+    }
+
+    /// Take the next item, waiting at most `timeout` (`None`: no limit;
+    /// `Some(Duration::ZERO)`: not at all); [`GetError::Empty`] if none
+    /// came. Control messages are skipped.
+    pub fn get(&self, timeout: Option<Duration>) -> Result<Item<C::Msg>, GetError> {
+        // Relaxed: as in put_tagged.
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(GetError::Closed);
+        }
+        let end = deadline(timeout);
+        loop {
+            match self.shared.chan.recv(left(end)) {
+                Ok(m) => {
+                    let item = Item::new(m);
+                    if item.tag() == Tag::Control {
+                        continue;
+                    }
+                    if let Some(sem) = &self.sem {
+                        let _ = sem.release();
+                    }
+                    return Ok(item);
+                }
+                Err(Fault::WouldBlock) => return Err(GetError::Empty),
+                Err(e) => return Err(GetError::Channel(e)),
+            }
+        }
+    }
+
+    /// Approximate number of items in the queue (those this object has not
+    /// yet sent from its local buffer included).
+    pub fn qsize(&self) -> usize {
+        match &self.sem {
+            Some(sem) => (self.maxsize - u64::from(sem.value())) as usize,
+            None => self.shared.chan.len() + lock(&self.shared.local).buffer.len(),
+        }
+    }
+
+    /// Whether the queue looks empty (a snapshot).
+    pub fn empty(&self) -> bool {
+        self.shared.chan.is_empty() && lock(&self.shared.local).buffer.is_empty()
+    }
+
+    /// Whether a bounded queue looks full (a snapshot; never for an
+    /// unbounded one).
+    pub fn full(&self) -> bool {
+        match self.mode {
+            Mode::Exact => self.shared.chan.is_full(),
+            Mode::Semaphore => self.sem.as_ref().is_some_and(|s| s.value() == 0),
+            Mode::Unbounded => false,
+        }
+    }
+
+    /// The bound (`0`: unbounded).
+    pub fn maxsize(&self) -> u64 {
+        self.maxsize
+    }
+
+    /// How the queue is bounded.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The channel under the queue.
+    pub fn channel(&self) -> &C {
+        &self.shared.chan
+    }
+
+    /// Have the feeder thread call `hook` with each message it cannot send
+    /// (and drops) instead of printing it (Python's
+    /// `_on_queue_feeder_error`).
+    pub fn set_feeder_error_hook(&self, hook: FeederErrorHook) {
+        *lock(&self.shared.on_error) = Some(hook);
+    }
+
+    /// This object will put (and get) no more: the feeder sends what is
+    /// buffered and ends. Other objects and processes are not affected.
+    pub fn close(&self) {
+        // Relaxed: see put_tagged; the feeder learns it under its mutex.
+        self.closed.store(true, Ordering::Relaxed);
+        lock(&self.shared.local).closing = true;
+        self.shared.cv.notify_all();
+    }
+
+    /// Whether [`Queue::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        // Relaxed: as in put_tagged.
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Wait until the feeder thread has sent everything buffered (and, on
+    /// a channel that defers sends, until they are all in). Call after
+    /// [`Queue::close`].
+    pub fn join_thread(&self) -> Result<(), Fault> {
+        if !self.is_closed() {
+            return Err(Fault::Other("join_thread() before close(): call close() first".into()));
+        }
+        let t = lock(&self.shared.local).feeder.take();
+        if let Some(t) = t {
+            let _ = t.join();
+        }
+        self.shared.chan.flush()
+    }
+
+    /// Do not wait for the feeder thread when this queue is dropped (what
+    /// is still buffered may be lost).
+    pub fn cancel_join_thread(&self) {
+        // Relaxed: read by drop, on a thread that owns the queue.
+        self.join_cancelled.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether no other process is attached (dead ones swept first).
+    pub(crate) fn alone(&self) -> bool {
+        self.shared.chan.peers() == 0
+    }
+}
+
+impl<C: QueueChannel> Drop for Queue<C> {
+    fn drop(&mut self) {
+        let feeder = {
+            let mut l = lock(&self.shared.local);
+            l.closing = true;
+            l.feeder.take()
+        };
+        self.shared.cv.notify_all();
+        // Relaxed: we own the queue; cancel_join_thread happened before.
+        let cancelled = self.join_cancelled.load(Ordering::Relaxed);
+        if let Some(t) = feeder {
+            if !cancelled {
+                let _ = t.join();
+            }
+        }
+        if !cancelled {
+            if let Err(e) = self.shared.chan.flush() {
+                eprintln!("queues: sends still on their way failed: {e}");
+            }
+        }
+        if let Some(sem) = &self.sem {
+            if self.alone() {
+                let _ = sem.destroy();
+            }
+        }
+    }
+}
+
+/// A [`Queue`] whose items are counted until marked done: producers
+/// [`put`](JoinableQueue::put), consumers [`task_done`](JoinableQueue::task_done)
+/// each item they took, and [`join`](JoinableQueue::join) waits until every
+/// item put is done (Python's `multiprocessing.JoinableQueue`).
+///
+/// An item is counted before it can be taken (so a consumer's `task_done`
+/// always finds it counted) and uncounted if its put fails. The count,
+/// its lock and condition live in shared memory; a process that dies
+/// holding the lock does not block the others.
+pub struct JoinableQueue<C: QueueChannel = ShmChannel> {
+    queue: Queue<C>,
+    unfinished: ShmSemaphore,
+    cond: ShmCondition,
+    lock: ShmLock,
+}
+
+impl<C: QueueChannel> fmt::Debug for JoinableQueue<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinableQueue").field("queue", &self.queue).field("unfinished", &self.unfinished()).finish()
+    }
+}
+
+/// Holds the task lock; releases it on drop.
+struct Held<'a>(&'a ShmLock);
+
+impl<'a> Held<'a> {
+    fn new(l: &'a ShmLock) -> Held<'a> {
+        // A holder that died leaves consistent state: every change under
+        // this lock is one semaphore step plus a notify.
+        let _ = l.acquire(None);
+        Held(l)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.release();
+    }
+}
+
+impl JoinableQueue<ShmChannel> {
+    /// A new joinable queue bounded by `maxsize` items (`0`: unbounded).
+    pub fn new(maxsize: u64) -> Result<JoinableQueue, QueueError> {
+        let queue = Queue::new(maxsize)?;
+        let unfinished = ShmSemaphore::create(0, None)?;
+        let cond = ShmCondition::create()?;
+        let lock = ShmLock::create()?;
+        Ok(JoinableQueue { queue, unfinished, cond, lock })
+    }
+
+    /// Attach to the joinable queue `handle` names.
+    pub fn attach(handle: &QueueHandle) -> Result<JoinableQueue, QueueError> {
+        handle.expect(QueueKind::Joinable, "JoinableQueue")?;
+        let [u, c, l] = handle.tasks.as_ref().ok_or_else(|| QueueError::Handle("no task objects".into()))?;
+        let queue = Queue::attach_parts(handle)?;
+        Ok(JoinableQueue {
+            queue,
+            unfinished: ShmSemaphore::attach(u)?,
+            cond: ShmCondition::attach(c)?,
+            lock: ShmLock::attach(l)?,
+        })
+    }
+
+    /// The handle other processes attach by ([`JoinableQueue::attach`]).
+    pub fn handle(&self) -> QueueHandle {
+        QueueHandle {
+            kind: QueueKind::Joinable,
+            tasks: Some([self.unfinished.handle().clone(), self.cond.handle().clone(), self.lock.handle().clone()]),
+            ..self.queue.handle()
+        }
+    }
+}
+
+impl<C: QueueChannel> JoinableQueue<C> {
+    /// A joinable queue over `queue` and shared task objects made
+    /// elsewhere (`unfinished` starts at 0 and has no bound).
+    pub fn from_parts(
+        queue: Queue<C>,
+        unfinished: ShmSemaphore,
+        cond: ShmCondition,
+        lock: ShmLock,
+    ) -> JoinableQueue<C> {
+        JoinableQueue { queue, unfinished, cond, lock }
+    }
+
+    /// Count an item, then put it ([`Queue::put`]); a put that fails is
+    /// uncounted.
+    pub fn put(&self, data: &[u8], timeout: Option<Duration>) -> Result<(), PutError> {
+        self.put_tagged(Tag::Bytes, data, timeout)
+    }
+
+    /// [`JoinableQueue::put`] with the message's tag.
+    pub fn put_tagged(&self, tag: Tag, payload: &[u8], timeout: Option<Duration>) -> Result<(), PutError> {
+        if self.queue.is_closed() {
+            return Err(PutError::Closed);
+        }
+        {
+            let _held = Held::new(&self.lock);
+            if let Err(e) = self.unfinished.release() {
+                return Err(PutError::Channel(Fault::Other(format!("too many unfinished tasks: {e}"))));
+            }
+        }
+        // The shared lock is not held while a bounded put waits for room.
+        let r = self.queue.put_tagged(tag, payload, timeout);
+        if r.is_err() {
+            let _held = Held::new(&self.lock);
+            self.unfinished.try_acquire();
+            if self.unfinished.value() == 0 {
+                self.cond.notify_all();
+            }
+        }
+        r
+    }
+
+    /// Take the next item ([`Queue::get`]); call
+    /// [`JoinableQueue::task_done`] once it is processed.
+    pub fn get(&self, timeout: Option<Duration>) -> Result<Item<C::Msg>, GetError> {
+        self.queue.get(timeout)
+    }
+
+    /// One item taken from the queue has been processed.
+    pub fn task_done(&self) -> Result<(), TaskDoneError> {
+        let _held = Held::new(&self.lock);
+        if !self.unfinished.try_acquire() {
+            return Err(TaskDoneError::TooManyCalls);
+        }
+        if self.unfinished.value() == 0 {
+            self.cond.notify_all();
+        }
+        Ok(())
+    }
+
+    /// Wait until every item put has been marked done.
+    pub fn join(&self) {
+        self.join_timeout(None);
+    }
+
+    /// [`JoinableQueue::join`] for at most `timeout`; whether every item is
+    /// done.
+    pub fn join_timeout(&self, timeout: Option<Duration>) -> bool {
+        let end = deadline(timeout);
+        let held = Held::new(&self.lock);
+        while self.unfinished.value() != 0 {
+            let rest = left(end);
+            if rest == Some(Duration::ZERO) {
+                return false;
+            }
+            // Slices: a notifier that died between its count and its
+            // notify must not leave this wait asleep for ever.
+            let slice = rest.map_or(Duration::from_millis(200), |r| r.min(Duration::from_millis(200)));
+            if self.cond.wait(&*self.lock, Some(slice)).is_err() {
+                // Every waiter slot is taken: wait without the condition.
+                drop(held);
+                std::thread::sleep(Duration::from_millis(5));
+                return self.join_timeout(left(end));
+            }
+        }
+        true
+    }
+
+    /// Items put and not yet marked done (a snapshot).
+    pub fn unfinished(&self) -> u32 {
+        self.unfinished.value()
+    }
+
+    /// The queue under the counting.
+    pub fn queue(&self) -> &Queue<C> {
+        &self.queue
+    }
+
+    /// See [`Queue::qsize`].
+    pub fn qsize(&self) -> usize {
+        self.queue.qsize()
+    }
+
+    /// See [`Queue::empty`].
+    pub fn empty(&self) -> bool {
+        self.queue.empty()
+    }
+
+    /// See [`Queue::full`].
+    pub fn full(&self) -> bool {
+        self.queue.full()
+    }
+
+    /// See [`Queue::close`].
+    pub fn close(&self) {
+        self.queue.close();
+    }
+
+    /// See [`Queue::join_thread`].
+    pub fn join_thread(&self) -> Result<(), Fault> {
+        self.queue.join_thread()
+    }
+
+    /// See [`Queue::cancel_join_thread`].
+    pub fn cancel_join_thread(&self) {
+        self.queue.cancel_join_thread();
+    }
+}
+
+impl<C: QueueChannel> Drop for JoinableQueue<C> {
+    fn drop(&mut self) {
+        if self.queue.alone() {
+            let _ = self.unfinished.destroy();
+            let _ = self.cond.destroy();
+            let _ = self.lock.destroy();
+        }
+    }
+}
