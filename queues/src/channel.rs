@@ -247,3 +247,18 @@ impl QueueChannel for ShmChannel {
         Handle { node: transport_shm::this_node(), ..self.ch.handle() }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocation_failures_say_whether_to_retry() {
+        let too_large = AllocError::TooLarge { len: 1 << 40, max: 1 << 34 };
+        assert!(matches!(alloc_fault(&too_large, 1 << 40), Fault::TooLarge(_)));
+        let short = AllocError::LimitReached { limit: 1 << 20 };
+        assert!(matches!(alloc_fault(&short, 10), Fault::NoMemory(_)));
+        // Larger than all of /dev/shm: it can never fit.
+        assert!(matches!(alloc_fault(&short, usize::MAX), Fault::TooLarge(_)));
+    }
+}

@@ -1,0 +1,273 @@
+//! Queue, JoinableQueue, SimpleQueue and pipe semantics in one process
+//! (threads where a second party is needed).
+
+mod common;
+
+use common::{assert_gone, deadline};
+use queues::{
+    pipe, GetError, JoinableQueue, Mode, PipeError, PutError, Queue, QueueError, QueueHandle, SimpleQueue,
+    TaskDoneError, Tag,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+const NOW: Option<Duration> = Some(Duration::ZERO);
+
+#[test]
+fn bounded_put_fails_when_full_and_get_makes_room() {
+    let _g = deadline("bounded");
+    let q = Queue::new(2).unwrap();
+    assert_eq!(q.mode(), Mode::Exact);
+    q.put(b"a", None).unwrap();
+    q.put(b"b", None).unwrap();
+    assert!(q.full());
+    assert_eq!(q.put(b"c", NOW), Err(PutError::Full));
+    assert_eq!(q.put(b"c", Some(Duration::from_millis(20))), Err(PutError::Full));
+    assert_eq!(q.qsize(), 2);
+    assert_eq!(q.get(None).unwrap().payload(), b"a");
+    q.put(b"c", NOW).unwrap();
+    assert_eq!(q.get(None).unwrap().payload(), b"b");
+    assert_eq!(q.get(None).unwrap().payload(), b"c");
+    assert_eq!(q.get(NOW).unwrap_err(), GetError::Empty);
+    assert_eq!(q.get(Some(Duration::from_millis(20))).unwrap_err(), GetError::Empty);
+    let h = q.handle().to_string();
+    drop(q);
+    assert_gone(&h);
+}
+
+#[test]
+fn a_blocked_put_goes_through_when_a_thread_gets() {
+    let _g = deadline("blocked put");
+    let q = Arc::new(Queue::new(1).unwrap());
+    q.put(b"first", None).unwrap();
+    let q2 = Arc::clone(&q);
+    let t = std::thread::spawn(move || q2.put(b"second", None));
+    // The put waits for room; the get makes it.
+    assert_eq!(q.get(None).unwrap().payload(), b"first");
+    t.join().unwrap().unwrap();
+    assert_eq!(q.get(None).unwrap().payload(), b"second");
+}
+
+#[test]
+fn unbounded_put_never_waits_and_keeps_order() {
+    let _g = deadline("unbounded");
+    let q = Queue::new(0).unwrap();
+    assert_eq!(q.mode(), Mode::Unbounded);
+    // Far more than the ring holds: the feeder sends the rest.
+    let n = 5000u32;
+    for i in 0..n {
+        q.put(&i.to_le_bytes(), NOW).unwrap();
+    }
+    assert!(!q.full());
+    assert_eq!(q.qsize(), n as usize);
+    for i in 0..n {
+        let item = q.get(None).unwrap();
+        assert_eq!(item.tag(), Tag::Bytes);
+        assert_eq!(item.payload(), i.to_le_bytes());
+    }
+    assert!(q.empty());
+}
+
+#[test]
+fn large_messages_travel_in_blocks() {
+    let _g = deadline("large");
+    let q = Queue::new(0).unwrap();
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    for _ in 0..3 {
+        q.put(&big, None).unwrap();
+    }
+    for _ in 0..3 {
+        assert_eq!(q.get(None).unwrap().payload(), &big[..]);
+    }
+}
+
+#[test]
+fn semaphore_mode_bounds_above_exact_max() {
+    let _g = deadline("semaphore");
+    let n = queues::EXACT_MAX + 10;
+    let q = Queue::new(n).unwrap();
+    assert_eq!(q.mode(), Mode::Semaphore);
+    for i in 0..n {
+        q.put(&i.to_le_bytes(), NOW).unwrap();
+    }
+    assert!(q.full());
+    assert_eq!(q.qsize() as u64, n);
+    assert_eq!(q.put(b"x", NOW), Err(PutError::Full));
+    assert_eq!(q.get(None).unwrap().payload(), 0u64.to_le_bytes());
+    q.put(b"x", NOW).unwrap();
+    for i in 1..n {
+        assert_eq!(q.get(None).unwrap().payload(), i.to_le_bytes());
+    }
+    assert_eq!(q.get(None).unwrap().payload(), b"x");
+    let h = q.handle().to_string();
+    drop(q);
+    assert_gone(&h);
+}
+
+#[test]
+fn a_closed_queue_refuses_puts_and_gets_and_its_feeder_flushes() {
+    let _g = deadline("close");
+    let q = Queue::new(0).unwrap();
+    let other = Queue::attach(&q.handle()).unwrap();
+    for i in 0..2000u32 {
+        q.put(&i.to_le_bytes(), None).unwrap();
+    }
+    assert!(q.join_thread().is_err(), "join_thread before close");
+    q.close();
+    assert_eq!(q.put(b"x", None), Err(PutError::Closed));
+    assert_eq!(q.get(NOW).unwrap_err(), GetError::Closed);
+    let t = {
+        let q = Arc::new(q);
+        let q2 = Arc::clone(&q);
+        (std::thread::spawn(move || q2.join_thread()), q)
+    };
+    for i in 0..2000u32 {
+        assert_eq!(other.get(None).unwrap().payload(), i.to_le_bytes());
+    }
+    t.0.join().unwrap().unwrap();
+}
+
+#[test]
+fn a_feeder_with_nobody_to_receive_drops_what_it_holds() {
+    let _g = deadline("feeder drop");
+    let q = Queue::new(0).unwrap();
+    for i in 0..2000u32 {
+        q.put(&i.to_le_bytes(), None).unwrap();
+    }
+    let h = q.handle().to_string();
+    // No other process is attached: dropping must not wait for ever.
+    drop(q);
+    assert_gone(&h);
+}
+
+#[test]
+fn joinable_queue_counts_tasks() {
+    let _g = deadline("joinable");
+    let q = Arc::new(JoinableQueue::new(0).unwrap());
+    assert_eq!(q.task_done(), Err(TaskDoneError::TooManyCalls));
+    assert!(q.join_timeout(NOW));
+    for i in 0..10u8 {
+        q.put(&[i], None).unwrap();
+    }
+    assert_eq!(q.unfinished(), 10);
+    assert!(!q.join_timeout(Some(Duration::from_millis(10))));
+    let q2 = Arc::clone(&q);
+    let worker = std::thread::spawn(move || {
+        for _ in 0..10 {
+            q2.get(None).unwrap();
+            q2.task_done().unwrap();
+        }
+    });
+    q.join();
+    assert_eq!(q.unfinished(), 0);
+    worker.join().unwrap();
+    assert_eq!(q.task_done().unwrap_err().to_string(), "task_done() called too many times");
+    let h = q.handle().to_string();
+    drop(q);
+    assert_gone(&h);
+}
+
+#[test]
+fn a_failed_put_is_not_counted() {
+    let _g = deadline("uncount");
+    let q = JoinableQueue::new(1).unwrap();
+    q.put(b"a", None).unwrap();
+    assert_eq!(q.put(b"b", NOW), Err(PutError::Full));
+    assert_eq!(q.unfinished(), 1);
+    q.get(None).unwrap();
+    q.task_done().unwrap();
+    assert!(q.join_timeout(NOW));
+}
+
+#[test]
+fn simple_queue_puts_and_gets() {
+    let _g = deadline("simple");
+    let q = SimpleQueue::new().unwrap();
+    q.put(b"hello").unwrap();
+    q.put_tagged(Tag::Pickle, b"\x80\x04N.").unwrap();
+    assert!(!q.empty());
+    assert_eq!(q.get().unwrap().payload(), b"hello");
+    let p = q.get().unwrap();
+    assert_eq!((p.tag(), p.payload()), (Tag::Pickle, &b"\x80\x04N."[..]));
+    assert_eq!(q.get_timeout(NOW).unwrap_err(), GetError::Empty);
+    assert_eq!(q.put_tagged(Tag::Pickle, b"N.").unwrap_err().to_string(), queues::wire::WireError::NotAPickle.to_string());
+    let h = q.handle().to_string();
+    drop(q);
+    assert_gone(&h);
+}
+
+#[test]
+fn handles_round_trip_and_bad_ones_are_refused() {
+    let _g = deadline("handles");
+    let q = Queue::new(5).unwrap();
+    let text = q.handle().to_string();
+    let h: QueueHandle = text.parse().unwrap();
+    assert_eq!(h, q.handle());
+    let again = Queue::attach(&h).unwrap();
+    q.put(b"x", None).unwrap();
+    assert_eq!(again.get(None).unwrap().payload(), b"x");
+
+    for bad in ["", "nonsense", "dq1:queue", "dq2:queue:exact:5:-:-:-", "dq1:queue:exact:5:-:-:-", "dq1:queue:odd:5:AAAA:-:-"]
+    {
+        assert!(matches!(bad.parse::<QueueHandle>(), Err(QueueError::Handle(_))), "{bad:?} was accepted");
+    }
+    // Another bound than the channel's: forged.
+    let forged: QueueHandle = text.replacen(":5:", ":7:", 1).parse().unwrap();
+    assert!(matches!(Queue::attach(&forged), Err(QueueError::Handle(_))));
+    // Right syntax, wrong kind.
+    let jq = JoinableQueue::new(0).unwrap();
+    let err = Queue::attach(&jq.handle()).unwrap_err();
+    assert!(err.to_string().contains("joinable"), "{err}");
+    assert!(SimpleQueue::attach(&q.handle()).is_err());
+    // A queue that is gone.
+    drop((q, again));
+    assert!(matches!(Queue::attach(&h), Err(QueueError::Channel(_))));
+}
+
+#[test]
+fn a_duplex_pipe_carries_both_ways_and_ends_with_eof() {
+    let _g = deadline("pipe duplex");
+    let (a, b) = pipe(true).unwrap();
+    a.send(b"ping").unwrap();
+    assert!(b.poll(NOW).unwrap());
+    assert_eq!(b.recv().unwrap().payload(), b"ping");
+    b.send_bytes(b"\x02raw").unwrap();
+    let r = a.recv().unwrap();
+    assert_eq!((r.tag(), r.payload()), (Tag::Raw, &b"\x02raw"[..]));
+    assert_eq!(a.recv_timeout(Some(Duration::from_millis(10))).unwrap_err(), PipeError::Timeout);
+    assert!(!a.poll(NOW).unwrap());
+    b.send(b"last").unwrap();
+    b.close();
+    assert!(b.closed());
+    assert_eq!(b.send(b"x"), Err(PipeError::Closed));
+    assert_eq!(a.recv().unwrap().payload(), b"last");
+    assert_eq!(a.recv().unwrap_err(), PipeError::Eof);
+    assert!(a.poll(None).unwrap(), "EOF counts as readable");
+}
+
+#[test]
+fn a_one_way_pipe_reads_at_one_end_and_writes_at_the_other() {
+    let _g = deadline("pipe simplex");
+    let (r, w) = pipe(false).unwrap();
+    assert!(r.readable() && !r.writable() && w.writable() && !w.readable());
+    assert!(matches!(r.send(b"x"), Err(PipeError::WrongDirection(_))));
+    assert!(matches!(w.recv(), Err(PipeError::WrongDirection(_))));
+    w.send(b"one").unwrap();
+    let h = r.handle().unwrap().to_string();
+    drop(w);
+    assert_eq!(r.recv().unwrap().payload(), b"one");
+    assert_eq!(r.recv().unwrap_err(), PipeError::Eof);
+    drop(r);
+    assert_gone(&h);
+}
+
+#[test]
+fn a_receiver_blocked_on_a_pipe_wakes_at_eof() {
+    let _g = deadline("pipe wake");
+    let (r, w) = pipe(false).unwrap();
+    let t = std::thread::spawn(move || r.recv().map(|i| i.to_vec()));
+    w.send(b"a").unwrap();
+    w.close();
+    let first = t.join().unwrap();
+    assert_eq!(first.unwrap(), b"a");
+}
