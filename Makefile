@@ -1,5 +1,5 @@
 # One command per job, the same locally and in CI.
-#   make demo   set up the Python environment and run the seed examples
+#   make demo   set up the Python environment and run the seed examples (and the Rust queue demo)
 #   make test   every test: Rust (unit, property, multi-process, loom), Python, oracle floor
 #   make bench  benchmarks (JSON lines), channel and Python level
 #   make fuzz   every fuzz target, long (make test runs each briefly)
@@ -59,6 +59,8 @@ test-wheel: wheel
 
 demo: setup
 	@for f in examples/*.py; do echo "== $$f"; $(VPY) $$f || exit 1; done
+	@echo "== queues/examples/queue_demo.rs"
+	@$(CARGO) run --release -q -p queues --example queue_demo
 
 # clippy.toml keeps atomics and UnsafeCell behind shm_primitives::sync.
 # stubtest (mypy) checks dragon/_native.pyi against the built extension:

@@ -5,8 +5,8 @@ mod common;
 
 use common::{assert_gone, deadline};
 use queues::{
-    pipe, GetError, JoinableQueue, Mode, PipeError, PutError, Queue, QueueError, QueueHandle, SimpleQueue,
-    TaskDoneError, Tag,
+    pipe, GetError, JoinableQueue, Mode, PipeError, PutError, Queue, QueueError, QueueHandle, SimpleQueue, Tag,
+    TaskDoneError,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -190,7 +190,10 @@ fn simple_queue_puts_and_gets() {
     let p = q.get().unwrap();
     assert_eq!((p.tag(), p.payload()), (Tag::Pickle, &b"\x80\x04N."[..]));
     assert_eq!(q.get_timeout(NOW).unwrap_err(), GetError::Empty);
-    assert_eq!(q.put_tagged(Tag::Pickle, b"N.").unwrap_err().to_string(), queues::wire::WireError::NotAPickle.to_string());
+    assert_eq!(
+        q.put_tagged(Tag::Pickle, b"N.").unwrap_err().to_string(),
+        queues::wire::WireError::NotAPickle.to_string()
+    );
     let h = q.handle().to_string();
     drop(q);
     assert_gone(&h);
@@ -207,7 +210,8 @@ fn handles_round_trip_and_bad_ones_are_refused() {
     q.put(b"x", None).unwrap();
     assert_eq!(again.get(None).unwrap().payload(), b"x");
 
-    for bad in ["", "nonsense", "dq1:queue", "dq2:queue:exact:5:-:-:-", "dq1:queue:exact:5:-:-:-", "dq1:queue:odd:5:AAAA:-:-"]
+    for bad in
+        ["", "nonsense", "dq1:queue", "dq2:queue:exact:5:-:-:-", "dq1:queue:exact:5:-:-:-", "dq1:queue:odd:5:AAAA:-:-"]
     {
         assert!(matches!(bad.parse::<QueueHandle>(), Err(QueueError::Handle(_))), "{bad:?} was accepted");
     }

@@ -132,7 +132,7 @@ fn one_producers_items_arrive_in_order_through_the_feeder() {
     let _g = deadline("feeder order");
     let q = Queue::new(0).unwrap();
     let n = 3000u32; // far more than the ring's 512 slots: the feeders work
-    // (Their stdout readers are kept: a child must not write to a closed pipe.)
+                     // (Their stdout readers are kept: a child must not write to a closed pipe.)
     let mut kids: Vec<_> = (0..2)
         .map(|id| spawn("producer", &q.handle(), &[(ID_ENV, id.to_string()), (COUNT_ENV, n.to_string())]))
         .collect();
