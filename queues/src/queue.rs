@@ -402,13 +402,19 @@ impl<C: QueueChannel> Queue<C> {
     pub fn qsize(&self) -> usize {
         match &self.sem {
             Some(sem) => (self.maxsize - u64::from(sem.value())) as usize,
-            None => self.shared.chan.len() + lock(&self.shared.local).buffer.len(),
+            None => {
+                // A message the feeder is sending counts (once it is in the
+                // ring, until the feeder notes it, it may count twice).
+                let l = lock(&self.shared.local);
+                self.shared.chan.len() + l.buffer.len() + usize::from(l.in_flight)
+            }
         }
     }
 
     /// Whether the queue looks empty (a snapshot).
     pub fn empty(&self) -> bool {
-        self.shared.chan.is_empty() && lock(&self.shared.local).buffer.is_empty()
+        let l = lock(&self.shared.local);
+        self.shared.chan.is_empty() && l.buffer.is_empty() && !l.in_flight
     }
 
     /// Whether a bounded queue looks full (a snapshot; never for an
