@@ -377,6 +377,22 @@ impl Fabric {
         Some(e.send(&[&head(kind, id), payload], Some(SEND_WAIT)).map_err(|e| format!("its RDMA link failed: {e}")))
     }
 
+    /// [`Fabric::send`] of a payload made of `payload` then `tail`; over
+    /// RDMA the peer reads `tail` in place when it is a block of this
+    /// node's store.
+    pub fn send_parts(
+        &mut self,
+        t: Token,
+        kind: u8,
+        id: u64,
+        payload: &[u8],
+        tail: &Bytes,
+    ) -> Option<Result<(), String>> {
+        let Some((_, State::Active(e))) = self.links.get(&t) else { return None };
+        let h = head(kind, id);
+        Some(e.send_in_place(&[&h, payload], tail, Some(SEND_WAIT)).map_err(|e| format!("its RDMA link failed: {e}")))
+    }
+
     /// Connection `t` is gone: close its RDMA link.
     pub fn gone(&mut self, t: Token) {
         if let Some((_, State::Pending(e) | State::Active(e))) = self.links.remove(&t) {

@@ -882,6 +882,20 @@ impl Service {
         }
     }
 
+    /// Send a reply on connection `t` (a received block's bytes in place).
+    fn send_reply(&mut self, t: Token, r: Reply) {
+        if r.tail.is_empty() {
+            return self.send_on(t, r.kind, r.id, r.payload);
+        }
+        if let Some(sent) = self.fabric.send_parts(t, r.kind, r.id, &r.payload, &r.tail) {
+            return sent.unwrap_or_else(|why| self.drop_conn(t, &why));
+        }
+        if let Some(c) = self.conns.get_mut(&t) {
+            c.link.send(r.kind, r.id, &r.payload, r.tail);
+            self.flush(t);
+        }
+    }
+
     fn send_on(&mut self, t: Token, kind: u8, id: u64, payload: Bytes) {
         if let Some(sent) = self.fabric.send(t, kind, id, &payload) {
             return sent.unwrap_or_else(|why| self.drop_conn(t, &why));
@@ -1011,7 +1025,7 @@ impl Service {
                 let Some(node) = self.peer_node(t) else { return };
                 let post = self.poster(t);
                 if let Some(r) = self.sync.handle(node, f.id, &f.payload, &post) {
-                    self.send_on(t, r.kind, r.id, r.payload);
+                    self.send_reply(t, r);
                 }
             }
             proto::PROCS => {
@@ -1027,7 +1041,7 @@ impl Service {
                 }
                 let post = self.poster(t);
                 if let Some(r) = self.ddicts.handle(f.id, f.payload.clone(), &post) {
-                    self.send_on(t, r.kind, r.id, r.payload);
+                    self.send_reply(t, r);
                 }
             }
             proto::LAUNCH | proto::SIGNAL | proto::RELEASE => {
@@ -1044,25 +1058,25 @@ impl Service {
                             }
                             Err(e) => {
                                 let r = Reply::error(f.id, DRAGON_EIO, &format!("cannot make a socket pair: {e}"));
-                                return self.send_on(t, r.kind, r.id, r.payload);
+                                return self.send_reply(t, r);
                             }
                         }
                     }
                 }
                 if let Some(r) = self.process_request(Requester::Node(node), f.kind, f.id, &f.payload, extra) {
-                    self.send_on(t, r.kind, r.id, r.payload);
+                    self.send_reply(t, r);
                 }
             }
             k if Served::serves(k) => {
                 let post = self.poster(t);
                 let Some(Conn { role: Role::Peer(p), .. }) = self.conns.get_mut(&t) else { return };
                 if let Some(r) = p.served.handle(&self.shm, k, f.id, f.payload, &post) {
-                    self.send_on(t, r.kind, r.id, r.payload);
+                    self.send_reply(t, r);
                 }
             }
             k => {
                 let r = Reply::error(f.id, DRAGON_EPROTO, &format!("unknown request kind {k}"));
-                self.send_on(t, r.kind, r.id, r.payload);
+                self.send_reply(t, r);
             }
         }
     }
@@ -1079,7 +1093,7 @@ impl Service {
     fn reply_to(&mut self, t: Token, r: Reply) {
         match self.conns.get(&t).map(|c| &c.role) {
             Some(Role::Local(_)) => self.reply_local(t, r, 0),
-            Some(Role::Peer(_)) => self.send_on(t, r.kind, r.id, r.payload),
+            Some(Role::Peer(_)) => self.send_reply(t, r),
             None => {}
         }
     }
@@ -1089,7 +1103,7 @@ impl Service {
         if let Some(Conn { role: Role::Local(l), .. }) = self.conns.get_mut(&t) {
             l.waiting.remove(&rid);
         }
-        self.send_on(t, r.kind, r.id, r.payload);
+        self.send_reply(t, r);
     }
 
     fn relayed_reply(&mut self, f: Frame) {
@@ -1126,7 +1140,7 @@ impl Service {
                 }
             }
         }
-        self.reply_local(t, Reply { kind: f.kind, id: cid, payload: f.payload }, f.id);
+        self.reply_local(t, Reply { kind: f.kind, id: cid, payload: f.payload, tail: Bytes::new() }, f.id);
     }
 
     fn local_frame(&mut self, t: Token, f: Frame) {
@@ -1138,11 +1152,11 @@ impl Service {
                 Some(nodes) => Reply::ok(f.id, table::table_json(nodes).into_bytes()),
                 None => Reply::error(f.id, DRAGON_EIO, "the run's nodes have not all joined yet"),
             };
-            return self.send_on(t, r.kind, r.id, r.payload);
+            return self.send_reply(t, r);
         }
         let Some((node, _)) = u32_at(&f.payload) else {
             let r = Reply::error(f.id, DRAGON_EPROTO, "short request");
-            return self.send_on(t, r.kind, r.id, r.payload);
+            return self.send_reply(t, r);
         };
         let mut payload = f.payload.slice(4..);
         if f.kind == proto::PROCS && node == self.me {
@@ -1192,7 +1206,7 @@ impl Service {
                 let post = self.poster(t);
                 let me = self.me;
                 if let Some(r) = self.sync.handle(me, f.id, &payload, &post) {
-                    self.send_on(t, r.kind, r.id, r.payload);
+                    self.send_reply(t, r);
                 }
                 return;
             }
@@ -1200,7 +1214,7 @@ impl Service {
         if f.kind == proto::DDICT && node == self.me {
             let post = self.poster(t);
             if let Some(r) = self.ddicts.handle(f.id, payload.clone(), &post) {
-                self.send_on(t, r.kind, r.id, r.payload);
+                self.send_reply(t, r);
             }
             return;
         }
@@ -1210,7 +1224,7 @@ impl Service {
         if node as usize >= self.boot.hosts.len() {
             let msg = format!("there is no node {node} in this run ({} nodes)", self.boot.hosts.len());
             let r = Reply::error(f.id, DRAGON_EINVAL, &msg);
-            return self.send_on(t, r.kind, r.id, r.payload);
+            return self.send_reply(t, r);
         }
         // For another node: relay it on the link to that node.
         let target = match f.kind {
@@ -1228,7 +1242,7 @@ impl Service {
             };
             if !owned {
                 let r = Reply::error(f.id, DRAGON_EINVAL, "no such attachment or process on that node");
-                return self.send_on(t, r.kind, r.id, r.payload);
+                return self.send_reply(t, r);
             }
         }
         let mut payload = payload;
@@ -1269,18 +1283,18 @@ impl Service {
                 _ => Vec::new(),
             };
             if let Some(r) = self.process_request(Requester::Local(t), kind, id, &payload, extra) {
-                self.send_on(t, r.kind, r.id, r.payload);
+                self.send_reply(t, r);
             }
             return;
         }
         if !Served::serves(kind) {
             let r = Reply::error(id, DRAGON_EPROTO, &format!("unknown request kind {kind}"));
-            return self.send_on(t, r.kind, r.id, r.payload);
+            return self.send_reply(t, r);
         }
         let post = self.poster(t);
         let Some(Conn { role: Role::Local(l), .. }) = self.conns.get_mut(&t) else { return };
         if let Some(r) = l.served.handle(&self.shm, kind, id, payload, &post) {
-            self.send_on(t, r.kind, r.id, r.payload);
+            self.send_reply(t, r);
         }
     }
 

@@ -12,6 +12,7 @@
 use crate::segment::{self, RunId, Segment, SegmentError};
 use channels_core::lend::{Lent, SegState, StoreCtl, BLOCKS_PER_SEGMENT, SEGMENTS};
 use shm_primitives::region::Region;
+use shm_primitives::sync::local::{AtomicU64 as LocalU64, Ordering as LocalOrdering};
 use shm_primitives::ProcessId;
 use std::ffi::CString;
 use std::io;
@@ -304,7 +305,10 @@ impl Store {
         }
         // SAFETY: just opened, owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let _ = slot.set(Mapped { seg: seg_map, fd, class, blocks: blocks as usize });
+        if slot.set(Mapped { seg: seg_map, fd, class, blocks: blocks as usize }).is_ok() {
+            let m = slot.get().expect("just set");
+            note_mapping(m.seg.base().as_ptr() as usize, m.seg.len(), &name);
+        }
         Ok(slot.get().expect("just set"))
     }
 
@@ -385,6 +389,9 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
+        for m in self.segs.iter().filter_map(OnceLock::get) {
+            forget_mapping(m.seg.base().as_ptr() as usize);
+        }
         if ProcessId::current().pid == self.me.pid {
             self.ctl().detach(self.att, self.me);
         }
@@ -486,6 +493,47 @@ mod tests {
         cleanup(&name);
     }
 
+    #[test]
+    fn a_received_block_is_viewed_in_place_and_freed_with_its_view() {
+        let name = fresh();
+        let a = Store::open(&name).unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut stores = Stores::default();
+        for (kind, tag) in [(0x80u8, None), (0x42, Some(0x42))] {
+            let blk = a.take(data.len()).unwrap();
+            a.write(blk, &data).unwrap();
+            let m = a.lent(blk).send(a.attachment(), blk.gen).unwrap();
+            let msg = BlockMessage::encode(kind, &name, BlockId { gen: m, ..blk }, data.len());
+            let (t, view) = stores.view(&msg).unwrap().unwrap();
+            assert_eq!(t, tag);
+            assert!(view.as_ref() == &data[..]);
+            // The view is the block's own memory (the receiving side's
+            // mapping of its segment): what an RDMA link registers to send
+            // it in place.
+            let seg = segment_mapping(view.as_ref().as_ptr() as usize, data.len()).unwrap();
+            assert!(seg.name.starts_with(&name) && seg.len >= data.len());
+            // Received once: a second receive of the same message is refused.
+            assert!(stores.view(&msg).is_err());
+            assert_eq!(a.blocks_in_use(), 1);
+            drop(view);
+            assert_eq!(a.blocks_in_use(), 0);
+        }
+        // materialize: the same bytes as a copy, tag first.
+        let blk = a.take(data.len()).unwrap();
+        a.write(blk, &data).unwrap();
+        let m = a.lent(blk).send(a.attachment(), blk.gen).unwrap();
+        let copy = stores.materialize(&BlockMessage::encode(0x42, &name, BlockId { gen: m, ..blk }, data.len()));
+        let copy = copy.unwrap().unwrap();
+        assert_eq!(copy[0], 0x42);
+        assert!(copy[1..] == data[..]);
+        assert_eq!(a.blocks_in_use(), 0);
+        assert_eq!(stores.view(b"not a block message").unwrap().map(|(t, _)| t), None);
+        drop((a, stores));
+        // The store's segments are no longer known once it is gone.
+        assert!(MAPPINGS.lock().unwrap().values().all(|m| !m.name.starts_with(&name)));
+        cleanup(&name);
+    }
+
     /// Found by fuzzing the Python wire format: a damaged block message
     /// named a store that does not exist, and the receiver waited 5 s for
     /// it to appear (then said "never initialised"), holding the GIL.
@@ -554,6 +602,88 @@ mod tests {
         assert_eq!(s.lent(blk).state().0, channels_core::lend::LentState::Free);
         drop(s);
         cleanup(&name);
+    }
+}
+
+// ---- mappings of store segments ------------------------------------------------
+
+/// A store segment mapped in this process: where, how long, its file, and
+/// a number no other mapping of this process ever gets (so that a
+/// registration made for one mapping is never taken for a later mapping at
+/// the same address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentMapping {
+    /// First byte of the mapping.
+    pub base: usize,
+    /// Its length.
+    pub len: usize,
+    /// Unique within this process.
+    pub id: u64,
+    /// The segment's name (in `/dev/shm`).
+    pub name: String,
+}
+
+static MAPPINGS: Mutex<std::collections::BTreeMap<usize, SegmentMapping>> =
+    Mutex::new(std::collections::BTreeMap::new());
+static MAPPING_IDS: LocalU64 = LocalU64::new(1);
+
+fn note_mapping(base: usize, len: usize, name: &str) {
+    // Relaxed: a counter handing out unique numbers.
+    let id = MAPPING_IDS.fetch_add(1, LocalOrdering::Relaxed);
+    let m = SegmentMapping { base, len, id, name: name.to_owned() };
+    MAPPINGS.lock().unwrap_or_else(|e| e.into_inner()).insert(base, m);
+}
+
+fn forget_mapping(base: usize) {
+    MAPPINGS.lock().unwrap_or_else(|e| e.into_inner()).remove(&base);
+}
+
+/// The store segment of this process that holds all of `len` bytes at
+/// `addr`, if any: what an RDMA transport registers to send a block in
+/// place. The mapping stays as long as the [`Store`] that made it (a
+/// [`BlockView`] of one of its blocks keeps that store).
+pub fn segment_mapping(addr: usize, len: usize) -> Option<SegmentMapping> {
+    let maps = MAPPINGS.lock().unwrap_or_else(|e| e.into_inner());
+    let (_, m) = maps.range(..=addr).next_back()?;
+    (addr.checked_add(len)? <= m.base + m.len).then(|| m.clone())
+}
+
+/// A received block message's payload read in place: the bytes of the
+/// block, which goes back to the store when the view is dropped. Turned
+/// into [`bytes::Bytes`] (with `Bytes::from_owner`), it is sent without a
+/// copy; an RDMA transport finds its registered segment with
+/// [`segment_mapping`].
+pub struct BlockView {
+    store: std::sync::Arc<Store>,
+    block: BlockId,
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the view reads memory that stays mapped while `store` lives and
+// that nobody writes while the block is received by this process (the lend
+// protocol: a block in a message is written by nobody until freed).
+unsafe impl Send for BlockView {}
+// SAFETY: as above; shared access is read-only.
+unsafe impl Sync for BlockView {}
+
+impl std::fmt::Debug for BlockView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockView").field("block", &self.block).field("len", &self.len).finish()
+    }
+}
+
+impl AsRef<[u8]> for BlockView {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `len` bytes of the block (checked against its capacity),
+        // mapped and unwritten while the view lives (see `Send`).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for BlockView {
+    fn drop(&mut self) {
+        self.store.lent(self.block).release(self.store.attachment(), self.block.gen);
     }
 }
 
@@ -628,6 +758,17 @@ impl Stores {
     /// another node gets, since it cannot map this node's pages. Other
     /// messages are returned unchanged.
     pub fn materialize(&mut self, msg: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        let Some((tag, view)) = self.view(msg)? else { return Ok(None) };
+        let mut out = Vec::with_capacity(view.len + usize::from(tag.is_some()));
+        out.extend(tag);
+        out.extend_from_slice(view.as_ref());
+        Ok(Some(out))
+    }
+
+    /// [`Stores::materialize`] without the copy: the tag byte the message
+    /// starts with as a copy (none for a pickle, which starts with its
+    /// own), and a view of the block, which holds it until dropped.
+    pub fn view(&mut self, msg: &[u8]) -> Result<Option<(Option<u8>, BlockView)>, String> {
         let Some((&TAG_BLOCK, rest)) = msg.split_first() else { return Ok(None) };
         let m = BlockMessage::parse(rest).ok_or("malformed block message")?;
         let store = self.get(m.store)?;
@@ -636,17 +777,14 @@ impl Stores {
         if m.len >= cap || !store.lent(m.block).receive(att, m.block.gen) {
             return Err("a message names a block it does not hold (stale, forged or already received)".into());
         }
-        // The message as a copy would have been: a pickle starts with its
-        // own tag, anything else is tagged.
-        let pickle = m.kind == 0x80;
-        let mut out = vec![0u8; m.len + usize::from(!pickle)];
-        if !pickle {
-            out[0] = m.kind;
-        }
-        let start = usize::from(!pickle);
-        let r = store.read(m.block, &mut out[start..]);
-        store.lent(m.block).release(att, m.block.gen);
-        r.map_err(|e| format!("bad block message: {e}"))?;
-        Ok(Some(out))
+        let ptr = match store.block(m.block) {
+            Ok((p, _)) => p,
+            Err(e) => {
+                store.lent(m.block).release(att, m.block.gen);
+                return Err(format!("bad block message: {e}"));
+            }
+        };
+        let tag = (m.kind != 0x80).then_some(m.kind);
+        Ok(Some((tag, BlockView { store, block: m.block, ptr, len: m.len })))
     }
 }

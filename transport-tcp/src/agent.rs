@@ -166,7 +166,11 @@ struct Loop {
 
 fn encode(r: &Reply) -> BytesMut {
     let mut b = BytesMut::new();
-    frame::encode(&mut b, r.kind, r.id, &r.payload);
+    if r.tail.is_empty() {
+        frame::encode(&mut b, r.kind, r.id, &r.payload);
+    } else {
+        frame::encode_parts(&mut b, r.kind, r.id, &[&r.payload, &r.tail]);
+    }
     b
 }
 

@@ -68,6 +68,19 @@ pub fn encode(out: &mut BytesMut, kind: u8, id: u64, payload: &[u8]) {
     out.put_slice(payload);
 }
 
+/// Append a frame whose payload is `parts` one after the other.
+pub fn encode_parts(out: &mut BytesMut, kind: u8, id: u64, parts: &[&[u8]]) {
+    let len = HEADER + parts.iter().map(|p| p.len()).sum::<usize>();
+    assert!(len <= MAX_FRAME, "frame of {len} bytes over the limit");
+    out.reserve(4 + len);
+    out.put_u32_le(len as u32);
+    out.put_u8(kind);
+    out.put_u64_le(id);
+    for p in parts {
+        out.put_slice(p);
+    }
+}
+
 /// The length, kind and id of a frame whose payload is `payload_len` bytes.
 pub fn header(kind: u8, id: u64, payload_len: usize) -> Bytes {
     let len = HEADER + payload_len;

@@ -182,14 +182,15 @@ impl Link {
             self.push(body);
             return;
         }
-        let mut payload = BytesMut::with_capacity(head.len());
-        payload.extend_from_slice(head);
-        let mut rest = if head.is_empty() {
-            body
-        } else {
-            payload.extend_from_slice(&body);
-            payload.freeze()
-        };
+        // The head goes in the first frame, before the body's first bytes;
+        // the body is never copied.
+        let mut rest = body;
+        if !head.is_empty() {
+            let first = rest.split_to((frame::CHUNK - head.len().min(frame::CHUNK)).min(rest.len()));
+            self.push(frame::header(frame::PART, id, head.len() + first.len()));
+            self.push(Bytes::copy_from_slice(head));
+            self.push(first);
+        }
         while rest.len() > frame::CHUNK {
             let piece = rest.split_to(frame::CHUNK);
             self.push(frame::header(frame::PART, id, piece.len()));

@@ -30,19 +30,28 @@ pub struct Reply {
     pub kind: u8,
     /// The request's id.
     pub id: u64,
-    /// The payload.
+    /// The payload, or its first part when `tail` is not empty.
     pub payload: Bytes,
+    /// The rest of the payload: a large received message's bytes, in
+    /// place in this node's block store (sent without a copy; an RDMA link
+    /// lets the peer read them from there).
+    pub tail: Bytes,
 }
 
 impl Reply {
     /// A success carrying `payload`.
     pub fn ok(id: u64, payload: impl Into<Bytes>) -> Reply {
-        Reply { kind: proto::OK, id, payload: payload.into() }
+        Reply { kind: proto::OK, id, payload: payload.into(), tail: Bytes::new() }
+    }
+
+    /// A success whose payload is `head` followed by `tail`.
+    pub fn ok_parts(id: u64, head: impl Into<Bytes>, tail: Bytes) -> Reply {
+        Reply { kind: proto::OK, id, payload: head.into(), tail }
     }
 
     /// A failure with an error code of the plugin ABI and a message.
     pub fn error(id: u64, code: i32, msg: &str) -> Reply {
-        Reply { kind: proto::ERROR, id, payload: proto::error_payload(code, msg).into() }
+        Reply { kind: proto::ERROR, id, payload: proto::error_payload(code, msg).into(), tail: Bytes::new() }
     }
 
     fn failure(id: u64, f: Failure) -> Reply {
@@ -247,13 +256,18 @@ impl Served {
             match kind {
                 proto::SEND => ch.send(&data, wait).map(|()| Reply::ok(id, Bytes::new())),
                 // A message naming a block of this node's store travels as
-                // a copy of the block: the receiver cannot map our pages.
+                // the block's bytes (the receiver cannot map our pages),
+                // sent from the block in place: it goes back to the store
+                // once they are out.
                 proto::RECV => ch.recv(wait).map(|m| {
                     if !blocks || m.as_ref().first() != Some(&TAG_BLOCK) {
                         return Reply::ok(id, Bytes::copy_from_slice(m.as_ref()));
                     }
-                    match stores.lock().unwrap_or_else(|e| e.into_inner()).materialize(m.as_ref()) {
-                        Ok(Some(copy)) => Reply::ok(id, copy),
+                    match stores.lock().unwrap_or_else(|e| e.into_inner()).view(m.as_ref()) {
+                        Ok(Some((tag, view))) => {
+                            let head = tag.map_or_else(Bytes::new, |t| Bytes::copy_from_slice(&[t]));
+                            Reply::ok_parts(id, head, Bytes::from_owner(view))
+                        }
                         Ok(None) => Reply::ok(id, Bytes::copy_from_slice(m.as_ref())),
                         Err(e) => Reply::error(id, DRAGON_EBADMSG, &e),
                     }

@@ -192,6 +192,9 @@ pub struct EngineStats {
     pub sent_written: u64,
     /// Large messages announced for the peer to read.
     pub sent_large: u64,
+    /// Of those, read by the peer in place from a block store segment
+    /// (not copied into a registered buffer first).
+    pub sent_in_place: u64,
     /// Control messages sent.
     pub ctrl_sent: u64,
     /// Data and large messages received.
@@ -228,6 +231,29 @@ enum Incoming {
     Large { seq: u32, lease: Lease, len: usize, done: bool },
 }
 
+/// A large message of this side until the peer has read it (held for
+/// what dropping it releases).
+#[allow(dead_code)]
+enum Out {
+    /// Copied into a registered buffer of the cache.
+    Copied(Lease),
+    /// Read in place: the bytes (kept alive and unmodified) in a store
+    /// segment registered in `Shared::sources`.
+    InPlace(Bytes, Arc<dyn MemoryRegion>),
+}
+
+/// The registrations of block store segments that large messages are
+/// read from in place, by the segment mapping's unique number.
+type Sources = std::collections::HashMap<u64, Arc<dyn MemoryRegion>>;
+
+/// Registrations of store segments kept at most (more are made again
+/// when used again; messages in flight keep theirs).
+const MAX_SOURCES: usize = 256;
+
+/// Most inline bytes a LARGE announcement carries before the message's
+/// in-place part (a reply's head, a tag byte).
+pub const MAX_PREFIX: usize = wire::MAX_PREFIX;
+
 struct ReadJob {
     seq: u32,
     remote: u64,
@@ -248,7 +274,7 @@ struct State {
     inbox: VecDeque<Incoming>,
     reads: VecDeque<ReadJob>,
     reads_in_flight: u32,
-    large_out: VecDeque<Lease>,
+    large_out: VecDeque<Out>,
     stage_free: Vec<u32>,
     ctrl_free: Vec<u32>,
     sq_outstanding: u32,
@@ -305,6 +331,8 @@ struct Shared {
     state: Mutex<State>,
     cond: Condvar,
     cache: RegCache,
+    port: Arc<dyn Port>,
+    sources: Mutex<Sources>,
     waker: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
     peer: String,
 }
@@ -530,7 +558,9 @@ fn build(port: Arc<dyn Port>, cfg: EngineConfig, h: Half, peer: &Address, ready:
             stats: EngineStats::default(),
         }),
         cond: Condvar::new(),
-        cache: RegCache::new(port, cfg.cache),
+        cache: RegCache::new(port.clone(), cfg.cache),
+        port,
+        sources: Mutex::new(Sources::new()),
         waker: Mutex::new(None),
         peer: format!("queue pair {} at {}", peer.qp.qpn, peer.qp.gid),
         lim,
@@ -800,7 +830,7 @@ impl Shared {
                 if !(HEADER..=self.lim.slot_size).contains(&len) {
                     return Err(EngineError::Protocol(format!("an RDMA write of {len} bytes")));
                 }
-                let head = len.min(HEADER + DESCRIPTOR);
+                let head = len.min(HEADER + DESCRIPTOR + MAX_PREFIX);
                 let mut v = vec![0u8; head];
                 let at = slot as usize * self.lim.slot_size;
                 // SAFETY: the slot lies in the ring and holds what the peer
@@ -850,18 +880,26 @@ impl Shared {
                 st.flow.on_data(h.seq)?;
                 st.stats.received += 1;
                 let d = Descriptor::decode(&msg[HEADER..HEADER + DESCRIPTOR], self.lim.max_message as u64)?;
-                let lease = self.cache.get(d.len as usize)?;
+                // The bytes sent inline before the part to read (checked
+                // against MAX_PREFIX by Header::parse).
+                let prefix = &msg[HEADER + DESCRIPTOR..HEADER + DESCRIPTOR + h.len as usize];
+                let total = d.len as usize + prefix.len();
+                if total > self.lim.max_message {
+                    return Err(EngineError::Protocol(format!("a large message of {total} bytes")));
+                }
+                let mut lease = self.cache.get(total)?;
+                lease.fill(&[prefix]);
                 st.reads.push_back(ReadJob {
                     seq: h.seq,
                     remote: d.addr,
                     rkey: d.rkey,
-                    local: lease.addr(),
+                    local: lease.addr() + prefix.len() as u64,
                     lkey: lease.lkey(),
                     len: d.len,
                     next: 0,
                     outstanding: 0,
                 });
-                st.inbox.push_back(Incoming::Large { seq: h.seq, lease, len: d.len as usize, done: false });
+                st.inbox.push_back(Incoming::Large { seq: h.seq, lease, len: total, done: false });
             }
         }
         st.stats.peak_held = st.stats.peak_held.max(st.flow.held());
@@ -903,6 +941,64 @@ impl Shared {
                 Some(_) => true,
                 None => false,
             }
+    }
+
+    /// Wait at most `timeout` until a message whose first part is `small`
+    /// bytes (header included) may be sent; the state lock, held.
+    fn wait_credit(&self, small: usize, timeout: Option<Duration>) -> Result<MutexGuard<'_, State>, EngineError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut st = lock(&self.state);
+        let mut waited = false;
+        loop {
+            if st.closing {
+                return Err(EngineError::Closed);
+            }
+            if let Some(e) = &st.failed {
+                return Err(e.clone());
+            }
+            if st.peer_bye {
+                return Err(EngineError::PeerClosed);
+            }
+            if self.can_send(&st, small) {
+                break;
+            }
+            if timeout == Some(Duration::ZERO) {
+                return Err(EngineError::WouldBlock);
+            }
+            if !waited && st.ready && st.flow.data_credits() == 0 {
+                st.stats.credit_waits += 1;
+            }
+            waited = true;
+            let (g, more) = wait_until(&self.cond, st, deadline);
+            st = g;
+            if !more {
+                return Err(EngineError::TimedOut);
+            }
+        }
+        Ok(st)
+    }
+
+    /// The registration of the block store segment that holds all of
+    /// `data` (made on first use and kept until the link closes), if it is
+    /// in one and the port registers it.
+    fn source(&self, data: &[u8]) -> Option<Arc<dyn MemoryRegion>> {
+        let m = transport_shm::blocks::segment_mapping(data.as_ptr() as usize, data.len())?;
+        let mut sources = lock(&self.sources);
+        if let Some(mr) = sources.get(&m.id) {
+            return Some(mr.clone());
+        }
+        // SAFETY: the segment stays mapped while the store that mapped it
+        // lives, and every message read from it keeps that store (its
+        // bytes own a block view of it) until the peer has read it; a
+        // registration that outlives its mapping is never looked up again
+        // (mapping numbers are not reused) and goes with the link.
+        let mr: Arc<dyn MemoryRegion> =
+            Arc::from(unsafe { self.port.register(m.base as *mut u8, m.len, Access::REMOTE_READ) }.ok()?);
+        if sources.len() >= MAX_SOURCES {
+            sources.clear();
+        }
+        sources.insert(m.id, mr.clone());
+        Some(mr)
     }
 
     fn can_send(&self, st: &State, small: usize) -> bool {
@@ -959,41 +1055,13 @@ impl Engine {
         } else {
             None
         };
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut st = lock(&s.state);
-        let mut waited = false;
-        loop {
-            if st.closing {
-                return Err(EngineError::Closed);
-            }
-            if let Some(e) = &st.failed {
-                return Err(e.clone());
-            }
-            if st.peer_bye {
-                return Err(EngineError::PeerClosed);
-            }
-            if s.can_send(&st, small) {
-                break;
-            }
-            if timeout == Some(Duration::ZERO) {
-                return Err(EngineError::WouldBlock);
-            }
-            if !waited && st.ready && st.flow.data_credits() == 0 {
-                st.stats.credit_waits += 1;
-            }
-            waited = true;
-            let (g, more) = wait_until(&s.cond, st, deadline);
-            st = g;
-            if !more {
-                return Err(EngineError::TimedOut);
-            }
-        }
+        let mut st = s.wait_credit(small, timeout)?;
         match lease {
             Some(lease) => {
                 let h = st.flow.send_data(LARGE, 0).expect("credit checked");
                 let d = Descriptor { addr: lease.addr(), len: n as u64, rkey: lease.rkey() };
                 s.post_small(&mut st, &[&h.encode(), &d.encode()], h.seq)?;
-                st.large_out.push_back(lease);
+                st.large_out.push_back(Out::Copied(lease));
                 st.stats.sent_large += 1;
             }
             None => {
@@ -1005,6 +1073,40 @@ impl Engine {
                 s.post_small(&mut st, &all, h.seq)?;
             }
         }
+        Ok(())
+    }
+
+    /// Send one message: the bytes of `head` then those of `body`, waiting
+    /// at most `timeout` for credit as [`Engine::send`] does. When `body`
+    /// lies in a segment of a block store of this process (a received
+    /// block's bytes, `transport_shm::blocks::BlockView`) and `head` is
+    /// at most [`MAX_PREFIX`] bytes, the peer reads `body` from there by
+    /// RDMA, without a copy on this side; `body` is kept (so is its block)
+    /// until it has. Otherwise this is [`Engine::send`].
+    pub fn send_in_place(&self, head: &[&[u8]], body: &Bytes, timeout: Option<Duration>) -> Result<(), EngineError> {
+        let s = &*self.shared;
+        let plen: usize = head.iter().map(|p| p.len()).sum();
+        let announce = HEADER + DESCRIPTOR + plen;
+        let n = plen + body.len();
+        let in_place =
+            plen <= MAX_PREFIX && announce <= s.lim.inline && HEADER + n > s.lim.eager && n <= s.lim.max_message;
+        let Some(mr) = in_place.then(|| s.source(body)).flatten() else {
+            let mut parts = head.to_vec();
+            parts.push(body);
+            return self.send(&parts, timeout);
+        };
+        let mut st = s.wait_credit(HEADER + n, timeout)?;
+        let h = st.flow.send_data(LARGE, plen as u32).expect("credit checked");
+        let d = Descriptor { addr: body.as_ptr() as u64, len: body.len() as u64, rkey: mr.rkey() };
+        let (he, de) = (h.encode(), d.encode());
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(head.len() + 2);
+        parts.push(&he);
+        parts.push(&de);
+        parts.extend_from_slice(head);
+        s.post_small(&mut st, &parts, h.seq)?;
+        st.large_out.push_back(Out::InPlace(body.clone(), mr));
+        st.stats.sent_large += 1;
+        st.stats.sent_in_place += 1;
         Ok(())
     }
 
@@ -1136,8 +1238,14 @@ impl Engine {
             let _ = res.qp.modify(QpTransition::Error);
             drop(res);
         }
-        // Messages not taken held ring slots and cache buffers: gone too.
-        lock(&s.state).inbox.clear();
+        // Messages not taken held ring slots and cache buffers, large ones
+        // not read held blocks and registrations: gone too.
+        {
+            let mut st = lock(&s.state);
+            st.inbox.clear();
+            st.large_out.clear();
+        }
+        lock(&s.sources).clear();
         s.wake_users();
     }
 }

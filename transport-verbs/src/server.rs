@@ -176,8 +176,14 @@ fn serve(engine: &Arc<Engine>, cfg: &ServerConfig, shm: &ShmTransport) {
     let mut served = Served::new(cfg.node, &cfg.address);
     let e = engine.clone();
     let post: Post = Arc::new(move |r: Reply| {
-        // A link that failed has nobody to answer.
-        let _ = e.send(&[&head(r.kind, r.id), &r.payload], None);
+        // A link that failed has nobody to answer. A received block's
+        // bytes (the tail) are read by the client in place.
+        let h = head(r.kind, r.id);
+        let _ = if r.tail.is_empty() {
+            e.send(&[&h, &r.payload], None)
+        } else {
+            e.send_in_place(&[&h, &r.payload], &r.tail, None)
+        };
     });
     loop {
         let m = match engine.recv(None) {

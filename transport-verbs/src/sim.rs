@@ -261,11 +261,21 @@ impl Drop for SimBuffer {
 }
 
 /// The segment and offset behind `len` bytes at `addr`, if simulated ports
-/// of this process allocated them.
+/// of this process allocated them or they lie in a block store segment
+/// this process mapped (large messages are read from there in place).
+/// A real adapter registers any memory; these two kinds are all the
+/// protocol registers.
 fn backing_of(addr: usize, len: usize) -> Option<(String, usize)> {
-    let bufs = lock(&BUFFERS);
-    let (&start, (blen, name)) = bufs.range(..=addr).next_back()?;
-    (addr.checked_add(len)? <= start + blen).then(|| (name.clone(), addr - start))
+    {
+        let bufs = lock(&BUFFERS);
+        if let Some((&start, (blen, name))) = bufs.range(..=addr).next_back() {
+            if addr.checked_add(len)? <= start + blen {
+                return Some((name.clone(), addr - start));
+            }
+        }
+    }
+    let m = transport_shm::blocks::segment_mapping(addr, len)?;
+    Some((m.name, addr - m.base))
 }
 
 // ---- protection domain and registrations -----------------------------------------
@@ -567,7 +577,7 @@ impl Port for SimPort {
     unsafe fn register(&self, addr: *mut u8, len: usize, access: Access) -> Result<Box<dyn MemoryRegion>, VerbsError> {
         let Some((name, offset)) = backing_of(addr as usize, len) else {
             return Err(VerbsError::Invalid(format!(
-                "the simulated fabric registers only memory its ports allocated ({len} bytes at {addr:p} are not)"
+                "the simulated fabric registers only memory its ports allocated or block store segments ({len} bytes at {addr:p} are neither)"
             )));
         };
         if len == 0 {

@@ -14,13 +14,16 @@
 //!
 //! Message header (24 bytes, at the start of every message):
 //!   0  kind u8 (DATA, LARGE, CTRL)   1 flags u8 (HELLO, BYE)   2 zero u16
-//!   4  payload length u32 (DATA; 0 otherwise)
+//!   4  payload length u32 (DATA; for LARGE the bytes inline after the
+//!      descriptor, at most 64; 0 for CTRL)
 //!   8  data slots freed u32    12 control messages seen u32
 //!   16 large messages read u32 (all three cumulative, wrapping)
 //!   20 sequence number u32 (data or control, by kind)
 //!
 //! LARGE descriptor (after the header): address u64, length u64, rkey u32,
-//! zero u32: where the receiver RDMA-reads the message from.
+//! zero u32: where the receiver RDMA-reads the message from. The message
+//! is the inline bytes after the descriptor (the header's length field
+//! says how many) followed by the bytes read.
 //! ```
 
 use crate::verbs::{Gid, LinkLayer, Mtu, QpAddress};
@@ -29,7 +32,7 @@ use std::fmt;
 /// Address magic.
 pub const MAGIC: [u8; 4] = *b"DRVB";
 /// Address format version.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Fixed part of an address.
 pub const ADDRESS_FIXED: usize = 66;
 /// Most fabric data an address carries.
@@ -38,6 +41,8 @@ pub const MAX_FABRIC: usize = 512;
 pub const HEADER: usize = 24;
 /// Bytes of a LARGE descriptor.
 pub const DESCRIPTOR: usize = 24;
+/// Most bytes a LARGE message carries inline after its descriptor.
+pub const MAX_PREFIX: usize = 64;
 
 /// A data message: its payload follows the header.
 pub const DATA: u8 = 1;
@@ -255,7 +260,7 @@ impl Header {
         match h.kind {
             DATA if h.len as usize == body => {}
             DATA => return Err(bad(format!("DATA of {} bytes in a message of {body}", h.len))),
-            LARGE if h.len == 0 && body == DESCRIPTOR => {}
+            LARGE if h.len as usize <= MAX_PREFIX && body == DESCRIPTOR + h.len as usize => {}
             LARGE => return Err(bad(format!("LARGE with {body} bytes after its header"))),
             CTRL if h.len == 0 && body == 0 => {}
             CTRL => return Err(bad(format!("CTRL with {body} bytes after its header"))),

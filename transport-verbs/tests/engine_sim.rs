@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use std::sync::Arc;
 use std::time::Duration;
+use transport_shm::blocks::{BlockId, BlockMessage, Store, Stores};
 use transport_verbs::engine::{self, EngineConfig, EngineError};
 use transport_verbs::regcache::CacheLimits;
 use transport_verbs::sim::{Fault, SimStats};
@@ -384,4 +385,96 @@ fn a_peer_that_breaks_the_protocol_fails_the_link() {
         assert!(matches!(&err, EngineError::Protocol(m) if m.contains(want)), "{want}: {err:?}");
         drop(e);
     }
+}
+
+/// A block of a block store of this process, received as a block message
+/// names it (what a node service holds when a channel of its node gives it
+/// a large message): its bytes as `Bytes`, which hold the block.
+fn received_block(store: &Store, stores: &mut Stores, data: &[u8]) -> (Option<u8>, bytes::Bytes) {
+    let blk = store.take(data.len()).unwrap();
+    store.write(blk, data).unwrap();
+    let m = store.lent(blk).send(store.attachment(), blk.gen).unwrap();
+    let msg = BlockMessage::encode(0x42, store.name(), BlockId { gen: m, ..blk }, data.len());
+    let (tag, view) = stores.view(&msg).unwrap().unwrap();
+    (tag, bytes::Bytes::from_owner(view))
+}
+
+#[test]
+fn large_messages_in_a_block_store_are_read_in_place() {
+    let p = pair(quiet());
+    let name = test_support::unique_name("blk");
+    let store = Store::open(&name).unwrap();
+    let mut stores = Stores::default();
+    let mrs = p.pa.stats().mrs;
+    for i in 0..4 {
+        let data = pattern(600_000 + i * 1000, i as u64);
+        let (tag, body) = received_block(&store, &mut stores, &data);
+        let head = format!("reply {i}:");
+        p.a.send_in_place(&[head.as_bytes(), &[tag.unwrap()]], &body, Some(WAIT)).unwrap();
+        // The link keeps the bytes (and the block) until the peer has read them.
+        drop(body);
+        let got = p.b.recv(Some(WAIT)).unwrap();
+        assert_eq!(&got[..head.len()], head.as_bytes());
+        assert_eq!(got[head.len()], 0x42);
+        assert!(got[head.len() + 1..] == data[..], "message {i} differs");
+        // Back to the store once the peer's report of its read arrives.
+        assert!(test_support::eventually(WAIT, || store.blocks_in_use() == 0));
+    }
+    let st = p.a.stats();
+    assert_eq!((st.sent_large, st.sent_in_place), (4, 4), "{st:?}");
+    // No registered buffer was filled on the sending side, and the store's
+    // segment was registered once (the blocks are all in one segment).
+    assert_eq!(p.a.cache_stats().misses + p.a.cache_stats().hits, 0);
+    assert_eq!(p.pa.stats().mrs, mrs + 1);
+
+    // Bytes outside any store, and a head over the inline limit, are
+    // copied as before; small messages are not read at all.
+    let plain = bytes::Bytes::from(pattern(500_000, 9));
+    p.a.send_in_place(&[b"h"], &plain, Some(WAIT)).unwrap();
+    let got = p.b.recv(Some(WAIT)).unwrap();
+    assert!(got[..1] == b"h"[..] && got[1..] == plain[..]);
+    let data = pattern(400_000, 10);
+    let (_, body) = received_block(&store, &mut stores, &data);
+    let long_head = vec![7u8; engine::MAX_PREFIX + 1];
+    p.a.send_in_place(&[&long_head], &body, Some(WAIT)).unwrap();
+    let got = p.b.recv(Some(WAIT)).unwrap();
+    assert!(got[..long_head.len()] == long_head[..] && got[long_head.len()..] == data[..]);
+    let small = bytes::Bytes::from_static(b"small");
+    p.a.send_in_place(&[b"h"], &small, Some(WAIT)).unwrap();
+    assert_eq!(&p.b.recv(Some(WAIT)).unwrap()[..], b"hsmall");
+    assert_eq!(p.a.stats().sent_in_place, 4);
+    drop(body);
+    assert!(test_support::eventually(WAIT, || store.blocks_in_use() == 0));
+
+    // Closing with a block not yet read gives the block back and
+    // deregisters the segment.
+    let (_, body) = received_block(&store, &mut stores, &data);
+    p.pb.inject(Fault::Cut);
+    let _ = p.a.send_in_place(&[b"x"], &body, Some(WAIT));
+    drop(body);
+    let pa = p.pa.clone();
+    drop(p.a);
+    assert_eq!(pa.stats(), SimStats::default(), "the sender left a registration or buffer");
+    assert!(test_support::eventually(WAIT, || store.blocks_in_use() == 0));
+    drop(p.b);
+    drop((store, stores));
+    for i in 0..64 {
+        let _ = transport_shm::segment::unlink(&format!("{name}{i}"));
+    }
+    let _ = transport_shm::segment::unlink(&name);
+}
+
+/// A LARGE announcement with inline bytes is checked like the rest: more
+/// than the limit is a protocol error.
+#[test]
+fn a_large_header_with_too_many_inline_bytes_is_refused() {
+    let mut h = Header { kind: wire::LARGE, len: (wire::MAX_PREFIX + 1) as u32, ..Header::default() };
+    h.seq = 1;
+    let mut b = h.encode().to_vec();
+    b.extend_from_slice(&[0u8; wire::DESCRIPTOR + wire::MAX_PREFIX + 1]);
+    assert!(Header::parse(&b, b.len()).is_err());
+    h.len = wire::MAX_PREFIX as u32;
+    let mut b = h.encode().to_vec();
+    b.extend_from_slice(&[0u8; wire::DESCRIPTOR + wire::MAX_PREFIX]);
+    assert!(Header::parse(&b, b.len()).is_ok());
 }
