@@ -403,7 +403,8 @@ impl Fabric {
     /// What this node uses to reach each peer so far, as JSON:
     /// `{"node": 0, "rdma": "mlx5_0 port 1" | null, "why_not": text | null,
     /// "peers": {"1": "verbs (...)" | "tcp (...)"}, "carried": {"1":
-    /// [messages sent inline, written, read by the peer, received]}}`
+    /// [messages sent inline, written, read by the peer, received, read by
+    /// the peer in place from this node's block store]}}`
     /// (`carried`: the RDMA links up now).
     pub fn report(&self) -> String {
         let q = |s: &str| {
@@ -432,7 +433,10 @@ impl Fabric {
                     let st = e.stats();
                     Some((
                         *n,
-                        format!("\"{n}\":[{},{},{},{}]", st.sent_inline, st.sent_written, st.sent_large, st.received),
+                        format!(
+                            "\"{n}\":[{},{},{},{},{}]",
+                            st.sent_inline, st.sent_written, st.sent_large, st.received, st.sent_in_place
+                        ),
                     ))
                 }
                 State::Pending(_) => None,

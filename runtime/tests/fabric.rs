@@ -9,6 +9,7 @@ use runtime::proto::{self as rp, out};
 use runtime::service::Options;
 use runtime::testing::LocalCluster;
 use std::time::Duration;
+use transport_shm::blocks::{BlockId, BlockMessage, Store};
 use transport_tcp::local::ServiceClient;
 use transport_tcp::proto;
 use transport_verbs::boot::FabricSpec;
@@ -68,6 +69,16 @@ fn report(c: &LocalCluster, i: usize) -> String {
     String::from_utf8(s.call(i as u32, rp::TRANSPORTS, &[]).unwrap().to_vec()).unwrap()
 }
 
+/// Node `from`'s RDMA traffic to `peer` as its report says: sent inline,
+/// written, read by the peer, received, read in place.
+fn carried(r: &str, peer: u32) -> Vec<u64> {
+    let key = "\"carried\":{";
+    let all = &r[r.find(key).unwrap_or_else(|| panic!("{r}")) + key.len()..];
+    let at = all.find(&format!("\"{peer}\":[")).unwrap_or_else(|| panic!("no link to {peer}: {r}"));
+    let list = &all[at..];
+    list[list.find('[').unwrap() + 1..list.find(']').unwrap()].split(',').map(|x| x.parse().unwrap()).collect()
+}
+
 fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 7 % 251) as u8).collect()
 }
@@ -113,17 +124,68 @@ fn rdma_where_both_ends_share_a_network_tcp_elsewhere() {
     assert!(r1.contains("\"2\":\"tcp (not on a common RDMA network"), "{r1}");
     // The traffic between nodes 0 and 1 went over RDMA, every way of it
     // (node 1's requests, node 0's replies, the 10 MiB ones read by RDMA).
-    let carried = |r: &str, peer: u32| -> Vec<u64> {
-        let key = "\"carried\":{";
-        let all = &r[r.find(key).unwrap_or_else(|| panic!("{r}")) + key.len()..];
-        let at = all.find(&format!("\"{peer}\":[")).unwrap_or_else(|| panic!("no link to {peer}: {r}"));
-        let list = &all[at..];
-        list[list.find('[').unwrap() + 1..list.find(']').unwrap()].split(',').map(|x| x.parse().unwrap()).collect()
-    };
     let (to1, to0) = (carried(&r0, 1), carried(&r1, 0));
-    assert!(to1.iter().all(|&n| n > 0), "node 0 to 1 sent inline, written, large, received: {to1:?}");
-    assert!(to0.iter().all(|&n| n > 0), "node 1 to 0 sent inline, written, large, received: {to0:?}");
+    assert!(to1[..4].iter().all(|&n| n > 0), "node 0 to 1 sent inline, written, large, received: {to1:?}");
+    assert!(to0[..4].iter().all(|&n| n > 0), "node 1 to 0 sent inline, written, large, received: {to0:?}");
+    // No message named a block of a store: nothing was read in place.
+    assert_eq!((to1[4], to0[4]), (0, 0));
     assert!(!r0.contains("\"carried\":{\"1\":[0") && !r0[r0.find("carried").unwrap()..].contains("\"2\""), "{r0}");
+}
+
+/// A remote receive of a message naming a block of the serving node's
+/// store: the reply's bytes are read by the peer straight from the block
+/// (no copy on the serving side), and the block goes back to the store.
+#[test]
+fn blocks_of_the_store_are_read_in_place_across_an_rdma_link() {
+    watchdog();
+    let net = test_support::unique_name("fi");
+    let c = LocalCluster::start_with(2, Duration::from_secs(5), |_| opts(Mode::Auto, sim(&net))).unwrap();
+    blocks_across(&c);
+    let to1 = carried(&report(&c, 0), 1);
+    assert_eq!(to1[4], 3, "node 0 to 1 sent inline, written, large, received, in place: {to1:?}");
+}
+
+/// The same over TCP: the block's bytes go on the link as they are.
+#[test]
+fn blocks_of_the_store_cross_a_tcp_link_whole() {
+    watchdog();
+    let net = test_support::unique_name("ft");
+    let c = LocalCluster::start_with(2, Duration::from_secs(5), |_| opts(Mode::Tcp, sim(&net))).unwrap();
+    blocks_across(&c);
+    assert!(!report(&c, 0).contains("\"carried\":{\"1\""), "an RDMA link where TCP was forced");
+}
+
+/// Three messages naming blocks of a store, sent to a channel of node 0
+/// and received from node 1: whole, and every block given back.
+fn blocks_across(c: &LocalCluster) {
+    let on1 = ServiceClient::connect(&c.service(1)).unwrap();
+    let mut p = 64u64.to_le_bytes().to_vec();
+    p.extend_from_slice(&0u64.to_le_bytes());
+    p.extend_from_slice(&0u64.to_le_bytes());
+    let r = on1.call(0, proto::CREATE, &p).unwrap();
+    let (att, _) = proto::take_u64(&r).unwrap();
+    let name = test_support::unique_name("blk");
+    let store = Store::open(&name).unwrap();
+    let data = pattern(3 << 20);
+    for _ in 0..3 {
+        let blk = store.take(data.len()).unwrap();
+        store.write(blk, &data).unwrap();
+        let m = store.lent(blk).send(store.attachment(), blk.gen).unwrap();
+        let msg = BlockMessage::encode(0x42, &name, BlockId { gen: m, ..blk }, data.len());
+        on1.call(0, proto::SEND, &proto::op_payload(att, proto::timeout_ns(Some(WAIT)), &msg)).unwrap();
+        let want_blocks = [proto::RECV_BLOCKS];
+        let got =
+            on1.call(0, proto::RECV, &proto::op_payload(att, proto::timeout_ns(Some(WAIT)), &want_blocks)).unwrap();
+        assert_eq!(got.len(), data.len() + 1);
+        assert!(got[0] == 0x42 && got[1..] == data[..], "the block's bytes came back damaged");
+        assert!(test_support::eventually(WAIT, || store.blocks_in_use() == 0), "the block was not given back");
+    }
+    on1.call(0, proto::DESTROY, &att.to_le_bytes()).unwrap();
+    drop(store);
+    for i in 0..64 {
+        let _ = transport_shm::segment::unlink(&format!("{name}{i}"));
+    }
+    let _ = transport_shm::segment::unlink(&name);
 }
 
 #[test]
