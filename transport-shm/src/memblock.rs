@@ -10,10 +10,15 @@
 //! A process of the block's node maps the segment itself. [`MemoryBlock`]
 //! is how a node's service reads and writes a block for a process of
 //! another node: the handle is checked against the header (a forged or
-//! stale handle is an error), and every access is bounds-checked.
-use crate::segment::Segment;
+//! stale handle is an error), and every access is bounds-checked. It is
+//! also how Rust code of this node makes a block ([`MemoryBlock::create`])
+//! and uses its data as shared 64-bit words ([`MemoryBlock::words`]: the
+//! `pool` crate's task ledger).
+use crate::segment::{nonce32, RunId, Segment};
 use shm_primitives::handle::{Handle, Kind};
 use shm_primitives::region::Region;
+#[cfg(not(dragon_loom))]
+use shm_primitives::sync::AtomicU64;
 use std::fmt;
 
 /// The header's magic.
@@ -63,9 +68,69 @@ impl std::error::Error for MemoryBlockError {}
 pub struct MemoryBlock {
     seg: Segment,
     size: usize,
+    handle: Handle,
 }
 
 impl MemoryBlock {
+    /// Make a zero-filled block of `size` bytes of data in a new segment of
+    /// the current run (mode 0600, pages reserved), with a fresh random id.
+    /// The segment's name stays until [`MemoryBlock::unlink`] (or the run's
+    /// cleanup) removes it.
+    pub fn create(size: usize) -> Result<MemoryBlock, crate::segment::SegmentError> {
+        let name = RunId::current().segment_name("mem");
+        let seg = Segment::create(&name, DATA_OFFSET + size)?;
+        let id = (u64::from(nonce32()) << 32) | u64::from(nonce32());
+        let mut head = [0u8; DATA_OFFSET];
+        head[..4].copy_from_slice(MAGIC);
+        head[4..6].copy_from_slice(&LAYOUT_VERSION.to_le_bytes());
+        head[6] = Kind::Memory as u8;
+        head[16..24].copy_from_slice(&id.to_le_bytes());
+        head[24..32].copy_from_slice(&1u64.to_le_bytes());
+        head[32..40].copy_from_slice(&(size as u64).to_le_bytes());
+        // SAFETY: the segment is at least DATA_OFFSET bytes long and nobody
+        // else knows its name yet.
+        unsafe { std::ptr::copy_nonoverlapping(head.as_ptr(), seg.base().as_ptr(), DATA_OFFSET) };
+        let handle = Handle {
+            kind: Kind::Memory,
+            id,
+            generation: 1,
+            offset: DATA_OFFSET as u64,
+            node: crate::segment::this_node(),
+            segment: name,
+            address: String::new(),
+        };
+        Ok(MemoryBlock { seg, size, handle })
+    }
+
+    /// The handle other processes attach by.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Remove the block's name (mappings stay valid; later attaches fail).
+    pub fn unlink(&self) -> Result<(), crate::segment::SegmentError> {
+        self.seg.unlink()
+    }
+
+    /// The data as 64-bit words shared with every process that maps the
+    /// block (the data starts 64-byte aligned; a trailing part of less than
+    /// 8 bytes is not included). Other processes may read and write the
+    /// same words, through atomics here or plain aligned 8-byte accesses
+    /// (Python's `memoryview.cast("q")`), which x86-64 and AArch64 make
+    /// single-copy atomic.
+    #[cfg(not(dragon_loom))]
+    pub fn words(&self) -> &[AtomicU64] {
+        let n = self.size / 8;
+        // SAFETY: `DATA_OFFSET..DATA_OFFSET + 8 * n` lies inside the mapping
+        // (checked at create/attach), which lives as long as `self`; the
+        // address is 8-byte aligned (page-aligned base plus 64); AtomicU64
+        // has the size and alignment of u64 and any bit pattern is valid;
+        // every access through the slice is atomic.
+        unsafe {
+            let base = self.seg.base().as_ptr().add(DATA_OFFSET).cast::<AtomicU64>();
+            std::slice::from_raw_parts(base, n)
+        }
+    }
     /// Map the block `h` names and check it against its header.
     pub fn attach(h: &Handle) -> Result<MemoryBlock, MemoryBlockError> {
         if h.kind != Kind::Memory {
@@ -93,7 +158,7 @@ impl MemoryBlock {
         if h.offset != DATA_OFFSET as u64 || size > seg.len() - DATA_OFFSET {
             return Err(MemoryBlockError::Mismatch("header is corrupt or the handle is forged".into()));
         }
-        Ok(MemoryBlock { seg, size })
+        Ok(MemoryBlock { seg, size, handle: h.clone() })
     }
 
     /// Bytes of data.
@@ -183,5 +248,21 @@ mod tests {
         seg.unlink().unwrap();
         drop(b);
         assert!(matches!(MemoryBlock::attach(&h), Err(MemoryBlockError::Gone(_))));
+    }
+
+    #[test]
+    fn created_block_shares_its_words_and_unlinks() {
+        use shm_primitives::sync::Ordering;
+        let b = MemoryBlock::create(24).unwrap();
+        assert_eq!(b.words().len(), 3);
+        let other = MemoryBlock::attach(b.handle()).unwrap();
+        // Relaxed: one thread; the mapping is what is tested.
+        b.words()[2].store(0x1122_3344_5566_7788, Ordering::Relaxed);
+        assert_eq!(other.read(16, 8).unwrap(), 0x1122_3344_5566_7788u64.to_le_bytes());
+        other.write(0, &7u64.to_le_bytes()).unwrap();
+        // Relaxed: as above.
+        assert_eq!(b.words()[0].load(Ordering::Relaxed), 7);
+        b.unlink().unwrap();
+        assert!(matches!(MemoryBlock::attach(b.handle()), Err(MemoryBlockError::Gone(_))));
     }
 }
