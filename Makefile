@@ -1,5 +1,5 @@
 # One command per job, the same locally and in CI.
-#   make demo   set up the Python environment and run the seed examples (and the Rust queue demo)
+#   make demo   set up the Python environment and run the seed examples (and the Rust queue and pool demos)
 #   make test   every test: Rust (unit, property, multi-process, loom), Python, oracle floor
 #   make bench  benchmarks (JSON lines), channel and Python level
 #   make fuzz   every fuzz target, long (make test runs each briefly)
@@ -61,6 +61,8 @@ demo: setup
 	@for f in examples/*.py; do echo "== $$f"; $(VPY) $$f || exit 1; done
 	@echo "== queues/examples/queue_demo.rs"
 	@$(CARGO) run --release -q -p queues --example queue_demo
+	@echo "== pool/examples/pool_demo.rs"
+	@$(CARGO) run --release -q -p pool --example pool_demo
 
 # clippy.toml keeps atomics and UnsafeCell behind shm_primitives::sync.
 # stubtest (mypy) checks dragon/_native.pyi against the built extension:
@@ -84,7 +86,7 @@ test-rust:
 
 # Loom models: same code, threads standing in for processes. Every crate
 # with models next to its code (src/**/loom_*.rs) is listed here.
-LOOM_CRATES := channels-core sync-objects ddict-shard
+LOOM_CRATES := channels-core sync-objects ddict-shard pool
 test-loom:
 	RUSTFLAGS="--cfg dragon_loom" CARGO_TARGET_DIR=target/loom \
 	    $(CARGO) test $(addprefix -p ,$(LOOM_CRATES)) --release -q --lib loom

@@ -294,7 +294,11 @@ pub trait Taker {
 /// SENT before looking at the ring, report a gap at an empty ring, wait,
 /// report a gap before the task received, record it in `slot` and move NEXT
 /// past it. `None` when the wait gave up.
-pub fn take<W: Words, T: Taker>(ledger: &Ledger<W>, slot: Option<usize>, t: &mut T) -> Result<Option<T::Msg>, T::Error> {
+pub fn take<W: Words, T: Taker>(
+    ledger: &Ledger<W>,
+    slot: Option<usize>,
+    t: &mut T,
+) -> Result<Option<T::Msg>, T::Error> {
     let sent = ledger.sent(); // before looking at the ring
     let msg = match t.try_recv()? {
         Some(m) => m,

@@ -9,13 +9,16 @@
 //! per thread: a thread that dies sets its flag (Release: the kernel's exit
 //! orders everything the process did before it) and never releases; a
 //! taker takes a dead holder's lock over after reading the flag (Acquire:
-//! the liveness check). The ring is a mutex-guarded queue (the ring has
-//! models of its own in `channels-core`).
+//! the liveness check). The ring is one slot per task, published with a
+//! Release store and read with an Acquire load, its read position moved
+//! only under the lock, as takers receive only under the lock (the real
+//! ring has models of its own in `channels-core`): so a taker that read
+//! SENT without its Acquire could find a sent task's slot still empty and
+//! report a gap that is none, which the checks below catch.
 
 use crate::ledger::{take, Gap, Ledger, Taker};
 use loom::sync::{Arc, Mutex};
 use shm_primitives::sync::{AtomicU32, AtomicU64, Ordering};
-use std::collections::VecDeque;
 
 const TASKS: i64 = 3;
 const DYING: usize = 1;
@@ -66,8 +69,34 @@ enum Event {
 struct World {
     ledger: Ledger<Vec<AtomicU64>>,
     lock: Lock,
-    ring: Mutex<VecDeque<i64>>,
+    /// Slot `seq`: 0 empty, `seq + 1` sent.
+    ring: [AtomicU64; TASKS as usize],
+    /// The ring's read position (moved under the lock).
+    head: AtomicU64,
     results: Mutex<Vec<Event>>,
+}
+
+impl World {
+    fn send(&self, seq: i64) {
+        // SYNC POINT model-slot: Release; the task is in its slot.
+        self.ring[seq as usize].store(seq as u64 + 1, Ordering::Release);
+    }
+
+    fn pop(&self) -> Option<i64> {
+        // Relaxed: moved only under the lock, whose hand-over orders it.
+        let h = self.head.load(Ordering::Relaxed);
+        if h >= TASKS as u64 {
+            return None;
+        }
+        // SYNC POINT model-slot: Acquire; the task in the slot.
+        let v = self.ring[h as usize].load(Ordering::Acquire);
+        if v == 0 {
+            return None;
+        }
+        // Relaxed: as above.
+        self.head.store(h + 1, Ordering::Relaxed);
+        Some(v as i64 - 1)
+    }
 }
 
 struct ModelTaker<'a>(&'a World);
@@ -76,12 +105,12 @@ impl Taker for ModelTaker<'_> {
     type Msg = i64;
     type Error = ();
     fn try_recv(&mut self) -> Result<Option<i64>, ()> {
-        Ok(self.0.ring.lock().unwrap().pop_front())
+        Ok(self.0.pop())
     }
     fn recv_wait(&mut self) -> Result<Option<i64>, ()> {
         // A wait that gives up at once (a timeout): the owner's last take
         // collects whatever is still to come.
-        Ok(self.0.ring.lock().unwrap().pop_front())
+        Ok(self.0.pop())
     }
     fn seq(&self, m: &i64) -> Result<i64, ()> {
         Ok(*m)
@@ -123,7 +152,7 @@ fn dying(w: &World, death: Death) -> Option<i64> {
     let got = match death {
         Death::BeforeRecord => {
             let _ = w.ledger.sent();
-            w.ring.lock().unwrap().pop_front()
+            w.pop()
         }
         Death::AfterRecord => take(&w.ledger, Some(DYING), &mut ModelTaker(w)).unwrap(),
         Death::AfterResult => {
@@ -146,14 +175,15 @@ fn model(death: Death, live_takes: usize) {
         let w = Arc::new(World {
             ledger: Ledger::<Vec<AtomicU64>>::heap(3),
             lock: Lock::new(),
-            ring: Mutex::new(VecDeque::new()),
+            ring: std::array::from_fn(|_| AtomicU64::new(0)),
+            head: AtomicU64::new(0),
             results: Mutex::new(Vec::new()),
         });
         let sender = {
             let w = Arc::clone(&w);
             loom::thread::spawn(move || {
                 for seq in 0..TASKS {
-                    w.ring.lock().unwrap().push_back(seq);
+                    w.send(seq);
                     w.ledger.publish_sent(seq + 1);
                 }
             })

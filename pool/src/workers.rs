@@ -285,15 +285,15 @@ impl Pool {
                 return Err(setup("result channel")(e));
             }
         };
-        let made = ShmLock::create()
-            .map_err(setup("task lock"))
-            .and_then(|l| match MemoryBlock::create(8 * crate::ledger::words_for(n)) {
+        let made = ShmLock::create().map_err(setup("task lock")).and_then(|l| {
+            match MemoryBlock::create(8 * crate::ledger::words_for(n)) {
                 Ok(b) => Ok((l, b)),
                 Err(e) => {
                     let _ = l.destroy();
                     Err(setup("task ledger")(e))
                 }
-            });
+            }
+        });
         let (lock, block) = match made {
             Ok(x) => x,
             Err(e) => {
@@ -322,13 +322,22 @@ impl Pool {
             terminating: AtomicBool::new(false),
         });
         let mut pool = Pool { shared: Arc::clone(&shared), monitor: None, receiver: None };
-        if let Err(e) = shared.repopulate(&mut guard(&shared.procs)) {
-            return Err(e); // dropping `pool` removes what was made
-        }
+        // On an error, dropping `pool` removes what was made.
+        shared.repopulate(&mut guard(&shared.procs))?;
         let s = Arc::clone(&shared);
-        pool.receiver = Some(std::thread::Builder::new().name("pool-results".into()).spawn(move || s.receive()).map_err(setup("result thread"))?);
+        pool.receiver = Some(
+            std::thread::Builder::new()
+                .name("pool-results".into())
+                .spawn(move || s.receive())
+                .map_err(setup("result thread"))?,
+        );
         let s = Arc::clone(&shared);
-        pool.monitor = Some(std::thread::Builder::new().name("pool-workers".into()).spawn(move || s.monitor()).map_err(setup("worker thread"))?);
+        pool.monitor = Some(
+            std::thread::Builder::new()
+                .name("pool-workers".into())
+                .spawn(move || s.monitor())
+                .map_err(setup("worker thread"))?,
+        );
         Ok(pool)
     }
 
@@ -481,15 +490,13 @@ impl Shared {
                 self.owner.pid,
                 self.owner.start
             );
-            let child = Command::new(&self.exe)
-                .args(&self.args)
-                .env(WORKER_ENV, spec)
-                .stdin(Stdio::null())
-                .spawn()
-                .map_err(|e| {
-                    procs.free.push(slot);
-                    PoolError::Setup(format!("starting a worker process ({}): {e}", self.exe.display()))
-                })?;
+            let child =
+                Command::new(&self.exe).args(&self.args).env(WORKER_ENV, spec).stdin(Stdio::null()).spawn().map_err(
+                    |e| {
+                        procs.free.push(slot);
+                        PoolError::Setup(format!("starting a worker process ({}): {e}", self.exe.display()))
+                    },
+                )?;
             procs.workers.push(Worker { slot, child });
         }
         Ok(())
@@ -720,9 +727,7 @@ fn serve(funcs: &Functions, spec: &str) -> Result<(), String> {
             Ok(v) => (1, v),
             Err(e) => (0, e.as_bytes()),
         };
-        results
-            .send_parts(&[&head, &[flag], body], None)
-            .map_err(|e| format!("sending a result: {e:?}"))?;
+        results.send_parts(&[&head, &[flag], body], None).map_err(|e| format!("sending a result: {e:?}"))?;
         ledger.finish(slot);
     }
 }

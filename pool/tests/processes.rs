@@ -195,7 +195,8 @@ fn owner_role(out: &str) {
 fn workers_exit_when_their_owner_is_killed() {
     let dir = TempDir::create("pool-owner");
     let out = dir.path().join("pids");
-    let mut owner = Command::new(std::env::current_exe().unwrap()).args(["--owner", out.to_str().unwrap()]).spawn().unwrap();
+    let mut owner =
+        Command::new(std::env::current_exe().unwrap()).args(["--owner", out.to_str().unwrap()]).spawn().unwrap();
     assert!(eventually(DEADLINE, || out.exists()));
     let pids: Vec<u32> = std::fs::read_to_string(&out).unwrap().split(' ').map(|p| p.parse().unwrap()).collect();
     assert_eq!(pids.len(), 2);
