@@ -28,7 +28,8 @@ type Answer = Result<(u8, Bytes), TcpError>;
 
 /// The reading half of the connection, and what it has read so far.
 struct Reader {
-    stream: UnixStream,
+    /// The same socket as the writer's (one descriptor per process).
+    stream: Arc<UnixStream>,
     rbuf: BytesMut,
     /// Replies that came in pieces, by id, until their last piece.
     parts: HashMap<u64, BytesMut>,
@@ -47,7 +48,7 @@ struct State {
 }
 
 struct Inner {
-    writer: Mutex<UnixStream>,
+    writer: Mutex<Arc<UnixStream>>,
     state: Mutex<State>,
     /// Signalled when a reply comes, when the reader is put back, and when
     /// the connection ends.
@@ -87,11 +88,10 @@ fn gone(why: &str) -> TcpError {
 impl ServiceClient {
     /// Connect to the service listening on abstract socket `name`.
     pub fn connect(name: &str) -> Result<ServiceClient, TcpError> {
-        let stream = connect_abstract(name).map_err(|e| {
+        let stream = Arc::new(connect_abstract(name).map_err(|e| {
             TcpError::Io(io::Error::new(e.kind(), format!("cannot reach this node's dragon service ({name}): {e}")))
-        })?;
-        let reader =
-            Reader { stream: stream.try_clone()?, rbuf: BytesMut::with_capacity(64 << 10), parts: HashMap::new() };
+        })?);
+        let reader = Reader { stream: stream.clone(), rbuf: BytesMut::with_capacity(64 << 10), parts: HashMap::new() };
         let inner = Arc::new(Inner {
             writer: Mutex::new(stream),
             state: Mutex::new(State { reader: Some(reader), ..State::default() }),
@@ -185,10 +185,10 @@ impl ServiceClient {
 
     fn write(&self, kind: u8, id: u64, head: &[u8], payload: &[u8]) -> Result<(), TcpError> {
         let total = head.len() + payload.len();
-        let mut w = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let w = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner());
         let r = if total <= frame::CHUNK {
             let h = frame::header(kind, id, total);
-            write_all_vectored(&mut w, &[&h, head, payload])
+            write_all_vectored(&w, &[&h, head, payload])
         } else {
             // Pieces of the head and payload together, neither joined first.
             let piece = |off: usize, n: usize| -> [&[u8]; 2] {
@@ -200,11 +200,11 @@ impl ServiceClient {
             let mut r = Ok(());
             while total - off > frame::CHUNK && r.is_ok() {
                 let [h, p] = piece(off, frame::CHUNK);
-                r = write_all_vectored(&mut w, &[&frame::header(frame::PART, id, frame::CHUNK), h, p]);
+                r = write_all_vectored(&w, &[&frame::header(frame::PART, id, frame::CHUNK), h, p]);
                 off += frame::CHUNK;
             }
             let [h, p] = piece(off, total - off);
-            r.and_then(|()| write_all_vectored(&mut w, &[&frame::header(kind, id, total - off), h, p]))
+            r.and_then(|()| write_all_vectored(&w, &[&frame::header(kind, id, total - off), h, p]))
         };
         r.map_err(|e| TcpError::Io(io::Error::new(e.kind(), format!("this node's dragon service went away: {e}"))))
     }
@@ -321,7 +321,7 @@ impl Reader {
                 continue;
             }
             self.rbuf.reserve(64 << 10);
-            match read_into_spare(&mut self.stream, &mut self.rbuf) {
+            match read_into_spare(&self.stream, &mut self.rbuf) {
                 Ok(0) => return Err("this node's dragon service closed the connection (the run is ending?)".to_owned()),
                 Ok(_) => {}
                 Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) => {}
@@ -373,7 +373,7 @@ fn answer(a: Answer) -> Result<Bytes, TcpError> {
     }
 }
 
-fn write_all_vectored(w: &mut UnixStream, parts: &[&[u8]]) -> io::Result<()> {
+fn write_all_vectored(mut w: &UnixStream, parts: &[&[u8]]) -> io::Result<()> {
     let mut bufs: Vec<&[u8]> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
     while !bufs.is_empty() {
         let slices: Vec<io::IoSlice<'_>> = bufs.iter().map(|b| io::IoSlice::new(b)).collect();
@@ -398,7 +398,7 @@ fn write_all_vectored(w: &mut UnixStream, parts: &[&[u8]]) -> io::Result<()> {
 
 /// Read what is there into `buf`'s spare capacity (no zero-filled
 /// temporary, no copy).
-fn read_into_spare(stream: &mut UnixStream, buf: &mut BytesMut) -> io::Result<usize> {
+fn read_into_spare(stream: &UnixStream, buf: &mut BytesMut) -> io::Result<usize> {
     let spare = buf.spare_capacity_mut();
     // SAFETY: read(2) writes at most `spare.len()` bytes into the spare
     // capacity, which is valid for writes; the bytes it wrote are then
