@@ -13,6 +13,7 @@ mod remote_ddict;
 mod remote_sync;
 mod runtime;
 mod sync;
+mod transports;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -26,5 +27,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     node::register(m)?;
     remote::register(m)?;
     remote_sync::register(m)?;
+    transports::register(m)?;
     Ok(())
 }

@@ -18,7 +18,7 @@ use pyo3::types::{PyBytes, PyTuple};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use transport_abi::abi::{DRAGON_EAGAIN, DRAGON_ETIMEDOUT};
-use transport_abi::loader::{Plugin, PluginChannel, PluginError, PollEvents, Transport};
+use transport_abi::loader::{PluginChannel, PluginError, PollEvents, Transport};
 
 /// Longest single wait on another node, between checks for Ctrl-C.
 const SLICE: Duration = Duration::from_millis(250);
@@ -37,7 +37,8 @@ fn transport(py: Python<'_>) -> PyResult<&'static Transport> {
         }
     }
     let (path, config): (String, String) = py.import("dragon._transport")?.call_method0("tcp_plugin")?.extract()?;
-    let plugin = Plugin::load(&path).map_err(plugin_load_err)?;
+    // Through the registry: one "tcp" per process, whichever code asks.
+    let plugin = transport_abi::registry::load("tcp", &path).map_err(plugin_load_err)?;
     let tr = plugin.open(&config).map_err(|e| plugin_err(&e))?;
     // One per process, for the rest of its life (a forked child's copy of
     // its parent's is never used nor closed: it shares the parent's socket).

@@ -153,3 +153,13 @@ def test_every_module_imports_alone_in_a_fresh_interpreter():
         failed = [(n, err) for n, rc, err in ex.map(import_alone, names) if rc != 0]
     assert failed == []
     assert len(names) > 40
+
+
+def test_the_shm_transport_is_registered_linked_in_at_import():
+    # The plugin ABI's registry holds the transports this process uses; the
+    # shm transport of this node's channels is the linked-in table.
+    code = "from dragon import _native; print(_native.transports())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=clean_env())
+    assert out.returncode == 0, out.stderr
+    assert "('shm', True, '')" in out.stdout, out.stdout
+    assert "tcp" not in out.stdout, "the off-node transport is loaded only when used: %s" % out.stdout

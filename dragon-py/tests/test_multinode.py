@@ -168,7 +168,9 @@ def test_queue_fed_from_every_node_keeps_per_producer_order(cluster):
                     q.put((me, node, k, bytes([k % 256]) * BIG))
                 else:
                     q.put((me, node, k, b"x" * (k % 300)))
-            q.put((me, node, None, b""))
+            # What the transport registry of this process holds by now.
+            from dragon import _native
+            q.put((me, node, None, _native.transports()))
 
         if __name__ == "__main__":
             q = mp.Queue()
@@ -182,6 +184,12 @@ def test_queue_fed_from_every_node_keeps_per_producer_order(cluster):
                 nodes.add(node)
                 if k is None:
                     done += 1
+                    names = {name: (linked, path) for name, linked, path in data}
+                    assert names["shm"] == (True, ""), data
+                    if node != 0:
+                        # Off its node through the plugin file, resolved once.
+                        linked, path = names["tcp"]
+                        assert not linked and path.endswith("libdragon_transport_tcp.so"), data
                     continue
                 assert k == seen[me] + 1, (me, k, seen[me])
                 seen[me] = k

@@ -43,24 +43,51 @@ pub const WAIT: Duration = Duration::from_secs(30);
 /// The plugin under test.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// The shared library file.
+    /// The shared library file (empty for a registered table).
     pub path: PathBuf,
     /// The config string passed to `open`.
     pub config: String,
+    /// A table linked into the test binary, registered in its transport
+    /// registry and tested as the program that links it uses it (then
+    /// `path` is empty).
+    pub registered: Option<&'static DragonTransportTable>,
 }
 
 impl Target {
-    /// `self`, unless [`PLUGIN_ENV`] / [`CONFIG_ENV`] name another.
+    /// The plugin in the library file `path`, opened with `config`.
+    pub fn file(path: PathBuf, config: &str) -> Target {
+        Target { path, config: config.to_owned(), registered: None }
+    }
+
+    /// The transport whose table `table` is linked into the test binary,
+    /// through the transport registry ([`crate::registry::register`]).
+    pub fn registered(table: &'static DragonTransportTable, config: &str) -> Target {
+        Target { path: PathBuf::new(), config: config.to_owned(), registered: Some(table) }
+    }
+
+    /// `self`, unless [`PLUGIN_ENV`] / [`CONFIG_ENV`] name another (a
+    /// plugin file named there replaces a registered table too).
     pub fn overridden(self) -> Target {
+        let path = std::env::var_os(PLUGIN_ENV).map(PathBuf::from);
         Target {
-            path: std::env::var_os(PLUGIN_ENV).map(PathBuf::from).unwrap_or(self.path),
+            registered: if path.is_some() { None } else { self.registered },
+            path: path.unwrap_or(self.path),
             config: std::env::var(CONFIG_ENV).unwrap_or(self.config),
         }
     }
 
-    /// Load the library (panics with the loader's message).
+    /// Load the library, or resolve the registered table (panics with the
+    /// loader's message).
     pub fn plugin(&self) -> Plugin {
-        Plugin::load(&self.path).unwrap_or_else(|e| panic!("{e}"))
+        match self.registered {
+            Some(table) => {
+                let p = crate::registry::register(table).unwrap_or_else(|e| panic!("{e}"));
+                let r = crate::registry::resolve(p.name()).unwrap_or_else(|e| panic!("{e}"));
+                assert!(r.is_static(), "the registry resolved {:?} to a file, not the registered table", p.name());
+                r
+            }
+            None => Plugin::load(&self.path).unwrap_or_else(|e| panic!("{e}")),
+        }
     }
 
     /// Load and open.
@@ -556,10 +583,13 @@ pub fn two_processes(t: &Target, child_test: &str) {
     let tr = t.open();
     let req = create(&tr, 8);
     let resp = create(&tr, 8);
+    let mut cmd = child::command(child_test, "echo");
+    if t.registered.is_none() {
+        // A registered table is the child's own (the same test binary).
+        cmd.env(PLUGIN_ENV, &t.path);
+    }
     let mut child = Child::start(
-        child::command(child_test, "echo")
-            .env(PLUGIN_ENV, &t.path)
-            .env(CONFIG_ENV, &t.config)
+        cmd.env(CONFIG_ENV, &t.config)
             .env(REQ_ENV, hex(&req.handle().unwrap()))
             .env(RESP_ENV, hex(&resp.handle().unwrap())),
     );
@@ -597,11 +627,10 @@ pub fn two_processes(t: &Target, child_test: &str) {
 
 /// In a child started by [`two_processes`], play its role and exit; in a
 /// normal test run, return at once.
-pub fn child_entry() {
+pub fn child_entry(t: &Target) {
     let Some(role) = child::role() else { return };
     assert_eq!(role, "echo");
     let var = child::arg;
-    let t = Target { path: PathBuf::from(var(PLUGIN_ENV)), config: var(CONFIG_ENV) };
     let tr = t.open();
     let req = tr.attach_channel(&unhex(&var(REQ_ENV))).unwrap();
     let resp = tr.attach_channel(&unhex(&var(RESP_ENV))).unwrap();
@@ -628,7 +657,7 @@ macro_rules! transport_conformance_tests {
         #[test]
         #[ignore = "entry point of child processes, run by conformance_two_processes"]
         fn conformance_child() {
-            $crate::conformance::child_entry();
+            $crate::conformance::child_entry(&conformance_target());
         }
         #[test]
         fn conformance_metadata() {

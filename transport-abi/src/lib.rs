@@ -7,6 +7,8 @@
 //! - [`loader`]: discovery ([`Discovery`]), loading and checking
 //!   ([`Plugin::load`]), and safe wrappers ([`Transport`], [`PluginChannel`],
 //!   [`PluginMessage`]).
+//! - [`registry`]: the transports of this program by name: linked in
+//!   ([`registry::register`]) or loaded ([`registry::resolve`]).
 //! - [`export`]: implement two traits, call [`export_transport!`](crate::export_transport)
 //!   and a Rust `cdylib` is a plugin.
 //! - `conformance` (feature `conformance`): the test suite every plugin
@@ -19,6 +21,7 @@ pub mod abi;
 pub mod conformance;
 pub mod export;
 pub mod loader;
+pub mod registry;
 
 pub use loader::{
     check_table, library_file_name, ChannelAttrs, Discovery, ErrorKind, LoadError, Plugin, PluginChannel, PluginError,

@@ -68,6 +68,8 @@ pub enum LoadError {
     BadTableName(PathBuf),
     /// The library is a different transport than the one asked for.
     NameMismatch { path: PathBuf, expected: String, found: String },
+    /// Another table is already registered under this name in this program.
+    Duplicate(String),
 }
 
 impl fmt::Display for LoadError {
@@ -125,6 +127,9 @@ impl fmt::Display for LoadError {
             }
             LoadError::NameMismatch { path, expected, found } => {
                 write!(f, "transport plugin {}: asked for {expected:?}, the library is {found:?}", path.display())
+            }
+            LoadError::Duplicate(name) => {
+                write!(f, "transport {name:?} is already registered in this program with another table")
             }
         }
     }
@@ -281,7 +286,8 @@ struct Library {
     capabilities: u64,
     // Last: dropped (unloaded) after everything above. Never dropped while a
     // Transport (hence a channel or message) exists: they hold Arc<Library>.
-    _lib: libloading::Library,
+    // None: a table linked into this program (see `Plugin::from_static`).
+    _lib: Option<libloading::Library>,
 }
 
 /// A loaded, checked transport plugin. Cheap to clone; the library stays
@@ -478,9 +484,34 @@ impl Plugin {
                 path,
                 version: info.version,
                 capabilities: info.capabilities,
-                _lib: lib,
+                _lib: Some(lib),
             }),
         })
+    }
+
+    /// A transport linked into this program, from its table (checked as a
+    /// loaded plugin's is): what [`crate::registry::register`] registers.
+    /// Its [`Plugin::path`] is empty.
+    pub fn from_static(table: &'static DragonTransportTable) -> Result<Plugin, LoadError> {
+        let path = PathBuf::new();
+        // SAFETY: a reference to a static table: aligned, readable, and its
+        // name and functions live as long as the program.
+        let (fns, info) = unsafe { checked(table, &path) }?;
+        Ok(Plugin {
+            lib: Arc::new(Library {
+                fns,
+                name: info.name,
+                path,
+                version: info.version,
+                capabilities: info.capabilities,
+                _lib: None,
+            }),
+        })
+    }
+
+    /// Whether it is linked into this program rather than loaded from a file.
+    pub fn is_static(&self) -> bool {
+        self.lib._lib.is_none()
     }
 
     /// Find the plugin `name` as [`Discovery::from_env`] says and load it.
@@ -492,7 +523,8 @@ impl Plugin {
     pub fn name(&self) -> &str {
         &self.lib.name
     }
-    /// The file it was loaded from.
+    /// The file it was loaded from (empty for a transport linked into this
+    /// program).
     pub fn path(&self) -> &Path {
         &self.lib.path
     }

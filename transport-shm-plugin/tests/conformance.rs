@@ -4,7 +4,4 @@
 
 use transport_abi::conformance::{built_library, Target};
 
-transport_abi::transport_conformance_tests!(Target {
-    path: built_library("dragon_transport_shm"),
-    config: String::new()
-});
+transport_abi::transport_conformance_tests!(Target::file(built_library("dragon_transport_shm"), ""));

@@ -71,6 +71,21 @@ fn parse_config(config: &str) -> Result<ShmTransport, Failure> {
     Ok(t)
 }
 
+/// The shm transport's function table, for programs that link this crate
+/// and register it in their transport registry
+/// (`transport_abi::registry::register`): the same table
+/// `libdragon_transport_shm.so` exports.
+pub fn table() -> &'static DragonTransportTable {
+    static TABLE: DragonTransportTable = transport_abi::export::table::<ShmTransport>();
+    &TABLE
+}
+
+/// The shm transport as this program's transport registry has it
+/// (registered on first call).
+pub fn registered() -> Result<transport_abi::Plugin, transport_abi::LoadError> {
+    transport_abi::registry::register(table())
+}
+
 impl ShmTransport {
     fn wrap(&self, ch: Channel) -> ShmChannel {
         if let Some(s) = self.spin {

@@ -16,4 +16,4 @@ fn config() -> String {
     format!("service={} node=1", c.service(0))
 }
 
-transport_abi::transport_conformance_tests!(Target { path: built_library("dragon_transport_tcp"), config: config() });
+transport_abi::transport_conformance_tests!(Target::file(built_library("dragon_transport_tcp"), &config()));

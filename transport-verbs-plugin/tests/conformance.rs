@@ -38,4 +38,4 @@ fn config() -> String {
     config.clone()
 }
 
-transport_abi::transport_conformance_tests!(Target { path: built_library("dragon_transport_verbs"), config: config() });
+transport_abi::transport_conformance_tests!(Target::file(built_library("dragon_transport_verbs"), &config()));

@@ -411,3 +411,5 @@ def template_name(run: str, node: int) -> str:
 
 def this_node() -> int:
     """This process's node index."""
+
+def transports() -> list[tuple[str, bool, str]]: ...
