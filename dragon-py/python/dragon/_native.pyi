@@ -19,7 +19,7 @@ __all__ = [
     "lent_after_fork_parent", "lent_after_fork", "lent_stats", "lent_sweep", "TAG_LENT", "LENT_MIN_LEN",
     "node_status", "node_service", "expand_hostlist", "parse_hostfile", "new_secret", "bootstrap_text",
     "service_name", "template_name", "this_node", "RemoteChannel", "remote_transport_open",
-    "RemoteSync", "remote_memory"
+    "RemoteSync", "remote_memory", "transports"
 ]
 
 def new_run_id() -> str:
