@@ -362,15 +362,20 @@ fn peers_killed_at_random_points_leave_the_channel_usable_and_leak_nothing() {
         }
         // What is known: the children that said they were attached before
         // they died. Those attachments, and perhaps some of children killed
-        // half-way through attaching, must be swept; nothing else.
+        // half-way through attaching, must be swept; nothing else. In the
+        // rounds whose consumers died first, our receives above may have
+        // swept them already (a waiting receive recovers dead peers by
+        // itself): then only the producers are sure to be left for us.
         let mut known = 0;
-        for c in producers.into_iter().chain(consumers) {
+        let early = round % 3 == 0;
+        for (i, c) in producers.into_iter().chain(consumers).enumerate() {
             let (status, lines) = output(c);
             assert!(
                 status.signal() == Some(libc::SIGKILL) || status.success(),
                 "{ctx}: child ended with {status}: {lines:?}"
             );
-            known += u32::from(lines.iter().any(|l| l == ATTACHED));
+            let is_consumer = i >= 2;
+            known += u32::from(lines.iter().any(|l| l == ATTACHED) && !(early && is_consumer));
         }
         let rep = recover_all(&ch);
         assert!(
@@ -388,7 +393,7 @@ fn peers_killed_at_random_points_leave_the_channel_usable_and_leak_nothing() {
         destroy_and_check_gone(ch);
     }
     eprintln!(
-        "random kills (seed {seed}): {attached} of 56 children reported attached, {swept} attachments swept, \
+        "random kills (seed {seed}): {attached} attachments known to be left for the final sweeps, {swept} swept, \
          {mid_op} slots/blocks recovered, {drained} messages drained, {segments} extension segments"
     );
     // Rounds 0, 3, 6, 9 and 12 received 40 messages (some of 70 KB, in
