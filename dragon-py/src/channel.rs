@@ -188,7 +188,7 @@ pub(crate) struct Channel {
 }
 
 impl Channel {
-    fn ch(&self) -> PyResult<channels_core::Channel> {
+    pub(crate) fn ch(&self) -> PyResult<channels_core::Channel> {
         self.att.get()
     }
 }
@@ -665,7 +665,10 @@ impl<F> MapInto for SendTimeoutError<F> {
 
 /// The interrupt hook plus an optional Python `check()` that may end the
 /// wait (returns true) without an exception.
-fn checked_hook<'a>(hook: &'a mut dyn FnMut() -> bool, check: Option<&'a Py<PyAny>>) -> impl FnMut() -> bool + 'a {
+pub(crate) fn checked_hook<'a>(
+    hook: &'a mut dyn FnMut() -> bool,
+    check: Option<&'a Py<PyAny>>,
+) -> impl FnMut() -> bool + 'a {
     move || {
         if !hook() {
             return false;
@@ -690,7 +693,7 @@ fn checked_hook<'a>(hook: &'a mut dyn FnMut() -> bool, check: Option<&'a Py<PyAn
 
 /// A wait ended by the hook: the pending exception (a signal handler's, or
 /// one `check` raised), or `None` if `check` ended it.
-fn interrupted<T>(py: Python<'_>, int: Interrupt) -> PyResult<Option<T>> {
+pub(crate) fn interrupted<T>(py: Python<'_>, int: Interrupt) -> PyResult<Option<T>> {
     if int.has_err() {
         Err(int.into_err())
     } else if let Some(e) = PyErr::take(py) {

@@ -20,6 +20,7 @@ use std::fmt::Display;
 use sync_objects::{BarrierError, CondError, ReleaseError, WaitError};
 use transport_abi::abi::{DRAGON_EBADMSG, DRAGON_EIDRM, DRAGON_EINVAL, DRAGON_EIO, DRAGON_ENOENT, DRAGON_EPIPE};
 use transport_abi::loader::{LoadError, PluginError};
+use transport_shm::memblock::MemoryBlockError;
 use transport_shm::segment::SegmentError;
 use transport_shm::SyncShmError;
 use transport_tcp::TcpError;
@@ -40,6 +41,22 @@ pyo3::import_exception!(dragon.data.ddict, DDictPersistError);
 pyo3::import_exception!(dragon.data.ddict, DDictPersistCorruptError);
 
 // ---- handles and shared-memory segments ---------------------------------------
+
+/// A memory block (a Pool's ledger) that cannot be attached or used:
+/// `InvalidHandleError` for a wrong or forged handle, `DestroyedError` for
+/// a block that is gone, `ValueError` for an access out of its bounds.
+pub(crate) fn memory_block_err(e: MemoryBlockError) -> PyErr {
+    match &e {
+        MemoryBlockError::Gone(_) => DestroyedError::new_err(e.to_string()),
+        MemoryBlockError::OutOfBounds { .. } => PyValueError::new_err(e.to_string()),
+        _ => InvalidHandleError::new_err(e.to_string()),
+    }
+}
+
+/// A Pool message or ledger that is not what it must be (`ValueError`).
+pub(crate) fn pool_err(e: impl Display) -> PyErr {
+    PyValueError::new_err(e.to_string())
+}
 
 /// Handle bytes that do not parse (or name another kind of object):
 /// `InvalidHandleError` (a `ValueError`), saying whose handle it was to be.

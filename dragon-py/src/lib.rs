@@ -8,6 +8,7 @@ mod errors;
 mod lent;
 mod memory;
 mod node;
+mod pool;
 mod remote;
 mod remote_ddict;
 mod remote_sync;
@@ -25,6 +26,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     memory::register(m)?;
     lent::register(m)?;
     node::register(m)?;
+    pool::register(m)?;
     remote::register(m)?;
     remote_sync::register(m)?;
     transports::register(m)?;

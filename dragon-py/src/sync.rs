@@ -205,7 +205,7 @@ shared_object!(Lock, ShmLock, |inner, owner| Lock { inner, owner, holder_tid: At
     /// Acquire; `False` if `block` is false and the lock is taken, or if the
     /// timeout elapsed.
     #[pyo3(signature = (block=true, timeout=None))]
-    fn acquire(&self, py: Python<'_>, block: bool, timeout: Option<f64>) -> PyResult<bool> {
+    pub(crate) fn acquire(&self, py: Python<'_>, block: bool, timeout: Option<f64>) -> PyResult<bool> {
         let inner = &self.inner;
         let got = acquire_blocking(
             py,
@@ -221,7 +221,7 @@ shared_object!(Lock, ShmLock, |inner, owner| Lock { inner, owner, holder_tid: At
     }
 
     /// Release (any process may release a lock).
-    fn release(&self) -> PyResult<()> {
+    pub(crate) fn release(&self) -> PyResult<()> {
         // Relaxed: as in `took`.
         self.holder_tid.store(0, Ordering::Relaxed);
         self.inner.release().map_err(release_err)

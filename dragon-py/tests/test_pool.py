@@ -353,8 +353,8 @@ def _busy_worker(p, result=None, timeout=10):
             if not want:
                 return None
         for w in p._pool:
-            seq = tasks._ledger[dragon.pool._REC + 2 * w._dragon_slot]
-            if seq != dragon.pool._IDLE and (want is None or seq == want[0]):
+            seq = tasks._led.recorded(w._dragon_slot)
+            if seq is not None and (want is None or seq == want[0]):
                 return w
         return None
 

@@ -18,7 +18,10 @@ __all__ = [
     "segment_unlink", "memory_handle", "memory_parse", "shm_dir", "lent_before_fork",
     "lent_after_fork_parent", "lent_after_fork", "lent_stats", "lent_sweep", "TAG_LENT", "LENT_MIN_LEN",
     "node_status", "node_service", "expand_hostlist", "parse_hostfile", "new_secret", "bootstrap_text",
-    "service_name", "template_name", "this_node", "RemoteChannel", "remote_transport_open",
+    "service_name", "template_name", "this_node", "PoolLedger", "pool_take", "pool_task_header",
+    "pool_decode_task", "pool_result_header", "pool_decode_result", "pool_lost", "pool_decode_lost",
+    "pool_failed_to_start", "POOL_IDLE", "POOL_MAX_START_FAILURES", "POOL_RESULT_HEADER",
+    "POOL_TASK_HEADER", "POOL_GAP_PID", "POOL_NOT_RUN_PID", "RemoteChannel", "remote_transport_open",
     "RemoteSync", "remote_memory", "transports"
 ]
 
@@ -413,3 +416,56 @@ def this_node() -> int:
     """This process's node index."""
 
 def transports() -> list[tuple[str, bool, str]]: ...
+
+# ---- Pool task distribution (the pool crate; dragon.pool) -------------------
+
+@final
+class PoolLedger:
+    """A Pool's ledger in a shared memory block (``2 + 2 * slots`` words)."""
+    def __new__(cls, handle: bytes, slots: int) -> Self: ...
+    def init(self, base: int = 0) -> None: ...
+    @property
+    def slots(self) -> int: ...
+    def sent(self) -> int: ...
+    def publish_sent(self, n: int) -> None: ...
+    def next(self) -> int: ...
+    def recorded(self, slot: int) -> int | None: ...
+    def started(self, slot: int) -> bool: ...
+    def started_count(self) -> int: ...
+    def mark_started(self, slot: int) -> None: ...
+    def finish(self, slot: int) -> None: ...
+    def reset_slot(self, slot: int) -> None: ...
+    def lost(self, slot: int, pid: int, exit_code: int) -> bytes | None: ...
+
+def pool_take(ledger: PoolLedger, ch: Channel, lock: Lock, report: Any, slot: int | None,
+              check: Any = None, timeout: float | None = None) -> tuple[Any, int, int, int, int, int] | None:
+    """Take the next task under ``lock``, record it in ``slot``:
+    ``(data, seq, job, index, kind, function length)``, or None."""
+
+def pool_task_header(seq: int, job: int, index: int, kind: int, function_length: int) -> bytes:
+    """A task header (``<cqqqBI``: b"T", seq, job, index, kind, length)."""
+
+def pool_decode_task(data: Any) -> tuple[int, int, int, int, int]:
+    """``(seq, job, index, kind, function length)`` of a task message."""
+
+def pool_result_header(seq: int, job: int, index: int) -> bytes:
+    """A result header (``<cqqq``: b"R", seq, job, index)."""
+
+def pool_decode_result(data: Any) -> tuple[int, int, int]:
+    """``(seq, job, index)`` of a result message."""
+
+def pool_lost(seq: int, count: int, pid: int, exit_code: int) -> bytes:
+    """A lost-task notice (``<cqqqq``: b"L", seq, count, pid, exit code)."""
+
+def pool_decode_lost(data: Any) -> tuple[int, int, int, int]:
+    """``(seq, count, pid, exit code)`` of a lost-task notice."""
+
+def pool_failed_to_start(exit_code: int) -> bool:
+    """Whether a worker that died before its loop failed by itself."""
+
+POOL_IDLE: int
+POOL_MAX_START_FAILURES: int
+POOL_RESULT_HEADER: int
+POOL_TASK_HEADER: int
+POOL_GAP_PID: int
+POOL_NOT_RUN_PID: int

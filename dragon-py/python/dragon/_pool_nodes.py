@@ -81,17 +81,9 @@ from . import _log, _native, _remote, _wire
 from ._block import SharedBlock
 from .errors import BrokenPoolError, DragonError, MessageTooLargeError, NodeLostError, WorkerLostError
 from .pool import (
-    _IDLE,
     _NOTHING,
-    _LOST,
-    _NEXT,
     _NOT_RUN,
-    _REC,
-    _RESULT,
-    _SENT,
-    _STARTED,
     _STOP,
-    _TASK,
     MAX_ATTACHMENTS,
     MAX_START_FAILURES,
     RESULT_CAPACITY,
@@ -100,8 +92,12 @@ from .pool import (
     _decode_result,
     _ended_how,
     _failed_to_start,
+    _ledger_size,
+    _lost_notice,
     _main_import_error,
+    _result_header,
     _Results,
+    _task_header,
     _Tasks,
     _worker,
 )
@@ -120,7 +116,6 @@ AGENT_START_TIMEOUT = 120.0
 
 # Messages besides the pool's own (dragon.pool):
 _LEN = struct.Struct("<I")
-_SEQ = struct.Struct("<q")
 # A batch: b"K" (owner -> agent) or b"B" (agent -> owner), then per message
 # its length (u32) and its bytes.
 _TASKS_BATCH, _RESULTS_BATCH = b"K", b"B"
@@ -486,7 +481,7 @@ class NodeTasks:
             part = self._reserve()
             seq = part.next_seq
             try:
-                data = _wire.dumps(payload, _TASK.pack(b"T", seq, job, i, kind, len(fb)) + fb)
+                data = _wire.dumps(payload, _task_header(seq, job, i, kind, len(fb)) + fb)
             except BaseException:
                 self._credit(part)
                 raise
@@ -509,7 +504,7 @@ class NodeTasks:
         if part.local:
             _wire.send_blocking(part.tasks._ch, data, -2)
             # After the message is in the ring (see dragon.pool._Tasks._send).
-            part.tasks._ledger[_SENT] = seq + 1
+            part.tasks._led.publish_sent(seq + 1)
         else:
             part.enqueue(data)
 
@@ -602,7 +597,7 @@ class NodeTasks:
                     self.pending[seq] = None
                     stops.append((p, seq))
         for p, seq in stops:
-            self._deliver(p, seq, _TASK.pack(b"T", seq, -1, -1, _STOP, 0))
+            self._deliver(p, seq, _task_header(seq, -1, -1, _STOP, 0))
 
     # -- another node's link (one thread per node) ----------------------------------
     def _send_loop(self, p):
@@ -705,17 +700,16 @@ class NodeTasks:
                 if w.exitcode != 0 and not self._done:
                     _log.logger.warning("pool worker process %s on %s %s", w.pid, p.label, _ended_how(w.exitcode))
                 if p.local:
-                    led = p.tasks._ledger
-                    seq = led[_REC + 2 * slot]
-                    if seq != _IDLE:
-                        self.results._report_lost(seq, 1, w.pid, w.exitcode)
-                    if led[_STARTED + 2 * slot]:
+                    led = p.tasks._led
+                    notice = led.lost(slot, w.pid, w.exitcode)
+                    if notice is not None:
+                        self.results._send_notice(notice)
+                    if led.started(slot):
                         p.start_failures = 0
                     elif _failed_to_start(w.exitcode):
                         p.start_failures += 1
                         p.last_failure = w.exitcode
-                    led[_REC + 2 * slot] = _IDLE
-                    led[_STARTED + 2 * slot] = 0
+                    led.reset_slot(slot)
                     p.free.append(slot)
                 else:
                     # Its agent reads its slot, after forwarding what it sent.
@@ -741,8 +735,8 @@ class NodeTasks:
 
     def _started_alive(self, p, pool):
         if p.local:
-            led = p.tasks._ledger
-            return any(led[_STARTED + 2 * w._dragon_slot] for w in pool if w._dragon_part is p)
+            led = p.tasks._led
+            return any(led.started(w._dragon_slot) for w in pool if w._dragon_part is p)
         return p.alive_started > 0
 
     def _lose(self, p, pool):
@@ -895,7 +889,7 @@ class NodeResults(_Results):
                 return _NOTHING
 
     def _lost(self, data):
-        _, seq, count, pid, code = _LOST.unpack_from(data)
+        seq, count, pid, code = _native.pool_decode_lost(data)
         pending, parts = self._pending, self._tasks.parts
         for s in range(seq + count - 1, seq - 1, -1):
             task = pending.pop(s, None)
@@ -934,11 +928,9 @@ def _agent(lifeline, results, index, slots, base, capacity):
     owner = results._ch  # the owner's result channel, through the node services
     ring = _native.Channel.create(capacity, SLOT_SIZE, 0, MAX_ATTACHMENTS)
     lock = _native.Lock()
-    block = SharedBlock(8 * (_REC + 2 * slots))
-    led = block.create_memoryview().cast("q")
-    for k in range(slots):
-        led[_REC + 2 * k] = _IDLE
-    led[_NEXT] = led[_SENT] = base
+    block = SharedBlock(_ledger_size(slots))
+    led = _native.PoolLedger(block.handle, slots)
+    led.init(base)
     inbox = _native.Channel.create(INBOX_CAPACITY, SLOT_SIZE, 0, 16)
     local = _native.Channel.create(RESULT_CAPACITY, SLOT_SIZE, 0, MAX_ATTACHMENTS)
     try:
@@ -996,28 +988,26 @@ def _agent_loop(lifeline, owner, ring, led, inbox, local, index, slots):
                 _, slot, pid, code = _REAP.unpack(item)
                 # Everything the dead worker sent goes first.
                 _forward(local, owner, True)
-                seq = led[_REC + 2 * slot]
-                started = led[_STARTED + 2 * slot]
-                led[_REC + 2 * slot] = _IDLE
-                led[_STARTED + 2 * slot] = 0
-                alive = sum(1 for k in range(slots) if led[_STARTED + 2 * k])
+                notice = led.lost(slot, pid, code)
+                started = int(led.started(slot))
+                led.reset_slot(slot)
+                alive = led.started_count()
                 out = [_FREED.pack(b"F", index, slot, started, alive)]
-                if seq != _IDLE:
-                    out.insert(0, _LOST.pack(b"L", seq, 1, pid, code))
+                if notice is not None:
+                    out.insert(0, notice)
                 _wire.send_in_order(owner, _pack(_RESULTS_BATCH, out), -2)
 
 
 def _put_task(ring, led, local, item):
-    seq = _SEQ.unpack_from(item, 1)[0]
+    seq, job, i, _, _ = _native.pool_decode_task(item)
     try:
         _wire.send_blocking(ring, item, -2)
     except MessageTooLargeError as e:
         # Larger than this node's shared memory: the task fails, the pool
         # goes on (its number is a gap that the next taker reports, and
         # the owner ignores: the task has its answer).
-        _, seq, job, i, _, _ = _TASK.unpack_from(item)
-        _wire.send_blocking(local, _wire.dumps((False, e), _RESULT.pack(b"R", seq, job, i)), -2)
+        _wire.send_blocking(local, _wire.dumps((False, e), _result_header(seq, job, i)), -2)
         return
     # After the message is in the ring (see dragon.pool._Tasks._send).
-    led[_SENT] = seq + 1
+    led.publish_sent(seq + 1)
 

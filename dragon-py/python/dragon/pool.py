@@ -49,15 +49,21 @@ worker died at:
   instructions in between) dies holding the lock. The next taker sees that
   the task it receives is not the expected one (or, with nothing left to
   take, that fewer tasks were recorded than sent) and reports the gap.
+
+The ledger, the take, lost-task detection and the message headers are the
+Rust ``pool`` crate's (``_native.PoolLedger``, ``_native.pool_take``, the
+``_native.pool_*`` codecs; a loom model checks the ledger); this module
+keeps what is Python's: the standard ``Pool`` subclass, pickling, the
+handler threads and callbacks.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import pickle
 import queue
 import signal
-import struct
 import threading
 import time
 
@@ -102,23 +108,25 @@ MAX_ATTACHMENTS = 1023
 #: and so are the owner and, briefly, replaced workers being swept).
 MAX_WORKERS = 1000
 
-# The ledger: int64 words in a shared block.
-_NEXT = 0  # sequence number of the next task to be taken
-_SENT = 1  # tasks the parent has sent (every task below it is in the ring or taken)
-_REC = 2  # + 2 * slot: the task the worker in that slot runs, or _IDLE
-_STARTED = 3  # + 2 * slot: 1 once the worker in that slot runs the worker loop
-_IDLE = -1
+# The ledger (``_native.PoolLedger``): int64 words in a shared block,
+# ``2 + 2 * slots`` of them: the next task to be taken, the tasks sent, and
+# per slot the task its worker runs (or idle) and whether it started.
+def _ledger_size(slots):
+    """Bytes of the ledger of ``slots`` workers."""
+    return 8 * (2 + 2 * slots)
+
+
 #: Workers that die before running the worker loop (their arguments could
 #: not be unpickled, say), in a row, none started, that break the pool.
-MAX_START_FAILURES = 3
+MAX_START_FAILURES = _native.POOL_MAX_START_FAILURES
 
 
 def _decode_result(data):
     """``(seq, job, index, result)`` of a result message; a result that
     cannot be unpickled here becomes the task's failure."""
-    _, seq, job, i = _RESULT.unpack_from(data)
+    seq, job, i = _native.pool_decode_result(data)
     try:
-        obj = pickle.loads(memoryview(data)[_RESULT.size:])
+        obj = pickle.loads(memoryview(data)[_RESULT_HEADER:])
     except Exception as e:
         obj = (False, MaybeEncodingError(e, "<the task's result: it could not be unpickled here>"))
     return seq, job, i, obj
@@ -129,16 +137,20 @@ def _failed_to_start(exitcode):
     by itself (an error, a crash) rather than being killed from outside
     (SIGKILL, SIGTERM, SIGINT: an operator, the OOM killer), which says
     nothing about the next worker."""
-    if exitcode is None or exitcode == 0:
+    if exitcode is None:
         return False
-    return exitcode > 0 or -exitcode not in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)
+    return _native.pool_failed_to_start(exitcode)
 
-# Messages. Task: header, pickled function, pickled payload.
-_TASK = struct.Struct("<cqqqBI")  # b"T", seq, job, index, kind, len(function bytes)
-# Result: header, then the pickled (ok, value).
-_RESULT = struct.Struct("<cqqq")  # b"R", seq, job, index
-# Lost tasks: seq .. seq+count-1 died with a worker (pid -1: not known).
-_LOST = struct.Struct("<cqqqq")  # b"L", seq, count, pid, exit code
+# Messages (the pool crate's formats, byte for byte those of the struct
+# formats in brackets). Task: header (b"T", seq, job, index, kind,
+# len(function bytes): "<cqqqBI"), pickled function, pickled payload.
+_task_header = _native.pool_task_header
+# Result: header (b"R", seq, job, index: "<cqqq"), then the pickled (ok, value).
+_result_header = _native.pool_result_header
+_RESULT_HEADER = _native.POOL_RESULT_HEADER
+# Lost tasks: seq .. seq+count-1 died with a worker (pid -1: not known):
+# b"L", seq, count, pid, exit code ("<cqqqq").
+_lost_notice = _native.pool_lost
 # End of results (the standard handlers' None).
 _END = b"N"
 
@@ -146,7 +158,7 @@ _END = b"N"
 _CALL, _CALL_KW, _MAP, _STARMAP, _STOP = range(5)
 
 # "pid" of a lost-task message for tasks failed because the pool is broken.
-_NOT_RUN = -2
+_NOT_RUN = _native.POOL_NOT_RUN_PID
 
 # Returned by the result getter for a message that concerns no live job:
 # the standard result handler looks the job up, finds nothing, moves on.
@@ -200,12 +212,9 @@ class _Tasks:
             capacity = max(TASK_CAPACITY, 2 * slots + 8)
         self._ch = _native.Channel.create(capacity, SLOT_SIZE, 0, MAX_ATTACHMENTS)
         self._lock = _native.Lock()
-        self._block = SharedBlock(8 * (_REC + 2 * slots))
+        self._block = SharedBlock(_ledger_size(slots))
         self._map()
-        for k in range(slots):
-            self._ledger[_REC + 2 * k] = _IDLE
-        if base:
-            self._ledger[_NEXT] = self._ledger[_SENT] = base
+        self._led.init(base)
         # Parent only.
         self._pending = {}  # seq -> (job, index), or None for a stop message
         self._sent = base
@@ -220,7 +229,7 @@ class _Tasks:
         self._done = False
 
     def _map(self):
-        self._ledger = self._block.create_memoryview().cast("q")
+        self._led = _native.PoolLedger(self._block.handle, self._slots)
 
     def __getstate__(self):
         _wire.keep_alive(self._ch)
@@ -235,22 +244,21 @@ class _Tasks:
     # -- parent ---------------------------------------------------------------
     def _take_slot(self):
         slot = self._free.pop(0)
-        self._ledger[_REC + 2 * slot] = _IDLE
-        self._ledger[_STARTED + 2 * slot] = 0
+        self._led.reset_slot(slot)
         return slot
 
     def _free_slot(self, slot):
-        self._ledger[_REC + 2 * slot] = _IDLE
+        self._led.finish(slot)
         self._free.append(slot)
 
     def put(self, task):
         """Send a task (the standard pool's ``(job, i, func, args, kwds)``) or
         a stop message (``None``). Called by the task handler thread only."""
         if task is None:
-            self._send(None, _TASK.pack(b"T", self._sent, -1, -1, _STOP, 0))
+            self._send(None, _task_header(self._sent, -1, -1, _STOP, 0))
             return
         job, i, kind, fb, payload = self._split(task)
-        head = _TASK.pack(b"T", self._sent, job, i, kind, len(fb)) + fb
+        head = _task_header(self._sent, job, i, kind, len(fb)) + fb
         self._send((job, i), _wire.dumps(payload, head))
 
     def _split(self, task):
@@ -287,7 +295,7 @@ class _Tasks:
         self._sent = seq + 1
         # After the message is in the ring: a taker that reads this count
         # and then finds the ring empty knows every task below it was taken.
-        self._ledger[_SENT] = seq + 1
+        self._led.publish_sent(seq + 1)
 
     def _drain(self):
         """Take one message without recording it (terminate only)."""
@@ -340,7 +348,10 @@ class _Results:
         _wire.send_blocking(self._ch, _END, -2)
 
     def _report_lost(self, seq, count, pid, exitcode):
-        _wire.send_blocking(self._ch, _LOST.pack(b"L", seq, count, pid, exitcode), -2)
+        self._send_notice(_lost_notice(seq, count, pid, exitcode))
+
+    def _send_notice(self, notice):
+        _wire.send_blocking(self._ch, notice, -2)
 
     def get(self):
         """The next ``(job, index, (ok, value))`` for the standard result
@@ -359,7 +370,7 @@ class _Results:
         if kind == _END:
             return None
         if kind == b"L":
-            _, seq, count, pid, code = _LOST.unpack_from(data)
+            seq, count, pid, code = _native.pool_decode_lost(data)
             pending = self._pending
             for s in range(seq + count - 1, seq - 1, -1):
                 task = pending.pop(s, None)
@@ -547,7 +558,7 @@ class Pool(_mp_pool.Pool):
         lost. Returns whether any worker was removed."""
         cleaned = False
         with inqueue._mutex:
-            led = inqueue._ledger
+            led = inqueue._led
             for i in reversed(range(len(pool))):
                 w = pool[i]
                 if w.exitcode is None:
@@ -558,10 +569,10 @@ class Pool(_mp_pool.Pool):
                 if w.exitcode != 0 and not inqueue._done:
                     _log.logger.warning("pool worker process %s %s", w.pid, _ended_how(w.exitcode))
                 if slot is not None:
-                    seq = led[_REC + 2 * slot]
-                    if seq != _IDLE:
-                        outqueue._report_lost(seq, 1, w.pid, w.exitcode)
-                    if led[_STARTED + 2 * slot]:
+                    notice = led.lost(slot, w.pid, w.exitcode)
+                    if notice is not None:
+                        outqueue._send_notice(notice)
+                    if led.started(slot):
                         inqueue._start_failures = 0
                     elif _failed_to_start(w.exitcode):
                         inqueue._start_failures += 1
@@ -579,9 +590,9 @@ class Pool(_mp_pool.Pool):
             return
         if not Pool._reap_workers(pool, inqueue, outqueue):
             return
-        led = inqueue._ledger
+        led = inqueue._led
         if (inqueue._start_failures >= MAX_START_FAILURES
-                and not any(led[_STARTED + 2 * w._dragon_slot] for w in pool)):
+                and not any(led.started(w._dragon_slot) for w in pool)):
             # Workers die before they can run anything (their stderr says
             # why): instead of restarting them forever while the caller
             # waits, fail every task.
@@ -633,44 +644,18 @@ class Pool(_mp_pool.Pool):
 # The worker
 # ---------------------------------------------------------------------------
 
-_SEQ = struct.Struct("<q")
-
-
 def _report_gap(rch, first, count):
     """Tasks ``first .. first+count-1`` were taken by a worker that died
     before recording them."""
-    _wire.send_blocking(rch, _LOST.pack(b"L", first, count, -1, 0), -2)
+    _wire.send_blocking(rch, _lost_notice(first, count, -1, 0), -2)
 
 
-def _take(ch, lock, ledger, rch, rec, check=None, timeout=None):
-    """Take the next task message under the lock and record its number in
-    ledger word ``rec`` (if not None). Returns the message, or None when
-    ``check()`` said to stop or the timeout elapsed."""
-    lock.acquire()
-    try:
-        sent = ledger[_SENT]  # before looking at the ring
-        msg = ch.recv(False)
-        if msg is None:
-            nxt = ledger[_NEXT]
-            if sent > nxt:
-                # Sent, gone from the ring, never recorded: taken by a
-                # worker that died holding the lock.
-                _report_gap(rch, nxt, sent - nxt)
-                ledger[_NEXT] = sent
-            msg = ch.recv(True, timeout, check)
-            if msg is None:
-                return None
-        data = msg[1]
-        seq = _SEQ.unpack_from(data, 1)[0]
-        nxt = ledger[_NEXT]
-        if seq > nxt:
-            _report_gap(rch, nxt, seq - nxt)
-        if rec is not None:
-            ledger[rec] = seq
-        ledger[_NEXT] = seq + 1
-        return data
-    finally:
-        lock.release()
+# Take the next task under the pool's lock and record it in a ledger slot:
+# ``_take(ledger, ch, lock, report, slot, check=None, timeout=None)``
+# returns ``(data, seq, job, index, kind, function length)``, or None when
+# ``check()`` said to stop or the timeout elapsed; ``report(first, count)``
+# reports tasks taken by a worker that died before recording them.
+_take = _native.pool_take
 
 
 def _main_import_error(ctx):
@@ -689,15 +674,16 @@ def _main_import_error(ctx):
 def _fail_tasks(tasks, results):
     """Thread of a broken pool (no worker can start): take every task as a
     worker would and fail it."""
-    ch, lock, ledger, rch = tasks._ch, tasks._lock, tasks._ledger, results._ch
+    ch, lock, led = tasks._ch, tasks._lock, tasks._led
+    report = functools.partial(_report_gap, results._ch)
     while not tasks._done:
         try:
-            data = _take(ch, lock, ledger, rch, None, None, 0.2)
+            taken = _take(led, ch, lock, report, None, None, 0.2)
         except Exception:
             return
-        if data is None:
+        if taken is None:
             continue
-        _, seq, job, i, kind, flen = _TASK.unpack_from(data)
+        seq, kind = taken[1], taken[4]
         if kind != _STOP:
             results._report_lost(seq, 1, _NOT_RUN, 0)
 
@@ -757,27 +743,29 @@ def _worker(tasks, results, initializer=None, initargs=(), maxtasks=None, wrap_e
             init_failed = ExceptionWithTraceback(err, e.__traceback__) if wrap_exception else err
             maxtasks = 1
 
-    ch, lock, ledger, rch = tasks._ch, tasks._lock, tasks._ledger, results._ch
-    rec = _REC + 2 * slot
+    ch, lock, led, rch = tasks._ch, tasks._lock, tasks._led, results._ch
     # Started (an initializer that kills the process counts as a failed start).
-    ledger[_STARTED + 2 * slot] = 1
+    led.mark_started(slot)
     if started is not None:
         _wire.send_blocking(rch, started, -2)
     loads = pickle.loads
     dumps = _wire.dumps
-    unpack = _TASK.unpack_from
-    hsize = _TASK.size
+    take = _take
+    report = functools.partial(_report_gap, rch)
+    result_header = _result_header
+    finish = led.finish
+    hsize = _native.POOL_TASK_HEADER
     funcs = {}
     completed = 0
     try:
         while maxtasks is None or completed < maxtasks:
-            data = _take(ch, lock, ledger, rch, rec, check)
-            if data is None:
+            taken = take(led, ch, lock, report, slot, check)
+            if taken is None:
                 util.debug("pool worker: the pool's owner is gone -- exiting")
                 break
-            _, seq, job, i, kind, flen = unpack(data)
+            data, seq, job, i, kind, flen = taken
             if kind == _STOP:
-                ledger[rec] = _IDLE
+                finish(slot)
                 util.debug("worker got sentinel -- exiting")
                 break
 
@@ -808,7 +796,7 @@ def _worker(tasks, results, initializer=None, initargs=(), maxtasks=None, wrap_e
                 if wrap_exception and func is not _helper_reraises_exception:
                     e = ExceptionWithTraceback(e, e.__traceback__)
                 result = (False, e)
-            head = _RESULT.pack(b"R", seq, job, i)
+            head = result_header(seq, job, i)
             try:
                 out = dumps(result, head)
             except Exception as e:
@@ -820,8 +808,8 @@ def _worker(tasks, results, initializer=None, initargs=(), maxtasks=None, wrap_e
             except MessageTooLargeError as e:
                 _wire.send_blocking(rch, dumps((False, MaybeEncodingError(e, "<result of %d bytes>" % len(out))), head),
                                     -2)
-            ledger[rec] = _IDLE
-            data = msg = out = result = func = payload = fb = None
+            finish(slot)
+            data = taken = out = result = func = payload = fb = None
             completed += 1
     except (EOFError, OSError, DragonError) as e:
         util.debug("pool worker: %r -- exiting" % (e,))
