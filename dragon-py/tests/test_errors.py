@@ -152,6 +152,50 @@ def test_a_failing_barrier_action_raises_its_own_exception():
     assert barrier.broken
 
 
+# ---- the Pool's ledger and messages (pool crate) ----------------------------------------
+
+
+def test_a_bad_pool_ledger_handle_is_invalid_handle_error():
+    with pytest.raises(errors.InvalidHandleError, match="bad memory block handle"):
+        _native.PoolLedger(b"garbage", 1)
+    lock = _native.Lock()
+    try:
+        with pytest.raises(errors.InvalidHandleError, match="bad memory block handle"):
+            _native.PoolLedger(lock.handle, 1)
+    finally:
+        lock._destroy()
+
+
+def test_a_destroyed_pool_ledger_is_destroyed_error():
+    from dragon._block import SharedBlock
+
+    block = SharedBlock(64)
+    handle = block.handle
+    _native.segment_unlink(block.name)
+    with pytest.raises(errors.DestroyedError, match="destroyed"):
+        _native.PoolLedger(handle, 1)
+
+
+def test_pool_ledger_misuse_and_malformed_pool_messages_are_value_error():
+    from dragon._block import SharedBlock
+
+    block = SharedBlock(8 * 4)
+    try:
+        with pytest.raises(ValueError, match="needs 6 words, the memory holds 4"):
+            _native.PoolLedger(block.handle, 2)
+        led = _native.PoolLedger(block.handle, 1)
+        with pytest.raises(ValueError, match="slot 1 of 1"):
+            led.recorded(1)
+    finally:
+        _native.segment_unlink(block.name)
+    with pytest.raises(ValueError, match="a task needs 30 bytes, got 3"):
+        _native.pool_decode_task(b"T12")
+    with pytest.raises(ValueError, match="expected a lost-task notice"):
+        _native.pool_decode_lost(_native.pool_result_header(1, 2, 3) + bytes(8))
+    with pytest.raises(ValueError, match="unknown task kind 9"):
+        _native.pool_task_header(0, 0, 0, 9, 0)
+
+
 # ---- DDict and the node runtime ---------------------------------------------------
 
 

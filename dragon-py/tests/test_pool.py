@@ -597,3 +597,57 @@ def test_process_pool_executor_initializer_and_cancel(ctx):
         ex.shutdown(wait=True, cancel_futures=True)
         assert any(f.cancelled() for f in slow)
         assert all(f.result() == i * i for i, f in enumerate(slow) if not f.cancelled())
+
+
+def test_pool_messages_are_the_struct_formats_byte_for_byte():
+    """The pool crate's message headers are those the struct formats of
+    the Python pool used ("<cqqqBI", "<cqqq", "<cqqqq"), both ways."""
+    import struct
+
+    from dragon import _native
+
+    assert _native.pool_task_header(5, -1, 7, 2, 300) == struct.pack("<cqqqBI", b"T", 5, -1, 7, 2, 300)
+    assert _native.pool_result_header(1 << 48, 3, 4) == struct.pack("<cqqq", b"R", 1 << 48, 3, 4)
+    assert _native.pool_lost(9, 2, -1, -9) == struct.pack("<cqqqq", b"L", 9, 2, -1, -9)
+    task = struct.pack("<cqqqBI", b"T", 5, 6, 7, 4, 1) + b"f"
+    assert _native.pool_decode_task(memoryview(task)) == (5, 6, 7, 4, 1)
+    assert _native.pool_decode_result(struct.pack("<cqqq", b"R", 1, 2, 3) + b"pickle") == (1, 2, 3)
+    assert _native.pool_decode_lost(struct.pack("<cqqqq", b"L", 9, 2, 123, 7)) == (9, 2, 123, 7)
+    assert _native.POOL_TASK_HEADER == struct.calcsize("<cqqqBI")
+    assert _native.POOL_RESULT_HEADER == struct.calcsize("<cqqq")
+
+
+def test_pool_take_records_and_reports_gaps_in_the_shared_ledger():
+    """_native.pool_take as a worker uses it, one process: a task taken
+    and never recorded (by a taker that died) is reported as a gap by the
+    next take, before the task it returns, and at an empty ring."""
+    import struct
+
+    from dragon import _native
+    from dragon._block import SharedBlock
+
+    ch = _native.Channel.create(8, 256)
+    lock = _native.Lock()
+    block = SharedBlock(8 * 4)
+    try:
+        led = _native.PoolLedger(block.handle, 1)
+        led.init(0)
+        view = block.create_memoryview().cast("q")  # the same words, as Python sees them
+        for seq in range(4):
+            ch.send(struct.pack("<cqqqBI", b"T", seq, 0, seq, 0, 0), -2)
+            led.publish_sent(seq + 1)
+        gaps = []
+        got = _native.pool_take(led, ch, lock, lambda first, count: gaps.append((first, count)), 0)
+        assert got[1:] == (0, 0, 0, 0, 0) and led.recorded(0) == 0 and view[2] == 0
+        assert ch.recv(False) is not None  # task 1: taken by a taker that dies
+        got = _native.pool_take(led, ch, lock, lambda first, count: gaps.append((first, count)), 0)
+        assert got[1] == 2 and gaps == [(1, 1)] and view[0] == 3  # NEXT
+        assert ch.recv(False) is not None  # task 3, the same
+        assert _native.pool_take(led, ch, lock, lambda f, c: gaps.append((f, c)), None, None, 0) is None
+        assert gaps == [(1, 1), (3, 1)] and led.next() == 4 and not lock._is_zero()
+        led.finish(0)
+        assert led.lost(0, 1, -9) is None and view[2] == -1
+    finally:
+        ch.destroy()
+        lock._destroy()
+        _native.segment_unlink(block.name)
