@@ -355,7 +355,7 @@ impl Channel {
             Some(TAG_RAW | TAG_CONTROL | TAG_BYTES | TAG_LENT | TAG_PICKLE) => Some(TAG_RAW),
             _ => None,
         };
-        if let Some(p) = lend(data, prefix)? {
+        if let Some(p) = lend(data, prefix, true)? {
             return send_lent(py, &ch, p, t);
         }
         // First attempt with the GIL held, copying straight from the
@@ -574,8 +574,10 @@ fn adopt_pid(reg: &mut (u32, HashMap<Key, Weak<Att>>)) {
 
 /// A large message that can travel as a block of the run's block store
 /// (`lent.rs`): an exact `bytes` object, a pickle, or raw bytes, of at
-/// least `lent::MIN_LEN` bytes, in one contiguous buffer.
-fn lend(data: &Bound<'_, PyAny>, prefix: i32) -> PyResult<Option<lent::Prepared>> {
+/// least `lent::MIN_LEN` bytes, in one contiguous buffer. `forward`: a
+/// `bytes` object that is a view of a block this process owns passes that
+/// block on (else its bytes are put in a new block).
+pub(crate) fn lend(data: &Bound<'_, PyAny>, prefix: i32, forward: bool) -> PyResult<Option<lent::Prepared>> {
     let kind = match prefix {
         p if p == i32::from(TAG_BYTES) => TAG_BYTES,
         -1 => TAG_PICKLE,
@@ -587,7 +589,7 @@ fn lend(data: &Bound<'_, PyAny>, prefix: i32) -> PyResult<Option<lent::Prepared>
         if kind == TAG_PICKLE && bytes.first() != Some(&TAG_PICKLE) {
             return Ok(None);
         }
-        return Ok(lent::prepare(bytes, Some(b.as_ptr() as usize), kind));
+        return Ok(lent::prepare(bytes, forward.then_some(b.as_ptr() as usize), kind));
     }
     // Other buffers (send_bytes of a bytearray or memoryview): only those
     // with at least MIN_LEN items, so that small ones skip the buffer

@@ -528,6 +528,17 @@ pub(crate) fn prepare(data: &[u8], obj: Option<usize>, kind: u8) -> Option<Prepa
 }
 
 impl Prepared {
+    /// After [`Prepared::commit`], for a message that did not go out: take
+    /// the block back and give it to the store (true), unless its receiver
+    /// has it already (false: it is the receiver's to free). Not for a
+    /// forward.
+    pub(crate) fn recall(&self) -> bool {
+        debug_assert!(self.forwarded.is_none(), "a forwarded block is not recalled");
+        let (att, m) = (self.store.attachment(), self.blk.gen.wrapping_add(1));
+        let lent = self.store.lent(self.blk);
+        lent.unsend(att, m) && lent.release(att, m)
+    }
+
     /// Hand the block to the message (called as the message is written,
     /// without the GIL).
     pub(crate) fn commit(&self) {

@@ -118,6 +118,49 @@ fn message(py: Python<'_>, data: &Bound<'_, PyAny>, prefix: i32) -> PyResult<Vec
     Ok(msg)
 }
 
+/// What a send to another node carries: the message's bytes, or (for a
+/// large one) a block of this node's store that a block message names, and
+/// that this node's service sends on from the block (`SEND_BLOCK` of the
+/// TCP plugin): the bytes do not pass through this process's connection
+/// to its service.
+enum Outgoing {
+    Copy(Vec<u8>),
+    /// Committed: the block is the message's until `finish`.
+    Block(crate::lent::Prepared),
+}
+
+impl Outgoing {
+    fn new(py: Python<'_>, data: &Bound<'_, PyAny>, prefix: i32) -> PyResult<Outgoing> {
+        // A new block even for a view of a block this process owns: the
+        // service sends the block on and frees it, which a view still in
+        // use here must not see.
+        if let Some(p) = crate::channel::lend(data, prefix, false)? {
+            p.commit();
+            return Ok(Outgoing::Block(p));
+        }
+        Ok(Outgoing::Copy(message(py, data, prefix)?))
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Outgoing::Copy(v) => v,
+            Outgoing::Block(p) => &p.desc,
+        }
+    }
+
+    /// After the send: if it did not go out, the block comes back to the
+    /// store, unless the service took it already (it frees it then).
+    fn finish(self, sent: bool) {
+        if let Outgoing::Block(p) = self {
+            if sent {
+                p.done(true);
+            } else {
+                p.recall();
+            }
+        }
+    }
+}
+
 /// Run `op` (which waits at most the slice it is given) until it does not
 /// time out, in slices so that Ctrl-C ends the wait.
 fn in_slices(py: Python<'_>, op: impl Fn(Duration) -> Result<(), PluginError> + Sync) -> PyResult<()> {
@@ -161,8 +204,9 @@ impl RemoteChannel {
         self.segment.clone()
     }
 
-    /// Send `data`, as `Channel.send` does (a copy: large `bytes` are not
-    /// lent across nodes). Returns 1 if sent, 0 if the channel stayed full.
+    /// Send `data`, as `Channel.send` does (a large message goes through a
+    /// block of this node's store: see `Outgoing`). Returns 1 if sent, 0 if
+    /// the channel stayed full.
     #[pyo3(signature = (data, prefix=-1, block=true, timeout=None))]
     fn send(
         &self,
@@ -173,26 +217,37 @@ impl RemoteChannel {
         timeout: Option<f64>,
     ) -> PyResult<u8> {
         let t = block_timeout(block, timeout)?;
-        let msg = message(py, data, prefix)?;
         let deadline = t.map(|d| Instant::now() + d);
+        let mut out = Outgoing::new(py, data, prefix)?;
         loop {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let slice = left.map_or(SLICE, |l| l.min(SLICE));
             let (r, int) = detached(py, |hook| {
-                let r = self.ch.send(&msg, Some(slice));
+                let r = self.ch.send(out.bytes(), Some(slice));
                 (r, hook())
             });
             let (r, go_on) = r;
             match r {
-                Ok(()) => return Ok(SENT),
+                Ok(()) => {
+                    out.finish(true);
+                    return Ok(SENT);
+                }
                 Err(e) if matches!(e.code(), DRAGON_ETIMEDOUT | DRAGON_EAGAIN) => {}
-                Err(e) => return Err(plugin_err(&e)),
+                Err(e) => {
+                    out.finish(false);
+                    return Err(plugin_err(&e));
+                }
             }
-            if !go_on {
-                return Err(int.into_err());
+            let over = left.is_some_and(|l| l.is_zero()) || deadline.is_some_and(|d| Instant::now() >= d);
+            if !go_on || over {
+                out.finish(false);
+                return if go_on { Ok(NOT_SENT) } else { Err(int.into_err()) };
             }
-            if left.is_some_and(|l| l.is_zero()) || deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(NOT_SENT);
+            if let Outgoing::Block(_) = out {
+                // The service took the block with the attempt (and freed
+                // it when the channel stayed full): a new one for the next.
+                out.finish(false);
+                out = Outgoing::new(py, data, prefix)?;
             }
         }
     }
@@ -206,13 +261,16 @@ impl RemoteChannel {
     /// `data` is then not sent either); `flush` waits for them all.
     #[pyo3(signature = (data, prefix, timeout=0.0))]
     fn send_deferred(&self, py: Python<'_>, data: &Bound<'_, PyAny>, prefix: i32, timeout: f64) -> PyResult<bool> {
-        let msg = message(py, data, prefix)?;
         let wait = self::timeout(Some(timeout))?.unwrap_or(Duration::ZERO).min(SLICE);
+        let out = Outgoing::new(py, data, prefix)?;
         let (r, int) = detached(py, |hook| {
-            let r = self.ch.send_deferred(&msg, Some(wait));
+            let r = self.ch.send_deferred(out.bytes(), Some(wait));
             (r, hook())
         });
         let (r, go_on) = r;
+        // On its way (a later failure is reported by a later call): the
+        // block is the message's.
+        out.finish(r.is_ok());
         match r {
             Ok(()) => Ok(true),
             Err(e) if matches!(e.code(), DRAGON_ETIMEDOUT | DRAGON_EAGAIN) && go_on => Ok(false),

@@ -221,6 +221,9 @@ struct Service {
     links: HashMap<u32, Token>,
     /// Frames for nodes whose link is being made.
     queued: HashMap<u32, Vec<(u8, u64, Bytes)>>,
+    /// Block stores of this node that local processes' SEND_BLOCK requests
+    /// name (their blocks are sent on from there).
+    stores: transport_shm::blocks::Stores,
     /// Nodes lost, and why.
     lost: HashMap<u32, String>,
     pending: HashMap<u64, Pending>,
@@ -416,6 +419,7 @@ impl Service {
             next_token: FIRST_CONN,
             links: HashMap::new(),
             queued: HashMap::new(),
+            stores: transport_shm::blocks::Stores::default(),
             lost: HashMap::new(),
             pending: HashMap::new(),
             next_req: 1,
@@ -884,16 +888,45 @@ impl Service {
 
     /// Send a reply on connection `t` (a received block's bytes in place).
     fn send_reply(&mut self, t: Token, r: Reply) {
-        if r.tail.is_empty() {
-            return self.send_on(t, r.kind, r.id, r.payload);
+        self.send_parts(t, r.kind, r.id, r.payload, r.tail);
+    }
+
+    /// Send a frame whose payload is `head` then `tail` on connection `t`:
+    /// `tail` (a block's bytes) is never copied here, and over RDMA the
+    /// peer reads it from the block.
+    fn send_parts(&mut self, t: Token, kind: u8, id: u64, head: Bytes, tail: Bytes) {
+        if tail.is_empty() {
+            return self.send_on(t, kind, id, head);
         }
-        if let Some(sent) = self.fabric.send_parts(t, r.kind, r.id, &r.payload, &r.tail) {
+        if let Some(sent) = self.fabric.send_parts(t, kind, id, &head, &tail) {
             return sent.unwrap_or_else(|why| self.drop_conn(t, &why));
         }
         if let Some(c) = self.conns.get_mut(&t) {
-            c.link.send(r.kind, r.id, &r.payload, r.tail);
+            c.link.send(kind, id, &head, tail);
             self.flush(t);
         }
+    }
+
+    /// [`Service::send_to_node`] of a payload made of `head` then `tail`.
+    fn send_to_node_parts(&mut self, node: u32, kind: u8, id: u64, head: Bytes, tail: Bytes) {
+        match self.links.get(&node) {
+            Some(&t) if !tail.is_empty() && !self.lost.contains_key(&node) => self.send_parts(t, kind, id, head, tail),
+            _ if tail.is_empty() => self.send_to_node(node, kind, id, head),
+            // Not linked yet (queued until it is) or lost: as one payload.
+            _ => self.send_to_node(node, kind, id, [head, tail].concat().into()),
+        }
+    }
+
+    /// A SEND_BLOCK request's payload (`attachment, timeout, block
+    /// message`) as the SEND it stands for: its head, and the block's bytes
+    /// (the tag byte first, in the head), which hold the block until sent.
+    /// `None`: the message names no block (sent as it is).
+    fn block_of(&mut self, payload: &Bytes) -> Result<Option<(Bytes, Bytes)>, String> {
+        let Some(msg) = payload.get(16..) else { return Err("short request".into()) };
+        let Some((tag, view)) = self.stores.view(msg)? else { return Ok(None) };
+        let mut head = payload[..16].to_vec();
+        head.extend(tag);
+        Ok(Some((head.into(), Bytes::from_owner(view))))
     }
 
     fn send_on(&mut self, t: Token, kind: u8, id: u64, payload: Bytes) {
@@ -1219,7 +1252,10 @@ impl Service {
             return;
         }
         if node == self.me {
-            return self.local_here(t, f.kind, f.id, payload);
+            // A block of this node's store for a channel of this node: the
+            // block message goes in the channel as it is.
+            let kind = if f.kind == chp::SEND_BLOCK { chp::SEND } else { f.kind };
+            return self.local_here(t, kind, f.id, payload);
         }
         if node as usize >= self.boot.hosts.len() {
             let msg = format!("there is no node {node} in this run ({} nodes)", self.boot.hosts.len());
@@ -1234,7 +1270,7 @@ impl Service {
         // Only what this connection holds may be used through it.
         if let Some(Conn { role: Role::Local(l), .. }) = self.conns.get(&t) {
             let owned = match f.kind {
-                chp::SEND | chp::RECV | chp::POLL | chp::LEN | chp::DETACH | chp::DESTROY => {
+                chp::SEND | chp::SEND_BLOCK | chp::RECV | chp::POLL | chp::LEN | chp::DETACH | chp::DESTROY => {
                     u64_at(&payload).is_some_and(|a| l.atts.contains(&(node, a)))
                 }
                 proto::SIGNAL | proto::RELEASE => u64_at(&payload).is_some_and(|a| l.launches.contains(&(node, a))),
@@ -1256,13 +1292,24 @@ impl Service {
                 Err(r) => return self.send_on(t, r.kind, f.id, r.payload),
             }
         }
+        // A block of this node's store goes on as its bytes, from the block.
+        let mut tail = Bytes::new();
+        let mut kind = f.kind;
+        if kind == chp::SEND_BLOCK {
+            kind = chp::SEND;
+            match self.block_of(&payload) {
+                Ok(Some((head, body))) => (payload, tail) = (head, body),
+                Ok(None) => {}
+                Err(why) => return self.send_reply(t, Reply::error(f.id, DRAGON_EBADMSG, &why)),
+            }
+        }
         let rid = self.next_req;
         self.next_req += 1;
-        self.pending.insert(rid, Pending { from: Some((t, f.id)), kind: f.kind, node, target, tethers });
+        self.pending.insert(rid, Pending { from: Some((t, f.id)), kind, node, target, tethers });
         if let Some(Conn { role: Role::Local(l), .. }) = self.conns.get_mut(&t) {
             l.waiting.insert(rid);
         }
-        self.send_to_node(node, f.kind, rid, payload);
+        self.send_to_node_parts(node, kind, rid, payload, tail);
     }
 
     /// A local process's request for this node itself.

@@ -155,6 +155,76 @@ fn blocks_of_the_store_cross_a_tcp_link_whole() {
     assert!(!report(&c, 0).contains("\"carried\":{\"1\""), "an RDMA link where TCP was forced");
 }
 
+/// Sends that name a block of the sender's node's store (SEND_BLOCK):
+/// node 1's service sends the block's bytes on to node 0 (over RDMA read
+/// in place), and keeps a block message for its own node as it is.
+#[test]
+fn blocks_sent_from_a_node_go_on_as_their_bytes() {
+    watchdog();
+    for mode in [Mode::Auto, Mode::Tcp] {
+        let net = test_support::unique_name("fs");
+        let c = LocalCluster::start_with(2, Duration::from_secs(5), |_| opts(mode, sim(&net))).unwrap();
+        let on1 = ServiceClient::connect(&c.service(1)).unwrap();
+        let name = test_support::unique_name("blk");
+        let store = Store::open(&name).unwrap();
+        let data = pattern(2 << 20);
+        let block_message = || {
+            let blk = store.take(data.len()).unwrap();
+            store.write(blk, &data).unwrap();
+            let m = store.lent(blk).send(store.attachment(), blk.gen).unwrap();
+            BlockMessage::encode(0x42, &name, BlockId { gen: m, ..blk }, data.len())
+        };
+        for node in [0u32, 1] {
+            let mut p = 64u64.to_le_bytes().to_vec();
+            p.extend_from_slice(&0u64.to_le_bytes());
+            p.extend_from_slice(&0u64.to_le_bytes());
+            let r = on1.call(node, proto::CREATE, &p).unwrap();
+            let (att, _) = proto::take_u64(&r).unwrap();
+            let wait = proto::timeout_ns(Some(WAIT));
+            for _ in 0..3 {
+                on1.call(node, proto::SEND_BLOCK, &proto::op_payload(att, wait, &block_message())).unwrap();
+                let flags = [proto::RECV_BLOCKS];
+                let got = on1.call(node, proto::RECV, &proto::op_payload(att, wait, &flags)).unwrap();
+                assert_eq!(got.len(), data.len() + 1, "{mode:?} to node {node}");
+                assert!(
+                    got[0] == 0x42 && got[1..] == data[..],
+                    "{mode:?}: the block's bytes came damaged to node {node}"
+                );
+                assert!(test_support::eventually(WAIT, || store.blocks_in_use() == 0), "a block was not given back");
+            }
+            // The same block message twice: for another node the second
+            // names a block already sent on, refused with a clear error (and
+            // nothing sent); its own node keeps both as they are, and the
+            // second is refused when received.
+            let once = block_message();
+            on1.call(node, proto::SEND_BLOCK, &proto::op_payload(att, wait, &once)).unwrap();
+            let again = on1.call(node, proto::SEND_BLOCK, &proto::op_payload(att, wait, &once));
+            let flags = [proto::RECV_BLOCKS];
+            let got = on1.call(node, proto::RECV, &proto::op_payload(att, wait, &flags)).unwrap();
+            assert!(got[1..] == data[..]);
+            if node == 0 {
+                let e = again.unwrap_err().to_string();
+                assert!(e.contains("does not hold"), "{e}");
+            } else {
+                again.unwrap();
+                let e = on1.call(node, proto::RECV, &proto::op_payload(att, wait, &flags)).unwrap_err().to_string();
+                assert!(e.contains("does not hold"), "{e}");
+            }
+            assert!(test_support::eventually(WAIT, || store.blocks_in_use() == 0));
+            on1.call(node, proto::DESTROY, &att.to_le_bytes()).unwrap();
+        }
+        if mode == Mode::Auto {
+            let to0 = carried(&report(&c, 1), 0);
+            assert!(to0[4] >= 4, "node 1 to 0: sent inline, written, large, received, in place: {to0:?}");
+        }
+        drop(store);
+        for i in 0..64 {
+            let _ = transport_shm::segment::unlink(&format!("{name}{i}"));
+        }
+        let _ = transport_shm::segment::unlink(&name);
+    }
+}
+
 /// Three messages naming blocks of a store, sent to a channel of node 0
 /// and received from node 1: whole, and every block given back.
 fn blocks_across(c: &LocalCluster) {

@@ -499,6 +499,16 @@ mod tests {
         let a = Store::open(&name).unwrap();
         let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let mut stores = Stores::default();
+        // A payload of exactly a class size (2 MiB) lies in the block's
+        // extra page: it was once refused as "a block it does not hold".
+        let exact: Vec<u8> = (0..(2u32 << 20)).map(|i| (i % 253) as u8).collect();
+        let blk = a.take(exact.len()).unwrap();
+        a.write(blk, &exact).unwrap();
+        let m = a.lent(blk).send(a.attachment(), blk.gen).unwrap();
+        let msg = BlockMessage::encode(0x42, &name, BlockId { gen: m, ..blk }, exact.len());
+        let (_, view) = stores.view(&msg).unwrap().unwrap();
+        assert!(view.as_ref() == &exact[..]);
+        drop(view);
         for (kind, tag) in [(0x80u8, None), (0x42, Some(0x42))] {
             let blk = a.take(data.len()).unwrap();
             a.write(blk, &data).unwrap();
@@ -773,17 +783,15 @@ impl Stores {
         let m = BlockMessage::parse(rest).ok_or("malformed block message")?;
         let store = self.get(m.store)?;
         let att = store.attachment();
-        let cap = store.capacity(m.block).map_err(|e| format!("bad block message: {e}"))?;
-        if m.len >= cap || !store.lent(m.block).receive(att, m.block.gen) {
+        // The payload and its trailing byte fit the block's span (its class
+        // size plus a page).
+        let (ptr, span) = store.block(m.block).map_err(|e| format!("bad block message: {e}"))?;
+        if m.len >= span {
+            return Err(format!("bad block message: {} bytes in a block of {span}", m.len));
+        }
+        if !store.lent(m.block).receive(att, m.block.gen) {
             return Err("a message names a block it does not hold (stale, forged or already received)".into());
         }
-        let ptr = match store.block(m.block) {
-            Ok((p, _)) => p,
-            Err(e) => {
-                store.lent(m.block).release(att, m.block.gen);
-                return Err(format!("bad block message: {e}"));
-            }
-        };
         let tag = (m.kind != 0x80).then_some(m.kind);
         Ok(Some((tag, BlockView { store, block: m.block, ptr, len: m.len })))
     }

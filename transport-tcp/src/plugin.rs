@@ -12,8 +12,11 @@
 //! - `blocks=1`: messages follow the block-message convention of
 //!   `transport_shm::blocks` (what `dragon-py` sends): a received message
 //!   that names a block of the channel's node arrives as a copy of the
-//!   block. Without it (the default) every message is delivered as the
-//!   bytes that were sent, whatever its first byte.
+//!   block, and a message sent that names a block of this node's store
+//!   goes as the block's bytes, sent on by this node's service from the
+//!   block itself ([`proto::SEND_BLOCK`]). Without it (the default) every
+//!   message is delivered as the bytes that were sent, whatever its first
+//!   byte.
 //!
 //! Attaching reads the node from the channel's handle. Dropping an
 //! attachment tells the channel's node to let go of it.
@@ -28,6 +31,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 use transport_abi::abi::*;
 use transport_abi::export::{ChannelImpl, Failure, Timeout, TransportImpl};
+use transport_shm::blocks::{BlockMessage, TAG_BLOCK};
 
 /// The TCP transport instance.
 #[derive(Debug)]
@@ -210,6 +214,17 @@ impl TcpChannel {
         self.deferred.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The request kind for sending `data`, and the bytes it carries (a
+    /// block message stands for the block's payload).
+    fn send_kind(&self, data: &[u8]) -> (u8, usize) {
+        if self.blocks && data.first() == Some(&TAG_BLOCK) {
+            if let Some(m) = BlockMessage::parse(&data[1..]) {
+                return (proto::SEND_BLOCK, m.len);
+            }
+        }
+        (proto::SEND, data.len())
+    }
+
     fn send_head(&self, timeout: Timeout) -> Vec<u8> {
         [&self.node.to_le_bytes()[..], &proto::op_payload(self.att, proto::timeout_ns(timeout), &[])].concat()
     }
@@ -234,23 +249,26 @@ impl ChannelImpl for TcpChannel {
     fn send(&self, data: &[u8], timeout: Timeout) -> Result<(), Failure> {
         // The channel's node serves one attachment's sends in the order they
         // come, so this one goes after every deferred one.
-        self.client.call_raw(proto::SEND, &self.send_head(timeout), data).map(|_| ()).map_err(failure)
+        let (kind, _) = self.send_kind(data);
+        self.client.call_raw(kind, &self.send_head(timeout), data).map(|_| ()).map_err(failure)
     }
 
     fn send_deferred(&self, data: &[u8], timeout: Timeout) -> Result<(), Failure> {
         let deadline = timeout.map(|t| Instant::now() + t);
+        // A block counts for its bytes: they are held until sent on.
+        let (kind, len) = self.send_kind(data);
         let mut d = self.deferred();
         d.reap();
         d.report()?;
-        while d.inflight.len() >= DEFERRED_MAX || (d.bytes > 0 && d.bytes + data.len() > DEFERRED_MAX_BYTES) {
+        while d.inflight.len() >= DEFERRED_MAX || (d.bytes > 0 && d.bytes + len > DEFERRED_MAX_BYTES) {
             if !d.wait_oldest(deadline) {
                 return Err(out_of_time(timeout));
             }
             d.report()?;
         }
-        let t = self.client.submit(proto::SEND, &self.send_head(None), data).map_err(failure)?;
-        d.inflight.push_back((t, data.len()));
-        d.bytes += data.len();
+        let t = self.client.submit(kind, &self.send_head(None), data).map_err(failure)?;
+        d.inflight.push_back((t, len));
+        d.bytes += len;
         Ok(())
     }
 

@@ -38,6 +38,13 @@ pub const RECV: u8 = 3;
 /// RECV flag: deliver a block message (`transport_shm::blocks`) as a copy
 /// of the block it names.
 pub const RECV_BLOCKS: u8 = 1;
+/// Send a message that names a block of the sender's node's store (a
+/// block message of `transport_shm::blocks`): that node's service sends
+/// the block's bytes on (an ordinary SEND, made from the block without a
+/// copy), so that the bytes never pass through the process's connection.
+/// For a channel of the sender's own node it is a SEND of the block
+/// message itself.
+pub const SEND_BLOCK: u8 = 0x0A;
 /// Messages waiting.
 pub const LEN: u8 = 4;
 /// Let go of an attachment.
