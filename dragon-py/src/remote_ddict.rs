@@ -25,9 +25,37 @@ pub(crate) fn call(
     op: u8,
     args: &[&[u8]],
 ) -> PyResult<Vec<Vec<u8>>> {
-    let p = ops::encode(op, pin, desc, args);
     let c = service()?;
-    let (r, int) = detached(py, |hook| c.call_with(node, runtime::proto::DDICT, &p, CHECK_EVERY, hook));
+    // A large last argument (a value) goes in a block of this node's store:
+    // this node's service sends its bytes on from there (BLOCK_TAIL), so
+    // they do not pass through this process's connection to it. Tag kind
+    // 0x80: the block's bytes are the value, without a tag byte.
+    let block = match args.split_last() {
+        Some((last, _)) if last.len() >= crate::lent::MIN_LEN => crate::lent::prepare(last, None, 0x80),
+        _ => None,
+    };
+    let (r, int) = match &block {
+        Some(b) => {
+            let (last, rest) = args.split_last().expect("checked");
+            let mut p = vec![runtime::proto::DDICT];
+            p.extend_from_slice(&(b.desc.len() as u32).to_le_bytes());
+            p.extend_from_slice(&node.to_le_bytes());
+            p.extend_from_slice(&ops::encode_but_last(op, pin, desc, rest, last.len()));
+            p.extend_from_slice(&b.desc);
+            b.commit();
+            let kind = runtime::proto::BLOCK_TAIL;
+            detached(py, |hook| c.call_raw_with(node, kind, &p, CHECK_EVERY, hook))
+        }
+        None => {
+            let p = ops::encode(op, pin, desc, args);
+            detached(py, |hook| c.call_with(node, runtime::proto::DDICT, &p, CHECK_EVERY, hook))
+        }
+    };
+    if let Some(b) = block {
+        // Not taken by the service (the request never reached it): back
+        // to the store. Taken, it is the service's to free.
+        b.recall();
+    }
     let answer = r.map_err(|e| ddict_remote_err(e, int, node))?;
     let bad = || DDictError::new_err("malformed answer from a DDict's node");
     let (&status, rest) = answer.split_first().ok_or_else(bad)?;

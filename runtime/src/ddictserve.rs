@@ -160,6 +160,23 @@ pub fn encode(op: u8, pin: Option<usize>, descriptor: &str, args: &[&[u8]]) -> V
     p
 }
 
+/// [`encode`] of a request whose last argument, of `last_len` bytes, the
+/// caller appends (a block message standing for it: `proto::BLOCK_TAIL`).
+pub fn encode_but_last(op: u8, pin: Option<usize>, descriptor: &str, args: &[&[u8]], last_len: usize) -> Vec<u8> {
+    let mut p = Vec::with_capacity(64 + descriptor.len() + args.iter().map(|a| a.len() + 4).sum::<usize>());
+    p.put_u8(op);
+    p.put_i64_le(pin.map_or(-1, |p| p as i64));
+    p.put_u16_le(descriptor.len() as u16);
+    p.put_slice(descriptor.as_bytes());
+    p.put_u32_le(args.len() as u32 + 1);
+    for a in args {
+        p.put_u32_le(a.len() as u32);
+        p.put_slice(a);
+    }
+    p.put_u32_le(last_len as u32);
+    p
+}
+
 /// A decoded request.
 #[derive(Debug)]
 struct Request<'a> {

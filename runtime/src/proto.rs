@@ -70,6 +70,13 @@ pub const SYNC: u8 = 0x40;
 /// An operation on a DDict of the serving node (`ddictserve.rs` has the
 /// payload).
 pub const DDICT: u8 = 0x41;
+/// A local process's request whose payload ends with a block message of
+/// this node's store (`transport_shm::blocks`, tag kind 0x80: no tag
+/// byte): `[request kind u8][block message length u32][node u32][payload]`.
+/// The service handles or carries request `kind` with the block's bytes in
+/// place of the block message (a DDict value sent from a block instead of
+/// through the process's connection).
+pub const BLOCK_TAIL: u8 = 0x42;
 /// What this node uses to reach each peer, as JSON.
 pub const TRANSPORTS: u8 = 0x31;
 /// The run's processes on a node, as JSON (for `dragon top`).

@@ -917,6 +917,23 @@ impl Service {
         }
     }
 
+    /// A BLOCK_TAIL request: the request it carries (kind, payload up to
+    /// the block message) and the block's bytes.
+    fn untail(&mut self, f: &Frame) -> Result<(u8, Bytes, Bytes), String> {
+        let p = &f.payload;
+        let (Some(&kind), Some(len)) = (p.first(), p.get(1..5)) else { return Err("short request".into()) };
+        let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+        if kind == proto::BLOCK_TAIL || p.len() < 5 + len {
+            return Err("malformed request with a block".into());
+        }
+        let end = p.len() - len;
+        match self.stores.view(&p[end..])? {
+            Some((None, view)) => Ok((kind, p.slice(5..end), Bytes::from_owner(view))),
+            Some((Some(_), _)) => Err("a request's block must be untagged (kind 0x80)".into()),
+            None => Err("a request with a block that is not a block message".into()),
+        }
+    }
+
     /// A SEND_BLOCK request's payload (`attachment, timeout, block
     /// message`) as the SEND it stands for: its head, and the block's bytes
     /// (the tag byte first, in the head), which hold the block until sent.
@@ -1177,6 +1194,23 @@ impl Service {
     }
 
     fn local_frame(&mut self, t: Token, f: Frame) {
+        // A request with a block's bytes for its end: the request itself,
+        // and the block's bytes to send after it (copied in only when the
+        // request is handled here).
+        let (f, mut tail) = match f.kind {
+            proto::BLOCK_TAIL => match self.untail(&f) {
+                Ok((kind, payload, tail)) => (Frame { kind, id: f.id, payload }, tail),
+                Err(why) => return self.send_reply(t, Reply::error(f.id, DRAGON_EBADMSG, &why)),
+            },
+            _ => (f, Bytes::new()),
+        };
+        let relayed = f.kind == proto::DDICT && u32_at(&f.payload).is_some_and(|(n, _)| n != self.me);
+        let f = if tail.is_empty() || relayed {
+            f
+        } else {
+            let payload = [f.payload, std::mem::take(&mut tail)].concat().into();
+            Frame { kind: f.kind, id: f.id, payload }
+        };
         if f.kind == proto::TRANSPORTS {
             return self.send_on(t, chp::OK, f.id, self.fabric.report().into());
         }
@@ -1293,7 +1327,6 @@ impl Service {
             }
         }
         // A block of this node's store goes on as its bytes, from the block.
-        let mut tail = Bytes::new();
         let mut kind = f.kind;
         if kind == chp::SEND_BLOCK {
             kind = chp::SEND;

@@ -127,6 +127,20 @@ impl ServiceClient {
         self.call_inner(kind, &head, payload, Some((node, every, keep_waiting)))
     }
 
+    /// [`ServiceClient::call_with`] of a request whose payload carries the
+    /// node itself (not as its first bytes: `runtime`'s BLOCK_TAIL);
+    /// `node` is where a cancellation goes.
+    pub fn call_raw_with(
+        &self,
+        node: u32,
+        kind: u8,
+        payload: &[u8],
+        every: std::time::Duration,
+        keep_waiting: &mut dyn FnMut() -> bool,
+    ) -> Result<Bytes, TcpError> {
+        self.call_inner(kind, &[], payload, Some((node, every, keep_waiting)))
+    }
+
     /// A request without the node prefix (the service's own requests).
     pub fn call_raw(&self, kind: u8, head: &[u8], payload: &[u8]) -> Result<Bytes, TcpError> {
         self.call_inner(kind, head, payload, None)
