@@ -1134,3 +1134,53 @@ def test_dragon_top_shows_every_node_and_a_lost_one(cluster):
             proc.communicate()
     assert proc.returncode == 0, (out, err)
     _assert_clean(cluster)
+
+
+def test_large_sends_and_ddict_values_go_through_the_block_store_not_the_connection(cluster):
+    # A process's bytes written (wchar counts every write, to sockets too):
+    # ten 1 MiB queue puts and ten 1 MiB DDict values for another node's
+    # shard leave as block messages; the node service sends the blocks'
+    # bytes on. Everything arrives whole.
+    script = _script(cluster, "blockpath.py", ON_NODE + """
+        import os
+        from dragon.data.ddict import DDict
+
+        def written():
+            for line in open("/proc/self/io"):
+                if line.startswith("wchar"):
+                    return int(line.split()[1])
+
+        def sender(d, q, out):
+            v = os.urandom(1 << 20)
+            keys = [k for k in range(400) if d.which_manager(k) == 0][:10]
+            d[keys[0]] = v
+            q.put(v)
+            out.get(timeout=120)
+            w0 = written()
+            for k in keys:
+                d[k] = v
+            for _ in range(10):
+                q.put(v)
+            w = written() - w0
+            out.put((len(keys), w, all(d[k] == v for k in keys), v))
+
+        if __name__ == "__main__":
+            d = DDict(1, 2, 64 << 20)
+            q, out = mp.Queue(), mp.Queue()
+            p = on(1, sender, d, q, out)
+            first = q.get(timeout=120)
+            out.put("go")
+            got = [q.get(timeout=120) for _ in range(10)]
+            n, w, same, v = out.get(timeout=120)
+            print("keys", n, "whole", same, all(g == v for g in got), first == v)
+            print("written under 1 MiB", w < (1 << 20), w)
+            p.join(60)
+            d.destroy()
+            print("exit", p.exitcode)
+        """)
+    r = _run(cluster, script)
+    _ok(r)
+    assert "keys 10 whole True True True" in r.stdout, r.stdout
+    assert "written under 1 MiB True" in r.stdout, r.stdout
+    assert "exit 0" in r.stdout, r.stdout
+    _assert_clean(cluster)
