@@ -1,4 +1,5 @@
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 //! Task distribution: a pool of workers pulling tasks from a shared
 //! channel, results back, worker loss detected.
 //!

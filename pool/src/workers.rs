@@ -392,8 +392,10 @@ impl Pool {
 
     fn stop(&mut self, kill: bool) {
         let s = &self.shared;
+        // Relaxed: a flag of this process; what it guards is ordered by the
+        // mutexes and the thread joins below.
         if s.closing.swap(true, Ordering::Relaxed) {
-            return; // Relaxed: a flag of this process, read by its threads
+            return;
         }
         if kill {
             // Relaxed: as above.
