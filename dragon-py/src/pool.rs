@@ -2,7 +2,8 @@
 //! the ledger (`PoolLedger`, over the `SharedBlock` the pool made), the take
 //! (`pool_take`: the robust lock, SENT read before the ring, gaps reported,
 //! the task recorded, all in one call), lost-task detection for an exited
-//! worker's slot (`PoolLedger.lost`), and the message headers
+//! worker's slot (`PoolLedger.lost`), start-failure counting
+//! (`PoolStartFailures`), and the message headers
 //! (`pool_task_header`, `pool_result_header`, `pool_lost`, and their
 //! decoders). Python keeps what is Python's: the standard `Pool` subclass,
 //! pickling, the handler threads, callbacks.
@@ -11,7 +12,7 @@ use crate::channel::{checked_hook, interrupted, received, Channel};
 use crate::errors::{handle_err, memory_block_err, pool_err, recv_err, try_recv_err};
 use crate::sync::Lock;
 use channels_core::{RecvTimeoutError, TryRecvError};
-use pool::ledger::{self, Gap, Ledger, Taker};
+use pool::ledger::{self, Gap, Ledger, StartFailures, Taker};
 use pool::message::{self, Kind, Lost, ResultHeader, TaskHeader};
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
@@ -118,6 +119,45 @@ impl PoolLedger {
         exit_code: i64,
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         Ok(self.led.lost(self.slot(slot)?, pid, exit_code).map(|n| PyBytes::new(py, &n.encode())))
+    }
+}
+
+/// Workers that died before they started, in a row: when they break the
+/// pool (`pool::StartFailures`).
+#[pyclass(module = "dragon._native")]
+pub(crate) struct PoolStartFailures {
+    f: StartFailures,
+}
+
+#[pymethods]
+impl PoolStartFailures {
+    #[new]
+    fn new() -> Self {
+        PoolStartFailures { f: StartFailures::new() }
+    }
+
+    /// A worker exited: whether it had started, and its exit code (or
+    /// minus its signal).
+    fn worker_exited(&mut self, started: bool, exit_code: i64) {
+        self.f.worker_exited(started, exit_code);
+    }
+
+    /// Whether the pool is broken: enough failures in a row and no live
+    /// worker that started.
+    fn broken(&self, any_started: bool) -> bool {
+        self.f.broken(any_started)
+    }
+
+    /// Failures in a row.
+    #[getter]
+    fn in_a_row(&self) -> u32 {
+        self.f.in_a_row()
+    }
+
+    /// The exit code of the last failure, or `None`.
+    #[getter]
+    fn last(&self) -> Option<i64> {
+        self.f.last()
     }
 }
 
@@ -297,6 +337,7 @@ fn pool_failed_to_start(exit_code: i64) -> bool {
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PoolLedger>()?;
+    m.add_class::<PoolStartFailures>()?;
     m.add_function(wrap_pyfunction!(pool_take, m)?)?;
     m.add_function(wrap_pyfunction!(pool_task_header, m)?)?;
     m.add_function(wrap_pyfunction!(pool_decode_task, m)?)?;

@@ -18,7 +18,7 @@ __all__ = [
     "segment_unlink", "memory_handle", "memory_parse", "shm_dir", "lent_before_fork",
     "lent_after_fork_parent", "lent_after_fork", "lent_stats", "lent_sweep", "TAG_LENT", "LENT_MIN_LEN",
     "node_status", "node_service", "expand_hostlist", "parse_hostfile", "new_secret", "bootstrap_text",
-    "service_name", "template_name", "this_node", "PoolLedger", "pool_take", "pool_task_header",
+    "service_name", "template_name", "this_node", "PoolLedger", "PoolStartFailures", "pool_take", "pool_task_header",
     "pool_decode_task", "pool_result_header", "pool_decode_result", "pool_lost", "pool_decode_lost",
     "pool_failed_to_start", "POOL_IDLE", "POOL_MAX_START_FAILURES", "POOL_RESULT_HEADER",
     "POOL_TASK_HEADER", "POOL_GAP_PID", "POOL_NOT_RUN_PID", "RemoteChannel", "remote_transport_open",
@@ -436,6 +436,17 @@ class PoolLedger:
     def finish(self, slot: int) -> None: ...
     def reset_slot(self, slot: int) -> None: ...
     def lost(self, slot: int, pid: int, exit_code: int) -> bytes | None: ...
+
+@final
+class PoolStartFailures:
+    """Workers that died before they started, in a row."""
+    def __new__(cls) -> Self: ...
+    def worker_exited(self, started: bool, exit_code: int) -> None: ...
+    def broken(self, any_started: bool) -> bool: ...
+    @property
+    def in_a_row(self) -> int: ...
+    @property
+    def last(self) -> int | None: ...
 
 def pool_take(ledger: PoolLedger, ch: Channel, lock: Lock, report: Any, slot: int | None,
               check: Any = None, timeout: float | None = None) -> tuple[Any, int, int, int, int, int] | None:

@@ -223,8 +223,7 @@ class _Tasks:
         self._fbytes = b""
         self._free = list(range(slots))
         self._mutex = threading.Lock()  # the worker list and slots
-        self._start_failures = 0  # workers in a row that died before starting
-        self._last_failure = None
+        self._failures = _native.PoolStartFailures()  # workers in a row that died before starting
         self._broken = None  # the thread failing every task, once the pool is broken
         self._done = False
 
@@ -572,11 +571,7 @@ class Pool(_mp_pool.Pool):
                     notice = led.lost(slot, w.pid, w.exitcode)
                     if notice is not None:
                         outqueue._send_notice(notice)
-                    if led.started(slot):
-                        inqueue._start_failures = 0
-                    elif _failed_to_start(w.exitcode):
-                        inqueue._start_failures += 1
-                        inqueue._last_failure = w.exitcode
+                    inqueue._failures.worker_exited(led.started(slot), w.exitcode)
                     inqueue._free_slot(slot)
                 del pool[i]
                 cleaned = True
@@ -590,16 +585,15 @@ class Pool(_mp_pool.Pool):
             return
         if not Pool._reap_workers(pool, inqueue, outqueue):
             return
-        led = inqueue._led
-        if (inqueue._start_failures >= MAX_START_FAILURES
-                and not any(led.started(w._dragon_slot) for w in pool)):
+        led, failures = inqueue._led, inqueue._failures
+        if failures.broken(any(led.started(w._dragon_slot) for w in pool)):
             # Workers die before they can run anything (their stderr says
             # why): instead of restarting them forever while the caller
             # waits, fail every task.
             if inqueue._broken is None:
                 reason = ("the pool's worker processes die before they start (%d in a row, the last %s; "
                           "their stderr says why): the task was not run"
-                          % (inqueue._start_failures, _ended_how(inqueue._last_failure)))
+                          % (failures.in_a_row, _ended_how(failures.last)))
                 main_error = _main_import_error(ctx)
                 if main_error:
                     reason += ". Each of them failed importing the main module: %s" % main_error
