@@ -477,16 +477,12 @@ impl Plugin {
         // SAFETY: the ABI says the table is NULL or a static table whose
         // size field says how much of it there is, with a static name.
         let (fns, info) = unsafe { checked(table, &path) }?;
-        Ok(Plugin {
-            lib: Arc::new(Library {
-                fns,
-                name: info.name,
-                path,
-                version: info.version,
-                capabilities: info.capabilities,
-                _lib: Some(lib),
-            }),
-        })
+        Ok(Plugin::new(fns, info, path, Some(lib)))
+    }
+
+    fn new(fns: Fns, info: TableInfo, path: PathBuf, lib: Option<libloading::Library>) -> Plugin {
+        let TableInfo { name, version, capabilities } = info;
+        Plugin { lib: Arc::new(Library { fns, name, path, version, capabilities, _lib: lib }) }
     }
 
     /// A transport linked into this program, from its table (checked as a
@@ -497,16 +493,7 @@ impl Plugin {
         // SAFETY: a reference to a static table: aligned, readable, and its
         // name and functions live as long as the program.
         let (fns, info) = unsafe { checked(table, &path) }?;
-        Ok(Plugin {
-            lib: Arc::new(Library {
-                fns,
-                name: info.name,
-                path,
-                version: info.version,
-                capabilities: info.capabilities,
-                _lib: None,
-            }),
-        })
+        Ok(Plugin::new(fns, info, path, None))
     }
 
     /// Whether it is linked into this program rather than loaded from a file.
