@@ -176,6 +176,10 @@ def test_executor_worker_killed_on_node2_breaks_the_executor(cluster):
             # A new executor works after the broken one.
             with cf.ProcessPoolExecutor(3, mp_context=ctx) as ex2:
                 print("next", list(ex2.map(double, range(30))) == [2 * x for x in range(30)])
+            # Without max_workers: the run's CPUs (every node's), not this node's.
+            with cf.ProcessPoolExecutor(mp_context=ctx) as ex3:
+                print("default size", ex3._max_workers == ctx.cpu_count() > os.cpu_count(),
+                      sum(ex3.map(double, range(100))) == 9900)
         """)
     r = _run(cluster, script)
     _ok(r)
@@ -185,6 +189,7 @@ def test_executor_worker_killed_on_node2_breaks_the_executor(cluster):
     assert "terminated abruptly" in out, out
     assert "submit after BrokenProcessPool" in out, out
     assert "next True" in out, out
+    assert "default size True True" in out, out
     _assert_clean(cluster)
 
 

@@ -13,6 +13,7 @@
 Importing is cheap: the run's template process starts on first use of the
 start method (see :mod:`dragon.runtime`).
 """
+from . import _executor
 from . import _log  # noqa: F401  (the "dragon" logger, at DRAGON_LOG_LEVEL)
 from . import _native
 from . import _registry
@@ -25,3 +26,4 @@ __all__ = ["DragonContext", "DragonProcess", "__version__"]
 _runtime.run_id()  # created here so that every process started later inherits it
 _register()
 _registry.note_stdlib_semaphores()
+_executor.install()  # ProcessPoolExecutor() on the dragon start method: the run's CPUs
