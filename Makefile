@@ -63,6 +63,8 @@ demo: setup
 	@$(CARGO) run --release -q -p queues --example queue_demo
 	@echo "== pool/examples/pool_demo.rs"
 	@$(CARGO) run --release -q -p pool --example pool_demo
+	@echo "== docs/examples/rust_service.rs (pool and queues together)"
+	@$(CARGO) run --release -q -p docs --example rust_service
 
 # clippy.toml keeps atomics and UnsafeCell behind shm_primitives::sync.
 # stubtest (mypy) checks dragon/_native.pyi against the built extension:
