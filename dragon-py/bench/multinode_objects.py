@@ -419,7 +419,7 @@ def main():
                 us, segs = r[bench]
                 emit(rep, bench, "dragon_remote", us, trips=trips, tcp_segs_per_op=round(segs, 2))
                 emit(rep, bench, "raw_tcp", trips * rtt, trips=trips)
-            for run in flip([lambda: ddict_and_redis(c, port + 1), lambda: ddict(c, "single")]):
+            for run in flip([lambda p=port: ddict_and_redis(c, p + 1), lambda: ddict(c, "single")]):
                 emit_kv(rep, run())
     if a.out:
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)

@@ -1,6 +1,5 @@
 """Process targets for the tests (importable by children; no pytest here)."""
 import os
-import signal
 import sys
 import time
 

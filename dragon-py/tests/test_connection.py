@@ -5,7 +5,6 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
-import signal
 import time
 
 import pytest

@@ -325,7 +325,7 @@ def test_durable_after_sigkill_of_everything(tmp_path):
     n, counter = map(int, lines[0].split())
     # Every acknowledged write is back (the one in flight may be too).
     assert counter >= acked + 1
-    got = {int(a): int(b) for a, b in (l.split() for l in lines[1:] if l)}
+    got = {int(a): int(b) for a, b in (line.split() for line in lines[1:] if line)}
     for i in range(acked + 1):
         if i % 3 == 2 and i + 1 <= acked:
             assert i not in got, "deleted key %d came back" % i

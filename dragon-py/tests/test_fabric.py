@@ -61,7 +61,7 @@ def test_without_rdma_tcp_is_used_and_said(cluster):
     assert re.search(r"peer: tcp \(node 1 \(node2\): no RDMA device: ", out), out
     assert re.search(r"rdma here: None \| no RDMA device: ", out), out
     # One line for the link, from the connecting side, on the terminal.
-    lines = [l for l in r.stderr.splitlines() if " to node 0 " in l]
+    lines = [line for line in r.stderr.splitlines() if " to node 0 " in line]
     assert len(lines) == 1 and lines[0].startswith("dragon: node 1 (node2) to node 0 (node1): tcp (no RDMA device: "), \
         r.stderr
 

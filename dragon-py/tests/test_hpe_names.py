@@ -2,9 +2,7 @@
 dragon.mpbridge, the DDict's checkpoint errors and persisters,
 strip_pickled_bytes, dragon.utils.hash, dragon.native.Queue's pickler,
 num_streams and serialize()."""
-import io
 import pickle
-import queue as stdqueue
 import subprocess
 import sys
 
@@ -98,7 +96,8 @@ def test_ddict_checkpoint_sync_error_is_raised_under_its_hpe_name():
     with DDict(1, 1, 1 << 20, working_set_size=2) as d:
         late = DDict.attach(d.serialize())
         late.checkpoint()  # at checkpoint 1
-        d.checkpoint(); d.checkpoint(); d.checkpoint()  # 3: pushes checkpoint 1 out
+        for _ in range(3):  # 3: pushes checkpoint 1 out
+            d.checkpoint()
         d["k"] = 1
         with pytest.raises(DDictCheckpointSyncError):
             late["k"]

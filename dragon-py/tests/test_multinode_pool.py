@@ -344,7 +344,8 @@ if __name__ == "__main__":
         out = {}
         def run(name, pool, n, cs):
             out[name] = pool.map(square, range(n), cs)
-        ts = [threading.Thread(target=run, args=("a", a, 2000, 1)), threading.Thread(target=run, args=("b", b, 5000, 64))]
+        ts = [threading.Thread(target=run, args=("a", a, 2000, 1)),
+              threading.Thread(target=run, args=("b", b, 5000, 64))]
         for t in ts:
             t.start()
         for t in ts:

@@ -10,7 +10,7 @@ import time
 import pytest
 
 import _pool_helpers as ph
-from conftest import clean_env, pid_alive, run_processes, run_script, shm_files, wait_until, write_script
+from conftest import pid_alive, run_processes, run_script, shm_files, wait_until, write_script
 
 import dragon
 import dragon.pool

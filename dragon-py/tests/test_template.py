@@ -6,8 +6,6 @@ import socket
 
 import pytest
 
-import multiprocessing as mp
-
 import _helpers as h
 from conftest import pid_alive, run_script, write_script
 from dragon import _startproto as proto

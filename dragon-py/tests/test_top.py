@@ -1,6 +1,5 @@
 """``dragon top`` driven in a real terminal (tmux) against a running Pool,
 its screen read back; ``--once``; the metrics endpoint (``--metrics``)."""
-import os
 import re
 import shutil
 import subprocess

@@ -93,7 +93,6 @@ from .pool import (
     _ended_how,
     _failed_to_start,
     _ledger_size,
-    _lost_notice,
     _main_import_error,
     _result_header,
     _Results,

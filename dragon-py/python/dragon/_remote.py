@@ -189,7 +189,8 @@ class _Connection:
         data = _HEAD.pack(9 + len(body), kind, rid) + body
         if fds:
             # The descriptors travel with the request's first bytes.
-            n = self.sock.sendmsg([data[:1]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("%di" % len(fds), *fds))])
+            rights = (socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("%di" % len(fds), *fds))
+            n = self.sock.sendmsg([data[:1]], [rights])
             data = data[n:]
         self.sock.sendall(data)
         return rid

@@ -6,8 +6,9 @@
 (state, CPU, memory, the name ``multiprocessing`` gave them) here and, in a
 multi-node run, on every other node (asked through this node's service; a
 node that cannot be asked is shown LOST, with the reason), its queues with
-their depth and its DDicts' shards with the memory each uses of its share. ``dragon top`` shows it, refreshed every ``SECONDS`` (1 by
-default) until the run ends or Ctrl-C; ``--once`` prints it once. The
+their depth and its DDicts' shards with the memory each uses of its share.
+``dragon top`` shows it, refreshed every ``SECONDS`` (1 by default) until
+the run ends or Ctrl-C; ``--once`` prints it once. The
 program's own process serves the same figures in Prometheus' text format
 when started with ``dragon --metrics [HOST:]PORT`` (``/metrics``; HOST is
 127.0.0.1 unless given).

@@ -863,9 +863,9 @@ class DDict:
         """Write ``kb`` at this handle's checkpoint."""
         c = self._chkpt
         i = self._shard(kb)
-        oldest, newest = self._oldest(i)
+        _, newest = self._oldest(i)
         if c > newest:
-            oldest = self._c.checkpoint_advance(i, c)
+            self._c.checkpoint_advance(i, c)
             self._oldest(i)
         vk = _VPREFIX + c.to_bytes(8, "big") + kb
         self._c.put_in(i, vk, tag, data)
