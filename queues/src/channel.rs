@@ -151,6 +151,19 @@ impl Drop for ShmChannel {
     }
 }
 
+/// What a failed send of a `len`-byte message on a channel of this node
+/// means for a queue.
+pub fn send_fault<M>(e: SendTimeoutError<M>, len: usize) -> Fault {
+    match e {
+        SendTimeoutError::Timeout(_) => Fault::WouldBlock,
+        SendTimeoutError::Disconnected(_) => Fault::Closed,
+        SendTimeoutError::Destroyed(_) => Fault::Destroyed,
+        SendTimeoutError::Alloc(_, a) => alloc_fault(&a, len),
+        SendTimeoutError::Interrupted(_) => Fault::Other("send interrupted".into()),
+        _ => Fault::Other("send failed".into()),
+    }
+}
+
 fn alloc_fault(a: &AllocError, len: usize) -> Fault {
     match a {
         AllocError::TooLarge { .. } => Fault::TooLarge(a.to_string()),
@@ -170,25 +183,12 @@ fn alloc_fault(a: &AllocError, len: usize) -> Fault {
 
 impl ShmChannel {
     /// [`QueueChannel::send_parts`] on any attachment of a channel.
-    pub(crate) fn send_parts_on(
-        ch: &channels_core::Channel,
-        parts: &[&[u8]],
-        timeout: Option<Duration>,
-    ) -> Result<(), Fault> {
-        ch.send_parts(parts, timeout).map_err(|e| match e {
-            SendTimeoutError::Timeout(()) => Fault::WouldBlock,
-            SendTimeoutError::Disconnected(()) => Fault::Closed,
-            SendTimeoutError::Destroyed(()) => Fault::Destroyed,
-            SendTimeoutError::Alloc((), a) => alloc_fault(&a, parts.iter().map(|p| p.len()).sum()),
-            e => Fault::Other(e.to_string()),
-        })
+    pub fn send_parts_on(ch: &channels_core::Channel, parts: &[&[u8]], timeout: Option<Duration>) -> Result<(), Fault> {
+        ch.send_parts(parts, timeout).map_err(|e| send_fault(e, parts.iter().map(|p| p.len()).sum()))
     }
 
     /// [`QueueChannel::recv`] on any attachment of a channel.
-    pub(crate) fn recv_on(
-        ch: &channels_core::Channel,
-        timeout: Option<Duration>,
-    ) -> Result<channels_core::Message, Fault> {
+    pub fn recv_on(ch: &channels_core::Channel, timeout: Option<Duration>) -> Result<channels_core::Message, Fault> {
         match timeout {
             Some(Duration::ZERO) => ch.try_recv().map_err(|e| match e {
                 TryRecvError::Empty => Fault::WouldBlock,

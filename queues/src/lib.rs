@@ -61,7 +61,7 @@ pub use error::{GetError, PipeError, PutError, QueueError, TaskDoneError};
 pub use handle::{Mode, QueueHandle, QueueKind};
 pub use pipe::{pipe, Connection, PIPE_CAPACITY, PIPE_MAX_ATTACHMENTS};
 pub use queue::{
-    FeederErrorHook, JoinableQueue, Queue, EXACT_MAX, MAX_ATTACHMENTS, MAX_BOUND, SLOT_SIZE, UNBOUNDED_CAPACITY,
+    Feeder, FeederErrorHook, JoinableQueue, Queue, EXACT_MAX, MAX_ATTACHMENTS, MAX_BOUND, SLOT_SIZE, UNBOUNDED_CAPACITY,
 };
 pub use simple::SimpleQueue;
 pub use wire::{Item, Tag};

@@ -102,14 +102,70 @@ struct Local {
     /// No more puts from this object: the feeder ends once it has sent
     /// everything (or once nobody can receive).
     closing: bool,
-    feeder: Option<JoinHandle<()>>,
+    /// The feeder thread was started.
+    started: bool,
 }
+
+/// The feeder thread, once started; shared with [`Feeder`] handles.
+type Slot = Arc<Mutex<Option<JoinHandle<()>>>>;
 
 struct Shared<C> {
     chan: C,
     local: Mutex<Local>,
     cv: Condvar,
     on_error: Mutex<Option<FeederErrorHook>>,
+    feeder: Slot,
+}
+
+/// What a [`Feeder`] handle can do to its queue without keeping it alive.
+trait Closing: Send + Sync {
+    fn set_closing(&self);
+}
+
+impl<C: QueueChannel> Closing for Shared<C> {
+    fn set_closing(&self) {
+        lock(&self.local).closing = true;
+        self.cv.notify_all();
+    }
+}
+
+/// A handle on a queue's feeder thread that outlives the queue without
+/// keeping it (or its channel) alive: to end and wait for the feeder at
+/// the program's exit, as Python waits for a queue's feeder at exit.
+#[derive(Clone)]
+pub struct Feeder {
+    slot: Slot,
+    shared: std::sync::Weak<dyn Closing>,
+    pid: u32,
+}
+
+impl fmt::Debug for Feeder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Feeder").field("running", &lock(&self.slot).is_some()).finish()
+    }
+}
+
+impl Feeder {
+    /// The feeder sends what is buffered and ends (as [`Queue::close`]
+    /// does for it); nothing if the queue is gone.
+    pub fn close(&self) {
+        if let Some(s) = self.shared.upgrade() {
+            s.set_closing();
+        }
+    }
+
+    /// Wait until the feeder thread has ended (at once if it never
+    /// started, was joined already, or belongs to the parent of this
+    /// forked process).
+    pub fn join(&self) {
+        if self.pid != std::process::id() {
+            return;
+        }
+        let t = lock(&self.slot).take();
+        if let Some(t) = t {
+            let _ = t.join();
+        }
+    }
 }
 
 impl<C: QueueChannel> Shared<C> {
@@ -284,6 +340,7 @@ impl<C: QueueChannel> Queue<C> {
                 local: Mutex::new(Local::default()),
                 cv: Condvar::new(),
                 on_error: Mutex::new(None),
+                feeder: Arc::new(Mutex::new(None)),
             }),
             mode,
             maxsize: if mode == Mode::Unbounded { 0 } else { maxsize },
@@ -358,16 +415,66 @@ impl<C: QueueChannel> Queue<C> {
         }
         // The ring is full: the feeder thread sends it, in order.
         l.buffer.push_back(parts.concat());
-        if l.feeder.is_none() {
+        self.start_feeder(l).map(|_| ())
+    }
+
+    /// Start the feeder thread unless it runs; whether this call started it.
+    fn start_feeder(&self, mut l: MutexGuard<'_, Local>) -> Result<bool, PutError> {
+        let s = &*self.shared;
+        let start = !l.started;
+        if start {
             let shared = Arc::clone(&self.shared);
             let t = std::thread::Builder::new()
                 .name("QueueFeederThread".to_owned())
                 .spawn(move || shared.feed())
                 .map_err(|e| PutError::Channel(Fault::Other(format!("cannot start the feeder thread: {e}"))))?;
-            l.feeder = Some(t);
+            l.started = true;
+            *lock(&s.feeder) = Some(t);
         }
+        drop(l);
         s.cv.notify_one();
-        Ok(())
+        Ok(start)
+    }
+
+    /// An unbounded put whose first attempt the caller makes (a binding
+    /// that sends its own objects, say): unless earlier messages still wait
+    /// in the local buffer, `direct` is called (under the buffer's lock, so
+    /// that no other put overtakes it) and returns whether it sent the
+    /// message; if it did not (or could not be called), `buffered()` is the
+    /// whole message (tag byte included) for the feeder thread to send.
+    /// Returns whether this put started the feeder thread. For unbounded
+    /// queues only (a binding bounds a queue itself before calling this).
+    pub fn put_with(
+        &self,
+        direct: impl FnOnce(&C) -> Result<bool, Fault>,
+        buffered: impl FnOnce() -> Vec<u8>,
+    ) -> Result<bool, PutError> {
+        // Relaxed: as in put_tagged.
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(PutError::Closed);
+        }
+        if self.mode != Mode::Unbounded {
+            return Err(PutError::Channel(Fault::Other("put_with is for unbounded queues".into())));
+        }
+        let mut l = lock(&self.shared.local);
+        if l.buffer.is_empty() && !l.in_flight && direct(&self.shared.chan).map_err(PutError::Channel)? {
+            return Ok(false);
+        }
+        l.buffer.push_back(buffered());
+        self.start_feeder(l)
+    }
+
+    /// Messages this object holds in its local buffer for the feeder
+    /// (the one being sent included).
+    pub fn buffered(&self) -> usize {
+        let l = lock(&self.shared.local);
+        l.buffer.len() + usize::from(l.in_flight)
+    }
+
+    /// A handle on the feeder thread (see [`Feeder`]).
+    pub fn feeder(&self) -> Feeder {
+        let shared: Arc<dyn Closing> = self.shared.clone();
+        Feeder { slot: Arc::clone(&self.shared.feeder), shared: Arc::downgrade(&shared), pid: std::process::id() }
     }
 
     /// Take the next item, waiting at most `timeout` (`None`: no limit;
@@ -471,10 +578,7 @@ impl<C: QueueChannel> Queue<C> {
         if !self.is_closed() {
             return Err(Fault::Other("join_thread() before close(): call close() first".into()));
         }
-        let t = lock(&self.shared.local).feeder.take();
-        if let Some(t) = t {
-            let _ = t.join();
-        }
+        self.feeder().join();
         self.shared.chan.flush()
     }
 
@@ -493,18 +597,11 @@ impl<C: QueueChannel> Queue<C> {
 
 impl<C: QueueChannel> Drop for Queue<C> {
     fn drop(&mut self) {
-        let feeder = {
-            let mut l = lock(&self.shared.local);
-            l.closing = true;
-            l.feeder.take()
-        };
-        self.shared.cv.notify_all();
+        self.shared.set_closing();
         // Relaxed: we own the queue; cancel_join_thread happened before.
         let cancelled = self.join_cancelled.load(Ordering::Relaxed);
-        if let Some(t) = feeder {
-            if !cancelled {
-                let _ = t.join();
-            }
+        if !cancelled {
+            self.feeder().join();
         }
         if !cancelled {
             if let Err(e) = self.shared.chan.flush() {

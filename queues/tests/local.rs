@@ -5,8 +5,8 @@ mod common;
 
 use common::{assert_gone, deadline};
 use queues::{
-    pipe, GetError, JoinableQueue, Mode, PipeError, PutError, Queue, QueueError, QueueHandle, SimpleQueue, Tag,
-    TaskDoneError,
+    pipe, GetError, JoinableQueue, Mode, PipeError, PutError, Queue, QueueChannel, QueueError, QueueHandle,
+    SimpleQueue, Tag, TaskDoneError,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -275,4 +275,27 @@ fn a_receiver_blocked_on_a_pipe_wakes_at_eof() {
     w.close();
     let first = t.join().unwrap();
     assert_eq!(first.unwrap(), b"a");
+}
+
+#[test]
+fn a_binding_makes_the_first_attempt_and_the_feeder_the_rest() {
+    let _g = deadline("put_with");
+    let q = Queue::new(0).unwrap();
+    let other = Queue::attach(&q.handle()).unwrap();
+    // Sent by the caller: no feeder.
+    let started = q.put_with(|ch| ch.send_parts(&[b"\x02direct"], NOW).map(|()| true), || unreachable!()).unwrap();
+    assert!(!started);
+    // Not sent by the caller: buffered; the first such put starts the feeder.
+    let started = q.put_with(|_| Ok(false), || b"\x02buffered".to_vec()).unwrap();
+    assert!(started);
+    let started = q.put_with(|_| Ok(false), || b"\x02later".to_vec()).unwrap();
+    assert!(!started, "the feeder runs already");
+    let feeder = q.feeder();
+    q.close();
+    drop(q);
+    feeder.join();
+    for want in [&b"direct"[..], b"buffered", b"later"] {
+        assert_eq!(other.get(None).unwrap().payload(), want);
+    }
+    assert!(matches!(Queue::new(3).unwrap().put_with(|_| Ok(true), Vec::new), Err(PutError::Channel(_))));
 }
