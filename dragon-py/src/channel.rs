@@ -68,11 +68,11 @@ pub(crate) const TAG_RAW: u8 = 0x00;
 pub(crate) const SENT: u8 = 1;
 pub(crate) const NOT_SENT: u8 = 0;
 /// Shared memory for large messages is exhausted for now: retry later.
-const NO_MEMORY: u8 = 2;
+pub(crate) const NO_MEMORY: u8 = 2;
 
 /// One attachment of this process.
-struct Att {
-    handle: Option<Handle>,
+pub(crate) struct Att {
+    pub(crate) handle: Option<Handle>,
     roles: Roles,
     /// Process that made `chan`.
     pid: u32,
@@ -97,7 +97,7 @@ impl Att {
     }
 
     /// This process's channel.
-    fn get(&self) -> PyResult<channels_core::Channel> {
+    pub(crate) fn get(&self) -> PyResult<channels_core::Channel> {
         let me = ProcessId::current().pid;
         if me == self.pid {
             if let Some(ch) = &self.chan {
@@ -190,6 +190,11 @@ pub(crate) struct Channel {
 impl Channel {
     pub(crate) fn ch(&self) -> PyResult<channels_core::Channel> {
         self.att.get()
+    }
+
+    /// The attachment (shared with a `_native.Queue` made over it).
+    pub(crate) fn att(&self) -> Arc<Att> {
+        Arc::clone(&self.att)
     }
 }
 
@@ -351,85 +356,7 @@ impl Channel {
     ) -> PyResult<u8> {
         let ch = self.ch()?;
         let t = block_timeout(block, timeout)?;
-        let raw_tag = |first: Option<u8>| match first {
-            Some(TAG_RAW | TAG_CONTROL | TAG_BYTES | TAG_LENT | TAG_PICKLE) => Some(TAG_RAW),
-            _ => None,
-        };
-        if let Some(p) = lend(data, prefix, true)? {
-            return send_lent(py, &ch, p, t);
-        }
-        // First attempt with the GIL held, copying straight from the
-        // caller's buffer into the slot or block.
-        let (first, pre) = if let Ok(b) = data.cast::<PyBytes>() {
-            let bytes = b.as_bytes();
-            let pre = match prefix {
-                -2 => raw_tag(bytes.first().copied()),
-                p => u8::try_from(p).ok(),
-            };
-            (try_send_parts(&ch, pre, bytes), pre)
-        } else {
-            let buf = PyBuffer::<u8>::get(data)?;
-            if !buf.is_c_contiguous() {
-                return Err(PyValueError::new_err("data must be a contiguous buffer"));
-            }
-            let pre = match prefix {
-                -2 if buf.len_bytes() == 0 => None,
-                -2 => raw_tag(data.get_item(0)?.extract::<u8>().ok()),
-                p => u8::try_from(p).ok(),
-            };
-            let len = buf.len_bytes() + usize::from(pre.is_some());
-            let mut copy_err = None;
-            let r = ch.send_with_timeout(len, Some(Duration::ZERO), |dst| {
-                let dst = match pre {
-                    Some(p) => {
-                        dst[0] = p;
-                        &mut dst[1..]
-                    }
-                    None => dst,
-                };
-                if let Err(e) = buf.copy_to_slice(py, dst) {
-                    copy_err = Some(e);
-                }
-            });
-            let r = r.map_err(|e| send_err(e.map_into()));
-            if let Some(e) = copy_err {
-                return Err(e);
-            }
-            (r, pre)
-        };
-        match first {
-            Ok(()) => return Ok(SENT),
-            Err(SendFail::Full) => {}
-            Err(SendFail::NoMemory) if t == Some(Duration::ZERO) => return Ok(NO_MEMORY),
-            Err(SendFail::NoMemory) => {}
-            Err(SendFail::Err(e)) => return Err(e),
-        }
-        if t == Some(Duration::ZERO) {
-            return Ok(NOT_SENT);
-        }
-        // Wait for room with the GIL released.
-        let owned = match data.extract::<PyBackedBytes>() {
-            Ok(b) => Owned::Bytes(b),
-            Err(_) => {
-                let buf = PyBuffer::<u8>::get(data)?;
-                Owned::Vec(buf.to_vec(py)?)
-            }
-        };
-        let (r, int) = detached(py, |hook| {
-            let p = [pre.unwrap_or(0)];
-            let parts: &[&[u8]] = if pre.is_some() { &[&p, owned.as_ref()] } else { &[owned.as_ref()] };
-            ch.send_parts_interruptible(parts, t, Some(hook))
-        });
-        match r {
-            Ok(()) => Ok(SENT),
-            Err(SendTimeoutError::Timeout(())) => Ok(NOT_SENT),
-            Err(SendTimeoutError::Interrupted(())) => Err(int.into_err()),
-            Err(e) => match send_err(e) {
-                SendFail::NoMemory => Ok(NO_MEMORY),
-                SendFail::Err(e) => Err(e),
-                SendFail::Full => Ok(NOT_SENT),
-            },
-        }
+        send_obj(py, &ch, data, prefix, t)
     }
 
     /// Receive one message: `(tag, payload)` (see the module docs), or
@@ -761,4 +688,94 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("SEND_FULL", NOT_SENT)?;
     m.add("SEND_NO_MEMORY", NO_MEMORY)?;
     Ok(())
+}
+
+/// Send `data` (a Python buffer) on `ch` as `Channel.send` does (see
+/// there for `prefix`), waiting at most `t` (GIL released while waiting).
+pub(crate) fn send_obj(
+    py: Python<'_>,
+    ch: &channels_core::Channel,
+    data: &Bound<'_, PyAny>,
+    prefix: i32,
+    t: Option<Duration>,
+) -> PyResult<u8> {
+    let raw_tag = |first: Option<u8>| match first {
+        Some(TAG_RAW | TAG_CONTROL | TAG_BYTES | TAG_LENT | TAG_PICKLE) => Some(TAG_RAW),
+        _ => None,
+    };
+    if let Some(p) = lend(data, prefix, true)? {
+        return send_lent(py, &ch, p, t);
+    }
+    // First attempt with the GIL held, copying straight from the
+    // caller's buffer into the slot or block.
+    let (first, pre) = if let Ok(b) = data.cast::<PyBytes>() {
+        let bytes = b.as_bytes();
+        let pre = match prefix {
+            -2 => raw_tag(bytes.first().copied()),
+            p => u8::try_from(p).ok(),
+        };
+        (try_send_parts(&ch, pre, bytes), pre)
+    } else {
+        let buf = PyBuffer::<u8>::get(data)?;
+        if !buf.is_c_contiguous() {
+            return Err(PyValueError::new_err("data must be a contiguous buffer"));
+        }
+        let pre = match prefix {
+            -2 if buf.len_bytes() == 0 => None,
+            -2 => raw_tag(data.get_item(0)?.extract::<u8>().ok()),
+            p => u8::try_from(p).ok(),
+        };
+        let len = buf.len_bytes() + usize::from(pre.is_some());
+        let mut copy_err = None;
+        let r = ch.send_with_timeout(len, Some(Duration::ZERO), |dst| {
+            let dst = match pre {
+                Some(p) => {
+                    dst[0] = p;
+                    &mut dst[1..]
+                }
+                None => dst,
+            };
+            if let Err(e) = buf.copy_to_slice(py, dst) {
+                copy_err = Some(e);
+            }
+        });
+        let r = r.map_err(|e| send_err(e.map_into()));
+        if let Some(e) = copy_err {
+            return Err(e);
+        }
+        (r, pre)
+    };
+    match first {
+        Ok(()) => return Ok(SENT),
+        Err(SendFail::Full) => {}
+        Err(SendFail::NoMemory) if t == Some(Duration::ZERO) => return Ok(NO_MEMORY),
+        Err(SendFail::NoMemory) => {}
+        Err(SendFail::Err(e)) => return Err(e),
+    }
+    if t == Some(Duration::ZERO) {
+        return Ok(NOT_SENT);
+    }
+    // Wait for room with the GIL released.
+    let owned = match data.extract::<PyBackedBytes>() {
+        Ok(b) => Owned::Bytes(b),
+        Err(_) => {
+            let buf = PyBuffer::<u8>::get(data)?;
+            Owned::Vec(buf.to_vec(py)?)
+        }
+    };
+    let (r, int) = detached(py, |hook| {
+        let p = [pre.unwrap_or(0)];
+        let parts: &[&[u8]] = if pre.is_some() { &[&p, owned.as_ref()] } else { &[owned.as_ref()] };
+        ch.send_parts_interruptible(parts, t, Some(hook))
+    });
+    match r {
+        Ok(()) => Ok(SENT),
+        Err(SendTimeoutError::Timeout(())) => Ok(NOT_SENT),
+        Err(SendTimeoutError::Interrupted(())) => Err(int.into_err()),
+        Err(e) => match send_err(e) {
+            SendFail::NoMemory => Ok(NO_MEMORY),
+            SendFail::Err(e) => Err(e),
+            SendFail::Full => Ok(NOT_SENT),
+        },
+    }
 }

@@ -15,6 +15,7 @@ use pyo3::exceptions::{
     PyAssertionError, PyBrokenPipeError, PyConnectionError, PyEOFError, PyOverflowError, PyValueError,
 };
 use pyo3::prelude::*;
+use queues::{Fault, PutError};
 use shm_primitives::handle::HandleError;
 use std::fmt::Display;
 use sync_objects::{BarrierError, CondError, ReleaseError, WaitError};
@@ -359,4 +360,31 @@ pub(crate) fn node_request_err(node: u32, e: TcpError) -> PyErr {
 /// A host list or host file that does not parse.
 pub(crate) fn hosts_err(e: impl Display) -> PyErr {
     PyValueError::new_err(e.to_string())
+}
+
+// ---- queues -------------------------------------------------------------------
+
+pyo3::import_exception!(queue, Full);
+
+/// A channel operation of a queue (`queues` crate) failed: as the same
+/// failure of `Channel.send` is reported.
+pub(crate) fn fault_err(e: &Fault) -> PyErr {
+    match e {
+        Fault::Closed => PyBrokenPipeError::new_err(e.to_string()),
+        Fault::Destroyed => DestroyedError::new_err(e.to_string()),
+        Fault::TooLarge(_) => MessageTooLargeError::new_err(e.to_string()),
+        Fault::NoMemory(_) => SharedMemoryError::new_err(e.to_string()),
+        _ => DragonError::new_err(e.to_string()),
+    }
+}
+
+/// A put on a queue (`queues` crate) failed: `queue.Full`, `ValueError`
+/// for a closed queue, else as [`fault_err`].
+pub(crate) fn put_err(e: &PutError) -> PyErr {
+    match e {
+        PutError::Full => Full::new_err(()),
+        PutError::Closed | PutError::Wire(_) => PyValueError::new_err(e.to_string()),
+        PutError::Channel(f) => fault_err(f),
+        _ => DragonError::new_err(e.to_string()),
+    }
 }

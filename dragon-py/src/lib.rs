@@ -9,6 +9,7 @@ mod lent;
 mod memory;
 mod node;
 mod pool;
+mod queue;
 mod remote;
 mod remote_ddict;
 mod remote_sync;
@@ -23,6 +24,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     ddict::register(m)?;
     sync::register(m)?;
     channel::register(m)?;
+    queue::register(m)?;
     memory::register(m)?;
     lent::register(m)?;
     node::register(m)?;

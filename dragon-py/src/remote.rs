@@ -21,7 +21,7 @@ use transport_abi::abi::{DRAGON_EAGAIN, DRAGON_ETIMEDOUT};
 use transport_abi::loader::{PluginChannel, PluginError, PollEvents, Transport};
 
 /// Longest single wait on another node, between checks for Ctrl-C.
-const SLICE: Duration = Duration::from_millis(250);
+pub(crate) const SLICE: Duration = Duration::from_millis(250);
 
 /// This process's off-node transport: (pid that opened it, transport).
 static TRANSPORT: Mutex<Option<(u32, &'static Transport)>> = Mutex::new(None);
@@ -50,8 +50,8 @@ fn transport(py: Python<'_>) -> PyResult<&'static Transport> {
 /// An attachment of this process to a channel of another node.
 #[pyclass(module = "dragon._native", frozen)]
 pub(crate) struct RemoteChannel {
-    ch: PluginChannel,
-    handle: Vec<u8>,
+    pub(crate) ch: PluginChannel,
+    pub(crate) handle: Vec<u8>,
     node: u32,
     segment: String,
 }
@@ -93,7 +93,7 @@ impl RemoteChannel {
 
 /// The message `Channel.send` would send for `data` and `prefix`: the
 /// tag, then the caller's bytes straight after it (one copy).
-fn message(py: Python<'_>, data: &Bound<'_, PyAny>, prefix: i32) -> PyResult<Vec<u8>> {
+pub(crate) fn message(py: Python<'_>, data: &Bound<'_, PyAny>, prefix: i32) -> PyResult<Vec<u8>> {
     let buf = PyBuffer::<u8>::get(data)?;
     if !buf.is_c_contiguous() {
         return Err(PyValueError::new_err("data must be a contiguous buffer"));
@@ -123,7 +123,7 @@ fn message(py: Python<'_>, data: &Bound<'_, PyAny>, prefix: i32) -> PyResult<Vec
 /// that this node's service sends on from the block (`SEND_BLOCK` of the
 /// TCP plugin): the bytes do not pass through this process's connection
 /// to its service.
-enum Outgoing {
+pub(crate) enum Outgoing {
     Copy(Vec<u8>),
     /// Committed: the block is the message's until `finish`.
     Block(crate::lent::Prepared),
@@ -141,7 +141,26 @@ impl Outgoing {
         Ok(Outgoing::Copy(message(py, data, prefix)?))
     }
 
-    fn bytes(&self) -> &[u8] {
+    /// The same for a whole message (tag byte included), as the feeder
+    /// thread of a queue (`queue.rs`) holds it: without the GIL.
+    pub(crate) fn of_message(msg: &[u8]) -> Outgoing {
+        let (tag, skip) = queues::wire::split(msg);
+        let kind = match tag {
+            queues::Tag::Bytes => Some(crate::channel::TAG_BYTES),
+            queues::Tag::Pickle => Some(crate::channel::TAG_PICKLE),
+            queues::Tag::Raw => Some(crate::channel::TAG_RAW),
+            _ => None,
+        };
+        match kind.and_then(|k| crate::lent::prepare(&msg[skip..], None, k)) {
+            Some(p) => {
+                p.commit();
+                Outgoing::Block(p)
+            }
+            None => Outgoing::Copy(msg.to_vec()),
+        }
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
         match self {
             Outgoing::Copy(v) => v,
             Outgoing::Block(p) => &p.desc,
@@ -150,7 +169,7 @@ impl Outgoing {
 
     /// After the send: if it did not go out, the block comes back to the
     /// store, unless the service took it already (it frees it then).
-    fn finish(self, sent: bool) {
+    pub(crate) fn finish(self, sent: bool) {
         if let Outgoing::Block(p) = self {
             if sent {
                 p.done(true);
@@ -260,7 +279,13 @@ impl RemoteChannel {
     /// Raises the failure of an earlier deferred send, if one failed (this
     /// `data` is then not sent either); `flush` waits for them all.
     #[pyo3(signature = (data, prefix, timeout=0.0))]
-    fn send_deferred(&self, py: Python<'_>, data: &Bound<'_, PyAny>, prefix: i32, timeout: f64) -> PyResult<bool> {
+    pub(crate) fn send_deferred(
+        &self,
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+        prefix: i32,
+        timeout: f64,
+    ) -> PyResult<bool> {
         let wait = self::timeout(Some(timeout))?.unwrap_or(Duration::ZERO).min(SLICE);
         let out = Outgoing::new(py, data, prefix)?;
         let (r, int) = detached(py, |hook| {

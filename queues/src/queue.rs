@@ -48,8 +48,8 @@ pub const MAX_BOUND: u64 = 2_147_483_647;
 const FEEDER_SLICE: Duration = Duration::from_millis(100);
 
 /// What the feeder thread calls with a message it could not send (and
-/// drops).
-pub type FeederErrorHook = Box<dyn Fn(&PutError) + Send + Sync>;
+/// drops): the error and the message's payload (without its tag byte).
+pub type FeederErrorHook = Box<dyn Fn(&PutError, &[u8]) + Send + Sync>;
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -169,9 +169,9 @@ impl Feeder {
 }
 
 impl<C: QueueChannel> Shared<C> {
-    fn report(&self, e: &PutError) {
+    fn report(&self, e: &PutError, msg: &[u8]) {
         match &*lock(&self.on_error) {
-            Some(hook) => hook(e),
+            Some(hook) => hook(e, &msg[wire::split(msg).1..]),
             None => eprintln!("queues: the feeder thread dropped a message it could not send: {e}"),
         }
     }
@@ -208,7 +208,7 @@ impl<C: QueueChannel> Shared<C> {
                         }
                     }
                     Err(e) => {
-                        self.report(&PutError::Channel(e));
+                        self.report(&PutError::Channel(e), &msg);
                         break;
                     }
                 }
@@ -440,14 +440,14 @@ impl<C: QueueChannel> Queue<C> {
     /// that sends its own objects, say): unless earlier messages still wait
     /// in the local buffer, `direct` is called (under the buffer's lock, so
     /// that no other put overtakes it) and returns whether it sent the
-    /// message; if it did not (or could not be called), `buffered()` is the
-    /// whole message (tag byte included) for the feeder thread to send.
+    /// message; if it did not (or could not be called), `buffered()` makes
+    /// the whole message (tag byte included) for the feeder thread to send.
     /// Returns whether this put started the feeder thread. For unbounded
     /// queues only (a binding bounds a queue itself before calling this).
     pub fn put_with(
         &self,
         direct: impl FnOnce(&C) -> Result<bool, Fault>,
-        buffered: impl FnOnce() -> Vec<u8>,
+        buffered: impl FnOnce() -> Result<Vec<u8>, Fault>,
     ) -> Result<bool, PutError> {
         // Relaxed: as in put_tagged.
         if self.closed.load(Ordering::Relaxed) {
@@ -460,7 +460,7 @@ impl<C: QueueChannel> Queue<C> {
         if l.buffer.is_empty() && !l.in_flight && direct(&self.shared.chan).map_err(PutError::Channel)? {
             return Ok(false);
         }
-        l.buffer.push_back(buffered());
+        l.buffer.push_back(buffered().map_err(PutError::Channel)?);
         self.start_feeder(l)
     }
 
@@ -550,7 +550,7 @@ impl<C: QueueChannel> Queue<C> {
     }
 
     /// Have the feeder thread call `hook` with each message it cannot send
-    /// (and drops) instead of printing it (Python's
+    /// (and drops) instead of printing the error (Python's
     /// `_on_queue_feeder_error`).
     pub fn set_feeder_error_hook(&self, hook: FeederErrorHook) {
         *lock(&self.shared.on_error) = Some(hook);

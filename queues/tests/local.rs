@@ -286,9 +286,9 @@ fn a_binding_makes_the_first_attempt_and_the_feeder_the_rest() {
     let started = q.put_with(|ch| ch.send_parts(&[b"\x02direct"], NOW).map(|()| true), || unreachable!()).unwrap();
     assert!(!started);
     // Not sent by the caller: buffered; the first such put starts the feeder.
-    let started = q.put_with(|_| Ok(false), || b"\x02buffered".to_vec()).unwrap();
+    let started = q.put_with(|_| Ok(false), || Ok(b"\x02buffered".to_vec())).unwrap();
     assert!(started);
-    let started = q.put_with(|_| Ok(false), || b"\x02later".to_vec()).unwrap();
+    let started = q.put_with(|_| Ok(false), || Ok(b"\x02later".to_vec())).unwrap();
     assert!(!started, "the feeder runs already");
     let feeder = q.feeder();
     q.close();
@@ -297,5 +297,5 @@ fn a_binding_makes_the_first_attempt_and_the_feeder_the_rest() {
     for want in [&b"direct"[..], b"buffered", b"later"] {
         assert_eq!(other.get(None).unwrap().payload(), want);
     }
-    assert!(matches!(Queue::new(3).unwrap().put_with(|_| Ok(true), Vec::new), Err(PutError::Channel(_))));
+    assert!(matches!(Queue::new(3).unwrap().put_with(|_| Ok(true), || Ok(Vec::new())), Err(PutError::Channel(_))));
 }

@@ -3,6 +3,7 @@
 Describes everything ``dragon._native`` registers; ``make lint`` checks the
 two agree (``mypy.stubtest``).
 """
+from collections.abc import Callable
 from typing import Any, final
 
 from typing_extensions import Self
@@ -14,7 +15,7 @@ __all__ = [
     "DDictClient", "DDICT_CKPT_PREFIX", "DDICT_TOMBSTONE", "ddict_descriptor", "ddict_serve",
     "ddict_repair", "ddict_key_hash", "ddict_self_identity", "Lock", "RLock", "Semaphore", "Event",
     "Condition", "Barrier", "KIND_MEMORY", "Channel", "select", "TAG_PICKLE", "TAG_BYTES",
-    "TAG_CONTROL", "TAG_RAW", "SEND_OK", "SEND_FULL", "SEND_NO_MEMORY", "memory_create",
+    "TAG_CONTROL", "TAG_RAW", "SEND_OK", "SEND_FULL", "SEND_NO_MEMORY", "Queue", "Feeder", "memory_create",
     "segment_unlink", "memory_handle", "memory_parse", "shm_dir", "lent_before_fork",
     "lent_after_fork_parent", "lent_after_fork", "lent_stats", "lent_sweep", "TAG_LENT", "LENT_MIN_LEN",
     "node_status", "node_service", "expand_hostlist", "parse_hostfile", "new_secret", "bootstrap_text",
@@ -326,6 +327,23 @@ class RemoteChannel:
     def destroy(self) -> None: ...
     def peers(self) -> int: ...
     def set_spin(self, _seconds: float) -> None: ...
+
+# -- queues (dragon-py/src/queue.rs, over the queues crate) ----------------
+
+@final
+class Queue:
+    """The put side of a ``dragon.queues.Queue``: the local buffer and its
+    feeder thread (``queues`` crate)."""
+    def __init__(self, channel: Channel | RemoteChannel, on_error: Callable[[BaseException, bytes], object]) -> None: ...
+    def put(self, data: Any, prefix: int) -> bool: ...
+    def buffered(self) -> int: ...
+    def feeder(self) -> Feeder: ...
+
+@final
+class Feeder:
+    """A queue's feeder thread (keeps neither the queue nor its channel)."""
+    def close(self) -> None: ...
+    def join(self) -> None: ...
 
 def remote_transport_open() -> bool:
     """Whether this process has an off-node transport open (for tests)."""

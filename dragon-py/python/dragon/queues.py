@@ -12,7 +12,10 @@ second copy):
   writes straight into the ring; only when the ring is full (or shared
   memory for large messages is exhausted) does the message wait in a local
   buffer that a feeder thread flushes, as the standard library's feeder
-  does. Larger bounds use an unbounded ring plus a shared semaphore.
+  does. Larger bounds use an unbounded ring plus a shared semaphore. The
+  buffer and its feeder are the Rust ``queues`` crate's
+  (``_native.Queue``, ``dragon-py/src/queue.rs``): the feeder is a thread
+  that takes the GIL only to report an error.
 * ``get`` tries without releasing the GIL, then waits (GIL released, Ctrl-C
   interrupts it) and raises :class:`queue.Empty` on timeout.
 * Exact ``bytes`` objects travel unpickled; everything else is pickled with
@@ -28,7 +31,6 @@ Ordering: messages put by one thread are received in the order put.
 """
 from __future__ import annotations
 
-import collections
 import threading
 import weakref
 from queue import Empty, Full
@@ -180,14 +182,12 @@ class Queue(_ChannelQueue):
         self._reset()
 
     def _reset(self):
-        self._lock = threading.Lock()
-        self._notempty = threading.Condition(self._lock)
-        self._buffer = collections.deque()
-        self._thread = None
+        # The local buffer and its feeder thread (queues crate): a fresh one
+        # in a child process.
+        self._q = _native.Queue(self._ch, _feeder_error(weakref.ref(self)))
         self._jointhread = None
         self._joincancelled = False
         self._closed = False
-        self._closing = False
         self._close = None
         self._used = False  # put() called: close() then closes the reader
         self._reader_closed = False
@@ -225,27 +225,16 @@ class Queue(_ChannelQueue):
             return
         if mode == _MODE_SEM and not self._sem.acquire(block, timeout):
             raise Full
-        with self._lock:
-            if not self._buffer:
-                if self._remote:
-                    # A channel of another node: the put does not wait for
-                    # the round trip (as the standard feeder thread's puts,
-                    # it is on its way, in order, when put() returns).
-                    self._flush_at_exit()
-                    if self._ch.send_deferred(data, prefix):
-                        return
-                else:
-                    r = self._ch.send(data, prefix, False)
-                    if r == _wire.SEND_OK:
-                        return
-                    if r == _wire.SEND_NO_MEMORY:
-                        _wire.check_fits(data)
-            # The ring is full (or, across nodes, as much as may be is in
-            # flight): the feeder thread sends it (in order).
-            self._buffer.append((bytes(data), prefix))
-            if self._thread is None:
-                self._start_thread()
-            self._notempty.notify()
+        if self._remote:
+            # A channel of another node: the put does not wait for the
+            # round trip (as the standard feeder thread's puts, it is on its
+            # way, in order, when put() returns).
+            self._flush_at_exit()
+        # Into the ring, or (full; across nodes: as much as may be is in
+        # flight) into the local buffer that the feeder thread sends, in
+        # order; true when this put started the feeder.
+        if self._q.put(data, prefix):
+            self._start_thread()
 
     # What put() does with an encoded item (JoinableQueue counts it first).
     _put_item = _put_data
@@ -261,56 +250,12 @@ class Queue(_ChannelQueue):
             self._flusher = util.Finalize(self, _wire.flush_quietly, [self._ch], exitpriority=-6)
 
     def _start_thread(self):
-        self._closing = False
-        t = threading.Thread(target=Queue._feed, args=(self._buffer, self._notempty, self._ch, self),
-                             name="QueueFeederThread", daemon=True)
-        self._thread = t
-        t.start()
+        # The feeder thread runs: wait for it at exit (after it is told to
+        # end), as for the standard feeder thread.
+        feeder = self._q.feeder()
         if not self._joincancelled:
-            self._jointhread = util.Finalize(t, Queue._finalize_join, [weakref.ref(t)], exitpriority=-5)
-        self._close = util.Finalize(self, Queue._finalize_close, [self._notempty, weakref.ref(self)],
-                                    exitpriority=10)
-
-    @staticmethod
-    def _feed(buffer, notempty, ch, queue):
-        # Holds `queue` only weakly between messages so that the queue can be
-        # collected; the strong reference passed in is dropped at once.
-        qref = weakref.ref(queue)
-        del queue
-        while True:
-            with notempty:
-                while not buffer:
-                    q = qref()
-                    if q is None or q._closing:
-                        return
-                    del q
-                    notempty.wait(0.2)
-                data, prefix = buffer[0]
-            try:
-                # Across nodes: deferred sends (the queue's exit flush waits
-                # for them).
-                while not _wire.send_in_order(ch, data, prefix, 0.1):
-                    # Still full. Once this process has let go of the queue
-                    # and no other process is attached, nobody can ever
-                    # receive: drop what is buffered (as a standard feeder
-                    # stops on a broken pipe) instead of waiting forever.
-                    q = qref()
-                    gone = q is None or q._closing
-                    del q
-                    if gone and ch.peers() == 0:
-                        with notempty:
-                            buffer.clear()
-                        return
-                ok = True
-            except Exception as e:
-                q = qref()
-                if q is not None and q._ignore_epipe and isinstance(e, BrokenPipeError):
-                    return
-                Queue._on_queue_feeder_error(e, data)
-                ok = True  # drop it: it cannot be sent
-            with notempty:
-                if ok and buffer:
-                    buffer.popleft()
+            self._jointhread = util.Finalize(None, feeder.join, exitpriority=-5)
+        self._close = util.Finalize(self, feeder.close, exitpriority=10)
 
     @staticmethod
     def _on_queue_feeder_error(e, obj):
@@ -319,20 +264,6 @@ class Queue(_ChannelQueue):
         import traceback
 
         traceback.print_exc()
-
-    @staticmethod
-    def _finalize_join(twr):
-        thread = twr()
-        if thread is not None:
-            thread.join()
-
-    @staticmethod
-    def _finalize_close(notempty, qref):
-        q = qref()
-        with notempty:
-            if q is not None:
-                q._closing = True
-            notempty.notify()
 
     # -- getting ----------------------------------------------------------------
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
@@ -354,12 +285,12 @@ class Queue(_ChannelQueue):
         not yet flushed from its local buffer included)."""
         if self._mode == _MODE_SEM:
             return self._maxsize - self._sem.get_value()
-        return len(self._ch) + len(self._buffer)
+        return len(self._ch) + self._q.buffered()
 
     def empty(self) -> bool:
         if self._reader_closed:
             raise OSError("handle is closed")
-        return self._ch.is_empty() and not self._buffer
+        return self._ch.is_empty() and not self._q.buffered()
 
     def full(self) -> bool:
         if self._mode == _MODE_EXACT:
@@ -398,6 +329,25 @@ class Queue(_ChannelQueue):
         for f in (self._jointhread, self._flusher):
             if f is not None:
                 f.cancel()
+
+
+def _feeder_error(qref):
+    """What the feeder thread calls with a message it could not send (and
+    drops): print the error as the standard feeder does
+    (``Queue._on_queue_feeder_error``), unless the queue ignores broken
+    pipes."""
+
+    def report(e, data):
+        q = qref()
+        if q is not None and q._ignore_epipe and isinstance(e, BrokenPipeError):
+            return
+        del q
+        try:
+            raise e
+        except Exception as exc:  # so that print_exc() shows it
+            Queue._on_queue_feeder_error(exc, data)
+
+    return report
 
 
 class JoinableQueue(Queue):
