@@ -88,3 +88,7 @@ def produce_forever(q, size):
     while True:
         q.put((i, data))
         i += 1
+
+
+def put_one(q, item):
+    q.put(item)

@@ -12,7 +12,8 @@ import dragon
 from dragon import _native, _wire, errors, queues
 
 import _queue_helpers as h
-from conftest import interrupt_when_ready, run_and_list_leftovers, when_blocked_beside, write_script
+from conftest import (interrupt_when_ready, run_and_list_leftovers, run_script, wait_until, when_blocked_beside,
+                      write_script)
 
 PAYLOADS = [
     b"", b"x" * 8, b"\x80starts like a pickle", b"\x00", b"\x01x", b"\x02y",
@@ -215,6 +216,37 @@ def test_unpicklable_object_is_reported_and_dropped(ctx, capfd):
     assert "no pickling for you" in capfd.readouterr().err
 
 
+def test_feeder_reports_a_message_it_cannot_send(ctx, capfd):
+    # The ring (512 slots) fills and nobody receives: the rest waits in the
+    # local buffer. Once the channel is destroyed, the feeder thread reports
+    # each message it cannot send (as the standard feeder prints its
+    # errors) and drops it; join_thread returns.
+    q = ctx.Queue()
+    for i in range(600):
+        q.put(i)
+    assert q.qsize() >= 600
+    q._ch.destroy()
+    q.close()
+    q.join_thread()
+    assert "DestroyedError" in capfd.readouterr().err
+
+
+def test_feeder_drops_what_nobody_can_receive_at_exit(tmp_path):
+    # A queue whose ring is full and whose buffer holds more, in a process
+    # that nobody else is attached to: the process ends (the feeder gives
+    # up) instead of waiting for ever at exit.
+    r = run_script(write_script(tmp_path, """
+        import multiprocessing as mp, dragon
+        mp.set_start_method("dragon")
+        q = mp.Queue()
+        for i in range(2000):
+            q.put(i)
+        print("put all", q.qsize() >= 2000)
+    """))
+    assert r.returncode == 0, r.stderr
+    assert "put all True" in r.stdout
+
+
 def test_too_large_for_shared_memory_is_a_clear_error(monkeypatch):
     # The channel carries up to 16 GiB per message, so a message too large
     # for /dev/shm cannot be built here; the decision is checked with a
@@ -277,6 +309,38 @@ def test_fork_inherited_queue_attaches_anew(ctx):
     assert p.exitcode == 0
     q.put("parent still works")
     assert q.get(timeout=5) == "parent still works"
+
+
+def _feeder_threads():
+    names = []
+    for t in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{t}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:
+            pass
+    return [n for n in names if n.startswith("QueueFeeder")]
+
+
+def test_fork_after_a_feeder_ended(ctx):
+    # A queue's feeder ran and ended after the queue went; a child forked
+    # now inherits the exit hook's handle on that (parent's) thread and must
+    # neither join nor detach it.
+    q = ctx.Queue()
+    for i in range(600):  # the ring fills: the feeder starts
+        q.put(i)
+    for i in range(600):
+        assert q.get(timeout=30) == i
+    del q
+    gc.collect()
+    assert wait_until(lambda: not _feeder_threads(), timeout=30)
+    fork = __import__("multiprocessing").get_context("fork")
+    out = ctx.Queue()
+    p = fork.Process(target=h.put_one, args=(out, "child ran"))
+    p.start()
+    assert out.get(timeout=30) == "child ran"
+    p.join(30)
+    assert p.exitcode == 0
 
 
 def test_blocking_get_releases_the_gil(ctx):

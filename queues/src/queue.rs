@@ -107,7 +107,33 @@ struct Local {
 }
 
 /// The feeder thread, once started; shared with [`Feeder`] handles.
-type Slot = Arc<Mutex<Option<JoinHandle<()>>>>;
+type Slot = Arc<Mutex<Option<Thread>>>;
+
+/// A thread of this process. A process forked from this one (which has
+/// no such thread) must neither join nor detach it: there, dropping it
+/// forgets it.
+struct Thread {
+    pid: u32,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Thread {
+    fn join(mut self) {
+        if self.pid == std::process::id() {
+            if let Some(h) = self.handle.take() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+impl Drop for Thread {
+    fn drop(&mut self) {
+        if self.pid != std::process::id() {
+            std::mem::forget(self.handle.take());
+        }
+    }
+}
 
 struct Shared<C> {
     chan: C,
@@ -147,8 +173,12 @@ impl fmt::Debug for Feeder {
 
 impl Feeder {
     /// The feeder sends what is buffered and ends (as [`Queue::close`]
-    /// does for it); nothing if the queue is gone.
+    /// does for it); nothing if the queue is gone, or in a process forked
+    /// from the feeder's.
     pub fn close(&self) {
+        if self.pid != std::process::id() {
+            return; // the parent's feeder: not this process's to end
+        }
         if let Some(s) = self.shared.upgrade() {
             s.set_closing();
         }
@@ -163,7 +193,7 @@ impl Feeder {
         }
         let t = lock(&self.slot).take();
         if let Some(t) = t {
-            let _ = t.join();
+            t.join();
         }
     }
 }
@@ -429,7 +459,7 @@ impl<C: QueueChannel> Queue<C> {
                 .spawn(move || shared.feed())
                 .map_err(|e| PutError::Channel(Fault::Other(format!("cannot start the feeder thread: {e}"))))?;
             l.started = true;
-            *lock(&s.feeder) = Some(t);
+            *lock(&s.feeder) = Some(Thread { pid: std::process::id(), handle: Some(t) });
         }
         drop(l);
         s.cv.notify_one();
