@@ -704,7 +704,7 @@ pub(crate) fn send_obj(
         _ => None,
     };
     if let Some(p) = lend(data, prefix, true)? {
-        return send_lent(py, &ch, p, t);
+        return send_lent(py, ch, p, t);
     }
     // First attempt with the GIL held, copying straight from the
     // caller's buffer into the slot or block.
@@ -714,7 +714,7 @@ pub(crate) fn send_obj(
             -2 => raw_tag(bytes.first().copied()),
             p => u8::try_from(p).ok(),
         };
-        (try_send_parts(&ch, pre, bytes), pre)
+        (try_send_parts(ch, pre, bytes), pre)
     } else {
         let buf = PyBuffer::<u8>::get(data)?;
         if !buf.is_c_contiguous() {
