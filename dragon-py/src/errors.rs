@@ -15,7 +15,7 @@ use pyo3::exceptions::{
     PyAssertionError, PyBrokenPipeError, PyConnectionError, PyEOFError, PyOverflowError, PyValueError,
 };
 use pyo3::prelude::*;
-use queues::{Fault, PutError};
+use queues::{Fault, PutError, QueueError};
 use shm_primitives::handle::HandleError;
 use std::fmt::Display;
 use sync_objects::{BarrierError, CondError, ReleaseError, WaitError};
@@ -387,4 +387,17 @@ pub(crate) fn put_err(e: &PutError) -> PyErr {
         PutError::Channel(f) => fault_err(f),
         _ => DragonError::new_err(e.to_string()),
     }
+}
+
+/// A queue could not be made over a channel.
+pub(crate) fn queue_err(e: &QueueError) -> PyErr {
+    DragonError::new_err(e.to_string())
+}
+
+/// A message larger than all shared memory (`dir` holds `total` bytes):
+/// the error `_wire.check_fits` raises.
+pub(crate) fn too_large_for_shm(len: usize, dir: &str, total: u64) -> PyErr {
+    MessageTooLargeError::new_err(format!(
+        "message of {len} bytes is larger than all shared memory ({dir} holds {total} bytes); nothing was sent"
+    ))
 }

@@ -18,7 +18,7 @@
 //! `dragon.synchronize` objects, for the same reason), and the exit hooks
 //! (`util.Finalize`) that end and wait for the feeder.
 use crate::channel::{send_obj, Att, Channel, NO_MEMORY, SENT, TAG_BYTES, TAG_PICKLE, TAG_RAW};
-use crate::errors::put_err;
+use crate::errors::{put_err, queue_err, too_large_for_shm};
 use crate::lent;
 use crate::remote::{message, Outgoing, RemoteChannel, SLICE};
 use pyo3::prelude::*;
@@ -84,6 +84,16 @@ fn send_local(ch: &channels_core::Channel, msg: &[u8], t: Option<Duration>) -> R
         return r;
     }
     ShmChannel::send_parts_on(ch, &[msg], t)
+}
+
+/// A message of `len` bytes can never fit in shared memory: the error
+/// `_wire.check_fits` raises.
+fn check_fits(len: usize) -> PyResult<()> {
+    let dir = transport_shm::segment::SHM_DIR;
+    match transport_shm::segment::shm_total() {
+        Some(total) if len as u64 > total => Err(too_large_for_shm(len, dir, total)),
+        _ => Ok(()),
+    }
 }
 
 impl QueueChannel for PyChan {
@@ -208,7 +218,7 @@ pub(crate) struct Queue {
 
 /// A crate queue over `chan` whose feeder reports to `on_error(exc, data)`.
 fn make(py: Python<'_>, chan: PyChan, on_error: &Py<PyAny>) -> PyResult<Inner> {
-    let q = Inner::from_channel(chan, 0, None).map_err(|e| crate::errors::DragonError::new_err(e.to_string()))?;
+    let q = Inner::from_channel(chan, 0, None).map_err(|e| queue_err(&e))?;
     let hook = on_error.clone_ref(py);
     q.set_feeder_error_hook(Box::new(move |e: &PutError, data: &[u8]| {
         // Declined while the interpreter shuts down: the message is dropped
@@ -310,8 +320,10 @@ impl Queue {
                             Ok(ch) => send_obj(py, &ch, data, prefix, Some(Duration::ZERO)).and_then(|r| match r {
                                 SENT => Ok(true),
                                 NO_MEMORY => {
-                                    // Larger than all shared memory: raise.
-                                    py.import("dragon._wire")?.call_method1("check_fits", (data,))?;
+                                    // Larger than all shared memory: raise
+                                    // (as `_wire.check_fits`; no Python code
+                                    // runs here, under the buffer's lock).
+                                    check_fits(data.len().unwrap_or(0))?;
                                     Ok(false)
                                 }
                                 _ => Ok(false),

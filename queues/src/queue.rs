@@ -96,9 +96,13 @@ pub(crate) fn send_retrying<C: QueueChannel>(
 #[derive(Default)]
 struct Local {
     buffer: VecDeque<Vec<u8>>,
-    /// The feeder holds a message taken from the buffer: a put must not
-    /// overtake it.
+    /// Someone sends the head message (the feeder, with a message taken
+    /// from the buffer, or a put making its first attempt): a put must not
+    /// overtake it, and the feeder waits for it.
     in_flight: bool,
+    /// The feeder sleeps on the condition variable (a put wakes it only
+    /// then: a wake is a system call).
+    waiting: bool,
     /// No more puts from this object: the feeder ends once it has sent
     /// everything (or once nobody can receive).
     closing: bool,
@@ -213,14 +217,18 @@ impl<C: QueueChannel> Shared<C> {
             let msg = {
                 let mut l = lock(&self.local);
                 loop {
-                    if let Some(m) = l.buffer.pop_front() {
-                        l.in_flight = true;
-                        break m;
+                    if !l.in_flight {
+                        if let Some(m) = l.buffer.pop_front() {
+                            l.in_flight = true;
+                            break m;
+                        }
+                        if l.closing {
+                            return;
+                        }
                     }
-                    if l.closing {
-                        return;
-                    }
+                    l.waiting = true;
                     l = self.cv.wait_timeout(l, Duration::from_millis(200)).unwrap_or_else(|e| e.into_inner()).0;
+                    l.waiting = false;
                 }
             };
             loop {
@@ -429,23 +437,73 @@ impl<C: QueueChannel> Queue<C> {
     }
 
     fn put_unbounded(&self, parts: &[&[u8]]) -> Result<(), PutError> {
-        let s = &*self.shared;
-        let mut l = lock(&s.local);
-        if l.buffer.is_empty() && !l.in_flight {
-            let r = if s.chan.defers_sends() {
-                s.chan.send_deferred(parts, Some(Duration::ZERO))
+        let direct = |chan: &C| {
+            let r = if chan.defers_sends() {
+                chan.send_deferred(parts, Some(Duration::ZERO))
             } else {
-                s.chan.send_parts(parts, Some(Duration::ZERO))
+                chan.send_parts(parts, Some(Duration::ZERO))
             };
             match r {
-                Ok(()) => return Ok(()),
-                Err(Fault::WouldBlock | Fault::NoMemory(_)) => {}
-                Err(e) => return Err(PutError::Channel(e)),
+                Ok(()) => Ok(true),
+                Err(Fault::WouldBlock | Fault::NoMemory(_)) => Ok(false),
+                Err(e) => Err(e),
+            }
+        };
+        self.put_or_buffer(direct, || Ok(parts.concat())).map(|_| ())
+    }
+
+    /// See [`Queue::put_with`].
+    fn put_or_buffer(
+        &self,
+        direct: impl FnOnce(&C) -> Result<bool, Fault>,
+        buffered: impl FnOnce() -> Result<Vec<u8>, Fault>,
+    ) -> Result<bool, PutError> {
+        let s = &*self.shared;
+        let mut l = lock(&s.local);
+        if !l.buffer.is_empty() || l.in_flight {
+            // Earlier messages wait: this one goes after them.
+            l.buffer.push_back(buffered().map_err(PutError::Channel)?);
+            return self.start_feeder(l);
+        }
+        // Hold the head position (as the feeder does while it sends) and
+        // try without the lock: `direct` may wait (a binding may let other
+        // threads run meanwhile, and they must not block on this lock).
+        l.in_flight = true;
+        drop(l);
+        // The message to buffer if the attempt did not send it.
+        let r = match direct(&s.chan) {
+            Ok(true) => Ok(None),
+            Ok(false) => buffered().map(Some),
+            Err(e) => Err(e),
+        };
+        let mut l = lock(&s.local);
+        l.in_flight = false;
+        match r {
+            Ok(Some(m)) => {
+                // The ring is full: the feeder sends it, before what other
+                // puts buffered meanwhile.
+                l.buffer.push_front(m);
+                self.start_feeder(l)
+            }
+            Ok(None) => {
+                Self::wake(l, &s.cv);
+                Ok(false)
+            }
+            Err(e) => {
+                Self::wake(l, &s.cv);
+                Err(PutError::Channel(e))
             }
         }
-        // The ring is full: the feeder thread sends it, in order.
-        l.buffer.push_back(parts.concat());
-        self.start_feeder(l).map(|_| ())
+    }
+
+    /// Wake the feeder if it sleeps and has work (puts buffered while a
+    /// first attempt held the head position).
+    fn wake(l: MutexGuard<'_, Local>, cv: &Condvar) {
+        let wake = l.waiting && !l.buffer.is_empty();
+        drop(l);
+        if wake {
+            cv.notify_one();
+        }
     }
 
     /// Start the feeder thread unless it runs; whether this call started it.
@@ -461,17 +519,18 @@ impl<C: QueueChannel> Queue<C> {
             l.started = true;
             *lock(&s.feeder) = Some(Thread { pid: std::process::id(), handle: Some(t) });
         }
-        drop(l);
-        s.cv.notify_one();
+        Self::wake(l, &s.cv);
         Ok(start)
     }
 
     /// An unbounded put whose first attempt the caller makes (a binding
     /// that sends its own objects, say): unless earlier messages still wait
-    /// in the local buffer, `direct` is called (under the buffer's lock, so
-    /// that no other put overtakes it) and returns whether it sent the
-    /// message; if it did not (or could not be called), `buffered()` makes
-    /// the whole message (tag byte included) for the feeder thread to send.
+    /// in the local buffer, `direct` is called (not under the buffer's lock:
+    /// it may wait; no other put overtakes it meanwhile) and returns whether
+    /// it sent the message; if it did not (or could not be called),
+    /// `buffered()` makes the whole message (tag byte included) for the
+    /// feeder thread to send (it may be called under the buffer's lock: it
+    /// must not wait).
     /// Returns whether this put started the feeder thread. For unbounded
     /// queues only (a binding bounds a queue itself before calling this).
     pub fn put_with(
@@ -486,12 +545,7 @@ impl<C: QueueChannel> Queue<C> {
         if self.mode != Mode::Unbounded {
             return Err(PutError::Channel(Fault::Other("put_with is for unbounded queues".into())));
         }
-        let mut l = lock(&self.shared.local);
-        if l.buffer.is_empty() && !l.in_flight && direct(&self.shared.chan).map_err(PutError::Channel)? {
-            return Ok(false);
-        }
-        l.buffer.push_back(buffered().map_err(PutError::Channel)?);
-        self.start_feeder(l)
+        self.put_or_buffer(direct, buffered)
     }
 
     /// Messages this object holds in its local buffer for the feeder

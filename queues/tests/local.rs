@@ -299,3 +299,53 @@ fn a_binding_makes_the_first_attempt_and_the_feeder_the_rest() {
     }
     assert!(matches!(Queue::new(3).unwrap().put_with(|_| Ok(true), || Ok(Vec::new())), Err(PutError::Channel(_))));
 }
+
+#[test]
+fn the_feeder_reports_and_drops_what_it_cannot_send() {
+    let _g = deadline("feeder error");
+    let q = Queue::new(0).unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = Arc::clone(&seen);
+    q.set_feeder_error_hook(Box::new(move |e, payload| s.lock().unwrap().push((e.clone(), payload.to_vec()))));
+    // Nobody receives: the ring fills and the rest waits for the feeder.
+    let n = queues::UNBOUNDED_CAPACITY as u32 + 5;
+    for i in 0..n {
+        q.put(&i.to_le_bytes(), NOW).unwrap();
+    }
+    q.channel().channel().destroy();
+    q.close();
+    q.join_thread().unwrap();
+    let seen = seen.lock().unwrap();
+    assert!(!seen.is_empty());
+    for (e, payload) in seen.iter() {
+        assert_eq!(*e, PutError::Channel(queues::Fault::Destroyed));
+        assert_eq!(payload.len(), 4, "the payload without its tag byte");
+    }
+}
+
+#[test]
+fn a_put_during_a_slow_first_attempt_waits_behind_it_without_blocking() {
+    let _g = deadline("slow attempt");
+    let q = Arc::new(Queue::new(0).unwrap());
+    let (in_attempt, attempt_started) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let qa = Arc::clone(&q);
+    let a = std::thread::spawn(move || {
+        qa.put_with(
+            |_| {
+                in_attempt.send(()).unwrap();
+                released.recv().unwrap(); // the attempt "waits", then fails
+                Ok(false)
+            },
+            || Ok(b"\x02first".to_vec()),
+        )
+    });
+    attempt_started.recv().unwrap();
+    // Another put meanwhile: neither blocked nor tried first; it waits behind.
+    let b = q.put_with(|_| unreachable!("the head is being sent"), || Ok(b"\x02second".to_vec()));
+    assert!(b.unwrap(), "it started the feeder");
+    release.send(()).unwrap();
+    assert!(!a.join().unwrap().unwrap());
+    assert_eq!(q.get(None).unwrap().payload(), b"first");
+    assert_eq!(q.get(None).unwrap().payload(), b"second");
+}
