@@ -379,6 +379,12 @@ impl Feeder {
         self.f.close();
     }
 
+    /// Whether there is nothing to wait for (the feeder ended, or was
+    /// joined, or is the parent's of this forked process).
+    fn finished(&self) -> bool {
+        self.f.finished()
+    }
+
     /// Wait (GIL released) until the feeder has ended.
     fn join(&self, py: Python<'_>) {
         py.detach(|| self.f.join());

@@ -343,6 +343,27 @@ def test_fork_after_a_feeder_ended(ctx):
     assert p.exitcode == 0
 
 
+def test_exit_hooks_of_ended_feeders_do_not_pile_up(ctx):
+    from multiprocessing import util
+
+    def feeder_hooks():
+        return sum(1 for f in list(util._finalizer_registry.values())
+                   if type(getattr(f._callback, "__self__", None)) is _native.Feeder)
+
+    before = feeder_hooks()
+    for _ in range(5):
+        q = ctx.Queue()
+        for i in range(600):  # the ring fills: a feeder starts
+            q.put(i)
+        for i in range(600):
+            assert q.get(timeout=30) == i
+        del q
+        gc.collect()
+        assert wait_until(lambda: not _feeder_threads(), timeout=30)
+    # Each start dropped the hooks of the feeders that had ended.
+    assert feeder_hooks() - before <= 1
+
+
 def test_blocking_get_releases_the_gil(ctx):
     q = ctx.Queue()
     t = when_blocked_beside(lambda: q.put("from beside"))

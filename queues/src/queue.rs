@@ -188,6 +188,14 @@ impl Feeder {
         }
     }
 
+    /// Whether there is nothing to wait for: the feeder never started,
+    /// has ended, was joined, or belongs to the parent of this forked
+    /// process.
+    pub fn finished(&self) -> bool {
+        self.pid != std::process::id()
+            || lock(&self.slot).as_ref().map_or(true, |t| t.handle.as_ref().map_or(true, JoinHandle::is_finished))
+    }
+
     /// Wait until the feeder thread has ended (at once if it never
     /// started, was joined already, or belongs to the parent of this
     /// forked process).

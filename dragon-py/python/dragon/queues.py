@@ -31,6 +31,7 @@ Ordering: messages put by one thread are received in the order put.
 """
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from queue import Empty, Full
@@ -255,6 +256,7 @@ class Queue(_ChannelQueue):
         feeder = self._q.feeder()
         if not self._joincancelled:
             self._jointhread = util.Finalize(None, feeder.join, exitpriority=-5)
+            _exit_joins.note(feeder, self._jointhread)
         self._close = util.Finalize(self, feeder.close, exitpriority=10)
 
     @staticmethod
@@ -329,6 +331,36 @@ class Queue(_ChannelQueue):
         for f in (self._jointhread, self._flusher):
             if f is not None:
                 f.cancel()
+
+
+class _ExitJoins:
+    """The exit hooks that wait for feeder threads: those of feeders that
+    have ended are dropped whenever another starts, so that a program that
+    makes many queues does not pile them up (the standard library's hook
+    goes with its thread object)."""
+
+    def __init__(self):
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self):
+        # In a child process: the parent's feeders are not this process's.
+        self._lock = threading.Lock()
+        self._hooks = []
+
+    def note(self, feeder, hook):
+        with self._lock:
+            live = []
+            for f, h in self._hooks:
+                if f.finished():
+                    h.cancel()
+                else:
+                    live.append((f, h))
+            live.append((feeder, hook))
+            self._hooks = live
+
+
+_exit_joins = _ExitJoins()
 
 
 def _feeder_error(qref):
