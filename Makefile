@@ -68,12 +68,15 @@ demo: setup
 
 # clippy.toml keeps atomics and UnsafeCell behind shm_primitives::sync.
 # stubtest (mypy) checks dragon/_native.pyi against the built extension:
-# every name it registers, every signature (a few seconds).
+# every name it registers, every signature (a few seconds). ruff checks the
+# Python code (rules in ruff.toml).
 lint: typecheck setup
 	$(CARGO) fmt --all --check
 	$(CARGO) fmt --manifest-path channels-bench/Cargo.toml --check
 	$(CARGO) clippy --workspace --all-targets -q -- -D warnings
 	MYPY_CACHE_DIR=target/mypy-cache $(VPY) -m mypy.stubtest --concise dragon._native
+	@$(VPY) -m ruff --version >/dev/null 2>&1 || $(VPY) -m pip install -q -r dragon-py/requirements-dev.txt
+	RUFF_CACHE_DIR=target/ruff-cache $(VPY) -m ruff check -q dragon-py/python dragon-py/tests dragon-py/bench examples testbed
 
 # mypy --strict on examples/*.py and the typed public API (dragon.native,
 # dragon.data.ddict, Policy): the files and settings are in

@@ -100,7 +100,9 @@ def test_unbounded_put_never_blocks(ctx):
     q = ctx.Queue()
     n = queues.UNBOUNDED_CAPACITY * 4
     for i in range(n):
-        q.put(i)  # the ring fills; the rest waits in the feeder's buffer (a put that blocked would hang: the test's timeout)
+        # The ring fills; the rest waits in the feeder's buffer (a put that
+        # blocked would hang: the test's timeout).
+        q.put(i)
     assert q.qsize() == n
     out = ctx.Queue()
     c = ctx.Process(target=h.consume, args=(q, n, out))
