@@ -455,15 +455,30 @@ def test_a_job_past_its_time_limit_leaves_every_node_clean(slurm):
         except FileNotFoundError:
             return False
 
-    assert wait_until(mapping, RUN_TIMEOUT, 0.1), "the job did not start its pool"
-    with open(out) as f:
-        assert "holding ['node1', 'node2', 'node3']" in f.read()
-    # Slurm's smallest limit is a minute, checked every 30 s or so: the
-    # job's end is brought forward to now instead, and slurmctld ends it
-    # at its next check as at any time limit (state TIMEOUT, SIGTERM to
-    # every step, SIGKILL after KillWait).
-    _ok(_run(slurm, ["scontrol", "update", "JobId=%s" % job, "EndTime=now"]))
-    assert slurm.wait_job_state(job, ("TIMEOUT",), timeout=RUN_TIMEOUT) == "TIMEOUT"
+    try:
+        assert wait_until(mapping, RUN_TIMEOUT, 0.1), "the job did not start its pool"
+        with open(out) as f:
+            assert "holding ['node1', 'node2', 'node3']" in f.read()
+        # Slurm's smallest limit is a minute, checked every 30 s or so: the
+        # job's end is brought forward to now instead, and slurmctld ends it
+        # at its next check as at any time limit (state TIMEOUT, SIGTERM to
+        # every step, SIGKILL after KillWait). scontrol turns "now" into a
+        # time on its side and slurmctld refuses an end already in its past,
+        # so a second that ticks in between is answered "Invalid time
+        # specified": asked again, the next answer is the real one.
+        update = ["scontrol", "update", "JobId=%s" % job, "EndTime=now"]
+        results = []
+
+        def ended_now():
+            results.append(_run(slurm, update))
+            return results[-1].returncode == 0 or "Invalid time" not in results[-1].stderr
+
+        assert wait_until(ended_now, RUN_TIMEOUT, 0.1), results[-1].stderr
+        _ok(results[-1])
+        assert slurm.wait_job_state(job, ("TIMEOUT",), timeout=RUN_TIMEOUT) == "TIMEOUT"
+    finally:
+        # A failure above leaves no job behind for the tests that follow.
+        _run(slurm, ["scancel", job])
     _assert_clean(slurm)
 
 
