@@ -12,7 +12,8 @@ import dragon
 from dragon import _native, errors, sharedctypes, synchronize
 
 import _sync_helpers as h
-from conftest import interrupt_when_ready, run_and_list_leftovers, wait_until, when_blocked_beside, write_script
+from conftest import (interrupt_when_ready, run_and_list_leftovers, run_script, wait_until, when_blocked_beside,
+                      write_script)
 
 
 def shm_exists(name):
@@ -484,6 +485,55 @@ if __name__ == "__main__":
 
 def test_nothing_left_in_dev_shm(tmp_path):
     assert run_and_list_leftovers(tmp_path, LEAK_SCRIPT) == []
+
+
+STDLIB_SEM_KILLED_SCRIPT = """
+import os, signal, sys, time
+import multiprocessing as mp
+import multiprocessing.synchronize as std
+from multiprocessing import resource_tracker
+import dragon
+
+def child(path):
+    # The standard library makes the semaphore, then registers it with the
+    # resource tracker (where a fresh process starts one: the slow part);
+    # this child dies there, before SemLock's constructor returns.
+    def register(name, rtype):
+        with open(path + ".tmp", "w") as f:
+            f.write(name)
+        os.rename(path + ".tmp", path)
+        while True:
+            time.sleep(60)
+
+    resource_tracker.register = register
+    std.Lock(ctx=mp.get_context("spawn"))
+
+if __name__ == "__main__":
+    mp.set_start_method("dragon")
+    path = sys.argv[1]
+    p = mp.Process(target=child, args=(path,))
+    p.start()
+    while not os.path.exists(path):
+        if not p.is_alive():
+            sys.exit("the child ended with %s" % p.exitcode)
+        time.sleep(0.01)
+    name = open(path).read()
+    assert os.path.exists("/dev/shm/sem." + name.lstrip("/")), name
+    os.kill(p.pid, signal.SIGKILL)
+    p.join()
+    print(name, flush=True)
+"""
+
+
+def test_a_stdlib_semaphore_of_a_process_killed_while_making_it_goes_with_the_run(tmp_path):
+    # CPython's test suite makes a standard-library semaphore in every process
+    # that imports it, and kills processes: the run removes what they left.
+    path = str(tmp_path / "name")
+    r = run_script(write_script(tmp_path, STDLIB_SEM_KILLED_SCRIPT), path)
+    assert r.returncode == 0, r.stderr
+    name = r.stdout.strip().splitlines()[-1]
+    assert name.startswith("/mp-")
+    assert not shm_exists("sem." + name[1:])
 
 
 NO_TEMPLATE_SCRIPT = """

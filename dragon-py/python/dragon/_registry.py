@@ -57,25 +57,32 @@ def note(kind: str, *fields: object) -> None:
 def note_stdlib_semaphores() -> None:
     """Note every named semaphore the standard library makes in this
     process (``s <pid> /mp-<name>``), so that the run's cleanup removes it
-    if the process dies before unlinking it (``multiprocessing.synchronize``
-    makes one in every process that imports, for instance, CPython's test
-    suite; a process killed meanwhile left ``/dev/shm/sem.mp-*`` behind)."""
+    if the process dies before unlinking it (CPython's test suite makes one
+    in every process that imports it, and kills some of those processes).
+
+    The name is noted when it is chosen, before the semaphore exists: the
+    standard library's ``SemLock`` does slow work between making the
+    semaphore and returning (on a node whose processes have no resource
+    tracker yet, it starts one), and a process killed in that window left
+    ``/dev/shm/sem.mp-*`` behind when the name was noted afterwards. A name
+    noted for a semaphore that was never made costs the cleanup one failed
+    unlink."""
     try:
         from multiprocessing import synchronize
     except ImportError:  # no sem_open on this system: nothing to note
         return
-    stock = synchronize.SemLock.__init__
-    if getattr(stock, "_dragon_noted", False):
+    stock = synchronize.SemLock.__dict__.get("_make_name")
+    make_name = stock.__func__ if isinstance(stock, staticmethod) else stock
+    if make_name is None or getattr(make_name, "_dragon_noted", False):
         return
 
-    def __init__(self, *args, **kwargs):
-        stock(self, *args, **kwargs)
-        name = getattr(getattr(self, "_semlock", None), "name", None)
-        if name:
-            note("s", name)
+    def _make_name():
+        name = make_name()
+        note("s", name)
+        return name
 
-    __init__._dragon_noted = True  # type: ignore[attr-defined]
-    synchronize.SemLock.__init__ = __init__  # type: ignore[method-assign]
+    _make_name._dragon_noted = True  # type: ignore[attr-defined]
+    synchronize.SemLock._make_name = staticmethod(_make_name)  # type: ignore[method-assign]
 
 
 def read(run_id: str) -> list[tuple[str, int, list[str]]]:
