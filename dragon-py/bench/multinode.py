@@ -174,9 +174,10 @@ def raw(c, mode, n, port):
         srv.wait(60)
 
 
-def queue(c, script, n):
+def queue(c, script, n, direct=True):
     path = _write(c, "bench_q.py", script)
-    r = c.run(0, [DRAGON, "--hostlist", "node1,node2", path, str(n)], timeout=600, cwd=c.shared)
+    env = dict(os.environ, DRAGON_DIRECT="1" if direct else "0")
+    r = c.run(0, [DRAGON, "--hostlist", "node1,node2", path, str(n)], timeout=600, cwd=c.shared, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     return _json(r.stdout)
 
@@ -205,8 +206,10 @@ def main():
             res = [
                 ("rtt_8b", "raw_tcp", raw(c, "r", RTT_N, port)["rtt_us"]),
                 ("rtt_8b", "dragon_queue", queue(c, QUEUE_RTT, RTT_N)["rtt_us"]),
+                ("rtt_8b", "dragon_queue_relayed", queue(c, QUEUE_RTT, RTT_N, direct=False)["rtt_us"]),
                 ("stream_1mib", "raw_tcp", raw(c, "s", STREAM_MB, port + 1000)["mib_s"]),
                 ("stream_1mib", "dragon_queue", queue(c, QUEUE_STREAM, STREAM_MB)["mib_s"]),
+                ("stream_1mib", "dragon_queue_relayed", queue(c, QUEUE_STREAM, STREAM_MB, direct=False)["mib_s"]),
                 ("bringup_3_nodes", "dragon", bringup(c)["s"]),
             ]
             for bench, what, v in res:
@@ -232,6 +235,12 @@ def main():
     print("| 1 MiB streaming (MiB/s) | %.0f | %.0f | %.2fx | >= 0.7x |"
           % (med[("stream_1mib", "raw_tcp")], med[("stream_1mib", "dragon_queue")], bw_r))
     print("| 3-node bring-up, whole run (s) | | %.2f | | <= 1.5 s |" % med[("bringup_3_nodes", "dragon")])
+    print()
+    print("Relayed through both nodes' services (DRAGON_DIRECT=0): round trip %.1f us (%.2fx), "
+          "streaming %.0f MiB/s (%.2fx)"
+          % (med[("rtt_8b", "dragon_queue_relayed")], med[("rtt_8b", "dragon_queue_relayed")] / med[("rtt_8b", "raw_tcp")],
+             med[("stream_1mib", "dragon_queue_relayed")],
+             med[("stream_1mib", "dragon_queue_relayed")] / med[("stream_1mib", "raw_tcp")]))
 
 
 if __name__ == "__main__":

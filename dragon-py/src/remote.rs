@@ -26,6 +26,11 @@ pub(crate) const SLICE: Duration = Duration::from_millis(250);
 /// This process's off-node transport: (pid that opened it, transport).
 static TRANSPORT: Mutex<Option<(u32, &'static Transport)>> = Mutex::new(None);
 
+/// The transport connects straight to other nodes' services (`direct=1`
+/// in its config): sends carry their bytes on this process's connection
+/// (there is no service of this node to send a block on from).
+static DIRECT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The transport, opened on first use in this process (again after a fork:
 /// the parent's connection to the service is the parent's).
 fn transport(py: Python<'_>) -> PyResult<&'static Transport> {
@@ -43,8 +48,15 @@ fn transport(py: Python<'_>) -> PyResult<&'static Transport> {
     // One per process, for the rest of its life (a forked child's copy of
     // its parent's is never used nor closed: it shares the parent's socket).
     let tr: &'static Transport = Box::leak(Box::new(tr));
+    // Relaxed: read by this process's sends, all of which follow this call.
+    DIRECT.store(config.split([' ', ',']).any(|kv| kv == "direct=1"), std::sync::atomic::Ordering::Relaxed);
     *t = Some((me, tr));
     Ok(tr)
+}
+
+fn direct() -> bool {
+    // Relaxed: set once, before any send (see `transport`).
+    DIRECT.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// An attachment of this process to a channel of another node.
@@ -134,6 +146,9 @@ impl Outgoing {
         // A new block even for a view of a block this process owns: the
         // service sends the block on and frees it, which a view still in
         // use here must not see.
+        if direct() {
+            return Ok(Outgoing::Copy(message(py, data, prefix)?));
+        }
         if let Some(p) = crate::channel::lend(data, prefix, false)? {
             p.commit();
             return Ok(Outgoing::Block(p));
@@ -151,7 +166,7 @@ impl Outgoing {
             queues::Tag::Raw => Some(crate::channel::TAG_RAW),
             _ => None,
         };
-        match kind.and_then(|k| crate::lent::prepare(&msg[skip..], None, k)) {
+        match kind.filter(|_| !direct()).and_then(|k| crate::lent::prepare(&msg[skip..], None, k)) {
             Some(p) => {
                 p.commit();
                 Outgoing::Block(p)

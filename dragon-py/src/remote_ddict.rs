@@ -7,7 +7,7 @@
 //! each operation goes.
 use crate::blocking::detached;
 use crate::errors::{ddict_remote_err, ddict_remote_failure, DDictError};
-use crate::remote_sync::service;
+use crate::remote_sync::service_for;
 use pyo3::prelude::*;
 use runtime::ddictserve::{self as ops, ErrorKind};
 use std::time::Duration;
@@ -25,13 +25,17 @@ pub(crate) fn call(
     op: u8,
     args: &[&[u8]],
 ) -> PyResult<Vec<Vec<u8>>> {
-    let c = service()?;
+    let c = service_for(node, transport_shm::this_node())?;
     // A large last argument (a value) goes in a block of this node's store:
     // this node's service sends its bytes on from there (BLOCK_TAIL), so
     // they do not pass through this process's connection to it. Tag kind
-    // 0x80: the block's bytes are the value, without a tag byte.
+    // 0x80: the block's bytes are the value, without a tag byte. (On a
+    // direct connection to the shard's node there is no service to send
+    // them on: they go on the connection.)
     let block = match args.split_last() {
-        Some((last, _)) if last.len() >= crate::lent::MIN_LEN => crate::lent::prepare(last, None, 0x80),
+        Some((last, _)) if last.len() >= crate::lent::MIN_LEN && !c.is_direct() => {
+            crate::lent::prepare(last, None, 0x80)
+        }
         _ => None,
     };
     let (r, int) = match &block {

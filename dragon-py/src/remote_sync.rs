@@ -15,6 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 use runtime::syncserve::{self as ops, SyncRequest};
 use shm_primitives::handle::{Handle, Kind};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 use transport_tcp::local::ServiceClient;
@@ -40,6 +41,34 @@ pub(crate) fn service() -> PyResult<ServiceClient> {
     let c = ServiceClient::connect(&name).map_err(|e| service_connect_err(&name, e))?;
     *s = Some((me, c.clone()));
     Ok(c)
+}
+
+/// This process's direct connections to other nodes' services, by node
+/// (`None`: not reachable directly; reached through this node's service
+/// for the rest of the process's life): (pid that made them, connections).
+#[allow(clippy::type_complexity)]
+static DIRECT: Mutex<Option<(u32, HashMap<u32, Option<ServiceClient>>)>> = Mutex::new(None);
+
+/// The connection for requests to node `node` (DDict operations,
+/// synchronisation objects): straight to its service, made on first use,
+/// unless `DRAGON_DIRECT=0` or it cannot be made; else this node's
+/// service. A node is reached one way for the life of the process.
+pub(crate) fn service_for(node: u32, this_node: u32) -> PyResult<ServiceClient> {
+    let local = service()?;
+    if node == this_node || std::env::var("DRAGON_DIRECT").is_ok_and(|v| v == "0") {
+        return Ok(local);
+    }
+    let me = std::process::id();
+    let mut d = DIRECT.lock().unwrap_or_else(|e| e.into_inner());
+    if d.as_ref().is_some_and(|(pid, _)| *pid != me) {
+        // A forked child's copies share its parent's sockets: never used.
+        std::mem::forget(d.take());
+    }
+    let (_, map) = d.get_or_insert_with(|| (me, HashMap::new()));
+    let c = map
+        .entry(node)
+        .or_insert_with(|| local.connect_direct(node, transport_tcp::local::DIRECT_CONNECT_TIMEOUT).ok());
+    Ok(c.clone().unwrap_or(local))
 }
 
 fn thread_id() -> u64 {
@@ -74,7 +103,7 @@ impl RemoteSync {
         arg: i64,
         second: Option<&[u8]>,
     ) -> PyResult<Vec<u8>> {
-        let c = service()?;
+        let c = service_for(self.node, transport_shm::this_node())?;
         let tns = transport_tcp::proto::timeout_ns(timeout);
         let p = SyncRequest::encode(op, 0, thread_id(), tns, arg, &self.handle, second);
         let node = self.node;

@@ -1136,6 +1136,59 @@ def test_dragon_top_shows_every_node_and_a_lost_one(cluster):
     _assert_clean(cluster)
 
 
+DIRECT = ON_NODE + """
+        import os
+
+        def tcp_sockets():
+            # This process's sockets, and the TCP connections among them.
+            mine = set()
+            for fd in os.listdir("/proc/self/fd"):
+                try:
+                    link = os.readlink("/proc/self/fd/" + fd)
+                except OSError:
+                    continue
+                if link.startswith("socket:["):
+                    mine.add(link[8:-1])
+            n = 0
+            for line in open("/proc/self/net/tcp").readlines()[1:]:
+                f = line.split()
+                n += f[9] in mine and f[3] == "01"  # ESTABLISHED
+            return n
+
+        def echo(a, b, n):
+            for _ in range(n):
+                b.put(a.get())
+            b.put(("tcp", tcp_sockets()))
+
+        if __name__ == "__main__":
+            a, b = mp.Queue(), mp.Queue()
+            p = on(1, echo, a, b, 300)
+            items = [i if i % 3 else os.urandom(300000 + i) for i in range(300)]
+            for x in items:
+                a.put(x)
+            got = [b.get(timeout=120) for _ in items]
+            print("in order", got == items)
+            print("tcp", b.get(timeout=120)[1])
+            p.join(60)
+            print("exit", p.exitcode)
+"""
+
+
+@pytest.mark.parametrize("direct", ["1", "0"])
+def test_a_process_reaches_another_nodes_channels_directly_unless_told_not_to(cluster, direct):
+    # A process on node2 receives from and sends to queues of node1: on a
+    # TCP connection of its own to node1's service, or (DRAGON_DIRECT=0)
+    # through its node's service only. Small and large items, in order.
+    script = _script(cluster, "direct.py", DIRECT)
+    r = _run(cluster, script, env={"DRAGON_DIRECT": direct})
+    _ok(r)
+    assert "in order True" in r.stdout, r.stdout
+    tcp = int(re.search(r"^tcp (\d+)$", r.stdout, re.M).group(1))
+    assert (tcp == 1) if direct == "1" else (tcp == 0), r.stdout
+    assert "exit 0" in r.stdout, r.stdout
+    _assert_clean(cluster)
+
+
 def test_large_sends_and_ddict_values_go_through_the_block_store_not_the_connection(cluster):
     # A process's bytes written (wchar counts every write, to sockets too):
     # ten 1 MiB queue puts and ten 1 MiB DDict values for another node's
@@ -1178,7 +1231,9 @@ def test_large_sends_and_ddict_values_go_through_the_block_store_not_the_connect
             d.destroy()
             print("exit", p.exitcode)
         """)
-    r = _run(cluster, script)
+    # Through this node's service (DRAGON_DIRECT=0): with a direct
+    # connection to the channel's node the process sends the bytes itself.
+    r = _run(cluster, script, env={"DRAGON_DIRECT": "0"})
     _ok(r)
     assert "keys 10 whole True True True" in r.stdout, r.stdout
     assert "written under 1 MiB True" in r.stdout, r.stdout

@@ -183,9 +183,24 @@ struct LocalState {
     watching: Option<(u32, u64)>,
 }
 
+/// A process of another node connected straight to this service (with
+/// its own service's word for it, `auth::PROOF_PROCESS`): it uses this
+/// node's channels and DDicts without either service relaying.
+struct DirectState {
+    /// The process's node.
+    node: u32,
+    /// Its pid there (vouched for by its node's service): the owner of the
+    /// locks it takes here.
+    pid: u32,
+    served: Served,
+    /// It used this node's synchronisation objects.
+    synced: bool,
+}
+
 enum Role {
     Peer(PeerState),
     Local(LocalState),
+    Direct(DirectState),
 }
 
 struct Conn {
@@ -764,6 +779,15 @@ impl Service {
                 }
             }
             Role::Local(l) => self.local_gone(t, l),
+            // Its attachments go with its `Served`; what it held here is
+            // released (its connection ends when the process does).
+            Role::Direct(d) => {
+                if d.synced {
+                    let gone = SyncRequest::encode(syncserve::OWNER_GONE, d.pid, 0, 0, 0, &[], None);
+                    let noop: Post = Arc::new(|_| {});
+                    self.sync.handle(d.node, 0, &gone, &noop);
+                }
+            }
         }
     }
 
@@ -831,6 +855,15 @@ impl Service {
         }
         // What its processes held here is released.
         self.sync.node_gone(node);
+        let direct: Vec<Token> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(&c.role, Role::Direct(d) if d.node == node))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in direct {
+            self.drop_conn(t, why);
+        }
         // Its tethers end: its processes are gone.
         let ends: Vec<Token> = self.tethers.iter().filter(|(_, x)| x.peer == node).map(|(t, _)| *t).collect();
         for t in ends {
@@ -992,6 +1025,23 @@ impl Service {
             return;
         }
         match &mut c.role {
+            Role::Peer(p) if !p.authed && f.kind == auth::PROOF_PROCESS => {
+                let from = self.boot.secret.accept_process(&p.nonce, &f.payload);
+                match from {
+                    Some((node, pid, acc)) if node != self.me && (node as usize) < self.boot.hosts.len() => {
+                        self.gate.gone(t);
+                        c.link.max_frame = transport_tcp::frame::MAX_FRAME;
+                        c.link.send(auth::ACCEPT, 0, &acc, Bytes::new());
+                        let served = Served::new(self.me, self.boot.host());
+                        c.role = Role::Direct(DirectState { node, pid, served, synced: false });
+                    }
+                    _ => {
+                        let why = b"authentication failed: not vouched for by a node of this run";
+                        c.link.send(auth::REJECT, 0, why, Bytes::new());
+                        c.closing = true;
+                    }
+                }
+            }
             Role::Peer(p) if !p.authed => {
                 let secret = self.boot.secret.clone();
                 match (f.kind == auth::PROOF).then(|| secret.accept(&p.nonce, &f.payload)).flatten() {
@@ -1010,6 +1060,7 @@ impl Service {
             }
             Role::Peer(_) => self.peer_frame(t, f),
             Role::Local(_) => self.local_frame(t, f),
+            Role::Direct(_) => self.direct_frame(t, f),
         }
     }
 
@@ -1143,7 +1194,7 @@ impl Service {
     fn reply_to(&mut self, t: Token, r: Reply) {
         match self.conns.get(&t).map(|c| &c.role) {
             Some(Role::Local(_)) => self.reply_local(t, r, 0),
-            Some(Role::Peer(_)) => self.send_reply(t, r),
+            Some(Role::Peer(_) | Role::Direct(_)) => self.send_reply(t, r),
             None => {}
         }
     }
@@ -1259,6 +1310,10 @@ impl Service {
         if f.kind == proto::WATCH {
             return self.watch(t, node, u64_at(&payload).unwrap_or(0));
         }
+        if f.kind == chp::ROUTE || f.kind == chp::VOUCH {
+            let r = self.direct_help(t, f.kind, f.id, node, &payload);
+            return self.send_reply(t, r);
+        }
         if f.kind == proto::SYNC {
             // The owner of what it takes elsewhere is the process the
             // kernel says is at the other end of this connection.
@@ -1343,6 +1398,96 @@ impl Service {
             l.waiting.insert(rid);
         }
         self.send_to_node_parts(node, kind, rid, payload, tail);
+    }
+
+    /// What a process of this node needs to connect straight to node
+    /// `node`'s service: where it is (ROUTE), and this service's word for
+    /// the process (VOUCH, with the pid the kernel gives for it).
+    fn direct_help(&mut self, t: Token, kind: u8, id: u64, node: u32, payload: &[u8]) -> Reply {
+        if node == self.me || node as usize >= self.boot.hosts.len() {
+            return Reply::error(id, DRAGON_EINVAL, &format!("no other node {node} in this run"));
+        }
+        if let Some(why) = self.lost.get(&node) {
+            return Reply::error(id, DRAGON_EIO, why);
+        }
+        if kind == chp::ROUTE {
+            let Some(n) = self.table.as_ref().and_then(|tb| tb.get(node as usize)) else {
+                return Reply::error(id, DRAGON_EIO, "the run's nodes have not all joined yet");
+            };
+            let mut text = format!("{}\n{}\n", n.host, n.service_address());
+            for a in &n.addresses {
+                text.push_str(&format!("{a}:{}\n", n.port));
+            }
+            return Reply::ok(id, text.into_bytes());
+        }
+        let (Some(agent), Some(client)) = (payload.get(..32), payload.get(32..64)) else {
+            return Reply::error(id, DRAGON_EPROTO, "short VOUCH request");
+        };
+        let Some(Conn { role: Role::Local(l), .. }) = self.conns.get(&t) else {
+            return Reply::error(id, DRAGON_EINVAL, "only a process of this node is vouched for");
+        };
+        let (agent, client) = (agent.try_into().expect("32 bytes"), client.try_into().expect("32 bytes"));
+        let (proof, accept) = self.boot.secret.vouch(agent, client, self.me, l.pid);
+        Reply::ok(id, [proof, accept].concat())
+    }
+
+    /// A request of a process of another node connected straight here:
+    /// for this node's channels and DDicts only.
+    fn direct_frame(&mut self, t: Token, f: Frame) {
+        let payload = match u32_at(&f.payload) {
+            Some((node, _)) if node == self.me => f.payload.slice(4..),
+            Some(_) if f.kind == chp::CANCEL => f.payload.slice(4..),
+            _ if f.kind == chp::HEARTBEAT => return,
+            _ => {
+                let r = Reply::error(f.id, DRAGON_EINVAL, "a direct connection serves its node's requests only");
+                return self.send_reply(t, r);
+            }
+        };
+        let conn = t.0 as u64 + 1;
+        match f.kind {
+            chp::CANCEL => {
+                if let Some(Conn { role: Role::Direct(d), .. }) = self.conns.get(&t) {
+                    d.served.cancel(f.id);
+                    self.sync.cancel_on(d.node, conn, f.id);
+                }
+            }
+            proto::SYNC => {
+                // The owner of what it takes here is the process its node
+                // vouched for.
+                let Some(Conn { role: Role::Direct(d), .. }) = self.conns.get_mut(&t) else { return };
+                let mut p = payload.to_vec();
+                if let Some(at) = p.get_mut(syncserve::PID_AT) {
+                    at.copy_from_slice(&d.pid.to_le_bytes());
+                }
+                d.synced = true;
+                let node = d.node;
+                let post = self.poster(t);
+                if let Some(r) = self.sync.handle_on(node, conn, f.id, &p, &post) {
+                    self.send_reply(t, r);
+                }
+            }
+            proto::DDICT => {
+                let post = self.poster(t);
+                if let Some(r) = self.ddicts.handle(f.id, payload, &post) {
+                    self.send_reply(t, r);
+                }
+            }
+            k if Served::serves(k) && k != chp::SEND_BLOCK => {
+                let post = self.poster(t);
+                let Some(Conn { role: Role::Direct(d), .. }) = self.conns.get_mut(&t) else { return };
+                if let Some(r) = d.served.handle(&self.shm, k, f.id, payload, &post) {
+                    self.send_reply(t, r);
+                }
+            }
+            k => {
+                let r = Reply::error(
+                    f.id,
+                    DRAGON_EPROTO,
+                    &format!("request kind {k} is not served on a direct connection"),
+                );
+                self.send_reply(t, r);
+            }
+        }
     }
 
     /// A local process's request for this node itself.

@@ -373,15 +373,18 @@ fn fail(cmd: Cmd) {
     }
 }
 
-/// Cancel flags of waits under way, by (node, request id).
-type CancelFlags = HashMap<(u32, u64), Arc<AtomicBool>>;
+/// Cancel flags of waits under way, by (node, connection, request id):
+/// connection 0 for requests a node's service relays (its ids are unique
+/// among its node's), else the connection a process of that node made
+/// straight to this service (each process numbers its own requests).
+type CancelFlags = HashMap<(u32, u64, u64), Arc<AtomicBool>>;
 
 /// This node's objects as other nodes use them.
 #[derive(Default)]
 pub struct SyncServer {
     objects: HashMap<Vec<u8>, Obj>,
     proxies: HashMap<(Vec<u8>, Owner), Proxy>,
-    /// Cancel flags of waits under way, by (node, request id).
+    /// Cancel flags of waits under way, by (node, connection, request id).
     waits: Arc<std::sync::Mutex<CancelFlags>>,
     /// Barrier waits whose last party runs the action on its node: how
     /// the action went reaches the waiting thread here (dropped: the party
@@ -432,17 +435,17 @@ impl SyncServer {
         self.proxies.get(&(handle.to_vec(), owner)).is_some_and(|p| p.inflight.load(Ordering::Acquire) != CLOSED)
     }
 
-    fn cancel_flag(&self, node: u32, id: u64) -> Arc<AtomicBool> {
+    fn cancel_flag(&self, key: (u32, u64, u64)) -> Arc<AtomicBool> {
         let f = Arc::new(AtomicBool::new(false));
-        self.waits.lock().unwrap_or_else(|e| e.into_inner()).insert((node, id), f.clone());
+        self.waits.lock().unwrap_or_else(|e| e.into_inner()).insert(key, f.clone());
         f
     }
 
     /// A post that also forgets the request's cancel flag.
-    fn posting(&self, node: u32, id: u64, post: &Post) -> Post {
+    fn posting(&self, key: (u32, u64, u64), post: &Post) -> Post {
         let (waits, post) = (self.waits.clone(), post.clone());
         Arc::new(move |r: Reply| {
-            waits.lock().unwrap_or_else(|e| e.into_inner()).remove(&(node, id));
+            waits.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
             post(r)
         })
     }
@@ -479,6 +482,13 @@ impl SyncServer {
     /// Perform a SYNC request from node `node`: the reply if ready now,
     /// `None` if a thread will post it.
     pub fn handle(&mut self, node: u32, id: u64, payload: &[u8], post: &Post) -> Option<Reply> {
+        self.handle_on(node, 0, id, payload, post)
+    }
+
+    /// [`SyncServer::handle`] of a request that came on connection `conn`
+    /// (not 0) that a process of node `node` made straight to this service.
+    pub fn handle_on(&mut self, node: u32, conn: u64, id: u64, payload: &[u8], post: &Post) -> Option<Reply> {
+        let key = (node, conn, id);
         let Some(r) = SyncRequest::parse(payload) else {
             return Some(Reply::error(id, DRAGON_EPROTO, "malformed synchronisation request"));
         };
@@ -501,7 +511,7 @@ impl SyncServer {
         let wrong = || Reply::error(id, DRAGON_EINVAL, &format!("operation {} does not apply to this object", r.op));
         match (r.op, &obj) {
             (LOCK_ACQUIRE, Obj::Lock(_) | Obj::RLock(_)) => {
-                let (cancel, post) = (self.cancel_flag(node, id), self.posting(node, id, post));
+                let (cancel, post) = (self.cancel_flag(key), self.posting(key, post));
                 self.send_to_proxy(r.handle, obj.clone(), owner, Cmd::Acquire { id, timeout: r.timeout, cancel, post });
                 None
             }
@@ -531,7 +541,7 @@ impl SyncServer {
                 if !self.holds(lh, owner) {
                     return Some(Reply::error(id, code::NOT_ACQUIRED, "must acquire() condition before using wait()"));
                 }
-                let (cancel, post) = (self.cancel_flag(node, id), self.posting(node, id, post));
+                let (cancel, post) = (self.cancel_flag(key), self.posting(key, post));
                 let cmd = Cmd::CondWait { id, cond: c.clone(), timeout: r.timeout, cancel, post };
                 self.send_to_proxy(lh, lock, owner, cmd);
                 None
@@ -596,7 +606,7 @@ impl SyncServer {
             }
             (MEM_SIZE, Obj::Mem(m)) => Some(ok(id, m.size() as i64)),
             (SEM_ACQUIRE | EVENT_WAIT | BARRIER_WAIT, _) => {
-                let (cancel, post) = (self.cancel_flag(node, id), self.posting(node, id, post));
+                let (cancel, post) = (self.cancel_flag(key), self.posting(key, post));
                 let (op, timeout) = (r.op, r.timeout);
                 let with_action = (op == BARRIER_WAIT && r.arg == 1).then(|| (self.actions.clone(), r.handle.to_vec()));
                 let work = move || {
@@ -656,7 +666,13 @@ impl SyncServer {
 
     /// End a wait under way (its requester is gone).
     pub fn cancel(&self, node: u32, id: u64) {
-        if let Some(f) = self.waits.lock().unwrap_or_else(|e| e.into_inner()).get(&(node, id)) {
+        self.cancel_on(node, 0, id);
+    }
+
+    /// [`SyncServer::cancel`] of a request of a direct connection (see
+    /// [`SyncServer::handle_on`]).
+    pub fn cancel_on(&self, node: u32, conn: u64, id: u64) {
+        if let Some(f) = self.waits.lock().unwrap_or_else(|e| e.into_inner()).get(&(node, conn, id)) {
             f.store(true, Ordering::Release);
         }
     }
@@ -679,7 +695,7 @@ impl SyncServer {
 
     /// Node `node` is lost: release what its processes hold, end their waits.
     pub fn node_gone(&mut self, node: u32) {
-        for ((n, _), f) in self.waits.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for ((n, _, _), f) in self.waits.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             if *n == node {
                 f.store(true, Ordering::Release);
             }

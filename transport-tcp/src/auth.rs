@@ -10,6 +10,20 @@
 //! Both sides prove they hold the secret without sending it, and fresh
 //! nonces on both sides make a recorded exchange useless. MACs are compared
 //! in constant time.
+//!
+//! A process of the run, which does not hold the secret, connects to
+//! another node's service directly with its own service's word for it:
+//!
+//! ```text
+//!   service -> process  HELLO          (as above)
+//!   process -> service  PROOF_PROCESS  origin node u32, pid u32, client nonce (32),
+//!                       HMAC-SHA256(secret, "dragon-tcp/1 process" | agent nonce | client nonce | node | pid)
+//!   service -> process  ACCEPT / REJECT (as above)
+//! ```
+//!
+//! The process asks its own node's service for the MAC (and for the ACCEPT
+//! it must expect); that service puts in the pid the kernel gives for the
+//! asking process, so a process can be vouched for only as itself.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -23,6 +37,9 @@ pub const PROOF: u8 = 0xA1;
 pub const ACCEPT: u8 = 0xA2;
 /// See the module docs.
 pub const REJECT: u8 = 0xA3;
+/// A process's proof, vouched for by its node's service (see
+/// [`Secret::vouch`]).
+pub const PROOF_PROCESS: u8 = 0xA4;
 /// Protocol version in HELLO.
 pub const VERSION: u16 = 1;
 
@@ -120,6 +137,38 @@ impl Secret {
         Some(self.mac(b"dragon-tcp/1 agent", client_nonce, agent_nonce).finalize().into_bytes().to_vec())
     }
 
+    /// What a node's service vouches for one of its processes: the
+    /// PROOF_PROCESS payload answering `agent_nonce` for process `pid` of
+    /// node `node`, and the ACCEPT payload the process must then get.
+    pub fn vouch(&self, agent_nonce: &[u8; 32], client_nonce: &[u8; 32], node: u32, pid: u32) -> (Vec<u8>, Vec<u8>) {
+        let mut who = client_nonce.to_vec();
+        who.extend_from_slice(&node.to_le_bytes());
+        who.extend_from_slice(&pid.to_le_bytes());
+        let mac = self.mac(b"dragon-tcp/1 process", agent_nonce, &who).finalize().into_bytes();
+        let mut proof = node.to_le_bytes().to_vec();
+        proof.extend_from_slice(&pid.to_le_bytes());
+        proof.extend_from_slice(client_nonce);
+        proof.extend_from_slice(&mac);
+        let accept = self.mac(b"dragon-tcp/1 agent", client_nonce, agent_nonce).finalize().into_bytes().to_vec();
+        (proof, accept)
+    }
+
+    /// The service's check of a PROOF_PROCESS: on success, the process's
+    /// node and pid and the ACCEPT payload.
+    pub fn accept_process(&self, agent_nonce: &[u8; 32], proof: &[u8]) -> Option<(u32, u32, Vec<u8>)> {
+        if proof.len() != 8 + NONCE + MAC {
+            return None;
+        }
+        let node = u32::from_le_bytes(proof[0..4].try_into().ok()?);
+        let pid = u32::from_le_bytes(proof[4..8].try_into().ok()?);
+        let (client_nonce, mac) = proof[8..].split_at(NONCE);
+        let mut who = client_nonce.to_vec();
+        who.extend_from_slice(&proof[0..8]);
+        self.mac(b"dragon-tcp/1 process", agent_nonce, &who).verify_slice(mac).ok()?;
+        let accept = self.mac(b"dragon-tcp/1 agent", client_nonce, agent_nonce).finalize().into_bytes().to_vec();
+        Some((node, pid, accept))
+    }
+
     /// The client's check of an ACCEPT payload.
     pub fn verify_accept(&self, agent_nonce: &[u8; 32], client_nonce: &[u8; 32], accept: &[u8]) -> bool {
         self.mac(b"dragon-tcp/1 agent", client_nonce, agent_nonce).verify_slice(accept).is_ok()
@@ -147,6 +196,29 @@ mod tests {
         // Malformed messages fail without panicking.
         assert!(s.proof(&[1, 0]).is_none());
         assert!(s.accept(&agent_nonce, &proof[..10]).is_none());
+    }
+
+    #[test]
+    fn a_vouched_process_proves_who_it_is_and_nothing_else() {
+        let s = Secret::random();
+        let (agent_nonce, client_nonce) = (random32(), random32());
+        let (proof, accept) = s.vouch(&agent_nonce, &client_nonce, 2, 4321);
+        assert_eq!(s.accept_process(&agent_nonce, &proof), Some((2, 4321, accept.clone())));
+        assert!(s.verify_accept(&agent_nonce, &client_nonce, &accept));
+        // Another node or pid written over the vouched ones fails.
+        for (at, v) in [(0, 3u32), (4, 4322)] {
+            let mut forged = proof.clone();
+            forged[at..at + 4].copy_from_slice(&v.to_le_bytes());
+            assert!(s.accept_process(&agent_nonce, &forged).is_none());
+        }
+        // Another secret, another nonce (a replay), a short proof: refused.
+        assert!(Secret::random().accept_process(&agent_nonce, &proof).is_none());
+        assert!(s.accept_process(&random32(), &proof).is_none());
+        assert!(s.accept_process(&agent_nonce, &proof[..40]).is_none());
+        // A service's PROOF is not a process's, nor the other way round.
+        let (service_proof, _, _) = s.proof(&Secret::hello(&agent_nonce)).unwrap();
+        assert!(s.accept_process(&agent_nonce, &service_proof).is_none());
+        assert!(s.accept(&agent_nonce, &proof).is_none());
     }
 
     #[test]

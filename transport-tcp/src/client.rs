@@ -66,6 +66,10 @@ impl From<io::Error> for TcpError {
     }
 }
 
+/// How a client answers a HELLO: the frame kind and payload of its proof,
+/// and the check of the ACCEPT payload it must get back.
+type Prove<'a> = dyn FnMut(&[u8]) -> Result<(u8, Vec<u8>, Box<dyn Fn(&[u8]) -> bool + 'a>), TcpError> + 'a;
+
 /// Reads are sliced so that silence is noticed.
 const SLICE: Duration = Duration::from_millis(200);
 
@@ -83,6 +87,38 @@ impl Client {
     /// Connect to the agent at `addr` and authenticate with `secret`,
     /// within `timeout`.
     pub fn connect(addr: &str, secret: &Secret, timeout: Duration) -> Result<Client, TcpError> {
+        Client::handshake(addr, timeout, &mut |hello| {
+            let (proof, an, cn) = secret
+                .proof(hello)
+                .ok_or_else(|| TcpError::Protocol("malformed HELLO or another protocol version".into()))?;
+            Ok((auth::PROOF, proof, Box::new(move |accept: &[u8]| secret.verify_accept(&an, &cn, accept))))
+        })
+    }
+
+    /// Connect to the service at `addr` as a process of the run that does
+    /// not hold the secret: `vouch(agent nonce, client nonce)` gives the
+    /// PROOF_PROCESS payload and the ACCEPT payload to expect (from the
+    /// process's own node's service, `auth::Secret::vouch`).
+    pub fn connect_vouched(
+        addr: &str,
+        timeout: Duration,
+        vouch: &mut dyn FnMut(&[u8; 32], &[u8; 32]) -> Result<(Vec<u8>, Vec<u8>), TcpError>,
+    ) -> Result<Client, TcpError> {
+        Client::handshake(addr, timeout, &mut |hello| {
+            let agent_nonce: [u8; 32] = match hello {
+                [lo, hi, rest @ ..] if u16::from_le_bytes([*lo, *hi]) == auth::VERSION => {
+                    rest.try_into().map_err(|_| TcpError::Protocol("malformed HELLO".into()))?
+                }
+                _ => return Err(TcpError::Protocol("malformed HELLO or another protocol version".into())),
+            };
+            let (proof, expect) = vouch(&agent_nonce, &auth::random32())?;
+            Ok((auth::PROOF_PROCESS, proof, Box::new(move |accept: &[u8]| accept == expect.as_slice())))
+        })
+    }
+
+    /// Connect, answer the HELLO with what `prove` says (frame kind,
+    /// payload, and the check of the ACCEPT that must come back).
+    fn handshake<'a>(addr: &str, timeout: Duration, prove: &mut Prove<'a>) -> Result<Client, TcpError> {
         let sa: SocketAddr = addr
             .to_socket_addrs()?
             .next()
@@ -106,13 +142,11 @@ impl Client {
         if hello.kind != auth::HELLO {
             return Err(TcpError::Protocol(format!("expected HELLO, got frame kind {}", hello.kind)));
         }
-        let (proof, agent_nonce, client_nonce) = secret
-            .proof(&hello.payload)
-            .ok_or_else(|| TcpError::Protocol("malformed HELLO or another protocol version".into()))?;
-        c.write(auth::PROOF, 0, &proof)?;
+        let (kind, proof, accepted) = prove(&hello.payload)?;
+        c.write(kind, 0, &proof)?;
         let answer = c.next_frame(Some(deadline), small)?;
         match answer.kind {
-            auth::ACCEPT if secret.verify_accept(&agent_nonce, &client_nonce, &answer.payload) => Ok(c),
+            auth::ACCEPT if accepted(&answer.payload) => Ok(c),
             auth::ACCEPT => Err(TcpError::Auth("the agent does not hold this run's secret".into())),
             auth::REJECT => Err(TcpError::Auth(String::from_utf8_lossy(&answer.payload).into_owned())),
             k => Err(TcpError::Protocol(format!("expected ACCEPT, got frame kind {k}"))),

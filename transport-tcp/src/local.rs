@@ -18,18 +18,50 @@ use crate::proto;
 use bytes::{Bytes, BytesMut};
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
+use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 type Answer = Result<(u8, Bytes), TcpError>;
+
+/// What a client talks over: the unix socket of this node's service, or a
+/// direct TCP connection to another node's service.
+#[derive(Debug)]
+enum Sock {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Sock {
+    fn fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Sock::Unix(s) => s.as_raw_fd(),
+            Sock::Tcp(s) => s.as_raw_fd(),
+        }
+    }
+
+    fn write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Sock::Unix(s) => (&mut &*s).write_vectored(bufs),
+            Sock::Tcp(s) => (&mut &*s).write_vectored(bufs),
+        }
+    }
+
+    fn shutdown(&self) {
+        let _ = match self {
+            Sock::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+            Sock::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+        };
+    }
+}
 
 /// The reading half of the connection, and what it has read so far.
 struct Reader {
     /// The same socket as the writer's (one descriptor per process).
-    stream: Arc<UnixStream>,
+    stream: Arc<Sock>,
     rbuf: BytesMut,
     /// Replies that came in pieces, by id, until their last piece.
     parts: HashMap<u64, BytesMut>,
@@ -48,13 +80,17 @@ struct State {
 }
 
 struct Inner {
-    writer: Mutex<Arc<UnixStream>>,
+    writer: Mutex<Arc<Sock>>,
     state: Mutex<State>,
     /// Signalled when a reply comes, when the reader is put back, and when
     /// the connection ends.
     changed: Condvar,
     next_id: AtomicU64,
     name: String,
+    /// What the messages call the other end ("this node's dragon service").
+    what: String,
+    /// Put before a message of the connection's end ("node 2 (n2) is lost: ").
+    lost: String,
 }
 
 impl Inner {
@@ -85,21 +121,72 @@ fn gone(why: &str) -> TcpError {
     TcpError::Io(io::Error::new(io::ErrorKind::BrokenPipe, why.to_owned()))
 }
 
+/// How long a direct connection to another node's service may take to make.
+pub const DIRECT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl ServiceClient {
     /// Connect to the service listening on abstract socket `name`.
     pub fn connect(name: &str) -> Result<ServiceClient, TcpError> {
-        let stream = Arc::new(connect_abstract(name).map_err(|e| {
+        let stream = connect_abstract(name).map_err(|e| {
             TcpError::Io(io::Error::new(e.kind(), format!("cannot reach this node's dragon service ({name}): {e}")))
-        })?);
-        let reader = Reader { stream: stream.clone(), rbuf: BytesMut::with_capacity(64 << 10), parts: HashMap::new() };
+        })?;
+        Ok(ServiceClient::over(Sock::Unix(stream), BytesMut::new(), name, "this node's dragon service", String::new()))
+    }
+
+    fn over(sock: Sock, mut rbuf: BytesMut, name: &str, what: &str, lost: String) -> ServiceClient {
+        let stream = Arc::new(sock);
+        rbuf.reserve(64 << 10);
+        let reader = Reader { stream: stream.clone(), rbuf, parts: HashMap::new() };
         let inner = Arc::new(Inner {
             writer: Mutex::new(stream),
             state: Mutex::new(State { reader: Some(reader), ..State::default() }),
             changed: Condvar::new(),
             next_id: AtomicU64::new(1),
             name: name.to_owned(),
+            what: what.to_owned(),
+            lost,
         });
-        Ok(ServiceClient { inner })
+        ServiceClient { inner }
+    }
+
+    /// A connection of this process straight to the service of node
+    /// `node`, made with this service's word for the process (requests
+    /// [`proto::ROUTE`] and [`proto::VOUCH`]); requests on it are for
+    /// `node` only, and skip both services' relaying. It fails if no
+    /// address of the node's service can be reached and authenticated to
+    /// within `timeout` each.
+    pub fn connect_direct(&self, node: u32, timeout: Duration) -> Result<ServiceClient, TcpError> {
+        let route = self.call(node, proto::ROUTE, &[])?;
+        let text = String::from_utf8_lossy(&route);
+        let mut lines = text.lines();
+        let host = lines.next().unwrap_or_default().to_owned();
+        let mut last = TcpError::Protocol(format!("no address known for node {node}"));
+        for addr in lines {
+            let mut vouch = |agent: &[u8; 32], client: &[u8; 32]| {
+                let v = self.call(node, proto::VOUCH, &[&agent[..], &client[..]].concat())?;
+                match v.len().checked_sub(32) {
+                    Some(at) if at > 0 => Ok((v[..at].to_vec(), v[at..].to_vec())),
+                    _ => Err(TcpError::Protocol("short VOUCH reply".into())),
+                }
+            };
+            match crate::client::Client::connect_vouched(addr, timeout, &mut vouch) {
+                Ok(c) => {
+                    let (stream, rbuf) = c.into_parts();
+                    stream.set_read_timeout(None)?;
+                    set_keepalive(&stream);
+                    let name = format!("node {node} ({host}) at {addr}");
+                    let lost = format!("node {node} ({host}) is lost: ");
+                    return Ok(ServiceClient::over(Sock::Tcp(stream), rbuf, &name, "its dragon service", lost));
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Whether this is a direct connection to another node's service.
+    pub fn is_direct(&self) -> bool {
+        matches!(*self.inner.writer.lock().unwrap_or_else(|e| e.into_inner()).as_ref(), Sock::Tcp(_))
     }
 
     /// Send request `kind` for node `node` with `payload`, wait for its
@@ -220,7 +307,9 @@ impl ServiceClient {
             let [h, p] = piece(off, total - off);
             r.and_then(|()| write_all_vectored(&w, &[&frame::header(kind, id, total - off), h, p]))
         };
-        r.map_err(|e| TcpError::Io(io::Error::new(e.kind(), format!("this node's dragon service went away: {e}"))))
+        r.map_err(|e| {
+            TcpError::Io(io::Error::new(e.kind(), format!("{}{} went away: {e}", self.inner.lost, self.inner.what)))
+        })
     }
 }
 
@@ -318,7 +407,7 @@ impl Reader {
                 // Rounded up: a wait never ends before its deadline.
                 Some(l) => i32::try_from(l.as_micros().div_ceil(1000)).unwrap_or(i32::MAX),
             };
-            let mut pfd = libc::pollfd { fd: self.stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let mut pfd = libc::pollfd { fd: self.stream.fd(), events: libc::POLLIN, revents: 0 };
             // SAFETY: one valid pollfd, for the duration of the call.
             let n = unsafe { libc::poll(&mut pfd, 1, ms) };
             if n < 0 {
@@ -326,7 +415,7 @@ impl Reader {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                return Err(format!("the connection to this node's dragon service failed: {e}"));
+                return Err(format!("{}the connection to {} failed: {e}", inner.lost, inner.what));
             }
             if n == 0 {
                 if left.is_some_and(|l| l.is_zero()) || deadline.is_some_and(|d| Instant::now() >= d) {
@@ -336,10 +425,12 @@ impl Reader {
             }
             self.rbuf.reserve(64 << 10);
             match read_into_spare(&self.stream, &mut self.rbuf) {
-                Ok(0) => return Err("this node's dragon service closed the connection (the run is ending?)".to_owned()),
+                Ok(0) => {
+                    return Err(format!("{}{} closed the connection (the run is ending?)", inner.lost, inner.what))
+                }
                 Ok(_) => {}
                 Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) => {}
-                Err(e) => return Err(format!("the connection to this node's dragon service failed: {e}")),
+                Err(e) => return Err(format!("{}the connection to {} failed: {e}", inner.lost, inner.what)),
             }
         }
     }
@@ -368,7 +459,7 @@ impl Reader {
                     }
                 }
                 Ok(None) => return Ok(mine),
-                Err(e) => return Err(format!("this node's dragon service sent a bad frame: {e}")),
+                Err(e) => return Err(format!("{}{} sent a bad frame: {e}", inner.lost, inner.what)),
             }
         }
     }
@@ -387,7 +478,7 @@ fn answer(a: Answer) -> Result<Bytes, TcpError> {
     }
 }
 
-fn write_all_vectored(mut w: &UnixStream, parts: &[&[u8]]) -> io::Result<()> {
+fn write_all_vectored(w: &Sock, parts: &[&[u8]]) -> io::Result<()> {
     let mut bufs: Vec<&[u8]> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
     while !bufs.is_empty() {
         let slices: Vec<io::IoSlice<'_>> = bufs.iter().map(|b| io::IoSlice::new(b)).collect();
@@ -412,12 +503,12 @@ fn write_all_vectored(mut w: &UnixStream, parts: &[&[u8]]) -> io::Result<()> {
 
 /// Read what is there into `buf`'s spare capacity (no zero-filled
 /// temporary, no copy).
-fn read_into_spare(stream: &UnixStream, buf: &mut BytesMut) -> io::Result<usize> {
+fn read_into_spare(stream: &Sock, buf: &mut BytesMut) -> io::Result<usize> {
     let spare = buf.spare_capacity_mut();
     // SAFETY: read(2) writes at most `spare.len()` bytes into the spare
     // capacity, which is valid for writes; the bytes it wrote are then
     // initialised, and only those are added to the length.
-    let n = unsafe { libc::read(stream.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
+    let n = unsafe { libc::read(stream.fd(), spare.as_mut_ptr().cast(), spare.len()) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -430,7 +521,32 @@ fn read_into_spare(stream: &UnixStream, buf: &mut BytesMut) -> io::Result<usize>
 impl Drop for Inner {
     fn drop(&mut self) {
         // The service sees the connection end at once.
-        let w = self.writer.get_mut().unwrap_or_else(|e| e.into_inner());
-        let _ = w.shutdown(std::net::Shutdown::Both);
+        self.writer.get_mut().unwrap_or_else(|e| e.into_inner()).shutdown();
     }
+}
+
+/// A direct connection notices a peer gone silent (its node cut off) as the
+/// services' heartbeats do, within about `proto::SILENCE_LIMIT`: keepalive
+/// probes every second after a second of silence, and unacknowledged data
+/// given up on after the limit.
+fn set_keepalive(s: &TcpStream) {
+    let fd = s.as_raw_fd();
+    let limit = proto::SILENCE_LIMIT.as_secs().max(2) as libc::c_int;
+    let set = |level: libc::c_int, name: libc::c_int, v: libc::c_int| {
+        // SAFETY: a valid socket and a c_int option value, for the duration of the call.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    };
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 1);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 1);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, limit - 1);
+    set(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, limit * 1000);
 }

@@ -25,13 +25,14 @@ use crate::client::TcpError;
 use crate::local::{ServiceClient, Ticket};
 use crate::proto;
 use shm_primitives::handle::{Handle, Kind};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::CStr;
+use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 use transport_abi::abi::*;
 use transport_abi::export::{ChannelImpl, Failure, Timeout, TransportImpl};
-use transport_shm::blocks::{BlockMessage, TAG_BLOCK};
+use transport_shm::blocks::{BlockMessage, Stores, TAG_BLOCK};
 
 /// The TCP transport instance.
 #[derive(Debug)]
@@ -39,6 +40,14 @@ pub struct TcpTransport {
     client: ServiceClient,
     node: u32,
     blocks: bool,
+    /// Connect straight to other nodes' services (`direct=1`).
+    direct: bool,
+    /// This process's direct connections, by node (`None`: the node's
+    /// service could not be reached directly; its channels are reached
+    /// through this node's service, for the rest of the process's life).
+    directs: Mutex<HashMap<u32, Option<ServiceClient>>>,
+    /// Block stores named by block messages sent on direct connections.
+    stores: Arc<Mutex<Stores>>,
 }
 
 /// One attachment to a channel on some node.
@@ -50,6 +59,9 @@ pub struct TcpChannel {
     handle: Vec<u8>,
     /// Receives ask for block messages to be materialized.
     blocks: bool,
+    /// On a direct connection to the channel's node: a block message is
+    /// sent as its block's bytes, from the block (no service to send it on).
+    direct: Option<Arc<Mutex<Stores>>>,
     /// Deferred sends in flight, oldest first.
     deferred: Mutex<Deferred>,
 }
@@ -130,28 +142,29 @@ struct Config {
     service: String,
     node: u32,
     blocks: bool,
+    direct: bool,
 }
 
 fn parse_config(config: &str) -> Result<Config, Failure> {
-    let (mut service, mut node, mut blocks) = (None, 0, false);
+    let (mut service, mut node, mut blocks, mut direct) = (None, 0, false, false);
+    let flag = |v: &str, bad: &dyn Fn(&str) -> Failure| match v {
+        "0" => Ok(false),
+        "1" => Ok(true),
+        _ => Err(bad("expected 0 or 1")),
+    };
     for item in config.split([',', ' ', '\t', '\n']).filter(|s| !s.is_empty()) {
         let bad = |why: &str| Failure::new(DRAGON_EINVAL, format!("tcp transport config {item:?}: {why}"));
         let (k, v) = item.split_once('=').ok_or_else(|| bad("expected key=value"))?;
         match k {
             "service" => service = Some(v.to_owned()),
             "node" => node = v.parse().map_err(|_| bad("expected a node index"))?,
-            "blocks" => {
-                blocks = match v {
-                    "0" => false,
-                    "1" => true,
-                    _ => return Err(bad("expected 0 or 1")),
-                }
-            }
-            _ => return Err(bad("unknown key (known: service, node, blocks)")),
+            "blocks" => blocks = flag(v, &bad)?,
+            "direct" => direct = flag(v, &bad)?,
+            _ => return Err(bad("unknown key (known: service, node, blocks, direct)")),
         }
     }
     match service {
-        Some(service) if !service.is_empty() => Ok(Config { service, node, blocks }),
+        Some(service) if !service.is_empty() => Ok(Config { service, node, blocks, direct }),
         _ => Err(Failure::new(DRAGON_EINVAL, "tcp transport config needs service=<this node's service socket>")),
     }
 }
@@ -163,9 +176,9 @@ impl TransportImpl for TcpTransport {
         DRAGON_CAP_REMOTE | DRAGON_CAP_ZERO_COPY_RECV | DRAGON_CAP_BLOCKING | DRAGON_CAP_POLL | DRAGON_CAP_CREATE;
 
     fn open(config: &str) -> Result<Self, Failure> {
-        let Config { service, node, blocks } = parse_config(config)?;
+        let Config { service, node, blocks, direct } = parse_config(config)?;
         let client = ServiceClient::connect(&service).map_err(failure)?;
-        Ok(TcpTransport { client, node, blocks })
+        Ok(TcpTransport { client, node, blocks, direct, directs: Mutex::default(), stores: Arc::default() })
     }
 
     fn create_channel(&self, a: &DragonChannelAttrs) -> Result<TcpChannel, Failure> {
@@ -180,6 +193,7 @@ impl TransportImpl for TcpTransport {
             att,
             handle: handle.to_vec(),
             blocks: self.blocks,
+            direct: None,
             deferred: Mutex::default(),
         })
     }
@@ -187,16 +201,37 @@ impl TransportImpl for TcpTransport {
     fn attach_channel(&self, bytes: &[u8]) -> Result<TcpChannel, Failure> {
         let h = Handle::from_bytes_of(bytes, Kind::Channel)
             .map_err(|e| Failure::new(DRAGON_EBADMSG, format!("bad channel handle: {e}")))?;
-        let r = self.client.call(h.node, proto::ATTACH, bytes).map_err(failure)?;
+        let client = self.client_for(h.node);
+        let r = client.call(h.node, proto::ATTACH, bytes).map_err(failure)?;
         let (att, _) = proto::take_u64(&r).ok_or_else(|| Failure::new(DRAGON_EPROTO, "short ATTACH reply"))?;
+        let direct = client.is_direct().then(|| self.stores.clone());
         Ok(TcpChannel {
-            client: self.client.clone(),
+            client,
             node: h.node,
             att,
             handle: bytes.to_vec(),
             blocks: self.blocks,
+            direct,
             deferred: Mutex::default(),
         })
+    }
+}
+
+impl TcpTransport {
+    /// The connection that carries requests for `node`: a direct one to
+    /// its service (made on first use) when `direct=1` and it can be made,
+    /// else the one to this node's service. A node is reached one way for
+    /// the life of the process, so an attachment always goes the way it
+    /// was made.
+    fn client_for(&self, node: u32) -> ServiceClient {
+        if !self.direct || node == self.node {
+            return self.client.clone();
+        }
+        let mut d = self.directs.lock().unwrap_or_else(|e| e.into_inner());
+        let c = d
+            .entry(node)
+            .or_insert_with(|| self.client.connect_direct(node, crate::local::DIRECT_CONNECT_TIMEOUT).ok());
+        c.clone().unwrap_or_else(|| self.client.clone())
     }
 }
 
@@ -217,12 +252,27 @@ impl TcpChannel {
     /// The request kind for sending `data`, and the bytes it carries (a
     /// block message stands for the block's payload).
     fn send_kind(&self, data: &[u8]) -> (u8, usize) {
-        if self.blocks && data.first() == Some(&TAG_BLOCK) {
+        if self.blocks && self.direct.is_none() && data.first() == Some(&TAG_BLOCK) {
             if let Some(m) = BlockMessage::parse(&data[1..]) {
                 return (proto::SEND_BLOCK, m.len);
             }
         }
         (proto::SEND, data.len())
+    }
+
+    /// A SEND's head, and for a block message on a direct connection the
+    /// block's bytes (the tag byte then goes at the end of the head): the
+    /// bytes go on the connection from the block, which is freed after.
+    fn direct_parts(&self, timeout: Timeout, data: &[u8]) -> Result<(Vec<u8>, Option<impl AsRef<[u8]>>), Failure> {
+        let mut head = self.send_head(timeout);
+        let Some(stores) = self.direct.as_ref().filter(|_| self.blocks && data.first() == Some(&TAG_BLOCK)) else {
+            return Ok((head, None));
+        };
+        let view =
+            stores.lock().unwrap_or_else(|e| e.into_inner()).view(data).map_err(|e| Failure::new(DRAGON_EBADMSG, e))?;
+        let Some((tag, view)) = view else { return Ok((head, None)) };
+        head.extend(tag);
+        Ok((head, Some(view)))
     }
 
     fn send_head(&self, timeout: Timeout) -> Vec<u8> {
@@ -250,7 +300,8 @@ impl ChannelImpl for TcpChannel {
         // The channel's node serves one attachment's sends in the order they
         // come, so this one goes after every deferred one.
         let (kind, _) = self.send_kind(data);
-        self.client.call_raw(kind, &self.send_head(timeout), data).map(|_| ()).map_err(failure)
+        let (head, body) = self.direct_parts(timeout, data)?;
+        self.client.call_raw(kind, &head, body.as_ref().map_or(data, |b| b.as_ref())).map(|_| ()).map_err(failure)
     }
 
     fn send_deferred(&self, data: &[u8], timeout: Timeout) -> Result<(), Failure> {
@@ -266,7 +317,8 @@ impl ChannelImpl for TcpChannel {
             }
             d.report()?;
         }
-        let t = self.client.submit(kind, &self.send_head(None), data).map_err(failure)?;
+        let (head, body) = self.direct_parts(None, data)?;
+        let t = self.client.submit(kind, &head, body.as_ref().map_or(data, |b| b.as_ref())).map_err(failure)?;
         d.inflight.push_back((t, len));
         d.bytes += len;
         Ok(())
@@ -316,13 +368,15 @@ mod tests {
     fn config_parses_and_rejects() {
         assert_eq!(
             parse_config("service=dragon-x node=2").unwrap(),
-            Config { service: "dragon-x".to_owned(), node: 2, blocks: false }
+            Config { service: "dragon-x".to_owned(), node: 2, blocks: false, direct: false }
         );
         assert_eq!(
             parse_config("service=s,blocks=1").unwrap(),
-            Config { service: "s".to_owned(), node: 0, blocks: true }
+            Config { service: "s".to_owned(), node: 0, blocks: true, direct: false }
         );
         assert!(parse_config("service=s blocks=yes").unwrap_err().message.contains("0 or 1"));
+        assert!(parse_config("service=s direct=1").unwrap().direct);
+        assert!(parse_config("service=s direct=2").unwrap_err().message.contains("0 or 1"));
         assert!(parse_config("node=1").unwrap_err().message.contains("service="));
         assert!(parse_config("service=s node=x").unwrap_err().message.contains("node index"));
         assert!(parse_config("colour=blue").unwrap_err().message.contains("unknown key"));

@@ -57,6 +57,15 @@ pub const CREATE: u8 = 7;
 pub const DESTROY: u8 = 8;
 /// Wait for readiness.
 pub const POLL: u8 = 9;
+/// To a process's own node's service: where node `n` (the request's
+/// node) is reached directly -> OK: the node's host name, then its
+/// service's addresses (`ip:port`), each on a line of its own.
+pub const ROUTE: u8 = 0x15;
+/// To a process's own node's service: agent nonce (32), client nonce (32)
+/// -> OK: the PROOF_PROCESS payload for this process (its node, and the pid
+/// the kernel gives for it), then the ACCEPT payload to expect
+/// (`auth::Secret::vouch`).
+pub const VOUCH: u8 = 0x16;
 /// Cancel the waiting request whose id the frame carries (no reply).
 pub const CANCEL: u8 = 0x13;
 /// Success reply.

@@ -6,7 +6,9 @@ The plugin is ``libdragon_transport_tcp.so``: from a directory of
 ``DRAGON_TRANSPORT_PATH`` (colon-separated, searched first, so a site or a
 fabric vendor can put its own build there), else the one shipped inside
 this package. Its configuration names this node's service, which carries
-every operation to the channel's node.
+every operation to the channel's node, or vouches for this process on a
+connection straight to that node's service (``DRAGON_DIRECT``, on unless
+``0``).
 """
 from __future__ import annotations
 
@@ -37,5 +39,8 @@ def tcp_plugin() -> tuple[str, str]:
             "the off-node transport plugin %s is missing (the package was built without it; "
             "`make setup` builds it, or set DRAGON_TRANSPORT_PATH)" % path)
     # blocks=1: large messages that name a block of their node's store
-    # arrive here as copies of the block.
-    return path, "service=%s node=%d blocks=1" % (service, _remote.this_node())
+    # arrive here as copies of the block. direct=1: the channels of another
+    # node are reached on a connection straight to that node's service
+    # (DRAGON_DIRECT=0: through this node's service, as every other request).
+    direct = os.environ.get("DRAGON_DIRECT", "1") != "0"
+    return path, "service=%s node=%d blocks=1 direct=%d" % (service, _remote.this_node(), direct)
