@@ -211,3 +211,68 @@ fn unauthenticated_peers_are_bounded_and_do_not_disturb_the_run() {
     assert_eq!(recv(&on1, 0, att, None).unwrap(), b"still here");
     drop(idle);
 }
+
+#[test]
+fn a_process_connects_straight_to_another_nodes_service_with_its_own_services_word() {
+    watchdog();
+    let c = LocalCluster::start(3, Duration::from_secs(5)).unwrap();
+    let on1 = ServiceClient::connect(&c.service(1)).unwrap();
+    let on2 = ServiceClient::connect(&c.service(2)).unwrap();
+    // Where node 0's service is, as node 1's service knows it.
+    let route = on1.call(0, proto::ROUTE, &[]).unwrap();
+    let route = String::from_utf8_lossy(&route).into_owned();
+    let addr = route.lines().nth(1).unwrap().to_owned();
+    assert_eq!(addr, c.nodes[0].address, "{route}");
+    // Its own node is not another node; a short VOUCH is refused.
+    let (k, m) = code(on1.call(1, proto::VOUCH, &[0; 64]).unwrap_err());
+    assert_eq!(k, transport_abi::abi::DRAGON_EINVAL, "{m}");
+    let (k, m) = code(on1.call(0, proto::VOUCH, &[0; 10]).unwrap_err());
+    assert_eq!(k, transport_abi::abi::DRAGON_EPROTO, "{m}");
+
+    let direct = on1.connect_direct(0, Duration::from_secs(10)).unwrap();
+    assert!(direct.is_direct() && !on1.is_direct());
+    // A channel of node 0 made through node 2's service, used straight
+    // from node 1: small and large messages, a receive that waits.
+    let (att2, handle) = create(&on2, 0);
+    let (att, _) =
+        proto::take_u64(&direct.call(0, proto::ATTACH, &handle).unwrap()).map(|(a, r)| (a, r.to_vec())).unwrap();
+    let big: Vec<u8> = (0..(5 << 20)).map(|i| (i % 251) as u8).collect();
+    send(&on2, 0, att2, b"one").unwrap();
+    send(&direct, 0, att, &big).unwrap();
+    assert_eq!(recv(&direct, 0, att, None).unwrap(), b"one");
+    assert_eq!(recv(&on2, 0, att2, None).unwrap(), big);
+    let waiter = {
+        let direct = direct.clone();
+        std::thread::spawn(move || recv(&direct, 0, att, None))
+    };
+    send(&on2, 0, att2, b"later").unwrap();
+    assert_eq!(waiter.join().unwrap().unwrap(), b"later");
+    // Requests for any other node, and relaying ones, are refused on it;
+    // so is an attachment it does not hold.
+    let (k, m) = code(direct.call(2, proto::LEN, &att.to_le_bytes()).unwrap_err());
+    assert_eq!(k, transport_abi::abi::DRAGON_EINVAL, "{m}");
+    let (k, m) = code(direct.call(0, runtime::proto::LAUNCH, &[0; 16]).unwrap_err());
+    assert_eq!(k, transport_abi::abi::DRAGON_EPROTO, "{m}");
+    let (k, _) = code(direct.call(0, proto::LEN, &(att + 100).to_le_bytes()).unwrap_err());
+    assert_eq!(k, transport_abi::abi::DRAGON_EINVAL);
+
+    // Without a service's word, or with another run's, no connection.
+    let forged = |_: &[u8; 32], client: &[u8; 32]| {
+        let mut p = 1u32.to_le_bytes().to_vec();
+        p.extend_from_slice(&std::process::id().to_le_bytes());
+        p.extend_from_slice(client);
+        p.extend_from_slice(&[7; 32]);
+        Ok((p, vec![0; 32]))
+    };
+    let e =
+        transport_tcp::client::Client::connect_vouched(&addr, Duration::from_secs(10), &mut { forged }).unwrap_err();
+    assert!(matches!(&e, TcpError::Auth(m) if m.contains("not vouched for")), "{e}");
+    let other = transport_tcp::Secret::random();
+    let mut other_word = |agent: &[u8; 32], client: &[u8; 32]| Ok(other.vouch(agent, client, 1, 4242));
+    let e =
+        transport_tcp::client::Client::connect_vouched(&addr, Duration::from_secs(10), &mut other_word).unwrap_err();
+    assert!(matches!(&e, TcpError::Auth(_)), "{e}");
+
+    drop(direct);
+    on2.call(0, proto::DESTROY, &att2.to_le_bytes()).unwrap();
+}
