@@ -236,11 +236,10 @@ def main():
           % (med[("stream_1mib", "raw_tcp")], med[("stream_1mib", "dragon_queue")], bw_r))
     print("| 3-node bring-up, whole run (s) | | %.2f | | <= 1.5 s |" % med[("bringup_3_nodes", "dragon")])
     print()
+    rtt, bw = med[("rtt_8b", "dragon_queue_relayed")], med[("stream_1mib", "dragon_queue_relayed")]
     print("Relayed through both nodes' services (DRAGON_DIRECT=0): round trip %.1f us (%.2fx), "
           "streaming %.0f MiB/s (%.2fx)"
-          % (med[("rtt_8b", "dragon_queue_relayed")], med[("rtt_8b", "dragon_queue_relayed")] / med[("rtt_8b", "raw_tcp")],
-             med[("stream_1mib", "dragon_queue_relayed")],
-             med[("stream_1mib", "dragon_queue_relayed")] / med[("stream_1mib", "raw_tcp")]))
+          % (rtt, rtt / med[("rtt_8b", "raw_tcp")], bw, bw / med[("stream_1mib", "raw_tcp")]))
 
 
 if __name__ == "__main__":

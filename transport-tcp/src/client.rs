@@ -70,6 +70,10 @@ impl From<io::Error> for TcpError {
 /// and the check of the ACCEPT payload it must get back.
 type Prove<'a> = dyn FnMut(&[u8]) -> Result<(u8, Vec<u8>, Box<dyn Fn(&[u8]) -> bool + 'a>), TcpError> + 'a;
 
+/// A process's own service's word for it: (agent nonce, client nonce) ->
+/// (PROOF_PROCESS payload, ACCEPT payload to expect).
+pub type Vouch<'a> = dyn FnMut(&[u8; 32], &[u8; 32]) -> Result<(Vec<u8>, Vec<u8>), TcpError> + 'a;
+
 /// Reads are sliced so that silence is noticed.
 const SLICE: Duration = Duration::from_millis(200);
 
@@ -102,7 +106,7 @@ impl Client {
     pub fn connect_vouched(
         addr: &str,
         timeout: Duration,
-        vouch: &mut dyn FnMut(&[u8; 32], &[u8; 32]) -> Result<(Vec<u8>, Vec<u8>), TcpError>,
+        vouch: &mut Vouch<'_>,
     ) -> Result<Client, TcpError> {
         Client::handshake(addr, timeout, &mut |hello| {
             let agent_nonce: [u8; 32] = match hello {
