@@ -103,11 +103,7 @@ impl Client {
     /// not hold the secret: `vouch(agent nonce, client nonce)` gives the
     /// PROOF_PROCESS payload and the ACCEPT payload to expect (from the
     /// process's own node's service, `auth::Secret::vouch`).
-    pub fn connect_vouched(
-        addr: &str,
-        timeout: Duration,
-        vouch: &mut Vouch<'_>,
-    ) -> Result<Client, TcpError> {
+    pub fn connect_vouched(addr: &str, timeout: Duration, vouch: &mut Vouch<'_>) -> Result<Client, TcpError> {
         Client::handshake(addr, timeout, &mut |hello| {
             let agent_nonce: [u8; 32] = match hello {
                 [lo, hi, rest @ ..] if u16::from_le_bytes([*lo, *hi]) == auth::VERSION => {

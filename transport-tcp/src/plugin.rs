@@ -2,7 +2,8 @@
 //! `libdragon_transport_tcp.so`, crate `transport-tcp-plugin`, exports):
 //! every operation goes through this node's service, which carries it to
 //! the channel's node over the one authenticated connection it keeps to
-//! each peer node (see [`crate::local`]).
+//! each peer node (see [`crate::local`]), or (`direct=1`) on a connection
+//! of this process's own straight to the channel's node's service.
 //!
 //! Config string (`open`): `key=value` items separated by commas or spaces:
 //!
@@ -16,7 +17,12 @@
 //!   goes as the block's bytes, sent on by this node's service from the
 //!   block itself ([`proto::SEND_BLOCK`]). Without it (the default) every
 //!   message is delivered as the bytes that were sent, whatever its first
-//!   byte.
+//!   byte. On a direct connection a block message goes as the block's
+//!   bytes, written from the block by this process (then freed).
+//! - `direct=1`: channels of another node are reached on a connection to
+//!   that node's service made on first use
+//!   ([`ServiceClient::connect_direct`]); a node whose service cannot be
+//!   reached that way is reached through this node's service.
 //!
 //! Attaching reads the node from the channel's handle. Dropping an
 //! attachment tells the channel's node to let go of it.
