@@ -64,6 +64,9 @@ Environment (read by the runtime in every process of a run):
     DRAGON_FABRIC           between nodes: auto (RDMA where both nodes have an
                             active port on a common network, else TCP; the
                             default), tcp, or verbs (RDMA, else an error)
+    DRAGON_DIRECT=0         processes reach other nodes only through their own
+                            node's service (default: a connection of their own
+                            to the other node's service, made on first use)
 
 Set by the runtime for the processes of a run (not to be set by hand):
 DRAGON_RUN_ID (the run), DRAGON_TEMPLATE (its template process on this
