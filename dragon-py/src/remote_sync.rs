@@ -55,7 +55,9 @@ static DIRECT: Mutex<Option<(u32, HashMap<u32, Option<ServiceClient>>)>> = Mutex
 /// service. A node is reached one way for the life of the process.
 pub(crate) fn service_for(node: u32, this_node: u32) -> PyResult<ServiceClient> {
     let local = service()?;
-    if node == this_node || std::env::var("DRAGON_DIRECT").is_ok_and(|v| v == "0") {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let off = *OFF.get_or_init(|| std::env::var("DRAGON_DIRECT").is_ok_and(|v| v == "0"));
+    if node == this_node || off {
         return Ok(local);
     }
     let me = std::process::id();
