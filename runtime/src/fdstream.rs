@@ -29,6 +29,12 @@ impl FdStream {
     }
 }
 
+impl AsRawFd for FdStream {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.inner.as_raw_fd()
+    }
+}
+
 impl Read for FdStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let (n, fds) = crate::sys::recv_with_fds(self.inner.as_raw_fd(), buf)?;

@@ -1183,6 +1183,19 @@ impl Service {
     }
 
     fn poster(&self, t: Token) -> Post {
+        if let Some(Conn { role: Role::Direct(_), link, .. }) = self.conns.get(&t) {
+            // A process of another node: the waiting thread writes the
+            // reply to its connection itself (no wake-up of this loop on
+            // the way; nothing here keeps track of those replies).
+            let w = link.writer();
+            return Arc::new(move |r: Reply| {
+                if r.tail.is_empty() {
+                    w.send(r.kind, r.id, &[], r.payload);
+                } else {
+                    w.send(r.kind, r.id, &r.payload, r.tail);
+                }
+            });
+        }
         let (tx, waker) = (self.tx.clone(), self.waker.clone());
         Arc::new(move |r: Reply| {
             if tx.send(Event::Reply(t, r)).is_ok() {

@@ -5,17 +5,23 @@
 //! Reading decodes whole frames and puts chunked messages back together
 //! ([`frame::PART`]); writing keeps a queue of byte buffers and hands the
 //! kernel several at once (`writev`), so a payload given as [`Bytes`] is
-//! never copied on its way out.
+//! never copied on its way out. A [`Writer`] lets another thread send on
+//! the link: straight to the socket when nothing is queued ahead of it,
+//! so that a reply made on a waiting thread does not first wake the event
+//! loop.
 
 use crate::frame::{self, Frame, FrameError};
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice, Read, Write};
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 /// What a link runs over.
-pub trait Stream: Read + Write + mio::event::Source + Send {}
-impl<T: Read + Write + mio::event::Source + Send> Stream for T {}
+pub trait Stream: Read + Write + mio::event::Source + AsRawFd + Send {}
+impl<T: Read + Write + mio::event::Source + AsRawFd + Send> Stream for T {}
 
 /// Largest message a link puts back together from parts: beyond it the
 /// peer is broken or hostile and the link is dropped.
@@ -47,12 +53,131 @@ impl std::fmt::Display for LinkError {
 
 impl std::error::Error for LinkError {}
 
+/// What a link has to write, shared with its [`Writer`]s.
+#[derive(Default)]
+struct Out {
+    queue: VecDeque<Bytes>,
+    bytes: usize,
+    /// Set (under the lock) when the link is dropped, before its socket
+    /// closes: a writer never writes to a descriptor that may be reused.
+    closed: bool,
+}
+
+impl Out {
+    fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.bytes += b.len();
+            self.queue.push_back(b);
+        }
+    }
+
+    /// Queue a message as frames: `head` then `body` as its payload.
+    /// Messages over [`frame::CHUNK`] go out as several frames.
+    fn frames(&mut self, kind: u8, id: u64, head: &[u8], body: Bytes) {
+        let total = head.len() + body.len();
+        if total <= frame::CHUNK {
+            self.push(frame::header(kind, id, total));
+            if !head.is_empty() {
+                self.push(Bytes::copy_from_slice(head));
+            }
+            self.push(body);
+            return;
+        }
+        // The head goes in the first frame, before the body's first bytes;
+        // the body is never copied.
+        let mut rest = body;
+        if !head.is_empty() {
+            let first = rest.split_to((frame::CHUNK - head.len().min(frame::CHUNK)).min(rest.len()));
+            self.push(frame::header(frame::PART, id, head.len() + first.len()));
+            self.push(Bytes::copy_from_slice(head));
+            self.push(first);
+        }
+        while rest.len() > frame::CHUNK {
+            let piece = rest.split_to(frame::CHUNK);
+            self.push(frame::header(frame::PART, id, piece.len()));
+            self.push(piece);
+        }
+        self.push(frame::header(kind, id, rest.len()));
+        self.push(rest);
+    }
+
+    /// Write as much as the kernel takes. `Ok(true)`: everything is out.
+    fn write_to(&mut self, w: &mut dyn Write) -> Result<bool, LinkError> {
+        while !self.queue.is_empty() {
+            let slices: Vec<IoSlice<'_>> = self.queue.iter().take(64).map(|b| IoSlice::new(b)).collect();
+            match w.write_vectored(&slices) {
+                Ok(0) => return Err(LinkError::Closed),
+                Ok(mut n) => {
+                    self.bytes -= n;
+                    while n > 0 {
+                        let front = self.queue.front_mut().expect("written bytes were queued");
+                        if front.len() <= n {
+                            n -= front.len();
+                            self.queue.pop_front();
+                        } else {
+                            front.advance(n);
+                            n = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(LinkError::Io(e)),
+            }
+        }
+        Ok(true)
+    }
+}
+
+fn lock(out: &Mutex<Out>) -> MutexGuard<'_, Out> {
+    out.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sends messages on a [`Link`] from any thread (see [`Link::writer`]).
+#[derive(Clone)]
+pub struct Writer {
+    out: Arc<Mutex<Out>>,
+    fd: RawFd,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").field("fd", &self.fd).finish_non_exhaustive()
+    }
+}
+
+impl Writer {
+    /// Send a message as [`Link::send`] does. With nothing queued ahead it
+    /// is written here and now, as far as the socket takes it; what is
+    /// left (or all of it, behind earlier messages) is written by the
+    /// link's event loop when the socket has room, which the kernel tells
+    /// it because this write, or the earlier one, found the socket full.
+    /// Dropped without a word once the link is gone (its peer is then
+    /// gone too, or going). A failed write is left for the event loop,
+    /// which meets the same failure on the socket.
+    pub fn send(&self, kind: u8, id: u64, head: &[u8], body: Bytes) {
+        let mut out = lock(&self.out);
+        if out.closed {
+            return;
+        }
+        let idle = out.queue.is_empty();
+        out.frames(kind, id, head, body);
+        if idle {
+            // SAFETY: `fd` is the link's socket, open while `closed` is
+            // false and the lock held (the link sets `closed` under the
+            // lock before its stream is dropped); `ManuallyDrop` keeps
+            // this borrowed descriptor from being closed here.
+            let mut sock = ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(self.fd) });
+            let _ = out.write_to(&mut *sock);
+        }
+    }
+}
+
 /// One framed connection.
 pub struct Link {
     stream: Box<dyn Stream>,
     rbuf: BytesMut,
-    out: VecDeque<Bytes>,
-    out_bytes: usize,
+    out: Arc<Mutex<Out>>,
     parts: HashMap<u64, BytesMut>,
     /// When a byte last arrived.
     pub heard: Instant,
@@ -62,7 +187,7 @@ pub struct Link {
 
 impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Link").field("queued", &self.out_bytes).finish_non_exhaustive()
+        f.debug_struct("Link").field("queued", &self.queued()).finish_non_exhaustive()
     }
 }
 
@@ -72,8 +197,7 @@ impl Link {
         Link {
             stream,
             rbuf: BytesMut::with_capacity(64 << 10),
-            out: VecDeque::new(),
-            out_bytes: 0,
+            out: Arc::default(),
             parts: HashMap::new(),
             heard: Instant::now(),
             max_frame: frame::MAX_FRAME,
@@ -94,7 +218,12 @@ impl Link {
 
     /// Bytes queued and not yet written.
     pub fn queued(&self) -> usize {
-        self.out_bytes
+        lock(&self.out).bytes
+    }
+
+    /// A handle that sends on this link from another thread.
+    pub fn writer(&self) -> Writer {
+        Writer { out: self.out.clone(), fd: self.stream.as_raw_fd() }
     }
 
     /// Read what the kernel has, then decode every whole frame into `into`.
@@ -173,71 +302,24 @@ impl Link {
     /// Queue a message: `head` then `body` as its payload (either may be
     /// empty). Messages over [`frame::CHUNK`] go out as several frames.
     pub fn send(&mut self, kind: u8, id: u64, head: &[u8], body: Bytes) {
-        let total = head.len() + body.len();
-        if total <= frame::CHUNK {
-            self.push(frame::header(kind, id, total));
-            if !head.is_empty() {
-                self.push(Bytes::copy_from_slice(head));
-            }
-            self.push(body);
-            return;
-        }
-        // The head goes in the first frame, before the body's first bytes;
-        // the body is never copied.
-        let mut rest = body;
-        if !head.is_empty() {
-            let first = rest.split_to((frame::CHUNK - head.len().min(frame::CHUNK)).min(rest.len()));
-            self.push(frame::header(frame::PART, id, head.len() + first.len()));
-            self.push(Bytes::copy_from_slice(head));
-            self.push(first);
-        }
-        while rest.len() > frame::CHUNK {
-            let piece = rest.split_to(frame::CHUNK);
-            self.push(frame::header(frame::PART, id, piece.len()));
-            self.push(piece);
-        }
-        self.push(frame::header(kind, id, rest.len()));
-        self.push(rest);
+        lock(&self.out).frames(kind, id, head, body);
     }
 
     /// Queue bytes that are not a frame (for a connection that ends with
     /// a raw answer).
     pub fn send_raw(&mut self, b: Bytes) {
-        self.push(b);
-    }
-
-    fn push(&mut self, b: Bytes) {
-        if !b.is_empty() {
-            self.out_bytes += b.len();
-            self.out.push_back(b);
-        }
+        lock(&self.out).push(b);
     }
 
     /// Write as much as the kernel takes. `Ok(true)`: everything is out.
     pub fn flush(&mut self) -> Result<bool, LinkError> {
-        while !self.out.is_empty() {
-            let slices: Vec<IoSlice<'_>> = self.out.iter().take(64).map(|b| IoSlice::new(b)).collect();
-            match self.stream.write_vectored(&slices) {
-                Ok(0) => return Err(LinkError::Closed),
-                Ok(mut n) => {
-                    self.out_bytes -= n;
-                    while n > 0 {
-                        let front = self.out.front_mut().expect("written bytes were queued");
-                        if front.len() <= n {
-                            n -= front.len();
-                            self.out.pop_front();
-                        } else {
-                            front.advance(n);
-                            n = 0;
-                        }
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(LinkError::Io(e)),
-            }
-        }
-        Ok(true)
+        lock(&self.out).write_to(&mut *self.stream)
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        lock(&self.out).closed = true;
     }
 }
 
@@ -278,6 +360,46 @@ mod tests {
         assert_eq!(got[2].payload, want);
         assert!(got[3].payload.is_empty());
         assert_eq!(a.queued(), 0);
+    }
+
+    #[test]
+    fn a_writer_on_another_thread_writes_at_once_or_behind_what_is_queued() {
+        let (mut a, mut b) = pair();
+        let w = a.writer();
+        // Nothing queued: written by the writer itself, no flush needed.
+        std::thread::spawn({
+            let w = w.clone();
+            move || w.send(1, 1, b"now", Bytes::new())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(a.queued(), 0);
+        let mut got = Vec::new();
+        while got.is_empty() {
+            b.read(&mut got).unwrap();
+        }
+        assert_eq!((got[0].id, &got[0].payload[..]), (1, &b"now"[..]));
+        // Something queued: the writer's message goes behind it, whole.
+        a.send(2, 2, b"first", Bytes::new());
+        w.send(3, 3, b"second", Bytes::new());
+        assert!(a.queued() > 0);
+        let got = pump(&mut a, &mut b, 2);
+        assert_eq!((got[0].id, got[1].id), (2, 3));
+        // More than the socket holds: the writer writes what fits, the
+        // link's flush the rest.
+        let big: Vec<u8> = (0..frame::CHUNK * 3 + 7).map(|i| (i % 253) as u8).collect();
+        w.send(4, 4, b"h", Bytes::from(big.clone()));
+        let got = pump(&mut a, &mut b, 1);
+        assert_eq!(got[0].id, 4);
+        assert_eq!(&got[0].payload[..1], b"h");
+        assert_eq!(&got[0].payload[1..], &big[..]);
+        // The link gone, its writer writes nothing (the descriptor may be
+        // another's by then).
+        drop(a);
+        w.send(5, 5, b"late", Bytes::new());
+        let mut got = Vec::new();
+        assert!(matches!(b.read(&mut got), Err(LinkError::Closed)));
+        assert!(got.is_empty());
     }
 
     #[test]
