@@ -86,6 +86,30 @@ fn send_local(ch: &channels_core::Channel, msg: &[u8], t: Option<Duration>) -> R
     ShmChannel::send_parts_on(ch, &[msg], t)
 }
 
+/// How long a put to a queue of another node waits for the transport to
+/// take it (its deferred sends in flight at their limit) before the
+/// message goes to the feeder thread: about a round trip under load, so
+/// that a steady stream is paced by the acknowledgements rather than
+/// handed to another thread one message at a time. A put meets this wait
+/// once when the receiving side stalls; the puts after it are buffered at
+/// once, behind it.
+const REMOTE_ROOM_WAIT: Duration = Duration::from_millis(20);
+
+/// Send a whole message to a channel of another node with `send`: from a
+/// block of this node's store if it is lent to one (see `Outgoing`), else
+/// as it is.
+fn remote_send(msg: &[u8], send: impl Fn(&[u8]) -> Result<(), PluginError>) -> Result<(), Fault> {
+    let r = match Outgoing::of_message(msg) {
+        Some(out) => {
+            let r = send(out.bytes());
+            out.finish(r.is_ok());
+            r
+        }
+        None => send(msg),
+    };
+    r.map_err(|e| remote_fault(&e))
+}
+
 /// A message of `len` bytes can never fit in shared memory: the error
 /// `_wire.check_fits` raises.
 fn check_fits(len: usize) -> PyResult<()> {
@@ -106,10 +130,8 @@ impl QueueChannel for PyChan {
             PyChan::Remote(rc) => {
                 // A large message goes through this node's block store, as
                 // `RemoteChannel.send` sends it.
-                let out = Outgoing::of_message(&msg);
-                let r = rc.get().ch.send(out.bytes(), Some(timeout.unwrap_or(SLICE).min(SLICE)));
-                out.finish(r.is_ok());
-                r.map_err(|e| remote_fault(&e))
+                let t = Some(timeout.unwrap_or(SLICE).min(SLICE));
+                remote_send(&msg, |b| rc.get().ch.send(b, t))
             }
         }
     }
@@ -122,10 +144,17 @@ impl QueueChannel for PyChan {
         match self {
             PyChan::Local(_) => self.send_parts(parts, timeout),
             PyChan::Remote(rc) => {
-                let out = Outgoing::of_message(&parts.concat());
-                let r = rc.get().ch.send_deferred(out.bytes(), Some(timeout.unwrap_or(SLICE).min(SLICE)));
-                out.finish(r.is_ok());
-                r.map_err(|e| remote_fault(&e))
+                let t = Some(timeout.unwrap_or(SLICE).min(SLICE));
+                // The feeder's message is one part: sent from where it is.
+                let joined;
+                let msg = match parts {
+                    [one] => *one,
+                    _ => {
+                        joined = parts.concat();
+                        &joined
+                    }
+                };
+                remote_send(msg, |b| rc.get().ch.send_deferred(b, t))
             }
         }
     }
@@ -307,8 +336,11 @@ impl Queue {
 
     /// Put `data` (tag `prefix` as for `Channel.send`): at once if the ring
     /// has room and nothing waits in the local buffer, else into the buffer
-    /// for the feeder thread. Never waits for room. Returns whether this
-    /// put started the feeder thread.
+    /// for the feeder thread. Never waits for a ring's room; for a channel
+    /// of another node, waits at most [`REMOTE_ROOM_WAIT`] for room among
+    /// the sends in flight (a producer faster than the network then keeps
+    /// its pace instead of filling its buffer). Returns whether this put
+    /// started the feeder thread.
     fn put(&self, py: Python<'_>, data: &Bound<'_, PyAny>, prefix: i32) -> PyResult<bool> {
         self.with(py, |q| {
             // The Python exception of either step (the crate sees a Fault).
@@ -330,7 +362,7 @@ impl Queue {
                             }),
                             Err(e) => Err(e),
                         },
-                        PyChan::Remote(rc) => rc.get().send_deferred(py, data, prefix, 0.0),
+                        PyChan::Remote(rc) => rc.get().send_deferred(py, data, prefix, REMOTE_ROOM_WAIT.as_secs_f64()),
                     };
                     r.map_err(|e| {
                         err = Some(e);

@@ -157,8 +157,9 @@ impl Outgoing {
     }
 
     /// The same for a whole message (tag byte included), as the feeder
-    /// thread of a queue (`queue.rs`) holds it: without the GIL.
-    pub(crate) fn of_message(msg: &[u8]) -> Outgoing {
+    /// thread of a queue (`queue.rs`) holds it: without the GIL. `None`:
+    /// the message goes as it is (sent from where it is, no copy).
+    pub(crate) fn of_message(msg: &[u8]) -> Option<Outgoing> {
         let (tag, skip) = queues::wire::split(msg);
         let kind = match tag {
             queues::Tag::Bytes => Some(crate::channel::TAG_BYTES),
@@ -166,13 +167,9 @@ impl Outgoing {
             queues::Tag::Raw => Some(crate::channel::TAG_RAW),
             _ => None,
         };
-        match kind.filter(|_| !direct()).and_then(|k| crate::lent::prepare(&msg[skip..], None, k)) {
-            Some(p) => {
-                p.commit();
-                Outgoing::Block(p)
-            }
-            None => Outgoing::Copy(msg.to_vec()),
-        }
+        let p = kind.filter(|_| !direct()).and_then(|k| crate::lent::prepare(&msg[skip..], None, k))?;
+        p.commit();
+        Some(Outgoing::Block(p))
     }
 
     pub(crate) fn bytes(&self) -> &[u8] {

@@ -221,6 +221,11 @@ def test_puts_across_nodes_do_not_wait_and_are_never_lost_or_silent(cluster):
                 q.put(k)
             # Returns at once: the exit waits until every put is in.
 
+        def produce_big(q, done):
+            for k in range(40):          # five times what may be in flight
+                q.put(bytes([k]) * (1 << 20))
+            done.set()                   # every put returned, none taken yet
+
         def send_then_close(w):
             for k in range(N):
                 w.send(k)
@@ -247,6 +252,16 @@ def test_puts_across_nodes_do_not_wait_and_are_never_lost_or_silent(cluster):
             p.join(60)
             print("in order", got == list(range(N)), "exit", p.exitcode, flush=True)
 
+            # Nobody takes: the puts still return (the rest wait in the
+            # producer's feeder), and every one arrives, in order.
+            q3, done = mp.Queue(), mp.Event()
+            p = on(1, produce_big, q3, done)
+            print("puts returned", done.wait(120), flush=True)
+            got = [q3.get(timeout=120) for _ in range(40)]
+            p.join(60)
+            print("big in order", [g == bytes([k]) * (1 << 20) for k, g in enumerate(got)] == [True] * 40,
+                  "exit", p.exitcode, flush=True)
+
             r, w = mp.Pipe(duplex=False)
             p = on(2, send_then_close, w)
             w.close()
@@ -269,6 +284,7 @@ def test_puts_across_nodes_do_not_wait_and_are_never_lost_or_silent(cluster):
     r = _run(cluster, script)
     _ok(r)
     assert "in order True exit 0" in r.stdout, r.stdout + r.stderr
+    assert "puts returned True" in r.stdout and "big in order True exit 0" in r.stdout, r.stdout + r.stderr
     assert "pipe in order True then EOF" in r.stdout, r.stdout + r.stderr
     assert "primary got first" in r.stdout, r.stdout
     assert "join_thread returned" in r.stdout and "exit 0" in r.stdout, r.stdout + r.stderr

@@ -232,8 +232,13 @@ impl Link {
     pub fn read(&mut self, into: &mut Vec<Frame>) -> Result<(), LinkError> {
         let mut closed = false;
         loop {
-            if self.rbuf.capacity() - self.rbuf.len() < 16 << 10 {
-                self.rbuf.reserve(64 << 10);
+            // Room for the rest of a frame begun, all at once: growing the
+            // buffer piece by piece would copy a large frame's first bytes
+            // again at every step while an earlier frame still holds the
+            // old buffer.
+            let want = self.missing();
+            if self.rbuf.capacity() - self.rbuf.len() < (16 << 10).max(want) {
+                self.rbuf.reserve((64 << 10).max(want));
             }
             let spare = self.rbuf.spare_capacity_mut();
             // SAFETY: `read` only writes into the buffer it is given; the
@@ -276,6 +281,20 @@ impl Link {
             return Err(LinkError::Closed);
         }
         Ok(())
+    }
+
+    /// Bytes still to come of the last frame begun in the buffer (0 if
+    /// its header is not whole yet; at most a frame's limit).
+    fn missing(&self) -> usize {
+        let mut at = 0;
+        while let Some(l) = self.rbuf.get(at..at + 4) {
+            let end = at + 4 + (u32::from_le_bytes(l.try_into().expect("4 bytes")) as usize).min(self.max_frame);
+            if end > self.rbuf.len() {
+                return end - self.rbuf.len();
+            }
+            at = end;
+        }
+        0
     }
 
     fn assemble(&mut self, f: Frame) -> Result<Option<Frame>, LinkError> {
