@@ -1485,6 +1485,22 @@ impl Service {
                     self.send_reply(t, r);
                 }
             }
+            chp::SEND_DEFERRED => {
+                // Nobody waits for a success: a small one goes with the
+                // next frame (chp::SEND_DEFERRED).
+                let post = self.poster(t);
+                let small = payload.len() <= 16 + chp::LAZY_MAX_BYTES;
+                let Some(Conn { role: Role::Direct(d), link, .. }) = self.conns.get_mut(&t) else { return };
+                match d.served.handle(&self.shm, chp::SEND, f.id, payload, &post) {
+                    Some(r) if small && r.kind == chp::OK && r.tail.is_empty() => {
+                        if link.send_late(r.kind, r.id, &[], r.payload, chp::LAZY_REPLIES) {
+                            self.flush(t);
+                        }
+                    }
+                    Some(r) => self.send_reply(t, r),
+                    None => {}
+                }
+            }
             k if Served::serves(k) && k != chp::SEND_BLOCK => {
                 let post = self.poster(t);
                 let Some(Conn { role: Role::Direct(d), .. }) = self.conns.get_mut(&t) else { return };

@@ -247,6 +247,31 @@ fn a_process_connects_straight_to_another_nodes_service_with_its_own_services_wo
     };
     send(&on2, 0, att2, b"later").unwrap();
     assert_eq!(waiter.join().unwrap().unwrap(), b"later");
+    // Deferred sends: every success comes, by the ping's reply at the
+    // latest, and the messages are there in order; a failure comes
+    // without a ping (waited for alone, it would otherwise never come).
+    let deferred = |a: u64, m: &[u8]| {
+        direct.submit(proto::SEND_DEFERRED, &0u32.to_le_bytes(), &[&proto::op_payload(a, 0, &[]), m].concat()).unwrap()
+    };
+    let tickets: Vec<_> = (0..3u8).map(|i| deferred(att, &[i])).collect();
+    direct.notify(0, proto::PING, &[]).unwrap();
+    for t in tickets {
+        t.wait(None).unwrap().unwrap();
+    }
+    for i in 0..3u8 {
+        assert_eq!(recv(&on2, 0, att2, None).unwrap(), [i]);
+    }
+    let (k, _) = code(deferred(att + 100, b"x").wait(None).unwrap().unwrap_err());
+    assert_eq!(k, transport_abi::abi::DRAGON_EINVAL);
+    // More than a connection holds back: they come without a ping.
+    let tickets: Vec<_> = (0..proto::LAZY_REPLIES).map(|_| deferred(att, b"m")).collect();
+    for t in tickets {
+        t.wait(None).unwrap().unwrap();
+    }
+    for _ in 0..proto::LAZY_REPLIES {
+        assert_eq!(recv(&on2, 0, att2, None).unwrap(), b"m");
+    }
+
     // Requests for any other node, and relaying ones, are refused on it;
     // so is an attachment it does not hold.
     let (k, m) = code(direct.call(2, proto::LEN, &att.to_le_bytes()).unwrap_err());

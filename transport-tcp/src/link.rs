@@ -61,6 +61,10 @@ struct Out {
     /// Set (under the lock) when the link is dropped, before its socket
     /// closes: a writer never writes to a descriptor that may be reused.
     closed: bool,
+    /// Frames held back ([`Link::send_late`]): they go out just before the
+    /// next frame queued.
+    late: Vec<Bytes>,
+    late_msgs: usize,
 }
 
 impl Out {
@@ -71,9 +75,20 @@ impl Out {
         }
     }
 
+    /// Queue what was held back.
+    fn release_late(&mut self) {
+        if self.late_msgs > 0 {
+            self.late_msgs = 0;
+            for b in std::mem::take(&mut self.late) {
+                self.push(b);
+            }
+        }
+    }
+
     /// Queue a message as frames: `head` then `body` as its payload.
     /// Messages over [`frame::CHUNK`] go out as several frames.
     fn frames(&mut self, kind: u8, id: u64, head: &[u8], body: Bytes) {
+        self.release_late();
         let total = head.len() + body.len();
         if total <= frame::CHUNK {
             self.push(frame::header(kind, id, total));
@@ -324,10 +339,40 @@ impl Link {
         lock(&self.out).frames(kind, id, head, body);
     }
 
+    /// Queue a small message (`head` then `body`, at most
+    /// [`frame::CHUNK`] bytes) to go out just before the next message sent
+    /// on this link, or at once once `most` messages are held: `true` when
+    /// they were queued (then flush).
+    pub fn send_late(&mut self, kind: u8, id: u64, head: &[u8], body: Bytes, most: usize) -> bool {
+        let mut out = lock(&self.out);
+        let total = head.len() + body.len();
+        assert!(total <= frame::CHUNK, "a message held back must fit one frame");
+        out.late.push(frame::header(kind, id, total));
+        if !head.is_empty() {
+            out.late.push(Bytes::copy_from_slice(head));
+        }
+        if !body.is_empty() {
+            out.late.push(body);
+        }
+        out.late_msgs += 1;
+        if out.late_msgs < most {
+            return false;
+        }
+        out.release_late();
+        true
+    }
+
+    /// Messages held back by [`Link::send_late`].
+    pub fn held(&self) -> usize {
+        lock(&self.out).late_msgs
+    }
+
     /// Queue bytes that are not a frame (for a connection that ends with
     /// a raw answer).
     pub fn send_raw(&mut self, b: Bytes) {
-        lock(&self.out).push(b);
+        let mut out = lock(&self.out);
+        out.release_late();
+        out.push(b);
     }
 
     /// Write as much as the kernel takes. `Ok(true)`: everything is out.
@@ -419,6 +464,32 @@ mod tests {
         let mut got = Vec::new();
         assert!(matches!(b.read(&mut got), Err(LinkError::Closed)));
         assert!(got.is_empty());
+    }
+
+    #[test]
+    fn a_message_held_back_goes_out_before_the_next_or_when_enough_are_held() {
+        let (mut a, mut b) = pair();
+        assert!(!a.send_late(1, 1, b"late", Bytes::new(), 3));
+        assert!(!a.send_late(1, 2, &[], Bytes::from_static(b"later"), 3));
+        assert_eq!((a.held(), a.queued()), (2, 0));
+        assert!(a.flush().unwrap());
+        let mut got = Vec::new();
+        assert!(matches!(b.read(&mut got), Ok(())));
+        assert!(got.is_empty(), "nothing held back goes out alone");
+        // The next message takes them along, in front of it; so does a
+        // writer's.
+        a.writer().send(2, 3, b"now", Bytes::new());
+        assert_eq!(a.held(), 0);
+        let got = pump(&mut a, &mut b, 3);
+        let ids: Vec<u64> = got.iter().map(|f| f.id).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        assert_eq!((&got[0].payload[..], &got[1].payload[..]), (&b"late"[..], &b"later"[..]));
+        // Enough held: queued at once.
+        assert!(!a.send_late(1, 4, b"x", Bytes::new(), 2));
+        assert!(a.send_late(1, 5, b"y", Bytes::new(), 2));
+        assert_eq!(a.held(), 0);
+        let got = pump(&mut a, &mut b, 2);
+        assert_eq!((got[0].id, got[1].id), (4, 5));
     }
 
     #[test]

@@ -98,10 +98,19 @@ impl Deferred {
     }
 
     /// Wait until the oldest send in flight is done (by `deadline`): false
-    /// if it is not.
-    fn wait_oldest(&mut self, deadline: Option<Instant>) -> bool {
+    /// if it is not. Its reply may be held back by the channel's node
+    /// (`proto::SEND_DEFERRED`): `ping` asks for a reply that comes after
+    /// every reply held.
+    fn wait_oldest(&mut self, deadline: Option<Instant>, ping: impl FnOnce()) -> bool {
         let Some((t, _)) = self.inflight.front() else { return true };
-        match t.wait(deadline) {
+        let r = match t.try_take() {
+            Some(r) => Some(r),
+            None => {
+                ping();
+                t.wait(deadline)
+            }
+        };
+        match r {
             None => false,
             Some(r) => {
                 self.done(r);
@@ -281,6 +290,14 @@ impl TcpChannel {
         Ok((head, Some(view)))
     }
 
+    /// Have the channel's node send the replies it holds back (a ping's
+    /// reply comes after them; nobody waits for it).
+    fn ping_late(&self) {
+        if self.client.is_direct() {
+            let _ = self.client.notify(self.node, proto::PING, &[]);
+        }
+    }
+
     fn send_head(&self, timeout: Timeout) -> Vec<u8> {
         [&self.node.to_le_bytes()[..], &proto::op_payload(self.att, proto::timeout_ns(timeout), &[])].concat()
     }
@@ -318,11 +335,18 @@ impl ChannelImpl for TcpChannel {
         d.reap();
         d.report()?;
         while d.inflight.len() >= DEFERRED_MAX || (d.bytes > 0 && d.bytes + len > DEFERRED_MAX_BYTES) {
-            if !d.wait_oldest(deadline) {
+            if !d.wait_oldest(deadline, || self.ping_late()) {
                 return Err(out_of_time(timeout));
             }
             d.report()?;
         }
+        // Straight to the channel's node, a small message's success may
+        // come late (its sender waits for it only when it pings).
+        let kind = if kind == proto::SEND && self.client.is_direct() && len <= proto::LAZY_MAX_BYTES {
+            proto::SEND_DEFERRED
+        } else {
+            kind
+        };
         let (head, body) = self.direct_parts(None, data)?;
         let t = self.client.submit(kind, &head, body.as_ref().map_or(data, |b| b.as_ref())).map_err(failure)?;
         d.inflight.push_back((t, len));
@@ -334,7 +358,7 @@ impl ChannelImpl for TcpChannel {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut d = self.deferred();
         while !d.inflight.is_empty() {
-            if !d.wait_oldest(deadline) {
+            if !d.wait_oldest(deadline, || self.ping_late()) {
                 return Err(out_of_time(timeout));
             }
         }

@@ -45,6 +45,20 @@ pub const RECV_BLOCKS: u8 = 1;
 /// For a channel of the sender's own node it is a SEND of the block
 /// message itself.
 pub const SEND_BLOCK: u8 = 0x0A;
+/// A SEND whose sender does not wait for its reply (a deferred send), on a
+/// process's direct connection to the channel's node: a success may be
+/// answered late, written just before the next frame the service sends on
+/// that connection (at the latest after [`LAZY_REPLIES`] of them), so that
+/// a sender that next waits for another reply is woken once, not twice.
+/// A sender that waits for these replies sends a [`PING`] first: its
+/// reply comes after them. A failure, or a send that had to wait, is
+/// answered at once.
+pub const SEND_DEFERRED: u8 = 0x0B;
+/// Most successes of [`SEND_DEFERRED`] a service holds back on one connection.
+pub const LAZY_REPLIES: usize = 32;
+/// Largest message of a [`SEND_DEFERRED`] whose success may be answered
+/// late (a large one is answered at once: its sender paces itself by them).
+pub const LAZY_MAX_BYTES: usize = 64 << 10;
 /// Messages waiting.
 pub const LEN: u8 = 4;
 /// Let go of an attachment.
