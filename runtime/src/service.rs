@@ -1493,7 +1493,8 @@ impl Service {
                 let Some(Conn { role: Role::Direct(d), link, .. }) = self.conns.get_mut(&t) else { return };
                 match d.served.handle(&self.shm, chp::SEND, f.id, payload, &post) {
                     Some(r) if small && r.kind == chp::OK && r.tail.is_empty() => {
-                        if link.send_late(r.kind, r.id, &[], r.payload, chp::LAZY_REPLIES) {
+                        let queued = link.send_late(r.kind, r.id, &[], r.payload, chp::LAZY_REPLIES);
+                        if queued {
                             self.flush(t);
                         }
                     }
