@@ -31,7 +31,7 @@ pub(crate) fn call(
     // they do not pass through this process's connection to it. Tag kind
     // 0x80: the block's bytes are the value, without a tag byte. (On a
     // direct connection to the shard's node there is no service to send
-    // them on: they go on the connection.)
+    // them on: they go on the connection, from where they are.)
     let block = match args.split_last() {
         Some((last, _)) if last.len() >= crate::lent::MIN_LEN && !c.is_direct() => {
             crate::lent::prepare(last, None, 0x80)
@@ -50,10 +50,18 @@ pub(crate) fn call(
             let kind = runtime::proto::BLOCK_TAIL;
             detached(py, |hook| c.call_raw_with(node, kind, &p, CHECK_EVERY, hook))
         }
-        None => {
-            let p = ops::encode(op, pin, desc, args);
-            detached(py, |hook| c.call_with(node, runtime::proto::DDICT, &p, CHECK_EVERY, hook))
-        }
+        None => match args.split_last() {
+            // Straight to the shard's node: a large value is written to the
+            // connection from where it is.
+            Some((last, rest)) if last.len() >= crate::lent::MIN_LEN => {
+                let first = ops::encode_but_last(op, pin, desc, rest, last.len());
+                detached(py, |hook| c.call_parts_with(node, runtime::proto::DDICT, &first, last, CHECK_EVERY, hook))
+            }
+            _ => {
+                let p = ops::encode(op, pin, desc, args);
+                detached(py, |hook| c.call_with(node, runtime::proto::DDICT, &p, CHECK_EVERY, hook))
+            }
+        },
     };
     if let Some(b) = block {
         // Not taken by the service (the request never reached it): back

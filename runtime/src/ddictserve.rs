@@ -443,6 +443,12 @@ mod tests {
         forged.put_u32_le(u32::MAX);
         assert!(fields(&forged).is_none());
         assert_eq!(parse(&encode(CLEAR, None, "d", &[])).unwrap().pin, None);
+        // A request whose last argument is written after the rest is the same request.
+        let value = vec![9u8; 1000];
+        let args: [&[u8]; 3] = [&7u64.to_le_bytes(), b"key", &value];
+        let mut split = encode_but_last(PUT, Some(1), "d", &args[..2], value.len());
+        split.extend_from_slice(&value);
+        assert_eq!(split, encode(PUT, Some(1), "d", &args));
     }
 
     #[test]

@@ -214,6 +214,22 @@ impl ServiceClient {
         self.call_inner(kind, &head, payload, Some((node, every, keep_waiting)))
     }
 
+    /// [`ServiceClient::call_with`] of a payload in two parts, `first` then
+    /// `rest`, written one after the other (a large `rest` goes from where
+    /// it is, not copied after `first`).
+    pub fn call_parts_with(
+        &self,
+        node: u32,
+        kind: u8,
+        first: &[u8],
+        rest: &[u8],
+        every: std::time::Duration,
+        keep_waiting: &mut dyn FnMut() -> bool,
+    ) -> Result<Bytes, TcpError> {
+        let head = [&node.to_le_bytes()[..], first].concat();
+        self.call_inner(kind, &head, rest, Some((node, every, keep_waiting)))
+    }
+
     /// [`ServiceClient::call_with`] of a request whose payload carries the
     /// node itself (not as its first bytes: `runtime`'s BLOCK_TAIL);
     /// `node` is where a cancellation goes.
