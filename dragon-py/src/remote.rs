@@ -106,6 +106,11 @@ impl RemoteChannel {
 /// The message `Channel.send` would send for `data` and `prefix`: the
 /// tag, then the caller's bytes straight after it (one copy).
 pub(crate) fn message(py: Python<'_>, data: &Bound<'_, PyAny>, prefix: i32) -> PyResult<Vec<u8>> {
+    message_in(py, data, prefix, Vec::new())
+}
+
+/// [`message`], written into `msg` (its bytes replaced, its memory reused).
+fn message_in(_py: Python<'_>, data: &Bound<'_, PyAny>, prefix: i32, mut msg: Vec<u8>) -> PyResult<Vec<u8>> {
     let buf = PyBuffer::<u8>::get(data)?;
     if !buf.is_c_contiguous() {
         return Err(PyValueError::new_err("data must be a contiguous buffer"));
@@ -125,10 +130,30 @@ pub(crate) fn message(py: Python<'_>, data: &Bound<'_, PyAny>, prefix: i32) -> P
         p => u8::try_from(p).ok(),
     };
     let skip = usize::from(pre.is_some());
-    let mut msg = vec![pre.unwrap_or(0); buf.len_bytes() + skip];
-    buf.copy_to_slice(py, &mut msg[skip..])?;
+    let n = buf.len_bytes();
+    msg.clear();
+    msg.reserve_exact(n + skip);
+    msg.extend(pre);
+    // SAFETY: the buffer is C-contiguous, `n` bytes from `buf_ptr`, and
+    // stays valid while `buf` is held (with the GIL: `_py`); `msg` has room
+    // for `n` bytes after its `skip` (reserved above), which this copy
+    // initialises before the length covers them.
+    unsafe {
+        std::ptr::copy_nonoverlapping(buf.buf_ptr().cast::<u8>(), msg.as_mut_ptr().add(skip), n);
+        msg.set_len(skip + n);
+    }
     Ok(msg)
 }
+
+thread_local! {
+    /// The memory of this thread's last message copied for another node,
+    /// for the next one: a stream of large messages does not take fresh
+    /// memory (for the kernel to map and zero) for every message.
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Largest message memory kept for the next (more is given back).
+const SPARE_MAX: usize = 16 << 20;
 
 /// What a send to another node carries: the message's bytes, or (for a
 /// large one) a block of this node's store that a block message names, and
@@ -147,7 +172,7 @@ impl Outgoing {
         // service sends the block on and frees it, which a view still in
         // use here must not see.
         if direct() {
-            return Ok(Outgoing::Copy(message(py, data, prefix)?));
+            return Ok(Outgoing::Copy(message_in(py, data, prefix, SPARE.take())?));
         }
         if let Some(p) = crate::channel::lend(data, prefix, false)? {
             p.commit();
@@ -182,12 +207,13 @@ impl Outgoing {
     /// After the send: if it did not go out, the block comes back to the
     /// store, unless the service took it already (it frees it then).
     pub(crate) fn finish(self, sent: bool) {
-        if let Outgoing::Block(p) = self {
-            if sent {
-                p.done(true);
-            } else {
+        match self {
+            Outgoing::Block(p) if sent => p.done(true),
+            Outgoing::Block(p) => {
                 p.recall();
             }
+            Outgoing::Copy(v) if v.capacity() <= SPARE_MAX => SPARE.set(v),
+            Outgoing::Copy(_) => {}
         }
     }
 }
