@@ -85,12 +85,37 @@ pub struct Options {
     pub listen: std::net::SocketAddr,
     /// RDMA or TCP to peers (`None`: as `fabric::ENV` says).
     pub fabric: Option<fabric::Setting>,
+    /// Most processes of other nodes connected straight to this service at
+    /// once (`None`: [`DIRECT_MAX_ENV`], or else half of the descriptors
+    /// this process may open beyond [`FD_RESERVE`]). Beyond it a process is
+    /// refused and reaches this node through its own node's service.
+    pub direct_max: Option<usize>,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { python: PathBuf::from("python3"), listen: "0.0.0.0:0".parse().expect("an address"), fabric: None }
+        Options {
+            python: PathBuf::from("python3"),
+            listen: "0.0.0.0:0".parse().expect("an address"),
+            fabric: None,
+            direct_max: None,
+        }
     }
+}
+
+/// The environment variable that sets [`Options::direct_max`].
+pub const DIRECT_MAX_ENV: &str = "DRAGON_DIRECT_MAX";
+/// Descriptors a service keeps for everything but direct connections
+/// (links to other nodes, its processes' connections, files).
+pub const FD_RESERVE: u64 = 256;
+
+/// The default of [`Options::direct_max`].
+fn direct_max_default() -> usize {
+    if let Some(n) = std::env::var(DIRECT_MAX_ENV).ok().and_then(|v| v.trim().parse().ok()) {
+        return n;
+    }
+    let soft = crate::sys::open_files_limit().unwrap_or(1024);
+    (soft.saturating_sub(FD_RESERVE) / 2) as usize
 }
 
 /// The service's standard output to the launcher.
@@ -221,6 +246,8 @@ struct Service {
     boot: Bootstrap,
     me: u32,
     opts: Options,
+    /// See [`Options::direct_max`].
+    direct_max: usize,
     out: Out,
     poll: Poll,
     tcp: TcpListener,
@@ -358,6 +385,8 @@ pub fn main(opts: Options) -> i32 {
     // sends every process of a job step it ends) and SIGHUP end the run on
     // this node in order instead of killing the service mid-way.
     let signals = crate::sys::block_termination_signals().is_ok();
+    // Every process of other nodes that uses this node may connect here.
+    crate::sys::raise_open_files_limit();
     let out = Out::new(Box::new(io::stdout()));
     let mut stdin = io::BufReader::new(io::stdin());
     let boot = match Bootstrap::read(&mut stdin) {
@@ -420,6 +449,7 @@ impl Service {
         out.emit(out::LISTENING, format!("{}:{port}", boot.host()).as_bytes());
         Ok(Service {
             me,
+            direct_max: opts.direct_max.unwrap_or_else(direct_max_default),
             opts,
             out,
             poll,
@@ -1019,7 +1049,13 @@ impl Service {
 
     // ---- frames ---------------------------------------------------------------
 
+    /// Processes of other nodes connected straight here.
+    fn directs(&self) -> usize {
+        self.conns.values().filter(|c| matches!(c.role, Role::Direct(_))).count()
+    }
+
     fn frame(&mut self, t: Token, f: Frame) {
+        let full = f.kind == auth::PROOF_PROCESS && self.directs() >= self.direct_max;
         let Some(c) = self.conns.get_mut(&t) else { return };
         if c.closing {
             return;
@@ -1028,6 +1064,15 @@ impl Service {
             Role::Peer(p) if !p.authed && f.kind == auth::PROOF_PROCESS => {
                 let from = self.boot.secret.accept_process(&p.nonce, &f.payload);
                 match from {
+                    Some(_) if full => {
+                        let why = format!(
+                            "this node's service holds as many direct connections as it may ({}): reach it \
+                             through your node's service",
+                            self.direct_max
+                        );
+                        c.link.send(auth::REJECT, 0, why.as_bytes(), Bytes::new());
+                        c.closing = true;
+                    }
                     Some((node, pid, acc)) if node != self.me && (node as usize) < self.boot.hosts.len() => {
                         self.gate.gone(t);
                         c.link.max_frame = transport_tcp::frame::MAX_FRAME;

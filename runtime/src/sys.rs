@@ -302,6 +302,33 @@ pub fn page_size() -> u64 {
     u64::try_from(v).unwrap_or(4096)
 }
 
+/// Raise this process's limit on open descriptors to the most it may
+/// have (the hard limit); the soft limit now in force.
+pub fn raise_open_files_limit() -> Option<u64> {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to
+    // an rlimit for the duration of the call.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return None;
+        }
+        if r.rlim_cur < r.rlim_max {
+            let raised = libc::rlimit { rlim_cur: r.rlim_max, rlim_max: r.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                r.rlim_cur = r.rlim_max;
+            }
+        }
+    }
+    Some(r.rlim_cur)
+}
+
+/// This process's limit on open descriptors (the soft limit).
+pub fn open_files_limit() -> Option<u64> {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: as in `raise_open_files_limit`.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0).then_some(r.rlim_cur)
+}
+
 /// This process's user id.
 pub fn uid() -> u32 {
     // SAFETY: plain system call, cannot fail.

@@ -301,3 +301,31 @@ fn a_process_connects_straight_to_another_nodes_service_with_its_own_services_wo
     drop(direct);
     on2.call(0, proto::DESTROY, &att2.to_le_bytes()).unwrap();
 }
+
+#[test]
+fn a_service_holding_its_most_direct_connections_refuses_more_and_takes_them_again_once_one_goes() {
+    watchdog();
+    let opts = |i: usize| runtime::service::Options { direct_max: (i == 0).then_some(1), ..Default::default() };
+    let c = LocalCluster::start_with(3, Duration::from_secs(5), opts).unwrap();
+    let on1 = ServiceClient::connect(&c.service(1)).unwrap();
+    let on2 = ServiceClient::connect(&c.service(2)).unwrap();
+    let first = on1.connect_direct(0, Duration::from_secs(10)).unwrap();
+    first.call(0, proto::PING, &[]).unwrap();
+    let e = on2.connect_direct(0, Duration::from_secs(10)).unwrap_err();
+    assert!(matches!(&e, TcpError::Auth(m) if m.contains("as many direct connections as it may (1)")), "{e}");
+    // The relayed way still reaches node 0.
+    on2.call(0, proto::PING, &[]).unwrap();
+    // Node 0 is its own for node 1's other process, whatever the others hold.
+    drop(first);
+    let second = loop {
+        // The service sees the first go when it reads its end.
+        match on2.connect_direct(0, Duration::from_secs(10)) {
+            Ok(c) => break c,
+            Err(TcpError::Auth(m)) if m.contains("as many direct connections") => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    second.call(0, proto::PING, &[]).unwrap();
+}

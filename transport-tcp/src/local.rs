@@ -178,6 +178,9 @@ impl ServiceClient {
                     let lost = format!("node {node} ({host}) is lost: ");
                     return Ok(ServiceClient::over(Sock::Tcp(stream), rbuf, &name, "its dragon service", lost));
                 }
+                // The service answered and refused: its other addresses
+                // reach the same service.
+                Err(e @ TcpError::Auth(_)) => return Err(e),
                 Err(e) => last = e,
             }
         }

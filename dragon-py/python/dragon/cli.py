@@ -67,6 +67,8 @@ Environment (read by the runtime in every process of a run):
     DRAGON_DIRECT=0         processes reach other nodes only through their own
                             node's service (default: a connection of their own
                             to the other node's service, made on first use)
+    DRAGON_DIRECT_MAX       most such connections a node's service takes (default
+                            half its file descriptors); past it, relayed
 
 Set by the runtime for the processes of a run (not to be set by hand):
 DRAGON_RUN_ID (the run), DRAGON_TEMPLATE (its template process on this
