@@ -427,8 +427,21 @@ impl Reader {
                 Some(l) => i32::try_from(l.as_micros().div_ceil(1000)).unwrap_or(i32::MAX),
             };
             let mut pfd = libc::pollfd { fd: self.stream.fd(), events: libc::POLLIN, revents: 0 };
-            // SAFETY: one valid pollfd, for the duration of the call.
-            let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+            let mut n = 0;
+            if ms != 0 {
+                // Look for the reply without sleeping for a while first: a
+                // short request's reply often comes sooner than an idle
+                // core wakes up.
+                let spin = reply_spin();
+                let start = Instant::now();
+                while n == 0 && start.elapsed() < spin {
+                    n = poll_in(&mut pfd, 0);
+                    std::hint::spin_loop();
+                }
+            }
+            if n == 0 {
+                n = poll_in(&mut pfd, ms);
+            }
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -482,6 +495,32 @@ impl Reader {
             }
         }
     }
+}
+
+/// `poll` of one descriptor for at most `ms` milliseconds (-1: no limit).
+fn poll_in(pfd: &mut libc::pollfd, ms: i32) -> i32 {
+    // SAFETY: one valid pollfd, for the duration of the call.
+    unsafe { libc::poll(pfd, 1, ms) }
+}
+
+/// The environment variable that sets [`reply_spin`], in microseconds.
+pub const REPLY_SPIN_ENV: &str = "DRAGON_REPLY_SPIN_US";
+/// How long a caller waiting for its reply polls for it before sleeping,
+/// unless [`REPLY_SPIN_ENV`] says otherwise (as a channel's receive spins
+/// before it sleeps, `channels_core::channel::DEFAULT_SPIN`, but longer: a
+/// reply from another node takes a network round trip).
+pub const DEFAULT_REPLY_SPIN: Duration = Duration::from_micros(60);
+
+/// How long a caller waiting for its reply polls for it before sleeping
+/// (read once per process).
+pub fn reply_spin() -> Duration {
+    static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *SPIN.get_or_init(|| {
+        std::env::var(REPLY_SPIN_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .map_or(DEFAULT_REPLY_SPIN, Duration::from_micros)
+    })
 }
 
 /// A reply frame as the result of a call.

@@ -69,6 +69,9 @@ Environment (read by the runtime in every process of a run):
                             to the other node's service, made on first use)
     DRAGON_DIRECT_MAX       most such connections a node's service takes (default
                             half its file descriptors); past it, relayed
+    DRAGON_REPLY_SPIN_US    microseconds a process waiting for a node service's
+                            reply polls for it before sleeping (default 60; 0:
+                            sleep at once)
 
 Set by the runtime for the processes of a run (not to be set by hand):
 DRAGON_RUN_ID (the run), DRAGON_TEMPLATE (its template process on this
