@@ -26,11 +26,6 @@ pub(crate) const SLICE: Duration = Duration::from_millis(250);
 /// This process's off-node transport: (pid that opened it, transport).
 static TRANSPORT: Mutex<Option<(u32, &'static Transport)>> = Mutex::new(None);
 
-/// The transport connects straight to other nodes' services (`direct=1`
-/// in its config): sends carry their bytes on this process's connection
-/// (there is no service of this node to send a block on from).
-static DIRECT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 /// The transport, opened on first use in this process (again after a fork:
 /// the parent's connection to the service is the parent's).
 fn transport(py: Python<'_>) -> PyResult<&'static Transport> {
@@ -48,15 +43,17 @@ fn transport(py: Python<'_>) -> PyResult<&'static Transport> {
     // One per process, for the rest of its life (a forked child's copy of
     // its parent's is never used nor closed: it shares the parent's socket).
     let tr: &'static Transport = Box::leak(Box::new(tr));
-    // Relaxed: read by this process's sends, all of which follow this call.
-    DIRECT.store(config.split([' ', ',']).any(|kv| kv == "direct=1"), std::sync::atomic::Ordering::Relaxed);
     *t = Some((me, tr));
     Ok(tr)
 }
 
-fn direct() -> bool {
-    // Relaxed: set once, before any send (see `transport`).
-    DIRECT.load(std::sync::atomic::Ordering::Relaxed)
+/// Whether this process reaches other nodes' services straight
+/// (`DRAGON_DIRECT`, on unless `0`; `_transport.py` tells the plugin the
+/// same): then sends carry their bytes on this process's connection (there
+/// is no service of this node to send a block on from).
+pub(crate) fn direct() -> bool {
+    static DIRECT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DIRECT.get_or_init(|| std::env::var("DRAGON_DIRECT").map_or(true, |v| v != "0"))
 }
 
 /// An attachment of this process to a channel of another node.

@@ -15,10 +15,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 use runtime::syncserve::{self as ops, SyncRequest};
 use shm_primitives::handle::{Handle, Kind};
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
-use transport_tcp::local::ServiceClient;
+use transport_tcp::local::{Routes, ServiceClient};
 
 /// How often a wait looks for Ctrl-C.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
@@ -43,11 +42,9 @@ pub(crate) fn service() -> PyResult<ServiceClient> {
     Ok(c)
 }
 
-/// This process's direct connections to other nodes' services, by node
-/// (`None`: not reachable directly; reached through this node's service
-/// for the rest of the process's life): (pid that made them, connections).
-#[allow(clippy::type_complexity)]
-static DIRECT: Mutex<Option<(u32, HashMap<u32, Option<ServiceClient>>)>> = Mutex::new(None);
+/// This process's ways to other nodes' services (DDict operations,
+/// synchronisation objects): (pid that made them, routes).
+static ROUTES: Mutex<Option<(u32, std::sync::Arc<Routes>)>> = Mutex::new(None);
 
 /// The connection for requests to node `node` (DDict operations,
 /// synchronisation objects): straight to its service, made on first use,
@@ -55,22 +52,19 @@ static DIRECT: Mutex<Option<(u32, HashMap<u32, Option<ServiceClient>>)>> = Mutex
 /// service. A node is reached one way for the life of the process.
 pub(crate) fn service_for(node: u32, this_node: u32) -> PyResult<ServiceClient> {
     let local = service()?;
-    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let off = *OFF.get_or_init(|| std::env::var("DRAGON_DIRECT").is_ok_and(|v| v == "0"));
-    if node == this_node || off {
+    if node == this_node || !crate::remote::direct() {
         return Ok(local);
     }
     let me = std::process::id();
-    let mut d = DIRECT.lock().unwrap_or_else(|e| e.into_inner());
-    if d.as_ref().is_some_and(|(pid, _)| *pid != me) {
-        // A forked child's copies share its parent's sockets: never used.
-        std::mem::forget(d.take());
-    }
-    let (_, map) = d.get_or_insert_with(|| (me, HashMap::new()));
-    let c = map
-        .entry(node)
-        .or_insert_with(|| local.connect_direct(node, transport_tcp::local::DIRECT_CONNECT_TIMEOUT).ok());
-    Ok(c.clone().unwrap_or(local))
+    let routes = {
+        let mut r = ROUTES.lock().unwrap_or_else(|e| e.into_inner());
+        if r.as_ref().is_some_and(|(pid, _)| *pid != me) {
+            // A forked child's copies share its parent's sockets: never used.
+            std::mem::forget(r.take());
+        }
+        r.get_or_insert_with(|| (me, std::sync::Arc::default())).1.clone()
+    };
+    Ok(routes.client_for(&local, node))
 }
 
 fn thread_id() -> u64 {

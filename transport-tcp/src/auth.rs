@@ -134,23 +134,19 @@ impl Secret {
         }
         let (client_nonce, mac) = proof.split_at(NONCE);
         self.mac(b"dragon-tcp/1 client", agent_nonce, client_nonce).verify_slice(mac).ok()?;
-        Some(self.mac(b"dragon-tcp/1 agent", client_nonce, agent_nonce).finalize().into_bytes().to_vec())
+        Some(self.accept_payload(agent_nonce, client_nonce))
     }
 
     /// What a node's service vouches for one of its processes: the
     /// PROOF_PROCESS payload answering `agent_nonce` for process `pid` of
     /// node `node`, and the ACCEPT payload the process must then get.
     pub fn vouch(&self, agent_nonce: &[u8; 32], client_nonce: &[u8; 32], node: u32, pid: u32) -> (Vec<u8>, Vec<u8>) {
-        let mut who = client_nonce.to_vec();
-        who.extend_from_slice(&node.to_le_bytes());
-        who.extend_from_slice(&pid.to_le_bytes());
-        let mac = self.mac(b"dragon-tcp/1 process", agent_nonce, &who).finalize().into_bytes();
         let mut proof = node.to_le_bytes().to_vec();
         proof.extend_from_slice(&pid.to_le_bytes());
+        let mac = self.process_mac(agent_nonce, client_nonce, &proof).finalize().into_bytes();
         proof.extend_from_slice(client_nonce);
         proof.extend_from_slice(&mac);
-        let accept = self.mac(b"dragon-tcp/1 agent", client_nonce, agent_nonce).finalize().into_bytes().to_vec();
-        (proof, accept)
+        (proof, self.accept_payload(agent_nonce, client_nonce))
     }
 
     /// The service's check of a PROOF_PROCESS: on success, the process's
@@ -162,11 +158,18 @@ impl Secret {
         let node = u32::from_le_bytes(proof[0..4].try_into().ok()?);
         let pid = u32::from_le_bytes(proof[4..8].try_into().ok()?);
         let (client_nonce, mac) = proof[8..].split_at(NONCE);
-        let mut who = client_nonce.to_vec();
-        who.extend_from_slice(&proof[0..8]);
-        self.mac(b"dragon-tcp/1 process", agent_nonce, &who).verify_slice(mac).ok()?;
-        let accept = self.mac(b"dragon-tcp/1 agent", client_nonce, agent_nonce).finalize().into_bytes().to_vec();
-        Some((node, pid, accept))
+        self.process_mac(agent_nonce, client_nonce, &proof[0..8]).verify_slice(mac).ok()?;
+        Some((node, pid, self.accept_payload(agent_nonce, client_nonce)))
+    }
+
+    /// The MAC of a process's proof: `node_pid` is its node and pid (8 bytes).
+    fn process_mac(&self, agent_nonce: &[u8], client_nonce: &[u8], node_pid: &[u8]) -> HmacSha256 {
+        self.mac(b"dragon-tcp/1 process", agent_nonce, &[client_nonce, node_pid].concat())
+    }
+
+    /// The ACCEPT payload answering a proof made with `client_nonce`.
+    fn accept_payload(&self, agent_nonce: &[u8], client_nonce: &[u8]) -> Vec<u8> {
+        self.mac(b"dragon-tcp/1 agent", client_nonce, agent_nonce).finalize().into_bytes().to_vec()
     }
 
     /// The client's check of an ACCEPT payload.

@@ -61,10 +61,9 @@ struct Out {
     /// Set (under the lock) when the link is dropped, before its socket
     /// closes: a writer never writes to a descriptor that may be reused.
     closed: bool,
-    /// Frames held back ([`Link::send_late`]): they go out just before the
-    /// next frame queued.
+    /// Messages held back ([`Link::send_late`]), a frame each: they go out
+    /// just before the next message queued.
     late: Vec<Bytes>,
-    late_msgs: usize,
 }
 
 impl Out {
@@ -77,11 +76,8 @@ impl Out {
 
     /// Queue what was held back.
     fn release_late(&mut self) {
-        if self.late_msgs > 0 {
-            self.late_msgs = 0;
-            for b in std::mem::take(&mut self.late) {
-                self.push(b);
-            }
+        for b in std::mem::take(&mut self.late) {
+            self.push(b);
         }
     }
 
@@ -344,18 +340,12 @@ impl Link {
     /// on this link, or at once once `most` messages are held: `true` when
     /// they were queued (then flush).
     pub fn send_late(&mut self, kind: u8, id: u64, head: &[u8], body: Bytes, most: usize) -> bool {
+        assert!(head.len() + body.len() <= frame::CHUNK, "a message held back must fit one frame");
+        let mut f = BytesMut::new();
+        frame::encode_parts(&mut f, kind, id, &[head, &body]);
         let mut out = lock(&self.out);
-        let total = head.len() + body.len();
-        assert!(total <= frame::CHUNK, "a message held back must fit one frame");
-        out.late.push(frame::header(kind, id, total));
-        if !head.is_empty() {
-            out.late.push(Bytes::copy_from_slice(head));
-        }
-        if !body.is_empty() {
-            out.late.push(body);
-        }
-        out.late_msgs += 1;
-        if out.late_msgs < most {
+        out.late.push(f.freeze());
+        if out.late.len() < most {
             return false;
         }
         out.release_late();
@@ -364,7 +354,7 @@ impl Link {
 
     /// Messages held back by [`Link::send_late`].
     pub fn held(&self) -> usize {
-        lock(&self.out).late_msgs
+        lock(&self.out).late.len()
     }
 
     /// Queue bytes that are not a frame (for a connection that ends with

@@ -91,6 +91,8 @@ struct Inner {
     what: String,
     /// Put before a message of the connection's end ("node 2 (n2) is lost: ").
     lost: String,
+    /// A direct connection to another node's service (TCP), not this node's.
+    direct: bool,
 }
 
 impl Inner {
@@ -121,6 +123,25 @@ fn gone(why: &str) -> TcpError {
     TcpError::Io(io::Error::new(io::ErrorKind::BrokenPipe, why.to_owned()))
 }
 
+/// A process's way to each other node: its direct connection to that
+/// node's service, made on first use, or (when it cannot be made) its own
+/// node's service, for the rest of the process's life, so that what was
+/// attached one way is always used that way.
+#[derive(Debug, Default)]
+pub struct Routes {
+    direct: Mutex<HashMap<u32, Option<ServiceClient>>>,
+}
+
+impl Routes {
+    /// The connection for requests to `node`, given `local`, the
+    /// connection to this process's own node's service.
+    pub fn client_for(&self, local: &ServiceClient, node: u32) -> ServiceClient {
+        let mut d = self.direct.lock().unwrap_or_else(|e| e.into_inner());
+        let c = d.entry(node).or_insert_with(|| local.connect_direct(node, DIRECT_CONNECT_TIMEOUT).ok());
+        c.clone().unwrap_or_else(|| local.clone())
+    }
+}
+
 /// How long a direct connection to another node's service may take to make.
 pub const DIRECT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -134,6 +155,7 @@ impl ServiceClient {
     }
 
     fn over(sock: Sock, mut rbuf: BytesMut, name: &str, what: &str, lost: String) -> ServiceClient {
+        let direct = matches!(sock, Sock::Tcp(_));
         let stream = Arc::new(sock);
         rbuf.reserve(64 << 10);
         let reader = Reader { stream: stream.clone(), rbuf, parts: HashMap::new() };
@@ -145,6 +167,7 @@ impl ServiceClient {
             name: name.to_owned(),
             what: what.to_owned(),
             lost,
+            direct,
         });
         ServiceClient { inner }
     }
@@ -189,7 +212,7 @@ impl ServiceClient {
 
     /// Whether this is a direct connection to another node's service.
     pub fn is_direct(&self) -> bool {
-        matches!(*self.inner.writer.lock().unwrap_or_else(|e| e.into_inner()).as_ref(), Sock::Tcp(_))
+        self.inner.direct
     }
 
     /// Send request `kind` for node `node` with `payload`, wait for its

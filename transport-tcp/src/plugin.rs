@@ -28,10 +28,10 @@
 //! attachment tells the channel's node to let go of it.
 
 use crate::client::TcpError;
-use crate::local::{ServiceClient, Ticket};
+use crate::local::{Routes, ServiceClient, Ticket};
 use crate::proto;
 use shm_primitives::handle::{Handle, Kind};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ffi::CStr;
 use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard};
@@ -48,10 +48,8 @@ pub struct TcpTransport {
     blocks: bool,
     /// Connect straight to other nodes' services (`direct=1`).
     direct: bool,
-    /// This process's direct connections, by node (`None`: the node's
-    /// service could not be reached directly; its channels are reached
-    /// through this node's service, for the rest of the process's life).
-    directs: Mutex<HashMap<u32, Option<ServiceClient>>>,
+    /// This process's ways to other nodes (`direct=1`).
+    routes: Routes,
     /// Block stores named by block messages sent on direct connections.
     stores: Arc<Mutex<Stores>>,
 }
@@ -193,7 +191,7 @@ impl TransportImpl for TcpTransport {
     fn open(config: &str) -> Result<Self, Failure> {
         let Config { service, node, blocks, direct } = parse_config(config)?;
         let client = ServiceClient::connect(&service).map_err(failure)?;
-        Ok(TcpTransport { client, node, blocks, direct, directs: Mutex::default(), stores: Arc::default() })
+        Ok(TcpTransport { client, node, blocks, direct, routes: Routes::default(), stores: Arc::default() })
     }
 
     fn create_channel(&self, a: &DragonChannelAttrs) -> Result<TcpChannel, Failure> {
@@ -242,11 +240,7 @@ impl TcpTransport {
         if !self.direct || node == self.node {
             return self.client.clone();
         }
-        let mut d = self.directs.lock().unwrap_or_else(|e| e.into_inner());
-        let c = d
-            .entry(node)
-            .or_insert_with(|| self.client.connect_direct(node, crate::local::DIRECT_CONNECT_TIMEOUT).ok());
-        c.clone().unwrap_or_else(|| self.client.clone())
+        self.routes.client_for(&self.client, node)
     }
 }
 
