@@ -76,7 +76,7 @@ lint: typecheck setup
 	$(CARGO) clippy --workspace --all-targets -q -- -D warnings
 	MYPY_CACHE_DIR=target/mypy-cache $(VPY) -m mypy.stubtest --concise dragon._native
 	@$(VPY) -m ruff --version >/dev/null 2>&1 || $(VPY) -m pip install -q -r dragon-py/requirements-dev.txt
-	RUFF_CACHE_DIR=target/ruff-cache $(VPY) -m ruff check -q dragon-py/python dragon-py/tests dragon-py/bench examples testbed
+	RUFF_CACHE_DIR=target/ruff-cache $(VPY) -m ruff check -q dragon-py/python dragon-py/tests dragon-py/bench examples testbed scripts/oracle scripts/check-shm-leftovers scripts/strip-wheel.py
 
 # mypy --strict on examples/*.py and the typed public API (dragon.native,
 # dragon.data.ddict, Policy): the files and settings are in

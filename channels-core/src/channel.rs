@@ -25,6 +25,15 @@
 //! publication, or the waiter's does, and the waker sees the waiter and
 //! bumps `seq`, which makes `futex_wait` return at once if it has not slept
 //! yet. Sleepers wake every [`SLEEP_SLICE`] to look for dead peers.
+//!
+//! Synchronising edges (`// SYNC POINT <name>` at both ends):
+//!
+//! - `channel-header`: the creator's Release store of the magic publishes
+//!   the initialised header (whose fields are then read Relaxed) to an
+//!   attacher's Acquire load of it.
+//! - `channel-state`: `close` and `destroy` set their state bit with an
+//!   AcqRel read-modify-write after marking the ring closed; whoever sees
+//!   the bit with an Acquire load finds the ring's closed mark.
 
 use crate::alloc::{class_size, put_in_ring, take_from_ring, AllocError, AllocStats, Allocator, BlockRef};
 use crate::attach::{Roles, Table};

@@ -68,6 +68,36 @@
 //! its slot's reading flag, issues a full fence and checks the frozen flag;
 //! `unfreeze` clears the flag, fences, and waits for every reading flag to
 //! drop before writers may proceed.
+//!
+//! Synchronising edges (`// SYNC POINT <name>` at both ends):
+//!
+//! - `shard-header`: `init`'s Release store of the magic publishes the
+//!   header to an attacher's Acquire load of it.
+//! - `shard-state`: `set_state`'s Release store publishes what the setter
+//!   did before (a final flush) to `state`'s Acquire load.
+//! - `doorbell`: `ring_doorbell`'s Release increment publishes the request
+//!   written before it to the manager's Acquire load of the counter.
+//! - `client-slot`: a slot's owner stamp: cleared with Release when the slot
+//!   is given back (or reaped), claimed with an Acquire compare-and-swap
+//!   (also of a dead client's stamp), so the next owner finds the slot's
+//!   words clean.
+//! - `journal-commit`: a stripe journal's count stored with Release after
+//!   its entries; a recovering process reads it with an Acquire
+//!   read-modify-write and sees the entries.
+//! - `journal-clear`: the journal cleared with Release after the logged
+//!   writes are applied; recovery's read-modify-write sees them applied.
+//! - `freeze-done`: `freeze` stores `FROZEN_DONE` (SeqCst, so also Release)
+//!   after taking every stripe lock once; a lock-free reader that sees it
+//!   sees every write made before the freeze.
+//! - `frozen-read`: a lock-free reader drops its reading flag with Release
+//!   after its reads; `unfreeze` waits for the flag with Acquire before
+//!   writes resume.
+//! - `shard-request`: a client's Release store of its request sequence
+//!   publishes the request block and operation to the manager's Acquire
+//!   load.
+//! - `shard-reply`: the manager's Release store of the acknowledged sequence
+//!   publishes the result and the applied request to the client's Acquire
+//!   load in `wait_reply`.
 
 use shm_primitives::futex;
 use shm_primitives::process::ProcessId;
@@ -857,14 +887,14 @@ impl<R: Region> Shard<R> {
 
     /// The shard's state (see [`state`]).
     pub fn state(&self) -> u64 {
-        // Acquire: pairs with `set_state`.
+        // SYNC POINT shard-state: pairs with the Release in `set_state`.
         self.mem.w(H_STATE).load(Ordering::Acquire)
     }
 
     /// Set the shard's state and ring the doorbell.
     pub fn set_state(&self, s: u64) {
-        // Release: what the setter did before (e.g. a final flush) is seen by
-        // whoever reads the new state.
+        // SYNC POINT shard-state: what the setter did before (e.g. a final
+        // flush) is seen by whoever reads the new state.
         self.mem.w(H_STATE).store(s, Ordering::Release);
         self.ring_doorbell();
     }
@@ -1193,7 +1223,8 @@ impl<R: Region> Shard<R> {
             if st == 0 || st == me || ProcessId::from_stamp(st).is_some_and(|p| p.is_alive()) {
                 continue;
             }
-            // Acquire: the dead client's stores to its slot are seen.
+            // SYNC POINT client-slot: Acquire: the dead client's stores to its
+            // slot (before its last Release of the stamp) are seen.
             if self.mem.w(s + C_STAMP).compare_exchange(st, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                 claimed.push(s);
             }

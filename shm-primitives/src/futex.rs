@@ -267,6 +267,7 @@ mod imp {
     pub(super) fn wait_any(words: &[(&AtomicU32, u32)], timeout: Option<Duration>) -> (Wake, Option<usize>) {
         let (lock, cv) = &*KERNEL;
         let guard = lock.lock().unwrap();
+        // SeqCst: as the kernel's compare under its bucket lock (above).
         if let Some(i) = words.iter().position(|(w, v)| w.load(Ordering::SeqCst) != *v) {
             return (Wake::Changed, Some(i));
         }

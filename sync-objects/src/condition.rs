@@ -29,6 +29,15 @@
 //!  52  4   reserved
 //!  56  16 × capacity   slots: state, pid, start_lo, ticket
 //! ```
+//!
+//! Synchronising edges (`// SYNC POINT <name>` at both ends):
+//!
+//! - `cond-notify`: a notifier's Release store of `NOTIFIED` in a waiter's
+//!   slot publishes its writes to the waiter's Acquire load of the slot's
+//!   state.
+//! - `cond-slot-free`: a waiter done with its slot stores `FREE` with
+//!   Release; a registering waiter takes a slot it read `FREE` with Acquire,
+//!   after the old waiter's last use of it.
 
 use super::lock::RawLock;
 use super::{
@@ -328,6 +337,7 @@ impl<R: Region> Condition<R> {
                 self.lock_mu(me, alive);
                 // Relaxed: under the internal lock.
                 let st = slot.state.load(Ordering::Relaxed);
+                // SYNC POINT cond-slot-free: see `register`.
                 slot.state.store(FREE, Ordering::Release);
                 if st == NOTIFIED {
                     self.notify_locked(1, alive);

@@ -16,6 +16,17 @@
 //!  24  4  set count << 1 | flag
 //!  28  4  sleepers
 //! ```
+//!
+//! Synchronising edges (`// SYNC POINT <name>` at both ends):
+//!
+//! - `event-set`: `set`'s Release compare-and-swap of the flag publishes
+//!   what the setter wrote to a waiter's (or `is_set`'s) Acquire load that
+//!   sees the flag.
+//! - `event-announce`: Dekker's pattern, not an acquire/release edge: a
+//!   waiter counts itself as a sleeper, a SeqCst fence, then re-reads the
+//!   flag; `set` changes the flag, a SeqCst fence, then reads the sleeper
+//!   count: one of the two sees the other, so no waiter sleeps through a
+//!   `set`.
 
 use super::{sync_object_common, Header, Interrupted, ObjectError, Placed, Slept, WaitError, Waiter, SIGNAL_SPIN};
 use shm_primitives::futex;

@@ -72,6 +72,12 @@
 //! (`&mut dyn FnMut() -> bool`) that is called when a signal interrupts the
 //! sleep and at least every [`LIVENESS_SLICE`]; returning `false` makes the
 //! call give up with an `Interrupted` error.
+//!
+//! Synchronising edges (`// SYNC POINT <name>` at both ends):
+//!
+//! - `object-header`: `publish`'s Release store of the magic makes every
+//!   field `init` wrote visible to an attacher whose Acquire load sees the
+//!   magic.
 
 mod barrier;
 mod condition;

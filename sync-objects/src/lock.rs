@@ -18,6 +18,13 @@
 //!  28  4  holder's thread id (recursive locks; 0 otherwise)
 //!  32  8  holder's pid << 32 | low 32 bits of its start time
 //! ```
+//!
+//! Synchronising edges (`// SYNC POINT <name>` at both ends):
+//!
+//! - `lock-handoff`: `unlock`'s Release compare-and-swap of the lock word
+//!   publishes the critical section to the next holder's Acquire
+//!   compare-and-swap (taking over a dead holder's lock is an Acquire too,
+//!   and sees what it stored before dying).
 
 use super::{
     sync_object_common, Acquired, AliveFn, Header, Me, ObjectError, Placed, ReleaseError, Slept, WaitError, Waiter,

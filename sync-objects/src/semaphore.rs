@@ -18,6 +18,15 @@
 //!  28  4  sleepers
 //!  32  4  maximum value (SEM_VALUE_MAX when unbounded)
 //! ```
+//!
+//! Synchronising edges (`// SYNC POINT <name>` at both ends):
+//!
+//! - `sem-post`: `release`'s Release compare-and-swap of the value publishes
+//!   the releaser's writes to the Acquire compare-and-swap that takes the
+//!   unit.
+//! - `sem-announce`: Dekker's pattern, as `event-announce`: the sleeper
+//!   count and the value, each written before a SeqCst fence and the other
+//!   read after it.
 
 use super::{sync_object_common, Header, ObjectError, Placed, ReleaseError, Slept, WaitError, Waiter, SIGNAL_SPIN};
 use shm_primitives::futex;
