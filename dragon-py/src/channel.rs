@@ -55,14 +55,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-/// A pickle (PROTO opcode).
-pub(crate) const TAG_PICKLE: u8 = 0x80;
-/// An exact `bytes` object.
-pub(crate) const TAG_BYTES: u8 = 0x02;
-/// A control message.
-pub(crate) const TAG_CONTROL: u8 = 0x01;
-/// Raw bytes that needed a tag.
-pub(crate) const TAG_RAW: u8 = 0x00;
+/// The message format's tags, as the `queues` crate defines them.
+pub(crate) use queues::wire::{TAG_BYTES, TAG_CONTROL, TAG_PICKLE, TAG_RAW};
 
 /// What a send reports to Python.
 pub(crate) const SENT: u8 = 1;

@@ -54,7 +54,7 @@ use transport_shm::blocks::{self, BlockId, Store, PAGE};
 use transport_shm::segment::RunId;
 
 /// The tag of a message that names a block instead of carrying bytes.
-pub(crate) const TAG_LENT: u8 = blocks::TAG_BLOCK;
+pub(crate) use queues::wire::TAG_LENT;
 
 /// The smallest payload that travels as a block.
 pub(crate) const MIN_LEN: usize = 1 << blocks::MIN_CLASS;
@@ -487,6 +487,15 @@ pub(crate) struct Prepared {
     blk: BlockId,
     /// The view object forwarded, if this is a forward.
     forwarded: Option<usize>,
+}
+
+/// The tag a message of `tag` is reported with when it travels as a block
+/// (`None`: its kind never does).
+pub(crate) fn block_kind(tag: queues::Tag) -> Option<u8> {
+    match tag {
+        queues::Tag::Bytes | queues::Tag::Pickle | queues::Tag::Raw => Some(tag.byte()),
+        _ => None,
+    }
 }
 
 /// Put `data` in a block of the run's store, or pass on the block it

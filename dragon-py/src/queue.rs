@@ -17,13 +17,12 @@
 //! (through the channel object), task counting of `JoinableQueue` (shared
 //! `dragon.synchronize` objects, for the same reason), and the exit hooks
 //! (`util.Finalize`) that end and wait for the feeder.
-use crate::channel::{send_obj, Att, Channel, NO_MEMORY, SENT, TAG_BYTES, TAG_PICKLE, TAG_RAW};
+use crate::channel::{send_obj, Att, Channel, NO_MEMORY, SENT};
 use crate::errors::{put_err, queue_err, too_large_for_shm};
 use crate::lent;
 use crate::remote::{message, Outgoing, RemoteChannel, SLICE};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use queues::wire::Tag;
 use queues::{Fault, PutError, QueueChannel, ShmChannel};
 use shm_primitives::{Handle, ProcessId};
 use std::sync::{Arc, Mutex};
@@ -65,13 +64,7 @@ fn remote_fault(e: &PluginError) -> Fault {
 /// `Channel.send` sends them.
 fn send_local(ch: &channels_core::Channel, msg: &[u8], t: Option<Duration>) -> Result<(), Fault> {
     let (tag, skip) = queues::wire::split(msg);
-    let kind = match tag {
-        Tag::Bytes => Some(TAG_BYTES),
-        Tag::Pickle => Some(TAG_PICKLE),
-        Tag::Raw => Some(TAG_RAW),
-        _ => None,
-    };
-    if let Some(p) = kind.and_then(|k| lent::prepare(&msg[skip..], None, k)) {
+    if let Some(p) = lent::block_kind(tag).and_then(|k| lent::prepare(&msg[skip..], None, k)) {
         // The block passes to the message only as the message is written.
         let write = |dst: &mut [u8]| {
             p.commit();

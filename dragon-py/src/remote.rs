@@ -114,16 +114,8 @@ fn message_in(_py: Python<'_>, data: &Bound<'_, PyAny>, prefix: i32, mut msg: Ve
     }
     let first = if buf.len_bytes() == 0 { None } else { data.get_item(0)?.extract::<u8>().ok() };
     let pre = match prefix {
-        -2 => match first {
-            Some(
-                crate::channel::TAG_RAW
-                | crate::channel::TAG_CONTROL
-                | crate::channel::TAG_BYTES
-                | crate::lent::TAG_LENT
-                | crate::channel::TAG_PICKLE,
-            ) => Some(crate::channel::TAG_RAW),
-            _ => None,
-        },
+        // Raw bytes get a tag only if their first byte would read as one.
+        -2 => queues::wire::prefix(queues::Tag::Raw, first.as_slice()).ok().flatten(),
         p => u8::try_from(p).ok(),
     };
     let skip = usize::from(pre.is_some());
@@ -183,13 +175,9 @@ impl Outgoing {
     /// the message goes as it is (sent from where it is, no copy).
     pub(crate) fn of_message(msg: &[u8]) -> Option<Outgoing> {
         let (tag, skip) = queues::wire::split(msg);
-        let kind = match tag {
-            queues::Tag::Bytes => Some(crate::channel::TAG_BYTES),
-            queues::Tag::Pickle => Some(crate::channel::TAG_PICKLE),
-            queues::Tag::Raw => Some(crate::channel::TAG_RAW),
-            _ => None,
-        };
-        let p = kind.filter(|_| !direct()).and_then(|k| crate::lent::prepare(&msg[skip..], None, k))?;
+        let p = crate::lent::block_kind(tag)
+            .filter(|_| !direct())
+            .and_then(|k| crate::lent::prepare(&msg[skip..], None, k))?;
         p.commit();
         Some(Outgoing::Block(p))
     }

@@ -536,7 +536,11 @@ def test_pipe_across_nodes_sees_eof_when_the_other_end_closes_or_dies(cluster):
             # On node2: answer until the primary closes its end.
             try:
                 while True:
-                    conn.send(("echo", conn.recv(), int(os.environ["DRAGON_NODE_INDEX"])))
+                    m = conn.recv()
+                    if m == "raw":
+                        conn.send_bytes(conn.recv_bytes())
+                        continue
+                    conn.send(("echo", m, int(os.environ["DRAGON_NODE_INDEX"])))
             except EOFError:
                 print("child saw EOF", flush=True)
 
@@ -558,6 +562,14 @@ def test_pipe_across_nodes_sees_eof_when_the_other_end_closes_or_dies(cluster):
             # One string per print: the children print at the same time,
             # and only whole writes keep lines apart.
             print("big back %s" % (a.recv()[1] == big))
+            # Raw bytes whose first byte reads as one of the format's tags.
+            raws = [b"", b"\\x00", b"\\x01x", b"\\x02y", b"\\x03z", b"\\x80\\x04not a pickle", b"plain"]
+            back = []
+            for x in raws:
+                a.send("raw")
+                a.send_bytes(x)
+                back.append(a.recv_bytes())
+            print("raw back %s" % (back == raws))
             a.close()
             p.join(60)
             print("exit %s" % p.exitcode)
@@ -579,7 +591,7 @@ def test_pipe_across_nodes_sees_eof_when_the_other_end_closes_or_dies(cluster):
     _ok(r)
     out = r.stdout
     assert "('echo', 0, 1)" in out and "('echo', 2, 1)" in out, out
-    assert "big back True" in out, out
+    assert "big back True" in out and "raw back True" in out, out
     assert "child saw EOF" in out and "exit 0" in out, out
     assert "about to die" in out and "parent saw EOF" in out and "exit 3" in out, out
     _assert_clean(cluster)

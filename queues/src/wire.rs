@@ -21,7 +21,7 @@ pub const TAG_PICKLE: u8 = 0x80;
 pub const TAG_BYTES: u8 = 0x02;
 /// A message in a block of the run's block store (sent by Python for
 /// messages of 256 KiB and more; the payload names the block).
-pub const TAG_LENT: u8 = 0x03;
+pub const TAG_LENT: u8 = transport_shm::blocks::TAG_BLOCK;
 /// A control message.
 pub const TAG_CONTROL: u8 = 0x01;
 /// Raw bytes that needed a tag.
