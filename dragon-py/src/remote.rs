@@ -36,9 +36,11 @@ fn transport(py: Python<'_>) -> PyResult<&'static Transport> {
             return Ok(tr);
         }
     }
-    let (path, config): (String, String) = py.import("dragon._transport")?.call_method0("tcp_plugin")?.extract()?;
-    // Through the registry: one "tcp" per process, whichever code asks.
-    let plugin = transport_abi::registry::load("tcp", &path).map_err(plugin_load_err)?;
+    let config: String = py.import("dragon._transport")?.call_method0("tcp_config")?.extract()?;
+    // Through the registry: one "tcp" per process, whichever code asks,
+    // found as every program finds a transport (DRAGON_TRANSPORT_PATH, the
+    // config file, then beside this module: the one the package ships).
+    let plugin = transport_abi::registry::resolve("tcp").map_err(plugin_load_err)?;
     let tr = plugin.open(&config).map_err(|e| plugin_err(&e))?;
     // One per process, for the rest of its life (a forked child's copy of
     // its parent's is never used nor closed: it shares the parent's socket).

@@ -1267,3 +1267,41 @@ def test_large_sends_and_ddict_values_go_through_the_block_store_not_the_connect
     assert "written under 1 MiB True" in r.stdout, r.stdout
     assert "exit 0" in r.stdout, r.stdout
     _assert_clean(cluster)
+
+
+def test_the_off_node_transport_is_found_through_dragon_transport_path(cluster):
+    # The tcp transport is resolved as any plugin is: a folder of
+    # DRAGON_TRANSPORT_PATH first. A file there that is not a loadable
+    # plugin is a clear error naming it, on the first use of another
+    # node's channel (never another plugin silently); an empty folder falls
+    # through to the one the package ships.
+    bogus = os.path.join(cluster.shared, "bogus-transports")
+    empty = os.path.join(cluster.shared, "no-transports")
+    os.makedirs(bogus, exist_ok=True)
+    os.makedirs(empty, exist_ok=True)
+    with open(os.path.join(bogus, "libdragon_transport_tcp.so"), "wb") as f:
+        f.write(b"not a shared library")
+    script = _script(cluster, "transport_path.py", """
+        import multiprocessing as mp
+        from dragon.infrastructure.policy import Policy
+
+        def put(q):
+            q.put("from node2")
+
+        if __name__ == "__main__":
+            q = mp.Queue()
+            with Policy(host_name="node2"):
+                p = mp.Process(target=put, args=(q,))
+                p.start()
+            p.join(120)
+            print("exit", p.exitcode)
+            if p.exitcode == 0:
+                print("got", q.get(timeout=60))
+        """)
+    r = _run(cluster, script, env={"DRAGON_TRANSPORT_PATH": bogus})
+    assert "exit 1" in r.stdout, r.stdout + r.stderr
+    assert "off-node transport" in r.stderr and os.path.join(bogus, "libdragon_transport_tcp.so") in r.stderr, r.stderr
+    r = _run(cluster, script, env={"DRAGON_TRANSPORT_PATH": empty})
+    _ok(r)
+    assert "exit 0" in r.stdout and "got from node2" in r.stdout, r.stdout
+    _assert_clean(cluster)
