@@ -21,10 +21,6 @@ ALLOWED_LAZY = {
     # The hook's stand-in context imports dragon the first time it is used
     # (what it stands in for); dragon.context imports the hook at import.
     ("_dragon_hook", "dragon"),
-    # The pool starts its agents on other nodes through dragon._pool_nodes,
-    # which takes the task ledger's constants from dragon.pool: to go when
-    # the ledger moves into the pool crate (issue 9).
-    ("dragon.pool", "dragon._pool_nodes"),
 }
 
 
