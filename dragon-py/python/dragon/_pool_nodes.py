@@ -232,7 +232,7 @@ def plan(processes, policy, processes_per_policy):
         n = len(policies)
         counts = [processes // n + (1 if k < processes % n else 0) for k in range(n)]
 
-    nodes = {d.h_uid: d for d in machine._directory()}
+    nodes = {d.h_uid: d for d in machine.directory()}
     order = [here] + sorted(n for n in nodes if n != here) if here in nodes else sorted(nodes)
     out = []
     turn = 0
