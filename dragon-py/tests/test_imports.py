@@ -1,5 +1,6 @@
 """The package's import structure: every module imports on its own in a
-fresh interpreter, and modules do not import each other in cycles."""
+fresh interpreter, modules do not import each other in cycles, and none
+uses another's private names."""
 import ast
 import importlib.util
 import os
@@ -21,10 +22,19 @@ ALLOWED_LAZY = {
     # The hook's stand-in context imports dragon the first time it is used
     # (what it stands in for); dragon.context imports the hook at import.
     ("_dragon_hook", "dragon"),
-    # The pool starts its agents on other nodes through dragon._pool_nodes,
-    # which takes the task ledger's constants from dragon.pool: to go when
-    # the ledger moves into the pool crate (issue 9).
-    ("dragon.pool", "dragon._pool_nodes"),
+}
+
+# Private names (one leading underscore) of a module of the package that
+# another module uses, as (user, "module.name"), each for a reason. Not
+# private names: dunder names (``__reduce__``: protocols), modules whose own
+# name starts with an underscore (``dragon._native``: the package's to
+# import), attributes of objects (``Process._bootstrap``, ``Pool._inqueue``:
+# the standard library's, read by name).
+ALLOWED_PRIVATE = {
+    # dragon.native.Queue's put hook calls the one it overrides (a joinable queue counts its items)...
+    ("dragon.native.queue", "dragon.queues.JoinableQueue._put_item"),
+    # ... or, when the queue is not joinable, the base class's (which does not count them).
+    ("dragon.native.queue", "dragon.queues.Queue._put_data"),
 }
 
 
@@ -40,6 +50,17 @@ def modules():
                 if not name.endswith(".__main__"):  # a script (python -m), not a module
                     found[name] = os.path.join(d, f)
     return found
+
+
+def absolute(package, node):
+    """The module an ``ast.ImportFrom`` in ``package`` imports from."""
+    base = node.module or ""
+    if node.level:
+        p = package
+        for _ in range(node.level - 1):
+            p = p.rpartition(".")[0]
+        base = p + ("." + base if base else "")
+    return base
 
 
 def imports(name, path, known, top_level_only):
@@ -68,12 +89,7 @@ def imports(name, path, known, top_level_only):
         if isinstance(n, ast.Import):
             targets = [a.name for a in n.names]
         else:
-            base = n.module or ""
-            if n.level:
-                p = package
-                for _ in range(n.level - 1):
-                    p = p.rpartition(".")[0]
-                base = p + ("." + base if base else "")
+            base = absolute(package, n)
             # `from pkg import sub` imports the submodule; `from mod import x` the module.
             targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in n.names]
         for t in targets:
@@ -139,6 +155,83 @@ def test_the_graph_sees_imports():
     assert {"dragon._native", "dragon.context"} <= g["dragon"]
     assert "dragon._startproto" in g["dragon.popen"] and "dragon._startproto" in g["dragon._template"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def private(name):
+    """Whether ``name`` is private to its module: one leading underscore
+    (a dunder name is a protocol's)."""
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def private_uses(name, path, known):
+    """``(line, "module.name")`` of each private name of another module of
+    ``known`` that module ``name`` uses: imported (``from .mod import _x``),
+    or an attribute of a module (``mod._x``) or of a name imported from one
+    (``Class._x``)."""
+    tree = ast.parse(open(path).read(), path)
+    package = name if path.endswith("__init__.py") else name.rpartition(".")[0]
+    bound = {}  # name in this file -> the module, or "module.name", it stands for
+    out = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Import):
+            for a in n.names:
+                top = a.name.partition(".")[0]
+                bound[a.asname or top] = a.name if a.asname else top
+        elif isinstance(n, ast.ImportFrom):
+            base = absolute(package, n)
+            for a in n.names:
+                full = f"{base}.{a.name}"
+                bound[a.asname or a.name] = full
+                if base in known and base != name and full not in known and private(a.name):
+                    out.append((n.lineno, full))
+
+    def dotted(e):
+        if isinstance(e, ast.Name):
+            return bound.get(e.id)
+        if isinstance(e, ast.Attribute):
+            base = dotted(e.value)
+            return base and f"{base}.{e.attr}"
+        return None
+
+    for n in ast.walk(tree):
+        if not (isinstance(n, ast.Attribute) and private(n.attr)):
+            continue
+        base = dotted(n.value)
+        owner = base
+        # The module the name belongs to: the deepest known one.
+        while owner and owner not in known:
+            owner = owner.rpartition(".")[0]
+        full = f"{base}.{n.attr}"
+        if owner and owner != name and full not in known:
+            out.append((n.lineno, full))
+    return out
+
+
+def test_no_module_uses_another_modules_private_names():
+    mods = modules()
+    found = [(m, used, line) for m, p in mods.items() for line, used in private_uses(m, p, mods)]
+    for m, used in ALLOWED_PRIVATE:
+        assert any((m, used) == (a, b) for a, b, _ in found), \
+            f"{m} no longer uses {used}: drop it from ALLOWED_PRIVATE"
+    assert sorted(f"{m}:{line} uses {used}" for m, used, line in found if (m, used) not in ALLOWED_PRIVATE) == []
+
+
+def test_the_private_name_check_sees_uses(tmp_path):
+    # The check above would pass if it saw nothing: make sure it does not.
+    src = tmp_path / "fake.py"
+    src.write_text("import dragon\n"
+                   "import dragon.native.machine as machine\n"
+                   "from . import _native, runtime\n"
+                   "from .pool import Pool, _Tasks\n"
+                   "from ._pool_part import Tasks\n"
+                   "\n"
+                   "def f(tasks):\n"
+                   "    from dragon.native.value import _resolve as resolve\n"
+                   "    runtime._template_prep(), machine._directory(), Tasks._split, dragon.popen._DupFd\n"
+                   "    _native.pool_take, dragon._native, Pool.__init__, tasks._ch, f._x\n")
+    found = {used for _, used in private_uses("dragon.fake", str(src), modules())}
+    assert found == {"dragon.pool._Tasks", "dragon.native.value._resolve", "dragon.runtime._template_prep",
+                     "dragon.native.machine._directory", "dragon._pool_part.Tasks._split", "dragon.popen._DupFd"}
 
 
 def import_alone(name):

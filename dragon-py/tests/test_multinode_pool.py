@@ -409,7 +409,7 @@ if __name__ == "__main__":
     assert "list [1, 1, 2, 2] ['node2', 'node3']" in out, out
     assert "block [1, 1, 1] ['node2']" in out, out
     assert "fill True" in out, out
-    assert "local _Tasks [0, 0] ['node1']" in out, out
+    assert "local Tasks [0, 0] ['node1']" in out, out
     assert _lines(out, "refused") == ["PolicyError", "ValueError", "ValueError", "TypeError"], out
     _assert_clean(cluster)
 

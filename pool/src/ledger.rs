@@ -286,7 +286,7 @@ pub trait Taker {
     /// The task's sequence number.
     fn seq(&self, msg: &Self::Msg) -> Result<i64, Self::Error>;
     /// Report tasks taken by a worker that died before recording them
-    /// (`pool.py` sends [`Gap::notice`] on the result channel).
+    /// (`_pool_part.py` sends [`Gap::notice`] on the result channel).
     fn report(&mut self, gap: Gap) -> Result<(), Self::Error>;
 }
 

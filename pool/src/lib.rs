@@ -7,7 +7,7 @@
 //!   ([`take`]: robust lock held by the caller, gap detection), lost-task
 //!   detection for an exited worker's slot, start-failure counting.
 //! - [`message`]: the task, result, lost-task and end messages, byte for
-//!   byte those of the Python package's `dragon/pool.py`.
+//!   byte those of the Python package's `dragon/_pool_part.py`.
 //! - [`Pool`]: a pool of worker processes for Rust programs, running
 //!   functions registered in [`Functions`] on byte arguments.
 //!

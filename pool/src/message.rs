@@ -1,4 +1,4 @@
-//! The pool's messages, byte for byte those of `dragon/pool.py` (its
+//! The pool's messages, byte for byte those of `dragon/_pool_part.py` (its
 //! `struct` formats are in brackets), so Python and Rust agree:
 //!
 //! ```text
@@ -45,7 +45,7 @@ pub const GAP_PID: i64 = -1;
 pub const NOT_RUN_PID: i64 = -2;
 
 /// What a task asks a worker to do (`kind` in the header). The numbers are
-/// `pool.py`'s.
+/// `_pool_part.py`'s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Kind {

@@ -45,7 +45,7 @@ pub struct TemplateSpec {
     pub python: PathBuf,
     /// Interpreter flags (`-O`, `-X ...`, as the requester runs with).
     pub flags: Vec<String>,
-    /// The preparation data (a pickle of `dragon.runtime._template_prep()`).
+    /// The preparation data (a pickle of `dragon.runtime.template_prep()`).
     pub prep: Vec<u8>,
     /// Abstract socket name it listens on.
     pub name: String,

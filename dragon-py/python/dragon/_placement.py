@@ -41,7 +41,7 @@ _lock = threading.Lock()
 
 # Targets of the runtime's own helper processes: they stay on their node.
 _LOCAL_TARGETS = {
-    ("dragon.pool", "_worker"),
+    ("dragon._pool_part", "worker"),
     ("multiprocessing.pool", "worker"),
     ("multiprocessing.managers", "BaseManager._run_server"),
     ("dragon.data.ddict", "_manager_main"),

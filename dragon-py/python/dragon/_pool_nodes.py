@@ -1,11 +1,11 @@
 """A :class:`dragon.pool.Pool` whose workers run on several nodes.
 
 On one node the pool is one *part*: a task channel, a robust lock and a
-ledger (see :mod:`dragon.pool`). Across nodes it is one part per node that
-has workers, each made on its node and used only there, so that a worker
-takes its tasks exactly as on one node (from a ring of its node, under its
-node's lock, recording them in its node's ledger, with no system call while
-tasks are queued):
+ledger (see :mod:`dragon._pool_part`). Across nodes it is one part per
+node that has workers, each made on its node and used only there, so that
+a worker takes its tasks exactly as on one node (from a ring of its node,
+under its node's lock, recording them in its node's ledger, with no system
+call while tasks are queued):
 
 * **The owner's node** (the process that made the pool): the part is made
   by the owner itself, as on one node; its workers send their results
@@ -80,25 +80,26 @@ from multiprocessing import util
 from . import _log, _native, _remote, _wire
 from ._block import SharedBlock
 from .errors import BrokenPoolError, DragonError, MessageTooLargeError, NodeLostError, WorkerLostError
-from .pool import (
-    _NOTHING,
-    _NOT_RUN,
-    _STOP,
+from ._pool_part import (
     MAX_ATTACHMENTS,
     MAX_START_FAILURES,
+    NOT_RUN,
+    NOTHING,
     RESULT_CAPACITY,
     SLOT_SIZE,
+    STOP,
     TASK_CAPACITY,
-    _decode_result,
-    _ended_how,
-    _failed_to_start,
-    _ledger_size,
-    _main_import_error,
-    _result_header,
-    _Results,
-    _task_header,
-    _Tasks,
-    _worker,
+    Results,
+    Tasks,
+    TaskSplitter,
+    decode_result,
+    ended_how,
+    failed_to_start,
+    ledger_size,
+    main_import_error,
+    result_header,
+    task_header,
+    worker,
 )
 
 __all__ = ["plan", "NodeTasks", "NodeResults", "SHIFT"]
@@ -113,7 +114,7 @@ INBOX_CAPACITY = 64
 #: Seconds the owner waits for a new agent's handles.
 AGENT_START_TIMEOUT = 120.0
 
-# Messages besides the pool's own (dragon.pool):
+# Messages besides those of a part (dragon._pool_part):
 _LEN = struct.Struct("<I")
 # A batch: b"K" (owner -> agent) or b"B" (agent -> owner), then per message
 # its length (u32) and its bytes.
@@ -231,7 +232,7 @@ def plan(processes, policy, processes_per_policy):
         n = len(policies)
         counts = [processes // n + (1 if k < processes % n else 0) for k in range(n)]
 
-    nodes = {d.h_uid: d for d in machine._directory()}
+    nodes = {d.h_uid: d for d in machine.directory()}
     order = [here] + sorted(n for n in nodes if n != here) if here in nodes else sorted(nodes)
     out = []
     turn = 0
@@ -311,13 +312,13 @@ class _Ref:
 
 
 def _attach_tasks(ch, lock, block, slots):
-    t = _Tasks.__new__(_Tasks)
+    t = Tasks.__new__(Tasks)
     t.__setstate__((ch, lock, SharedBlock.attach(block), slots))
     return t
 
 
 def _attach_results(handle):
-    r = _Results.__new__(_Results)
+    r = Results.__new__(Results)
     r.__setstate__(handle)
     return r
 
@@ -350,7 +351,7 @@ class _Part:
         self.alive_started = 0
         self.orphans = []  # workers of a part that is gone
         self.local = False
-        self.tasks = None  # the owner's node: its _Tasks
+        self.tasks = None  # the owner's node: its Tasks
         # Another node: its agent, inbox and the worker's references.
         self.agent = None
         self.inbox = None
@@ -377,7 +378,7 @@ class _Part:
             self.cv.notify()
 
 
-class NodeTasks:
+class NodeTasks(TaskSplitter):
     """The task side of a pool across nodes (its ``_inqueue``); see the
     module docs."""
 
@@ -399,8 +400,6 @@ class NodeTasks:
         self._mutex = threading.Lock()  # the worker list and slots
         self._notifier = None  # the pool's change notifier (wakes the worker handler)
         self._sentinels = []  # the worker handler's fixed sentinels (agents among them)
-        self._fkey = None
-        self._fbytes = b""
         self._lifeline = None
         self._done = False
         self.results = NodeResults(self)
@@ -410,15 +409,13 @@ class NodeTasks:
             self._release_names()
             raise
 
-    _split = _Tasks._split
-
     # -- set-up ------------------------------------------------------------------
     def _start_parts(self, ctx):
         remote = []
         for p in self.parts:
             if p.node == _remote.this_node():
                 p.local = True
-                p.tasks = _Tasks(p.target, p.base, p.capacity)
+                p.tasks = Tasks(p.target, p.base, p.capacity)
             else:
                 remote.append(p)
         if not remote:
@@ -447,7 +444,7 @@ class NodeTasks:
                     code = p.agent.exitcode
                     if code is not None:
                         raise BrokenPoolError("the pool's agent process on %s %s before it was ready (its stderr "
-                                              "says why)" % (p.label, _ended_how(code)))
+                                              "says why)" % (p.label, ended_how(code)))
                 if time.monotonic() > deadline:
                     raise BrokenPoolError("the pool's agent process on %s did not start within %d s"
                                           % (", ".join(p.label for p in want.values()), AGENT_START_TIMEOUT))
@@ -475,12 +472,12 @@ class NodeTasks:
         if task is None:
             self._stop_all()
             return
-        job, i, kind, fb, payload = self._split(task)
+        job, i, kind, fb, payload = self.split(task)
         while True:
             part = self._reserve()
             seq = part.next_seq
             try:
-                data = _wire.dumps(payload, _task_header(seq, job, i, kind, len(fb)) + fb)
+                data = _wire.dumps(payload, task_header(seq, job, i, kind, len(fb)) + fb)
             except BaseException:
                 self._credit(part)
                 raise
@@ -502,7 +499,7 @@ class NodeTasks:
     def _deliver(self, part, seq, data):
         if part.local:
             _wire.send_blocking(part.tasks._ch, data, -2)
-            # After the message is in the ring (see dragon.pool._Tasks._send).
+            # After the message is in the ring (see dragon._pool_part.Tasks._send).
             part.tasks._led.publish_sent(seq + 1)
         else:
             part.enqueue(data)
@@ -596,7 +593,7 @@ class NodeTasks:
                     self.pending[seq] = None
                     stops.append((p, seq))
         for p, seq in stops:
-            self._deliver(p, seq, _task_header(seq, -1, -1, _STOP, 0))
+            self._deliver(p, seq, task_header(seq, -1, -1, STOP, 0))
 
     # -- another node's link (one thread per node) ----------------------------------
     def _send_loop(self, p):
@@ -646,7 +643,7 @@ class NodeTasks:
                         kwargs["cpus"] = p.slot_cpus[slot]
                     if not p.ready:
                         kwargs["started"] = _READY.pack(b"S", p.index)
-                    w = Process(ctx, target=_worker, args=args, kwargs=kwargs)
+                    w = Process(ctx, target=worker, args=args, kwargs=kwargs)
                     w.name = w.name.replace("Process", "PoolWorker")
                     w.daemon = True
                     w._dragon_slot = slot
@@ -677,8 +674,8 @@ class NodeTasks:
             if p.dead is None and p.start_failures >= MAX_START_FAILURES and not self._started_alive(p, pool):
                 reason = ("the pool's worker processes on %s die before they start (%d in a row, the last %s; "
                           "their stderr says why): the task was not run"
-                          % (p.label, p.start_failures, _ended_how(p.last_failure)))
-                main_error = _main_import_error(ctx)
+                          % (p.label, p.start_failures, ended_how(p.last_failure)))
+                main_error = main_import_error(ctx)
                 if main_error:
                     reason += ". Each of them failed importing the main module: %s" % main_error
                 util.info("dragon pool: %s" % reason)
@@ -697,7 +694,7 @@ class NodeTasks:
                 if p.dead is not None:
                     continue
                 if w.exitcode != 0 and not self._done:
-                    _log.logger.warning("pool worker process %s on %s %s", w.pid, p.label, _ended_how(w.exitcode))
+                    _log.logger.warning("pool worker process %s on %s %s", w.pid, p.label, ended_how(w.exitcode))
                 if p.local:
                     led = p.tasks._led
                     notice = led.lost(slot, w.pid, w.exitcode)
@@ -705,7 +702,7 @@ class NodeTasks:
                         self.results._send_notice(notice)
                     if led.started(slot):
                         p.start_failures = 0
-                    elif _failed_to_start(w.exitcode):
+                    elif failed_to_start(w.exitcode):
                         p.start_failures += 1
                         p.last_failure = w.exitcode
                     led.reset_slot(slot)
@@ -748,7 +745,7 @@ class NodeTasks:
             self._end_part(p, pool, NodeLostError, msg)
             return
         if p.agent.exitcode is not None:
-            why = "the pool's agent process %s" % _ended_how(p.agent.exitcode)
+            why = "the pool's agent process %s" % ended_how(p.agent.exitcode)
         else:
             why = "sending to it failed (%s)" % p.error
         msg = ("this task was sent to %s, where %s before the task's result came back; it is not run again"
@@ -829,13 +826,13 @@ class NodeTasks:
         return False
 
 
-class NodeResults(_Results):
+class NodeResults(Results):
     """The result channel of a pool across nodes (its ``_outqueue``), on the
     owner's node: results of this node's workers, and batches of the other
     nodes' agents."""
 
     def __init__(self, tasks):
-        _Results.__init__(self, tasks.pending)
+        Results.__init__(self, tasks.pending)
         self._tasks = tasks
         self._queued = collections.deque()
 
@@ -849,7 +846,7 @@ class NodeResults(_Results):
         _wire.send_blocking(self._ch, _GONE.pack(b"G", index), -2)
 
     def get(self):
-        """As :meth:`dragon.pool._Results.get`, across nodes."""
+        """As :meth:`dragon._pool_part.Results.get`, across nodes."""
         extra, queued, pending = self._extra, self._queued, self._pending
         while True:
             if extra:
@@ -863,7 +860,7 @@ class NodeResults(_Results):
                     raise EOFError(str(e)) from None
             kind = data[0]
             if kind == _R:
-                seq, job, i, obj = _decode_result(data)
+                seq, job, i, obj = decode_result(data)
                 if pending.pop(seq, _MISSING) is not _MISSING:
                     self._tasks._answered(seq)
                     return job, i, obj
@@ -885,7 +882,7 @@ class NodeResults(_Results):
                 # node, rather than wait for the next (the standard handler
                 # drains the queue at its end with poll() then get(), and
                 # would wait forever).
-                return _NOTHING
+                return NOTHING
 
     def _lost(self, data):
         seq, count, pid, code = _native.pool_decode_lost(data)
@@ -896,14 +893,14 @@ class NodeResults(_Results):
                 continue
             self._tasks._answered(s)
             where = parts[s >> SHIFT].label
-            if pid == _NOT_RUN:
+            if pid == NOT_RUN:
                 err = BrokenPoolError(self._broken_reason)
             elif pid < 0:
                 err = WorkerLostError("a pool worker process on %s died while taking this task from the pool's "
                                       "queue (the task is not run again)" % where)
             else:
                 err = WorkerLostError("pool worker process %d on %s %s while running this task (the task is not "
-                                      "run again)" % (pid, where, _ended_how(code)))
+                                      "run again)" % (pid, where, ended_how(code)))
             self._extra.append((task[0], task[1], (False, err)))
 
     def _gone(self, data):
@@ -927,7 +924,7 @@ def _agent(lifeline, results, index, slots, base, capacity):
     owner = results._ch  # the owner's result channel, through the node services
     ring = _native.Channel.create(capacity, SLOT_SIZE, 0, MAX_ATTACHMENTS)
     lock = _native.Lock()
-    block = SharedBlock(_ledger_size(slots))
+    block = SharedBlock(ledger_size(slots))
     led = _native.PoolLedger(block.handle, slots)
     led.init(base)
     inbox = _native.Channel.create(INBOX_CAPACITY, SLOT_SIZE, 0, 16)
@@ -1005,8 +1002,8 @@ def _put_task(ring, led, local, item):
         # Larger than this node's shared memory: the task fails, the pool
         # goes on (its number is a gap that the next taker reports, and
         # the owner ignores: the task has its answer).
-        _wire.send_blocking(local, _wire.dumps((False, e), _result_header(seq, job, i)), -2)
+        _wire.send_blocking(local, _wire.dumps((False, e), result_header(seq, job, i)), -2)
         return
-    # After the message is in the ring (see dragon.pool._Tasks._send).
+    # After the message is in the ring (see dragon._pool_part.Tasks._send).
     led.publish_sent(seq + 1)
 

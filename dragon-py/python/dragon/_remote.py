@@ -226,7 +226,7 @@ class _Connection:
 def _template_prep() -> bytes:
     import pickle
 
-    return pickle.dumps(runtime._template_prep(), protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps(runtime.template_prep(), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _launch_payload(prep: bytes, flags: list, tethers: int, data: bytes) -> bytes:
@@ -246,9 +246,9 @@ class RemotePopen:
 
     @staticmethod
     def DupFd(ind):
-        from .popen import _DupFd
+        from .popen import InheritedFd
 
-        return _DupFd(ind)
+        return InheritedFd(ind)
 
     def __init__(self, process_obj, node: int, free: bool = False):
         util._flush_std_streams()
@@ -315,7 +315,7 @@ class RemotePopen:
         finally:
             _free.on = False
             set_spawning_popen(None)
-        payload = _launch_payload(_template_prep(), runtime._interpreter_flags(), len(self._tethers), buf.getvalue())
+        payload = _launch_payload(_template_prep(), runtime.interpreter_flags(), len(self._tethers), buf.getvalue())
         ctl = _Connection()
         try:
             body = ctl.call(LAUNCH, payload, self.node, self._tethers)

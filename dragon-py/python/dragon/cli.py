@@ -137,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return _top.main(argv[1:])
     if argv[:1] == ["ddict-repair"]:
-        from .data.ddict import _repair_main
+        from .data.ddict import repair_main
 
-        return _repair_main(argv[1:])
+        return repair_main(argv[1:])
     if not argv:
         sys.stdout.write(USAGE)
         return 2

@@ -108,7 +108,7 @@ def is_local_host(host: str) -> bool:
         return True
     from .native import machine
 
-    return bool(addrs & set(machine._ipv4_addrs()))
+    return bool(addrs & set(machine.ipv4_addrs()))
 
 
 def srun_command(host: str, argv: list, unbuffered: bool = True) -> list[str]:

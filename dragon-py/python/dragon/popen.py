@@ -63,7 +63,7 @@ def batch_starts():
                 raise errors[0]
 
 
-class _DupFd:
+class InheritedFd:
     """A descriptor sent to the child with its start request."""
 
     def __init__(self, ind):
@@ -100,7 +100,7 @@ def _connect(addr):
 
 class Popen:
     method = "dragon"
-    DupFd = _DupFd
+    DupFd = InheritedFd
 
     def __init__(self, process_obj):
         util._flush_std_streams()

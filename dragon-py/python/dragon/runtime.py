@@ -106,7 +106,7 @@ class _Owned:
 _owned = _Owned()
 
 
-def _interpreter_flags() -> list[str]:
+def interpreter_flags() -> list[str]:
     """Command-line flags that reproduce this interpreter's settings."""
     fl = sys.flags
     args = []
@@ -150,7 +150,7 @@ def preparation_data(name: str) -> dict:
     return prep
 
 
-def _template_prep() -> dict:
+def template_prep() -> dict:
     """What the template needs to import the main module as children would."""
     from multiprocessing import context
 
@@ -214,14 +214,14 @@ def _start_template() -> str:
         # above 2 even if this process runs with closed stdio.
         listener = socket.socket(fileno=_above_stdio(listener.detach()))
         alive_r = _above_stdio(alive_r)
-        prep = pickle.dumps(_template_prep(), protocol=pickle.HIGHEST_PROTOCOL)
+        prep = pickle.dumps(template_prep(), protocol=pickle.HIGHEST_PROTOCOL)
         env = dict(os.environ)
         env[TEMPLATE_ENV] = name
         env[RUN_ENV] = rid
         lfd = listener.fileno()
         os.set_inheritable(lfd, True)
         os.set_inheritable(alive_r, True)
-        argv = [sys.executable, *_interpreter_flags(), "-c",
+        argv = [sys.executable, *interpreter_flags(), "-c",
                 "from dragon._template import main; main()",
                 str(lfd), str(alive_r), str(me)]
         try:

@@ -45,11 +45,13 @@ def _reduce_ctype(obj):
         return _std.reduce_ctype(obj)  # a standard-library shared object
     _remote.check_crosses("a RawValue or RawArray")  # plain memory: its process starts here
     if isinstance(obj, ctypes.Array):
-        return _rebuild_ctype, (obj._type_, block, obj._length_)
-    return _rebuild_ctype, (type(obj), block, None)
+        return rebuild_ctype, (obj._type_, block, obj._length_)
+    return rebuild_ctype, (type(obj), block, None)
 
 
-def _rebuild_ctype(type_, block, length):
+def rebuild_ctype(type_, block, length):
+    """The ctypes object of ``type_`` (an array of ``length`` of them if not
+    ``None``) in ``block``: a new object's, or an unpickled one's."""
     if length is not None:
         type_ = type_ * length
     ForkingPickler.register(type_, _reduce_ctype)
@@ -59,7 +61,7 @@ def _rebuild_ctype(type_, block, length):
 
 
 def _new_value(type_):
-    return _rebuild_ctype(type_, SharedBlock(ctypes.sizeof(type_)), None)
+    return rebuild_ctype(type_, SharedBlock(ctypes.sizeof(type_)), None)
 
 
 def RawValue(typecode_or_type, *args):
@@ -81,7 +83,10 @@ def RawArray(typecode_or_type, size_or_initializer):
     return result
 
 
-def _lock_for(lock, ctx):
+def lock_for(lock, ctx):
+    """The lock of a synchronized wrapper made with ``lock=lock``: a new
+    ``RLock`` (``ctx``'s, or dragon's without one) for ``True`` or
+    ``None``, else ``lock`` itself."""
     if lock in (True, None):
         if ctx is None:
             from .synchronize import RLock
@@ -98,7 +103,7 @@ def Value(typecode_or_type, *args, lock=True, ctx=None):
     obj = RawValue(typecode_or_type, *args)
     if lock is False:
         return obj
-    return synchronized(obj, _lock_for(lock, ctx), ctx=ctx)
+    return synchronized(obj, lock_for(lock, ctx), ctx=ctx)
 
 
 def Array(typecode_or_type, size_or_initializer, *, lock=True, ctx=None):
@@ -106,7 +111,7 @@ def Array(typecode_or_type, size_or_initializer, *, lock=True, ctx=None):
     obj = RawArray(typecode_or_type, size_or_initializer)
     if lock is False:
         return obj
-    return synchronized(obj, _lock_for(lock, ctx), ctx=ctx)
+    return synchronized(obj, lock_for(lock, ctx), ctx=ctx)
 
 
 def copy(obj):
@@ -135,7 +140,7 @@ def _reduce_synchronized(self):
 def _rebuild_synchronized(spec, lock):
     if isinstance(spec[1], RemoteBlock):
         return _remote_synchronized(spec, lock)
-    return synchronized(_rebuild_ctype(*spec), lock)
+    return synchronized(rebuild_ctype(*spec), lock)
 
 
 class Synchronized(_std.Synchronized):
@@ -162,7 +167,7 @@ def synchronized(obj, lock=None, ctx=None):
     ``None``)."""
     assert not isinstance(obj, _std.SynchronizedBase), "object already synchronized"
     if lock is None:
-        lock = _lock_for(None, ctx)
+        lock = lock_for(None, ctx)
     if isinstance(obj, ctypes._SimpleCData):
         return Synchronized(obj, lock, ctx)
     if isinstance(obj, ctypes.Array):

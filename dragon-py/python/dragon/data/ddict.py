@@ -337,7 +337,7 @@ def _report_lines(report: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _repair_main(argv: list[str]) -> int:
+def repair_main(argv: list[str]) -> int:
     """``dragon ddict-repair <persist_path> <name>``."""
     if len(argv) != 2 or argv[0] in ("-h", "--help"):
         sys.stderr.write("usage: dragon ddict-repair <persist_path> <name>\n\n"

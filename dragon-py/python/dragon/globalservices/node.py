@@ -10,17 +10,17 @@ __all__ = ["get_list", "query", "query_all", "query_total_cpus"]
 
 def get_list() -> list:
     """Ids of the run's nodes."""
-    return [d.h_uid for d in _machine._directory()]
+    return [d.h_uid for d in _machine.directory()]
 
 
 def query(ident) -> _machine.NodeDescriptor:
     """The descriptor of a node, by id or host name (``KeyError`` if the run
     has no such node)."""
-    return _machine._find(ident)
+    return _machine.find_node(ident)
 
 
 def query_all() -> list:
-    return list(_machine._directory())
+    return list(_machine.directory())
 
 
 def query_total_cpus() -> int:

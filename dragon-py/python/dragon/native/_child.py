@@ -18,14 +18,14 @@ import struct
 import sys
 
 # Redirection kinds in a spec's "stdio" entries.
-FD = "fd"            # ("fd", _Fd): dup2 that descriptor
+FD = "fd"            # ("fd", SentFd): dup2 that descriptor
 DEVNULL = "devnull"  # ("devnull",): /dev/null
 TO_STDOUT = "stdout"  # ("stdout",): stderr goes where stdout goes
 
 _STATUS = struct.Struct("<i")
 
 
-class _Fd:
+class SentFd:
     """A descriptor sent to the child with its start request (pickled only
     while the process is being started)."""
 
@@ -41,7 +41,7 @@ class _Fd:
 
 
 def _rebuild_fd(dup):
-    return _Fd(dup.detach())
+    return SentFd(dup.detach())
 
 
 class CloudCall:

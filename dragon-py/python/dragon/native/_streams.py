@@ -24,7 +24,7 @@ import os
 import select
 
 
-def _readable(fd, timeout):
+def wait_readable(fd, timeout):
     """Wait until ``fd`` is readable (or at end of file); ``None`` waits
     without limit."""
     p = select.poll()
@@ -105,7 +105,7 @@ class OutputConnection(_PipeEnd):
         if self._eof:
             return False
         if not block or timeout is not None:
-            if not _readable(self._fd, 0 if not block else timeout):
+            if not wait_readable(self._fd, 0 if not block else timeout):
                 return False
         data = os.read(self._fd, _CHUNK)
         if not data:
@@ -122,7 +122,7 @@ class OutputConnection(_PipeEnd):
         self._check()
         if self._text or self._eof:
             return True
-        return _readable(self._fd, timeout)
+        return wait_readable(self._fd, timeout)
 
     def recv(self) -> str:
         """The next line; or the text available if no whole line comes

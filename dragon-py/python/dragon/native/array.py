@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from .. import sharedctypes as _shared
-from .value import _resolve
+from .value import resolve_type
 
 __all__ = ["Array"]
 
@@ -27,18 +27,18 @@ class Array(_shared.SynchronizedArray):
     def __new__(cls, typecode_or_type: str | type[Any], size_or_initializer: int | Sequence[Any],
                 lock: Any = True, m_uid: int | None = None) -> Any:
         if lock is False:
-            return _shared.RawArray(_resolve(typecode_or_type), size_or_initializer)
+            return _shared.RawArray(resolve_type(typecode_or_type), size_or_initializer)
         return super().__new__(cls)
 
     def __init__(self, typecode_or_type: str | type[Any], size_or_initializer: int | Sequence[Any],
                  lock: Any = True, m_uid: int | None = None) -> None:
         if isinstance(size_or_initializer, bool):
             raise TypeError("size_or_initializer must be a size or a sequence")
-        raw = _shared.RawArray(_resolve(typecode_or_type), size_or_initializer)
-        _shared.SynchronizedArray.__init__(self, raw, _shared._lock_for(lock, None))
+        raw = _shared.RawArray(resolve_type(typecode_or_type), size_or_initializer)
+        _shared.SynchronizedArray.__init__(self, raw, _shared.lock_for(lock, None))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        spec, lock = _shared._reduce_synchronized(self)[1]
+        spec, lock = super().__reduce__()[1]
         return (_rebuild, (spec, lock))
 
     @property
@@ -60,5 +60,5 @@ class Array(_shared.SynchronizedArray):
 
 def _rebuild(spec: Any, lock: Any) -> Array:
     obj = object.__new__(Array)
-    _shared.SynchronizedArray.__init__(obj, _shared._rebuild_ctype(*spec), lock)
+    _shared.SynchronizedArray.__init__(obj, _shared.rebuild_ctype(*spec), lock)
     return obj

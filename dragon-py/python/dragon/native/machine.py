@@ -11,7 +11,7 @@ On one machine the run has one node, with node id (``h_uid``) 0; its
 ``num_cpus`` is ``os.cpu_count()``, or inside a Slurm allocation the CPUs
 the job has on this node (``SLURM_JOB_CPUS_PER_NODE``). In a
 multi-node run (``dragon --hostlist ...``) the node list is the table the
-primary node's service sent every node once all had joined (:func:`_directory`):
+primary node's service sent every node once all had joined (:func:`directory`):
 node ids are the nodes' indexes in the host list (0 is the primary, where
 the program runs), ``num_cpus`` is what the run may use on each node (the
 node service's CPU affinity), and ``cpu_count()`` adds them up.
@@ -86,7 +86,7 @@ def _physical_mem() -> int:
         return 0
 
 
-def _ipv4_addrs() -> tuple[str, ...]:
+def ipv4_addrs() -> tuple[str, ...]:
     """IPv4 addresses of the host's interfaces, loopback last."""
     import fcntl
     import struct
@@ -123,7 +123,7 @@ def _this_node() -> NodeDescriptor:
             h_uid=0,
             name=host,
             host_name=host,
-            ip_addrs=_ipv4_addrs(),
+            ip_addrs=ipv4_addrs(),
             num_cpus=slurm.local_cpus() or os.cpu_count() or 1,
             physical_cpus=_physical_cores(),
             cpu_devices=tuple(sorted(os.sched_getaffinity(0))),
@@ -134,7 +134,7 @@ def _this_node() -> NodeDescriptor:
     return _local_node
 
 
-def _directory() -> list[NodeDescriptor]:
+def directory() -> list[NodeDescriptor]:
     """Every node of the run."""
     from .. import _remote
 
@@ -165,7 +165,7 @@ def _current() -> NodeDescriptor:
     from .. import _remote
 
     here = _remote.this_node()
-    for d in _directory():
+    for d in directory():
         if d.h_uid == here:
             return d
     return _this_node()
@@ -182,8 +182,10 @@ def _local_names(desc: NodeDescriptor) -> set[str]:
     return names
 
 
-def _find(ident: object) -> NodeDescriptor:
-    nodes = _directory()
+def find_node(ident: object) -> NodeDescriptor:
+    """The descriptor of the node ``ident`` names: a :class:`Node`, a node
+    id, or a host name (or another name or address of the host)."""
+    nodes = directory()
     if isinstance(ident, Node):
         return ident._descr
     if isinstance(ident, bool) or ident is None:
@@ -208,7 +210,7 @@ def cpu_count() -> int:
     """Number of CPUs of all nodes of the run (on one node, logical CPUs as
     ``os.cpu_count()`` counts them, or a Slurm allocation's CPUs on it; on
     several, the CPUs the run may use on each)."""
-    return sum(d.num_cpus for d in _directory())
+    return sum(d.num_cpus for d in directory())
 
 
 class Node:
@@ -217,7 +219,7 @@ class Node:
     the run has no such node."""
 
     def __init__(self, ident: int | str | Node) -> None:
-        self._descr = _find(ident)
+        self._descr = find_node(ident)
 
     def __repr__(self) -> str:
         return "Node(%r)" % self._descr.host_name
@@ -319,7 +321,7 @@ class System:
     """The nodes of the run."""
 
     def __init__(self) -> None:
-        self._descrs = list(_directory())
+        self._descrs = list(directory())
 
     @property
     def nodes(self) -> list[int]:
@@ -352,18 +354,18 @@ def policy_node(policy: Policy | None) -> int | None:
 
     if policy is None:
         return None
-    nodes = _directory()
+    nodes = directory()
     node = None
     if policy.placement == Policy.Placement.HOST_NAME or policy.host_name:
         try:
-            node = _find(policy.host_name)
+            node = find_node(policy.host_name)
         except KeyError:
             raise PolicyError(
                 "Policy names host %r, which is not a node of this run (nodes: %s)"
                 % (policy.host_name, [d.host_name for d in nodes])) from None
     if policy.placement == Policy.Placement.HOST_ID or (policy.host_id is not None and policy.host_id >= 0):
         try:
-            by_id = _find(policy.host_id)
+            by_id = find_node(policy.host_id)
         except KeyError:
             raise PolicyError(
                 "Policy names host id %r, which is not a node of this run (node ids: %s)"
@@ -384,7 +386,7 @@ def check_policy(policy: Policy | None) -> list[int] | None:
     if policy is None:
         return None
     nid = policy_node(policy)
-    node = None if nid is None else _find(nid)
+    node = None if nid is None else find_node(nid)
     if node is None:
         node = _current()
     if policy.gpu_affinity:

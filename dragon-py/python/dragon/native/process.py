@@ -57,7 +57,7 @@ from typing import Any, Callable, Protocol, Self, Sequence, TypeAlias
 from ..errors import DragonError
 from ..infrastructure.policy import Policy
 from . import _child
-from ._streams import InputConnection, OutputConnection, _readable
+from ._streams import InputConnection, OutputConnection, wait_readable
 
 __all__ = [
     "Process", "ProcessTemplate", "Popen", "ProcessError", "current",
@@ -152,7 +152,9 @@ def _registered(ident: object) -> Process | None:
     return None
 
 
-def _note_exit(puid: int | None, code: int | None) -> None:
+def note_exit(puid: int | None, code: int | None) -> None:
+    """Remember the exit code of process ``puid`` (once known), for the
+    processes looked up by its puid after it has exited."""
     if puid is not None and code is not None:
         _exit_codes[puid] = code
 
@@ -354,7 +356,7 @@ class _Foreign:
             os.close(fd)
 
     def exited(self, timeout: float | None = 0.0) -> bool:
-        return bool(_readable(self._pidfd, timeout))
+        return bool(wait_readable(self._pidfd, timeout))
 
     @property
     def exitcode(self) -> int | None:
@@ -504,7 +506,7 @@ class Process(ProcessTemplate):
                 spec["argv"] = [self._argv0 or self.target] + list(self.args)
                 status_r, status_w = os.pipe()
                 child_fds.append(status_w)
-                spec["status"] = _child._Fd(status_w)
+                spec["status"] = _child.SentFd(status_w)
             proc = self._new_mp_process(spec)
             if node is not None:
                 proc._dragon_node = node
@@ -569,21 +571,21 @@ class Process(ProcessTemplate):
                 if fd == 0:
                     child_fds.append(r)
                     conns[fd] = InputConnection(w)
-                    stdio[fd] = (_child.FD, _child._Fd(r))
+                    stdio[fd] = (_child.FD, _child.SentFd(r))
                 else:
                     child_fds.append(w)
                     conns[fd] = OutputConnection(r)
-                    stdio[fd] = (_child.FD, _child._Fd(w))
+                    stdio[fd] = (_child.FD, _child.SentFd(w))
             elif isinstance(how, str):
                 path = os.path.join(self.cwd, how)
                 flags = os.O_RDONLY if fd == 0 else os.O_WRONLY | os.O_CREAT | os.O_APPEND
                 f = os.open(path, flags | os.O_CLOEXEC, 0o600)  # private, like every file the runtime creates
                 child_fds.append(f)
-                stdio[fd] = (_child.FD, _child._Fd(f))
+                stdio[fd] = (_child.FD, _child.SentFd(f))
             else:  # a descriptor of ours
                 f = os.dup(how)
                 child_fds.append(f)
-                stdio[fd] = (_child.FD, _child._Fd(f))
+                stdio[fd] = (_child.FD, _child.SentFd(f))
 
     def _wait_exec(self, status_r: int) -> None:
         import struct
@@ -600,7 +602,7 @@ class Process(ProcessTemplate):
         if not data:
             return  # end of file: the executable is running
         self._mp.join(5)
-        _note_exit(self._puid, self._mp.exitcode)
+        note_exit(self._puid, self._mp.exitcode)
         code = struct.unpack("<i", data[:4])[0] if len(data) >= 4 else 0
         msg = data[4:].decode(errors="replace")
         if code:
@@ -653,7 +655,7 @@ class Process(ProcessTemplate):
         if self._mp is not None:
             alive = self._mp.is_alive()
             if not alive:
-                _note_exit(self._puid, self._mp.exitcode)
+                note_exit(self._puid, self._mp.exitcode)
             return _AliveFlag(alive)
         if self._view == "self":
             return _AliveFlag(True)
@@ -667,7 +669,7 @@ class Process(ProcessTemplate):
         that signal), ``None`` while it runs or if unknown."""
         if self._mp is not None:
             code = self._mp.exitcode
-            _note_exit(self._puid, code)
+            note_exit(self._puid, code)
             return code
         if self._view == "foreign":
             return self._foreign.exitcode

@@ -60,7 +60,7 @@ from typing import Any, Self
 
 from ..errors import DragonError
 from ..infrastructure.policy import Policy
-from .process import Process, ProcessTemplate, _note_exit
+from .process import Process, ProcessTemplate, note_exit
 
 __all__ = [
     "ProcessGroup",
@@ -291,7 +291,7 @@ class _Manager:
         assert proc is not None and proc.puid is not None  # a started process
         proc.join(0)
         code = proc.returncode
-        _note_exit(proc.puid, code)
+        note_exit(proc.puid, code)
         self.inactive.append((proc.puid, code))
         self.exited_procs[proc.puid] = proc
         while len(self.exited_procs) > _KEEP_EXITED:

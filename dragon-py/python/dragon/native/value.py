@@ -18,7 +18,10 @@ from .. import sharedctypes as _shared
 __all__ = ["Value"]
 
 
-def _resolve(typecode_or_type: str | type[Any]) -> type[Any]:
+def resolve_type(typecode_or_type: str | type[Any]) -> type[Any]:
+    """The ctypes type of a native ``Value``'s or ``Array``'s
+    ``typecode_or_type`` (``AttributeError`` for anything else, as HPE
+    Dragon raises)."""
     if isinstance(typecode_or_type, str):
         try:
             return _shared.typecode_to_type[typecode_or_type]
@@ -39,15 +42,15 @@ class Value(_shared.Synchronized):
 
     def __init__(self, typecode_or_type: str | type[Any], value: Any = 0, m_uid: int | None = None, *,
                  lock: Any = True) -> None:
-        type_ = _resolve(typecode_or_type)
+        type_ = resolve_type(typecode_or_type)
         if issubclass(type_, (ctypes.Structure, ctypes.Union)):
             raw = _shared.RawValue(type_) if value == 0 else _shared.RawValue(type_, *value)
         else:
             raw = _shared.RawValue(type_, value)
-        _shared.Synchronized.__init__(self, raw, _shared._lock_for(lock, None))
+        _shared.Synchronized.__init__(self, raw, _shared.lock_for(lock, None))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        spec, lock = _shared._reduce_synchronized(self)[1]
+        spec, lock = super().__reduce__()[1]
         return (_rebuild, (spec, lock))
 
     def __repr__(self) -> str:
@@ -56,5 +59,5 @@ class Value(_shared.Synchronized):
 
 def _rebuild(spec: Any, lock: Any) -> Value:
     obj = Value.__new__(Value)
-    _shared.Synchronized.__init__(obj, _shared._rebuild_ctype(*spec), lock)
+    _shared.Synchronized.__init__(obj, _shared.rebuild_ctype(*spec), lock)
     return obj
