@@ -831,6 +831,15 @@ def test_value_and_array_across_nodes(cluster):
             print("raw exit", p.exitcode)
             on(2, obj, mp.Value("i"), q).join(60)
             print("get_obj", q.get(timeout=60))
+
+            # HPE Dragon's native forms, the same way.
+            from dragon.native.array import Array as NativeArray
+            from dragon.native.value import Value as NativeValue
+            nv, na = NativeValue("i", 0), NativeArray("d", 6)
+            ps = [on(n, add, nv, na, 50) for n in (0, 1, 2)]
+            for p in ps:
+                p.join(120)
+            print("native", nv.value, list(na), [p.exitcode for p in ps])
         """)
     r = _run(cluster, script)
     _ok(r)
@@ -843,6 +852,7 @@ def test_value_and_array_across_nodes(cluster):
     assert "raw exit 1" in out and "unreachable" not in out, out
     assert "NotLocalError: shared memory block" in r.stderr and "RawValue" in r.stderr, r.stderr
     assert "get_obj NotLocalError" in out, out
+    assert "native 150 [0.0, 3.0, 6.0, 9.0, 12.0, 15.0] [0, 0, 0]" in out, out
     _assert_clean(cluster)
 
 

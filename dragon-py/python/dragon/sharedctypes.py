@@ -139,7 +139,7 @@ def _reduce_synchronized(self):
 
 def _rebuild_synchronized(spec, lock):
     if isinstance(spec[1], RemoteBlock):
-        return _remote_synchronized(spec, lock)
+        return remote_synchronized(spec, lock)
     return synchronized(rebuild_ctype(*spec), lock)
 
 
@@ -307,7 +307,10 @@ class RemoteSynchronizedString(RemoteSynchronizedArray):
 _remote_class_cache = weakref.WeakKeyDictionary()
 
 
-def _remote_synchronized(spec, lock):
+def remote_synchronized(spec, lock):
+    """The synchronized wrapper of ``spec`` (``(type, block, length)``,
+    as pickled) whose block is on another node: every access goes through
+    ``lock`` to that node."""
     type_, _block, length = spec
     if length is not None:
         cls = RemoteSynchronizedString if type_ is ctypes.c_char else RemoteSynchronizedArray

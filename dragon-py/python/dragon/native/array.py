@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from .. import sharedctypes as _shared
+from .._block import RemoteBlock
 from .value import resolve_type
 
 __all__ = ["Array"]
@@ -58,7 +59,10 @@ class Array(_shared.SynchronizedArray):
         return "<dragon.native.array.Array %s[%d]>" % (self._obj._type_.__name__, len(self._obj))
 
 
-def _rebuild(spec: Any, lock: Any) -> Array:
+def _rebuild(spec: Any, lock: Any) -> Any:
+    # Unpickled on another node than its memory's: every access goes there.
+    if isinstance(spec[1], RemoteBlock):
+        return _shared.remote_synchronized(spec, lock)
     obj = object.__new__(Array)
     _shared.SynchronizedArray.__init__(obj, _shared.rebuild_ctype(*spec), lock)
     return obj

@@ -14,6 +14,7 @@ import ctypes
 from typing import Any
 
 from .. import sharedctypes as _shared
+from .._block import RemoteBlock
 
 __all__ = ["Value"]
 
@@ -57,7 +58,10 @@ class Value(_shared.Synchronized):
         return "<dragon.native.value.Value %s(%r)>" % (type(self._obj).__name__, self._obj.value)
 
 
-def _rebuild(spec: Any, lock: Any) -> Value:
+def _rebuild(spec: Any, lock: Any) -> Any:
+    # Unpickled on another node than its memory's: every access goes there.
+    if isinstance(spec[1], RemoteBlock):
+        return _shared.remote_synchronized(spec, lock)
     obj = Value.__new__(Value)
     _shared.Synchronized.__init__(obj, _shared.rebuild_ctype(*spec), lock)
     return obj
