@@ -856,6 +856,48 @@ def test_value_and_array_across_nodes(cluster):
     _assert_clean(cluster)
 
 
+def test_hpe_native_synchronisation_objects_and_queue_across_nodes(cluster):
+    # dragon.native's Lock, Semaphore, Event, Barrier and joinable Queue,
+    # made on node1, used from processes on all three nodes.
+    script = _script(cluster, "native_sync.py", ON_NODE + """
+        import os
+        from dragon.native.barrier import Barrier
+        from dragon.native.event import Event
+        from dragon.native.lock import Lock
+        from dragon.native.queue import Queue
+        from dragon.native.semaphore import Semaphore
+        from dragon.native.value import Value
+
+        def work(lock, sem, ev, bar, q, total, n):
+            me = int(os.environ["DRAGON_NODE_INDEX"])
+            for _ in range(n):
+                with lock:
+                    total.value += 1
+            sem.release()
+            ev.wait(120)
+            bar.wait(120)
+            q.put(me)
+
+        if __name__ == "__main__":
+            lock, sem, ev, bar = Lock(), Semaphore(0), Event(), Barrier(3)
+            q, total = Queue(joinable=True), Value("i", 0)
+            ps = [on(n, work, lock, sem, ev, bar, q, total, 40) for n in (0, 1, 2)]
+            for _ in ps:
+                sem.acquire(timeout=120)
+            ev.set()
+            nodes = sorted(q.get(timeout=120) for _ in ps)
+            for _ in ps:
+                q.task_done()
+            q.join()
+            for p in ps:
+                p.join(120)
+            print("native", total.value, nodes, [p.exitcode for p in ps])
+        """)
+    r = _run(cluster, script)
+    _ok(r)
+    assert "native 120 [0, 1, 2] [0, 0, 0]" in r.stdout, r.stdout
+    _assert_clean(cluster)
+
 def test_ddict_across_nodes(cluster):
     script = _script(cluster, "ddict.py", ON_NODE + """
         import multiprocessing as mp, os
