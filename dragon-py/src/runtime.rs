@@ -1,9 +1,13 @@
 //! Run-level helpers for the Python runtime (`dragon.runtime`, the template).
 //!
 //! Thin wrappers over `transport-shm`'s run naming and cleanup, so that the
-//! Python side and the Rust transports agree on one format.
+//! Python side and the Rust transports agree on one format, and over
+//! `shm-primitives`' process identities, so that the Python side tells a
+//! live process from a dead one (or a later one with the same pid) as the
+//! Rust side does.
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use shm_primitives::process::{read_stat, ProcessId};
 use transport_shm::segment::{self, RunId};
 
 fn parse(run_id: &str) -> PyResult<RunId> {
@@ -42,11 +46,28 @@ fn cleanup_dead_runs(py: Python<'_>) -> usize {
     py.detach(segment::cleanup_dead_runs)
 }
 
+/// The start time of process `pid` (clock ticks after boot), zombie or
+/// not; `None` if there is no such process.
+#[pyfunction]
+fn process_start(pid: u32) -> Option<u64> {
+    read_stat(pid).map(|s| s.start)
+}
+
+/// Whether process `pid`, started at `start` (clock ticks after boot; 0:
+/// any start time), still runs: it exists, is not a zombie, and is not a
+/// later process that reused the pid.
+#[pyfunction]
+fn process_alive(pid: u32, start: u64) -> bool {
+    ProcessId { pid, start }.is_alive()
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(new_run_id, m)?)?;
     m.add_function(wrap_pyfunction!(valid_run_id, m)?)?;
     m.add_function(wrap_pyfunction!(run_prefix, m)?)?;
     m.add_function(wrap_pyfunction!(cleanup_run, m)?)?;
     m.add_function(wrap_pyfunction!(cleanup_dead_runs, m)?)?;
+    m.add_function(wrap_pyfunction!(process_start, m)?)?;
+    m.add_function(wrap_pyfunction!(process_alive, m)?)?;
     Ok(())
 }

@@ -10,6 +10,7 @@ import pytest
 
 import dragon  # noqa: F401  registers the start method
 import multiprocessing as mp
+from dragon import _native
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
@@ -56,12 +57,7 @@ def wait_until(pred, timeout=10.0, interval=0.02):
 
 def pid_alive(pid):
     """Alive and not a zombie."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    return data[data.rindex(b")") + 2:][:1] not in (b"Z", b"X")
+    return _native.process_alive(pid, 0)
 
 
 def run_processes(run_id):

@@ -3,18 +3,12 @@
 //! this catches any that escaped its session), and the run's shared-memory
 //! files are removed by the caller.
 
-/// The parent pid of `pid`, from `/proc`.
-fn ppid(pid: u32) -> Option<u32> {
-    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    let fields: Vec<&[u8]> = stat[close + 2..].split(|&b| b == b' ').collect();
-    std::str::from_utf8(fields.get(1)?).ok()?.parse().ok()
-}
+use shm_primitives::process::read_stat;
 
 /// This process and its ancestors.
 fn me_and_ancestors() -> Vec<u32> {
     let mut out = vec![std::process::id()];
-    while let Some(p) = ppid(*out.last().expect("not empty")) {
+    while let Some(p) = read_stat(*out.last().expect("not empty")).map(|s| s.ppid) {
         if p == 0 || out.contains(&p) {
             break;
         }
@@ -74,12 +68,7 @@ pub fn status_json(run: &str) -> String {
     let mut first = true;
     let me = std::process::id();
     for pid in run_processes(run).into_iter().chain([me]) {
-        let Ok(stat) = std::fs::read(format!("/proc/{pid}/stat")) else { continue };
-        let stat = String::from_utf8_lossy(&stat);
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        let comm = &stat[open + 1..close];
-        let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let Some(stat) = read_stat(pid) else { continue };
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
         if !first {
@@ -89,14 +78,11 @@ pub fn status_json(run: &str) -> String {
         let _ = write!(
             out,
             "{{\"pid\":{pid},\"ppid\":{},\"ticks\":{},\"start\":{},\"rss\":{},\"state\":",
-            num(1),
-            num(11) + num(12),
-            num(19),
-            num(21)
+            stat.ppid, stat.cpu_ticks, stat.start, stat.rss_pages
         );
-        json_str(&mut out, f.first().copied().unwrap_or("?"));
+        json_str(&mut out, stat.state.encode_utf8(&mut [0; 4]));
         out.push_str(",\"comm\":");
-        json_str(&mut out, comm);
+        json_str(&mut out, &stat.comm);
         out.push_str(",\"cmd\":");
         json_str(&mut out, cmd.trim_end());
         out.push('}');
@@ -141,5 +127,16 @@ mod tests {
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(libc::SIGKILL));
         assert!(me_and_ancestors().contains(&std::process::id()));
+    }
+
+    #[test]
+    fn the_status_shows_the_caller() {
+        let run = transport_shm::RunId::new_owned_by_me();
+        let status = status_json(run.as_str());
+        let me = read_stat(std::process::id()).expect("this process's stat");
+        let entry = format!("{{\"pid\":{},\"ppid\":{},\"ticks\":", std::process::id(), me.ppid);
+        assert!(status.contains(&entry), "{status}");
+        assert!(status.contains(&format!("\"start\":{},", me.start)), "{status}");
+        assert!(status.contains(&format!("\"comm\":\"{}\"", me.comm)), "{status}");
     }
 }

@@ -9,21 +9,11 @@ use runtime::proto::{self as rp, out};
 use runtime::service::Options;
 use runtime::testing::LocalCluster;
 use std::time::Duration;
+use test_support::watchdog;
 use transport_shm::blocks::{BlockId, BlockMessage, Store};
 use transport_tcp::local::ServiceClient;
 use transport_tcp::proto;
 use transport_verbs::boot::FabricSpec;
-
-fn watchdog() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        std::thread::spawn(|| {
-            std::thread::sleep(Duration::from_secs(240));
-            eprintln!("watchdog: test still running after 240 s");
-            std::process::exit(99);
-        });
-    });
-}
 
 fn opts(mode: Mode, spec: FabricSpec) -> Options {
     Options { fabric: Some(Setting { mode, spec }), ..Options::default() }
@@ -85,7 +75,7 @@ fn pattern(n: usize) -> Vec<u8> {
 
 #[test]
 fn rdma_where_both_ends_share_a_network_tcp_elsewhere() {
-    watchdog();
+    watchdog::start();
     let (net_a, net_b) = (test_support::unique_name("fa"), test_support::unique_name("fb"));
     // Nodes 0 and 1 on one simulated network, node 2 on another.
     let c = LocalCluster::start_with(3, Duration::from_secs(5), |i| {
@@ -137,7 +127,7 @@ fn rdma_where_both_ends_share_a_network_tcp_elsewhere() {
 /// (no copy on the serving side), and the block goes back to the store.
 #[test]
 fn blocks_of_the_store_are_read_in_place_across_an_rdma_link() {
-    watchdog();
+    watchdog::start();
     let net = test_support::unique_name("fi");
     let c = LocalCluster::start_with(2, Duration::from_secs(5), |_| opts(Mode::Auto, sim(&net))).unwrap();
     blocks_across(&c);
@@ -148,7 +138,7 @@ fn blocks_of_the_store_are_read_in_place_across_an_rdma_link() {
 /// The same over TCP: the block's bytes go on the link as they are.
 #[test]
 fn blocks_of_the_store_cross_a_tcp_link_whole() {
-    watchdog();
+    watchdog::start();
     let net = test_support::unique_name("ft");
     let c = LocalCluster::start_with(2, Duration::from_secs(5), |_| opts(Mode::Tcp, sim(&net))).unwrap();
     blocks_across(&c);
@@ -160,7 +150,7 @@ fn blocks_of_the_store_cross_a_tcp_link_whole() {
 /// in place), and keeps a block message for its own node as it is.
 #[test]
 fn blocks_sent_from_a_node_go_on_as_their_bytes() {
-    watchdog();
+    watchdog::start();
     for mode in [Mode::Auto, Mode::Tcp] {
         let net = test_support::unique_name("fs");
         let c = LocalCluster::start_with(2, Duration::from_secs(5), |_| opts(mode, sim(&net))).unwrap();
@@ -260,7 +250,7 @@ fn blocks_across(c: &LocalCluster) {
 
 #[test]
 fn without_a_device_every_link_is_tcp_and_says_why() {
-    watchdog();
+    watchdog::start();
     let c = LocalCluster::start_with(2, Duration::from_secs(5), |_| opts(Mode::Auto, no_device())).unwrap();
     let on1 = ServiceClient::connect(&c.service(1)).unwrap();
     round_trip(&on1, 0, &pattern(1 << 20));
@@ -274,7 +264,7 @@ fn without_a_device_every_link_is_tcp_and_says_why() {
 
 #[test]
 fn forcing_tcp_or_rdma() {
-    watchdog();
+    watchdog::start();
     // TCP although both could use RDMA.
     let net = test_support::unique_name("ft");
     let c = LocalCluster::start_with(2, Duration::from_secs(5), |_| opts(Mode::Tcp, sim(&net))).unwrap();
@@ -307,7 +297,7 @@ fn forcing_tcp_or_rdma() {
 
 #[test]
 fn a_cut_rdma_link_loses_the_node_saying_why() {
-    watchdog();
+    watchdog::start();
     let (net_a, net_b) = (test_support::unique_name("fc"), test_support::unique_name("fd"));
     // Nodes 1 and 2 on one network (RDMA between them), node 0 apart.
     let c = LocalCluster::start_with(3, Duration::from_secs(5), |i| {

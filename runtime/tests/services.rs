@@ -6,20 +6,10 @@
 use runtime::proto::out;
 use runtime::testing::LocalCluster;
 use std::time::Duration;
+use test_support::watchdog;
 use transport_tcp::local::ServiceClient;
 use transport_tcp::proto;
 use transport_tcp::TcpError;
-
-fn watchdog() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        std::thread::spawn(|| {
-            std::thread::sleep(Duration::from_secs(240));
-            eprintln!("watchdog: test still running after 240 s");
-            std::process::exit(99);
-        });
-    });
-}
 
 fn create(c: &ServiceClient, node: u32) -> (u64, Vec<u8>) {
     let mut p = 64u64.to_le_bytes().to_vec();
@@ -48,7 +38,7 @@ fn code(e: TcpError) -> (i32, String) {
 
 #[test]
 fn three_nodes_join_and_carry_channel_requests_between_them() {
-    watchdog();
+    watchdog::start();
     let c = LocalCluster::start(3, Duration::from_secs(5)).unwrap();
     assert_eq!(c.table.matches("\"index\":").count(), 3, "{}", c.table);
     let on2 = ServiceClient::connect(&c.service(2)).unwrap();
@@ -96,7 +86,7 @@ fn three_nodes_join_and_carry_channel_requests_between_them() {
 
 #[test]
 fn a_stopped_node_fails_what_waits_on_it_and_is_reported() {
-    watchdog();
+    watchdog::start();
     let mut c = LocalCluster::start(3, Duration::from_secs(5)).unwrap();
     let on1 = ServiceClient::connect(&c.service(1)).unwrap();
     let (att, _) = create(&on1, 2);
@@ -123,7 +113,7 @@ fn a_stopped_node_fails_what_waits_on_it_and_is_reported() {
 
 #[test]
 fn a_secondary_whose_primary_is_gone_tears_itself_down() {
-    watchdog();
+    watchdog::start();
     let mut c = LocalCluster::start(2, Duration::from_secs(5)).unwrap();
     c.nodes[0].stop();
     let stopped = c.nodes[1].wait_for(out::STOPPED).unwrap();
@@ -134,7 +124,7 @@ fn a_secondary_whose_primary_is_gone_tears_itself_down() {
 
 #[test]
 fn the_cpus_a_launcher_gives_a_node_are_its_cpus_in_the_table() {
-    watchdog();
+    watchdog::start();
     // Node 0 is told its share of an allocation (as a Slurm launch tells
     // it); node 1 is not and reports its service's affinity.
     let c = LocalCluster::start_with_cpus(2, Duration::from_secs(5), &[7]).unwrap();
@@ -145,7 +135,7 @@ fn the_cpus_a_launcher_gives_a_node_are_its_cpus_in_the_table() {
 
 #[test]
 fn the_primary_names_the_hosts_that_did_not_join() {
-    watchdog();
+    watchdog::start();
     use runtime::bootstrap::Bootstrap;
     let boot = Bootstrap {
         run: transport_shm::RunId::new_owned_by_me().as_str().to_owned(),
@@ -183,7 +173,7 @@ fn the_primary_names_the_hosts_that_did_not_join() {
 
 #[test]
 fn unauthenticated_peers_are_bounded_and_do_not_disturb_the_run() {
-    watchdog();
+    watchdog::start();
     use std::io::Read;
     let c = LocalCluster::start(2, Duration::from_secs(5)).unwrap();
     let addr = c.nodes[0].address.clone();
@@ -214,7 +204,7 @@ fn unauthenticated_peers_are_bounded_and_do_not_disturb_the_run() {
 
 #[test]
 fn a_process_connects_straight_to_another_nodes_service_with_its_own_services_word() {
-    watchdog();
+    watchdog::start();
     let c = LocalCluster::start(3, Duration::from_secs(5)).unwrap();
     let on1 = ServiceClient::connect(&c.service(1)).unwrap();
     let on2 = ServiceClient::connect(&c.service(2)).unwrap();
@@ -304,7 +294,7 @@ fn a_process_connects_straight_to_another_nodes_service_with_its_own_services_wo
 
 #[test]
 fn a_service_holding_its_most_direct_connections_refuses_more_and_takes_them_again_once_one_goes() {
-    watchdog();
+    watchdog::start();
     let opts = |i: usize| runtime::service::Options { direct_max: (i == 0).then_some(1), ..Default::default() };
     let c = LocalCluster::start_with(3, Duration::from_secs(5), opts).unwrap();
     let on1 = ServiceClient::connect(&c.service(1)).unwrap();

@@ -5,7 +5,8 @@
 //! `/proc/<pid>/stat`) tells a live process from a later one that reused the
 //! pid. A zombie (killed but not yet reaped by its parent) counts as dead: it
 //! will never run again. [`ProcessId::is_alive`] is the one liveness check
-//! of the project.
+//! of the project ([`read_stat`] reads what it and others need of
+//! `/proc/<pid>/stat`).
 //!
 //! Where a single atomic 64-bit word must hold an identity (lock owners,
 //! shard client slots), it is stored as a *stamp*, `pid << 32 | low 32 bits
@@ -78,7 +79,7 @@ impl ProcessId {
             return false;
         }
         match read_stat(self.pid) {
-            Some(s) => !s.zombie && self.started_at(s.start),
+            Some(s) => !s.zombie() && self.started_at(s.start),
             None => {
                 // No /proc entry: the process is gone, unless /proc is not
                 // mounted at all, in which case ask the kernel directly
@@ -129,23 +130,56 @@ pub fn current_tid() -> u32 {
     unsafe { libc::syscall(libc::SYS_gettid) as u32 }
 }
 
-struct Stat {
-    zombie: bool,
-    start: u64,
+/// What `/proc/<pid>/stat` says of a process: the fields this project
+/// reads (liveness, identity, and what `dragon top` shows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    /// The state letter (`R` running, `S` sleeping, `Z` zombie...).
+    pub state: char,
+    /// The parent's pid.
+    pub ppid: u32,
+    /// CPU time used, user plus system, in clock ticks.
+    pub cpu_ticks: u64,
+    /// Start time in clock ticks since boot.
+    pub start: u64,
+    /// Resident set size in pages.
+    pub rss_pages: u64,
+    /// The command name (the kernel keeps 15 bytes of it; bytes that are
+    /// not UTF-8 are replaced).
+    pub comm: String,
 }
 
-fn read_stat(pid: u32) -> Option<Stat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+impl Stat {
+    /// Whether the process has ended (a zombie not yet reaped, or dead):
+    /// it will never run again.
+    pub fn zombie(&self) -> bool {
+        matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+/// The [`Stat`] of process `pid`, or `None` if there is no such process
+/// (or `/proc` is not mounted).
+pub fn read_stat(pid: u32) -> Option<Stat> {
+    let raw = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let text = String::from_utf8_lossy(&raw);
     // The command name is in parentheses and may itself contain ") ", so
     // fields are counted from the last ')'.
-    let rest = &text[text.rfind(')')? + 1..];
-    let mut fields = rest.split_ascii_whitespace();
-    let state = fields.next()?;
-    // After the state come ppid, pgrp, session, tty_nr, tpgid, flags, minflt,
-    // cminflt, majflt, cmajflt, utime, stime, cutime, cstime, priority, nice,
-    // num_threads, itrealvalue, then starttime (field 22 overall).
-    let start = fields.nth(18)?.parse().ok()?;
-    Some(Stat { zombie: state == "Z" || state == "X" || state == "x", start })
+    let (open, close) = (text.find('(')?, text.rfind(')')?);
+    let comm = text.get(open + 1..close)?.to_owned();
+    let fields: Vec<&str> = text[close + 1..].split_ascii_whitespace().collect();
+    // From the state on (field 3 overall): state, ppid, pgrp, session,
+    // tty_nr, tpgid, flags, minflt, cminflt, majflt, cmajflt, utime, stime,
+    // cutime, cstime, priority, nice, num_threads, itrealvalue, starttime,
+    // vsize, rss.
+    let num = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some(Stat {
+        state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        cpu_ticks: num(11)? + num(12)?,
+        start: num(19)?,
+        rss_pages: num(21)?,
+        comm,
+    })
 }
 
 #[cfg(test)]
@@ -180,6 +214,18 @@ mod tests {
         assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child saw a stale identity");
         assert_eq!(ProcessId::current(), parent);
+    }
+
+    #[test]
+    fn stat_of_this_process() {
+        let s = read_stat(std::process::id()).expect("this process's stat");
+        // SAFETY: getppid has no preconditions.
+        assert_eq!(s.ppid, unsafe { libc::getppid() } as u32);
+        // The main thread's state: the test harness's may be waiting ('S').
+        assert!(s.state.is_ascii_alphabetic() && !s.zombie());
+        assert_eq!(s.start, ProcessId::current().start);
+        assert!(s.rss_pages > 0 && !s.comm.is_empty());
+        assert_eq!(read_stat(0), None);
     }
 
     #[test]

@@ -9,9 +9,10 @@
 //! decoder on the result. The target's check says whether the input was
 //! accepted and asserts what must hold (round trips, the right error);
 //! [`fuzz`] adds what holds for every target: no panic (caught and
-//! reported as a failure), no hang (a per-input [`Watchdog`]) and, with
-//! [`CountingAlloc`] as the test binary's allocator, no allocation above
-//! the target's bound ([`largest_allocation`]).
+//! reported as a failure), no hang (a deadline per input,
+//! [`watchdog::steps`]) and, with [`CountingAlloc`] as the test binary's
+//! allocator, no allocation above the target's bound
+//! ([`largest_allocation`]).
 //!
 //! proptest drives the runs, so a failure is shrunk to the fewest and
 //! smallest mutations that still fail, and printed with the input in hex
@@ -19,6 +20,7 @@
 //! [`CASES_ENV`] sets the executions per target: 1000 by default (what
 //! `make test` runs), many more in `make fuzz`.
 
+use crate::watchdog;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -26,8 +28,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::fmt;
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Environment variable: executions per fuzz target.
 pub const CASES_ENV: &str = "DRAGON_FUZZ_CASES";
@@ -243,65 +245,6 @@ pub fn mutated(pool: Vec<Vec<u8>>) -> impl Strategy<Value = Mutant> {
     })
 }
 
-/// Aborts the process if one input runs longer than its limit, printing
-/// the input: a hang is a finding, not a stalled suite.
-#[derive(Debug)]
-pub struct Watchdog {
-    state: Arc<(Mutex<WatchState>, Condvar)>,
-}
-
-#[derive(Debug)]
-struct WatchState {
-    since: Option<Instant>,
-    input: Vec<u8>,
-    stop: bool,
-}
-
-impl Watchdog {
-    /// A watchdog for target `target`, `limit` per input.
-    pub fn new(target: &'static str, limit: Duration) -> Watchdog {
-        let state = Arc::new((Mutex::new(WatchState { since: None, input: Vec::new(), stop: false }), Condvar::new()));
-        let s = state.clone();
-        std::thread::spawn(move || {
-            let (m, cv) = &*s;
-            let mut st = m.lock().unwrap_or_else(|e| e.into_inner());
-            loop {
-                if st.stop {
-                    return;
-                }
-                if let Some(since) = st.since {
-                    if since.elapsed() > limit {
-                        eprintln!("fuzz_{target}: an input ran for more than {limit:?} (a hang): {}", hex(&st.input));
-                        std::process::abort();
-                    }
-                }
-                st = cv.wait_timeout(st, Duration::from_millis(500)).unwrap_or_else(|e| e.into_inner()).0;
-            }
-        });
-        Watchdog { state }
-    }
-
-    /// `input` starts running.
-    pub fn start(&self, input: &[u8]) {
-        let mut st = self.state.0.lock().unwrap_or_else(|e| e.into_inner());
-        st.since = Some(Instant::now());
-        st.input.clear();
-        st.input.extend_from_slice(input);
-    }
-
-    /// The input ended.
-    pub fn end(&self) {
-        self.state.0.lock().unwrap_or_else(|e| e.into_inner()).since = None;
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.state.0.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
-        self.state.1.notify_all();
-    }
-}
-
 /// What a target reports for one input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -312,7 +255,7 @@ pub enum Verdict {
 }
 
 /// Run target `target`: [`cases`] mutants of `pool`, each given to
-/// `check`, under a [`Watchdog`]; panics with the shrunk failing input if
+/// `check`, under a deadline of [`PER_INPUT`] each ([`watchdog::steps`]); panics with the shrunk failing input if
 /// any check fails or panics. Prints the executions and how many inputs
 /// were accepted.
 pub fn fuzz(target: &'static str, pool: Vec<Vec<u8>>, check: impl Fn(&[u8]) -> Result<Verdict, TestCaseError>) {
@@ -327,15 +270,17 @@ pub fn fuzz_mutants(
     pool: Vec<Vec<u8>>,
     check: impl Fn(&Mutant, &[Vec<u8>]) -> Result<Verdict, TestCaseError>,
 ) {
-    let wd = Watchdog::new(target, PER_INPUT);
+    let watch = watchdog::steps(PER_INPUT, move |input| {
+        format!("fuzz_{target}: an input ran for more than {PER_INPUT:?} (a hang): {}", hex(input))
+    });
     let (runs, accepted) = (Cell::new(0u64), Cell::new(0u64));
     let inputs = pool.len();
     let shared = pool.clone();
     let mut runner = TestRunner::new(config());
     let r = runner.run(&mutated(pool), |m| {
-        wd.start(&m.bytes);
+        watch.start(&m.bytes);
         let v = check(&m, &shared);
-        wd.end();
+        watch.end();
         runs.set(runs.get() + 1);
         if v.as_ref().is_ok_and(|v| *v == Verdict::Accepted) {
             accepted.set(accepted.get() + 1);

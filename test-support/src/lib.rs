@@ -3,8 +3,9 @@
 //! tests can run in parallel.
 //!
 //! - [`watchdog`]: a per-binary deadline that aborts a hung test binary
-//!   (after killing its children and running cleanup hooks), and
-//!   [`watchdog::within`] for one call.
+//!   (after killing its children and running cleanup hooks),
+//!   [`watchdog::within`] for one call, and [`watchdog::steps`] for each
+//!   step of a long loop (a fuzz input).
 //! - [`child`]: tests that re-run their own test binary as a child
 //!   process playing a role, killed and reaped on drop, dying with their
 //!   parent, every wait under a deadline.
@@ -13,7 +14,7 @@
 //!   directory under such a name, removed on drop.
 //! - [`eventually`]: wait for a condition under a deadline.
 //! - `fuzz` (feature `fuzz`): byte-mutation fuzzing of decoders with
-//!   proptest: corpus, mutations, a per-input watchdog, an allocation
+//!   proptest: corpus, mutations, a deadline per input, an allocation
 //!   counter.
 #![forbid(unsafe_op_in_unsafe_fn)]
 

@@ -10,15 +10,13 @@
 //!
 //! [`guard`] bounds one test the same way: the binary is aborted if the
 //! guard is still alive after the given time. [`within`] bounds one call
-//! instead: the test fails if the call has not returned in time. [`stall`]
-//! bounds progress: the binary is aborted if [`progress`] has not been
-//! called for a while (a fuzz case that hangs, among thousands that do
-//! not).
+//! instead: the test fails if the call has not returned in time. [`steps`]
+//! bounds each step of a long loop: the binary is aborted if one step runs
+//! too long (a fuzz case that hangs, among thousands that do not).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Mutex, Once};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, Once};
+use std::time::{Duration, Instant};
 
 /// Longest a whole test binary may run before its watchdog aborts it.
 pub const BINARY_DEADLINE: Duration = Duration::from_secs(300);
@@ -96,37 +94,72 @@ pub fn guard(what: &str, limit: Duration) -> Guard {
     Guard { _done: tx }
 }
 
-static PROGRESS: AtomicU64 = AtomicU64::new(0);
+/// How often the step watchdog looks at the running step.
+const STEP_POLL: Duration = Duration::from_millis(500);
 
-/// Count one step of progress (a case done) for [`stall`].
-pub fn progress() {
-    // Relaxed: a count only the stall watchdog reads, to see it move.
-    PROGRESS.fetch_add(1, Ordering::Relaxed);
+/// A deadline on every step of a long loop: see [`steps`].
+#[derive(Debug)]
+#[must_use = "the steps are watched until this is dropped"]
+pub struct Steps {
+    state: Arc<(Mutex<StepState>, Condvar)>,
 }
 
-/// Arm (once per process) a watchdog on progress: if [`progress`] has not
-/// been called for `limit`, print what `report` returns (the input of the
-/// hung case, say), kill the children, run the cleanup hooks and abort.
-pub fn stall(limit: Duration, report: fn() -> String) {
-    static START: Once = Once::new();
-    START.call_once(|| {
-        std::thread::Builder::new()
-            .name("test-stall-watchdog".to_owned())
-            .spawn(move || {
-                let mut last = u64::MAX;
-                loop {
-                    std::thread::sleep(limit);
-                    // Relaxed: see `progress`.
-                    let now = PROGRESS.load(Ordering::Relaxed);
-                    if now == last {
-                        eprintln!("{}", report());
-                        abort("a step (no progress)", limit);
-                    }
-                    last = now;
+#[derive(Debug)]
+struct StepState {
+    /// When the running step started (`None` between steps).
+    since: Option<Instant>,
+    /// The running step's input.
+    input: Vec<u8>,
+    stop: bool,
+}
+
+/// Watch the steps of a long loop (a fuzz case among thousands): if a
+/// step, from [`Steps::start`] to [`Steps::end`], runs for more than
+/// `limit`, print what `report` makes of its input (the hung case), kill
+/// the children, run the cleanup hooks and abort. Time between steps does
+/// not count; the watch ends when the returned value is dropped.
+pub fn steps(limit: Duration, report: impl Fn(&[u8]) -> String + Send + 'static) -> Steps {
+    let state = Arc::new((Mutex::new(StepState { since: None, input: Vec::new(), stop: false }), Condvar::new()));
+    let watched = Arc::clone(&state);
+    std::thread::Builder::new()
+        .name("test-step-watchdog".to_owned())
+        .spawn(move || {
+            let (m, cv) = &*watched;
+            let mut st = m.lock().unwrap_or_else(|e| e.into_inner());
+            while !st.stop {
+                if st.since.is_some_and(|t| t.elapsed() > limit) {
+                    let message = report(&st.input);
+                    drop(st);
+                    eprintln!("{message}");
+                    abort("a step", limit);
                 }
-            })
-            .expect("start the stall watchdog");
-    });
+                st = cv.wait_timeout(st, STEP_POLL).unwrap_or_else(|e| e.into_inner()).0;
+            }
+        })
+        .expect("start the step watchdog");
+    Steps { state }
+}
+
+impl Steps {
+    /// A step on `input` starts.
+    pub fn start(&self, input: &[u8]) {
+        let mut st = self.state.0.lock().unwrap_or_else(|e| e.into_inner());
+        st.since = Some(Instant::now());
+        st.input.clear();
+        st.input.extend_from_slice(input);
+    }
+
+    /// The step ended.
+    pub fn end(&self) {
+        self.state.0.lock().unwrap_or_else(|e| e.into_inner()).since = None;
+    }
+}
+
+impl Drop for Steps {
+    fn drop(&mut self) {
+        self.state.0.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+        self.state.1.notify_all();
+    }
 }
 
 /// Run `f` on a thread of its own and return its result; fail the test if
@@ -168,6 +201,17 @@ mod tests {
         });
         drop(tx);
         assert!(r.is_err(), "a hung call must fail the test");
+    }
+
+    #[test]
+    fn only_a_running_step_is_timed() {
+        let watch = steps(Duration::from_millis(50), |input| format!("step on {input:?} hung"));
+        for i in 0..2u8 {
+            watch.start(&[i]);
+            watch.end();
+            // Longer than the limit, and than a poll: between steps.
+            std::thread::sleep(STEP_POLL + Duration::from_millis(100));
+        }
     }
 
     #[test]

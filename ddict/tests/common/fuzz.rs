@@ -11,7 +11,6 @@
 
 use proptest::prelude::*;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::Duration;
 
 /// How much the peak virtual memory may grow over a fuzz run.
@@ -149,27 +148,6 @@ pub fn vm_peak() -> u64 {
     kb * 1024
 }
 
-static CURRENT: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
-/// What the stall watchdog prints: the input of the case that hangs.
-fn hung_case() -> String {
-    let cur = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
-    format!("fuzz: a case has run for over 60 s (a hang); its input ({} bytes): {:02x?}", cur.len(), &cur[..])
-}
-
-/// Note the input about to run (printed if it hangs).
-pub fn start_case(input: &[u8]) {
-    test_support::watchdog::stall(Duration::from_secs(60), hung_case);
-    let mut cur = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
-    cur.clear();
-    cur.extend_from_slice(input);
-}
-
-/// The case noted by [`start_case`] ended.
-pub fn end_case() {
-    test_support::watchdog::progress();
-}
-
 /// Runs `f` over `cases()` mutated inputs from `corpus` and `generated`,
 /// then checks the memory bound. Returns the number of executions.
 pub fn run(
@@ -185,12 +163,15 @@ pub fn run(
         failure_persistence: None,
         ..ProptestConfig::default()
     });
+    let watch = test_support::watchdog::steps(Duration::from_secs(60), |input| {
+        format!("fuzz: a case has run for over 60 s (a hang); its input ({} bytes): {:02x?}", input.len(), input)
+    });
     let count = std::cell::Cell::new(0u64);
     let r = runner.run(&(base, mutations()), |(input, muts)| {
         let b = apply(&input, &muts);
-        start_case(&b);
+        watch.start(&b);
         let r = f(&b);
-        end_case();
+        watch.end();
         count.set(count.get() + 1);
         r?;
         let grew = vm_peak().saturating_sub(before);

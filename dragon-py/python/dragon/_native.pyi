@@ -12,6 +12,7 @@ __version__: str
 # Everything the module registers, in the order it does (stubtest checks it).
 __all__ = [
     "__version__", "new_run_id", "valid_run_id", "run_prefix", "cleanup_run", "cleanup_dead_runs",
+    "process_start", "process_alive",
     "DDictClient", "DDICT_CKPT_PREFIX", "DDICT_TOMBSTONE", "ddict_descriptor", "ddict_serve",
     "ddict_repair", "ddict_key_hash", "ddict_self_identity", "Lock", "RLock", "Semaphore", "Event",
     "Condition", "Barrier", "KIND_MEMORY", "Channel", "select", "TAG_PICKLE", "TAG_BYTES",
@@ -40,6 +41,15 @@ def cleanup_run(run_id: str) -> int:
 
 def cleanup_dead_runs() -> int:
     """Remove the segments of every run whose owning process is dead."""
+
+def process_start(pid: int) -> int | None:
+    """The start time of process ``pid`` (clock ticks after boot), zombie or
+    not; ``None`` if there is no such process."""
+
+def process_alive(pid: int, start: int) -> bool:
+    """Whether process ``pid``, started at ``start`` (clock ticks after boot;
+    0: any start time), still runs: it exists, is not a zombie, and is not a
+    later process that reused the pid."""
 
 # -- synchronisation objects (dragon.synchronize builds the public API) -------
 

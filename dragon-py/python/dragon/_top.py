@@ -27,6 +27,8 @@ import sys
 import time
 from typing import Any
 
+from . import runtime
+
 __all__ = ["live_runs", "snapshot", "render", "prometheus", "main", "serve_metrics"]
 
 _HZ = os.sysconf("SC_CLK_TCK")
@@ -46,17 +48,6 @@ def _stat(pid: int) -> tuple[str, int, int, int, int, str] | None:
             int(fields[21]) * _PAGE, comm)
 
 
-def _owner(run_id: str) -> tuple[int, int]:
-    pid, start, _ = run_id.split("-")
-    return int(pid), int(start)
-
-
-def _alive(run_id: str) -> bool:
-    pid, start = _owner(run_id)
-    st = _stat(pid)
-    return st is not None and st[3] == start and st[0] != "Z"
-
-
 def live_runs() -> list[str]:
     """The ids of the runs on this node whose owner lives, newest first."""
     from . import _native
@@ -72,15 +63,15 @@ def live_runs() -> list[str]:
             rid = "-".join(parts[1:4])
             if _native.valid_run_id(rid):
                 runs.add(rid)
-    live = [r for r in runs if _alive(r)]
-    return sorted(live, key=lambda r: _owner(r)[1], reverse=True)
+    live = [r for r in runs if runtime.owner_alive(r)]
+    return sorted(live, key=lambda r: runtime.run_owner(r)[1], reverse=True)
 
 
 def _members(run_id: str) -> tuple[set[int], str | None]:
     """The pids on this node whose environment names the run, and the
     run's node table (``DRAGON_NODES``) if one of them has it."""
     needle = ("DRAGON_RUN_ID=%s\0" % run_id).encode()
-    pids = {_owner(run_id)[0]}
+    pids = {runtime.run_owner(run_id)[0]}
     table = None
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -105,7 +96,7 @@ def _nodes(run_id: str, table_text: str | None) -> list[dict[str, Any]]:
     import json
     import socket
 
-    from . import _remote, runtime
+    from . import _remote
 
     here = 0
     table = None
@@ -171,7 +162,7 @@ def snapshot(run_id: str, previous: dict[str, Any] | None = None) -> dict[str, A
             queues.append((pid, fields[0]))
         elif kind == "d" and fields:
             ddicts.append((pid, fields[0], " ".join(fields[1:])))
-    owner = _owner(run_id)[0]
+    owner = runtime.run_owner(run_id)[0]
     prev_cpu = (previous or {}).get("_cpu", {})
     dt = now - (previous or {}).get("_at", now)
     procs = []
@@ -464,7 +455,7 @@ def main(argv: list[str]) -> int:
     elif not _native.valid_run_id(run_id):
         sys.stderr.write("dragon top: %r is not a run id (<pid>-<start>-<8 hex>)\n" % run_id)
         return 2
-    if not _alive(run_id):
+    if not runtime.owner_alive(run_id):
         sys.stderr.write("dragon top: run %s is not running on this node\n" % run_id)
         return 1
     snap = snapshot(run_id)
@@ -482,7 +473,7 @@ def main(argv: list[str]) -> int:
             sys.stdout.write(("\x1b[H\x1b[J" if tty else "") + frame)
             sys.stdout.flush()
             time.sleep(interval)
-            if not _alive(run_id):
+            if not runtime.owner_alive(run_id):
                 sys.stdout.write("run %s ended\n" % run_id)
                 return 0
             snap = snapshot(run_id, snap)

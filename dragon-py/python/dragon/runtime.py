@@ -68,6 +68,11 @@ def run_owner(rid: str | None = None) -> tuple[int, int]:
     return int(pid), int(start)
 
 
+def owner_alive(rid: str | None = None) -> bool:
+    """Whether the process that created the run still runs on this node."""
+    return _native().process_alive(*run_owner(rid))
+
+
 def shm_prefix(rid: str | None = None) -> str:
     """File-name prefix of every shared-memory segment of the run."""
     return _native().run_prefix(rid or run_id())

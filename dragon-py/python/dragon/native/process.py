@@ -54,6 +54,7 @@ import threading
 import weakref
 from typing import Any, Callable, Protocol, Self, Sequence, TypeAlias
 
+from .. import _native
 from ..errors import DragonError
 from ..infrastructure.policy import Policy
 from . import _child
@@ -94,16 +95,9 @@ class ProcessError(DragonError):
 # Identity: puids
 # ---------------------------------------------------------------------------
 
-def _start_ticks(pid: int) -> int | None:
-    """The process's start time (clock ticks after boot), or ``None`` if
-    there is no such process."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rindex(b")") + 2:].split()
-    return int(fields[19])
+#: The process's start time (clock ticks after boot), or ``None`` if there
+#: is no such process.
+_start_ticks = _native.process_start
 
 
 def make_puid(pid: int, ticks: int) -> int:
