@@ -335,7 +335,34 @@ fn pool_failed_to_start(exit_code: i64) -> bool {
     ledger::failed_to_start(exit_code)
 }
 
+/// How a process ended, in words ("exited with code 3", "was killed by
+/// SIGKILL"; `None`: "ended").
+#[pyfunction]
+#[pyo3(signature = (exit_code))]
+fn pool_ended_how(exit_code: Option<i64>) -> String {
+    exit_code.map_or_else(|| "ended".to_owned(), ledger::ended_how)
+}
+
+/// Bytes of the ledger of `slots` workers.
+#[pyfunction]
+fn pool_ledger_size(slots: usize) -> usize {
+    8 * ledger::words_for(slots)
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(pool_ended_how, m)?)?;
+    m.add_function(wrap_pyfunction!(pool_ledger_size, m)?)?;
+    m.add("POOL_END", PyBytes::new(m.py(), &[message::END]))?;
+    let kinds = [
+        ("POOL_CALL", Kind::Call),
+        ("POOL_CALL_KW", Kind::CallKw),
+        ("POOL_MAP", Kind::Map),
+        ("POOL_STARMAP", Kind::Starmap),
+        ("POOL_STOP", Kind::Stop),
+    ];
+    for (name, kind) in kinds {
+        m.add(name, kind.to_u8())?;
+    }
     m.add_class::<PoolLedger>()?;
     m.add_class::<PoolStartFailures>()?;
     m.add_function(wrap_pyfunction!(pool_take, m)?)?;

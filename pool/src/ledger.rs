@@ -382,19 +382,39 @@ pub fn ended_how(exit_code: i64) -> String {
     if exit_code >= 0 {
         return format!("exited with code {exit_code}");
     }
+    // Linux's numbering (as Python's `signal.Signals` names them).
     let name = match -exit_code {
         1 => "SIGHUP",
         2 => "SIGINT",
         3 => "SIGQUIT",
         4 => "SIGILL",
+        5 => "SIGTRAP",
         6 => "SIGABRT",
         7 => "SIGBUS",
         8 => "SIGFPE",
         9 => "SIGKILL",
+        10 => "SIGUSR1",
         11 => "SIGSEGV",
+        12 => "SIGUSR2",
         13 => "SIGPIPE",
         14 => "SIGALRM",
         15 => "SIGTERM",
+        16 => "SIGSTKFLT",
+        17 => "SIGCHLD",
+        18 => "SIGCONT",
+        19 => "SIGSTOP",
+        20 => "SIGTSTP",
+        21 => "SIGTTIN",
+        22 => "SIGTTOU",
+        23 => "SIGURG",
+        24 => "SIGXCPU",
+        25 => "SIGXFSZ",
+        26 => "SIGVTALRM",
+        27 => "SIGPROF",
+        28 => "SIGWINCH",
+        29 => "SIGIO",
+        30 => "SIGPWR",
+        31 => "SIGSYS",
         n => return format!("was killed by signal {n}"),
     };
     format!("was killed by {name}")
@@ -468,6 +488,8 @@ mod tests {
         assert_eq!(f.in_a_row(), 0);
         assert!(failed_to_start(-11) && failed_to_start(3) && !failed_to_start(0) && !failed_to_start(-15));
         assert_eq!(ended_how(-9), "was killed by SIGKILL");
+        assert_eq!(ended_how(-10), "was killed by SIGUSR1");
+        assert_eq!(ended_how(-40), "was killed by signal 40");
         assert_eq!(ended_how(3), "exited with code 3");
     }
 

@@ -23,7 +23,8 @@ __all__ = [
     "service_name", "template_name", "this_node", "PoolLedger", "PoolStartFailures", "pool_take", "pool_task_header",
     "pool_decode_task", "pool_result_header", "pool_decode_result", "pool_lost", "pool_decode_lost",
     "pool_failed_to_start", "POOL_IDLE", "POOL_MAX_START_FAILURES", "POOL_RESULT_HEADER",
-    "POOL_TASK_HEADER", "POOL_GAP_PID", "POOL_NOT_RUN_PID", "RemoteChannel", "remote_transport_open",
+    "POOL_TASK_HEADER", "POOL_GAP_PID", "POOL_NOT_RUN_PID", "pool_ended_how", "pool_ledger_size", "POOL_END",
+    "POOL_CALL", "POOL_CALL_KW", "POOL_MAP", "POOL_STARMAP", "POOL_STOP", "RemoteChannel", "remote_transport_open",
     "RemoteSync", "remote_memory", "transports"
 ]
 
@@ -509,3 +510,16 @@ POOL_RESULT_HEADER: int
 POOL_TASK_HEADER: int
 POOL_GAP_PID: int
 POOL_NOT_RUN_PID: int
+POOL_END: bytes
+POOL_CALL: int
+POOL_CALL_KW: int
+POOL_MAP: int
+POOL_STARMAP: int
+POOL_STOP: int
+
+def pool_ended_how(exit_code: int | None) -> str:
+    """How a process ended, in words ("exited with code 3", "was killed by
+    SIGKILL"; ``None``: "ended")."""
+
+def pool_ledger_size(slots: int) -> int:
+    """Bytes of the ledger of ``slots`` workers."""

@@ -19,7 +19,6 @@ import functools
 import itertools
 import os
 import pickle
-import signal
 import threading
 
 from multiprocessing import process as _mp_process
@@ -48,12 +47,10 @@ RESULT_CAPACITY = 1024
 #: channel allows).
 MAX_ATTACHMENTS = 1023
 
-# The ledger (``_native.PoolLedger``): int64 words in a shared block,
-# ``2 + 2 * slots`` of them: the next task to be taken, the tasks sent, and
-# per slot the task its worker runs (or idle) and whether it started.
-def ledger_size(slots):
-    """Bytes of the ledger of ``slots`` workers."""
-    return 8 * (2 + 2 * slots)
+# The ledger (``_native.PoolLedger``): int64 words in a shared block: the
+# next task to be taken, the tasks sent, and per slot the task its worker
+# runs (or idle) and whether it started. Its size for ``slots`` workers:
+ledger_size = _native.pool_ledger_size
 
 
 #: Workers that die before running the worker loop (their arguments could
@@ -92,10 +89,11 @@ _RESULT_HEADER = _native.POOL_RESULT_HEADER
 # b"L", seq, count, pid, exit code ("<cqqqq").
 _lost_notice = _native.pool_lost
 # End of results (the standard handlers' None).
-_END = b"N"
+_END = _native.POOL_END
 
 # Task kinds.
-_CALL, _CALL_KW, _MAP, _STARMAP, STOP = range(5)
+_CALL, _CALL_KW, _MAP, _STARMAP = _native.POOL_CALL, _native.POOL_CALL_KW, _native.POOL_MAP, _native.POOL_STARMAP
+STOP = _native.POOL_STOP
 
 # "pid" of a lost-task message for tasks failed because the pool is broken.
 NOT_RUN = _native.POOL_NOT_RUN_PID
@@ -105,18 +103,9 @@ NOT_RUN = _native.POOL_NOT_RUN_PID
 NOTHING = (-1, -1, None)
 
 
-def ended_how(exitcode):
-    """How a process with exit code ``exitcode`` ended, for messages
-    ("was killed by SIGKILL", "exited with code 1")."""
-    if exitcode is None:
-        return "ended"
-    if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = "signal %d" % -exitcode
-        return "was killed by %s" % name
-    return "exited with code %d" % exitcode
+# How a process with exit code ``exitcode`` ended, for messages ("was
+# killed by SIGKILL", "exited with code 1"; None: "ended").
+ended_how = _native.pool_ended_how
 
 
 def main_import_error(ctx):
