@@ -898,6 +898,68 @@ def test_hpe_native_synchronisation_objects_and_queue_across_nodes(cluster):
     assert "native 120 [0, 1, 2] [0, 0, 0]" in r.stdout, r.stdout
     _assert_clean(cluster)
 
+def test_a_process_group_spread_over_nodes_by_policies(cluster):
+    # HPE Dragon's ProcessGroup: templates placed by policy on node2 and
+    # node3 report where they ran; a failing rank on node3 is the group's
+    # error (exit codes in DragonUserCodeError), and a restarted group's
+    # processes are killed across nodes by kill().
+    script = _script(cluster, "group.py", """
+        import os, socket, time
+        import multiprocessing as mp
+        from dragon.infrastructure.policy import Policy
+        from dragon.native.process import ProcessTemplate
+        from dragon.native.process_group import DragonUserCodeError, ProcessGroup
+
+        def report(q):
+            q.put(socket.gethostname())
+
+        def fail():
+            raise SystemExit(7)
+
+        def forever(q):
+            q.put(socket.gethostname())
+            time.sleep(600)
+
+        if __name__ == "__main__":
+            q = mp.Queue()
+            pg = ProcessGroup()
+            pg.add_process(2, ProcessTemplate(target=report, args=(q,), policy=Policy(host_name="node2")))
+            pg.add_process(2, ProcessTemplate(target=report, args=(q,), policy=Policy(host_name="node3")))
+            pg.init()
+            pg.start()
+            pg.join(120)
+            print("hosts", sorted(q.get(timeout=60) for _ in range(4)))
+            pg.close()
+
+            pg = ProcessGroup()
+            pg.add_process(1, ProcessTemplate(target=fail, policy=Policy(host_name="node3")))
+            pg.init()
+            pg.start()
+            try:
+                pg.join(120)
+            except DragonUserCodeError as e:
+                print("error", e.exit_codes if hasattr(e, "exit_codes") else e)
+            pg.close()
+
+            pg = ProcessGroup(restart=True)
+            pg.add_process(2, ProcessTemplate(target=forever, args=(q,), policy=Policy(host_name="node2")))
+            pg.init()
+            pg.start()
+            print("running on", sorted(q.get(timeout=60) for _ in range(2)))
+            pg.kill()
+            pg.join(120)
+            print("killed", sorted(code for _, code in pg.inactive_puids), "running", len(pg.puids))
+            pg.close()
+            print("done")
+        """)
+    r = _run(cluster, script)
+    _ok(r)
+    out = r.stdout
+    assert "hosts ['node2', 'node2', 'node3', 'node3']" in out, out
+    assert re.search(r"^error .*7", out, re.M), out
+    assert "running on ['node2', 'node2']" in out and "killed [-9, -9] running 0" in out and "done" in out, out
+    _assert_clean(cluster)
+
 def test_ddict_across_nodes(cluster):
     script = _script(cluster, "ddict.py", ON_NODE + """
         import multiprocessing as mp, os
