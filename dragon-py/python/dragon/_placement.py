@@ -44,7 +44,7 @@ _LOCAL_TARGETS = {
     ("dragon._pool_part", "worker"),
     ("multiprocessing.pool", "worker"),
     ("multiprocessing.managers", "BaseManager._run_server"),
-    ("dragon.data.ddict", "_manager_main"),
+    ("dragon.data._managers", "manager_main"),
 }
 
 

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return _top.main(argv[1:])
     if argv[:1] == ["ddict-repair"]:
-        from .data.ddict import repair_main
+        from .data._managers import repair_main
 
         return repair_main(argv[1:])
     if not argv:

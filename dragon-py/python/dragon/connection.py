@@ -18,7 +18,9 @@ explicit ``close()`` at once; a death is noticed within 100 ms.
 ``multiprocessing.reduction.send_handle``/``recv_handle`` (descriptors are
 passed over the socket) and becomes readable when the peer is gone, but
 not when a message arrives: wait for messages with :func:`wait` (which
-``import dragon`` installs as ``multiprocessing.connection.wait``).
+``import dragon`` installs as ``multiprocessing.connection.wait``; it is
+defined in ``dragon._wait``, and a connection takes part in it through its
+``_dragon_*`` methods).
 
 ``recv_bytes(maxlength)`` on a message that is too long raises ``OSError``
 and keeps the message for the next receive (the standard library drops it
@@ -27,17 +29,15 @@ and disables the connection).
 from __future__ import annotations
 
 import errno
-import os
-import select
 import socket
-import threading
 import time
 
 from multiprocessing import BufferTooShort, reduction, util
-from multiprocessing import connection as _mp_connection
 
 from . import _native, _wire
 from ._lifetime import object_created
+from ._wait import install_wait as install_wait  # `import dragon` installs it (dragon.context)
+from ._wait import wait
 
 __all__ = ["Connection", "Pipe", "wait"]
 
@@ -45,8 +45,6 @@ __all__ = ["Connection", "Pipe", "wait"]
 PIPE_CAPACITY = 256
 #: Bytes per slot.
 SLOT_SIZE = 256
-
-_stdlib_wait = _mp_connection.wait
 
 
 class Connection:
@@ -310,6 +308,9 @@ class Connection:
             return True  # stdlib: a closed connection is reported ready
         return self._peek(False)
 
+    def _dragon_peer_closed(self):
+        return self._peer_closed()
+
     # -- pickling -----------------------------------------------------------------
     def __reduce__(self):
         self._check_closed()
@@ -348,161 +349,3 @@ def Pipe(duplex=True):
         a.close()
         b.close()
         raise
-
-
-# ---------------------------------------------------------------------------
-# wait
-# ---------------------------------------------------------------------------
-
-class _FdWatcher:
-    """A daemon thread that waits for descriptors on behalf of one
-    :func:`wait` at a time and rings its doorbell channel when one is ready."""
-
-    def __init__(self):
-        self._r, self._w = os.pipe()
-        os.set_blocking(self._r, False)
-        os.set_blocking(self._w, False)
-        self._cv = threading.Condition()
-        self._job = None
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, name="dragon-wait-fds", daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        while True:
-            with self._cv:
-                while self._job is None:
-                    self._cv.wait()
-                fds, bell = self._job
-            p = select.poll()
-            for fd in fds:
-                p.register(fd, select.POLLIN)
-            p.register(self._r, select.POLLIN)
-            while True:
-                try:
-                    events = p.poll()
-                except OSError:
-                    events = [(-1, 0)]
-                fired = any(fd != self._r for fd, _ in events)
-                if fired:
-                    bell.ring()
-                try:
-                    while os.read(self._r, 64):
-                        pass
-                except BlockingIOError:
-                    pass
-                with self._cv:
-                    # A byte left by an earlier stop() is no reason to end.
-                    if fired or self._stop:
-                        self._job = None
-                        self._stop = False
-                        self._cv.notify_all()
-                        break
-
-    def active(self):
-        """Whether a job is being watched (it ends when a descriptor fires)."""
-        with self._cv:
-            return self._job is not None
-
-    def start(self, fds, bell):
-        with self._cv:
-            self._job = (fds, bell)
-            self._stop = False
-            self._cv.notify_all()
-
-    def stop(self):
-        with self._cv:
-            if self._job is None:
-                return
-            self._stop = True
-            try:
-                os.write(self._w, b"x")
-            except BlockingIOError:
-                pass
-            while self._job is not None:
-                self._cv.wait()
-
-
-_watchers = []
-_watchers_lock = threading.Lock()
-_watchers_pid = os.getpid()
-
-
-def _take_watcher():
-    global _watchers, _watchers_pid, _watchers_lock
-    if _watchers_pid != os.getpid():  # threads do not survive fork
-        _watchers, _watchers_pid, _watchers_lock = [], os.getpid(), threading.Lock()
-    with _watchers_lock:
-        if _watchers:
-            return _watchers.pop()
-    return _FdWatcher(), _native.Channel.doorbell()
-
-
-def _give_watcher(w):
-    with _watchers_lock:
-        if len(_watchers) < 4:
-            _watchers.append(w)
-
-
-def _eof_check(objs):
-    conns = [o for o in objs if isinstance(o, Connection)]
-    if not conns:
-        return None
-    return lambda: any(c._peer_closed() for c in conns)
-
-
-def wait(object_list, timeout=None):
-    """Wait until one or more of ``object_list`` is ready; return the ready
-    ones (``[]`` on timeout).
-
-    Accepts dragon connections and queue readers (ready: a message, or EOF)
-    mixed with anything the standard ``multiprocessing.connection.wait``
-    accepts (descriptors, objects with ``fileno()`` such as process
-    sentinels and standard connections). Both kinds wake it at once.
-    """
-    dragon, other = [], []
-    for o in object_list:
-        (dragon if hasattr(o, "_dragon_wait_channel") else other).append(o)
-    if not dragon:
-        return _stdlib_wait(object_list, timeout)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    watcher = None
-    try:
-        while True:
-            ready = [o for o in dragon if o._dragon_ready()]
-            if other:
-                ready += _stdlib_wait(other, 0)
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if ready or (remaining is not None and remaining <= 0):
-                return ready
-            chans = [ch for ch in (o._dragon_wait_channel() for o in dragon) if ch is not None]
-            if other:
-                if watcher is None:
-                    watcher = _take_watcher()
-                    fds = [o if isinstance(o, int) else o.fileno() for o in other]
-                if not watcher[0].active():
-                    # (Re)arm: a descriptor that fired may have been read by
-                    # someone else meanwhile.
-                    watcher[1].drain()
-                    watcher[0].start(fds, watcher[1])
-                chans.append(watcher[1])
-            _native.select(chans, remaining, _eof_check(dragon))
-    finally:
-        if watcher is not None:
-            watcher[0].stop()
-            watcher[1].drain()
-            _give_watcher(watcher)
-
-
-def install_wait():
-    """Make ``multiprocessing.connection.wait`` (and the copy
-    ``multiprocessing.pool`` imported, if it is loaded) this module's
-    :func:`wait`, which hands anything that is not a dragon object to the
-    standard one."""
-    import sys
-
-    if _mp_connection.wait is not wait:
-        _mp_connection.wait = wait
-    pool = sys.modules.get("multiprocessing.pool")
-    if pool is not None and getattr(pool, "wait", None) is _stdlib_wait:
-        pool.wait = wait

@@ -32,22 +32,53 @@ with :class:`DDictPersistCorruptError` and changes nothing on disk;
 ``restore=True, repair=True`` (or ``dragon ddict-repair <persist_path>
 <name>``) keeps every valid record and rewrites the files. See
 ``docs/ddict.md``.
+
+This module is the :class:`DDict` and the names users import: the
+exceptions are defined in ``dragon.data._errors``, the checkpoint persister
+classes in ``dragon.data._persisters`` and the manager processes (start,
+body, stop, ``dragon ddict-repair``) in ``dragon.data._managers``; the
+exceptions and persister classes say ``dragon.data.ddict`` as their
+``__module__`` (in tracebacks and pickles), as before.
 """
 from __future__ import annotations
 
 import os
 import pickle
-import sys
 import time
 import warnings
 from collections.abc import Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
 
 if TYPE_CHECKING:
-    from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
 
 from .. import _native
+from ._errors import (
+    DDictCheckpointSync,
+    DDictCheckpointSyncError,
+    DDictDestroyedError,
+    DDictError,
+    DDictFrozenError,
+    DDictFullError,
+    DDictFutureCheckpoint,
+    DDictFutureCheckpointError,
+    DDictManagerDied,
+    DDictManagerFull,
+    DDictPersistCheckpointError,
+    DDictPersistCorruptError,
+    DDictPersistError,
+    DDictRepairWarning,
+    DDictTimeoutError,
+)
+from ._managers import repair_main as repair_main  # `dragon ddict-repair`, importable from here as before
+from ._managers import report_lines, shard_nodes, start_managers, stop, stop_raw
+from ._persisters import (
+    CheckpointPersister,
+    DAOSCheckpointPersister,
+    NULLCheckpointPersister,
+    PosixCheckpointPersister,
+    check_persister,
+)
 
 __all__ = [
     "DDict",
@@ -73,130 +104,6 @@ __all__ = [
     "DAOSCheckpointPersister",
     "strip_pickled_bytes",
 ]
-
-
-class DDictError(Exception):
-    """Base of every DDict error."""
-
-
-class DDictFullError(DDictError):
-    """A put did not fit in its shard; the previous value is intact."""
-
-
-#: HPE Dragon's name for :class:`DDictFullError`.
-DDictManagerFull = DDictFullError
-
-
-class DDictManagerDied(DDictError):
-    """A manager process died; the DDict cannot be used any more."""
-
-
-class DDictFrozenError(DDictError):
-    """A write to a frozen DDict."""
-
-
-class DDictDestroyedError(DDictError):
-    """The DDict was destroyed."""
-
-
-class DDictPersistError(DDictError):
-    """A durable write could not be logged, or a log could not be read."""
-
-
-class DDictPersistCorruptError(DDictPersistError):
-    """A log or snapshot is damaged (more than a write torn by a crash):
-    the restore was refused and nothing on disk was changed. Restore with
-    ``repair=True`` (or run ``dragon ddict-repair <persist_path> <name>``)
-    to keep every valid record.
-
-    Attributes: ``path`` (the file), ``offset`` (byte where the damage
-    begins), ``what`` (what was found there), ``records_after`` (valid
-    records after it), ``bytes_after`` (bytes from ``offset`` to the end of
-    the file), ``spans`` (damaged spans in the file).
-    """
-
-    path = None
-    offset = None
-    what = None
-    records_after = None
-    bytes_after = None
-    spans = None
-
-
-class DDictRepairWarning(UserWarning):
-    """A repair skipped damaged bytes (``DDict(..., repair=True)``); the
-    details are in ``DDict.repair_report``."""
-
-
-class DDictTimeoutError(DDictError, TimeoutError):
-    """A wait (``wait_for``, manager start-up) timed out."""
-
-
-class DDictCheckpointSync(DDictError):
-    """The handle's checkpoint fell out of the working set (it was merged
-    into the unversioned state): ``sync_to_newest_checkpoint()``."""
-
-
-#: HPE Dragon's newer name for :class:`DDictCheckpointSync`.
-DDictCheckpointSyncError = DDictCheckpointSync
-
-#: HPE Dragon's name for a failure to persist or restore a checkpoint: here
-#: every write of a durable DDict is persisted, and :class:`DDictPersistError`
-#: is that failure.
-DDictPersistCheckpointError = DDictPersistError
-
-
-class DDictFutureCheckpointError(DDictError):
-    """HPE Dragon raises this for a batch put at a checkpoint no manager has
-    reached yet. This DDict never raises it: a handle may move to any
-    checkpoint, and its writes there create it (``bput`` is unversioned). It
-    exists so that programs that catch it import it."""
-
-
-#: HPE Dragon's older name for :class:`DDictFutureCheckpointError`.
-DDictFutureCheckpoint = DDictFutureCheckpointError
-
-
-class CheckpointPersister:
-    """HPE Dragon's base of the classes given as ``DDict(persister_class=...)``,
-    which say where checkpoints are persisted. Here persistence is the
-    DDict's own write-ahead log (``persist_path``: every acknowledged write,
-    checkpoint versions included, survives the program being killed), and a
-    persister class only selects it: :class:`NULLCheckpointPersister` (no
-    persistence, the default), :class:`PosixCheckpointPersister` (the log,
-    in files under ``persist_path``). Not meant to be instantiated."""
-
-    #: Whether a DDict with this persister is durable.
-    durable = False
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        raise TypeError("%s is given to DDict(persister_class=...) as a class, not instantiated"
-                        % type(self).__name__)
-
-
-class NULLCheckpointPersister(CheckpointPersister):
-    """No persistence: the DDict lives in memory only (the default)."""
-
-
-class PosixCheckpointPersister(CheckpointPersister):
-    """Persistence in files on a POSIX file system, under ``persist_path``:
-    the DDict's write-ahead log and snapshots (``docs/ddict.md``,
-    "Persistence"); restore with ``restore=True`` (or :meth:`DDict.open`)."""
-
-    durable = True
-
-
-_DAOS_MISSING = ("DAOSCheckpointPersister is not available: this runtime has no DAOS client. Use "
-                 "persister_class=PosixCheckpointPersister with persist_path=<a directory> (a write-ahead log "
-                 "on any POSIX file system, a DAOS one mounted through dfuse included)")
-
-
-class DAOSCheckpointPersister(CheckpointPersister):
-    """Not available here (no DAOS client): a DDict given it raises
-    ``NotImplementedError`` saying to use :class:`PosixCheckpointPersister`."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError(_DAOS_MISSING)
 
 
 def strip_pickled_bytes(byte_str: bytes) -> bytes:
@@ -250,134 +157,6 @@ class _Pickle:
 
     loads = staticmethod(pickle.loads)
 
-
-def _check_persister(persister_class: object, persist_path: object) -> None:
-    if persister_class is None:
-        return
-    if persister_class is DAOSCheckpointPersister:
-        raise NotImplementedError(_DAOS_MISSING)
-    if not (isinstance(persister_class, type) and issubclass(persister_class, CheckpointPersister)):
-        raise TypeError("persister_class must be NULLCheckpointPersister or PosixCheckpointPersister, not %r"
-                        % (persister_class,))
-    if persister_class.durable and persist_path is None:
-        raise ValueError("persister_class=%s needs persist_path=<a directory> for its files"
-                         % persister_class.__name__)
-    if not persister_class.durable and persist_path is not None:
-        raise ValueError("persister_class=%s persists nothing, but persist_path=%r was given: use "
-                         "PosixCheckpointPersister, or drop persist_path" % (persister_class.__name__, persist_path))
-
-
-def _manager_main(desc: str, index: int, size: int, owner_pid: int, owner_start: int, conn: Connection,
-                  persist_path: str | None, restore: bool, working_set: int = 1) -> None:
-    """Body of a manager process."""
-    told = []
-    if owner_pid == 0:
-        # A manager on another node than its DDict's creator (whose pid
-        # means nothing here) lives as long as the run's template on its
-        # node, its parent: until the run ends or the DDict is destroyed.
-        owner_pid, owner_start = os.getppid(), 0
-
-    def ready() -> None:
-        conn.send(("ready", os.getpid()))
-        told.append(True)
-
-    try:
-        _native.ddict_serve(desc, index, size, owner_pid, owner_start, ready, persist_path, restore,
-                            working_set)
-    except BaseException as e:  # noqa: BLE001 - reported to the creator
-        if not told:
-            try:
-                conn.send(("error", "%s: %s" % (type(e).__name__, e), _error_info(e)))
-            except OSError:
-                pass
-        os._exit(1)
-    finally:
-        conn.close()
-
-
-_CORRUPT_ATTRS = ("path", "offset", "what", "records_after", "bytes_after", "spans")
-
-
-def _error_info(e: BaseException) -> tuple[str, str, dict[str, Any]] | None:
-    """What the creator needs to raise a manager's DDict error as its own
-    type: ``(class name, message, attributes)``, or None."""
-    if isinstance(e, DDictError) and globals().get(type(e).__name__) is type(e):
-        attrs = {a: getattr(e, a) for a in _CORRUPT_ATTRS if getattr(e, a, None) is not None}
-        return type(e).__name__, str(e), attrs
-    return None
-
-
-def _manager_error(i: int, detail: str, info: Any) -> DDictError:
-    """The exception for manager ``i`` failing to start."""
-    if info is not None:
-        name, message, attrs = info
-        cls = globals().get(name)
-        if isinstance(cls, type) and issubclass(cls, DDictError):
-            e = cls("DDict manager %d failed to start: %s" % (i, message))
-            for a, v in attrs.items():
-                setattr(e, a, v)
-            return e
-    return DDictError("DDict manager %d failed to start: %s" % (i, detail))
-
-
-def _report_lines(report: list[dict[str, Any]]) -> list[str]:
-    """Human-readable lines of a repair report."""
-    lines = []
-    for r in report:
-        what = "rewritten" if r["rewritten"] else "clean, left as it is"
-        lines.append("%s: %d records kept, %s" % (r["path"], r["records"], what))
-        for offset, nbytes, lost, why in r["skipped"]:
-            lines.append("  skipped %d bytes at byte %d (%s)%s" % (
-                nbytes, offset, why, "" if lost is None else "; %d records lost" % lost))
-        if r["torn_tail"] is not None:
-            offset, nbytes, _, why = r["torn_tail"]
-            lines.append("  dropped a torn tail of %d bytes at byte %d (%s)" % (nbytes, offset, why))
-        if r["damaged_copy"]:
-            lines.append("  the damaged original is kept as %s" % r["damaged_copy"])
-    return lines
-
-
-def repair_main(argv: list[str]) -> int:
-    """``dragon ddict-repair <persist_path> <name>``."""
-    if len(argv) != 2 or argv[0] in ("-h", "--help"):
-        sys.stderr.write("usage: dragon ddict-repair <persist_path> <name>\n\n"
-                         "Repair the persistence files of a durable DDict that no program is "
-                         "using:\nkeep every valid record, report what was skipped, rewrite the "
-                         "files clean.\n")
-        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
-    path, name = argv
-    if not os.path.isdir(path):
-        sys.stderr.write("dragon ddict-repair: %s is not a directory\n" % path)
-        return 2
-    try:
-        report = _native.ddict_repair(path, name)
-    except DDictError as e:
-        sys.stderr.write("dragon ddict-repair: %s\n" % e)
-        return 1
-    if not report:
-        sys.stderr.write("dragon ddict-repair: no files of a DDict named %r in %s\n" % (name, path))
-        return 1
-    for line in _report_lines(report):
-        print(line)
-    skipped = sum(len(r["skipped"]) for r in report)
-    print("%d files, %d damaged spans skipped" % (len(report), skipped))
-    return 0
-
-
-def _stop(client: _native.DDictClient, procs: list[BaseProcess]) -> None:
-    """Destroy at exit (the creator's finalizer)."""
-    try:
-        client.destroy()
-    except Exception:  # noqa: BLE001 - already gone
-        pass
-    for p in procs:
-        try:
-            p.join(5)
-            if p.exitcode is None:
-                p.kill()
-                p.join(1)
-        except Exception:  # noqa: BLE001
-            pass
 
 
 class DDict:
@@ -451,29 +230,29 @@ class DDict:
                              % (total_mem, size))
         if persist_path is None and persist_base_name:
             persist_path = persist_base_name
-        _check_persister(persister_class, persist_path)
+        check_persister(persister_class, persist_path)
         if repair and not (restore and persist_path is not None):
             raise ValueError("repair=True needs persist_path and restore=True")
         if name is None:
             name = "ddict" if persist_path is not None else "dd%s" % os.urandom(4).hex()
         self._setup(None, timeout, key_pickler, value_pickler)
-        shard_nodes = _shard_nodes(managers_per_node, nodes)
+        nodes_of_shards = shard_nodes(managers_per_node, nodes)
         desc = _native.ddict_descriptor(name, managers, persist_path is not None,
-                                        shard_nodes)
+                                        nodes_of_shards)
         if repair:
             assert persist_path is not None  # checked above
             self.repair_report = _native.ddict_repair(os.fspath(persist_path), name, managers)
             if any(r["skipped"] for r in self.repair_report):
                 warnings.warn("DDict %r: repair skipped damaged bytes:\n%s"
-                              % (name, "\n".join(_report_lines(self.repair_report))),
+                              % (name, "\n".join(report_lines(self.repair_report))),
                               DDictRepairWarning, stacklevel=2)
-        self._procs = _start_managers(desc, managers, size, timeout,
-                                      None if persist_path is None else os.fspath(persist_path),
-                                      restore, working_set_size, shard_nodes)
+        self._procs = start_managers(desc, managers, size, timeout or START_TIMEOUT,
+                                     None if persist_path is None else os.fspath(persist_path),
+                                     restore, working_set_size, nodes_of_shards)
         try:
             self._c = _native.DDictClient(desc)
         except BaseException:
-            _stop_raw(desc, self._procs)
+            stop_raw(desc, self._procs)
             raise
         self._creator = True
         from .. import _registry
@@ -484,7 +263,7 @@ class DDict:
         # Runs at exit (not when this handle is collected: other processes
         # may still use the DDict), before multiprocessing terminates
         # daemonic children.
-        self._finalizer = util.Finalize(None, _stop, args=(self._c, self._procs), exitpriority=10)
+        self._finalizer = util.Finalize(None, stop, args=(self._c, self._procs), exitpriority=10)
 
     def _setup(self, client: _native.DDictClient | None, timeout: float | None, key_pickler: Any,
                value_pickler: Any) -> None:
@@ -983,85 +762,3 @@ def _rebuild(serialized: str, timeout: float | None, key_pickler: Any, value_pic
         d._c.set_pin(pin)
         d._pin = pin
     return d
-
-
-def _stop_raw(desc: str, procs: list[BaseProcess]) -> None:
-    try:
-        _native.DDictClient(desc).destroy()
-    except Exception:  # noqa: BLE001
-        pass
-    for p in procs:
-        if p.exitcode is None:
-            p.kill()
-        p.join(1)
-
-
-def _shard_nodes(managers_per_node: int, num_nodes: int) -> list[int]:
-    """The node of each shard: ``managers_per_node`` on each of
-    ``num_nodes`` nodes from this one (all here on one node)."""
-    from .. import _remote
-
-    here = _remote.this_node()
-    nodes = [here] * num_nodes
-    if _remote.multinode():
-        indexes = sorted(n["index"] for n in _remote.nodes())
-        if num_nodes > len(indexes):
-            raise ValueError("num_nodes=%d, but the run has %d nodes" % (num_nodes, len(indexes)))
-        start = indexes.index(here) if here in indexes else 0
-        nodes = [indexes[(start + k) % len(indexes)] for k in range(num_nodes)]
-    return [node for node in nodes for _ in range(managers_per_node)]
-
-
-def _start_managers(desc: str, n: int, size: int, timeout: float | None, persist_path: str | None, restore: bool,
-                    working_set: int = 1, nodes: list[int] | None = None) -> list[BaseProcess]:
-    import multiprocessing
-    from multiprocessing.connection import wait
-
-    ctx: Any = multiprocessing.get_context("dragon")  # the dragon context (registered by import dragon)
-    Pipe = ctx.Pipe  # its ends cross nodes
-    pid, start = _native.ddict_self_identity()
-    here = _native.this_node()
-    procs, conns = [], []
-    try:
-        for i in range(n):
-            r, w = Pipe(duplex=False)
-            node = None if nodes is None else nodes[i]
-            # The creator's identity only means something on its own node.
-            owner = (pid, start) if node is None or node == here else (0, 0)
-            p = ctx.Process(target=_manager_main,
-                            args=(desc, i, size, owner[0], owner[1], w, persist_path, restore,
-                                  working_set),
-                            name="ddict-manager-%d" % i, daemon=True)
-            if node is not None:
-                p._dragon_node = node
-            p.start()
-            w.close()
-            procs.append(p)
-            conns.append(r)
-        end = time.monotonic() + (timeout or START_TIMEOUT)
-        for i, (p, r) in enumerate(zip(procs, conns)):
-            while True:
-                left = end - time.monotonic()
-                if left <= 0:
-                    raise DDictTimeoutError("DDict manager %d did not start within %s s"
-                                            % (i, timeout or START_TIMEOUT))
-                ready = wait([r, p.sentinel], left)
-                if r in ready:
-                    try:
-                        what, detail, *info = r.recv()
-                    except EOFError:
-                        what, detail, info = "error", "exited with code %s" % p.exitcode, []
-                    if what == "ready":
-                        break
-                    raise _manager_error(i, detail, info[0] if info else None)
-                if p.sentinel in ready:
-                    p.join(1)
-                    raise DDictError("DDict manager %d died while starting (exit code %s)"
-                                     % (i, p.exitcode))
-    except BaseException:
-        _stop_raw(desc, procs)
-        raise
-    finally:
-        for r in conns:
-            r.close()
-    return procs
