@@ -724,6 +724,98 @@ def test_synchronisation_objects_across_nodes(cluster):
     _assert_clean(cluster)
 
 
+def test_lock_releases_and_dead_waiters_across_nodes_as_on_one_node(cluster):
+    # What one node does, from another node: a held Lock released by a
+    # process that does not hold it (a Lock is a semaphore of one), a free
+    # one released is ValueError, an RLock released by a non-owner is
+    # AssertionError; a waiter killed on another node takes nothing (no
+    # condition notification, no semaphore unit); a Condition made on
+    # another node than its lock's is a clear error.
+    script = _script(cluster, "lock_rules.py", ON_NODE + """
+        import multiprocessing as mp, time
+
+        def release_it(lock, q):
+            try:
+                lock.release()
+                q.put("released")
+            except BaseException as e:
+                q.put("%s: %s" % (type(e).__name__, e))
+
+        def sem_waiter(sem, q):
+            q.put("waiting")
+            sem.acquire()
+            q.put("unreachable: a killed waiter took a unit")
+
+        def cond_waiter(cond, q, tag, t):
+            with cond:
+                q.put(("waiting", tag))
+                q.put(("woken", tag, cond.wait(t)))
+
+        def cond_here(lock, q):
+            try:
+                mp.Condition(lock)
+                q.put("made")
+            except Exception as e:
+                q.put("%s: %s" % (type(e).__name__, e))
+
+        def until(what, check):
+            deadline = time.monotonic() + 120
+            while not check():
+                assert time.monotonic() < deadline, "never: " + what
+                time.sleep(0.01)
+
+        if __name__ == "__main__":
+            q = mp.Queue()
+            lock = mp.Lock()
+            lock.acquire()
+            on(1, release_it, lock, q).join(60)
+            print("held lock released from node2:", q.get(timeout=60), "free:", lock.acquire(False))
+            lock.release()
+            on(2, release_it, lock, q).join(60)
+            print("free lock released from node3:", q.get(timeout=60).split(":")[0])
+            on(1, release_it, mp.RLock(), q).join(60)
+            print("rlock released from node2:", q.get(timeout=60).split(":")[0])
+
+            cond = mp.Condition()
+            dead = on(1, cond_waiter, cond, q, "dead", None)
+            q.get(timeout=60)
+            until("the waiter on node2 waits", lambda: cond._sleeping_count.get_value() == 1)
+            dead.kill()
+            dead.join(60)
+            until("the killed waiter is no longer counted", lambda: cond._sleeping_count.get_value() == 0)
+            live = on(0, cond_waiter, cond, q, "live", 120)
+            q.get(timeout=60)
+            until("the live waiter waits", lambda: cond._sleeping_count.get_value() == 1)
+            with cond:
+                cond.notify()
+            print("live waiter:", q.get(timeout=60))
+            live.join(60)
+
+            # (If the kill comes before the wait reaches node1, this part
+            # cannot tell; the condition's above always can.)
+            sem = mp.Semaphore(0)
+            p = on(2, sem_waiter, sem, q)
+            q.get(timeout=60)
+            p.kill()
+            p.join(60)
+            sem.release()
+            print("unit left for the living:", sem.acquire(timeout=120))
+
+            on(1, cond_here, mp.Lock(), q).join(60)
+            print("condition of a lock of node1 made on node2:", q.get(timeout=60))
+        """)
+    r = _run(cluster, script)
+    _ok(r)
+    out = r.stdout
+    assert "held lock released from node2: released free: True" in out, out
+    assert "free lock released from node3: ValueError" in out, out
+    assert "rlock released from node2: AssertionError" in out, out
+    assert "live waiter: ('woken', 'live', True)" in out, out
+    assert "unit left for the living: True" in out and "unreachable" not in out, out
+    assert ("condition of a lock of node1 made on node2: ValueError: a Condition is made on its lock's node: "
+            "this lock is on node 0") in out, out
+    _assert_clean(cluster)
+
 def test_a_barrier_action_runs_in_the_last_party_on_any_node(cluster):
     script = _script(cluster, "barrier_action.py", ON_NODE + """
         import os, sys, threading

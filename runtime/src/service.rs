@@ -813,6 +813,8 @@ impl Service {
             // released (its connection ends when the process does).
             Role::Direct(d) => {
                 if d.synced {
+                    // Its waits end first, then what it held is released.
+                    self.sync.conn_gone(d.node, direct_conn_id(t));
                     let gone = SyncRequest::encode(syncserve::OWNER_GONE, d.pid, 0, 0, 0, &[], None);
                     let noop: Post = Arc::new(|_| {});
                     self.sync.handle(d.node, 0, &gone, &noop);
@@ -1501,7 +1503,7 @@ impl Service {
                 return self.send_reply(t, r);
             }
         };
-        let conn = t.0 as u64 + 1;
+        let conn = direct_conn_id(t);
         match f.kind {
             chp::CANCEL => {
                 if let Some(Conn { role: Role::Direct(d), .. }) = self.conns.get(&t) {
@@ -2009,4 +2011,10 @@ fn read_full(f: &std::fs::File, buf: &mut [u8]) -> usize {
         }
     }
     got
+}
+
+/// How the synchronisation server names a direct connection's requests
+/// (never 0: that is the relayed requests' connection).
+fn direct_conn_id(t: Token) -> u64 {
+    t.0 as u64 + 1
 }

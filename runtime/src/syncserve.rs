@@ -15,7 +15,11 @@
 //! `Condition` releases and re-acquires the lock in the proxy. When the
 //! owner's process ends (its node's service says so) or its node is lost,
 //! its proxies release everything they hold, as a dead local process's
-//! locks are taken over.
+//! locks are taken over. A plain `Lock` may be released by anyone while it
+//! is held (it is a semaphore of one): a release from an owner that does
+//! not hold it goes to the proxy that does, or straight to the lock if a
+//! process of this node holds it; and a proxy lets go at its owner's end
+//! only of a hold that is still its own ([`LockHolders`]).
 //!
 //! Semaphores, events and barriers have no owners: their waits run on
 //! threads of their own (`transport_tcp::waiters`), cancellable.
@@ -243,6 +247,11 @@ fn release_failure(id: u64, e: ReleaseError) -> Reply {
     Reply::error(id, c, &e.to_string())
 }
 
+/// A recursive lock released by a thread that does not own it.
+fn not_owner(id: u64) -> Reply {
+    Reply::error(id, code::NOT_OWNER, "attempt to release recursive lock not owned by thread")
+}
+
 /// What a lock proxy is asked to do.
 enum Cmd {
     Acquire { id: u64, timeout: Option<Duration>, cancel: Arc<AtomicBool>, post: Post },
@@ -270,9 +279,39 @@ struct Proxy {
     inflight: Arc<AtomicUsize>,
 }
 
+/// Which remote owner's proxy holds each plain `Lock` (by handle), as far
+/// as this service knows: set by a proxy when it takes the lock (and when a
+/// condition wait takes it back), cleared when it releases it. A process
+/// of the lock's node may release a proxy's hold behind the service's back
+/// (a plain lock allows it): a hold is a proxy's only while the record
+/// names its owner and the lock word names this process.
+type LockHolders = Arc<std::sync::Mutex<HashMap<Vec<u8>, Owner>>>;
+
+/// Whether the plain lock `handle` is held by `owner`'s proxy (see
+/// [`LockHolders`]).
+fn held_by(holders: &LockHolders, handle: &[u8], owner: Owner, lock: &ShmLock) -> bool {
+    holders.lock().unwrap_or_else(|e| e.into_inner()).get(handle) == Some(&owner)
+        && lock.holder() == Some(std::process::id())
+}
+
 /// A lock proxy: one thread, the owner's stand-in.
-fn proxy(lock: Obj, cmds: crossbeam_channel::Receiver<Cmd>, inflight: Arc<AtomicUsize>) {
+fn proxy(
+    lock: Obj,
+    (handle, owner, holders): (Vec<u8>, Owner, LockHolders),
+    cmds: crossbeam_channel::Receiver<Cmd>,
+    inflight: Arc<AtomicUsize>,
+) {
     let mut depth: u32 = 0;
+    let note = |held: bool| {
+        if let Obj::Lock(_) = lock {
+            let mut h = holders.lock().unwrap_or_else(|e| e.into_inner());
+            if held {
+                h.insert(handle.clone(), owner);
+            } else if h.get(&handle) == Some(&owner) {
+                h.remove(&handle);
+            }
+        }
+    };
     let release = |lock: &Obj| -> Result<(), ReleaseError> {
         match lock {
             Obj::Lock(l) => l.release(),
@@ -281,6 +320,13 @@ fn proxy(lock: Obj, cmds: crossbeam_channel::Receiver<Cmd>, inflight: Arc<Atomic
         }
     };
     loop {
+        // A plain lock this proxy took may have been released by another
+        // process meanwhile: then it holds nothing.
+        if let Obj::Lock(l) = &lock {
+            if depth > 0 && !held_by(&holders, &handle, owner, l) {
+                depth = 0;
+            }
+        }
         let cmd = if depth == 0 {
             // Holding nothing, the proxy waits a while for its owner's next
             // request (a loop of acquire and release would otherwise start
@@ -296,9 +342,10 @@ fn proxy(lock: Obj, cmds: crossbeam_channel::Receiver<Cmd>, inflight: Arc<Atomic
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
             }
         } else {
-            match cmds.recv() {
+            match cmds.recv_timeout(PROXY_IDLE) {
                 Ok(cmd) => cmd,
-                Err(_) => break,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue, // still its?
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
             }
         };
         match cmd {
@@ -312,17 +359,26 @@ fn proxy(lock: Obj, cmds: crossbeam_channel::Receiver<Cmd>, inflight: Arc<Atomic
                 match r {
                     Ok(()) => {
                         depth += 1;
+                        note(true);
                         post(ok(id, 1));
                     }
                     Err(e) => post(wait_failure(id, e)),
                 }
             }
-            Cmd::Release { id, post } if depth == 0 => {
-                post(Reply::error(id, code::NOT_HELD, "release of a lock this thread does not hold"))
-            }
+            Cmd::Release { id, post } if depth == 0 => post(match &lock {
+                // Taken back from it meanwhile: released as anyone may.
+                Obj::Lock(l) => match l.release() {
+                    Ok(()) => ok(id, 0),
+                    Err(e) => release_failure(id, e),
+                },
+                _ => not_owner(id),
+            }),
             Cmd::Release { id, post } => match release(&lock) {
                 Ok(()) => {
                     depth -= 1;
+                    if depth == 0 {
+                        note(false);
+                    }
                     post(ok(id, 0));
                 }
                 Err(e) => post(release_failure(id, e)),
@@ -338,6 +394,9 @@ fn proxy(lock: Obj, cmds: crossbeam_channel::Receiver<Cmd>, inflight: Arc<Atomic
                     Obj::RLock(l) => cond.wait_with(&***l, timeout, &mut hook),
                     _ => unreachable!("proxies hold locks"),
                 };
+                // The wait took the lock back (another proxy may have held
+                // it meanwhile).
+                note(true);
                 post(match r {
                     Ok(w) => ok(id, i64::from(w.notified)),
                     Err(CondError::Interrupted { .. }) => {
@@ -355,7 +414,15 @@ fn proxy(lock: Obj, cmds: crossbeam_channel::Receiver<Cmd>, inflight: Arc<Atomic
         inflight.fetch_sub(1, Ordering::AcqRel);
     }
     inflight.store(CLOSED, Ordering::Release);
-    // The owner is gone: what it held is released, as a dead holder's.
+    // The owner is gone: what it held is released, as a dead holder's (a
+    // plain lock only if the hold is still this proxy's).
+    if let Obj::Lock(l) = &lock {
+        if depth > 0 && held_by(&holders, &handle, owner, l) {
+            note(false);
+            let _ = l.release();
+        }
+        return;
+    }
     while depth > 0 && release(&lock).is_ok() {
         depth -= 1;
     }
@@ -384,6 +451,8 @@ type CancelFlags = HashMap<(u32, u64, u64), Arc<AtomicBool>>;
 pub struct SyncServer {
     objects: HashMap<Vec<u8>, Obj>,
     proxies: HashMap<(Vec<u8>, Owner), Proxy>,
+    /// Which owner's proxy holds each plain lock.
+    lock_holders: LockHolders,
     /// Cancel flags of waits under way, by (node, connection, request id).
     waits: Arc<std::sync::Mutex<CancelFlags>>,
     /// Barrier waits whose last party runs the action on its node: how
@@ -467,7 +536,8 @@ impl SyncServer {
         let (tx, rx) = crossbeam_channel::unbounded();
         let inflight = Arc::new(AtomicUsize::new(1));
         let i2 = inflight.clone();
-        match std::thread::Builder::new().name("dragon-lock-proxy".into()).spawn(move || proxy(lock, rx, i2)) {
+        let whose = (handle.to_vec(), owner, self.lock_holders.clone());
+        match std::thread::Builder::new().name("dragon-lock-proxy".into()).spawn(move || proxy(lock, whose, rx, i2)) {
             Ok(_) => {
                 let _ = tx.send(cmd);
                 self.proxies.insert(key, Proxy { tx, inflight });
@@ -515,9 +585,27 @@ impl SyncServer {
                 self.send_to_proxy(r.handle, obj.clone(), owner, Cmd::Acquire { id, timeout: r.timeout, cancel, post });
                 None
             }
-            (LOCK_RELEASE, Obj::Lock(_) | Obj::RLock(_)) => {
+            (LOCK_RELEASE, Obj::Lock(l)) => {
+                // Anyone may release a held plain lock: its holder's proxy
+                // does (this owner's own, or another's), or, if a process of
+                // this node holds it, the release is made here.
+                let holder = self.lock_holders.lock().unwrap_or_else(|e| e.into_inner()).get(r.handle).copied();
+                let by = match holder {
+                    Some(h) if held_by(&self.lock_holders, r.handle, h, l) && self.holds(r.handle, h) => h,
+                    _ if self.holds(r.handle, owner) => owner,
+                    _ => {
+                        return Some(match l.release() {
+                            Ok(()) => ok(id, 0),
+                            Err(e) => release_failure(id, e),
+                        })
+                    }
+                };
+                self.send_to_proxy(r.handle, obj.clone(), by, Cmd::Release { id, post: post.clone() });
+                None
+            }
+            (LOCK_RELEASE, Obj::RLock(_)) => {
                 if !self.holds(r.handle, owner) {
-                    return Some(Reply::error(id, code::NOT_HELD, "release of a lock this thread does not hold"));
+                    return Some(not_owner(id));
                 }
                 self.send_to_proxy(r.handle, obj.clone(), owner, Cmd::Release { id, post: post.clone() });
                 None
@@ -677,7 +765,21 @@ impl SyncServer {
         }
     }
 
-    /// Release what the matching owners hold, and end their waits.
+    /// Connection `conn` that a process of node `node` made straight to
+    /// this service is gone: its waits under way end (a semaphore unit, a
+    /// notification or a barrier slot is then not taken for a process that
+    /// no longer waits), as the waits its node's service relays end when
+    /// their process goes.
+    pub fn conn_gone(&self, node: u32, conn: u64) {
+        for ((n, c, _), f) in self.waits.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            if *n == node && *c == conn {
+                f.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Release what the matching owners hold (their lock proxies end their
+    /// waits as they go).
     fn owner_gone(&mut self, matches: impl Fn(&Owner) -> bool) {
         // An action it was to run: the barrier breaks.
         self.actions.lock().unwrap_or_else(|e| e.into_inner()).retain(|(_, o), _| !matches(o));

@@ -203,6 +203,12 @@ class Condition:
             lock = RLock()
         if not isinstance(lock, (Lock, RLock)):
             raise TypeError("a dragon Condition needs a dragon Lock or RLock, not %s" % type(lock).__name__)
+        if isinstance(lock._semlock, _native.RemoteSync):
+            # The condition's waits release and take back its lock as one
+            # operation of its node.
+            raise ValueError("a Condition is made on its lock's node: this lock is on node %d; make the Condition "
+                             "there (where the lock was made) and pass it to this process"
+                             % lock._semlock.node)
         object_created()
         self._lock = lock
         self._cond = _native.Condition()
