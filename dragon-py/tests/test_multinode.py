@@ -948,6 +948,67 @@ def test_value_and_array_across_nodes(cluster):
     _assert_clean(cluster)
 
 
+def test_nested_fields_and_items_across_nodes(cluster):
+    # A Structure Value's array and struct fields and an Array of
+    # Structures' items, written from node2 (and node3, the wrappers passed
+    # on by node2): every write reaches node1's memory, as on one node.
+    script = _script(cluster, "nested.py", ON_NODE + """
+        import ctypes
+
+        class Inner(ctypes.Structure):
+            _fields_ = [("y", ctypes.c_int), ("z", ctypes.c_double)]
+
+        class Rec(ctypes.Structure):
+            _fields_ = [("arr", ctypes.c_int * 4), ("inner", Inner), ("x", ctypes.c_int),
+                        ("grid", (ctypes.c_int * 2) * 2), ("name", ctypes.c_char * 8), ("bits", ctypes.c_uint, 3)]
+
+        class Point(ctypes.Structure):
+            _fields_ = [("x", ctypes.c_int), ("y", ctypes.c_double)]
+
+        def edit(v, a, q, fwd):
+            v.arr[1] = 7
+            v.arr[2:4] = [8, 9]
+            v.inner.y = 3
+            v.inner.z = 2.5
+            v.grid[1][0] = 6
+            v.x, v.name, v.bits = 5, b"far", 5
+            a[0].x = 9
+            a[-1].y = 1.5
+            for p in a:
+                p.x += 10
+            a[1:][0].y = 4.5
+            with v.get_lock():
+                v.arr[0] += 1
+            fwd.put((v, a))
+            q.put((list(v.arr), v.arr[1:3], v.inner.y, v.inner.z, [list(r) for r in v.grid], v.x, v.name,
+                   v.bits, [(p.x, p.y) for p in a], len(v.arr), len(a)))
+
+        def third(fwd, q):
+            v, a = fwd.get(timeout=60)
+            v.grid[0][1] = 4
+            a[2].y = 6.5
+            q.put((type(v).__name__, v.grid[0][1], a[2].y))
+
+        if __name__ == "__main__":
+            q, fwd = mp.Queue(), mp.Queue()
+            v, a = mp.Value(Rec), mp.Array(Point, 3)
+            on(1, edit, v, a, q, fwd).join(60)
+            print("node2", q.get(timeout=60))
+            on(2, third, fwd, q).join(60)
+            print("node3", q.get(timeout=60))
+            print("node1", list(v.arr), v.inner.y, v.inner.z, [list(r) for r in v.grid], v.x, v.name, v.bits,
+                  [(p.x, p.y) for p in a])
+        """)
+    r = _run(cluster, script)
+    _ok(r)
+    out = r.stdout
+    seen = "([1, 7, 8, 9], [7, 8], 3, 2.5, [[0, 0], [6, 0]], 5, b'far', 5, [(19, 0.0), (10, 4.5), (10, 1.5)], 4, 3)"
+    assert "node2 " + seen in out, out
+    assert "node3 ('RemoteSynchronizedRec', 4, 6.5)" in out, out
+    assert ("node1 [1, 7, 8, 9] 3 2.5 [[0, 4], [6, 0]] 5 b'far' 5 [(19, 0.0), (10, 4.5), (10, 6.5)]") in out, out
+    _assert_clean(cluster)
+
+
 def test_hpe_native_synchronisation_objects_and_queue_across_nodes(cluster):
     # dragon.native's Lock, Semaphore, Event, Barrier and joinable Queue,
     # made on node1, used from processes on all three nodes.

@@ -309,6 +309,95 @@ def test_structure_value_pickles_by_handle(ctx):
     assert w.get_lock() == v.get_lock()
 
 
+class _Inner(ctypes.Structure):
+    _fields_ = [("y", ctypes.c_int), ("z", ctypes.c_double)]
+
+
+class _MyInt(ctypes.c_int):
+    pass
+
+
+class _Rec(ctypes.Structure):
+    _fields_ = [("arr", ctypes.c_int * 4), ("inner", _Inner), ("x", ctypes.c_int), ("grid", (ctypes.c_int * 2) * 2),
+                ("name", ctypes.c_char * 6), ("words", (ctypes.c_char * 3) * 2), ("mine", _MyInt),
+                ("lo", ctypes.c_uint, 3), ("hi", ctypes.c_uint, 5)]
+
+
+class _Across:
+    """A local block read and written as a block of another node is (a
+    RemoteBlock's read/write), checking that the wrapper's lock is held."""
+
+    node = 2
+
+    def __init__(self, block, lock):
+        self.mem, self.lock, self.calls = block.create_memoryview(), lock, 0
+
+    def read(self, offset, n):
+        assert self.lock._is_owned()
+        self.calls += 1
+        return bytes(self.mem[offset:offset + n])
+
+    def write(self, offset, data):
+        assert self.lock._is_owned()
+        self.calls += 1
+        self.mem[offset:offset + len(data)] = bytes(data)
+
+    def create_memoryview(self):
+        raise errors.NotLocalError("elsewhere")
+
+
+def _edit_nested(v, a):
+    """Writes into nested fields and items; what they read back."""
+    v.arr[1] = 7
+    v.arr[2:4] = [8, 9]
+    v.arr[-4] += 1
+    v.inner.y = 3
+    v.inner.z = 2.5
+    v.grid[1][0] = 6
+    v.grid[0][:] = [4, 5]
+    v.x, v.name, v.lo, v.hi = 5, b"far", 5, 17
+    v.words[1].value = b"ab"
+    v.mine.value = 12
+    v.inner = _Inner(v.inner.y + 1, v.inner.z)  # a view assigned: its copy
+    a[0].x = 9
+    a[-1].y = 1.5
+    for p in a:
+        p.x += 10
+    a[1:][0].y = 4.5
+    a[2] = a[1]
+    return (list(v.arr), v.arr[1:3], v.inner.y, v.inner.z, [list(r) for r in v.grid], v.x, v.name, v.lo, v.hi,
+            v.words[1].value, v.words[0][:], v.mine.value, [(p.x, p.y) for p in a], len(v.arr), len(a))
+
+
+def test_nested_fields_of_a_value_of_another_node(ctx):
+    # Off its node a Value's nested fields and an Array's items are views:
+    # writes into them reach the block, every access under the lock, and
+    # the results match the same edits made on the node.
+    here_v, here_a = ctx.Value(_Rec), ctx.Array(Point, 3)
+    expected = _edit_nested(here_v, here_a)
+
+    lock = threading.RLock()
+    v, a = ctx.Value(_Rec, lock=lock), ctx.Array(Point, 3, lock=lock)
+    bv, ba = _Across(v.get_obj()._wrapper, lock), _Across(a.get_obj()._wrapper, lock)
+    rv = sharedctypes.remote_synchronized((_Rec, bv, None), lock)
+    ra = sharedctypes.remote_synchronized((Point, ba, 3), lock)
+    assert type(rv).__name__ == "RemoteSynchronized_Rec" and type(rv.inner).__name__ == "Remote_InnerView"
+    assert _edit_nested(rv, ra) == expected
+    assert bytes(v.get_obj()) == bytes(here_v.get_obj()) and bytes(a.get_obj()) == bytes(here_a.get_obj())
+    assert bv.calls and ba.calls
+
+    # A view pickles as the ctypes object does (a copy); a pointer field
+    # cannot be used off its node.
+    assert pickle.loads(pickle.dumps(rv.inner)).y == v.inner.y
+    class P(ctypes.Structure):
+        _fields_ = [("p", ctypes.POINTER(ctypes.c_int))]
+    rp = sharedctypes.remote_synchronized((P, _Across(ctx.Value(P).get_obj()._wrapper, lock), None), lock)
+    with pytest.raises(errors.NotLocalError, match="address"):
+        _ = rp.p
+    with pytest.raises(IndexError):
+        ra[3]
+
+
 def test_raw_values_pickle_through_the_forking_pickler(ctx):
     from multiprocessing.reduction import ForkingPickler
 

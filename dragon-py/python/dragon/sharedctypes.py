@@ -15,6 +15,10 @@ On another node (in a multi-node run) a ``Value`` or ``Array`` unpickles as
 a wrapper of the same interface whose every access, under the object's own
 lock, reads or writes the bytes it touches through the block's node (whole
 and ordered with every other user's accesses, which take the same lock).
+What ctypes gives as an object on the memory (an array or Structure field,
+an item of an array of Structures) is there a view of the same interface,
+so ``v.arr[1] = 7`` or ``a[0].x = 9`` reaches the block as on its node;
+plain fields and items read as Python values, as in ctypes.
 ``get_obj()`` has no memory to return there and raises
 :class:`~dragon.errors.NotLocalError`, as do ``RawValue`` and ``RawArray``
 (plain memory, no lock): off their node they would silently diverge.
@@ -22,6 +26,7 @@ and ordered with every other user's accesses, which take the same lock).
 from __future__ import annotations
 
 import ctypes
+import operator
 import weakref
 from typing import Any
 
@@ -30,6 +35,7 @@ from multiprocessing.reduction import ForkingPickler
 
 from . import _remote
 from ._block import RemoteBlock, SharedBlock
+from .errors import NotLocalError
 
 __all__ = ["RawValue", "RawArray", "Value", "Array", "copy", "synchronized", "SharedBlock"]
 
@@ -187,15 +193,213 @@ def synchronized(obj, lock=None, ctx=None):
 # Value and Array of another node
 # --------------------------------------------------------------------------
 
-class _RemoteSynchronizedBase:
-    """The synchronized wrapper's interface over a block of another node:
-    each access takes the lock, then reads (and for a store writes back)
-    the bytes it touches."""
+def _views(type_, field=False):
+    """Whether ctypes gives a member of ``type_`` (a Structure's or Union's
+    field with ``field``, else an array's item) as an object on its
+    container's memory, which another node then gets as a view: an array
+    (but a ``c_char``/``c_wchar`` array field, which reads as bytes or
+    str), a Structure or Union, a subclass of a simple type (which keeps its
+    type). Anything else reads as a Python value."""
+    if issubclass(type_, (ctypes._Pointer, ctypes._CFuncPtr)):
+        raise NotLocalError("a %s field or item holds an address in the memory of a process of its block's node: "
+                            "it cannot be used from another node" % type_.__name__)
+    if issubclass(type_, ctypes.Array):
+        return not (field and type_._type_ in (ctypes.c_char, ctypes.c_wchar))
+    if issubclass(type_, (ctypes.Structure, ctypes.Union)):
+        return True
+    return ctypes._SimpleCData not in type_.__bases__
+
+
+def _local(value):
+    """``value``, or a copy of it if it is a view (to assign it)."""
+    if isinstance(value, _RemoteView):
+        with value._lock:
+            return value._load()
+    return value
+
+
+class _RemoteView:
+    """A ctypes object of type ``ctype`` at ``offset`` in ``block``, a block
+    of another node, with that object's interface: each access takes
+    ``lock`` and reads or writes, whole, the bytes it touches. A member that
+    ctypes gives as an object on the memory (see :func:`_views`) is a view
+    in its turn, so writes into it reach the block."""
+
+    def __init__(self, block, offset, ctype, lock):
+        self._block, self._offset, self._ctype, self._lock = block, offset, ctype, lock
+
+    # The caller holds the lock.
+    def _read(self, rel, size):
+        return self._block.read(self._offset + rel, size)
+
+    def _write(self, rel, data):
+        self._block.write(self._offset + rel, data)
+
+    def _load(self):
+        """A copy of the object."""
+        return self._ctype.from_buffer_copy(self._read(0, ctypes.sizeof(self._ctype)))
+
+    def _part(self, rel, size):
+        """A copy of the object holding only its ``size`` bytes at ``rel``
+        (zeros elsewhere)."""
+        obj = self._ctype()
+        ctypes.memmove(ctypes.addressof(obj) + rel, self._read(rel, size), size)
+        return obj
+
+    def __reduce__(self):  # as a ctypes object's: a copy
+        with self._lock:
+            return self._load().__reduce__()
+
+    def __repr__(self):
+        return "<%s of %s at offset %d on node %d>" % (
+            type(self).__name__, self._ctype.__name__, self._offset, self._block.node)
+
+
+def _view(block, offset, type_, lock):
+    """The view of the ``type_`` object at ``offset`` in ``block``."""
+    if issubclass(type_, ctypes.Array):
+        cls = _RemoteString if type_._type_ is ctypes.c_char else _RemoteArray
+    elif issubclass(type_, ctypes._SimpleCData):
+        cls = _RemoteValue
+    else:
+        cls = _struct_class(type_)
+    return cls(block, offset, type_, lock)
+
+
+class _RemoteValue(_RemoteView):
+    """A simple value: ``value`` reads or writes it."""
+
+    @property
+    def value(self):
+        with self._lock:
+            return self._load().value
+
+    @value.setter
+    def value(self, value):
+        obj = self._ctype()
+        obj.value = value
+        with self._lock:
+            self._write(0, bytes(obj))
+
+
+class _RemoteArray(_RemoteView):
+    """An array: an index reads or writes one item, a slice the items it
+    covers."""
+
+    def __len__(self):
+        return self._ctype._length_
+
+    def _item(self, i):
+        """The item type and the offset of item ``i``."""
+        n, i = self._ctype._length_, operator.index(i)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("invalid index")
+        item = self._ctype._type_
+        return item, i * ctypes.sizeof(item)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            if _views(self._ctype._type_):
+                return [self[j] for j in range(*i.indices(len(self)))]
+            with self._lock:
+                return self._load()[i]
+        item, rel = self._item(i)
+        if _views(item):
+            return _view(self._block, self._offset + rel, item, self._lock)
+        with self._lock:
+            return (item * 1).from_buffer_copy(self._read(rel, ctypes.sizeof(item)))[0]
+
+    def __setitem__(self, i, value):
+        if isinstance(i, slice):
+            if not isinstance(value, (bytes, str)):
+                value = [_local(v) for v in value]
+            with self._lock:
+                obj = self._load()
+                obj[i] = value
+                self._write(0, bytes(obj))
+            return
+        item, rel = self._item(i)
+        one = (item * 1)()
+        one[0] = _local(value)
+        with self._lock:
+            self._write(rel, bytes(one))
+
+    def __iter__(self):
+        return iter(self[:])
+
+
+def _whole(name):
+    """A property reading and writing attribute ``name`` of the whole
+    object: a write reads it, sets the attribute and writes it back."""
+    def get(self):
+        with self._lock:
+            return getattr(self._load(), name)
+
+    def set(self, value):
+        with self._lock:
+            obj = self._load()
+            setattr(obj, name, value)
+            self._write(0, bytes(obj))
+
+    return property(get, set)
+
+
+class _RemoteString(_RemoteArray):
+    """A ``c_char`` array, with ``value`` and ``raw``."""
+
+    value = _whole("value")
+    raw = _whole("raw")
+
+
+def _field(type_, name, ftype, bits):
+    """The property of field ``name`` (of type ``ftype``, a bit field with
+    ``bits``) of a view of Structure or Union ``type_``: a view of it, or a
+    Python value read or written, under the lock, from the field's bytes
+    (a bit field's from the whole object's, which it shares)."""
+    offset, size = getattr(type_, name).offset, ctypes.sizeof(ftype)
+    if bits:
+        offset, size = 0, ctypes.sizeof(type_)
+
+    def get(self):
+        if _views(ftype, field=True):
+            return _view(self._block, self._offset + offset, ftype, self._lock)
+        with self._lock:
+            return getattr(self._part(offset, size), name)
+
+    def set(self, value):
+        value, obj = _local(value), self._ctype()
+        with self._lock:
+            if bits:
+                obj = self._part(offset, size)
+            setattr(obj, name, value)
+            self._write(offset, bytes(obj)[offset:offset + size])
+
+    return property(get, set)
+
+
+_view_classes = weakref.WeakKeyDictionary()
+
+
+def _struct_class(type_):
+    """The view class of Structure or Union ``type_``: a property per field."""
+    try:
+        return _view_classes[type_]
+    except KeyError:
+        fields = {f[0]: _field(type_, f[0], f[1], len(f) > 2) for f in type_._fields_}
+        cls = _view_classes[type_] = type("Remote%sView" % type_.__name__, (_RemoteView,), fields)
+        return cls
+
+
+class _RemoteSynchronizedBase(_RemoteView):
+    """The synchronized wrapper's interface over a block of another node
+    (with a view's of its object, see the subclasses)."""
 
     def __init__(self, spec, lock):
         type_, block, length = spec
-        self._spec, self._lock, self._block = spec, lock, block
-        self._ctype = type_ * length if length is not None else type_
+        _RemoteView.__init__(self, block, 0, type_ * length if length is not None else type_, lock)
+        self._spec = spec
         self.acquire = lock.acquire
         self.release = lock.release
 
@@ -214,94 +418,20 @@ class _RemoteSynchronizedBase:
     def get_obj(self):
         self._block.create_memoryview()  # raises NotLocalError, saying why
 
-    def _load(self):
-        return self._ctype.from_buffer_copy(self._block.read(0, ctypes.sizeof(self._ctype)))
-
-    def _store(self, obj):
-        self._block.write(0, memoryview(obj).cast("B"))
-
-    def _update(self, change):
-        with self._lock:
-            obj = self._load()
-            change(obj)
-            self._store(obj)
-
     def __repr__(self):
         return "<%s wrapper for %s on node %d>" % (type(self).__name__, self._ctype.__name__, self._block.node)
 
 
-def _remote_field(name, whole=False):
-    """A property reading and writing attribute ``name`` of the remote
-    object under its lock: a write reads the object, sets the attribute and
-    writes it back, or with ``whole`` (the attribute is the whole object, a
-    simple value's ``value``) just writes a new one."""
-    def get(self):
-        with self._lock:
-            return getattr(self._load(), name)
-
-    def set(self, value):
-        if whole:
-            obj = self._ctype()
-            setattr(obj, name, value)
-            with self._lock:
-                self._store(obj)
-        else:
-            self._update(lambda obj: setattr(obj, name, value))
-
-    return property(get, set)
-
-
-class RemoteSynchronized(_RemoteSynchronizedBase):
+class RemoteSynchronized(_RemoteSynchronizedBase, _RemoteValue):
     """A ``Value`` of another node."""
 
-    value = _remote_field("value", whole=True)
+
+class RemoteSynchronizedArray(_RemoteSynchronizedBase, _RemoteArray):
+    """An ``Array`` of another node."""
 
 
-class RemoteSynchronizedArray(_RemoteSynchronizedBase):
-    """An ``Array`` of another node: an index reads or writes one item, a
-    slice the items it covers."""
-
-    def __len__(self):
-        return self._spec[2]
-
-    def _item_range(self, i):
-        n = self._spec[2]
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError("invalid index")
-        size = ctypes.sizeof(self._spec[0])
-        return i * size, size
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            with self._lock:
-                return self._load()[i]
-        offset, size = self._item_range(i.__index__())
-        with self._lock:
-            return (self._spec[0] * 1).from_buffer_copy(self._block.read(offset, size))[0]
-
-    def __setitem__(self, i, value):
-        if isinstance(i, slice):
-            def change(obj):
-                obj[i] = value
-            return self._update(change)
-        offset, size = self._item_range(i.__index__())
-        one = (self._spec[0] * 1)()
-        one[0] = value
-        with self._lock:
-            self._block.write(offset, memoryview(one).cast("B"))
-
-    def __iter__(self):
-        with self._lock:
-            return iter(self._load()[:])
-
-
-class RemoteSynchronizedString(RemoteSynchronizedArray):
+class RemoteSynchronizedString(_RemoteSynchronizedBase, _RemoteString):
     """A ``c_char`` ``Array`` of another node."""
-
-    value = _remote_field("value")
-    raw = _remote_field("raw")
 
 
 _remote_class_cache = weakref.WeakKeyDictionary()
@@ -320,7 +450,6 @@ def remote_synchronized(spec, lock):
         try:
             cls = _remote_class_cache[type_]
         except KeyError:
-            fields = {name: _remote_field(name) for name, *_ in type_._fields_}
             cls = _remote_class_cache[type_] = type(
-                "RemoteSynchronized" + type_.__name__, (_RemoteSynchronizedBase,), fields)
+                "RemoteSynchronized" + type_.__name__, (_RemoteSynchronizedBase, _struct_class(type_)), {})
     return cls(spec, lock)
