@@ -400,6 +400,23 @@ def test_durable_batches_come_back(tmp_path):
         assert len(r) == 600 and r[("k", 499)] == 499 and r[("j", 7)] == "7"
 
 
+def test_a_restore_missing_some_shards_files_is_refused_and_one_missing_all_starts_empty(tmp_path):
+    from dragon.data.ddict import DDictPersistError
+
+    p = str(tmp_path / "m")
+    with DDict.open(p, name="m", managers_per_node=3, total_mem=12 * MB) as fresh:
+        assert len(fresh) == 0  # no shard has files: a new, empty DDict
+        fresh.update({i: i for i in range(60)})
+    os.unlink(os.path.join(p, "m.1.wal"))
+    kept = {f: os.stat(os.path.join(p, f)).st_mtime_ns for f in os.listdir(p)}
+    with pytest.raises(DDictPersistError, match=r"shard 1 \(m.1.wal or m.1.snap\) on node 0 .* in "
+                       + p + ": no log or snapshot there, though 2 of its 3 shards have theirs") as e:
+        DDict.open(p, name="m", managers_per_node=3, total_mem=12 * MB)
+    assert e.value.shards == [1] and e.value.path == p
+    # Refused before any manager opened its files.
+    assert {f: os.stat(os.path.join(p, f)).st_mtime_ns for f in os.listdir(p)} == kept
+
+
 # ---- damaged persistence files --------------------------------------------------
 
 def _write_durable(path, name, n, managers=1):

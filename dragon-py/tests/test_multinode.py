@@ -1279,6 +1279,101 @@ def test_durable_ddict_on_three_nodes_comes_back(cluster):
     _assert_clean(cluster)
 
 
+def test_durable_ddict_on_node_local_disks_comes_back_from_any_node(cluster):
+    # /tmp is each node's own: a shard's files are only on the node whose
+    # manager logged them, so a restore must put every shard on that node
+    # whichever node restores (or made) the DDict, and must refuse to start
+    # a shard empty when its files are not there but its peers' are.
+    script = _script(cluster, "ddictnodelocal.py", ON_NODE + """
+        import os, shutil, socket
+        from dragon.data.ddict import DDict, DDictPersistError
+
+        PATH = "/tmp/ddict-nodelocal"
+
+        def make(q, name, mpn, nn, n):
+            d = DDict(mpn, nn, 48 << 20, name=name, persist_path=PATH)
+            for i in range(n):
+                d[i] = i * i
+            q.put(("made", name, socket.gethostname(), len(d)))
+            d.destroy()
+
+        def restore(q, name, mpn, nn, n, extra=0):
+            try:
+                d = DDict(mpn, nn, 48 << 20, name=name, persist_path=PATH, restore=True)
+            except DDictPersistError as e:
+                q.put(("refused", name, socket.gethostname(), e.shards, str(e)))
+                return
+            q.put(("restored", name, socket.gethostname(), len(d), all(d.get(i) == i * i for i in range(n))))
+            for i in range(n, n + extra):
+                d[i] = i * i
+            d.destroy()
+
+        def files(q, prefix):
+            names = sorted(f for f in os.listdir(PATH) if f.startswith(prefix + ".")) \\
+                if os.path.isdir(PATH) else []
+            q.put((socket.gethostname(), [(f, os.stat(os.path.join(PATH, f)).st_mtime_ns) for f in names]))
+
+        def remove(q, prefix):
+            for f in os.listdir(PATH):
+                if f.startswith(prefix + "."):
+                    os.unlink(os.path.join(PATH, f))
+            q.put("removed")
+
+        def clear(q):
+            shutil.rmtree(PATH, ignore_errors=True)
+            q.put("cleared")
+
+        def at(node, f, *args):
+            q = mp.Queue()
+            p = on(node, f, q, *args)
+            p.join(120)
+            assert p.exitcode == 0, (f.__name__, node, p.exitcode)
+            return q.get(timeout=30)
+
+        def everywhere(prefix):
+            return [[f for f, _ in at(n, files, prefix)[1]] for n in range(3)]
+
+        if __name__ == "__main__":
+            for n in range(3):
+                at(n, clear)
+            print(at(0, make, "nodelocal", 1, 3, 30))
+            print("files", everywhere("nodelocal"))
+            print(at(1, restore, "nodelocal", 1, 3, 30, 10))
+            print(at(2, restore, "nodelocal", 1, 3, 40))
+            # Made on node3, two managers on each of two nodes: still the
+            # run's first two nodes.
+            print(at(2, make, "spread", 2, 2, 50))
+            print("files", everywhere("spread"))
+            print(at(1, restore, "spread", 2, 2, 50))
+            # Shard 1's files lost: the restore is refused, nothing changed.
+            before = at(0, files, "nodelocal")
+            print(at(1, remove, "nodelocal"))
+            kind, name, host, shards, msg = at(0, restore, "nodelocal", 1, 3, 40)
+            print(kind, name, host, shards)
+            print("names", "shard 1 " in msg, "node 1 (node2)" in msg, PATH in msg)
+            print("unchanged", at(0, files, "nodelocal") == before, everywhere("nodelocal"))
+            # No shard has files: a restore starts empty.
+            print(at(2, restore, "fresh", 1, 3, 0))
+            print("files", everywhere("fresh"))
+        """)
+    r = _run(cluster, script)
+    _ok(r)
+    out = r.stdout
+    assert "('made', 'nodelocal', 'node1', 30)" in out, out
+    assert "files [['nodelocal.0.wal'], ['nodelocal.1.wal'], ['nodelocal.2.wal']]" in out, out
+    assert "('restored', 'nodelocal', 'node2', 30, True)" in out, out
+    assert "('restored', 'nodelocal', 'node3', 40, True)" in out, out
+    assert "('made', 'spread', 'node3', 50)" in out, out
+    assert "files [['spread.0.wal', 'spread.1.wal'], ['spread.2.wal', 'spread.3.wal'], []]" in out, out
+    assert "('restored', 'spread', 'node2', 50, True)" in out, out
+    assert "refused nodelocal node1 [1]" in out, out
+    assert "names True True True" in out, out
+    assert "unchanged True [['nodelocal.0.wal'], [], ['nodelocal.2.wal']]" in out, out
+    assert "('restored', 'fresh', 'node3', 0, True)" in out, out
+    assert "files [['fresh.0.wal'], ['fresh.1.wal'], ['fresh.2.wal']]" in out, out
+    _assert_clean(cluster)
+
+
 def test_ddict_filled_by_pool_workers_on_every_node(cluster):
     script = _script(cluster, "ddictpool.py", """
         import multiprocessing as mp, os, socket

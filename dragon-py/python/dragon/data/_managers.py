@@ -5,6 +5,7 @@ are not running)."""
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
 from .. import _native
-from ._errors import DDictError, DDictTimeoutError, error_class
+from ._errors import DDictError, DDictPersistError, DDictTimeoutError, error_class
 
 __all__ = [
     "manager_main",
@@ -27,9 +28,17 @@ __all__ = [
 ]
 
 
+def shard_files(persist_path: str, name: str, index: int) -> list[str]:
+    """The log and snapshot of shard ``index`` of the DDict ``name``."""
+    return [os.path.join(persist_path, "%s.%d.%s" % (name, index, ext)) for ext in ("wal", "snap")]
+
+
 def manager_main(desc: str, index: int, size: int, owner_pid: int, owner_start: int, conn: Connection,
-                 persist_path: str | None, restore: bool, working_set: int = 1) -> None:
-    """Body of a manager process."""
+                 persist_path: str | None, restore: bool, working_set: int = 1,
+                 check_name: str | None = None) -> None:
+    """Body of a manager process. With ``check_name`` (a restore), first
+    tell the creator whether this node has files of the shard, and restore
+    only when it answers ``"go"`` (see :func:`start_managers`)."""
     told = []
     if owner_pid == 0:
         # A manager on another node than its DDict's creator (whose pid
@@ -42,6 +51,11 @@ def manager_main(desc: str, index: int, size: int, owner_pid: int, owner_start: 
         told.append(True)
 
     try:
+        if check_name is not None and persist_path is not None:
+            found = any(os.path.exists(f) for f in shard_files(persist_path, check_name, index))
+            conn.send(("found", found, socket.gethostname()))
+            if conn.recv() != "go":
+                os._exit(0)
         _native.ddict_serve(desc, index, size, owner_pid, owner_start, ready, persist_path, restore,
                             working_set)
     except BaseException as e:  # noqa: BLE001 - reported to the creator
@@ -153,9 +167,13 @@ def stop_raw(desc: str, procs: list[BaseProcess]) -> None:
         p.join(1)
 
 
-def shard_nodes(managers_per_node: int, num_nodes: int) -> list[int]:
+def shard_nodes(managers_per_node: int, num_nodes: int, durable: bool = False) -> list[int]:
     """The node of each shard: ``managers_per_node`` on each of
-    ``num_nodes`` nodes from this one (all here on one node)."""
+    ``num_nodes`` nodes (all here on one node). A DDict's shards go to the
+    nodes from this one on, in node index order (wrapping around); a
+    durable DDict's go to the run's first ``num_nodes`` nodes, whichever
+    node creates it, so that a restore from any node finds each shard's
+    files on the node that logged them (each node may have its own disk)."""
     from .. import _remote
 
     here = _remote.this_node()
@@ -164,34 +182,43 @@ def shard_nodes(managers_per_node: int, num_nodes: int) -> list[int]:
         indexes = sorted(n["index"] for n in _remote.nodes())
         if num_nodes > len(indexes):
             raise ValueError("num_nodes=%d, but the run has %d nodes" % (num_nodes, len(indexes)))
-        start = indexes.index(here) if here in indexes else 0
+        start = 0 if durable or here not in indexes else indexes.index(here)
         nodes = [indexes[(start + k) % len(indexes)] for k in range(num_nodes)]
     return [node for node in nodes for _ in range(managers_per_node)]
 
 
 def start_managers(desc: str, n: int, size: int, timeout: float, persist_path: str | None, restore: bool,
-                   working_set: int = 1, nodes: list[int] | None = None) -> list[BaseProcess]:
+                   working_set: int = 1, nodes: list[int] | None = None,
+                   name: str | None = None) -> list[BaseProcess]:
     """Start the ``n`` managers of the DDict ``desc`` (manager ``i`` on
     ``nodes[i]``, all here without ``nodes``) and wait until each serves its
     shard, at most ``timeout`` seconds in all; raises the error of a manager
-    that failed (its own DDict error type), having ended them all."""
+    that failed (its own DDict error type), having ended them all.
+
+    A restore (``restore`` with ``persist_path`` and the DDict's ``name``)
+    first asks each manager whether its node has files of its shard: when
+    some shards have files and others none (restored from another node
+    than the one that logged them, or files lost), it raises
+    :class:`DDictPersistError` naming them before any manager touches its
+    files; when no shard has any, the DDict starts empty."""
     import multiprocessing
-    from multiprocessing.connection import wait
 
     ctx: Any = multiprocessing.get_context("dragon")  # the dragon context (registered by import dragon)
     Pipe = ctx.Pipe  # its ends cross nodes
     pid, start = _native.ddict_self_identity()
     here = _native.this_node()
+    check = name if restore and persist_path is not None else None
     procs, conns = [], []
     try:
         for i in range(n):
-            r, w = Pipe(duplex=False)
+            # A restore's managers wait for the creator's word: duplex.
+            r, w = Pipe(duplex=check is not None)
             node = None if nodes is None else nodes[i]
             # The creator's identity only means something on its own node.
             owner = (pid, start) if node is None or node == here else (0, 0)
             p = ctx.Process(target=manager_main,
                             args=(desc, i, size, owner[0], owner[1], w, persist_path, restore,
-                                  working_set),
+                                  working_set, check),
                             name="ddict-manager-%d" % i, daemon=True)
             if node is not None:
                 p._dragon_node = node
@@ -200,24 +227,16 @@ def start_managers(desc: str, n: int, size: int, timeout: float, persist_path: s
             procs.append(p)
             conns.append(r)
         end = time.monotonic() + timeout
+        if check is not None:
+            assert persist_path is not None
+            found = [_message(i, p, r, end, timeout) for i, (p, r) in enumerate(zip(procs, conns))]
+            missing = [(i, host) for i, (_, has, host) in enumerate(found) if not has]
+            if missing and len(missing) < n:
+                raise _missing_error(check, persist_path, n, missing, nodes)
+            for r in conns:
+                r.send("go")
         for i, (p, r) in enumerate(zip(procs, conns)):
-            while True:
-                left = end - time.monotonic()
-                if left <= 0:
-                    raise DDictTimeoutError("DDict manager %d did not start within %s s" % (i, timeout))
-                ready = wait([r, p.sentinel], left)
-                if r in ready:
-                    try:
-                        what, detail, *info = r.recv()
-                    except EOFError:
-                        what, detail, info = "error", "exited with code %s" % p.exitcode, []
-                    if what == "ready":
-                        break
-                    raise _manager_error(i, detail, info[0] if info else None)
-                if p.sentinel in ready:
-                    p.join(1)
-                    raise DDictError("DDict manager %d died while starting (exit code %s)"
-                                     % (i, p.exitcode))
+            _message(i, p, r, end, timeout)
     except BaseException:
         stop_raw(desc, procs)
         raise
@@ -225,3 +244,47 @@ def start_managers(desc: str, n: int, size: int, timeout: float, persist_path: s
         for r in conns:
             r.close()
     return procs
+
+
+def _message(i: int, p: BaseProcess, r: Connection, end: float, timeout: float) -> list[Any]:
+    """The next message of starting manager ``i`` (``ready`` or ``found``);
+    raises its error, or if it died or did not answer by ``end``."""
+    from multiprocessing.connection import wait
+
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            raise DDictTimeoutError("DDict manager %d did not start within %s s" % (i, timeout))
+        ready = wait([r, p.sentinel], left)
+        if r in ready:
+            try:
+                what, detail, *info = r.recv()
+            except EOFError:
+                what, detail, info = "error", "exited with code %s" % p.exitcode, []
+            if what in ("ready", "found"):
+                return [what, detail, *info]
+            raise _manager_error(i, detail, info[0] if info else None)
+        if p.sentinel in ready:
+            p.join(1)
+            raise DDictError("DDict manager %d died while starting (exit code %s)" % (i, p.exitcode))
+
+
+def _missing_error(name: str, persist_path: str, n: int, missing: list[tuple[int, str]],
+                   nodes: list[int] | None) -> DDictPersistError:
+    """The error of a restore that found files of some shards but none of
+    ``missing`` (``(shard, host)`` pairs)."""
+    where = ", ".join("shard %d (%s) on node %d (%s)" % (
+        i, " or ".join(os.path.basename(f) for f in shard_files(persist_path, name, i)),
+        _native.this_node() if nodes is None else nodes[i], host) for i, host in missing)
+    e = DDictPersistError(
+        "cannot restore the DDict %r: %s in %s: no log or snapshot there, though %d of its "
+        "%d shards have theirs. Restoring would start %s empty and lose what %s held. "
+        "Restore with the same managers_per_node and num_nodes as when it was written, in a run "
+        "with the same nodes in the same order (a durable DDict's shards are on the run's first "
+        "num_nodes nodes), or bring the files to the node named." % (
+            name, where, persist_path, n - len(missing), n,
+            "that shard" if len(missing) == 1 else "those shards",
+            "it" if len(missing) == 1 else "they"))
+    e.shards = [i for i, _ in missing]  # type: ignore[attr-defined]
+    e.path = persist_path  # type: ignore[attr-defined]
+    return e

@@ -167,7 +167,9 @@ class DDict:
         num_nodes: nodes with managers (HPE Dragon's ``n_nodes`` is accepted
             too): in a multi-node run, ``managers_per_node`` managers on each
             of ``num_nodes`` nodes, starting with this one (at most the
-            run's node count); on one node, all of them here.
+            run's node count; a durable DDict's on the run's first
+            ``num_nodes`` nodes, whichever node creates or restores it); on
+            one node, all of them here.
         total_mem: bytes for all shards together, metadata included; each
             shard gets ``total_mem // managers``.
         name: names the DDict (and its persistence files); letters, digits
@@ -176,7 +178,10 @@ class DDict:
         persist_path: directory of write-ahead logs: makes the DDict durable.
         restore: load the shards from ``persist_path`` (same ``name`` and
             number of managers) instead of starting empty. A damaged file
-            raises :class:`DDictPersistCorruptError` and changes nothing.
+            raises :class:`DDictPersistCorruptError` and changes nothing;
+            so does a shard without files when others have theirs
+            (:class:`DDictPersistError`); with no files at all the DDict
+            starts empty.
         repair: with ``restore``, first repair the files: keep every valid
             record, skip damaged bytes, rewrite the files clean (the report
             is ``repair_report``; a :class:`DDictRepairWarning` says when
@@ -236,7 +241,7 @@ class DDict:
         if name is None:
             name = "ddict" if persist_path is not None else "dd%s" % os.urandom(4).hex()
         self._setup(None, timeout, key_pickler, value_pickler)
-        nodes_of_shards = shard_nodes(managers_per_node, nodes)
+        nodes_of_shards = shard_nodes(managers_per_node, nodes, persist_path is not None)
         desc = _native.ddict_descriptor(name, managers, persist_path is not None,
                                         nodes_of_shards)
         if repair:
@@ -248,7 +253,7 @@ class DDict:
                               DDictRepairWarning, stacklevel=2)
         self._procs = start_managers(desc, managers, size, timeout or START_TIMEOUT,
                                      None if persist_path is None else os.fspath(persist_path),
-                                     restore, working_set_size, nodes_of_shards)
+                                     restore, working_set_size, nodes_of_shards, name)
         try:
             self._c = _native.DDictClient(desc)
         except BaseException:
