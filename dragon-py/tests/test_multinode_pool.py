@@ -388,6 +388,8 @@ if __name__ == "__main__":
     with Policy(placement=Policy.Placement.HOST_NAME, host_name="node2"):
         with mp.Pool(3) as p:
             print("block", *where(p))
+    with mp.Pool(2, policy=Policy(host_name="node3")) as p:      # the multiprocessing form takes them too
+        print("mp one host", *where(p))
     from dragon.native.machine import Node
     cpus = [Node(i).num_cpus for i in range(3)]
     n = cpus[0] + 1                              # fills node1, then one on node2
@@ -408,6 +410,7 @@ if __name__ == "__main__":
     assert "one host [2, 2] ['node3']" in out, out
     assert "list [1, 1, 2, 2] ['node2', 'node3']" in out, out
     assert "block [1, 1, 1] ['node2']" in out, out
+    assert "mp one host [2, 2] ['node3']" in out, out
     assert "fill True" in out, out
     assert "local Tasks [0, 0] ['node1']" in out, out
     assert _lines(out, "refused") == ["PolicyError", "ValueError", "ValueError", "TypeError"], out

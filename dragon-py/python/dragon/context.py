@@ -191,12 +191,16 @@ class DragonContext(_mp_context.BaseContext):
         return Array(typecode_or_type, size_or_initializer, lock=lock, ctx=self.get_context())
 
     # -- pools (dragon.pool) -----------------------------------------------------
-    def Pool(self, processes=None, initializer=None, initargs=(), maxtasksperchild=None):
+    def Pool(self, processes=None, initializer=None, initargs=(), maxtasksperchild=None, *, policy=None,
+             processes_per_policy=None):
         """A process pool whose tasks and results travel on shared-memory
-        channels (a subclass of the standard Pool)."""
+        channels (a subclass of the standard Pool); ``policy`` (a Policy or
+        a list of them) and ``processes_per_policy`` place its workers, as
+        for :class:`dragon.pool.Pool`."""
         from .pool import Pool
 
-        return Pool(processes, initializer, initargs, maxtasksperchild, context=self.get_context())
+        return Pool(processes, initializer, initargs, maxtasksperchild, context=self.get_context(), policy=policy,
+                    processes_per_policy=processes_per_policy)
 
     def _check_available(self):
         # Called by get_context("dragon") and set_start_method("dragon"):
