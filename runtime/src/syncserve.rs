@@ -413,19 +413,22 @@ fn proxy(
         // The command is handled (its reply posted).
         inflight.fetch_sub(1, Ordering::AcqRel);
     }
-    inflight.store(CLOSED, Ordering::Release);
     // The owner is gone: what it held is released, as a dead holder's (a
-    // plain lock only if the hold is still this proxy's).
+    // plain lock only if the hold is still this proxy's). The server no
+    // longer lists this proxy (nothing more is sent to it); it is marked
+    // ended once done.
     if let Obj::Lock(l) = &lock {
-        if depth > 0 && held_by(&holders, &handle, owner, l) {
-            note(false);
+        let mine = depth > 0 && held_by(&holders, &handle, owner, l);
+        note(false);
+        if mine {
             let _ = l.release();
         }
-        return;
+    } else {
+        while depth > 0 && release(&lock).is_ok() {
+            depth -= 1;
+        }
     }
-    while depth > 0 && release(&lock).is_ok() {
-        depth -= 1;
-    }
+    inflight.store(CLOSED, Ordering::Release);
 }
 
 /// Answer a command no proxy will handle.
@@ -809,6 +812,70 @@ impl SyncServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request(op: u8, pid: u32, handle: &[u8]) -> Vec<u8> {
+        SyncRequest::encode(op, pid, 1, u64::MAX, 0, handle, None)
+    }
+
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "never: {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The children's entry (see `test_support::child`).
+    #[test]
+    #[ignore]
+    fn child_entry() {
+        test_support::child::entry(|role| {
+            assert_eq!(role, "relock");
+            let hex = test_support::child::arg("LOCK_HANDLE");
+            let bytes: Vec<u8> =
+                (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+            let lock = ShmLock::attach(&Handle::from_bytes(&bytes).unwrap()).unwrap();
+            lock.release().unwrap();
+            i32::from(lock.acquire(None).is_err())
+        });
+    }
+
+    #[test]
+    fn a_proxy_lets_go_at_its_owners_end_only_of_a_hold_still_its_own() {
+        test_support::watchdog::start();
+        let lock = ShmLock::create().unwrap();
+        let handle = lock.handle().to_bytes();
+        let mut s = SyncServer::default();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let post: Post = Arc::new(move |r: Reply| {
+            let _ = tx.send(r);
+        });
+        // Owner 42 of node 1 takes the lock through its proxy.
+        assert!(s.handle_on(1, 7, 1, &request(LOCK_ACQUIRE, 42, &handle), &post).is_none());
+        rx.recv_timeout(Duration::from_secs(120)).expect("the acquire's reply");
+        assert_eq!(lock.holder(), Some(std::process::id()));
+        // A process of this node releases it (anyone may) and takes it.
+        let hex: String = handle.iter().map(|b| format!("{b:02x}")).collect();
+        let mut cmd = test_support::child::command("syncserve::tests::child_entry", "relock");
+        let mut child = test_support::child::Child::start(cmd.env("LOCK_HANDLE", hex));
+        let child_pid = child.pid();
+        assert!(child.wait().success());
+        assert_eq!(lock.holder(), Some(child_pid));
+        // Owner 42 ends: its proxy must not release the child's hold.
+        let inflight = s.proxies[&(handle.clone(), Owner { node: 1, pid: 42, tid: 1 })].inflight.clone();
+        assert_eq!(
+            s.handle_on(1, 7, 2, &request(OWNER_GONE, 42, &[]), &post).map(|r| r.kind),
+            Some(transport_tcp::proto::OK)
+        );
+        wait_for("the proxy ends", || inflight.load(Ordering::Acquire) == CLOSED);
+        assert_eq!(lock.holder(), Some(child_pid), "the proxy released a hold that was not its own");
+        // A release from another node of a lock held here goes to the lock.
+        assert_eq!(
+            s.handle_on(2, 9, 3, &request(LOCK_RELEASE, 77, &handle), &post).map(|r| r.kind),
+            Some(transport_tcp::proto::OK)
+        );
+        assert_eq!(lock.holder(), None);
+    }
 
     #[test]
     fn requests_round_trip_and_short_ones_fail() {
