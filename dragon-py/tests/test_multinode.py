@@ -728,8 +728,9 @@ def test_lock_releases_and_dead_waiters_across_nodes_as_on_one_node(cluster):
     # What one node does, from another node: a held Lock released by a
     # process that does not hold it (a Lock is a semaphore of one), a free
     # one released is ValueError, an RLock released by a non-owner is
-    # AssertionError; a condition waiter killed on another node is no
-    # longer counted and takes no notification; a Condition made on
+    # AssertionError; a waiter killed on another node takes nothing (it is
+    # no longer counted by a condition before its exit is known, no
+    # notification, no semaphore unit); a Condition made on
     # another node than its lock's is a clear error.
     script = _script(cluster, "lock_rules.py", ON_NODE + """
         import multiprocessing as mp, time
@@ -740,6 +741,11 @@ def test_lock_releases_and_dead_waiters_across_nodes_as_on_one_node(cluster):
                 q.put("released")
             except BaseException as e:
                 q.put("%s: %s" % (type(e).__name__, e))
+
+        def sem_waiter(sem, q):
+            q.put("waiting")
+            sem.acquire()
+            q.put("unreachable: a killed waiter took a unit")
 
         def cond_waiter(cond, q, tag, t):
             with cond:
@@ -786,6 +792,15 @@ def test_lock_releases_and_dead_waiters_across_nodes_as_on_one_node(cluster):
             print("live waiter:", q.get(timeout=60))
             live.join(60)
 
+            # A waiter's exit is told only once its waits have ended.
+            sem = mp.Semaphore(0)
+            p = on(2, sem_waiter, sem, q)
+            q.get(timeout=60)
+            p.kill()
+            p.join(60)
+            sem.release()
+            print("unit left for the living:", sem.acquire(timeout=120))
+
             on(1, cond_here, mp.Lock(), q).join(60)
             print("condition of a lock of node1 made on node2:", q.get(timeout=60))
         """)
@@ -796,6 +811,7 @@ def test_lock_releases_and_dead_waiters_across_nodes_as_on_one_node(cluster):
     assert "free lock released from node3: ValueError" in out, out
     assert "rlock released from node2: AssertionError" in out, out
     assert "live waiter: ('woken', 'live', True)" in out, out
+    assert "unit left for the living: True" in out and "unreachable" not in out, out
     assert ("condition of a lock of node1 made on node2: ValueError: a Condition is made on its lock's node: "
             "this lock is on node 0") in out, out
     _assert_clean(cluster)

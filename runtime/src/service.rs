@@ -1143,6 +1143,9 @@ impl Service {
                 else {
                     return;
                 };
+                if let Some((pid, _)) = f.payload.get(16..).and_then(u32_at) {
+                    self.direct_waits_end(node, pid);
+                }
                 self.exit_known((node, launch), code as i64);
             }
             proto::TETHER => {
@@ -1913,13 +1916,53 @@ impl Service {
             // Let go already; nobody to tell.
             return;
         };
-        match h.from {
+        let (from, pid) = (h.from, h.pid as u32);
+        // What it waited for ends before anyone hears of its exit (a unit
+        // or notification released then is not for it): its connections
+        // to this service are read to their end and closed now (their
+        // cancels and releases go out on the links before the exit does),
+        // and the node that hears of the exit ends its waits there first.
+        let mine: Vec<Token> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(&c.role, Role::Local(l) if l.pid == pid))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in mine {
+            self.drain_and_drop(t, "its process ended");
+        }
+        match from {
             Requester::Local(_) => self.exit_known((self.me, launch), code),
             Requester::Node(n) => {
                 let mut p = BytesMut::new();
                 p.put_u64_le(launch);
                 p.put_i64_le(code);
+                p.put_u32_le(pid);
                 self.notice_node(n, proto::EXITED, p.freeze());
+            }
+        }
+    }
+
+    /// Read what connection `t`, whose process ended, still holds (its
+    /// end of file closes it), then close it if that did not.
+    fn drain_and_drop(&mut self, t: Token, why: &str) {
+        for _ in 0..64 {
+            if !self.conns.contains_key(&t) {
+                return;
+            }
+            self.read(t);
+        }
+        self.drop_conn(t, why);
+    }
+
+    /// A process of node `node` ended: its waits on its direct connections
+    /// here end before its exit is told (the connections themselves end at
+    /// their end of file: what the process sent before it ended may still
+    /// be on its way, and is served).
+    fn direct_waits_end(&mut self, node: u32, pid: u32) {
+        for (t, c) in &self.conns {
+            if matches!(&c.role, Role::Direct(d) if d.node == node && d.pid == pid) {
+                self.sync.conn_gone(node, direct_conn_id(*t));
             }
         }
     }

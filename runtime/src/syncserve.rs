@@ -397,6 +397,11 @@ fn proxy(
                 // The wait took the lock back (another proxy may have held
                 // it meanwhile).
                 note(true);
+                // A notification that came just as its waiter went is
+                // handed on.
+                if matches!(r, Ok(w) if w.notified) && cancel.load(Ordering::Acquire) {
+                    cond.notify(1);
+                }
                 post(match r {
                     Ok(w) => ok(id, i64::from(w.notified)),
                     Err(CondError::Interrupted { .. }) => {
@@ -704,6 +709,11 @@ impl SyncServer {
                     let mut hook = || !cancel.load(Ordering::Acquire);
                     let reply = match (op, &obj) {
                         (SEM_ACQUIRE, Obj::Sem(s)) => match s.acquire_with(timeout, &mut hook) {
+                            // Taken just as its waiter went: given back.
+                            Ok(()) if cancel.load(Ordering::Acquire) => {
+                                let _ = s.release();
+                                wait_failure(id, WaitError::Interrupted)
+                            }
                             Ok(()) => ok(id, 1),
                             Err(e) => wait_failure(id, e),
                         },
