@@ -1,6 +1,7 @@
 """Locks, semaphores, conditions, events, barriers and shared values of the
 dragon context, across real processes."""
 import ctypes
+import itertools
 import os
 import pickle
 import threading
@@ -396,6 +397,39 @@ def test_nested_fields_of_a_value_of_another_node(ctx):
         _ = rp.p
     with pytest.raises(IndexError):
         ra[3]
+
+
+def test_slices_of_an_array_of_another_node_as_ctypes_gives_them(ctx):
+    # Off its node an Array's slices read and write what ctypes' do (every
+    # start, stop and step, the errors of a wrong length included), and
+    # only the bytes between their first and last item.
+    lock = threading.RLock()
+    for typecode, vals in (("i", list(range(10))), ("d", [i / 2 for i in range(10)]), ("c", b"abcdefghij")):
+        for a, b, step in itertools.product((None, -12, -3, 0, 2, 9, 12), (None, -12, -3, 0, 5, 12),
+                                            (None, 1, 2, -1, -3)):
+            s = slice(a, b, step)
+            here, there = ctx.Array(typecode, vals, lock=lock), ctx.Array(typecode, vals, lock=lock)
+            far = _Across(there.get_obj()._wrapper, lock)
+            ra = sharedctypes.remote_synchronized((there.get_obj()._type_, far, 10), lock)
+            assert ra[s] == here[s], s
+            n = len(here[s])
+            new = vals[:n][::-1]
+            here[s] = new
+            ra[s] = new
+            assert bytes(there.get_obj()) == bytes(here.get_obj()), s
+            if n < len(vals):
+                with pytest.raises(ValueError):
+                    here[s] = vals[:n + 1]
+                with pytest.raises(ValueError):
+                    ra[s] = vals[:n + 1]
+    big = ctx.Array("i", 100_000, lock=lock)
+    far = _Across(big.get_obj()._wrapper, lock)
+    read = far.read
+    seen = []
+    far.read = lambda offset, n: seen.append(n) or read(offset, n)
+    ra = sharedctypes.remote_synchronized((ctypes.c_int, far, 100_000), lock)
+    ra[10:20] = range(10)
+    assert ra[10:20:3] == [0, 3, 6, 9] and seen == [40, 40]
 
 
 def test_raw_values_pickle_through_the_forking_pickler(ctx):

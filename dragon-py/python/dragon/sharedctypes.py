@@ -299,12 +299,28 @@ class _RemoteArray(_RemoteView):
         item = self._ctype._type_
         return item, i * ctypes.sizeof(item)
 
+    def _span(self, i):
+        """For slice ``i``: the array type of the items from its lowest to
+        its highest index, the offset of the lowest, and ``i`` relative to
+        them (``None`` if the slice is empty)."""
+        r = range(*i.indices(len(self)))
+        if not r:
+            return None
+        lo, hi = min(r[0], r[-1]), max(r[0], r[-1])
+        item = self._ctype._type_
+        stop = r[-1] - lo + (1 if r.step > 0 else -1)
+        return item * (hi - lo + 1), lo * ctypes.sizeof(item), slice(r[0] - lo, stop if stop >= 0 else None, r.step)
+
     def __getitem__(self, i):
         if isinstance(i, slice):
             if _views(self._ctype._type_):
                 return [self[j] for j in range(*i.indices(len(self)))]
+            span = self._span(i)
+            if span is None:
+                return self._ctype()[i]  # empty, of the type ctypes gives
+            part_type, rel, sub = span
             with self._lock:
-                return self._load()[i]
+                return part_type.from_buffer_copy(self._read(rel, ctypes.sizeof(part_type)))[sub]
         item, rel = self._item(i)
         if _views(item):
             return _view(self._block, self._offset + rel, item, self._lock)
@@ -315,10 +331,15 @@ class _RemoteArray(_RemoteView):
         if isinstance(i, slice):
             if not isinstance(value, (bytes, str)):
                 value = [_local(v) for v in value]
+            span = self._span(i)
+            if span is None:
+                self._ctype()[i] = value  # ctypes' checks of an empty slice
+                return
+            part_type, rel, sub = span
             with self._lock:
-                obj = self._load()
-                obj[i] = value
-                self._write(0, bytes(obj))
+                part = part_type.from_buffer_copy(self._read(rel, ctypes.sizeof(part_type)))
+                part[sub] = value
+                self._write(rel, bytes(part))
             return
         item, rel = self._item(i)
         one = (item * 1)()
