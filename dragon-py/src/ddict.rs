@@ -616,23 +616,26 @@ fn ddict_serve(
 }
 
 /// Repair the persistence files of DDict `name` in `persist_path`
-/// (shards `0..shards`, or every shard found on disk): keep every valid
+/// (shard `index`, or shards `0..shards`, or every shard found on disk;
+/// a manager repairs its own shard on its node's disk): keep every valid
 /// record, rewrite damaged files clean. One dict per file: `path`,
 /// `version`, `records` (kept), `skipped` (list of `(offset, bytes, lost
 /// records or None, what)`), `torn_tail` (same, or None), `rewritten`,
 /// `damaged_copy` (the original kept beside it, or None).
 #[pyfunction]
-#[pyo3(signature = (persist_path, name, shards=None))]
+#[pyo3(signature = (persist_path, name, shards=None, index=None))]
 fn ddict_repair<'py>(
     py: Python<'py>,
     persist_path: PathBuf,
     name: &str,
     shards: Option<usize>,
+    index: Option<usize>,
 ) -> PyResult<Vec<Bound<'py, PyDict>>> {
     let reports = py.detach(|| {
-        let indexes = match shards {
-            Some(n) => (0..n).collect(),
-            None => ddict::persist::shards_on_disk(&persist_path, name)?,
+        let indexes = match (index, shards) {
+            (Some(i), _) => vec![i],
+            (None, Some(n)) => (0..n).collect(),
+            (None, None) => ddict::persist::shards_on_disk(&persist_path, name)?,
         };
         let mut all = Vec::new();
         for i in indexes {

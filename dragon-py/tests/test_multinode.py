@@ -1285,8 +1285,8 @@ def test_durable_ddict_on_node_local_disks_comes_back_from_any_node(cluster):
     # whichever node restores (or made) the DDict, and must refuse to start
     # a shard empty when its files are not there but its peers' are.
     script = _script(cluster, "ddictnodelocal.py", ON_NODE + """
-        import os, shutil, socket
-        from dragon.data.ddict import DDict, DDictPersistError
+        import os, shutil, socket, warnings
+        from dragon.data.ddict import DDict, DDictPersistCorruptError, DDictPersistError
 
         PATH = "/tmp/ddict-nodelocal"
 
@@ -1323,6 +1323,27 @@ def test_durable_ddict_on_node_local_disks_comes_back_from_any_node(cluster):
             shutil.rmtree(PATH, ignore_errors=True)
             q.put("cleared")
 
+        def damage(q, prefix):
+            # Three bytes in the middle of shard 1's log, on its node.
+            path = os.path.join(PATH, prefix + ".1.wal")
+            with open(path, "r+b") as f:
+                data = f.read()
+                f.seek(len(data) // 2)
+                f.write(bytes(b ^ 0xFF for b in data[len(data) // 2:len(data) // 2 + 3]))
+            q.put("damaged")
+
+        def restore_damaged(q, name, n, repair):
+            try:
+                with warnings.catch_warnings(record=True):
+                    warnings.simplefilter("always")
+                    d = DDict(1, 3, 48 << 20, name=name, persist_path=PATH, restore=True, repair=repair)
+            except DDictPersistCorruptError as e:
+                q.put(("corrupt", os.path.basename(e.path)))
+                return
+            report = [(os.path.basename(r["path"]), bool(r["skipped"])) for r in d.repair_report]
+            q.put(("repaired", len(d) >= n - 3, all(d[k] == k * k for k in d.keys()), sorted(report)))
+            d.destroy()
+
         def at(node, f, *args):
             q = mp.Queue()
             p = on(node, f, q, *args)
@@ -1355,6 +1376,12 @@ def test_durable_ddict_on_node_local_disks_comes_back_from_any_node(cluster):
             # No shard has files: a restore starts empty.
             print(at(2, restore, "fresh", 1, 3, 0))
             print("files", everywhere("fresh"))
+            # A log damaged on node2's disk: refused, then repaired there by
+            # its own manager when asked, whichever node restores.
+            print(at(0, make, "dmg", 1, 3, 300))
+            print(at(1, damage, "dmg"))
+            print(at(2, restore_damaged, "dmg", 300, False))
+            print(at(2, restore_damaged, "dmg", 300, True))
         """)
     r = _run(cluster, script)
     _ok(r)
@@ -1371,6 +1398,8 @@ def test_durable_ddict_on_node_local_disks_comes_back_from_any_node(cluster):
     assert "unchanged True [['nodelocal.0.wal'], [], ['nodelocal.2.wal']]" in out, out
     assert "('restored', 'fresh', 'node3', 0, True)" in out, out
     assert "files [['fresh.0.wal'], ['fresh.1.wal'], ['fresh.2.wal']]" in out, out
+    assert "('corrupt', 'dmg.1.wal')" in out, out
+    assert "('repaired', True, True, [('dmg.0.wal', False), ('dmg.1.wal', True), ('dmg.2.wal', False)])" in out, out
     _assert_clean(cluster)
 
 

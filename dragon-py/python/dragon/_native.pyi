@@ -226,9 +226,10 @@ def ddict_serve(descriptor: str, index: int, size: int, owner_pid: int, owner_st
                 working_set: int = 1) -> None:
     """Run the manager of shard ``index`` (without the GIL) until destroyed."""
 
-def ddict_repair(persist_path: str, name: str, shards: int | None = None) -> list[dict[str, Any]]:
-    """Repair the files of DDict ``name`` (shards ``0..shards`` or all on
-    disk): one report dict per file."""
+def ddict_repair(persist_path: str, name: str, shards: int | None = None,
+                 index: int | None = None) -> list[dict[str, Any]]:
+    """Repair the files of DDict ``name`` (shard ``index``, shards
+    ``0..shards`` or all on disk): one report dict per file."""
 
 def ddict_key_hash(key: bytes) -> int:
     """FNV-1a 64 of the key's bytes (routing: ``hash % managers``)."""

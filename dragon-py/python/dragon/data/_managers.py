@@ -38,7 +38,9 @@ def manager_main(desc: str, index: int, size: int, owner_pid: int, owner_start: 
                  check_name: str | None = None) -> None:
     """Body of a manager process. With ``check_name`` (a restore), first
     tell the creator whether this node has files of the shard, and restore
-    only when it answers ``"go"`` (see :func:`start_managers`)."""
+    only when it answers ``"go"``, or ``"repair"``: then first repair the
+    shard's files on this node's disk and send the report (see
+    :func:`start_managers`)."""
     told = []
     if owner_pid == 0:
         # A manager on another node than its DDict's creator (whose pid
@@ -54,7 +56,10 @@ def manager_main(desc: str, index: int, size: int, owner_pid: int, owner_start: 
         if check_name is not None and persist_path is not None:
             found = any(os.path.exists(f) for f in shard_files(persist_path, check_name, index))
             conn.send(("found", found, socket.gethostname()))
-            if conn.recv() != "go":
+            word = conn.recv()
+            if word == "repair":
+                conn.send(("repaired", _native.ddict_repair(persist_path, check_name, None, index)))
+            elif word != "go":
                 os._exit(0)
         _native.ddict_serve(desc, index, size, owner_pid, owner_start, ready, persist_path, restore,
                             working_set)
@@ -189,7 +194,7 @@ def shard_nodes(managers_per_node: int, num_nodes: int, durable: bool = False) -
 
 def start_managers(desc: str, n: int, size: int, timeout: float, persist_path: str | None, restore: bool,
                    working_set: int = 1, nodes: list[int] | None = None,
-                   name: str | None = None) -> list[BaseProcess]:
+                   name: str | None = None, repair_reports: list[dict[str, Any]] | None = None) -> list[BaseProcess]:
     """Start the ``n`` managers of the DDict ``desc`` (manager ``i`` on
     ``nodes[i]``, all here without ``nodes``) and wait until each serves its
     shard, at most ``timeout`` seconds in all; raises the error of a manager
@@ -200,7 +205,10 @@ def start_managers(desc: str, n: int, size: int, timeout: float, persist_path: s
     some shards have files and others none (restored from another node
     than the one that logged them, or files lost), it raises
     :class:`DDictPersistError` naming them before any manager touches its
-    files; when no shard has any, the DDict starts empty."""
+    files; when no shard has any, the DDict starts empty. With
+    ``repair_reports`` (a list), each manager first repairs its shard's
+    files on its own node's disk, and the reports are added to the list in
+    shard order."""
     import multiprocessing
 
     ctx: Any = multiprocessing.get_context("dragon")  # the dragon context (registered by import dragon)
@@ -234,7 +242,10 @@ def start_managers(desc: str, n: int, size: int, timeout: float, persist_path: s
             if missing and len(missing) < n:
                 raise _missing_error(check, persist_path, n, missing, nodes)
             for r in conns:
-                r.send("go")
+                r.send("go" if repair_reports is None else "repair")
+            if repair_reports is not None:
+                for i, (p, r) in enumerate(zip(procs, conns)):
+                    repair_reports.extend(_message(i, p, r, end, timeout)[1])
         for i, (p, r) in enumerate(zip(procs, conns)):
             _message(i, p, r, end, timeout)
     except BaseException:
@@ -247,7 +258,8 @@ def start_managers(desc: str, n: int, size: int, timeout: float, persist_path: s
 
 
 def _message(i: int, p: BaseProcess, r: Connection, end: float, timeout: float) -> list[Any]:
-    """The next message of starting manager ``i`` (``ready`` or ``found``);
+    """The next message of starting manager ``i`` (``ready``, ``found`` or
+    ``repaired``);
     raises its error, or if it died or did not answer by ``end``."""
     from multiprocessing.connection import wait
 
@@ -261,7 +273,7 @@ def _message(i: int, p: BaseProcess, r: Connection, end: float, timeout: float) 
                 what, detail, *info = r.recv()
             except EOFError:
                 what, detail, info = "error", "exited with code %s" % p.exitcode, []
-            if what in ("ready", "found"):
+            if what in ("ready", "found", "repaired"):
                 return [what, detail, *info]
             raise _manager_error(i, detail, info[0] if info else None)
         if p.sentinel in ready:

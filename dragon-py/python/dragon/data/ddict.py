@@ -244,16 +244,17 @@ class DDict:
         nodes_of_shards = shard_nodes(managers_per_node, nodes, persist_path is not None)
         desc = _native.ddict_descriptor(name, managers, persist_path is not None,
                                         nodes_of_shards)
-        if repair:
-            assert persist_path is not None  # checked above
-            self.repair_report = _native.ddict_repair(os.fspath(persist_path), name, managers)
-            if any(r["skipped"] for r in self.repair_report):
-                warnings.warn("DDict %r: repair skipped damaged bytes:\n%s"
-                              % (name, "\n".join(report_lines(self.repair_report))),
-                              DDictRepairWarning, stacklevel=2)
+        # Each manager repairs its own shard's files, on its node's disk.
+        reports: list[dict[str, Any]] | None = [] if repair else None
         self._procs = start_managers(desc, managers, size, timeout or START_TIMEOUT,
                                      None if persist_path is None else os.fspath(persist_path),
-                                     restore, working_set_size, nodes_of_shards, name)
+                                     restore, working_set_size, nodes_of_shards, name, reports)
+        if reports is not None:
+            self.repair_report = reports
+            if any(r["skipped"] for r in reports):
+                warnings.warn("DDict %r: repair skipped damaged bytes:\n%s"
+                              % (name, "\n".join(report_lines(reports))),
+                              DDictRepairWarning, stacklevel=2)
         try:
             self._c = _native.DDictClient(desc)
         except BaseException:
