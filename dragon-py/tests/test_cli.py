@@ -119,3 +119,53 @@ def test_help_names_every_environment_variable():
     assert not missing, "dragon --help does not name %s" % missing
     for flag in ("-N, --nodes", "-s, --single-node", "-l, --log-level", "--hostlist", "--hostfile", "python -m dragon"):
         assert flag in out.stdout, flag
+
+
+MAIN_CLASSES = """
+    import multiprocessing as mp
+
+    class MainError(Exception):
+        pass
+
+    class Point:
+        def __init__(self, x):
+            self.x = x
+
+    def make(x):
+        return Point(x)
+
+    def boom(x):
+        raise MainError("boom %d" % x)
+
+    def child(q):
+        q.put(Point(7))
+
+    if __name__ == "__main__":
+        with mp.Pool(2) as p:
+            print("points", [pt.x for pt in p.map(make, range(3))])
+            try:
+                p.apply(boom, (1,))
+            except MainError as e:
+                print("raised", type(e).__name__, e)
+        q = mp.Queue()
+        c = mp.Process(target=child, args=(q,))
+        c.start()
+        print("queued", q.get(timeout=60).x)
+        c.join()
+"""
+
+
+def test_classes_of_the_script_come_back_from_its_children(tmp_path):
+    # Objects and exceptions of classes the script defines, made in a
+    # child (a Pool worker, a Process), reach the script, run by the dragon
+    # command as by python, or as a module with -m.
+    script = write_script(tmp_path, MAIN_CLASSES)
+    expected = "points [0, 1, 2]\nraised MainError boom 1\nqueued 7\n"
+    out = _dragon(script)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == expected
+    module = os.path.splitext(os.path.basename(script))[0]
+    out = subprocess.run([sys.executable, "-m", "dragon", "-m", module], env=clean_env(), capture_output=True,
+                         text=True, timeout=120, cwd=os.path.dirname(script))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == expected

@@ -307,6 +307,11 @@ def _run_program(module, script, args) -> int:
         main_module.__cached__ = None
         main_module.__builtins__ = __builtins__
         sys.modules["__main__"] = main_module
+        # What multiprocessing calls the main module (it took this process's
+        # __main__, the dragon command, when it was imported): children
+        # import the script under this name, so the classes they pickle
+        # (results, exceptions) are found here by it.
+        sys.modules["__mp_main__"] = main_module
         sys.argv = [script, *args]
         sys.path[0] = os.path.dirname(path)
         # As `python script.py` would, with the template already importing the
