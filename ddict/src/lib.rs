@@ -300,8 +300,13 @@ impl Client {
         self.desc.flags & FLAG_DURABLE != 0
     }
 
-    /// Check (at most every [`HEALTH_INTERVAL`]) that the DDict lives.
+    /// Check that the DDict was not destroyed (every time: a load of each
+    /// of this node's shards' state word) and (at most every
+    /// [`HEALTH_INTERVAL`]) that its managers live.
     fn health(&mut self) -> Result<(), Error> {
+        if self.here().any(|(_, sh)| sh.state() != ddict_shard::state::OPEN) {
+            return Err(Error::Destroyed);
+        }
         let now = Instant::now();
         if now < self.next_check {
             return Ok(());

@@ -470,10 +470,14 @@ impl DDictClient {
     fn destroy(&self, py: Python<'_>) -> PyResult<()> {
         let mut first = None;
         // Every node is asked, even if one fails; a lost node's shards went
-        // with it (the node cleans up what it held), which is no error here.
+        // with it (the node cleans up what it held), and shards destroyed
+        // already (by another process) are gone as asked: no error here.
         for &node in &self.others {
             match self.remote(py, node, None, ops::DESTROY, &[]) {
-                Err(e) if !e.is_instance_of::<pyo3::exceptions::PyConnectionError>(py) => {
+                Err(e)
+                    if !e.is_instance_of::<pyo3::exceptions::PyConnectionError>(py)
+                        && !e.is_instance_of::<crate::errors::DDictDestroyedError>(py) =>
+                {
                     first.get_or_insert(e);
                 }
                 _ => {}

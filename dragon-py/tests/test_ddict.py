@@ -582,3 +582,24 @@ def test_persistence_files_are_0600_and_directories_0700_whatever_the_umask(tmp_
     assert rep["rewritten"] and mode(store / "m.0.wal") == 0o600
     assert mode(rep["damaged_copy"]) == 0o600
     assert sorted(os.listdir(store)) == ["m.0.wal", "m.0.wal.damaged"]
+
+
+def _destroy_when_told(d, go, q):
+    go.wait(60)
+    d.destroy()
+    q.put("destroyed")
+
+
+def test_a_write_right_after_another_process_destroyed_the_ddict_is_refused(ctx):
+    # Refused at once, not accepted and lost for a moment (the liveness of
+    # the managers is checked now and then; the DDict's state every time).
+    d = DDict(total_mem=8 * MB)
+    go, q = ctx.Event(), ctx.Queue()
+    p = ctx.Process(target=_destroy_when_told, args=(d, go, q))
+    p.start()
+    d["warm"] = 1
+    go.set()
+    assert q.get(timeout=60) == "destroyed"
+    with pytest.raises(DDictDestroyedError):
+        d["late"] = 2
+    p.join(60)

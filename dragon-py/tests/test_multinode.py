@@ -1403,6 +1403,53 @@ def test_durable_ddict_on_node_local_disks_comes_back_from_any_node(cluster):
     _assert_clean(cluster)
 
 
+def test_a_destroyed_ddict_frees_its_memory_on_every_node(cluster):
+    # Used from a node without a shard (so that the shards' nodes' services
+    # map them for it), then destroyed: every node's /dev/shm gets its
+    # memory back, DDict after DDict (it was held until the run ended).
+    script = _script(cluster, "ddictfree.py", ON_NODE + """
+        import os, time
+        from dragon.data.ddict import DDict
+
+        def used(q):
+            st = os.statvfs("/dev/shm")
+            q.put((st.f_blocks - st.f_bfree) * st.f_frsize >> 20)
+
+        def fill(d, q):
+            v = os.urandom(4 << 20)
+            for i in range(20):
+                d[i] = v
+            q.put("filled")
+
+        def at(node, f, *args):
+            q = mp.Queue()
+            p = on(node, f, *args, q)
+            got = q.get(timeout=120)
+            p.join(120)
+            return got
+
+        def shm(nodes):
+            return [at(n, used) for n in nodes]
+
+        if __name__ == "__main__":
+            before = shm((0, 1))
+            for _ in range(3):
+                d = DDict(1, 2, 256 << 20)
+                at(2, fill, d)
+                d.destroy()
+            deadline = time.monotonic() + 120
+            while True:
+                now = shm((0, 1))
+                if all(b + 48 > n for b, n in zip(before, now)) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            print("MiB before", before, "after", now, "back", all(b + 48 > n for b, n in zip(before, now)))
+        """)
+    r = _run(cluster, script)
+    _ok(r)
+    assert re.search(r"back True", r.stdout), r.stdout
+    _assert_clean(cluster)
+
 def test_ddict_filled_by_pool_workers_on_every_node(cluster):
     script = _script(cluster, "ddictpool.py", """
         import multiprocessing as mp, os, socket

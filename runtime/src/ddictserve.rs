@@ -344,6 +344,18 @@ impl DDictServer {
         DDictServer { node, clients: Arc::default() }
     }
 
+    /// Let go of the DDicts destroyed since they were last used here (by
+    /// a process of their own node, say, whose destroy this service never
+    /// sees): their shards' memory is freed once nobody maps it. A client
+    /// in use is looked at next time.
+    pub fn sweep(&mut self) {
+        let mut map = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, c| match c.try_lock() {
+            Ok(c) => !matches!(c.check_now(), Err(Error::Destroyed)),
+            Err(_) => true,
+        });
+    }
+
     /// Perform a DDICT request: at once (`Some`) if it is a short operation
     /// on a DDict already in use here whose client is free (a read, or a
     /// write of a DDict without a log to sync), else on a thread of the
@@ -409,16 +421,15 @@ fn run(clients: &Clients, node: u32, r: &Request<'_>) -> Outcome {
 fn run_on(clients: &Clients, mut c: std::sync::MutexGuard<'_, Client>, r: &Request<'_>) -> Outcome {
     let out = c.set_pin(r.pin).and_then(|()| perform(&mut c, r));
     let _ = c.set_pin(None);
+    if r.op == DESTROY || matches!(out, Err(Error::Destroyed)) {
+        // Let go of the shards' memory (a DDict destroyed is never used
+        // again: a later request attaches anew, and is told so).
+        drop(c);
+        clients.lock().unwrap_or_else(|e| e.into_inner()).remove(r.descriptor);
+    }
     match out {
         Ok(f) => Outcome::Fields(f),
-        Err(e) => {
-            if matches!(e, Error::Destroyed) || r.op == DESTROY {
-                // Let go of the shards' memory.
-                drop(c);
-                clients.lock().unwrap_or_else(|e| e.into_inner()).remove(r.descriptor);
-            }
-            Outcome::Failed(ErrorKind::of(&e), e.to_string())
-        }
+        Err(e) => Outcome::Failed(ErrorKind::of(&e), e.to_string()),
     }
 }
 

@@ -549,6 +549,7 @@ impl Service {
 
     fn tick(&mut self) {
         let now = Instant::now();
+        self.ddicts.sweep();
         let mut silent = Vec::new();
         let mut stale = Vec::new();
         let tokens: Vec<Token> = self.conns.keys().copied().collect();
