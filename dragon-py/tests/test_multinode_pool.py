@@ -417,6 +417,31 @@ if __name__ == "__main__":
     _assert_clean(cluster)
 
 
+def test_tasks_given_out_as_the_pool_starts_reach_every_node(cluster):
+    """Six tasks that can only finish together (a barrier of six), mapped as
+    soon as a pool of six workers (two per node) exists: the nodes whose
+    workers start first must not take more than a task per worker while
+    the others start, or the tasks queued behind them never run."""
+    script = _pool_script(cluster, "pool_start.py", """
+B = None
+
+def init(b):
+    global B
+    B = b
+
+def task(i):
+    B.wait(120)
+    return H
+
+if __name__ == "__main__":
+    with mp.Pool(6, initializer=init, initargs=(mp.Barrier(6),)) as p:
+        print("hosts", sorted(p.map(task, range(6), 1)))
+""")
+    r = _run(cluster, script)
+    _ok(r)
+    assert "hosts ['node1', 'node1', 'node2', 'node2', 'node3', 'node3']" in r.stdout, r.stdout
+    _assert_clean(cluster)
+
 def test_a_slow_node_gets_fewer_tasks(cluster):
     """node3's tasks hold until most of the map is done: the pool must give
     the other nodes the rest (a node holds at most its window), or the map

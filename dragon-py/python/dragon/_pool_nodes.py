@@ -43,7 +43,10 @@ every ``WINDOW_PERIOD``; at most what its ring holds): short tasks keep a
 deep queue on every node (the round trip to a node is hidden), long ones a
 shallow one (a slow node keeps little that others could have done). Each
 node's ring holds its window, so its workers find tasks there without
-waiting for the owner while any are queued.
+waiting for the owner while any are queued. While some node's workers are
+still starting, the nodes already started hold at most a task per worker,
+so that long tasks given out at once are not all queued on the first node
+to start.
 
 Loss
 ----
@@ -512,6 +515,11 @@ class NodeTasks(TaskSplitter):
                 if self._aborted:
                     raise BrokenPoolError("the pool is being terminated")
                 best, best_free, live = None, 0.0, False
+                # While a node's workers are still starting, the nodes ready
+                # hold no more than a task per worker: the first to start
+                # would otherwise take a window's worth (long tasks sent
+                # there wait while the others' workers sit idle).
+                starting = any(p.dead is None and not p.ready for p in parts)
                 for k in range(n):
                     p = parts[(self._turn + k) % n]
                     if p.dead is not None:
@@ -519,7 +527,8 @@ class NodeTasks(TaskSplitter):
                     live = True
                     if not p.ready:
                         continue
-                    free = (p.window - p.outstanding) / p.window
+                    window = min(p.window, p.target) if starting else p.window
+                    free = (window - p.outstanding) / window
                     if free > best_free:
                         best, best_free = p, free
                 if best is not None:
