@@ -304,7 +304,7 @@ impl Client {
     /// of this node's shards' state word) and (at most every
     /// [`HEALTH_INTERVAL`]) that its managers live.
     fn health(&mut self) -> Result<(), Error> {
-        if self.here().any(|(_, sh)| sh.state() != ddict_shard::state::OPEN) {
+        if self.destroyed() {
             return Err(Error::Destroyed);
         }
         let now = Instant::now();
@@ -315,12 +315,18 @@ impl Client {
         self.check_now()
     }
 
+    /// Whether the DDict was destroyed (a load of each of this node's
+    /// shards' state word).
+    pub fn destroyed(&self) -> bool {
+        self.here().any(|(_, sh)| sh.state() != ddict_shard::state::OPEN)
+    }
+
     /// Check now that the DDict was not destroyed and every manager lives.
     pub fn check_now(&self) -> Result<(), Error> {
+        if self.destroyed() {
+            return Err(Error::Destroyed);
+        }
         for (i, sh) in self.here() {
-            if sh.state() != ddict_shard::state::OPEN {
-                return Err(Error::Destroyed);
-            }
             if !sh.manager_alive() {
                 return Err(Error::ManagerDied { shard: i });
             }

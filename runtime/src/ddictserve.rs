@@ -351,7 +351,7 @@ impl DDictServer {
     pub fn sweep(&mut self) {
         let mut map = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, c| match c.try_lock() {
-            Ok(c) => !matches!(c.check_now(), Err(Error::Destroyed)),
+            Ok(c) => !c.destroyed(),
             Err(_) => true,
         });
     }

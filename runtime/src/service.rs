@@ -888,13 +888,7 @@ impl Service {
         }
         // What its processes held here is released.
         self.sync.node_gone(node);
-        let direct: Vec<Token> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| matches!(&c.role, Role::Direct(d) if d.node == node))
-            .map(|(t, _)| *t)
-            .collect();
-        for t in direct {
+        for t in self.conns_where(|r| matches!(r, Role::Direct(d) if d.node == node)) {
             self.drop_conn(t, why);
         }
         // Its tethers end: its processes are gone.
@@ -1923,13 +1917,7 @@ impl Service {
         // to this service are read to their end and closed now (their
         // cancels and releases go out on the links before the exit does),
         // and the node that hears of the exit ends its waits there first.
-        let mine: Vec<Token> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| matches!(&c.role, Role::Local(l) if l.pid == pid))
-            .map(|(t, _)| *t)
-            .collect();
-        for t in mine {
+        for t in self.conns_where(|r| matches!(r, Role::Local(l) if l.pid == pid)) {
             self.drain_and_drop(t, "its process ended");
         }
         match from {
@@ -1961,11 +1949,14 @@ impl Service {
     /// their end of file: what the process sent before it ended may still
     /// be on its way, and is served).
     fn direct_waits_end(&mut self, node: u32, pid: u32) {
-        for (t, c) in &self.conns {
-            if matches!(&c.role, Role::Direct(d) if d.node == node && d.pid == pid) {
-                self.sync.conn_gone(node, direct_conn_id(*t));
-            }
+        for t in self.conns_where(|r| matches!(r, Role::Direct(d) if d.node == node && d.pid == pid)) {
+            self.sync.conn_gone(node, direct_conn_id(t));
         }
+    }
+
+    /// The connections whose role passes `keep`.
+    fn conns_where(&self, keep: impl Fn(&Role) -> bool) -> Vec<Token> {
+        self.conns.iter().filter(|(_, c)| keep(&c.role)).map(|(t, _)| *t).collect()
     }
 
     fn notice_node(&mut self, node: u32, kind: u8, payload: Bytes) {
