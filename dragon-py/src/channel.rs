@@ -340,7 +340,7 @@ impl Channel {
     /// channel stayed full (not blocking, or timed out), 2 if shared memory
     /// for a large message is exhausted for now.
     #[pyo3(signature = (data, prefix=-1, block=true, timeout=None))]
-    fn send(
+    pub(crate) fn send(
         &self,
         py: Python<'_>,
         data: &Bound<'_, PyAny>,
@@ -358,7 +358,7 @@ impl Channel {
     /// least every 100 ms while waiting, returned true). Raises `EOFError`
     /// once the channel is closed and drained.
     #[pyo3(signature = (block=true, timeout=None, check=None))]
-    fn recv<'py>(
+    pub(crate) fn recv<'py>(
         &self,
         py: Python<'py>,
         block: bool,

@@ -15,7 +15,7 @@ use pyo3::exceptions::{
     PyAssertionError, PyBrokenPipeError, PyConnectionError, PyEOFError, PyOverflowError, PyValueError,
 };
 use pyo3::prelude::*;
-use queues::{Fault, PutError, QueueError};
+use queues::{Fault, GetError, PutError, QueueError, TaskDoneError};
 use shm_primitives::handle::HandleError;
 use std::fmt::Display;
 use sync_objects::{BarrierError, CondError, ReleaseError, WaitError};
@@ -365,6 +365,7 @@ pub(crate) fn hosts_err(e: impl Display) -> PyErr {
 // ---- queues -------------------------------------------------------------------
 
 pyo3::import_exception!(queue, Full);
+pyo3::import_exception!(queue, Empty);
 
 /// A channel operation of a queue (`queues` crate) failed: as the same
 /// failure of `Channel.send` is reported.
@@ -385,6 +386,26 @@ pub(crate) fn put_err(e: &PutError) -> PyErr {
         PutError::Full => Full::new_err(()),
         PutError::Closed | PutError::Wire(_) => PyValueError::new_err(e.to_string()),
         PutError::Channel(f) => fault_err(f),
+        _ => DragonError::new_err(e.to_string()),
+    }
+}
+
+/// A get from a queue (`queues` crate) failed: `queue.Empty` if nothing
+/// came in time, else as [`fault_err`].
+pub(crate) fn get_err(e: &GetError) -> PyErr {
+    match e {
+        GetError::Empty => Empty::new_err(()),
+        GetError::Closed => PyValueError::new_err(e.to_string()),
+        GetError::Channel(f) => fault_err(f),
+        _ => DragonError::new_err(e.to_string()),
+    }
+}
+
+/// A joinable queue's `task_done` failed: `ValueError` if called more
+/// often than items were put, as in the standard library.
+pub(crate) fn task_done_err(e: &TaskDoneError) -> PyErr {
+    match e {
+        TaskDoneError::TooManyCalls => PyValueError::new_err(e.to_string()),
         _ => DragonError::new_err(e.to_string()),
     }
 }

@@ -1,32 +1,42 @@
-//! `_native.Queue` and `_native.Feeder`: the put side of
-//! `dragon.queues.Queue` on the `queues` crate.
+//! `_native.Queue` and `_native.Feeder`: the rules of a
+//! `dragon.queues.Queue` (and `JoinableQueue`) are the `queues` crate's,
+//! over the channel object and synchronisation objects Python made.
 //!
-//! An unbounded put (and a put of a queue bounded by a semaphore, once
-//! Python has its permit) goes through [`queues::Queue::put_with`]: the
-//! first attempt is `Channel.send`'s own (with the GIL held, lending large
-//! messages to the block store, forwarding a received block); when the
-//! ring is full the message waits in the crate's local buffer, and the
-//! crate's feeder thread (a Rust thread: it needs the GIL only to report
-//! an error) sends it, in order. The feeder drops what it holds once the
-//! queue is closed or gone and no other process is attached, as the
-//! standard feeder stops on a broken pipe.
+//! - A put goes through [`queues::Queue::put_with`] (a joinable queue's
+//!   through [`queues::JoinableQueue::put_with`], which counts the item
+//!   first and uncounts it if the put fails). An exact queue's send waits
+//!   for room as `_wire.send_blocking` does. An unbounded put (and a put
+//!   of a queue bounded by a semaphore, once it has its unit) is first
+//!   tried by `Channel.send`'s own code (with the GIL held, lending large
+//!   messages to the block store, forwarding a received block); when the
+//!   ring is full the message waits in the crate's local buffer, and the
+//!   crate's feeder thread (a Rust thread: it needs the GIL only to report
+//!   an error) sends it, in order. The feeder drops what it holds once the
+//!   queue is closed or gone and no other process is attached, as the
+//!   standard feeder stops on a broken pipe.
+//! - A get goes through [`queues::Queue::get_with`]: the channel object
+//!   receives (zero-copy views of large messages included), the crate
+//!   skips control messages and gives a semaphore's unit back.
+//! - The semaphore, task count, lock and condition are `dragon._native`
+//!   objects of this node or of another ([`PySync`]), so that a queue
+//!   works across nodes; an exception one of them raises (a Ctrl-C in a
+//!   wait, say) is the one the call raises.
 //!
-//! What stays in Python (`dragon/queues.py`): pickling, the bounds of
-//! exact queues (a blocking send on the channel) and of semaphore queues
-//! (a `dragon.synchronize` semaphore, which works across nodes), receiving
-//! (through the channel object), task counting of `JoinableQueue` (shared
-//! `dragon.synchronize` objects, for the same reason), and the exit hooks
+//! What stays in Python (`dragon/queues.py`): pickling (of the queue and
+//! of its items), the snapshots `qsize`/`empty`/`full`, and the exit hooks
 //! (`util.Finalize`) that end and wait for the feeder.
-use crate::channel::{send_obj, Att, Channel, NO_MEMORY, SENT};
-use crate::errors::{put_err, queue_err, too_large_for_shm};
+use crate::blocking::block_timeout;
+use crate::channel::{send_obj, Att, Channel, NOT_SENT, NO_MEMORY, SENT, TAG_PICKLE};
+use crate::errors::{get_err, put_err, queue_err, task_done_err, too_large_for_shm, DragonError};
 use crate::lent;
 use crate::remote::{message, Outgoing, RemoteChannel, SLICE};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
-use queues::{Fault, PutError, QueueChannel, ShmChannel};
+use pyo3::types::{PyBytes, PyTuple};
+use queues::{Fault, PutError, QueueChannel, QueueSync, ShmChannel};
 use shm_primitives::{Handle, ProcessId};
+use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use transport_abi::abi::{DRAGON_EAGAIN, DRAGON_EIDRM, DRAGON_ENOENT, DRAGON_EPIPE, DRAGON_ETIMEDOUT};
 use transport_abi::loader::PluginError;
 
@@ -222,9 +232,144 @@ impl QueueChannel for PyChan {
     }
 }
 
-type Inner = queues::Queue<PyChan>;
+thread_local! {
+    /// The exception a queue's synchronisation object raised during a
+    /// crate operation on this thread (the crate sees a [`Fault`]).
+    static RAISED: RefCell<Option<PyErr>> = const { RefCell::new(None) };
+}
 
-/// The buffering put side of a `dragon.queues.Queue` in this process.
+/// Call a method of a synchronisation object; an exception becomes a
+/// [`Fault`], and is kept to be raised when the crate returns.
+fn call_sync<'py>(
+    obj: &Py<PyAny>,
+    name: &str,
+    args: impl pyo3::call::PyCallArgs<'py>,
+    py: Python<'py>,
+) -> Result<Bound<'py, PyAny>, Fault> {
+    obj.bind(py).call_method1(name, args).map_err(|e| {
+        let f = Fault::Other(e.to_string());
+        RAISED.with(|r| *r.borrow_mut() = Some(e));
+        f
+    })
+}
+
+/// Run a crate operation; if it fails, the exception one of the queue's
+/// synchronisation objects raised meanwhile (a Ctrl-C during a wait, an
+/// object's node lost) is raised rather than the crate's error.
+fn run<T, E>(f: impl FnOnce() -> Result<T, E>, err: impl FnOnce(E) -> PyErr) -> PyResult<T> {
+    RAISED.with(|r| r.borrow_mut().take());
+    let r = f();
+    let raised = RAISED.with(|r| r.borrow_mut().take());
+    r.map_err(|e| raised.unwrap_or_else(|| err(e)))
+}
+
+/// A Python timeout argument pair (`block`, `timeout`) for a Rust one.
+fn block_args(t: Option<Duration>) -> (bool, Option<f64>) {
+    match t {
+        None => (true, None),
+        Some(Duration::ZERO) => (false, None),
+        Some(d) => (true, Some(d.as_secs_f64())),
+    }
+}
+
+/// A queue's synchronisation objects: `dragon._native` objects of this
+/// node (`Semaphore`, `Lock`, `Condition`) or of another node
+/// (`RemoteSync`, which asks that node's service), called through their
+/// methods, so that each keeps its own rules (a lock's owner, waits that
+/// release the GIL and let Ctrl-C through). Their lifetime is their
+/// Python objects': the crate destroys none of them.
+struct PySync;
+
+/// A semaphore or lock of [`PySync`].
+struct PyObj(Py<PyAny>);
+
+impl QueueSync for PySync {
+    type Semaphore = PyObj;
+    type Lock = PyObj;
+    type Condition = PyObj;
+}
+
+impl queues::sync::Semaphore for PyObj {
+    fn acquire(&self, timeout: Option<Duration>) -> Result<bool, Fault> {
+        Python::attach(|py| {
+            let got = call_sync(&self.0, "acquire", block_args(timeout), py)?;
+            Ok(got.is_truthy().unwrap_or(false))
+        })
+    }
+
+    fn release(&self) -> Result<(), Fault> {
+        Python::attach(|py| call_sync(&self.0, "release", (), py).map(|_| ()))
+    }
+
+    fn value(&self) -> Result<u32, Fault> {
+        Python::attach(|py| {
+            let v = call_sync(&self.0, "get_value", (), py)?;
+            v.extract::<u32>().map_err(|e| Fault::Other(e.to_string()))
+        })
+    }
+}
+
+impl queues::sync::Lock for PyObj {
+    fn acquire(&self) -> Result<(), Fault> {
+        Python::attach(|py| call_sync(&self.0, "acquire", (true, None::<f64>), py).map(|_| ()))
+    }
+
+    fn release(&self) -> Result<(), Fault> {
+        Python::attach(|py| call_sync(&self.0, "release", (), py).map(|_| ()))
+    }
+}
+
+impl queues::sync::Condition<PyObj> for PyObj {
+    fn wait(&self, lock: &PyObj, timeout: Option<Duration>) -> Result<(), Fault> {
+        let secs = timeout.map(|t| t.as_secs_f64());
+        Python::attach(|py| call_sync(&self.0, "wait", (lock.0.clone_ref(py), secs), py).map(|_| ()))
+    }
+
+    fn notify_all(&self) -> Result<(), Fault> {
+        Python::attach(|py| call_sync(&self.0, "notify_all", (), py).map(|_| ()))
+    }
+}
+
+/// What a queue is made of besides its channel (kept to make a forked
+/// child's own crate queue).
+struct Parts {
+    /// The bound (0: unbounded).
+    maxsize: u64,
+    /// The semaphore of a bound above `EXACT_MAX`.
+    sem: Option<Py<PyAny>>,
+    /// A joinable queue's task count, lock and condition.
+    tasks: Option<[Py<PyAny>; 3]>,
+}
+
+/// The crate's queue, joinable or not.
+enum Inner {
+    Plain(queues::Queue<PyChan, PySync>),
+    Joinable(queues::JoinableQueue<PyChan, PySync>),
+}
+
+impl Inner {
+    fn queue(&self) -> &queues::Queue<PyChan, PySync> {
+        match self {
+            Inner::Plain(q) => q,
+            Inner::Joinable(j) => j.queue(),
+        }
+    }
+
+    fn put_with(
+        &self,
+        timeout: Option<Duration>,
+        send: impl FnOnce(&PyChan, Option<Duration>) -> Result<bool, Fault>,
+        buffered: impl FnOnce() -> Result<Vec<u8>, Fault>,
+    ) -> Result<bool, PutError> {
+        match self {
+            Inner::Plain(q) => q.put_with(timeout, send, buffered),
+            Inner::Joinable(j) => j.put_with(timeout, send, buffered),
+        }
+    }
+}
+
+/// The put side of a `dragon.queues` queue in this process, with its
+/// bounds, its task counting and the receiving rules.
 #[pyclass(module = "dragon._native", frozen)]
 pub(crate) struct Queue {
     /// Process that made `q`.
@@ -232,15 +377,20 @@ pub(crate) struct Queue {
     /// Never dropped outside `pid` (its feeder is a thread of `pid`); `None`
     /// only while being dropped.
     q: Option<Inner>,
-    /// The queue of a forked child, made on its first put there.
+    /// The queue of a forked child, made on its first use there.
     forked: Mutex<Option<(u32, Arc<Inner>)>>,
     chan: PyChan,
+    /// The channel object (`Channel` or `RemoteChannel`): it receives.
+    channel: Py<PyAny>,
+    parts: Parts,
     on_error: Py<PyAny>,
 }
 
 /// A crate queue over `chan` whose feeder reports to `on_error(exc, data)`.
-fn make(py: Python<'_>, chan: PyChan, on_error: &Py<PyAny>) -> PyResult<Inner> {
-    let q = Inner::from_channel(chan, 0, None).map_err(|e| queue_err(&e))?;
+fn make(py: Python<'_>, chan: PyChan, parts: &Parts, on_error: &Py<PyAny>) -> PyResult<Inner> {
+    let obj = |o: &Py<PyAny>| PyObj(o.clone_ref(py));
+    let q = queues::Queue::<PyChan, PySync>::from_channel(chan, parts.maxsize, parts.sem.as_ref().map(obj))
+        .map_err(|e| queue_err(&e))?;
     let hook = on_error.clone_ref(py);
     q.set_feeder_error_hook(Box::new(move |e: &PutError, data: &[u8]| {
         // Declined while the interpreter shuts down: the message is dropped
@@ -252,7 +402,12 @@ fn make(py: Python<'_>, chan: PyChan, on_error: &Py<PyAny>) -> PyResult<Inner> {
             }
         });
     }));
-    Ok(q)
+    Ok(match &parts.tasks {
+        None => Inner::Plain(q),
+        Some([unfinished, lock, cond]) => {
+            Inner::Joinable(queues::JoinableQueue::from_parts(q, obj(unfinished), obj(cond), obj(lock)))
+        }
+    })
 }
 
 impl Queue {
@@ -270,7 +425,7 @@ impl Queue {
             match g.as_ref() {
                 Some((pid, q)) if *pid == me => Arc::clone(q),
                 _ => {
-                    let q = Arc::new(make(py, self.chan.clone_ref(py), &self.on_error)?);
+                    let q = Arc::new(make(py, self.chan.clone_ref(py), &self.parts, &self.on_error)?);
                     if let Some((pid, old)) = g.replace((me, Arc::clone(&q))) {
                         if pid != me {
                             std::mem::forget(old);
@@ -282,6 +437,52 @@ impl Queue {
         };
         f(&q)
     }
+
+    /// Send `data` on the channel as `_wire.send_blocking` does, waiting at
+    /// most `t` for room: retried while shared memory for a large message
+    /// is short (the GIL released between tries); whether it was sent.
+    fn send_blocking(
+        &self,
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+        prefix: i32,
+        t: Option<Duration>,
+    ) -> PyResult<bool> {
+        let end = t.map(|t| Instant::now() + t);
+        let mut pause = Duration::from_micros(500);
+        loop {
+            let left = end.map(|e| e.saturating_duration_since(Instant::now()));
+            let (block, secs) = block_args(left);
+            let r = match &self.chan {
+                PyChan::Local(_) => {
+                    self.channel.bind(py).cast::<Channel>()?.get().send(py, data, prefix, block, secs)?
+                }
+                PyChan::Remote(rc) => rc.get().send(py, data, prefix, block, secs)?,
+            };
+            match r {
+                SENT => return Ok(true),
+                NOT_SENT => return Ok(false),
+                _ => check_fits(data.len().unwrap_or(0))?,
+            }
+            let left = end.map(|e| e.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Ok(false);
+            }
+            let nap = left.map_or(pause, |l| l.min(pause));
+            py.detach(|| std::thread::sleep(nap));
+            py.check_signals()?;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Receive one message (`(tag, payload)`), waiting at most `t`.
+    fn recv<'py>(&self, py: Python<'py>, t: Option<Duration>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let (block, secs) = block_args(t);
+        match &self.chan {
+            PyChan::Local(_) => self.channel.bind(py).cast::<Channel>()?.get().recv(py, block, secs, None),
+            PyChan::Remote(rc) => rc.get().recv(py, block, secs, None),
+        }
+    }
 }
 
 impl Drop for Queue {
@@ -292,7 +493,7 @@ impl Drop for Queue {
         let f = self.forked.get_mut().unwrap_or_else(|e| e.into_inner());
         if let Some((pid, q)) = f.take() {
             if pid == me {
-                q.cancel_join_thread();
+                q.queue().cancel_join_thread();
                 drop(q);
             } else {
                 std::mem::forget(q);
@@ -300,7 +501,7 @@ impl Drop for Queue {
         }
         if let Some(q) = self.q.take() {
             if self.pid == me {
-                q.cancel_join_thread();
+                q.queue().cancel_join_thread();
                 drop(q);
             } else {
                 std::mem::forget(q);
@@ -311,11 +512,21 @@ impl Drop for Queue {
 
 #[pymethods]
 impl Queue {
-    /// The put side of a queue on `channel` (a `Channel` or a
-    /// `RemoteChannel`); the feeder thread calls `on_error(exc, data)` with
-    /// each message it cannot send (and drops).
+    /// A queue on `channel` (a `Channel` or a `RemoteChannel`) bounded by
+    /// `maxsize` (0: unbounded; above `EXACT_MAX` with `sem`, a native
+    /// semaphore of `maxsize` units); `tasks`, the native task count, lock
+    /// and condition of a joinable queue. The feeder thread calls
+    /// `on_error(exc, data)` with each message it cannot send (and drops).
     #[new]
-    fn new(py: Python<'_>, channel: &Bound<'_, PyAny>, on_error: Py<PyAny>) -> PyResult<Queue> {
+    #[pyo3(signature = (channel, on_error, maxsize=0, sem=None, tasks=None))]
+    fn new(
+        py: Python<'_>,
+        channel: &Bound<'_, PyAny>,
+        on_error: Py<PyAny>,
+        maxsize: u64,
+        sem: Option<Py<PyAny>>,
+        tasks: Option<(Py<PyAny>, Py<PyAny>, Py<PyAny>)>,
+    ) -> PyResult<Queue> {
         let chan = if let Ok(c) = channel.cast::<Channel>() {
             PyChan::Local(c.get().att())
         } else if let Ok(r) = channel.cast::<RemoteChannel>() {
@@ -323,69 +534,156 @@ impl Queue {
         } else {
             return Err(pyo3::exceptions::PyTypeError::new_err("Queue takes a dragon channel"));
         };
-        let q = make(py, chan.clone_ref(py), &on_error)?;
-        Ok(Queue { pid: ProcessId::current().pid, q: Some(q), forked: Mutex::new(None), chan, on_error })
+        let parts = Parts { maxsize, sem, tasks: tasks.map(|(u, l, c)| [u, l, c]) };
+        let q = make(py, chan.clone_ref(py), &parts, &on_error)?;
+        Ok(Queue {
+            pid: ProcessId::current().pid,
+            q: Some(q),
+            forked: Mutex::new(None),
+            chan,
+            channel: channel.clone().unbind(),
+            parts,
+            on_error,
+        })
     }
 
-    /// Put `data` (tag `prefix` as for `Channel.send`): at once if the ring
-    /// has room and nothing waits in the local buffer, else into the buffer
-    /// for the feeder thread. Never waits for a ring's room; for a channel
-    /// of another node, waits at most [`REMOTE_ROOM_WAIT`] for room among
-    /// the sends in flight (a producer faster than the network then keeps
-    /// its pace instead of filling its buffer). Returns whether this put
-    /// started the feeder thread.
-    fn put(&self, py: Python<'_>, data: &Bound<'_, PyAny>, prefix: i32) -> PyResult<bool> {
+    /// Put `data` (tag `prefix` as for `Channel.send`) by the queue's
+    /// rules: a joinable queue counts it first; an exact queue sends it,
+    /// waiting for room (`queue.Full` if none came); a queue bounded by a
+    /// semaphore takes a unit, then puts as an unbounded one does: at once
+    /// if the ring has room and nothing waits in the local buffer, else
+    /// into the buffer for the feeder thread (never waiting for a ring's
+    /// room; for a channel of another node, waiting at most
+    /// [`REMOTE_ROOM_WAIT`] for room among the sends in flight, so that a
+    /// producer faster than the network keeps its pace instead of filling
+    /// its buffer). Returns whether this put started the feeder thread.
+    #[pyo3(signature = (data, prefix, block=true, timeout=None))]
+    fn put(
+        &self,
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+        prefix: i32,
+        block: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<bool> {
+        let t = block_timeout(block, timeout)?;
         self.with(py, |q| {
             // The Python exception of either step (the crate sees a Fault).
             let (mut err, mut err2) = (None, None);
-            let r = q.put_with(
-                |chan| {
-                    let r = match chan {
-                        PyChan::Local(att) => match att.get() {
-                            Ok(ch) => send_obj(py, &ch, data, prefix, Some(Duration::ZERO)).and_then(|r| match r {
-                                SENT => Ok(true),
-                                NO_MEMORY => {
-                                    // Larger than all shared memory: raise
-                                    // (as `_wire.check_fits`; no Python code
-                                    // runs here, under the buffer's lock).
-                                    check_fits(data.len().unwrap_or(0))?;
-                                    Ok(false)
-                                }
-                                _ => Ok(false),
-                            }),
-                            Err(e) => Err(e),
-                        },
-                        PyChan::Remote(rc) => rc.get().send_deferred(py, data, prefix, REMOTE_ROOM_WAIT.as_secs_f64()),
-                    };
-                    r.map_err(|e| {
-                        err = Some(e);
-                        Fault::Other(String::new())
-                    })
-                },
+            let r = run(
                 || {
-                    message(py, data, prefix).map_err(|e| {
-                        err2 = Some(e);
-                        Fault::Other(String::new())
-                    })
+                    q.put_with(
+                        t,
+                        |chan, t| {
+                            let r = if t != Some(Duration::ZERO) {
+                                // An exact queue's put: it may wait.
+                                self.send_blocking(py, data, prefix, t)
+                            } else {
+                                match chan {
+                                    PyChan::Local(att) => match att.get() {
+                                        Ok(ch) => send_obj(py, &ch, data, prefix, Some(Duration::ZERO)).and_then(|r| {
+                                            match r {
+                                                SENT => Ok(true),
+                                                NO_MEMORY => {
+                                                    // Larger than all shared memory:
+                                                    // raise (as `_wire.check_fits`; no
+                                                    // Python code runs here, under the
+                                                    // buffer's lock).
+                                                    check_fits(data.len().unwrap_or(0))?;
+                                                    Ok(false)
+                                                }
+                                                _ => Ok(false),
+                                            }
+                                        }),
+                                        Err(e) => Err(e),
+                                    },
+                                    PyChan::Remote(rc) => {
+                                        rc.get().send_deferred(py, data, prefix, REMOTE_ROOM_WAIT.as_secs_f64())
+                                    }
+                                }
+                            };
+                            r.map_err(|e| {
+                                err = Some(e);
+                                Fault::Other(String::new())
+                            })
+                        },
+                        || {
+                            message(py, data, prefix).map_err(|e| {
+                                err2 = Some(e);
+                                Fault::Other(String::new())
+                            })
+                        },
+                    )
                 },
+                |e| put_err(&e),
             );
             match (r, err.or(err2)) {
                 (_, Some(e)) => Err(e),
                 (Ok(started), None) => Ok(started),
-                (Err(e), None) => Err(put_err(&e)),
+                (Err(e), None) => Err(e),
             }
+        })
+    }
+
+    /// Take the next item: `(tag, payload)` as `Channel.recv` gives it
+    /// (control messages skipped; a queue bounded by a semaphore gives its
+    /// unit back); `queue.Empty` if none came in time.
+    #[pyo3(signature = (block=true, timeout=None))]
+    fn get<'py>(&self, py: Python<'py>, block: bool, timeout: Option<f64>) -> PyResult<Bound<'py, PyTuple>> {
+        let t = block_timeout(block, timeout)?;
+        self.with(py, |q| {
+            let mut err = None;
+            let r = run(
+                || {
+                    q.queue().get_with(t, |_, t| match self.recv(py, t) {
+                        Ok(Some(m)) => {
+                            let tag: u8 = m.get_item(0).and_then(|t| t.extract()).unwrap_or(TAG_PICKLE);
+                            Ok((queues::wire::split(&[tag]).0, m))
+                        }
+                        Ok(None) => Err(Fault::WouldBlock),
+                        Err(e) => {
+                            err = Some(e);
+                            Err(Fault::Other(String::new()))
+                        }
+                    })
+                },
+                |e| get_err(&e),
+            );
+            match (r, err) {
+                (_, Some(e)) => Err(e),
+                (r, None) => r,
+            }
+        })
+    }
+
+    /// One item taken from a joinable queue has been processed.
+    fn task_done(&self, py: Python<'_>) -> PyResult<()> {
+        self.with(py, |q| match q {
+            Inner::Joinable(j) => run(|| j.task_done(), |e| task_done_err(&e)),
+            Inner::Plain(_) => Err(pyo3::exceptions::PyTypeError::new_err("not a joinable queue")),
+        })
+    }
+
+    /// Wait until every item put on a joinable queue has been marked done,
+    /// at most `timeout` seconds (`None`: no limit); whether they are.
+    #[pyo3(signature = (timeout=None))]
+    fn join(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let t = crate::blocking::timeout(timeout)?;
+        self.with(py, |q| match q {
+            Inner::Joinable(j) => run(|| j.join_timeout(t), |e| DragonError::new_err(e.to_string())),
+            Inner::Plain(_) => Err(pyo3::exceptions::PyTypeError::new_err("not a joinable queue")),
         })
     }
 
     /// Messages waiting in this process's local buffer (the one the feeder
     /// is sending included).
     fn buffered(&self, py: Python<'_>) -> PyResult<usize> {
-        self.with(py, |q| Ok(q.buffered()))
+        self.with(py, |q| Ok(q.queue().buffered()))
     }
 
     /// A handle on the feeder thread, for the exit hooks.
     fn feeder(&self, py: Python<'_>) -> PyResult<Feeder> {
-        self.with(py, |q| Ok(Feeder { f: q.feeder() }))
+        self.with(py, |q| Ok(Feeder { f: q.queue().feeder() }))
     }
 }
 

@@ -252,7 +252,7 @@ impl RemoteChannel {
     /// block of this node's store: see `Outgoing`). Returns 1 if sent, 0 if
     /// the channel stayed full.
     #[pyo3(signature = (data, prefix=-1, block=true, timeout=None))]
-    fn send(
+    pub(crate) fn send(
         &self,
         py: Python<'_>,
         data: &Bound<'_, PyAny>,
@@ -340,7 +340,7 @@ impl RemoteChannel {
     /// `check`, called between slices, returns true). `EOFError` once the
     /// channel is closed and drained.
     #[pyo3(signature = (block=true, timeout=None, check=None))]
-    fn recv<'py>(
+    pub(crate) fn recv<'py>(
         &self,
         py: Python<'py>,
         block: bool,

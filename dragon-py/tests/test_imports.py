@@ -31,10 +31,10 @@ ALLOWED_LAZY = {
 # import), attributes of objects (``Process._bootstrap``, ``Pool._inqueue``:
 # the standard library's, read by name).
 ALLOWED_PRIVATE = {
-    # dragon.native.Queue's put hook calls the one it overrides (a joinable queue counts its items)...
-    ("dragon.native.queue", "dragon.queues.JoinableQueue._put_item"),
+    # dragon.native.Queue's reset hook calls the one it overrides (a joinable queue counts its items)...
+    ("dragon.native.queue", "dragon.queues.JoinableQueue._reset"),
     # ... or, when the queue is not joinable, the base class's (which does not count them).
-    ("dragon.native.queue", "dragon.queues.Queue._put_data"),
+    ("dragon.native.queue", "dragon.queues.Queue._reset"),
 }
 
 

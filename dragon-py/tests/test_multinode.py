@@ -654,6 +654,18 @@ def test_synchronisation_objects_across_nodes(cluster):
                 if item is None:
                     return
 
+        def remote_side(jq, bq, q):
+            # Counted and bounded from another node: puts count through the
+            # queue's node, a get gives the bound's unit back there, join
+            # waits there.
+            for i in range(5):
+                jq.put(i)
+            got = bq.get(timeout=60)
+            bq.put("b3")
+            q.put(("remote", got, bq.qsize()))
+            jq.join()
+            q.put("producer joined")
+
         if __name__ == "__main__":
             with open(COUNTER, "w") as f:
                 f.write("0")
@@ -702,6 +714,17 @@ def test_synchronisation_objects_across_nodes(cluster):
             print("joined")
             jw.join(60)
 
+            jq2, bq = mp.JoinableQueue(), mp.Queue(9000)  # bounded by a semaphore
+            bq.put("b1")
+            bq.put("b2")
+            pp = on(1, remote_side, jq2, bq, q)
+            got = sorted(jq2.get(timeout=60) for _ in range(5))
+            print(q.get(timeout=60))
+            for _ in got:
+                jq2.task_done()
+            print(q.get(timeout=60), got, bq.qsize())
+            pp.join(60)
+
             dead = mp.Lock()
             h = on(2, holder, dead, q)
             print(q.get(timeout=60))
@@ -720,6 +743,8 @@ def test_synchronisation_objects_across_nodes(cluster):
     assert "barrier [0, 1, 2]" in out, out
     assert "waiting" in out and "('woken', True)" in out, out
     assert "joined" in out, out
+    assert "('remote', 'b1', 2)" in out, out
+    assert "producer joined [0, 1, 2, 3, 4] 2" in out, out
     assert "held\nheld elsewhere False\ntaken over True" in out, out
     _assert_clean(cluster)
 

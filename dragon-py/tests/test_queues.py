@@ -385,6 +385,13 @@ if __name__ == "__main__":
         q = ctx.Queue(); call = q.get
     elif kind == "put":
         q = ctx.Queue(1); q.put(1); call = lambda: q.put(2)
+    elif kind == "put-bounded":  # waits on the bound's semaphore
+        q = ctx.Queue(8193)
+        for i in range(8193):
+            q.put(i)
+        call = lambda: q.put(-1)
+    elif kind == "join":
+        q = ctx.JoinableQueue(); q.put(1); call = q.join
     elif kind == "simple":
         q = ctx.SimpleQueue(); call = q.get
     elif kind == "recv":
@@ -404,7 +411,7 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("kind", ["get", "put", "simple", "recv", "wait"])
+@pytest.mark.parametrize("kind", ["get", "put", "put-bounded", "join", "simple", "recv", "wait"])
 def test_ctrl_c_interrupts(tmp_path, kind):
     out, err = interrupt_when_ready(write_script(tmp_path, INTERRUPT_SCRIPT), kind)
     assert out.startswith("interrupted"), (out, err)

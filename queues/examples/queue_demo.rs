@@ -42,14 +42,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         jobs.put(n.to_string().as_bytes(), None)?;
     }
     println!("parent: put 5 jobs; waiting for the worker to finish them (join)");
-    jobs.join();
+    jobs.join()?;
     println!("parent: every job is done (unfinished tasks: {})", jobs.unfinished());
     for _ in 0..5 {
         let r = results.get(Some(Duration::from_secs(30)))?;
         println!("parent: got {:?}", String::from_utf8_lossy(r.payload()));
     }
     jobs.put(b"stop", None)?;
-    jobs.join();
+    jobs.join()?;
     let status = child.wait()?;
     println!("parent: the worker exited ({status})");
     Ok(())

@@ -100,7 +100,7 @@ pub trait QueueChannel: Send + Sync + 'static {
     /// Whether every slot is taken (a snapshot).
     fn is_full(&self) -> bool;
 
-    /// Ring slots.
+    /// Ring slots (0 if not known here: a channel of another node, say).
     fn capacity(&self) -> usize;
 
     /// The handle other processes attach by.

@@ -19,6 +19,9 @@ pub enum PutError {
     Wire(WireError),
     /// The channel failed (too large a message, destroyed, ...).
     Channel(Fault),
+    /// A synchronisation object of the queue failed (its node is gone, a
+    /// wait was interrupted, ...); nothing was put.
+    Sync(Fault),
 }
 
 impl fmt::Display for PutError {
@@ -28,6 +31,7 @@ impl fmt::Display for PutError {
             PutError::Closed => f.write_str("queue is closed in this process (close() was called)"),
             PutError::Wire(e) => e.fmt(f),
             PutError::Channel(e) => write!(f, "put failed: {e}"),
+            PutError::Sync(e) => write!(f, "put failed: {e}"),
         }
     }
 }
@@ -50,6 +54,9 @@ pub enum GetError {
     Closed,
     /// The channel failed (destroyed, ...).
     Channel(Fault),
+    /// The item was taken, but the bounding semaphore could not be given
+    /// its unit back.
+    Sync(Fault),
 }
 
 impl fmt::Display for GetError {
@@ -58,6 +65,7 @@ impl fmt::Display for GetError {
             GetError::Empty => f.write_str("queue is empty"),
             GetError::Closed => f.write_str("queue is closed in this process (close() was called)"),
             GetError::Channel(e) => write!(f, "get failed: {e}"),
+            GetError::Sync(e) => write!(f, "get failed: {e}"),
         }
     }
 }
@@ -70,12 +78,15 @@ impl std::error::Error for GetError {}
 pub enum TaskDoneError {
     /// More `task_done` calls than items put.
     TooManyCalls,
+    /// A synchronisation object of the queue failed.
+    Sync(Fault),
 }
 
 impl fmt::Display for TaskDoneError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TaskDoneError::TooManyCalls => f.write_str("task_done() called too many times"),
+            TaskDoneError::Sync(e) => write!(f, "task_done() failed: {e}"),
         }
     }
 }

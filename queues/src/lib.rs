@@ -24,9 +24,12 @@
 //! (even by `SIGKILL`, even mid-put or mid-get); the living are never
 //! blocked by what it held.
 //!
-//! Queues are generic over [`QueueChannel`], implemented here for this
-//! node's shared memory ([`ShmChannel`]); a channel of another node can
-//! implement it too.
+//! Queues are generic over [`QueueChannel`] and [`QueueSync`] (the
+//! semaphore, lock and condition that bound and count), implemented here
+//! for this node's shared memory ([`ShmChannel`], [`ShmSync`]); a channel
+//! or objects of another node can implement them too, as the Python
+//! package does (`put_with` and `get_with` let a binding send and receive
+//! its own objects by the queue's rules).
 //!
 //! ```
 //! use queues::{JoinableQueue, Queue};
@@ -43,7 +46,7 @@
 //! let item = jq.get(None)?;
 //! assert_eq!(item.payload(), b"task");
 //! jq.task_done()?;
-//! jq.join();
+//! jq.join()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![forbid(unsafe_code)]
@@ -54,6 +57,7 @@ pub mod handle;
 pub mod pipe;
 pub mod queue;
 pub mod simple;
+pub mod sync;
 pub mod wire;
 
 pub use channel::{Fault, QueueChannel, ShmChannel};
@@ -64,4 +68,5 @@ pub use queue::{
     Feeder, FeederErrorHook, JoinableQueue, Queue, EXACT_MAX, MAX_ATTACHMENTS, MAX_BOUND, SLOT_SIZE, UNBOUNDED_CAPACITY,
 };
 pub use simple::SimpleQueue;
+pub use sync::{QueueSync, ShmSync};
 pub use wire::{Item, Tag};

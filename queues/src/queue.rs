@@ -22,6 +22,7 @@
 use crate::channel::{Fault, QueueChannel, ShmChannel};
 use crate::error::{GetError, PutError, QueueError, TaskDoneError};
 use crate::handle::{Mode, QueueHandle, QueueKind};
+use crate::sync::{Condition as _, Lock as _, QueueSync, Semaphore as _, ShmSync};
 use crate::wire::{self, Item, Tag};
 use channels_core::{ChannelOptions, Roles};
 use shm_primitives::sync::local::{AtomicBool, Ordering};
@@ -46,6 +47,10 @@ pub const MAX_BOUND: u64 = 2_147_483_647;
 /// How long the feeder waits for room before it looks whether anybody can
 /// still receive.
 const FEEDER_SLICE: Duration = Duration::from_millis(100);
+
+/// How long `join` sleeps on its condition before it looks at the count
+/// again.
+const JOIN_SLICE: Duration = Duration::from_millis(200);
 
 /// What the feeder thread calls with a message it could not send (and
 /// drops): the error and the message's payload (without its tag byte).
@@ -272,16 +277,16 @@ impl<C: QueueChannel> Shared<C> {
 /// process its [`Queue::handle`] and have it call [`Queue::attach`]. Keep
 /// this queue alive until the other process has attached: when the last
 /// attached process drops it, the queue is destroyed.
-pub struct Queue<C: QueueChannel = ShmChannel> {
+pub struct Queue<C: QueueChannel = ShmChannel, Y: QueueSync = ShmSync> {
     shared: Arc<Shared<C>>,
     mode: Mode,
     maxsize: u64,
-    sem: Option<ShmSemaphore>,
+    sem: Option<Y::Semaphore>,
     closed: AtomicBool,
     join_cancelled: AtomicBool,
 }
 
-impl<C: QueueChannel> fmt::Debug for Queue<C> {
+impl<C: QueueChannel, Y: QueueSync> fmt::Debug for Queue<C, Y> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Queue")
             .field("mode", &self.mode)
@@ -357,14 +362,16 @@ impl Queue<ShmChannel> {
     }
 }
 
-impl<C: QueueChannel> Queue<C> {
+impl<C: QueueChannel, Y: QueueSync> Queue<C, Y> {
     /// A queue on a channel made elsewhere (a channel of another node,
     /// say). `maxsize` chooses the mode as [`Queue::new`] does: an exact
     /// queue's channel must have `maxsize` slots, and a queue bounded above
     /// `EXACT_MAX` needs its semaphore of `maxsize` permits.
-    pub fn from_channel(chan: C, maxsize: u64, sem: Option<ShmSemaphore>) -> Result<Queue<C>, QueueError> {
+    pub fn from_channel(chan: C, maxsize: u64, sem: Option<Y::Semaphore>) -> Result<Queue<C, Y>, QueueError> {
         let (mode, capacity) = mode_for(maxsize)?;
-        if mode == Mode::Exact && chan.capacity() as u64 != capacity {
+        // A channel that cannot say (one of another node: 0) is taken at
+        // its word.
+        if mode == Mode::Exact && chan.capacity() != 0 && chan.capacity() as u64 != capacity {
             return Err(QueueError::Handle(format!(
                 "a queue bounded by {maxsize} needs a channel of {maxsize} slots, not {}",
                 chan.capacity()
@@ -375,9 +382,9 @@ impl<C: QueueChannel> Queue<C> {
                 "a semaphore goes with bounds above {EXACT_MAX} only (bound {maxsize})"
             )));
         }
-        if let Some(s) = &sem {
-            if s.max() != Some(maxsize as u32) {
-                return Err(QueueError::Handle(format!("the semaphore's bound {:?} is not {maxsize}", s.max())));
+        if let Some(max) = sem.as_ref().and_then(|s| s.max()) {
+            if u64::from(max) != maxsize {
+                return Err(QueueError::Handle(format!("the semaphore's bound {max} is not {maxsize}")));
             }
         }
         Ok(Queue {
@@ -407,49 +414,16 @@ impl<C: QueueChannel> Queue<C> {
     /// [`Queue::put`] with the message's tag (a [`Tag::Pickle`] for a
     /// Python reader to unpickle, [`Tag::Raw`] for raw bytes).
     pub fn put_tagged(&self, tag: Tag, payload: &[u8], timeout: Option<Duration>) -> Result<(), PutError> {
-        // Relaxed: a flag of this object only; close() is not a fence.
-        if self.closed.load(Ordering::Relaxed) {
-            return Err(PutError::Closed);
-        }
         let pre = wire::prefix(tag, payload)?.map(|p| [p]);
         let parts: &[&[u8]] = match &pre {
             Some(p) => &[p, payload],
             None => &[payload],
         };
-        match self.mode {
-            Mode::Exact => {
-                return send_retrying(&self.shared.chan, parts, timeout, false).map_err(|e| match e {
-                    Fault::WouldBlock | Fault::NoMemory(_) => PutError::Full,
-                    e => PutError::Channel(e),
-                })
-            }
-            Mode::Semaphore => {
-                let sem = self.sem.as_ref().expect("semaphore mode");
-                let got = match timeout {
-                    Some(Duration::ZERO) => sem.try_acquire(),
-                    t => sem.acquire(t).is_ok(),
-                };
-                if !got {
-                    return Err(PutError::Full);
-                }
-            }
-            Mode::Unbounded => {}
-        }
-        let r = self.put_unbounded(parts);
-        if r.is_err() {
-            if let Some(sem) = &self.sem {
-                let _ = sem.release();
-            }
-        }
-        r
-    }
-
-    fn put_unbounded(&self, parts: &[&[u8]]) -> Result<(), PutError> {
-        let direct = |chan: &C| {
-            let r = if chan.defers_sends() {
-                chan.send_deferred(parts, Some(Duration::ZERO))
+        let send = |chan: &C, t: Option<Duration>| {
+            let r = if t == Some(Duration::ZERO) && chan.defers_sends() {
+                chan.send_deferred(parts, t)
             } else {
-                chan.send_parts(parts, Some(Duration::ZERO))
+                send_retrying(chan, parts, t, false)
             };
             match r {
                 Ok(()) => Ok(true),
@@ -457,7 +431,57 @@ impl<C: QueueChannel> Queue<C> {
                 Err(e) => Err(e),
             }
         };
-        self.put_or_buffer(direct, || Ok(parts.concat())).map(|_| ())
+        self.put_with(timeout, send, || Ok(parts.concat())).map(|_| ())
+    }
+
+    /// A put whose sending the caller does (a binding that sends its own
+    /// objects, say), by the queue's rules: an exact queue calls
+    /// `send(chan, timeout)` once, which sends the message waiting at most
+    /// `timeout` for room and returns whether it did ([`PutError::Full`]
+    /// if not); a queue bounded by a semaphore first takes a unit
+    /// (waiting at most `timeout`), then puts as an unbounded one. An
+    /// unbounded put calls `send(chan, Some(Duration::ZERO))` unless
+    /// earlier messages still wait in the local buffer (not under the
+    /// buffer's lock: it may take time; no other put overtakes it
+    /// meanwhile); if that did not send the message (or could not be
+    /// called), `buffered()` makes the whole message (tag byte included)
+    /// for the feeder thread to send (it may be called under the buffer's
+    /// lock: it must not wait).
+    ///
+    /// Returns whether this put started the feeder thread.
+    pub fn put_with(
+        &self,
+        timeout: Option<Duration>,
+        send: impl FnOnce(&C, Option<Duration>) -> Result<bool, Fault>,
+        buffered: impl FnOnce() -> Result<Vec<u8>, Fault>,
+    ) -> Result<bool, PutError> {
+        // Relaxed: a flag of this object only; close() is not a fence.
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(PutError::Closed);
+        }
+        match self.mode {
+            Mode::Exact => {
+                return match send(&self.shared.chan, timeout) {
+                    Ok(true) => Ok(false),
+                    Ok(false) => Err(PutError::Full),
+                    Err(e) => Err(PutError::Channel(e)),
+                }
+            }
+            Mode::Semaphore => {
+                let sem = self.sem.as_ref().expect("semaphore mode");
+                if !sem.acquire(timeout).map_err(PutError::Sync)? {
+                    return Err(PutError::Full);
+                }
+            }
+            Mode::Unbounded => {}
+        }
+        let r = self.put_or_buffer(|chan| send(chan, Some(Duration::ZERO)), buffered);
+        if r.is_err() {
+            if let Some(sem) = &self.sem {
+                let _ = sem.release();
+            }
+        }
+        r
     }
 
     /// See [`Queue::put_with`].
@@ -531,31 +555,6 @@ impl<C: QueueChannel> Queue<C> {
         Ok(start)
     }
 
-    /// An unbounded put whose first attempt the caller makes (a binding
-    /// that sends its own objects, say): unless earlier messages still wait
-    /// in the local buffer, `direct` is called (not under the buffer's lock:
-    /// it may wait; no other put overtakes it meanwhile) and returns whether
-    /// it sent the message; if it did not (or could not be called),
-    /// `buffered()` makes the whole message (tag byte included) for the
-    /// feeder thread to send (it may be called under the buffer's lock: it
-    /// must not wait).
-    /// Returns whether this put started the feeder thread. For unbounded
-    /// queues only (a binding bounds a queue itself before calling this).
-    pub fn put_with(
-        &self,
-        direct: impl FnOnce(&C) -> Result<bool, Fault>,
-        buffered: impl FnOnce() -> Result<Vec<u8>, Fault>,
-    ) -> Result<bool, PutError> {
-        // Relaxed: as in put_tagged.
-        if self.closed.load(Ordering::Relaxed) {
-            return Err(PutError::Closed);
-        }
-        if self.mode != Mode::Unbounded {
-            return Err(PutError::Channel(Fault::Other("put_with is for unbounded queues".into())));
-        }
-        self.put_or_buffer(direct, buffered)
-    }
-
     /// Messages this object holds in its local buffer for the feeder
     /// (the one being sent included).
     pub fn buffered(&self) -> usize {
@@ -573,20 +572,34 @@ impl<C: QueueChannel> Queue<C> {
     /// `Some(Duration::ZERO)`: not at all); [`GetError::Empty`] if none
     /// came. Control messages are skipped.
     pub fn get(&self, timeout: Option<Duration>) -> Result<Item<C::Msg>, GetError> {
-        // Relaxed: as in put_tagged.
+        self.get_with(timeout, |chan, t| {
+            let item = Item::new(chan.recv(t)?);
+            Ok((item.tag(), item))
+        })
+    }
+
+    /// A get whose receiving the caller does, by the queue's rules:
+    /// `recv(chan, t)` receives one message waiting at most `t`
+    /// ([`Fault::WouldBlock`] if none came) and says its tag; control
+    /// messages are skipped (`recv` is called again with the time left),
+    /// and a queue bounded by a semaphore gives a unit back for the item
+    /// taken.
+    pub fn get_with<T>(
+        &self,
+        timeout: Option<Duration>,
+        mut recv: impl FnMut(&C, Option<Duration>) -> Result<(Tag, T), Fault>,
+    ) -> Result<T, GetError> {
+        // Relaxed: as in put_with.
         if self.closed.load(Ordering::Relaxed) {
             return Err(GetError::Closed);
         }
         let end = deadline(timeout);
         loop {
-            match self.shared.chan.recv(left(end)) {
-                Ok(m) => {
-                    let item = Item::new(m);
-                    if item.tag() == Tag::Control {
-                        continue;
-                    }
+            match recv(&self.shared.chan, left(end)) {
+                Ok((Tag::Control, _)) => continue,
+                Ok((_, item)) => {
                     if let Some(sem) = &self.sem {
-                        let _ = sem.release();
+                        sem.release().map_err(GetError::Sync)?;
                     }
                     return Ok(item);
                 }
@@ -600,7 +613,8 @@ impl<C: QueueChannel> Queue<C> {
     /// yet sent from its local buffer included).
     pub fn qsize(&self) -> usize {
         match &self.sem {
-            Some(sem) => (self.maxsize - u64::from(sem.value())) as usize,
+            // An object that cannot say (its node is gone) counts as full.
+            Some(sem) => (self.maxsize - u64::from(sem.value().unwrap_or(0))) as usize,
             None => {
                 // A message the feeder is sending counts (once it is in the
                 // ring, until the feeder notes it, it may count twice).
@@ -621,7 +635,7 @@ impl<C: QueueChannel> Queue<C> {
     pub fn full(&self) -> bool {
         match self.mode {
             Mode::Exact => self.shared.chan.is_full(),
-            Mode::Semaphore => self.sem.as_ref().is_some_and(|s| s.value() == 0),
+            Mode::Semaphore => self.sem.as_ref().is_some_and(|s| s.value().map_or(true, |v| v == 0)),
             Mode::Unbounded => false,
         }
     }
@@ -687,7 +701,7 @@ impl<C: QueueChannel> Queue<C> {
     }
 }
 
-impl<C: QueueChannel> Drop for Queue<C> {
+impl<C: QueueChannel, Y: QueueSync> Drop for Queue<C, Y> {
     fn drop(&mut self) {
         self.shared.set_closing();
         // Relaxed: we own the queue; cancel_join_thread happened before.
@@ -702,7 +716,7 @@ impl<C: QueueChannel> Drop for Queue<C> {
         }
         if let Some(sem) = &self.sem {
             if self.alone() {
-                let _ = sem.destroy();
+                sem.destroy();
             }
         }
     }
@@ -717,32 +731,30 @@ impl<C: QueueChannel> Drop for Queue<C> {
 /// always finds it counted) and uncounted if its put fails. The count,
 /// its lock and condition live in shared memory; a process that dies
 /// holding the lock does not block the others.
-pub struct JoinableQueue<C: QueueChannel = ShmChannel> {
-    queue: Queue<C>,
-    unfinished: ShmSemaphore,
-    cond: ShmCondition,
-    lock: ShmLock,
+pub struct JoinableQueue<C: QueueChannel = ShmChannel, Y: QueueSync = ShmSync> {
+    queue: Queue<C, Y>,
+    unfinished: Y::Semaphore,
+    cond: Y::Condition,
+    lock: Y::Lock,
 }
 
-impl<C: QueueChannel> fmt::Debug for JoinableQueue<C> {
+impl<C: QueueChannel, Y: QueueSync> fmt::Debug for JoinableQueue<C, Y> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JoinableQueue").field("queue", &self.queue).field("unfinished", &self.unfinished()).finish()
     }
 }
 
 /// Holds the task lock; releases it on drop.
-struct Held<'a>(&'a ShmLock);
+struct Held<'a, L: crate::sync::Lock>(&'a L);
 
-impl<'a> Held<'a> {
-    fn new(l: &'a ShmLock) -> Held<'a> {
-        // A holder that died leaves consistent state: every change under
-        // this lock is one semaphore step plus a notify.
-        let _ = l.acquire(None);
-        Held(l)
+impl<'a, L: crate::sync::Lock> Held<'a, L> {
+    fn new(l: &'a L) -> Result<Held<'a, L>, Fault> {
+        l.acquire()?;
+        Ok(Held(l))
     }
 }
 
-impl Drop for Held<'_> {
+impl<L: crate::sync::Lock> Drop for Held<'_, L> {
     fn drop(&mut self) {
         let _ = self.0.release();
     }
@@ -781,15 +793,15 @@ impl JoinableQueue<ShmChannel> {
     }
 }
 
-impl<C: QueueChannel> JoinableQueue<C> {
+impl<C: QueueChannel, Y: QueueSync> JoinableQueue<C, Y> {
     /// A joinable queue over `queue` and shared task objects made
     /// elsewhere (`unfinished` starts at 0 and has no bound).
     pub fn from_parts(
-        queue: Queue<C>,
-        unfinished: ShmSemaphore,
-        cond: ShmCondition,
-        lock: ShmLock,
-    ) -> JoinableQueue<C> {
+        queue: Queue<C, Y>,
+        unfinished: Y::Semaphore,
+        cond: Y::Condition,
+        lock: Y::Lock,
+    ) -> JoinableQueue<C, Y> {
         JoinableQueue { queue, unfinished, cond, lock }
     }
 
@@ -801,22 +813,40 @@ impl<C: QueueChannel> JoinableQueue<C> {
 
     /// [`JoinableQueue::put`] with the message's tag.
     pub fn put_tagged(&self, tag: Tag, payload: &[u8], timeout: Option<Duration>) -> Result<(), PutError> {
+        self.counted(|| self.queue.put_tagged(tag, payload, timeout))
+    }
+
+    /// [`Queue::put_with`], the item counted first.
+    pub fn put_with(
+        &self,
+        timeout: Option<Duration>,
+        send: impl FnOnce(&C, Option<Duration>) -> Result<bool, Fault>,
+        buffered: impl FnOnce() -> Result<Vec<u8>, Fault>,
+    ) -> Result<bool, PutError> {
+        self.counted(|| self.queue.put_with(timeout, send, buffered))
+    }
+
+    /// Count an item, then `put` it; uncount it if the put fails. The
+    /// item is counted before it can be taken, so that a consumer's
+    /// `task_done` finds it counted.
+    fn counted<T>(&self, put: impl FnOnce() -> Result<T, PutError>) -> Result<T, PutError> {
         if self.queue.is_closed() {
             return Err(PutError::Closed);
         }
         {
-            let _held = Held::new(&self.lock);
+            let _held = Held::new(&self.lock).map_err(PutError::Sync)?;
             if let Err(e) = self.unfinished.release() {
-                return Err(PutError::Channel(Fault::Other(format!("too many unfinished tasks: {e}"))));
+                return Err(PutError::Sync(Fault::Other(format!("too many unfinished tasks: {e}"))));
             }
         }
         // The shared lock is not held while a bounded put waits for room.
-        let r = self.queue.put_tagged(tag, payload, timeout);
+        let r = put();
         if r.is_err() {
-            let _held = Held::new(&self.lock);
-            self.unfinished.try_acquire();
-            if self.unfinished.value() == 0 {
-                self.cond.notify_all();
+            if let Ok(_held) = Held::new(&self.lock) {
+                let _ = self.unfinished.acquire(Some(Duration::ZERO));
+                if self.unfinished.value().is_ok_and(|v| v == 0) {
+                    let _ = self.cond.notify_all();
+                }
             }
         }
         r
@@ -830,51 +860,47 @@ impl<C: QueueChannel> JoinableQueue<C> {
 
     /// One item taken from the queue has been processed.
     pub fn task_done(&self) -> Result<(), TaskDoneError> {
-        let _held = Held::new(&self.lock);
-        if !self.unfinished.try_acquire() {
+        let _held = Held::new(&self.lock).map_err(TaskDoneError::Sync)?;
+        if !self.unfinished.acquire(Some(Duration::ZERO)).map_err(TaskDoneError::Sync)? {
             return Err(TaskDoneError::TooManyCalls);
         }
-        if self.unfinished.value() == 0 {
-            self.cond.notify_all();
+        if self.unfinished.value().map_err(TaskDoneError::Sync)? == 0 {
+            self.cond.notify_all().map_err(TaskDoneError::Sync)?;
         }
         Ok(())
     }
 
     /// Wait until every item put has been marked done.
-    pub fn join(&self) {
-        self.join_timeout(None);
+    pub fn join(&self) -> Result<(), Fault> {
+        self.join_timeout(None).map(|_| ())
     }
 
     /// [`JoinableQueue::join`] for at most `timeout`; whether every item is
     /// done.
-    pub fn join_timeout(&self, timeout: Option<Duration>) -> bool {
+    pub fn join_timeout(&self, timeout: Option<Duration>) -> Result<bool, Fault> {
         let end = deadline(timeout);
-        let held = Held::new(&self.lock);
-        while self.unfinished.value() != 0 {
+        let _held = Held::new(&self.lock)?;
+        while self.unfinished.value()? != 0 {
             let rest = left(end);
             if rest == Some(Duration::ZERO) {
-                return false;
+                return Ok(false);
             }
             // Slices: a notifier that died between its count and its
             // notify must not leave this wait asleep for ever.
-            let slice = rest.map_or(Duration::from_millis(200), |r| r.min(Duration::from_millis(200)));
-            if self.cond.wait(&*self.lock, Some(slice)).is_err() {
-                // Every waiter slot is taken: wait without the condition.
-                drop(held);
-                std::thread::sleep(Duration::from_millis(5));
-                return self.join_timeout(left(end));
-            }
+            let slice = rest.map_or(JOIN_SLICE, |r| r.min(JOIN_SLICE));
+            self.cond.wait(&self.lock, Some(slice))?;
         }
-        true
+        Ok(true)
     }
 
-    /// Items put and not yet marked done (a snapshot).
+    /// Items put and not yet marked done (a snapshot; 0 if the count
+    /// cannot be read).
     pub fn unfinished(&self) -> u32 {
-        self.unfinished.value()
+        self.unfinished.value().unwrap_or(0)
     }
 
     /// The queue under the counting.
-    pub fn queue(&self) -> &Queue<C> {
+    pub fn queue(&self) -> &Queue<C, Y> {
         &self.queue
     }
 
@@ -909,12 +935,12 @@ impl<C: QueueChannel> JoinableQueue<C> {
     }
 }
 
-impl<C: QueueChannel> Drop for JoinableQueue<C> {
+impl<C: QueueChannel, Y: QueueSync> Drop for JoinableQueue<C, Y> {
     fn drop(&mut self) {
         if self.queue.alone() {
-            let _ = self.unfinished.destroy();
-            let _ = self.cond.destroy();
-            let _ = self.lock.destroy();
+            self.unfinished.destroy();
+            self.cond.destroy();
+            self.lock.destroy();
         }
     }
 }

@@ -146,12 +146,12 @@ fn joinable_queue_counts_tasks() {
     let _g = deadline("joinable");
     let q = Arc::new(JoinableQueue::new(0).unwrap());
     assert_eq!(q.task_done(), Err(TaskDoneError::TooManyCalls));
-    assert!(q.join_timeout(NOW));
+    assert!(q.join_timeout(NOW).unwrap());
     for i in 0..10u8 {
         q.put(&[i], None).unwrap();
     }
     assert_eq!(q.unfinished(), 10);
-    assert!(!q.join_timeout(Some(Duration::from_millis(10))));
+    assert!(!q.join_timeout(Some(Duration::from_millis(10))).unwrap());
     let q2 = Arc::clone(&q);
     let worker = std::thread::spawn(move || {
         for _ in 0..10 {
@@ -159,7 +159,7 @@ fn joinable_queue_counts_tasks() {
             q2.task_done().unwrap();
         }
     });
-    q.join();
+    q.join().unwrap();
     assert_eq!(q.unfinished(), 0);
     worker.join().unwrap();
     assert_eq!(q.task_done().unwrap_err().to_string(), "task_done() called too many times");
@@ -177,7 +177,7 @@ fn a_failed_put_is_not_counted() {
     assert_eq!(q.unfinished(), 1);
     q.get(None).unwrap();
     q.task_done().unwrap();
-    assert!(q.join_timeout(NOW));
+    assert!(q.join_timeout(NOW).unwrap());
 }
 
 #[test]
@@ -283,12 +283,13 @@ fn a_binding_makes_the_first_attempt_and_the_feeder_the_rest() {
     let q = Queue::new(0).unwrap();
     let other = Queue::attach(&q.handle()).unwrap();
     // Sent by the caller: no feeder.
-    let started = q.put_with(|ch| ch.send_parts(&[b"\x02direct"], NOW).map(|()| true), || unreachable!()).unwrap();
+    let started =
+        q.put_with(None, |ch, t| ch.send_parts(&[b"\x02direct"], t).map(|()| true), || unreachable!()).unwrap();
     assert!(!started);
     // Not sent by the caller: buffered; the first such put starts the feeder.
-    let started = q.put_with(|_| Ok(false), || Ok(b"\x02buffered".to_vec())).unwrap();
+    let started = q.put_with(None, |_, _| Ok(false), || Ok(b"\x02buffered".to_vec())).unwrap();
     assert!(started);
-    let started = q.put_with(|_| Ok(false), || Ok(b"\x02later".to_vec())).unwrap();
+    let started = q.put_with(None, |_, _| Ok(false), || Ok(b"\x02later".to_vec())).unwrap();
     assert!(!started, "the feeder runs already");
     let feeder = q.feeder();
     q.close();
@@ -297,7 +298,20 @@ fn a_binding_makes_the_first_attempt_and_the_feeder_the_rest() {
     for want in [&b"direct"[..], b"buffered", b"later"] {
         assert_eq!(other.get(None).unwrap().payload(), want);
     }
-    assert!(matches!(Queue::new(3).unwrap().put_with(|_| Ok(true), || Ok(Vec::new())), Err(PutError::Channel(_))));
+    // An exact queue: one call with the caller's timeout, never buffered.
+    let exact = Queue::new(3).unwrap();
+    let mut asked = None;
+    let r = exact.put_with(
+        NOW,
+        |_, t| {
+            asked = Some(t);
+            Ok(false)
+        },
+        || unreachable!(),
+    );
+    assert_eq!(r, Err(PutError::Full));
+    assert_eq!(asked, Some(NOW));
+    assert_eq!(exact.put_with(None, |_, _| Ok(true), || unreachable!()), Ok(false));
 }
 
 #[test]
@@ -332,7 +346,8 @@ fn a_put_during_a_slow_first_attempt_waits_behind_it_without_blocking() {
     let qa = Arc::clone(&q);
     let a = std::thread::spawn(move || {
         qa.put_with(
-            |_| {
+            None,
+            |_, _| {
                 in_attempt.send(()).unwrap();
                 released.recv().unwrap(); // the attempt "waits", then fails
                 Ok(false)
@@ -342,7 +357,7 @@ fn a_put_during_a_slow_first_attempt_waits_behind_it_without_blocking() {
     });
     attempt_started.recv().unwrap();
     // Another put meanwhile: neither blocked nor tried first; it waits behind.
-    let b = q.put_with(|_| unreachable!("the head is being sent"), || Ok(b"\x02second".to_vec()));
+    let b = q.put_with(None, |_, _| unreachable!("the head is being sent"), || Ok(b"\x02second".to_vec()));
     assert!(b.unwrap(), "it started the feeder");
     release.send(()).unwrap();
     assert!(!a.join().unwrap().unwrap());

@@ -164,7 +164,7 @@ fn join_wakes_after_the_last_task_done_of_another_process() {
     q.put(b"stop", None).unwrap();
     let (mut w, mut out) = spawn("worker", &q.handle(), &[]);
     attached(&mut out);
-    q.join();
+    q.join().unwrap();
     assert_eq!(q.unfinished(), 0);
     assert!(q.empty());
     w.expect_success();

@@ -12,10 +12,12 @@ second copy):
   writes straight into the ring; only when the ring is full (or shared
   memory for large messages is exhausted) does the message wait in a local
   buffer that a feeder thread flushes, as the standard library's feeder
-  does. Larger bounds use an unbounded ring plus a shared semaphore. The
-  buffer and its feeder are the Rust ``queues`` crate's
-  (``_native.Queue``, ``dragon-py/src/queue.rs``): the feeder is a thread
-  that takes the GIL only to report an error.
+  does. Larger bounds use an unbounded ring plus a shared semaphore. These
+  rules, ``JoinableQueue``'s task counting and the receiving rules are the
+  Rust ``queues`` crate's (``_native.Queue``, ``dragon-py/src/queue.rs``),
+  over the channel and the ``dragon.synchronize`` objects made here (so
+  that they work from any node); the feeder is a thread that takes the
+  GIL only to report an error.
 * ``get`` tries without releasing the GIL, then waits (GIL released, Ctrl-C
   interrupts it) and raises :class:`queue.Empty` on timeout.
 * Exact ``bytes`` objects travel unpickled; everything else is pickled with
@@ -112,10 +114,8 @@ class _Writer:
 
 
 class _ChannelQueue:
-    """What :class:`Queue` and :class:`SimpleQueue` share: receiving from
-    the channel (for ``get`` and the ``_reader`` view), polling, ``repr``."""
-
-    _sem = None  # a Queue's semaphore for bounds above EXACT_MAX
+    """What :class:`Queue` and :class:`SimpleQueue` share: receiving (for
+    ``get`` and the ``_reader`` view), polling, ``repr``."""
 
     def _recv_msg(self, block, timeout):
         while True:
@@ -123,8 +123,6 @@ class _ChannelQueue:
             if r is None:
                 raise Empty
             if r[0] != _wire.TAG_CONTROL:
-                if self._sem is not None:
-                    self._sem.release()
                 return r
 
     def _get_raw(self, block=True, timeout=None):
@@ -165,6 +163,7 @@ class Queue(_ChannelQueue):
         else:
             self._sem = None
         self._ignore_epipe = False
+        self._tasks = None
         self._reset()
         util.register_after_fork(self, Queue._after_fork)
 
@@ -176,6 +175,7 @@ class Queue(_ChannelQueue):
     def __setstate__(self, state):
         handle, self._maxsize, self._mode, self._sem, self._ignore_epipe = state
         self._ch = _native.Channel.attach(handle)
+        self._tasks = None
         self._reset()
         util.register_after_fork(self, Queue._after_fork)
 
@@ -183,9 +183,12 @@ class Queue(_ChannelQueue):
         self._reset()
 
     def _reset(self):
-        # The local buffer and its feeder thread (queues crate): a fresh one
-        # in a child process.
-        self._q = _native.Queue(self._ch, _feeder_error(weakref.ref(self)))
+        # The queue's rules (bounds, task counting, the local buffer and its
+        # feeder thread) are the queues crate's: a fresh one in a child
+        # process.
+        bound = 0 if self._mode == _MODE_UNBOUNDED else self._maxsize
+        sem = None if self._sem is None else self._sem._semlock
+        self._q = _native.Queue(self._ch, _feeder_error(weakref.ref(self)), bound, sem, self._tasks)
         self._jointhread = None
         self._joincancelled = False
         self._closed = False
@@ -216,29 +219,20 @@ class Queue(_ChannelQueue):
                 # As the standard feeder thread does: report, drop, go on.
                 self._on_queue_feeder_error(e, obj)
                 return
-        self._put_item(data, prefix, block, timeout)
+        self._put_data(data, prefix, block, timeout)
 
     def _put_data(self, data: Any, prefix: int, block: bool = True, timeout: float | None = None) -> None:
-        mode = self._mode
-        if mode == _MODE_EXACT:
-            if not _wire.send_blocking(self._ch, data, prefix, block, timeout):
-                raise Full
-            return
-        if mode == _MODE_SEM and not self._sem.acquire(block, timeout):
-            raise Full
-        if self._remote:
+        if self._remote and self._mode != _MODE_EXACT:
             # A channel of another node: the put does not wait for the
             # round trip (as the standard feeder thread's puts, it is on its
             # way, in order, when put() returns).
             self._flush_at_exit()
-        # Into the ring, or (full; across nodes: as much as may be is in
-        # flight) into the local buffer that the feeder thread sends, in
-        # order; true when this put started the feeder.
-        if self._q.put(data, prefix):
+        # Counted (JoinableQueue), bounded (queue.Full), then into the ring,
+        # or (full; across nodes: as much as may be is in flight) into the
+        # local buffer that the feeder thread sends, in order; true when
+        # this put started the feeder.
+        if self._q.put(data, prefix, block, timeout):
             self._start_thread()
-
-    # What put() does with an encoded item (JoinableQueue counts it first).
-    _put_item = _put_data
 
     def put_nowait(self, obj: Any) -> None:
         return self.put(obj, False)
@@ -273,10 +267,14 @@ class Queue(_ChannelQueue):
         comes (``block`` false, or ``timeout`` elapsed)."""
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
-        tag, data = self._recv_msg(block, timeout)
+        tag, data = self._q.get(block, timeout)
         if tag == _wire.TAG_PICKLE:  # as _get_raw, without a call more
             return _wire.loads(data)
         return data
+
+    def _recv_msg(self, block, timeout):
+        # Control messages skipped, a semaphore's unit given back.
+        return self._q.get(block, timeout)
 
     def get_nowait(self) -> Any:
         return self.get(False)
@@ -386,47 +384,33 @@ class JoinableQueue(Queue):
     """A :class:`Queue` with ``task_done`` and ``join``."""
 
     def __init__(self, maxsize: int = 0, *, ctx: Any = None) -> None:
-        Queue.__init__(self, maxsize, ctx=ctx)
         from .synchronize import Condition, Lock, Semaphore
 
         self._unfinished_tasks = Semaphore(0)
         self._cond = Condition(Lock())
+        Queue.__init__(self, maxsize, ctx=ctx)
 
     def __getstate__(self):
         return Queue.__getstate__(self) + (self._cond, self._unfinished_tasks)
 
     def __setstate__(self, state):
-        Queue.__setstate__(self, state[:-2])
         self._cond, self._unfinished_tasks = state[-2:]
+        Queue.__setstate__(self, state[:-2])
 
-    def _put_item(self, data, prefix, block, timeout):
-        # Count the task before it can be taken (a consumer's task_done must
-        # find it counted); uncount it if the put fails. The shared lock is
-        # not held while a bounded put waits for room.
-        with self._cond:
-            self._unfinished_tasks.release()
-        try:
-            self._put_data(data, prefix, block, timeout)
-        except BaseException:
-            with self._cond:
-                self._unfinished_tasks.acquire(False)
-                if self._unfinished_tasks.get_value() == 0:
-                    self._cond.notify_all()
-            raise
+    def _reset(self):
+        # The task count, its lock and condition, counted by the queues
+        # crate (an item is counted before it can be taken, uncounted if
+        # its put fails).
+        self._tasks = (self._unfinished_tasks._semlock, self._cond._lock._semlock, self._cond._cond)
+        Queue._reset(self)
 
     def task_done(self) -> None:
         """One item taken from the queue has been processed."""
-        with self._cond:
-            if not self._unfinished_tasks.acquire(False):
-                raise ValueError("task_done() called too many times")
-            if self._unfinished_tasks.get_value() == 0:
-                self._cond.notify_all()
+        self._q.task_done()
 
     def join(self) -> None:
         """Wait until every item put has been marked done."""
-        with self._cond:
-            if self._unfinished_tasks.get_value() != 0:
-                self._cond.wait()
+        self._q.join()
 
 
 class SimpleQueue(_ChannelQueue):

@@ -117,16 +117,23 @@ class Queue(_queues.JoinableQueue):
                                         and callable(getattr(pickler, "load", None))):
             raise TypeError("pickler must have dump(obj, file) and load(file) (as cloudpickle and pickle do), "
                             "not %r" % (pickler,))
-        _queues.Queue.__init__(self, maxsize)
-        self._pickler = pickler
-        self._num_streams = num_streams
-        self._buffered = bool(buffered)
         self._joinable = bool(joinable)
         if self._joinable:
             from ..synchronize import Condition, Lock, Semaphore
 
             self._unfinished_tasks = Semaphore(0)
             self._cond = Condition(Lock())
+        _queues.Queue.__init__(self, maxsize)
+        self._pickler = pickler
+        self._num_streams = num_streams
+        self._buffered = bool(buffered)
+
+    def _reset(self) -> None:
+        # Only a joinable queue counts its tasks.
+        if self._joinable:
+            _queues.JoinableQueue._reset(self)
+        else:
+            _queues.Queue._reset(self)
 
     # -- pickling -----------------------------------------------------------------
     def __getstate__(self) -> tuple[Any, ...]:
@@ -195,7 +202,7 @@ class Queue(_queues.JoinableQueue):
         buf = io.BytesIO()
         self._pickler.dump(obj, buf)
         self._used = True
-        self._put_item(buf.getbuffer(), _wire.TAG_RAW, block, timeout)
+        self._put_data(buf.getbuffer(), _wire.TAG_RAW, block, timeout)
 
     def get(self, block: bool = True, timeout: float | None = None, *, stream_channel: object = None) -> Any:
         """Remove and return an item (``queue.Empty`` if none comes)."""
@@ -230,13 +237,6 @@ class Queue(_queues.JoinableQueue):
         return self._buffered
 
     # -- HPE spellings ------------------------------------------------------------
-    def _put_item(self, data: Any, prefix: int, block: bool = True, timeout: float | None = None) -> None:
-        # Only a joinable queue counts its tasks.
-        if self._joinable:
-            _queues.JoinableQueue._put_item(self, data, prefix, block, timeout)
-        else:
-            _queues.Queue._put_data(self, data, prefix, block, timeout)
-
     def put_nowait(self, obj: Any, *, stream_channel: object = None) -> None:
         self.put(obj, False, stream_channel=stream_channel)
 
@@ -264,16 +264,8 @@ class Queue(_queues.JoinableQueue):
             raise ValueError("Queue %r is closed" % self)
         if timeout is None and args:
             timeout = args[0]
-        deadline = None if timeout is None else time.monotonic() + max(timeout, 0)
-        with self._cond:
-            while self._unfinished_tasks.get_value() != 0:
-                if deadline is None:
-                    self._cond.wait()
-                else:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise TimeoutError("items of the queue are still not done after %s s" % timeout)
-                    self._cond.wait(left)
+        if not self._q.join(None if timeout is None else max(timeout, 0)):
+            raise TimeoutError("items of the queue are still not done after %s s" % timeout)
 
     def size(self) -> int:
         """Approximate number of items in the queue (``qsize()``)."""
