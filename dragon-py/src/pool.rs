@@ -2,8 +2,8 @@
 //! the ledger (`PoolLedger`, over the `SharedBlock` the pool made), the take
 //! (`pool_take`: the robust lock, SENT read before the ring, gaps reported,
 //! the task recorded, all in one call), lost-task detection for an exited
-//! worker's slot (`PoolLedger.lost`), start-failure counting
-//! (`PoolStartFailures`), and the message headers
+//! worker's slot (`PoolLedger.lost`), the owner's slots and start-failure
+//! counting (`PoolSlots`), and the message headers
 //! (`pool_task_header`, `pool_result_header`, `pool_lost`, and their
 //! decoders). Python keeps what is Python's: the standard `Pool` subclass,
 //! pickling, the handler threads, callbacks.
@@ -12,8 +12,9 @@ use crate::channel::{checked_hook, interrupted, received, Channel};
 use crate::errors::{handle_err, memory_block_err, pool_err, recv_err, try_recv_err};
 use crate::sync::Lock;
 use channels_core::{RecvTimeoutError, TryRecvError};
-use pool::ledger::{self, Gap, Ledger, StartFailures, Taker};
+use pool::ledger::{self, Gap, Ledger, Taker};
 use pool::message::{self, Kind, Lost, ResultHeader, TaskHeader};
+use pool::Slots;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -122,42 +123,84 @@ impl PoolLedger {
     }
 }
 
-/// Workers that died before they started, in a row: when they break the
-/// pool (`pool::StartFailures`).
+/// The owner's bookkeeping of a pool's worker slots (`pool::Slots`): free
+/// slots, the lost-task notice of a worker that exited, workers that die
+/// before they start breaking the pool. One per pool on one node, one per
+/// part of a pool across nodes.
 #[pyclass(module = "dragon._native")]
-pub(crate) struct PoolStartFailures {
-    f: StartFailures,
+pub(crate) struct PoolSlots {
+    s: Slots,
+    n: usize,
+}
+
+impl PoolSlots {
+    fn slot(&self, slot: usize) -> PyResult<usize> {
+        if slot < self.n {
+            Ok(slot)
+        } else {
+            Err(PyValueError::new_err(format!("pool slot {slot} of {}", self.n)))
+        }
+    }
 }
 
 #[pymethods]
-impl PoolStartFailures {
+impl PoolSlots {
+    /// `n` slots, all free.
     #[new]
-    fn new() -> Self {
-        PoolStartFailures { f: StartFailures::new() }
+    fn new(n: usize) -> Self {
+        PoolSlots { s: Slots::new(n), n }
     }
 
-    /// A worker exited: whether it had started, and its exit code (or
-    /// minus its signal).
-    fn worker_exited(&mut self, started: bool, exit_code: i64) {
-        self.f.worker_exited(started, exit_code);
+    /// A free slot for a new worker (oldest freed first), its words in
+    /// `ledger` made ready (`None`: the ledger is on another node); `None`
+    /// if every slot is taken.
+    fn take(&mut self, ledger: Option<PyRef<'_, PoolLedger>>) -> Option<usize> {
+        self.s.take(ledger.as_ref().map(|l| &l.led))
     }
 
-    /// Whether the pool is broken: enough failures in a row and no live
-    /// worker that started.
-    fn broken(&self, any_started: bool) -> bool {
-        self.f.broken(any_started)
+    /// The worker for `slot` could not be started: free again, first.
+    fn not_started(&mut self, slot: usize) -> PyResult<()> {
+        self.s.not_started(self.slot(slot)?);
+        Ok(())
     }
 
-    /// Failures in a row.
+    /// The worker in `slot` of `ledger` exited (`pid`, exit code or minus
+    /// its signal): the lost-task notice (bytes) of the task it recorded
+    /// and never finished, or `None` (always when `report` is false); the
+    /// slot is free again.
+    #[pyo3(signature = (ledger, slot, pid, exit_code, report=true))]
+    fn exited<'py>(
+        &mut self,
+        py: Python<'py>,
+        ledger: PyRef<'_, PoolLedger>,
+        slot: usize,
+        pid: i64,
+        exit_code: i64,
+        report: bool,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let slot = ledger.slot(self.slot(slot)?)?;
+        Ok(self.s.exited(&ledger.led, slot, pid, exit_code, report).map(|n| PyBytes::new(py, &n.encode())))
+    }
+
+    /// The worker in `slot` exited and the node that holds the ledger read
+    /// its slot: whether it had started, how it ended. Free again.
+    fn freed(&mut self, slot: usize, started: bool, exit_code: i64) -> PyResult<()> {
+        self.s.freed(self.slot(slot)?, started, exit_code);
+        Ok(())
+    }
+
+    /// Free slots.
     #[getter]
-    fn in_a_row(&self) -> u32 {
-        self.f.in_a_row()
+    fn free(&self) -> usize {
+        self.s.free()
     }
 
-    /// The exit code of the last failure, or `None`.
-    #[getter]
-    fn last(&self) -> Option<i64> {
-        self.f.last()
+    /// Why the pool is broken (workers died before they started, enough
+    /// in a row, and none alive has started), or `None`; `place` ("on
+    /// node2") goes into the reason.
+    #[pyo3(signature = (any_started_alive, place=None))]
+    fn broken(&self, any_started_alive: bool, place: Option<&str>) -> Option<String> {
+        self.s.broken(any_started_alive, place)
     }
 }
 
@@ -328,13 +371,6 @@ fn pool_decode_lost(data: &Bound<'_, PyAny>) -> PyResult<(i64, i64, i64, i64)> {
     Ok((n.seq, n.count, n.pid, n.exit_code))
 }
 
-/// Whether a worker that ended (exit code, or minus its signal) before
-/// running its loop failed by itself rather than being killed from outside.
-#[pyfunction]
-fn pool_failed_to_start(exit_code: i64) -> bool {
-    ledger::failed_to_start(exit_code)
-}
-
 /// How a process ended, in words ("exited with code 3", "was killed by
 /// SIGKILL"; `None`: "ended").
 #[pyfunction]
@@ -364,7 +400,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add(name, kind.to_u8())?;
     }
     m.add_class::<PoolLedger>()?;
-    m.add_class::<PoolStartFailures>()?;
+    m.add_class::<PoolSlots>()?;
     m.add_function(wrap_pyfunction!(pool_take, m)?)?;
     m.add_function(wrap_pyfunction!(pool_task_header, m)?)?;
     m.add_function(wrap_pyfunction!(pool_decode_task, m)?)?;
@@ -372,9 +408,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pool_decode_result, m)?)?;
     m.add_function(wrap_pyfunction!(pool_lost, m)?)?;
     m.add_function(wrap_pyfunction!(pool_decode_lost, m)?)?;
-    m.add_function(wrap_pyfunction!(pool_failed_to_start, m)?)?;
     m.add("POOL_IDLE", ledger::IDLE)?;
-    m.add("POOL_MAX_START_FAILURES", ledger::MAX_START_FAILURES)?;
     m.add("POOL_RESULT_HEADER", message::RESULT_HEADER)?;
     m.add("POOL_TASK_HEADER", message::TASK_HEADER)?;
     m.add("POOL_GAP_PID", message::GAP_PID)?;

@@ -568,6 +568,7 @@ impl Queue {
     ) -> PyResult<bool> {
         let t = block_timeout(block, timeout)?;
         self.with(py, |q| {
+            let exact = q.queue().mode() == queues::Mode::Exact;
             // The Python exception of either step (the crate sees a Fault).
             let (mut err, mut err2) = (None, None);
             let r = run(
@@ -575,8 +576,9 @@ impl Queue {
                     q.put_with(
                         t,
                         |chan, t| {
-                            let r = if t != Some(Duration::ZERO) {
-                                // An exact queue's put: it may wait.
+                            let r = if exact {
+                                // An exact queue's put: the send itself is
+                                // bounded (never deferred), and may wait.
                                 self.send_blocking(py, data, prefix, t)
                             } else {
                                 match chan {

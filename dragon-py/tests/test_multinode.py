@@ -608,7 +608,7 @@ def test_the_seed_tour_runs_on_three_nodes(cluster):
 
 def test_synchronisation_objects_across_nodes(cluster):
     script = _script(cluster, "sync.py", ON_NODE + """
-        import multiprocessing as mp, os, sys, time
+        import multiprocessing as mp, os, queue, sys, time
         from dragon.infrastructure.policy import Policy
 
         COUNTER = sys.argv[1]
@@ -654,15 +654,21 @@ def test_synchronisation_objects_across_nodes(cluster):
                 if item is None:
                     return
 
-        def remote_side(jq, bq, q):
+        def remote_side(jq, bq, eq, q):
             # Counted and bounded from another node: puts count through the
             # queue's node, a get gives the bound's unit back there, join
-            # waits there.
+            # waits there; a full exact queue is full from here too.
             for i in range(5):
                 jq.put(i)
             got = bq.get(timeout=60)
             bq.put("b3")
-            q.put(("remote", got, bq.qsize()))
+            eq.put("e1")
+            try:
+                eq.put_nowait("e2")
+                full = "not full"
+            except queue.Full:
+                full = "full"
+            q.put(("remote", got, bq.qsize(), full))
             jq.join()
             q.put("producer joined")
 
@@ -714,16 +720,17 @@ def test_synchronisation_objects_across_nodes(cluster):
             print("joined")
             jw.join(60)
 
-            jq2, bq = mp.JoinableQueue(), mp.Queue(9000)  # bounded by a semaphore
+            jq2, bq, eq = mp.JoinableQueue(), mp.Queue(9000), mp.Queue(1)  # bounded by a semaphore, exact
             bq.put("b1")
             bq.put("b2")
-            pp = on(1, remote_side, jq2, bq, q)
+            pp = on(1, remote_side, jq2, bq, eq, q)
             got = sorted(jq2.get(timeout=60) for _ in range(5))
             print(q.get(timeout=60))
             for _ in got:
                 jq2.task_done()
             print(q.get(timeout=60), got, bq.qsize())
             pp.join(60)
+            print("exact", eq.get(timeout=60), eq.empty())
 
             dead = mp.Lock()
             h = on(2, holder, dead, q)
@@ -743,7 +750,8 @@ def test_synchronisation_objects_across_nodes(cluster):
     assert "barrier [0, 1, 2]" in out, out
     assert "waiting" in out and "('woken', True)" in out, out
     assert "joined" in out, out
-    assert "('remote', 'b1', 2)" in out, out
+    assert "('remote', 'b1', 2, 'full')" in out, out
+    assert "exact e1 True" in out, out
     assert "producer joined [0, 1, 2, 3, 4] 2" in out, out
     assert "held\nheld elsewhere False\ntaken over True" in out, out
     _assert_clean(cluster)

@@ -6,6 +6,9 @@
 //! - [`ledger`]: the task ledger in shared memory, the take operation
 //!   ([`take`]: robust lock held by the caller, gap detection), lost-task
 //!   detection for an exited worker's slot, start-failure counting.
+//! - [`Slots`]: the owner's bookkeeping of its workers' slots (free slots,
+//!   lost-task notices of exited workers, a broken pool), shared by every
+//!   pool: this crate's and the Python package's.
 //! - [`message`]: the task, result, lost-task and end messages, byte for
 //!   byte those of the Python package's `dragon/_pool_part.py`.
 //! - [`Pool`]: a pool of worker processes for Rust programs, running
@@ -36,6 +39,7 @@
 
 pub mod ledger;
 pub mod message;
+pub mod slots;
 #[cfg(not(dragon_loom))]
 mod workers;
 
@@ -43,5 +47,6 @@ mod workers;
 mod loom_ledger;
 
 pub use ledger::{take, Gap, Ledger, StartFailures, Taker, Words, MAX_START_FAILURES};
+pub use slots::Slots;
 #[cfg(not(dragon_loom))]
 pub use workers::{Functions, Pool, PoolError, PoolOptions, TaskError, TaskFn, TaskHandle, MAX_WORKERS, WORKER_ENV};

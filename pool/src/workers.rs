@@ -13,8 +13,9 @@
 //! [`TaskError::WorkerLost`] and the pool starts a replacement. Workers
 //! that die before they start, [`crate::MAX_START_FAILURES`] in a row, make
 //! the pool broken: every task then fails with [`TaskError::Broken`].
-use crate::ledger::{ended_how, take, Gap, Ledger, StartFailures, Taker};
+use crate::ledger::{ended_how, take, Gap, Ledger, Taker};
 use crate::message::{self, Kind, Lost, ResultHeader, TaskHeader};
+use crate::slots::Slots;
 use channels_core::{Channel, RecvTimeoutError, TryRecvError};
 use shm_primitives::process::ProcessId;
 use shm_primitives::sync::local::{AtomicBool, Ordering};
@@ -194,11 +195,9 @@ struct Worker {
     child: Child,
 }
 
-#[derive(Default)]
 struct Procs {
     workers: Vec<Worker>,
-    free: Vec<usize>,
-    failures: StartFailures,
+    slots: Slots,
 }
 
 struct Shared {
@@ -313,7 +312,7 @@ impl Pool {
             ledger,
             sender: Mutex::new((0, 0)),
             pending: Mutex::new(HashMap::new()),
-            procs: Mutex::new(Procs { free: (0..n).rev().collect(), ..Procs::default() }),
+            procs: Mutex::new(Procs { workers: Vec::new(), slots: Slots::new(n) }),
             broken: Mutex::new(None),
             exe,
             args: opts.args,
@@ -479,8 +478,7 @@ impl Shared {
     /// Start workers in the free slots.
     fn repopulate(&self, procs: &mut Procs) -> Result<(), PoolError> {
         while procs.workers.len() < self.size {
-            let Some(slot) = procs.free.pop() else { break };
-            self.ledger.reset_slot(slot);
+            let Some(slot) = procs.slots.take(Some(&self.ledger)) else { break };
             let spec = format!(
                 "1 {} {} {} {} {} {} {} {}",
                 self.tasks.handle().to_text(),
@@ -495,7 +493,7 @@ impl Shared {
             let child =
                 Command::new(&self.exe).args(&self.args).env(WORKER_ENV, spec).stdin(Stdio::null()).spawn().map_err(
                     |e| {
-                        procs.free.push(slot);
+                        procs.slots.not_started(slot);
                         PoolError::Setup(format!("starting a worker process ({}): {e}", self.exe.display()))
                     },
                 )?;
@@ -534,15 +532,10 @@ impl Shared {
                 if code != 0 && !closing {
                     eprintln!("pool worker process {} {}", w.child.id(), ended_how(code));
                 }
-                if !terminating {
-                    if let Some(n) = self.ledger.lost(w.slot, i64::from(w.child.id()), code) {
-                        // Behind every result the worker sent.
-                        let _ = self.results.send(n.encode());
-                    }
+                if let Some(n) = procs.slots.exited(&self.ledger, w.slot, i64::from(w.child.id()), code, !terminating) {
+                    // Behind every result the worker sent.
+                    let _ = self.results.send(n.encode());
                 }
-                procs.failures.worker_exited(self.ledger.started(w.slot), code);
-                self.ledger.reset_slot(w.slot);
-                procs.free.push(w.slot);
             }
             if closing {
                 if procs.workers.is_empty() {
@@ -552,14 +545,11 @@ impl Shared {
             }
             let any_started = procs.workers.iter().any(|w| self.ledger.started(w.slot));
             let mut broken = guard(&self.broken);
-            if broken.is_none() && procs.failures.broken(any_started) {
-                let why = format!(
-                    "the pool's worker processes die before they start ({} in a row, the last {}; their stderr says why): the task was not run",
-                    procs.failures.in_a_row(),
-                    ended_how(procs.failures.last().unwrap_or(0))
-                );
-                eprintln!("pool: {why}");
-                *broken = Some(why);
+            if broken.is_none() {
+                if let Some(why) = procs.slots.broken(any_started, None) {
+                    eprintln!("pool: {why}");
+                    *broken = Some(why);
+                }
             }
             if broken.is_some() {
                 drop(broken);

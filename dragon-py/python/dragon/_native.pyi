@@ -20,9 +20,9 @@ __all__ = [
     "segment_unlink", "memory_handle", "memory_parse", "shm_dir", "lent_before_fork",
     "lent_after_fork_parent", "lent_after_fork", "lent_stats", "lent_sweep", "TAG_LENT", "LENT_MIN_LEN",
     "node_status", "node_service", "expand_hostlist", "parse_hostfile", "new_secret", "bootstrap_text",
-    "service_name", "template_name", "this_node", "PoolLedger", "PoolStartFailures", "pool_take", "pool_task_header",
+    "service_name", "template_name", "this_node", "PoolLedger", "PoolSlots", "pool_take", "pool_task_header",
     "pool_decode_task", "pool_result_header", "pool_decode_result", "pool_lost", "pool_decode_lost",
-    "pool_failed_to_start", "POOL_IDLE", "POOL_MAX_START_FAILURES", "POOL_RESULT_HEADER",
+    "POOL_IDLE", "POOL_RESULT_HEADER",
     "POOL_TASK_HEADER", "POOL_GAP_PID", "POOL_NOT_RUN_PID", "pool_ended_how", "pool_ledger_size", "POOL_END",
     "POOL_CALL", "POOL_CALL_KW", "POOL_MAP", "POOL_STARMAP", "POOL_STOP", "RemoteChannel", "remote_transport_open",
     "RemoteSync", "remote_memory", "transports"
@@ -475,15 +475,16 @@ class PoolLedger:
     def lost(self, slot: int, pid: int, exit_code: int) -> bytes | None: ...
 
 @final
-class PoolStartFailures:
-    """Workers that died before they started, in a row."""
-    def __new__(cls) -> Self: ...
-    def worker_exited(self, started: bool, exit_code: int) -> None: ...
-    def broken(self, any_started: bool) -> bool: ...
+class PoolSlots:
+    """The owner's bookkeeping of a pool's worker slots (``pool::Slots``)."""
+    def __new__(cls, n: int) -> Self: ...
+    def take(self, ledger: PoolLedger | None) -> int | None: ...
+    def not_started(self, slot: int) -> None: ...
+    def exited(self, ledger: PoolLedger, slot: int, pid: int, exit_code: int, report: bool = True) -> bytes | None: ...
+    def freed(self, slot: int, started: bool, exit_code: int) -> None: ...
     @property
-    def in_a_row(self) -> int: ...
-    @property
-    def last(self) -> int | None: ...
+    def free(self) -> int: ...
+    def broken(self, any_started_alive: bool, place: str | None = None) -> str | None: ...
 
 def pool_take(ledger: PoolLedger, ch: Channel, lock: Lock, report: Any, slot: int | None,
               check: Any = None, timeout: float | None = None) -> tuple[Any, int, int, int, int, int] | None:
@@ -508,11 +509,7 @@ def pool_lost(seq: int, count: int, pid: int, exit_code: int) -> bytes:
 def pool_decode_lost(data: Any) -> tuple[int, int, int, int]:
     """``(seq, count, pid, exit code)`` of a lost-task notice."""
 
-def pool_failed_to_start(exit_code: int) -> bool:
-    """Whether a worker that died before its loop failed by itself."""
-
 POOL_IDLE: int
-POOL_MAX_START_FAILURES: int
 POOL_RESULT_HEADER: int
 POOL_TASK_HEADER: int
 POOL_GAP_PID: int

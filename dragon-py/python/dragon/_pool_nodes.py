@@ -85,7 +85,6 @@ from ._block import SharedBlock
 from .errors import BrokenPoolError, DragonError, MessageTooLargeError, NodeLostError, WorkerLostError
 from ._pool_part import (
     MAX_ATTACHMENTS,
-    MAX_START_FAILURES,
     NOT_RUN,
     NOTHING,
     RESULT_CAPACITY,
@@ -97,7 +96,6 @@ from ._pool_part import (
     TaskSplitter,
     decode_result,
     ended_how,
-    failed_to_start,
     ledger_size,
     main_import_error,
     result_header,
@@ -337,7 +335,7 @@ class _Part:
         self.next_seq = self.base  # the next task number (task handler only)
         self.target = len(slot_cpus)
         self.slot_cpus = slot_cpus
-        self.free = list(range(self.target))
+        self.slots = _native.PoolSlots(self.target)  # free slots, workers that died before starting
         self.capacity = max(TASK_CAPACITY, 4 * self.target + 8)
         self.floor = 2 * self.target
         self.ceiling = self.capacity - self.target - 8  # room for the stop messages
@@ -349,8 +347,6 @@ class _Part:
         self.dead = None  # (exception class, message) once the part takes no more tasks
         self.ready = False  # one of its workers has started: it takes tasks
         self.error = None  # why sending to its node failed
-        self.start_failures = 0
-        self.last_failure = None
         self.alive_started = 0
         self.orphans = []  # workers of a part that is gone
         self.local = False
@@ -640,8 +636,10 @@ class NodeTasks(TaskSplitter):
 
         with self._mutex, batch_starts():
             for p in self.parts:
-                while p.dead is None and p.error is None and p.free:
-                    slot = p.free.pop(0)
+                while p.dead is None and p.error is None:
+                    slot = p.slots.take(p.tasks._led if p.local else None)
+                    if slot is None:
+                        break
                     if p.local:
                         args = (p.tasks, self.results, initializer, initargs, maxtasks, wrap_exception, slot)
                         kwargs = {}
@@ -660,7 +658,7 @@ class NodeTasks(TaskSplitter):
                     try:
                         w.start()
                     except Exception as e:
-                        p.free.insert(0, slot)
+                        p.slots.not_started(slot)
                         if p.local:
                             raise
                         # The node cannot start processes (lost?): the
@@ -680,10 +678,8 @@ class NodeTasks(TaskSplitter):
                 self._lose(p, pool)
         self._reap(pool)
         for p in self.parts:
-            if p.dead is None and p.start_failures >= MAX_START_FAILURES and not self._started_alive(p, pool):
-                reason = ("the pool's worker processes on %s die before they start (%d in a row, the last %s; "
-                          "their stderr says why): the task was not run"
-                          % (p.label, p.start_failures, ended_how(p.last_failure)))
+            reason = None if p.dead is not None else p.slots.broken(self._started_alive(p, pool), "on " + p.label)
+            if reason is not None:
                 main_error = main_import_error(ctx)
                 if main_error:
                     reason += ". Each of them failed importing the main module: %s" % main_error
@@ -705,17 +701,9 @@ class NodeTasks(TaskSplitter):
                 if w.exitcode != 0 and not self._done:
                     _log.logger.warning("pool worker process %s on %s %s", w.pid, p.label, ended_how(w.exitcode))
                 if p.local:
-                    led = p.tasks._led
-                    notice = led.lost(slot, w.pid, w.exitcode)
+                    notice = p.slots.exited(p.tasks._led, slot, w.pid, w.exitcode)
                     if notice is not None:
                         self.results._send_notice(notice)
-                    if led.started(slot):
-                        p.start_failures = 0
-                    elif failed_to_start(w.exitcode):
-                        p.start_failures += 1
-                        p.last_failure = w.exitcode
-                    led.reset_slot(slot)
-                    p.free.append(slot)
                 else:
                     # Its agent reads its slot, after forwarding what it sent.
                     p.reaping[slot] = w.exitcode
@@ -729,13 +717,8 @@ class NodeTasks(TaskSplitter):
             code = p.reaping.pop(slot, None)
             if p.dead is not None:
                 return
-            if started:
-                p.start_failures = 0
-            elif code:
-                p.start_failures += 1
-                p.last_failure = code
+            p.slots.freed(slot, bool(started), code or 0)
             p.alive_started = alive
-            p.free.append(slot)
         self._poke()
 
     def _started_alive(self, p, pool):

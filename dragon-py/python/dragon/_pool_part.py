@@ -53,10 +53,6 @@ MAX_ATTACHMENTS = 1023
 ledger_size = _native.pool_ledger_size
 
 
-#: Workers that die before running the worker loop (their arguments could
-#: not be unpickled, say), in a row, none started, that break the pool.
-MAX_START_FAILURES = _native.POOL_MAX_START_FAILURES
-
 
 def decode_result(data):
     """``(seq, job, index, result)`` of a result message; a result that
@@ -68,15 +64,6 @@ def decode_result(data):
         obj = (False, MaybeEncodingError(e, "<the task's result: it could not be unpickled here>"))
     return seq, job, i, obj
 
-
-def failed_to_start(exitcode):
-    """Whether a worker that ended before running the worker loop failed
-    by itself (an error, a crash) rather than being killed from outside
-    (SIGKILL, SIGTERM, SIGINT: an operator, the OOM killer), which says
-    nothing about the next worker."""
-    if exitcode is None:
-        return False
-    return _native.pool_failed_to_start(exitcode)
 
 # Messages (the pool crate's formats, byte for byte those of the struct
 # formats in brackets). Task: header (b"T", seq, job, index, kind,
@@ -176,9 +163,8 @@ class Tasks(TaskSplitter):
         self._pending = {}  # seq -> (job, index), or None for a stop message
         self._sent = base
         self._slot_cpus = None  # slot -> the CPUs its worker runs on (a Policy's cpu_affinity)
-        self._free = list(range(slots))
         self._mutex = threading.Lock()  # the worker list and slots
-        self._failures = _native.PoolStartFailures()  # workers in a row that died before starting
+        self._keeper = _native.PoolSlots(slots)  # free slots, workers that died before starting
         self._broken = None  # the thread failing every task, once the pool is broken
         self._done = False
 
@@ -196,15 +182,6 @@ class Tasks(TaskSplitter):
         self._map()
 
     # -- parent ---------------------------------------------------------------
-    def _take_slot(self):
-        slot = self._free.pop(0)
-        self._led.reset_slot(slot)
-        return slot
-
-    def _free_slot(self, slot):
-        self._led.finish(slot)
-        self._free.append(slot)
-
     def put(self, task):
         """Send a task (the standard pool's ``(job, i, func, args, kwds)``) or
         a stop message (``None``). Called by the task handler thread only."""

@@ -259,9 +259,9 @@ class Pool(_mp_pool.Pool):
         # batch_starts: the template forks while the next requests are sent.
         with inqueue._mutex, batch_starts():
             for _ in range(processes - len(pool)):
-                if not inqueue._free:
+                slot = inqueue._keeper.take(inqueue._led)
+                if slot is None:
                     break
-                slot = inqueue._take_slot()
                 try:
                     w = Process(ctx, target=worker,
                                 args=(inqueue, outqueue, initializer, initargs, maxtasksperchild,
@@ -272,7 +272,7 @@ class Pool(_mp_pool.Pool):
                     w._dragon_slot = slot
                     w.start()
                 except BaseException:
-                    inqueue._free_slot(slot)
+                    inqueue._keeper.not_started(slot)
                     raise
                 pool.append(w)
                 util.debug("added worker")
@@ -294,11 +294,9 @@ class Pool(_mp_pool.Pool):
                 if w.exitcode != 0 and not inqueue._done:
                     _log.logger.warning("pool worker process %s %s", w.pid, ended_how(w.exitcode))
                 if slot is not None:
-                    notice = led.lost(slot, w.pid, w.exitcode)
+                    notice = inqueue._keeper.exited(led, slot, w.pid, w.exitcode)
                     if notice is not None:
                         outqueue._send_notice(notice)
-                    inqueue._failures.worker_exited(led.started(slot), w.exitcode)
-                    inqueue._free_slot(slot)
                 del pool[i]
                 cleaned = True
         return cleaned
@@ -311,15 +309,13 @@ class Pool(_mp_pool.Pool):
             return
         if not Pool._reap_workers(pool, inqueue, outqueue):
             return
-        led, failures = inqueue._led, inqueue._failures
-        if failures.broken(any(led.started(w._dragon_slot) for w in pool)):
+        led = inqueue._led
+        reason = inqueue._keeper.broken(any(led.started(w._dragon_slot) for w in pool))
+        if reason is not None:
             # Workers die before they can run anything (their stderr says
             # why): instead of restarting them forever while the caller
             # waits, fail every task.
             if inqueue._broken is None:
-                reason = ("the pool's worker processes die before they start (%d in a row, the last %s; "
-                          "their stderr says why): the task was not run"
-                          % (failures.in_a_row, ended_how(failures.last)))
                 main_error = main_import_error(ctx)
                 if main_error:
                     reason += ". Each of them failed importing the main module: %s" % main_error
