@@ -32,7 +32,7 @@ use crate::lent;
 use crate::remote::{message, Outgoing, RemoteChannel, SLICE};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
-use queues::{Fault, PutError, QueueChannel, QueueSync, ShmChannel};
+use queues::{Fault, GetError, PutError, QueueChannel, QueueSync, ShmChannel};
 use shm_primitives::{Handle, ProcessId};
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
@@ -272,6 +272,61 @@ fn block_args(t: Option<Duration>) -> (bool, Option<f64>) {
     }
 }
 
+/// Send `data` on `channel` (a `Channel` or a `RemoteChannel`; `prefix`
+/// as for `Channel.send`), waiting at most `t` for room, retried while
+/// shared memory for a large message is short for now (the GIL released
+/// between tries; `MessageTooLargeError` if it can never fit): whether it
+/// was sent. What `_wire.send_blocking` is.
+fn send_blocking(
+    py: Python<'_>,
+    channel: &Bound<'_, PyAny>,
+    data: &Bound<'_, PyAny>,
+    prefix: i32,
+    t: Option<Duration>,
+) -> PyResult<bool> {
+    let local = channel.cast::<Channel>().ok();
+    let remote = if local.is_none() { Some(channel.cast::<RemoteChannel>()?) } else { None };
+    let end = t.map(|t| Instant::now() + t);
+    let mut pause = Duration::from_micros(500);
+    loop {
+        let left = end.map(|e| e.saturating_duration_since(Instant::now()));
+        let (block, secs) = block_args(left);
+        let r = match (&local, &remote) {
+            (Some(c), _) => c.get().send(py, data, prefix, block, secs)?,
+            (None, Some(r)) => r.get().send(py, data, prefix, block, secs)?,
+            (None, None) => unreachable!("one of the two"),
+        };
+        match r {
+            SENT => return Ok(true),
+            NOT_SENT => return Ok(false),
+            _ => check_fits(data.len().unwrap_or(0))?,
+        }
+        let left = end.map(|e| e.saturating_duration_since(Instant::now()));
+        if left == Some(Duration::ZERO) {
+            return Ok(false);
+        }
+        let nap = left.map_or(pause, |l| l.min(pause));
+        py.detach(|| std::thread::sleep(nap));
+        py.check_signals()?;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// `_wire.send_blocking(ch, data, prefix, block=True, timeout=None)`: see
+/// [`send_blocking`].
+#[pyfunction(name = "send_blocking")]
+#[pyo3(signature = (channel, data, prefix, block=true, timeout=None))]
+fn send_blocking_py(
+    py: Python<'_>,
+    channel: &Bound<'_, PyAny>,
+    data: &Bound<'_, PyAny>,
+    prefix: i32,
+    block: bool,
+    timeout: Option<f64>,
+) -> PyResult<bool> {
+    send_blocking(py, channel, data, prefix, block_timeout(block, timeout)?)
+}
+
 /// A queue's synchronisation objects: `dragon._native` objects of this
 /// node (`Semaphore`, `Lock`, `Condition`) or of another node
 /// (`RemoteSync`, which asks that node's service), called through their
@@ -339,19 +394,33 @@ struct Parts {
     sem: Option<Py<PyAny>>,
     /// A joinable queue's task count, lock and condition.
     tasks: Option<[Py<PyAny>; 3]>,
+    /// A simple queue (no local buffer: a put waits for room).
+    simple: bool,
 }
 
-/// The crate's queue, joinable or not.
+/// The crate's queue: joinable or not, or a simple queue.
 enum Inner {
     Plain(queues::Queue<PyChan, PySync>),
     Joinable(queues::JoinableQueue<PyChan, PySync>),
+    Simple(queues::SimpleQueue<PyChan>),
 }
 
 impl Inner {
-    fn queue(&self) -> &queues::Queue<PyChan, PySync> {
+    /// The queue with a local buffer (not a simple queue).
+    fn queue(&self) -> PyResult<&queues::Queue<PyChan, PySync>> {
         match self {
-            Inner::Plain(q) => q,
-            Inner::Joinable(j) => j.queue(),
+            Inner::Plain(q) => Ok(q),
+            Inner::Joinable(j) => Ok(j.queue()),
+            Inner::Simple(_) => Err(pyo3::exceptions::PyTypeError::new_err("a simple queue has no feeder")),
+        }
+    }
+
+    /// Whether a put's send is the bounded one (it may wait for room; never
+    /// deferred): an exact queue's, a simple queue's.
+    fn waits_for_room(&self) -> bool {
+        match self {
+            Inner::Simple(_) => true,
+            q => q.queue().is_ok_and(|q| q.mode() == queues::Mode::Exact),
         }
     }
 
@@ -364,6 +433,30 @@ impl Inner {
         match self {
             Inner::Plain(q) => q.put_with(timeout, send, buffered),
             Inner::Joinable(j) => j.put_with(timeout, send, buffered),
+            Inner::Simple(s) => s
+                .put_with(|chan| match send(chan, None)? {
+                    true => Ok(()),
+                    false => Err(Fault::WouldBlock),
+                })
+                .map(|()| false),
+        }
+    }
+
+    fn get_with<T>(
+        &self,
+        timeout: Option<Duration>,
+        recv: impl FnMut(&PyChan, Option<Duration>) -> Result<(queues::Tag, T), Fault>,
+    ) -> Result<T, GetError> {
+        match self {
+            Inner::Simple(s) => s.get_with(timeout, recv),
+            q => q.queue().map_err(|_| GetError::Closed)?.get_with(timeout, recv),
+        }
+    }
+
+    /// Do not wait for the feeder when dropped.
+    fn cancel_join_thread(&self) {
+        if let Ok(q) = self.queue() {
+            q.cancel_join_thread();
         }
     }
 }
@@ -388,6 +481,9 @@ pub(crate) struct Queue {
 
 /// A crate queue over `chan` whose feeder reports to `on_error(exc, data)`.
 fn make(py: Python<'_>, chan: PyChan, parts: &Parts, on_error: &Py<PyAny>) -> PyResult<Inner> {
+    if parts.simple {
+        return Ok(Inner::Simple(queues::SimpleQueue::from_channel(chan)));
+    }
     let obj = |o: &Py<PyAny>| PyObj(o.clone_ref(py));
     let q = queues::Queue::<PyChan, PySync>::from_channel(chan, parts.maxsize, parts.sem.as_ref().map(obj))
         .map_err(|e| queue_err(&e))?;
@@ -438,43 +534,6 @@ impl Queue {
         f(&q)
     }
 
-    /// Send `data` on the channel as `_wire.send_blocking` does, waiting at
-    /// most `t` for room: retried while shared memory for a large message
-    /// is short (the GIL released between tries); whether it was sent.
-    fn send_blocking(
-        &self,
-        py: Python<'_>,
-        data: &Bound<'_, PyAny>,
-        prefix: i32,
-        t: Option<Duration>,
-    ) -> PyResult<bool> {
-        let end = t.map(|t| Instant::now() + t);
-        let mut pause = Duration::from_micros(500);
-        loop {
-            let left = end.map(|e| e.saturating_duration_since(Instant::now()));
-            let (block, secs) = block_args(left);
-            let r = match &self.chan {
-                PyChan::Local(_) => {
-                    self.channel.bind(py).cast::<Channel>()?.get().send(py, data, prefix, block, secs)?
-                }
-                PyChan::Remote(rc) => rc.get().send(py, data, prefix, block, secs)?,
-            };
-            match r {
-                SENT => return Ok(true),
-                NOT_SENT => return Ok(false),
-                _ => check_fits(data.len().unwrap_or(0))?,
-            }
-            let left = end.map(|e| e.saturating_duration_since(Instant::now()));
-            if left == Some(Duration::ZERO) {
-                return Ok(false);
-            }
-            let nap = left.map_or(pause, |l| l.min(pause));
-            py.detach(|| std::thread::sleep(nap));
-            py.check_signals()?;
-            pause = (pause * 2).min(Duration::from_millis(50));
-        }
-    }
-
     /// Receive one message (`(tag, payload)`), waiting at most `t`.
     fn recv<'py>(&self, py: Python<'py>, t: Option<Duration>) -> PyResult<Option<Bound<'py, PyTuple>>> {
         let (block, secs) = block_args(t);
@@ -482,6 +541,28 @@ impl Queue {
             PyChan::Local(_) => self.channel.bind(py).cast::<Channel>()?.get().recv(py, block, secs, None),
             PyChan::Remote(rc) => rc.get().recv(py, block, secs, None),
         }
+    }
+}
+
+impl Queue {
+    fn over(py: Python<'_>, channel: &Bound<'_, PyAny>, parts: Parts, on_error: Py<PyAny>) -> PyResult<Queue> {
+        let chan = if let Ok(c) = channel.cast::<Channel>() {
+            PyChan::Local(c.get().att())
+        } else if let Ok(r) = channel.cast::<RemoteChannel>() {
+            PyChan::Remote(r.clone().unbind())
+        } else {
+            return Err(pyo3::exceptions::PyTypeError::new_err("Queue takes a dragon channel"));
+        };
+        let q = make(py, chan.clone_ref(py), &parts, &on_error)?;
+        Ok(Queue {
+            pid: ProcessId::current().pid,
+            q: Some(q),
+            forked: Mutex::new(None),
+            chan,
+            channel: channel.clone().unbind(),
+            parts,
+            on_error,
+        })
     }
 }
 
@@ -493,7 +574,7 @@ impl Drop for Queue {
         let f = self.forked.get_mut().unwrap_or_else(|e| e.into_inner());
         if let Some((pid, q)) = f.take() {
             if pid == me {
-                q.queue().cancel_join_thread();
+                q.cancel_join_thread();
                 drop(q);
             } else {
                 std::mem::forget(q);
@@ -501,7 +582,7 @@ impl Drop for Queue {
         }
         if let Some(q) = self.q.take() {
             if self.pid == me {
-                q.queue().cancel_join_thread();
+                q.cancel_join_thread();
                 drop(q);
             } else {
                 std::mem::forget(q);
@@ -527,24 +608,15 @@ impl Queue {
         sem: Option<Py<PyAny>>,
         tasks: Option<(Py<PyAny>, Py<PyAny>, Py<PyAny>)>,
     ) -> PyResult<Queue> {
-        let chan = if let Ok(c) = channel.cast::<Channel>() {
-            PyChan::Local(c.get().att())
-        } else if let Ok(r) = channel.cast::<RemoteChannel>() {
-            PyChan::Remote(r.clone().unbind())
-        } else {
-            return Err(pyo3::exceptions::PyTypeError::new_err("Queue takes a dragon channel"));
-        };
-        let parts = Parts { maxsize, sem, tasks: tasks.map(|(u, l, c)| [u, l, c]) };
-        let q = make(py, chan.clone_ref(py), &parts, &on_error)?;
-        Ok(Queue {
-            pid: ProcessId::current().pid,
-            q: Some(q),
-            forked: Mutex::new(None),
-            chan,
-            channel: channel.clone().unbind(),
-            parts,
-            on_error,
-        })
+        let parts = Parts { maxsize, sem, tasks: tasks.map(|(u, l, c)| [u, l, c]), simple: false };
+        Queue::over(py, channel, parts, on_error)
+    }
+
+    /// A simple queue on `channel`: no local buffer, a put waits for room.
+    #[staticmethod]
+    fn simple(py: Python<'_>, channel: &Bound<'_, PyAny>) -> PyResult<Queue> {
+        let parts = Parts { maxsize: 0, sem: None, tasks: None, simple: true };
+        Queue::over(py, channel, parts, py.None())
     }
 
     /// Put `data` (tag `prefix` as for `Channel.send`) by the queue's
@@ -568,7 +640,7 @@ impl Queue {
     ) -> PyResult<bool> {
         let t = block_timeout(block, timeout)?;
         self.with(py, |q| {
-            let exact = q.queue().mode() == queues::Mode::Exact;
+            let exact = q.waits_for_room();
             // The Python exception of either step (the crate sees a Fault).
             let (mut err, mut err2) = (None, None);
             let r = run(
@@ -579,7 +651,7 @@ impl Queue {
                             let r = if exact {
                                 // An exact queue's put: the send itself is
                                 // bounded (never deferred), and may wait.
-                                self.send_blocking(py, data, prefix, t)
+                                send_blocking(py, self.channel.bind(py), data, prefix, t)
                             } else {
                                 match chan {
                                     PyChan::Local(att) => match att.get() {
@@ -637,7 +709,7 @@ impl Queue {
             let mut err = None;
             let r = run(
                 || {
-                    q.queue().get_with(t, |_, t| match self.recv(py, t) {
+                    q.get_with(t, |_, t| match self.recv(py, t) {
                         Ok(Some(m)) => {
                             let tag: u8 = m.get_item(0).and_then(|t| t.extract()).unwrap_or(TAG_PICKLE);
                             Ok((queues::wire::split(&[tag]).0, m))
@@ -662,7 +734,7 @@ impl Queue {
     fn task_done(&self, py: Python<'_>) -> PyResult<()> {
         self.with(py, |q| match q {
             Inner::Joinable(j) => run(|| j.task_done(), |e| task_done_err(&e)),
-            Inner::Plain(_) => Err(pyo3::exceptions::PyTypeError::new_err("not a joinable queue")),
+            _ => Err(pyo3::exceptions::PyTypeError::new_err("not a joinable queue")),
         })
     }
 
@@ -673,19 +745,19 @@ impl Queue {
         let t = crate::blocking::timeout(timeout)?;
         self.with(py, |q| match q {
             Inner::Joinable(j) => run(|| j.join_timeout(t), |e| DragonError::new_err(e.to_string())),
-            Inner::Plain(_) => Err(pyo3::exceptions::PyTypeError::new_err("not a joinable queue")),
+            _ => Err(pyo3::exceptions::PyTypeError::new_err("not a joinable queue")),
         })
     }
 
     /// Messages waiting in this process's local buffer (the one the feeder
     /// is sending included).
     fn buffered(&self, py: Python<'_>) -> PyResult<usize> {
-        self.with(py, |q| Ok(q.queue().buffered()))
+        self.with(py, |q| Ok(q.queue().map_or(0, |q| q.buffered())))
     }
 
     /// A handle on the feeder thread, for the exit hooks.
     fn feeder(&self, py: Python<'_>) -> PyResult<Feeder> {
-        self.with(py, |q| Ok(Feeder { f: q.queue().feeder() }))
+        self.with(py, |q| Ok(Feeder { f: q.queue()?.feeder() }))
     }
 }
 
@@ -719,5 +791,6 @@ impl Feeder {
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Queue>()?;
     m.add_class::<Feeder>()?;
+    m.add_function(wrap_pyfunction!(send_blocking_py, m)?)?;
     Ok(())
 }

@@ -97,6 +97,24 @@ pub(crate) fn send_retrying<C: QueueChannel>(
     }
 }
 
+/// Receive the next item with `recv` (see [`Queue::get_with`]), waiting at
+/// most `timeout` in all: control messages are skipped.
+pub(crate) fn recv_item<C, T>(
+    chan: &C,
+    timeout: Option<Duration>,
+    mut recv: impl FnMut(&C, Option<Duration>) -> Result<(Tag, T), Fault>,
+) -> Result<T, GetError> {
+    let end = deadline(timeout);
+    loop {
+        match recv(chan, left(end)) {
+            Ok((Tag::Control, _)) => continue,
+            Ok((_, item)) => return Ok(item),
+            Err(Fault::WouldBlock) => return Err(GetError::Empty),
+            Err(e) => return Err(GetError::Channel(e)),
+        }
+    }
+}
+
 /// The local side of an unbounded queue: the buffer and its feeder.
 #[derive(Default)]
 struct Local {
@@ -587,26 +605,17 @@ impl<C: QueueChannel, Y: QueueSync> Queue<C, Y> {
     pub fn get_with<T>(
         &self,
         timeout: Option<Duration>,
-        mut recv: impl FnMut(&C, Option<Duration>) -> Result<(Tag, T), Fault>,
+        recv: impl FnMut(&C, Option<Duration>) -> Result<(Tag, T), Fault>,
     ) -> Result<T, GetError> {
         // Relaxed: as in put_with.
         if self.closed.load(Ordering::Relaxed) {
             return Err(GetError::Closed);
         }
-        let end = deadline(timeout);
-        loop {
-            match recv(&self.shared.chan, left(end)) {
-                Ok((Tag::Control, _)) => continue,
-                Ok((_, item)) => {
-                    if let Some(sem) = &self.sem {
-                        sem.release().map_err(GetError::Sync)?;
-                    }
-                    return Ok(item);
-                }
-                Err(Fault::WouldBlock) => return Err(GetError::Empty),
-                Err(e) => return Err(GetError::Channel(e)),
-            }
+        let item = recv_item(&self.shared.chan, timeout, recv)?;
+        if let Some(sem) = &self.sem {
+            sem.release().map_err(GetError::Sync)?;
         }
+        Ok(item)
     }
 
     /// Approximate number of items in the queue (those this object has not

@@ -3,7 +3,7 @@
 use crate::channel::{Fault, QueueChannel, ShmChannel};
 use crate::error::{GetError, PutError, QueueError};
 use crate::handle::{Mode, QueueHandle, QueueKind};
-use crate::queue::{deadline, left, send_retrying, MAX_ATTACHMENTS, SLOT_SIZE, UNBOUNDED_CAPACITY};
+use crate::queue::{recv_item, send_retrying, MAX_ATTACHMENTS, SLOT_SIZE, UNBOUNDED_CAPACITY};
 use crate::wire::{self, Item, Tag};
 use channels_core::{ChannelOptions, Roles};
 use shm_primitives::sync::local::{AtomicBool, Ordering};
@@ -78,7 +78,18 @@ impl<C: QueueChannel> SimpleQueue<C> {
             Some(p) => &[p, payload],
             None => &[payload],
         };
-        send_retrying(&self.chan, parts, None, false).map_err(PutError::Channel)
+        self.put_with(|chan| send_retrying(chan, parts, None, false))
+    }
+
+    /// A put whose sending the caller does (a binding that sends its own
+    /// objects): `send(chan)` sends the message, waiting as long as the
+    /// ring is full.
+    pub fn put_with(&self, send: impl FnOnce(&C) -> Result<(), Fault>) -> Result<(), PutError> {
+        // Relaxed: as in put_tagged.
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(PutError::Closed);
+        }
+        send(&self.chan).map_err(PutError::Channel)
     }
 
     /// Take the next item, waiting for one.
@@ -88,23 +99,24 @@ impl<C: QueueChannel> SimpleQueue<C> {
 
     /// Take the next item, waiting at most `timeout`.
     pub fn get_timeout(&self, timeout: Option<Duration>) -> Result<Item<C::Msg>, GetError> {
+        self.get_with(timeout, |chan, t| {
+            let item = Item::new(chan.recv(t)?);
+            Ok((item.tag(), item))
+        })
+    }
+
+    /// A get whose receiving the caller does, as [`crate::Queue::get_with`]:
+    /// control messages are skipped.
+    pub fn get_with<T>(
+        &self,
+        timeout: Option<Duration>,
+        recv: impl FnMut(&C, Option<Duration>) -> Result<(Tag, T), Fault>,
+    ) -> Result<T, GetError> {
         // Relaxed: as in put_tagged.
         if self.closed.load(Ordering::Relaxed) {
             return Err(GetError::Closed);
         }
-        let end = deadline(timeout);
-        loop {
-            match self.chan.recv(left(end)) {
-                Ok(m) => {
-                    let item = Item::new(m);
-                    if item.tag() != Tag::Control {
-                        return Ok(item);
-                    }
-                }
-                Err(Fault::WouldBlock) => return Err(GetError::Empty),
-                Err(e) => return Err(GetError::Channel(e)),
-            }
-        }
+        recv_item(&self.chan, timeout, recv)
     }
 
     /// Whether the queue looks empty (a snapshot).

@@ -20,9 +20,9 @@ __all__ = [
     "segment_unlink", "memory_handle", "memory_parse", "shm_dir", "lent_before_fork",
     "lent_after_fork_parent", "lent_after_fork", "lent_stats", "lent_sweep", "TAG_LENT", "LENT_MIN_LEN",
     "node_status", "node_service", "expand_hostlist", "parse_hostfile", "new_secret", "bootstrap_text",
-    "service_name", "template_name", "this_node", "PoolLedger", "PoolSlots", "pool_take", "pool_task_header",
-    "pool_decode_task", "pool_result_header", "pool_decode_result", "pool_lost", "pool_decode_lost",
-    "POOL_IDLE", "POOL_RESULT_HEADER",
+    "service_name", "template_name", "this_node", "PoolLedger", "PoolSlots", "send_blocking", "pool_take",
+    "pool_task_header", "pool_decode_task", "pool_result_header", "pool_decode_result", "pool_lost",
+    "pool_decode_lost", "POOL_IDLE", "POOL_RESULT_HEADER",
     "POOL_TASK_HEADER", "POOL_GAP_PID", "POOL_NOT_RUN_PID", "pool_ended_how", "pool_ledger_size", "POOL_END",
     "POOL_CALL", "POOL_CALL_KW", "POOL_MAP", "POOL_STARMAP", "POOL_STOP", "RemoteChannel", "remote_transport_open",
     "RemoteSync", "remote_memory", "transports"
@@ -350,12 +350,18 @@ class Queue:
                 maxsize: int = 0, sem: Semaphore | RemoteSync | None = None,
                 tasks: tuple[Semaphore | RemoteSync, Lock | RemoteSync, Condition | RemoteSync] | None = None,
                 ) -> Self: ...
+    @staticmethod
+    def simple(channel: Channel | RemoteChannel) -> Queue: ...
     def put(self, data: Any, prefix: int, block: bool = True, timeout: float | None = None) -> bool: ...
     def get(self, block: bool = True, timeout: float | None = None) -> tuple[int, Any]: ...
     def task_done(self) -> None: ...
     def join(self, timeout: float | None = None) -> bool: ...
     def buffered(self) -> int: ...
     def feeder(self) -> Feeder: ...
+
+def send_blocking(channel: Channel | RemoteChannel, data: Any, prefix: int, block: bool = True,
+                  timeout: float | None = None) -> bool:
+    """Send, retrying while shared memory is short for now; whether sent."""
 
 @final
 class Feeder:

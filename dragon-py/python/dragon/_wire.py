@@ -28,7 +28,6 @@ import io
 import os
 import pickle
 import threading
-import time
 
 from multiprocessing import context as _mp_context
 from multiprocessing.reduction import ForkingPickler
@@ -269,28 +268,12 @@ def check_fits(data):
             % (len(data), _native.shm_dir(), total))
 
 
-def send_blocking(ch, data, prefix, block=True, timeout=None):
-    """Send on ``ch``, retrying while shared memory is exhausted; False if
-    the channel stayed full (or memory stayed short) until the timeout."""
-    deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
-    pause = 0.0005
-    while True:
-        r = ch.send(data, prefix, block, timeout)
-        if r == SEND_OK:
-            return True
-        if r == SEND_FULL:
-            return False
-        check_fits(data)
-        if not block:
-            return False
-        if deadline is not None:
-            timeout = deadline - time.monotonic()
-            if timeout <= 0:
-                return False
-            time.sleep(min(pause, timeout))
-        else:
-            time.sleep(pause)
-        pause = min(pause * 2, 0.05)
+#: ``send_blocking(ch, data, prefix, block=True, timeout=None)``: send on
+#: ``ch``, retrying while shared memory is exhausted for now
+#: (:class:`~dragon.errors.MessageTooLargeError` if the message can never
+#: fit); False if the channel stayed full (or memory stayed short) until the
+#: timeout. The queues' own (``dragon-py/src/queue.rs``).
+send_blocking = _native.send_blocking
 
 
 def send_in_order(ch, data, prefix, timeout=None):

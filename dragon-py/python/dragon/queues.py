@@ -118,12 +118,9 @@ class _ChannelQueue:
     ``get`` and the ``_reader`` view), polling, ``repr``."""
 
     def _recv_msg(self, block, timeout):
-        while True:
-            r = self._ch.recv(block, timeout)
-            if r is None:
-                raise Empty
-            if r[0] != _wire.TAG_CONTROL:
-                return r
+        # Control messages skipped, a semaphore's unit given back (queues
+        # crate).
+        return self._q.get(block, timeout)
 
     def _get_raw(self, block=True, timeout=None):
         tag, data = self._recv_msg(block, timeout)
@@ -271,10 +268,6 @@ class Queue(_ChannelQueue):
         if tag == _wire.TAG_PICKLE:  # as _get_raw, without a call more
             return _wire.loads(data)
         return data
-
-    def _recv_msg(self, block, timeout):
-        # Control messages skipped, a semaphore's unit given back.
-        return self._q.get(block, timeout)
 
     def get_nowait(self) -> Any:
         return self.get(False)
@@ -432,6 +425,8 @@ class SimpleQueue(_ChannelQueue):
         self._reset()
 
     def _reset(self):
+        # A put waits for room, a get skips control messages (queues crate).
+        self._q = _native.Queue.simple(self._ch)
         self._closed = False
         self._reader_closed = False
         self._writer_closed = False
@@ -455,13 +450,13 @@ class SimpleQueue(_ChannelQueue):
             data, prefix = obj, _wire.TAG_BYTES
         else:
             data, prefix = _wire.dumps(obj), -1
-        _wire.send_blocking(self._ch, data, prefix)
+        self._q.put(data, prefix)
 
     def _put_data(self, data: Any, prefix: int, block: bool = True, timeout: float | None = None) -> None:
-        _wire.send_blocking(self._ch, data, prefix)
+        self._q.put(data, prefix)
 
     def get(self) -> Any:
-        tag, data = self._recv_msg(True, None)
+        tag, data = self._q.get(True, None)
         if tag == _wire.TAG_PICKLE:  # as _get_raw, without a call more
             return _wire.loads(data)
         return data
