@@ -665,6 +665,16 @@ fn ddict_repair<'py>(
         .collect()
 }
 
+/// Shard indexes of DDict `name` that have a log or snapshot in
+/// `persist_path` (none if the folder is not there).
+#[pyfunction]
+fn ddict_shards_on_disk(py: Python<'_>, persist_path: PathBuf, name: &str) -> PyResult<Vec<usize>> {
+    if !persist_path.is_dir() {
+        return Ok(Vec::new());
+    }
+    py.detach(|| ddict::persist::shards_on_disk(&persist_path, name)).map_err(ddict_err)
+}
+
 /// `(pid, start time)` of the calling process (what managers watch).
 #[pyfunction]
 fn ddict_self_identity() -> (u32, u64) {
@@ -685,6 +695,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ddict_descriptor, m)?)?;
     m.add_function(wrap_pyfunction!(ddict_serve, m)?)?;
     m.add_function(wrap_pyfunction!(ddict_repair, m)?)?;
+    m.add_function(wrap_pyfunction!(ddict_shards_on_disk, m)?)?;
     m.add_function(wrap_pyfunction!(ddict_key_hash, m)?)?;
     m.add_function(wrap_pyfunction!(ddict_self_identity, m)?)?;
     Ok(())

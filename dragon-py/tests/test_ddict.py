@@ -417,6 +417,24 @@ def test_a_restore_missing_some_shards_files_is_refused_and_one_missing_all_star
     assert {f: os.stat(os.path.join(p, f)).st_mtime_ns for f in os.listdir(p)} == kept
 
 
+def test_a_restore_with_fewer_shards_than_were_written_is_refused(tmp_path):
+    # Written with 3 shards, restored with 2: shard 2's keys would be left
+    # out and keys looked up by the wrong count of shards.
+    from dragon.data.ddict import DDictPersistError
+
+    p = str(tmp_path / "f")
+    with DDict.open(p, name="f", managers_per_node=3, total_mem=12 * MB) as d:
+        d.update({i: i for i in range(60)})
+    kept = {f: os.stat(os.path.join(p, f)).st_mtime_ns for f in os.listdir(p)}
+    with pytest.raises(DDictPersistError, match=r"cannot restore the DDict 'f' with 2 shards: " + p
+                       + r" holds files of its shard 2 too, so it was written with at least 3") as e:
+        DDict.open(p, name="f", managers_per_node=2, total_mem=8 * MB)
+    assert e.value.shards == [2] and e.value.path == p
+    assert {f: os.stat(os.path.join(p, f)).st_mtime_ns for f in os.listdir(p)} == kept
+    with DDict.open(p, name="f", managers_per_node=3, total_mem=12 * MB) as d:
+        assert sorted(d.keys()) == list(range(60))
+
+
 # ---- damaged persistence files --------------------------------------------------
 
 def _write_durable(path, name, n, managers=1):

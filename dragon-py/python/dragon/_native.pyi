@@ -14,8 +14,8 @@ __all__ = [
     "__version__", "new_run_id", "valid_run_id", "run_prefix", "cleanup_run", "cleanup_dead_runs",
     "process_start", "process_alive",
     "DDictClient", "DDICT_CKPT_PREFIX", "DDICT_TOMBSTONE", "ddict_descriptor", "ddict_serve",
-    "ddict_repair", "ddict_key_hash", "ddict_self_identity", "Lock", "RLock", "Semaphore", "Event",
-    "Condition", "Barrier", "KIND_MEMORY", "Channel", "select", "TAG_PICKLE", "TAG_BYTES",
+    "ddict_repair", "ddict_shards_on_disk", "ddict_key_hash", "ddict_self_identity", "Lock", "RLock", "Semaphore",
+    "Event", "Condition", "Barrier", "KIND_MEMORY", "Channel", "select", "TAG_PICKLE", "TAG_BYTES",
     "TAG_CONTROL", "TAG_RAW", "SEND_OK", "SEND_FULL", "SEND_NO_MEMORY", "Queue", "Feeder", "memory_create",
     "segment_unlink", "memory_handle", "memory_parse", "shm_dir", "lent_before_fork",
     "lent_after_fork_parent", "lent_after_fork", "lent_stats", "lent_sweep", "TAG_LENT", "LENT_MIN_LEN",
@@ -230,6 +230,9 @@ def ddict_repair(persist_path: str, name: str, shards: int | None = None,
                  index: int | None = None) -> list[dict[str, Any]]:
     """Repair the files of DDict ``name`` (shard ``index``, shards
     ``0..shards`` or all on disk): one report dict per file."""
+
+def ddict_shards_on_disk(persist_path: str, name: str) -> list[int]:
+    """Shard indexes of DDict ``name`` with a log or snapshot there."""
 
 def ddict_key_hash(key: bytes) -> int:
     """FNV-1a 64 of the key's bytes (routing: ``hash % managers``)."""

@@ -55,7 +55,8 @@ def manager_main(desc: str, index: int, size: int, owner_pid: int, owner_start: 
     try:
         if check_name is not None and persist_path is not None:
             found = any(os.path.exists(f) for f in shard_files(persist_path, check_name, index))
-            conn.send(("found", found, socket.gethostname()))
+            on_disk = _native.ddict_shards_on_disk(persist_path, check_name)
+            conn.send(("found", found, socket.gethostname(), on_disk))
             word = conn.recv()
             if word == "repair":
                 conn.send(("repaired", _native.ddict_repair(persist_path, check_name, None, index)))
@@ -238,7 +239,10 @@ def start_managers(desc: str, n: int, size: int, timeout: float, persist_path: s
         if check is not None:
             assert persist_path is not None
             found = [_message(i, p, r, end, timeout) for i, (p, r) in enumerate(zip(procs, conns))]
-            missing = [(i, host) for i, (_, has, host) in enumerate(found) if not has]
+            beyond = sorted({j for _, _, _, on_disk in found for j in on_disk if j >= n})
+            if beyond:
+                raise _more_shards_error(check, persist_path, n, beyond)
+            missing = [(i, host) for i, (_, has, host, _) in enumerate(found) if not has]
             if missing and len(missing) < n:
                 raise _missing_error(check, persist_path, n, missing, nodes)
             for r in conns:
@@ -279,6 +283,20 @@ def _message(i: int, p: BaseProcess, r: Connection, end: float, timeout: float) 
         if p.sentinel in ready:
             p.join(1)
             raise DDictError("DDict manager %d died while starting (exit code %s)" % (i, p.exitcode))
+
+
+def _more_shards_error(name: str, persist_path: str, n: int, beyond: list[int]) -> DDictPersistError:
+    """The error of a restore with ``n`` shards that found files of shards
+    ``beyond`` (indexes ``>= n``): the DDict was written with more."""
+    e = DDictPersistError(
+        "cannot restore the DDict %r with %d shards: %s holds files of its shard%s %s too, so it was "
+        "written with at least %d. Restoring with fewer would leave those shards' keys out and look "
+        "other keys up in the wrong shards. Restore with the same managers_per_node and num_nodes as "
+        "when it was written." % (name, n, persist_path, "s" if len(beyond) > 1 else "",
+                                  ", ".join(map(str, beyond)), beyond[-1] + 1))
+    e.shards = beyond  # type: ignore[attr-defined]
+    e.path = persist_path  # type: ignore[attr-defined]
+    return e
 
 
 def _missing_error(name: str, persist_path: str, n: int, missing: list[tuple[int, str]],
