@@ -388,7 +388,7 @@ impl Channel {
     }
 
     /// Whether a receive would not block (a message, or an error to report).
-    fn readable(&self) -> PyResult<bool> {
+    pub(crate) fn readable(&self) -> PyResult<bool> {
         Ok(self.ch()?.is_readable())
     }
 

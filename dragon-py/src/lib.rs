@@ -8,6 +8,7 @@ mod errors;
 mod lent;
 mod memory;
 mod node;
+mod pipe;
 mod pool;
 mod queue;
 mod remote;
@@ -25,6 +26,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     sync::register(m)?;
     channel::register(m)?;
     queue::register(m)?;
+    pipe::register(m)?;
     memory::register(m)?;
     lent::register(m)?;
     node::register(m)?;

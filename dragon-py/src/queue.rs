@@ -246,17 +246,21 @@ fn call_sync<'py>(
     args: impl pyo3::call::PyCallArgs<'py>,
     py: Python<'py>,
 ) -> Result<Bound<'py, PyAny>, Fault> {
-    obj.bind(py).call_method1(name, args).map_err(|e| {
-        let f = Fault::Other(e.to_string());
-        RAISED.with(|r| *r.borrow_mut() = Some(e));
-        f
-    })
+    obj.bind(py).call_method1(name, args).map_err(raise_later)
+}
+
+/// A Python exception met inside a crate operation: kept, to be raised by
+/// [`run`] when the operation returns; the crate sees a [`Fault`].
+pub(crate) fn raise_later(e: PyErr) -> Fault {
+    let f = Fault::Other(e.to_string());
+    RAISED.with(|r| *r.borrow_mut() = Some(e));
+    f
 }
 
 /// Run a crate operation; if it fails, the exception one of the queue's
 /// synchronisation objects raised meanwhile (a Ctrl-C during a wait, an
 /// object's node lost) is raised rather than the crate's error.
-fn run<T, E>(f: impl FnOnce() -> Result<T, E>, err: impl FnOnce(E) -> PyErr) -> PyResult<T> {
+pub(crate) fn run<T, E>(f: impl FnOnce() -> Result<T, E>, err: impl FnOnce(E) -> PyErr) -> PyResult<T> {
     RAISED.with(|r| r.borrow_mut().take());
     let r = f();
     let raised = RAISED.with(|r| r.borrow_mut().take());
@@ -264,7 +268,7 @@ fn run<T, E>(f: impl FnOnce() -> Result<T, E>, err: impl FnOnce(E) -> PyErr) -> 
 }
 
 /// A Python timeout argument pair (`block`, `timeout`) for a Rust one.
-fn block_args(t: Option<Duration>) -> (bool, Option<f64>) {
+pub(crate) fn block_args(t: Option<Duration>) -> (bool, Option<f64>) {
     match t {
         None => (true, None),
         Some(Duration::ZERO) => (false, None),

@@ -377,7 +377,7 @@ impl RemoteChannel {
     }
 
     /// Whether a receive would not block.
-    fn readable(&self, py: Python<'_>) -> PyResult<bool> {
+    pub(crate) fn readable(&self, py: Python<'_>) -> PyResult<bool> {
         self.wait_for(py, POLL_IN, Some(Duration::ZERO))
     }
 

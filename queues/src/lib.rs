@@ -63,7 +63,7 @@ pub mod wire;
 pub use channel::{Fault, QueueChannel, ShmChannel};
 pub use error::{GetError, PipeError, PutError, QueueError, TaskDoneError};
 pub use handle::{Mode, QueueHandle, QueueKind};
-pub use pipe::{pipe, Connection, PIPE_CAPACITY, PIPE_MAX_ATTACHMENTS};
+pub use pipe::{pipe, Connection, Inbox, PIPE_CAPACITY, PIPE_MAX_ATTACHMENTS};
 pub use queue::{
     Feeder, FeederErrorHook, JoinableQueue, Queue, EXACT_MAX, MAX_ATTACHMENTS, MAX_BOUND, SLOT_SIZE, UNBOUNDED_CAPACITY,
 };

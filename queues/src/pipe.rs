@@ -32,7 +32,109 @@ struct Ends {
     send: Option<ShmChannel>,
     recv: Option<ShmChannel>,
     /// A message taken by `poll`, kept for the next receive.
-    pending: Option<Item>,
+    inbox: Inbox<Item>,
+}
+
+/// The receiving rules of a pipe end, for this crate's [`Connection`] and
+/// for a binding that receives its own objects and follows the other
+/// end's lifetime its own way (the Python package's connections hold a
+/// socket of a socket pair for it):
+///
+/// - a message kept ([`Inbox::keep`]: taken by a poll, or too long for
+///   the caller's buffer) comes first;
+/// - control messages (a closing end's wake-up) are skipped;
+/// - the end of file ([`PipeError::Eof`]) comes once the other end is gone
+///   and nothing is left to read: what it sent before it closed is
+///   received first.
+#[derive(Debug)]
+pub struct Inbox<T> {
+    kept: Option<(Tag, T)>,
+}
+
+impl<T> Default for Inbox<T> {
+    fn default() -> Self {
+        Inbox { kept: None }
+    }
+}
+
+impl<T> Inbox<T> {
+    /// Nothing kept.
+    pub fn new() -> Inbox<T> {
+        Inbox::default()
+    }
+
+    /// Receive the next message, waiting at most `timeout` in all
+    /// ([`PipeError::Timeout`]). `recv(t)` receives one message waiting at
+    /// most `t` (`None` if nothing came, or if it stopped early to have the
+    /// other end looked at; [`Fault::Closed`] for the end of file);
+    /// `gone()` says whether the other end is gone and nothing is left to
+    /// read, and is asked whenever `recv` brought nothing or a control
+    /// message.
+    pub fn recv_with(
+        &mut self,
+        timeout: Option<Duration>,
+        mut recv: impl FnMut(Option<Duration>) -> Result<Option<(Tag, T)>, Fault>,
+        mut gone: impl FnMut() -> Result<bool, Fault>,
+    ) -> Result<(Tag, T), PipeError> {
+        if let Some(m) = self.kept.take() {
+            return Ok(m);
+        }
+        let end = deadline(timeout);
+        loop {
+            let got = match recv(left(end)) {
+                Ok(Some((tag, m))) if tag != Tag::Control => return Ok((tag, m)),
+                Ok(Some(_)) => true,
+                Ok(None) => false,
+                Err(Fault::Closed) => return Err(PipeError::Eof),
+                Err(e) => return Err(PipeError::Channel(e)),
+            };
+            if gone().map_err(PipeError::Channel)? {
+                return Err(PipeError::Eof);
+            }
+            // After a control message, look again at once (more may follow).
+            if !got && left(end) == Some(Duration::ZERO) {
+                return Err(PipeError::Timeout);
+            }
+        }
+    }
+
+    /// Whether there is something to receive (a message, or the end of
+    /// file), waiting at most `timeout`; a message taken to find out is
+    /// kept for the next receive. As [`Inbox::recv_with`].
+    pub fn poll_with(
+        &mut self,
+        timeout: Option<Duration>,
+        recv: impl FnMut(Option<Duration>) -> Result<Option<(Tag, T)>, Fault>,
+        gone: impl FnMut() -> Result<bool, Fault>,
+    ) -> Result<bool, PipeError> {
+        if self.kept.is_some() {
+            return Ok(true);
+        }
+        match self.recv_with(timeout, recv, gone) {
+            Ok(m) => {
+                self.kept = Some(m);
+                Ok(true)
+            }
+            Err(PipeError::Eof) => Ok(true),
+            Err(PipeError::Timeout) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Keep a message for the next receive (in front of everything else).
+    pub fn keep(&mut self, tag: Tag, m: T) {
+        self.kept = Some((tag, m));
+    }
+
+    /// Whether a message is kept.
+    pub fn has_kept(&self) -> bool {
+        self.kept.is_some()
+    }
+
+    /// Drop what is kept.
+    pub fn clear(&mut self) {
+        self.kept = None;
+    }
 }
 
 /// One end of a [`pipe`].
@@ -81,7 +183,7 @@ impl Connection {
         Connection {
             readable: recv.is_some(),
             writable: send.is_some(),
-            ends: Mutex::new(Some(Ends { send, recv, pending: None })),
+            ends: Mutex::new(Some(Ends { send, recv, inbox: Inbox::new() })),
         }
     }
 
@@ -165,54 +267,35 @@ impl Connection {
     /// Receive the next message, waiting at most `timeout`
     /// ([`PipeError::Timeout`]).
     pub fn recv_timeout(&self, timeout: Option<Duration>) -> Result<Item, PipeError> {
-        if !self.readable {
-            return Err(PipeError::WrongDirection("connection is write-only"));
-        }
-        let ch = {
-            let mut g = lock(&self.ends);
-            let e = g.as_mut().ok_or(PipeError::Closed)?;
-            if let Some(p) = e.pending.take() {
-                return Ok(p);
-            }
-            e.recv.as_ref().expect("readable").channel().clone()
-        };
-        let ch = Borrowed(ch);
-        let end = deadline(timeout);
-        loop {
-            match ch.recv(left(end)) {
-                Ok(m) => {
-                    let item = Item::new(m);
-                    if item.tag() != Tag::Control {
-                        return Ok(item);
-                    }
-                }
-                Err(Fault::WouldBlock) => return Err(PipeError::Timeout),
-                Err(Fault::Closed) => return Err(PipeError::Eof),
-                Err(e) => return Err(PipeError::Channel(e)),
-            }
-        }
+        self.receive(|inbox, ch| inbox.recv_with(timeout, recv_on(ch), || Ok(false)).map(|(_, m)| m))
     }
 
     /// Whether there is something to receive (a message, or the end of
     /// file), waiting at most `timeout` (`None`: no limit). A message taken
     /// to find out is kept for the next receive.
     pub fn poll(&self, timeout: Option<Duration>) -> Result<bool, PipeError> {
-        if let Some(e) = lock(&self.ends).as_ref() {
-            if e.pending.is_some() {
-                return Ok(true);
+        self.receive(|inbox, ch| inbox.poll_with(timeout, recv_on(ch), || Ok(false)))
+    }
+
+    /// Run `f` on this end's inbox and receiving channel. The inbox is
+    /// taken out of the lock meanwhile (a receive may wait; a send on this
+    /// end may go on), and put back after.
+    fn receive<R>(&self, f: impl FnOnce(&mut Inbox<Item>, &Borrowed) -> Result<R, PipeError>) -> Result<R, PipeError> {
+        if !self.readable {
+            return Err(PipeError::WrongDirection("connection is write-only"));
+        }
+        let (mut inbox, ch) = {
+            let mut g = lock(&self.ends);
+            let e = g.as_mut().ok_or(PipeError::Closed)?;
+            (std::mem::take(&mut e.inbox), Borrowed(e.recv.as_ref().expect("readable").channel().clone()))
+        };
+        let r = f(&mut inbox, &ch);
+        if let Some(e) = lock(&self.ends).as_mut() {
+            if inbox.has_kept() {
+                e.inbox = inbox;
             }
         }
-        match self.recv_timeout(timeout) {
-            Ok(item) => {
-                if let Some(e) = lock(&self.ends).as_mut() {
-                    e.pending = Some(item);
-                }
-                Ok(true)
-            }
-            Err(PipeError::Eof) => Ok(true),
-            Err(PipeError::Timeout) => Ok(false),
-            Err(e) => Err(e),
-        }
+        r
     }
 
     /// Close this end in this process: a receiver at the other end gets
@@ -234,6 +317,19 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// An [`Inbox`] receive on this node's channel: the end of file is the
+/// channel's (every sender gone).
+fn recv_on(ch: &Borrowed) -> impl FnMut(Option<Duration>) -> Result<Option<(Tag, Item)>, Fault> + '_ {
+    move |t| match ch.recv(t) {
+        Ok(m) => {
+            let item = Item::new(m);
+            Ok(Some((item.tag(), item)))
+        }
+        Err(Fault::WouldBlock) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

@@ -364,3 +364,35 @@ fn a_put_during_a_slow_first_attempt_waits_behind_it_without_blocking() {
     assert_eq!(q.get(None).unwrap().payload(), b"first");
     assert_eq!(q.get(None).unwrap().payload(), b"second");
 }
+
+#[test]
+fn an_inbox_keeps_first_skips_control_and_ends_when_the_peer_is_gone() {
+    use queues::{Fault, Inbox};
+    // A binding's receive: a script of what its channel gives.
+    let mut script: std::collections::VecDeque<Option<(Tag, u32)>> =
+        [Some((Tag::Control, 0)), Some((Tag::Bytes, 1)), None, Some((Tag::Control, 0))].into();
+    let mut inbox = Inbox::new();
+    inbox.keep(Tag::Raw, 7);
+    let mut gone = false;
+    let mut recv = |_t: Option<Duration>| -> Result<Option<(Tag, u32)>, Fault> { Ok(script.pop_front().flatten()) };
+    assert_eq!(inbox.recv_with(None, &mut recv, || Ok(false)).unwrap(), (Tag::Raw, 7), "what was kept comes first");
+    assert_eq!(inbox.recv_with(None, &mut recv, || Ok(false)).unwrap(), (Tag::Bytes, 1), "control skipped");
+    assert_eq!(inbox.recv_with(NOW, &mut recv, || Ok(false)), Err(PipeError::Timeout));
+    // A control message, then the peer is gone with nothing left: the end.
+    assert_eq!(
+        inbox.recv_with(None, &mut recv, || {
+            gone = true;
+            Ok(true)
+        }),
+        Err(PipeError::Eof)
+    );
+    assert!(gone);
+    // A poll keeps what it took; the end of file is something to receive.
+    let mut one = Some((Tag::Pickle, 9));
+    assert!(inbox.poll_with(NOW, |_| Ok(one.take()), || Ok(false)).unwrap());
+    assert!(inbox.poll_with(NOW, |_| Ok(None), || Ok(true)).unwrap(), "kept: no receive");
+    assert_eq!(inbox.recv_with(NOW, |_| Ok(None), || Ok(true)).unwrap(), (Tag::Pickle, 9));
+    assert!(inbox.poll_with(NOW, |_| Ok(None), || Ok(true)).unwrap(), "the end");
+    assert!(!inbox.poll_with(NOW, |_| Ok(None), || Ok(false)).unwrap());
+    assert_eq!(inbox.recv_with(NOW, |_| Err(Fault::Closed), || Ok(false)), Err(PipeError::Eof));
+}

@@ -25,12 +25,16 @@ defined in ``dragon._wait``, and a connection takes part in it through its
 ``recv_bytes(maxlength)`` on a message that is too long raises ``OSError``
 and keeps the message for the next receive (the standard library drops it
 and disables the connection).
+
+The receiving rules (a kept message first, control messages skipped, the
+end of file) are the Rust ``queues`` crate's pipe inbox
+(``_native.PipeInbox``); sending is ``_wire.send_blocking`` (the queues'
+own) or, across nodes, a deferred send.
 """
 from __future__ import annotations
 
 import errno
 import socket
-import time
 
 from multiprocessing import BufferTooShort, reduction, util
 
@@ -58,7 +62,11 @@ class Connection:
         self._sock = sock
         self._readable = readable
         self._writable = writable
-        self._pending = None  # a message kept by recv_bytes(maxlength) or poll()
+        # The receiving rules (queues crate): a message kept by
+        # recv_bytes(maxlength) or poll() first, control messages skipped,
+        # EOFError once the peer's socket is closed everywhere and nothing
+        # is left.
+        self._inbox = _native.PipeInbox(self._recv_ch, sock)
         self._flusher = None  # waits for sends across nodes (close, exit)
 
     # -- state ------------------------------------------------------------------
@@ -108,7 +116,7 @@ class Connection:
             flusher()
         self._sock = None
         self._send_ch = self._recv_ch = None
-        self._pending = None
+        self._inbox.clear()
         try:
             sock.close()
         finally:
@@ -184,40 +192,12 @@ class Connection:
     # -- receiving ----------------------------------------------------------------
     def _peer_closed(self):
         """Whether every copy of the other end is closed."""
-        sock = self._sock
-        if sock is None:
-            return True
-        try:
-            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except (BlockingIOError, InterruptedError, TimeoutError):
-            return False
-        except OSError:
-            return True
+        return self._sock is None or self._inbox.peer_closed()
 
     def _recv_msg(self, block=True, timeout=None):
         """The next ``(tag, payload)``; ``None`` on timeout; ``EOFError`` when
         the peer is gone and nothing is left."""
-        pending = self._pending
-        if pending is not None:
-            self._pending = None
-            return pending
-        ch = self._recv_ch
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            r = ch.recv(block, timeout, self._peer_closed)
-            if r is not None and r[0] != _wire.TAG_CONTROL:
-                return r
-            # Nothing came (timeout, or the peer looks gone), or a control
-            # message. The peer's close is looked at before the ring: what
-            # it sent before closing is then visible.
-            if self._peer_closed() and not ch.readable():
-                raise EOFError
-            if r is None and not block:
-                return None
-            if deadline is not None:
-                timeout = deadline - time.monotonic()
-                if timeout <= 0:
-                    return None
+        return self._inbox.recv(block, timeout)
 
     def _recv_checked(self):
         self._check_closed()
@@ -247,7 +227,7 @@ class Connection:
         tag, data = self._recv_msg()
         data = self._as_raw(tag, data)
         if maxlength is not None and len(data) > maxlength:
-            self._pending = (_wire.TAG_RAW, data)
+            self._inbox.keep(_wire.TAG_RAW, data)
             raise OSError(errno.EMSGSIZE, "bad message length: %d bytes, maxlength %d (the message is kept)"
                           % (len(data), maxlength))
         return data
@@ -286,16 +266,7 @@ class Connection:
     def _peek(self, block, timeout=None):
         """Whether a message (or the end) is there to receive, keeping a
         message taken to find out for the next receive."""
-        if self._pending is not None:
-            return True
-        try:
-            r = self._recv_msg(block, timeout)
-        except EOFError:
-            return True
-        if r is None:
-            return False
-        self._pending = r
-        return True
+        return self._inbox.poll(block, timeout)
 
     # -- waiting ------------------------------------------------------------------
     def _dragon_wait_channel(self):
