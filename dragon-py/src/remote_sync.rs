@@ -15,56 +15,42 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 use runtime::syncserve::{self as ops, SyncRequest};
 use shm_primitives::handle::{Handle, Kind};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use transport_tcp::local::{Routes, ServiceClient};
 
 /// How often a wait looks for Ctrl-C.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
 
-/// This process's connection to its node's service: (pid that made it, client).
-static SERVICE: Mutex<Option<(u32, ServiceClient)>> = Mutex::new(None);
+/// This process's ways to its node's service and to other nodes' (DDict
+/// operations, synchronisation objects): (pid that made them, routes).
+static ROUTES: Mutex<Option<(u32, Arc<Routes>)>> = Mutex::new(None);
 
-pub(crate) fn service() -> PyResult<ServiceClient> {
+fn routes() -> PyResult<Arc<Routes>> {
     let me = std::process::id();
-    let mut s = SERVICE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((pid, c)) = &*s {
+    let mut r = ROUTES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((pid, routes)) = &*r {
         if *pid == me {
-            return Ok(c.clone());
+            return Ok(routes.clone());
         }
-        // A forked child's copy shares its parent's socket: never used.
-        std::mem::forget(s.take());
+        // A forked child's copies share its parent's sockets: never used.
+        std::mem::forget(r.take());
     }
     let name = std::env::var("DRAGON_SERVICE")
         .map_err(|_| DragonError::new_err("this process is not part of a multi-node run (no DRAGON_SERVICE)"))?;
-    let c = ServiceClient::connect(&name).map_err(|e| service_connect_err(&name, e))?;
-    *s = Some((me, c.clone()));
-    Ok(c)
+    let routes = Arc::new(Routes::new(&name));
+    *r = Some((me, routes.clone()));
+    Ok(routes)
 }
-
-/// This process's ways to other nodes' services (DDict operations,
-/// synchronisation objects): (pid that made them, routes).
-static ROUTES: Mutex<Option<(u32, std::sync::Arc<Routes>)>> = Mutex::new(None);
 
 /// The connection for requests to node `node` (DDict operations,
 /// synchronisation objects): straight to its service, made on first use,
 /// unless `DRAGON_DIRECT=0` or it cannot be made; else this node's
 /// service. A node is reached one way for the life of the process.
 pub(crate) fn service_for(node: u32, this_node: u32) -> PyResult<ServiceClient> {
-    let local = service()?;
-    if node == this_node || !crate::remote::direct() {
-        return Ok(local);
-    }
-    let me = std::process::id();
-    let routes = {
-        let mut r = ROUTES.lock().unwrap_or_else(|e| e.into_inner());
-        if r.as_ref().is_some_and(|(pid, _)| *pid != me) {
-            // A forked child's copies share its parent's sockets: never used.
-            std::mem::forget(r.take());
-        }
-        r.get_or_insert_with(|| (me, std::sync::Arc::default())).1.clone()
-    };
-    Ok(routes.client_for(&local, node))
+    let routes = routes()?;
+    let c = if node == this_node || !crate::remote::direct() { routes.local() } else { routes.client_for(node) };
+    c.map_err(|e| service_connect_err(&std::env::var("DRAGON_SERVICE").unwrap_or_default(), e))
 }
 
 fn thread_id() -> u64 {

@@ -319,3 +319,22 @@ fn a_service_holding_its_most_direct_connections_refuses_more_and_takes_them_aga
     };
     second.call(0, proto::PING, &[]).unwrap();
 }
+
+#[test]
+fn routes_reach_another_node_straight_and_this_node_when_asked() {
+    // A direct connection is asked for on a connection made for it (the
+    // process holds none to its own service until it needs one).
+    watchdog::start();
+    let c = LocalCluster::start(2, Duration::from_secs(5)).unwrap();
+    let routes = transport_tcp::local::Routes::new(&c.service(1));
+    let direct = routes.client_for(0).unwrap();
+    assert!(direct.is_direct());
+    direct.call(0, proto::PING, &[]).unwrap();
+    let local = routes.local().unwrap();
+    assert!(!local.is_direct());
+    local.call(0, proto::PING, &[]).unwrap();
+    // Asked again, the same ways.
+    assert!(routes.client_for(0).unwrap().is_direct());
+    let gone = transport_tcp::local::Routes::new("dragon-no-such-service");
+    assert!(gone.client_for(0).is_err() && gone.local().is_err());
+}

@@ -123,22 +123,61 @@ fn gone(why: &str) -> TcpError {
     TcpError::Io(io::Error::new(io::ErrorKind::BrokenPipe, why.to_owned()))
 }
 
-/// A process's way to each other node: its direct connection to that
-/// node's service, made on first use, or (when it cannot be made) its own
-/// node's service, for the rest of the process's life, so that what was
-/// attached one way is always used that way.
-#[derive(Debug, Default)]
+/// A process's ways to its own node's service and to each other node.
+///
+/// Its connection to its own node's service is made on first use and
+/// kept. Another node is reached (with [`Routes::client_for`]) on a
+/// direct connection to that node's service, made on first use, or (when
+/// it cannot be made) through its own node's service, for the rest of the
+/// process's life, so that what was attached one way is always used that
+/// way. A direct connection is asked for (ROUTE, VOUCH) on the kept
+/// connection if there is one, else on a connection made for it and
+/// closed after: a process that reaches every other node it uses straight
+/// holds no connection to its own node's service.
+#[derive(Debug)]
 pub struct Routes {
+    /// The abstract socket name of this node's service.
+    service: String,
+    local: Mutex<Option<ServiceClient>>,
     direct: Mutex<HashMap<u32, Option<ServiceClient>>>,
 }
 
 impl Routes {
-    /// The connection for requests to `node`, given `local`, the
-    /// connection to this process's own node's service.
-    pub fn client_for(&self, local: &ServiceClient, node: u32) -> ServiceClient {
+    /// The ways of a process whose node's service listens on abstract
+    /// socket `service`; no connection is made yet.
+    pub fn new(service: &str) -> Routes {
+        Routes { service: service.to_owned(), local: Mutex::default(), direct: Mutex::default() }
+    }
+
+    /// The connection to this node's service (made on first use).
+    pub fn local(&self) -> Result<ServiceClient, TcpError> {
+        let mut l = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = &*l {
+            return Ok(c.clone());
+        }
+        let c = ServiceClient::connect(&self.service)?;
+        *l = Some(c.clone());
+        Ok(c)
+    }
+
+    /// The connection for requests to `node`, another node than this one.
+    pub fn client_for(&self, node: u32) -> Result<ServiceClient, TcpError> {
         let mut d = self.direct.lock().unwrap_or_else(|e| e.into_inner());
-        let c = d.entry(node).or_insert_with(|| local.connect_direct(node, DIRECT_CONNECT_TIMEOUT).ok());
-        c.clone().unwrap_or_else(|| local.clone())
+        let c = match d.get(&node) {
+            Some(c) => c.clone(),
+            None => {
+                let kept = self.local.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let asker = match kept {
+                    Some(c) => c,
+                    None => ServiceClient::connect(&self.service)?,
+                };
+                let c = asker.connect_direct(node, DIRECT_CONNECT_TIMEOUT).ok();
+                d.insert(node, c.clone());
+                c
+            }
+        };
+        drop(d);
+        c.map_or_else(|| self.local(), Ok)
     }
 }
 

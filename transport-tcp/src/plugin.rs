@@ -43,12 +43,12 @@ use transport_shm::blocks::{BlockMessage, Stores, TAG_BLOCK};
 /// The TCP transport instance.
 #[derive(Debug)]
 pub struct TcpTransport {
-    client: ServiceClient,
     node: u32,
     blocks: bool,
     /// Connect straight to other nodes' services (`direct=1`).
     direct: bool,
-    /// This process's ways to other nodes (`direct=1`).
+    /// This process's ways to this node's service (made on first use) and
+    /// to other nodes (`direct=1`).
     routes: Routes,
     /// Block stores named by block messages sent on direct connections.
     stores: Arc<Mutex<Stores>>,
@@ -190,18 +190,20 @@ impl TransportImpl for TcpTransport {
 
     fn open(config: &str) -> Result<Self, Failure> {
         let Config { service, node, blocks, direct } = parse_config(config)?;
-        let client = ServiceClient::connect(&service).map_err(failure)?;
-        Ok(TcpTransport { client, node, blocks, direct, routes: Routes::default(), stores: Arc::default() })
+        // No connection yet: a process that reaches every node straight
+        // never holds one to this node's service (see `Routes`).
+        Ok(TcpTransport { node, blocks, direct, routes: Routes::new(&service), stores: Arc::default() })
     }
 
     fn create_channel(&self, a: &DragonChannelAttrs) -> Result<TcpChannel, Failure> {
         let mut p = a.capacity.to_le_bytes().to_vec();
         p.extend_from_slice(&a.slot_size.to_le_bytes());
         p.extend_from_slice(&a.max_block_bytes.to_le_bytes());
-        let r = self.client.call(self.node, proto::CREATE, &p).map_err(failure)?;
+        let client = self.routes.local().map_err(failure)?;
+        let r = client.call(self.node, proto::CREATE, &p).map_err(failure)?;
         let (att, handle) = proto::take_u64(&r).ok_or_else(|| Failure::new(DRAGON_EPROTO, "short CREATE reply"))?;
         Ok(TcpChannel {
-            client: self.client.clone(),
+            client,
             node: self.node,
             att,
             handle: handle.to_vec(),
@@ -214,7 +216,7 @@ impl TransportImpl for TcpTransport {
     fn attach_channel(&self, bytes: &[u8]) -> Result<TcpChannel, Failure> {
         let h = Handle::from_bytes_of(bytes, Kind::Channel)
             .map_err(|e| Failure::new(DRAGON_EBADMSG, format!("bad channel handle: {e}")))?;
-        let client = self.client_for(h.node);
+        let client = self.client_for(h.node).map_err(failure)?;
         let r = client.call(h.node, proto::ATTACH, bytes).map_err(failure)?;
         let (att, _) = proto::take_u64(&r).ok_or_else(|| Failure::new(DRAGON_EPROTO, "short ATTACH reply"))?;
         let direct = client.is_direct().then(|| self.stores.clone());
@@ -236,11 +238,11 @@ impl TcpTransport {
     /// else the one to this node's service. A node is reached one way for
     /// the life of the process, so an attachment always goes the way it
     /// was made.
-    fn client_for(&self, node: u32) -> ServiceClient {
+    fn client_for(&self, node: u32) -> Result<ServiceClient, TcpError> {
         if !self.direct || node == self.node {
-            return self.client.clone();
+            return self.routes.local();
         }
-        self.routes.client_for(&self.client, node)
+        self.routes.client_for(node)
     }
 }
 
