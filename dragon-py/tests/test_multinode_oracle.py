@@ -5,6 +5,7 @@ The cluster and the helpers are those of ``_testbed.py``.
 """
 from __future__ import annotations
 
+import re
 
 import pytest
 
@@ -223,4 +224,57 @@ def test_parent_process_on_another_node(cluster):
     assert "middle sees its parent True" in out, out
     assert "leaf sees its parent True" in out, out
     assert "after the kill False" in out, out
+    _assert_clean(cluster)
+
+
+@pytest.mark.parametrize("direct", ["1", "0"])
+def test_a_process_on_another_node_holds_as_many_descriptors(cluster, direct):
+    """CPython's test_child_fd_inflation across nodes: a process started on
+    another node holds as many descriptors as one started on its parent's
+    node, with the same arguments (a Queue and an Event of the parent's
+    node), when it starts: its parent's sentinel, which a process here
+    holds as a pidfd, it asks its node's service for on first use, and it
+    holds no connection to its node's service while it reaches the
+    parent's node straight (DRAGON_DIRECT=1; with 0, that connection is
+    its way there). Each child imports a module that makes a semaphore at
+    import, as the suite's children import its test module: each holds a
+    resource tracker."""
+    _script(cluster, "fdchild.py", """
+        import os, socket
+        from multiprocessing import synchronize
+
+        synchronize.Lock(ctx=None)
+
+        def held():
+            out = []
+            for fd in sorted(os.listdir("/proc/self/fd"), key=int):
+                try:
+                    out.append("%s:%s" % (fd, os.readlink("/proc/self/fd/" + fd)))
+                except OSError:
+                    pass  # the listing's own, closed by now
+            return out
+
+        def child(evt, q):
+            q.put((socket.gethostname(), held()))
+            evt.wait()
+        """)
+    script = _script(cluster, "fdcount.py", ON_NODE + """
+        if __name__ == "__main__":
+            from fdchild import child
+            evt, q = mp.Event(), mp.Queue()
+            ps = [on(i, child, evt, q) for i in range(3)]
+            got = sorted(q.get(timeout=120) for _ in ps)
+            evt.set()
+            for p in ps:
+                p.join(120)
+            for host, fds in got:
+                print(host, len(fds), " ".join(fds))
+            print("codes", [p.exitcode for p in ps])
+        """)
+    r = _run(cluster, script, env={"DRAGON_DIRECT": direct})
+    _ok(r)
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(node\d) (\d+) ", r.stdout, re.M)}
+    assert sorted(counts) == ["node1", "node2", "node3"], r.stdout
+    assert counts["node2"] == counts["node1"] and counts["node3"] == counts["node1"], r.stdout
+    assert "codes [0, 0, 0]" in r.stdout, r.stdout
     _assert_clean(cluster)

@@ -14,6 +14,10 @@
 //!   LAUNCH   prep_len u32, prep, nflags u16, (len u16, flag)*,
 //!            ntethers u16, tether id u64 * ntethers, start data
 //!                                   -> OK: pid i64, launch id u64
+//!            (the top bit of ntethers, LIFELINE: the first tether is
+//!            the requester's lifeline, whose end is the process's
+//!            parent's sentinel; the process gets no descriptor for it,
+//!            it asks its service for the sentinel with PARENT)
 //!   TETHER   origin node u32, tether id u64[, 1u8]: that end of a tether
 //!            closed (with the 1: broken, shut the other end down too)
 //!   SIGNAL   launch u64, signal i32 -> OK
@@ -38,6 +42,14 @@
 //!                                       node, as JSON (`cleanup::status_json`)
 //!   WATCH    node u32, launch u64    the connection then receives, once,
 //!                                    the raw 8-byte exit code, and closes
+//!   PARENT   node u32 (this node), pid u32
+//!                                    -> OK; the connection then receives
+//!                                    nothing and is closed when the
+//!                                    lifeline of process `pid`'s parent
+//!                                    ends (at once if it has ended or
+//!                                    `pid` has none): the sentinel of the
+//!                                    parent of a process started here for
+//!                                    another node, asked for on first use
 //! ```
 
 /// A secondary joins the run.
@@ -62,6 +74,8 @@ pub const RELEASE: u8 = 0x22;
 pub const EXITED: u8 = 0x23;
 /// Be told when a started process exits.
 pub const WATCH: u8 = 0x24;
+/// A connection that closes when a process's parent (on another node) ends.
+pub const PARENT: u8 = 0x26;
 /// The node table, as JSON.
 pub const NODES: u8 = 0x30;
 /// An operation on a synchronisation object of the serving node
@@ -104,6 +118,10 @@ pub mod out {
     pub const LOST: u8 = 7;
 }
 
+/// The bit of a LAUNCH's tether count that marks the first tether as the
+/// requester's lifeline ([`Launch::lifeline`]).
+pub const LIFELINE: u16 = 0x8000;
+
 /// A LAUNCH request's payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Launch<'a> {
@@ -113,6 +131,10 @@ pub struct Launch<'a> {
     pub flags: Vec<String>,
     /// Tether ids: one per lifetime socket the process refers to.
     pub tethers: Vec<u64>,
+    /// The first tether is the requester's lifeline: the process's
+    /// parent's sentinel, which the process asks for ([`PARENT`]) rather
+    /// than gets.
+    pub lifeline: bool,
     /// The start data (two pickles).
     pub data: &'a [u8],
 }
@@ -134,13 +156,18 @@ impl<'a> Launch<'a> {
         }
         let (c, r) = rest.split_at_checked(2)?;
         rest = r;
+        let c = u16::from_le_bytes(c.try_into().ok()?);
+        let lifeline = c & LIFELINE != 0;
         let mut tethers = Vec::new();
-        for _ in 0..u16::from_le_bytes(c.try_into().ok()?) {
+        for _ in 0..c & !LIFELINE {
             let (id, r) = rest.split_at_checked(8)?;
             tethers.push(u64::from_le_bytes(id.try_into().ok()?));
             rest = r;
         }
-        Some(Launch { prep, flags, tethers, data: rest })
+        if lifeline && tethers.is_empty() {
+            return None;
+        }
+        Some(Launch { prep, flags, tethers, lifeline, data: rest })
     }
 
     /// Encode it.
@@ -152,7 +179,8 @@ impl<'a> Launch<'a> {
             p.extend_from_slice(&(f.len() as u16).to_le_bytes());
             p.extend_from_slice(f.as_bytes());
         }
-        p.extend_from_slice(&(self.tethers.len() as u16).to_le_bytes());
+        let lifeline = if self.lifeline { LIFELINE } else { 0 };
+        p.extend_from_slice(&(self.tethers.len() as u16 | lifeline).to_le_bytes());
         for t in &self.tethers {
             p.extend_from_slice(&t.to_le_bytes());
         }
@@ -171,6 +199,7 @@ mod tests {
             prep: b"prep",
             flags: vec!["-O".to_owned(), "-Xdev".to_owned()],
             tethers: vec![7, 1 << 40],
+            lifeline: false,
             data: b"data",
         };
         let p = l.encode();
@@ -178,5 +207,10 @@ mod tests {
         for cut in 0..p.len() - 4 {
             assert!(Launch::parse(&p[..cut]).is_none(), "{cut}");
         }
+        let l = Launch { lifeline: true, ..l };
+        assert_eq!(Launch::parse(&l.encode()).unwrap(), l);
+        // A lifeline is a tether: a count of none with the bit is malformed.
+        let none = Launch { tethers: vec![], ..l };
+        assert!(Launch::parse(&none.encode()).is_none());
     }
 }

@@ -157,7 +157,7 @@ enum Event {
     /// From the RDMA link of a connection (`fabric`).
     Fabric(Token, fabric::Incoming),
     /// A start request finished.
-    Started { from: Requester, id: u64, result: Result<launch::Started, String> },
+    Started { from: Requester, id: u64, lifeline: Option<(u32, u64)>, result: Result<launch::Started, String> },
     /// A process started here exited.
     Exited { launch: u64, code: i64 },
     /// The process received a termination signal.
@@ -204,8 +204,19 @@ struct LocalState {
     launches: HashSet<(u32, u64)>,
     /// Relayed requests still waiting (our ids).
     waiting: HashSet<u64>,
-    /// A WATCH connection: gets 8 raw bytes, no frames.
-    watching: Option<(u32, u64)>,
+    /// A WATCH or PARENT connection: what it watches.
+    watching: Option<Watching>,
+}
+
+/// What a connection that only watches is for.
+#[derive(Debug, Clone, Copy)]
+enum Watching {
+    /// WATCH: a process's exit, by (node, launch); it gets 8 raw bytes
+    /// (the exit code), no frames.
+    Exit((u32, u64)),
+    /// PARENT: a lifeline, by tether; it gets nothing and is closed when
+    /// the lifeline ends.
+    Parent((u32, u64)),
 }
 
 /// A process of another node connected straight to this service (with
@@ -295,12 +306,16 @@ struct Service {
     next_tether: u64,
     /// Tethers whose other end closed before this end was made.
     closed_early: HashSet<(u32, u64)>,
+    /// The lifelines of processes started here for other nodes, by tether.
+    lifelines: HashMap<(u32, u64), Lifeline>,
     fabric: Fabric,
 }
 
 struct StartJob {
     from: Requester,
     id: u64,
+    /// The tether that is the process's parent's lifeline.
+    lifeline: Option<(u32, u64)>,
     prep: Vec<u8>,
     flags: Vec<String>,
     data: Vec<u8>,
@@ -327,6 +342,25 @@ struct Tether {
     peer: u32,
     /// The node whose service gave the tether its id, and the id.
     key: (u32, u64),
+}
+
+/// The far end of a *lifeline*: the tether that a process started here for
+/// a process of another node has as its parent's sentinel
+/// (`parent_process()`). The requester's side is a tether like any other
+/// (the parent keeps one end of a socket pair for its life, its service
+/// the other); here it has no socket until the process asks for one: a
+/// PARENT connection of the process, which this service closes when the
+/// lifeline ends (the parent ended, or its node was lost). A process that
+/// never looks at its parent holds no descriptor for it. The lifeline
+/// ends here when the process exits: its parent's service is told, as
+/// when the process's end of a tether closes.
+struct Lifeline {
+    /// The parent's node.
+    peer: u32,
+    /// The process, once started: its pid and launch id.
+    started: Option<(u32, u64)>,
+    /// The PARENT connections open on it.
+    watchers: Vec<Token>,
 }
 
 /// Run a node service with bootstrap `boot` until its node is torn down;
@@ -486,6 +520,7 @@ impl Service {
             tether_tokens: HashMap::new(),
             next_tether: 1,
             closed_early: HashSet::new(),
+            lifelines: HashMap::new(),
             fabric,
             boot,
         })
@@ -604,7 +639,7 @@ impl Service {
                     self.drop_conn(t, &why);
                 }
             }
-            Event::Started { from, id, result } => self.started(from, id, result),
+            Event::Started { from, id, lifeline, result } => self.started(from, id, lifeline, result),
             Event::Exited { launch, code } => self.exited_here(launch, code),
             Event::Signal(sig) => {
                 let name = if sig == libc::SIGTERM { "SIGTERM" } else { "SIGHUP" };
@@ -855,10 +890,18 @@ impl Service {
             }
             self.exits.remove(&(node, launch));
         }
-        if let Some(key) = l.watching {
-            if let Some(v) = self.watchers.get_mut(&key) {
-                v.retain(|x| *x != t);
+        match l.watching {
+            Some(Watching::Exit(key)) => {
+                if let Some(v) = self.watchers.get_mut(&key) {
+                    v.retain(|x| *x != t);
+                }
             }
+            Some(Watching::Parent(key)) => {
+                if let Some(x) = self.lifelines.get_mut(&key) {
+                    x.watchers.retain(|w| *w != t);
+                }
+            }
+            None => {}
         }
     }
 
@@ -895,6 +938,10 @@ impl Service {
         let ends: Vec<Token> = self.tethers.iter().filter(|(_, x)| x.peer == node).map(|(t, _)| *t).collect();
         for t in ends {
             self.close_tether(t, false, false);
+        }
+        let ends: Vec<(u32, u64)> = self.lifelines.iter().filter(|(_, x)| x.peer == node).map(|(k, _)| *k).collect();
+        for key in ends {
+            self.end_lifeline(key, false);
         }
         // Every request waiting on it fails.
         let failed: Vec<u64> = self.pending.iter().filter(|(_, p)| p.node == node).map(|(id, _)| *id).collect();
@@ -1147,6 +1194,9 @@ impl Service {
                 let (Some((origin, rest)), Some(node)) = (u32_at(&f.payload), self.peer_node(t)) else { return };
                 let Some(id) = u64_at(rest) else { return };
                 let broken = rest.get(8) == Some(&1);
+                if self.lifelines.get(&(origin, id)).is_some_and(|x| x.peer == node) {
+                    return self.end_lifeline((origin, id), false);
+                }
                 match self.tether_tokens.get(&(origin, id)).copied() {
                     Some(tt) if self.tethers.get(&tt).is_some_and(|x| x.peer == node) => {
                         self.close_tether(tt, false, broken)
@@ -1193,23 +1243,42 @@ impl Service {
             proto::LAUNCH | proto::SIGNAL | proto::RELEASE => {
                 let Some(node) = self.peer_node(t) else { return };
                 // The tethers of a start from another node: one end of a
-                // socket pair each for the child, the other kept here.
+                // socket pair each for the child, the other kept here; the
+                // lifeline is kept here alone, until the child asks for it.
                 let mut extra = Vec::new();
+                let mut lifeline = None;
                 if f.kind == proto::LAUNCH {
-                    for id in proto::Launch::parse(&f.payload).map(|l| l.tethers).unwrap_or_default() {
+                    let (tethers, first) =
+                        proto::Launch::parse(&f.payload).map(|l| (l.tethers, l.lifeline)).unwrap_or_default();
+                    for (i, id) in tethers.into_iter().enumerate() {
+                        if i == 0 && first {
+                            lifeline = Some((node, id));
+                            // Closed before the start came (the parent has
+                            // ended): there is nothing to watch, and
+                            // PARENT finds nothing.
+                            if !self.closed_early.remove(&(node, id)) {
+                                let x = Lifeline { peer: node, started: None, watchers: Vec::new() };
+                                self.lifelines.insert((node, id), x);
+                            }
+                            continue;
+                        }
                         match crate::sys::socketpair() {
                             Ok((x, y)) => {
                                 extra.push(x);
                                 self.add_tether(y, node, (node, id));
                             }
                             Err(e) => {
+                                if let Some(key) = lifeline {
+                                    self.lifelines.remove(&key);
+                                }
                                 let r = Reply::error(f.id, DRAGON_EIO, &format!("cannot make a socket pair: {e}"));
                                 return self.send_reply(t, r);
                             }
                         }
                     }
                 }
-                if let Some(r) = self.process_request(Requester::Node(node), f.kind, f.id, &f.payload, extra) {
+                let from = Requester::Node(node);
+                if let Some(r) = self.process_request(from, f.kind, f.id, &f.payload, extra, lifeline) {
                     self.send_reply(t, r);
                 }
             }
@@ -1367,6 +1436,9 @@ impl Service {
         }
         if f.kind == proto::WATCH {
             return self.watch(t, node, u64_at(&payload).unwrap_or(0));
+        }
+        if f.kind == proto::PARENT {
+            return self.watch_parent(t, f.id, u32_at(&payload).map_or(0, |(pid, _)| pid));
         }
         if f.kind == chp::ROUTE || f.kind == chp::VOUCH {
             let r = self.direct_help(t, f.kind, f.id, node, &payload);
@@ -1582,7 +1654,13 @@ impl Service {
                 },
                 _ => Vec::new(),
             };
-            if let Some(r) = self.process_request(Requester::Local(t), kind, id, &payload, extra) {
+            if kind == proto::LAUNCH && proto::Launch::parse(&payload).is_some_and(|l| l.lifeline) {
+                // A process started here for a process of this node has
+                // its parent's pidfd from its template: no lifeline.
+                let r = Reply::error(id, DRAGON_EINVAL, "a lifeline is for a start on another node");
+                return self.send_reply(t, r);
+            }
+            if let Some(r) = self.process_request(Requester::Local(t), kind, id, &payload, extra, None) {
                 self.send_reply(t, r);
             }
             return;
@@ -1695,6 +1773,58 @@ impl Service {
         }
     }
 
+    // ---- lifelines ---------------------------------------------------------------
+
+    /// The process of lifeline `key` started: it is process `pid`.
+    fn lifeline_started(&mut self, key: (u32, u64), pid: u32, launch: u64) {
+        // A lifeline still naming this pid is of a process that has ended
+        // (its exit not yet read): the pid is another process's now.
+        let stale: Vec<(u32, u64)> = self
+            .lifelines
+            .iter()
+            .filter(|(k, x)| **k != key && x.started.is_some_and(|(p, _)| p == pid))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            self.end_lifeline(k, true);
+        }
+        if let Some(x) = self.lifelines.get_mut(&key) {
+            x.started = Some((pid, launch));
+        }
+    }
+
+    /// A PARENT request of connection `t`: it stays open while the
+    /// lifeline of process `pid`'s parent does.
+    fn watch_parent(&mut self, t: Token, id: u64, pid: u32) {
+        let key = self.lifelines.iter().find(|(_, x)| x.started.is_some_and(|(p, _)| p == pid)).map(|(k, _)| *k);
+        let Some(Conn { role: Role::Local(l), link, closing }) = self.conns.get_mut(&t) else { return };
+        link.send(chp::OK, id, &[], Bytes::new());
+        match key.and_then(|k| self.lifelines.get_mut(&k).map(|x| (k, x))) {
+            Some((k, x)) => {
+                l.watching = Some(Watching::Parent(k));
+                x.watchers.push(t);
+            }
+            // No parent to watch (ended, or none): end of file at once.
+            None => *closing = true,
+        }
+        self.flush(t);
+    }
+
+    /// Lifeline `key` ends here: its PARENT connections close; with `tell`
+    /// (its process exited) the parent's node is told, as for a tether.
+    fn end_lifeline(&mut self, key: (u32, u64), tell: bool) {
+        let Some(x) = self.lifelines.remove(&key) else { return };
+        for t in x.watchers {
+            self.drop_conn(t, "the process's parent ended");
+        }
+        if tell {
+            let mut p = BytesMut::new();
+            p.put_u32_le(key.0);
+            p.put_u64_le(key.1);
+            self.notice_node(x.peer, proto::TETHER, p.freeze());
+        }
+    }
+
     // ---- membership ---------------------------------------------------------
 
     fn join(&mut self, t: Token, payload: &[u8]) {
@@ -1749,13 +1879,22 @@ impl Service {
     // ---- processes ----------------------------------------------------------
 
     /// LAUNCH, SIGNAL or RELEASE for a process on this node.
-    fn process_request(&mut self, from: Requester, kind: u8, id: u64, p: &[u8], extra: Vec<OwnedFd>) -> Option<Reply> {
+    fn process_request(
+        &mut self,
+        from: Requester,
+        kind: u8,
+        id: u64,
+        p: &[u8],
+        extra: Vec<OwnedFd>,
+        lifeline: Option<(u32, u64)>,
+    ) -> Option<Reply> {
         match kind {
             proto::LAUNCH => {
                 let Some(l) = proto::Launch::parse(p) else {
                     return Some(Reply::error(id, DRAGON_EBADMSG, "malformed start request"));
                 };
-                let job = StartJob { from, id, prep: l.prep.to_vec(), flags: l.flags, data: l.data.to_vec(), extra };
+                let (prep, data) = (l.prep.to_vec(), l.data.to_vec());
+                let job = StartJob { from, id, lifeline, prep, flags: l.flags, data, extra };
                 if self.starter.is_none() {
                     self.starter = self.start_starter();
                 }
@@ -1822,7 +1961,8 @@ impl Service {
                     Ok(_) => launch::start(&name, &job.data, &extra).map_err(|e| e.to_string()),
                     Err(e) => Err(e.clone()),
                 };
-                if tx.send(Event::Started { from: job.from, id: job.id, result }).is_ok() {
+                let (from, id, lifeline) = (job.from, job.id, job.lifeline);
+                if tx.send(Event::Started { from, id, lifeline, result }).is_ok() {
                     let _ = waker.wake();
                 }
             }
@@ -1833,13 +1973,28 @@ impl Service {
         h.ok().map(|h| (jtx, h))
     }
 
-    fn started(&mut self, from: Requester, id: u64, result: Result<launch::Started, String>) {
+    fn started(
+        &mut self,
+        from: Requester,
+        id: u64,
+        lifeline: Option<(u32, u64)>,
+        result: Result<launch::Started, String>,
+    ) {
         let reply = match result {
-            Err(e) => Reply::error(id, DRAGON_EIO, &e),
+            Err(e) => {
+                // Its parent's service closes its end on the error.
+                if let Some(key) = lifeline {
+                    self.lifelines.remove(&key);
+                }
+                Reply::error(id, DRAGON_EIO, &e)
+            }
             Ok(s) => {
                 let launch = self.next_launch;
                 self.next_launch += 1;
                 let pid = s.pid;
+                if let Some(key) = lifeline {
+                    self.lifeline_started(key, pid as u32, launch);
+                }
                 self.watch_process(launch, s.pid, s.exit, s.stdout, s.stderr);
                 self.here.insert(launch, Here { pid, from, _conn: s.conn });
                 if let Requester::Local(t) = from {
@@ -1907,6 +2062,11 @@ impl Service {
     }
 
     fn exited_here(&mut self, launch: u64, code: i64) {
+        // Its lifeline ends here (its parent may have let go of it already).
+        let key = self.lifelines.iter().find(|(_, x)| x.started.is_some_and(|(_, l)| l == launch)).map(|(k, _)| *k);
+        if let Some(key) = key {
+            self.end_lifeline(key, true);
+        }
         let Some(h) = self.here.get(&launch) else {
             // Let go already; nobody to tell.
             return;
@@ -1983,7 +2143,7 @@ impl Service {
     fn watch(&mut self, t: Token, node: u32, launch: u64) {
         let key = (node, launch);
         if let Some(Conn { role: Role::Local(l), .. }) = self.conns.get_mut(&t) {
-            l.watching = Some(key);
+            l.watching = Some(Watching::Exit(key));
         }
         if let Some(&code) = self.exits.get(&key) {
             return self.write_exit(t, code);

@@ -321,6 +321,33 @@ fn a_service_holding_its_most_direct_connections_refuses_more_and_takes_them_aga
 }
 
 #[test]
+fn a_parent_connection_of_a_process_without_a_lifeline_ends_after_its_reply() {
+    // PARENT asks for the sentinel of the parent of a process started here
+    // for another node; for a process with no lifeline here (none was
+    // started, or its parent has ended) it is a connection that reads its
+    // reply, then end of file at once.
+    use std::io::{Read, Write};
+    use std::os::linux::net::SocketAddrExt;
+    watchdog::start();
+    let c = LocalCluster::start(2, Duration::from_secs(5)).unwrap();
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(c.service(1).as_bytes()).unwrap();
+    let mut s = std::os::unix::net::UnixStream::connect_addr(&addr).unwrap();
+    let payload = [1u32.to_le_bytes(), 4242u32.to_le_bytes()].concat();
+    let mut req = ((9 + payload.len()) as u32).to_le_bytes().to_vec();
+    req.push(runtime::proto::PARENT);
+    req.extend_from_slice(&7u64.to_le_bytes());
+    req.extend_from_slice(&payload);
+    s.write_all(&req).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    let mut ok = 9u32.to_le_bytes().to_vec();
+    ok.push(proto::OK);
+    ok.extend_from_slice(&7u64.to_le_bytes());
+    assert_eq!(got, ok);
+}
+
+#[test]
 fn routes_reach_another_node_straight_and_this_node_when_asked() {
     // A direct connection is asked for on a connection made for it (the
     // process holds none to its own service until it needs one).

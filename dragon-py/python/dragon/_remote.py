@@ -42,7 +42,7 @@ import socket
 import struct
 import threading
 
-from multiprocessing import util
+from multiprocessing import process, util
 from multiprocessing import shared_memory as _shared_memory
 from multiprocessing.context import set_spawning_popen
 from multiprocessing.reduction import ForkingPickler
@@ -53,7 +53,9 @@ __all__ = ["RemotePopen", "ServiceError", "multinode", "nodes", "this_node", "se
 
 # Request kinds (transport_tcp::proto, runtime::proto).
 OK, ERROR = 0x80, 0x81
-LAUNCH, SIGNAL, RELEASE, WATCH, NODES, TRANSPORTS = 0x20, 0x21, 0x22, 0x24, 0x30, 0x31
+LAUNCH, SIGNAL, RELEASE, WATCH, PARENT, NODES, TRANSPORTS = 0x20, 0x21, 0x22, 0x24, 0x26, 0x30, 0x31
+# The top bit of a LAUNCH's tether count: the first tether is the lifeline.
+LIFELINE = 0x8000
 SERVICE_ENV = "DRAGON_SERVICE"
 NODES_ENV = "DRAGON_NODES"
 NODE_ENV = "DRAGON_NODE_INDEX"
@@ -93,10 +95,12 @@ _life_lock = threading.Lock()
 
 
 def _lifeline_fd() -> int:
-    """The descriptor a process started on another node gets as its
-    parent's sentinel (``parent_process()``): one end of a socket pair
-    whose other end this process holds until it ends. It goes as a tether,
-    so its end of file crosses to that node when this process ends."""
+    """This process's lifeline, which a process it starts on another node
+    has as its parent's sentinel (``parent_process()``): one end of a
+    socket pair whose other end this process holds until it ends. It goes
+    as a tether (the first of a start, ``LIFELINE``), so its end of file
+    crosses to that node when this process ends, where the process asks
+    for it when it first needs it (:class:`ParentElsewhere`)."""
     global _life
     with _life_lock:
         if _life is None or _life[0] != os.getpid():
@@ -230,13 +234,65 @@ def _template_prep() -> bytes:
 
 
 def _launch_payload(prep: bytes, flags: list, tethers: int, data: bytes) -> bytes:
+    """A LAUNCH whose ``tethers`` descriptors are the lifeline, then the
+    lifetime sockets the process refers to."""
     out = [struct.pack("<I", len(prep)), prep, struct.pack("<H", len(flags))]
     for f in flags:
         b = f.encode()
         out += [struct.pack("<H", len(b)), b]
     # The service gives the tethers their ids.
-    out += [struct.pack("<H", tethers), bytes(8 * tethers), data]
+    out += [struct.pack("<H", tethers | LIFELINE), bytes(8 * tethers), data]
     return b"".join(out)
+
+
+def parent_sentinel(pid: int) -> int:
+    """The parent's sentinel of process ``pid``, started on this node for a
+    process of another node: a connection to this node's service that
+    carries nothing and is closed when the parent's lifeline ends (see
+    ``PARENT`` in ``runtime/src/proto.rs``). If the service cannot be
+    asked (the run is ending), a descriptor that reads end of file."""
+    try:
+        c = _Connection()
+    except ServiceError:
+        c = None
+    if c is not None:
+        try:
+            c.call(PARENT, struct.pack("<I", pid), node=this_node())
+            if not c.buf:
+                return c.sock.detach()
+        except (ServiceError, OSError):
+            pass
+        c.close()
+    r, w = os.pipe()
+    os.close(w)
+    return r
+
+
+class ParentElsewhere(process._ParentProcess):
+    """``parent_process()`` of a process started here for a process of
+    another node: its sentinel is asked of this node's service when it is
+    first used (``is_alive``, ``join``, ``sentinel``), so that a process
+    that never looks at its parent holds no descriptor for it (a process
+    started by its parent on its parent's node holds its parent's pidfd)."""
+
+    _lock = threading.Lock()
+
+    @property
+    def _sentinel(self):
+        with self._lock:
+            if self._fd is None:
+                self._fd = parent_sentinel(self._asker)
+            return self._fd
+
+    @_sentinel.setter
+    def _sentinel(self, fd):
+        # None from the template's start: asked for on first use.
+        self._fd = fd
+        self._asker = os.getpid()
+
+    @_sentinel.deleter
+    def _sentinel(self):
+        self._fd = None
 
 
 class RemotePopen:
@@ -258,6 +314,7 @@ class RemotePopen:
         self._pid = None
         self._launch_id = None
         self._lock = threading.Lock()
+        # The lifetime sockets the process refers to (Pipe ends).
         self._tethers = []
         self._free = free
         self._launch(process_obj)
@@ -300,10 +357,10 @@ class RemotePopen:
         # and Manager() put their sockets): that is in this node's /tmp.
         # The process makes its own on its node when it needs one.
         process_obj._config.pop("tempdir", None)
-        # Its parent's sentinel: the first tether (a pid names a process of
-        # this node only).
-        self._tethers.append(_lifeline_fd())
-        head["parent_sentinel"] = 0
+        # Its parent's sentinel: this process's lifeline, the first tether
+        # (a pid names a process of this node only), which it asks its
+        # node's service for when it needs it.
+        head["parent_lifeline"] = True
         buf = io.BytesIO()
         set_spawning_popen(self)
         _free.on = self._free
@@ -315,10 +372,11 @@ class RemotePopen:
         finally:
             _free.on = False
             set_spawning_popen(None)
-        payload = _launch_payload(_template_prep(), runtime.interpreter_flags(), len(self._tethers), buf.getvalue())
+        fds = [_lifeline_fd(), *self._tethers]
+        payload = _launch_payload(_template_prep(), runtime.interpreter_flags(), len(fds), buf.getvalue())
         ctl = _Connection()
         try:
-            body = ctl.call(LAUNCH, payload, self.node, self._tethers)
+            body = ctl.call(LAUNCH, payload, self.node, fds)
             self._pid, self._launch_id = struct.unpack("<qQ", body[:16])
             from . import _registry
 

@@ -465,9 +465,14 @@ def _child_main(fds):
         finally:
             del process.current_process()._inheriting
     try:
-        if head.get("parent_sentinel") is not None:
-            # Started for a process of another node: its lifeline (_remote).
-            parent_sentinel = fds[head["extra"] + head["parent_sentinel"]]
+        if head.get("parent_lifeline"):
+            # Started for a process of another node: its parent's sentinel
+            # is that process's lifeline, asked of this node's service on
+            # first use.
+            from . import _remote
+
+            process._ParentProcess = _remote.ParentElsewhere
+            parent_sentinel = None
         else:
             parent_sentinel = os.pidfd_open(process_obj._parent_pid)
     except (OSError, TypeError):
