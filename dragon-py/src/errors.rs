@@ -12,10 +12,10 @@ use channels_core::{
     AllocError, BackingError, ChannelError, RecvTimeoutError, SelectError, SendTimeoutError, TryRecvError,
 };
 use pyo3::exceptions::{
-    PyAssertionError, PyBrokenPipeError, PyConnectionError, PyEOFError, PyOverflowError, PyValueError,
+    PyAssertionError, PyBrokenPipeError, PyConnectionError, PyEOFError, PyOSError, PyOverflowError, PyValueError,
 };
 use pyo3::prelude::*;
-use queues::{Fault, GetError, PutError, QueueError, TaskDoneError};
+use queues::{Fault, GetError, PipeError, PutError, QueueError, TaskDoneError};
 use shm_primitives::handle::HandleError;
 use std::fmt::Display;
 use sync_objects::{BarrierError, CondError, ReleaseError, WaitError};
@@ -406,6 +406,17 @@ pub(crate) fn get_err(e: &GetError) -> PyErr {
 pub(crate) fn task_done_err(e: &TaskDoneError) -> PyErr {
     match e {
         TaskDoneError::TooManyCalls => PyValueError::new_err(e.to_string()),
+        _ => DragonError::new_err(e.to_string()),
+    }
+}
+
+/// A pipe end's receive failed: `EOFError` at the end of file, else as
+/// [`fault_err`].
+pub(crate) fn pipe_err(e: &PipeError) -> PyErr {
+    match e {
+        PipeError::Eof => PyEOFError::new_err(()),
+        PipeError::Closed => PyOSError::new_err("handle is closed"),
+        PipeError::Channel(f) => fault_err(f),
         _ => DragonError::new_err(e.to_string()),
     }
 }

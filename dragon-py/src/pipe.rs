@@ -10,6 +10,7 @@
 //! inbox holds the socket object, not its descriptor: a closed socket is
 //! a gone peer, never a reused descriptor.
 use crate::channel::Channel;
+use crate::errors::pipe_err;
 use crate::queue::{block_args, raise_later, run};
 use crate::remote::RemoteChannel;
 use pyo3::exceptions::{PyBlockingIOError, PyEOFError, PyInterruptedError, PyOSError, PyTimeoutError};
@@ -105,10 +106,7 @@ impl PipeInbox {
                 Err(PipeError::Timeout) => Ok(None),
                 r => r.map(Some),
             },
-            |e| match e {
-                PipeError::Eof => PyEOFError::new_err(()),
-                e => crate::errors::DragonError::new_err(e.to_string()),
-            },
+            |e| pipe_err(&e),
         );
         if inbox.has_kept() {
             *me.inbox.lock().unwrap_or_else(|e| e.into_inner()) = inbox;

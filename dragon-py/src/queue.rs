@@ -27,7 +27,7 @@
 //! (`util.Finalize`) that end and wait for the feeder.
 use crate::blocking::block_timeout;
 use crate::channel::{send_obj, Att, Channel, NOT_SENT, NO_MEMORY, SENT, TAG_PICKLE};
-use crate::errors::{get_err, put_err, queue_err, task_done_err, too_large_for_shm, DragonError};
+use crate::errors::{fault_err, get_err, put_err, queue_err, task_done_err, too_large_for_shm};
 use crate::lent;
 use crate::remote::{message, Outgoing, RemoteChannel, SLICE};
 use pyo3::prelude::*;
@@ -748,7 +748,7 @@ impl Queue {
     fn join(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
         let t = crate::blocking::timeout(timeout)?;
         self.with(py, |q| match q {
-            Inner::Joinable(j) => run(|| j.join_timeout(t), |e| DragonError::new_err(e.to_string())),
+            Inner::Joinable(j) => run(|| j.join_timeout(t), |e| fault_err(&e)),
             _ => Err(pyo3::exceptions::PyTypeError::new_err("not a joinable queue")),
         })
     }
