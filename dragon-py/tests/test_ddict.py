@@ -417,22 +417,38 @@ def test_a_restore_missing_some_shards_files_is_refused_and_one_missing_all_star
     assert {f: os.stat(os.path.join(p, f)).st_mtime_ns for f in os.listdir(p)} == kept
 
 
-def test_a_restore_with_fewer_shards_than_were_written_is_refused(tmp_path):
-    # Written with 3 shards, restored with 2: shard 2's keys would be left
-    # out and keys looked up by the wrong count of shards.
+def test_a_restore_with_another_count_of_shards_than_was_written_is_refused(tmp_path):
+    # Written with 3 shards, restored with 2 or 4: keys would be left out
+    # and looked up by the wrong count of shards.
     from dragon.data.ddict import DDictPersistError
 
     p = str(tmp_path / "f")
     with DDict.open(p, name="f", managers_per_node=3, total_mem=12 * MB) as d:
         d.update({i: i for i in range(60)})
     kept = {f: os.stat(os.path.join(p, f)).st_mtime_ns for f in os.listdir(p)}
-    with pytest.raises(DDictPersistError, match=r"cannot restore the DDict 'f' with 2 shards: " + p
+    for n in (2, 4):
+        with pytest.raises(DDictPersistError, match=r"cannot restore the DDict 'f' with %d shards: it was "
+                           r"written with 3 \(%s\)" % (n, os.path.join(p, "f.shards"))) as e:
+            DDict.open(p, name="f", managers_per_node=n, total_mem=n * 4 * MB)
+        assert e.value.written == 3 and e.value.path == p
+        assert {f: os.stat(os.path.join(p, f)).st_mtime_ns for f in os.listdir(p)} == kept
+    # Without the record (written before there was one), the files of a
+    # shard beyond the count still say so.
+    os.unlink(os.path.join(p, "f.shards"))
+    with pytest.raises(DDictPersistError, match=r"with 2 shards: " + p
                        + r" holds files of its shard 2 too, so it was written with at least 3") as e:
         DDict.open(p, name="f", managers_per_node=2, total_mem=8 * MB)
-    assert e.value.shards == [2] and e.value.path == p
-    assert {f: os.stat(os.path.join(p, f)).st_mtime_ns for f in os.listdir(p)} == kept
+    assert e.value.shards == [2] and e.value.written is None
     with DDict.open(p, name="f", managers_per_node=3, total_mem=12 * MB) as d:
         assert sorted(d.keys()) == list(range(60))
+    assert open(os.path.join(p, "f.shards")).read() == "3\n"
+    # Made anew (no restore) with 2: the record says 2, and the old files of
+    # shard 2 left beside it do not stop a restore with 2.
+    with DDict(2, 1, 8 * MB, name="f", persist_path=p) as d:
+        d.update({i: -i for i in range(10)})
+    assert os.path.exists(os.path.join(p, "f.2.wal"))
+    with DDict.open(p, name="f", managers_per_node=2, total_mem=8 * MB) as d:
+        assert sorted(d.items()) == [(i, -i) for i in range(10)]
 
 
 # ---- damaged persistence files --------------------------------------------------
@@ -587,7 +603,7 @@ def test_persistence_files_are_0600_and_directories_0700_whatever_the_umask(tmp_
     mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
     assert mode(tmp_path) == 0o755, "an existing directory keeps its mode"
     assert mode(tmp_path / "a") == 0o700 and mode(store) == 0o700
-    assert mode(store / "m.0.wal") == 0o600
+    assert mode(store / "m.0.wal") == 0o600 and mode(store / "m.shards") == 0o600
     # Files the repair writes too, whatever this process's umask.
     _flip(store / "m.0.wal", 30)
     old = os.umask(int(umask, 8))
@@ -599,7 +615,7 @@ def test_persistence_files_are_0600_and_directories_0700_whatever_the_umask(tmp_
         os.umask(old)
     assert rep["rewritten"] and mode(store / "m.0.wal") == 0o600
     assert mode(rep["damaged_copy"]) == 0o600
-    assert sorted(os.listdir(store)) == ["m.0.wal", "m.0.wal.damaged"]
+    assert sorted(os.listdir(store)) == ["m.0.wal", "m.0.wal.damaged", "m.shards"]
 
 
 def _destroy_when_told(d, go, q):

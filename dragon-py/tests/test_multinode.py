@@ -1399,6 +1399,10 @@ def test_durable_ddict_on_node_local_disks_comes_back_from_any_node(cluster):
             print(at(2, make, "spread", 2, 2, 50))
             print("files", everywhere("spread"))
             print(at(1, restore, "spread", 2, 2, 50))
+            # Restored on one node (2 shards, not 4): its node has the files
+            # of shards 0 and 1 only, and the record of 4 there refuses it.
+            kind, name, host, shards, msg = at(1, restore, "spread", 2, 1, 50)
+            print(kind, name, "written with 4" in msg)
             # Shard 1's files lost: the restore is refused, nothing changed.
             before = at(0, files, "nodelocal")
             print(at(1, remove, "nodelocal"))
@@ -1420,17 +1424,18 @@ def test_durable_ddict_on_node_local_disks_comes_back_from_any_node(cluster):
     _ok(r)
     out = r.stdout
     assert "('made', 'nodelocal', 'node1', 30)" in out, out
-    assert "files [['nodelocal.0.wal'], ['nodelocal.1.wal'], ['nodelocal.2.wal']]" in out, out
+    assert "files [['nodelocal.0.wal', 'nodelocal.shards'], ['nodelocal.1.wal'], ['nodelocal.2.wal']]" in out, out
     assert "('restored', 'nodelocal', 'node2', 30, True)" in out, out
     assert "('restored', 'nodelocal', 'node3', 40, True)" in out, out
     assert "('made', 'spread', 'node3', 50)" in out, out
-    assert "files [['spread.0.wal', 'spread.1.wal'], ['spread.2.wal', 'spread.3.wal'], []]" in out, out
+    assert "files [['spread.0.wal', 'spread.1.wal', 'spread.shards'], ['spread.2.wal', 'spread.3.wal'], []]" in out, out
     assert "('restored', 'spread', 'node2', 50, True)" in out, out
+    assert "refused spread True" in out, out
     assert "refused nodelocal node1 [1]" in out, out
     assert "names True True True" in out, out
-    assert "unchanged True [['nodelocal.0.wal'], [], ['nodelocal.2.wal']]" in out, out
+    assert "unchanged True [['nodelocal.0.wal', 'nodelocal.shards'], [], ['nodelocal.2.wal']]" in out, out
     assert "('restored', 'fresh', 'node3', 0, True)" in out, out
-    assert "files [['fresh.0.wal'], ['fresh.1.wal'], ['fresh.2.wal']]" in out, out
+    assert "files [['fresh.0.wal', 'fresh.shards'], ['fresh.1.wal'], ['fresh.2.wal']]" in out, out
     assert "('corrupt', 'dmg.1.wal')" in out, out
     assert "('repaired', True, True, [('dmg.0.wal', False), ('dmg.1.wal', True), ('dmg.2.wal', False)])" in out, out
     _assert_clean(cluster)

@@ -54,9 +54,6 @@ pub enum GetError {
     Closed,
     /// The channel failed (destroyed, ...).
     Channel(Fault),
-    /// The item was taken, but the bounding semaphore could not be given
-    /// its unit back.
-    Sync(Fault),
 }
 
 impl fmt::Display for GetError {
@@ -65,7 +62,6 @@ impl fmt::Display for GetError {
             GetError::Empty => f.write_str("queue is empty"),
             GetError::Closed => f.write_str("queue is closed in this process (close() was called)"),
             GetError::Channel(e) => write!(f, "get failed: {e}"),
-            GetError::Sync(e) => write!(f, "get failed: {e}"),
         }
     }
 }

@@ -437,8 +437,10 @@ impl<C: QueueChannel, Y: QueueSync> Queue<C, Y> {
             Some(p) => &[p, payload],
             None => &[payload],
         };
+        // An exact queue's send is the bound: never deferred.
+        let exact = self.mode == Mode::Exact;
         let send = |chan: &C, t: Option<Duration>| {
-            let r = if t == Some(Duration::ZERO) && chan.defers_sends() {
+            let r = if !exact && t == Some(Duration::ZERO) && chan.defers_sends() {
                 chan.send_deferred(parts, t)
             } else {
                 send_retrying(chan, parts, t, false)
@@ -601,7 +603,7 @@ impl<C: QueueChannel, Y: QueueSync> Queue<C, Y> {
     /// ([`Fault::WouldBlock`] if none came) and says its tag; control
     /// messages are skipped (`recv` is called again with the time left),
     /// and a queue bounded by a semaphore gives a unit back for the item
-    /// taken.
+    /// taken (the item is returned even if the unit cannot be given back).
     pub fn get_with<T>(
         &self,
         timeout: Option<Duration>,
@@ -613,7 +615,10 @@ impl<C: QueueChannel, Y: QueueSync> Queue<C, Y> {
         }
         let item = recv_item(&self.shared.chan, timeout, recv)?;
         if let Some(sem) = &self.sem {
-            sem.release().map_err(GetError::Sync)?;
+            // The item is taken either way: a semaphore that cannot take
+            // its unit back (its node is gone) makes later puts fail, and
+            // must not lose the item too.
+            let _ = sem.release();
         }
         Ok(item)
     }

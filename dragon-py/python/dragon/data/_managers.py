@@ -33,14 +33,44 @@ def shard_files(persist_path: str, name: str, index: int) -> list[str]:
     return [os.path.join(persist_path, "%s.%d.%s" % (name, index, ext)) for ext in ("wal", "snap")]
 
 
+def shape_file(persist_path: str, name: str) -> str:
+    """The record of how many shards the DDict ``name`` was written with,
+    kept beside shard 0's files."""
+    return os.path.join(persist_path, "%s.shards" % name)
+
+
+def _read_shape(persist_path: str, name: str) -> int | None:
+    try:
+        with open(shape_file(persist_path, name)) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _write_shape(persist_path: str, name: str, shards: int) -> None:
+    """Record ``shards`` (a file ``0600``, replaced whole)."""
+    path = shape_file(persist_path, name)
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask, as the shard's files
+        os.write(fd, b"%d\n" % shards)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
 def manager_main(desc: str, index: int, size: int, owner_pid: int, owner_start: int, conn: Connection,
                  persist_path: str | None, restore: bool, working_set: int = 1,
-                 check_name: str | None = None) -> None:
+                 check_name: str | None = None, shape: tuple[str, int] | None = None) -> None:
     """Body of a manager process. With ``check_name`` (a restore), first
     tell the creator whether this node has files of the shard, and restore
     only when it answers ``"go"``, or ``"repair"``: then first repair the
     shard's files on this node's disk and send the report (see
-    :func:`start_managers`)."""
+    :func:`start_managers`). ``shape``, ``(name, shards)`` for shard 0 of
+    a durable DDict: its count of shards is recorded beside its files
+    (and, on a restore, what was recorded is told to the creator first)."""
     told = []
     if owner_pid == 0:
         # A manager on another node than its DDict's creator (whose pid
@@ -49,6 +79,8 @@ def manager_main(desc: str, index: int, size: int, owner_pid: int, owner_start: 
         owner_pid, owner_start = os.getppid(), 0
 
     def ready() -> None:
+        if shape is not None and persist_path is not None:
+            _write_shape(persist_path, shape[0], shape[1])
         conn.send(("ready", os.getpid()))
         told.append(True)
 
@@ -56,7 +88,8 @@ def manager_main(desc: str, index: int, size: int, owner_pid: int, owner_start: 
         if check_name is not None and persist_path is not None:
             found = any(os.path.exists(f) for f in shard_files(persist_path, check_name, index))
             on_disk = _native.ddict_shards_on_disk(persist_path, check_name)
-            conn.send(("found", found, socket.gethostname(), on_disk))
+            written = _read_shape(persist_path, check_name) if shape is not None else None
+            conn.send(("found", found, socket.gethostname(), on_disk, written))
             word = conn.recv()
             if word == "repair":
                 conn.send(("repaired", _native.ddict_repair(persist_path, check_name, None, index)))
@@ -225,9 +258,10 @@ def start_managers(desc: str, n: int, size: int, timeout: float, persist_path: s
             node = None if nodes is None else nodes[i]
             # The creator's identity only means something on its own node.
             owner = (pid, start) if node is None or node == here else (0, 0)
+            shape = (name, n) if i == 0 and persist_path is not None and name is not None else None
             p = ctx.Process(target=manager_main,
                             args=(desc, i, size, owner[0], owner[1], w, persist_path, restore,
-                                  working_set, check),
+                                  working_set, check, shape),
                             name="ddict-manager-%d" % i, daemon=True)
             if node is not None:
                 p._dragon_node = node
@@ -239,10 +273,16 @@ def start_managers(desc: str, n: int, size: int, timeout: float, persist_path: s
         if check is not None:
             assert persist_path is not None
             found = [_message(i, p, r, end, timeout) for i, (p, r) in enumerate(zip(procs, conns))]
-            beyond = sorted({j for _, _, _, on_disk in found for j in on_disk if j >= n})
-            if beyond:
-                raise _more_shards_error(check, persist_path, n, beyond)
-            missing = [(i, host) for i, (_, has, host, _) in enumerate(found) if not has]
+            # What shard 0's node recorded, if any shard has files (else a
+            # new DDict, recorded anew).
+            # The record is the word; without one (files written before
+            # there was a record), files of a shard beyond the count say it.
+            written = found[0][4] if any(has for _, has, _, _, _ in found) else None
+            beyond = [] if written is not None else sorted(
+                {j for _, _, _, on_disk, _ in found for j in on_disk if j >= n})
+            if written is not None and written != n or beyond:
+                raise _shape_error(check, persist_path, n, written, beyond)
+            missing = [(i, host) for i, (_, has, host, _, _) in enumerate(found) if not has]
             if missing and len(missing) < n:
                 raise _missing_error(check, persist_path, n, missing, nodes)
             for r in conns:
@@ -285,16 +325,22 @@ def _message(i: int, p: BaseProcess, r: Connection, end: float, timeout: float) 
             raise DDictError("DDict manager %d died while starting (exit code %s)" % (i, p.exitcode))
 
 
-def _more_shards_error(name: str, persist_path: str, n: int, beyond: list[int]) -> DDictPersistError:
-    """The error of a restore with ``n`` shards that found files of shards
-    ``beyond`` (indexes ``>= n``): the DDict was written with more."""
+def _shape_error(name: str, persist_path: str, n: int, written: int | None,
+                 beyond: list[int]) -> DDictPersistError:
+    """The error of a restore with ``n`` shards of a DDict written with
+    ``written`` (as recorded beside shard 0's files), or whose files of
+    shards ``beyond`` (indexes ``>= n``) were found."""
+    if written is not None:
+        what = "it was written with %d (%s)" % (written, shape_file(persist_path, name))
+    else:
+        what = "%s holds files of its shard%s %s too, so it was written with at least %d" % (
+            persist_path, "s" if len(beyond) > 1 else "", ", ".join(map(str, beyond)), beyond[-1] + 1)
     e = DDictPersistError(
-        "cannot restore the DDict %r with %d shards: %s holds files of its shard%s %s too, so it was "
-        "written with at least %d. Restoring with fewer would leave those shards' keys out and look "
-        "other keys up in the wrong shards. Restore with the same managers_per_node and num_nodes as "
-        "when it was written." % (name, n, persist_path, "s" if len(beyond) > 1 else "",
-                                  ", ".join(map(str, beyond)), beyond[-1] + 1))
+        "cannot restore the DDict %r with %d shards: %s. Restoring with another count would leave keys "
+        "out and look others up in the wrong shards. Restore with the same managers_per_node and "
+        "num_nodes as when it was written." % (name, n, what))
     e.shards = beyond  # type: ignore[attr-defined]
+    e.written = written  # type: ignore[attr-defined]
     e.path = persist_path  # type: ignore[attr-defined]
     return e
 
