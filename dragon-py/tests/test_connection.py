@@ -235,6 +235,38 @@ def test_wait_reports_eof(ctx):
     p.join(30)
 
 
+def test_wait_never_reports_a_sentinel_without_what_was_sent_before_it():
+    # A worker sends its result, then exits: if both happen while wait()
+    # looks at the queue and then at the sentinel, it must report both
+    # (an executor takes a sentinel alone for a worker that died mid-task).
+    # Here the "queue" becomes ready, and the "sentinel" with it, right
+    # after the queue was first looked at.
+    from dragon.connection import wait
+
+    r, w = os.pipe()
+
+    class Result:
+        calls = 0
+
+        def _dragon_wait_channel(self):
+            return None
+
+        def _dragon_ready(self):
+            self.calls += 1
+            if self.calls == 1:
+                os.write(w, b"x")  # the result arrives, the worker exits
+                return False
+            return True
+
+    res = Result()
+    try:
+        ready = wait([res, r], timeout=30)
+        assert res in ready and r in ready, ready
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 def test_wait_falls_back_to_the_stdlib(ctx):
     wait = multiprocessing.connection.wait
     r_fd, w_fd = os.pipe()

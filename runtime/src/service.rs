@@ -308,6 +308,10 @@ struct Service {
     closed_early: HashSet<(u32, u64)>,
     /// The lifelines of processes started here for other nodes, by tether.
     lifelines: HashMap<(u32, u64), Lifeline>,
+    /// PARENT requests (connection, request id, pid) that came while some
+    /// lifeline's process was still starting: the asker may be that
+    /// process, its start not yet known here. Answered when it is.
+    parent_asks: Vec<(Token, u64, u32)>,
     fabric: Fabric,
 }
 
@@ -521,6 +525,7 @@ impl Service {
             next_tether: 1,
             closed_early: HashSet::new(),
             lifelines: HashMap::new(),
+            parent_asks: Vec::new(),
             fabric,
             boot,
         })
@@ -1270,6 +1275,7 @@ impl Service {
                             Err(e) => {
                                 if let Some(key) = lifeline {
                                     self.lifelines.remove(&key);
+                                    self.answer_parent_asks();
                                 }
                                 let r = Reply::error(f.id, DRAGON_EIO, &format!("cannot make a socket pair: {e}"));
                                 return self.send_reply(t, r);
@@ -1777,6 +1783,11 @@ impl Service {
 
     /// The process of lifeline `key` started: it is process `pid`.
     fn lifeline_started(&mut self, key: (u32, u64), pid: u32, launch: u64) {
+        self.lifeline_started_record(key, pid, launch);
+        self.answer_parent_asks();
+    }
+
+    fn lifeline_started_record(&mut self, key: (u32, u64), pid: u32, launch: u64) {
         // A lifeline still naming this pid is of a process that has ended
         // (its exit not yet read): the pid is another process's now.
         let stale: Vec<(u32, u64)> = self
@@ -1797,6 +1808,35 @@ impl Service {
     /// lifeline of process `pid`'s parent does.
     fn watch_parent(&mut self, t: Token, id: u64, pid: u32) {
         let key = self.lifelines.iter().find(|(_, x)| x.started.is_some_and(|(p, _)| p == pid)).map(|(k, _)| *k);
+        if key.is_none() && self.lifelines.values().any(|x| x.started.is_none()) {
+            // The asker may be a process whose start is not known here
+            // yet (it ran before its start's event came): answer then.
+            self.parent_asks.push((t, id, pid));
+            return;
+        }
+        self.answer_parent(t, id, key);
+    }
+
+    /// Answer the PARENT requests waiting for starts: those whose process
+    /// is now known, and all of them once no start is under way.
+    fn answer_parent_asks(&mut self) {
+        if self.parent_asks.is_empty() {
+            return;
+        }
+        let starting = self.lifelines.values().any(|x| x.started.is_none());
+        for (t, id, pid) in std::mem::take(&mut self.parent_asks) {
+            let key = self.lifelines.iter().find(|(_, x)| x.started.is_some_and(|(p, _)| p == pid)).map(|(k, _)| *k);
+            if key.is_some() || !starting {
+                self.answer_parent(t, id, key);
+            } else if self.conns.contains_key(&t) {
+                self.parent_asks.push((t, id, pid));
+            }
+        }
+    }
+
+    /// Answer PARENT request `id` of connection `t`: watch lifeline `key`,
+    /// or (none) end of file at once.
+    fn answer_parent(&mut self, t: Token, id: u64, key: Option<(u32, u64)>) {
         let Some(Conn { role: Role::Local(l), link, closing }) = self.conns.get_mut(&t) else { return };
         link.send(chp::OK, id, &[], Bytes::new());
         match key.and_then(|k| self.lifelines.get_mut(&k).map(|x| (k, x))) {
@@ -1817,6 +1857,7 @@ impl Service {
         for t in x.watchers {
             self.drop_conn(t, "the process's parent ended");
         }
+        self.answer_parent_asks();
         if tell {
             let mut p = BytesMut::new();
             p.put_u32_le(key.0);
@@ -1985,6 +2026,7 @@ impl Service {
                 // Its parent's service closes its end on the error.
                 if let Some(key) = lifeline {
                     self.lifelines.remove(&key);
+                    self.answer_parent_asks();
                 }
                 Reply::error(id, DRAGON_EIO, &e)
             }

@@ -142,9 +142,13 @@ def wait(object_list, timeout=None):
     watcher = None
     try:
         while True:
-            ready = [o for o in dragon if o._dragon_ready()]
-            if other:
-                ready += _stdlib_wait(other, 0)
+            # The descriptors first, then the dragon objects: a process that
+            # sends a result and then exits must never be seen exited
+            # without its result (a sentinel that became ready after the
+            # queue was looked at would be), as an executor or a pool takes
+            # that for a worker that died mid-task.
+            ready_other = _stdlib_wait(other, 0) if other else []
+            ready = [o for o in dragon if o._dragon_ready()] + ready_other
             remaining = None if deadline is None else deadline - time.monotonic()
             if ready or (remaining is not None and remaining <= 0):
                 return ready
