@@ -280,3 +280,21 @@ def test_manager_and_listener_across_nodes(cluster):
     assert "('client got', 'welcome node1')" in out, out
     assert "server refused" in out and "('client refused', 'node3')" in out, out
     _assert_clean(cluster)
+
+
+def test_a_worker_meant_for_another_node_that_starts_here_reports_its_own_pid():
+    # A process placed on another node starts here when it holds objects of
+    # this node only; an executor worker prepared for that node must then
+    # report its pid as this node's (its key in the executor's table), not
+    # as the other node's key (the executor's result thread died on that
+    # KeyError).
+    import types
+
+    from dragon import _crossnode
+
+    results = object()
+    proc = types.SimpleNamespace(_args=("calls", _crossnode.KeyedResults(results, 2), "init"))
+    _crossnode.here_after_all(proc)
+    assert proc._args == ("calls", results, "init")
+    _crossnode.here_after_all(proc)  # nothing to undo: unchanged
+    assert proc._args == ("calls", results, "init")

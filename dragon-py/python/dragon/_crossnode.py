@@ -45,7 +45,7 @@ import sys
 
 from . import _remote
 
-__all__ = ["prepare", "worker_key", "node_address", "KeyedResults"]
+__all__ = ["prepare", "here_after_all", "worker_key", "node_address", "KeyedResults"]
 
 #: The channel of a call queue holds at least this many messages more than
 #: the queue's size (the end-of-process messages of closing pipe ends).
@@ -160,6 +160,15 @@ def _ensure_channel(call_queue) -> bool:
     for end in old:
         end.close()
     return True
+
+
+def here_after_all(process_obj) -> None:
+    """``process_obj``, prepared for another node, starts on this one after
+    all: an executor worker reports its own pid again (its table key
+    here), not the key of the node it was meant for."""
+    args = tuple(getattr(process_obj, "_args", ()))
+    if len(args) >= 2 and isinstance(args[1], KeyedResults):
+        process_obj._args = (args[0], args[1]._queue) + args[2:]
 
 
 def _prepare_worker(process_obj, node):

@@ -68,7 +68,12 @@ class DragonProcess(_mp_process.BaseProcess):
             try:
                 return remote(process_obj, node, free=True)
             except NotLocalError:
-                pass  # it holds objects of this node only (_placement): it starts here
+                # It holds objects of this node only (_placement): it starts
+                # here, as a process of this node.
+                if _remote.multinode():
+                    from . import _crossnode
+
+                    _crossnode.here_after_all(process_obj)
         from .popen import Popen
 
         return Popen(process_obj)
