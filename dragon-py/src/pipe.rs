@@ -9,10 +9,8 @@
 //! closed in every process, which a peek at this end's socket sees. The
 //! inbox holds the socket object, not its descriptor: a closed socket is
 //! a gone peer, never a reused descriptor.
-use crate::channel::Channel;
 use crate::errors::pipe_err;
-use crate::queue::{block_args, raise_later, run};
-use crate::remote::RemoteChannel;
+use crate::queue::{block_args, raise_later, run, tag_of, AnyChannel};
 use pyo3::exceptions::{PyBlockingIOError, PyEOFError, PyInterruptedError, PyOSError, PyTimeoutError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
@@ -43,17 +41,9 @@ impl PipeInbox {
         let ch = me.channel.as_ref().ok_or_else(|| Fault::Other("connection is write-only".into()))?;
         let (block, secs) = block_args(t);
         let check = Some(slf.clone().into_any().unbind());
-        let ch = ch.bind(py);
-        let r = if let Ok(c) = ch.cast::<Channel>() {
-            c.get().recv(py, block, secs, check)
-        } else {
-            ch.cast::<RemoteChannel>().map_err(|e| raise_later(e.into()))?.get().recv(py, block, secs, check)
-        };
+        let r = AnyChannel::of(ch.bind(py)).map_err(raise_later)?.recv(block, secs, check);
         match r {
-            Ok(Some(m)) => {
-                let tag: u8 = m.get_item(0).and_then(|t| t.extract()).map_err(raise_later)?;
-                Ok(Some((queues::wire::split(&[tag]).0, m.unbind())))
-            }
+            Ok(Some(m)) => Ok(Some((tag_of(&m).map_err(raise_later)?, m.unbind()))),
             Ok(None) => Ok(None),
             Err(e) if e.is_instance_of::<PyEOFError>(py) => Err(Fault::Closed),
             Err(e) => Err(raise_later(e)),
@@ -84,12 +74,7 @@ impl PipeInbox {
             return Ok(false);
         }
         let Some(ch) = &self.channel else { return Ok(true) };
-        let ch = ch.bind(py);
-        let readable = if let Ok(c) = ch.cast::<Channel>() {
-            c.get().readable()
-        } else {
-            ch.cast::<RemoteChannel>().map_err(|e| raise_later(e.into()))?.get().readable(py)
-        };
+        let readable = AnyChannel::of(ch.bind(py)).map_err(raise_later)?.readable();
         Ok(!readable.map_err(raise_later)?)
     }
 

@@ -189,12 +189,6 @@ impl PoolSlots {
         Ok(())
     }
 
-    /// Free slots.
-    #[getter]
-    fn free(&self) -> usize {
-        self.s.free()
-    }
-
     /// Why the pool is broken (workers died before they started, enough
     /// in a row, and none alive has started), or `None`; `place` ("on
     /// node2") goes into the reason.

@@ -26,7 +26,7 @@
 //! of its items), the snapshots `qsize`/`empty`/`full`, and the exit hooks
 //! (`util.Finalize`) that end and wait for the feeder.
 use crate::blocking::block_timeout;
-use crate::channel::{send_obj, Att, Channel, NOT_SENT, NO_MEMORY, SENT, TAG_PICKLE};
+use crate::channel::{send_obj, Att, Channel, NOT_SENT, NO_MEMORY, SENT};
 use crate::errors::{fault_err, get_err, put_err, queue_err, task_done_err, too_large_for_shm};
 use crate::lent;
 use crate::remote::{message, Outgoing, RemoteChannel, SLICE};
@@ -267,12 +267,66 @@ pub(crate) fn run<T, E>(f: impl FnOnce() -> Result<T, E>, err: impl FnOnce(E) ->
     r.map_err(|e| raised.unwrap_or_else(|| err(e)))
 }
 
+/// The tag of a received `(tag, payload)`.
+pub(crate) fn tag_of(m: &Bound<'_, PyTuple>) -> PyResult<queues::Tag> {
+    let tag: u8 = m.get_item(0)?.extract()?;
+    Ok(queues::wire::split(&[tag]).0)
+}
+
 /// A Python timeout argument pair (`block`, `timeout`) for a Rust one.
 pub(crate) fn block_args(t: Option<Duration>) -> (bool, Option<f64>) {
     match t {
         None => (true, None),
         Some(Duration::ZERO) => (false, None),
         Some(d) => (true, Some(d.as_secs_f64())),
+    }
+}
+
+/// A channel object of `dragon._native`: this node's (`Channel`) or
+/// another node's (`RemoteChannel`), for the calls both answer.
+pub(crate) enum AnyChannel<'py> {
+    Local(Bound<'py, Channel>),
+    Remote(Bound<'py, RemoteChannel>),
+}
+
+impl<'py> AnyChannel<'py> {
+    pub(crate) fn of(ch: &Bound<'py, PyAny>) -> PyResult<AnyChannel<'py>> {
+        if let Ok(c) = ch.cast::<Channel>() {
+            return Ok(AnyChannel::Local(c.clone()));
+        }
+        match ch.cast::<RemoteChannel>() {
+            Ok(r) => Ok(AnyChannel::Remote(r.clone())),
+            Err(_) => Err(pyo3::exceptions::PyTypeError::new_err("a dragon channel is needed")),
+        }
+    }
+
+    /// `Channel.send`.
+    pub(crate) fn send(&self, data: &Bound<'py, PyAny>, prefix: i32, block: bool, secs: Option<f64>) -> PyResult<u8> {
+        match self {
+            AnyChannel::Local(c) => c.get().send(c.py(), data, prefix, block, secs),
+            AnyChannel::Remote(r) => r.get().send(r.py(), data, prefix, block, secs),
+        }
+    }
+
+    /// `Channel.recv`.
+    pub(crate) fn recv(
+        &self,
+        block: bool,
+        secs: Option<f64>,
+        check: Option<Py<PyAny>>,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        match self {
+            AnyChannel::Local(c) => c.get().recv(c.py(), block, secs, check),
+            AnyChannel::Remote(r) => r.get().recv(r.py(), block, secs, check),
+        }
+    }
+
+    /// `Channel.readable`.
+    pub(crate) fn readable(&self) -> PyResult<bool> {
+        match self {
+            AnyChannel::Local(c) => c.get().readable(),
+            AnyChannel::Remote(r) => r.get().readable(r.py()),
+        }
     }
 }
 
@@ -288,19 +342,13 @@ fn send_blocking(
     prefix: i32,
     t: Option<Duration>,
 ) -> PyResult<bool> {
-    let local = channel.cast::<Channel>().ok();
-    let remote = if local.is_none() { Some(channel.cast::<RemoteChannel>()?) } else { None };
+    let ch = AnyChannel::of(channel)?;
     let end = t.map(|t| Instant::now() + t);
     let mut pause = Duration::from_micros(500);
     loop {
         let left = end.map(|e| e.saturating_duration_since(Instant::now()));
         let (block, secs) = block_args(left);
-        let r = match (&local, &remote) {
-            (Some(c), _) => c.get().send(py, data, prefix, block, secs)?,
-            (None, Some(r)) => r.get().send(py, data, prefix, block, secs)?,
-            (None, None) => unreachable!("one of the two"),
-        };
-        match r {
+        match ch.send(data, prefix, block, secs)? {
             SENT => return Ok(true),
             NOT_SENT => return Ok(false),
             _ => check_fits(data.len().unwrap_or(0))?,
@@ -541,21 +589,15 @@ impl Queue {
     /// Receive one message (`(tag, payload)`), waiting at most `t`.
     fn recv<'py>(&self, py: Python<'py>, t: Option<Duration>) -> PyResult<Option<Bound<'py, PyTuple>>> {
         let (block, secs) = block_args(t);
-        match &self.chan {
-            PyChan::Local(_) => self.channel.bind(py).cast::<Channel>()?.get().recv(py, block, secs, None),
-            PyChan::Remote(rc) => rc.get().recv(py, block, secs, None),
-        }
+        AnyChannel::of(self.channel.bind(py))?.recv(block, secs, None)
     }
 }
 
 impl Queue {
     fn over(py: Python<'_>, channel: &Bound<'_, PyAny>, parts: Parts, on_error: Py<PyAny>) -> PyResult<Queue> {
-        let chan = if let Ok(c) = channel.cast::<Channel>() {
-            PyChan::Local(c.get().att())
-        } else if let Ok(r) = channel.cast::<RemoteChannel>() {
-            PyChan::Remote(r.clone().unbind())
-        } else {
-            return Err(pyo3::exceptions::PyTypeError::new_err("Queue takes a dragon channel"));
+        let chan = match AnyChannel::of(channel)? {
+            AnyChannel::Local(c) => PyChan::Local(c.get().att()),
+            AnyChannel::Remote(r) => PyChan::Remote(r.unbind()),
         };
         let q = make(py, chan.clone_ref(py), &parts, &on_error)?;
         Ok(Queue {
@@ -645,61 +687,39 @@ impl Queue {
         let t = block_timeout(block, timeout)?;
         self.with(py, |q| {
             let exact = q.waits_for_room();
-            // The Python exception of either step (the crate sees a Fault).
-            let (mut err, mut err2) = (None, None);
-            let r = run(
+            // A Python exception of either step is kept (raise_later) and
+            // raised by run(); the crate sees a Fault.
+            let send = |chan: &PyChan, t| {
+                if exact {
+                    // An exact queue's put: the send itself is bounded
+                    // (never deferred), and may wait.
+                    return send_blocking(py, self.channel.bind(py), data, prefix, t);
+                }
+                match chan {
+                    PyChan::Local(att) => match send_obj(py, &att.get()?, data, prefix, Some(Duration::ZERO))? {
+                        SENT => Ok(true),
+                        NO_MEMORY => {
+                            // Larger than all shared memory: raise (as
+                            // `_wire.check_fits`; no Python code runs here,
+                            // under the buffer's lock).
+                            check_fits(data.len().unwrap_or(0))?;
+                            Ok(false)
+                        }
+                        _ => Ok(false),
+                    },
+                    PyChan::Remote(rc) => rc.get().send_deferred(py, data, prefix, REMOTE_ROOM_WAIT.as_secs_f64()),
+                }
+            };
+            run(
                 || {
                     q.put_with(
                         t,
-                        |chan, t| {
-                            let r = if exact {
-                                // An exact queue's put: the send itself is
-                                // bounded (never deferred), and may wait.
-                                send_blocking(py, self.channel.bind(py), data, prefix, t)
-                            } else {
-                                match chan {
-                                    PyChan::Local(att) => match att.get() {
-                                        Ok(ch) => send_obj(py, &ch, data, prefix, Some(Duration::ZERO)).and_then(|r| {
-                                            match r {
-                                                SENT => Ok(true),
-                                                NO_MEMORY => {
-                                                    // Larger than all shared memory:
-                                                    // raise (as `_wire.check_fits`; no
-                                                    // Python code runs here, under the
-                                                    // buffer's lock).
-                                                    check_fits(data.len().unwrap_or(0))?;
-                                                    Ok(false)
-                                                }
-                                                _ => Ok(false),
-                                            }
-                                        }),
-                                        Err(e) => Err(e),
-                                    },
-                                    PyChan::Remote(rc) => {
-                                        rc.get().send_deferred(py, data, prefix, REMOTE_ROOM_WAIT.as_secs_f64())
-                                    }
-                                }
-                            };
-                            r.map_err(|e| {
-                                err = Some(e);
-                                Fault::Other(String::new())
-                            })
-                        },
-                        || {
-                            message(py, data, prefix).map_err(|e| {
-                                err2 = Some(e);
-                                Fault::Other(String::new())
-                            })
-                        },
+                        |chan, t| send(chan, t).map_err(raise_later),
+                        || message(py, data, prefix).map_err(raise_later),
                     )
                 },
                 |e| put_err(&e),
-            );
-            match (r, err.or(err2)) {
-                (_, Some(e)) => Err(e),
-                (Ok(started), None) => Ok(started),
-                (Err(e), None) => Err(e),
-            }
+            )
         })
     }
 
@@ -710,27 +730,15 @@ impl Queue {
     fn get<'py>(&self, py: Python<'py>, block: bool, timeout: Option<f64>) -> PyResult<Bound<'py, PyTuple>> {
         let t = block_timeout(block, timeout)?;
         self.with(py, |q| {
-            let mut err = None;
-            let r = run(
+            run(
                 || {
-                    q.get_with(t, |_, t| match self.recv(py, t) {
-                        Ok(Some(m)) => {
-                            let tag: u8 = m.get_item(0).and_then(|t| t.extract()).unwrap_or(TAG_PICKLE);
-                            Ok((queues::wire::split(&[tag]).0, m))
-                        }
-                        Ok(None) => Err(Fault::WouldBlock),
-                        Err(e) => {
-                            err = Some(e);
-                            Err(Fault::Other(String::new()))
-                        }
+                    q.get_with(t, |_, t| match self.recv(py, t).map_err(raise_later)? {
+                        Some(m) => Ok((tag_of(&m).map_err(raise_later)?, m)),
+                        None => Err(Fault::WouldBlock),
                     })
                 },
                 |e| get_err(&e),
-            );
-            match (r, err) {
-                (_, Some(e)) => Err(e),
-                (r, None) => r,
-            }
+            )
         })
     }
 

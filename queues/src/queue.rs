@@ -97,6 +97,13 @@ pub(crate) fn send_retrying<C: QueueChannel>(
     }
 }
 
+/// Receive one message of `chan` as an item, with its tag (what
+/// [`Queue::get`] gives [`Queue::get_with`]).
+pub(crate) fn recv_tagged<C: QueueChannel>(chan: &C, t: Option<Duration>) -> Result<(Tag, Item<C::Msg>), Fault> {
+    let item = Item::new(chan.recv(t)?);
+    Ok((item.tag(), item))
+}
+
 /// Receive the next item with `recv` (see [`Queue::get_with`]), waiting at
 /// most `timeout` in all: control messages are skipped.
 pub(crate) fn recv_item<C, T>(
@@ -592,10 +599,7 @@ impl<C: QueueChannel, Y: QueueSync> Queue<C, Y> {
     /// `Some(Duration::ZERO)`: not at all); [`GetError::Empty`] if none
     /// came. Control messages are skipped.
     pub fn get(&self, timeout: Option<Duration>) -> Result<Item<C::Msg>, GetError> {
-        self.get_with(timeout, |chan, t| {
-            let item = Item::new(chan.recv(t)?);
-            Ok((item.tag(), item))
-        })
+        self.get_with(timeout, recv_tagged)
     }
 
     /// A get whose receiving the caller does, by the queue's rules:

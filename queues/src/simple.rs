@@ -3,7 +3,7 @@
 use crate::channel::{Fault, QueueChannel, ShmChannel};
 use crate::error::{GetError, PutError, QueueError};
 use crate::handle::{Mode, QueueHandle, QueueKind};
-use crate::queue::{recv_item, send_retrying, MAX_ATTACHMENTS, SLOT_SIZE, UNBOUNDED_CAPACITY};
+use crate::queue::{recv_item, recv_tagged, send_retrying, MAX_ATTACHMENTS, SLOT_SIZE, UNBOUNDED_CAPACITY};
 use crate::wire::{self, Item, Tag};
 use channels_core::{ChannelOptions, Roles};
 use shm_primitives::sync::local::{AtomicBool, Ordering};
@@ -99,10 +99,7 @@ impl<C: QueueChannel> SimpleQueue<C> {
 
     /// Take the next item, waiting at most `timeout`.
     pub fn get_timeout(&self, timeout: Option<Duration>) -> Result<Item<C::Msg>, GetError> {
-        self.get_with(timeout, |chan, t| {
-            let item = Item::new(chan.recv(t)?);
-            Ok((item.tag(), item))
-        })
+        self.get_with(timeout, recv_tagged)
     }
 
     /// A get whose receiving the caller does, as [`crate::Queue::get_with`]:
