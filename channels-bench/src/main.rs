@@ -27,6 +27,54 @@ const FLOOR_TIMEOUT: Option<Duration> = None;
 
 // ---- plumbing ---------------------------------------------------------------------
 
+/// While alive, this process (and every peer it spawns, which inherits the
+/// mask) runs on the one vCPU it is on now; the old mask comes back on drop.
+///
+/// For the blocking round trips. A wake-up's cost depends mostly on where
+/// the woken process is: on the waker's vCPU it is a context switch (about
+/// 4 µs here), on the other, idle vCPU it is an interrupt to a halted vCPU,
+/// which in this kind of VM (no halt-polling) takes about 50 µs. Unpinned,
+/// the scheduler picks one or the other per process pair, by chance, so a
+/// case could land 12x off its floor with no difference in code. Pinned,
+/// every implementation and its floor pay the same placement, and the ratio
+/// measures the code. `BENCH_BLOCK_UNPINNED=1` measures unpinned.
+struct OneCpu(Option<libc::cpu_set_t>);
+
+impl OneCpu {
+    fn here() -> OneCpu {
+        if std::env::var_os("BENCH_BLOCK_UNPINNED").is_some_and(|v| v == "1") {
+            return OneCpu(None);
+        }
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls write
+        // into and read from the sets we own.
+        unsafe {
+            let mut old: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut old) != 0 {
+                return OneCpu(None);
+            }
+            let cpu = libc::sched_getcpu();
+            if cpu < 0 {
+                return OneCpu(None);
+            }
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu as usize, &mut one);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one) != 0 {
+                return OneCpu(None);
+            }
+            OneCpu(Some(old))
+        }
+    }
+}
+
+impl Drop for OneCpu {
+    fn drop(&mut self) {
+        if let Some(old) = &self.0 {
+            // SAFETY: `old` is the mask read in `here`.
+            unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), old) };
+        }
+    }
+}
+
 struct Peer {
     child: Child,
     stdin: ChildStdin,
@@ -834,6 +882,13 @@ fn child(role: &str, args: &[String]) {
     }
 }
 
+/// Run a blocking round-trip case with both processes on one vCPU (see
+/// [`OneCpu`]).
+fn pinned(case: impl FnOnce(&mut Vec<(String, f64)>), results: &mut Vec<(String, f64)>) {
+    let _one = OneCpu::here();
+    case(results);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--child") {
@@ -849,10 +904,10 @@ fn main() {
     // vCPUs busy) the first sleeps of a process take several times longer
     // on this kind of machine, which would penalise whichever case runs next.
     let cases: &[Case] = &[
-        ("rtt_block_8B/pipe", pipe_rtt),
-        ("rtt_block_8B/futex", |r| raw_rtt(true, r)),
-        ("rtt_block_8B/dragon", |r| dragon_rtt(false, r)),
-        ("rtt_block_8B/iceoryx2", |r| iox::rtt(false, r)),
+        ("rtt_block_8B/pipe", |r| pinned(pipe_rtt, r)),
+        ("rtt_block_8B/futex", |r| pinned(|r| raw_rtt(true, r), r)),
+        ("rtt_block_8B/dragon", |r| pinned(|r| dragon_rtt(false, r), r)),
+        ("rtt_block_8B/iceoryx2", |r| pinned(|r| iox::rtt(false, r), r)),
         ("rtt_spin_8B/spin", |r| raw_rtt(false, r)),
         ("rtt_spin_8B/dragon", |r| dragon_rtt(true, r)),
         ("rtt_spin_8B/iceoryx2", |r| iox::rtt(true, r)),
