@@ -24,6 +24,10 @@ def pid(_=None):
     return os.getpid()
 
 
+def wait_event(event, timeout=120):
+    return event.wait(timeout)
+
+
 def slow_square(x, delay=0.05):
     time.sleep(delay)
     return x * x

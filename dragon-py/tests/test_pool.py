@@ -599,6 +599,48 @@ def test_process_pool_executor_initializer_and_cancel(ctx):
         assert all(f.result() == i * i for i, f in enumerate(slow) if not f.cancelled())
 
 
+def test_process_pool_executor_worker_ending_before_it_is_recorded(ctx, monkeypatch):
+    """A max_tasks_per_child worker can run its task and report its end
+    before the executor has recorded it (its start not yet returned, as on a
+    loaded machine): the executor waits for the record instead of losing its
+    manager thread to a KeyError (which left every future unresolved)."""
+    import concurrent.futures as cf
+    import sys
+    import threading
+
+    from dragon.context import DragonProcess
+
+    ended_first = []
+    real_pid = DragonProcess.pid
+
+    def pid_after_the_worker_ended(self):
+        caller = sys._getframe(1)
+        if (caller.f_code.co_name == "_spawn_process" and not ended_first
+                and threading.current_thread() is threading.main_thread()):
+            executor = caller.f_locals["self"]
+            if executor._executor_manager_thread is not None:
+                # The worker takes the queued task, reports its end and
+                # exits, all before _spawn_process records it.
+                self.join(120)
+                ended_first.append(self.exitcode)
+        return real_pid.fget(self)
+
+    monkeypatch.setattr(DragonProcess, "pid", property(pid_after_the_worker_ended), raising=False)
+    gate = ctx.Event()
+    ex = cf.ProcessPoolExecutor(2, mp_context=ctx, max_tasks_per_child=1)
+    try:
+        busy = ex.submit(ph.wait_event, gate)  # the first worker, started before the manager thread
+        quick = ex.submit(ph.square, 7)  # the second, started while the manager thread runs
+        assert quick.result(120) == 49
+        assert ended_first == [0]
+        gate.set()
+        assert busy.result(120) is True
+        assert ex.submit(ph.square, 3).result(120) == 9
+    finally:
+        gate.set()
+        ex.shutdown(wait=True)
+
+
 def test_pool_messages_are_the_struct_formats_byte_for_byte():
     """The pool crate's message headers are those the struct formats of
     the Python pool used ("<cqqqBI", "<cqqq", "<cqqqq"), both ways."""
