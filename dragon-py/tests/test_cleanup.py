@@ -142,3 +142,29 @@ def test_template_sigterm_cleans_up(tmp_path):
     assert wait_until(lambda: not shm_files(info["run"]), 15)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(30)
+
+
+def test_a_program_using_another_start_method_leaves_nothing(tmp_path):
+    """A program that imports dragon but runs on fork (the standard
+    library's semaphores, noted in the run's directory) leaves no file of
+    its run in /dev/shm."""
+    path = write_script(tmp_path, """
+        import multiprocessing as mp
+        import dragon
+        from dragon import runtime
+
+        def put(q):
+            q.put(1)
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("fork")
+            q = ctx.Queue()
+            p = ctx.Process(target=put, args=(q,))
+            p.start()
+            assert q.get(timeout=60) == 1
+            p.join()
+            print(runtime.run_id(), flush=True)
+        """)
+    r = subprocess.run([sys.executable, path], env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert shm_files(r.stdout.strip()) == []

@@ -40,6 +40,12 @@ def note(kind: str, *fields: object) -> None:
     if _full_pid == pid:
         return
     line = " ".join([kind, str(pid), *(str(f).replace("\n", " ") for f in fields)]) + "\n"
+    # The file is one of the run's: removed by the run's template, or, in a
+    # program that never starts a dragon process (one that imports dragon
+    # and uses another start method, say), at exit by the run's owner.
+    from ._lifetime import object_created
+
+    object_created()
     try:
         fd = os.open(path(), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError:
