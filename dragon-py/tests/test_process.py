@@ -445,29 +445,33 @@ def test_dragon_cli(tmp_path):
     assert r.stdout.splitlines() == ["[-1, -2]"]
 
 
-def test_exited_child_keeps_its_pid_until_let_go():
-    # As with the standard start methods, an exited child's pid keeps naming
-    # it (a zombie) until the parent has let go of it: a signal sent right
-    # after it exited must not fail, nor reach a process that reused the pid.
+def test_exited_child_keeps_its_pid_until_its_exit_is_seen():
+    # As with fork, an exited child's pid keeps naming it (a zombie) until
+    # the parent has seen the exit (join, poll, is_alive): a signal sent in
+    # between must not fail, nor reach a process that reused the pid. Once
+    # seen, the child is reaped, as fork's waitpid does, while the Process
+    # object lives on (a program that keeps its Process objects, a Pool's
+    # workers, leaves no zombies).
+    from multiprocessing.connection import wait
+
     ctx = mp.get_context("dragon")
     p = ctx.Process(target=time.sleep, args=(0,))
     p.start()
-    deadline = time.monotonic() + 30
-    while p.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert wait([p.sentinel], 60) == [p.sentinel]  # exited; not yet seen
     os.kill(p.pid, 0)  # still there, as a zombie
     p.join()
     assert p.exitcode == 0
-    pid = p.pid
-    p.close()
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            os.kill(pid, 0)
+            os.kill(p.pid, 0)
         except ProcessLookupError:
             break
         time.sleep(0.01)
     else:
-        raise AssertionError("the template did not reap the child after its sentinel was closed")
+        raise AssertionError("the template did not reap the child after its exit was seen")
+    assert p.exitcode == 0 and not p.is_alive()
+    p.close()
 
 
 def test_socket_default_timeout_does_not_reach_the_runtime(ctx):

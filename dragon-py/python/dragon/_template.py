@@ -33,8 +33,9 @@ Protocol, one connection per started process:
   the template (empty if it did not fail). A pool whose workers all die
   before they start asks, to say why in its own error.
 * The child stays a zombie (its pid keeps naming it) until the client
-  closes the connection, as a child of ``fork`` stays one until it is
-  joined; then the template reaps it.
+  closes the connection, which it does once it has read the exit code
+  (``join``, ``poll``, ``is_alive``), as a child of ``fork`` stays one
+  until then; then the template reaps it.
 
 Watchdog: when the starter exits (a pidfd of it becomes readable) or closes
 ``ALIVE_FD`` (its normal shutdown), or on ``SIGTERM``, the template kills
@@ -180,8 +181,8 @@ class _Template:
         """Report exited children to their clients.
 
         An exited child stays a zombie until its client lets go of the
-        connection (closes the process's sentinel, or exits), as a child of
-        the standard start methods stays one until it is joined: its pid
+        connection (once it has seen the exit, or at ``close()``, or when it
+        exits), as a child of ``fork`` stays one until it is joined: its pid
         keeps naming it, so ``os.kill(p.pid, ...)`` right after it exited
         neither fails nor hits a process that reused the pid. ``final``
         reaps everything (the run is ending).

@@ -249,6 +249,16 @@ class Popen:
             if self._pidfd >= 0:
                 self._owned_fds.append(self._pidfd)
             proto.close_all(pidfds[1:])
+            if self.returncode is not None:
+                self._let_go()
+
+    def _let_go(self):
+        """The exit status is known: close the start connection, so that the
+        template reaps the child, as ``waitpid`` in a ``fork`` child's
+        ``poll`` does (the sentinel stays open until :meth:`close`). Called
+        with ``_lock`` held."""
+        if self._pid is not None:
+            self._sock.close()
 
     # -- state ----------------------------------------------------------------
     def _read_status(self):
@@ -266,6 +276,7 @@ class Popen:
                 data = b""
             if len(data) == proto.INT64:
                 self.returncode = int.from_bytes(data, "little", signed=True)
+                self._let_go()
             elif data:
                 return  # the rest of the 8 bytes is on its way
             else:
