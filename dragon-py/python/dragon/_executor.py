@@ -13,7 +13,6 @@ already is), by a finder that steps aside for every other module.
 from __future__ import annotations
 
 import functools
-import importlib.abc
 import importlib.util
 import sys
 
@@ -45,8 +44,11 @@ def _patch(module) -> None:
         cls.__init__ = _sized(cls.__init__)
 
 
-class _Finder(importlib.abc.MetaPathFinder):
-    """Patches the executor's module right after it is executed."""
+class _Finder:
+    """Patches the executor's module right after it is executed (a meta
+    path finder: ``find_spec`` is all the import system asks of one; not
+    derived from ``importlib.abc.MetaPathFinder``, whose module costs every
+    ``import dragon`` about 18 ms)."""
 
     def find_spec(self, name, path=None, target=None):
         if name != _MODULE:
