@@ -15,20 +15,60 @@ error, in every process of the run (children inherit the variable). ``DRAGON_DEB
 """
 from __future__ import annotations
 
-import logging
 import os
+import sys
 
 __all__ = ["logger", "LEVEL_ENV", "configure", "parse_level"]
 
 LEVEL_ENV = "DRAGON_LOG_LEVEL"
 
-logger = logging.getLogger("dragon")
-logger.addHandler(logging.NullHandler())
-
-#: The level of ``NONE`` (HPE Dragon's "no log"): above every record's.
-NONE = logging.CRITICAL + 10
+#: The level of ``NONE`` (HPE Dragon's "no log"): above every record's
+#: (``logging.CRITICAL + 10``).
+NONE = 60
 
 _FORMAT = "dragon[%(process)d] %(levelname)s %(message)s"
+
+_RECORDS = frozenset(("debug", "info", "warning", "error", "critical", "exception", "log"))
+
+_real = None  # the logging.Logger, once made
+
+
+def _make():
+    """The ``dragon`` logger of :mod:`logging` (made once, with a
+    ``NullHandler``)."""
+    global _real
+    if _real is None:
+        import logging
+
+        real = logging.getLogger("dragon")
+        real.addHandler(logging.NullHandler())
+        _real = real
+    return _real
+
+
+def _drop(*args, **kwargs):
+    return None
+
+
+class _Logger:
+    """The ``dragon`` logger, made on first use that can reach anyone.
+
+    :mod:`logging` costs every ``import dragon`` (and the run's template)
+    about 9 ms, and a record can only reach a handler that a program set
+    up, which it cannot do without importing :mod:`logging`. So until
+    :mod:`logging` is imported (by the program, or by :func:`configure` for
+    ``DRAGON_LOG_LEVEL``), records go nowhere without it, exactly where the
+    logger with only its ``NullHandler`` would have sent them."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name):
+        if _real is None and "logging" not in sys.modules and name in _RECORDS:
+            return _drop
+        return getattr(_make(), name)
+
+
+logger = _Logger()
 
 
 def parse_level(text: str) -> int:
@@ -38,14 +78,28 @@ def parse_level(text: str) -> int:
         return NONE
     if t.lstrip("-").isdigit():
         return int(t)
+    import logging
+
     level = logging.getLevelName(t.upper())
     if isinstance(level, int):
         return level
     raise ValueError("unknown log level %r (one of DEBUG, INFO, WARNING, ERROR, CRITICAL, NONE, or a number)" % text)
 
 
-class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
-    """The handler this module adds (so that it is added once)."""
+_handler_class = None
+
+
+def _handler():
+    """A handler of this module's kind (so that it is added once)."""
+    global _handler_class
+    import logging
+
+    if _handler_class is None:
+        class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+            """The handler this module adds."""
+
+        _handler_class = _Handler
+    return _handler_class
 
 
 def configure(level: str | None = None) -> None:
@@ -59,16 +113,18 @@ def configure(level: str | None = None) -> None:
     try:
         value = parse_level(level)
     except ValueError as e:
-        import sys
-
         sys.stderr.write("dragon: %s=%s ignored: %s\n" % (LEVEL_ENV, level, e))
         return
-    logger.setLevel(value)
-    if not any(isinstance(h, _Handler) for h in logger.handlers):
-        handler = _Handler()
+    import logging
+
+    real = _make()
+    real.setLevel(value)
+    kind = _handler()
+    if not any(isinstance(h, kind) for h in real.handlers):
+        handler = kind()
         handler.setFormatter(logging.Formatter(_FORMAT))
-        logger.addHandler(handler)
-        logger.propagate = False  # one line per record, whatever the root logger has
+        real.addHandler(handler)
+        real.propagate = False  # one line per record, whatever the root logger has
 
 
 configure()
