@@ -193,6 +193,57 @@ def test_executor_worker_killed_on_node2_breaks_the_executor(cluster):
     _assert_clean(cluster)
 
 
+def test_processes_of_a_node_share_one_resource_tracker(cluster):
+    # The standard library's resource tracker (SharedMemory, semaphores):
+    # processes started from another node share their node's, as a parent's
+    # children share its tracker on one node; before, each started its own.
+    script = _script(cluster, "trackers.py", """
+        import multiprocessing as mp, os, socket
+        from multiprocessing import shared_memory
+
+        def trackers():
+            n = 0
+            for pid in os.listdir("/proc"):
+                if pid.isdigit():
+                    try:
+                        with open("/proc/%s/cmdline" % pid, "rb") as f:
+                            n += b"resource_tracker import main" in f.read()
+                    except OSError:
+                        pass
+            return n
+
+        def use(i, met, done, q):
+            m = shared_memory.SharedMemory(create=True, size=4096)
+            m.buf[0] = i
+            met.wait(120)  # every process holds its memory, and its tracker if it has one
+            q.put((socket.gethostname(), m.buf[0] == i, trackers()))
+            done.wait(120)
+            m.close()
+            m.unlink()
+
+        if __name__ == "__main__":
+            mp.set_start_method("dragon")
+            met, done, q = mp.Barrier(6), mp.Barrier(6), mp.Queue()
+            ps = [mp.Process(target=use, args=(i, met, done, q)) for i in range(6)]
+            for p in ps:
+                p.start()
+            seen = sorted(q.get(timeout=120) for _ in ps)
+            for p in ps:
+                p.join(120)
+            print("seen", seen)
+            print("exit", [p.exitcode for p in ps])
+        """)
+    r = _run(cluster, script)
+    _ok(r)
+    out = r.stdout
+    assert _value(out, "exit") == [0] * 6, out
+    # Two processes per node, each with its memory intact, and one tracker
+    # on every node.
+    assert _value(out, "seen") == [(h, True, 1) for h in ("node1", "node1", "node2", "node2", "node3",
+                                                           "node3")], out
+    _assert_clean(cluster)
+
+
 def test_manager_and_listener_across_nodes(cluster):
     script = _script(cluster, "manager.py", ON_NODE + """
         import multiprocessing as mp, os, socket

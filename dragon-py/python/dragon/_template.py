@@ -98,6 +98,10 @@ class _Template:
         # service dies, nobody else of the run is left on the node).
         self.owns_run = (runtime.run_owner(self.run_id)[0] == starter
                          or os.environ.get("DRAGON_NODE_INDEX", "0") not in ("", "0"))
+        # On a secondary node, the node's processes share one resource
+        # tracker, the template's (started at the first start): their
+        # parents' are on another node.
+        self.node_tracker = os.environ.get("DRAGON_NODE_INDEX", "0") not in ("", "0")
         self.alive_fd = alive_fd
         self.listener = socket.socket(fileno=listener_fd)
         self.listener.setblocking(False)
@@ -300,6 +304,9 @@ class _Template:
         # template's handlers and wakeup fd: a SIGTERM sent to a brand-new
         # child must kill it (delivered on unblocking), not be mistaken for
         # one sent to the template.
+        if self.node_tracker:
+            self.node_tracker = False
+            _start_tracker()
         signal = self.signal
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         try:
@@ -390,6 +397,18 @@ class _Template:
         os._exit(0)
 
 
+def _start_tracker():
+    """Start this process's resource tracker (the standard library's), which
+    the children it forks then share. Without one they work as before:
+    each starts its own when it first needs one."""
+    try:
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+    except Exception:
+        pass
+
+
 def _waitpid(pid):
     try:
         os.waitpid(pid, 0)
@@ -457,7 +476,13 @@ def _child_main(fds):
                 pass
         _apply_environ(head["env"])
         tracker = head["tracker"]
-        resource_tracker._resource_tracker._fd = fds[tracker] if tracker is not None else None
+        if tracker is not None:
+            resource_tracker._resource_tracker._fd = fds[tracker]
+        elif not head.get("parent_lifeline"):
+            resource_tracker._resource_tracker._fd = None
+        # else: a process whose parent is on another node keeps its node's
+        # tracker, the template's (None if it has none).
+        resource_tracker._resource_tracker._pid = None  # the tracker is not its child
         proto.inherited_fds = fds[head["extra"]:]
         process.current_process()._inheriting = True
         try:
