@@ -24,7 +24,9 @@ def pid(_=None):
     return os.getpid()
 
 
-def wait_event(event, timeout=120):
+def wait_event(event, timeout=120, started=None):
+    if started is not None:
+        started.set()
     return event.wait(timeout)
 
 

@@ -626,10 +626,13 @@ def test_process_pool_executor_worker_ending_before_it_is_recorded(ctx, monkeypa
         return real_pid.fget(self)
 
     monkeypatch.setattr(DragonProcess, "pid", property(pid_after_the_worker_ended), raising=False)
-    gate = ctx.Event()
+    gate, started = ctx.Event(), ctx.Event()
     ex = cf.ProcessPoolExecutor(2, mp_context=ctx, max_tasks_per_child=1)
     try:
-        busy = ex.submit(ph.wait_event, gate)  # the first worker, started before the manager thread
+        # The first worker, started before the manager thread, holds the
+        # first task (so the second worker is the only one to take the next).
+        busy = ex.submit(ph.wait_event, gate, 120, started)
+        assert started.wait(120)
         quick = ex.submit(ph.square, 7)  # the second, started while the manager thread runs
         assert quick.result(120) == 49
         assert ended_first == [0]
