@@ -244,6 +244,56 @@ def test_processes_of_a_node_share_one_resource_tracker(cluster):
     _assert_clean(cluster)
 
 
+def test_a_process_on_another_node_is_reaped_once_its_exit_is_seen(cluster):
+    # As on one node: the exited child stays a zombie on its node until its
+    # parent has seen the exit, then its node's template reaps it, while the
+    # Process object lives on.
+    script = _script(cluster, "reaped.py", ON_NODE + """
+        import os, time
+        from multiprocessing.connection import wait
+
+        def state(ask, q):
+            pid = ask.get(timeout=120)
+            try:
+                with open("/proc/%d/stat" % pid) as f:
+                    q.put(f.read().rsplit(")", 1)[1].split()[0])
+            except FileNotFoundError:
+                q.put("gone")
+
+        def reaped(pid, q):
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    open("/proc/%d/stat" % pid).close()
+                except FileNotFoundError:
+                    q.put("gone")
+                    return
+                time.sleep(0.01)
+            q.put("still there")
+
+        if __name__ == "__main__":
+            mp.set_start_method("dragon")
+            q, ask = mp.Queue(), mp.Queue()
+            # Started first: starting a process looks at the exits of the
+            # others (multiprocessing's _cleanup), as with fork.
+            c = on(1, state, ask, q)
+            p = on(1, time.sleep, 0)
+            wait([p.sentinel], 120)  # exited; not yet seen
+            ask.put(p.pid)
+            print("before", q.get(timeout=120))
+            c.join(120)
+            p.join(120)
+            c = on(1, reaped, p.pid, q)
+            print("after", q.get(timeout=150), p.exitcode)
+            c.join(120)
+        """)
+    r = _run(cluster, script)
+    _ok(r)
+    assert "before Z" in r.stdout, r.stdout
+    assert "after gone 0" in r.stdout, r.stdout
+    _assert_clean(cluster)
+
+
 def test_manager_and_listener_across_nodes(cluster):
     script = _script(cluster, "manager.py", ON_NODE + """
         import multiprocessing as mp, os, socket

@@ -404,6 +404,10 @@ class RemotePopen:
                 data = b""
             if len(data) == 8:
                 self.returncode = struct.unpack("<q", data)[0]
+                # Let go of the process (RELEASE), so that its node's
+                # template reaps it, as on this node (dragon.popen); the
+                # sentinel stays open until close().
+                self._ctl.close()
             elif not data:
                 # The service is gone without telling: the run is ending.
                 self.returncode = 255
