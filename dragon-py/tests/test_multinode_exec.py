@@ -197,6 +197,7 @@ def test_processes_of_a_node_share_one_resource_tracker(cluster):
     # The standard library's resource tracker (SharedMemory, semaphores):
     # processes started from another node share their node's, as a parent's
     # children share its tracker on one node; before, each started its own.
+    _assert_clean(cluster)  # no tracker of an earlier run still ending
     script = _script(cluster, "trackers.py", """
         import multiprocessing as mp, os, socket
         from multiprocessing import shared_memory
