@@ -439,6 +439,11 @@ class RemotePopen:
         except ServiceError:
             if self.wait(timeout=0.1) is None:
                 raise
+        except OSError:
+            # Another thread saw the exit meanwhile and let go (closed the
+            # connection): nothing left to signal.
+            if self.returncode is None:
+                raise
 
     def terminate(self):
         self._send_signal(signal.SIGTERM)
