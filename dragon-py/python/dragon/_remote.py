@@ -37,7 +37,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import socket
 import struct
 import threading
@@ -48,6 +47,7 @@ from multiprocessing.context import set_spawning_popen
 from multiprocessing.reduction import ForkingPickler
 
 from . import _wire, runtime
+from ._exitstatus import ExitStatus
 
 __all__ = ["RemotePopen", "ServiceError", "multinode", "nodes", "this_node", "service_address"]
 
@@ -295,7 +295,7 @@ class ParentElsewhere(process._ParentProcess):
         self._fd = None
 
 
-class RemotePopen:
+class RemotePopen(ExitStatus):
     """``Popen`` of a process on another node (see the module docs)."""
 
     method = "dragon"
@@ -412,25 +412,6 @@ class RemotePopen:
                 # The service is gone without telling: the run is ending.
                 self.returncode = 255
 
-    def poll(self, flag=os.WNOHANG):
-        if self.returncode is None:
-            if flag != os.WNOHANG:
-                from multiprocessing.connection import wait
-
-                wait([self.sentinel])
-            self._read_status()
-        return self.returncode
-
-    def wait(self, timeout=None):
-        if self.returncode is None:
-            if timeout is not None:
-                from multiprocessing.connection import wait
-
-                if not wait([self.sentinel], timeout):
-                    return None
-            return self.poll(os.WNOHANG if timeout == 0.0 else 0)
-        return self.returncode
-
     def _send_signal(self, sig):
         if self.returncode is not None:
             return
@@ -444,16 +425,6 @@ class RemotePopen:
             # connection): nothing left to signal.
             if self.returncode is None:
                 raise
-
-    def terminate(self):
-        self._send_signal(signal.SIGTERM)
-
-    def kill(self):
-        self._send_signal(signal.SIGKILL)
-
-    def close(self):
-        if self.finalizer is not None:
-            self.finalizer()
 
 
 def _close(ctl, watch):

@@ -26,6 +26,7 @@ from multiprocessing.context import set_spawning_popen
 
 from . import _startproto as proto
 from . import _log, _registry, _wire
+from ._exitstatus import ExitStatus
 from . import runtime
 
 __all__ = ["Popen", "TemplateError"]
@@ -98,7 +99,7 @@ def _connect(addr):
     return sock
 
 
-class Popen:
+class Popen(ExitStatus):
     method = "dragon"
     DupFd = InheritedFd
 
@@ -286,25 +287,6 @@ class Popen:
                           self._pid, runtime.template_status())
                 self.returncode = 255
 
-    def poll(self, flag=os.WNOHANG):
-        if self.returncode is None:
-            if flag != os.WNOHANG:
-                from multiprocessing.connection import wait
-
-                wait([self.sentinel])
-            self._read_status()
-        return self.returncode
-
-    def wait(self, timeout=None):
-        if self.returncode is None:
-            if timeout is not None:
-                from multiprocessing.connection import wait
-
-                if not wait([self.sentinel], timeout):
-                    return None
-            return self.poll(os.WNOHANG if timeout == 0.0 else 0)
-        return self.returncode
-
     # -- signals --------------------------------------------------------------
     def _send_signal(self, sig):
         if self.returncode is not None:
@@ -323,16 +305,6 @@ class Popen:
         except OSError:
             if self.wait(timeout=0.1) is None:
                 raise
-
-    def terminate(self):
-        self._send_signal(signal.SIGTERM)
-
-    def kill(self):
-        self._send_signal(signal.SIGKILL)
-
-    def close(self):
-        if self.finalizer is not None:
-            self.finalizer()
 
 
 def _close(sock, exit_sock, fds):
