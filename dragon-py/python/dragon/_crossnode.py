@@ -35,30 +35,18 @@ starts a process of a multi-node run) mends each, for that run only:
   makes the manager (it reports its address through an OS pipe).
 
 On one node none of this happens: executors and managers are exactly the
-standard library's, but for one race of the executor that our starts widen,
-mended on any number of nodes (:func:`hold_worker_table`):
-
-* **A worker that reports before it is recorded.** ``_spawn_process``
-  records a worker (``_processes[p.pid] = p``) after ``p.start()`` returns,
-  and the manager thread takes an ending worker out of that table by the
-  pid the worker reports. A start through the template or another node's
-  service returns once it has heard back, and on a loaded machine the
-  worker can run a task and report its end before that (a ``KeyError`` in
-  the manager thread, which then dies and leaves every future unresolved).
-  The executor's table becomes a :class:`WorkerTable`, whose ``pop`` of a
-  worker not recorded yet waits for the record.
+standard library's (but for what :mod:`dragon._executor` changes on any
+number of nodes).
 """
 from __future__ import annotations
 
 import os
 import socket
 import sys
-import threading
 
 from . import _remote
 
-__all__ = ["prepare", "here_after_all", "worker_key", "node_address", "KeyedResults", "hold_worker_table",
-           "WorkerTable"]
+__all__ = ["prepare", "here_after_all", "worker_key", "node_address", "KeyedResults"]
 
 #: The channel of a call queue holds at least this many messages more than
 #: the queue's size (the end-of-process messages of closing pipe ends).
@@ -67,70 +55,12 @@ _SLOT_SIZE = 256
 _MAX_ATTACHMENTS = 1023
 
 
-#: How long ``WorkerTable.pop`` waits for a worker to be recorded (seconds):
-#: the recording follows its start's return; past this, the ``KeyError`` of
-#: the standard table.
-_RECORD_WAIT = 120.0
-
 _EXECUTOR_WORKER = ("concurrent.futures.process", "_process_worker")
 
 
 def _target(process_obj):
     t = getattr(process_obj, "_target", None)
     return getattr(t, "__module__", None), getattr(t, "__qualname__", None)
-
-
-class WorkerTable(dict):
-    """An executor's worker table (``ProcessPoolExecutor._processes``):
-    a ``dict`` whose ``pop`` of a key not in it yet waits, up to
-    ``_RECORD_WAIT`` seconds, for the key to be set (see the module docs)."""
-
-    __slots__ = ("_changed",)
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._changed = threading.Condition(threading.Lock())
-
-    def __setitem__(self, key, value):
-        with self._changed:
-            super().__setitem__(key, value)
-            self._changed.notify_all()
-
-    def pop(self, key, *default):
-        if key not in self and not default:
-            with self._changed:
-                self._changed.wait_for(lambda: key in self, _RECORD_WAIT)
-        return super().pop(key, *default)
-
-    def __reduce__(self):
-        return dict, (dict(self),)
-
-
-def hold_worker_table(process_obj) -> None:
-    """When ``process_obj`` is the first worker a ``ProcessPoolExecutor``
-    starts, make the executor's worker table a :class:`WorkerTable` (see
-    the module docs); otherwise nothing."""
-    if _target(process_obj) != _EXECUTOR_WORKER:
-        return
-    cfp = sys.modules.get("concurrent.futures.process")
-    spawn = getattr(getattr(cfp, "ProcessPoolExecutor", None), "_spawn_process", None)
-    code = getattr(spawn, "__code__", None)
-    if code is None:
-        return
-    # The executor is the caller of Process.start a few frames up:
-    # _spawn_process -> start -> _Popen -> here.
-    frame = sys._getframe(1)
-    for _ in range(8):
-        if frame is None or frame.f_code is code:
-            break
-        frame = frame.f_back
-    if frame is None or frame.f_code is not code:
-        return
-    executor = frame.f_locals.get("self")
-    table = getattr(executor, "_processes", None)
-    # Before the manager thread exists, nothing else holds the table.
-    if type(table) is dict and not table and getattr(executor, "_executor_manager_thread", 0) is None:
-        executor._processes = WorkerTable()
 
 
 def prepare(process_obj, node: int):

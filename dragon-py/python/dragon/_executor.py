@@ -1,11 +1,23 @@
-"""``concurrent.futures.ProcessPoolExecutor`` sized for the run.
+"""``concurrent.futures.ProcessPoolExecutor`` on the ``dragon`` start method.
 
-Without ``max_workers``, the standard executor starts ``os.cpu_count()``
-workers: this node's CPUs. On the ``dragon`` start method its workers go
-to every node of the run, so there it starts as many as the run has CPUs
-(``cpu_count()`` of the context: every node's, or a Slurm allocation's),
-as ``Pool()`` does. On one node that is the same number. Nothing else of
-the executor changes.
+Two things change, and only for executors whose context is ``dragon``:
+
+* **Size.** Without ``max_workers``, the standard executor starts
+  ``os.cpu_count()`` workers: this node's CPUs. On the ``dragon`` start
+  method its workers go to every node of the run, so there it starts as
+  many as the run has CPUs (``cpu_count()`` of the context: every node's,
+  or a Slurm allocation's), as ``Pool()`` does. On one node that is the
+  same number.
+* **A worker that reports before it is recorded.** ``_spawn_process``
+  records a worker (``_processes[p.pid] = p``) after ``p.start()``
+  returns, and the manager thread takes an ending worker out of that table
+  by the pid the worker reports. A start through the template or another
+  node's service returns once it has heard back, and on a loaded machine
+  a ``max_tasks_per_child`` worker can run its task and report its end
+  before that (a ``KeyError`` in the manager thread, which then dies and
+  leaves every future unresolved). The executor's table is a
+  :class:`WorkerTable`, whose ``pop`` of a worker not recorded yet waits
+  for the record.
 
 The executor's module is patched when it is imported (or at once, if it
 already is), by a finder that steps aside for every other module.
@@ -15,8 +27,41 @@ from __future__ import annotations
 import functools
 import importlib.util
 import sys
+import threading
 
 _MODULE = "concurrent.futures.process"
+
+
+#: How long ``WorkerTable.pop`` waits for a worker to be recorded (seconds):
+#: the recording follows its start's return; past this, the ``KeyError`` of
+#: the standard table.
+_RECORD_WAIT = 120.0
+
+
+class WorkerTable(dict):
+    """An executor's worker table (``ProcessPoolExecutor._processes``):
+    a ``dict`` whose ``pop`` of a key not in it yet waits, up to
+    ``_RECORD_WAIT`` seconds, for the key to be set (see the module docs)."""
+
+    __slots__ = ("_changed",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._changed = threading.Condition(threading.Lock())
+
+    def __setitem__(self, key, value):
+        with self._changed:
+            super().__setitem__(key, value)
+            self._changed.notify_all()
+
+    def pop(self, key, *default):
+        if key not in self and not default:
+            with self._changed:
+                self._changed.wait_for(lambda: key in self, _RECORD_WAIT)
+        return super().pop(key, *default)
+
+    def __reduce__(self):
+        return dict, (dict(self),)
 
 
 def _sized(init):
@@ -33,6 +78,9 @@ def _sized(init):
             if getattr(ctx, "_name", None) == "dragon":
                 max_workers = ctx.cpu_count()
         init(self, max_workers, mp_context, *args, **kwargs)
+        # No worker started yet, no manager thread: nothing else holds the table.
+        if getattr(getattr(self, "_mp_context", None), "_name", None) == "dragon" and type(self._processes) is dict:
+            self._processes = WorkerTable(self._processes)
 
     __init__._dragon_sized = True
     return __init__

@@ -53,10 +53,6 @@ class DragonProcess(_mp_process.BaseProcess):
         from . import _placement, _remote, _wire
 
         _wire.install_executor_fallback()  # lambdas for ProcessPoolExecutor (no-op without one)
-        if process_obj._target is not None and getattr(process_obj._target, "__name__", "") == "_process_worker":
-            from . import _crossnode
-
-            _crossnode.hold_worker_table(process_obj)
         node = _placement.node_for(process_obj)
         remote = _remote.RemotePopen
         if _remote.multinode():
