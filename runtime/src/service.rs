@@ -1783,11 +1783,6 @@ impl Service {
 
     /// The process of lifeline `key` started: it is process `pid`.
     fn lifeline_started(&mut self, key: (u32, u64), pid: u32, launch: u64) {
-        self.lifeline_started_record(key, pid, launch);
-        self.answer_parent_asks();
-    }
-
-    fn lifeline_started_record(&mut self, key: (u32, u64), pid: u32, launch: u64) {
         // A lifeline still naming this pid is of a process that has ended
         // (its exit not yet read): the pid is another process's now.
         let stale: Vec<(u32, u64)> = self
@@ -1802,30 +1797,32 @@ impl Service {
         if let Some(x) = self.lifelines.get_mut(&key) {
             x.started = Some((pid, launch));
         }
+        self.answer_parent_asks();
+    }
+
+    /// The lifeline of the started process `pid`, if any.
+    fn lifeline_of(&self, pid: u32) -> Option<(u32, u64)> {
+        self.lifelines.iter().find(|(_, x)| x.started.is_some_and(|(p, _)| p == pid)).map(|(k, _)| *k)
     }
 
     /// A PARENT request of connection `t`: it stays open while the
-    /// lifeline of process `pid`'s parent does.
+    /// lifeline of process `pid`'s parent does. The asker may be a process
+    /// whose start is not known here yet (it ran before its start's event
+    /// came): then it is answered when it is.
     fn watch_parent(&mut self, t: Token, id: u64, pid: u32) {
-        let key = self.lifelines.iter().find(|(_, x)| x.started.is_some_and(|(p, _)| p == pid)).map(|(k, _)| *k);
-        if key.is_none() && self.lifelines.values().any(|x| x.started.is_none()) {
-            // The asker may be a process whose start is not known here
-            // yet (it ran before its start's event came): answer then.
-            self.parent_asks.push((t, id, pid));
-            return;
-        }
-        self.answer_parent(t, id, key);
+        self.parent_asks.push((t, id, pid));
+        self.answer_parent_asks();
     }
 
     /// Answer the PARENT requests waiting for starts: those whose process
-    /// is now known, and all of them once no start is under way.
+    /// is known, and all of them once no start is under way.
     fn answer_parent_asks(&mut self) {
         if self.parent_asks.is_empty() {
             return;
         }
         let starting = self.lifelines.values().any(|x| x.started.is_none());
         for (t, id, pid) in std::mem::take(&mut self.parent_asks) {
-            let key = self.lifelines.iter().find(|(_, x)| x.started.is_some_and(|(p, _)| p == pid)).map(|(k, _)| *k);
+            let key = self.lifeline_of(pid);
             if key.is_some() || !starting {
                 self.answer_parent(t, id, key);
             } else if self.conns.contains_key(&t) {
