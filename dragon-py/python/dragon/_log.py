@@ -86,20 +86,8 @@ def parse_level(text: str) -> int:
     raise ValueError("unknown log level %r (one of DEBUG, INFO, WARNING, ERROR, CRITICAL, NONE, or a number)" % text)
 
 
-_handler_class = None
-
-
-def _handler():
-    """A handler of this module's kind (so that it is added once)."""
-    global _handler_class
-    import logging
-
-    if _handler_class is None:
-        class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
-            """The handler this module adds."""
-
-        _handler_class = _Handler
-    return _handler_class
+#: The name of the handler this module adds (so that it is added once).
+_HANDLER = "dragon-stderr"
 
 
 def configure(level: str | None = None) -> None:
@@ -119,9 +107,9 @@ def configure(level: str | None = None) -> None:
 
     real = _make()
     real.setLevel(value)
-    kind = _handler()
-    if not any(isinstance(h, kind) for h in real.handlers):
-        handler = kind()
+    if not any(h.get_name() == _HANDLER for h in real.handlers):
+        handler = logging.StreamHandler()
+        handler.set_name(_HANDLER)
         handler.setFormatter(logging.Formatter(_FORMAT))
         real.addHandler(handler)
         real.propagate = False  # one line per record, whatever the root logger has

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import os
 
+from ._lifetime import object_created
+
 __all__ = ["note", "path", "read", "parse", "note_stdlib_semaphores", "MAX_BYTES"]
 
 #: Size after which processes stop appending (the view is then partial).
@@ -43,8 +45,6 @@ def note(kind: str, *fields: object) -> None:
     # The file is one of the run's: removed by the run's template, or, in a
     # program that never starts a dragon process (one that imports dragon
     # and uses another start method, say), at exit by the run's owner.
-    from ._lifetime import object_created
-
     object_created()
     try:
         fd = os.open(path(), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)

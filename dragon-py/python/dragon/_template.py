@@ -96,12 +96,12 @@ class _Template:
         # end if its starter owns the run, or if it serves a secondary node
         # of a multi-node run (started by that node's service: if the
         # service dies, nobody else of the run is left on the node).
-        self.owns_run = (runtime.run_owner(self.run_id)[0] == starter
-                         or os.environ.get("DRAGON_NODE_INDEX", "0") not in ("", "0"))
+        secondary = os.environ.get("DRAGON_NODE_INDEX", "0") not in ("", "0")
+        self.owns_run = runtime.run_owner(self.run_id)[0] == starter or secondary
         # On a secondary node, the node's processes share one resource
         # tracker, the template's (started at the first start): their
         # parents' are on another node.
-        self.node_tracker = os.environ.get("DRAGON_NODE_INDEX", "0") not in ("", "0")
+        self.node_tracker = secondary
         self.alive_fd = alive_fd
         self.listener = socket.socket(fileno=listener_fd)
         self.listener.setblocking(False)
