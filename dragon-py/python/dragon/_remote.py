@@ -35,14 +35,13 @@ among the arguments of a process placed freely
 from __future__ import annotations
 
 import io
-import json
 import os
 import socket
 import struct
+import sys
 import threading
 
 from multiprocessing import process, util
-from multiprocessing import shared_memory as _shared_memory
 from multiprocessing.context import set_spawning_popen
 from multiprocessing.reduction import ForkingPickler
 
@@ -88,7 +87,21 @@ def _reduce_shared_memory(shm):
     return shm.__reduce__()
 
 
-ForkingPickler.register(_shared_memory.SharedMemory, _reduce_shared_memory)
+_shared_memory_checked = False
+
+
+def _check_shared_memory_blocks() -> None:
+    """Make ``SharedMemory`` blocks refuse to cross nodes from now on, if
+    the program has them: called before a process for another node is
+    pickled. Not done at import: ``multiprocessing.shared_memory`` loads
+    OpenSSL for its names, most of this module's import time, and a
+    program that never imported it has no block to refuse."""
+    global _shared_memory_checked
+    if not _shared_memory_checked:
+        module = sys.modules.get("multiprocessing.shared_memory")
+        if module is not None:
+            ForkingPickler.register(module.SharedMemory, _reduce_shared_memory)
+            _shared_memory_checked = True
 
 _life = None  # (pid, kept end, given end): this process's lifeline
 _life_lock = threading.Lock()
@@ -145,6 +158,8 @@ def nodes() -> list[dict]:
             return []
         with _Connection() as c:
             text = c.call(NODES, b"", node=None).decode()
+    import json
+
     table = json.loads(text)
     _nodes_cache = (os.environ.get(NODES_ENV), table)
     return table
@@ -155,6 +170,8 @@ def transports() -> dict:
     (``runtime/src/fabric.rs``): ``{"node": i, "rdma": port or None,
     "why_not": why there is no RDMA here or None, "peers": {"j": "verbs
     (...)" or "tcp (...)"}, "carried": {...}}``."""
+    import json
+
     with _Connection() as c:
         return json.loads(c.call(TRANSPORTS, b"", node=None).decode())
 
@@ -362,6 +379,7 @@ class RemotePopen(ExitStatus):
         # node's service for when it needs it.
         head["parent_lifeline"] = True
         buf = io.BytesIO()
+        _check_shared_memory_blocks()
         set_spawning_popen(self)
         _free.on = self._free
         try:
