@@ -185,6 +185,11 @@ impl DDictClient {
         self.with(|c| Ok(c.shard_of(key)))
     }
 
+    /// The node of each shard, in shard order.
+    fn shard_nodes(&self) -> PyResult<Vec<u32>> {
+        self.with(|c| Ok((0..c.shards()).map(|i| c.node_of(i)).collect()))
+    }
+
     /// Indexes of the shards that live on this node.
     fn local_shards(&self) -> PyResult<Vec<usize>> {
         self.with(|c| Ok(c.local_shards()))

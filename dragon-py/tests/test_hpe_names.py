@@ -1,8 +1,10 @@
 """HPE Dragon's names that programs import, here and working:
 dragon.mpbridge, the DDict's checkpoint errors and persisters,
-strip_pickled_bytes, dragon.utils.hash, dragon.native.Queue's pickler,
-num_streams and serialize()."""
+strip_pickled_bytes, dragon.utils.hash, the DDict's policy placement,
+dragon.native.Queue's pickler, num_streams and serialize()."""
+import os
 import pickle
+import socket
 import subprocess
 import sys
 
@@ -162,6 +164,53 @@ def test_utils_hash_is_the_ddict_placement():
     with DDict(3, 1, 3 << 20) as d:
         for key in ("x", 17, ("t", 1), b"raw"):
             assert dhash(pickle.dumps(key, protocol=5)) % d.managers == d.which_manager(key)
+
+
+def test_ddict_policy_places_and_pins_its_managers():
+    """HPE Dragon's policy argument: a list of policies starts
+    managers_per_policy managers for each, on the host each names and its
+    CPUs; one Policy applies to every manager."""
+    from dragon.data.ddict import DDict
+    from dragon.infrastructure.policy import Policy
+
+    here, last = socket.gethostname(), max(os.sched_getaffinity(0))
+    with DDict(None, None, 4 << 20, policy=[Policy(host_name=here), Policy(cpu_affinity=[last])],
+               managers_per_policy=2) as d:
+        assert d.managers == 4 and d.manager_nodes == [0, 0, 0, 0]
+        assert [s.hostname for s in d.stats] == [here] * 4
+        pins = [os.sched_getaffinity(p.pid) for p in d._procs]
+        assert pins[:2] == [os.sched_getaffinity(0)] * 2 and pins[2:] == [{last}] * 2, pins
+        d.update({i: i * i for i in range(100)})
+        assert sum(d[i] for i in range(100)) == sum(i * i for i in range(100))
+        assert {d.which_manager(i) for i in range(100)} == {0, 1, 2, 3}
+    with DDict(2, 1, 4 << 20, policy=Policy(cpu_affinity=[last])) as d:
+        assert d.managers == 2 and [os.sched_getaffinity(p.pid) for p in d._procs] == [{last}] * 2
+        d["k"] = "v"
+        assert d["k"] == "v"
+
+
+def test_ddict_policy_misuse_is_a_clear_error_before_anything_starts():
+    from dragon.data.ddict import DDict
+    from dragon.infrastructure.policy import Policy, PolicyError
+
+    before = set(os.listdir("/dev/shm"))
+    with pytest.raises(PolicyError, match="'nosuchhost', which is not a node of this run"):
+        DDict(1, 1, 1 << 20, policy=Policy(host_name="nosuchhost"))
+    with pytest.raises(PolicyError, match="cpu_affinity names CPU"):
+        DDict(None, None, 1 << 20, policy=[Policy(), Policy(cpu_affinity=[4096])])
+    with pytest.raises(ValueError, match="leave num_nodes .* out"):
+        DDict(1, 2, 1 << 20, policy=[Policy()])
+    with pytest.raises(ValueError, match="managers_per_node=None is for a list of policies"):
+        DDict(None, 1, 1 << 20)
+    with pytest.raises(ValueError, match="managers_per_policy must be a positive int"):
+        DDict(None, None, 1 << 20, policy=[Policy()], managers_per_policy=0)
+    with pytest.raises(ValueError, match="policy is an empty list"):
+        DDict(None, None, 1 << 20, policy=[])
+    with pytest.raises(TypeError, match="a Policy or a non-empty list"):
+        DDict(1, 1, 1 << 20, policy="node2")
+    with pytest.raises(TypeError, match="every item of the list must be a Policy"):
+        DDict(None, None, 1 << 20, policy=[Policy(), "node2"])
+    assert set(os.listdir("/dev/shm")) <= before
 
 
 # -- dragon.native.Queue -------------------------------------------------------------

@@ -1232,6 +1232,55 @@ def test_ddict_across_nodes(cluster):
     _assert_clean(cluster)
 
 
+def test_ddict_managers_placed_by_policy(cluster):
+    """HPE Dragon's policy argument across nodes: a list of policies puts
+    managers_per_policy managers on each named host, in the list's order
+    (none on the creator's node here); one Policy puts them all on its
+    host; a host the run does not have is a PolicyError."""
+    script = _script(cluster, "ddict_policy.py", ON_NODE + """
+        import socket
+        from dragon.data.ddict import DDict
+        from dragon.infrastructure.policy import PolicyError
+
+        def local(d, q):
+            q.put((socket.gethostname(), sorted(d.local_keys())))
+
+        if __name__ == "__main__":
+            d = DDict(None, None, 24 << 20, policy=[Policy(host_name="node3"), Policy(host_name="node2")],
+                      managers_per_policy=2)
+            print("placed", d.managers, d.manager_nodes, [s.hostname for s in d.stats])
+            for i in range(60):
+                d[i] = i * i
+            print("here", sum(d[i] for i in range(60)), len(d), d.local_keys())
+            q = mp.Queue()
+            ps = [on(n, local, d, q) for n in (1, 2)]
+            parts = dict(q.get(timeout=120) for _ in ps)
+            for p in ps:
+                p.join(60)
+            by_shard = {h: sorted(i for i in range(60) if d.manager_nodes[d.which_manager(i)] == n)
+                        for h, n in (("node2", 1), ("node3", 2))}
+            print("parts", parts == by_shard, sorted(parts["node2"] + parts["node3"]) == list(range(60)))
+            d.destroy()
+            one = DDict(2, 1, 8 << 20, policy=Policy(host_name="node2"))
+            one["k"] = "v"
+            print("one", one.manager_nodes, one["k"])
+            one.destroy()
+            try:
+                DDict(1, 1, 1 << 20, policy=Policy(host_name="node9"))
+            except PolicyError as e:
+                print("refused", "node9" in str(e))
+        """)
+    r = _run(cluster, script)
+    _ok(r)
+    out = r.stdout
+    assert "placed 4 [2, 2, 1, 1] ['node3', 'node3', 'node2', 'node2']" in out, out
+    assert "here %d 60 []" % sum(i * i for i in range(60)) in out, out
+    assert "parts True True" in out, out
+    assert "one [1, 1] v" in out, out
+    assert "refused True" in out, out
+    _assert_clean(cluster)
+
+
 def test_ddict_shards_of_a_lost_node_fail_clearly_and_the_rest_work(cluster):
     marker = os.path.join(cluster.shared, "ddict-lost")
     script = _script(cluster, "ddictlost.py", """

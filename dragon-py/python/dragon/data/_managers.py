@@ -23,6 +23,7 @@ __all__ = [
     "stop",
     "stop_raw",
     "shard_nodes",
+    "plan_managers",
     "report_lines",
     "repair_main",
 ]
@@ -63,8 +64,9 @@ def _write_shape(persist_path: str, name: str, shards: int) -> None:
 
 def manager_main(desc: str, index: int, size: int, owner_pid: int, owner_start: int, conn: Connection,
                  persist_path: str | None, restore: bool, working_set: int = 1,
-                 check_name: str | None = None, shape: tuple[str, int] | None = None) -> None:
-    """Body of a manager process. With ``check_name`` (a restore), first
+                 check_name: str | None = None, shape: tuple[str, int] | None = None,
+                 cpus: list[int] | None = None) -> None:
+    """Body of a manager process (on ``cpus``, if given). With ``check_name`` (a restore), first
     tell the creator whether this node has files of the shard, and restore
     only when it answers ``"go"``, or ``"repair"``: then first repair the
     shard's files on this node's disk and send the report (see
@@ -85,6 +87,8 @@ def manager_main(desc: str, index: int, size: int, owner_pid: int, owner_start: 
         told.append(True)
 
     try:
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
         if check_name is not None and persist_path is not None:
             found = any(os.path.exists(f) for f in shard_files(persist_path, check_name, index))
             on_disk = _native.ddict_shards_on_disk(persist_path, check_name)
@@ -206,31 +210,83 @@ def stop_raw(desc: str, procs: list[BaseProcess]) -> None:
         p.join(1)
 
 
-def shard_nodes(managers_per_node: int, num_nodes: int, durable: bool = False) -> list[int]:
-    """The node of each shard: ``managers_per_node`` on each of
-    ``num_nodes`` nodes (all here on one node). A DDict's shards go to the
-    nodes from this one on, in node index order (wrapping around); a
-    durable DDict's go to the run's first ``num_nodes`` nodes, whichever
-    node creates it, so that a restore from any node finds each shard's
-    files on the node that logged them (each node may have its own disk)."""
+def _node_order(durable: bool) -> list[int]:
+    """The run's nodes in the order a DDict's managers fill them: from this
+    node on, wrapping around; a durable DDict's from the run's first node,
+    whichever node creates it, so that a restore from any node finds each
+    shard's files on the node that logged them (each node may have its own
+    disk). On one node: this one."""
     from .. import _remote
 
     here = _remote.this_node()
-    nodes = [here] * num_nodes
-    if _remote.multinode():
-        indexes = sorted(n["index"] for n in _remote.nodes())
-        if num_nodes > len(indexes):
-            raise ValueError("num_nodes=%d, but the run has %d nodes" % (num_nodes, len(indexes)))
-        start = 0 if durable or here not in indexes else indexes.index(here)
-        nodes = [indexes[(start + k) % len(indexes)] for k in range(num_nodes)]
-    return [node for node in nodes for _ in range(managers_per_node)]
+    if not _remote.multinode():
+        return [here]
+    indexes = sorted(n["index"] for n in _remote.nodes())
+    start = 0 if durable or here not in indexes else indexes.index(here)
+    return indexes[start:] + indexes[:start]
+
+
+def shard_nodes(managers_per_node: int, num_nodes: int, durable: bool = False) -> list[int]:
+    """The node of each shard: ``managers_per_node`` on each of the first
+    ``num_nodes`` nodes of :func:`_node_order` (all here on one node)."""
+    from .. import _remote
+
+    order = _node_order(durable)
+    if not _remote.multinode():
+        order = order * num_nodes
+    elif num_nodes > len(order):
+        raise ValueError("num_nodes=%d, but the run has %d nodes" % (num_nodes, len(order)))
+    return [node for node in order[:num_nodes] for _ in range(managers_per_node)]
+
+
+def plan_managers(managers_per_node: int, num_nodes: int, policy: Any, managers_per_policy: int,
+                  durable: bool) -> tuple[list[int], list[list[int] | None]]:
+    """The node of each manager, and the CPUs it may run on (``None``: any),
+    as HPE Dragon's ``policy`` argument places them:
+
+    * no policy: :func:`shard_nodes`;
+    * one :class:`~dragon.infrastructure.policy.Policy`: the
+      ``managers_per_node * num_nodes`` managers on the node it names (as
+      without a policy if it names none), on its ``cpu_affinity``;
+    * a list of policies: ``managers_per_policy`` managers for each, in
+      order, each group on the node its policy names (one that names none:
+      the next node of :func:`_node_order`) and on its CPUs.
+
+    A policy naming a host or CPUs the run does not have raises
+    :class:`~dragon.infrastructure.policy.PolicyError`."""
+    from ..infrastructure.policy import Policy
+    from ..native import machine
+
+    count = managers_per_node * num_nodes
+    if policy is None:
+        return shard_nodes(managers_per_node, num_nodes, durable), [None] * count
+    if isinstance(policy, Policy):
+        named = machine.policy_node(policy)
+        spread = [named] * count if named is not None else shard_nodes(managers_per_node, num_nodes, durable)
+        return spread, [machine.check_policy(policy)] * count
+    if not isinstance(policy, (list, tuple)) or not policy:
+        raise TypeError("policy must be a Policy or a non-empty list of them, not %r" % (policy,))
+    for p in policy:
+        if not isinstance(p, Policy):
+            raise TypeError("policy: every item of the list must be a Policy, not %r" % (p,))
+    order = _node_order(durable)
+    nodes: list[int] = []
+    cpus: list[list[int] | None] = []
+    for j, p in enumerate(policy):
+        named = machine.policy_node(p)
+        node = named if named is not None else order[j % len(order)]
+        nodes += [node] * managers_per_policy
+        cpus += [machine.check_policy(p)] * managers_per_policy
+    return nodes, cpus
 
 
 def start_managers(desc: str, n: int, size: int, timeout: float, persist_path: str | None, restore: bool,
                    working_set: int = 1, nodes: list[int] | None = None,
-                   name: str | None = None, repair_reports: list[dict[str, Any]] | None = None) -> list[BaseProcess]:
+                   name: str | None = None, repair_reports: list[dict[str, Any]] | None = None,
+                   cpus: list[list[int] | None] | None = None) -> list[BaseProcess]:
     """Start the ``n`` managers of the DDict ``desc`` (manager ``i`` on
-    ``nodes[i]``, all here without ``nodes``) and wait until each serves its
+    ``nodes[i]``, all here without ``nodes``, on the CPUs ``cpus[i]`` if
+    that is not ``None``) and wait until each serves its
     shard, at most ``timeout`` seconds in all; raises the error of a manager
     that failed (its own DDict error type), having ended them all.
 
@@ -261,7 +317,7 @@ def start_managers(desc: str, n: int, size: int, timeout: float, persist_path: s
             shape = (name, n) if i == 0 and persist_path is not None and name is not None else None
             p = ctx.Process(target=manager_main,
                             args=(desc, i, size, owner[0], owner[1], w, persist_path, restore,
-                                  working_set, check, shape),
+                                  working_set, check, shape, None if cpus is None else cpus[i]),
                             name="ddict-manager-%d" % i, daemon=True)
             if node is not None:
                 p._dragon_node = node

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import socket
 import time
 import warnings
 from collections.abc import Mapping, MutableMapping
@@ -71,7 +72,7 @@ from ._errors import (
     DDictTimeoutError,
 )
 from ._managers import repair_main as repair_main  # `dragon ddict-repair`, importable from here as before
-from ._managers import report_lines, shard_nodes, start_managers, stop, stop_raw
+from ._managers import plan_managers, report_lines, start_managers, stop, stop_raw
 from ._persisters import (
     CheckpointPersister,
     DAOSCheckpointPersister,
@@ -133,6 +134,8 @@ class DDictManagerStats(NamedTuple):
     num_keys: int
     clients: int
     frozen: bool
+    #: The host name of the manager's node.
+    hostname: str = ""
 
 
 _PICKLED = 0  # value pickled with the handle's value pickler
@@ -157,6 +160,14 @@ class _Pickle:
 
     loads = staticmethod(pickle.loads)
 
+
+
+def _host_names() -> dict[int, str]:
+    """Host name of each node of the run, by node index."""
+    from .. import _remote
+
+    table = _remote.nodes() if _remote.multinode() else []
+    return {n["index"]: n["hostname"] for n in table} or {_remote.this_node(): socket.gethostname()}
 
 
 class DDict:
@@ -188,14 +199,25 @@ class DDict:
             anything was skipped).
         key_pickler, value_pickler: objects with ``dumps``/``loads`` used
             instead of ``pickle`` (keys must encode deterministically).
-        working_set_size, wait_for_keys, wait_for_writers, policy,
+        policy: where the managers run, as in HPE Dragon: a
+            :class:`~dragon.infrastructure.policy.Policy` places all
+            ``managers_per_node * num_nodes`` of them on the host it names
+            (by the default placement if it names none) and on its
+            ``cpu_affinity``; a list of policies starts
+            ``managers_per_policy`` managers for each, placed by it (then
+            leave ``num_nodes`` and ``managers_per_node`` out). A host or
+            CPUs the run does not have raise ``PolicyError``.
+        managers_per_policy: managers per policy of a list of policies.
         persister_class: HPE Dragon's choice of checkpoint persister:
             :class:`PosixCheckpointPersister` makes the DDict durable in
             ``persist_path``; :class:`NULLCheckpointPersister` (or None, the
             default) persists nothing; :class:`DAOSCheckpointPersister`
             raises ``NotImplementedError``.
-        persist_freq, persist_base_name, trace: HPE Dragon arguments;
-            accepted (see ``docs/ddict.md`` for what each does here).
+        working_set_size: checkpoints each manager keeps (see
+            ``docs/ddict.md``, Checkpoints).
+        wait_for_keys, wait_for_writers, persist_freq, persist_base_name,
+        trace: HPE Dragon arguments; accepted (see ``docs/ddict.md`` for
+            what each does here).
     """
 
     _c: _native.DDictClient
@@ -209,21 +231,35 @@ class DDict:
     #: What ``repair=True`` did, one dict per manager (empty without repair).
     repair_report: list[dict[str, Any]]
 
-    def __init__(self, managers_per_node: int = 1, num_nodes: int | None = None,
+    def __init__(self, managers_per_node: int | None = 1, num_nodes: int | None = None,
                  total_mem: int = 1024**3, *, n_nodes: int | None = None,
                  name: str | None = None, timeout: float | None = None,
                  persist_path: str | os.PathLike[str] | None = None, restore: bool = False,
                  repair: bool = False, key_pickler: Any = None, value_pickler: Any = None,
                  working_set_size: int = 1, wait_for_keys: bool = False,
-                 wait_for_writers: bool = False, policy: Any = None,
+                 wait_for_writers: bool = False, policy: Any = None, managers_per_policy: int = 1,
                  persist_freq: int = 0, persist_base_name: str = "",
                  persister_class: type[CheckpointPersister] | None = None,
                  trace: bool = False) -> None:
         if num_nodes is not None and n_nodes is not None and num_nodes != n_nodes:
             raise ValueError("num_nodes=%r and n_nodes=%r disagree" % (num_nodes, n_nodes))
-        nodes = num_nodes if num_nodes is not None else (n_nodes if n_nodes is not None else 1)
-        for what, v in (("managers_per_node", managers_per_node), ("num_nodes", nodes),
-                        ("total_mem", total_mem)):
+        nodes = num_nodes if num_nodes is not None else n_nodes
+        if isinstance(policy, (list, tuple)):
+            # HPE Dragon's form: managers_per_policy managers for each policy.
+            if not policy:
+                raise ValueError("policy is an empty list: give at least one Policy")
+            if nodes is not None or managers_per_node not in (None, 1):
+                raise ValueError("with a list of policies, managers_per_policy managers start for each "
+                                 "policy: leave num_nodes (n_nodes) and managers_per_node out (or None), "
+                                 "got %r and %r" % (nodes, managers_per_node))
+            managers_per_node, nodes = managers_per_policy, len(policy)
+        elif managers_per_node is None:
+            raise ValueError("managers_per_node=None is for a list of policies (then managers_per_policy "
+                             "managers start for each)")
+        if nodes is None:
+            nodes = 1
+        for what, v in (("managers_per_policy", managers_per_policy), ("managers_per_node", managers_per_node),
+                        ("num_nodes", nodes), ("total_mem", total_mem)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError("%s must be a positive int, got %r" % (what, v))
         if working_set_size < 1:
@@ -241,14 +277,15 @@ class DDict:
         if name is None:
             name = "ddict" if persist_path is not None else "dd%s" % os.urandom(4).hex()
         self._setup(None, timeout, key_pickler, value_pickler)
-        nodes_of_shards = shard_nodes(managers_per_node, nodes, persist_path is not None)
+        nodes_of_shards, cpus = plan_managers(managers_per_node, nodes, policy, managers_per_policy,
+                                              persist_path is not None)
         desc = _native.ddict_descriptor(name, managers, persist_path is not None,
                                         nodes_of_shards)
         # Each manager repairs its own shard's files, on its node's disk.
         reports: list[dict[str, Any]] | None = [] if repair else None
         self._procs = start_managers(desc, managers, size, timeout or START_TIMEOUT,
                                      None if persist_path is None else os.fspath(persist_path),
-                                     restore, working_set_size, nodes_of_shards, name, reports)
+                                     restore, working_set_size, nodes_of_shards, name, reports, cpus)
         if reports is not None:
             self.repair_report = reports
             if any(r["skipped"] for r in reports):
@@ -303,8 +340,8 @@ class DDict:
         return self
 
     @classmethod
-    def open(cls, persist_path: str | os.PathLike[str], *, name: str = "ddict", managers_per_node: int = 1,
-             num_nodes: int = 1, total_mem: int = 1024**3, **kw: Any) -> "DDict":
+    def open(cls, persist_path: str | os.PathLike[str], *, name: str = "ddict", managers_per_node: int | None = 1,
+             num_nodes: int | None = None, total_mem: int = 1024**3, **kw: Any) -> "DDict":
         """Restore a durable DDict from ``persist_path``."""
         return cls(managers_per_node, num_nodes, total_mem, name=name,
                    persist_path=persist_path, restore=True, **kw)
@@ -729,9 +766,16 @@ class DDict:
     @property
     def stats(self) -> list[DDictManagerStats]:
         """One :class:`DDictManagerStats` per manager."""
+        hosts = _host_names()
         return [DDictManagerStats(i, s["total_bytes"], s["used_bytes"], s["heap_bytes"],
-                                  s["entries"], s["clients"], s["frozen"])
-                for i, s in enumerate(self._c.stats())]
+                                  s["entries"], s["clients"], s["frozen"], hosts.get(node, ""))
+                for (i, s), node in zip(enumerate(self._c.stats()), self._c.shard_nodes())]
+
+    @property
+    def manager_nodes(self) -> list[int]:
+        """The node index of each manager (``Node(i)`` of
+        :mod:`dragon.native.machine`), in manager order."""
+        return self._c.shard_nodes()
 
     @property
     def managers(self) -> int:
