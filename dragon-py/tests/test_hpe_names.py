@@ -4,6 +4,7 @@ strip_pickled_bytes, dragon.utils.hash, the DDict's policy placement,
 dragon.native.Queue's pickler, num_streams and serialize()."""
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -176,7 +177,7 @@ def test_ddict_policy_places_and_pins_its_managers():
     here, last = socket.gethostname(), max(os.sched_getaffinity(0))
     with DDict(None, None, 4 << 20, policy=[Policy(host_name=here), Policy(cpu_affinity=[last])],
                managers_per_policy=2) as d:
-        assert d.managers == 4 and d.manager_nodes == [0, 0, 0, 0]
+        assert d.managers == 4 and [n.h_uid for n in d.manager_nodes] == [0, 0, 0, 0]
         assert [s.hostname for s in d.stats] == [here] * 4
         pins = [os.sched_getaffinity(p.pid) for p in d._procs]
         assert pins[:2] == [os.sched_getaffinity(0)] * 2 and pins[2:] == [{last}] * 2, pins
@@ -211,6 +212,69 @@ def test_ddict_policy_misuse_is_a_clear_error_before_anything_starts():
     with pytest.raises(TypeError, match="every item of the list must be a Policy"):
         DDict(None, None, 1 << 20, policy=[Policy(), "node2"])
     assert set(os.listdir("/dev/shm")) <= before
+
+
+def _largest(view, out, k):
+    # Best first: the k largest keys of this manager, with the manager.
+    for key in sorted(view.keys(), reverse=True)[:k]:
+        out.put((key, view.which_manager(key)))
+
+
+def _fails(view, out):
+    out.put(("before", 0))
+    raise ValueError("no good")
+
+
+def _dies(view, out):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _waits(view, out, gate):
+    gate.wait()
+
+
+def test_ddict_filter_runs_beside_each_manager_and_merges_best_first(ctx):
+    from dragon.data.ddict import DDict, DDictError
+
+    with DDict(3, 1, 3 << 20) as d:
+        d.update({i: str(i) for i in range(100)})
+        with d.filter(_largest, (4,), lambda a, b: a[0] > b[0]) as found:
+            res = list(found)
+        assert len(res) == 12 and [k for k, _ in res] == sorted((k for k, _ in res), reverse=True)
+        assert [k for k, _ in res[:3]] == [99, 98, 97]
+        assert all(m == d.which_manager(k) for k, m in res)  # each call saw its own manager's keys
+        with d.filter(_largest, (2,), None) as found:  # no order asked: each call's outputs, all of them
+            got = sorted(k for k, _ in found)
+        assert got == sorted(k for m in range(3)
+                             for k in sorted((k for k in range(100) if d.which_manager(k) == m), reverse=True)[:2])
+        with pytest.raises(DDictError, match="filter code of manager .* raised ValueError: no good"):
+            with d.filter(_fails, (), lambda a, b: False) as found:
+                list(found)
+        with pytest.raises(DDictError, match=r"ended \(exit code -9\) before its output did"):
+            with d.filter(_dies, (), None) as found:
+                list(found)
+        gate = ctx.Event()
+        f = d.filter(_waits, (gate,), None)
+        with f:
+            pass  # left before any output: the processes are ended
+        assert all(p.exitcode is not None for p in f._procs)
+
+
+def test_ddict_hpe_views_and_local_queries():
+    from dragon.data.ddict import DDict
+
+    with DDict(2, 1, 2 << 20, name="views") as d:
+        d.update({i: i * 10 for i in range(20)})
+        assert d.get_name() == "views"
+        assert d.local_managers == [0, 1] and d.local_manager in (0, 1) and d.main_manager == d.local_manager
+        assert d.local_len() == 20 and sorted(d.local_values()) == [i * 10 for i in range(20)]
+        assert sorted(d.local_items()) == [(i, i * 10) for i in range(20)]
+        assert d.dstats[1] == d.stats[1] and d.dstats[1].num_keys == len(d.manager(1).keys())
+        raw = d.pickler(value_pickler=pickle)  # any object with dumps/loads
+        raw["p"] = [1, 2]
+        assert d["p"] == [1, 2] and raw[3] == 30
+        one = d.manager(1).pickler()
+        assert one.which_manager("anything") == 1
 
 
 # -- dragon.native.Queue -------------------------------------------------------------

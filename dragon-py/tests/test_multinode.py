@@ -1248,7 +1248,8 @@ def test_ddict_managers_placed_by_policy(cluster):
         if __name__ == "__main__":
             d = DDict(None, None, 24 << 20, policy=[Policy(host_name="node3"), Policy(host_name="node2")],
                       managers_per_policy=2)
-            print("placed", d.managers, d.manager_nodes, [s.hostname for s in d.stats])
+            nodes = [n.h_uid for n in d.manager_nodes]
+            print("placed", d.managers, nodes, [s.hostname for s in d.stats])
             for i in range(60):
                 d[i] = i * i
             print("here", sum(d[i] for i in range(60)), len(d), d.local_keys())
@@ -1257,13 +1258,23 @@ def test_ddict_managers_placed_by_policy(cluster):
             parts = dict(q.get(timeout=120) for _ in ps)
             for p in ps:
                 p.join(60)
-            by_shard = {h: sorted(i for i in range(60) if d.manager_nodes[d.which_manager(i)] == n)
+            by_shard = {h: sorted(i for i in range(60) if nodes[d.which_manager(i)] == n)
                         for h, n in (("node2", 1), ("node3", 2))}
             print("parts", parts == by_shard, sorted(parts["node2"] + parts["node3"]) == list(range(60)))
+
+            def top(view, out, k):
+                for key in sorted(view.keys(), reverse=True)[:k]:  # its manager's keys
+                    out.put((key, socket.gethostname()))
+
+            hosts = [s.hostname for s in d.stats]
+            with d.filter(top, (3,), lambda a, b: a[0] > b[0]) as found:
+                res = list(found)
+            print("filter", len(res), [k for k, _ in res[:5]],
+                  all(h == hosts[d.which_manager(k)] for k, h in res))
             d.destroy()
             one = DDict(2, 1, 8 << 20, policy=Policy(host_name="node2"))
             one["k"] = "v"
-            print("one", one.manager_nodes, one["k"])
+            print("one", [n.h_uid for n in one.manager_nodes], one["k"])
             one.destroy()
             try:
                 DDict(1, 1, 1 << 20, policy=Policy(host_name="node9"))
@@ -1276,6 +1287,8 @@ def test_ddict_managers_placed_by_policy(cluster):
     assert "placed 4 [2, 2, 1, 1] ['node3', 'node3', 'node2', 'node2']" in out, out
     assert "here %d 60 []" % sum(i * i for i in range(60)) in out, out
     assert "parts True True" in out, out
+    # Each manager's code ran on its node, on its shard: 3 keys from each of 4.
+    assert "filter 12 [59, 58, 57, 56, 55] True" in out, out
     assert "one [1, 1] v" in out, out
     assert "refused True" in out, out
     _assert_clean(cluster)

@@ -73,6 +73,7 @@ from ._errors import (
 )
 from ._managers import repair_main as repair_main  # `dragon ddict-repair`, importable from here as before
 from ._managers import plan_managers, report_lines, start_managers, stop, stop_raw
+from ._filter import Filter
 from ._persisters import (
     CheckpointPersister,
     DAOSCheckpointPersister,
@@ -738,6 +739,22 @@ class DDict:
 
     frozen = is_frozen
 
+    def local_len(self) -> int:
+        """How many keys the managers on this node hold."""
+        return len(self.local_keys())
+
+    def local_items(self) -> list[tuple[Any, Any]]:
+        """The ``(key, value)`` pairs of the managers on this node."""
+        self._flush()
+        local = self._c.local_shards()
+        if self._chkpt or self._versions_exist():
+            return [(k, v) for k, v in self.items() if self._c.shard_of(self._kd(k)) in local]
+        return [(self._kl(k), self._dec((t, d))) for i in local for k, t, d in self._c.items(i)]
+
+    def local_values(self) -> list[Any]:
+        """The values of the managers on this node."""
+        return [v for _, v in self.local_items()]
+
     def local_keys(self) -> list[Any]:
         """Keys held by managers on this node (the keys whose shard lives
         here; in a multi-node run each node's ``local_keys()`` are a part of
@@ -772,10 +789,68 @@ class DDict:
                 for (i, s), node in zip(enumerate(self._c.stats()), self._c.shard_nodes())]
 
     @property
-    def manager_nodes(self) -> list[int]:
-        """The node index of each manager (``Node(i)`` of
-        :mod:`dragon.native.machine`), in manager order."""
-        return self._c.shard_nodes()
+    def dstats(self) -> dict[int, DDictManagerStats]:
+        """:attr:`stats` by manager index."""
+        return {s.manager_id: s for s in self.stats}
+
+    @property
+    def manager_nodes(self) -> list[Any]:
+        """The node of each manager, in manager order: a
+        :class:`dragon.native.machine.Node` (``h_uid`` is its index,
+        ``hostname`` its host)."""
+        from ..native.machine import Node
+
+        return [Node(i) for i in self._c.shard_nodes()]
+
+    @property
+    def local_managers(self) -> list[int]:
+        """Indexes of the managers on this node."""
+        return self._c.local_shards()
+
+    @property
+    def local_manager(self) -> int | None:
+        """This process's manager on this node (``None`` if this node has none)."""
+        return self._local_manager() if self._c.local_shards() else None
+
+    @property
+    def main_manager(self) -> int:
+        """This process's nearest manager: :attr:`local_manager`, or one of
+        another node if this node has none."""
+        return self._local_manager()
+
+    def get_name(self) -> str:
+        """The DDict's name (``name=``, or the one it was given)."""
+        return self._c.descriptor().split(";")[1]
+
+    def pickler(self, key_pickler: Any = None, value_pickler: Any = None) -> "DDict":
+        """A view of this DDict (the same manager, if :meth:`manager` chose
+        one) that encodes keys and values with these picklers."""
+        view = DDict.attach(self.serialize(), timeout=self._timeout,
+                            key_pickler=key_pickler, value_pickler=value_pickler)
+        if self._pin is not None:
+            view._c.set_pin(self._pin)
+            view._pin = self._pin
+        return view
+
+    def filter(self, mgr_code: Callable[..., Any], mgr_code_args: Iterable[Any] = (),
+               comparator: Callable[[Any, Any], bool] | None = None,
+               branching_factor: int = 5) -> Filter:
+        """Run ``mgr_code(view, out_queue, *mgr_code_args)`` once per
+        manager, in a process on the manager's node, ``view`` being this
+        DDict bound to that manager (:meth:`manager`); what the calls put
+        on ``out_queue`` comes back merged: ``with d.filter(...) as
+        results: for x in results: ...``. ``comparator(a, b)`` says
+        whether ``a`` comes before ``b``: outputs that each call put in
+        that order come out in that order overall (``None``: in no
+        particular order). ``branching_factor`` is HPE Dragon's (its merge
+        is a tree; this one merges in the caller) and is accepted. Code
+        that raises, or a filter process that dies, makes the iteration
+        raise :class:`DDictError`; leaving the ``with`` block ends the
+        processes still running."""
+        if not isinstance(branching_factor, int) or branching_factor < 2:
+            raise ValueError("branching_factor must be an int >= 2, got %r" % (branching_factor,))
+        self._flush()
+        return Filter(self, mgr_code, tuple(mgr_code_args), comparator)
 
     @property
     def managers(self) -> int:
