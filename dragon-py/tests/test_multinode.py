@@ -1276,6 +1276,9 @@ def test_ddict_managers_placed_by_policy(cluster):
             one["k"] = "v"
             print("one", [n.h_uid for n in one.manager_nodes], one["k"])
             one.destroy()
+            loc = DDict(1, 2, 8 << 20, policy=Policy(placement=Policy.Placement.LOCAL))
+            print("local", [n.h_uid for n in loc.manager_nodes])
+            loc.destroy()
             try:
                 DDict(1, 1, 1 << 20, policy=Policy(host_name="node9"))
             except PolicyError as e:
@@ -1290,6 +1293,7 @@ def test_ddict_managers_placed_by_policy(cluster):
     # Each manager's code ran on its node, on its shard: 3 keys from each of 4.
     assert "filter 12 [59, 58, 57, 56, 55] True" in out, out
     assert "one [1, 1] v" in out, out
+    assert "local [0, 0]" in out, out  # without the policy: [0, 1]
     assert "refused True" in out, out
     _assert_clean(cluster)
 

@@ -21,8 +21,6 @@ from ._errors import DDictError
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
-    from .ddict import DDict
-
 __all__ = ["Filter"]
 
 
@@ -37,7 +35,7 @@ class _Failed:
         self.what = what
 
 
-def _run(dd: "DDict", index: int, code: bytes, args: bytes, out: Any) -> None:
+def _run(dd: Any, index: int, code: bytes, args: bytes, out: Any) -> None:
     """Body of the filter process of manager ``index``."""
     import cloudpickle
 
@@ -74,7 +72,7 @@ class Filter:
     #: Seconds between looks at a filter process while its queue is empty.
     POLL = 0.2
 
-    def __init__(self, dd: "DDict", mgr_code: Callable[..., Any], mgr_code_args: tuple[Any, ...],
+    def __init__(self, dd: Any, mgr_code: Callable[..., Any], mgr_code_args: tuple[Any, ...],
                  comparator: Callable[[Any, Any], bool] | None) -> None:
         import multiprocessing
 

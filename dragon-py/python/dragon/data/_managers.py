@@ -246,8 +246,9 @@ def plan_managers(managers_per_node: int, num_nodes: int, policy: Any, managers_
 
     * no policy: :func:`shard_nodes`;
     * one :class:`~dragon.infrastructure.policy.Policy`: the
-      ``managers_per_node * num_nodes`` managers on the node it names (as
-      without a policy if it names none), on its ``cpu_affinity``;
+      ``managers_per_node * num_nodes`` managers on the node it names (this
+      node for ``Placement.LOCAL``; as without a policy if it names none),
+      on its ``cpu_affinity``;
     * a list of policies: ``managers_per_policy`` managers for each, in
       order, each group on the node its policy names (one that names none:
       the next node of :func:`_node_order`) and on its CPUs.
@@ -257,11 +258,17 @@ def plan_managers(managers_per_node: int, num_nodes: int, policy: Any, managers_
     from ..infrastructure.policy import Policy
     from ..native import machine
 
+    from .. import _remote
+
+    def named_node(p: Policy) -> int | None:
+        node = machine.policy_node(p)
+        return _remote.this_node() if node is None and p.placement == Policy.Placement.LOCAL else node
+
     count = managers_per_node * num_nodes
     if policy is None:
         return shard_nodes(managers_per_node, num_nodes, durable), [None] * count
     if isinstance(policy, Policy):
-        named = machine.policy_node(policy)
+        named = named_node(policy)
         spread = [named] * count if named is not None else shard_nodes(managers_per_node, num_nodes, durable)
         return spread, [machine.check_policy(policy)] * count
     if not isinstance(policy, (list, tuple)) or not policy:
@@ -273,7 +280,7 @@ def plan_managers(managers_per_node: int, num_nodes: int, policy: Any, managers_
     nodes: list[int] = []
     cpus: list[list[int] | None] = []
     for j, p in enumerate(policy):
-        named = machine.policy_node(p)
+        named = named_node(p)
         node = named if named is not None else order[j % len(order)]
         nodes += [node] * managers_per_policy
         cpus += [machine.check_policy(p)] * managers_per_policy
