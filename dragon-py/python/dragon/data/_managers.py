@@ -66,10 +66,11 @@ def manager_main(desc: str, index: int, size: int, owner_pid: int, owner_start: 
                  persist_path: str | None, restore: bool, working_set: int = 1,
                  check_name: str | None = None, shape: tuple[str, int] | None = None,
                  cpus: list[int] | None = None) -> None:
-    """Body of a manager process (on ``cpus``, if given). With ``check_name`` (a restore), first
-    tell the creator whether this node has files of the shard, and restore
-    only when it answers ``"go"``, or ``"repair"``: then first repair the
-    shard's files on this node's disk and send the report (see
+    """Body of a manager process (on ``cpus``, if given). With
+    ``check_name`` (a restore), first tell the creator whether this node
+    has files of the shard, and restore only when it answers ``"go"``, or
+    ``"repair"``: then first repair the shard's files on this node's disk
+    and send the report (see
     :func:`start_managers`). ``shape``, ``(name, shards)`` for shard 0 of
     a durable DDict: its count of shards is recorded beside its files
     (and, on a restore, what was recorded is told to the creator first)."""
@@ -255,10 +256,9 @@ def plan_managers(managers_per_node: int, num_nodes: int, policy: Any, managers_
 
     A policy naming a host or CPUs the run does not have raises
     :class:`~dragon.infrastructure.policy.PolicyError`."""
+    from .. import _remote
     from ..infrastructure.policy import Policy
     from ..native import machine
-
-    from .. import _remote
 
     def named_node(p: Policy) -> int | None:
         node = machine.policy_node(p)
