@@ -963,6 +963,11 @@ fn rewrite(path: &Path, kind: Kind, keep: bool) -> Result<FileRepair, Error> {
 /// while no manager serves the DDict; then restore as usual.
 pub fn repair(dir: &Path, name: &str, index: usize) -> Result<Vec<FileRepair>, Error> {
     let (wal, snap) = Wal::paths(dir, name, index);
+    if !wal.exists() && !snap.exists() {
+        return Ok(Vec::new());
+    }
+    // Not under a manager that serves the shard (nor another repair).
+    let _lock = lock_shard(dir, name, index)?;
     let mut out = Vec::new();
     for (path, kind) in [(snap, Kind::Snapshot), (wal, Kind::Log)] {
         if !path.exists() {
@@ -1010,6 +1015,47 @@ pub fn shards_on_disk(dir: &Path, name: &str) -> Result<Vec<usize>, Error> {
     Ok(out)
 }
 
+// ---- one writer per shard ----------------------------------------------------------
+
+/// The lock file of shard `index` of DDict `name` in `dir`.
+pub fn lock_path(dir: &Path, name: &str, index: usize) -> PathBuf {
+    dir.join(format!("{name}.{index}.lock"))
+}
+
+/// Take the lock of shard `index` of DDict `name` in `dir` (an exclusive
+/// `flock` on its lock file, held while the returned file is open), or fail
+/// with [`Error::Persist`] naming who holds it: a manager serving the shard
+/// (another DDict of the same name and `persist_path`, in this program or
+/// another) or a repair under way. The holder writes its pid and host into
+/// the file, for that message.
+pub fn lock_shard(dir: &Path, name: &str, index: usize) -> Result<File, Error> {
+    let path = lock_path(dir, name, index);
+    let mut f = open_private(&path, false)?;
+    use shm_primitives::filelock::{try_lock_exclusive, Lock};
+    // A file system without locks (Lustre mounted without `flock`, say)
+    // serves without one: as before there were locks.
+    if try_lock_exclusive(&f).map_err(|e| io_err(&path, "locking", e))? == Lock::Held {
+        let holder = fs::read_to_string(&path).unwrap_or_default();
+        let holder = holder.trim();
+        return Err(Error::Persist(format!(
+            "the files of shard {index} of DDict {name:?} in {} are in use{}: another DDict of that name \
+             and persist_path is open (in this program or another), or a repair of it runs; \
+             destroy it (or wait for the repair) first",
+            dir.display(),
+            if holder.is_empty() { String::new() } else { format!(" by {holder}") }
+        )));
+    }
+    let me = format!("pid {} on {}\n", std::process::id(), host_name());
+    f.set_len(0).and_then(|()| f.write_all_at(me.as_bytes(), 0)).map_err(|e| io_err(&path, "writing", e))?;
+    f.seek(io::SeekFrom::Start(0)).map_err(|e| io_err(&path, "seeking", e))?;
+    Ok(f)
+}
+
+/// This machine's host name (for messages).
+fn host_name() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "?".into())
+}
+
 // ---- the log of a live shard ------------------------------------------------------
 
 /// One shard's log.
@@ -1018,6 +1064,8 @@ pub struct Wal {
     dir: PathBuf,
     stem: String,
     file: File,
+    /// The shard's lock ([`lock_shard`]), held while this log is open.
+    _lock: File,
     buf: Vec<u8>,
     /// A record that could not be encoded: the next sync fails.
     failed: Option<String>,
@@ -1048,6 +1096,8 @@ impl Wal {
         mut apply: impl FnMut(u8, &[u8], &[u8]) -> Result<(), String>,
     ) -> Result<Wal, Error> {
         create_private_dir_all(dir).map_err(|e| io_err(dir, "creating", e))?;
+        // One manager per shard's files: before anything is read or changed.
+        let lock = lock_shard(dir, name, index)?;
         let (wal, snap) = Self::paths(dir, name, index);
         // (length to keep, next sequence number) of an existing log.
         let mut keep = None;
@@ -1091,6 +1141,7 @@ impl Wal {
             dir: dir.to_owned(),
             stem: format!("{name}.{index}"),
             file,
+            _lock: lock,
             buf: Vec::new(),
             failed: None,
             next_seq,
@@ -1284,5 +1335,29 @@ mod tests {
         encode_record_v1(&mut v1, REC_DELETE, b"k", b"");
         assert_eq!(decode_record_v1(&v1).unwrap().key, b"k");
         assert!(decode_record(&v1).is_err());
+    }
+
+    #[test]
+    fn one_manager_per_shard_and_no_repair_under_it() {
+        let dir = tmpdir("lock");
+        let mut w = Wal::open(&dir, "t", 0, false, |_, _, _| Ok(())).unwrap();
+        w.append(REC_PUT, b"k", b"v");
+        w.sync().unwrap();
+        let again = Wal::open(&dir, "t", 0, true, |_, _, _| Ok(())).unwrap_err().to_string();
+        let me = format!("pid {} on ", std::process::id());
+        assert!(
+            again.contains("shard 0 of DDict \"t\"") && again.contains("are in use by") && again.contains(&me),
+            "{again}"
+        );
+        let fixing = repair(&dir, "t", 0).unwrap_err().to_string();
+        assert!(fixing.contains("are in use"), "{fixing}");
+        // Another shard of the same DDict, and the same shard of another, are free.
+        drop(Wal::open(&dir, "t", 1, false, |_, _, _| Ok(())).unwrap());
+        drop(Wal::open(&dir, "u", 0, false, |_, _, _| Ok(())).unwrap());
+        drop(w);
+        // Free once the holder closed it: the record is there.
+        assert_eq!(replay(&dir).get(&b"k"[..]).map(Vec::as_slice), Some(&b"v"[..]));
+        assert!(repair(&dir, "t", 0).unwrap().iter().all(|r| !r.rewritten));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

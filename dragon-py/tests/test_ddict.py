@@ -571,6 +571,30 @@ def test_the_repair_command(tmp_path):
     assert r.returncode == 1 and "no files" in r.stderr
 
 
+def test_a_durable_ddict_is_served_by_one_manager_per_shard(tmp_path):
+    """A second DDict of the same name and persist_path, or a repair, while
+    the first serves it: a clear error naming the holder, and the first
+    goes on; once the first is destroyed, the second opens it whole."""
+    from dragon.data.ddict import DDictPersistError
+
+    store = str(tmp_path / "held")
+    d = DDict(2, 1, 4 * MB, name="held", persist_path=store)
+    d.update({i: i for i in range(50)})
+    with pytest.raises(DDictPersistError, match=r'files of shard \d of DDict "held" in .* are in use by pid \d+ on '):
+        DDict(2, 1, 4 * MB, name="held", persist_path=store, restore=True)
+    exe = os.path.join(os.path.dirname(sys.executable), "dragon")
+    r = subprocess.run([exe, "ddict-repair", store, "held"], capture_output=True, text=True,
+                       timeout=60, env=clean_env())
+    assert r.returncode != 0 and "are in use" in r.stderr, (r.stdout, r.stderr)
+    d[50] = 50  # the first one goes on
+    assert len(d) == 51
+    d.destroy()
+    with DDict(2, 1, 4 * MB, name="held", persist_path=store, restore=True) as again:
+        assert sorted(again.keys()) == list(range(51))
+    # Nothing left of the three DDicts, the refused one included.
+    assert wait_until(lambda: not [f for f in os.listdir("/dev/shm") if "-dd-held-" in f], 10)
+
+
 PRIVATE = """
 import os, sys
 os.umask(int(sys.argv[2], 8))
@@ -615,7 +639,8 @@ def test_persistence_files_are_0600_and_directories_0700_whatever_the_umask(tmp_
         os.umask(old)
     assert rep["rewritten"] and mode(store / "m.0.wal") == 0o600
     assert mode(rep["damaged_copy"]) == 0o600
-    assert sorted(os.listdir(store)) == ["m.0.wal", "m.0.wal.damaged", "m.shards"]
+    assert sorted(os.listdir(store)) == ["m.0.lock", "m.0.wal", "m.0.wal.damaged", "m.shards"]
+    assert mode(store / "m.0.lock") == 0o600
 
 
 def _destroy_when_told(d, go, q):

@@ -1333,6 +1333,51 @@ def test_ddict_shards_of_a_lost_node_fail_clearly_and_the_rest_work(cluster):
     _assert_clean(cluster)
 
 
+def test_a_durable_ddict_of_a_lost_node_comes_back_on_the_others(cluster):
+    """A durable DDict in a directory every node sees: node3 is killed
+    whole (its manager with it), the DDict is destroyed and restored with
+    policies that put node3's shard on node2: every acknowledged write
+    comes back, node3's shard's too."""
+    marker = os.path.join(cluster.shared, "ddict-recover")
+    store = os.path.join(cluster.shared, "recover-store")
+    shutil.rmtree(store, ignore_errors=True)
+    script = _script(cluster, "ddictrecover.py", """
+        import os, sys, time
+        from dragon.data.ddict import DDict
+        from dragon.infrastructure.policy import Policy
+
+        if __name__ == "__main__":
+            marker = sys.argv[1]
+            path = os.path.join(os.path.dirname(marker), "recover-store")
+            d = DDict(1, 3, 48 << 20, name="rec", persist_path=path)
+            d.update({i: i * i for i in range(90)})
+            on3 = [i for i in range(90) if d.which_manager(i) == 2]
+            open(marker, "w").close()
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    d[on3[0]]
+                except ConnectionError:
+                    break
+                assert time.monotonic() < deadline, "the loss was never seen"
+                time.sleep(0.05)
+            d.destroy()
+            survivors = [Policy(host_name="node1"), Policy(host_name="node2"), Policy(host_name="node2")]
+            back = DDict(None, None, 48 << 20, name="rec", persist_path=path, restore=True, policy=survivors)
+            print("back", [n.h_uid for n in back.manager_nodes], len(back), len(on3) > 0,
+                  all(back[i] == i * i for i in range(90)), flush=True)
+            back.destroy()
+        """)
+    try:
+        rc, out, err = _strike_when_ready(cluster, script, marker, lambda: cluster.kill_node(2),
+                                          env={"DRAGON_PEER_TIMEOUT": "3"})
+    finally:
+        cluster.restart_node(2)
+    assert rc == 0, (out, err)
+    assert "back [0, 1, 1] 90 True True" in out, (out, err)
+    _assert_clean(cluster)
+
+
 def test_durable_ddict_on_three_nodes_comes_back(cluster):
     store = os.path.join(cluster.shared, "ddict-durable")
     shutil.rmtree(store, ignore_errors=True)
@@ -1408,7 +1453,8 @@ def test_durable_ddict_on_node_local_disks_comes_back_from_any_node(cluster):
             d.destroy()
 
         def files(q, prefix):
-            names = sorted(f for f in os.listdir(PATH) if f.startswith(prefix + ".")) \\
+            # The data files (not the shards' lock files, which a manager holds while it serves).
+            names = sorted(f for f in os.listdir(PATH) if f.startswith(prefix + ".") and not f.endswith(".lock")) \\
                 if os.path.isdir(PATH) else []
             q.put((socket.gethostname(), [(f, os.stat(os.path.join(PATH, f)).st_mtime_ns) for f in names]))
 

@@ -10,10 +10,12 @@
 //! - [`process`]: who holds what ([`ProcessId`]) and whether it still lives.
 //! - [`fault`]: crash points for multi-process tests.
 //! - [`handle`]: the byte string another process attaches to any object by.
+//! - [`filelock`]: exclusive advisory locks on files (one writer per file).
 //!
 //! See `docs/architecture.md` for how the crates fit together.
 
 pub mod fault;
+pub mod filelock;
 pub mod futex;
 pub mod handle;
 pub mod process;
