@@ -275,6 +275,15 @@ def test_ddict_hpe_views_and_local_queries():
         assert d["p"] == [1, 2] and raw[3] == 30
         one = d.manager(1).pickler()
         assert one.which_manager("anything") == 1
+    with DDict(2, 1, 2 << 20, working_set_size=3) as d:
+        d["x"] = 0
+        d.checkpoint()
+        d["x"] = 1  # a version at checkpoint 1
+        m = d.which_manager("x")
+        # As HPE Dragon's views: at this handle's checkpoint.
+        views = [d.manager(m), d.pickler(), d.manager(m).pickler()]
+        assert [(v.checkpoint_id, v["x"]) for v in views] == [(1, 1)] * 3
+        assert DDict.attach(d.serialize())["x"] == 0  # a new handle starts at checkpoint 0
 
 
 # -- dragon.native.Queue -------------------------------------------------------------

@@ -770,7 +770,8 @@ class DDict:
         return self._c.shard_of(self._kd(key)) if self._pin is None else self._pin
 
     def manager(self, index: int) -> "DDict":
-        """A view of this DDict whose operations all go to manager ``index``."""
+        """A view of this DDict whose operations all go to manager ``index``
+        (at this handle's checkpoint)."""
         n = self._c.shards()
         if not 0 <= index < n:
             raise IndexError("manager index %d out of range (%d managers)" % (index, n))
@@ -778,6 +779,7 @@ class DDict:
                             key_pickler=self._kp, value_pickler=self._vp)
         view._c.set_pin(index)
         view._pin = index
+        view._chkpt = self._chkpt  # a view of this handle: at its checkpoint
         return view
 
     @property
@@ -824,12 +826,14 @@ class DDict:
 
     def pickler(self, key_pickler: Any = None, value_pickler: Any = None) -> "DDict":
         """A view of this DDict (the same manager, if :meth:`manager` chose
-        one) that encodes keys and values with these picklers."""
+        one, at this handle's checkpoint) that encodes keys and values with
+        these picklers."""
         view = DDict.attach(self.serialize(), timeout=self._timeout,
                             key_pickler=key_pickler, value_pickler=value_pickler)
         if self._pin is not None:
             view._c.set_pin(self._pin)
             view._pin = self._pin
+        view._chkpt = self._chkpt
         return view
 
     def filter(self, mgr_code: Callable[..., Any], mgr_code_args: Iterable[Any] = (),
