@@ -1,5 +1,5 @@
 """DDict: a sharded, memory-bounded dictionary shared by every process of
-the node, optionally durable.
+the run (on one node or many), optionally durable.
 
 ::
 
@@ -15,7 +15,11 @@ the dragon runtime; each creates and owns one shard, a shared-memory segment
 of ``total_mem // managers`` bytes that every client maps. A client puts and
 gets directly in the shard (a lock, a copy, an unlock), so an operation costs
 about a microsecond plus pickling, not a round trip to a server. Keys go to
-shard ``fnv1a64(pickle.dumps(key, protocol=5)) % managers``.
+shard ``fnv1a64(pickle.dumps(key, protocol=5)) % managers``. In a run of
+several nodes the managers spread over ``num_nodes`` nodes, or where HPE
+Dragon's ``policy`` argument puts them; a process reaches another node's
+shards through that node's service, and :meth:`DDict.filter` runs code
+beside each manager.
 
 Keys are compared by their pickled bytes: ``1``, ``1.0`` and ``True`` are
 three different keys (they pickle differently), as are two tuples whose
@@ -35,8 +39,9 @@ with :class:`DDictPersistCorruptError` and changes nothing on disk;
 
 This module is the :class:`DDict` and the names users import: the
 exceptions are defined in ``dragon.data._errors``, the checkpoint persister
-classes in ``dragon.data._persisters`` and the manager processes (start,
-body, stop, ``dragon ddict-repair``) in ``dragon.data._managers``; the
+classes in ``dragon.data._persisters``, the manager processes (placement,
+start, body, stop, ``dragon ddict-repair``) in ``dragon.data._managers``
+and ``filter``'s processes in ``dragon.data._filter``; the
 exceptions and persister classes say ``dragon.data.ddict`` as their
 ``__module__`` (in tracebacks and pickles), as before.
 """
