@@ -10,11 +10,12 @@
 //! client sleeps on): one round trip, no copy of the value through a
 //! channel, and a request whose client died is still well-formed.
 
-use crate::persist::{Wal, REC_CLEAR, REC_DELETE, REC_PUT};
+use crate::persist::{self, Wal, REC_CLEAR, REC_DELETE, REC_PUT};
 use crate::Error;
 use ddict_shard::ShmShard;
 use ddict_shard::{state, KvError, Put, Request, Slot, FLAG_MANAGER_REAPS};
 use shm_primitives::ProcessId;
+use std::fs::File;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -113,8 +114,15 @@ pub struct Config {
 /// Create the shard and serve it until the DDict is destroyed or its owner
 /// dies. `ready` is called once the shard is open for clients.
 pub fn serve(cfg: &Config, ready: impl FnOnce()) -> Result<(), Error> {
+    // A durable shard's files are locked before its memory exists: a
+    // manager refused them (another serves them) leaves nothing behind,
+    // whenever it is stopped.
+    let lock = match &cfg.persist {
+        Some(dir) => Some(persist::lock_shard(dir, &cfg.name, cfg.index)?),
+        None => None,
+    };
     let shard = ShmShard::create(&cfg.segment, cfg.len, cfg.id).map_err(|e| Error::Create(e.to_string()))?;
-    let r = run(cfg, &shard, ready);
+    let r = run(cfg, &shard, lock, ready);
     if shard.state() == state::OPEN {
         shard.set_state(state::DESTROYED);
     }
@@ -122,12 +130,12 @@ pub fn serve(cfg: &Config, ready: impl FnOnce()) -> Result<(), Error> {
     r
 }
 
-fn run(cfg: &Config, shard: &ShmShard, ready: impl FnOnce()) -> Result<(), Error> {
+fn run(cfg: &Config, shard: &ShmShard, lock: Option<File>, ready: impl FnOnce()) -> Result<(), Error> {
     let slot = shard.claim_slot().map_err(|e| Error::Attach(e.to_string()))?;
     let mut wal = None;
-    if let Some(dir) = &cfg.persist {
+    if let (Some(dir), Some(lock)) = (&cfg.persist, lock) {
         shard.set_flags(FLAG_MANAGER_REAPS);
-        let w = Wal::open(dir, &cfg.name, cfg.index, cfg.restore, |op, k, v| {
+        let w = Wal::open_locked(lock, dir, &cfg.name, cfg.index, cfg.restore, |op, k, v| {
             match op {
                 REC_PUT => shard.put(&slot, k, v).map(drop),
                 REC_DELETE => shard.delete(&slot, k).map(drop),

@@ -1029,6 +1029,7 @@ pub fn lock_path(dir: &Path, name: &str, index: usize) -> PathBuf {
 /// another) or a repair under way. The holder writes its pid and host into
 /// the file, for that message.
 pub fn lock_shard(dir: &Path, name: &str, index: usize) -> Result<File, Error> {
+    create_private_dir_all(dir).map_err(|e| io_err(dir, "creating", e))?;
     let path = lock_path(dir, name, index);
     let mut f = open_private(&path, false)?;
     use shm_primitives::filelock::{try_lock_exclusive, Lock};
@@ -1093,11 +1094,24 @@ impl Wal {
         name: &str,
         index: usize,
         restore: bool,
-        mut apply: impl FnMut(u8, &[u8], &[u8]) -> Result<(), String>,
+        apply: impl FnMut(u8, &[u8], &[u8]) -> Result<(), String>,
     ) -> Result<Wal, Error> {
-        create_private_dir_all(dir).map_err(|e| io_err(dir, "creating", e))?;
         // One manager per shard's files: before anything is read or changed.
         let lock = lock_shard(dir, name, index)?;
+        Self::open_locked(lock, dir, name, index, restore, apply)
+    }
+
+    /// [`Wal::open`] with the shard's lock already taken ([`lock_shard`]):
+    /// a manager takes it before it creates the shard's memory, so that one
+    /// refused the files has made nothing to clean up.
+    pub fn open_locked(
+        lock: File,
+        dir: &Path,
+        name: &str,
+        index: usize,
+        restore: bool,
+        mut apply: impl FnMut(u8, &[u8], &[u8]) -> Result<(), String>,
+    ) -> Result<Wal, Error> {
         let (wal, snap) = Self::paths(dir, name, index);
         // (length to keep, next sequence number) of an existing log.
         let mut keep = None;
