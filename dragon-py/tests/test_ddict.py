@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-import dragon  # noqa: F401
+import dragon
+import dragon.runtime
 import multiprocessing as mp
 from dragon.data.ddict import (
     DDict,
@@ -581,10 +582,16 @@ def test_a_durable_ddict_is_served_by_one_manager_per_shard(tmp_path):
     d = DDict(2, 1, 4 * MB, name="held", persist_path=store)
     d.update({i: i for i in range(50)})
     mine = d.serialize().split(";")[3].split("-held-")[1].split("-")[0]
+
+    def held():  # this run's segments of DDicts named "held" (not another run's)
+        prefix = dragon.runtime.shm_prefix() + "dd-held-"
+        return [f for f in os.listdir("/dev/shm") if f.startswith(prefix)]
+
+    assert held() and all("-held-%s-" % mine in f for f in held())
     with pytest.raises(DDictPersistError, match=r'files of shard \d of DDict "held" in .* are in use by pid \d+ on '):
         DDict(2, 1, 4 * MB, name="held", persist_path=store, restore=True)
     # Refused before they made their shards: nothing of the second DDict to remove.
-    assert [f for f in os.listdir("/dev/shm") if "-dd-held-" in f and "-held-%s-" % mine not in f] == []
+    assert all("-held-%s-" % mine in f for f in held()), held()
     exe = os.path.join(os.path.dirname(sys.executable), "dragon")
     r = subprocess.run([exe, "ddict-repair", store, "held"], capture_output=True, text=True,
                        timeout=60, env=clean_env())
@@ -595,7 +602,7 @@ def test_a_durable_ddict_is_served_by_one_manager_per_shard(tmp_path):
     with DDict(2, 1, 4 * MB, name="held", persist_path=store, restore=True) as again:
         assert sorted(again.keys()) == list(range(51))
     # Nothing left of the three DDicts, the refused one included.
-    assert wait_until(lambda: not [f for f in os.listdir("/dev/shm") if "-dd-held-" in f], 60)
+    assert wait_until(lambda: not held(), 60), held()
 
 
 PRIVATE = """
