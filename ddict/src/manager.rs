@@ -16,7 +16,7 @@ use ddict_shard::ShmShard;
 use ddict_shard::{state, KvError, Put, Request, Slot, FLAG_MANAGER_REAPS};
 use shm_primitives::ProcessId;
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Request: store the value.
@@ -117,12 +117,12 @@ pub fn serve(cfg: &Config, ready: impl FnOnce()) -> Result<(), Error> {
     // A durable shard's files are locked before its memory exists: a
     // manager refused them (another serves them) leaves nothing behind,
     // whenever it is stopped.
-    let lock = match &cfg.persist {
-        Some(dir) => Some(persist::lock_shard(dir, &cfg.name, cfg.index)?),
+    let durable = match &cfg.persist {
+        Some(dir) => Some((dir.as_path(), persist::lock_shard(dir, &cfg.name, cfg.index)?)),
         None => None,
     };
     let shard = ShmShard::create(&cfg.segment, cfg.len, cfg.id).map_err(|e| Error::Create(e.to_string()))?;
-    let r = run(cfg, &shard, lock, ready);
+    let r = run(cfg, &shard, durable, ready);
     if shard.state() == state::OPEN {
         shard.set_state(state::DESTROYED);
     }
@@ -130,10 +130,11 @@ pub fn serve(cfg: &Config, ready: impl FnOnce()) -> Result<(), Error> {
     r
 }
 
-fn run(cfg: &Config, shard: &ShmShard, lock: Option<File>, ready: impl FnOnce()) -> Result<(), Error> {
+/// `durable`: the log's directory and the shard's lock, in durable mode.
+fn run(cfg: &Config, shard: &ShmShard, durable: Option<(&Path, File)>, ready: impl FnOnce()) -> Result<(), Error> {
     let slot = shard.claim_slot().map_err(|e| Error::Attach(e.to_string()))?;
     let mut wal = None;
-    if let (Some(dir), Some(lock)) = (&cfg.persist, lock) {
+    if let Some((dir, lock)) = durable {
         shard.set_flags(FLAG_MANAGER_REAPS);
         let w = Wal::open_locked(lock, dir, &cfg.name, cfg.index, cfg.restore, |op, k, v| {
             match op {

@@ -58,6 +58,8 @@
 //! second valid record (or end exactly at the end of the file).
 
 use crate::Error;
+use shm_primitives::filelock::{try_lock_exclusive, Lock};
+use shm_primitives::process::hostname;
 use std::fmt;
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, BufWriter, Seek, Write};
@@ -1018,7 +1020,7 @@ pub fn shards_on_disk(dir: &Path, name: &str) -> Result<Vec<usize>, Error> {
 // ---- one writer per shard ----------------------------------------------------------
 
 /// The lock file of shard `index` of DDict `name` in `dir`.
-pub fn lock_path(dir: &Path, name: &str, index: usize) -> PathBuf {
+fn lock_path(dir: &Path, name: &str, index: usize) -> PathBuf {
     dir.join(format!("{name}.{index}.lock"))
 }
 
@@ -1032,7 +1034,6 @@ pub fn lock_shard(dir: &Path, name: &str, index: usize) -> Result<File, Error> {
     create_private_dir_all(dir).map_err(|e| io_err(dir, "creating", e))?;
     let path = lock_path(dir, name, index);
     let mut f = open_private(&path, false)?;
-    use shm_primitives::filelock::{try_lock_exclusive, Lock};
     // A file system without locks (Lustre mounted without `flock`, say)
     // serves without one: as before there were locks.
     if try_lock_exclusive(&f).map_err(|e| io_err(&path, "locking", e))? == Lock::Held {
@@ -1046,15 +1047,10 @@ pub fn lock_shard(dir: &Path, name: &str, index: usize) -> Result<File, Error> {
             if holder.is_empty() { String::new() } else { format!(" by {holder}") }
         )));
     }
-    let me = format!("pid {} on {}\n", std::process::id(), host_name());
+    let me = format!("pid {} on {}\n", std::process::id(), hostname());
     f.set_len(0).and_then(|()| f.write_all_at(me.as_bytes(), 0)).map_err(|e| io_err(&path, "writing", e))?;
     f.seek(io::SeekFrom::Start(0)).map_err(|e| io_err(&path, "seeking", e))?;
     Ok(f)
-}
-
-/// This machine's host name (for messages).
-fn host_name() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "?".into())
 }
 
 // ---- the log of a live shard ------------------------------------------------------

@@ -283,6 +283,7 @@ def test_ddict_hpe_views_and_local_queries():
         # As HPE Dragon's views: at this handle's checkpoint.
         views = [d.manager(m), d.pickler(), d.manager(m).pickler()]
         assert [(v.checkpoint_id, v["x"]) for v in views] == [(1, 1)] * 3
+        assert d.local_len() == 1 and d.local_items() == [("x", 1)]  # the key once, at its version
         assert DDict.attach(d.serialize())["x"] == 0  # a new handle starts at checkpoint 0
 
 

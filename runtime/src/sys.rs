@@ -6,7 +6,6 @@
 //! addresses. The only module of the crate with `unsafe`.
 #![allow(unsafe_code)]
 
-use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -347,16 +346,7 @@ pub fn cpus_allowed() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
-/// This machine's host name.
-pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: `buf` has room for 256 bytes, the limit passed.
-    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
-        return String::new();
-    }
-    // SAFETY: gethostname wrote a NUL-terminated string (the buffer was zeroed).
-    unsafe { CStr::from_ptr(buf.as_ptr().cast()) }.to_string_lossy().into_owned()
-}
+pub use shm_primitives::process::hostname;
 
 /// The IPv4 addresses of this machine's interfaces, loopback excluded.
 pub fn ipv4_addresses() -> Vec<String> {

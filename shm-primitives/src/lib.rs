@@ -7,7 +7,8 @@
 //! - [`futex`]: sleeping and waking on a 32-bit word in shared memory, and
 //!   [`Deadline`](futex::Deadline)s.
 //! - [`region`]: the memory an object lives in ([`Region`], [`HeapRegion`]).
-//! - [`process`]: who holds what ([`ProcessId`]) and whether it still lives.
+//! - [`process`]: who holds what ([`ProcessId`]), whether it still lives, and
+//!   the host it runs on.
 //! - [`fault`]: crash points for multi-process tests.
 //! - [`handle`]: the byte string another process attaches to any object by.
 //! - [`filelock`]: exclusive advisory locks on files (one writer per file).

@@ -182,6 +182,17 @@ pub fn read_stat(pid: u32) -> Option<Stat> {
     })
 }
 
+/// This machine's host name (empty if it cannot be read).
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` has room for 256 bytes, the limit passed.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return String::new();
+    }
+    // SAFETY: gethostname wrote a NUL-terminated string (the buffer was zeroed).
+    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr().cast()) }.to_string_lossy().into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

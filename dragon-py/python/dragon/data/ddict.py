@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
 import time
 import warnings
 from collections.abc import Mapping, MutableMapping
@@ -166,14 +165,6 @@ class _Pickle:
 
     loads = staticmethod(pickle.loads)
 
-
-
-def _host_names() -> dict[int, str]:
-    """Host name of each node of the run, by node index."""
-    from .. import _remote
-
-    table = _remote.nodes() if _remote.multinode() else []
-    return {n["index"]: n["hostname"] for n in table} or {_remote.this_node(): socket.gethostname()}
 
 
 class DDict:
@@ -746,7 +737,10 @@ class DDict:
 
     def local_len(self) -> int:
         """How many keys the managers on this node hold."""
-        return len(self.local_keys())
+        self._flush()
+        if self._chkpt or self._versions_exist():
+            return len(self.local_keys())
+        return sum(self._c.len(i) for i in self._c.local_shards())
 
     def local_items(self) -> list[tuple[Any, Any]]:
         """The ``(key, value)`` pairs of the managers on this node."""
@@ -780,17 +774,21 @@ class DDict:
         n = self._c.shards()
         if not 0 <= index < n:
             raise IndexError("manager index %d out of range (%d managers)" % (index, n))
-        view = DDict.attach(self.serialize(), timeout=self._timeout,
-                            key_pickler=self._kp, value_pickler=self._vp)
-        view._c.set_pin(index)
-        view._pin = index
-        view._chkpt = self._chkpt  # a view of this handle: at its checkpoint
+        return self._view(index, self._kp, self._vp)
+
+    def _view(self, pin: int | None, key_pickler: Any, value_pickler: Any) -> "DDict":
+        """Another handle of this DDict, at this handle's checkpoint, bound
+        to manager ``pin`` (if not ``None``), with these picklers."""
+        view = _rebuild(self.serialize(), self._timeout, key_pickler, value_pickler, pin)
+        view._chkpt = self._chkpt
         return view
 
     @property
     def stats(self) -> list[DDictManagerStats]:
         """One :class:`DDictManagerStats` per manager."""
-        hosts = _host_names()
+        from ..native.machine import directory
+
+        hosts = {n.h_uid: n.host_name for n in directory()}
         return [DDictManagerStats(i, s["total_bytes"], s["used_bytes"], s["heap_bytes"],
                                   s["entries"], s["clients"], s["frozen"], hosts.get(node, ""))
                 for (i, s), node in zip(enumerate(self._c.stats()), self._c.shard_nodes())]
@@ -833,13 +831,7 @@ class DDict:
         """A view of this DDict (the same manager, if :meth:`manager` chose
         one, at this handle's checkpoint) that encodes keys and values with
         these picklers."""
-        view = DDict.attach(self.serialize(), timeout=self._timeout,
-                            key_pickler=key_pickler, value_pickler=value_pickler)
-        if self._pin is not None:
-            view._c.set_pin(self._pin)
-            view._pin = self._pin
-        view._chkpt = self._chkpt
-        return view
+        return self._view(self._pin, key_pickler, value_pickler)
 
     def filter(self, mgr_code: Callable[..., Any], mgr_code_args: Iterable[Any] = (),
                comparator: Callable[[Any, Any], bool] | None = None,
